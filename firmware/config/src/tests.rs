@@ -1,0 +1,210 @@
+use super::*;
+
+const BASE: &str = r#"
+[appliance]
+name = "t"
+
+[zones.wan]
+interfaces = ["wan0"]
+
+[zones.mgmt]
+interfaces = ["mgmt0"]
+
+[services.ssh]
+zones = ["mgmt"]
+"#;
+
+fn parse(extra: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(&format!("{BASE}{extra}"), Path::new("t.toml"))
+}
+
+fn one_error(extra: &str) -> ConfigError {
+    let errs = parse(extra).expect_err("config should be refused");
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    errs.0[0].clone()
+}
+
+/// Line (1-based) of the first occurrence of `needle` in BASE + extra.
+fn line_of(extra: &str, needle: &str) -> usize {
+    let full = format!("{BASE}{extra}");
+    let off = full.find(needle).expect("needle");
+    full[..off].matches('\n').count() + 1
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        cfg.lockout_check(&path, &src)
+            .unwrap_or_else(|e| panic!("{}: lockout: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 2, "expected the shipped configs in {}", dir.display());
+}
+
+#[test]
+fn minimal_is_valid() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.ssh_port(), 22);
+    assert_eq!(cfg.zones.interfaces(ZoneName::Wan)[0].as_str(), "wan0");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let extra = "\n[[allow]\nname = \"x\"\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+    assert_eq!(e.line, line_of(extra, "[[allow]"), "{e}");
+    assert!(e.to_string().starts_with("t.toml:"), "{e}");
+}
+
+#[test]
+fn unknown_field_is_located() {
+    let extra = "\n[zones.sync]\ninterfaces = [\"s0\"]\ncolour = \"red\"\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::UnknownField, "{e}");
+    assert_eq!(e.line, line_of(extra, "colour"));
+    assert!(e.message.contains("colour"), "{e}");
+}
+
+#[test]
+fn unknown_zone_name_is_invalid_value() {
+    let extra = "\n[zones.dmz]\ninterfaces = [\"d0\"]\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::UnknownField, "{e}");
+    assert!(e.message.contains("dmz"), "{e}");
+}
+
+#[test]
+fn missing_field_is_located() {
+    let extra = "\n[[allow]]\nname = \"a\"\nzone = \"wan\"\nprotocol = \"udp\"\nports = [1]\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::MissingField, "{e}");
+    assert!(e.message.contains("sources"), "{e}");
+    assert!(e.line >= line_of(extra, "[[allow]]"), "{e}");
+}
+
+const ENTRY: &str = "\n[[allow]]\nname = \"a\"\nzone = \"wan\"\nsources = [SRC]\nprotocol = \"PROTO\"\nports = [PORTS]\n";
+
+fn entry(src: &str, proto: &str, ports: &str) -> String {
+    ENTRY
+        .replace("SRC", src)
+        .replace("PROTO", proto)
+        .replace("PORTS", ports)
+}
+
+#[test]
+fn bad_prefix_is_located() {
+    let extra = entry("\"203.0.113.7/24\"", "udp", "5060");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "sources"));
+    assert!(e.message.contains("host bits"), "{e}");
+}
+
+#[test]
+fn bad_port_is_located() {
+    let extra = entry("\"203.0.113.0/24\"", "udp", "\"9-1\"");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "ports"));
+    let extra = entry("\"203.0.113.0/24\"", "udp", "70000");
+    assert_eq!(one_error(&extra).kind, ErrorKind::InvalidValue);
+}
+
+#[test]
+fn bad_protocol_is_located() {
+    let extra = entry("\"203.0.113.0/24\"", "sctp", "1");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "protocol"));
+}
+
+#[test]
+fn undefined_zone_is_located() {
+    let extra = "\n[[allow]]\nname = \"a\"\nzone = \"private\"\nsources = [\"::/0\"]\nprotocol = \"icmp\"\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::UndefinedZone, "{e}");
+    assert_eq!(e.line, line_of(extra, "zone = \"private\""));
+}
+
+#[test]
+fn duplicate_name_is_located() {
+    let one = entry("\"203.0.113.0/24\"", "udp", "1");
+    let extra = format!("{one}{one}");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::DuplicateName, "{e}");
+    assert!(e.line > line_of(&extra, "name = \"a\""), "second one is reported: {e}");
+}
+
+#[test]
+fn icmp_with_ports_and_tcp_without_are_refused() {
+    let e = one_error(&entry("\"203.0.113.0/24\"", "icmp", "1"));
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    let e = one_error(&entry("\"203.0.113.0/24\"", "tcp", ""));
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    let e = one_error(&entry("", "tcp", "1"));
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+}
+
+#[test]
+fn family_mismatch_is_refused() {
+    let extra = format!(
+        "{}destination = [\"2001:db8::1\"]\n",
+        entry("\"203.0.113.0/24\"", "udp", "1")
+    );
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "destination"));
+}
+
+#[test]
+fn interface_in_two_zones_is_refused() {
+    let e = one_error("\n[zones.sync]\ninterfaces = [\"wan0\"]\n");
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert!(e.message.contains("wan0"), "{e}");
+}
+
+#[test]
+fn lockout_guard() {
+    let src = BASE.replace("zones = [\"mgmt\"]", "zones = [\"wan\"]");
+    let cfg = Config::parse(&src, Path::new("t.toml")).unwrap();
+    let e = cfg.lockout_check(Path::new("t.toml"), &src).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Lockout, "{e}");
+    assert!(e.message.contains("--force"), "{e}");
+    assert_eq!(e.line, line_of("", "zones = [\"mgmt\"]"), "{e}");
+
+    let no_ssh = BASE.replace("[services.ssh]\nzones = [\"mgmt\"]", "[services]");
+    let cfg = Config::parse(&no_ssh, Path::new("t.toml")).unwrap();
+    assert_eq!(
+        cfg.lockout_check(Path::new("t.toml"), &no_ssh).unwrap_err().kind,
+        ErrorKind::Lockout
+    );
+
+    let ok = parse("").unwrap();
+    ok.lockout_check(Path::new("t.toml"), BASE).unwrap();
+}
+
+#[test]
+fn io_error_names_the_file() {
+    let e = Config::load(Path::new("/nonexistent/callgate.toml")).unwrap_err();
+    assert_eq!(e.0[0].kind, ErrorKind::Io);
+    assert!(e.to_string().contains("/nonexistent/callgate.toml"));
+}
+
+#[test]
+fn several_semantic_errors_are_all_reported() {
+    let extra = "\n[[allow]]\nname = \"a\"\nzone = \"sync\"\nsources = []\nprotocol = \"icmp\"\nports = [1]\n";
+    let errs = parse(extra).unwrap_err();
+    let kinds = errs.kinds();
+    assert!(kinds.contains(&ErrorKind::UndefinedZone), "{errs}");
+    assert!(kinds.contains(&ErrorKind::InvalidEntry), "{errs}");
+    assert!(errs.0.len() >= 3, "{errs}");
+}
