@@ -1,0 +1,166 @@
+//! # callgate-firewall
+//!
+//! Renders a config into the one nftables table callgate owns (`inet callgate`), applies it
+//! atomically, reads it back and verifies it, reports counters, and writes media pinholes and
+//! blocklist entries into timeout sets over netlink.
+//!
+//! ## Design
+//! - [`render`] is pure: config → [`model::Ruleset`] (sets, chains, named rules). Every rule
+//!   carries a counter and a comment: the allowlist entry's name, `service:NAME`,
+//!   `builtin:…` or `default-drop`.
+//! - [`nft`] turns a ruleset into one JSON transaction built with the `nftables` crate and
+//!   feeds it to `nft -j -f -`, keeping nft's own error text. The transaction flushes and
+//!   refills every config-owned set, so a removed prefix is really gone, while the run-time
+//!   sets (pinholes, blocklist) keep their contents across commits.
+//! - After applying, [`Firewall::apply`] reads back only our table and compares chains,
+//!   policies, rules (comment and verdict, in order), set types and set contents.
+//! - [`netlink`] writes pinholes and blocklist entries straight over `NETLINK_NETFILTER`
+//!   (no process spawn, no libnftnl), so the daemon stays a static musl binary.
+//! - [`task`] is the long-lived component: a handle plus a dedicated thread (nft and netlink
+//!   calls block), commands in over mpsc, state out over watch.
+//!
+//! ## Fail closed
+//! The kernel enforces; the daemon decides. Every base chain has a drop policy, so if the
+//! daemon dies the last applied ruleset keeps enforcing. A failed transaction changes
+//! nothing (nft applies all or nothing).
+//!
+//! ## Current limitations
+//! - Rule read-back compares comments and verdicts, not every match expression: nft prints
+//!   matches in its own normal form (e.g. `meta l4proto tcp th dport` as `tcp dport`).
+
+pub mod model;
+pub mod netlink;
+pub mod nft;
+pub mod render;
+pub mod task;
+
+use std::time::Instant;
+
+pub use model::Ruleset;
+pub use netlink::{NetlinkError, PinholeProto, SetWriter};
+pub use nft::Nft;
+pub use render::{render, render_baseline};
+pub use task::{FirewallHandle, FirewallState};
+
+/// Errors of the firewall crate.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft {args} failed (exit {status}): {stderr}")]
+    Nft {
+        args: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("cannot encode the ruleset: {0}")]
+    Encode(String),
+    #[error("read-back failed: {0}")]
+    Readback(String),
+    #[error("the kernel's table differs from what was applied: {}", .0.join("; "))]
+    Mismatch(Vec<String>),
+    #[error("pinhole or blocklist write failed")]
+    Netlink(#[from] NetlinkError),
+    #[error("the firewall task has stopped")]
+    Stopped,
+}
+
+/// Counters of one named rule group (all rules sharing a comment in one chain).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EntryCounters {
+    pub chain: String,
+    pub name: String,
+    pub rules: usize,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Timing of one apply, for logs and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyReport {
+    pub elements: usize,
+    pub apply_ms: f64,
+    pub verify_ms: f64,
+}
+
+/// Applies rulesets to the kernel and reads them back.
+#[derive(Debug, Clone, Default)]
+pub struct Firewall {
+    pub nft: Nft,
+}
+
+impl Firewall {
+    pub fn new(nft: Nft) -> Self {
+        Firewall { nft }
+    }
+
+    /// Applies `rs` atomically, then verifies the kernel holds exactly it.
+    pub fn apply(&self, rs: &Ruleset) -> Result<ApplyReport, FirewallError> {
+        let t0 = Instant::now();
+        let existing = match self.nft.list_table(true)? {
+            Some(objs) => {
+                let o = nft::observe(&objs);
+                nft::Existing {
+                    chains: o.chains.keys().cloned().collect(),
+                    sets: o.sets.keys().cloned().collect(),
+                }
+            }
+            None => nft::Existing::default(),
+        };
+        self.nft.apply(&nft::transaction(rs, &existing))?;
+        let t1 = Instant::now();
+        self.verify(rs)?;
+        let t2 = Instant::now();
+        Ok(ApplyReport {
+            elements: rs.element_count(),
+            apply_ms: (t1 - t0).as_secs_f64() * 1e3,
+            verify_ms: (t2 - t1).as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Reads back our table and compares it with `rs`.
+    pub fn verify(&self, rs: &Ruleset) -> Result<(), FirewallError> {
+        let objs = self
+            .nft
+            .list_table(false)?
+            .ok_or_else(|| FirewallError::Mismatch(vec!["table inet callgate is missing".into()]))?;
+        let diffs = nft::diff(rs, &nft::observe(&objs));
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(FirewallError::Mismatch(diffs))
+        }
+    }
+
+    /// Per-entry counters, summed over the rules that carry the same comment in a chain.
+    pub fn counters(&self) -> Result<Vec<EntryCounters>, FirewallError> {
+        let Some(objs) = self.nft.list_table(true)? else {
+            return Ok(Vec::new());
+        };
+        let o = nft::observe(&objs);
+        let mut out: Vec<EntryCounters> = Vec::new();
+        for chain in ["input", "forward", "output", render::ALLOW_DST_CHAIN] {
+            for r in o.rules.get(chain).into_iter().flatten() {
+                match out.iter_mut().find(|c| c.chain == chain && c.name == r.comment) {
+                    Some(c) => {
+                        c.rules += 1;
+                        c.packets += r.packets;
+                        c.bytes += r.bytes;
+                    }
+                    None => out.push(EntryCounters {
+                        chain: chain.to_owned(),
+                        name: r.comment.clone(),
+                        rules: 1,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                    }),
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,743 @@
+//! Media pinholes and blocklist entries, written straight into the nftables
+//! sets of table `inet <table>` over a `NETLINK_NETFILTER` socket.
+//!
+//! # What
+//!
+//! [`SetWriter`] adds and removes single elements of four sets that the
+//! ruleset (rendered and loaded through `nft` elsewhere) declares:
+//!
+//! | set        | type                                          | used by                                           |
+//! |------------|-----------------------------------------------|---------------------------------------------------|
+//! | `pinhole4` | `ipv4_addr . inet_proto . inet_service` timeout | `ip daddr . meta l4proto . th dport @pinhole4 accept` |
+//! | `pinhole6` | `ipv6_addr . inet_proto . inet_service` timeout | same, IPv6                                      |
+//! | `block4`   | `ipv4_addr` timeout                           | `ip saddr @block4 drop`                           |
+//! | `block6`   | `ipv6_addr` timeout                           | same, IPv6                                        |
+//!
+//! # Design
+//!
+//! - Pure Rust, no `nft` process and no libnftnl, so it works in the static
+//!   musl daemon and costs one `sendmsg` + one or two `recvmsg` per change.
+//! - Every call sends one nfnetlink batch (`NFNL_MSG_BATCH_BEGIN`, the
+//!   `NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` message(s) with `NLM_F_ACK`,
+//!   `NFNL_MSG_BATCH_END`): the kernel applies it atomically or not at all,
+//!   then the acks are read and matched by sequence number and port id. Acks of
+//!   an earlier, abandoned batch are recognised by their sequence numbers and
+//!   dropped.
+//! - Adding is "create or refresh": `NEWSETELEM` with `NLM_F_EXCL`; on `EEXIST`
+//!   one batch `DELSETELEM + NEWSETELEM`, so the element gets the new timeout
+//!   without ever being absent from the set as seen by packets. This works on
+//!   kernels that cannot update an element's timeout in place.
+//! - Kernel errors keep their errno, named (`ENOENT`, `EINVAL`, ...) with a
+//!   hint, plus the kernel's extended-ack text. `ENOENT` is attributed using the
+//!   extended-ack offset: [`NetlinkError::SetMissing`] (table or set absent) vs
+//!   [`NetlinkError::NotFound`] (element absent, for removals; callers may
+//!   ignore it). Kernels without that offset get one extra `NFT_MSG_GETSET`
+//!   probe.
+//! - IPv4-mapped IPv6 addresses are stored in the IPv4 sets.
+//! - Blocking and synchronous. The socket belongs to the network namespace of
+//!   the thread that calls [`SetWriter::open`], and is closed on drop.
+//!
+//! # Limits
+//!
+//! - One element per call; no bulk load (the ruleset carries static
+//!   elements). A `SetWriter` is not `Sync`: one owner issues the calls.
+//! - TTL: at least 1 ms (rounded up to whole ms); an element never lives
+//!   without a timeout, because a pinhole must close by itself.
+//! - Elements are owned by the table: deleting / recreating `inet <table>`
+//!   (for example a ruleset apply that does `delete table`) drops them all.
+//! - An acknowledgement missing for [`ACK_TIMEOUT`] gives
+//!   [`NetlinkError::Timeout`]; the writer stays usable.
+//! - Error texts never contain the addresses involved (they may be personal
+//!   data); the caller knows which element it asked for.
+
+mod wire;
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use self::wire::{Blamed, ElemOp, ElemRequest, ReplyKind};
+
+/// How long one call waits for the kernel's acknowledgements.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Receive buffer; acks are capped (`NETLINK_CAP_ACK`) so they are small.
+const RECV_BUF: usize = 16 * 1024;
+
+/// `NFT_NAME_MAXLEN` (includes the trailing NUL).
+const NFT_NAME_MAXLEN: usize = 256;
+
+/// Rounds of "add, on EEXIST replace" before giving up: the element may
+/// expire or be removed between the two batches, then we just add again.
+const UPSERT_ROUNDS: usize = 3;
+
+/// Transport protocol of a media pinhole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinholeProto {
+    Tcp,
+    Udp,
+}
+
+impl PinholeProto {
+    /// The `inet_proto` value (`IPPROTO_*`).
+    pub const fn ipproto(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for PinholeProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// Errors of [`SetWriter`].
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The table or the set does not exist (`ENOENT` on the table or set
+    /// attribute): the ruleset is not loaded, or lacks this set.
+    #[error("nftables set `inet {table} {set}` is missing: {what} (ENOENT)")]
+    SetMissing {
+        table: String,
+        set: &'static str,
+        /// "table does not exist", "set does not exist", or "table or set
+        /// does not exist" when the kernel did not say which.
+        what: &'static str,
+    },
+    /// The element to remove is not in the set (never added, already
+    /// expired or removed). Usually safe to ignore.
+    #[error("element not in nftables set `inet {table} {set}` (ENOENT)")]
+    NotFound { table: String, set: &'static str },
+    /// Any other error the kernel returned for our request.
+    #[error(
+        "nftables {op} in set `inet {table} {set}` failed: {}: {}{}",
+        errno_name(*errno),
+        errno_hint(*errno),
+        kernel_text(message.as_deref())
+    )]
+    Kernel {
+        /// "add element", "replace element", "delete element", "query set".
+        op: &'static str,
+        table: String,
+        set: &'static str,
+        /// Positive errno, e.g. `libc::EINVAL`.
+        errno: i32,
+        /// The kernel's extended-ack message, if any.
+        message: Option<String>,
+    },
+    /// The TTL is zero or does not fit in u64 milliseconds.
+    #[error("element timeout must be between 1 ms and u64::MAX ms, got {0:?}")]
+    InvalidTtl(Duration),
+    /// The table name is empty, too long, or contains NUL.
+    #[error("invalid nftables table name {0:?}")]
+    InvalidTableName(String),
+    /// No acknowledgement within [`ACK_TIMEOUT`].
+    #[error("no acknowledgement from the kernel within {0:?} for nftables {1}")]
+    Timeout(Duration, &'static str),
+    /// A reply we could not make sense of.
+    #[error("malformed netlink reply: {0}")]
+    Protocol(String),
+    /// The socket itself failed.
+    #[error("netlink socket {context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NetlinkError {
+    /// The kernel errno behind this error, if it came from the kernel.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::SetMissing { .. } | Self::NotFound { .. } => Some(libc::ENOENT),
+            Self::Kernel { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Symbolic name of an errno, e.g. `ENOENT`.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::E2BIG => "E2BIG",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::ELOOP => "ELOOP",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => "errno",
+    }
+}
+
+/// What an errno means for a set-element request.
+fn errno_hint(errno: i32) -> String {
+    match errno {
+        libc::EPERM => {
+            "operation not permitted (needs CAP_NET_ADMIN in this network namespace)".into()
+        }
+        libc::ENOENT => "set or table missing".into(),
+        libc::EEXIST => "element already exists".into(),
+        libc::EINVAL => {
+            "invalid request (set type, key length or flags differ from what callgate expects, \
+             e.g. the set lacks `flags timeout`)"
+                .into()
+        }
+        libc::EBUSY => "resource busy".into(),
+        libc::ENOSPC => "set is full (its `size` limit is reached)".into(),
+        libc::ERANGE => "timeout out of range".into(),
+        libc::EOPNOTSUPP => "not supported by this kernel or set type".into(),
+        libc::ENOMEM | libc::ENOBUFS => "kernel out of memory".into(),
+        libc::EAGAIN | libc::EINTR => "transient kernel condition, retry".into(),
+        other => io::Error::from_raw_os_error(other).to_string(),
+    }
+}
+
+fn kernel_text(message: Option<&str>) -> String {
+    message
+        .map(|m| format!(" (kernel: {m})"))
+        .unwrap_or_default()
+}
+
+/// A failed message of a batch, before it is turned into a [`NetlinkError`].
+#[derive(Debug)]
+struct Failure {
+    /// Index of the element message in the batch; `None` for an error about
+    /// the batch as a whole (reported on the batch-begin sequence number).
+    index: Option<usize>,
+    errno: i32,
+    message: Option<String>,
+    offset: Option<u32>,
+}
+
+/// Why a transaction did not succeed.
+#[derive(Debug)]
+enum TxError {
+    Kernel(Failure),
+    Local(NetlinkError),
+}
+
+impl From<NetlinkError> for TxError {
+    fn from(e: NetlinkError) -> Self {
+        Self::Local(e)
+    }
+}
+
+/// Owns one `NETLINK_NETFILTER` socket and writes elements of the
+/// `inet <table>` sets through it. See the module docs.
+pub struct SetWriter {
+    socket: Socket,
+    table: String,
+    /// Our netlink port id; acks addressed elsewhere are ignored.
+    port: u32,
+    /// Next sequence number to use.
+    seq: u32,
+    recv_buf: Vec<u8>,
+}
+
+impl fmt::Debug for SetWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetWriter")
+            .field("table", &self.table)
+            .field("port", &self.port)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SetWriter {
+    /// Opens a netfilter netlink socket in the calling thread's network
+    /// namespace, for sets of table `inet <table>`. Does not check that the
+    /// table exists (it may be loaded later); the first write will.
+    pub fn open(table: &str) -> Result<Self, NetlinkError> {
+        if table.is_empty() || table.len() >= NFT_NAME_MAXLEN || table.contains('\0') {
+            return Err(NetlinkError::InvalidTableName(table.to_owned()));
+        }
+        let io = |context| move |source| NetlinkError::Io { context, source };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("create"))?;
+        let addr = socket.bind_auto().map_err(io("bind"))?;
+        // Extended acks name the attribute an error is about (needed to tell
+        // a missing element from a missing set); capped acks do not echo our
+        // request back. Both are optional: old kernels lose detail only.
+        if let Err(e) = socket.set_ext_ack(true) {
+            log::debug!("netlink: NETLINK_EXT_ACK unavailable: {e}");
+        }
+        if let Err(e) = socket.set_cap_ack(true) {
+            log::debug!("netlink: NETLINK_CAP_ACK unavailable: {e}");
+        }
+        let tv = TimeVal::milliseconds(i64::try_from(ACK_TIMEOUT.as_millis()).unwrap_or(5_000));
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| NetlinkError::Io {
+                context: "set SO_RCVTIMEO",
+                source: io::Error::from(e),
+            })?;
+        // Like libmnl: start from the clock so that a restarted daemon does
+        // not reuse the previous instance's numbers right away.
+        let seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        Ok(Self {
+            socket,
+            table: table.to_owned(),
+            port: addr.port_number(),
+            seq,
+            recv_buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// The table this writer writes to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Opens (or refreshes) the pinhole `addr . proto . port` for `ttl`.
+    /// If it already exists, its timeout restarts at `ttl`.
+    pub fn open_pinhole(
+        &mut self,
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+        ttl: Duration,
+    ) -> Result<(), NetlinkError> {
+        let addr = wire::canonical(addr);
+        let key = wire::pinhole_key(addr, proto, port);
+        self.upsert(pinhole_set(addr), key, ttl)
+    }
+
+    /// Closes the pinhole now. [`NetlinkError::NotFound`] if it is not there.
+    pub fn close_pinhole(
+        &mut self,
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+    ) -> Result<(), NetlinkError> {
+        let addr = wire::canonical(addr);
+        let key = wire::pinhole_key(addr, proto, port);
+        self.delete(pinhole_set(addr), key)
+    }
+
+    /// Blocks source `addr` for `ttl` (refreshes the timeout if already
+    /// blocked).
+    pub fn block(&mut self, addr: IpAddr, ttl: Duration) -> Result<(), NetlinkError> {
+        let addr = wire::canonical(addr);
+        self.upsert(block_set(addr), wire::addr_key(addr), ttl)
+    }
+
+    /// Lifts a block. [`NetlinkError::NotFound`] if `addr` is not blocked.
+    pub fn unblock(&mut self, addr: IpAddr) -> Result<(), NetlinkError> {
+        let addr = wire::canonical(addr);
+        self.delete(block_set(addr), wire::addr_key(addr))
+    }
+
+    fn upsert(
+        &mut self,
+        set: &'static str,
+        key: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), NetlinkError> {
+        let timeout_ms = ttl_ms(ttl)?;
+        let add = ElemRequest {
+            op: ElemOp::Add { timeout_ms },
+            set,
+            key: key.clone(),
+        };
+        let del = ElemRequest {
+            op: ElemOp::Delete,
+            set,
+            key,
+        };
+        for _ in 0..UPSERT_ROUNDS {
+            match self.transact(std::slice::from_ref(&add)) {
+                Ok(()) => return Ok(()),
+                Err(TxError::Kernel(f)) if f.errno == libc::EEXIST && f.index == Some(0) => {}
+                Err(e) => {
+                    return Err(self.classify(e, "add element", set, ElemOp::Add { timeout_ms }))
+                }
+            }
+            // It exists: replace it, atomically, to restart its timeout.
+            match self.transact(&[del.clone(), add.clone()]) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let failed_op = match &e {
+                        TxError::Kernel(f) if f.index == Some(0) => ElemOp::Delete,
+                        _ => ElemOp::Add { timeout_ms },
+                    };
+                    match self.classify(e, "replace element", set, failed_op) {
+                        // expired or removed in between: add again
+                        NetlinkError::NotFound { .. } => {
+                            log::debug!(
+                                "netlink: element of {set} vanished during refresh, retrying"
+                            );
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        Err(NetlinkError::Kernel {
+            op: "replace element",
+            table: self.table.clone(),
+            set,
+            errno: libc::EEXIST,
+            message: Some(format!(
+                "element kept changing, gave up after {UPSERT_ROUNDS} rounds"
+            )),
+        })
+    }
+
+    fn delete(&mut self, set: &'static str, key: Vec<u8>) -> Result<(), NetlinkError> {
+        let req = ElemRequest {
+            op: ElemOp::Delete,
+            set,
+            key,
+        };
+        match self.transact(std::slice::from_ref(&req)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.classify(e, "delete element", set, ElemOp::Delete)),
+        }
+    }
+
+    /// Turns a transaction failure into the public error, attributing `ENOENT`.
+    fn classify(
+        &mut self,
+        e: TxError,
+        op: &'static str,
+        set: &'static str,
+        failed_op: ElemOp,
+    ) -> NetlinkError {
+        let f = match e {
+            TxError::Local(e) => return e,
+            TxError::Kernel(f) => f,
+        };
+        let table = self.table.clone();
+        if f.errno == libc::ENOENT && f.index.is_some() {
+            let missing = |what| NetlinkError::SetMissing {
+                table: table.clone(),
+                set,
+                what,
+            };
+            return match (wire::blamed(&self.table, set, f.offset), failed_op) {
+                (Blamed::Table, _) => missing("table does not exist"),
+                (Blamed::Set, _) => missing("set does not exist"),
+                (Blamed::Element, ElemOp::Delete) => NetlinkError::NotFound { table, set },
+                (Blamed::Unknown, ElemOp::Delete) => match self.set_exists(set) {
+                    Ok(true) => NetlinkError::NotFound { table, set },
+                    Ok(false) => missing("table or set does not exist"),
+                    Err(e) => e,
+                },
+                (Blamed::Unknown, _) => missing("table or set does not exist"),
+                (Blamed::Element, _) => NetlinkError::Kernel {
+                    op,
+                    table,
+                    set,
+                    errno: f.errno,
+                    message: f.message,
+                },
+            };
+        }
+        NetlinkError::Kernel {
+            op: if f.index.is_none() { "batch" } else { op },
+            table,
+            set,
+            errno: f.errno,
+            message: f.message,
+        }
+    }
+
+    /// `NFT_MSG_GETSET`: does `inet <table> <set>` exist?
+    fn set_exists(&mut self, set: &'static str) -> Result<bool, NetlinkError> {
+        let seq = self.next_seqs(1);
+        let bytes = wire::encode_getset(&self.table, set, seq);
+        match self.exchange(&bytes, seq, 1, "query set") {
+            Ok(()) => Ok(true),
+            Err(TxError::Kernel(f)) if f.errno == libc::ENOENT => Ok(false),
+            Err(TxError::Kernel(f)) => Err(NetlinkError::Kernel {
+                op: "query set",
+                table: self.table.clone(),
+                set,
+                errno: f.errno,
+                message: f.message,
+            }),
+            Err(TxError::Local(e)) => Err(e),
+        }
+    }
+
+    fn next_seqs(&mut self, n: u32) -> u32 {
+        let first = self.seq;
+        self.seq = self.seq.wrapping_add(n);
+        first
+    }
+
+    /// Sends one batch with `reqs` and waits for every element's ack.
+    fn transact(&mut self, reqs: &[ElemRequest]) -> Result<(), TxError> {
+        let first = self.seq;
+        let (bytes, used) = wire::encode_batch(&self.table, reqs, first);
+        self.seq = self.seq.wrapping_add(used);
+        let op = reqs.first().map_or("batch", |r| match r.op {
+            ElemOp::Add { .. } => "add element",
+            ElemOp::Delete => "delete element",
+        });
+        self.exchange(&bytes, first, used, op)
+    }
+
+    /// Sends `bytes`, whose messages carry sequence numbers `first ..
+    /// first + count`, and waits until each message that asked for an ack has
+    /// one (all but `first` when `count > 1`, i.e. a batch whose begin and end
+    /// do not ask; `first` itself when `count == 1`).
+    ///
+    /// An error on `first` in a batch is about the batch as a whole (e.g.
+    /// `EPERM`, or a failed commit) and ends the wait. Otherwise the first
+    /// failed message (by position) is returned once all acks are in.
+    fn exchange(
+        &mut self,
+        bytes: &[u8],
+        first: u32,
+        count: u32,
+        op: &'static str,
+    ) -> Result<(), TxError> {
+        self.drain_stale();
+        let kernel = SocketAddr::new(0, 0);
+        let sent = self
+            .socket
+            .send_to(bytes, &kernel, 0)
+            .map_err(|source| NetlinkError::Io {
+                context: "send",
+                source,
+            })?;
+        if sent != bytes.len() {
+            return Err(NetlinkError::Protocol(format!(
+                "short send: {sent} of {} bytes",
+                bytes.len()
+            ))
+            .into());
+        }
+
+        let batch = count > 1;
+        // pending[i]: still waiting for the ack of element message i
+        let n_acked = if batch { count.saturating_sub(2) } else { 1 };
+        let mut pending: Vec<bool> = vec![true; n_acked as usize];
+        let mut failures: Vec<Failure> = Vec::new();
+        let deadline = Instant::now() + ACK_TIMEOUT;
+
+        while pending.iter().any(|&p| p) {
+            if Instant::now() >= deadline {
+                return Err(NetlinkError::Timeout(ACK_TIMEOUT, op).into());
+            }
+            let data = self.recv(false)?;
+            let replies = wire::parse_datagram(&data).map_err(NetlinkError::Protocol)?;
+            for r in replies {
+                if r.port != self.port {
+                    log::debug!("netlink: ignoring reply for port {}", r.port);
+                    continue;
+                }
+                let rel = r.seq.wrapping_sub(first);
+                if rel >= count {
+                    log::debug!("netlink: ignoring stale reply seq {}", r.seq);
+                    continue;
+                }
+                let index = if batch {
+                    if rel == 0 || rel == count - 1 {
+                        // about the batch itself (begin / end)
+                        if let ReplyKind::Error {
+                            errno,
+                            message,
+                            offset,
+                        } = r.kind
+                        {
+                            return Err(TxError::Kernel(Failure {
+                                index: None,
+                                errno,
+                                message,
+                                offset,
+                            }));
+                        }
+                        continue;
+                    }
+                    (rel - 1) as usize
+                } else {
+                    rel as usize
+                };
+                match r.kind {
+                    ReplyKind::Other => {}
+                    ReplyKind::Ack => {
+                        if let Some(p) = pending.get_mut(index) {
+                            *p = false;
+                        }
+                    }
+                    ReplyKind::Error {
+                        errno,
+                        message,
+                        offset,
+                    } => {
+                        if let Some(p) = pending.get_mut(index) {
+                            *p = false;
+                        }
+                        failures.push(Failure {
+                            index: Some(index),
+                            errno,
+                            message,
+                            offset,
+                        });
+                    }
+                }
+            }
+        }
+        failures.sort_by_key(|f| f.index);
+        match failures.into_iter().next() {
+            None => Ok(()),
+            Some(f) => Err(TxError::Kernel(f)),
+        }
+    }
+
+    /// Reads one datagram (blocking up to the socket timeout unless
+    /// `nonblocking`).
+    fn recv(&mut self, nonblocking: bool) -> Result<Vec<u8>, NetlinkError> {
+        loop {
+            self.recv_buf.clear();
+            let flags = libc::MSG_TRUNC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+            match self.socket.recv(&mut self.recv_buf, flags) {
+                Ok(n) if n > self.recv_buf.len() => {
+                    return Err(NetlinkError::Protocol(format!(
+                        "reply of {n} bytes truncated to {}",
+                        self.recv_buf.len()
+                    )))
+                }
+                Ok(_) => return Ok(self.recv_buf.clone()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nonblocking => {
+                    return Err(NetlinkError::Timeout(ACK_TIMEOUT, "reply"))
+                }
+                Err(source) => {
+                    return Err(NetlinkError::Io {
+                        context: "receive",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Drops replies left over from an earlier call that ended early (for
+    /// example on a batch-level error, the element acks follow).
+    fn drain_stale(&mut self) {
+        for _ in 0..64 {
+            match self.recv(true) {
+                Ok(d) => log::debug!("netlink: dropped {} stale reply bytes", d.len()),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn pinhole_set(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "pinhole4",
+        IpAddr::V6(_) => "pinhole6",
+    }
+}
+
+fn block_set(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "block4",
+        IpAddr::V6(_) => "block6",
+    }
+}
+
+/// TTL in whole milliseconds, rounded up; 0 is refused (it would mean "no
+/// timeout").
+fn ttl_ms(ttl: Duration) -> Result<u64, NetlinkError> {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    match u64::try_from(ms) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err(NetlinkError::InvalidTtl(ttl)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounding() {
+        assert_eq!(ttl_ms(Duration::from_secs(30)).unwrap(), 30_000);
+        assert_eq!(ttl_ms(Duration::from_micros(1)).unwrap(), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(1_500)).unwrap(), 2);
+        assert!(matches!(
+            ttl_ms(Duration::ZERO),
+            Err(NetlinkError::InvalidTtl(_))
+        ));
+        assert!(matches!(
+            ttl_ms(Duration::MAX),
+            Err(NetlinkError::InvalidTtl(_))
+        ));
+    }
+
+    #[test]
+    fn set_names() {
+        assert_eq!(pinhole_set("192.0.2.1".parse().unwrap()), "pinhole4");
+        assert_eq!(pinhole_set("2001:db8::1".parse().unwrap()), "pinhole6");
+        assert_eq!(block_set("192.0.2.1".parse().unwrap()), "block4");
+        assert_eq!(block_set("2001:db8::1".parse().unwrap()), "block6");
+    }
+
+    #[test]
+    fn error_texts_name_the_errno() {
+        let e = NetlinkError::Kernel {
+            op: "add element",
+            table: "callgate".into(),
+            set: "pinhole4",
+            errno: libc::EINVAL,
+            message: Some("bad key".into()),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("nftables add element in set `inet callgate pinhole4` failed: EINVAL: invalid request"), "{s}");
+        assert!(s.ends_with("(kernel: bad key)"), "{s}");
+        let e = NetlinkError::SetMissing {
+            table: "callgate".into(),
+            set: "block6",
+            what: "table does not exist",
+        };
+        assert_eq!(
+            e.to_string(),
+            "nftables set `inet callgate block6` is missing: table does not exist (ENOENT)"
+        );
+        assert_eq!(e.errno(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn rejects_bad_table_names() {
+        for name in ["", "a\0b", &"x".repeat(256)] {
+            assert!(matches!(
+                SetWriter::open(name),
+                Err(NetlinkError::InvalidTableName(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Bytes on the wire: set-element keys, the nfnetlink batch we send and the
+//! `NLMSG_ERROR` acknowledgements we get back.
+//!
+//! Everything here is pure (no socket), so it is unit tested byte for byte.
+//! Message encoding goes through the `netlink-packet-netfilter` types; only
+//! the key layout (which that crate leaves to the caller) and the extended-ack
+//! TLVs of error replies (which `netlink-packet-core` does not decode) are
+//! done by hand.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    Emitable, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::{
+    nftables::{
+        DataAttribute, ListAttribute, NfTablesMessage, SetAttribute, SetElementAttribute,
+        SetElementList, SetElementMessage, SetMessage,
+    },
+    none::ControlMessage,
+    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+};
+
+use super::PinholeProto;
+
+/// `NFNL_SUBSYS_NFTABLES` (linux/netfilter/nfnetlink.h): the `res_id` of a
+/// batch-begin message names the subsystem the batch is for.
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFNETLINK_V0`.
+const NFNETLINK_V0: u8 = 0;
+/// Length of `struct nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
+/// Length of `struct nfgenmsg` (family, version, res_id).
+const NFGENMSG_LEN: usize = 4;
+/// Extended-ack TLVs after a `struct nlmsgerr` (linux/netlink.h).
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSGERR_ATTR_OFFS: u16 = 2;
+
+/// `NFT_REG32_SIZE`: every component of a concatenated key occupies a whole
+/// number of 32-bit registers, zero padded at the end.
+const REG32: usize = 4;
+
+/// Key of a `ipv4_addr . inet_proto . inet_service` (or the ipv6 variant)
+/// element.
+///
+/// Layout, per component, padded to 4 bytes:
+/// - address: 4 (IPv4) or 16 (IPv6) bytes, network order;
+/// - `inet_proto`: 1 byte (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17) + 3 zero;
+/// - `inet_service`: 2 bytes network order + 2 zero.
+///
+/// The address must already be canonical (see [`canonical`]).
+pub(crate) fn pinhole_key(addr: IpAddr, proto: PinholeProto, port: u16) -> Vec<u8> {
+    let mut key = addr_key(addr);
+    push_reg32(&mut key, &[proto.ipproto()]);
+    push_reg32(&mut key, &port.to_be_bytes());
+    key
+}
+
+/// Key of an `ipv4_addr` / `ipv6_addr` element: the address in network order.
+pub(crate) fn addr_key(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Appends `bytes` and zero-pads to the next register boundary.
+fn push_reg32(key: &mut Vec<u8>, bytes: &[u8]) {
+    key.extend_from_slice(bytes);
+    let pad = (REG32 - bytes.len() % REG32) % REG32;
+    key.resize(key.len() + pad, 0);
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a dual-stack socket
+/// reports for an IPv4 peer) are turned into IPv4, since the packets they
+/// stand for are matched by the IPv4 sets.
+pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+/// What a set-element message does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ElemOp {
+    /// `NFT_MSG_NEWSETELEM` with `NLM_F_CREATE | NLM_F_EXCL` and a timeout in
+    /// milliseconds (never 0: 0 would mean "never expires").
+    Add { timeout_ms: u64 },
+    /// `NFT_MSG_DELSETELEM`.
+    Delete,
+}
+
+/// One set-element message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ElemRequest {
+    pub(crate) op: ElemOp,
+    pub(crate) set: &'static str,
+    pub(crate) key: Vec<u8>,
+}
+
+/// Which attribute of our set-element message the kernel blamed
+/// (`NLMSGERR_ATTR_OFFS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blamed {
+    Table,
+    Set,
+    Element,
+    /// Somewhere we did not expect (or no offset given).
+    Unknown,
+}
+
+/// Byte offsets, from the start of the `nlmsghdr`, of the top-level
+/// attributes of a set-element message as [`setelem_message`] lays it out:
+/// table, set, elements (the kernel reports the offset of the attribute it
+/// rejected).
+fn setelem_offsets(table: &str, set: &str) -> (usize, usize, usize) {
+    let table_off = NLMSG_HDRLEN + NFGENMSG_LEN;
+    let set_off = table_off + SetElementList::Table(table.to_owned()).buffer_len();
+    let elems_off = set_off + SetElementList::Set(set.to_owned()).buffer_len();
+    (table_off, set_off, elems_off)
+}
+
+/// Maps an `NLMSGERR_ATTR_OFFS` value to the attribute it points into.
+pub(crate) fn blamed(table: &str, set: &str, offset: Option<u32>) -> Blamed {
+    let Some(off) = offset.and_then(|o| usize::try_from(o).ok()) else {
+        return Blamed::Unknown;
+    };
+    let (table_off, set_off, elems_off) = setelem_offsets(table, set);
+    if off < table_off {
+        Blamed::Unknown
+    } else if off < set_off {
+        Blamed::Table
+    } else if off < elems_off {
+        Blamed::Set
+    } else {
+        Blamed::Element
+    }
+}
+
+fn serialize(mut msg: NetlinkMessage<NetfilterMessage>, out: &mut Vec<u8>) {
+    msg.finalize();
+    let start = out.len();
+    out.resize(start + msg.buffer_len(), 0);
+    if let Some(dst) = out.get_mut(start..) {
+        msg.serialize(dst);
+    }
+}
+
+fn header(flags: u16, seq: u32) -> NetlinkHeader {
+    let mut h = NetlinkHeader::default();
+    h.flags = flags;
+    h.sequence_number = seq;
+    // port 0: the kernel fills in our port id from the socket
+    h
+}
+
+/// `NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` for one element of
+/// `inet <table> <set>`, always with `NLM_F_ACK` so that every message gets
+/// its own acknowledgement.
+fn setelem_message(table: &str, req: &ElemRequest, seq: u32) -> NetlinkMessage<NetfilterMessage> {
+    let mut elem = vec![SetElementAttribute::Key(DataAttribute::Value(
+        req.key.clone(),
+    ))];
+    let (flags, body) = match req.op {
+        ElemOp::Add { timeout_ms } => {
+            elem.push(SetElementAttribute::Timeout(timeout_ms));
+            (NLM_F_CREATE | NLM_F_EXCL, elem)
+        }
+        ElemOp::Delete => (0, elem),
+    };
+    // Attribute order matters for `setelem_offsets`: table, set, elements.
+    let list = SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_owned()),
+            SetElementList::Set(req.set.to_owned()),
+            SetElementList::Elements(vec![ListAttribute::Element(body)]),
+        ],
+    };
+    let inner = match req.op {
+        ElemOp::Add { .. } => NfTablesMessage::NewSetElement(list),
+        ElemOp::Delete => NfTablesMessage::DeleteSetElement(list),
+    };
+    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Inet, NFNETLINK_V0, 0),
+        inner,
+    ));
+    msg.header = header(NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+    msg
+}
+
+fn control_message(msg: ControlMessage, seq: u32) -> NetlinkMessage<NetfilterMessage> {
+    let mut m = NetlinkMessage::from(NetfilterMessage::new(
+        NetfilterHeader::new(
+            NetfilterProtoFamily::Unspec,
+            NFNETLINK_V0,
+            NFNL_SUBSYS_NFTABLES,
+        ),
+        msg,
+    ));
+    m.header = header(NLM_F_REQUEST, seq);
+    m
+}
+
+/// One nfnetlink transaction:
+/// `NFNL_MSG_BATCH_BEGIN` (seq `first_seq`), the element messages (seq
+/// `first_seq + 1 + i`), `NFNL_MSG_BATCH_END`. The kernel applies all of it
+/// or nothing. Returns the bytes (to be sent in a single `sendmsg`) and the
+/// number of sequence numbers used.
+pub(crate) fn encode_batch(table: &str, reqs: &[ElemRequest], first_seq: u32) -> (Vec<u8>, u32) {
+    let mut out = Vec::with_capacity(64 + reqs.len() * 128);
+    let mut seq = first_seq;
+    serialize(control_message(ControlMessage::BatchBegin, seq), &mut out);
+    for req in reqs {
+        seq = seq.wrapping_add(1);
+        serialize(setelem_message(table, req, seq), &mut out);
+    }
+    seq = seq.wrapping_add(1);
+    serialize(control_message(ControlMessage::BatchEnd, seq), &mut out);
+    (out, seq.wrapping_sub(first_seq).wrapping_add(1))
+}
+
+/// `NFT_MSG_GETSET` for `inet <table> <set>` (not a batch, not a dump):
+/// answered by one `NFT_MSG_NEWSET` and an ack, or by an error. Used only to
+/// tell "element missing" from "set missing" on kernels that do not say which
+/// attribute an `ENOENT` is about.
+pub(crate) fn encode_getset(table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Inet, NFNETLINK_V0, 0),
+        NfTablesMessage::GetSet(SetMessage {
+            attributes: vec![
+                SetAttribute::Table(table.to_owned()),
+                SetAttribute::Name(set.to_owned()),
+            ],
+        }),
+    ));
+    msg.header = header(NLM_F_REQUEST | NLM_F_ACK, seq);
+    let mut out = Vec::new();
+    serialize(msg, &mut out);
+    out
+}
+
+/// One message of a reply datagram, as far as we care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) seq: u32,
+    pub(crate) port: u32,
+    pub(crate) kind: ReplyKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplyKind {
+    /// `NLMSG_ERROR` with error 0.
+    Ack,
+    /// `NLMSG_ERROR` with a negative errno (stored positive here), plus the
+    /// extended ack if the kernel sent one.
+    Error {
+        errno: i32,
+        message: Option<String>,
+        offset: Option<u32>,
+    },
+    /// Anything else (e.g. the `NEWSET` answering a `GETSET`, `NLMSG_DONE`).
+    Other,
+}
+
+/// Splits a datagram into netlink messages and decodes the acks / errors.
+pub(crate) fn parse_datagram(data: &[u8]) -> Result<Vec<Reply>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let rest = data.get(pos..).unwrap_or_default();
+        let buf = NetlinkBuffer::new_checked(rest).map_err(|e| e.to_string())?;
+        let len = buf.length() as usize;
+        let kind = if buf.message_type() == NLMSG_ERROR {
+            parse_error(buf.flags(), buf.payload())?
+        } else {
+            ReplyKind::Other
+        };
+        out.push(Reply {
+            seq: buf.sequence_number(),
+            port: buf.port_number(),
+            kind,
+        });
+        // NLMSG_ALIGN; `new_checked` guarantees len >= 16, so this advances.
+        pos = pos.saturating_add((len + 3) & !3);
+    }
+    Ok(out)
+}
+
+/// Payload of `NLMSG_ERROR`: `struct nlmsgerr { int error; struct nlmsghdr
+/// msg; }`, followed by the rest of the offending message unless the reply
+/// has `NLM_F_CAPPED`, followed by extended-ack TLVs if it has
+/// `NLM_F_ACK_TLVS`.
+fn parse_error(flags: u16, payload: &[u8]) -> Result<ReplyKind, String> {
+    let code = payload
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| format!("NLMSG_ERROR too short ({} bytes)", payload.len()))?;
+    if code == 0 {
+        return Ok(ReplyKind::Ack);
+    }
+    let mut message = None;
+    let mut offset = None;
+    if flags & NLM_F_ACK_TLVS != 0 {
+        let echoed = if flags & NLM_F_CAPPED != 0 {
+            NLMSG_HDRLEN
+        } else {
+            // the whole original message; its length is its first u32
+            payload
+                .get(4..8)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(|b| (u32::from_ne_bytes(b) as usize + 3) & !3)
+                .unwrap_or(NLMSG_HDRLEN)
+        };
+        // The TLVs are best effort: a malformed tail loses the detail, not the
+        // errno.
+        let tlvs = payload.get(4 + echoed..).unwrap_or_default();
+        for nla in NlasIterator::new(tlvs).flatten() {
+            match nla.kind() {
+                NLMSGERR_ATTR_MSG => {
+                    let v = nla.value();
+                    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+                    let text = String::from_utf8_lossy(v.get(..end).unwrap_or_default());
+                    if !text.is_empty() {
+                        message = Some(text.into_owned());
+                    }
+                }
+                NLMSGERR_ATTR_OFFS => {
+                    offset = nla
+                        .value()
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(u32::from_ne_bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(ReplyKind::Error {
+        errno: code.saturating_neg(),
+        message,
+        offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// `nft --debug=netlink add element inet callgate pinhole4
+    /// '{ 192.0.2.1 . tcp . 5060 timeout 30s }'` prints the key as host-order
+    /// (here little-endian) 32-bit words:
+    /// `element 010200c0 00000006 0000c413`.
+    fn nft_debug_words(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn pinhole4_key_matches_nft_debug_netlink() {
+        let key = pinhole_key(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            PinholeProto::Tcp,
+            5060,
+        );
+        assert_eq!(
+            key,
+            nft_debug_words(&[0x0102_00c0, 0x0000_0006, 0x0000_c413])
+        );
+        assert_eq!(key, [192, 0, 2, 1, 6, 0, 0, 0, 0x13, 0xc4, 0, 0]);
+    }
+
+    #[test]
+    fn pinhole6_key_matches_nft_debug_netlink() {
+        // nft --debug=netlink add element inet callgate pinhole6
+        //   '{ 2001:db8::1 . udp . 10000 timeout 30s }'
+        // element b80d0120 00000000 00000000 01000000 00000011 00001027
+        let key = pinhole_key(
+            IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
+            PinholeProto::Udp,
+            10000,
+        );
+        assert_eq!(
+            key,
+            nft_debug_words(&[
+                0xb80d_0120,
+                0x0000_0000,
+                0x0000_0000,
+                0x0100_0000,
+                0x0000_0011,
+                0x0000_1027
+            ])
+        );
+        assert_eq!(key.len(), 24);
+    }
+
+    #[test]
+    fn block_key_matches_nft_debug_netlink() {
+        // nft --debug=netlink add element inet callgate block4
+        //   '{ 203.0.113.9 timeout 1m }'  ->  element 097100cb
+        let key = addr_key(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)));
+        assert_eq!(key, nft_debug_words(&[0x0971_00cb]));
+    }
+
+    #[test]
+    fn mapped_v6_goes_to_v4() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(canonical(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    /// The element message, compared with `nft --debug=mnl add element inet
+    /// callgate pinhole4 '{ 192.0.2.1 . tcp . 5060 timeout 30s }'` (nft adds a
+    /// NFTA_SET_ELEM_LIST_SET_ID and puts the timeout before the key; we do
+    /// neither, the rest is the same bytes).
+    #[test]
+    fn batch_bytes() {
+        let req = ElemRequest {
+            op: ElemOp::Add { timeout_ms: 30_000 },
+            set: "pinhole4",
+            key: pinhole_key(
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                PinholeProto::Tcp,
+                5060,
+            ),
+        };
+        let (bytes, used) = encode_batch("callgate", &[req], 7);
+        assert_eq!(used, 3);
+        let begin: [u8; 20] = [
+            20, 0, 0, 0, // len
+            0x10, 0x00, // NFNL_MSG_BATCH_BEGIN, subsys 0
+            0x01, 0x00, // NLM_F_REQUEST
+            7, 0, 0, 0, // seq
+            0, 0, 0, 0, // port
+            0, 0, 0x00, 0x0a, // AF_UNSPEC, v0, res_id = NFNL_SUBSYS_NFTABLES (BE)
+        ];
+        #[rustfmt::skip]
+        let elem: Vec<u8> = vec![
+            92, 0, 0, 0,              // len: 20 + table 16 + set 16 + elements 40
+            0x0c, 0x0a,               // NFT_MSG_NEWSETELEM | NFNL_SUBSYS_NFTABLES << 8
+            0x05, 0x06,               // REQUEST|ACK | EXCL|CREATE
+            8, 0, 0, 0,               // seq
+            0, 0, 0, 0,               // port
+            1, 0, 0, 0,               // NFPROTO_INET, v0, res_id 0
+            13, 0, 1, 0, b'c', b'a', b'l', b'l', b'g', b'a', b't', b'e', 0, 0, 0, 0, // TABLE
+            13, 0, 2, 0, b'p', b'i', b'n', b'h', b'o', b'l', b'e', b'4', 0, 0, 0, 0, // SET
+            40, 0, 3, 0x80,           // ELEMENTS (nested)
+            36, 0, 1, 0x80,           //   LIST_ELEM (nested)
+            20, 0, 1, 0x80,           //     ELEM_KEY (nested)
+            16, 0, 1, 0,              //       DATA_VALUE
+            192, 0, 2, 1, 6, 0, 0, 0, 0x13, 0xc4, 0, 0,
+            12, 0, 4, 0,              //     ELEM_TIMEOUT, u64 BE ms
+            0, 0, 0, 0, 0, 0, 0x75, 0x30,
+        ];
+        let end: [u8; 20] = [
+            20, 0, 0, 0, 0x11, 0x00, 0x01, 0x00, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x0a,
+        ];
+        let mut want = begin.to_vec();
+        want.extend_from_slice(&elem);
+        want.extend_from_slice(&end);
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn delete_message_flags_and_type() {
+        let req = ElemRequest {
+            op: ElemOp::Delete,
+            set: "block4",
+            key: vec![203, 0, 113, 9],
+        };
+        let (bytes, used) = encode_batch("callgate", &[req.clone(), req], u32::MAX);
+        assert_eq!(used, 4);
+        let replies = parse_datagram(&bytes).unwrap();
+        let seqs: Vec<u32> = replies.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [u32::MAX, 0, 1, 2]);
+        // second message: DELSETELEM, REQUEST|ACK only
+        assert_eq!(&bytes[20 + 4..20 + 8], &[0x0e, 0x0a, 0x05, 0x00]);
+    }
+
+    #[test]
+    fn blame_offsets() {
+        // 16 nlmsghdr + 4 nfgenmsg = 20: table; +16 ("callgate\0" padded): set;
+        // +16 ("pinhole4\0" padded): elements.
+        assert_eq!(blamed("callgate", "pinhole4", Some(20)), Blamed::Table);
+        assert_eq!(blamed("callgate", "pinhole4", Some(36)), Blamed::Set);
+        assert_eq!(blamed("callgate", "pinhole4", Some(52)), Blamed::Element);
+        assert_eq!(blamed("callgate", "pinhole4", Some(56)), Blamed::Element);
+        assert_eq!(blamed("callgate", "pinhole4", Some(4)), Blamed::Unknown);
+        assert_eq!(blamed("callgate", "pinhole4", None), Blamed::Unknown);
+    }
+
+    #[test]
+    fn parses_ack_and_extended_error() {
+        let mut dgram = Vec::new();
+        // ack for seq 5, port 77, capped
+        dgram.extend_from_slice(&36u32.to_ne_bytes());
+        dgram.extend_from_slice(&2u16.to_ne_bytes());
+        dgram.extend_from_slice(&NLM_F_CAPPED.to_ne_bytes());
+        dgram.extend_from_slice(&5u32.to_ne_bytes());
+        dgram.extend_from_slice(&77u32.to_ne_bytes());
+        dgram.extend_from_slice(&0i32.to_ne_bytes());
+        dgram.extend_from_slice(&[0; 16]);
+        // ENOENT for seq 6, capped, with MSG and OFFS TLVs
+        let msg = b"No such file\0";
+        let msg_nla_len = 4 + msg.len();
+        let tlv_len = ((msg_nla_len + 3) & !3) + 8;
+        let total = 16 + 4 + 16 + tlv_len;
+        dgram.extend_from_slice(&(total as u32).to_ne_bytes());
+        dgram.extend_from_slice(&2u16.to_ne_bytes());
+        dgram.extend_from_slice(&(NLM_F_CAPPED | NLM_F_ACK_TLVS).to_ne_bytes());
+        dgram.extend_from_slice(&6u32.to_ne_bytes());
+        dgram.extend_from_slice(&77u32.to_ne_bytes());
+        dgram.extend_from_slice(&(-2i32).to_ne_bytes());
+        dgram.extend_from_slice(&[0; 16]);
+        dgram.extend_from_slice(&(msg_nla_len as u16).to_ne_bytes());
+        dgram.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        dgram.extend_from_slice(msg);
+        dgram.resize(dgram.len() + ((4 - msg_nla_len % 4) % 4), 0);
+        dgram.extend_from_slice(&8u16.to_ne_bytes());
+        dgram.extend_from_slice(&NLMSGERR_ATTR_OFFS.to_ne_bytes());
+        dgram.extend_from_slice(&36u32.to_ne_bytes());
+        assert_eq!(dgram.len(), 36 + total);
+
+        let replies = parse_datagram(&dgram).unwrap();
+        assert_eq!(
+            replies,
+            [
+                Reply {
+                    seq: 5,
+                    port: 77,
+                    kind: ReplyKind::Ack
+                },
+                Reply {
+                    seq: 6,
+                    port: 77,
+                    kind: ReplyKind::Error {
+                        errno: 2,
+                        message: Some("No such file".into()),
+                        offset: Some(36),
+                    }
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_datagram(&[1, 2, 3]).is_err());
+        let mut short = vec![0u8; 16];
+        short[0] = 200; // length beyond buffer
+        assert!(parse_datagram(&short).is_err());
+    }
+}

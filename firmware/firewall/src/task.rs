@@ -1,0 +1,200 @@
+//! The firewall component: a handle plus a dedicated thread that owns the `inet callgate`
+//! table. nft runs and netlink writes block, so they live off the async runtime; callers
+//! talk to the thread over an mpsc channel and watch its state.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{ApplyReport, EntryCounters, Firewall, FirewallError, PinholeProto, Ruleset, SetWriter};
+
+/// What the firewall has applied, published for the rest of the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewallState {
+    /// Generation of the last ruleset applied and verified (0: none yet).
+    pub generation: u64,
+    /// The last apply's error, if it failed (the previous ruleset then stays in force).
+    pub last_error: Option<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, FirewallError>>;
+
+#[derive(Debug)]
+enum Command {
+    Apply {
+        ruleset: Arc<Ruleset>,
+        generation: u64,
+        reply: Reply<ApplyReport>,
+    },
+    Counters {
+        reply: Reply<Vec<EntryCounters>>,
+    },
+    OpenPinhole {
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
+    ClosePinhole {
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+        reply: Reply<()>,
+    },
+}
+
+/// Cheap to clone; every clone talks to the same thread.
+#[derive(Debug, Clone)]
+pub struct FirewallHandle {
+    tx: mpsc::Sender<Command>,
+    state: watch::Receiver<FirewallState>,
+}
+
+impl FirewallHandle {
+    /// Starts the firewall thread. It stops when every handle is dropped.
+    pub fn spawn(fw: Firewall) -> std::io::Result<(FirewallHandle, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(256);
+        let (state_tx, state) = watch::channel(FirewallState::default());
+        let join = std::thread::Builder::new()
+            .name("firewall".into())
+            .spawn(move || run(fw, rx, state_tx))?;
+        Ok((FirewallHandle { tx, state }, join))
+    }
+
+    pub fn state(&self) -> watch::Receiver<FirewallState> {
+        self.state.clone()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, FirewallError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| FirewallError::Stopped)?;
+        rx.await.map_err(|_| FirewallError::Stopped)?
+    }
+
+    /// Applies and verifies a ruleset; on error the kernel keeps the previous one.
+    pub async fn apply(&self, ruleset: Arc<Ruleset>, generation: u64) -> Result<ApplyReport, FirewallError> {
+        self.call(|reply| Command::Apply {
+            ruleset,
+            generation,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn counters(&self) -> Result<Vec<EntryCounters>, FirewallError> {
+        self.call(|reply| Command::Counters { reply }).await
+    }
+
+    /// Lets `proto` traffic to `addr:port` through for `ttl` (refreshes an open pinhole).
+    pub async fn open_pinhole(
+        &self,
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+        ttl: Duration,
+    ) -> Result<(), FirewallError> {
+        self.call(|reply| Command::OpenPinhole {
+            addr,
+            proto,
+            port,
+            ttl,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes a pinhole now. Closing one that has already expired is not an error.
+    pub async fn close_pinhole(&self, addr: IpAddr, proto: PinholeProto, port: u16) -> Result<(), FirewallError> {
+        self.call(|reply| Command::ClosePinhole {
+            addr,
+            proto,
+            port,
+            reply,
+        })
+        .await
+    }
+}
+
+fn with_writer<T>(
+    writer: &mut Option<SetWriter>,
+    f: impl FnOnce(&mut SetWriter) -> Result<T, crate::NetlinkError>,
+) -> Result<T, FirewallError> {
+    if writer.is_none() {
+        *writer = Some(SetWriter::open(crate::model::TABLE)?);
+    }
+    let Some(w) = writer.as_mut() else {
+        return Err(FirewallError::Stopped);
+    };
+    let r = f(w);
+    if r.is_err() {
+        // Reopen on the next call: a socket error must not poison later writes.
+        *writer = None;
+    }
+    Ok(r?)
+}
+
+fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<FirewallState>) {
+    let mut writer: Option<SetWriter> = None;
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            Command::Apply {
+                ruleset,
+                generation,
+                reply,
+            } => {
+                let r = fw.apply(&ruleset);
+                state.send_modify(|s| match &r {
+                    Ok(_) => {
+                        s.generation = generation;
+                        s.last_error = None;
+                    }
+                    Err(e) => s.last_error = Some(crate_error_chain(e)),
+                });
+                let _ = reply.send(r);
+            }
+            Command::Counters { reply } => {
+                let _ = reply.send(fw.counters());
+            }
+            Command::OpenPinhole {
+                addr,
+                proto,
+                port,
+                ttl,
+                reply,
+            } => {
+                let r = with_writer(&mut writer, |w| w.open_pinhole(addr, proto, port, ttl));
+                let _ = reply.send(r);
+            }
+            Command::ClosePinhole {
+                addr,
+                proto,
+                port,
+                reply,
+            } => {
+                let r = with_writer(&mut writer, |w| match w.close_pinhole(addr, proto, port) {
+                    Err(crate::NetlinkError::NotFound { .. }) => Ok(()),
+                    r => r,
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// The whole error chain on one line, for logs and replies.
+pub fn crate_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
