@@ -40,7 +40,7 @@ pub use model::Ruleset;
 pub use netlink::{NetlinkError, PinholeProto, SetWriter};
 pub use nft::Nft;
 pub use render::{render, render_baseline};
-pub use task::{FirewallHandle, FirewallState};
+pub use task::{error_chain, FirewallHandle, FirewallState};
 
 /// Errors of the firewall crate.
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +124,9 @@ impl Firewall {
 
     /// Reads back our table and compares it with `rs`.
     pub fn verify(&self, rs: &Ruleset) -> Result<(), FirewallError> {
-        let objs = self
-            .nft
-            .list_table(false)?
-            .ok_or_else(|| FirewallError::Mismatch(vec!["table inet callgate is missing".into()]))?;
+        let objs = self.nft.list_table(false)?.ok_or_else(|| {
+            FirewallError::Mismatch(vec!["table inet callgate is missing".into()])
+        })?;
         let diffs = nft::diff(rs, &nft::observe(&objs));
         if diffs.is_empty() {
             Ok(())
@@ -145,7 +144,10 @@ impl Firewall {
         let mut out: Vec<EntryCounters> = Vec::new();
         for chain in ["input", "forward", "output", render::ALLOW_DST_CHAIN] {
             for r in o.rules.get(chain).into_iter().flatten() {
-                match out.iter_mut().find(|c| c.chain == chain && c.name == r.comment) {
+                match out
+                    .iter_mut()
+                    .find(|c| c.chain == chain && c.name == r.comment)
+                {
                     Some(c) => {
                         c.rules += 1;
                         c.packets += r.packets;

@@ -232,38 +232,50 @@ pub fn transaction(rs: &Ruleset, existing: &Existing) -> Nftables<'static> {
     let mut cmds: Vec<NfObject<'static>> = Vec::new();
     let add = |o| NfObject::CmdObject(NfCmd::Add(o));
     cmds.push(add(NfListObject::Table(table_obj())));
-    cmds.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Table(table_obj()))));
+    cmds.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Table(
+        table_obj(),
+    ))));
     let wanted_chains: BTreeSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
-    for stale in existing.chains.iter().filter(|c| !wanted_chains.contains(c.as_str())) {
-        cmds.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Chain(schema::Chain {
-            family: NfFamily::INet,
-            table: Cow::Borrowed(TABLE),
-            name: Cow::Owned(stale.clone()),
-            ..Default::default()
-        }))));
+    for stale in existing
+        .chains
+        .iter()
+        .filter(|c| !wanted_chains.contains(c.as_str()))
+    {
+        cmds.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Chain(
+            schema::Chain {
+                family: NfFamily::INet,
+                table: Cow::Borrowed(TABLE),
+                name: Cow::Owned(stale.clone()),
+                ..Default::default()
+            },
+        ))));
     }
     for c in &rs.chains {
         cmds.push(add(NfListObject::Chain(chain_obj(c))));
     }
     let wanted_sets: BTreeSet<&str> = rs.sets.iter().map(|s| s.name.as_str()).collect();
-    for stale in existing.sets.iter().filter(|s| !wanted_sets.contains(s.as_str())) {
-        cmds.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(Box::new(
-            schema::Set {
+    for stale in existing
+        .sets
+        .iter()
+        .filter(|s| !wanted_sets.contains(s.as_str()))
+    {
+        cmds.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
+            Box::new(schema::Set {
                 name: Cow::Owned(stale.clone()),
                 ..set_obj(&SetDef {
                     name: String::new(),
                     kind: SetKind::Ports,
                     elems: vec![],
                 })
-            },
-        )))));
+            }),
+        ))));
     }
     for d in &rs.sets {
         cmds.push(add(NfListObject::Set(Box::new(set_obj(d)))));
         if !d.kind.is_dynamic() {
-            cmds.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(Box::new(
-                set_obj(d),
-            )))));
+            cmds.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(
+                Box::new(set_obj(d)),
+            ))));
             if !d.elems.is_empty() {
                 cmds.push(add(NfListObject::Element(schema::Element {
                     family: NfFamily::INet,
@@ -369,8 +381,9 @@ impl Nft {
         args.extend(["list", "table", "inet", TABLE]);
         match self.run(&args, None) {
             Ok(out) => {
-                let v: Value = serde_json::from_slice(&out)
-                    .map_err(|e| FirewallError::Readback(format!("nft printed invalid JSON: {e}")))?;
+                let v: Value = serde_json::from_slice(&out).map_err(|e| {
+                    FirewallError::Readback(format!("nft printed invalid JSON: {e}"))
+                })?;
                 let objs = v
                     .get("nftables")
                     .and_then(Value::as_array)
@@ -378,7 +391,9 @@ impl Nft {
                     .unwrap_or_default();
                 Ok(Some(objs))
             }
-            Err(FirewallError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Err(FirewallError::Nft { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -388,7 +403,11 @@ impl Nft {
     /// Deletes our table (used by tests and `decommission`; never by a commit).
     pub fn delete_table(&self) -> Result<(), FirewallError> {
         match self.run(&["delete", "table", "inet", TABLE], None) {
-            Err(FirewallError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
+            Err(FirewallError::Nft { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(())
+            }
             r => r.map(|_| ()),
         }
     }
@@ -434,7 +453,12 @@ pub fn observe(objs: &[Value]) -> Observed {
                 packets: 0,
                 bytes: 0,
             };
-            for st in r.get("expr").and_then(Value::as_array).into_iter().flatten() {
+            for st in r
+                .get("expr")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(cnt) = st.get("counter") {
                     rule.packets = cnt.get("packets").and_then(Value::as_u64).unwrap_or(0);
                     rule.bytes = cnt.get("bytes").and_then(Value::as_u64).unwrap_or(0);
@@ -452,7 +476,11 @@ pub fn observe(objs: &[Value]) -> Observed {
             let name = st.get("name").and_then(Value::as_str).unwrap_or_default();
             let ty = match st.get("type") {
                 Some(Value::String(t)) => vec![t.clone()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
                 _ => vec![],
             };
             let mut flags: Vec<String> = st
@@ -537,7 +565,11 @@ pub fn intended_intervals(d: &SetDef) -> Vec<(u128, u128)> {
                         IpAddr::V6(a) => (u128::from(a), 128u32),
                     };
                     let host = bits - u32::from(n.prefix_len());
-                    let span = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+                    let span = if host >= 128 {
+                        u128::MAX
+                    } else {
+                        (1u128 << host) - 1
+                    };
                     (lo, lo.saturating_add(span))
                 }
                 Elem::Ports(p) => (u128::from(p.lo), u128::from(p.hi)),
@@ -563,15 +595,26 @@ pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
         };
         let want_hook = c.hook.map(|h| h.as_str().to_owned());
         if *hook != want_hook {
-            d.push(format!("chain {} hooks {:?}, expected {:?}", c.name, hook, want_hook));
+            d.push(format!(
+                "chain {} hooks {:?}, expected {:?}",
+                c.name, hook, want_hook
+            ));
         }
         if c.hook.is_some() && policy.as_deref() != Some("drop") {
-            d.push(format!("chain {} has policy {:?}, expected drop", c.name, policy));
+            d.push(format!(
+                "chain {} has policy {:?}, expected drop",
+                c.name, policy
+            ));
         }
         let got: Vec<(String, String)> = observed
             .rules
             .get(&c.name)
-            .map(|rules| rules.iter().map(|r| (r.comment.clone(), r.verdict.clone())).collect())
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| (r.comment.clone(), r.verdict.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let want: Vec<(String, String)> = c
             .rules
@@ -598,13 +641,24 @@ pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
             d.push(format!("set {} is missing", set.name));
             continue;
         };
-        let want_ty: Vec<String> = set.kind.type_words().into_iter().map(str::to_owned).collect();
+        let want_ty: Vec<String> = set
+            .kind
+            .type_words()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if *ty != want_ty {
-            d.push(format!("set {} has type {:?}, expected {:?}", set.name, ty, want_ty));
+            d.push(format!(
+                "set {} has type {:?}, expected {:?}",
+                set.name, ty, want_ty
+            ));
         }
         let want_flags: Vec<String> = set.kind.flags().into_iter().map(str::to_owned).collect();
         if !want_flags.iter().all(|f| flags.contains(f)) {
-            d.push(format!("set {} has flags {:?}, expected {:?}", set.name, flags, want_flags));
+            d.push(format!(
+                "set {} has flags {:?}, expected {:?}",
+                set.name, flags, want_flags
+            ));
         }
         if set.kind.is_dynamic() {
             continue;

@@ -14,7 +14,11 @@ const ND_IN: [&str; 4] = [
     "nd-router-solicit",
     "nd-router-advert",
 ];
-const ND_OUT: [&str; 3] = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"];
+const ND_OUT: [&str; 3] = [
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-router-solicit",
+];
 
 fn rule(comment: impl Into<String>, conds: Vec<Cond>, verdict: Verdict) -> RuleDef {
     RuleDef {
@@ -288,7 +292,11 @@ fn service_rules(cfg: &Config, only: Option<&[&str]>) -> Vec<RuleDef> {
             )),
             "heartbeat" => out.push(rule(
                 comment,
-                vec![iif, Cond::L4Proto(vec!["udp"]), Cond::Dport(cfg.heartbeat_port())],
+                vec![
+                    iif,
+                    Cond::L4Proto(vec!["udp"]),
+                    Cond::Dport(cfg.heartbeat_port()),
+                ],
                 Verdict::Accept,
             )),
             _ => {
@@ -350,7 +358,10 @@ pub fn render(cfg: &Config) -> Ruleset {
             sets.push(SetDef {
                 name: set.clone(),
                 kind: SetKind::Ports,
-                elems: normalize_ports(e.ports()).into_iter().map(Elem::Ports).collect(),
+                elems: normalize_ports(e.ports())
+                    .into_iter()
+                    .map(Elem::Ports)
+                    .collect(),
             });
             Some(set)
         };
@@ -397,7 +408,10 @@ pub fn render(cfg: &Config) -> Ruleset {
             sets.push(SetDef {
                 name: set.clone(),
                 kind: SetKind::Ports,
-                elems: normalize_ports(e.ports()).into_iter().map(Elem::Ports).collect(),
+                elems: normalize_ports(e.ports())
+                    .into_iter()
+                    .map(Elem::Ports)
+                    .collect(),
             });
             Some(set)
         };
@@ -554,17 +568,27 @@ mod tests {
             }
         }
         // v4-only entry gets one rule, not two
-        let ping = rs.chains[0].rules.iter().filter(|r| r.comment == "carrier-ping").count();
+        let ping = rs.chains[0]
+            .rules
+            .iter()
+            .filter(|r| r.comment == "carrier-ping")
+            .count();
         assert_eq!(ping, 1);
         assert!(rs.chain(ALLOW_DST_CHAIN).is_some());
     }
 
     #[test]
     fn prefixes_are_deduplicated() {
-        let ps: Vec<Prefix> = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "192.0.2.0/24", "2001:db8::/32"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let ps: Vec<Prefix> = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3",
+            "192.0.2.0/24",
+            "2001:db8::/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let v4 = normalize_prefixes(&ps, false);
         assert_eq!(v4.len(), 2, "{v4:?}");
         assert_eq!(normalize_prefixes(&ps, true).len(), 1);
@@ -586,11 +610,22 @@ mod tests {
     fn baseline_has_ssh_only_on_mgmt() {
         let cfg = lab();
         let b = render_baseline(Some(&cfg));
-        let ssh: Vec<_> = b.chains[0].rules.iter().filter(|r| r.comment == "service:ssh").collect();
+        let ssh: Vec<_> = b.chains[0]
+            .rules
+            .iter()
+            .filter(|r| r.comment == "service:ssh")
+            .collect();
         assert_eq!(ssh.len(), 1);
         assert_eq!(ssh[0].conds[0], Cond::Iifname(vec!["mgmt0".into()]));
-        assert!(!b.chains.iter().flat_map(|c| &c.rules).any(|r| r.comment.starts_with("carrier")));
+        assert!(!b
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .any(|r| r.comment.starts_with("carrier")));
         let none = render_baseline(None);
-        assert!(!none.chains[0].rules.iter().any(|r| r.comment.starts_with("service:")));
+        assert!(!none.chains[0]
+            .rules
+            .iter()
+            .any(|r| r.comment.starts_with("service:")));
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{ApplyReport, EntryCounters, Firewall, FirewallError, PinholeProto, Ruleset, SetWriter};
+use crate::{
+    ApplyReport, EntryCounters, Firewall, FirewallError, PinholeProto, Ruleset, SetWriter,
+};
 
 /// What the firewall has applied, published for the rest of the daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,7 +80,11 @@ impl FirewallHandle {
     }
 
     /// Applies and verifies a ruleset; on error the kernel keeps the previous one.
-    pub async fn apply(&self, ruleset: Arc<Ruleset>, generation: u64) -> Result<ApplyReport, FirewallError> {
+    pub async fn apply(
+        &self,
+        ruleset: Arc<Ruleset>,
+        generation: u64,
+    ) -> Result<ApplyReport, FirewallError> {
         self.call(|reply| Command::Apply {
             ruleset,
             generation,
@@ -110,7 +116,12 @@ impl FirewallHandle {
     }
 
     /// Closes a pinhole now. Closing one that has already expired is not an error.
-    pub async fn close_pinhole(&self, addr: IpAddr, proto: PinholeProto, port: u16) -> Result<(), FirewallError> {
+    pub async fn close_pinhole(
+        &self,
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+    ) -> Result<(), FirewallError> {
         self.call(|reply| Command::ClosePinhole {
             addr,
             proto,
@@ -154,7 +165,7 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                         s.generation = generation;
                         s.last_error = None;
                     }
-                    Err(e) => s.last_error = Some(crate_error_chain(e)),
+                    Err(e) => s.last_error = Some(error_chain(e)),
                 });
                 let _ = reply.send(r);
             }
@@ -188,7 +199,7 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
 }
 
 /// The whole error chain on one line, for logs and replies.
-pub fn crate_error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -197,4 +208,23 @@ pub fn crate_error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+impl FirewallHandle {
+    /// [`FirewallHandle::apply`] for callers on a plain thread (never call it from async code).
+    pub fn blocking_apply(
+        &self,
+        ruleset: Arc<Ruleset>,
+        generation: u64,
+    ) -> Result<ApplyReport, FirewallError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Apply {
+                ruleset,
+                generation,
+                reply,
+            })
+            .map_err(|_| FirewallError::Stopped)?;
+        rx.blocking_recv().map_err(|_| FirewallError::Stopped)?
+    }
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 //! The apply / read-back / replace cycle against the real kernel, inside a throwaway
 //! network namespace (root needed; the root namespace is never touched).
 
@@ -12,7 +13,10 @@ struct Netns(String);
 impl Netns {
     fn new(tag: &str) -> Netns {
         let name = format!("cgfw{}x{tag}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
         assert!(ok.success(), "ip netns add {name}");
         Netns(name)
     }
@@ -25,7 +29,8 @@ impl Drop for Netns {
 }
 
 fn lab_src() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml")).unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml"))
+        .unwrap()
 }
 
 fn parse(src: &str) -> Config {
@@ -43,15 +48,28 @@ fn apply_verify_replace_keeps_pinhole_sets() {
 
     // A run-time pinhole element, written as the SIP router would.
     let st = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "add", "element", "inet", "callgate", "pinhole4",
-               "{ 198.51.100.10 . udp . 40000 timeout 60s }"])
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "nft",
+            "add",
+            "element",
+            "inet",
+            "callgate",
+            "pinhole4",
+            "{ 198.51.100.10 . udp . 40000 timeout 60s }",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
 
     // Remove one entry and one prefix of another, then replace.
     let src = lab_src()
-        .replace("sources = [\"203.0.113.0/28\"]", "sources = [\"203.0.113.0/29\"]")
+        .replace(
+            "sources = [\"203.0.113.0/28\"]",
+            "sources = [\"203.0.113.0/29\"]",
+        )
         .replace("name = \"mgmt-api\"", "name = \"mgmt-api2\"");
     let rs2 = render(&parse(&src));
     fw.apply(&rs2).unwrap();
@@ -67,13 +85,17 @@ fn apply_verify_replace_keeps_pinhole_sets() {
     fw.verify(&rs2).unwrap();
     // run-time set contents survive a commit
     let pin = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "list", "set", "inet", "callgate", "pinhole4"])
+        .args([
+            "netns", "exec", &ns.0, "nft", "list", "set", "inet", "callgate", "pinhole4",
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&pin.stdout).contains("198.51.100.10"));
 
     let counters = fw.counters().unwrap();
-    assert!(counters.iter().any(|c| c.name == "carrier-sip-udp" && c.rules == 2));
+    assert!(counters
+        .iter()
+        .any(|c| c.name == "carrier-sip-udp" && c.rules == 2));
 }
 
 #[test]
@@ -88,12 +110,17 @@ fn a_failing_transaction_changes_nothing_and_reports_nft_text() {
         0,
         callgate_firewall::model::RuleDef {
             comment: "broken".into(),
-            conds: vec![callgate_firewall::model::Cond::DportIn("no_such_set".into())],
+            conds: vec![callgate_firewall::model::Cond::DportIn(
+                "no_such_set".into(),
+            )],
             verdict: callgate_firewall::model::Verdict::Accept,
         },
     );
     let err = fw.apply(&bad).unwrap_err().to_string();
-    assert!(err.contains("no_such_set") || err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("no_such_set") || err.contains("No such file"),
+        "{err}"
+    );
     let after = fw.nft.list_table(false).unwrap();
     assert_eq!(before, after);
 }
