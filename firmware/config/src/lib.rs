@@ -134,10 +134,16 @@ pub struct AllowEntry {
 
 impl AllowEntry {
     pub fn ports(&self) -> &[PortRange] {
-        self.ports.as_ref().map(|p| p.get_ref().as_slice()).unwrap_or(&[])
+        self.ports
+            .as_ref()
+            .map(|p| p.get_ref().as_slice())
+            .unwrap_or(&[])
     }
     pub fn destinations(&self) -> &[Prefix] {
-        self.destination.as_ref().map(|d| d.get_ref().as_slice()).unwrap_or(&[])
+        self.destination
+            .as_ref()
+            .map(|d| d.get_ref().as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -253,7 +259,11 @@ impl Locator<'_> {
         let before = self.src.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let column = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         ConfigError {
             file: self.file.to_path_buf(),
             line,
@@ -297,7 +307,11 @@ impl Config {
         // Two passes so a syntax error is told apart from a schema error.
         if let Err(e) = src.parse::<toml::Table>() {
             let msg = e.message().trim().to_owned();
-            return Err(ConfigErrors(vec![loc.error(e.span(), ErrorKind::Syntax, msg)]));
+            return Err(ConfigErrors(vec![loc.error(
+                e.span(),
+                ErrorKind::Syntax,
+                msg,
+            )]));
         }
         let cfg: Config = toml::from_str(src).map_err(|e| {
             let msg = e.message().trim().to_owned();
@@ -379,7 +393,10 @@ impl Config {
                 errs.push(loc.error(
                     Some(n.span()),
                     ErrorKind::DuplicateName,
-                    format!("{what} entry {:?} is defined twice: names must be unique", n.get_ref().as_str()),
+                    format!(
+                        "{what} entry {:?} is defined twice: names must be unique",
+                        n.get_ref().as_str()
+                    ),
                 ));
             }
         };
@@ -402,7 +419,10 @@ impl Config {
                     errs.push(loc.error(
                         Some(dst.span()),
                         ErrorKind::InvalidEntry,
-                        format!("entry {}: destination is empty: omit it to mean the appliance itself", e.name.get_ref()),
+                        format!(
+                            "entry {}: destination is empty: omit it to mean the appliance itself",
+                            e.name.get_ref()
+                        ),
                     ));
                 } else {
                     let src_fams = families(e.sources.get_ref());
@@ -472,11 +492,19 @@ impl Config {
 
     /// Port of the SSH service.
     pub fn ssh_port(&self) -> u16 {
-        self.services.ssh.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_SSH_PORT)
+        self.services
+            .ssh
+            .as_ref()
+            .and_then(|s| s.port)
+            .unwrap_or(DEFAULT_SSH_PORT)
     }
     /// Port of the SIP service.
     pub fn sip_port(&self) -> u16 {
-        self.services.sip.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_SIP_PORT)
+        self.services
+            .sip
+            .as_ref()
+            .and_then(|s| s.port)
+            .unwrap_or(DEFAULT_SIP_PORT)
     }
     /// Port of the heartbeat service.
     pub fn heartbeat_port(&self) -> u16 {
@@ -503,7 +531,10 @@ fn check_entry(
     proto_span: &Spanned<Protocol>,
     ports: &Option<Spanned<Vec<PortRange>>>,
 ) {
-    let port_list = ports.as_ref().map(|p| p.get_ref().as_slice()).unwrap_or(&[]);
+    let port_list = ports
+        .as_ref()
+        .map(|p| p.get_ref().as_slice())
+        .unwrap_or(&[]);
     let ports_span = ports.as_ref().map(|p| p.span());
     let name = name.get_ref();
     if addrs.get_ref().is_empty() {
@@ -522,7 +553,10 @@ fn check_entry(
         Protocol::Tcp | Protocol::Udp if port_list.is_empty() => errs.push(loc.error(
             Some(proto_span.span()),
             ErrorKind::InvalidEntry,
-            format!("entry {name}: protocol {} needs ports: expected ports = [...]", proto.as_str()),
+            format!(
+                "entry {name}: protocol {} needs ports: expected ports = [...]",
+                proto.as_str()
+            ),
         )),
         _ => {}
     }
@@ -533,6 +567,9 @@ mod tests;
 
 impl EgressEntry {
     pub fn ports(&self) -> &[PortRange] {
-        self.ports.as_ref().map(|p| p.get_ref().as_slice()).unwrap_or(&[])
+        self.ports
+            .as_ref()
+            .map(|p| p.get_ref().as_slice())
+            .unwrap_or(&[])
     }
 }

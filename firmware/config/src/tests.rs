@@ -141,7 +141,10 @@ fn duplicate_name_is_located() {
     let extra = format!("{one}{one}");
     let e = one_error(&extra);
     assert_eq!(e.kind, ErrorKind::DuplicateName, "{e}");
-    assert!(e.line > line_of(&extra, "name = \"a\""), "second one is reported: {e}");
+    assert!(
+        e.line > line_of(&extra, "name = \"a\""),
+        "second one is reported: {e}"
+    );
 }
 
 #[test]
@@ -184,7 +187,9 @@ fn lockout_guard() {
     let no_ssh = BASE.replace("[services.ssh]\nzones = [\"mgmt\"]", "[services]");
     let cfg = Config::parse(&no_ssh, Path::new("t.toml")).unwrap();
     assert_eq!(
-        cfg.lockout_check(Path::new("t.toml"), &no_ssh).unwrap_err().kind,
+        cfg.lockout_check(Path::new("t.toml"), &no_ssh)
+            .unwrap_err()
+            .kind,
         ErrorKind::Lockout
     );
 

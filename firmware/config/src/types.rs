@@ -19,7 +19,12 @@ pub enum ZoneName {
 }
 
 impl ZoneName {
-    pub const ALL: [ZoneName; 4] = [ZoneName::Wan, ZoneName::Private, ZoneName::Mgmt, ZoneName::Sync];
+    pub const ALL: [ZoneName; 4] = [
+        ZoneName::Wan,
+        ZoneName::Private,
+        ZoneName::Mgmt,
+        ZoneName::Sync,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -124,8 +129,7 @@ impl FromStr for IfName {
     fn from_str(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 15
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !ok {
             return Err(format!(
@@ -157,7 +161,7 @@ impl Prefix {
     pub fn addr(&self) -> IpAddr {
         self.0.network()
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.0.prefix_len()
     }
     /// True for a /32 or /128.
@@ -288,8 +292,14 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        assert_eq!("203.0.113.7".parse::<Prefix>().unwrap().to_string(), "203.0.113.7/32");
-        assert_eq!("2001:db8::/32".parse::<Prefix>().unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            "203.0.113.7".parse::<Prefix>().unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert_eq!(
+            "2001:db8::/32".parse::<Prefix>().unwrap().to_string(),
+            "2001:db8::/32"
+        );
         let e = "203.0.113.7/24".parse::<Prefix>().unwrap_err();
         assert!(e.contains("host bits"), "{e}");
         assert!("nonsense".parse::<Prefix>().is_err());
@@ -297,10 +307,16 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!("5060".parse::<PortRange>().unwrap(), PortRange::single(5060));
+        assert_eq!(
+            "5060".parse::<PortRange>().unwrap(),
+            PortRange::single(5060)
+        );
         assert_eq!(
             "10000-20000".parse::<PortRange>().unwrap(),
-            PortRange { lo: 10000, hi: 20000 }
+            PortRange {
+                lo: 10000,
+                hi: 20000
+            }
         );
         assert!("0".parse::<PortRange>().is_err());
         assert!("20-10".parse::<PortRange>().is_err());

@@ -1,0 +1,198 @@
+//! # callgate — the engineers' console and admin tool
+//!
+//! Talks to `callgated` over its control socket. `check` and `render` work without a
+//! daemon: they only read the file.
+//!
+//! Exit codes: 0 success; 1 the daemon refused or failed the request; 2 bad command line;
+//! 3 the config file is invalid (`check`, `render`); 4 the daemon is unreachable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use callgate_config::Config;
+use callgate_control::{Client, Request, Response};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "callgate", version, about = "callgate console and admin tool")]
+struct Args {
+    /// The daemon's control socket.
+    #[arg(long, default_value = "/run/callgate/control.sock", global = true)]
+    socket: PathBuf,
+    /// Print the structured reply as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate a config file; exits non-zero with its errors.
+    Check { file: PathBuf },
+    /// Print what a config produces, without applying it.
+    Render {
+        #[command(subcommand)]
+        what: RenderWhat,
+    },
+    /// Show state from the running daemon.
+    Show {
+        #[command(subcommand)]
+        what: ShowWhat,
+    },
+    /// Daemon status.
+    Status,
+    /// Validate and apply a config atomically, and record it as a new revision.
+    Commit {
+        file: PathBuf,
+        /// Roll back by itself unless `callgate confirm` arrives within SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        confirmed: Option<u64>,
+        /// Apply even if it would cut management SSH from the mgmt zone.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep the commit made with --confirmed.
+    Confirm,
+    /// Commit the text of revision N again.
+    Rollback {
+        number: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Differences between revisions N and M.
+    Compare { a: u64, b: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum RenderWhat {
+    /// The exact nftables ruleset (nft JSON) the config produces.
+    Firewall { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShowWhat {
+    /// Allowlist entries with packet and byte counters.
+    Firewall,
+    /// The running config.
+    Config,
+    /// Numbered revisions.
+    History,
+}
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_INVALID: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+fn load(file: &Path) -> Result<(String, Config), ExitCode> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        eprintln!("{}: cannot read the file: {e}", file.display());
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let cfg = Config::parse(&text, file).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    Ok((text, cfg))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let req = match args.cmd {
+        Cmd::Check { file } => {
+            return match load(&file) {
+                Ok((text, cfg)) => match cfg.lockout_check(&file, &text) {
+                    Ok(()) => {
+                        println!("{}: ok", file.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::from(EXIT_INVALID)
+                    }
+                },
+                Err(code) => code,
+            };
+        }
+        Cmd::Render {
+            what: RenderWhat::Firewall { file },
+        } => {
+            return match load(&file) {
+                Ok((_, cfg)) => {
+                    let doc = callgate_firewall::nft::document(&callgate_firewall::render(&cfg));
+                    match serde_json::to_string_pretty(&doc) {
+                        Ok(s) => {
+                            // A closed pipe (`| head`) is not an error worth a panic.
+                            let _ = writeln!(std::io::stdout().lock(), "{s}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("cannot encode the ruleset: {e}");
+                            ExitCode::from(EXIT_REFUSED)
+                        }
+                    }
+                }
+                Err(code) => code,
+            };
+        }
+        Cmd::Show { what } => match what {
+            ShowWhat::Firewall => Request::ShowFirewall,
+            ShowWhat::Config => Request::ShowConfig,
+            ShowWhat::History => Request::ShowHistory,
+        },
+        Cmd::Status => Request::Status,
+        Cmd::Commit {
+            file,
+            confirmed,
+            force,
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: cannot read the file: {e}", file.display());
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            Request::Commit {
+                text,
+                origin: file,
+                force,
+                confirmed_secs: confirmed,
+            }
+        }
+        Cmd::Confirm => Request::Confirm,
+        Cmd::Rollback { number, force } => Request::Rollback { number, force },
+        Cmd::Compare { a, b } => Request::Compare { a, b },
+    };
+    let resp: Response = match Client::connect(&args.socket).and_then(|mut c| c.request(&req)) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("callgate: {msg}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resp.data).unwrap_or_default()
+        );
+    } else if resp.ok {
+        print!("{}", resp.text);
+        if !resp.text.ends_with('\n') {
+            println!();
+        }
+    }
+    if resp.ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", resp.text);
+        ExitCode::from(EXIT_REFUSED)
+    }
+}

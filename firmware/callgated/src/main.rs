@@ -1,0 +1,349 @@
+//! # callgated — the callgate appliance daemon
+//!
+//! Wiring only: it parses its command line, sets up logging, and starts the fixed set of
+//! long-lived components (firewall, config, control), each a handle plus a task or thread
+//! from its own crate. The SIP router, records, HA and uplink plug in here later.
+//!
+//! Boot order: baseline ruleset (only if no callgate table is in force yet) → settle an
+//! expired confirm window → load and verify the config → apply the full policy → control
+//! socket → `READY=1` to systemd.
+//!
+//! ## Exit codes
+//! | code | meaning |
+//! |---|---|
+//! | 0 | clean shutdown (SIGTERM/SIGINT), or a one-shot subcommand succeeded |
+//! | 1 | internal error (thread or runtime could not start) |
+//! | 2 | bad command line |
+//! | 3 | the config is invalid or unreadable: the baseline ruleset stays in force |
+//! | 4 | the firewall could not be applied: the previous ruleset stays in force |
+//! | 5 | the state directory or control socket is unusable |
+
+mod dispatch;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callgate_config::Config;
+use callgate_firewall::{error_chain, render_baseline, Firewall, FirewallHandle, Nft, Ruleset};
+use callgate_revisions::{Applier, ConfigService, Pending, RevisionError, Revisions};
+use clap::{Parser, Subcommand};
+
+pub const EXIT_INTERNAL: u8 = 1;
+pub const EXIT_CONFIG: u8 = 3;
+pub const EXIT_FIREWALL: u8 = 4;
+pub const EXIT_STATE: u8 = 5;
+
+#[derive(Debug, Parser)]
+#[command(name = "callgated", version, about = "The callgate appliance daemon")]
+struct Args {
+    /// The config file (always holds the running config).
+    #[arg(long, default_value = "/etc/callgate/callgate.toml", global = true)]
+    config: PathBuf,
+    /// Where revisions and the pending-confirm record live.
+    #[arg(long, default_value = "/var/lib/callgate", global = true)]
+    state_dir: PathBuf,
+    /// The control socket the `callgate` tool talks to.
+    #[arg(long, default_value = "/run/callgate/control.sock")]
+    control_socket: PathBuf,
+    /// The nft binary.
+    #[arg(long, default_value = "nft", global = true)]
+    nft: PathBuf,
+    /// How long shutdown may take before remaining work is abandoned.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install the baseline ruleset (management and sync only) and exit. Runs before any
+    /// interface comes up; with an unreadable config it allows only loopback and replies.
+    Baseline,
+    /// Internal: wait for a confirm deadline and roll back unless confirmed. Started by the
+    /// daemon in its own session so that it outlives a killed daemon.
+    #[command(hide = true)]
+    RollbackGuard {
+        #[arg(long)]
+        candidate: u64,
+    },
+}
+
+/// Applies straight through nft (for one-shot subcommands and the guard).
+struct DirectApplier(Firewall);
+
+impl Applier for DirectApplier {
+    fn apply(&self, ruleset: &Ruleset, _generation: u64) -> Result<(), String> {
+        self.0
+            .apply(ruleset)
+            .map(|_| ())
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// Applies through the firewall thread (the daemon's config thread uses this).
+struct HandleApplier(FirewallHandle);
+
+impl Applier for HandleApplier {
+    fn apply(&self, ruleset: &Ruleset, generation: u64) -> Result<(), String> {
+        self.0
+            .blocking_apply(Arc::new(ruleset.clone()), generation)
+            .map(|r| {
+                log::info!(
+                    "firewall generation {generation} applied: {} elements, apply {:.1} ms, verify {:.1} ms",
+                    r.elements,
+                    r.apply_ms,
+                    r.verify_ms
+                );
+            })
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init();
+    let fw = Firewall::new(Nft {
+        program: args.nft.clone(),
+        pre_args: Vec::new(),
+    });
+    match &args.cmd {
+        Some(Cmd::Baseline) => baseline(&args, &fw),
+        Some(Cmd::RollbackGuard { candidate }) => guard(&args, fw, *candidate),
+        None => daemon(args, fw),
+    }
+}
+
+fn baseline(args: &Args, fw: &Firewall) -> ExitCode {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("config unusable, baseline allows only loopback and replies: {e}");
+            None
+        }
+    };
+    match fw.apply(&render_baseline(cfg.as_ref())) {
+        Ok(_) => {
+            log::info!("baseline ruleset installed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("baseline ruleset failed: {}", error_chain(&e));
+            ExitCode::from(EXIT_FIREWALL)
+        }
+    }
+}
+
+fn guard(args: &Args, fw: Firewall, candidate: u64) -> ExitCode {
+    let revs = match Revisions::new(&args.state_dir, &args.config, None) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("rollback guard: {}", error_chain(&e));
+            return ExitCode::from(EXIT_STATE);
+        }
+    };
+    let applier = DirectApplier(fw);
+    loop {
+        let pending = match revs.store.pending() {
+            Ok(Some(p)) if p.candidate == candidate => p,
+            // confirmed, rolled back by the daemon, or superseded: nothing left to guard
+            Ok(_) => return ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("rollback guard: {}", error_chain(&e));
+                return ExitCode::from(EXIT_STATE);
+            }
+        };
+        // The daemon's own timer goes first; the guard acts one second later.
+        let now = callgate_revisions::now_ms();
+        if now >= pending.deadline_ms.saturating_add(1000) {
+            return match revs.rollback_if_due(now, &applier) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("rollback guard: rollback failed: {}", error_chain(&e));
+                    ExitCode::from(EXIT_FIREWALL)
+                }
+            };
+        }
+        let left = pending.deadline_ms.saturating_add(1000).saturating_sub(now);
+        std::thread::sleep(Duration::from_millis(left.min(500)));
+    }
+}
+
+fn spawn_guard(args: &Args) -> callgate_revisions::GuardSpawner {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("callgated"));
+    let config = args.config.clone();
+    let state = args.state_dir.clone();
+    let nft = args.nft.clone();
+    Box::new(move |p: &Pending| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--nft")
+            .arg(&nft)
+            .arg("rollback-guard")
+            .arg("--candidate")
+            .arg(p.candidate.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            // its own process group: a signal to the daemon's group does not reach it
+            .process_group(0)
+            .spawn()
+            .map(|child| {
+                log::info!(
+                    "rollback guard pid {} watches commit {}",
+                    child.id(),
+                    p.candidate
+                );
+            })
+    })
+}
+
+fn exit_for(e: &RevisionError) -> u8 {
+    match e {
+        RevisionError::Invalid(_) | RevisionError::Lockout(_) => EXIT_CONFIG,
+        RevisionError::Io { path, .. } if path.ends_with("callgate.toml") => EXIT_CONFIG,
+        RevisionError::Apply(_) => EXIT_FIREWALL,
+        _ => EXIT_STATE,
+    }
+}
+
+fn daemon(args: Args, fw: Firewall) -> ExitCode {
+    // 1. Baseline, only when nothing of ours is enforcing yet (a restart keeps the last
+    //    applied policy in force; replacing it with the baseline would cut live flows).
+    match fw.nft.list_table(true) {
+        Ok(None) => {
+            if baseline(&args, &fw) != ExitCode::SUCCESS {
+                return ExitCode::from(EXIT_FIREWALL);
+            }
+        }
+        Ok(Some(_)) => log::info!(
+            "the last applied ruleset is in force; keeping it until the config is applied"
+        ),
+        Err(e) => {
+            log::error!("cannot read the firewall: {}", error_chain(&e));
+            return ExitCode::from(EXIT_FIREWALL);
+        }
+    }
+
+    // 2. The firewall component.
+    let (firewall, fw_thread) = match FirewallHandle::spawn(fw) {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("cannot start the firewall thread: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+
+    // 3. Revisions: settle an expired confirm window, load, verify and apply the config.
+    let revs = match Revisions::new(&args.state_dir, &args.config, Some(spawn_guard(&args))) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            return ExitCode::from(EXIT_STATE);
+        }
+    };
+    let applier = HandleApplier(firewall.clone());
+    let booted = match revs.boot(&applier) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!(
+                "boot failed, the firewall stays as it was (baseline or last applied): {}",
+                error_chain(&e)
+            );
+            return ExitCode::from(exit_for(&e));
+        }
+    };
+    log::info!(
+        "appliance {} running revision {:?}",
+        booted.appliance.name,
+        revs.store.active().ok().flatten()
+    );
+    let (config, cfg_thread) = match ConfigService::spawn(revs, booted, Box::new(applier)) {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("cannot start the config thread: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+
+    // 4. The async side: control socket and signals.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("callgated-rt")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    let code = rt.block_on(run(&args, config, firewall));
+    // Components stop when their handles are gone; give them the drain deadline.
+    rt.shutdown_timeout(Duration::from_secs(args.drain_secs));
+    join_with_deadline(
+        vec![cfg_thread, fw_thread],
+        Duration::from_secs(args.drain_secs),
+    );
+    log::info!("callgated stopped");
+    code
+}
+
+fn join_with_deadline(threads: Vec<std::thread::JoinHandle<()>>, deadline: Duration) {
+    let start = std::time::Instant::now();
+    for t in threads {
+        while !t.is_finished() && start.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::warn!("a component did not stop within {deadline:?}; exiting anyway");
+        }
+    }
+}
+
+async fn run(args: &Args, config: ConfigService, firewall: FirewallHandle) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = match callgate_control::bind(&args.control_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            return ExitCode::from(EXIT_STATE);
+        }
+    };
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            log::error!("cannot install signal handlers");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let handler = dispatch::handler(config, firewall);
+    let server = tokio::spawn(callgate_control::serve(listener, handler, stop_rx));
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::debug!("sd_notify: {e}");
+    }
+    log::info!("ready: control socket {}", args.control_socket.display());
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(args.drain_secs), server).await;
+    let _ = std::fs::remove_file(&args.control_socket);
+    // The kernel keeps enforcing the applied ruleset after we exit.
+    ExitCode::SUCCESS
+}

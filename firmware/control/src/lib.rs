@@ -1,0 +1,349 @@
+//! # callgate-control
+//!
+//! The control socket between the `callgate` console tool and the daemon
+//! (`/run/callgate/control.sock`).
+//!
+//! ## Design
+//! - One JSON request per line, one JSON response per line ([`Request`], [`Response`]).
+//! - Peers are identified by `SO_PEERCRED`: the kernel says which uid connected, so the
+//!   daemon never trusts a user name sent by the client.
+//! - Read-only requests are open to any local user that can reach the socket (the socket is
+//!   `0660`); changes need uid 0 or membership of the `callgate-admin` group. Every change is
+//!   logged with the user who made it.
+//! - [`serve`] is transport only; what a request does is the daemon's handler.
+//!
+//! ## Current limitations
+//! - Users and roles are the local accounts; console users, sessions and lockout come with
+//!   the console issue.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// Largest request accepted (a config with 100k prefixes is a few MiB).
+pub const MAX_REQUEST: u64 = 64 * 1024 * 1024;
+
+/// Group whose members may change the configuration.
+pub const ADMIN_GROUP: &str = "callgate-admin";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Daemon status: version, active revision, firewall generation, pending confirm.
+    Status,
+    /// Allowlist entries with packet and byte counters.
+    ShowFirewall,
+    /// The running config text.
+    ShowConfig,
+    ShowHistory,
+    Compare {
+        a: u64,
+        b: u64,
+    },
+    /// Validate, apply and record a config.
+    Commit {
+        text: String,
+        /// File name for error locations.
+        origin: PathBuf,
+        #[serde(default)]
+        force: bool,
+        /// Roll back by itself unless `confirm` arrives within this many seconds.
+        #[serde(default)]
+        confirmed_secs: Option<u64>,
+    },
+    Confirm,
+    Rollback {
+        number: u64,
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+impl Request {
+    /// Whether the request changes the appliance (needs an admin).
+    pub fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Request::Commit { .. } | Request::Confirm | Request::Rollback { .. }
+        )
+    }
+
+    /// Short name for logs and the audit trail.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::ShowFirewall => "show firewall",
+            Request::ShowConfig => "show config",
+            Request::ShowHistory => "show history",
+            Request::Compare { .. } => "compare",
+            Request::Commit { .. } => "commit",
+            Request::Confirm => "confirm",
+            Request::Rollback { .. } => "rollback",
+        }
+    }
+}
+
+/// A reply: human text for the console plus structured data for tools and tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub text: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(text: impl Into<String>, data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            text: text.into(),
+            data,
+        }
+    }
+    pub fn err(text: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            text: text.into(),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Who is on the other end of a connection, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+    pub user: String,
+    pub admin: bool,
+}
+
+impl Peer {
+    fn from_uid(uid: u32, pid: Option<i32>) -> Peer {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let name = user
+            .as_ref()
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| format!("uid{uid}"));
+        let admin = uid == 0
+            || nix::unistd::Group::from_name(ADMIN_GROUP)
+                .ok()
+                .flatten()
+                .is_some_and(|g| {
+                    g.mem.contains(&name) || user.as_ref().is_some_and(|u| u.gid == g.gid)
+                });
+        Peer {
+            uid,
+            pid,
+            user: name,
+            admin,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot bind the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the daemon at {path} (is callgated running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("malformed message: {0}")]
+    Protocol(String),
+}
+
+/// What the daemon does with a request.
+pub type Handler =
+    Arc<dyn Fn(Peer, Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// Binds the socket (replacing a stale one), mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(l)
+}
+
+/// Serves connections until `shutdown` turns true.
+pub async fn serve(listener: UnixListener, handler: Handler, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return; }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let h = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, h).await {
+                            log::debug!("control connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    log::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, handler: Handler) -> Result<(), ControlError> {
+    let cred = stream.peer_cred()?;
+    let peer = Peer::from_uid(cred.uid(), cred.pid());
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::new(rd).take(MAX_REQUEST);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if rd.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        rd.set_limit(MAX_REQUEST);
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::err(format!("malformed request: {e}")),
+            Ok(req) if req.is_change() && !peer.admin => {
+                log::warn!(
+                    "audit: user={} uid={} denied {} (not root or in {ADMIN_GROUP})",
+                    peer.user,
+                    peer.uid,
+                    req.name()
+                );
+                Response::err(format!(
+                    "permission denied: {} needs root or membership of {ADMIN_GROUP}",
+                    req.name()
+                ))
+            }
+            Ok(req) => handler(peer.clone(), req).await,
+        };
+        let mut out =
+            serde_json::to_vec(&resp).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+}
+
+/// A blocking client for the console tool.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ControlError> {
+        let stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+            ControlError::Connect {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Client {
+            path: path.to_path_buf(),
+            stream,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
+        let mut out = serde_json::to_vec(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        out.push(b'\n');
+        self.stream.write_all(&out)?;
+        let mut line = String::new();
+        let mut rd = BufReader::new((&self.stream).take(MAX_REQUEST));
+        if rd.read_line(&mut line)? == 0 {
+            return Err(ControlError::Protocol(
+                "the daemon closed the connection".into(),
+            ));
+        }
+        serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::Commit {
+            text: "x".into(),
+            origin: "a.toml".into(),
+            force: false,
+            confirmed_secs: Some(30),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert!(r.is_change());
+        assert!(!Request::ShowFirewall.is_change());
+        assert!(serde_json::from_str::<Request>("{\"cmd\":\"format_disk\"}").is_err());
+    }
+
+    #[tokio::test]
+    async fn serve_answers_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let l = bind(&path).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let h: Handler = Arc::new(|peer: Peer, req: Request| {
+            Box::pin(async move {
+                Response::ok(
+                    format!("{} {}", peer.user, req.name()),
+                    serde_json::Value::Null,
+                )
+            })
+        });
+        let task = tokio::spawn(serve(l, h, rx));
+        let p = path.clone();
+        let (a, b) = tokio::task::spawn_blocking(move || {
+            let mut c = Client::connect(&p).unwrap();
+            let a = c.request(&Request::Status).unwrap();
+            c.stream.write_all(b"{not json}\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(&c.stream).read_line(&mut line).unwrap();
+            let b: Response = serde_json::from_str(&line).unwrap();
+            (a, b)
+        })
+        .await
+        .unwrap();
+        assert!(a.ok && a.text.ends_with("status"), "{a:?}");
+        assert!(!b.ok && b.text.contains("malformed"), "{b:?}");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
