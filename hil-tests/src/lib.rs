@@ -73,6 +73,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod addr;
+pub mod appliance;
 mod cmd;
 mod error;
 mod lab;
@@ -81,6 +82,7 @@ pub mod probe;
 mod proc;
 
 pub use addr::{Host, Segment};
+pub use appliance::{bin, Appliance, Cli};
 pub use error::{LabError, Result};
 pub use lab::{Lab, Ns};
 pub use netns::{lab_namespaces, try_run_in_netns, NETNS_DIR};

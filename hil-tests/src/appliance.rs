@@ -1,0 +1,254 @@
+//! A real `callgated` running inside an appliance namespace of a [`Lab`], with its own config
+//! file, state directory and control socket, plus the `callgate` tool pointed at it.
+//!
+//! Binaries come from `$CALLGATE_BIN_DIR` when set (scripts/test sets it), else from the
+//! workspace's `target/debug`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::{Host, Lab, LabError, Ns, Proc, Result};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CALLGATE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    dir.join(name)
+}
+
+/// The result of one `callgate` invocation.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+    /// Parses `--json` output.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<Output> for Cli {
+    fn from(o: Output) -> Self {
+        Cli {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// One appliance under test. Its files live in a private temporary directory that is
+/// removed on drop; the lab removes the namespace and any process left in it.
+pub struct Appliance<'lab> {
+    ns: Ns<'lab>,
+    dir: PathBuf,
+    daemon: Option<Proc>,
+}
+
+impl std::fmt::Debug for Appliance<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appliance")
+            .field("ns", &self.ns.name())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl<'lab> Appliance<'lab> {
+    /// Writes `config` as the appliance's config file and starts the daemon; returns once
+    /// its control socket answers.
+    pub fn start(lab: &'lab Lab, host: Host, config: &str) -> Result<Appliance<'lab>> {
+        let ns = lab.try_ns(host)?;
+        let dir = std::env::temp_dir().join(format!("callgate-{}", ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("callgate.toml"), config)?;
+        let mut a = Appliance {
+            ns,
+            dir,
+            daemon: None,
+        };
+        a.launch()?;
+        Ok(a)
+    }
+
+    pub fn ns(&self) -> &Ns<'lab> {
+        &self.ns
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("callgate.toml")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("callgated.log")
+    }
+    /// Everything the daemon (and its rollback guard) logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon and waits until it answers `status` (10 s at most).
+    pub fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = self.ns.command(&bin("callgated").to_string_lossy());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--control-socket")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let proc = self.ns.spawn(cmd)?;
+        let start = Instant::now();
+        loop {
+            if self.cli(&["status"]).ok() {
+                self.daemon = Some(proc);
+                return Ok(());
+            }
+            if !proc.is_running() || start.elapsed() > Duration::from_secs(10) {
+                return Err(LabError::Io(std::io::Error::other(format!(
+                    "callgated did not become ready; log:\n{}",
+                    self.log()
+                ))));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `callgate --socket … ARGS` (outside the namespace: the socket is a file).
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        match Command::new(bin("callgate"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => o.into(),
+            Err(e) => Cli {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
+    }
+
+    /// Writes `text` to a file in the appliance's directory and returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        // The directory is ours; a failure here is a broken test machine.
+        if let Err(e) = std::fs::write(&p, text) {
+            panic!("cannot write {}: {e}", p.display());
+        }
+        p
+    }
+
+    /// `callgate commit FILE EXTRA…` with `text` written to a file first.
+    pub fn commit(&self, text: &str, extra: &[&str]) -> Cli {
+        let p = self.write_file("candidate.toml", text);
+        let mut args = vec!["commit", p.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// SIGKILLs the daemon only (not its rollback guard, which runs in its own group).
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.daemon.take() {
+            let _ = p.kill();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let p = self.daemon.take()?;
+        let _ = p.signal(Signal::SIGTERM);
+        p.wait_timeout(Duration::from_secs(10))
+            .ok()
+            .flatten()
+            .and_then(|s| s.code())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.daemon.as_ref().is_some_and(|p| p.is_running())
+    }
+
+    /// `nft ARGS` inside the appliance's namespace; stdout.
+    pub fn nft(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["nft"];
+        full.extend_from_slice(args);
+        self.ns.exec(&full)
+    }
+
+    /// The kernel's `inet callgate` table as nft prints it (counters included).
+    pub fn ruleset(&self) -> String {
+        self.nft(&["list", "table", "inet", "callgate"])
+            .unwrap_or_default()
+    }
+
+    /// The table with counters zeroed out, for byte-for-byte comparisons of policy.
+    pub fn ruleset_without_counters(&self) -> String {
+        let text = self.ruleset();
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            let mut words: Vec<&str> = line.split(' ').collect();
+            for i in 0..words.len() {
+                if i > 0 && (words[i - 1] == "packets" || words[i - 1] == "bytes") {
+                    words[i] = "N";
+                }
+            }
+            out.push_str(&words.join(" "));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Packets counted by the rules named `entry` in `chain`, read from the kernel.
+    pub fn packets(&self, chain: &str, entry: &str) -> u64 {
+        let Ok(out) = self.nft(&["-j", "list", "chain", "inet", "callgate", chain]) else {
+            return 0;
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["comment"].as_str() == Some(entry))
+            .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+            .sum()
+    }
+}
+
+impl Drop for Appliance<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.daemon.take() {
+            let _ = p.terminate(Duration::from_secs(3));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,353 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+//! Config transactions, fail-closed behaviour and pinholes, against the real daemon and the
+//! real kernel inside the lab.
+
+use std::time::{Duration, Instant};
+
+use hil_tests::{addr, Appliance, Host, Lab, Token};
+
+const LAB: &str = include_str!("../../config/lab.toml");
+const NEG: Duration = Duration::from_millis(400);
+const POS: Duration = Duration::from_secs(2);
+
+fn lab() -> Lab {
+    Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Mgmt]).unwrap()
+}
+
+/// lab.toml without the `mgmt-api` entry.
+fn without_mgmt_api() -> String {
+    let start = LAB.find("[[allow]]\nname = \"mgmt-api\"").unwrap();
+    let end = start + LAB[start..].find("\n\n").unwrap() + 2;
+    format!("{}{}", &LAB[..start], &LAB[end..])
+}
+
+/// mgmt → A:8443 is what the `mgmt-api` entry allows.
+fn mgmt_api_passes(lab: &Lab) -> bool {
+    let _l = lab.ns(Host::A).tcp_listen(addr::A_MGMT_V4, 8443).unwrap();
+    lab.ns(Host::Mgmt)
+        .tcp_connect(None, addr::A_MGMT_V4, 8443, POS)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+#[test]
+fn replace_removes_an_entry_for_real() {
+    let lab = lab();
+    let a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    assert!(mgmt_api_passes(&lab));
+    let r = a.commit(&without_mgmt_api(), &[]);
+    assert!(r.ok(), "{r:?}");
+    assert!(!mgmt_api_passes(&lab), "a removed entry must stop passing");
+    let rules = a.ruleset();
+    assert!(!rules.contains("mgmt-api"), "{rules}");
+    assert!(
+        !rules.contains("a_mgmt_api"),
+        "its sets are gone too: {rules}"
+    );
+
+    // Removing one prefix from an entry's set removes it from the kernel's set.
+    let narrowed = LAB.replace(
+        "sources = [\"192.0.2.140/32\", \"2001:db8:4::10/128\"]",
+        "sources = [\"192.0.2.141/32\", \"2001:db8:4::10/128\"]",
+    );
+    assert!(a.commit(&narrowed, &[]).ok());
+    assert!(!mgmt_api_passes(&lab), "the old source prefix was removed");
+    let l = lab.ns(Host::A).tcp_listen(addr::A_MGMT_V4, 8443).unwrap();
+    assert!(lab.ns(Host::Mgmt).tcp_connect(
+        Some(addr::MGMT_V4_ALT.into()),
+        addr::A_MGMT_V4,
+        8443,
+        POS
+    ));
+    drop(l);
+
+    // history and compare show it
+    let h = a.cli(&["--json", "show", "history"]).json();
+    assert_eq!(h.as_array().unwrap().len(), 3, "{h}");
+    let d = a.cli(&["compare", "2", "3"]);
+    assert!(
+        d.ok() && d.stdout.contains("+sources = [\"192.0.2.141/32\""),
+        "{d:?}"
+    );
+    // rollback N restores revision 1's policy
+    assert!(a.cli(&["rollback", "1"]).ok());
+    assert!(mgmt_api_passes(&lab));
+}
+
+#[test]
+fn broken_config_is_refused_with_location_and_changes_nothing() {
+    let lab = lab();
+    let a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    let before = a.ruleset_without_counters();
+    let cases = [
+        (LAB.replace("protocol = \"tcp\"\nports = [8443]", "protocol = \"tcp\"\nports = [84430]"), "invalid value"),
+        (LAB.replace("[zones.sync]", "[zones.sync"), "syntax"),
+        (LAB.replace("zone = \"mgmt\"\nsources", "zone = \"dmz\"\nsources"), "invalid value"),
+        (format!("{LAB}\n[[allow]]\nname = \"x\"\nzone = \"wan\"\nsources = [\"203.0.113.0/24\"]\nprotocol = \"icmp\"\nports = [1]\n"), "invalid entry"),
+        (LAB.replace("[services.ssh]\nzones = [\"mgmt\"]", "[services.ssh]\nzones = [\"sync\"]"), "lockout"),
+    ];
+    for (text, kind) in cases {
+        let r = a.commit(&text, &[]);
+        assert!(!r.ok(), "must be refused: {kind}");
+        let located = r.stderr.contains("candidate.toml:") && r.stderr.contains(kind);
+        assert!(
+            located,
+            "error names file:line:col and {kind}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            a.ruleset_without_counters(),
+            before,
+            "the live ruleset changed after a refused commit ({kind})"
+        );
+    }
+    let h = a.cli(&["--json", "show", "history"]).json();
+    assert_eq!(h.as_array().unwrap().len(), 1, "nothing was recorded");
+    // --force overrides only the lockout guard
+    let lock = LAB.replace(
+        "[services.ssh]\nzones = [\"mgmt\"]",
+        "[services.ssh]\nzones = [\"sync\"]",
+    );
+    assert!(a.commit(&lock, &["--force"]).ok());
+}
+
+#[test]
+fn commit_confirmed_rolls_back_without_confirm_and_stays_with_it() {
+    let lab = lab();
+    let a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    let r = a.commit(&without_mgmt_api(), &["--confirmed", "2"]);
+    assert!(r.ok(), "{r:?}");
+    assert!(!mgmt_api_passes(&lab));
+    assert!(
+        wait_until(Duration::from_secs(8), || mgmt_api_passes(&lab)),
+        "rolled back by itself"
+    );
+    let status = a.cli(&["--json", "status"]).json();
+    assert_eq!(status["revision"], 3, "{status}");
+    assert!(status["pending"].is_null());
+    assert_eq!(
+        std::fs::read_to_string(a.config_path()).unwrap(),
+        LAB,
+        "the config file is the running config"
+    );
+
+    let r = a.commit(&without_mgmt_api(), &["--confirmed", "3"]);
+    assert!(r.ok(), "{r:?}");
+    let c = a.cli(&["confirm"]);
+    assert!(c.ok(), "{c:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!mgmt_api_passes(&lab), "a confirmed commit stays");
+    assert!(!a.cli(&["confirm"]).ok(), "nothing left to confirm");
+}
+
+#[test]
+fn commit_confirmed_rolls_back_when_the_daemon_is_sigkilled() {
+    let lab = lab();
+    let mut a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    assert!(a.commit(&without_mgmt_api(), &["--confirmed", "2"]).ok());
+    a.kill9();
+    assert!(!a.is_running());
+    assert!(
+        !mgmt_api_passes(&lab),
+        "the killed daemon's last ruleset still enforces"
+    );
+    // Nobody restarts the daemon: the detached guard rolls back.
+    assert!(
+        wait_until(Duration::from_secs(10), || mgmt_api_passes(&lab)),
+        "guard rolled back:\n{}",
+        a.log()
+    );
+    // The next boot finds the rollback recorded and keeps it.
+    a.launch().unwrap();
+    let status = a.cli(&["--json", "status"]).json();
+    assert_eq!(status["revision"], 3, "{status}");
+    assert!(mgmt_api_passes(&lab));
+}
+
+#[test]
+fn commit_confirmed_rolls_back_at_boot_if_the_guard_is_gone_too() {
+    let lab = lab();
+    let mut a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    assert!(a.commit(&without_mgmt_api(), &["--confirmed", "1"]).ok());
+    a.kill9();
+    // Kill the guard as well (a power cut takes everything).
+    // (only this appliance's guard: its command line names this appliance's directory)
+    let pattern = format!("{}.*rollback-guard", a.dir().display());
+    let _ = a.ns().exec(&["pkill", "-9", "-f", &pattern]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!mgmt_api_passes(&lab), "no one has rolled back yet");
+    a.launch().unwrap();
+    assert!(
+        mgmt_api_passes(&lab),
+        "boot rolled back the unconfirmed commit:\n{}",
+        a.log()
+    );
+    let h = a.cli(&["show", "history"]);
+    assert!(h.stdout.contains("automatic rollback to 1"), "{h:?}");
+}
+
+#[test]
+fn sigkill_leaves_rules_in_force() {
+    let lab = lab();
+    let mut a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    let before = a.ruleset_without_counters();
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        a.ruleset_without_counters(),
+        before,
+        "rules unchanged after SIGKILL"
+    );
+    assert!(mgmt_api_passes(&lab), "allowed traffic still passes");
+    // and denied traffic is still denied
+    let _l = lab.ns(Host::A).tcp_listen(addr::A_WAN_V4, 8443).unwrap();
+    assert!(!lab
+        .ns(Host::Carrier)
+        .tcp_connect(None, addr::A_WAN_V4, 8443, NEG));
+    // a restart keeps the policy (no baseline gap) and reuses revision 1
+    a.launch().unwrap();
+    assert_eq!(a.ruleset_without_counters(), before);
+    assert_eq!(a.cli(&["--json", "status"]).json()["revision"], 1);
+    // SIGTERM is a clean exit that leaves the rules too
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(a.ruleset_without_counters(), before);
+}
+
+#[test]
+fn baseline_allows_only_management_and_sync() {
+    let lab = lab();
+    let a_ns = lab.ns(Host::A);
+    let dir = std::env::temp_dir().join(format!("callgate-{}-baseline", a_ns.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("callgate.toml");
+    std::fs::write(&cfg, LAB).unwrap();
+    let st = a_ns
+        .command(&hil_tests::bin("callgated").to_string_lossy())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("baseline")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ssh = a_ns.tcp_listen(addr::A_MGMT_V4, 22).unwrap();
+    let _sip = a_ns.udp_listen_silent(addr::A_WAN_V4, 5060).unwrap();
+    assert!(
+        lab.ns(Host::Mgmt)
+            .tcp_connect(None, addr::A_MGMT_V4, 22, POS),
+        "ssh from mgmt"
+    );
+    let t = Token::new();
+    lab.ns(Host::Carrier)
+        .udp_send(None, addr::A_WAN_V4, 5060, &t);
+    assert!(!_sip.wait_for(&t, NEG), "no SIP before the full policy");
+    assert!(!lab.ns(Host::Carrier).ping(None, addr::A_WAN_V4, NEG));
+    // an unreadable config still gives a fail-closed baseline (no ssh, no sip)
+    std::fs::write(&cfg, "garbage [").unwrap();
+    let st = a_ns
+        .command(&hil_tests::bin("callgated").to_string_lossy())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("baseline")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!lab
+        .ns(Host::Mgmt)
+        .tcp_connect(None, addr::A_MGMT_V4, 22, NEG));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pinhole_passes_for_its_ttl_then_no_longer() {
+    use callgate_firewall::{PinholeProto, SetWriter};
+    let lab = lab();
+    let a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    let pbx = lab.ns(Host::Pbx);
+    let carrier = lab.ns(Host::Carrier);
+    // a silent listener: no reply, so conntrack never marks the flow established and every
+    // datagram is judged by the pinhole set
+    let l = pbx.udp_listen_silent(addr::PBX_V4, 40000).unwrap();
+    let l6 = pbx.udp_listen_silent(addr::PBX_V6, 40000).unwrap();
+    let send = |v6: bool| {
+        let t = Token::new();
+        if v6 {
+            carrier.udp_send(None, addr::PBX_V6, 40000, &t);
+            l6.wait_for(&t, NEG)
+        } else {
+            carrier.udp_send(None, addr::PBX_V4, 40000, &t);
+            l.wait_for(&t, NEG)
+        }
+    };
+    assert!(!send(false) && !send(true), "no pinhole, no media");
+    a.ns().run_in(|| {
+        let mut w = SetWriter::open("callgate").unwrap();
+        w.open_pinhole(
+            addr::PBX_V4.into(),
+            PinholeProto::Udp,
+            40000,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        w.open_pinhole(
+            addr::PBX_V6.into(),
+            PinholeProto::Udp,
+            40000,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    });
+    assert!(
+        send(false) && send(true),
+        "media passes while the pinhole is open"
+    );
+    assert!(a.packets("forward", "builtin:pinhole") >= 2);
+    // other ports and protocols stay closed
+    let t = Token::new();
+    carrier.udp_send(None, addr::PBX_V4, 40001, &t);
+    assert!(!l.wait_for(&t, NEG));
+    assert!(
+        wait_until(Duration::from_secs(6), || !send(false)),
+        "closed after its TTL"
+    );
+    assert!(!send(true));
+    // close_pinhole closes at once
+    a.ns().run_in(|| {
+        let mut w = SetWriter::open("callgate").unwrap();
+        w.open_pinhole(
+            addr::PBX_V4.into(),
+            PinholeProto::Udp,
+            40000,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    });
+    assert!(send(false));
+    a.ns().run_in(|| {
+        let mut w = SetWriter::open("callgate").unwrap();
+        w.close_pinhole(addr::PBX_V4.into(), PinholeProto::Udp, 40000)
+            .unwrap();
+    });
+    assert!(!send(false));
+    // a commit keeps open pinholes (calls in progress keep their media)
+    a.ns().run_in(|| {
+        let mut w = SetWriter::open("callgate").unwrap();
+        w.open_pinhole(
+            addr::PBX_V4.into(),
+            PinholeProto::Udp,
+            40000,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    });
+    assert!(a.commit(&without_mgmt_api(), &[]).ok());
+    assert!(send(false), "pinhole survived the commit");
+}
