@@ -20,6 +20,11 @@ const ND_OUT: [&str; 3] = [
     "nd-router-solicit",
 ];
 
+/// Multicast listener discovery (hop limit 1): switches with MLD snooping need the reports,
+/// or neighbour discovery's multicast stops reaching the appliance.
+const MLD_IN: [&str; 1] = ["mld-listener-query"];
+const MLD_OUT: [&str; 2] = ["mld-listener-report", "mld2-listener-report"];
+
 fn rule(comment: impl Into<String>, conds: Vec<Cond>, verdict: Verdict) -> RuleDef {
     RuleDef {
         comment: comment.into(),
@@ -186,15 +191,26 @@ fn preamble(hook: Hook) -> Vec<RuleDef> {
         Verdict::Accept,
     ));
     match hook {
-        Hook::Input => r.push(rule(
-            "builtin:ipv6-nd",
-            vec![
-                Cond::L4Proto(vec!["ipv6-icmp"]),
-                Cond::Icmpv6Type(ND_IN.to_vec()),
-                Cond::HopLimit(255),
-            ],
-            Verdict::Accept,
-        )),
+        Hook::Input => {
+            r.push(rule(
+                "builtin:ipv6-nd",
+                vec![
+                    Cond::L4Proto(vec!["ipv6-icmp"]),
+                    Cond::Icmpv6Type(ND_IN.to_vec()),
+                    Cond::HopLimit(255),
+                ],
+                Verdict::Accept,
+            ));
+            r.push(rule(
+                "builtin:ipv6-mld",
+                vec![
+                    Cond::L4Proto(vec!["ipv6-icmp"]),
+                    Cond::Icmpv6Type(MLD_IN.to_vec()),
+                    Cond::HopLimit(1),
+                ],
+                Verdict::Accept,
+            ));
+        }
         Hook::Output => {
             r.push(rule(
                 "builtin:ipv6-nd",
@@ -202,6 +218,15 @@ fn preamble(hook: Hook) -> Vec<RuleDef> {
                     Cond::L4Proto(vec!["ipv6-icmp"]),
                     Cond::Icmpv6Type(ND_OUT.to_vec()),
                     Cond::HopLimit(255),
+                ],
+                Verdict::Accept,
+            ));
+            r.push(rule(
+                "builtin:ipv6-mld",
+                vec![
+                    Cond::L4Proto(vec!["ipv6-icmp"]),
+                    Cond::Icmpv6Type(MLD_OUT.to_vec()),
+                    Cond::HopLimit(1),
                 ],
                 Verdict::Accept,
             ));

@@ -1,0 +1,239 @@
+//! The appliance's main job on the built-in lab: bring up the lab with `config/lab.toml`,
+//! run callgated on appliance A, show allowed traffic passing and the rest dropped, with
+//! the counters that moved, then tear everything down (also on failure).
+//!
+//! Run by `scripts/demo` (root needed). Exit code 0 when every flow did what the config
+//! says, 1 otherwise.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hil_tests::{addr, Appliance, Host, Lab, Ns, Token};
+
+const LAB: &str = include_str!("../../../config/lab.toml");
+
+#[derive(Clone, Copy)]
+enum Flow {
+    Tcp(u16),
+    Udp(u16),
+    Ping,
+}
+
+struct Case {
+    what: &'static str,
+    from: Host,
+    src: Option<IpAddr>,
+    to: Host,
+    dst: IpAddr,
+    flow: Flow,
+    expect: bool,
+}
+
+fn probe(lab: &Lab, c: &Case) -> bool {
+    let from: Ns<'_> = lab.ns(c.from);
+    let to = lab.ns(c.to);
+    let wait = if c.expect {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(500)
+    };
+    match c.flow {
+        Flow::Tcp(port) => match to.tcp_listen(c.dst, port) {
+            Ok(_l) => from.tcp_connect(c.src, c.dst, port, wait),
+            Err(_) => false,
+        },
+        Flow::Udp(port) => match to.udp_listen_silent(c.dst, port) {
+            Ok(l) => {
+                let t = Token::new();
+                from.udp_send(c.src, c.dst, port, &t);
+                l.wait_for(&t, wait)
+            }
+            Err(_) => false,
+        },
+        Flow::Ping => from.ping(c.src, c.dst, wait),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let lab = match Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Mgmt]) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "lab {} is up: carrier, a (the appliance), pbx, mgmt",
+        lab.prefix()
+    );
+    let a = match Appliance::start(&lab, Host::A, LAB) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("appliance: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("callgated runs on appliance a with config/lab.toml\n");
+    print!("{}", a.cli(&["status"]).stdout);
+
+    let v4 = |a: std::net::Ipv4Addr| -> IpAddr { a.into() };
+    let v6 = |a: std::net::Ipv6Addr| -> IpAddr { a.into() };
+    let cases = [
+        Case {
+            what: "carrier SIP/UDP 5060 (carrier-sip-udp)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Udp(5060),
+            expect: true,
+        },
+        Case {
+            what: "carrier SIP/TCP 5060 over IPv6 (carrier-sip-tcp)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v6(addr::A_WAN_V6),
+            flow: Flow::Tcp(5060),
+            expect: true,
+        },
+        Case {
+            what: "carrier ping (carrier-ping)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Ping,
+            expect: true,
+        },
+        Case {
+            what: "carrier media to pbx UDP 30000 (carrier-media-to-pbx)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::Pbx,
+            dst: v4(addr::PBX_V4),
+            flow: Flow::Udp(30000),
+            expect: true,
+        },
+        Case {
+            what: "mgmt SSH (service:ssh)",
+            from: Host::Mgmt,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_MGMT_V4),
+            flow: Flow::Tcp(22),
+            expect: true,
+        },
+        Case {
+            what: "mgmt API 8443 over IPv6 (mgmt-api)",
+            from: Host::Mgmt,
+            src: None,
+            to: Host::A,
+            dst: v6(addr::A_MGMT_V6),
+            flow: Flow::Tcp(8443),
+            expect: true,
+        },
+        Case {
+            what: "SIP from an unlisted carrier address",
+            from: Host::Carrier,
+            src: Some(v4(addr::CARRIER_V4_ALT)),
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Udp(5060),
+            expect: false,
+        },
+        Case {
+            what: "SSH from the carrier (wrong zone)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Tcp(22),
+            expect: false,
+        },
+        Case {
+            what: "carrier ping over IPv6 (entry is IPv4 only)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v6(addr::A_WAN_V6),
+            flow: Flow::Ping,
+            expect: false,
+        },
+        Case {
+            what: "SIP over TCP 5061 (port not listed)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Tcp(5061),
+            expect: false,
+        },
+        Case {
+            what: "carrier to pbx UDP 40000 (no pinhole)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::Pbx,
+            dst: v4(addr::PBX_V4),
+            flow: Flow::Udp(40000),
+            expect: false,
+        },
+        Case {
+            what: "mgmt API from an unlisted mgmt address",
+            from: Host::Mgmt,
+            src: Some(v4(addr::MGMT_V4_ALT)),
+            to: Host::A,
+            dst: v4(addr::A_MGMT_V4),
+            flow: Flow::Tcp(8443),
+            expect: false,
+        },
+    ];
+    println!("{:<55} {:>8} {:>8}", "flow", "expected", "result");
+    let mut wrong = 0;
+    for c in &cases {
+        let passed = probe(&lab, c);
+        let word = |b: bool| if b { "PASS" } else { "DROP" };
+        let mark = if passed == c.expect {
+            ""
+        } else {
+            "  <-- WRONG"
+        };
+        if passed != c.expect {
+            wrong += 1;
+        }
+        println!(
+            "{:<55} {:>8} {:>8}{mark}",
+            c.what,
+            word(c.expect),
+            word(passed)
+        );
+    }
+    println!("\ncounters that moved (callgate show firewall):");
+    let fw = a.cli(&["show", "firewall"]).stdout;
+    for (i, line) in fw.lines().enumerate() {
+        let moved = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|p| p.parse::<u64>().ok())
+            .is_some_and(|p| p > 0);
+        if i == 0 || moved {
+            println!("  {line}");
+        }
+    }
+    println!("\ntearing the lab down");
+    drop(a);
+    let prefix = lab.prefix().to_owned();
+    drop(lab);
+    let left = hil_tests::lab_namespaces(&prefix);
+    if !left.is_empty() {
+        eprintln!("namespaces left behind: {left:?}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if wrong == 0 {
+        println!("demo ok: every flow did what config/lab.toml says");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("demo FAILED: {wrong} flow(s) did not do what the config says");
+        std::process::ExitCode::FAILURE
+    }
+}
