@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+//! System test: `dump_intervals` against a real kernel, inside a throw-away
+//! network namespace (`cgdump<pid>x<n>`), sets loaded with `nft -f`.
+//!
+//! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
+//! root namespace's networking is never touched: only `ip netns add/delete`.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use callgate_firewall::netlink::{dump_intervals, NetlinkError};
+use nix::sched::{setns, CloneFlags};
+
+const RULESET: &str = "
+table inet callgate {
+    set s4 { type ipv4_addr; flags interval;
+             elements = { 10.0.0.0/8, 192.0.2.7, 198.51.100.0/25, 203.0.113.0/26,
+                          203.0.113.64/26, 172.16.0.1-172.16.0.9, 255.255.255.0/24 } }
+    set s4zero { type ipv4_addr; flags interval; elements = { 0.0.0.0/24, 1.0.0.0-1.0.0.10 } }
+    set s6 { type ipv6_addr; flags interval;
+             elements = { 2001:db8::/32, ::1, fe80::1-fe80::5, ffff::/16 } }
+    set sp { type inet_service; flags interval;
+             elements = { 0-22, 5060, 10000-20000, 20001, 65000-65535 } }
+    set empty4 { type ipv4_addr; flags interval; }
+    set hosts4 { type ipv4_addr; elements = { 1.2.3.4, 5.6.7.8, 1.2.3.5 } }
+    set concat { type ipv4_addr . inet_service; flags interval;
+                 elements = { 10.0.0.0/8 . 1-2 } }
+}
+table inet other {
+}
+";
+
+/// A network namespace that is deleted when dropped, on panic too.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "cgdump{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name], None);
+        NetNs { name }
+    }
+
+    /// Runs `cmd args` inside the namespace, panics on failure, returns stdout.
+    fn exec(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full, stdin)
+    }
+
+    /// Runs `f` on a thread that has joined the namespace (the calling
+    /// thread stays where it is).
+    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        let joined = thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join();
+        match joined {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let status = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("warning: could not delete netns {}: {status:?}", self.name);
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("write stdin of {cmd}: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED: dump_netns needs root (network namespaces, nftables)");
+        false
+    }
+}
+
+fn v4(s: &str) -> u128 {
+    u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()))
+}
+
+fn v6(s: &str) -> u128 {
+    u128::from(s.parse::<Ipv6Addr>().unwrap())
+}
+
+#[test]
+fn dumps_interval_sets() {
+    if !is_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    ns.exec("nft", &["-f", "-"], Some(RULESET));
+
+    ns.run_inside(|| {
+        let d =
+            |set: &str| dump_intervals("callgate", set).unwrap_or_else(|e| panic!("{set}: {e}"));
+
+        assert_eq!(
+            d("s4"),
+            [
+                (v4("10.0.0.0"), v4("10.255.255.255")),
+                (v4("172.16.0.1"), v4("172.16.0.9")),
+                (v4("192.0.2.7"), v4("192.0.2.7")),
+                (v4("198.51.100.0"), v4("198.51.100.127")),
+                // two adjacent /26 merged
+                (v4("203.0.113.0"), v4("203.0.113.127")),
+                // up to the maximum: the kernel has no end element for it
+                (v4("255.255.255.0"), v4("255.255.255.255")),
+            ]
+        );
+        assert_eq!(
+            d("s4zero"),
+            [(0, v4("0.0.0.255")), (v4("1.0.0.0"), v4("1.0.0.10"))]
+        );
+        assert_eq!(
+            d("s6"),
+            [
+                (v6("::1"), v6("::1")),
+                (
+                    v6("2001:db8::"),
+                    v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")
+                ),
+                (v6("fe80::1"), v6("fe80::5")),
+                (v6("ffff::"), u128::MAX),
+            ]
+        );
+        assert_eq!(
+            d("sp"),
+            [(0, 22), (5060, 5060), (10000, 20001), (65000, 65535)]
+        );
+        assert_eq!(d("empty4"), []);
+        // not an interval set: points, merged
+        assert_eq!(
+            d("hosts4"),
+            [
+                (v4("1.2.3.4"), v4("1.2.3.5")),
+                (v4("5.6.7.8"), v4("5.6.7.8"))
+            ]
+        );
+
+        // errors
+        let e = dump_intervals("callgate", "nosuchset").unwrap_err();
+        assert!(
+            matches!(&e, NetlinkError::SetMissing { what, .. } if *what == "set does not exist"),
+            "{e}"
+        );
+        let e = dump_intervals("other", "s4").unwrap_err();
+        assert!(
+            matches!(&e, NetlinkError::SetMissing { what, .. } if *what == "set does not exist"),
+            "{e}"
+        );
+        let e = dump_intervals("nosuchtable", "s4").unwrap_err();
+        assert!(
+            matches!(&e, NetlinkError::SetMissing { what, .. } if *what == "table does not exist"),
+            "{e}"
+        );
+        assert_eq!(e.errno(), Some(libc::ENOENT));
+        eprintln!("missing table: {e}");
+        let e = dump_intervals("callgate", "concat").unwrap_err();
+        assert!(matches!(e, NetlinkError::UnsupportedSet { .. }), "{e}");
+        eprintln!("concatenation: {e}");
+        let e = dump_intervals("callgate", "").unwrap_err();
+        assert!(matches!(e, NetlinkError::InvalidSetName(_)), "{e}");
+    });
+}
+
+#[test]
+fn dumps_100k_prefixes() {
+    if !is_root() {
+        return;
+    }
+    // CGDUMP_N overrides the count, to see how the time scales
+    let n: u32 = std::env::var("CGDUMP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+    // every other /30: 100.64.0.0/30, 100.64.0.8/30, ... (none adjacent)
+    let mut expected = Vec::with_capacity(n as usize);
+    let mut elems = String::with_capacity(n as usize * 20);
+    for i in 0..n {
+        let lo = base + i * 8;
+        if i > 0 {
+            elems.push_str(", ");
+        }
+        write!(elems, "{}/30", Ipv4Addr::from(lo)).unwrap();
+        expected.push((u128::from(lo), u128::from(lo + 3)));
+    }
+    let ruleset = format!(
+        "table inet callgate {{\n set big4 {{ type ipv4_addr; flags interval; elements = {{ {elems} }} }}\n}}\n"
+    );
+
+    let ns = NetNs::new();
+    let t = Instant::now();
+    ns.exec("nft", &["-f", "-"], Some(&ruleset));
+    let load = t.elapsed();
+    let t = Instant::now();
+    let listed = ns.exec(
+        "nft",
+        &["-j", "list", "set", "inet", "callgate", "big4"],
+        None,
+    );
+    let list = t.elapsed();
+    assert!(listed.contains("100.64.0.0"));
+
+    let (got, dump) = ns.run_inside(|| {
+        // once to warm up, then timed
+        let first = dump_intervals("callgate", "big4").unwrap();
+        let t = Instant::now();
+        let got = dump_intervals("callgate", "big4").unwrap();
+        let dump = t.elapsed();
+        assert_eq!(first, got);
+        (got, dump)
+    });
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected);
+    eprintln!(
+        "{n} /30 prefixes: nft -f load {load:?}, nft -j list set {list:?}, netlink dump {dump:?}"
+    );
+}
