@@ -310,6 +310,22 @@ impl Revisions {
             if deadline.is_some() {
                 let _ = self.store.claim_pending();
             }
+            // nft applies all or nothing, so normally nothing changed. If the transaction went
+            // in but the read-back disagreed, the kernel holds something unrecorded: put the
+            // running revision back so kernel, history and config file agree again.
+            if previous != 0 {
+                let restored = self
+                    .store
+                    .get(previous)
+                    .and_then(|rev| validate(&rev.text, &self.config_path, true))
+                    .map_err(|e| error_chain(&e))
+                    .and_then(|cfg| applier.apply(&render(&cfg), previous));
+                if let Err(again) = restored {
+                    log::error!(
+                        "could not re-apply revision {previous} after a failed commit: {again}"
+                    );
+                }
+            }
             return Err(RevisionError::Apply(e));
         }
         let rev = self.store.append(author, note, text, now)?;
