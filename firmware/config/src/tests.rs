@@ -213,3 +213,48 @@ fn several_semantic_errors_are_all_reported() {
     assert!(kinds.contains(&ErrorKind::InvalidEntry), "{errs}");
     assert!(errs.0.len() >= 3, "{errs}");
 }
+
+/// Mutations of a valid config never panic the parser, and every refusal is located inside
+/// the text (a poor man's fuzzer that runs in every test run; xorshift keeps it repeatable).
+#[test]
+fn mutated_configs_never_panic_and_errors_are_located() {
+    let lab = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml"),
+    )
+    .unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let alphabet = b"[]=\"\n#,.:/-_ 0123456789abcdefxyz{}'\\";
+    for _ in 0..3000 {
+        let mut bytes = lab.clone().into_bytes();
+        for _ in 0..(1 + next() % 4) {
+            let i = (next() % bytes.len() as u64) as usize;
+            match next() % 3 {
+                0 => bytes[i] = alphabet[(next() % alphabet.len() as u64) as usize],
+                1 => {
+                    bytes.remove(i);
+                }
+                _ => bytes.insert(i, alphabet[(next() % alphabet.len() as u64) as usize]),
+            }
+        }
+        let Ok(text) = String::from_utf8(bytes) else {
+            continue;
+        };
+        if let Err(errs) = Config::parse(&text, Path::new("m.toml")) {
+            let lines = text.lines().count().max(1) + 1;
+            for e in &errs.0 {
+                assert!(
+                    e.line >= 1 && e.line <= lines,
+                    "{e} (text has {lines} lines)"
+                );
+                assert!(e.column >= 1, "{e}");
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
+}
