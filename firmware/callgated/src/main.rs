@@ -78,7 +78,7 @@ struct DirectApplier(Firewall);
 impl Applier for DirectApplier {
     fn apply(&self, ruleset: &Ruleset, _generation: u64) -> Result<(), String> {
         self.0
-            .apply(ruleset)
+            .apply(ruleset, None)
             .map(|_| ())
             .map_err(|e| error_chain(&e))
     }
@@ -108,7 +108,6 @@ fn main() -> ExitCode {
     logging::init();
     let fw = Firewall::new(Nft {
         program: args.nft.clone(),
-        pre_args: Vec::new(),
     });
     match &args.cmd {
         Some(Cmd::Baseline) => baseline(&args, &fw),
@@ -125,7 +124,7 @@ fn baseline(args: &Args, fw: &Firewall) -> ExitCode {
             None
         }
     };
-    match fw.apply(&render_baseline(cfg.as_ref())) {
+    match fw.apply(&render_baseline(cfg.as_ref()), None) {
         Ok(_) => {
             log::info!("baseline ruleset installed");
             ExitCode::SUCCESS
@@ -216,13 +215,13 @@ fn exit_for(e: &RevisionError) -> u8 {
 fn daemon(args: Args, fw: Firewall) -> ExitCode {
     // 1. Baseline, only when nothing of ours is enforcing yet (a restart keeps the last
     //    applied policy in force; replacing it with the baseline would cut live flows).
-    match fw.nft.list_table(true) {
-        Ok(None) => {
+    match callgate_firewall::readback::existing(callgate_firewall::model::TABLE) {
+        Ok((chains, _)) if chains.is_empty() => {
             if baseline(&args, &fw) != ExitCode::SUCCESS {
                 return ExitCode::from(EXIT_FIREWALL);
             }
         }
-        Ok(Some(_)) => log::info!(
+        Ok(_) => log::info!(
             "the last applied ruleset is in force; keeping it until the config is applied"
         ),
         Err(e) => {

@@ -12,8 +12,10 @@
 //!   feeds it to `nft -j -f -`, keeping nft's own error text. The transaction flushes and
 //!   refills every config-owned set, so a removed prefix is really gone, while the run-time
 //!   sets (pinholes, blocklist) keep their contents across commits.
-//! - After applying, [`Firewall::apply`] reads back only our table and compares chains,
-//!   policies, rules (comment and verdict, in order), set types and set contents.
+//! - After applying, [`Firewall::apply`] reads back only our table over netlink
+//!   ([`readback`]) and compares chains, policies, rules (comment and verdict, in order), set
+//!   types and set contents (in full up to 8192 intervals, by sampled point lookups and a
+//!   check that every removed interval is gone beyond that).
 //! - [`netlink`] writes pinholes and blocklist entries straight over `NETLINK_NETFILTER`
 //!   (no process spawn, no libnftnl), so the daemon stays a static musl binary.
 //! - [`task`] is the long-lived component: a handle plus a dedicated thread (nft and netlink
@@ -31,6 +33,7 @@
 pub mod model;
 pub mod netlink;
 pub mod nft;
+pub mod readback;
 pub mod render;
 pub mod task;
 
@@ -98,22 +101,21 @@ impl Firewall {
         Firewall { nft }
     }
 
-    /// Applies `rs` atomically, then verifies the kernel holds exactly it.
-    pub fn apply(&self, rs: &Ruleset) -> Result<ApplyReport, FirewallError> {
+    /// Applies `rs` atomically, then verifies the kernel holds exactly it. `previous` is the
+    /// ruleset this replaces, when known: elements it had and `rs` has not are checked to be
+    /// gone. Runs in the calling thread's network namespace (nft inherits it, the netlink
+    /// read-back uses it).
+    pub fn apply(
+        &self,
+        rs: &Ruleset,
+        previous: Option<&Ruleset>,
+    ) -> Result<ApplyReport, FirewallError> {
         let t0 = Instant::now();
-        let existing = match self.nft.list_table(true)? {
-            Some(objs) => {
-                let o = nft::observe(&objs);
-                nft::Existing {
-                    chains: o.chains.keys().cloned().collect(),
-                    sets: o.sets.keys().cloned().collect(),
-                }
-            }
-            None => nft::Existing::default(),
-        };
-        self.nft.apply(&nft::transaction(rs, &existing))?;
+        let (chains, sets) = readback::existing(model::TABLE)?;
+        self.nft
+            .apply(&nft::transaction(rs, &nft::Existing { chains, sets }))?;
         let t1 = Instant::now();
-        self.verify(rs)?;
+        self.verify(rs, previous)?;
         let t2 = Instant::now();
         Ok(ApplyReport {
             elements: rs.element_count(),
@@ -123,11 +125,12 @@ impl Firewall {
     }
 
     /// Reads back our table and compares it with `rs`.
-    pub fn verify(&self, rs: &Ruleset) -> Result<(), FirewallError> {
-        let objs = self.nft.list_table(false)?.ok_or_else(|| {
-            FirewallError::Mismatch(vec!["table inet callgate is missing".into()])
-        })?;
-        let diffs = nft::diff(rs, &nft::observe(&objs));
+    pub fn verify(&self, rs: &Ruleset, previous: Option<&Ruleset>) -> Result<(), FirewallError> {
+        let diffs = match readback::verify(model::TABLE, rs, previous) {
+            Ok(d) => d,
+            Err(NetlinkError::SetMissing { .. }) => vec!["table inet callgate is missing".into()],
+            Err(e) => return Err(e.into()),
+        };
         if diffs.is_empty() {
             Ok(())
         } else {
@@ -137,10 +140,11 @@ impl Firewall {
 
     /// Per-entry counters, summed over the rules that carry the same comment in a chain.
     pub fn counters(&self) -> Result<Vec<EntryCounters>, FirewallError> {
-        let Some(objs) = self.nft.list_table(true)? else {
-            return Ok(Vec::new());
+        let o = match readback::observe(model::TABLE) {
+            Ok(o) => o,
+            Err(NetlinkError::SetMissing { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
         };
-        let o = nft::observe(&objs);
         let mut out: Vec<EntryCounters> = Vec::new();
         for chain in ["input", "forward", "output", render::ALLOW_DST_CHAIN] {
             for r in o.rules.get(chain).into_iter().flatten() {

@@ -302,33 +302,22 @@ pub fn document(rs: &Ruleset) -> Nftables<'static> {
     transaction(rs, &Existing::default())
 }
 
-/// Runs the `nft` binary. Holds its path so tests and the lab can point elsewhere.
+/// Runs the `nft` binary (in the caller's network namespace). Holds its path so tests and
+/// the lab can point elsewhere.
 #[derive(Debug, Clone)]
 pub struct Nft {
     pub program: PathBuf,
-    /// Arguments placed before nft's own (e.g. `netns exec NS nft` with program `ip`).
-    pub pre_args: Vec<String>,
 }
 
 impl Default for Nft {
     fn default() -> Self {
         Nft {
             program: PathBuf::from("nft"),
-            pre_args: Vec::new(),
         }
     }
 }
 
 impl Nft {
-    /// nft run inside a named network namespace (`ip netns exec NS nft …`): for tests,
-    /// benchmarks and tools that work on a lab appliance from outside.
-    pub fn in_netns(ns: &str) -> Nft {
-        Nft {
-            program: PathBuf::from("ip"),
-            pre_args: vec!["netns".into(), "exec".into(), ns.into(), "nft".into()],
-        }
-    }
-
     /// Applies a JSON document in one transaction. nft's own error text is returned on
     /// failure (the `nftables` crate's helper leaves it empty).
     pub fn apply(&self, doc: &Nftables<'_>) -> Result<(), FirewallError> {
@@ -338,7 +327,6 @@ impl Nft {
 
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, FirewallError> {
         let mut child = Command::new(&self.program)
-            .args(&self.pre_args)
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()

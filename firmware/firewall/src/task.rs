@@ -152,6 +152,8 @@ fn with_writer<T>(
 
 fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<FirewallState>) {
     let mut writer: Option<SetWriter> = None;
+    // The ruleset in force, so the next apply can check that removed elements are gone.
+    let mut last: Option<Arc<Ruleset>> = None;
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Apply {
@@ -159,7 +161,10 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 generation,
                 reply,
             } => {
-                let r = fw.apply(&ruleset);
+                let r = fw.apply(&ruleset, last.as_deref());
+                if r.is_ok() {
+                    last = Some(ruleset);
+                }
                 state.send_modify(|s| match &r {
                     Ok(_) => {
                         s.generation = generation;

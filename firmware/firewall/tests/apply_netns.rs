@@ -1,32 +1,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 //! The apply / read-back / replace cycle against the real kernel, inside a throwaway
-//! network namespace (root needed; the root namespace is never touched).
+//! network namespace (`cgfw<pid>x<n>`; root needed; the root namespace is never touched).
+//!
+//! `Firewall` works in the calling thread's network namespace (nft inherits it, the
+//! netlink read-back uses it), so every `Firewall` call runs in `NetNs::run_inside`.
 
+use std::fmt::Write as _;
+use std::net::Ipv6Addr;
 use std::path::Path;
-use std::process::Command;
 
 use callgate_config::Config;
-use callgate_firewall::{nft, render, Firewall, Nft};
+use callgate_firewall::model::{Cond, RuleDef, Verdict};
+use callgate_firewall::netlink::covered_many;
+use callgate_firewall::readback::FULL_DUMP_MAX;
+use callgate_firewall::{nft, render, Firewall, Ruleset};
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("cgfw{}x{tag}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {name}");
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+mod support;
+use support::{is_root, NetNs};
 
 fn lab_src() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml"))
@@ -37,62 +27,72 @@ fn parse(src: &str) -> Config {
     Config::parse(src, Path::new("lab.toml")).unwrap()
 }
 
+fn render_src(src: &str) -> Ruleset {
+    render(&parse(src))
+}
+
 #[test]
 fn apply_verify_replace_keeps_pinhole_sets() {
-    let ns = Netns::new("a");
-    let fw = Firewall::new(Nft::in_netns(&ns.0));
-    let cfg = parse(&lab_src());
-    let rs = render(&cfg);
-    fw.apply(&rs).unwrap();
-    fw.verify(&rs).unwrap();
+    if !is_root("apply_netns") {
+        return;
+    }
+    let ns = NetNs::new("fw");
+    let rs = render_src(&lab_src());
+    // Remove one entry and one prefix of another, for the replace below.
+    let src2 = lab_src()
+        .replace(
+            "sources = [\"203.0.113.0/28\"]",
+            "sources = [\"203.0.113.0/29\"]",
+        )
+        .replace("name = \"mgmt-api\"", "name = \"mgmt-api2\"");
+    assert_ne!(src2, lab_src(), "the replacements apply to config/lab.toml");
+    let rs2 = render_src(&src2);
+
+    let first = rs.clone();
+    ns.run_inside(move || {
+        let fw = Firewall::default();
+        fw.apply(&first, None).unwrap();
+        fw.verify(&first, None).unwrap();
+    });
 
     // A run-time pinhole element, written as the SIP router would.
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "nft",
+    ns.exec(
+        "nft",
+        &[
             "add",
             "element",
             "inet",
             "callgate",
             "pinhole4",
             "{ 198.51.100.10 . udp . 40000 timeout 60s }",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+        ],
+        None,
+    );
 
-    // Remove one entry and one prefix of another, then replace.
-    let src = lab_src()
-        .replace(
-            "sources = [\"203.0.113.0/28\"]",
-            "sources = [\"203.0.113.0/29\"]",
-        )
-        .replace("name = \"mgmt-api\"", "name = \"mgmt-api2\"");
-    let rs2 = render(&parse(&src));
-    fw.apply(&rs2).unwrap();
-    let objs = fw.nft.list_table(false).unwrap().unwrap();
-    let o = nft::observe(&objs);
-    assert!(!o.sets.contains_key("a_mgmt_api_p"), "stale set removed");
-    assert!(o.sets.contains_key("a_mgmt_api2_p"));
-    let ping = &o.elems["a_carrier_ping_s4"];
-    assert_eq!(ping.len(), 1);
-    assert_eq!(ping[0].1 - ping[0].0, 7, "the /28 became a /29: {ping:?}");
-    // the previous ruleset no longer verifies; the new one does
-    assert!(fw.verify(&rs).is_err());
-    fw.verify(&rs2).unwrap();
+    let counters = ns.run_inside(move || {
+        let fw = Firewall::default();
+        fw.apply(&rs2, Some(&rs)).unwrap();
+        let objs = fw.nft.list_table(false).unwrap().unwrap();
+        let o = nft::observe(&objs);
+        assert!(!o.sets.contains_key("a_mgmt_api_p"), "stale set removed");
+        assert!(o.sets.contains_key("a_mgmt_api2_p"));
+        let ping = &o.elems["a_carrier_ping_s4"];
+        assert_eq!(ping.len(), 1);
+        assert_eq!(ping[0].1 - ping[0].0, 7, "the /28 became a /29: {ping:?}");
+        // the previous ruleset no longer verifies; the new one does
+        assert!(fw.verify(&rs, None).is_err());
+        fw.verify(&rs2, Some(&rs)).unwrap();
+        fw.counters().unwrap()
+    });
+
     // run-time set contents survive a commit
-    let pin = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, "nft", "list", "set", "inet", "callgate", "pinhole4",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&pin.stdout).contains("198.51.100.10"));
+    let pin = ns.exec(
+        "nft",
+        &["list", "set", "inet", "callgate", "pinhole4"],
+        None,
+    );
+    assert!(pin.contains("198.51.100.10"), "{pin}");
 
-    let counters = fw.counters().unwrap();
     assert!(counters
         .iter()
         .any(|c| c.name == "carrier-sip-udp" && c.rules == 2));
@@ -100,27 +100,155 @@ fn apply_verify_replace_keeps_pinhole_sets() {
 
 #[test]
 fn a_failing_transaction_changes_nothing_and_reports_nft_text() {
-    let ns = Netns::new("b");
-    let fw = Firewall::new(Nft::in_netns(&ns.0));
-    let rs = render(&parse(&lab_src()));
-    fw.apply(&rs).unwrap();
-    let before = fw.nft.list_table(false).unwrap();
+    if !is_root("apply_netns") {
+        return;
+    }
+    let ns = NetNs::new("fw");
+    let rs = render_src(&lab_src());
     let mut bad = rs.clone();
     bad.chains[0].rules.insert(
         0,
-        callgate_firewall::model::RuleDef {
+        RuleDef {
             comment: "broken".into(),
-            conds: vec![callgate_firewall::model::Cond::DportIn(
-                "no_such_set".into(),
-            )],
-            verdict: callgate_firewall::model::Verdict::Accept,
+            conds: vec![Cond::DportIn("no_such_set".into())],
+            verdict: Verdict::Accept,
         },
     );
-    let err = fw.apply(&bad).unwrap_err().to_string();
+    let (before, err, after) = ns.run_inside(move || {
+        let fw = Firewall::default();
+        fw.apply(&rs, None).unwrap();
+        let before = fw.nft.list_table(false).unwrap();
+        let err = fw.apply(&bad, Some(&rs)).unwrap_err().to_string();
+        let after = fw.nft.list_table(false).unwrap();
+        // the kernel still holds the good ruleset, by the netlink read-back too
+        fw.verify(&rs, None).unwrap();
+        (before, err, after)
+    });
     assert!(
         err.contains("no_such_set") || err.contains("No such file"),
         "{err}"
     );
-    let after = fw.nft.list_table(false).unwrap();
+    assert!(before.is_some());
     assert_eq!(before, after);
+}
+
+/// Number of /64 sources in the large entry, and how many of them the replace removes.
+const BIG: u32 = 20_000;
+const REMOVED: u32 = 1_000;
+
+/// The `i`-th /64 of the large entry: every other /64 of 2001:db8:10::/48 (none adjacent).
+fn big_prefix(i: u32) -> String {
+    let i = u16::try_from(i * 2).unwrap();
+    format!("{}/64", Ipv6Addr::new(0x2001, 0xdb8, 0x10, i, 0, 0, 0, 0))
+}
+
+/// Removed by the replace: every 20th prefix (1000 of 20 000).
+fn is_removed(i: u32) -> bool {
+    i % (BIG / REMOVED) == 7
+}
+
+/// config/lab.toml plus an allow entry with the given /64 sources.
+fn lab_with_big_entry(keep: impl Fn(u32) -> bool) -> String {
+    let mut src = lab_src();
+    src.push_str("\n[[allow]]\nname = \"bulk-v6\"\nzone = \"wan\"\nsources = [\n");
+    for i in (0..BIG).filter(|&i| keep(i)) {
+        writeln!(src, "  \"{}\",", big_prefix(i)).unwrap();
+    }
+    src.push_str("]\nprotocol = \"udp\"\nports = [5060]\n");
+    src
+}
+
+fn prefix_start(p: &str) -> u128 {
+    let addr = p.split('/').next().unwrap();
+    u128::from(addr.parse::<Ipv6Addr>().unwrap())
+}
+
+#[test]
+fn replacing_a_large_set_removes_prefixes_and_verify_catches_leftovers() {
+    if !is_root("apply_netns") {
+        return;
+    }
+    const SET: &str = "a_bulk_v6_s6";
+    let old = render_src(&lab_with_big_entry(|_| true));
+    let new = render_src(&lab_with_big_entry(|i| !is_removed(i)));
+    assert_eq!(old.set(SET).unwrap().elems.len(), BIG as usize);
+    let kept = (BIG - REMOVED) as usize;
+    assert_eq!(new.set(SET).unwrap().elems.len(), kept);
+    // large enough for the sampled read-back, not the full dump
+    assert!(kept > FULL_DUMP_MAX);
+
+    let ns = NetNs::new("fw");
+    let (old2, new2) = (old.clone(), new.clone());
+    ns.run_inside(move || {
+        let fw = Firewall::default();
+        let r = fw.apply(&old2, None).unwrap();
+        eprintln!("apply {BIG} /64: {r:?}");
+        let r = fw.apply(&new2, Some(&old2)).unwrap();
+        eprintln!("replace, {REMOVED} removed: {r:?}");
+        fw.verify(&new2, Some(&old2)).unwrap();
+
+        // independently of the read-back: every removed prefix is gone, every kept one is
+        // there (first and last address)
+        let mut keys = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..BIG {
+            let lo = prefix_start(&big_prefix(i));
+            keys.extend([lo, lo + u128::from(u64::MAX)]);
+            expect.extend([!is_removed(i); 2]);
+        }
+        let got = covered_many("callgate", SET, &keys).unwrap();
+        let wrong = got.iter().zip(&expect).filter(|(g, e)| g != e).count();
+        assert_eq!(wrong, 0, "{wrong} of {} lookups wrong", keys.len());
+    });
+
+    // Sabotage: one removed prefix back in the kernel's set.
+    let back = big_prefix(7);
+    assert!(is_removed(7));
+    let elem = format!("{{ {back} }}");
+    ns.exec(
+        "nft",
+        &["add", "element", "inet", "callgate", SET, &elem],
+        None,
+    );
+    let (old2, new2) = (old.clone(), new.clone());
+    let err = ns.run_inside(move || {
+        Firewall::default()
+            .verify(&new2, Some(&old2))
+            .unwrap_err()
+            .to_string()
+    });
+    eprintln!("removed prefix {back} back: {err}");
+    assert!(err.contains(SET), "{err}");
+
+    // Taken out again, the table verifies again.
+    ns.exec(
+        "nft",
+        &["delete", "element", "inet", "callgate", SET, &elem],
+        None,
+    );
+    let (old2, new2) = (old.clone(), new.clone());
+    ns.run_inside(move || Firewall::default().verify(&new2, Some(&old2)).unwrap());
+
+    // A small set (full dump): an address in a gap that no config ever had.
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "element",
+            "inet",
+            "callgate",
+            "a_carrier_sip_udp_s4",
+            "{ 203.0.113.99 }",
+        ],
+        None,
+    );
+    let err = ns.run_inside(move || {
+        Firewall::default()
+            .verify(&new, Some(&old))
+            .unwrap_err()
+            .to_string()
+    });
+    eprintln!("203.0.113.99 added: {err}");
+    assert!(err.contains("a_carrier_sip_udp_s4"), "{err}");
+    assert!(!err.contains(SET), "{err}");
 }

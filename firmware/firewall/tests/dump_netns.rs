@@ -6,16 +6,13 @@
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use callgate_firewall::netlink::{dump_intervals, NetlinkError};
-use nix::sched::{setns, CloneFlags};
+
+mod support;
+use support::{is_root, v4, v6, NetNs};
 
 const RULESET: &str = "
 table inet callgate {
@@ -36,108 +33,12 @@ table inet other {
 }
 ";
 
-/// A network namespace that is deleted when dropped, on panic too.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "cgdump{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name], None);
-        NetNs { name }
-    }
-
-    /// Runs `cmd args` inside the namespace, panics on failure, returns stdout.
-    fn exec(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let mut full = vec!["netns", "exec", &self.name, cmd];
-        full.extend_from_slice(args);
-        run("ip", &full, stdin)
-    }
-
-    /// Runs `f` on a thread that has joined the namespace (the calling
-    /// thread stays where it is).
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        let joined = thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join();
-        match joined {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let status = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: could not delete netns {}: {status:?}", self.name);
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .unwrap_or_else(|e| panic!("write stdin of {cmd}: {e}"));
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED: dump_netns needs root (network namespaces, nftables)");
-        false
-    }
-}
-
-fn v4(s: &str) -> u128 {
-    u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()))
-}
-
-fn v6(s: &str) -> u128 {
-    u128::from(s.parse::<Ipv6Addr>().unwrap())
-}
-
 #[test]
 fn dumps_interval_sets() {
-    if !is_root() {
+    if !is_root("dump_netns") {
         return;
     }
-    let ns = NetNs::new();
+    let ns = NetNs::new("dump");
     ns.exec("nft", &["-f", "-"], Some(RULESET));
 
     ns.run_inside(|| {
@@ -215,7 +116,7 @@ fn dumps_interval_sets() {
 
 #[test]
 fn dumps_100k_prefixes() {
-    if !is_root() {
+    if !is_root("dump_netns") {
         return;
     }
     // CGDUMP_N overrides the count, to see how the time scales
@@ -239,7 +140,7 @@ fn dumps_100k_prefixes() {
         "table inet callgate {{\n set big4 {{ type ipv4_addr; flags interval; elements = {{ {elems} }} }}\n}}\n"
     );
 
-    let ns = NetNs::new();
+    let ns = NetNs::new("dump");
     let t = Instant::now();
     ns.exec("nft", &["-f", "-"], Some(&ruleset));
     let load = t.elapsed();

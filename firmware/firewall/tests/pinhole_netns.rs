@@ -5,17 +5,15 @@
 //! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use callgate_firewall::netlink::{NetlinkError, PinholeProto, SetWriter};
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
+
+mod support;
+use support::{is_root, NetNs};
 
 const RULESET: &str = "
 table inet callgate {
@@ -29,80 +27,28 @@ table inet partial {
 }
 ";
 
-/// A network namespace that is deleted when dropped, on panic too.
-struct NetNs {
-    name: String,
+/// Elements of `inet <table> <set>`: (key as nft prints it, expires in s).
+fn elements(ns: &NetNs, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
+    let out = ns.exec("nft", &["-j", "list", "set", "inet", table, set], None);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut elems = Vec::new();
+    for obj in v["nftables"].as_array().into_iter().flatten() {
+        for e in obj["set"]["elem"].as_array().into_iter().flatten() {
+            let (val, expires) = match e.get("elem") {
+                Some(inner) => (&inner["val"], inner["expires"].as_u64()),
+                None => (e, None),
+            };
+            elems.push((render(val), expires));
+        }
+    }
+    elems
 }
 
-impl NetNs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "cgpin{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name], None);
-        NetNs { name }
-    }
-
-    /// Runs `cmd args` inside the namespace, panics on failure, returns stdout.
-    fn exec(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let mut full = vec!["netns", "exec", &self.name, cmd];
-        full.extend_from_slice(args);
-        run("ip", &full, stdin)
-    }
-
-    /// Runs `f` on a thread that has joined the namespace (the calling
-    /// thread stays where it is).
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        let joined = thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join();
-        match joined {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-
-    /// Elements of `inet <table> <set>`: (key as nft prints it, expires in s).
-    fn elements(&self, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
-        let out = self.exec("nft", &["-j", "list", "set", "inet", table, set], None);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        let mut elems = Vec::new();
-        for obj in v["nftables"].as_array().into_iter().flatten() {
-            for e in obj["set"]["elem"].as_array().into_iter().flatten() {
-                let (val, expires) = match e.get("elem") {
-                    Some(inner) => (&inner["val"], inner["expires"].as_u64()),
-                    None => (e, None),
-                };
-                elems.push((render(val), expires));
-            }
-        }
-        elems
-    }
-
-    fn expires(&self, set: &str, key: &str) -> Option<Option<u64>> {
-        self.elements("callgate", set)
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, exp)| exp)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let status = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: could not delete netns {}: {status:?}", self.name);
-        }
-    }
+fn expires(ns: &NetNs, set: &str, key: &str) -> Option<Option<u64>> {
+    elements(ns, "callgate", set)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, exp)| exp)
 }
 
 fn render(v: &Value) -> String {
@@ -114,42 +60,6 @@ fn render(v: &Value) -> String {
             None => v.to_string(),
         },
         other => other.to_string(),
-    }
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .unwrap_or_else(|e| panic!("write stdin of {cmd}: {e}"));
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED: pinhole_netns needs root (network namespaces, nftables)");
-        false
     }
 }
 
@@ -177,10 +87,10 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn pinholes_and_blocks_in_a_namespace() {
-    if !is_root() {
+    if !is_root("pinhole_netns") {
         return;
     }
-    let ns = NetNs::new();
+    let ns = NetNs::new("pin");
     ns.exec("nft", &["-f", "-"], Some(RULESET));
     let ns = std::sync::Arc::new(ns);
     let ns2 = ns.clone();
@@ -203,8 +113,8 @@ fn pinholes_and_blocks_in_a_namespace() {
         w.open_pinhole(ip("::ffff:192.0.2.11"), PinholeProto::Udp, 40004, min)
             .unwrap();
 
-        let p4 = ns.elements("callgate", "pinhole4");
-        let p6 = ns.elements("callgate", "pinhole6");
+        let p4 = elements(&ns, "callgate", "pinhole4");
+        let p6 = elements(&ns, "callgate", "pinhole6");
         for key in [
             "192.0.2.10 . udp . 40000",
             "192.0.2.10 . tcp . 5060",
@@ -234,7 +144,7 @@ fn pinholes_and_blocks_in_a_namespace() {
             Duration::from_secs(600),
         )
         .unwrap();
-        let exp = ns.expires("pinhole4", "192.0.2.10 . udp . 40000");
+        let exp = expires(&ns, "pinhole4", "192.0.2.10 . udp . 40000");
         assert!(
             matches!(exp, Some(Some(s)) if s > 500),
             "refreshed: {exp:?}"
@@ -247,7 +157,7 @@ fn pinholes_and_blocks_in_a_namespace() {
             Duration::from_secs(30),
         )
         .unwrap();
-        let exp = ns.expires("pinhole4", "192.0.2.10 . udp . 40000");
+        let exp = expires(&ns, "pinhole4", "192.0.2.10 . udp . 40000");
         assert!(
             matches!(exp, Some(Some(s)) if s <= 30),
             "shortened: {exp:?}"
@@ -260,9 +170,9 @@ fn pinholes_and_blocks_in_a_namespace() {
             .unwrap();
         w.close_pinhole(ip("2001:db8::10"), PinholeProto::Udp, 40002)
             .unwrap();
-        assert_eq!(ns.expires("pinhole4", "192.0.2.10 . tcp . 5060"), None);
-        assert_eq!(ns.expires("pinhole6", "2001:db8::10 . udp . 40002"), None);
-        assert_eq!(ns.elements("callgate", "pinhole4").len(), 2);
+        assert_eq!(expires(&ns, "pinhole4", "192.0.2.10 . tcp . 5060"), None);
+        assert_eq!(expires(&ns, "pinhole6", "2001:db8::10 . udp . 40002"), None);
+        assert_eq!(elements(&ns, "callgate", "pinhole4").len(), 2);
         let e = w
             .close_pinhole(ip("192.0.2.10"), PinholeProto::Tcp, 5060)
             .unwrap_err();
@@ -277,14 +187,14 @@ fn pinholes_and_blocks_in_a_namespace() {
         w.block(ip("203.0.113.66"), Duration::from_secs(300))
             .unwrap();
         w.block(ip("2001:db8::66"), min).unwrap();
-        let exp = ns.expires("block4", "203.0.113.66");
+        let exp = expires(&ns, "block4", "203.0.113.66");
         assert!(matches!(exp, Some(Some(s)) if s > 200), "block4: {exp:?}");
-        let exp = ns.expires("block6", "2001:db8::66");
+        let exp = expires(&ns, "block6", "2001:db8::66");
         assert!(matches!(exp, Some(Some(s)) if s <= 60), "block6: {exp:?}");
         w.unblock(ip("203.0.113.66")).unwrap();
         w.unblock(ip("2001:db8::66")).unwrap();
-        assert!(ns.elements("callgate", "block4").is_empty());
-        assert!(ns.elements("callgate", "block6").is_empty());
+        assert!(elements(&ns, "callgate", "block4").is_empty());
+        assert!(elements(&ns, "callgate", "block6").is_empty());
         let e = w.unblock(ip("203.0.113.66")).unwrap_err();
         assert!(matches!(e, NetlinkError::NotFound { .. }), "{e}");
 
@@ -296,11 +206,14 @@ fn pinholes_and_blocks_in_a_namespace() {
             Duration::from_secs(1),
         )
         .unwrap();
-        assert!(ns.expires("pinhole4", "192.0.2.20 . udp . 41000").is_some());
+        assert!(expires(&ns, "pinhole4", "192.0.2.20 . udp . 41000").is_some());
         assert!(
-            eventually(Duration::from_secs(4), || ns
-                .expires("pinhole4", "192.0.2.20 . udp . 41000")
-                .is_none()),
+            eventually(Duration::from_secs(4), || expires(
+                &ns,
+                "pinhole4",
+                "192.0.2.20 . udp . 41000"
+            )
+            .is_none()),
             "1 s pinhole still present"
         );
         // and closing it now is NotFound, reopening works
@@ -319,10 +232,10 @@ fn pinholes_and_blocks_in_a_namespace() {
 
 #[test]
 fn missing_table_or_set_is_a_clear_error() {
-    if !is_root() {
+    if !is_root("pinhole_netns") {
         return;
     }
-    let ns = NetNs::new();
+    let ns = NetNs::new("pin");
     ns.exec("nft", &["-f", "-"], Some(RULESET));
 
     let errors = ns.run_inside(|| {
@@ -387,7 +300,7 @@ fn missing_table_or_set_is_a_clear_error() {
     assert!(texts[3].contains("set does not exist"), "{}", texts[3]);
     assert!(texts[4].contains("set does not exist"), "{}", texts[4]);
     assert_eq!(
-        ns.elements("partial", "pinhole4").len(),
+        elements(&ns, "partial", "pinhole4").len(),
         1,
         "writer usable after errors"
     );

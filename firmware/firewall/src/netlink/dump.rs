@@ -42,11 +42,11 @@ use super::wire::{self, Blamed, ReplyKind};
 use super::{initial_seq, open_socket, valid_name, NetlinkError, ACK_TIMEOUT};
 
 /// `NFNL_SUBSYS_NFTABLES`.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFT_MSG_NEWSET` / `NFT_MSG_NEWSETELEM`: what `GETSET` / `GETSETELEM`
 /// are answered with.
 const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
 
 /// `enum nft_set_attributes`.
 const NFTA_SET_FLAGS: u16 = 3;
@@ -84,7 +84,7 @@ const DUMP_RECV_BUF: usize = 1 << 20;
 const DUMP_SOCK_RCVBUF: libc::c_int = 4 << 20;
 /// Whole dumps tried before giving up on `EINTR` / `EBUSY` / interrupted
 /// dumps (the ruleset changed meanwhile) / receive overruns.
-const DUMP_ATTEMPTS: u32 = 5;
+pub(super) const DUMP_ATTEMPTS: u32 = 5;
 
 /// One element as dumped: key, `NFTA_SET_ELEM_FLAGS`, `NFTA_SET_ELEM_KEY_END`.
 /// The key of a catch-all element is meaningless (0).
@@ -125,7 +125,7 @@ pub fn dump_intervals(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Netli
 
 /// Outcome of one failed dump attempt.
 #[derive(Debug)]
-enum Attempt {
+pub(super) enum Attempt {
     /// Transient: try the whole dump again on a fresh socket.
     Retry(NetlinkError),
     Fail(NetlinkError),
@@ -146,7 +146,7 @@ pub(crate) enum KeyKind {
 }
 
 impl KeyKind {
-    fn width(self) -> usize {
+    pub(super) fn width(self) -> usize {
         match self {
             Self::V4 => 4,
             Self::V6 => 16,
@@ -175,14 +175,14 @@ impl KeyKind {
 
 /// What `NFT_MSG_GETSET` told us.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct SetInfo {
-    flags: u32,
-    key_type: u32,
-    key_len: u32,
+pub(super) struct SetInfo {
+    pub(super) flags: u32,
+    pub(super) key_type: u32,
+    pub(super) key_len: u32,
 }
 
 impl SetInfo {
-    fn key_kind(&self) -> Option<KeyKind> {
+    pub(super) fn key_kind(&self) -> Option<KeyKind> {
         if self.flags & NFT_SET_CONCAT != 0 {
             return None;
         }
@@ -217,15 +217,15 @@ fn dump_once(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Attempt> {
 
 /// One socket for one attempt (a retry starts over on a fresh socket, so no
 /// leftovers of an abandoned dump can get in the way).
-struct Conn {
-    socket: Socket,
-    port: u32,
-    seq: u32,
-    buf: Vec<u8>,
+pub(super) struct Conn {
+    pub(super) socket: Socket,
+    pub(super) port: u32,
+    pub(super) seq: u32,
+    pub(super) buf: Vec<u8>,
 }
 
 impl Conn {
-    fn open() -> Result<Self, NetlinkError> {
+    pub(super) fn open() -> Result<Self, NetlinkError> {
         let (socket, port) = open_socket()?;
         if let Err(e) = socket.set_rx_buf_sz(DUMP_SOCK_RCVBUF) {
             log::debug!("netlink: cannot enlarge SO_RCVBUF: {e}");
@@ -238,7 +238,7 @@ impl Conn {
         })
     }
 
-    fn query_set(&mut self, table: &str, set: &str) -> Result<SetInfo, Attempt> {
+    pub(super) fn query_set(&mut self, table: &str, set: &str) -> Result<SetInfo, Attempt> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut info = None;
