@@ -57,7 +57,17 @@
 //!   [`NetlinkError::Timeout`]; the writer stays usable.
 //! - Error texts never contain the addresses involved (they may be personal
 //!   data); the caller knows which element it asked for.
+//!
+//! # Layout
+//!
+//! - this file: [`SetWriter`] and the errors;
+//! - `wire.rs`: the bytes (requests, reply messages, attributes, errors);
+//! - `conn.rs`: the socket every request uses, the query / dump exchange and
+//!   the retry of transient failures;
+//! - `dump.rs`: [`dump_intervals`]; `lookup.rs`: [`covered_many`];
+//!   [`rules`]: chains, rules and sets of a table.
 
+mod conn;
 mod dump;
 mod lookup;
 pub mod rules;
@@ -66,11 +76,9 @@ mod wire;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-use nix::sys::time::{TimeVal, TimeValLike};
-
+use self::conn::Conn;
 pub use self::dump::dump_intervals;
 pub use self::lookup::covered_many;
 pub use self::rules::{
@@ -80,9 +88,6 @@ use self::wire::{Blamed, ElemOp, ElemRequest, ReplyKind};
 
 /// How long one call waits for the kernel's acknowledgements.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Receive buffer; acks are capped (`NETLINK_CAP_ACK`) so they are small.
-const RECV_BUF: usize = 16 * 1024;
 
 /// `NFT_NAME_MAXLEN` (includes the trailing NUL).
 const NFT_NAME_MAXLEN: usize = 256;
@@ -299,21 +304,16 @@ impl From<NetlinkError> for TxError {
 /// Owns one `NETLINK_NETFILTER` socket and writes elements of the
 /// `inet <table>` sets through it. See the module docs.
 pub struct SetWriter {
-    socket: Socket,
+    conn: Conn,
     table: String,
-    /// Our netlink port id; acks addressed elsewhere are ignored.
-    port: u32,
-    /// Next sequence number to use.
-    seq: u32,
-    recv_buf: Vec<u8>,
 }
 
 impl fmt::Debug for SetWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SetWriter")
             .field("table", &self.table)
-            .field("port", &self.port)
-            .field("seq", &self.seq)
+            .field("port", &self.conn.port())
+            .field("seq", &self.conn.seq())
             .finish_non_exhaustive()
     }
 }
@@ -323,17 +323,10 @@ impl SetWriter {
     /// namespace, for sets of table `inet <table>`. Does not check that the
     /// table exists (it may be loaded later); the first write will.
     pub fn open(table: &str) -> Result<Self, NetlinkError> {
-        if !valid_name(table) {
-            return Err(NetlinkError::InvalidTableName(table.to_owned()));
-        }
-        let (socket, port) = open_socket()?;
-        let seq = initial_seq();
+        check_table(table)?;
         Ok(Self {
-            socket,
+            conn: Conn::open()?,
             table: table.to_owned(),
-            port,
-            seq,
-            recv_buf: Vec::with_capacity(RECV_BUF),
         })
     }
 
@@ -351,9 +344,8 @@ impl SetWriter {
         port: u16,
         ttl: Duration,
     ) -> Result<(), NetlinkError> {
-        let addr = wire::canonical(addr);
-        let key = wire::pinhole_key(addr, proto, port);
-        self.upsert(pinhole_set(addr), key, ttl)
+        let (set, key) = pinhole_elem(addr, proto, port);
+        self.upsert(set, key, ttl)
     }
 
     /// Closes the pinhole now. [`NetlinkError::NotFound`] if it is not there.
@@ -363,22 +355,21 @@ impl SetWriter {
         proto: PinholeProto,
         port: u16,
     ) -> Result<(), NetlinkError> {
-        let addr = wire::canonical(addr);
-        let key = wire::pinhole_key(addr, proto, port);
-        self.delete(pinhole_set(addr), key)
+        let (set, key) = pinhole_elem(addr, proto, port);
+        self.delete(set, key)
     }
 
     /// Blocks source `addr` for `ttl` (refreshes the timeout if already
     /// blocked).
     pub fn block(&mut self, addr: IpAddr, ttl: Duration) -> Result<(), NetlinkError> {
-        let addr = wire::canonical(addr);
-        self.upsert(block_set(addr), wire::addr_key(addr), ttl)
+        let (set, key) = block_elem(addr);
+        self.upsert(set, key, ttl)
     }
 
     /// Lifts a block. [`NetlinkError::NotFound`] if `addr` is not blocked.
     pub fn unblock(&mut self, addr: IpAddr) -> Result<(), NetlinkError> {
-        let addr = wire::canonical(addr);
-        self.delete(block_set(addr), wire::addr_key(addr))
+        let (set, key) = block_elem(addr);
+        self.delete(set, key)
     }
 
     fn upsert(
@@ -504,7 +495,7 @@ impl SetWriter {
 
     /// `NFT_MSG_GETSET`: does `inet <table> <set>` exist?
     fn set_exists(&mut self, set: &'static str) -> Result<bool, NetlinkError> {
-        let seq = self.next_seqs(1);
+        let seq = self.conn.next_seqs(1);
         let bytes = wire::encode_getset(&self.table, set, seq);
         match self.exchange(&bytes, seq, 1, "query set") {
             Ok(()) => Ok(true),
@@ -520,17 +511,11 @@ impl SetWriter {
         }
     }
 
-    fn next_seqs(&mut self, n: u32) -> u32 {
-        let first = self.seq;
-        self.seq = self.seq.wrapping_add(n);
-        first
-    }
-
     /// Sends one batch with `reqs` and waits for every element's ack.
     fn transact(&mut self, reqs: &[ElemRequest]) -> Result<(), TxError> {
-        let first = self.seq;
+        let first = self.conn.seq();
         let (bytes, used) = wire::encode_batch(&self.table, reqs, first);
-        self.seq = self.seq.wrapping_add(used);
+        self.conn.next_seqs(used);
         let op = reqs.first().map_or("batch", |r| match r.op {
             ElemOp::Add { .. } => "add element",
             ElemOp::Delete => "delete element",
@@ -553,22 +538,8 @@ impl SetWriter {
         count: u32,
         op: &'static str,
     ) -> Result<(), TxError> {
-        self.drain_stale();
-        let kernel = SocketAddr::new(0, 0);
-        let sent = self
-            .socket
-            .send_to(bytes, &kernel, 0)
-            .map_err(|source| NetlinkError::Io {
-                context: "send",
-                source,
-            })?;
-        if sent != bytes.len() {
-            return Err(NetlinkError::Protocol(format!(
-                "short send: {sent} of {} bytes",
-                bytes.len()
-            ))
-            .into());
-        }
+        self.conn.drain_stale();
+        self.conn.send(bytes)?;
 
         let batch = count > 1;
         // pending[i]: still waiting for the ack of element message i
@@ -581,20 +552,15 @@ impl SetWriter {
             if Instant::now() >= deadline {
                 return Err(NetlinkError::Timeout(ACK_TIMEOUT, op).into());
             }
-            let data = self.recv(false)?;
-            let replies = wire::parse_datagram(&data).map_err(NetlinkError::Protocol)?;
+            self.conn.recv_datagram(false, "reply")?;
+            let replies =
+                wire::parse_datagram(self.conn.datagram()).map_err(NetlinkError::Protocol)?;
             for r in replies {
-                if r.port != self.port {
-                    log::debug!("netlink: ignoring reply for port {}", r.port);
+                let Some(rel) = self.conn.slot(r.port, r.seq, first, count as usize) else {
                     continue;
-                }
-                let rel = r.seq.wrapping_sub(first);
-                if rel >= count {
-                    log::debug!("netlink: ignoring stale reply seq {}", r.seq);
-                    continue;
-                }
+                };
                 let index = if batch {
-                    if rel == 0 || rel == count - 1 {
+                    if rel == 0 || rel == count as usize - 1 {
                         // about the batch itself (begin / end)
                         if let ReplyKind::Error {
                             errno,
@@ -611,9 +577,9 @@ impl SetWriter {
                         }
                         continue;
                     }
-                    (rel - 1) as usize
+                    rel - 1
                 } else {
-                    rel as usize
+                    rel
                 };
                 match r.kind {
                     ReplyKind::Other => {}
@@ -646,86 +612,43 @@ impl SetWriter {
             Some(f) => Err(TxError::Kernel(f)),
         }
     }
-
-    /// Reads one datagram (blocking up to the socket timeout unless
-    /// `nonblocking`).
-    fn recv(&mut self, nonblocking: bool) -> Result<Vec<u8>, NetlinkError> {
-        loop {
-            self.recv_buf.clear();
-            let flags = libc::MSG_TRUNC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-            match self.socket.recv(&mut self.recv_buf, flags) {
-                Ok(n) if n > self.recv_buf.len() => {
-                    return Err(NetlinkError::Protocol(format!(
-                        "reply of {n} bytes truncated to {}",
-                        self.recv_buf.len()
-                    )))
-                }
-                Ok(_) => return Ok(self.recv_buf.clone()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nonblocking => {
-                    return Err(NetlinkError::Timeout(ACK_TIMEOUT, "reply"))
-                }
-                Err(source) => {
-                    return Err(NetlinkError::Io {
-                        context: "receive",
-                        source,
-                    })
-                }
-            }
-        }
-    }
-
-    /// Drops replies left over from an earlier call that ended early (for
-    /// example on a batch-level error, the element acks follow).
-    fn drain_stale(&mut self) {
-        for _ in 0..64 {
-            match self.recv(true) {
-                Ok(d) => log::debug!("netlink: dropped {} stale reply bytes", d.len()),
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// A bound `NETLINK_NETFILTER` socket in the calling thread's network
-/// namespace, with extended and capped acks where the kernel has them and a
-/// receive timeout of [`ACK_TIMEOUT`]. Returns it with its port id.
-fn open_socket() -> Result<(Socket, u32), NetlinkError> {
-    let io = |context| move |source| NetlinkError::Io { context, source };
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("create"))?;
-    let addr = socket.bind_auto().map_err(io("bind"))?;
-    // Extended acks name the attribute an error is about (needed to tell
-    // a missing element from a missing set); capped acks do not echo our
-    // request back. Both are optional: old kernels lose detail only.
-    if let Err(e) = socket.set_ext_ack(true) {
-        log::debug!("netlink: NETLINK_EXT_ACK unavailable: {e}");
-    }
-    if let Err(e) = socket.set_cap_ack(true) {
-        log::debug!("netlink: NETLINK_CAP_ACK unavailable: {e}");
-    }
-    let tv = TimeVal::milliseconds(i64::try_from(ACK_TIMEOUT.as_millis()).unwrap_or(5_000));
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &tv).map_err(
-        |e| NetlinkError::Io {
-            context: "set SO_RCVTIMEO",
-            source: io::Error::from(e),
-        },
-    )?;
-    Ok((socket, addr.port_number()))
-}
-
-/// First sequence number of a new socket. Like libmnl: start from the clock
-/// so that a restarted daemon does not reuse the previous instance's numbers
-/// right away.
-fn initial_seq() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1)
 }
 
 /// Checks an nftables object name (`NFT_NAME_MAXLEN` includes the NUL).
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() < NFT_NAME_MAXLEN && !name.contains('\0')
+}
+
+/// [`NetlinkError::InvalidTableName`] unless `table` is a valid name.
+fn check_table(table: &str) -> Result<(), NetlinkError> {
+    if valid_name(table) {
+        Ok(())
+    } else {
+        Err(NetlinkError::InvalidTableName(table.to_owned()))
+    }
+}
+
+/// [`check_table`], then [`NetlinkError::InvalidSetName`] unless `set` is a
+/// valid name.
+fn check_table_and_set(table: &str, set: &str) -> Result<(), NetlinkError> {
+    check_table(table)?;
+    if valid_name(set) {
+        Ok(())
+    } else {
+        Err(NetlinkError::InvalidSetName(set.to_owned()))
+    }
+}
+
+/// Set and key of pinhole `addr . proto . port`.
+fn pinhole_elem(addr: IpAddr, proto: PinholeProto, port: u16) -> (&'static str, Vec<u8>) {
+    let addr = wire::canonical(addr);
+    (pinhole_set(addr), wire::pinhole_key(addr, proto, port))
+}
+
+/// Set and key of the block of `addr`.
+fn block_elem(addr: IpAddr) -> (&'static str, Vec<u8>) {
+    let addr = wire::canonical(addr);
+    (block_set(addr), wire::addr_key(addr))
 }
 
 fn pinhole_set(addr: IpAddr) -> &'static str {

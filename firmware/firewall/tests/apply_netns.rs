@@ -16,7 +16,7 @@ use callgate_firewall::readback::FULL_DUMP_MAX;
 use callgate_firewall::{nft, render, Firewall, Ruleset};
 
 mod support;
-use support::{is_root, NetNs};
+use support::NetNs;
 
 fn lab_src() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml"))
@@ -33,10 +33,9 @@ fn render_src(src: &str) -> Ruleset {
 
 #[test]
 fn apply_verify_replace_keeps_pinhole_sets() {
-    if !is_root("apply_netns") {
+    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
         return;
-    }
-    let ns = NetNs::new("fw");
+    };
     let rs = render_src(&lab_src());
     // Remove one entry and one prefix of another, for the replace below.
     let src2 = lab_src()
@@ -100,10 +99,9 @@ fn apply_verify_replace_keeps_pinhole_sets() {
 
 #[test]
 fn a_failing_transaction_changes_nothing_and_reports_nft_text() {
-    if !is_root("apply_netns") {
+    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
         return;
-    }
-    let ns = NetNs::new("fw");
+    };
     let rs = render_src(&lab_src());
     let mut bad = rs.clone();
     bad.chains[0].rules.insert(
@@ -165,9 +163,9 @@ fn prefix_start(p: &str) -> u128 {
 
 #[test]
 fn replacing_a_large_set_removes_prefixes_and_verify_catches_leftovers() {
-    if !is_root("apply_netns") {
+    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
         return;
-    }
+    };
     const SET: &str = "a_bulk_v6_s6";
     let old = render_src(&lab_with_big_entry(|_| true));
     let new = render_src(&lab_with_big_entry(|i| !is_removed(i)));
@@ -177,7 +175,6 @@ fn replacing_a_large_set_removes_prefixes_and_verify_catches_leftovers() {
     // large enough for the sampled read-back, not the full dump
     assert!(kept > FULL_DUMP_MAX);
 
-    let ns = NetNs::new("fw");
     let (old2, new2) = (old.clone(), new.clone());
     ns.run_inside(move || {
         let fw = Firewall::default();

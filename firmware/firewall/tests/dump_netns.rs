@@ -5,41 +5,19 @@
 //! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
-use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use callgate_firewall::netlink::{dump_intervals, NetlinkError};
 
 mod support;
-use support::{is_root, v4, v6, NetNs};
-
-const RULESET: &str = "
-table inet callgate {
-    set s4 { type ipv4_addr; flags interval;
-             elements = { 10.0.0.0/8, 192.0.2.7, 198.51.100.0/25, 203.0.113.0/26,
-                          203.0.113.64/26, 172.16.0.1-172.16.0.9, 255.255.255.0/24 } }
-    set s4zero { type ipv4_addr; flags interval; elements = { 0.0.0.0/24, 1.0.0.0-1.0.0.10 } }
-    set s6 { type ipv6_addr; flags interval;
-             elements = { 2001:db8::/32, ::1, fe80::1-fe80::5, ffff::/16 } }
-    set sp { type inet_service; flags interval;
-             elements = { 0-22, 5060, 10000-20000, 20001, 65000-65535 } }
-    set empty4 { type ipv4_addr; flags interval; }
-    set hosts4 { type ipv4_addr; elements = { 1.2.3.4, 5.6.7.8, 1.2.3.5 } }
-    set concat { type ipv4_addr . inet_service; flags interval;
-                 elements = { 10.0.0.0/8 . 1-2 } }
-}
-table inet other {
-}
-";
+use support::{big4_ruleset, env_or, spaced_prefixes, v4, v6, NetNs, INTERVAL_SETS, SPACED_BASE};
 
 #[test]
 fn dumps_interval_sets() {
-    if !is_root("dump_netns") {
+    let Some(ns) = NetNs::for_test("dump_netns", "dump") else {
         return;
-    }
-    let ns = NetNs::new("dump");
-    ns.exec("nft", &["-f", "-"], Some(RULESET));
+    };
+    ns.nft_load(INTERVAL_SETS);
 
     ns.run_inside(|| {
         let d =
@@ -116,33 +94,20 @@ fn dumps_interval_sets() {
 
 #[test]
 fn dumps_100k_prefixes() {
-    if !is_root("dump_netns") {
+    let Some(ns) = NetNs::for_test("dump_netns", "dump") else {
         return;
-    }
+    };
     // CGDUMP_N overrides the count, to see how the time scales
-    let n: u32 = std::env::var("CGDUMP_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
-    // every other /30: 100.64.0.0/30, 100.64.0.8/30, ... (none adjacent)
-    let mut expected = Vec::with_capacity(n as usize);
-    let mut elems = String::with_capacity(n as usize * 20);
-    for i in 0..n {
-        let lo = base + i * 8;
-        if i > 0 {
-            elems.push_str(", ");
-        }
-        write!(elems, "{}/30", Ipv4Addr::from(lo)).unwrap();
-        expected.push((u128::from(lo), u128::from(lo + 3)));
-    }
-    let ruleset = format!(
-        "table inet callgate {{\n set big4 {{ type ipv4_addr; flags interval; elements = {{ {elems} }} }}\n}}\n"
-    );
+    let n: u32 = env_or("CGDUMP_N", 100_000);
+    // every other /30 (none adjacent)
+    let expected: Vec<(u128, u128)> = (0..n)
+        .map(|i| SPACED_BASE + i * 8)
+        .map(|lo| (u128::from(lo), u128::from(lo + 3)))
+        .collect();
+    let ruleset = big4_ruleset(&spaced_prefixes(n));
 
-    let ns = NetNs::new("dump");
     let t = Instant::now();
-    ns.exec("nft", &["-f", "-"], Some(&ruleset));
+    ns.nft_load(&ruleset);
     let load = t.elapsed();
     let t = Instant::now();
     let listed = ns.exec(

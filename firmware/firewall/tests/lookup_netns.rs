@@ -5,33 +5,12 @@
 //! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
-use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use callgate_firewall::netlink::{covered_many, dump_intervals, NetlinkError};
 
 mod support;
-use support::{is_root, v4, v6, NetNs};
-
-const RULESET: &str = "
-table inet callgate {
-    set s4 { type ipv4_addr; flags interval;
-             elements = { 10.0.0.0/8, 192.0.2.7, 198.51.100.0/25, 203.0.113.0/26,
-                          203.0.113.64/26, 172.16.0.1-172.16.0.9, 255.255.255.0/24 } }
-    set s4zero { type ipv4_addr; flags interval; elements = { 0.0.0.0/24, 1.0.0.0-1.0.0.10 } }
-    set s6 { type ipv6_addr; flags interval;
-             elements = { 2001:db8::/32, ::1, fe80::1-fe80::5, ffff::/16 } }
-    set sp { type inet_service; flags interval;
-             elements = { 0-22, 5060, 10000-20000, 20001, 65000-65535 } }
-    set empty4 { type ipv4_addr; flags interval; }
-    set hosts4 { type ipv4_addr; elements = { 1.2.3.4, 5.6.7.8, 1.2.3.5 } }
-    set concat { type ipv4_addr . inet_service; flags interval;
-                 elements = { 10.0.0.0/8 . 1-2 } }
-}
-table inet other {
-}
-";
+use support::{big4_ruleset, env_or, spaced_prefixes, v4, v6, NetNs, INTERVAL_SETS, SPACED_BASE};
 
 /// Keys around every boundary of `ranges` (inclusive), plus 0 and `max`:
 /// lo - 1, lo, lo + 1, the middle, hi - 1, hi, hi + 1.
@@ -72,11 +51,10 @@ fn check_set(set: &str, ranges: &[(u128, u128)], merged: &[(u128, u128)], max: u
 
 #[test]
 fn looks_up_interval_sets() {
-    if !is_root("lookup_netns") {
+    let Some(ns) = NetNs::for_test("lookup_netns", "lk") else {
         return;
-    }
-    let ns = NetNs::new("lk");
-    ns.exec("nft", &["-f", "-"], Some(RULESET));
+    };
+    ns.nft_load(INTERVAL_SETS);
 
     ns.run_inside(|| {
         let s4 = [
@@ -194,30 +172,15 @@ impl Lcg {
 
 #[test]
 fn looks_up_in_100k_prefixes() {
-    if !is_root("lookup_netns") {
+    let Some(ns) = NetNs::for_test("lookup_netns", "lk") else {
         return;
-    }
-    // CGLOOKUP_N / CGLOOKUP_KEYS override the sizes
-    let env = |name: &str, default: u32| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
     };
-    let n = env("CGLOOKUP_N", 100_000);
-    let lookups = env("CGLOOKUP_KEYS", 2048);
-    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
-    // every other /30: 100.64.0.0/30, 100.64.0.8/30, ... (none adjacent)
-    let mut elems = String::with_capacity(n as usize * 20);
-    for i in 0..n {
-        if i > 0 {
-            elems.push_str(", ");
-        }
-        write!(elems, "{}/30", Ipv4Addr::from(base + i * 8)).unwrap();
-    }
-    let ruleset = format!(
-        "table inet callgate {{\n set big4 {{ type ipv4_addr; flags interval; elements = {{ {elems} }} }}\n}}\n"
-    );
+    // CGLOOKUP_N / CGLOOKUP_KEYS override the sizes
+    let n: u32 = env_or("CGLOOKUP_N", 100_000);
+    let lookups: u32 = env_or("CGLOOKUP_KEYS", 2048);
+    let base = SPACED_BASE;
+    // every other /30 (none adjacent)
+    let ruleset = big4_ruleset(&spaced_prefixes(n));
 
     // half hits (any address of a /30), half misses (the gap after one, or
     // just outside the whole block)
@@ -235,9 +198,8 @@ fn looks_up_in_100k_prefixes() {
         expected.push(hit);
     }
 
-    let ns = NetNs::new("lk");
     let t = Instant::now();
-    ns.exec("nft", &["-f", "-"], Some(&ruleset));
+    ns.nft_load(&ruleset);
     let load = t.elapsed();
 
     let (got, first, timed) = ns.run_inside(move || {

@@ -13,7 +13,7 @@ use callgate_firewall::netlink::{NetlinkError, PinholeProto, SetWriter};
 use serde_json::Value;
 
 mod support;
-use support::{is_root, NetNs};
+use support::NetNs;
 
 const RULESET: &str = "
 table inet callgate {
@@ -87,11 +87,10 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn pinholes_and_blocks_in_a_namespace() {
-    if !is_root("pinhole_netns") {
+    let Some(ns) = NetNs::for_test("pinhole_netns", "pin") else {
         return;
-    }
-    let ns = NetNs::new("pin");
-    ns.exec("nft", &["-f", "-"], Some(RULESET));
+    };
+    ns.nft_load(RULESET);
     let ns = std::sync::Arc::new(ns);
     let ns2 = ns.clone();
 
@@ -232,11 +231,10 @@ fn pinholes_and_blocks_in_a_namespace() {
 
 #[test]
 fn missing_table_or_set_is_a_clear_error() {
-    if !is_root("pinhole_netns") {
+    let Some(ns) = NetNs::for_test("pinhole_netns", "pin") else {
         return;
-    }
-    let ns = NetNs::new("pin");
-    ns.exec("nft", &["-f", "-"], Some(RULESET));
+    };
+    ns.nft_load(RULESET);
 
     let errors = ns.run_inside(|| {
         let mut out = Vec::new();

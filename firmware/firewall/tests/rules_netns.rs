@@ -8,7 +8,7 @@
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::UdpSocket;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use callgate_firewall::netlink::NetlinkError;
 use serde_json::Value;
 
 mod support;
-use support::{is_root, NetNs};
+use support::{env_or, spaced_prefixes, NetNs};
 
 const RULESET: &str = r#"
 table inet callgate {
@@ -172,11 +172,10 @@ fn assert_set_matches(ours: &KernelSet, nft: &(String, Vec<String>, Vec<String>,
 
 #[test]
 fn dumps_match_nft() {
-    if !is_root("rules_netns") {
+    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
         return;
-    }
-    let ns = NetNs::new("ru");
-    ns.exec("nft", &["-f", "-"], Some(RULESET));
+    };
+    ns.nft_load(RULESET);
     ns.exec("ip", &["link", "set", "lo", "up"], None);
 
     let (rules, chains, sets, table) = ns.run_inside(|| {
@@ -318,9 +317,9 @@ fn dumps_match_nft() {
 /// concatenations, named as `nft -j list` names them.
 #[test]
 fn set_type_names_match_nft() {
-    if !is_root("rules_netns") {
+    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
         return;
-    }
+    };
     let types = [
         "nf_proto",
         "ipv4_addr",
@@ -372,8 +371,7 @@ fn set_type_names_match_nft() {
     )
     .unwrap();
 
-    let ns = NetNs::new("ru");
-    ns.exec("nft", &["-f", "-"], Some(&ruleset));
+    ns.nft_load(&ruleset);
     let sets = ns.run_inside(|| dump_sets("callgate").unwrap());
     let nft = nft_sets(&nft_list(&ns));
     assert_eq!(sets.len(), types.len() + 1);
@@ -393,26 +391,13 @@ fn set_type_names_match_nft() {
 /// `CGRULES_RULES` the number of rules, 50).
 #[test]
 fn rules_dump_ignores_set_size() {
-    if !is_root("rules_netns") {
+    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
         return;
-    }
-    let n: u32 = std::env::var("CGRULES_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let n_rules: usize = std::env::var("CGRULES_RULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
-    // every other /30: 100.64.0.0/30, 100.64.0.8/30, ... (none adjacent)
-    let mut elems = String::with_capacity(n as usize * 20);
-    for i in 0..n {
-        if i > 0 {
-            elems.push_str(", ");
-        }
-        write!(elems, "{}/30", Ipv4Addr::from(base + i * 8)).unwrap();
-    }
+    };
+    let n: u32 = env_or("CGRULES_N", 100_000);
+    let n_rules: usize = env_or("CGRULES_RULES", 50);
+    // every other /30 (none adjacent)
+    let elems = spaced_prefixes(n);
     let mut rules = String::new();
     for i in 0..n_rules {
         writeln!(
@@ -454,16 +439,11 @@ fn rules_dump_ignores_set_size() {
         ]
     }
 
-    let ns = NetNs::new("ru");
-    ns.exec("nft", &["-f", "-"], Some(&table("100.64.0.0/30")));
+    ns.nft_load(&table("100.64.0.0/30"));
     let small = ns.run_inside(move || time_dumps(n_rules));
 
     let t = Instant::now();
-    ns.exec(
-        "nft",
-        &["-f", "-"],
-        Some(&format!("flush ruleset\n{}", table(&elems))),
-    );
+    ns.nft_load(&format!("flush ruleset\n{}", table(&elems)));
     let load = t.elapsed();
     let big = ns.run_inside(move || time_dumps(n_rules));
     let t = Instant::now();

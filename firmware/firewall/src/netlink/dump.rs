@@ -24,29 +24,13 @@
 //! The set is queried first (`NFT_MSG_GETSET`) for its key type and flags:
 //! that gives the key width, and a precise [`NetlinkError::SetMissing`].
 
-use std::io;
-use std::thread;
-use std::time::Duration;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_netfilter::nftables::{NfTablesMessage, SetElementList, SetElementMessage};
 
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
-};
-use netlink_packet_netfilter::{
-    nftables::{NfTablesMessage, SetElementList, SetElementMessage},
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
-};
-use netlink_sys::{Socket, SocketAddr};
-
-use super::wire::{self, Blamed, ReplyKind};
-use super::{initial_seq, open_socket, valid_name, NetlinkError, ACK_TIMEOUT};
-
-/// `NFNL_SUBSYS_NFTABLES`.
-pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// `NFT_MSG_NEWSET` / `NFT_MSG_NEWSETELEM`: what `GETSET` / `GETSETELEM`
-/// are answered with.
-const NFT_MSG_NEWSET: u16 = 9;
-pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+use super::conn::{retry, Attempt, Conn};
+use super::wire::{self, attrs, be_u32, nfgen_attrs, nft_type, Blamed};
+use super::{check_table_and_set, NetlinkError};
+use crate::nft::merge;
 
 /// `enum nft_set_attributes`.
 const NFTA_SET_FLAGS: u16 = 3;
@@ -76,16 +60,6 @@ const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_SERVICE: u32 = 13;
 
-/// User-space receive buffer. The kernel caps one dump datagram at about
-/// 32 KiB; this leaves ample room.
-const DUMP_RECV_BUF: usize = 1 << 20;
-/// `SO_RCVBUF` asked for, so the kernel can queue several dump datagrams
-/// ahead of us (best effort: capped by `net.core.rmem_max`).
-const DUMP_SOCK_RCVBUF: libc::c_int = 4 << 20;
-/// Whole dumps tried before giving up on `EINTR` / `EBUSY` / interrupted
-/// dumps (the ruleset changed meanwhile) / receive overruns.
-pub(super) const DUMP_ATTEMPTS: u32 = 5;
-
 /// One element as dumped: key, `NFTA_SET_ELEM_FLAGS`, `NFTA_SET_ELEM_KEY_END`.
 /// The key of a catch-all element is meaningless (0).
 pub(crate) type RawElem = (u128, u32, Option<u128>);
@@ -103,38 +77,8 @@ pub(crate) type RawElem = (u128, u32, Option<u128>);
 /// Errors: [`NetlinkError::SetMissing`] when the table or set does not exist,
 /// [`NetlinkError::UnsupportedSet`] for other key types or concatenations.
 pub fn dump_intervals(table: &str, set: &str) -> Result<Vec<(u128, u128)>, NetlinkError> {
-    if !valid_name(table) {
-        return Err(NetlinkError::InvalidTableName(table.to_owned()));
-    }
-    if !valid_name(set) {
-        return Err(NetlinkError::InvalidSetName(set.to_owned()));
-    }
-    let mut attempt = 1;
-    loop {
-        match dump_once(table, set) {
-            Ok(v) => return Ok(v),
-            Err(Attempt::Retry(e)) if attempt < DUMP_ATTEMPTS => {
-                log::debug!("netlink: dump of set {set} attempt {attempt} failed, retrying: {e}");
-                thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
-                attempt += 1;
-            }
-            Err(Attempt::Retry(e) | Attempt::Fail(e)) => return Err(e),
-        }
-    }
-}
-
-/// Outcome of one failed dump attempt.
-#[derive(Debug)]
-pub(super) enum Attempt {
-    /// Transient: try the whole dump again on a fresh socket.
-    Retry(NetlinkError),
-    Fail(NetlinkError),
-}
-
-impl From<NetlinkError> for Attempt {
-    fn from(e: NetlinkError) -> Self {
-        Self::Fail(e)
-    }
+    check_table_and_set(table, set)?;
+    retry(format_args!("dump of set {set}"), || dump_once(table, set))
 }
 
 /// Width and range of a key.
@@ -193,21 +137,27 @@ impl SetInfo {
             _ => None,
         }
     }
-}
 
-fn dump_once(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Attempt> {
-    let mut conn = Conn::open()?;
-    let info = conn.query_set(table, set)?;
-    let Some(kind) = info.key_kind() else {
-        return Err(Attempt::Fail(NetlinkError::UnsupportedSet {
+    /// [`SetInfo::key_kind`], or [`NetlinkError::UnsupportedSet`] for set
+    /// `inet <table> <set>`.
+    pub(super) fn readable_key(&self, table: &str, set: &str) -> Result<KeyKind, NetlinkError> {
+        self.key_kind().ok_or_else(|| NetlinkError::UnsupportedSet {
             table: table.to_owned(),
             set: set.to_owned(),
-            key_type: info.key_type,
-            key_len: info.key_len,
-            flags: info.flags,
-        }));
-    };
-    let elems = conn.dump_elems(table, set, kind)?;
+            key_type: self.key_type,
+            key_len: self.key_len,
+            flags: self.flags,
+        })
+    }
+}
+
+/// One attempt, on a fresh socket (so no leftovers of an abandoned dump can
+/// get in the way).
+fn dump_once(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Attempt> {
+    let mut conn = Conn::open_for_dumps()?;
+    let info = query_set(&mut conn, table, set)?;
+    let kind = info.readable_key(table, set)?;
+    let elems = dump_elems(&mut conn, table, set, kind)?;
     Ok(derive_intervals(
         &elems,
         kind.max(),
@@ -215,212 +165,52 @@ fn dump_once(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Attempt> {
     ))
 }
 
-/// One socket for one attempt (a retry starts over on a fresh socket, so no
-/// leftovers of an abandoned dump can get in the way).
-pub(super) struct Conn {
-    pub(super) socket: Socket,
-    pub(super) port: u32,
-    pub(super) seq: u32,
-    pub(super) buf: Vec<u8>,
-}
-
-impl Conn {
-    pub(super) fn open() -> Result<Self, NetlinkError> {
-        let (socket, port) = open_socket()?;
-        if let Err(e) = socket.set_rx_buf_sz(DUMP_SOCK_RCVBUF) {
-            log::debug!("netlink: cannot enlarge SO_RCVBUF: {e}");
-        }
-        Ok(Self {
-            socket,
-            port,
-            seq: initial_seq(),
-            buf: Vec::with_capacity(DUMP_RECV_BUF),
-        })
-    }
-
-    pub(super) fn query_set(&mut self, table: &str, set: &str) -> Result<SetInfo, Attempt> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut info = None;
-        self.exchange(
-            &wire::encode_getset(table, set, seq),
-            seq,
-            table,
-            set,
-            "query set",
-            |ty, payload| {
-                if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSET {
-                    info = Some(parse_set(payload)?);
-                }
-                Ok(())
-            },
-        )?;
-        info.ok_or_else(|| {
-            Attempt::Fail(NetlinkError::Protocol(
-                "no NFT_MSG_NEWSET in the reply to NFT_MSG_GETSET".into(),
-            ))
-        })
-    }
-
-    fn dump_elems(
-        &mut self,
-        table: &str,
-        set: &str,
-        kind: KeyKind,
-    ) -> Result<Vec<RawElem>, Attempt> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut elems = Vec::new();
-        self.exchange(
-            &encode_dump(table, set, seq),
-            seq,
-            table,
-            set,
-            "dump set elements",
-            |ty, payload| {
-                if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM {
-                    parse_elems(payload, kind, &mut elems)?;
-                }
-                Ok(())
-            },
-        )?;
-        Ok(elems)
-    }
-
-    /// Sends `request` (sequence number `seq`) and feeds every reply message
-    /// (type, payload after the `nlmsghdr`) to `on_msg` until `NLMSG_DONE` or
-    /// `NLMSG_ERROR` ends the exchange.
-    fn exchange(
-        &mut self,
-        request: &[u8],
-        seq: u32,
-        table: &str,
-        set: &str,
-        op: &'static str,
-        mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), String>,
-    ) -> Result<(), Attempt> {
-        let sent = self
-            .socket
-            .send_to(request, &SocketAddr::new(0, 0), 0)
-            .map_err(|source| NetlinkError::Io {
-                context: "send",
-                source,
-            })?;
-        if sent != request.len() {
-            return Err(NetlinkError::Protocol(format!(
-                "short send: {sent} of {} bytes",
-                request.len()
-            ))
-            .into());
-        }
-        let mut interrupted = false;
-        loop {
-            self.recv(op)?;
-            let mut pos = 0;
-            while pos < self.buf.len() {
-                let rest = self.buf.get(pos..).unwrap_or_default();
-                let msg = NetlinkBuffer::new_checked(rest)
-                    .map_err(|e| NetlinkError::Protocol(e.to_string()))?;
-                // NLMSG_ALIGN; `new_checked` guarantees length >= 16.
-                pos = pos.saturating_add((msg.length() as usize + 3) & !3);
-                if msg.port_number() != self.port || msg.sequence_number() != seq {
-                    log::debug!("netlink: ignoring reply seq {}", msg.sequence_number());
-                    continue;
-                }
-                if msg.flags() & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.message_type() {
-                    NLMSG_DONE => {
-                        // A dump's DONE carries the dump's result (0 or -errno).
-                        let code = msg
-                            .payload()
-                            .get(..4)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map_or(0, i32::from_ne_bytes);
-                        if code < 0 {
-                            return Err(kernel_error(
-                                table,
-                                set,
-                                op,
-                                code.saturating_neg(),
-                                None,
-                                None,
-                            ));
-                        }
-                        return finish(interrupted, table, set, op);
-                    }
-                    NLMSG_ERROR => {
-                        let reply = wire::parse_datagram(
-                            rest.get(..msg.length() as usize).unwrap_or_default(),
-                        )
-                        .map_err(NetlinkError::Protocol)?;
-                        return match reply.into_iter().next().map(|r| r.kind) {
-                            Some(ReplyKind::Error {
-                                errno,
-                                message,
-                                offset,
-                            }) => Err(kernel_error(table, set, op, errno, message, offset)),
-                            _ => finish(interrupted, table, set, op),
-                        };
-                    }
-                    ty => on_msg(ty, msg.payload()).map_err(NetlinkError::Protocol)?,
-                }
+/// `NFT_MSG_GETSET` for `inet <table> <set>`: its flags and key.
+pub(super) fn query_set(conn: &mut Conn, table: &str, set: &str) -> Result<SetInfo, Attempt> {
+    let seq = conn.next_seqs(1);
+    let mut info = None;
+    conn.query(
+        &wire::encode_getset(table, set, seq),
+        seq,
+        "query set",
+        |errno, message, offset| kernel_error(table, set, "query set", errno, message, offset),
+        |ty, payload| {
+            if ty == nft_type(wire::NFT_MSG_NEWSET) {
+                info = Some(parse_set(payload)?);
             }
-        }
-    }
-
-    /// Reads one datagram into `self.buf`.
-    fn recv(&mut self, op: &'static str) -> Result<(), Attempt> {
-        loop {
-            self.buf.clear();
-            match self.socket.recv(&mut self.buf, libc::MSG_TRUNC) {
-                Ok(n) if n > self.buf.len() => {
-                    return Err(NetlinkError::Protocol(format!(
-                        "reply of {n} bytes truncated to {}",
-                        self.buf.len()
-                    ))
-                    .into())
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(NetlinkError::Timeout(ACK_TIMEOUT, op).into())
-                }
-                // the socket overran (dump datagrams were dropped): start over
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(Attempt::Retry(NetlinkError::Io {
-                        context: "receive",
-                        source: e,
-                    }))
-                }
-                Err(source) => {
-                    return Err(NetlinkError::Io {
-                        context: "receive",
-                        source,
-                    }
-                    .into())
-                }
-            }
-        }
-    }
-}
-
-/// End of a successful exchange: retry if the kernel flagged the dump as
-/// inconsistent.
-fn finish(interrupted: bool, table: &str, set: &str, op: &'static str) -> Result<(), Attempt> {
-    if interrupted {
-        Err(kernel_error(
-            table,
-            set,
-            op,
-            libc::EINTR,
-            Some("dump interrupted by a ruleset change".into()),
-            None,
+            Ok(())
+        },
+    )?;
+    info.ok_or_else(|| {
+        Attempt::Fail(NetlinkError::Protocol(
+            "no NFT_MSG_NEWSET in the reply to NFT_MSG_GETSET".into(),
         ))
-    } else {
-        Ok(())
-    }
+    })
+}
+
+/// The `NFT_MSG_GETSETELEM` dump of `inet <table> <set>`.
+fn dump_elems(
+    conn: &mut Conn,
+    table: &str,
+    set: &str,
+    kind: KeyKind,
+) -> Result<Vec<RawElem>, Attempt> {
+    let seq = conn.next_seqs(1);
+    let mut elems = Vec::new();
+    let op = "dump set elements";
+    conn.query(
+        &encode_dump(table, set, seq),
+        seq,
+        op,
+        |errno, message, offset| kernel_error(table, set, op, errno, message, offset),
+        |ty, payload| {
+            if ty == nft_type(wire::NFT_MSG_NEWSETELEM) {
+                parse_elems(payload, kind, &mut elems)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(elems)
 }
 
 /// A kernel errno as an attempt outcome: `ENOENT` is a missing table or set,
@@ -447,63 +237,35 @@ fn kernel_error(
             what,
         });
     }
-    let e = NetlinkError::Kernel {
+    Attempt::kernel(NetlinkError::Kernel {
         op,
         table: table.to_owned(),
         set: set.to_owned(),
         errno,
         message,
-    };
-    if matches!(errno, libc::EINTR | libc::EBUSY | libc::EAGAIN) {
-        Attempt::Retry(e)
-    } else {
-        Attempt::Fail(e)
-    }
+    })
 }
 
 /// `NFT_MSG_GETSETELEM` with `NLM_F_DUMP` for `inet <table> <set>`.
 fn encode_dump(table: &str, set: &str, seq: u32) -> Vec<u8> {
-    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-        NfTablesMessage::GetSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(table.to_owned()),
-                SetElementList::Set(set.to_owned()),
-            ],
-        }),
-    ));
-    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.header.sequence_number = seq;
-    msg.finalize();
-    let mut out = vec![0; msg.buffer_len()];
-    msg.serialize(&mut out);
-    out
-}
-
-/// Big-endian u32 attribute value.
-fn be_u32(v: &[u8]) -> Result<u32, String> {
-    v.get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| format!("u32 attribute of {} bytes", v.len()))
-}
-
-/// The attributes after the `nfgenmsg` of an nftables message.
-fn nfgen_attrs(payload: &[u8]) -> Result<&[u8], String> {
-    payload
-        .get(4..)
-        .ok_or_else(|| format!("nftables message of {} bytes", payload.len()))
+    let request = NfTablesMessage::GetSetElement(SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_owned()),
+            SetElementList::Set(set.to_owned()),
+        ],
+    });
+    wire::encode(request, NLM_F_REQUEST | NLM_F_DUMP, seq)
 }
 
 /// `NFT_MSG_NEWSET`: flags, key type and key length.
 fn parse_set(payload: &[u8]) -> Result<SetInfo, String> {
     let mut info = SetInfo::default();
-    for nla in NlasIterator::new(nfgen_attrs(payload)?) {
-        let nla = nla.map_err(|e| e.to_string())?;
-        match nla.kind() {
-            NFTA_SET_FLAGS => info.flags = be_u32(nla.value())?,
-            NFTA_SET_KEY_TYPE => info.key_type = be_u32(nla.value())?,
-            NFTA_SET_KEY_LEN => info.key_len = be_u32(nla.value())?,
+    for attr in attrs(nfgen_attrs(payload)?) {
+        let (kind, v) = attr?;
+        match kind {
+            NFTA_SET_FLAGS => info.flags = be_u32(v)?,
+            NFTA_SET_KEY_TYPE => info.key_type = be_u32(v)?,
+            NFTA_SET_KEY_LEN => info.key_len = be_u32(v)?,
             _ => {}
         }
     }
@@ -512,15 +274,15 @@ fn parse_set(payload: &[u8]) -> Result<SetInfo, String> {
 
 /// `NFT_MSG_NEWSETELEM` of a dump: appends its elements to `out`.
 fn parse_elems(payload: &[u8], kind: KeyKind, out: &mut Vec<RawElem>) -> Result<(), String> {
-    for nla in NlasIterator::new(nfgen_attrs(payload)?) {
-        let nla = nla.map_err(|e| e.to_string())?;
-        if nla.kind() != NFTA_SET_ELEM_LIST_ELEMENTS {
+    for attr in attrs(nfgen_attrs(payload)?) {
+        let (list_kind, v) = attr?;
+        if list_kind != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
         }
-        for elem in NlasIterator::new(nla.value()) {
-            let elem = elem.map_err(|e| e.to_string())?;
-            if elem.kind() == NFTA_LIST_ELEM {
-                out.push(parse_elem(elem.value(), kind)?);
+        for elem in attrs(v) {
+            let (elem_kind, v) = elem?;
+            if elem_kind == NFTA_LIST_ELEM {
+                out.push(parse_elem(v, kind)?);
             }
         }
     }
@@ -531,12 +293,12 @@ fn parse_elem(v: &[u8], kind: KeyKind) -> Result<RawElem, String> {
     let mut key = None;
     let mut flags = 0;
     let mut key_end = None;
-    for nla in NlasIterator::new(v) {
-        let nla = nla.map_err(|e| e.to_string())?;
-        match nla.kind() {
-            NFTA_SET_ELEM_KEY => key = Some(data_value(nla.value(), kind)?),
-            NFTA_SET_ELEM_KEY_END => key_end = Some(data_value(nla.value(), kind)?),
-            NFTA_SET_ELEM_FLAGS => flags = be_u32(nla.value())?,
+    for attr in attrs(v) {
+        let (attr_kind, v) = attr?;
+        match attr_kind {
+            NFTA_SET_ELEM_KEY => key = Some(data_value(v, kind)?),
+            NFTA_SET_ELEM_KEY_END => key_end = Some(data_value(v, kind)?),
+            NFTA_SET_ELEM_FLAGS => flags = be_u32(v)?,
             _ => {}
         }
     }
@@ -549,10 +311,10 @@ fn parse_elem(v: &[u8], kind: KeyKind) -> Result<RawElem, String> {
 
 /// The `NFTA_DATA_VALUE` inside a nested key attribute.
 fn data_value(nested: &[u8], kind: KeyKind) -> Result<u128, String> {
-    for nla in NlasIterator::new(nested) {
-        let nla = nla.map_err(|e| e.to_string())?;
-        if nla.kind() == NFTA_DATA_VALUE {
-            return kind.decode(nla.value());
+    for attr in attrs(nested) {
+        let (attr_kind, v) = attr?;
+        if attr_kind == NFTA_DATA_VALUE {
+            return kind.decode(v);
         }
     }
     Err("key without NFTA_DATA_VALUE".into())
@@ -603,19 +365,6 @@ pub(crate) fn derive_intervals(elems: &[RawElem], max: u128, interval: bool) -> 
         pairs.push((lo.min(max), max));
     }
     merge(pairs)
-}
-
-/// Sorts and joins overlapping or adjacent inclusive intervals.
-pub(crate) fn merge(mut pairs: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
-    pairs.sort_unstable();
-    let mut out: Vec<(u128, u128)> = Vec::with_capacity(pairs.len());
-    for (lo, hi) in pairs {
-        match out.last_mut() {
-            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

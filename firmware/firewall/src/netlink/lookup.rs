@@ -44,25 +44,19 @@
 //! (`ENOBUFS`), the unanswered keys are asked again in smaller batches, with
 //! fresh sequence numbers.
 
-use std::io;
 use std::thread;
 use std::time::Duration;
 
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NLMSG_ERROR, NLM_F_REQUEST};
-use netlink_packet_netfilter::{
-    nftables::{
-        DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
-        SetElementMessage,
-    },
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+use netlink_packet_core::{NLMSG_ERROR, NLM_F_REQUEST};
+use netlink_packet_netfilter::nftables::{
+    DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
+    SetElementMessage,
 };
-use netlink_sys::SocketAddr;
 
-use super::dump::{
-    Attempt, Conn, KeyKind, SetInfo, DUMP_ATTEMPTS, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWSETELEM,
-};
-use super::wire::{self, Blamed, ReplyKind};
-use super::{valid_name, NetlinkError, ACK_TIMEOUT};
+use super::conn::{is_overrun, retry, Conn};
+use super::dump::{self, KeyKind, SetInfo};
+use super::wire::{self, nft_type, Blamed, ReplyKind};
+use super::{check_table_and_set, NetlinkError};
 
 /// Most requests per `sendmsg`.
 const MAX_BATCH: usize = 256;
@@ -76,7 +70,7 @@ const REPLY_BUDGET: usize = 2048;
 /// giving up.
 const MAX_SETBACKS: u32 = 16;
 /// `NFT_MSG_NEWSETELEM` as a netlink message type.
-const NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM;
+const NEWSETELEM_TYPE: u16 = nft_type(wire::NFT_MSG_NEWSETELEM);
 
 /// For each key, whether the set `inet <table> <set>` covers it (see the
 /// module docs for the exact meaning at range boundaries).
@@ -92,23 +86,10 @@ const NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM;
 /// types or concatenations, [`NetlinkError::KeyOutOfRange`] for a key above
 /// the key type's maximum (nothing is looked up then).
 pub fn covered_many(table: &str, set: &str, keys: &[u128]) -> Result<Vec<bool>, NetlinkError> {
-    if !valid_name(table) {
-        return Err(NetlinkError::InvalidTableName(table.to_owned()));
-    }
-    if !valid_name(set) {
-        return Err(NetlinkError::InvalidSetName(set.to_owned()));
-    }
-    let mut conn = Conn::open()?;
+    check_table_and_set(table, set)?;
+    let mut conn = Conn::open_for_dumps()?;
     let info = query_set(&mut conn, table, set)?;
-    let Some(kind) = info.key_kind() else {
-        return Err(NetlinkError::UnsupportedSet {
-            table: table.to_owned(),
-            set: set.to_owned(),
-            key_type: info.key_type,
-            key_len: info.key_len,
-            flags: info.flags,
-        });
-    };
+    let kind = info.readable_key(table, set)?;
     if let Some(index) = keys.iter().position(|&k| k > kind.max()) {
         return Err(NetlinkError::KeyOutOfRange {
             table: table.to_owned(),
@@ -129,23 +110,14 @@ pub fn covered_many(table: &str, set: &str, keys: &[u128]) -> Result<Vec<bool>, 
 
 /// `NFT_MSG_GETSET`, retried a few times on transient errors.
 fn query_set(conn: &mut Conn, table: &str, set: &str) -> Result<SetInfo, NetlinkError> {
-    let mut attempt = 1;
-    loop {
-        match conn.query_set(table, set) {
-            Ok(info) => return Ok(info),
-            Err(Attempt::Retry(e)) if attempt < DUMP_ATTEMPTS => {
-                log::debug!("netlink: query of set {set} attempt {attempt} failed, retrying: {e}");
-                thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
-                attempt += 1;
-            }
-            Err(Attempt::Retry(e) | Attempt::Fail(e)) => return Err(e),
-        }
-    }
+    retry(format_args!("query of set {set}"), || {
+        dump::query_set(conn, table, set)
+    })
 }
 
 /// Requests per `sendmsg`, from the receive buffer the socket got.
 fn initial_batch(conn: &Conn) -> usize {
-    match nix::sys::socket::getsockopt(&conn.socket, nix::sys::socket::sockopt::RcvBuf) {
+    match conn.rcvbuf() {
         Ok(rcvbuf) => (rcvbuf / REPLY_BUDGET).clamp(MIN_BATCH, MAX_BATCH),
         Err(e) => {
             log::debug!("netlink: cannot read SO_RCVBUF: {e}");
@@ -203,24 +175,16 @@ impl Template {
 /// `inet <table> <set>`. Attribute order as `wire::blamed` expects: table,
 /// set, elements.
 fn encode_get(table: &str, set: &str, key: Vec<u8>, seq: u32) -> Vec<u8> {
-    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-        NfTablesMessage::GetSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(table.to_owned()),
-                SetElementList::Set(set.to_owned()),
-                SetElementList::Elements(vec![ListAttribute::Element(vec![
-                    SetElementAttribute::Key(DataAttribute::Value(key)),
-                ])]),
-            ],
-        }),
-    ));
-    msg.header.flags = NLM_F_REQUEST;
-    msg.header.sequence_number = seq;
-    msg.finalize();
-    let mut out = vec![0; msg.buffer_len()];
-    msg.serialize(&mut out);
-    out
+    let request = NfTablesMessage::GetSetElement(SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_owned()),
+            SetElementList::Set(set.to_owned()),
+            SetElementList::Elements(vec![ListAttribute::Element(vec![
+                SetElementAttribute::Key(DataAttribute::Value(key)),
+            ])]),
+        ],
+    });
+    wire::encode(request, NLM_F_REQUEST, seq)
 }
 
 /// The kernel's answer to one request.
@@ -249,29 +213,21 @@ enum MsgKind {
 
 /// Splits a datagram into messages.
 fn parse_datagram(data: &[u8]) -> Result<Vec<Msg>, String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let rest = data.get(pos..).unwrap_or_default();
-        let buf = NetlinkBuffer::new_checked(rest).map_err(|e| e.to_string())?;
-        let len = buf.length() as usize;
-        let kind = match buf.message_type() {
-            NEWSETELEM_TYPE => Some(MsgKind::Element),
-            NLMSG_ERROR => wire::parse_datagram(rest.get(..len).unwrap_or_default())?
-                .into_iter()
-                .next()
-                .map(|r| MsgKind::Error(r.kind)),
-            _ => None,
-        };
-        out.push(Msg {
-            seq: buf.sequence_number(),
-            port: buf.port_number(),
-            kind,
-        });
-        // NLMSG_ALIGN; `new_checked` guarantees len >= 16, so this advances.
-        pos = pos.saturating_add((len + 3) & !3);
-    }
-    Ok(out)
+    wire::messages(data)
+        .map(|msg| {
+            let msg = msg?;
+            let kind = match msg.message_type() {
+                NEWSETELEM_TYPE => Some(MsgKind::Element),
+                NLMSG_ERROR => Some(MsgKind::Error(wire::parse_error(&msg)?)),
+                _ => None,
+            };
+            Ok(Msg {
+                seq: msg.sequence_number(),
+                port: msg.port_number(),
+                kind,
+            })
+        })
+        .collect()
 }
 
 /// What one batch brought back.
@@ -285,15 +241,6 @@ struct Round {
     transient: Option<NetlinkError>,
     /// A miss whose `ENOENT` did not say which attribute it was about.
     unattributed: bool,
-}
-
-/// Outcome of one `recv`.
-enum Received {
-    Data,
-    /// `ENOBUFS`: the kernel dropped replies for us.
-    Overrun(io::Error),
-    /// Nothing queued (non-blocking reads only).
-    Empty,
 }
 
 struct Lookup<'a> {
@@ -317,15 +264,14 @@ impl Lookup<'_> {
             let chunk = queue.get(next..end).unwrap_or_default().to_vec();
             next = end;
 
-            let first = self.conn.seq.wrapping_add(1);
+            let first = self.conn.next_seqs(chunk.len() as u32);
             out.clear();
             for (j, &i) in chunk.iter().enumerate() {
                 let key = keys.get(i).copied().unwrap_or_default();
                 self.template
                     .push(&mut out, first.wrapping_add(j as u32), key);
             }
-            self.conn.seq = self.conn.seq.wrapping_add(chunk.len() as u32);
-            self.send(&out)?;
+            self.conn.send(&out)?;
 
             let round = self.collect(first, chunk.len())?;
             for (&i, answer) in chunk.iter().zip(&round.answers) {
@@ -366,25 +312,6 @@ impl Lookup<'_> {
         Ok(covered)
     }
 
-    fn send(&mut self, bytes: &[u8]) -> Result<(), NetlinkError> {
-        let sent = self
-            .conn
-            .socket
-            .send_to(bytes, &SocketAddr::new(0, 0), 0)
-            .map_err(|source| NetlinkError::Io {
-                context: "send",
-                source,
-            })?;
-        if sent == bytes.len() {
-            Ok(())
-        } else {
-            Err(NetlinkError::Protocol(format!(
-                "short send: {sent} of {} bytes",
-                bytes.len()
-            )))
-        }
-    }
-
     /// Reads the replies to the `count` requests with sequence numbers
     /// `first ..`. After an overrun, reads only what is queued: the kernel
     /// has answered every request before our `sendmsg` returned, so what is
@@ -398,27 +325,23 @@ impl Lookup<'_> {
         };
         let mut left = count;
         while left > 0 {
-            match self.recv(round.overrun)? {
-                Received::Data => {}
-                Received::Overrun(source) => {
+            match self.conn.recv_datagram(round.overrun, "element lookup") {
+                Ok(true) => {}
+                // nothing queued (after an overrun): the rest was dropped
+                Ok(false) => break,
+                Err(e) if is_overrun(&e) => {
                     round.overrun = true;
-                    round.transient.get_or_insert(NetlinkError::Io {
-                        context: "receive",
-                        source,
-                    });
+                    round.transient.get_or_insert(e);
                     continue;
                 }
-                Received::Empty => break,
+                Err(e) => return Err(e),
             }
-            let msgs = parse_datagram(&self.conn.buf).map_err(NetlinkError::Protocol)?;
+            let msgs = parse_datagram(self.conn.datagram()).map_err(NetlinkError::Protocol)?;
             for msg in msgs {
-                if msg.port != self.conn.port {
-                    log::debug!("netlink: ignoring reply for port {}", msg.port);
+                let Some(rel) = self.conn.slot(msg.port, msg.seq, first, count) else {
                     continue;
-                }
-                let rel = msg.seq.wrapping_sub(first) as usize;
+                };
                 let Some(slot) = round.answers.get_mut(rel) else {
-                    log::debug!("netlink: ignoring stale reply seq {}", msg.seq);
                     continue;
                 };
                 if slot.is_some() {
@@ -449,41 +372,6 @@ impl Lookup<'_> {
             }
         }
         Ok(round)
-    }
-
-    /// Reads one datagram into `self.conn.buf` (blocking up to the socket
-    /// timeout unless `nonblocking`).
-    fn recv(&mut self, nonblocking: bool) -> Result<Received, NetlinkError> {
-        loop {
-            self.conn.buf.clear();
-            let flags = libc::MSG_TRUNC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-            match self.conn.socket.recv(&mut self.conn.buf, flags) {
-                Ok(n) if n > self.conn.buf.len() => {
-                    return Err(NetlinkError::Protocol(format!(
-                        "reply of {n} bytes truncated to {}",
-                        self.conn.buf.len()
-                    )))
-                }
-                Ok(_) => return Ok(Received::Data),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return if nonblocking {
-                        Ok(Received::Empty)
-                    } else {
-                        Err(NetlinkError::Timeout(ACK_TIMEOUT, "element lookup"))
-                    };
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Ok(Received::Overrun(e))
-                }
-                Err(source) => {
-                    return Err(NetlinkError::Io {
-                        context: "receive",
-                        source,
-                    })
-                }
-            }
-        }
     }
 }
 

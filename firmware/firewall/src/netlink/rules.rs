@@ -36,26 +36,15 @@
 //! from [`dump_rules`], [`dump_chains`] and [`dump_sets`], and `None` from
 //! [`dump_table`].
 
-use std::io;
-use std::thread;
-use std::time::Duration;
-
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NlasIterator, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ChainMessage, GenMessage, NfTablesMessage, RuleAttribute, RuleMessage,
+    SetAttribute, SetMessage, TableAttribute, TableMessage,
 };
-use netlink_packet_netfilter::{
-    nftables::{
-        ChainAttribute, ChainMessage, GenMessage, NfTablesMessage, RuleAttribute, RuleMessage,
-        SetAttribute, SetMessage, TableAttribute, TableMessage,
-    },
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
-};
-use netlink_sys::SocketAddr;
 
-use super::dump::{Attempt, Conn, DUMP_ATTEMPTS, NFNL_SUBSYS_NFTABLES};
-use super::wire::{self, ReplyKind};
-use super::{valid_name, NetlinkError, ACK_TIMEOUT};
+use super::conn::{retry, Attempt, Conn};
+use super::wire::{attrs, be_u32, be_u64, cstr, encode, nfgen_attrs, nft_type, NFT_MSG_NEWSET};
+use super::{check_table, NetlinkError};
 
 /// A rule of the table, as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +81,7 @@ pub struct KernelSet {
     pub name: String,
     /// nft's type names of the key, one per component of a concatenation,
     /// e.g. `["ipv4_addr", "inet_proto", "inet_service"]`; an id this code
-    /// does not know reads as "type<N>". Empty when the kernel has no key
+    /// does not know reads as `"type<N>"`. Empty when the kernel has no key
     /// type for the set.
     pub key_types: Vec<String>,
     /// `NFTA_SET_FLAGS` in bit order: "anonymous", "constant", "interval",
@@ -180,7 +169,6 @@ const ANY_SET: &str = "*";
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_NEWGEN: u16 = 15;
 
 /// `enum nft_rule_attributes`.
@@ -306,37 +294,17 @@ const HOOK_NAMES: [&str; 6] = [
     "ingress",
 ];
 
-fn check_table(table: &str) -> Result<(), NetlinkError> {
-    if valid_name(table) {
-        Ok(())
-    } else {
-        Err(NetlinkError::InvalidTableName(table.to_owned()))
-    }
-}
-
-/// Runs `f` on a fresh [`Reader`] until it succeeds, fails for good, or
-/// [`DUMP_ATTEMPTS`] transient failures happened.
+/// Runs `f` on a fresh [`Reader`] (a fresh socket) until it succeeds, fails
+/// for good, or the transient failures [`retry`] allows happened.
 fn with_retries<T>(
     table: &str,
     what: &str,
     mut f: impl FnMut(&mut Reader<'_>) -> Result<T, Attempt>,
 ) -> Result<T, NetlinkError> {
-    let mut attempt = 1;
-    loop {
-        let result = match Conn::open() {
-            Ok(conn) => f(&mut Reader { conn, table }),
-            Err(e) => Err(Attempt::Fail(e)),
-        };
-        match result {
-            Ok(v) => return Ok(v),
-            Err(Attempt::Retry(e)) if attempt < DUMP_ATTEMPTS => {
-                log::debug!("netlink: dump of {what} attempt {attempt} failed, retrying: {e}");
-                thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
-                attempt += 1;
-            }
-            Err(Attempt::Retry(e) | Attempt::Fail(e)) => return Err(e),
-        }
-    }
+    retry(format_args!("dump of {what}"), || {
+        let conn = Conn::open_for_dumps()?;
+        f(&mut Reader { conn, table })
+    })
 }
 
 /// One socket, one table.
@@ -347,55 +315,50 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn rules(&mut self) -> Result<Vec<KernelRule>, Attempt> {
-        let table = self.table;
         let request = NfTablesMessage::GetRule(RuleMessage {
-            attributes: vec![RuleAttribute::Table(table.to_owned())],
+            attributes: vec![RuleAttribute::Table(self.table.to_owned())],
         });
-        let mut out = Vec::new();
-        self.exchange(request, NLM_F_DUMP, "dump rules", |ty, payload| {
-            if ty == nft_type(NFT_MSG_NEWRULE) {
-                out.extend(parse_rule(payload, table)?);
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        self.dump(request, NFT_MSG_NEWRULE, "dump rules", parse_rule)
     }
 
     fn chains(&mut self) -> Result<Vec<KernelChain>, Attempt> {
-        let table = self.table;
         // The kernel does not filter a chain dump by table (the attribute is
         // ignored); `parse_chain` does.
         let request = NfTablesMessage::GetChain(ChainMessage {
-            attributes: vec![ChainAttribute::Table(table.to_owned())],
+            attributes: vec![ChainAttribute::Table(self.table.to_owned())],
         });
+        self.dump(request, NFT_MSG_NEWCHAIN, "dump chains", parse_chain)
+    }
+
+    fn sets(&mut self) -> Result<Vec<KernelSet>, Attempt> {
+        let request = NfTablesMessage::GetSet(SetMessage {
+            attributes: vec![SetAttribute::Table(self.table.to_owned())],
+        });
+        match self.dump(request, NFT_MSG_NEWSET, "dump sets", parse_set) {
+            // a set dump checks the table up front: no table, no sets
+            Err(Attempt::Fail(e)) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// Dumps with `request` and collects what `parse` makes of each reply
+    /// message of type `msg` (`None`: another table's).
+    fn dump<T>(
+        &mut self,
+        request: NfTablesMessage,
+        msg: u16,
+        op: &'static str,
+        parse: fn(&[u8], &str) -> Result<Option<T>, String>,
+    ) -> Result<Vec<T>, Attempt> {
+        let table = self.table;
         let mut out = Vec::new();
-        self.exchange(request, NLM_F_DUMP, "dump chains", |ty, payload| {
-            if ty == nft_type(NFT_MSG_NEWCHAIN) {
-                out.extend(parse_chain(payload, table)?);
+        self.exchange(request, NLM_F_DUMP, op, |ty, payload| {
+            if ty == nft_type(msg) {
+                out.extend(parse(payload, table)?);
             }
             Ok(())
         })?;
         Ok(out)
-    }
-
-    fn sets(&mut self) -> Result<Vec<KernelSet>, Attempt> {
-        let table = self.table;
-        let request = NfTablesMessage::GetSet(SetMessage {
-            attributes: vec![SetAttribute::Table(table.to_owned())],
-        });
-        let mut out = Vec::new();
-        let result = self.exchange(request, NLM_F_DUMP, "dump sets", |ty, payload| {
-            if ty == nft_type(NFT_MSG_NEWSET) {
-                out.extend(parse_set(payload, table)?);
-            }
-            Ok(())
-        });
-        match result {
-            // a set dump checks the table up front: no table, no sets
-            Err(Attempt::Fail(e)) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(e),
-            Ok(()) => Ok(out),
-        }
     }
 
     /// `NFT_MSG_GETTABLE` for our table (not a dump).
@@ -441,196 +404,22 @@ impl Reader<'_> {
         request: NfTablesMessage,
         flags: u16,
         op: &'static str,
-        mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), String>,
+        on_msg: impl FnMut(u16, &[u8]) -> Result<(), String>,
     ) -> Result<(), Attempt> {
-        self.conn.seq = self.conn.seq.wrapping_add(1);
-        let seq = self.conn.seq;
+        let seq = self.conn.next_seqs(1);
         let bytes = encode(request, NLM_F_REQUEST | flags, seq);
-        let sent = self
-            .conn
-            .socket
-            .send_to(&bytes, &SocketAddr::new(0, 0), 0)
-            .map_err(|source| NetlinkError::Io {
-                context: "send",
-                source,
-            })?;
-        if sent != bytes.len() {
-            return Err(NetlinkError::Protocol(format!(
-                "short send: {sent} of {} bytes",
-                bytes.len()
-            ))
-            .into());
-        }
-        let mut interrupted = false;
-        loop {
-            self.recv(op)?;
-            let mut pos = 0;
-            while pos < self.conn.buf.len() {
-                let rest = self.conn.buf.get(pos..).unwrap_or_default();
-                let msg = NetlinkBuffer::new_checked(rest)
-                    .map_err(|e| NetlinkError::Protocol(e.to_string()))?;
-                let len = msg.length() as usize;
-                // NLMSG_ALIGN; `new_checked` guarantees len >= 16.
-                pos = pos.saturating_add((len + 3) & !3);
-                if msg.port_number() != self.conn.port || msg.sequence_number() != seq {
-                    log::debug!("netlink: ignoring reply seq {}", msg.sequence_number());
-                    continue;
-                }
-                if msg.flags() & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.message_type() {
-                    NLMSG_DONE => {
-                        // A dump's DONE carries the dump's result (0 or -errno).
-                        let code = msg
-                            .payload()
-                            .get(..4)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map_or(0, i32::from_ne_bytes);
-                        if code < 0 {
-                            return Err(self.kernel_error(op, code.saturating_neg(), None));
-                        }
-                        return self.finish(interrupted, op);
-                    }
-                    NLMSG_ERROR => {
-                        let reply = wire::parse_datagram(rest.get(..len).unwrap_or_default())
-                            .map_err(NetlinkError::Protocol)?;
-                        return match reply.into_iter().next().map(|r| r.kind) {
-                            Some(ReplyKind::Error { errno, message, .. }) => {
-                                Err(self.kernel_error(op, errno, message))
-                            }
-                            _ => self.finish(interrupted, op),
-                        };
-                    }
-                    ty => on_msg(ty, msg.payload()).map_err(NetlinkError::Protocol)?,
-                }
-            }
-        }
-    }
-
-    /// Reads one datagram into the buffer.
-    fn recv(&mut self, op: &'static str) -> Result<(), Attempt> {
-        loop {
-            self.conn.buf.clear();
-            match self.conn.socket.recv(&mut self.conn.buf, libc::MSG_TRUNC) {
-                Ok(n) if n > self.conn.buf.len() => {
-                    return Err(NetlinkError::Protocol(format!(
-                        "reply of {n} bytes truncated to {}",
-                        self.conn.buf.len()
-                    ))
-                    .into())
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(NetlinkError::Timeout(ACK_TIMEOUT, op).into())
-                }
-                // the socket overran (dump datagrams were dropped): start over
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(Attempt::Retry(NetlinkError::Io {
-                        context: "receive",
-                        source: e,
-                    }))
-                }
-                Err(source) => {
-                    return Err(NetlinkError::Io {
-                        context: "receive",
-                        source,
-                    }
-                    .into())
-                }
-            }
-        }
-    }
-
-    /// End of a successful exchange: retry if the kernel flagged the dump as
-    /// inconsistent.
-    fn finish(&self, interrupted: bool, op: &'static str) -> Result<(), Attempt> {
-        if interrupted {
-            Err(self.kernel_error(
+        let table = self.table;
+        let kernel_error = |errno, message, _offset| {
+            Attempt::kernel(NetlinkError::Kernel {
                 op,
-                libc::EINTR,
-                Some("dump interrupted by a ruleset change".into()),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// A kernel errno: `EINTR` / `EBUSY` / `EAGAIN` are worth a retry.
-    fn kernel_error(&self, op: &'static str, errno: i32, message: Option<String>) -> Attempt {
-        let e = NetlinkError::Kernel {
-            op,
-            table: self.table.to_owned(),
-            set: ANY_SET.to_owned(),
-            errno,
-            message,
+                table: table.to_owned(),
+                set: ANY_SET.to_owned(),
+                errno,
+                message,
+            })
         };
-        if matches!(errno, libc::EINTR | libc::EBUSY | libc::EAGAIN) {
-            Attempt::Retry(e)
-        } else {
-            Attempt::Fail(e)
-        }
+        self.conn.query(&bytes, seq, op, kernel_error, on_msg)
     }
-}
-
-/// An nftables message type as it appears in the `nlmsghdr`.
-const fn nft_type(msg: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | msg
-}
-
-/// `request` for family `inet`, with `flags` and `seq`.
-fn encode(request: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
-    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-        request,
-    ));
-    msg.header.flags = flags;
-    msg.header.sequence_number = seq;
-    msg.finalize();
-    let mut out = vec![0; msg.buffer_len()];
-    msg.serialize(&mut out);
-    out
-}
-
-/// The attributes after the `nfgenmsg` of an nftables message.
-fn nfgen_attrs(payload: &[u8]) -> Result<&[u8], String> {
-    payload
-        .get(4..)
-        .ok_or_else(|| format!("nftables message of {} bytes", payload.len()))
-}
-
-/// `(type without NLA_F_NESTED / NLA_F_NET_BYTEORDER, value)` of each
-/// attribute in `buf`.
-fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), String>> {
-    NlasIterator::new(buf).map(|nla| {
-        let nla = nla.map_err(|e| e.to_string())?;
-        let kind = nla.kind() & NLA_TYPE_MASK;
-        let len = usize::from(nla.length());
-        // `new_checked` guarantees 4 <= len <= the buffer's length
-        let value = nla.into_inner().get(4..len).unwrap_or_default();
-        Ok((kind, value))
-    })
-}
-
-/// A NUL-terminated string attribute (also accepted without the NUL).
-fn cstr(v: &[u8]) -> String {
-    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(v.get(..end).unwrap_or_default()).into_owned()
-}
-
-fn be_u32(v: &[u8]) -> Result<u32, String> {
-    v.get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| format!("u32 attribute of {} bytes", v.len()))
-}
-
-fn be_u64(v: &[u8]) -> Result<u64, String> {
-    v.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| format!("u64 attribute of {} bytes", v.len()))
 }
 
 /// `NFT_MSG_NEWRULE`; `None` when it belongs to another table.

@@ -1,16 +1,20 @@
-//! Bytes on the wire: set-element keys, the nfnetlink batch we send and the
-//! `NLMSG_ERROR` acknowledgements we get back.
+//! Bytes on the wire: set-element keys, the requests we send (the
+//! nfnetlink batch of element writes, queries and dumps) and the replies we
+//! get back (their messages, their attributes, the `NLMSG_ERROR`
+//! acknowledgements).
 //!
 //! Everything here is pure (no socket), so it is unit tested byte for byte.
 //! Message encoding goes through the `netlink-packet-netfilter` types; only
-//! the key layout (which that crate leaves to the caller) and the extended-ack
-//! TLVs of error replies (which `netlink-packet-core` does not decode) are
-//! done by hand.
+//! the key layout (which that crate leaves to the caller) is done by hand.
+//! Replies are read with `netlink-packet-core`'s buffers ([`messages`],
+//! [`attrs`]) rather than decoded into its types: the callers pick out the
+//! few attributes they need, and the extended-ack TLVs of error replies
+//! ([`parse_error`]) are not decoded by that crate at all.
 
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    Emitable, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator, NLMSG_ERROR, NLM_F_ACK,
+    Emitable, NetlinkBuffer, NetlinkMessage, NlasIterator, NLA_TYPE_MASK, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::{
@@ -19,14 +23,19 @@ use netlink_packet_netfilter::{
         SetElementList, SetElementMessage, SetMessage,
     },
     none::ControlMessage,
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
 
 use super::PinholeProto;
 
-/// `NFNL_SUBSYS_NFTABLES` (linux/netfilter/nfnetlink.h): the `res_id` of a
-/// batch-begin message names the subsystem the batch is for.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFNL_SUBSYS_NFTABLES` (linux/netfilter/nfnetlink.h): the upper byte of
+/// an nftables message type; the `res_id` of a batch-begin message names the
+/// subsystem the batch is for.
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFT_MSG_NEWSET` / `NFT_MSG_NEWSETELEM` (`enum nf_tables_msg_types`):
+/// what `GETSET` / `GETSETELEM` are answered with.
+pub(crate) const NFT_MSG_NEWSET: u16 = 9;
+pub(crate) const NFT_MSG_NEWSETELEM: u16 = 12;
 /// `NFNETLINK_V0`.
 const NFNETLINK_V0: u8 = 0;
 /// Length of `struct nlmsghdr`.
@@ -145,12 +154,31 @@ fn serialize(mut msg: NetlinkMessage<NetfilterMessage>, out: &mut Vec<u8>) {
     }
 }
 
-fn header(flags: u16, seq: u32) -> NetlinkHeader {
-    let mut h = NetlinkHeader::default();
-    h.flags = flags;
-    h.sequence_number = seq;
-    // port 0: the kernel fills in our port id from the socket
-    h
+/// One message with `flags` and `seq`. Port 0: the kernel fills in our port
+/// id from the socket.
+fn message(
+    header: NetfilterHeader,
+    inner: impl Into<NetfilterMessageInner>,
+    flags: u16,
+    seq: u32,
+) -> NetlinkMessage<NetfilterMessage> {
+    let mut msg = NetlinkMessage::from(NetfilterMessage::new(header, inner));
+    msg.header.flags = flags;
+    msg.header.sequence_number = seq;
+    msg
+}
+
+/// The `nfgenmsg` of every request about `inet` tables.
+fn inet() -> NetfilterHeader {
+    NetfilterHeader::new(NetfilterProtoFamily::Inet, NFNETLINK_V0, 0)
+}
+
+/// `request` about family `inet`, with `flags` (`NLM_F_REQUEST` included by
+/// the caller) and `seq`, as bytes to send on their own.
+pub(crate) fn encode(request: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    serialize(message(inet(), request, flags, seq), &mut out);
+    out
 }
 
 /// `NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` for one element of
@@ -179,25 +207,16 @@ fn setelem_message(table: &str, req: &ElemRequest, seq: u32) -> NetlinkMessage<N
         ElemOp::Add { .. } => NfTablesMessage::NewSetElement(list),
         ElemOp::Delete => NfTablesMessage::DeleteSetElement(list),
     };
-    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::Inet, NFNETLINK_V0, 0),
-        inner,
-    ));
-    msg.header = header(NLM_F_REQUEST | NLM_F_ACK | flags, seq);
-    msg
+    message(inet(), inner, NLM_F_REQUEST | NLM_F_ACK | flags, seq)
 }
 
 fn control_message(msg: ControlMessage, seq: u32) -> NetlinkMessage<NetfilterMessage> {
-    let mut m = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(
-            NetfilterProtoFamily::Unspec,
-            NFNETLINK_V0,
-            NFNL_SUBSYS_NFTABLES,
-        ),
-        msg,
-    ));
-    m.header = header(NLM_F_REQUEST, seq);
-    m
+    let header = NetfilterHeader::new(
+        NetfilterProtoFamily::Unspec,
+        NFNETLINK_V0,
+        NFNL_SUBSYS_NFTABLES,
+    );
+    message(header, msg, NLM_F_REQUEST, seq)
 }
 
 /// One nfnetlink transaction:
@@ -223,19 +242,13 @@ pub(crate) fn encode_batch(table: &str, reqs: &[ElemRequest], first_seq: u32) ->
 /// tell "element missing" from "set missing" on kernels that do not say which
 /// attribute an `ENOENT` is about.
 pub(crate) fn encode_getset(table: &str, set: &str, seq: u32) -> Vec<u8> {
-    let mut msg = NetlinkMessage::from(NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::Inet, NFNETLINK_V0, 0),
-        NfTablesMessage::GetSet(SetMessage {
-            attributes: vec![
-                SetAttribute::Table(table.to_owned()),
-                SetAttribute::Name(set.to_owned()),
-            ],
-        }),
-    ));
-    msg.header = header(NLM_F_REQUEST | NLM_F_ACK, seq);
-    let mut out = Vec::new();
-    serialize(msg, &mut out);
-    out
+    let request = NfTablesMessage::GetSet(SetMessage {
+        attributes: vec![
+            SetAttribute::Table(table.to_owned()),
+            SetAttribute::Name(set.to_owned()),
+        ],
+    });
+    encode(request, NLM_F_REQUEST | NLM_F_ACK, seq)
 }
 
 /// One message of a reply datagram, as far as we care.
@@ -261,39 +274,55 @@ pub(crate) enum ReplyKind {
     Other,
 }
 
-/// Splits a datagram into netlink messages and decodes the acks / errors.
-pub(crate) fn parse_datagram(data: &[u8]) -> Result<Vec<Reply>, String> {
-    let mut out = Vec::new();
+/// The netlink messages of a datagram, each cut to its own length. Ends
+/// after the first malformed one (reported as an error).
+pub(crate) fn messages(data: &[u8]) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, String>> {
     let mut pos = 0;
-    while pos < data.len() {
-        let rest = data.get(pos..).unwrap_or_default();
-        let buf = NetlinkBuffer::new_checked(rest).map_err(|e| e.to_string())?;
-        let len = buf.length() as usize;
-        let kind = if buf.message_type() == NLMSG_ERROR {
-            parse_error(buf.flags(), buf.payload())?
-        } else {
-            ReplyKind::Other
-        };
-        out.push(Reply {
-            seq: buf.sequence_number(),
-            port: buf.port_number(),
-            kind,
-        });
-        // NLMSG_ALIGN; `new_checked` guarantees len >= 16, so this advances.
-        pos = pos.saturating_add((len + 3) & !3);
-    }
-    Ok(out)
+    std::iter::from_fn(move || {
+        let rest = data.get(pos..).filter(|r| !r.is_empty())?;
+        Some(match NetlinkBuffer::new_checked(rest) {
+            Ok(msg) => {
+                let len = msg.length() as usize;
+                // NLMSG_ALIGN; `new_checked` guarantees len >= 16, so this
+                // advances.
+                pos = pos.saturating_add((len + 3) & !3);
+                Ok(NetlinkBuffer::new(rest.get(..len).unwrap_or_default()))
+            }
+            Err(e) => {
+                pos = data.len();
+                Err(e.to_string())
+            }
+        })
+    })
 }
 
-/// Payload of `NLMSG_ERROR`: `struct nlmsgerr { int error; struct nlmsghdr
-/// msg; }`, followed by the rest of the offending message unless the reply
-/// has `NLM_F_CAPPED`, followed by extended-ack TLVs if it has
-/// `NLM_F_ACK_TLVS`.
-fn parse_error(flags: u16, payload: &[u8]) -> Result<ReplyKind, String> {
-    let code = payload
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(i32::from_ne_bytes)
+/// Splits a datagram into netlink messages and decodes the acks / errors.
+pub(crate) fn parse_datagram(data: &[u8]) -> Result<Vec<Reply>, String> {
+    messages(data)
+        .map(|msg| {
+            let msg = msg?;
+            let kind = if msg.message_type() == NLMSG_ERROR {
+                parse_error(&msg)?
+            } else {
+                ReplyKind::Other
+            };
+            Ok(Reply {
+                seq: msg.sequence_number(),
+                port: msg.port_number(),
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// An `NLMSG_ERROR` message: its payload is `struct nlmsgerr { int error;
+/// struct nlmsghdr msg; }`, followed by the rest of the offending message
+/// unless the reply has `NLM_F_CAPPED`, followed by extended-ack TLVs if it
+/// has `NLM_F_ACK_TLVS`.
+pub(crate) fn parse_error(msg: &NetlinkBuffer<&[u8]>) -> Result<ReplyKind, String> {
+    let (flags, payload) = (msg.flags(), msg.payload());
+    let code = ne_u32(payload)
+        .map(|c| c as i32)
         .ok_or_else(|| format!("NLMSG_ERROR too short ({} bytes)", payload.len()))?;
     if code == 0 {
         return Ok(ReplyKind::Ack);
@@ -306,31 +335,22 @@ fn parse_error(flags: u16, payload: &[u8]) -> Result<ReplyKind, String> {
         } else {
             // the whole original message; its length is its first u32
             payload
-                .get(4..8)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(|b| (u32::from_ne_bytes(b) as usize + 3) & !3)
-                .unwrap_or(NLMSG_HDRLEN)
+                .get(4..)
+                .and_then(ne_u32)
+                .map_or(NLMSG_HDRLEN, |len| (len as usize + 3) & !3)
         };
         // The TLVs are best effort: a malformed tail loses the detail, not the
         // errno.
         let tlvs = payload.get(4 + echoed..).unwrap_or_default();
-        for nla in NlasIterator::new(tlvs).flatten() {
-            match nla.kind() {
+        for (kind, v) in attrs(tlvs).flatten() {
+            match kind {
                 NLMSGERR_ATTR_MSG => {
-                    let v = nla.value();
-                    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-                    let text = String::from_utf8_lossy(v.get(..end).unwrap_or_default());
+                    let text = cstr(v);
                     if !text.is_empty() {
-                        message = Some(text.into_owned());
+                        message = Some(text);
                     }
                 }
-                NLMSGERR_ATTR_OFFS => {
-                    offset = nla
-                        .value()
-                        .get(..4)
-                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                        .map(u32::from_ne_bytes);
-                }
+                NLMSGERR_ATTR_OFFS => offset = ne_u32(v),
                 _ => {}
             }
         }
@@ -340,6 +360,61 @@ fn parse_error(flags: u16, payload: &[u8]) -> Result<ReplyKind, String> {
         message,
         offset,
     })
+}
+
+/// `(type without NLA_F_NESTED / NLA_F_NET_BYTEORDER, value)` of each
+/// attribute in `buf`. Ends after the first malformed one (reported as an
+/// error).
+pub(crate) fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), String>> {
+    NlasIterator::new(buf).map(|nla| {
+        let nla = nla.map_err(|e| e.to_string())?;
+        let kind = nla.kind() & NLA_TYPE_MASK;
+        let len = usize::from(nla.length());
+        // `new_checked` guarantees 4 <= len <= the buffer's length
+        let value = nla.into_inner().get(4..len).unwrap_or_default();
+        Ok((kind, value))
+    })
+}
+
+/// The attributes after the `nfgenmsg` of an nftables message.
+pub(crate) fn nfgen_attrs(payload: &[u8]) -> Result<&[u8], String> {
+    payload
+        .get(NFGENMSG_LEN..)
+        .ok_or_else(|| format!("nftables message of {} bytes", payload.len()))
+}
+
+/// A NUL-terminated string attribute (also accepted without the NUL).
+pub(crate) fn cstr(v: &[u8]) -> String {
+    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(v.get(..end).unwrap_or_default()).into_owned()
+}
+
+/// The first 4 bytes of `v` in host order (netlink headers, `nlmsgerr`).
+pub(crate) fn ne_u32(v: &[u8]) -> Option<u32> {
+    v.get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_ne_bytes)
+}
+
+/// A big-endian u32 attribute value (nftables attributes).
+pub(crate) fn be_u32(v: &[u8]) -> Result<u32, String> {
+    v.get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| format!("u32 attribute of {} bytes", v.len()))
+}
+
+/// A big-endian u64 attribute value.
+pub(crate) fn be_u64(v: &[u8]) -> Result<u64, String> {
+    v.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| format!("u64 attribute of {} bytes", v.len()))
+}
+
+/// An nftables message type as it appears in the `nlmsghdr`.
+pub(crate) const fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Scaffolding shared by the network-namespace system tests: a throw-away
-//! namespace, a command runner, the root check and address helpers.
+//! namespace, a command runner, the root check, address helpers, and the
+//! rulesets and sizes the set read-back tests share.
 //!
 //! Each test file includes this module (`mod support;`) and is its own crate,
 //! and not every file uses every item here: without this allow, each test
@@ -7,10 +8,12 @@
 //! not to use.
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 
@@ -36,8 +39,19 @@ impl NetNs {
         NetNs { name }
     }
 
+    /// For a test that needs root: a fresh namespace (see [`NetNs::new`]),
+    /// or `None` when not root (then `test` is skipped, saying so).
+    pub fn for_test(test: &str, tag: &str) -> Option<Self> {
+        is_root(test).then(|| Self::new(tag))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Loads `ruleset` with `nft -f -` inside the namespace.
+    pub fn nft_load(&self, ruleset: &str) {
+        self.exec("nft", &["-f", "-"], Some(ruleset));
     }
 
     /// Runs `cmd args` inside the namespace, panics on failure, returns stdout.
@@ -119,4 +133,59 @@ pub fn v4(s: &str) -> u128 {
 
 pub fn v6(s: &str) -> u128 {
     u128::from(s.parse::<Ipv6Addr>().unwrap())
+}
+
+/// The variable `name` of the environment parsed, or `default` when it is
+/// unset or does not parse (for test sizes that may be overridden).
+pub fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Interval sets of every key type `dump_intervals` and `covered_many` read
+/// (ranges up to the maximum and from 0, adjacent ranges, a plain set, an
+/// empty one), a concatenation they refuse, and a second table.
+pub const INTERVAL_SETS: &str = "
+table inet callgate {
+    set s4 { type ipv4_addr; flags interval;
+             elements = { 10.0.0.0/8, 192.0.2.7, 198.51.100.0/25, 203.0.113.0/26,
+                          203.0.113.64/26, 172.16.0.1-172.16.0.9, 255.255.255.0/24 } }
+    set s4zero { type ipv4_addr; flags interval; elements = { 0.0.0.0/24, 1.0.0.0-1.0.0.10 } }
+    set s6 { type ipv6_addr; flags interval;
+             elements = { 2001:db8::/32, ::1, fe80::1-fe80::5, ffff::/16 } }
+    set sp { type inet_service; flags interval;
+             elements = { 0-22, 5060, 10000-20000, 20001, 65000-65535 } }
+    set empty4 { type ipv4_addr; flags interval; }
+    set hosts4 { type ipv4_addr; elements = { 1.2.3.4, 5.6.7.8, 1.2.3.5 } }
+    set concat { type ipv4_addr . inet_service; flags interval;
+                 elements = { 10.0.0.0/8 . 1-2 } }
+}
+table inet other {
+}
+";
+
+/// First address of [`spaced_prefixes`].
+pub const SPACED_BASE: u32 = Ipv4Addr::new(100, 64, 0, 0).to_bits();
+
+/// `n` IPv4 /30 prefixes, every other one from [`SPACED_BASE`] on (none
+/// adjacent): the `i`-th starts at `SPACED_BASE + 8 * i`. As nft elements,
+/// "100.64.0.0/30, 100.64.0.8/30, ...".
+pub fn spaced_prefixes(n: u32) -> String {
+    let mut elems = String::with_capacity(n as usize * 20);
+    for i in 0..n {
+        if i > 0 {
+            elems.push_str(", ");
+        }
+        write!(elems, "{}/30", Ipv4Addr::from(SPACED_BASE + i * 8)).unwrap();
+    }
+    elems
+}
+
+/// Table `inet callgate` with one interval set `big4` of `elems`.
+pub fn big4_ruleset(elems: &str) -> String {
+    format!(
+        "table inet callgate {{\n set big4 {{ type ipv4_addr; flags interval; elements = {{ {elems} }} }}\n}}\n"
+    )
 }
