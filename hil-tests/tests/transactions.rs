@@ -2,6 +2,7 @@
 //! Config transactions, fail-closed behaviour and pinholes, against the real daemon and the
 //! real kernel inside the lab.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hil_tests::{addr, Appliance, Host, Lab, Token};
@@ -222,6 +223,17 @@ fn sigkill_leaves_rules_in_force() {
     assert_eq!(a.ruleset_without_counters(), before);
 }
 
+/// `callgated --config CFG baseline` inside `ns`; true on success.
+fn baseline(ns: &hil_tests::Ns<'_>, cfg: &std::path::Path) -> bool {
+    ns.command(&hil_tests::bin("callgated").to_string_lossy())
+        .arg("--config")
+        .arg(cfg)
+        .arg("baseline")
+        .status()
+        .unwrap()
+        .success()
+}
+
 #[test]
 fn baseline_allows_only_management_and_sync() {
     let lab = lab();
@@ -230,14 +242,7 @@ fn baseline_allows_only_management_and_sync() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("callgate.toml");
     std::fs::write(&cfg, LAB).unwrap();
-    let st = a_ns
-        .command(&hil_tests::bin("callgated").to_string_lossy())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("baseline")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(baseline(&a_ns, &cfg));
     let _ssh = a_ns.tcp_listen(addr::A_MGMT_V4, 22).unwrap();
     let _sip = a_ns.udp_listen_silent(addr::A_WAN_V4, 5060).unwrap();
     assert!(
@@ -252,14 +257,7 @@ fn baseline_allows_only_management_and_sync() {
     assert!(!lab.ns(Host::Carrier).ping(None, addr::A_WAN_V4, NEG));
     // an unreadable config still gives a fail-closed baseline (no ssh, no sip)
     std::fs::write(&cfg, "garbage [").unwrap();
-    let st = a_ns
-        .command(&hil_tests::bin("callgated").to_string_lossy())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("baseline")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(baseline(&a_ns, &cfg));
     assert!(!lab
         .ns(Host::Mgmt)
         .tcp_connect(None, addr::A_MGMT_V4, 22, NEG));
@@ -287,24 +285,17 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
             l.wait_for(&t, NEG)
         }
     };
+    // writes into the pinhole sets from inside A, as the daemon's SIP router does
+    let open = |addr: IpAddr, secs: u64| {
+        a.ns().run_in(move || {
+            let mut w = SetWriter::open("callgate").unwrap();
+            w.open_pinhole(addr, PinholeProto::Udp, 40000, Duration::from_secs(secs))
+                .unwrap();
+        })
+    };
     assert!(!send(false) && !send(true), "no pinhole, no media");
-    a.ns().run_in(|| {
-        let mut w = SetWriter::open("callgate").unwrap();
-        w.open_pinhole(
-            addr::PBX_V4.into(),
-            PinholeProto::Udp,
-            40000,
-            Duration::from_secs(3),
-        )
-        .unwrap();
-        w.open_pinhole(
-            addr::PBX_V6.into(),
-            PinholeProto::Udp,
-            40000,
-            Duration::from_secs(3),
-        )
-        .unwrap();
-    });
+    open(addr::PBX_V4.into(), 3);
+    open(addr::PBX_V6.into(), 3);
     assert!(
         send(false) && send(true),
         "media passes while the pinhole is open"
@@ -320,16 +311,7 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
     );
     assert!(!send(true));
     // close_pinhole closes at once
-    a.ns().run_in(|| {
-        let mut w = SetWriter::open("callgate").unwrap();
-        w.open_pinhole(
-            addr::PBX_V4.into(),
-            PinholeProto::Udp,
-            40000,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    });
+    open(addr::PBX_V4.into(), 60);
     assert!(send(false));
     a.ns().run_in(|| {
         let mut w = SetWriter::open("callgate").unwrap();
@@ -338,16 +320,7 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
     });
     assert!(!send(false));
     // a commit keeps open pinholes (calls in progress keep their media)
-    a.ns().run_in(|| {
-        let mut w = SetWriter::open("callgate").unwrap();
-        w.open_pinhole(
-            addr::PBX_V4.into(),
-            PinholeProto::Udp,
-            40000,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    });
+    open(addr::PBX_V4.into(), 60);
     assert!(a.commit(&without_mgmt_api(), &[]).ok());
     assert!(send(false), "pinhole survived the commit");
 }

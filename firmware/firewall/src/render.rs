@@ -361,6 +361,28 @@ fn prefix_set(name: String, nets: Vec<IpNet>, v6: bool) -> SetDef {
     }
 }
 
+/// Adds the ports set of an entry (none for ICMP) and returns its name.
+fn ports_set(
+    sets: &mut Vec<SetDef>,
+    stem: &str,
+    proto: Protocol,
+    ports: &[PortRange],
+) -> Option<String> {
+    if proto == Protocol::Icmp {
+        return None;
+    }
+    let name = format!("{stem}_p");
+    sets.push(SetDef {
+        name: name.clone(),
+        kind: SetKind::Ports,
+        elems: normalize_ports(ports)
+            .into_iter()
+            .map(Elem::Ports)
+            .collect(),
+    });
+    Some(name)
+}
+
 /// Renders the full policy of a config.
 pub fn render(cfg: &Config) -> Ruleset {
     let mut sets = dynamic_sets();
@@ -376,20 +398,7 @@ pub fn render(cfg: &Config) -> Ruleset {
         let name = e.name.get_ref().as_str();
         let proto = *e.protocol.get_ref();
         let st = stem("a", name);
-        let ports_set = if proto == Protocol::Icmp {
-            None
-        } else {
-            let set = format!("{st}_p");
-            sets.push(SetDef {
-                name: set.clone(),
-                kind: SetKind::Ports,
-                elems: normalize_ports(e.ports())
-                    .into_iter()
-                    .map(Elem::Ports)
-                    .collect(),
-            });
-            Some(set)
-        };
+        let ports_set = ports_set(&mut sets, &st, proto, e.ports());
         let iif = Cond::Iifname(ifnames(cfg, *e.zone.get_ref()));
         for v6 in [false, true] {
             let srcs = normalize_prefixes(e.sources.get_ref(), v6);
@@ -426,20 +435,7 @@ pub fn render(cfg: &Config) -> Ruleset {
         let name = e.name.get_ref().as_str();
         let proto = *e.protocol.get_ref();
         let st = stem("e", name);
-        let ports_set = if proto == Protocol::Icmp {
-            None
-        } else {
-            let set = format!("{st}_p");
-            sets.push(SetDef {
-                name: set.clone(),
-                kind: SetKind::Ports,
-                elems: normalize_ports(e.ports())
-                    .into_iter()
-                    .map(Elem::Ports)
-                    .collect(),
-            });
-            Some(set)
-        };
+        let ports_set = ports_set(&mut sets, &st, proto, e.ports());
         let oif = Cond::Oifname(ifnames(cfg, *e.zone.get_ref()));
         for v6 in [false, true] {
             let dsts = normalize_prefixes(e.destinations.get_ref(), v6);
