@@ -324,3 +324,47 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
     assert!(a.commit(&without_mgmt_api(), &[]).ok());
     assert!(send(false), "pinhole survived the commit");
 }
+
+#[test]
+fn daemon_with_a_broken_config_exits_3_and_stays_fail_closed() {
+    let lab = lab();
+    let a_ns = lab.ns(Host::A);
+    let dir = std::env::temp_dir().join(format!("callgate-{}-broken", a_ns.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("callgate.toml");
+    std::fs::write(
+        &cfg,
+        LAB.replace("protocol = \"udp\"", "protocol = \"sctp\""),
+    )
+    .unwrap();
+    let out = a_ns
+        .command(&hil_tests::bin("callgated").to_string_lossy())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--control-socket")
+        .arg(dir.join("c.sock"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("callgate.toml:") && log.contains("sctp"),
+        "the error is located: {log}"
+    );
+    // the baseline is in force: default drop, nothing from the carrier
+    let _sip = a_ns.udp_listen_silent(addr::A_WAN_V4, 5060).unwrap();
+    let t = Token::new();
+    lab.ns(Host::Carrier)
+        .udp_send(None, addr::A_WAN_V4, 5060, &t);
+    assert!(!_sip.wait_for(&t, NEG));
+    let rules = a_ns
+        .exec(&["nft", "list", "chain", "inet", "callgate", "input"])
+        .unwrap();
+    assert!(
+        rules.contains("policy drop") && !rules.contains("carrier"),
+        "{rules}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -205,8 +205,9 @@ fn spawn_guard(args: &Args) -> callgate_revisions::GuardSpawner {
 
 fn exit_for(e: &RevisionError) -> u8 {
     match e {
-        RevisionError::Invalid(_) | RevisionError::Lockout(_) => EXIT_CONFIG,
-        RevisionError::Io { path, .. } if path.ends_with("callgate.toml") => EXIT_CONFIG,
+        RevisionError::Invalid(_)
+        | RevisionError::Lockout(_)
+        | RevisionError::ConfigFile { .. } => EXIT_CONFIG,
         RevisionError::Apply(_) => EXIT_FIREWALL,
         _ => EXIT_STATE,
     }

@@ -387,18 +387,6 @@ impl Nft {
             Err(e) => Err(e),
         }
     }
-
-    /// Deletes our table (used by tests and `decommission`; never by a commit).
-    pub fn delete_table(&self) -> Result<(), FirewallError> {
-        match self.run(&["delete", "table", "inet", TABLE], None) {
-            Err(FirewallError::Nft { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(())
-            }
-            r => r.map(|_| ()),
-        }
-    }
 }
 
 /// What the kernel holds, reduced to what we verify.

@@ -45,6 +45,12 @@ pub enum RevisionError {
     },
     #[error("{0}: corrupt record: {1}")]
     Corrupt(PathBuf, String),
+    #[error("cannot read the config file {path}")]
+    ConfigFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no revision {0}")]
     NoSuchRevision(u64),
     #[error("the config is invalid:\n{0}")]
@@ -217,8 +223,12 @@ impl Revisions {
         if let Some(cfg) = self.rollback_if_due(now, applier)? {
             return Ok(cfg);
         }
-        let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| RevisionError::io(&self.config_path, e))?;
+        let text = std::fs::read_to_string(&self.config_path).map_err(|source| {
+            RevisionError::ConfigFile {
+                path: self.config_path.clone(),
+                source,
+            }
+        })?;
         let cfg = validate(&text, &self.config_path, true)?;
         let active = match self.store.active()? {
             Some(n) => Some(self.store.get(n)?),
