@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
-pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, ZoneName};
+pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, Tcti, ZoneName};
 
 /// Default port of the management SSH service.
 pub const DEFAULT_SSH_PORT: u16 = 22;
@@ -48,6 +48,50 @@ pub struct Config {
     /// What the appliance itself may send beyond replies, loopback and neighbour discovery.
     #[serde(default)]
     pub egress: Vec<EgressEntry>,
+    /// How the keys that encrypt records at rest are protected.
+    #[serde(default)]
+    pub vault: Vault,
+}
+
+/// The TPM (or, only when asked for loudly, a software stand-in) that protects the
+/// key-encryption key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vault {
+    /// TPM connection: `device:/dev/tpmrm0` on the appliance, `swtpm:host=…,port=…` in the lab.
+    #[serde(default)]
+    pub tcti: Tcti,
+    /// PCRs (sha256 bank) the key is sealed to.
+    #[serde(default = "default_pcrs")]
+    pub pcrs: Spanned<Vec<u8>>,
+    /// Development and TPM-less machines only: keep the key-encryption key in a root-only
+    /// file instead of the TPM. Warned about at every start.
+    #[serde(default)]
+    pub danger_software_keys: bool,
+    /// Allow sealing to PCRs that hold nothing measured (all zero).
+    #[serde(default)]
+    pub danger_allow_unmeasured_pcrs: bool,
+}
+
+fn default_pcrs() -> Spanned<Vec<u8>> {
+    Spanned::new(0..0, vec![7])
+}
+
+impl Default for Vault {
+    fn default() -> Self {
+        Vault {
+            tcti: Tcti::default(),
+            pcrs: default_pcrs(),
+            danger_software_keys: false,
+            danger_allow_unmeasured_pcrs: false,
+        }
+    }
+}
+
+impl Vault {
+    pub fn pcr_list(&self) -> &[u8] {
+        self.pcrs.get_ref()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -452,6 +496,18 @@ impl Config {
                 *e.protocol.get_ref(),
                 &e.protocol,
                 &e.ports,
+            );
+        }
+        let pcrs = self.vault.pcrs.get_ref();
+        let unique: BTreeSet<u8> = pcrs.iter().copied().collect();
+        if pcrs.is_empty() || pcrs.iter().any(|p| *p > 23) || unique.len() != pcrs.len() {
+            errs.push(
+                loc.error(
+                    Some(self.vault.pcrs.span()),
+                    ErrorKind::InvalidValue,
+                    "vault.pcrs: expected a non-empty list of distinct PCR numbers 0-23, like [7]"
+                        .into(),
+                ),
             );
         }
         errs.sort_by_key(|e| (e.line, e.column));

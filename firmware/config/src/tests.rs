@@ -258,3 +258,22 @@ fn mutated_configs_never_panic_and_errors_are_located() {
         }
     }
 }
+
+#[test]
+fn vault_defaults_and_errors() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.vault.tcti.as_str(), "device:/dev/tpmrm0");
+    assert_eq!(cfg.vault.pcr_list(), &[7]);
+    assert!(!cfg.vault.danger_software_keys);
+    let cfg =
+        parse("\n[vault]\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\npcrs = [0, 7]\n").unwrap();
+    assert_eq!(cfg.vault.pcr_list(), &[0, 7]);
+    let extra = "\n[vault]\npcrs = [7, 7, 30]\n";
+    let e = one_error(extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(extra, "pcrs"));
+    let e = one_error("\n[vault]\ntcti = \"floppy:a\"\n");
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    let e = one_error("\n[vault]\ndanger_software_key = true\n");
+    assert_eq!(e.kind, ErrorKind::UnknownField, "{e}");
+}

@@ -202,6 +202,49 @@ impl fmt::Display for Prefix {
 }
 string_newtype!(Prefix);
 
+/// A TPM connection string (TCTI): `device:PATH`, `swtpm:host=H,port=P`, `mssim:…` or
+/// `tabrmd[:…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tcti(String);
+
+impl Tcti {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Tcti {
+    fn default() -> Self {
+        Tcti("device:/dev/tpmrm0".into())
+    }
+}
+
+impl FromStr for Tcti {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        let ok = match kind {
+            "device" => rest.starts_with('/'),
+            "swtpm" | "mssim" => !rest.is_empty(),
+            "tabrmd" => true,
+            _ => false,
+        };
+        if !ok || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "invalid TPM connection {s:?}: expected device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:… or tabrmd"
+            ));
+        }
+        Ok(Tcti(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Tcti {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_newtype!(Tcti);
+
 /// A destination port or an inclusive range `lo-hi`. Written as an integer or a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
@@ -321,6 +364,16 @@ mod tests {
         assert!("0".parse::<PortRange>().is_err());
         assert!("20-10".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn tctis() {
+        assert!("device:/dev/tpmrm0".parse::<Tcti>().is_ok());
+        assert!("swtpm:host=127.0.0.1,port=2321".parse::<Tcti>().is_ok());
+        assert!("tabrmd".parse::<Tcti>().is_ok());
+        assert!("device:tpm0".parse::<Tcti>().is_err());
+        assert!("carrier-pigeon:1".parse::<Tcti>().is_err());
+        assert!("swtpm:host=a; rm -rf".parse::<Tcti>().is_err());
     }
 
     #[test]
