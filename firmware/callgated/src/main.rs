@@ -137,7 +137,7 @@ fn baseline(args: &Args, fw: &Firewall) -> ExitCode {
 }
 
 fn guard(args: &Args, fw: Firewall, candidate: u64) -> ExitCode {
-    let revs = match Revisions::new(&args.state_dir, &args.config, None) {
+    let revs = match Revisions::new(&args.state_dir, &args.config, None, None) {
         Ok(r) => r,
         Err(e) => {
             log::error!("rollback guard: {}", error_chain(&e));
@@ -241,7 +241,19 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
     };
 
     // 3. Revisions: settle an expired confirm window, load, verify and apply the config.
-    let revs = match Revisions::new(&args.state_dir, &args.config, Some(spawn_guard(&args))) {
+    let history = match callgate_revisions::FileHistory::open(&args.state_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            return ExitCode::from(EXIT_STATE);
+        }
+    };
+    let revs = match Revisions::new(
+        &args.state_dir,
+        &args.config,
+        Some(Box::new(history)),
+        Some(spawn_guard(&args)),
+    ) {
         Ok(r) => r,
         Err(e) => {
             log::error!("{}", error_chain(&e));

@@ -60,6 +60,7 @@ pub fn step(pending: Option<&Pending>, event: Event, now_ms: u64) -> Action {
                 previous,
                 candidate,
                 deadline_ms: now_ms.saturating_add(ms),
+                previous_text: String::new(),
             })
         }
         (Some(p), Event::Confirm) => Action::Confirmed(p.clone()),
@@ -123,6 +124,7 @@ mod tests {
             previous: 1,
             candidate: 2,
             deadline_ms: 100,
+            previous_text: String::new(),
         };
         assert!(matches!(
             step(Some(&p), commit(None), 50),
@@ -138,6 +140,7 @@ mod tests {
             previous: 3,
             candidate: 4,
             deadline_ms: 500,
+            previous_text: String::new(),
         };
         for now in (0..1000).step_by(7) {
             for ev in [Event::Tick, Event::Confirm, commit(None), commit(Some(5))] {

@@ -33,7 +33,7 @@ use callgate_firewall::{render, Ruleset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-pub use store::{Pending, Revision, Store};
+pub use store::{FileHistory, GuardRollback, History, Pending, Revision, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevisionError {
@@ -53,6 +53,8 @@ pub enum RevisionError {
     },
     #[error("no revision {0}")]
     NoSuchRevision(u64),
+    #[error("the config history is locked (the record keys are not available)")]
+    NoHistory,
     #[error("the config is invalid:\n{0}")]
     Invalid(ConfigErrors),
     #[error("{0}")]
@@ -151,13 +153,15 @@ pub fn validate(text: &str, origin: &Path, force: bool) -> Result<Config, Revisi
 }
 
 impl Revisions {
+    /// `history` is `None` only for the rollback guard, which has no keys.
     pub fn new(
         state_dir: &Path,
         config_path: &Path,
+        history: Option<Box<dyn History>>,
         guard: Option<GuardSpawner>,
     ) -> Result<Self, RevisionError> {
         Ok(Revisions {
-            store: Store::open(state_dir)?,
+            store: Store::open(state_dir, history)?,
             config_path: config_path.to_path_buf(),
             guard,
         })
@@ -168,16 +172,21 @@ impl Revisions {
             .map_err(|e| RevisionError::io(&self.config_path, e))
     }
 
-    /// Applies the text of `rev` as the running config (used by rollback paths).
-    fn activate(&self, rev: &Revision, applier: &dyn Applier) -> Result<Config, RevisionError> {
+    /// Makes `text` (revision `number`) the running config (used by rollback paths).
+    fn activate(
+        &self,
+        text: &str,
+        number: u64,
+        applier: &dyn Applier,
+    ) -> Result<Config, RevisionError> {
         // A stored revision was valid when committed; force skips only the lockout guard,
         // which that commit already passed or overrode.
-        let cfg = validate(&rev.text, &self.config_path, true)?;
+        let cfg = validate(text, &self.config_path, true)?;
         applier
-            .apply(&render(&cfg), rev.number)
+            .apply(&render(&cfg), number)
             .map_err(RevisionError::Apply)?;
-        self.write_config_file(&rev.text)?;
-        self.store.set_active(rev.number)?;
+        self.write_config_file(text)?;
+        self.store.set_active(number)?;
         Ok(cfg)
     }
 
@@ -196,23 +205,26 @@ impl Revisions {
         let Some(p) = self.store.claim_pending()? else {
             return Ok(None); // someone else claimed it first
         };
-        let prev = self.store.get(p.previous)?;
-        let rev = self.store.append(
-            "callgated",
-            &format!(
-                "automatic rollback to {} (commit {} was not confirmed)",
-                p.previous, p.candidate
-            ),
-            &prev.text,
-            now,
-        )?;
-        let cfg = self.activate(&rev, applier)?;
-        log::warn!(
-            "commit {} was not confirmed in time: rolled back to revision {} (now revision {})",
-            p.candidate,
-            p.previous,
-            rev.number
+        let note = format!(
+            "automatic rollback to {} (commit {} was not confirmed)",
+            p.previous, p.candidate
         );
+        let cfg = if self.store.has_history() {
+            let rev = self
+                .store
+                .append("callgated", &note, &p.previous_text, now)?;
+            self.activate(&rev.text, rev.number, applier)?
+        } else {
+            // The guard: no keys, so no history; the daemon records it at its next start.
+            let cfg = self.activate(&p.previous_text, p.previous, applier)?;
+            self.store.set_guard_rollback(&GuardRollback {
+                previous: p.previous,
+                candidate: p.candidate,
+                time_ms: now,
+            })?;
+            cfg
+        };
+        log::warn!("{note}");
         Ok(Some(cfg))
     }
 
@@ -230,6 +242,15 @@ impl Revisions {
             }
         })?;
         let cfg = validate(&text, &self.config_path, true)?;
+        if let Some(g) = self.store.guard_rollback()? {
+            let note = format!(
+                "automatic rollback to {} (commit {} was not confirmed; by the rollback guard)",
+                g.previous, g.candidate
+            );
+            let rev = self.store.append("callgated", &note, &text, g.time_ms)?;
+            self.store.set_active(rev.number)?;
+            self.store.clear_guard_rollback()?;
+        }
         let active = match self.store.active()? {
             Some(n) => Some(self.store.get(n)?),
             None => None,
@@ -289,12 +310,13 @@ impl Revisions {
         );
         let deadline = match action {
             confirm::Action::Apply => None,
-            confirm::Action::ApplyWithWindow(p) => {
+            confirm::Action::ApplyWithWindow(mut p) => {
                 if previous == 0 {
                     return Err(RevisionError::Refused(
                         "no earlier revision to roll back to",
                     ));
                 }
+                p.previous_text = self.store.get(previous)?.text;
                 Some(p)
             }
             confirm::Action::Refuse(why) => return Err(RevisionError::Refused(why)),
@@ -671,7 +693,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("callgate.toml");
         std::fs::write(&cfg, lab()).unwrap();
-        let r = Revisions::new(&d.path().join("state"), &cfg, None).unwrap();
+        let state = d.path().join("state");
+        let history = FileHistory::open(&state).unwrap();
+        let r = Revisions::new(&state, &cfg, Some(Box::new(history)), None).unwrap();
         (d, r)
     }
 
@@ -851,5 +875,41 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(r.store.active().unwrap(), Some(4));
+    }
+
+    #[test]
+    fn guard_rolls_back_without_history_and_boot_records_it() {
+        let (d, r) = setup();
+        let fw = Fake::default();
+        r.boot(&fw).unwrap();
+        let text2 = lab().replace("lab-a", "lab-b");
+        let change = Change {
+            text: &text2,
+            origin: Path::new("n.toml"),
+            force: false,
+            window: Some(Duration::from_secs(1)),
+            author: "a",
+            note: "c",
+        };
+        r.commit(&change, &fw).unwrap();
+        // the guard: same state dir, no history
+        let guard = Revisions::new(&d.path().join("state"), &r.config_path, None, None).unwrap();
+        let cfg = guard
+            .rollback_if_due(now_ms() + 5_000, &fw)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.appliance.name.as_str(), "lab-a");
+        assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), lab());
+        assert_eq!(r.store.active().unwrap(), Some(1));
+        assert!(r.store.guard_rollback().unwrap().is_some());
+        // the daemon's next start records the rollback as a revision
+        r.boot(&fw).unwrap();
+        let h = r.history().unwrap();
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert!(
+            h[2].note.contains("by the rollback guard") && h[2].active,
+            "{h:?}"
+        );
+        assert!(r.store.guard_rollback().unwrap().is_none());
     }
 }
