@@ -80,6 +80,7 @@ mod lab;
 mod netns;
 pub mod probe;
 mod proc;
+pub mod swtpm;
 
 pub use addr::{Host, Segment};
 pub use appliance::{bin, Appliance, Cli};
@@ -88,3 +89,4 @@ pub use lab::{Lab, Ns};
 pub use netns::{lab_namespaces, try_run_in_netns, NETNS_DIR};
 pub use probe::{Datagram, TcpProbeListener, Token, UdpProbeListener};
 pub use proc::Proc;
+pub use swtpm::Swtpm;

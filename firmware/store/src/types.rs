@@ -1,0 +1,130 @@
+//! The records the store keeps, as their users see them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A personal field: clear text, or gone because the subject's key was shredded.
+///
+/// `Debug` never prints the value (logs must not carry PII); use [`Pii::reveal`]
+/// deliberately. Serializes as the string, or `null` when erased (for a subject's export).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<String>", into = "Option<String>")]
+pub enum Pii {
+    Clear(String),
+    Erased,
+}
+
+impl Pii {
+    pub fn new(value: impl Into<String>) -> Pii {
+        Pii::Clear(value.into())
+    }
+
+    pub fn reveal(&self) -> Option<&str> {
+        match self {
+            Pii::Clear(s) => Some(s),
+            Pii::Erased => None,
+        }
+    }
+
+    pub fn is_erased(&self) -> bool {
+        matches!(self, Pii::Erased)
+    }
+}
+
+impl From<Option<String>> for Pii {
+    fn from(v: Option<String>) -> Pii {
+        v.map_or(Pii::Erased, Pii::Clear)
+    }
+}
+
+impl From<Pii> for Option<String> {
+    fn from(p: Pii) -> Option<String> {
+        match p {
+            Pii::Clear(s) => Some(s),
+            Pii::Erased => None,
+        }
+    }
+}
+
+impl fmt::Debug for Pii {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pii::Clear(_) => f.write_str("Pii(…)"),
+            Pii::Erased => f.write_str("Pii::Erased"),
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    Answered,
+    NoAnswer,
+    Busy,
+    Cancelled,
+    Failed,
+    Rejected,
+}
+
+/// A call detail record. Times are unix milliseconds.
+///
+/// `caller` and `caller_name` are sealed under the caller's subject key (subject = the caller
+/// number) in addition to the record's data key; after [`crate::Store::erase_subject`] they
+/// read back as [`Pii::Erased`] and the rest stays readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cdr {
+    pub call_id: String,
+    pub tracking_number: String,
+    pub campaign: String,
+    pub caller: Pii,
+    pub caller_name: Option<Pii>,
+    pub destination: String,
+    pub invite_at: u64,
+    pub ring_at: Option<u64>,
+    pub answer_at: Option<u64>,
+    pub end_at: Option<u64>,
+    pub duration_ms: u64,
+    pub disposition: Disposition,
+    pub final_code: u16,
+    pub appliance: String,
+}
+
+/// One audited action. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: u64,
+    pub user: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// One committed config revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRevision {
+    pub revision: u64,
+    pub time_ms: u64,
+    pub author: String,
+    pub note: String,
+    pub text: String,
+}
+
+/// A console session. `id` is stored in clear as the key: an opaque handle, never the
+/// session's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user: String,
+    pub started_ms: u64,
+    pub last_seen_ms: u64,
+    pub source: String,
+}
+
+/// A record read back: its id, the data key it was sealed under, and the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<T, K = u64> {
+    pub id: K,
+    pub key_id: u32,
+    pub value: T,
+}
