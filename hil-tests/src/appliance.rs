@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::{Host, Lab, LabError, Ns, Proc, Result};
+use crate::{Host, Lab, LabError, Ns, Proc, Result, Swtpm};
 
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
@@ -48,12 +48,16 @@ impl From<Output> for Cli {
     }
 }
 
-/// One appliance under test. Its files live in a private temporary directory that is
+/// One appliance under test: its own swtpm (PCR 7 measured as a boot would), `callgated`
+/// provisioned on first start. Its files live in a private temporary directory that is
 /// removed on drop; the lab removes the namespace and any process left in it.
 pub struct Appliance<'lab> {
     ns: Ns<'lab>,
     dir: PathBuf,
     daemon: Option<Proc>,
+    tpm: Option<Swtpm<'lab>>,
+    /// The recovery key printed at provisioning.
+    pub recovery_key: Option<String>,
 }
 
 impl std::fmt::Debug for Appliance<'_> {
@@ -66,21 +70,56 @@ impl std::fmt::Debug for Appliance<'_> {
 }
 
 impl<'lab> Appliance<'lab> {
-    /// Writes `config` as the appliance's config file and starts the daemon; returns once
-    /// its control socket answers.
+    /// Writes `config` as the appliance's config file, starts its swtpm and the daemon, and
+    /// provisions the keys; returns once the daemon runs the config.
     pub fn start(lab: &'lab Lab, host: Host, config: &str) -> Result<Appliance<'lab>> {
+        let mut a = Appliance::start_locked(lab, host, config)?;
+        let p = a.cli(&["--json", "provision"]);
+        if !p.ok() {
+            return Err(LabError::Io(std::io::Error::other(format!(
+                "provisioning failed: {}\n{}",
+                p.stderr,
+                a.log()
+            ))));
+        }
+        a.recovery_key = p.json()["recovery_key"].as_str().map(str::to_owned);
+        Ok(a)
+    }
+
+    /// Starts swtpm and the daemon without provisioning (the daemon answers, locked until
+    /// provisioned).
+    pub fn start_locked(lab: &'lab Lab, host: Host, config: &str) -> Result<Appliance<'lab>> {
         let ns = lab.try_ns(host)?;
         let dir = std::env::temp_dir().join(format!("callgate-{}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("callgate.toml"), config)?;
+        let tpm = Swtpm::start(ns.clone(), &dir.join("tpm"))?;
+        tpm.measure_boot()?;
         let mut a = Appliance {
             ns,
             dir,
             daemon: None,
+            tpm: Some(tpm),
+            recovery_key: None,
         };
         a.launch()?;
         Ok(a)
+    }
+
+    /// The appliance's TPM.
+    pub fn tpm(&self) -> Option<&Swtpm<'lab>> {
+        self.tpm.as_ref()
+    }
+
+    /// Replaces the TPM: stops the current swtpm and starts one with its state in `state`
+    /// (a new directory is a different TPM; the previous directory is the same TPM again).
+    pub fn swap_tpm(&mut self, state: &Path) -> Result<()> {
+        if let Some(mut t) = self.tpm.take() {
+            t.stop();
+        }
+        self.tpm = Some(Swtpm::start(self.ns.clone(), state)?);
+        Ok(())
     }
 
     pub fn ns(&self) -> &Ns<'lab> {
@@ -115,6 +154,8 @@ impl<'lab> Appliance<'lab> {
         let mut cmd = self.ns.command(&bin("callgated").to_string_lossy());
         cmd.arg("--config")
             .arg(self.config_path())
+            .arg("--seal-helper")
+            .arg(bin("callgate-seal"))
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--control-socket")

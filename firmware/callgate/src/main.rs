@@ -63,6 +63,21 @@ enum Cmd {
     },
     /// Differences between revisions N and M.
     Compare { a: u64, b: u64 },
+    /// First start: create the key-encryption key, seal it in the TPM, print the recovery
+    /// key once.
+    Provision,
+    /// Bring the keys back with the recovery key (read from standard input, never from the
+    /// command line): a replacement board, or a measured boot that changed on purpose.
+    Recover,
+    /// Seal the key-encryption key again to the configured PCRs as they are now.
+    Reseal,
+    /// New records use a new data key; older records stay readable.
+    RotateDataKey,
+    /// Clear the TPM and destroy every record: nothing can be decrypted afterwards.
+    Decommission {
+        #[arg(long)]
+        yes_destroy_all_data: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +179,24 @@ fn main() -> ExitCode {
         Cmd::Confirm => Request::Confirm,
         Cmd::Rollback { number, force } => Request::Rollback { number, force },
         Cmd::Compare { a, b } => Request::Compare { a, b },
+        Cmd::Provision => Request::Provision,
+        Cmd::Recover => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+                eprintln!("callgate recover: type or pipe the recovery key on standard input");
+                return ExitCode::from(2);
+            }
+            Request::Recover {
+                recovery_key: key.trim().to_owned(),
+            }
+        }
+        Cmd::Reseal => Request::Reseal,
+        Cmd::RotateDataKey => Request::RotateDataKey,
+        Cmd::Decommission {
+            yes_destroy_all_data,
+        } => Request::Decommission {
+            confirm: yes_destroy_all_data,
+        },
     };
     let resp: Response = match Client::connect(&args.socket).and_then(|mut c| c.request(&req)) {
         Ok(r) => r,

@@ -6,26 +6,53 @@ use std::time::Duration;
 
 use callgate_control::{Handler, Peer, Request, Response};
 use callgate_firewall::{error_chain, FirewallHandle};
-use callgate_revisions::ConfigService;
+use callgate_store::AuditEntry;
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
 
-pub fn handler(config: ConfigService, firewall: FirewallHandle) -> Handler {
+use crate::lifecycle::{Lifecycle, Phase};
+
+pub fn handler(
+    phase: watch::Receiver<Arc<Phase>>,
+    firewall: FirewallHandle,
+    lifecycle: mpsc::Sender<Lifecycle>,
+    protector: String,
+) -> Handler {
     Arc::new(move |peer: Peer, req: Request| {
-        let config = config.clone();
+        let phase = phase.borrow().clone();
         let firewall = firewall.clone();
+        let lifecycle = lifecycle.clone();
+        let protector = protector.clone();
         Box::pin(async move {
             let name = req.name();
             let change = req.is_change();
-            let resp = handle(&config, &firewall, &peer, req).await;
+            let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
             if change {
                 log::info!(
-                    "audit: user={} uid={} {} -> {}: {}",
+                    "audit: user={} uid={} {} -> {}",
                     peer.user,
                     peer.uid,
                     name,
                     if resp.ok { "ok" } else { "refused" },
-                    resp.text.lines().next().unwrap_or("")
                 );
+                // The audit trail is a record: encrypted in the store when it is open.
+                if let Phase::Running { store, .. } = &*phase {
+                    let entry = AuditEntry {
+                        time_ms: callgate_revisions::now_ms(),
+                        user: peer.user.clone(),
+                        action: name.to_owned(),
+                        detail: if resp.ok {
+                            "ok".into()
+                        } else {
+                            format!("refused: {}", resp.text.lines().next().unwrap_or(""))
+                        },
+                    };
+                    let store = store.clone();
+                    let r = tokio::task::spawn_blocking(move || store.append_audit(&entry)).await;
+                    if !matches!(r, Ok(Ok(_))) {
+                        log::error!("audit entry could not be recorded");
+                    }
+                }
             }
             resp
         })
@@ -36,12 +63,79 @@ fn fail(e: &dyn std::error::Error) -> Response {
     Response::err(error_chain(e))
 }
 
+async fn ask<T>(
+    lifecycle: &mpsc::Sender<Lifecycle>,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Lifecycle,
+) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    lifecycle
+        .send(make(tx))
+        .await
+        .map_err(|_| "the daemon is stopping".to_owned())?;
+    rx.await.map_err(|_| "the daemon is stopping".to_owned())?
+}
+
 async fn handle(
-    config: &ConfigService,
+    phase: &Phase,
     firewall: &FirewallHandle,
+    lifecycle: &mpsc::Sender<Lifecycle>,
+    protector: &str,
     peer: &Peer,
     req: Request,
 ) -> Response {
+    // Key custody works in either phase.
+    match req {
+        Request::Provision => {
+            return match ask(lifecycle, Lifecycle::Provision).await {
+                Ok(key) => Response::ok(
+                    format!(
+                        "provisioned: the key-encryption key is sealed ({protector}).\n\n\
+                         RECOVERY KEY (shown once; store it offline under the authorised procedure):\n\n    {key}\n"
+                    ),
+                    json!({"recovery_key": key}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Recover { recovery_key } => {
+            return match ask(lifecycle, |tx| Lifecycle::Recover(recovery_key, tx)).await {
+                Ok(()) => Response::ok("recovered: the key-encryption key is sealed to this TPM again", json!({})),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Reseal => {
+            return match ask(lifecycle, Lifecycle::Reseal).await {
+                Ok(()) => Response::ok("re-sealed to the current PCR values", json!({})),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Decommission { confirm } => {
+            if !confirm {
+                return Response::err("decommission destroys every record: repeat with --yes-destroy-all-data");
+            }
+            return match ask(lifecycle, Lifecycle::Decommission).await {
+                Ok(()) => Response::ok(
+                    "decommissioned: TPM cleared, sealed keys and records deleted; nothing on this appliance can be decrypted any more",
+                    json!({}),
+                ),
+                Err(e) => Response::err(e),
+            };
+        }
+        _ => {}
+    }
+    let (config, store) = match phase {
+        Phase::Running { config, store } => (config, store),
+        Phase::Locked { reason } => {
+            return if matches!(req, Request::Status) {
+                Response::ok(
+                    format!("locked: {reason}\nkeys: {protector}\n"),
+                    json!({"phase": "locked", "reason": reason, "version": env!("CARGO_PKG_VERSION")}),
+                )
+            } else {
+                Response::err(format!("locked: {reason}"))
+            };
+        }
+    };
     match req {
         Request::Status => {
             let cfg = config.config().borrow().clone();
@@ -50,7 +144,7 @@ async fn handle(
             let pending = history.iter().find(|h| h.pending).map(|h| h.number);
             let active = history.iter().find(|h| h.active).map(|h| h.number);
             let text = format!(
-                "appliance {}\nrevision {}\nfirewall generation {}{}\n{}",
+                "appliance {}\nrevision {}\nfirewall generation {}{}\n{}\nkeys: {protector}\n",
                 cfg.appliance.name,
                 active.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                 fw.generation,
@@ -64,10 +158,22 @@ async fn handle(
             );
             Response::ok(
                 text,
-                json!({"appliance": cfg.appliance.name.as_str(), "revision": active,
+                json!({"phase": "running", "appliance": cfg.appliance.name.as_str(), "revision": active,
                        "firewall_generation": fw.generation, "pending": pending,
+                       "data_key": store.current_data_key(),
                        "version": env!("CARGO_PKG_VERSION")}),
             )
+        }
+        Request::RotateDataKey => {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.rotate_data_key()).await {
+                Ok(Ok(id)) => Response::ok(
+                    format!("new writes use data key {id}; older records stay readable"),
+                    json!({"data_key": id}),
+                ),
+                Ok(Err(e)) => fail(&e),
+                Err(e) => Response::err(format!("internal error: {e}")),
+            }
         }
         Request::ShowFirewall => match firewall.counters().await {
             Ok(c) => {
@@ -153,6 +259,13 @@ async fn handle(
                 ),
                 Err(e) => fail(&e),
             }
+        }
+        // handled above, in either phase
+        Request::Provision
+        | Request::Recover { .. }
+        | Request::Reseal
+        | Request::Decommission { .. } => {
+            Response::err("internal error: lifecycle request not handled")
         }
     }
 }

@@ -19,16 +19,18 @@
 //! | 5 | the state directory or control socket is unusable |
 
 mod dispatch;
+mod lifecycle;
 mod logging;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use callgate_config::Config;
 use callgate_firewall::{error_chain, render_baseline, Firewall, FirewallHandle, Nft, Ruleset};
-use callgate_revisions::{Applier, ConfigService, Pending, RevisionError, Revisions};
+use callgate_revisions::{Applier, Pending, RevisionError, Revisions};
+use callgate_vault::Custody;
 use clap::{Parser, Subcommand};
 
 pub const EXIT_INTERNAL: u8 = 1;
@@ -48,6 +50,13 @@ struct Args {
     /// The control socket the `callgate` tool talks to.
     #[arg(long, default_value = "/run/callgate/control.sock")]
     control_socket: PathBuf,
+    /// The TPM helper (the only program that talks to the TPM).
+    #[arg(
+        long,
+        default_value = "/usr/libexec/callgate/callgate-seal",
+        global = true
+    )]
+    seal_helper: PathBuf,
     /// The nft binary.
     #[arg(long, default_value = "nft", global = true)]
     nft: PathBuf,
@@ -171,11 +180,11 @@ fn guard(args: &Args, fw: Firewall, candidate: u64) -> ExitCode {
     }
 }
 
-fn spawn_guard(args: &Args) -> callgate_revisions::GuardSpawner {
+fn spawn_guard(config: &Path, state: &Path, nft: &Path) -> callgate_revisions::GuardSpawner {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("callgated"));
-    let config = args.config.clone();
-    let state = args.state_dir.clone();
-    let nft = args.nft.clone();
+    let config = config.to_path_buf();
+    let state = state.to_path_buf();
+    let nft = nft.to_path_buf();
     Box::new(move |p: &Pending| {
         use std::os::unix::process::CommandExt;
         std::process::Command::new(&exe)
@@ -231,7 +240,17 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
         }
     }
 
-    // 2. The firewall component.
+    // 2. The config file says where the keys are; a config that does not parse stops here
+    //    (the baseline stays in force).
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("the config is invalid; the baseline stays in force:\n{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
+    // 3. The firewall component.
     let (firewall, fw_thread) = match FirewallHandle::spawn(fw) {
         Ok(x) => x,
         Err(e) => {
@@ -240,51 +259,26 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
         }
     };
 
-    // 3. Revisions: settle an expired confirm window, load, verify and apply the config.
-    let history = match callgate_revisions::FileHistory::open(&args.state_dir) {
-        Ok(h) => h,
-        Err(e) => {
-            log::error!("{}", error_chain(&e));
-            return ExitCode::from(EXIT_STATE);
-        }
+    // 4. Keys: unseal the KEK. Without it the appliance stays locked (baseline, no
+    //    records, no call routing) until an engineer provisions or recovers.
+    let custody = Custody {
+        state_dir: args.state_dir.clone(),
+        seal_bin: args.seal_helper.clone(),
+        tcti: cfg.vault.tcti.as_str().to_owned(),
+        pcrs: cfg.vault.pcr_list().to_vec(),
+        software: cfg.vault.danger_software_keys,
+        allow_unmeasured: cfg.vault.danger_allow_unmeasured_pcrs,
     };
-    let revs = match Revisions::new(
-        &args.state_dir,
-        &args.config,
-        Some(Box::new(history)),
-        Some(spawn_guard(&args)),
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("{}", error_chain(&e));
-            return ExitCode::from(EXIT_STATE);
-        }
-    };
-    let applier = HandleApplier(firewall.clone());
-    let booted = match revs.boot(&applier) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!(
-                "boot failed, the firewall stays as it was (baseline or last applied): {}",
-                error_chain(&e)
-            );
-            return ExitCode::from(exit_for(&e));
-        }
-    };
-    log::info!(
-        "appliance {} running revision {:?}",
-        booted.appliance.name,
-        revs.store.active().ok().flatten()
-    );
-    let (config, cfg_thread) = match ConfigService::spawn(revs, booted, Box::new(applier)) {
-        Ok(x) => x,
-        Err(e) => {
-            log::error!("cannot start the config thread: {e}");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
-    };
+    if custody.software {
+        log::warn!(
+            "danger_software_keys = true: records are encrypted under a key kept in a plain \
+             file ({}), not in the TPM; a copy of the disk can be decrypted",
+            custody.blob_path().display()
+        );
+    }
+    let initial = custody.unlock();
 
-    // 4. The async side: control socket and signals.
+    // 5. The async side: control socket, lifecycle, signals.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -297,13 +291,18 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    let code = rt.block_on(run(&args, config, firewall));
-    // Components stop when their handles are gone; give them the drain deadline.
+    let ctx = lifecycle::Ctx {
+        config_path: args.config.clone(),
+        state_dir: args.state_dir.clone(),
+        control_socket: args.control_socket.clone(),
+        drain: Duration::from_secs(args.drain_secs),
+        nft: args.nft.clone(),
+        custody,
+        firewall,
+    };
+    let code = rt.block_on(lifecycle::run(ctx, initial));
     rt.shutdown_timeout(Duration::from_secs(args.drain_secs));
-    join_with_deadline(
-        vec![cfg_thread, fw_thread],
-        Duration::from_secs(args.drain_secs),
-    );
+    join_with_deadline(vec![fw_thread], Duration::from_secs(args.drain_secs));
     log::info!("callgated stopped");
     code
 }
@@ -320,42 +319,4 @@ fn join_with_deadline(threads: Vec<std::thread::JoinHandle<()>>, deadline: Durat
             log::warn!("a component did not stop within {deadline:?}; exiting anyway");
         }
     }
-}
-
-async fn run(args: &Args, config: ConfigService, firewall: FirewallHandle) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listener = match callgate_control::bind(&args.control_socket) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("{}", error_chain(&e));
-            return ExitCode::from(EXIT_STATE);
-        }
-    };
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            log::error!("cannot install signal handlers");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let handler = dispatch::handler(config, firewall);
-    let server = tokio::spawn(callgate_control::serve(listener, handler, stop_rx));
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        log::debug!("sd_notify: {e}");
-    }
-    log::info!("ready: control socket {}", args.control_socket.display());
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
-    }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(args.drain_secs), server).await;
-    let _ = std::fs::remove_file(&args.control_socket);
-    // The kernel keeps enforcing the applied ruleset after we exit.
-    ExitCode::SUCCESS
 }

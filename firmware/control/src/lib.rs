@@ -66,6 +66,22 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// First start: create and seal the key-encryption key; the reply carries the recovery
+    /// key, shown once.
+    Provision,
+    /// Bring the keys back on a replacement board (or after an intended change of the
+    /// measured boot) with the recovery key.
+    Recover {
+        recovery_key: String,
+    },
+    /// Seal the key-encryption key again to the configured PCRs as they are now.
+    Reseal,
+    /// New writes use a new data key; old records stay readable.
+    RotateDataKey,
+    /// Clear the TPM, delete the sealed blobs and the data: nothing can be decrypted after.
+    Decommission {
+        confirm: bool,
+    },
 }
 
 impl Request {
@@ -73,7 +89,14 @@ impl Request {
     pub fn is_change(&self) -> bool {
         matches!(
             self,
-            Request::Commit { .. } | Request::Confirm | Request::Rollback { .. }
+            Request::Commit { .. }
+                | Request::Confirm
+                | Request::Rollback { .. }
+                | Request::Provision
+                | Request::Recover { .. }
+                | Request::Reseal
+                | Request::RotateDataKey
+                | Request::Decommission { .. }
         )
     }
 
@@ -88,6 +111,11 @@ impl Request {
             Request::Commit { .. } => "commit",
             Request::Confirm => "confirm",
             Request::Rollback { .. } => "rollback",
+            Request::Provision => "provision",
+            Request::Recover { .. } => "recover",
+            Request::Reseal => "reseal",
+            Request::RotateDataKey => "rotate data key",
+            Request::Decommission { .. } => "decommission",
         }
     }
 }

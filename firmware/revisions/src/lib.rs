@@ -21,6 +21,7 @@
 //! claims it the same way.
 
 pub mod confirm;
+mod encrypted;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use callgate_firewall::{render, Ruleset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+pub use encrypted::StoreHistory;
 pub use store::{FileHistory, GuardRollback, History, Pending, Revision, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub enum RevisionError {
     NoSuchRevision(u64),
     #[error("the config history is locked (the record keys are not available)")]
     NoHistory,
+    #[error("the encrypted store failed: {0}")]
+    Store(String),
     #[error("the config is invalid:\n{0}")]
     Invalid(ConfigErrors),
     #[error("{0}")]
@@ -298,7 +302,7 @@ impl Revisions {
         let cfg = validate(text, origin, force)?;
         let previous = self.store.active()?.unwrap_or(0);
         let pending = self.store.pending()?;
-        let candidate = self.store.numbers()?.last().copied().unwrap_or(0) + 1;
+        let candidate = self.store.last()? + 1;
         let action = confirm::step(
             pending.as_ref(),
             confirm::Event::Commit {

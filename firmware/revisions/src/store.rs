@@ -58,6 +58,10 @@ pub struct GuardRollback {
 pub trait History: Send {
     /// Revision numbers present, ascending.
     fn numbers(&self) -> Result<Vec<u64>, RevisionError>;
+    /// The newest revision number (0 when there is none).
+    fn last(&self) -> Result<u64, RevisionError> {
+        Ok(self.numbers()?.last().copied().unwrap_or(0))
+    }
     fn get(&self, n: u64) -> Result<Revision, RevisionError>;
     /// Records a new revision with the next number.
     fn append(
@@ -113,7 +117,7 @@ impl History for FileHistory {
         text: &str,
         time_ms: u64,
     ) -> Result<Revision, RevisionError> {
-        let number = self.numbers()?.last().copied().unwrap_or(0) + 1;
+        let number = self.last()? + 1;
         let rev = Revision {
             number,
             time_ms,
@@ -206,6 +210,10 @@ impl Store {
 
     pub fn numbers(&self) -> Result<Vec<u64>, RevisionError> {
         self.history()?.numbers()
+    }
+
+    pub fn last(&self) -> Result<u64, RevisionError> {
+        self.history()?.last()
     }
 
     pub fn get(&self, n: u64) -> Result<Revision, RevisionError> {

@@ -41,6 +41,7 @@
 //! [`rotate`]: Keyring::rotate
 
 mod aead;
+mod custody;
 mod kek;
 mod protector;
 mod record;
@@ -48,6 +49,7 @@ mod recovery;
 mod subject;
 
 pub use aead::{random_bytes, CryptoError};
+pub use custody::{Custody, CustodyError};
 pub use kek::Kek;
 pub use protector::{
     exit_code, Protector, SealError, SoftwareProtector, TpmProtector, UnsealError,

@@ -1,0 +1,340 @@
+//! The daemon's two phases and the moves between them.
+//!
+//! - **Locked**: no key-encryption key (not provisioned, PCR mismatch, another TPM, no TPM).
+//!   The baseline (or last applied) ruleset enforces, no records are open, no config can be
+//!   committed; the control socket answers `status`, `provision` and `recover`.
+//! - **Running**: the store is open, the config service runs, the full policy is applied.
+//!
+//! Provisioning and recovery move Locked → Running; decommission moves Running → Locked.
+//! All of it happens here, in one task, so two engineers cannot race each other.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callgate_firewall::{error_chain, render_baseline, FirewallHandle};
+use callgate_revisions::{ConfigService, Revisions, StoreHistory};
+use callgate_store::Store;
+use callgate_vault::{Custody, CustodyError, Kek, RecoveryKey};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{exit_for, spawn_guard, HandleApplier, EXIT_INTERNAL, EXIT_STATE};
+
+/// What the rest of the daemon sees.
+#[derive(Debug)]
+pub enum Phase {
+    Locked {
+        reason: String,
+    },
+    Running {
+        config: ConfigService,
+        store: Arc<Store>,
+    },
+}
+
+/// Requests only the lifecycle task may carry out.
+#[derive(Debug)]
+pub enum Lifecycle {
+    Provision(oneshot::Sender<Result<String, String>>),
+    Recover(String, oneshot::Sender<Result<(), String>>),
+    Reseal(oneshot::Sender<Result<(), String>>),
+    Decommission(oneshot::Sender<Result<(), String>>),
+}
+
+pub struct Ctx {
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub nft: PathBuf,
+    pub drain: Duration,
+    pub custody: Custody,
+    pub firewall: FirewallHandle,
+}
+
+impl Ctx {
+    fn data_dir(&self) -> PathBuf {
+        self.state_dir.join("data")
+    }
+}
+
+/// What the lifecycle task holds while running (never shared: the KEK stays here).
+struct Running {
+    kek: Kek,
+    config_thread: std::thread::JoinHandle<()>,
+}
+
+/// Opens the store with `kek`, boots the config history and the policy, starts the config
+/// service. Blocking: run it off the async runtime.
+fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
+    let store = Store::open(ctx.data_dir(), kek.clone())
+        .map(Arc::new)
+        .map_err(|e| {
+            (
+                EXIT_STATE,
+                format!(
+                    "cannot open the record store: {}",
+                    callgate_store::error_chain(&e)
+                ),
+            )
+        })?;
+    let history = StoreHistory::open(store.clone()).map_err(|e| (EXIT_STATE, error_chain(&e)))?;
+    let revs = Revisions::new(
+        &ctx.state_dir,
+        &ctx.config_path,
+        Some(Box::new(history)),
+        Some(spawn_guard(&ctx.config_path, &ctx.state_dir, &ctx.nft)),
+    )
+    .map_err(|e| (EXIT_STATE, error_chain(&e)))?;
+    let applier = HandleApplier(ctx.firewall.clone());
+    let booted = revs.boot(&applier).map_err(|e| {
+        (
+            exit_for(&e),
+            format!(
+                "boot failed, the firewall stays as it was (baseline or last applied): {}",
+                error_chain(&e)
+            ),
+        )
+    })?;
+    log::info!(
+        "appliance {} running revision {:?}",
+        booted.appliance.name,
+        revs.store.active().ok().flatten()
+    );
+    let (config, config_thread) =
+        ConfigService::spawn(revs, booted, Box::new(applier)).map_err(|e| {
+            (
+                EXIT_INTERNAL,
+                format!("cannot start the config thread: {e}"),
+            )
+        })?;
+    Ok((
+        Phase::Running { config, store },
+        Running { kek, config_thread },
+    ))
+}
+
+fn locked_reason(e: &CustodyError) -> String {
+    error_chain(e)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))
+}
+
+pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ctx = Arc::new(ctx);
+    let listener = match callgate_control::bind(&ctx.control_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            return ExitCode::from(EXIT_STATE);
+        }
+    };
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            log::error!("cannot install signal handlers");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+
+    let mut running: Option<Running> = None;
+    let first = match initial {
+        Ok(kek) => {
+            let c = ctx.clone();
+            match blocking(move || start(&c, kek)).await {
+                Ok(Ok((phase, r))) => {
+                    running = Some(r);
+                    phase
+                }
+                Ok(Err((code, msg))) => {
+                    log::error!("{msg}");
+                    return ExitCode::from(code);
+                }
+                Err(msg) => {
+                    log::error!("{msg}");
+                    return ExitCode::from(EXIT_INTERNAL);
+                }
+            }
+        }
+        Err(e) => {
+            let reason = locked_reason(&e);
+            log::error!("locked: the record keys are not available, the baseline stays in force and no calls are routed: {reason}");
+            Phase::Locked { reason }
+        }
+    };
+    let (phase_tx, phase_rx) = watch::channel(Arc::new(first));
+    let (life_tx, mut life_rx) = mpsc::channel::<Lifecycle>(4);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handler = crate::dispatch::handler(
+        phase_rx,
+        ctx.firewall.clone(),
+        life_tx,
+        ctx.custody.describe(),
+    );
+    let server = tokio::spawn(callgate_control::serve(listener, handler, stop_rx));
+    let status = match &**phase_tx.borrow() {
+        Phase::Running { .. } => "running".to_owned(),
+        Phase::Locked { reason } => format!("locked: {reason}"),
+    };
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    ) {
+        log::debug!("sd_notify: {e}");
+    }
+    log::info!(
+        "ready ({status}): control socket {}",
+        ctx.control_socket.display()
+    );
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
+            Some(req) = life_rx.recv() => {
+                match req {
+                    Lifecycle::Provision(reply) => {
+                        let r = if running.is_some() {
+                            Err("already provisioned and running".to_owned())
+                        } else {
+                            let c = ctx.clone();
+                            match blocking(move || c.custody.provision()).await {
+                                Ok(Ok((kek, recovery))) => {
+                                    let text = recovery.encode().to_string();
+                                    unlock(&ctx, &phase_tx, &mut running, kek).await.map(|()| text)
+                                }
+                                Ok(Err(e)) => Err(error_chain(&e)),
+                                Err(e) => Err(e),
+                            }
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::Recover(text, reply) => {
+                        let r = if running.is_some() {
+                            Err("the keys are available already; nothing to recover".to_owned())
+                        } else {
+                            match RecoveryKey::parse(&text) {
+                                Err(e) => Err(format!("that is not a valid recovery key: {e}")),
+                                Ok(key) => {
+                                    let c = ctx.clone();
+                                    match blocking(move || c.custody.recover(&key)).await {
+                                        Ok(Ok(kek)) => unlock(&ctx, &phase_tx, &mut running, kek).await,
+                                        Ok(Err(e)) => Err(error_chain(&e)),
+                                        Err(e) => Err(e),
+                                    }
+                                }
+                            }
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::Reseal(reply) => {
+                        let r = match &running {
+                            None => Err("locked: nothing to re-seal".to_owned()),
+                            Some(run) => {
+                                let (c, kek) = (ctx.clone(), run.kek.clone());
+                                match blocking(move || c.custody.reseal(&kek)).await {
+                                    Ok(r) => r.map_err(|e| error_chain(&e)),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::Decommission(reply) => {
+                        let r = decommission(&ctx, &phase_tx, &mut running).await;
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(ctx.drain, server).await;
+    let _ = std::fs::remove_file(&ctx.control_socket);
+    phase_tx.send_replace(Arc::new(Phase::Locked {
+        reason: "stopping".into(),
+    }));
+    if let Some(run) = running.take() {
+        stop_config(run, ctx.drain).await;
+    }
+    // The kernel keeps enforcing the applied ruleset after we exit.
+    ExitCode::SUCCESS
+}
+
+async fn unlock(
+    ctx: &Arc<Ctx>,
+    phase_tx: &watch::Sender<Arc<Phase>>,
+    running: &mut Option<Running>,
+    kek: Kek,
+) -> Result<(), String> {
+    let c = ctx.clone();
+    match blocking(move || start(&c, kek)).await? {
+        Ok((phase, r)) => {
+            *running = Some(r);
+            phase_tx.send_replace(Arc::new(phase));
+            log::info!("unlocked: records open, full policy applied");
+            Ok(())
+        }
+        Err((_, msg)) => {
+            log::error!("{msg}");
+            Err(msg)
+        }
+    }
+}
+
+/// Waits for the config thread to end (its handles are gone once the phase changed).
+async fn stop_config(run: Running, drain: Duration) {
+    let join = run.config_thread;
+    let _ = blocking(move || {
+        let start = std::time::Instant::now();
+        while !join.is_finished() && start.elapsed() < drain {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if join.is_finished() {
+            let _ = join.join();
+        } else {
+            log::warn!("the config thread did not stop within {drain:?}");
+        }
+    })
+    .await;
+}
+
+async fn decommission(
+    ctx: &Arc<Ctx>,
+    phase_tx: &watch::Sender<Arc<Phase>>,
+    running: &mut Option<Running>,
+) -> Result<(), String> {
+    log::warn!("decommission: clearing the TPM and destroying every record on this appliance");
+    phase_tx.send_replace(Arc::new(Phase::Locked {
+        reason: "decommissioning".into(),
+    }));
+    if let Some(run) = running.take() {
+        stop_config(run, ctx.drain).await;
+    }
+    // Fail closed first: nothing but management and sync while the keys go away.
+    let cfg = callgate_config::Config::load(&ctx.config_path).ok();
+    let baseline = Arc::new(render_baseline(cfg.as_ref()));
+    if let Err(e) = ctx.firewall.apply(baseline, 0).await {
+        log::error!("decommission: baseline ruleset failed: {}", error_chain(&e));
+    }
+    let c = ctx.clone();
+    let r = blocking(move || c.custody.decommission(&c.data_dir())).await?;
+    let reason = match &r {
+        Ok(()) => "not provisioned (decommissioned)".to_owned(),
+        Err(e) => format!("decommission incomplete: {}", error_chain(e)),
+    };
+    phase_tx.send_replace(Arc::new(Phase::Locked { reason }));
+    r.map_err(|e| error_chain(&e))
+}
