@@ -54,8 +54,55 @@ fn probe(lab: &Lab, c: &Case) -> bool {
     }
 }
 
+/// Copies a's disk (state directory: sealed key blob and records) to board b, which has a
+/// TPM of its own, and shows that b cannot unseal it.
+fn theft(lab: &Lab, a: &mut Appliance<'_>) -> bool {
+    println!("\ntheft check: a's disk (sealed key + encrypted records) moved to board b");
+    let mut b = match Appliance::start_locked(lab, Host::B, LAB) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("  board b: {e}");
+            return false;
+        }
+    };
+    let _ = a.stop();
+    let _ = b.stop();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(a.state_dir())
+        .arg(b.state_dir().with_extension("stolen"))
+        .status()
+        .is_ok_and(|s| s.success())
+        && (std::fs::remove_dir_all(b.state_dir()).is_ok() || !b.state_dir().exists())
+        && std::fs::rename(b.state_dir().with_extension("stolen"), b.state_dir()).is_ok();
+    if !copied || b.launch().is_err() || a.launch().is_err() {
+        println!("  could not set up the copy");
+        return false;
+    }
+    let status = b.cli(&["--json", "status"]).json();
+    let reason = status["reason"].as_str().unwrap_or("");
+    println!(
+        "  board b with a's disk: {}",
+        b.cli(&["status"]).stdout.lines().next().unwrap_or("")
+    );
+    let refused = status["phase"] == "locked" && reason.contains("another TPM");
+    println!(
+        "  {}",
+        if refused {
+            "refused: the stolen disk cannot be decrypted on another board"
+        } else {
+            "NOT refused  <-- WRONG"
+        }
+    );
+    println!(
+        "  board a, on its own TPM: {}",
+        a.cli(&["status"]).stdout.lines().next().unwrap_or("")
+    );
+    refused
+}
+
 fn main() -> std::process::ExitCode {
-    let lab = match Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Mgmt]) {
+    let lab = match Lab::start(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab: {e}");
@@ -63,17 +110,25 @@ fn main() -> std::process::ExitCode {
         }
     };
     println!(
-        "lab {} is up: carrier, a (the appliance), pbx, mgmt",
+        "lab {} is up: carrier, a (the appliance), b (a second board), pbx, mgmt",
         lab.prefix()
     );
-    let a = match Appliance::start(&lab, Host::A, LAB) {
+    let mut a = match Appliance::start(&lab, Host::A, LAB) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("appliance: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    println!("callgated runs on appliance a with config/lab.toml\n");
+    println!("callgated runs on appliance a with config/lab.toml");
+    println!(
+        "keys provisioned: a key-encryption key sealed to PCR 7 of a's TPM (swtpm); \
+         recovery key shown once: {}\n",
+        a.recovery_key
+            .as_deref()
+            .map(|k| format!("{}-…", k.split('-').next().unwrap_or("")))
+            .unwrap_or_else(|| "(none)".into())
+    );
     print!("{}", a.cli(&["status"]).stdout);
 
     let v4 = |a: std::net::Ipv4Addr| -> IpAddr { a.into() };
@@ -219,6 +274,10 @@ fn main() -> std::process::ExitCode {
         if i == 0 || moved {
             println!("  {line}");
         }
+    }
+    let theft_ok = theft(&lab, &mut a);
+    if !theft_ok {
+        wrong += 1;
     }
     println!("\ntearing the lab down");
     drop(a);
