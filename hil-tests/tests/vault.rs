@@ -367,6 +367,12 @@ fn measured_boot_change_is_refused_and_recovery_key_restores() {
         reason.contains("PCR 7") && reason.contains("measured boot"),
         "the reason names the PCR mismatch: {reason}"
     );
+    // locked means fail closed: the previous run's full policy gave way to the baseline
+    let rules = a.ruleset();
+    assert!(
+        rules.contains("service:ssh") && !rules.contains("carrier-sip-udp"),
+        "baseline only while locked: {rules}"
+    );
 
     let r = recover(&a, &key);
     assert!(r.ok(), "{r:?}\n{}", a.log());

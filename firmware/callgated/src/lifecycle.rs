@@ -114,10 +114,6 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     ))
 }
 
-fn locked_reason(e: &CustodyError) -> String {
-    error_chain(e)
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
@@ -165,8 +161,19 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
             }
         }
         Err(e) => {
-            let reason = locked_reason(&e);
+            let reason = error_chain(&e);
             log::error!("locked: the record keys are not available, the baseline stays in force and no calls are routed: {reason}");
+            // Fail closed: whatever a previous run left in the kernel gives way to the
+            // baseline (management and sync only) until the keys are back.
+            let cfg = callgate_config::Config::load(&ctx.config_path).ok();
+            if let Err(e) = ctx
+                .firewall
+                .apply(Arc::new(render_baseline(cfg.as_ref())), 0)
+                .await
+            {
+                log::error!("baseline ruleset failed: {}", error_chain(&e));
+                return ExitCode::from(crate::EXIT_FIREWALL);
+            }
             Phase::Locked { reason }
         }
     };
