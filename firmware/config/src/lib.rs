@@ -348,19 +348,20 @@ impl Config {
     /// Parses and validates config text; `origin` names the file in errors.
     pub fn parse(src: &str, origin: &Path) -> Result<Config, ConfigErrors> {
         let loc = Locator { file: origin, src };
-        // Two passes so a syntax error is told apart from a schema error.
-        if let Err(e) = src.parse::<toml::Table>() {
-            let msg = e.message().trim().to_owned();
-            return Err(ConfigErrors(vec![loc.error(
-                e.span(),
-                ErrorKind::Syntax,
-                msg,
-            )]));
-        }
-        let cfg: Config = toml::from_str(src).map_err(|e| {
-            let msg = e.message().trim().to_owned();
-            ConfigErrors(vec![loc.error(e.span(), classify_schema_error(&msg), msg)])
-        })?;
+        // One typed pass; only when it fails, a second, untyped pass tells a syntax error
+        // from a schema error.
+        let cfg: Config = match toml::from_str(src) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let msg = e.message().trim().to_owned();
+                let kind = if src.parse::<toml::Table>().is_err() {
+                    ErrorKind::Syntax
+                } else {
+                    classify_schema_error(&msg)
+                };
+                return Err(ConfigErrors(vec![loc.error(e.span(), kind, msg)]));
+            }
+        };
         let errors = cfg.validate(&loc);
         if errors.is_empty() {
             Ok(cfg)

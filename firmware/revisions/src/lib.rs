@@ -299,7 +299,9 @@ impl Revisions {
             note,
         } = *c;
         let now = now_ms();
+        let t0 = std::time::Instant::now();
         let cfg = validate(text, origin, force)?;
+        let t_parse = t0.elapsed();
         let previous = self.store.active()?.unwrap_or(0);
         let pending = self.store.pending()?;
         let candidate = self.store.last()? + 1;
@@ -332,6 +334,7 @@ impl Revisions {
             _ => return Err(RevisionError::Refused("unexpected state")),
         };
         let ruleset = render(&cfg);
+        let t_render = t0.elapsed();
         // Pending first: a crash anywhere after this point still ends in a rollback.
         if let Some(p) = &deadline {
             self.store.set_pending(p)?;
@@ -364,9 +367,20 @@ impl Revisions {
             }
             return Err(RevisionError::Apply(e));
         }
+        let t_apply = t0.elapsed();
         let rev = self.store.append(author, note, text, now)?;
+        let t_record = t0.elapsed();
         self.write_config_file(text)?;
         self.store.set_active(rev.number)?;
+        log::debug!(
+            "commit {}: parse {:?}, render {:?}, apply {:?}, record {:?}, total {:?}",
+            rev.number,
+            t_parse,
+            t_render - t_parse,
+            t_apply - t_render,
+            t_record - t_apply,
+            t0.elapsed()
+        );
         Ok((
             cfg,
             CommitOutcome {
