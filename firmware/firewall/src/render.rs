@@ -146,6 +146,20 @@ fn dynamic_sets() -> Vec<SetDef> {
     .collect()
 }
 
+/// Accepts on-link ICMPv6 control traffic of the given types (neighbour discovery carries
+/// hop limit 255, MLD hop limit 1: anything else was routed and is not ours to accept).
+fn link_local_icmpv6(comment: &str, types: &[&'static str], hop_limit: u8) -> RuleDef {
+    rule(
+        comment,
+        vec![
+            Cond::L4Proto(vec!["ipv6-icmp"]),
+            Cond::Icmpv6Type(types.to_vec()),
+            Cond::HopLimit(hop_limit),
+        ],
+        Verdict::Accept,
+    )
+}
+
 /// Rules every chain starts with.
 fn preamble(hook: Hook) -> Vec<RuleDef> {
     let mut r = Vec::new();
@@ -192,44 +206,12 @@ fn preamble(hook: Hook) -> Vec<RuleDef> {
     ));
     match hook {
         Hook::Input => {
-            r.push(rule(
-                "builtin:ipv6-nd",
-                vec![
-                    Cond::L4Proto(vec!["ipv6-icmp"]),
-                    Cond::Icmpv6Type(ND_IN.to_vec()),
-                    Cond::HopLimit(255),
-                ],
-                Verdict::Accept,
-            ));
-            r.push(rule(
-                "builtin:ipv6-mld",
-                vec![
-                    Cond::L4Proto(vec!["ipv6-icmp"]),
-                    Cond::Icmpv6Type(MLD_IN.to_vec()),
-                    Cond::HopLimit(1),
-                ],
-                Verdict::Accept,
-            ));
+            r.push(link_local_icmpv6("builtin:ipv6-nd", &ND_IN, 255));
+            r.push(link_local_icmpv6("builtin:ipv6-mld", &MLD_IN, 1));
         }
         Hook::Output => {
-            r.push(rule(
-                "builtin:ipv6-nd",
-                vec![
-                    Cond::L4Proto(vec!["ipv6-icmp"]),
-                    Cond::Icmpv6Type(ND_OUT.to_vec()),
-                    Cond::HopLimit(255),
-                ],
-                Verdict::Accept,
-            ));
-            r.push(rule(
-                "builtin:ipv6-mld",
-                vec![
-                    Cond::L4Proto(vec!["ipv6-icmp"]),
-                    Cond::Icmpv6Type(MLD_OUT.to_vec()),
-                    Cond::HopLimit(1),
-                ],
-                Verdict::Accept,
-            ));
+            r.push(link_local_icmpv6("builtin:ipv6-nd", &ND_OUT, 255));
+            r.push(link_local_icmpv6("builtin:ipv6-mld", &MLD_OUT, 1));
             r.push(rule(
                 "builtin:ping-out",
                 vec![

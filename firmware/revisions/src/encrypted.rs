@@ -35,6 +35,16 @@ impl std::fmt::Debug for StoreHistory {
     }
 }
 
+fn revision(r: ConfigRevision) -> Revision {
+    Revision {
+        number: r.revision,
+        time_ms: r.time_ms,
+        author: r.author,
+        note: r.note,
+        text: r.text,
+    }
+}
+
 fn store_err(e: callgate_store::StoreError) -> RevisionError {
     RevisionError::Store(callgate_store::error_chain(&e))
 }
@@ -53,13 +63,7 @@ impl History for StoreHistory {
 
     fn get(&self, n: u64) -> Result<Revision, RevisionError> {
         match self.store.get_config_revision(n) {
-            Ok(rec) => Ok(Revision {
-                number: rec.value.revision,
-                time_ms: rec.value.time_ms,
-                author: rec.value.author,
-                note: rec.value.note,
-                text: rec.value.text,
-            }),
+            Ok(rec) => Ok(revision(rec.value)),
             Err(callgate_store::StoreError::NotFound { .. }) => {
                 Err(RevisionError::NoSuchRevision(n))
             }
@@ -84,12 +88,6 @@ impl History for StoreHistory {
         };
         self.store.put_config_revision(&rev).map_err(store_err)?;
         self.last.store(number, Ordering::Relaxed);
-        Ok(Revision {
-            number,
-            time_ms,
-            author: rev.author,
-            note: rev.note,
-            text: rev.text,
-        })
+        Ok(revision(rev))
     }
 }
