@@ -1,0 +1,412 @@
+//! SDP (RFC 4566) offers and answers: just what a media pinhole needs, borrowed
+//! from the body.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// An SDP parse error (the SIP layer answers 400 or 488 as it sees fit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid SDP: {0}")]
+pub struct SdpError(pub &'static str);
+
+type Result<T> = std::result::Result<T, SdpError>;
+
+/// Limits on an SDP body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SdpLimits {
+    /// Maximum number of lines.
+    pub max_lines: usize,
+    /// Maximum number of `m=` sections.
+    pub max_media: usize,
+}
+
+impl Default for SdpLimits {
+    fn default() -> Self {
+        SdpLimits {
+            max_lines: 512,
+            max_media: 16,
+        }
+    }
+}
+
+/// `o=` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// Username.
+    pub username: &'a str,
+    /// Session id.
+    pub session_id: &'a str,
+    /// Session version.
+    pub session_version: &'a str,
+    /// Network type (`IN`).
+    pub net_type: &'a str,
+    /// Address type (`IP4`/`IP6`).
+    pub addr_type: &'a str,
+    /// Unicast address as written.
+    pub address: &'a str,
+}
+
+/// `c=` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection<'a> {
+    /// Network type (`IN`).
+    pub net_type: &'a str,
+    /// Address type (`IP4`/`IP6`).
+    pub addr_type: &'a str,
+    /// Address as written (may carry `/ttl[/count]` for multicast).
+    pub address: &'a str,
+}
+
+impl Connection<'_> {
+    /// The address as an IP, if it is one (multicast suffixes stripped).
+    pub fn ip(&self) -> Option<IpAddr> {
+        let base = self.address.split('/').next().unwrap_or("");
+        let ip: IpAddr = base.parse().ok()?;
+        let family_ok = match ip {
+            IpAddr::V4(_) => self.addr_type.eq_ignore_ascii_case("IP4"),
+            IpAddr::V6(_) => self.addr_type.eq_ignore_ascii_case("IP6"),
+        };
+        (self.net_type.eq_ignore_ascii_case("IN") && family_ok).then_some(ip)
+    }
+}
+
+/// `a=` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribute<'a> {
+    /// Name (before `:`).
+    pub name: &'a str,
+    /// Value (after `:`), if any.
+    pub value: Option<&'a str>,
+}
+
+/// Media direction attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `a=sendrecv` (default).
+    SendRecv,
+    /// `a=sendonly`.
+    SendOnly,
+    /// `a=recvonly`.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+/// An `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media<'a> {
+    /// Media type (`audio`, `video`, ...).
+    pub media: &'a str,
+    /// Port (0 = rejected/disabled stream).
+    pub port: u16,
+    /// Port count (`/n`), default 1.
+    pub port_count: u16,
+    /// Transport protocol (`RTP/AVP`, ...).
+    pub proto: &'a str,
+    /// Formats (payload types for RTP).
+    pub formats: Vec<&'a str>,
+    /// Media-level connection, if any.
+    pub connection: Option<Connection<'a>>,
+    /// Media-level attributes.
+    pub attributes: Vec<Attribute<'a>>,
+}
+
+impl<'a> Media<'a> {
+    /// First attribute with that name.
+    pub fn attribute(&self, name: &str) -> Option<&Attribute<'a>> {
+        self.attributes.iter().find(|a| a.name == name)
+    }
+
+    /// `a=rtpmap` for a payload type: the encoding (`PCMU/8000`).
+    pub fn rtpmap(&self, pt: &str) -> Option<&'a str> {
+        self.attributes
+            .iter()
+            .filter(|a| a.name == "rtpmap")
+            .filter_map(|a| a.value)
+            .find_map(|v| {
+                let (p, enc) = v.split_once(' ')?;
+                (p == pt).then_some(enc.trim())
+            })
+    }
+
+    /// `a=rtcp:port [IN IP4 addr]`.
+    pub fn rtcp(&self) -> Option<(u16, Option<Connection<'a>>)> {
+        let v = self.attribute("rtcp")?.value?;
+        let mut parts = v.split_ascii_whitespace();
+        let port = parts.next()?.parse().ok()?;
+        let conn = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(a), Some(addr)) => Some(Connection {
+                net_type: n,
+                addr_type: a,
+                address: addr,
+            }),
+            _ => None,
+        };
+        Some((port, conn))
+    }
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdp<'a> {
+    /// `v=` (always 0).
+    pub version: &'a str,
+    /// `o=`.
+    pub origin: Option<Origin<'a>>,
+    /// `s=`.
+    pub session_name: Option<&'a str>,
+    /// Session-level `c=`.
+    pub connection: Option<Connection<'a>>,
+    /// `t=` lines as (start, stop).
+    pub times: Vec<(&'a str, &'a str)>,
+    /// Session-level attributes.
+    pub attributes: Vec<Attribute<'a>>,
+    /// `m=` sections.
+    pub media: Vec<Media<'a>>,
+}
+
+/// The RTP and RTCP destinations of one media line: what a pinhole opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaFlow<'a> {
+    /// Index of the `m=` line.
+    pub index: usize,
+    /// Media type.
+    pub media: &'a str,
+    /// RTP address and port.
+    pub rtp: SocketAddr,
+    /// RTCP address and port (`a=rtcp` or RTP port + 1; equal to RTP with `a=rtcp-mux`).
+    pub rtcp: SocketAddr,
+    /// Direction.
+    pub direction: Direction,
+}
+
+impl<'a> Sdp<'a> {
+    /// The RTP/RTCP endpoints per active media line. Lines with port 0, or
+    /// whose connection address is not an IP literal, are skipped.
+    pub fn media_flows(&self) -> Vec<MediaFlow<'a>> {
+        let mut out = Vec::new();
+        for (index, m) in self.media.iter().enumerate() {
+            if m.port == 0 {
+                continue;
+            }
+            let Some(ip) = m.connection.or(self.connection).and_then(|c| c.ip()) else {
+                continue;
+            };
+            let rtp = SocketAddr::new(ip, m.port);
+            let rtcp = if m.attribute("rtcp-mux").is_some() {
+                rtp
+            } else {
+                match m.rtcp() {
+                    Some((port, conn)) => {
+                        SocketAddr::new(conn.and_then(|c| c.ip()).unwrap_or(ip), port)
+                    }
+                    None => SocketAddr::new(ip, m.port.saturating_add(1)),
+                }
+            };
+            out.push(MediaFlow {
+                index,
+                media: m.media,
+                rtp,
+                rtcp,
+                direction: direction(&m.attributes)
+                    .or_else(|| direction(&self.attributes))
+                    .unwrap_or(Direction::SendRecv),
+            });
+        }
+        out
+    }
+}
+
+fn direction(attrs: &[Attribute<'_>]) -> Option<Direction> {
+    attrs.iter().find_map(|a| match a.name {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    })
+}
+
+fn fields<'a, const N: usize>(v: &'a str, what: &'static str) -> Result<[&'a str; N]> {
+    let parts: Vec<&'a str> = v.split(' ').collect();
+    <[&'a str; N]>::try_from(parts)
+        .ok()
+        .filter(|a| a.iter().all(|p| !p.is_empty()))
+        .ok_or(SdpError(what))
+}
+
+fn parse_connection(v: &str) -> Result<Connection<'_>> {
+    let [net_type, addr_type, address] = fields::<3>(v, "bad c= line")?;
+    Ok(Connection {
+        net_type,
+        addr_type,
+        address,
+    })
+}
+
+fn parse_media(v: &str) -> Result<Media<'_>> {
+    let mut parts = v.split(' ');
+    let media = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or(SdpError("bad m= media"))?;
+    let port_s = parts.next().ok_or(SdpError("m= without port"))?;
+    let (port, count) = match port_s.split_once('/') {
+        Some((p, c)) => (p, Some(c)),
+        None => (port_s, None),
+    };
+    let num = |s: &str| -> Result<u16> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SdpError("bad m= port"));
+        }
+        s.parse().map_err(|_| SdpError("m= port out of range"))
+    };
+    let port = num(port)?;
+    let port_count = match count {
+        Some(c) => num(c)?,
+        None => 1,
+    };
+    let proto = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or(SdpError("m= without proto"))?;
+    let formats: Vec<&str> = parts.collect();
+    if formats.is_empty() || formats.iter().any(|f| f.is_empty()) {
+        return Err(SdpError("m= without formats"));
+    }
+    Ok(Media {
+        media,
+        port,
+        port_count,
+        proto,
+        formats,
+        connection: None,
+        attributes: Vec::new(),
+    })
+}
+
+/// Parses an SDP body with default limits.
+pub fn parse(body: &[u8]) -> Result<Sdp<'_>> {
+    parse_with(body, &SdpLimits::default())
+}
+
+/// Parses an SDP body. Lines end in CRLF or LF; `v=0` must come first.
+pub fn parse_with<'a>(body: &'a [u8], limits: &SdpLimits) -> Result<Sdp<'a>> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError("not UTF-8"))?;
+    let mut lines = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .enumerate()
+        .filter(|(i, l)| !(l.is_empty() && *i > 0));
+    let mut sdp = Sdp {
+        version: "",
+        origin: None,
+        session_name: None,
+        connection: None,
+        times: Vec::new(),
+        attributes: Vec::new(),
+        media: Vec::new(),
+    };
+    match lines.next() {
+        Some((_, "v=0")) => sdp.version = "0",
+        _ => return Err(SdpError("must start with v=0")),
+    }
+    for (n, line) in lines {
+        if n >= limits.max_lines {
+            return Err(SdpError("too many lines"));
+        }
+        let mut bytes = line.bytes();
+        let (Some(kind), Some(b'=')) = (bytes.next(), bytes.next()) else {
+            return Err(SdpError("line is not <type>=<value>"));
+        };
+        if !kind.is_ascii_lowercase() {
+            return Err(SdpError("bad line type"));
+        }
+        let value = line.get(2..).unwrap_or("");
+        if value.contains('\r') {
+            return Err(SdpError("bare CR"));
+        }
+        let in_media = !sdp.media.is_empty();
+        match kind {
+            b'v' => return Err(SdpError("repeated v=")),
+            b'o' if !in_media && sdp.origin.is_none() => {
+                let [username, session_id, session_version, net_type, addr_type, address] =
+                    fields::<6>(value, "bad o= line")?;
+                sdp.origin = Some(Origin {
+                    username,
+                    session_id,
+                    session_version,
+                    net_type,
+                    addr_type,
+                    address,
+                });
+            }
+            b's' if !in_media && sdp.session_name.is_none() => sdp.session_name = Some(value),
+            b't' if !in_media => {
+                let [start, stop] = fields::<2>(value, "bad t= line")?;
+                sdp.times.push((start, stop));
+            }
+            b'c' => {
+                let c = parse_connection(value)?;
+                match sdp.media.last_mut() {
+                    Some(m) => m.connection = Some(c),
+                    None => sdp.connection = Some(c),
+                }
+            }
+            b'm' => {
+                if sdp.media.len() >= limits.max_media {
+                    return Err(SdpError("too many m= lines"));
+                }
+                sdp.media.push(parse_media(value)?);
+            }
+            b'a' => {
+                let (name, v) = match value.split_once(':') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (value, None),
+                };
+                if name.is_empty() {
+                    return Err(SdpError("empty attribute"));
+                }
+                let a = Attribute { name, value: v };
+                match sdp.media.last_mut() {
+                    Some(m) => m.attributes.push(a),
+                    None => sdp.attributes.push(a),
+                }
+            }
+            b'o' | b's' => return Err(SdpError("o=/s= misplaced or repeated")),
+            // i u e p b z k r and unknown types: ignored (RFC 4566 §5).
+            _ => {}
+        }
+    }
+    Ok(sdp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &[u8] = b"v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.5\r\ns=-\r\n\
+c=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n\
+m=video 51372 RTP/AVP 31\r\nc=IN IP6 2001:db8::7\r\na=rtcp:53020\r\na=recvonly\r\n\
+m=audio 0 RTP/AVP 0\r\n";
+
+    #[test]
+    fn flows() {
+        let s = parse(OFFER).unwrap();
+        assert_eq!(s.media.len(), 3);
+        assert_eq!(s.media[0].rtpmap("0"), Some("PCMU/8000"));
+        let f = s.media_flows();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].rtp, "192.0.2.5:49170".parse().unwrap());
+        assert_eq!(f[0].rtcp, "192.0.2.5:49171".parse().unwrap());
+        assert_eq!(f[1].rtp, "[2001:db8::7]:51372".parse().unwrap());
+        assert_eq!(f[1].rtcp, "[2001:db8::7]:53020".parse().unwrap());
+        assert_eq!(f[1].direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn rejects() {
+        assert!(parse(b"o=x\r\n").is_err());
+        assert!(parse(b"v=0\r\nm =video 3227 RTP/AVP 31\r\n").is_err());
+        assert!(parse(b"v=0\r\nm=audio 99999 RTP/AVP 0\r\n").is_err());
+    }
+}
