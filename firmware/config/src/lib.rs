@@ -16,6 +16,7 @@
 //! - The TOML parser stops at the first syntax or type error; semantic errors are all
 //!   collected.
 
+mod sip;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
+pub use sip::{
+    Campaign, Carrier, Destination, NumberRange, Sip, SipDomain, SipRoute, SipUri, Strategy,
+    Transport, E164,
+};
 pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, Tcti, ZoneName};
 
 /// Default port of the management SSH service.
@@ -51,6 +56,9 @@ pub struct Config {
     /// How the keys that encrypt records at rest are protected.
     #[serde(default)]
     pub vault: Vault,
+    /// SIP domains, carrier peers, overload caps and routes (see the `sip` module docs).
+    #[serde(default)]
+    pub sip: Sip,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the
@@ -511,6 +519,7 @@ impl Config {
                 ),
             );
         }
+        self.sip.validate(loc, &mut errs);
         errs.sort_by_key(|e| (e.line, e.column));
         errs
     }

@@ -277,3 +277,230 @@ fn vault_defaults_and_errors() {
     let e = one_error("\n[vault]\ndanger_software_key = true\n");
     assert_eq!(e.kind, ErrorKind::UnknownField, "{e}");
 }
+
+// ----- [sip] -------------------------------------------------------------------------------
+
+const SIP: &str = r#"
+[sip]
+domains = ["calls.example.com", "203.0.113.1"]
+max_cps = 10
+max_calls = 100
+
+[[sip.carrier]]
+name = "c1"
+sources = ["203.0.113.10/32", "2001:db8:1::10/128"]
+
+[[sip.route]]
+numbers = ["+15550100000-+15550100099"]
+campaign = "spring-radio"
+destinations = [{ uri = "sip:198.51.100.10:5060;transport=udp" }]
+"#;
+
+/// A route appended to the valid SIP section.
+fn sip_error(route: &str) -> (ConfigError, String) {
+    let extra = format!("{SIP}{route}");
+    (one_error(&extra), extra)
+}
+
+#[test]
+fn sip_happy_path() {
+    let extra = format!(
+        "{SIP}\n[[sip.route]]\nnumbers = [\"+15550100100\", \"+4930123-+4930999\"]\ncampaign = \"spring-radio\"\nstrategy = \"weighted\"\ndestinations = [{{ uri = \"sip:198.51.100.10\", weight = 3 }}, {{ uri = \"sip:[2001:db8:2::10]:5070;transport=tcp\", weight = 1 }}]\n"
+    );
+    let cfg = parse(&extra).unwrap_or_else(|e| panic!("{e}"));
+    let sip = &cfg.sip;
+    assert_eq!(sip.domains.len(), 2);
+    assert_eq!(sip.max_cps.as_ref().map(|c| *c.get_ref()), Some(10));
+    assert_eq!(sip.carriers[0].name.get_ref().as_str(), "c1");
+    assert_eq!(sip.routes.len(), 2);
+    let r = &sip.routes[1];
+    assert_eq!(*r.strategy.get_ref(), Strategy::Weighted);
+    assert_eq!(*sip.routes[0].strategy.get_ref(), Strategy::Sequential);
+    let d = r.destinations.get_ref();
+    assert_eq!(d[1].uri.get_ref().transport, Transport::Tcp);
+    assert_eq!(d[1].uri.get_ref().addr.port(), 5070);
+    assert_eq!(d[0].weight_or_one(), 3);
+    assert_eq!(
+        r.numbers.get_ref()[1].get_ref().to_string(),
+        "+4930123-+4930999"
+    );
+    // No [sip] at all: empty, valid, every call refused later.
+    let cfg = parse("").unwrap();
+    assert!(cfg.sip.routes.is_empty() && cfg.sip.domains.is_empty());
+}
+
+#[test]
+fn sip_bad_e164_is_located() {
+    let route = "\n[[sip.route]]\nnumbers = [\"5550100\"]\ncampaign = \"x\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "\"5550100\""), "{e}");
+    assert!(e.message.contains("E.164"), "{e}");
+}
+
+#[test]
+fn sip_bad_range_is_located() {
+    for bad in ["+15550100999-+15550100000", "+1555-+155501"] {
+        let route = format!("\n[[sip.route]]\nnumbers = [\"{bad}\"]\ncampaign = \"x\"\ndestinations = [{{ uri = \"sip:198.51.100.10\" }}]\n");
+        let (e, extra) = sip_error(&route);
+        assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+        assert_eq!(e.line, line_of(&extra, bad), "{e}");
+        assert!(e.message.contains("range"), "{e}");
+    }
+}
+
+#[test]
+fn sip_overlap_across_routes_names_both() {
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550100050-+15550100150\"]\ncampaign = \"billboard\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "+15550100050-"), "{e}");
+    assert!(e.message.contains("billboard"), "{e}");
+    assert!(e.message.contains("spring-radio"), "{e}");
+    assert!(e.message.contains("+15550100000-+15550100099"), "{e}");
+}
+
+#[test]
+fn sip_duplicate_number_is_refused_but_shared_campaign_is_not() {
+    // The same single number in two routes.
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550100042\"]\ncampaign = \"spring-radio\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "+15550100042"), "{e}");
+    // Twice within one route.
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\", \"+15550200000\"]\ncampaign = \"b\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, _) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert!(e.message.contains("once"), "{e}");
+    // A second route feeding the same campaign, with other numbers, is fine.
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550100100\"]\ncampaign = \"spring-radio\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    parse(&format!("{SIP}{route}")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn sip_empty_destinations_is_located() {
+    let route =
+        "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\ndestinations = []\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "destinations = []"), "{e}");
+}
+
+#[test]
+fn sip_bad_uri_and_transport_are_located() {
+    for bad in [
+        "sip:pbx.example.com",
+        "sip:198.51.100.10;transport=sctp",
+        "http://198.51.100.10",
+    ] {
+        let route = format!("\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\ndestinations = [{{ uri = \"{bad}\" }}]\n");
+        let (e, extra) = sip_error(&route);
+        assert_eq!(e.kind, ErrorKind::InvalidValue, "{bad}: {e}");
+        assert_eq!(e.line, line_of(&extra, bad), "{e}");
+    }
+}
+
+#[test]
+fn sip_weights_missing_zero_or_extra_are_located() {
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\nstrategy = \"weighted\"\ndestinations = [\n  { uri = \"sip:198.51.100.10\", weight = 2 },\n  { uri = \"sip:198.51.100.11\" },\n]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "sip:198.51.100.11"), "{e}");
+    assert!(e.message.contains("no weight"), "{e}");
+
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\nstrategy = \"weighted\"\ndestinations = [{ uri = \"sip:198.51.100.10\", weight = 0 }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "weight = 0"), "{e}");
+
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\nstrategy = \"round-robin\"\ndestinations = [{ uri = \"sip:198.51.100.10\", weight = 5 }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "weight = 5"), "{e}");
+    assert!(e.message.contains("round-robin"), "{e}");
+}
+
+#[test]
+fn sip_bad_strategy_campaign_domain_and_caps_are_located() {
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\nstrategy = \"random\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "\"random\""), "{e}");
+
+    let route = "\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"Spring Radio\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let (e, extra) = sip_error(route);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "Spring Radio"), "{e}");
+
+    let extra = SIP.replace("\"calls.example.com\"", "\"bad domain\"");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "bad domain"), "{e}");
+
+    let extra = SIP.replace("max_cps = 10", "max_cps = 0");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "max_cps"), "{e}");
+
+    let extra = SIP.replace("max_calls = 100", "max_calls = -1");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "max_calls"), "{e}");
+
+    let extra = SIP.replace("max_calls = 100", "max_calls = 100\nmax_cpu = 1");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::UnknownField, "{e}");
+    assert_eq!(e.line, line_of(&extra, "max_cpu"), "{e}");
+}
+
+#[test]
+fn sip_carrier_errors_are_located() {
+    let extra = format!("{SIP}\n[[sip.carrier]]\nname = \"c1\"\nsources = [\"198.51.100.0/24\"]\n");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::DuplicateName, "{e}");
+    assert_eq!(
+        e.line,
+        line_of(&extra, "name = \"c1\"\nsources = [\"198"),
+        "{e}"
+    );
+
+    let extra = format!("{SIP}\n[[sip.carrier]]\nname = \"c2\"\nsources = []\n");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+    assert_eq!(e.line, line_of(&extra, "sources = []"), "{e}");
+
+    let extra = format!("{SIP}\n[[sip.carrier]]\nname = \"c2\"\nsources = [\"203.0.113.7/24\"]\n");
+    let e = one_error(&extra);
+    assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+    assert_eq!(e.line, line_of(&extra, "203.0.113.7/24"), "{e}");
+}
+
+#[test]
+fn sip_routes_without_domains_or_carriers_are_refused() {
+    let extra = "\n[sip]\n\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
+    let errs = parse(extra).unwrap_err();
+    assert_eq!(errs.0.len(), 2, "{errs}");
+    for e in &errs.0 {
+        assert_eq!(e.kind, ErrorKind::InvalidEntry, "{e}");
+        assert_eq!(e.line, line_of(extra, "numbers ="), "{e}");
+    }
+}
+
+#[test]
+fn lab_routing_is_as_documented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let sip = &cfg.sip;
+    assert!(sip
+        .domains
+        .iter()
+        .any(|d| d.get_ref().matches("203.0.113.1")));
+    assert_eq!(sip.carriers[0].name.get_ref().as_str(), "lab-carrier");
+    let campaigns: Vec<&str> = sip
+        .routes
+        .iter()
+        .map(|r| r.campaign.get_ref().as_str())
+        .collect();
+    assert_eq!(campaigns, ["spring-radio", "billboard-i5"]);
+    assert_eq!(*sip.routes[1].strategy.get_ref(), Strategy::RoundRobin);
+}
