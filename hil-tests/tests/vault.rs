@@ -542,7 +542,8 @@ fn erase_one_subject() {
 #[test]
 fn software_protector_warns_every_start() {
     let lab = lab_a();
-    let config = format!("{}\ndanger_software_keys = true\n", LAB.trim_end());
+    let config = LAB.replace("[vault]\n", "[vault]\ndanger_software_keys = true\n");
+    assert_ne!(config, LAB, "lab.toml has a [vault] table");
     let mut a = Appliance::start(&lab, Host::A, &config).unwrap();
     assert_running(&a, "software keys, provisioned");
     for _ in 0..2 {
