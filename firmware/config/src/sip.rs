@@ -259,15 +259,7 @@ impl Campaign {
 impl FromStr for Campaign {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok_chars = s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        let starts_alpha = s.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-        if s.is_empty() || s.len() > 64 || !ok_chars || !starts_alpha {
-            return Err(format!(
-                "invalid campaign {s:?}: expected 1 to 64 characters of a-z, 0-9 and '-', starting with a letter"
-            ));
-        }
+        crate::types::check_label(s, "campaign", 64)?;
         Ok(Campaign(s.to_owned()))
     }
 }

@@ -91,18 +91,25 @@ impl EntryName {
     }
 }
 
+/// Checks a label: 1 to `max` characters of `a-z`, `0-9` and `-`, starting with a letter
+/// (names that end up in nft identifiers, rule comments and records).
+pub(crate) fn check_label(s: &str, what: &str, max: usize) -> Result<(), String> {
+    let ok_chars = s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts_alpha = s.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if s.is_empty() || s.len() > max || !ok_chars || !starts_alpha {
+        return Err(format!(
+            "invalid {what} {s:?}: expected 1 to {max} characters of a-z, 0-9 and '-', starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
 impl FromStr for EntryName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok_chars = s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        let starts_alpha = s.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-        if s.is_empty() || s.len() > 32 || !ok_chars || !starts_alpha {
-            return Err(format!(
-                "invalid name {s:?}: expected 1 to 32 characters of a-z, 0-9 and '-', starting with a letter"
-            ));
-        }
+        check_label(s, "name", 32)?;
         Ok(EntryName(s.to_owned()))
     }
 }
