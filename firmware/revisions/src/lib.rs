@@ -707,6 +707,24 @@ mod tests {
             .unwrap()
     }
 
+    fn change<'a>(
+        text: &'a str,
+        origin: &'a str,
+        force: bool,
+        window: Option<Duration>,
+        author: &'a str,
+        note: &'a str,
+    ) -> Change<'a> {
+        Change {
+            text,
+            origin: Path::new(origin),
+            force,
+            window,
+            author,
+            note,
+        }
+    }
+
     fn setup() -> (tempfile::TempDir, Revisions) {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("callgate.toml");
@@ -725,14 +743,7 @@ mod tests {
         let text2 = lab().replace("\"33434-33534\"", "\"33434-33500\"");
         let (_, out) = r
             .commit(
-                &Change {
-                    text: &text2,
-                    origin: Path::new("new.toml"),
-                    force: false,
-                    window: None,
-                    author: "alice",
-                    note: "commit",
-                },
+                &change(&text2, "new.toml", false, None, "alice", "commit"),
                 &fw,
             )
             .unwrap();
@@ -761,14 +772,7 @@ mod tests {
         let before = std::fs::read_to_string(&r.config_path).unwrap();
         let e = r
             .commit(
-                &Change {
-                    text: "[appliance\n",
-                    origin: Path::new("bad.toml"),
-                    force: false,
-                    window: None,
-                    author: "a",
-                    note: "commit",
-                },
+                &change("[appliance\n", "bad.toml", false, None, "a", "commit"),
                 &fw,
             )
             .unwrap_err();
@@ -778,17 +782,7 @@ mod tests {
             "[services.ssh]\nzones = [\"sync\"]",
         );
         let e = r
-            .commit(
-                &Change {
-                    text: &lock,
-                    origin: Path::new("l.toml"),
-                    force: false,
-                    window: None,
-                    author: "a",
-                    note: "commit",
-                },
-                &fw,
-            )
+            .commit(&change(&lock, "l.toml", false, None, "a", "commit"), &fw)
             .unwrap_err();
         assert!(matches!(e, RevisionError::Lockout(_)), "{e}");
         let failing = Fake {
@@ -797,14 +791,7 @@ mod tests {
         };
         let e = r
             .commit(
-                &Change {
-                    text: &lab(),
-                    origin: Path::new("x.toml"),
-                    force: false,
-                    window: None,
-                    author: "a",
-                    note: "commit",
-                },
+                &change(&lab(), "x.toml", false, None, "a", "commit"),
                 &failing,
             )
             .unwrap_err();
@@ -813,18 +800,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), before);
         assert_eq!(*fw.applied.borrow(), vec![1]);
         // with --force the lockout is overridden
-        r.commit(
-            &Change {
-                text: &lock,
-                origin: Path::new("l.toml"),
-                force: true,
-                window: None,
-                author: "a",
-                note: "commit",
-            },
-            &fw,
-        )
-        .unwrap();
+        r.commit(&change(&lock, "l.toml", true, None, "a", "commit"), &fw)
+            .unwrap();
     }
 
     #[test]
@@ -835,14 +812,14 @@ mod tests {
         let text2 = lab().replace("lab-a", "lab-b");
         let (_, out) = r
             .commit(
-                &Change {
-                    text: &text2,
-                    origin: Path::new("n.toml"),
-                    force: false,
-                    window: Some(Duration::from_secs(60)),
-                    author: "a",
-                    note: "c",
-                },
+                &change(
+                    &text2,
+                    "n.toml",
+                    false,
+                    Some(Duration::from_secs(60)),
+                    "a",
+                    "c",
+                ),
                 &fw,
             )
             .unwrap();
@@ -873,14 +850,14 @@ mod tests {
 
         // and this time confirm it
         r.commit(
-            &Change {
-                text: &text2,
-                origin: Path::new("n.toml"),
-                force: false,
-                window: Some(Duration::from_secs(60)),
-                author: "a",
-                note: "c",
-            },
+            &change(
+                &text2,
+                "n.toml",
+                false,
+                Some(Duration::from_secs(60)),
+                "a",
+                "c",
+            ),
             &fw,
         )
         .unwrap();
