@@ -344,5 +344,6 @@ impl Selector {
     }
 }
 
+pub mod guard;
 #[cfg(test)]
 mod tests;
