@@ -66,6 +66,11 @@ pub const B_PRIV_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
 pub const PBX_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// PBX, `eth0`, IPv6.
 pub const PBX_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
+/// A second call-handling destination on the PBX host, IPv4 (the lab routes' failover and
+/// round-robin target; bind to it explicitly).
+pub const PBX2_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// The second destination, IPv6.
+pub const PBX2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x11);
 
 // ----- sync segment (A <-> B) ----------------------------------------------------------
 
@@ -194,7 +199,7 @@ impl Host {
             (H::Carrier, S::Wan) => &[CARRIER_V4, CARRIER_V4_ALT],
             (H::A, S::Private) => &[A_PRIV_V4],
             (H::B, S::Private) => &[B_PRIV_V4],
-            (H::Pbx, S::Private) => &[PBX_V4],
+            (H::Pbx, S::Private) => &[PBX_V4, PBX2_V4],
             (H::A, S::Mgmt) => &[A_MGMT_V4],
             (H::B, S::Mgmt) => &[B_MGMT_V4],
             (H::Mgmt, S::Mgmt) => &[MGMT_V4, MGMT_V4_ALT],
@@ -214,7 +219,7 @@ impl Host {
             (H::Carrier, S::Wan) => &[CARRIER_V6, CARRIER_V6_ALT],
             (H::A, S::Private) => &[A_PRIV_V6],
             (H::B, S::Private) => &[B_PRIV_V6],
-            (H::Pbx, S::Private) => &[PBX_V6],
+            (H::Pbx, S::Private) => &[PBX_V6, PBX2_V6],
             (H::A, S::Mgmt) => &[A_MGMT_V6],
             (H::B, S::Mgmt) => &[B_MGMT_V6],
             (H::Mgmt, S::Mgmt) => &[MGMT_V6, MGMT_V6_ALT],

@@ -312,3 +312,19 @@ fn probes_are_bounded_when_traffic_is_dropped() {
     assert!(took < Duration::from_secs(5), "probes took {took:?}");
     assert_eq!(l.peers().len(), 1);
 }
+
+#[test]
+fn the_second_pbx_destination_is_reachable_through_a() {
+    let lab = Lab::start(&[Host::Carrier, Host::A, Host::Pbx]).expect("lab");
+    let (a, carrier) = (lab.ns(Host::A), lab.ns(Host::Carrier));
+    let t = Duration::from_secs(2);
+    assert!(a.ping(None, v4(PBX2_V4), t), "A reaches 198.51.100.11");
+    assert!(a.ping(None, v6(PBX2_V6), t), "A reaches 2001:db8:2::11");
+    let l = lab.ns(Host::Pbx).udp_listen(PBX2_V4, 5060).expect("listen");
+    let tok = Token::new();
+    assert!(carrier.udp_send(None, PBX2_V4, 5060, &tok));
+    assert!(
+        l.wait_for(&tok, t),
+        "routed through A to the second destination"
+    );
+}
