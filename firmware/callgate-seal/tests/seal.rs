@@ -44,11 +44,7 @@ fn kek_never_crosses_the_tpm_bus_in_clear() {
     use base64::Engine as _;
     let tpm = Swtpm::start_logging_bus();
     tpm.measure_boot();
-    let dir = tempfile::tempdir().unwrap();
-    let blob = blob_path(&dir);
-    let kek = random_kek();
-    seal(&tpm, &blob, &kek, &[]).assert_code(0);
-    assert_eq!(unseal(&tpm, &blob).assert_code(0).stdout, kek);
+    let (_dir, blob, kek) = sealed_kek(&tpm);
 
     let bus = tpm.bus_bytes();
     let contains = |needle: &[u8]| bus.windows(needle.len()).any(|w| w == needle);
@@ -158,11 +154,7 @@ fn blob_from_another_tpm_exits_11() {
 fn cleared_tpm_exits_11() {
     let tpm = Swtpm::start();
     tpm.measure_boot();
-    let dir = tempfile::tempdir().unwrap();
-    let blob = blob_path(&dir);
-    let kek = random_kek();
-    seal(&tpm, &blob, &kek, &[]).assert_code(0);
-    assert_eq!(unseal(&tpm, &blob).assert_code(0).stdout, kek);
+    let (_dir, blob, _kek) = sealed_kek(&tpm);
 
     let tcti = tpm.tcti();
     run(&["--tcti", &tcti, "clear"], b"").assert_code(0);

@@ -140,9 +140,7 @@ async fn handle(
         Request::Status => {
             let cfg = config.config().borrow().clone();
             let fw = firewall.state().borrow().clone();
-            let history = config.history().await.unwrap_or_default();
-            let pending = history.iter().find(|h| h.pending).map(|h| h.number);
-            let active = history.iter().find(|h| h.active).map(|h| h.number);
+            let (active, pending) = config.status().await.unwrap_or_default();
             let text = format!(
                 "appliance {}\nrevision {}\nfirewall generation {}{}\n{}\nkeys: {protector}\n",
                 cfg.appliance.name,

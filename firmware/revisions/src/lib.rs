@@ -484,6 +484,9 @@ enum Command {
     ShowConfig {
         reply: Reply<(u64, String)>,
     },
+    Status {
+        reply: Reply<(Option<u64>, Option<u64>)>,
+    },
 }
 
 /// Handle to the config thread. Cheap to clone.
@@ -569,6 +572,12 @@ impl ConfigService {
     /// The active revision number and its text.
     pub async fn show_config(&self) -> Result<(u64, String), RevisionError> {
         self.call(|reply| Command::ShowConfig { reply }).await
+    }
+
+    /// The active revision and the one awaiting `confirm`, if any: read from the small
+    /// plain records, without decrypting the history.
+    pub async fn status(&self) -> Result<(Option<u64>, Option<u64>), RevisionError> {
+        self.call(|reply| Command::Status { reply }).await
     }
 }
 
@@ -676,6 +685,13 @@ fn run(
                 });
                 let _ = reply.send(r);
             }
+            Command::Status { reply } => {
+                let r = revs
+                    .store
+                    .active()
+                    .and_then(|active| Ok((active, revs.store.pending()?.map(|p| p.candidate))));
+                let _ = reply.send(r);
+            }
         }
     }
 }
@@ -707,21 +723,15 @@ mod tests {
             .unwrap()
     }
 
-    fn change<'a>(
-        text: &'a str,
-        origin: &'a str,
-        force: bool,
-        window: Option<Duration>,
-        author: &'a str,
-        note: &'a str,
-    ) -> Change<'a> {
+    /// A commit of `text` by "a", with a confirm window of `window_secs` if given.
+    fn change(text: &str, window_secs: Option<u64>) -> Change<'_> {
         Change {
             text,
-            origin: Path::new(origin),
-            force,
-            window,
-            author,
-            note,
+            origin: Path::new("candidate.toml"),
+            force: false,
+            window: window_secs.map(Duration::from_secs),
+            author: "a",
+            note: "commit",
         }
     }
 
@@ -741,12 +751,7 @@ mod tests {
         let fw = Fake::default();
         r.boot(&fw).unwrap();
         let text2 = lab().replace("\"33434-33534\"", "\"33434-33500\"");
-        let (_, out) = r
-            .commit(
-                &change(&text2, "new.toml", false, None, "alice", "commit"),
-                &fw,
-            )
-            .unwrap();
+        let (_, out) = r.commit(&change(&text2, None), &fw).unwrap();
         assert_eq!(out.revision, 2);
         assert_eq!(*fw.applied.borrow(), vec![1, 2]);
         assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), text2);
@@ -770,38 +775,32 @@ mod tests {
         let fw = Fake::default();
         r.boot(&fw).unwrap();
         let before = std::fs::read_to_string(&r.config_path).unwrap();
-        let e = r
-            .commit(
-                &change("[appliance\n", "bad.toml", false, None, "a", "commit"),
-                &fw,
-            )
-            .unwrap_err();
+        let e = r.commit(&change("[appliance\n", None), &fw).unwrap_err();
         assert!(matches!(e, RevisionError::Invalid(_)));
         let lock = lab().replace(
             "[services.ssh]\nzones = [\"mgmt\"]",
             "[services.ssh]\nzones = [\"sync\"]",
         );
-        let e = r
-            .commit(&change(&lock, "l.toml", false, None, "a", "commit"), &fw)
-            .unwrap_err();
+        let e = r.commit(&change(&lock, None), &fw).unwrap_err();
         assert!(matches!(e, RevisionError::Lockout(_)), "{e}");
         let failing = Fake {
             fail: true,
             ..Default::default()
         };
-        let e = r
-            .commit(
-                &change(&lab(), "x.toml", false, None, "a", "commit"),
-                &failing,
-            )
-            .unwrap_err();
+        let e = r.commit(&change(&lab(), None), &failing).unwrap_err();
         assert!(matches!(e, RevisionError::Apply(_)));
         assert_eq!(r.history().unwrap().len(), 1);
         assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), before);
         assert_eq!(*fw.applied.borrow(), vec![1]);
         // with --force the lockout is overridden
-        r.commit(&change(&lock, "l.toml", true, None, "a", "commit"), &fw)
-            .unwrap();
+        r.commit(
+            &Change {
+                force: true,
+                ..change(&lock, None)
+            },
+            &fw,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -810,35 +809,13 @@ mod tests {
         let fw = Fake::default();
         r.boot(&fw).unwrap();
         let text2 = lab().replace("lab-a", "lab-b");
-        let (_, out) = r
-            .commit(
-                &change(
-                    &text2,
-                    "n.toml",
-                    false,
-                    Some(Duration::from_secs(60)),
-                    "a",
-                    "c",
-                ),
-                &fw,
-            )
-            .unwrap();
+        let (_, out) = r.commit(&change(&text2, Some(60)), &fw).unwrap();
         assert!(out.confirm_deadline_ms.is_some());
         // not yet due
         assert!(r.rollback_if_due(now_ms(), &fw).unwrap().is_none());
         // a second commit is refused while pending
         assert!(matches!(
-            r.commit(
-                &Change {
-                    text: &text2,
-                    origin: Path::new("n.toml"),
-                    force: false,
-                    window: None,
-                    author: "a",
-                    note: "c"
-                },
-                &fw
-            ),
+            r.commit(&change(&text2, None), &fw),
             Err(RevisionError::Refused(_))
         ));
         // due: rolls back to revision 1's text as revision 3
@@ -849,18 +826,7 @@ mod tests {
         assert!(r.store.pending().unwrap().is_none());
 
         // and this time confirm it
-        r.commit(
-            &change(
-                &text2,
-                "n.toml",
-                false,
-                Some(Duration::from_secs(60)),
-                "a",
-                "c",
-            ),
-            &fw,
-        )
-        .unwrap();
+        r.commit(&change(&text2, Some(60)), &fw).unwrap();
         assert!(matches!(
             r.confirm(&fw).unwrap(),
             ConfirmOutcome::Confirmed(4)
@@ -878,14 +844,7 @@ mod tests {
         let fw = Fake::default();
         r.boot(&fw).unwrap();
         let text2 = lab().replace("lab-a", "lab-b");
-        let change = Change {
-            text: &text2,
-            origin: Path::new("n.toml"),
-            force: false,
-            window: Some(Duration::from_secs(1)),
-            author: "a",
-            note: "c",
-        };
+        let change = change(&text2, Some(1));
         r.commit(&change, &fw).unwrap();
         // the guard: same state dir, no history
         let guard = Revisions::new(&d.path().join("state"), &r.config_path, None, None).unwrap();

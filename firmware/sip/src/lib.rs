@@ -88,6 +88,7 @@
 //! - The RFC 3261 §17 transaction state machines live in [`transaction`].
 
 mod error;
+mod exercise;
 mod header;
 mod message;
 pub mod sdp;
@@ -98,6 +99,8 @@ mod verdict;
 pub mod transaction;
 
 pub use error::{ErrorKind, ParseError};
+#[doc(hidden)]
+pub use exercise::exercise;
 pub use header::{
     check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_token_list, parse_via,
     CSeq, HeaderName, NameAddr, Via,

@@ -8,7 +8,6 @@
 //!   provisioning; useless without that key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::{
     recovery_unwrap, recovery_wrap, Kek, Protector, RecoveryError, RecoveryKey, SealError,
@@ -47,14 +46,14 @@ pub enum CustodyError {
     },
     #[error("cannot generate a key")]
     Crypto(#[from] crate::CryptoError),
+    #[error("clearing the TPM failed")]
+    Clear(#[source] SealError),
     #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("clearing the TPM failed: {0}")]
-    Clear(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
@@ -191,18 +190,7 @@ impl Custody {
     /// data directory. Afterwards nothing here can be decrypted.
     pub fn decommission(&self, data_dir: &Path) -> Result<(), CustodyError> {
         if !self.software {
-            let out = Command::new(&self.seal_bin)
-                .arg("--tcti")
-                .arg(&self.tcti)
-                .arg("clear")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(io(&self.seal_bin))?;
-            if !out.status.success() {
-                return Err(CustodyError::Clear(
-                    String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                ));
-            }
+            self.tpm().clear().map_err(CustodyError::Clear)?;
         }
         remove_if_exists(&self.blob_path())?;
         remove_if_exists(&self.recovery_path())?;

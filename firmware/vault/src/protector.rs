@@ -141,14 +141,39 @@ fn join_stderr(handle: Option<JoinHandle<String>>) -> String {
 }
 
 impl TpmProtector {
-    fn command(&self, verb: &str) -> Command {
+    /// `SEAL_BIN --tcti TCTI VERB`: the helper's command line, in one place.
+    fn base_command(&self, verb: &str) -> Command {
         let mut cmd = Command::new(&self.seal_bin);
-        cmd.arg("--tcti")
-            .arg(&self.tcti)
-            .arg(verb)
-            .arg("--blob")
-            .arg(&self.blob);
+        cmd.arg("--tcti").arg(&self.tcti).arg(verb);
         cmd
+    }
+
+    fn command(&self, verb: &str) -> Command {
+        let mut cmd = self.base_command(verb);
+        cmd.arg("--blob").arg(&self.blob);
+        cmd
+    }
+
+    /// Clears the TPM's owner hierarchy (TPM2_Clear through the lockout hierarchy): the
+    /// storage key re-derives from a new seed, so no blob sealed before loads again.
+    pub fn clear(&self) -> Result<(), SealError> {
+        let out = self
+            .base_command("clear")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| SealError::Spawn {
+                path: self.seal_bin.clone(),
+                source,
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        match out.status.code() {
+            Some(0) => Ok(()),
+            Some(exit_code::NO_TPM) => Err(SealError::NoTpm { stderr }),
+            _ => Err(SealError::Failed {
+                status: status_text(out.status),
+                stderr,
+            }),
+        }
     }
 
     /// Seals `kek` to this TPM under a policy on `pcrs` (written to `blob` by the helper).

@@ -281,6 +281,17 @@ pub fn unseal(tpm: &Swtpm, blob: &Path) -> Run {
     run(&["--tcti", &tcti, "unseal", "--blob", &blob], b"")
 }
 
+/// A random KEK sealed on `tpm` with the default PCRs and checked to unseal again:
+/// (its directory, the blob, the KEK).
+pub fn sealed_kek(tpm: &Swtpm) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = blob_path(&dir);
+    let kek = random_kek();
+    seal(tpm, &blob, &kek, &[]).assert_code(0);
+    assert_eq!(unseal(tpm, &blob).assert_code(0).stdout, kek);
+    (dir, blob, kek)
+}
+
 pub fn blob_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("kek.blob")
 }

@@ -130,7 +130,7 @@ impl<M: Clone> InviteServer<M> {
                     if let Some(last) = &self.last {
                         out.push(Action::Transmit(MessageRef::Response(last.clone())));
                     }
-                    self.g_interval = self.g_interval.saturating_mul(2).min(self.cfg.timers.t2());
+                    self.g_interval = self.cfg.backoff(self.g_interval);
                     self.timer_g = Some(now + self.g_interval);
                 }
             }
@@ -163,10 +163,6 @@ mod tests {
         assert_eq!(tx.state(), State::Proceeding);
         assert_eq!(tx.next_deadline(), None);
         tx
-    }
-
-    fn tx_resp(m: Msg) -> Action<Msg> {
-        Action::Transmit(MessageRef::Response(m))
     }
 
     #[test]

@@ -194,6 +194,12 @@ impl Config {
         (!self.transport.is_reliable()).then_some(now + d)
     }
 
+    /// The next retransmission interval of timers E and G: doubled, capped at T2
+    /// (RFC 3261 §17.1.2.2, §17.2.1).
+    fn backoff(&self, interval: Millis) -> Millis {
+        interval.saturating_mul(2).min(self.timers.t2())
+    }
+
     /// The lingering timer (D, I, J, K): `Some(now + d)` on an unreliable transport,
     /// `None` on a reliable one, meaning "terminate now".
     fn linger(&self, now: Millis, d: Millis) -> Option<Millis> {
@@ -443,5 +449,10 @@ pub(crate) mod test_util {
 
     pub fn rx(i: Incoming) -> Event<Msg> {
         Event::Received(i)
+    }
+
+    /// The action of (re)sending a response.
+    pub fn tx_resp(m: Msg) -> Action<Msg> {
+        Action::Transmit(MessageRef::Response(m))
     }
 }

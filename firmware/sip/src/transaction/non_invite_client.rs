@@ -90,7 +90,7 @@ impl<M: Clone> NonInviteClient<M> {
                     self.e_interval = if self.state == State::Proceeding {
                         t2
                     } else {
-                        self.e_interval.saturating_mul(2).min(t2)
+                        self.cfg.backoff(self.e_interval)
                     };
                     self.timer_e = Some(now + self.e_interval);
                 }

@@ -95,7 +95,7 @@ impl<M: Clone> NonInviteServer<M> {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
-    use super::super::{Action, Event, Incoming, MessageRef, State};
+    use super::super::{Action, Event, Incoming, State};
     use super::*;
 
     fn start(cfg: Config) -> NonInviteServer<Msg> {
@@ -104,10 +104,6 @@ mod tests {
         assert_eq!(tx.state(), State::Trying);
         assert_eq!(tx.next_deadline(), None);
         tx
-    }
-
-    fn tx_resp(m: Msg) -> Action<Msg> {
-        Action::Transmit(MessageRef::Response(m))
     }
 
     #[test]
