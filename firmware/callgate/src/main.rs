@@ -94,6 +94,25 @@ enum ShowWhat {
     Config,
     /// Numbered revisions.
     History,
+    /// Calls in progress (caller numbers masked).
+    Calls,
+    /// The last call detail records (decrypted; caller PII shown).
+    Cdrs {
+        /// How many, newest last.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// SIP proxy counters (`show sip stats`).
+    Sip {
+        #[command(subcommand)]
+        what: SipWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SipWhat {
+    /// Counters since the daemon started.
+    Stats,
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -155,6 +174,11 @@ fn main() -> ExitCode {
             ShowWhat::Firewall => Request::ShowFirewall,
             ShowWhat::Config => Request::ShowConfig,
             ShowWhat::History => Request::ShowHistory,
+            ShowWhat::Calls => Request::ShowCalls,
+            ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
+            ShowWhat::Sip {
+                what: SipWhat::Stats,
+            } => Request::ShowSipStats,
         },
         Cmd::Status => Request::Status,
         Cmd::Commit {

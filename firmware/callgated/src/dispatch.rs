@@ -124,7 +124,15 @@ async fn handle(
         _ => {}
     }
     let (config, store) = match phase {
-        Phase::Running { config, store } => (config, store),
+        Phase::Running { config, store, sip } => {
+            match req {
+                Request::ShowCalls | Request::ShowSipStats | Request::ShowCdrs { .. } => {
+                    return crate::calls_view::handle(sip.as_ref(), store, req).await;
+                }
+                _ => {}
+            }
+            (config, store)
+        }
         Phase::Locked { reason } => {
             return if matches!(req, Request::Status) {
                 Response::ok(
@@ -259,6 +267,9 @@ async fn handle(
             }
         }
         // handled above, in either phase
+        Request::ShowCalls | Request::ShowCdrs { .. } | Request::ShowSipStats => {
+            Response::err("internal error: calls request not routed")
+        }
         Request::Provision
         | Request::Recover { .. }
         | Request::Reseal

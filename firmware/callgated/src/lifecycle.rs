@@ -30,6 +30,8 @@ pub enum Phase {
     Running {
         config: ConfigService,
         store: Arc<Store>,
+        /// The SIP proxy, when the config has listen addresses.
+        sip: Option<callgate_proxy::driver::SipHandle>,
     },
 }
 
@@ -108,8 +110,9 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
                 format!("cannot start the config thread: {e}"),
             )
         })?;
+    let sip = crate::calls::start(config.config(), ctx.firewall.clone(), store.clone());
     Ok((
-        Phase::Running { config, store },
+        Phase::Running { config, store, sip },
         Running { kek, config_thread },
     ))
 }

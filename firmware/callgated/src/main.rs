@@ -18,6 +18,8 @@
 //! | 4 | the firewall could not be applied: the previous ruleset stays in force |
 //! | 5 | the state directory or control socket is unusable |
 
+mod calls;
+mod calls_view;
 mod dispatch;
 mod lifecycle;
 mod logging;

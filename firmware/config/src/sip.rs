@@ -6,6 +6,10 @@
 //! domains = ["calls.example.com", "203.0.113.1"]   # Request-URI hosts served; others get 403
 //! max_cps = 200        # optional, > 0: new calls per second (overload guard, 503 beyond)
 //! max_calls = 2000     # optional, > 0: concurrent calls (overload guard, 503 beyond)
+//! listen = ["203.0.113.1:5060", "198.51.100.1:5060"]   # UDP and TCP; empty: no proxy
+//! response_timeout_secs = 5   # optional: no response from a destination → next one
+//! ring_timeout_secs = 60      # optional: ringing this long → CANCEL, no-answer
+//! max_call_secs = 14400       # optional: longest call (BYE both ways), pinholes' lifetime
 //!
 //! [[sip.carrier]]      # calls are accepted only from these sources (application layer)
 //! name = "lab-carrier"
@@ -54,6 +58,21 @@ pub struct Sip {
     /// Concurrent calls admitted by the overload guard (503 with Retry-After beyond).
     #[serde(default)]
     pub max_calls: Option<Spanned<u32>>,
+    /// Addresses the proxy listens on, UDP and TCP (`"203.0.113.1:5060"`, `"[2001:db8::1]:5060"`).
+    /// Empty: the proxy does not run.
+    #[serde(default)]
+    pub listen: Vec<Spanned<SocketAddr>>,
+    /// Seconds a destination has to send any response to an INVITE before the call fails over
+    /// to the next destination (default 5).
+    #[serde(default)]
+    pub response_timeout_secs: Option<Spanned<u32>>,
+    /// Seconds a destination may ring before the call is cancelled as no-answer (default 60).
+    #[serde(default)]
+    pub ring_timeout_secs: Option<Spanned<u32>>,
+    /// Longest call in seconds; the proxy then ends it with BYE both ways (default 14400).
+    /// Media pinholes never outlive it, even if the daemon dies.
+    #[serde(default)]
+    pub max_call_secs: Option<Spanned<u32>>,
     /// Carrier peers (`[[sip.carrier]]`): the only sources calls are accepted from.
     #[serde(default, rename = "carrier")]
     pub carriers: Vec<Carrier>,
@@ -429,18 +448,64 @@ impl fmt::Display for SipUri {
 string_newtype!(SipUri);
 
 impl Sip {
+    /// `response_timeout_secs` or its default.
+    pub fn response_timeout_secs(&self) -> u32 {
+        self.response_timeout_secs
+            .as_ref()
+            .map_or(5, |v| *v.get_ref())
+    }
+    /// `ring_timeout_secs` or its default.
+    pub fn ring_timeout_secs(&self) -> u32 {
+        self.ring_timeout_secs.as_ref().map_or(60, |v| *v.get_ref())
+    }
+    /// `max_call_secs` or its default.
+    pub fn max_call_secs(&self) -> u32 {
+        self.max_call_secs.as_ref().map_or(14_400, |v| *v.get_ref())
+    }
+    /// The listen addresses.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().map(|l| *l.get_ref()).collect()
+    }
+
     /// Document-wide checks of the `[sip]` table; errors are appended to `errs`.
     pub(crate) fn validate(&self, loc: &Locator<'_>, errs: &mut Vec<ConfigError>) {
-        for (key, cap) in [("max_cps", &self.max_cps), ("max_calls", &self.max_calls)] {
+        for (key, cap) in [
+            ("max_cps", &self.max_cps),
+            ("max_calls", &self.max_calls),
+            ("response_timeout_secs", &self.response_timeout_secs),
+            ("ring_timeout_secs", &self.ring_timeout_secs),
+            ("max_call_secs", &self.max_call_secs),
+        ] {
             if let Some(c) = cap {
                 if *c.get_ref() == 0 {
                     errs.push(loc.error(
                         Some(c.span()),
                         ErrorKind::InvalidValue,
-                        format!("sip.{key}: expected a number greater than 0 (omit it for no cap)"),
+                        format!(
+                            "sip.{key}: expected a number greater than 0 (omit it for the default)"
+                        ),
                     ));
                 }
             }
+        }
+        let mut seen_listen: Vec<SocketAddr> = Vec::new();
+        for l in &self.listen {
+            let a = *l.get_ref();
+            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                errs.push(loc.error(
+                    Some(l.span()),
+                    ErrorKind::InvalidValue,
+                    format!("sip.listen: {a}: expected a unicast address and a port other than 0"),
+                ));
+            }
+            if seen_listen.contains(&a) {
+                errs.push(loc.error(
+                    Some(l.span()),
+                    ErrorKind::DuplicateName,
+                    format!("sip.listen: {a} is listed twice"),
+                ));
+            }
+            seen_listen.push(a);
         }
 
         let mut seen_domains: Vec<&SipDomain> = Vec::new();

@@ -44,6 +44,15 @@ pub enum Request {
     ShowFirewall,
     /// The running config text.
     ShowConfig,
+    /// Calls in progress.
+    ShowCalls,
+    /// The last call detail records.
+    ShowCdrs {
+        #[serde(default = "default_last")]
+        last: usize,
+    },
+    /// SIP proxy counters.
+    ShowSipStats,
     ShowHistory,
     Compare {
         a: u64,
@@ -84,6 +93,10 @@ pub enum Request {
     },
 }
 
+fn default_last() -> usize {
+    20
+}
+
 impl Request {
     /// Whether the request changes the appliance (needs an admin).
     pub fn is_change(&self) -> bool {
@@ -106,6 +119,9 @@ impl Request {
             Request::Status => "status",
             Request::ShowFirewall => "show firewall",
             Request::ShowConfig => "show config",
+            Request::ShowCalls => "show calls",
+            Request::ShowCdrs { .. } => "show cdrs",
+            Request::ShowSipStats => "show sip stats",
             Request::ShowHistory => "show history",
             Request::Compare { .. } => "compare",
             Request::Commit { .. } => "commit",

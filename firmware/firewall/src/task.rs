@@ -46,6 +46,11 @@ enum Command {
         port: u16,
         reply: Reply<()>,
     },
+    Block {
+        addr: IpAddr,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
 }
 
 /// Cheap to clone; every clone talks to the same thread.
@@ -132,6 +137,13 @@ impl FirewallHandle {
     }
 }
 
+impl FirewallHandle {
+    /// Puts `addr` into the blocklist set for `ttl` (refreshes an existing block).
+    pub async fn block(&self, addr: IpAddr, ttl: Duration) -> Result<(), FirewallError> {
+        self.call(|reply| Command::Block { addr, ttl, reply }).await
+    }
+}
+
 fn with_writer<T>(
     writer: &mut Option<SetWriter>,
     f: impl FnOnce(&mut SetWriter) -> Result<T, crate::NetlinkError>,
@@ -197,6 +209,10 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                     Err(crate::NetlinkError::NotFound { .. }) => Ok(()),
                     r => r,
                 });
+                let _ = reply.send(r);
+            }
+            Command::Block { addr, ttl, reply } => {
+                let r = with_writer(&mut writer, |w| w.block(addr, ttl));
                 let _ = reply.send(r);
             }
         }

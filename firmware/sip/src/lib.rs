@@ -111,7 +111,7 @@ pub use message::{
 };
 pub use syntax::{unescape, unquote, Host, Param};
 pub use uri::{parse_uri, AbsoluteUri, SipUri, TelUri, Uri};
-pub use verdict::{verdict, verdict_with, Policy, Verdict};
+pub use verdict::{check, verdict, verdict_with, Policy, Verdict};
 
 /// Size and count limits applied while parsing untrusted input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

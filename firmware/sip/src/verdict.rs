@@ -46,6 +46,12 @@ pub fn verdict_with(bytes: &[u8], policy: &Policy, framing: Framing) -> Verdict 
         Err(e) if looks_like_request => return Verdict::Reject(e.status()),
         Err(_) => return Verdict::Drop,
     };
+    check(&msg, policy)
+}
+
+/// [`verdict_with`] for a message the caller has already parsed (the proxy's hot path
+/// parses once): validation, then the request checks.
+pub fn check(msg: &Message<'_>, policy: &Policy) -> Verdict {
     if let Err(e) = msg.validate(&policy.limits) {
         if !msg.is_request() {
             return Verdict::Drop;
@@ -60,7 +66,7 @@ pub fn verdict_with(bytes: &[u8], policy: &Policy, framing: Framing) -> Verdict 
     if !msg.is_request() {
         return Verdict::Accept;
     }
-    request_checks(&msg, policy)
+    request_checks(msg, policy)
 }
 
 fn request_checks(msg: &Message<'_>, policy: &Policy) -> Verdict {

@@ -724,6 +724,33 @@ impl Store {
         Ok(id)
     }
 
+    /// Takes the next CDR id without writing: the proxy writes a call's record at answer
+    /// time and again, under the same id, when the call ends.
+    pub fn reserve_cdr_id(&self) -> u64 {
+        self.next_cdr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The last `n` CDRs (highest ids), oldest first.
+    pub fn last_cdrs(&self, n: usize) -> Vec<Result<Record<Cdr>, StoreError>> {
+        let mut out: Vec<_> = self
+            .t
+            .cdrs
+            .iter()
+            .rev()
+            .take(n)
+            .map(|item| {
+                let (k, v) = item?;
+                let id = id_of(&k).ok_or_else(|| StoreError::Corrupt {
+                    table: Table::Cdrs.name(),
+                    id: hex(&k),
+                })?;
+                Ok(self.decode_cdr(id, &k, &v)?.1)
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Writes a CDR under a given id (e.g. replicated from the peer); returns once durable.
     pub fn put_cdr(&self, id: u64, cdr: &Cdr) -> Result<(), StoreError> {
         let intent = self.commit.intent();

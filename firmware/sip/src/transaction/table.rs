@@ -155,6 +155,21 @@ impl<M: Clone> Table<M> {
         Ok(actions)
     }
 
+    /// Drops a live transaction without further action: the TU abandons a client
+    /// transaction whose destination stays silent (the proxy fails over before Timer B,
+    /// RFC 3261 §16.8 leaves that timing to the TU). Returns whether it was live.
+    pub fn remove(&mut self, key: &TransactionKey) -> bool {
+        match self.live.remove(key) {
+            Some(entry) => {
+                if let Some(d) = entry.deadline {
+                    self.deadlines.remove(&(d, key.clone()));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Fires every timer due at `now`, in deadline order.
     pub fn poll_timers(&mut self, now: Millis) -> Vec<(TransactionKey, Action<M>)> {
         let mut due = Vec::new();

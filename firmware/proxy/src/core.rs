@@ -1,0 +1,2061 @@
+//! The pure proxy core: see the crate docs for the call path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use callgate_config::Config;
+use callgate_router::guard::{self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter};
+use callgate_router::{normalize_number, Dest, Health, RouteTable, Selector};
+use callgate_sip::transaction::{
+    Action, Event, Incoming, MessageRef, Millis, Outgoing, Table, TableError, Timers,
+    TransactionKey, Transport as TxTransport,
+};
+use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
+use callgate_store::{Cdr, Disposition, Pii};
+
+use crate::msgs;
+use crate::{ActiveCall, CallState, Now, Output, Payload, Peer, Stats, Transport};
+
+/// Everything the core takes from the config, plus where our sockets are.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `appliance.name`: written into every record.
+    pub appliance: String,
+    /// Our listen addresses (UDP and TCP on each).
+    pub listen: Vec<SocketAddr>,
+    /// For each destination IP, our local IP that reaches it (the driver asks the kernel).
+    pub local_for: HashMap<IpAddr, IpAddr>,
+    pub response_timeout: Millis,
+    pub ring_timeout: Millis,
+    pub max_call: Millis,
+    pub max_cps: Option<u32>,
+    pub max_calls: Option<u32>,
+    pub timers: Timers,
+    /// Cap on live transactions (stateless 503 beyond).
+    pub max_transactions: usize,
+    pub flood: FloodConfig,
+    /// OPTIONS probe period for destination health.
+    pub probe_interval: Millis,
+}
+
+impl Settings {
+    /// Settings from a validated config; `local_for` comes from the driver.
+    pub fn from_config(cfg: &Config, local_for: HashMap<IpAddr, IpAddr>) -> Settings {
+        let sip = &cfg.sip;
+        let secs = |s: u32| Millis(u64::from(s) * 1000);
+        let mut flood = FloodConfig::default();
+        // Carrier trunks are never put in the blocklist (their source can be spoofed over
+        // UDP); the core also exempts them from the per-source rate.
+        for c in &sip.carriers {
+            flood
+                .never_block
+                .extend(c.sources.get_ref().iter().map(|p| p.net()));
+        }
+        Settings {
+            appliance: cfg.appliance.name.to_string(),
+            listen: sip.listen_addrs(),
+            local_for,
+            response_timeout: secs(sip.response_timeout_secs()),
+            ring_timeout: secs(sip.ring_timeout_secs()),
+            max_call: secs(sip.max_call_secs()),
+            max_cps: sip.max_cps.as_ref().map(|v| *v.get_ref()),
+            max_calls: sip.max_calls.as_ref().map(|v| *v.get_ref()),
+            timers: Timers::default(),
+            max_transactions: 200_000,
+            flood,
+            probe_interval: Millis(10_000),
+        }
+    }
+}
+
+/// Who a transaction belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The INVITE of a call (server side, or the current attempt on the client side).
+    Call(u64),
+    /// An in-dialog request relayed between the parties.
+    Relay(u64),
+    /// A request of our own whose responses are consumed here (BYE at max length, CANCEL).
+    Own,
+    /// An OPTIONS health probe of a destination.
+    Probe(SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TxInfo {
+    owner: Owner,
+    peer: Peer,
+    local: SocketAddr,
+}
+
+/// Why the proxy cancelled (or is about to cancel) a call's pending INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    Caller,
+    NoAnswer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// The current destination has not sent any response.
+    Response,
+    /// Ringing too long.
+    Ring,
+    /// Maximum call length.
+    MaxCall,
+}
+
+#[derive(Debug)]
+struct Call {
+    seq: u64,
+    call_id: Box<str>,
+    from_tag: Box<str>,
+    /// The INVITE as received, while the call is not answered (responses are built from it).
+    invite: Option<Payload>,
+    server_key: TransactionKey,
+    caller: Peer,
+    caller_local: SocketAddr,
+    number: String,
+    campaign: Arc<str>,
+    caller_number: String,
+    caller_name: Option<String>,
+    dests: Vec<Dest>,
+    attempt: usize,
+    client_key: Option<TransactionKey>,
+    /// The INVITE sent to the current destination (for CANCEL and ACK).
+    forwarded: Option<Payload>,
+    callee: Peer,
+    callee_local: SocketAddr,
+    destination: String,
+    state: CallState,
+    got_provisional: bool,
+    cancel: Option<Cancel>,
+    cancel_sent: bool,
+    last_code: Option<u16>,
+    invite_at: u64,
+    ring_at: Option<u64>,
+    answer_at: Option<u64>,
+    deadlines: Vec<(TimerKind, Millis)>,
+    /// Open pinholes.
+    pinholes: Vec<SocketAddr>,
+    /// Media addresses of the latest offer not yet answered.
+    pending_offer: Vec<SocketAddr>,
+    permit: Option<CallPermit>,
+    /// Dialog state once answered: what BYEs of our own need.
+    dialog: Option<Box<DialogInfo>>,
+}
+
+#[derive(Debug, Clone)]
+struct DialogInfo {
+    from: String,
+    to: String,
+    caller_contact: String,
+    callee_contact: String,
+    route_to_caller: Vec<String>,
+    route_to_callee: Vec<String>,
+    caller_cseq: u32,
+    callee_cseq: u32,
+}
+
+#[derive(Debug)]
+struct Relay {
+    call: u64,
+    server_key: TransactionKey,
+    client_key: TransactionKey,
+    method: Box<str>,
+}
+
+/// The proxy core. See the crate docs.
+#[derive(Debug)]
+pub struct Proxy {
+    s: Settings,
+    policy: Policy,
+    routes: RouteTable,
+    selector: Selector,
+    health: Health,
+    txs: Table<Payload>,
+    tx_info: HashMap<TransactionKey, TxInfo>,
+    calls: HashMap<u64, Call>,
+    by_call_id: HashMap<Box<str>, u64>,
+    relays: HashMap<u64, Relay>,
+    /// The request of each relay while its client transaction runs (for a 408 upstream).
+    relay_requests: HashMap<u64, Payload>,
+    timers: BTreeSet<(Millis, u64, TimerKind)>,
+    admission: Option<Admission>,
+    flood: FloodGuard,
+    logs: LogLimiter<&'static str>,
+    stats: Stats,
+    next_seq: u64,
+    rng: u64,
+    next_probe: Millis,
+    /// Destination addresses (exempt from the flood guard, like carriers).
+    dest_ips: Vec<IpAddr>,
+}
+
+const FAILOVER_CODES: fn(u16) -> bool = |c| c == 408 || (500..=599).contains(&c);
+
+fn via_sent_by(v: &sip::Via<'_>) -> String {
+    let mut s = v.host.to_string().to_ascii_lowercase();
+    if let Some(p) = v.port {
+        s.push(':');
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+fn host_port(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn tx_transport(t: Transport) -> TxTransport {
+    match t {
+        Transport::Udp => TxTransport::Unreliable,
+        Transport::Tcp => TxTransport::Reliable,
+    }
+}
+
+fn dest_transport(d: &Dest) -> Transport {
+    match d.uri.transport {
+        callgate_config::Transport::Tcp => Transport::Tcp,
+        callgate_config::Transport::Udp => Transport::Udp,
+    }
+}
+
+/// Masks a caller number for display: keeps the country code and first digits.
+fn mask(number: &str) -> String {
+    let keep = number.len().min(6);
+    let mut s: String = number.chars().take(keep).collect();
+    s.extend(std::iter::repeat_n(
+        '*',
+        number.chars().count().saturating_sub(keep),
+    ));
+    s
+}
+
+fn disposition_for(code: u16) -> Disposition {
+    match code {
+        200..=299 => Disposition::Answered,
+        486 | 600 | 603 => Disposition::Busy,
+        408 | 480 => Disposition::NoAnswer,
+        487 => Disposition::Cancelled,
+        _ => Disposition::Failed,
+    }
+}
+
+impl Proxy {
+    /// A core with no calls.
+    pub fn new(s: Settings, cfg: &Config, now: Now) -> Proxy {
+        let routes = RouteTable::build(cfg);
+        let selector = Selector::new(&routes);
+        let dest_ips = routes
+            .routes()
+            .iter()
+            .flat_map(|r| r.destinations.iter().map(|d| d.uri.addr.ip()))
+            .collect();
+        let admission = match (s.max_cps, s.max_calls) {
+            (None, None) => None,
+            (cps, calls) => Some(Admission::new(
+                cps.unwrap_or(u32::MAX / 2000),
+                calls.unwrap_or(u32::MAX),
+                guard::Millis(now.mono.0),
+            )),
+        };
+        Proxy {
+            policy: Policy::default(),
+            txs: Table::new(s.timers, s.max_transactions),
+            flood: FloodGuard::new(s.flood.clone()),
+            logs: LogLimiter::new(5, 10_000, 64),
+            tx_info: HashMap::new(),
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            relays: HashMap::new(),
+            relay_requests: HashMap::new(),
+            timers: BTreeSet::new(),
+            admission,
+            stats: Stats::default(),
+            next_seq: 1,
+            rng: now.unix_ms ^ 0x9e37_79b9_7f4a_7c15,
+            next_probe: now.mono,
+            health: Health::new(),
+            routes,
+            selector,
+            dest_ips,
+            s,
+        }
+    }
+
+    /// Takes a new config (routes, caps, timeouts); calls in progress keep their route.
+    pub fn reconfigure(&mut self, s: Settings, cfg: &Config, now: Now) {
+        self.routes = RouteTable::build(cfg);
+        self.selector = Selector::new(&self.routes);
+        self.dest_ips = self
+            .routes
+            .routes()
+            .iter()
+            .flat_map(|r| r.destinations.iter().map(|d| d.uri.addr.ip()))
+            .collect();
+        let active = self.calls.len();
+        self.admission = match (s.max_cps, s.max_calls) {
+            (None, None) => None,
+            (cps, calls) => {
+                let mut a = Admission::new(
+                    cps.unwrap_or(u32::MAX / 2000),
+                    calls.unwrap_or(u32::MAX),
+                    guard::Millis(now.mono.0),
+                );
+                // Calls in progress hold their old permits; count them against the new cap.
+                for c in self.calls.values_mut() {
+                    c.permit = None;
+                }
+                for c in self.calls.values_mut().take(active) {
+                    c.permit = a.try_admit(guard::Millis(now.mono.0)).ok();
+                }
+                Some(a)
+            }
+        };
+        self.flood = FloodGuard::new(s.flood.clone());
+        self.s = s;
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        let mut st = self.stats.clone();
+        st.active_calls = self.calls.len() as u64;
+        st.transactions = self.txs.len() as u64;
+        st
+    }
+
+    /// The calls in progress, oldest first.
+    pub fn active_calls(&self) -> Vec<ActiveCall> {
+        let mut v: Vec<&Call> = self.calls.values().collect();
+        v.sort_by_key(|c| c.seq);
+        v.into_iter()
+            .map(|c| ActiveCall {
+                call_id: c.call_id.to_string(),
+                tracking_number: c.number.clone(),
+                campaign: c.campaign.to_string(),
+                caller: mask(&c.caller_number),
+                destination: c.destination.clone(),
+                state: c.state,
+                transport: c.caller.transport,
+                invite_at: c.invite_at,
+                answer_at: c.answer_at,
+                pinholes: c.pinholes.len(),
+            })
+            .collect()
+    }
+
+    /// Number of calls in progress.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// When [`Self::on_timer`] must run next.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let mut d = self.txs.next_deadline();
+        if let Some((t, _, _)) = self.timers.first() {
+            d = Some(d.map_or(*t, |x| x.min(*t)));
+        }
+        if !self.dest_ips.is_empty() {
+            d = Some(d.map_or(self.next_probe, |x| x.min(self.next_probe)));
+        }
+        d
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: branch ids and weighted draws, not secrets.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn branch(&mut self) -> String {
+        format!("{}cg{:016x}", sip::transaction::MAGIC_COOKIE, self.rand())
+    }
+
+    fn log(
+        &mut self,
+        now: Now,
+        key: &'static str,
+        level: log::Level,
+        line: String,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(suppressed) = self.logs.allow(guard::Millis(now.mono.0), &key) {
+            let line = if suppressed > 0 {
+                format!("{line} ({suppressed} similar lines suppressed)")
+            } else {
+                line
+            };
+            out.push(Output::Log { level, line });
+        }
+    }
+
+    fn send(&mut self, peer: Peer, local: SocketAddr, bytes: Payload, out: &mut Vec<Output>) {
+        self.stats.messages_out += 1;
+        out.push(Output::Send { peer, local, bytes });
+    }
+
+    fn is_ours(&self, host: &sip::Host<'_>, port: Option<u16>) -> bool {
+        let ip = match host {
+            sip::Host::Ipv4(a) => IpAddr::V4(*a),
+            sip::Host::Ipv6(a) => IpAddr::V6(*a),
+            sip::Host::Name(_) => return false,
+        };
+        let port = port.unwrap_or(5060);
+        self.s
+            .listen
+            .iter()
+            .any(|l| l.ip() == ip && l.port() == port)
+    }
+
+    fn uri_is_ours(&self, uri: &Uri<'_>) -> bool {
+        uri.as_sip().is_some_and(|u| self.is_ours(&u.host, u.port))
+    }
+
+    /// Our socket toward `ip`: the listen address on the local IP the kernel picks.
+    fn local_toward(&self, ip: IpAddr, fallback: SocketAddr) -> SocketAddr {
+        if let Some(l) = self.s.local_for.get(&ip) {
+            if let Some(a) = self.s.listen.iter().find(|a| a.ip() == *l) {
+                return *a;
+            }
+        }
+        self.s
+            .listen
+            .iter()
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
+            .copied()
+            .unwrap_or(fallback)
+    }
+
+    fn record_route(local: SocketAddr, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!("sip:{};lr", host_port(local)),
+            Transport::Tcp => format!("sip:{};transport=tcp;lr", host_port(local)),
+        }
+    }
+
+    fn our_via(&mut self, local: SocketAddr, t: Transport) -> (String, String) {
+        let branch = self.branch();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            t.via_name(),
+            host_port(local)
+        );
+        (via, branch)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.routes.carrier_of(ip).is_some() || self.dest_ips.contains(&ip.to_canonical())
+    }
+
+    // ------------------------------------------------------------------ input
+
+    /// One message from the network (a datagram, or one framed message from a stream).
+    pub fn on_message(
+        &mut self,
+        now: Now,
+        bytes: &[u8],
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        self.stats.messages_in += 1;
+        let Ok(msg) = sip::parse(bytes) else {
+            self.stats.malformed_dropped += 1;
+            let line = format!("dropped an unparseable message from {}", peer.addr);
+            self.log(now, "malformed", log::Level::Info, line, out);
+            return;
+        };
+        if msg.is_request() {
+            self.stats.requests_in += 1;
+            if !self.trusted(peer.addr.ip()) && !self.flood_check(now, &msg, peer, out) {
+                return;
+            }
+        } else {
+            self.stats.responses_in += 1;
+        }
+        match sip::check(&msg, &self.policy) {
+            Verdict::Accept => {}
+            Verdict::Drop => {
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+            Verdict::Reject(code) => {
+                self.stats.malformed_dropped += 1;
+                let line = format!("refused a malformed request from {}: {code}", peer.addr);
+                self.log(now, "malformed", log::Level::Info, line, out);
+                self.reply_stateless(&msg, code, &[], peer, local, out);
+                return;
+            }
+        }
+        if msg.is_request() {
+            self.on_request(now, &msg, bytes, peer, local, out);
+        } else {
+            self.on_response(now, &msg, out);
+        }
+    }
+
+    /// Per-source flood guard for untrusted sources; false: drop the message.
+    fn flood_check(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let ua = msg.single(HeaderName::UserAgent).ok().flatten();
+        let new_dialog =
+            msg.method() == Some("INVITE") && msg.to().ok().is_some_and(|t| t.tag().is_none());
+        let scanner = ua.is_some_and(|u| self.flood.is_scanner(u));
+        match self
+            .flood
+            .check(guard::Millis(now.mono.0), peer.addr.ip(), ua, new_dialog)
+        {
+            guard::Verdict::Allow => {
+                if new_dialog {
+                    // The dialog count is only for admitted calls; untrusted sources never get one.
+                    self.flood.dialog_ended(peer.addr.ip());
+                }
+                true
+            }
+            guard::Verdict::Drop => {
+                if scanner {
+                    self.stats.scanner_dropped += 1;
+                } else {
+                    self.stats.flood_dropped += 1;
+                }
+                false
+            }
+            guard::Verdict::Reject503 => {
+                self.stats.flood_dropped += 1;
+                false
+            }
+            guard::Verdict::Block { ttl_secs } => {
+                self.stats.sources_blocked += 1;
+                self.stats.flood_dropped += 1;
+                let ip = peer.addr.ip().to_canonical();
+                out.push(Output::Block {
+                    ip,
+                    ttl: Duration::from_secs(u64::from(ttl_secs)),
+                });
+                let line = format!("blocked source {ip} for {ttl_secs} s (flood or scanner)");
+                self.log(now, "block", log::Level::Warn, line, out);
+                false
+            }
+        }
+    }
+
+    fn reply_stateless(
+        &mut self,
+        req: &Message<'_>,
+        code: u16,
+        extra: &[(&'static str, String)],
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        if req.method() == Some("ACK") || !req.is_request() {
+            return;
+        }
+        let tag = format!("cg{:x}", self.rand());
+        if let Some(b) = msgs::response(req, code, Some(&tag), extra) {
+            self.send(peer, local, b.into(), out);
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        bytes: &[u8],
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(method) = msg.method() else { return };
+        let Ok(vias) = msg.vias() else { return };
+        // Loop: a request that already passed through us (RFC 3261 §16.3 step 4).
+        if vias
+            .iter()
+            .any(|v| self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg")))
+        {
+            self.stats.refused_loop += 1;
+            self.reply_stateless(msg, 482, &[], peer, local, out);
+            return;
+        }
+        let Some(top) = vias.first() else { return };
+        let Some(branch) = top.branch() else {
+            self.reply_stateless(msg, 400, &[], peer, local, out);
+            return;
+        };
+        let sent_by = via_sent_by(top);
+        if method == "ACK" {
+            self.on_ack(now, msg, branch, &sent_by, peer, out);
+            return;
+        }
+        let Ok(key) = TransactionKey::server(branch, &sent_by, method) else {
+            // RFC 2543 peers: no stateful processing without an RFC 3261 branch.
+            self.reply_stateless(msg, 400, &[], peer, local, out);
+            return;
+        };
+        if self.txs.get(&key).is_some() {
+            self.stats.retransmissions_absorbed += 1;
+            if let Ok(acts) = self
+                .txs
+                .handle(now.mono, &key, Event::Received(Incoming::Request))
+            {
+                self.run_actions(now, &key, acts, out);
+            }
+            return;
+        }
+        if method == "CANCEL" {
+            self.on_cancel(now, msg, key, branch, &sent_by, peer, local, out);
+            return;
+        }
+        let to_tag = msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
+        if to_tag.is_some() {
+            self.in_dialog(now, msg, key, peer, local, out);
+            return;
+        }
+        match method {
+            "INVITE" => self.new_call(now, msg, bytes, key, peer, local, out),
+            "OPTIONS" if self.trusted(peer.addr.ip()) => {
+                let allow = [(
+                    "Allow",
+                    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".to_string(),
+                )];
+                self.reply_stateless(msg, 200, &allow, peer, local, out);
+            }
+            _ if !self.trusted(peer.addr.ip()) => {
+                self.stats.refused_not_carrier += 1;
+                self.reply_stateless(msg, 403, &[], peer, local, out);
+            }
+            _ => {
+                let allow = [(
+                    "Allow",
+                    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".to_string(),
+                )];
+                self.reply_stateless(msg, 405, &allow, peer, local, out);
+            }
+        }
+    }
+
+    /// Starts a server transaction and answers through it (absorbs retransmissions).
+    #[allow(clippy::too_many_arguments)]
+    fn reply_stateful(
+        &mut self,
+        now: Now,
+        req: &Message<'_>,
+        key: &TransactionKey,
+        owner: Owner,
+        code: u16,
+        extra: &[(&'static str, String)],
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        match self
+            .txs
+            .start_server(now.mono, key.clone(), tx_transport(peer.transport))
+        {
+            Ok(acts) => {
+                self.tx_info
+                    .insert(key.clone(), TxInfo { owner, peer, local });
+                self.run_actions(now, key, acts, out);
+                let tag = format!("cg{:x}", self.rand());
+                if let Some(b) = msgs::response(req, code, Some(&tag), extra) {
+                    self.respond(now, key, code, b.into(), out);
+                }
+            }
+            Err(_) => self.reply_stateless(req, code, extra, peer, local, out),
+        }
+    }
+
+    /// Sends a response through the server transaction `key`.
+    fn respond(
+        &mut self,
+        now: Now,
+        key: &TransactionKey,
+        code: u16,
+        bytes: Payload,
+        out: &mut Vec<Output>,
+    ) {
+        if let Ok(acts) = self.txs.handle(
+            now.mono,
+            key,
+            Event::Send(Outgoing::Response { code, msg: bytes }),
+        ) {
+            self.run_actions(now, key, acts, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_call(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        bytes: &[u8],
+        key: TransactionKey,
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        let src = peer.addr.ip();
+        if self.routes.carrier_of(src).is_none() {
+            self.stats.refused_not_carrier += 1;
+            let line = format!("refused INVITE from {src}: not a carrier peer (403)");
+            self.log(now, "not-carrier", log::Level::Info, line, out);
+            self.reply_stateless(msg, 403, &[], peer, local, out);
+            return;
+        }
+        self.stats.calls_offered += 1;
+        let Some(Ok(uri)) = msg.request_uri() else {
+            return;
+        };
+        let (host_ok, user) = match &uri {
+            Uri::Sip(u) => (
+                self.routes.serves_domain(&u.host.to_string()) || self.is_ours(&u.host, u.port),
+                u.user.unwrap_or("").to_string(),
+            ),
+            Uri::Tel(t) => (true, t.number.to_string()),
+            Uri::Absolute(_) => (false, String::new()),
+        };
+        let from = msg.from().ok();
+        let caller_number = from
+            .as_ref()
+            .and_then(|f| f.uri.as_sip().and_then(|u| u.user).map(str::to_owned))
+            .unwrap_or_default();
+        let caller_name = from
+            .as_ref()
+            .and_then(|f| f.display_name())
+            .map(|d| d.to_string());
+        let from_tag = from
+            .as_ref()
+            .and_then(|f| f.tag())
+            .unwrap_or("")
+            .to_string();
+        let number = normalize_number(&user).unwrap_or(user.clone());
+        let call_id = msg.call_id().unwrap_or("").to_string();
+
+        let reject = |p: &mut Proxy,
+                      code: u16,
+                      campaign: &str,
+                      why: &'static str,
+                      extra: &[(&'static str, String)],
+                      out: &mut Vec<Output>| {
+            p.stats.calls_rejected += 1;
+            let line = format!("refused call {call_id:?} to {number}: {why} ({code})");
+            p.log(now, why, log::Level::Info, line, out);
+            p.reply_stateful(now, msg, &key, Owner::Own, code, extra, peer, local, out);
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            out.push(Output::Record {
+                seq,
+                cdr: Box::new(Cdr {
+                    call_id: call_id.clone(),
+                    tracking_number: number.clone(),
+                    campaign: campaign.to_string(),
+                    caller: Pii::new(caller_number.clone()),
+                    caller_name: caller_name.clone().map(Pii::new),
+                    destination: String::new(),
+                    invite_at: now.unix_ms,
+                    ring_at: None,
+                    answer_at: None,
+                    end_at: Some(now.unix_ms),
+                    duration_ms: 0,
+                    disposition: Disposition::Rejected,
+                    final_code: code,
+                    appliance: p.s.appliance.clone(),
+                }),
+                ended: true,
+            });
+        };
+
+        if !host_ok {
+            self.stats.refused_domain += 1;
+            reject(self, 403, "", "foreign domain", &[], out);
+            return;
+        }
+        let routes_ok = msg
+            .routes()
+            .map(|rs| rs.iter().all(|r| self.uri_is_ours(&r.uri)))
+            .unwrap_or(false);
+        if !routes_ok {
+            self.stats.refused_route += 1;
+            reject(self, 403, "", "Route header names another host", &[], out);
+            return;
+        }
+        if self.by_call_id.contains_key(call_id.as_str()) {
+            self.stats.refused_loop += 1;
+            reject(
+                self,
+                482,
+                "",
+                "Call-ID already in a call (merged request)",
+                &[],
+                out,
+            );
+            return;
+        }
+        let Some(entry) = self.routes.lookup(&number).cloned() else {
+            self.stats.refused_number += 1;
+            reject(self, 404, "", "unknown number", &[], out);
+            return;
+        };
+        let permit = match self
+            .admission
+            .as_mut()
+            .map(|a| a.try_admit(guard::Millis(now.mono.0)))
+        {
+            Some(Err(shed)) => {
+                self.stats.calls_shed += 1;
+                let extra = [("Retry-After", shed.retry_after_secs.to_string())];
+                reject(self, 503, &entry.campaign, "overload", &extra, out);
+                return;
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
+        match self
+            .txs
+            .start_server(now.mono, key.clone(), tx_transport(peer.transport))
+        {
+            Ok(acts) => {
+                self.tx_info.insert(
+                    key.clone(),
+                    TxInfo {
+                        owner: Owner::Call(self.next_seq),
+                        peer,
+                        local,
+                    },
+                );
+                self.run_actions(now, &key, acts, out);
+            }
+            Err(TableError::Overloaded { .. }) | Err(_) => {
+                if let (Some(a), Some(p)) = (self.admission.as_mut(), permit) {
+                    a.release(p);
+                }
+                self.stats.calls_shed += 1;
+                let extra = [("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string())];
+                self.reply_stateless(msg, 503, &extra, peer, local, out);
+                return;
+            }
+        }
+        // 100 Trying: the caller stops retransmitting (RFC 3261 §16.2).
+        if let Some(b) = msgs::response(msg, 100, None, &[]) {
+            self.respond(now, &key, 100, b.into(), out);
+        }
+        let dests = {
+            let rng = &mut self.rng;
+            let mut r = || {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                *rng
+            };
+            self.selector.select(&entry, &self.health, &mut r)
+        };
+        let offer = media_of(msg);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let call = Call {
+            seq,
+            call_id: call_id.clone().into(),
+            from_tag: from_tag.into(),
+            invite: Some(Payload::from(bytes)),
+            server_key: key,
+            caller: peer,
+            caller_local: local,
+            number,
+            campaign: Arc::from(entry.campaign.as_str()),
+            caller_number,
+            caller_name,
+            dests,
+            attempt: 0,
+            client_key: None,
+            forwarded: None,
+            callee: peer,
+            callee_local: local,
+            destination: String::new(),
+            state: CallState::Trying,
+            got_provisional: false,
+            cancel: None,
+            cancel_sent: false,
+            last_code: None,
+            invite_at: now.unix_ms,
+            ring_at: None,
+            answer_at: None,
+            deadlines: Vec::new(),
+            pinholes: Vec::new(),
+            pending_offer: offer,
+            permit,
+            dialog: None,
+        };
+        self.by_call_id.insert(call_id.into(), seq);
+        self.calls.insert(seq, call);
+        self.try_next(now, seq, out);
+    }
+
+    fn set_timer(&mut self, seq: u64, kind: TimerKind, at: Millis) {
+        if let Some(c) = self.calls.get_mut(&seq) {
+            c.deadlines.retain(|(k, _)| *k != kind);
+            c.deadlines.push((kind, at));
+            self.timers.insert((at, seq, kind));
+        }
+    }
+
+    fn clear_timer(&mut self, seq: u64, kind: TimerKind) {
+        if let Some(c) = self.calls.get_mut(&seq) {
+            if let Some(pos) = c.deadlines.iter().position(|(k, _)| *k == kind) {
+                let (_, at) = c.deadlines.swap_remove(pos);
+                self.timers.remove(&(at, seq, kind));
+            }
+        }
+    }
+
+    /// Sends the call's INVITE to its next destination, or ends it when none is left.
+    fn try_next(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        loop {
+            let Some(call) = self.calls.get(&seq) else {
+                return;
+            };
+            if call.cancel.is_some() {
+                self.finish_unanswered(now, seq, 487, out);
+                return;
+            }
+            let Some(dest) = call.dests.get(call.attempt).copied() else {
+                let code = match call.last_code {
+                    Some(c) if c >= 300 => c,
+                    _ => 408,
+                };
+                self.finish_unanswered(now, seq, code, out);
+                return;
+            };
+            if call.attempt > 0 {
+                self.stats.failovers += 1;
+            }
+            let Some(invite) = call.invite.clone() else {
+                return;
+            };
+            let number = call.number.clone();
+            let caller_local = call.caller_local;
+            let caller_transport = call.caller.transport;
+            let transport = dest_transport(&dest);
+            let local = self.local_toward(dest.uri.addr.ip(), caller_local);
+            let (via, branch) = self.our_via(local, transport);
+            let Some(bytes) = self.forward_invite(
+                &invite,
+                &number,
+                &dest,
+                &via,
+                caller_local,
+                caller_transport,
+                local,
+                transport,
+            ) else {
+                if let Some(c) = self.calls.get_mut(&seq) {
+                    c.attempt += 1;
+                }
+                continue;
+            };
+            let Ok(ckey) = TransactionKey::client(&branch, "INVITE") else {
+                return;
+            };
+            let peer = Peer {
+                transport,
+                addr: dest.uri.addr,
+                conn: None,
+            };
+            let bytes: Payload = bytes.into();
+            if let Some(c) = self.calls.get_mut(&seq) {
+                c.attempt += 1;
+                c.client_key = Some(ckey.clone());
+                c.forwarded = Some(bytes.clone());
+                c.callee = peer;
+                c.callee_local = local;
+                c.destination = dest.uri.to_string();
+                c.got_provisional = false;
+            }
+            match self
+                .txs
+                .start_client(now.mono, ckey.clone(), tx_transport(transport), bytes)
+            {
+                Ok(acts) => {
+                    self.tx_info.insert(
+                        ckey.clone(),
+                        TxInfo {
+                            owner: Owner::Call(seq),
+                            peer,
+                            local,
+                        },
+                    );
+                    self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
+                    self.run_actions(now, &ckey, acts, out);
+                    return;
+                }
+                Err(_) => {
+                    self.finish_unanswered(now, seq, 503, out);
+                    return;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_invite(
+        &self,
+        invite: &[u8],
+        number: &str,
+        dest: &Dest,
+        via: &str,
+        in_local: SocketAddr,
+        in_transport: Transport,
+        out_local: SocketAddr,
+        out_transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let mut m = sip::parse(invite).ok()?;
+        let tparam = match out_transport {
+            Transport::Tcp => ";transport=tcp",
+            Transport::Udp => "",
+        };
+        let user = if number.is_empty() {
+            String::new()
+        } else {
+            format!("{number}@")
+        };
+        m.set_request_uri(format!("sip:{user}{}{tparam}", host_port(dest.uri.addr)))
+            .ok()?;
+        // Our own preloaded Routes are consumed here (loose routing, §16.4).
+        while m
+            .routes()
+            .ok()?
+            .first()
+            .is_some_and(|r| self.uri_is_ours(&r.uri))
+        {
+            m.remove_top_route().ok()?;
+        }
+        m.decrement_max_forwards().ok()??;
+        // Double Record-Route when the call crosses interfaces (RFC 5658): the upstream
+        // side's entry below, the downstream side's on top.
+        m.add_record_route(&Self::record_route(in_local, in_transport))
+            .ok()?;
+        if in_local != out_local || in_transport != out_transport {
+            m.add_record_route(&Self::record_route(out_local, out_transport))
+                .ok()?;
+        }
+        m.prepend_via(via.to_string()).ok()?;
+        Some(m.serialize())
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        branch: &str,
+        sent_by: &str,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) {
+        // ACK for a non-2xx final response: absorbed by its INVITE server transaction.
+        if let Ok(key) = TransactionKey::server(branch, sent_by, "ACK") {
+            if self.txs.get(&key).is_some() {
+                let is_2xx_ack = self
+                    .tx_info
+                    .get(&key)
+                    .and_then(|i| match i.owner {
+                        Owner::Call(seq) => self.calls.get(&seq),
+                        _ => None,
+                    })
+                    .is_some_and(|c| c.state == CallState::Answered);
+                if !is_2xx_ack {
+                    if let Ok(acts) =
+                        self.txs
+                            .handle(now.mono, &key, Event::Received(Incoming::Ack))
+                    {
+                        self.run_actions(now, &key, acts, out);
+                    }
+                    return;
+                }
+            }
+        }
+        // ACK for a 2xx: end to end, forwarded statelessly within the dialog.
+        self.forward_in_dialog_stateless(now, msg, peer, out);
+    }
+
+    /// Finds the call of an in-dialog request and which way it goes; `None` (with the
+    /// status to answer) when it is not ours to relay.
+    fn dialog_side(&self, msg: &Message<'_>, peer: Peer) -> Result<(u64, bool), u16> {
+        let call_id = msg.call_id().map_err(|_| 400u16)?;
+        let &seq = self.by_call_id.get(call_id).ok_or(481u16)?;
+        let call = self.calls.get(&seq).ok_or(481u16)?;
+        let from_tag = msg
+            .from()
+            .ok()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .unwrap_or_default();
+        let from_caller = from_tag == *call.from_tag;
+        let expected = if from_caller {
+            call.caller.addr.ip()
+        } else {
+            call.callee.addr.ip()
+        };
+        if peer.addr.ip().to_canonical() != expected.to_canonical() {
+            return Err(403);
+        }
+        Ok((seq, from_caller))
+    }
+
+    /// The edited in-dialog request toward the other party: our Routes popped, Max-Forwards
+    /// decremented, our Via on top.
+    fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
+        let mut m = msg.clone();
+        while m
+            .routes()
+            .ok()?
+            .first()
+            .is_some_and(|r| self.uri_is_ours(&r.uri))
+        {
+            m.remove_top_route().ok()?;
+        }
+        m.decrement_max_forwards().ok()??;
+        m.prepend_via(via.to_string()).ok()?;
+        Some(m.serialize())
+    }
+
+    fn forward_in_dialog_stateless(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) {
+        let Ok((seq, from_caller)) = self.dialog_side(msg, peer) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let (to, local) = if from_caller {
+            (call.callee, call.callee_local)
+        } else {
+            (call.caller, call.caller_local)
+        };
+        let (via, _) = self.our_via(local, to.transport);
+        if let Some(b) = self.edit_in_dialog(msg, &via) {
+            // Media of a late offer (offer in the 2xx, answer in the ACK).
+            if !msg.body().is_empty() {
+                let answer = media_of(msg);
+                self.update_media(now, seq, answer, out);
+            }
+            self.send(to, local, b.into(), out);
+        }
+    }
+
+    fn in_dialog(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        key: TransactionKey,
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        let (seq, from_caller) = match self.dialog_side(msg, peer) {
+            Ok(v) => v,
+            Err(code) => {
+                self.reply_stateful(now, msg, &key, Owner::Own, code, &[], peer, local, out);
+                return;
+            }
+        };
+        let Some(method) = msg.method() else { return };
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        if let (Ok(cseq), Some(d)) = (msg.cseq(), call.dialog.as_mut()) {
+            if from_caller {
+                d.caller_cseq = d.caller_cseq.max(cseq.seq);
+            } else {
+                d.callee_cseq = d.callee_cseq.max(cseq.seq);
+            }
+        }
+        let (to, out_local) = if from_caller {
+            (call.callee, call.callee_local)
+        } else {
+            (call.caller, call.caller_local)
+        };
+        let (via, branch) = self.our_via(out_local, to.transport);
+        let Some(bytes) = self.edit_in_dialog(msg, &via) else {
+            self.reply_stateful(now, msg, &key, Owner::Own, 400, &[], peer, local, out);
+            return;
+        };
+        let Ok(ckey) = TransactionKey::client(&branch, method) else {
+            return;
+        };
+        let rid = self.next_seq;
+        self.next_seq += 1;
+        let started = self
+            .txs
+            .start_server(now.mono, key.clone(), tx_transport(peer.transport))
+            .and_then(|a| {
+                let c = self.txs.start_client(
+                    now.mono,
+                    ckey.clone(),
+                    tx_transport(to.transport),
+                    bytes.into(),
+                );
+                if c.is_err() {
+                    self.txs.remove(&key);
+                }
+                c.map(|c| (a, c))
+            });
+        let Ok((sacts, cacts)) = started else {
+            let extra = [("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string())];
+            self.reply_stateless(msg, 503, &extra, peer, local, out);
+            return;
+        };
+        self.tx_info.insert(
+            key.clone(),
+            TxInfo {
+                owner: Owner::Relay(rid),
+                peer,
+                local,
+            },
+        );
+        self.tx_info.insert(
+            ckey.clone(),
+            TxInfo {
+                owner: Owner::Relay(rid),
+                peer: to,
+                local: out_local,
+            },
+        );
+        self.relays.insert(
+            rid,
+            Relay {
+                call: seq,
+                server_key: key.clone(),
+                client_key: ckey.clone(),
+                method: method.into(),
+            },
+        );
+        self.relay_requests
+            .insert(rid, Payload::from(msg.serialize()));
+        if method == "INVITE" && !msg.body().is_empty() {
+            let offer = media_of(msg);
+            if let Some(c) = self.calls.get_mut(&seq) {
+                c.pending_offer = offer;
+            }
+        }
+        self.run_actions(now, &key, sacts, out);
+        if method == "INVITE" {
+            if let Some(b) = msgs::response(msg, 100, None, &[]) {
+                self.respond(now, &key, 100, b.into(), out);
+            }
+        }
+        self.run_actions(now, &ckey, cacts, out);
+        if method == "BYE" {
+            let answered = self
+                .calls
+                .get(&seq)
+                .is_some_and(|c| c.state == CallState::Answered);
+            if answered {
+                self.end_answered(now, seq, out);
+            } else {
+                // BYE in an early dialog: the caller gave up.
+                if let Some(c) = self.calls.get_mut(&seq) {
+                    c.cancel = Some(Cancel::Caller);
+                }
+                self.finish_unanswered(now, seq, 487, out);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_cancel(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        key: TransactionKey,
+        branch: &str,
+        sent_by: &str,
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        let inv_key = TransactionKey::server(branch, sent_by, "INVITE").ok();
+        let seq = inv_key
+            .as_ref()
+            .and_then(|k| self.tx_info.get(k))
+            .and_then(|i| match i.owner {
+                Owner::Call(seq) => Some(seq),
+                _ => None,
+            })
+            .filter(|s| self.calls.contains_key(s));
+        let Some(seq) = seq else {
+            self.reply_stateful(now, msg, &key, Owner::Own, 481, &[], peer, local, out);
+            return;
+        };
+        self.reply_stateful(now, msg, &key, Owner::Own, 200, &[], peer, local, out);
+        self.cancel_call(now, seq, Cancel::Caller, out);
+    }
+
+    /// Cancels the pending INVITE of a call (caller CANCEL or ring timeout).
+    fn cancel_call(&mut self, now: Now, seq: u64, why: Cancel, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        if call.state == CallState::Answered || call.cancel.is_some() {
+            return;
+        }
+        call.cancel = Some(why);
+        if call.got_provisional {
+            self.send_cancel(now, seq, out);
+        }
+        if why == Cancel::NoAnswer {
+            // Answer the caller now; the callee's 487 is absorbed when it comes.
+            self.finish_unanswered(now, seq, 480, out);
+        }
+    }
+
+    fn send_cancel(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        if call.cancel_sent {
+            return;
+        }
+        call.cancel_sent = true;
+        let (Some(fwd), Some(ckey)) = (call.forwarded.clone(), call.client_key.clone()) else {
+            return;
+        };
+        let peer = call.callee;
+        let local = call.callee_local;
+        let Some(bytes) = msgs::cancel_for(&fwd) else {
+            return;
+        };
+        let Ok(key) = TransactionKey::client(ckey.branch(), "CANCEL") else {
+            return;
+        };
+        if let Ok(acts) = self.txs.start_client(
+            now.mono,
+            key.clone(),
+            tx_transport(peer.transport),
+            bytes.into(),
+        ) {
+            self.tx_info.insert(
+                key.clone(),
+                TxInfo {
+                    owner: Owner::Own,
+                    peer,
+                    local,
+                },
+            );
+            self.run_actions(now, &key, acts, out);
+        }
+    }
+
+    // --------------------------------------------------------------- responses
+
+    fn on_response(&mut self, now: Now, msg: &Message<'_>, out: &mut Vec<Output>) {
+        let (Ok(via), Ok(cseq), Some(code)) = (msg.top_via(), msg.cseq(), msg.status()) else {
+            return;
+        };
+        let Some(branch) = via.branch() else { return };
+        let Ok(key) = TransactionKey::client(branch, cseq.method) else {
+            return;
+        };
+        let Some(info) = self.tx_info.get(&key).copied() else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let Some(incoming) = Incoming::response(code) else {
+            return;
+        };
+        let Ok(acts) = self.txs.handle(now.mono, &key, Event::Received(incoming)) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        for act in acts {
+            match act {
+                Action::PassUp(Incoming::Provisional(c)) | Action::PassUp(Incoming::Final(c)) => {
+                    match info.owner {
+                        Owner::Call(seq) => self.call_response(now, seq, msg, c, out),
+                        Owner::Relay(rid) => self.relay_response(now, rid, msg, c, out),
+                        Owner::Probe(dest) => {
+                            if c >= 200 {
+                                self.health.set_healthy(probe_uri(dest), c != 503);
+                            }
+                        }
+                        Owner::Own => {}
+                    }
+                }
+                Action::PassUpRetransmitted2xx(_) => {
+                    // RFC 6026: forward 2xx retransmissions statelessly upstream.
+                    if let Owner::Call(seq) | Owner::Relay(seq) = info.owner {
+                        let up = match info.owner {
+                            Owner::Call(_) => {
+                                self.calls.get(&seq).map(|c| (c.caller, c.caller_local))
+                            }
+                            _ => self.relays.get(&seq).and_then(|r| {
+                                let s = self.tx_info.get(&r.server_key)?;
+                                Some((s.peer, s.local))
+                            }),
+                        };
+                        if let Some((peer, local)) = up {
+                            if let Some(b) = strip_via(msg) {
+                                self.send(peer, local, b.into(), out);
+                            }
+                        }
+                    }
+                }
+                Action::Transmit(MessageRef::Ack { request }) => {
+                    if let Some(b) = msgs::ack_for(&request, msg) {
+                        self.send(info.peer, info.local, b.into(), out);
+                    }
+                }
+                other => self.run_actions(now, &key, vec![other], out),
+            }
+        }
+    }
+
+    fn call_response(
+        &mut self,
+        now: Now,
+        seq: u64,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        // A response from an attempt we have left behind.
+        let current = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .is_some_and(|b| call.client_key.as_ref().is_some_and(|k| k.branch() == b));
+        if !current {
+            return;
+        }
+        call.last_code = Some(code);
+        if code < 200 {
+            let first = !call.got_provisional;
+            call.got_provisional = true;
+            if first {
+                self.clear_timer(seq, TimerKind::Response);
+            }
+            let Some(call) = self.calls.get_mut(&seq) else {
+                return;
+            };
+            if call.cancel.is_some() {
+                self.send_cancel(now, seq, out);
+                return;
+            }
+            if code == 100 {
+                return;
+            }
+            if call.ring_at.is_none() {
+                call.ring_at = Some(now.unix_ms);
+                call.state = CallState::Ringing;
+                self.set_timer(seq, TimerKind::Ring, now.mono + self.s.ring_timeout);
+            }
+            if !msg.body().is_empty() {
+                let answer = media_of(msg);
+                self.update_media(now, seq, answer, out);
+            }
+            self.forward_upstream(now, seq, msg, code, out);
+            return;
+        }
+        self.clear_timer(seq, TimerKind::Response);
+        self.clear_timer(seq, TimerKind::Ring);
+        if (200..300).contains(&code) {
+            self.answered(now, seq, msg, out);
+            return;
+        }
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        if call.cancel.is_none() && FAILOVER_CODES(code) && call.attempt < call.dests.len() {
+            self.try_next(now, seq, out);
+            return;
+        }
+        if call.cancel == Some(Cancel::NoAnswer) {
+            return; // already answered 480 upstream
+        }
+        self.forward_upstream(now, seq, msg, code, out);
+        self.end_unanswered(now, seq, code, out);
+    }
+
+    fn forward_upstream(
+        &mut self,
+        now: Now,
+        seq: u64,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let key = call.server_key.clone();
+        if let Some(b) = strip_via(msg) {
+            self.respond(now, &key, code, b.into(), out);
+        }
+    }
+
+    fn answered(&mut self, now: Now, seq: u64, msg: &Message<'_>, out: &mut Vec<Output>) {
+        self.stats.calls_answered += 1;
+        let answer = media_of(msg);
+        self.update_media(now, seq, answer, out);
+        self.forward_upstream(now, seq, msg, 200, out);
+        let max_call = self.s.max_call;
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        call.state = CallState::Answered;
+        call.answer_at = Some(now.unix_ms);
+        if call.ring_at.is_none() {
+            call.ring_at = Some(now.unix_ms);
+        }
+        // What our own BYEs would need (maximum call length).
+        let invite = call.invite.take();
+        let ours = if call.caller_local != call.callee_local
+            || call.caller.transport != call.callee.transport
+        {
+            2
+        } else {
+            1
+        };
+        call.dialog = invite
+            .and_then(|inv| dialog_info(&inv, msg, ours))
+            .map(Box::new);
+        let cdr = self.cdr_of(seq, Disposition::Answered, 200, None);
+        self.set_timer(seq, TimerKind::MaxCall, now.mono + max_call);
+        if let Some(cdr) = cdr {
+            out.push(Output::Record {
+                seq,
+                cdr: Box::new(cdr),
+                ended: false,
+            });
+        }
+    }
+
+    fn relay_response(
+        &mut self,
+        now: Now,
+        rid: u64,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(relay) = self.relays.get(&rid) else {
+            return;
+        };
+        let key = relay.server_key.clone();
+        let (call, is_invite) = (relay.call, &*relay.method == "INVITE");
+        if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
+            let answer = media_of(msg);
+            self.update_media(now, call, answer, out);
+        }
+        if let Some(b) = strip_via(msg) {
+            self.respond(now, &key, code, b.into(), out);
+        }
+    }
+
+    /// Opens pinholes for the pending offer and this answer; closes those no longer used.
+    fn update_media(
+        &mut self,
+        _now: Now,
+        seq: u64,
+        answer: Vec<SocketAddr>,
+        out: &mut Vec<Output>,
+    ) {
+        let ttl = Duration::from_millis(self.s.max_call.0 + 60_000);
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        let mut want: Vec<SocketAddr> = call.pending_offer.clone();
+        want.extend(answer);
+        want.sort();
+        want.dedup();
+        if want.is_empty() {
+            return;
+        }
+        let mut opened = 0;
+        for a in &want {
+            if !call.pinholes.contains(a) {
+                out.push(Output::Pinhole {
+                    open: true,
+                    addr: *a,
+                    ttl,
+                });
+                opened += 1;
+            }
+        }
+        let mut closed = 0;
+        for a in &call.pinholes {
+            if !want.contains(a) {
+                out.push(Output::Pinhole {
+                    open: false,
+                    addr: *a,
+                    ttl,
+                });
+                closed += 1;
+            }
+        }
+        call.pinholes = want;
+        self.stats.pinholes_opened += opened;
+        self.stats.pinholes_closed += closed;
+    }
+
+    fn cdr_of(
+        &self,
+        seq: u64,
+        disposition: Disposition,
+        code: u16,
+        end: Option<u64>,
+    ) -> Option<Cdr> {
+        let c = self.calls.get(&seq)?;
+        let duration_ms = match (c.answer_at, end) {
+            (Some(a), Some(e)) => e.saturating_sub(a),
+            _ => 0,
+        };
+        Some(Cdr {
+            call_id: c.call_id.to_string(),
+            tracking_number: c.number.clone(),
+            campaign: c.campaign.to_string(),
+            caller: Pii::new(c.caller_number.clone()),
+            caller_name: c.caller_name.clone().map(Pii::new),
+            destination: c.destination.clone(),
+            invite_at: c.invite_at,
+            ring_at: c.ring_at,
+            answer_at: c.answer_at,
+            end_at: end,
+            duration_ms,
+            disposition,
+            final_code: code,
+            appliance: self.s.appliance.clone(),
+        })
+    }
+
+    /// Answers the caller with `code` (we generate it) and ends the unanswered call.
+    fn finish_unanswered(&mut self, now: Now, seq: u64, code: u16, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let key = call.server_key.clone();
+        if let Some(inv) = call.invite.clone() {
+            if let Ok(req) = sip::parse(&inv) {
+                let tag = format!("cg{:x}", self.rand());
+                if let Some(b) = msgs::response(&req, code, Some(&tag), &[]) {
+                    self.respond(now, &key, code, b.into(), out);
+                }
+            }
+        }
+        self.end_unanswered(now, seq, code, out);
+    }
+
+    fn end_unanswered(&mut self, now: Now, seq: u64, code: u16, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let disposition = match call.cancel {
+            Some(Cancel::Caller) => Disposition::Cancelled,
+            Some(Cancel::NoAnswer) => Disposition::NoAnswer,
+            None => disposition_for(code),
+        };
+        match disposition {
+            Disposition::Cancelled => self.stats.calls_cancelled += 1,
+            Disposition::NoAnswer => self.stats.calls_no_answer += 1,
+            Disposition::Busy => self.stats.calls_busy += 1,
+            _ => self.stats.calls_failed += 1,
+        }
+        let cdr = self.cdr_of(seq, disposition, code, Some(now.unix_ms));
+        self.remove_call(seq, out);
+        if let Some(cdr) = cdr {
+            out.push(Output::Record {
+                seq,
+                cdr: Box::new(cdr),
+                ended: true,
+            });
+        }
+    }
+
+    fn end_answered(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        let cdr = self.cdr_of(seq, Disposition::Answered, 200, Some(now.unix_ms));
+        self.remove_call(seq, out);
+        if let Some(cdr) = cdr {
+            out.push(Output::Record {
+                seq,
+                cdr: Box::new(cdr),
+                ended: true,
+            });
+        }
+    }
+
+    /// Forgets a call: timers, pinholes, permit. Transactions finish on their own.
+    fn remove_call(&mut self, seq: u64, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.remove(&seq) else {
+            return;
+        };
+        self.by_call_id.remove(&call.call_id);
+        for (k, at) in &call.deadlines {
+            self.timers.remove(&(*at, seq, *k));
+        }
+        for a in &call.pinholes {
+            out.push(Output::Pinhole {
+                open: false,
+                addr: *a,
+                ttl: Duration::ZERO,
+            });
+            self.stats.pinholes_closed += 1;
+        }
+        if let (Some(a), Some(p)) = (self.admission.as_mut(), call.permit) {
+            a.release(p);
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Fires what is due at `now`: transaction timers, call timers, health probes.
+    pub fn on_timer(&mut self, now: Now, out: &mut Vec<Output>) {
+        for (key, act) in self.txs.poll_timers(now.mono) {
+            self.run_actions(now, &key, vec![act], out);
+        }
+        while let Some(&(at, seq, kind)) = self.timers.first() {
+            if at > now.mono {
+                break;
+            }
+            self.timers.pop_first();
+            let live = self
+                .calls
+                .get_mut(&seq)
+                .and_then(|c| {
+                    let pos = c.deadlines.iter().position(|d| *d == (kind, at))?;
+                    c.deadlines.swap_remove(pos);
+                    Some(())
+                })
+                .is_some();
+            if live {
+                self.call_timer(now, seq, kind, out);
+            }
+        }
+        if now.mono >= self.next_probe {
+            self.next_probe = now.mono + self.s.probe_interval;
+            self.probe(now, out);
+        }
+    }
+
+    fn call_timer(&mut self, now: Now, seq: u64, kind: TimerKind, out: &mut Vec<Output>) {
+        match kind {
+            TimerKind::Response => {
+                // Silence from this destination: abandon it (no CANCEL without a
+                // provisional, §9.1) and fail over.
+                let Some(call) = self.calls.get_mut(&seq) else {
+                    return;
+                };
+                call.last_code = Some(408);
+                if let Some(k) = call.client_key.take() {
+                    self.txs.remove(&k);
+                    self.tx_info.remove(&k);
+                }
+                self.try_next(now, seq, out);
+            }
+            TimerKind::Ring => {
+                let line = format!("call {seq}: no answer, cancelling");
+                self.log(now, "no-answer", log::Level::Info, line, out);
+                self.cancel_call(now, seq, Cancel::NoAnswer, out);
+            }
+            TimerKind::MaxCall => self.max_call_reached(now, seq, out),
+        }
+    }
+
+    fn max_call_reached(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let line = format!("call {seq}: maximum call length reached, sending BYE both ways");
+        let dialog = call.dialog.clone();
+        let (caller, caller_local, callee, callee_local) = (
+            call.caller,
+            call.caller_local,
+            call.callee,
+            call.callee_local,
+        );
+        let call_id = call.call_id.to_string();
+        self.log(now, "max-call", log::Level::Warn, line, out);
+        if let Some(d) = dialog {
+            for (to_caller, peer, local) in
+                [(true, caller, caller_local), (false, callee, callee_local)]
+            {
+                let (via, branch) = self.our_via(local, peer.transport);
+                let spec = msgs::ByeSpec {
+                    target: if to_caller {
+                        &d.caller_contact
+                    } else {
+                        &d.callee_contact
+                    },
+                    route: if to_caller {
+                        &d.route_to_caller
+                    } else {
+                        &d.route_to_callee
+                    },
+                    via: &via,
+                    from: if to_caller { &d.to } else { &d.from },
+                    to: if to_caller { &d.from } else { &d.to },
+                    call_id: &call_id,
+                    cseq: if to_caller {
+                        d.callee_cseq + 1
+                    } else {
+                        d.caller_cseq + 1
+                    },
+                };
+                let bytes = msgs::bye(&spec);
+                if let Ok(key) = TransactionKey::client(&branch, "BYE") {
+                    if let Ok(acts) = self.txs.start_client(
+                        now.mono,
+                        key.clone(),
+                        tx_transport(peer.transport),
+                        bytes.into(),
+                    ) {
+                        self.tx_info.insert(
+                            key.clone(),
+                            TxInfo {
+                                owner: Owner::Own,
+                                peer,
+                                local,
+                            },
+                        );
+                        self.run_actions(now, &key, acts, out);
+                    }
+                }
+            }
+        }
+        self.end_answered(now, seq, out);
+    }
+
+    fn probe(&mut self, now: Now, out: &mut Vec<Output>) {
+        let mut dests: Vec<Dest> = self
+            .routes
+            .routes()
+            .iter()
+            .flat_map(|r| r.destinations.iter().copied())
+            .collect();
+        dests.sort_by_key(|d| d.uri);
+        dests.dedup_by_key(|d| d.uri);
+        let mut down = 0;
+        for d in dests {
+            if !self.health.is_healthy(&d.uri) {
+                down += 1;
+            }
+            let transport = dest_transport(&d);
+            let local = self.local_toward(d.uri.addr.ip(), d.uri.addr);
+            let (via, branch) = self.our_via(local, transport);
+            let n = self.rand();
+            let target = format!("sip:{}", host_port(d.uri.addr));
+            let bytes = msgs::options_probe(&target, &via, &host_port(local), n);
+            let Ok(key) = TransactionKey::client(&branch, "OPTIONS") else {
+                continue;
+            };
+            let peer = Peer {
+                transport,
+                addr: d.uri.addr,
+                conn: None,
+            };
+            if let Ok(acts) =
+                self.txs
+                    .start_client(now.mono, key.clone(), tx_transport(transport), bytes.into())
+            {
+                self.tx_info.insert(
+                    key.clone(),
+                    TxInfo {
+                        owner: Owner::Probe(d.uri.addr),
+                        peer,
+                        local,
+                    },
+                );
+                self.run_actions(now, &key, acts, out);
+            }
+        }
+        self.stats.destinations_down = down;
+    }
+
+    // ------------------------------------------------------------- transactions
+
+    fn run_actions(
+        &mut self,
+        now: Now,
+        key: &TransactionKey,
+        acts: Vec<Action<Payload>>,
+        out: &mut Vec<Output>,
+    ) {
+        for act in acts {
+            match act {
+                Action::Transmit(MessageRef::Request(m))
+                | Action::Transmit(MessageRef::Response(m)) => {
+                    if let Some(info) = self.tx_info.get(key).copied() {
+                        self.send(info.peer, info.local, m, out);
+                    }
+                }
+                Action::Transmit(MessageRef::Ack { .. }) => {}
+                Action::PassUp(_) | Action::PassUpRetransmitted2xx(_) => {}
+                Action::Timeout | Action::TransportError => self.tx_failed(now, key, out),
+                Action::Terminated => {
+                    if let Some(TxInfo {
+                        owner: Owner::Relay(rid),
+                        ..
+                    }) = self.tx_info.remove(key)
+                    {
+                        let other_live = self.relays.get(&rid).is_some_and(|r| {
+                            self.tx_info.contains_key(&r.server_key)
+                                || self.tx_info.contains_key(&r.client_key)
+                        });
+                        if !other_live {
+                            self.relays.remove(&rid);
+                            self.relay_requests.remove(&rid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn tx_failed(&mut self, now: Now, key: &TransactionKey, out: &mut Vec<Output>) {
+        let Some(info) = self.tx_info.get(key).copied() else {
+            return;
+        };
+        match info.owner {
+            Owner::Call(seq) => {
+                let current = self
+                    .calls
+                    .get(&seq)
+                    .is_some_and(|c| c.client_key.as_ref() == Some(key));
+                if current {
+                    self.clear_timer(seq, TimerKind::Response);
+                    if let Some(c) = self.calls.get_mut(&seq) {
+                        c.last_code = Some(408);
+                        c.client_key = None;
+                    }
+                    if self
+                        .calls
+                        .get(&seq)
+                        .is_some_and(|c| c.state != CallState::Answered)
+                    {
+                        self.try_next(now, seq, out);
+                    }
+                }
+            }
+            Owner::Relay(rid) => {
+                // The other party never answered a relayed request: 408 upstream.
+                let Some(relay) = self.relays.get(&rid) else {
+                    return;
+                };
+                if &relay.client_key == key {
+                    let skey = relay.server_key.clone();
+                    if let Some(b) = self.relay_requests.remove(&rid) {
+                        if let Ok(req) = sip::parse(&b) {
+                            if let Some(r) = msgs::response(&req, 408, None, &[]) {
+                                self.respond(now, &skey, 408, r.into(), out);
+                            }
+                        }
+                    }
+                }
+            }
+            Owner::Probe(dest) => self.health.set_healthy(probe_uri(dest), false),
+            Owner::Own => {}
+        }
+    }
+}
+
+fn probe_uri(addr: SocketAddr) -> callgate_config::SipUri {
+    callgate_config::SipUri {
+        addr,
+        transport: callgate_config::Transport::Udp,
+    }
+}
+
+/// The message with its top Via removed, serialized (a response going upstream).
+fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
+    let mut m = msg.clone();
+    m.remove_top_via().ok()?;
+    Some(m.serialize())
+}
+
+/// The RTP/RTCP addresses of an SDP body (empty when there is none or it does not parse).
+fn media_of(msg: &Message<'_>) -> Vec<SocketAddr> {
+    let body = msg.body();
+    if body.is_empty() {
+        return Vec::new();
+    }
+    let is_sdp = msg.content_type().ok().flatten().is_none_or(|ct| {
+        ct.trim()
+            .to_ascii_lowercase()
+            .starts_with("application/sdp")
+    });
+    if !is_sdp {
+        return Vec::new();
+    }
+    match sip::sdp::parse(body) {
+        Ok(sdp) => {
+            let mut v = Vec::new();
+            for f in sdp.media_flows() {
+                v.push(f.rtp);
+                if f.rtcp != f.rtp {
+                    v.push(f.rtcp);
+                }
+            }
+            v
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// What our own BYEs need, from the INVITE as received and the 2xx.
+fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Option<DialogInfo> {
+    let inv = sip::parse(invite).ok()?;
+    let contact_of = |m: &Message<'_>| -> Option<String> {
+        m.contacts()
+            .ok()??
+            .first()
+            .map(|c| c.uri.as_str().to_string())
+    };
+    let caller_contact = contact_of(&inv)?;
+    let callee_contact = contact_of(ok)?;
+    // Record-Route of the 2xx: [callee side..., ours..., caller side...].
+    let rr: Vec<String> = ok
+        .record_routes()
+        .ok()?
+        .iter()
+        .map(|r| r.uri.as_str().to_string())
+        .collect();
+    // The caller side is what the INVITE already carried; ours are `ours` entries above it.
+    let inv_rr: Vec<String> = inv
+        .record_routes()
+        .ok()?
+        .iter()
+        .map(|r| r.uri.as_str().to_string())
+        .collect();
+    let n_callee = rr.len().saturating_sub(inv_rr.len() + ours);
+    let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
+    route_to_callee.reverse();
+    Some(DialogInfo {
+        from: inv.single(HeaderName::From).ok()??.to_string(),
+        to: ok.single(HeaderName::To).ok()??.to_string(),
+        caller_contact,
+        callee_contact,
+        route_to_caller: inv_rr,
+        route_to_callee,
+        caller_cseq: inv.cseq().ok()?.seq,
+        callee_cseq: 0,
+    })
+}

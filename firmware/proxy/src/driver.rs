@@ -1,0 +1,501 @@
+//! The proxy's I/O: one thread, a current-thread tokio runtime, the core inside.
+//!
+//! - One task per UDP socket receives datagrams and feeds them to the core; sends are
+//!   `try_send_to` (UDP may drop; the transaction layer retransmits).
+//! - One task per TCP listener accepts; one reader task per connection frames messages
+//!   ([`callgate_sip::Framing::Stream`]) and a writer task drains that connection's queue.
+//!   Requests to a TCP destination without a connection open one from our local address.
+//! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
+//!   a nearer deadline appears.
+//! - Pinholes, blocks and records leave as [`Effect`]s on an unbounded channel (the
+//!   daemon forwards them to the firewall and the store); logs go to `log`.
+//!
+//! Everything runs on the one thread, so the core lives in a `RefCell` and is never
+//! borrowed across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use callgate_config::Config;
+use callgate_sip::{Framing, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::LocalSet;
+
+use crate::{
+    ActiveCall, ConnId, Millis, Now, Output, Payload, Peer, Proxy, Settings, Stats, Transport,
+};
+
+/// What the proxy asks of the rest of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Pinhole {
+        open: bool,
+        addr: SocketAddr,
+        ttl: Duration,
+    },
+    Block {
+        ip: IpAddr,
+        ttl: Duration,
+    },
+    Record {
+        seq: u64,
+        cdr: Box<callgate_store::Cdr>,
+        ended: bool,
+    },
+}
+
+#[derive(Debug)]
+enum Command {
+    Calls(oneshot::Sender<Vec<ActiveCall>>),
+    Stats(oneshot::Sender<Stats>),
+    Reconfigure(Arc<Config>),
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot listen on {addr} ({transport}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        transport: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot start the sip thread: {0}")]
+    Thread(io::Error),
+    #[error("the sip thread stopped")]
+    Stopped,
+}
+
+/// Talks to the sip thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SipHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SipHandle {
+    /// The calls in progress.
+    pub async fn calls(&self) -> Result<Vec<ActiveCall>, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Calls(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Counters since start.
+    pub async fn stats(&self) -> Result<Stats, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Routes, caps and timeouts of a newly committed config (listen addresses need a
+    /// restart).
+    pub async fn reconfigure(&self, cfg: Arc<Config>) -> Result<(), DriverError> {
+        self.tx
+            .send(Command::Reconfigure(cfg))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+}
+
+/// Our local address toward each destination, as the kernel's routing picks it.
+fn local_for(cfg: &Config) -> HashMap<IpAddr, IpAddr> {
+    let mut m = HashMap::new();
+    for r in &cfg.sip.routes {
+        for d in r.destinations.get_ref() {
+            let ip = d.uri.get_ref().addr.ip();
+            let bind: SocketAddr = if ip.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let probe = std::net::UdpSocket::bind(bind)
+                .and_then(|s| s.connect((ip, 9)).map(|_| s))
+                .and_then(|s| s.local_addr());
+            if let Ok(a) = probe {
+                m.insert(ip, a.ip());
+            }
+        }
+    }
+    m
+}
+
+/// Monotonic and wall-clock time now.
+fn now(start: Instant) -> Now {
+    Now {
+        mono: Millis(start.elapsed().as_millis() as u64),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    }
+}
+
+struct Shared {
+    core: RefCell<Proxy>,
+    start: Instant,
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    conns: RefCell<HashMap<ConnId, mpsc::Sender<Payload>>>,
+    conn_by_addr: RefCell<HashMap<SocketAddr, ConnId>>,
+    next_conn: Cell<ConnId>,
+    effects: mpsc::UnboundedSender<Effect>,
+    timer: Notify,
+    timer_target: Cell<Option<Millis>>,
+    stats: watch::Sender<Stats>,
+}
+
+/// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
+/// returned before anything runs.
+pub fn spawn(
+    cfg: Arc<Config>,
+    effects: mpsc::UnboundedSender<Effect>,
+) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
+    let listen = cfg.sip.listen_addrs();
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for a in &listen {
+        let u = std::net::UdpSocket::bind(a).map_err(|source| DriverError::Bind {
+            addr: *a,
+            transport: "udp",
+            source,
+        })?;
+        u.set_nonblocking(true).map_err(DriverError::Thread)?;
+        udp.push((*a, u));
+        let t = std::net::TcpListener::bind(a).map_err(|source| DriverError::Bind {
+            addr: *a,
+            transport: "tcp",
+            source,
+        })?;
+        t.set_nonblocking(true).map_err(DriverError::Thread)?;
+        tcp.push((*a, t));
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let join = std::thread::Builder::new()
+        .name("sip".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("sip: cannot build the runtime: {e}");
+                    return;
+                }
+            };
+            let local = LocalSet::new();
+            local.block_on(&rt, run(cfg, udp, tcp, rx, effects));
+        })
+        .map_err(DriverError::Thread)?;
+    Ok((SipHandle { tx }, join))
+}
+
+async fn run(
+    cfg: Arc<Config>,
+    udp: Vec<(SocketAddr, std::net::UdpSocket)>,
+    tcp: Vec<(SocketAddr, std::net::TcpListener)>,
+    mut rx: mpsc::Receiver<Command>,
+    effects: mpsc::UnboundedSender<Effect>,
+) {
+    let start = Instant::now();
+    let settings = Settings::from_config(&cfg, local_for(&cfg));
+    let core = Proxy::new(settings, &cfg, now(start));
+    let mut sockets = Vec::new();
+    for (a, s) in udp {
+        match UdpSocket::from_std(s) {
+            Ok(s) => sockets.push((a, Rc::new(s))),
+            Err(e) => log::error!("sip: udp {a}: {e}"),
+        }
+    }
+    let (stats_tx, _) = watch::channel(Stats::default());
+    let sh = Rc::new(Shared {
+        core: RefCell::new(core),
+        start,
+        udp: sockets,
+        conns: RefCell::new(HashMap::new()),
+        conn_by_addr: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(1),
+        effects,
+        timer: Notify::new(),
+        timer_target: Cell::new(None),
+        stats: stats_tx,
+    });
+    for (a, s) in sh.udp.clone() {
+        tokio::task::spawn_local(udp_loop(sh.clone(), a, s));
+    }
+    for (a, l) in tcp {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::task::spawn_local(accept_loop(sh.clone(), a, l));
+            }
+            Err(e) => log::error!("sip: tcp {a}: {e}"),
+        }
+    }
+    tokio::task::spawn_local(timer_loop(sh.clone()));
+    log::info!("sip: proxy listening on {:?}", cfg.sip.listen_addrs());
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Command::Calls(reply) => {
+                let _ = reply.send(sh.core.borrow().active_calls());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(sh.core.borrow().stats());
+            }
+            Command::Reconfigure(cfg) => {
+                let settings = Settings::from_config(&cfg, local_for(&cfg));
+                let n = now(sh.start);
+                sh.core.borrow_mut().reconfigure(settings, &cfg, n);
+                sh.timer.notify_one();
+            }
+        }
+    }
+    let _ = sh.stats.send(sh.core.borrow().stats());
+}
+
+/// Feeds one message to the core and carries out what it says.
+fn feed(sh: &Rc<Shared>, bytes: &[u8], peer: Peer, local: SocketAddr) {
+    let mut out = Vec::new();
+    let deadline = {
+        let mut core = sh.core.borrow_mut();
+        core.on_message(now(sh.start), bytes, peer, local, &mut out);
+        core.next_deadline()
+    };
+    execute(sh, out);
+    if let Some(d) = deadline {
+        if sh.timer_target.get().is_none_or(|t| d < t) {
+            sh.timer.notify_one();
+        }
+    }
+}
+
+fn execute(sh: &Rc<Shared>, out: Vec<Output>) {
+    for o in out {
+        match o {
+            Output::Send { peer, local, bytes } => send(sh, peer, local, bytes),
+            Output::Pinhole { open, addr, ttl } => {
+                let _ = sh.effects.send(Effect::Pinhole { open, addr, ttl });
+            }
+            Output::Block { ip, ttl } => {
+                let _ = sh.effects.send(Effect::Block { ip, ttl });
+            }
+            Output::Record { seq, cdr, ended } => {
+                let _ = sh.effects.send(Effect::Record { seq, cdr, ended });
+            }
+            Output::Log { level, line } => log::log!(level, "sip: {line}"),
+        }
+    }
+}
+
+fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
+    match peer.transport {
+        Transport::Udp => {
+            let sock = sh.udp.iter().find(|(a, _)| *a == local).or_else(|| {
+                sh.udp
+                    .iter()
+                    .find(|(a, _)| a.is_ipv4() == peer.addr.is_ipv4())
+            });
+            if let Some((_, s)) = sock {
+                if let Err(e) = s.try_send_to(&bytes, peer.addr) {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("sip: udp send to {}: {e}", peer.addr);
+                    }
+                }
+            }
+        }
+        Transport::Tcp => {
+            let id = peer
+                .conn
+                .filter(|c| sh.conns.borrow().contains_key(c))
+                .or_else(|| sh.conn_by_addr.borrow().get(&peer.addr).copied());
+            if let Some(id) = id {
+                let q = sh.conns.borrow().get(&id).cloned();
+                if let Some(q) = q {
+                    if q.try_send(bytes).is_err() {
+                        log::warn!(
+                            "sip: tcp connection to {} is backed up, message dropped",
+                            peer.addr
+                        );
+                    }
+                    return;
+                }
+            }
+            tokio::task::spawn_local(connect_and_send(sh.clone(), peer.addr, local, bytes));
+        }
+    }
+}
+
+async fn connect_and_send(sh: Rc<Shared>, addr: SocketAddr, local: SocketAddr, bytes: Payload) {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let stream = match sock.and_then(|s| s.bind(SocketAddr::new(local.ip(), 0)).map(|_| s)) {
+        Ok(s) => match tokio::time::timeout(Duration::from_secs(5), s.connect(addr)).await {
+            Ok(Ok(st)) => st,
+            Ok(Err(e)) => {
+                log::info!("sip: tcp connect to {addr}: {e}");
+                return;
+            }
+            Err(_) => {
+                log::info!("sip: tcp connect to {addr}: timed out");
+                return;
+            }
+        },
+        Err(e) => {
+            log::info!("sip: tcp socket toward {addr}: {e}");
+            return;
+        }
+    };
+    let id = start_conn(&sh, stream, addr, local);
+    let q = sh.conns.borrow().get(&id).cloned();
+    if let Some(q) = q {
+        let _ = q.send(bytes).await;
+    }
+}
+
+async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let Some(bytes) = buf.get(..n) else { continue };
+                // Keepalives (CRLF) and tiny junk.
+                if n <= 4 {
+                    continue;
+                }
+                let peer = Peer {
+                    transport: Transport::Udp,
+                    addr: from,
+                    conn: None,
+                };
+                feed(&sh, bytes, peer, local);
+            }
+            Err(e) => {
+                // ICMP errors surface here on Linux (ECONNREFUSED); keep going.
+                log::trace!("sip: udp {local}: {e}");
+            }
+        }
+    }
+}
+
+async fn accept_loop(sh: Rc<Shared>, local: SocketAddr, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((stream, from)) => {
+                let _ = stream.set_nodelay(true);
+                start_conn(&sh, stream, from, local);
+            }
+            Err(e) => {
+                log::warn!("sip: accept on {local}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Registers a connection and starts its reader and writer.
+fn start_conn(sh: &Rc<Shared>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> ConnId {
+    let id = sh.next_conn.get();
+    sh.next_conn.set(id + 1);
+    let (q_tx, mut q_rx) = mpsc::channel::<Payload>(1024);
+    sh.conns.borrow_mut().insert(id, q_tx);
+    sh.conn_by_addr.borrow_mut().insert(peer, id);
+    let (mut rd, mut wr) = stream.into_split();
+    tokio::task::spawn_local(async move {
+        while let Some(b) = q_rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let sh2 = sh.clone();
+    tokio::task::spawn_local(async move {
+        let limits = Limits::default();
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 65_536];
+        'read: loop {
+            let n = match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            loop {
+                // Keepalive CRLFs between messages (RFC 5626 §3.5.1).
+                let skip = buf
+                    .iter()
+                    .take_while(|b| **b == b'\r' || **b == b'\n')
+                    .count();
+                if skip > 0 {
+                    buf.drain(..skip);
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                match callgate_sip::parse_with(&buf, &limits, Framing::Stream) {
+                    Ok((_, used)) => {
+                        let msg: Vec<u8> = buf.drain(..used.min(buf.len())).collect();
+                        let p = Peer {
+                            transport: Transport::Tcp,
+                            addr: peer,
+                            conn: Some(id),
+                        };
+                        feed(&sh2, &msg, p, local);
+                    }
+                    Err(e) if e.kind == callgate_sip::ErrorKind::Incomplete => {
+                        if buf.len() > limits.max_message + limits.max_body {
+                            break 'read;
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        // Framing is lost on a stream: close it (RFC 3261 §18.3).
+                        log::info!("sip: closing tcp connection from {peer}: unparseable message");
+                        break 'read;
+                    }
+                }
+            }
+        }
+        sh2.conns.borrow_mut().remove(&id);
+        let mut by = sh2.conn_by_addr.borrow_mut();
+        if by.get(&peer) == Some(&id) {
+            by.remove(&peer);
+        }
+    });
+    id
+}
+
+async fn timer_loop(sh: Rc<Shared>) {
+    loop {
+        let next = sh.core.borrow().next_deadline();
+        sh.timer_target.set(next);
+        let wait = match next {
+            Some(d) => {
+                let n = now(sh.start).mono;
+                Duration::from_millis(d.0.saturating_sub(n.0))
+            }
+            None => Duration::from_secs(3600),
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = sh.timer.notified() => continue,
+            }
+        }
+        let mut out = Vec::new();
+        sh.core.borrow_mut().on_timer(now(sh.start), &mut out);
+        execute(&sh, out);
+    }
+}

@@ -1,0 +1,198 @@
+//! # callgate-proxy: the SIP proxy of the appliance
+//!
+//! ## What
+//!
+//! Carries calls from carrier peers to the destinations of the private call segment, as a
+//! transaction-stateful, record-routing proxy (RFC 3261 §16), and reports what happened:
+//! one call detail record per call, media pinholes for the negotiated RTP/RTCP, sources to
+//! block. Two halves:
+//!
+//! - [`Proxy`]: the pure core. No sockets, no clock, no threads: messages come in through
+//!   [`Proxy::on_message`] with the time ([`Now`]), timers through [`Proxy::on_timer`] at
+//!   [`Proxy::next_deadline`], and everything to do comes out as [`Output`]s (send these
+//!   bytes, open or close a pinhole, block a source, store a record, log a line). Every
+//!   call flow of the system tests is also a unit test of the core.
+//! - [`driver`]: the I/O. One thread with a current-thread tokio runtime owns the UDP
+//!   sockets, the TCP listeners and connections, and the core; [`driver::SipHandle`] asks
+//!   it for calls and stats and swaps in a new config. Pinholes, blocks and records go out
+//!   over channels to the firewall and store components.
+//!
+//! ## The call path (RFC 3261 §16 as this proxy applies it)
+//!
+//! 1. [`callgate_sip::check`]: syntax and §16.3 checks (400, 416, 420, 483, 505, 513).
+//! 2. Flood guard for sources that are neither carriers nor destinations: token bucket,
+//!    scanner User-Agents, dialog cap; repeat offenders become [`Output::Block`].
+//! 3. Loop detection: a request already carrying one of our Vias gets 482.
+//! 4. Retransmissions are absorbed by their server transaction; CANCEL is matched to its
+//!    INVITE (481 when none); requests with a To tag are in-dialog (below).
+//! 5. A new INVITE: non-carrier source 403, foreign Request-URI host 403, a Route header
+//!    naming anything but us 403, a Call-ID already in use 482, an unknown number 404,
+//!    past the CPS or concurrent-call cap 503 with Retry-After. Then 100 Trying, and the
+//!    INVITE goes to the route's destinations in strategy order; 408, 5xx, a transport
+//!    error or silence for `response_timeout_secs` moves to the next one. Ringing longer
+//!    than `ring_timeout_secs` is cancelled and answered 480 (no-answer).
+//! 6. Record-Route: two entries when the call crosses interfaces (RFC 5658), so in-dialog
+//!    requests come back through us. In-dialog requests are accepted only from the two
+//!    parties of a known dialog (by tags and source address; 481 / 403 otherwise) and go to
+//!    the other party's address, never to a host named in the message: not an open relay.
+//! 7. Media: when an answer arrives (18x or 2xx with SDP, re-INVITEs too), pinholes open for
+//!    the RTP and RTCP addresses of offer and answer, with a timeout of the maximum call
+//!    length; they close at BYE, CANCEL, failure or the maximum length.
+//!
+//! ## Records
+//! Each call produces exactly one final [`Output::Record`] (`ended: true`); an answered call
+//! also produces one at answer time (`ended: false`, same `seq`) so a crash mid-call cannot
+//! lose it. Refusals of carrier INVITEs (403 domain or Route, 404, 482, 503) are calls with
+//! disposition `rejected`. Requests from non-carrier sources are not calls and leave no
+//! record (they are counted and logged, rate-limited).
+//!
+//! ## Limits
+//! - Transports UDP and TCP (TLS later). Requests without an RFC 3261 branch get 400.
+//! - No forking: destinations are tried one after the other.
+//! - The record of an answered call whose daemon died keeps `end_at: None`.
+//! - Carrier and destination sources skip the per-source rate limit (the global admission
+//!   cap covers them): a carrier trunk legitimately sends far more than one host.
+
+mod core;
+pub mod driver;
+mod msgs;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::core::{Proxy, Settings};
+pub use callgate_sip::transaction::Millis;
+use serde::Serialize;
+
+/// Transport of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// As written in a Via (`UDP`, `TCP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// A TCP connection, as numbered by the driver.
+pub type ConnId = u64;
+
+/// The other end of a message: transport, address and (TCP) the connection it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The connection to answer on; `None` means "any connection to `addr`, or a new one".
+    pub conn: Option<ConnId>,
+}
+
+/// The time, twice: monotonic for timers, wall clock for records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Millis,
+    pub unix_ms: u64,
+}
+
+/// Bytes to put on the wire, shared with the transaction layer's retransmissions.
+pub type Payload = Arc<[u8]>;
+
+/// Something the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send `bytes` to `peer` from our socket `local`.
+    Send {
+        peer: Peer,
+        local: SocketAddr,
+        bytes: Payload,
+    },
+    /// Open (with `ttl`) or close the UDP media pinhole to `addr`.
+    Pinhole {
+        open: bool,
+        addr: SocketAddr,
+        ttl: Duration,
+    },
+    /// Put `ip` into the firewall blocklist for `ttl`.
+    Block { ip: IpAddr, ttl: Duration },
+    /// Store this call record: `seq` identifies the call (the answer-time record and the
+    /// final one share it); `ended` marks the final one.
+    Record {
+        seq: u64,
+        cdr: Box<callgate_store::Cdr>,
+        ended: bool,
+    },
+    /// A log line (already rate-limited where the source is the network).
+    Log { level: log::Level, line: String },
+}
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallState {
+    /// INVITE forwarded, no ringing yet.
+    Trying,
+    /// A destination rings (or plays early media).
+    Ringing,
+    /// Answered; media flows.
+    Answered,
+}
+
+/// One live call, as `callgate show calls` prints it. The caller number is masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveCall {
+    pub call_id: String,
+    pub tracking_number: String,
+    pub campaign: String,
+    pub caller: String,
+    pub destination: String,
+    pub state: CallState,
+    pub transport: Transport,
+    pub invite_at: u64,
+    pub answer_at: Option<u64>,
+    pub pinholes: usize,
+}
+
+/// Counters since start (`callgate show sip stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub requests_in: u64,
+    pub responses_in: u64,
+    pub retransmissions_absorbed: u64,
+    pub malformed_dropped: u64,
+    pub stray_responses: u64,
+    pub calls_offered: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub calls_rejected: u64,
+    pub calls_cancelled: u64,
+    pub calls_busy: u64,
+    pub calls_no_answer: u64,
+    pub calls_shed: u64,
+    pub failovers: u64,
+    pub refused_not_carrier: u64,
+    pub refused_domain: u64,
+    pub refused_route: u64,
+    pub refused_number: u64,
+    pub refused_loop: u64,
+    pub flood_dropped: u64,
+    pub scanner_dropped: u64,
+    pub sources_blocked: u64,
+    pub pinholes_opened: u64,
+    pub pinholes_closed: u64,
+    pub active_calls: u64,
+    pub transactions: u64,
+    pub destinations_down: u64,
+}
