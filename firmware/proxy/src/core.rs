@@ -105,6 +105,8 @@ enum TimerKind {
     Ring,
     /// Maximum call length.
     MaxCall,
+    /// A CANCEL went downstream and the 487 has not come (RFC 3261 §9.1: 64·T1).
+    CancelGuard,
 }
 
 #[derive(Debug)]
@@ -159,6 +161,15 @@ struct DialogInfo {
     callee_cseq: u32,
 }
 
+#[derive(Debug, Clone)]
+struct Abandoned {
+    peer: Peer,
+    local: SocketAddr,
+    until: Millis,
+    /// ACK and BYE went out already (later 2xx copies are retransmissions: ACK only).
+    released: bool,
+}
+
 #[derive(Debug)]
 struct Relay {
     call: u64,
@@ -180,6 +191,9 @@ pub struct Proxy {
     calls: HashMap<u64, Call>,
     by_call_id: HashMap<Box<str>, u64>,
     relays: HashMap<u64, Relay>,
+    /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
+    /// late 2xx from that destination is ACKed and ended with BYE. Pruned after 64·T1.
+    abandoned: HashMap<Box<str>, Abandoned>,
     /// The request of each relay while its client transaction runs (for a 408 upstream).
     relay_requests: HashMap<u64, Payload>,
     timers: BTreeSet<(Millis, u64, TimerKind)>,
@@ -275,6 +289,7 @@ impl Proxy {
             by_call_id: HashMap::new(),
             relays: HashMap::new(),
             relay_requests: HashMap::new(),
+            abandoned: HashMap::new(),
             timers: BTreeSet::new(),
             admission,
             stats: Stats::default(),
@@ -1339,6 +1354,8 @@ impl Proxy {
         };
         let peer = call.callee;
         let local = call.callee_local;
+        let guard = now.mono + self.s.timers.timeout();
+        self.set_timer(seq, TimerKind::CancelGuard, guard);
         let Some(bytes) = msgs::cancel_for(&fwd) else {
             return;
         };
@@ -1375,6 +1392,9 @@ impl Proxy {
         };
         let Some(info) = self.tx_info.get(&key).copied() else {
             self.stats.stray_responses += 1;
+            if (200..300).contains(&code) && cseq.method == "INVITE" {
+                self.release_late_answer(now, msg, out);
+            }
             return;
         };
         let Some(incoming) = Incoming::response(code) else {
@@ -1436,6 +1456,9 @@ impl Proxy {
         out: &mut Vec<Output>,
     ) {
         let Some(call) = self.calls.get_mut(&seq) else {
+            if (200..300).contains(&code) {
+                self.release_late_answer(now, msg, out);
+            }
             return;
         };
         // A response from an attempt we have left behind.
@@ -1452,7 +1475,11 @@ impl Proxy {
             let first = !call.got_provisional;
             call.got_provisional = true;
             if first {
+                // Any provisional ends the wait for a first response and starts the wait
+                // for an answer (Timer C, RFC 3261 §16.6 step 11): a destination that
+                // sends 100 and then nothing is cancelled as no-answer.
                 self.clear_timer(seq, TimerKind::Response);
+                self.set_timer(seq, TimerKind::Ring, now.mono + self.s.ring_timeout);
             }
             let Some(call) = self.calls.get_mut(&seq) else {
                 return;
@@ -1467,7 +1494,6 @@ impl Proxy {
             if call.ring_at.is_none() {
                 call.ring_at = Some(now.unix_ms);
                 call.state = CallState::Ringing;
-                self.set_timer(seq, TimerKind::Ring, now.mono + self.s.ring_timeout);
             }
             if !msg.body().is_empty() {
                 let answer = media_of(msg);
@@ -1681,7 +1707,7 @@ impl Proxy {
             _ => self.stats.calls_failed += 1,
         }
         let cdr = self.cdr_of(seq, disposition, code, Some(now.unix_ms));
-        self.remove_call(seq, out);
+        self.remove_call(now, seq, out);
         if let Some(cdr) = cdr {
             out.push(Output::Record {
                 seq,
@@ -1693,7 +1719,7 @@ impl Proxy {
 
     fn end_answered(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
         let cdr = self.cdr_of(seq, Disposition::Answered, 200, Some(now.unix_ms));
-        self.remove_call(seq, out);
+        self.remove_call(now, seq, out);
         if let Some(cdr) = cdr {
             out.push(Output::Record {
                 seq,
@@ -1703,11 +1729,103 @@ impl Proxy {
         }
     }
 
+    fn abandon(&mut self, now: Now, branch: &str, peer: Peer, local: SocketAddr) {
+        let until = now.mono + self.s.timers.timeout();
+        self.abandoned.insert(
+            branch.into(),
+            Abandoned {
+                peer,
+                local,
+                until,
+                released: false,
+            },
+        );
+    }
+
+    /// A 2xx for an INVITE we gave up on: ACK it and end that dialog with BYE, so the
+    /// destination does not hold a call nobody is on (RFC 3261 §16.7 leaves it to us).
+    fn release_late_answer(&mut self, now: Now, msg: &Message<'_>, out: &mut Vec<Output>) {
+        let Some(branch) = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_owned))
+        else {
+            return;
+        };
+        let Some(ab) = self.abandoned.get(branch.as_str()).cloned() else {
+            return;
+        };
+        let (Some(from), Some(to), Ok(call_id), Ok(cseq)) = (
+            msg.single(HeaderName::From).ok().flatten(),
+            msg.single(HeaderName::To).ok().flatten(),
+            msg.call_id(),
+            msg.cseq(),
+        ) else {
+            return;
+        };
+        let Some(target) = msg
+            .contacts()
+            .ok()
+            .flatten()
+            .and_then(|c| c.first().map(|c| c.uri.as_str().to_string()))
+        else {
+            return;
+        };
+        let (ack_via, _) = self.our_via(ab.local, ab.peer.transport);
+        let mut spec = msgs::ByeSpec {
+            target: &target,
+            route: &[],
+            via: &ack_via,
+            from,
+            to,
+            call_id,
+            cseq: cseq.seq,
+        };
+        let ack = msgs::ack_2xx(&spec);
+        self.send(ab.peer, ab.local, ack.into(), out);
+        if ab.released {
+            return; // a retransmission of the 2xx: the BYE is on its way
+        }
+        let (via, bye_branch) = self.our_via(ab.local, ab.peer.transport);
+        spec.via = &via;
+        spec.cseq = cseq.seq.saturating_add(1);
+        let bye = msgs::bye(&spec, "call already ended");
+        if let Ok(key) = TransactionKey::client(&bye_branch, "BYE") {
+            if let Ok(acts) = self.txs.start_client(
+                now.mono,
+                key.clone(),
+                tx_transport(ab.peer.transport),
+                bye.into(),
+            ) {
+                self.tx_info.insert(
+                    key.clone(),
+                    TxInfo {
+                        owner: Owner::Own,
+                        peer: ab.peer,
+                        local: ab.local,
+                    },
+                );
+                self.run_actions(now, &key, acts, out);
+            }
+        }
+        if let Some(a) = self.abandoned.get_mut(branch.as_str()) {
+            a.released = true;
+        }
+        let line =
+            format!("released a destination that answered after the call ended (call {call_id:?})");
+        self.log(now, "late-answer", log::Level::Info, line, out);
+    }
+
     /// Forgets a call: timers, pinholes, permit. Transactions finish on their own.
-    fn remove_call(&mut self, seq: u64, out: &mut Vec<Output>) {
+    fn remove_call(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
         let Some(call) = self.calls.remove(&seq) else {
             return;
         };
+        if call.state != CallState::Answered {
+            if let Some(k) = &call.client_key {
+                self.abandon(now, k.branch(), call.callee, call.callee_local);
+            }
+        }
         self.by_call_id.remove(&call.call_id);
         for (k, at) in &call.deadlines {
             self.timers.remove(&(*at, seq, *k));
@@ -1752,6 +1870,7 @@ impl Proxy {
         }
         if now.mono >= self.next_probe {
             self.next_probe = now.mono + self.s.probe_interval;
+            self.abandoned.retain(|_, a| a.until > now.mono);
             self.probe(now, out);
         }
     }
@@ -1765,11 +1884,16 @@ impl Proxy {
                     return;
                 };
                 call.last_code = Some(408);
+                let (peer, local) = (call.callee, call.callee_local);
                 if let Some(k) = call.client_key.take() {
                     self.txs.remove(&k);
                     self.tx_info.remove(&k);
+                    self.abandon(now, k.branch(), peer, local);
                 }
                 self.try_next(now, seq, out);
+            }
+            TimerKind::Ring if self.calls.get(&seq).is_some_and(|c| c.cancel.is_some()) => {
+                // Already cancelled by the caller: the guard timer ends it.
             }
             TimerKind::Ring => {
                 let line = format!("call {seq}: no answer, cancelling");
@@ -1777,6 +1901,7 @@ impl Proxy {
                 self.cancel_call(now, seq, Cancel::NoAnswer, out);
             }
             TimerKind::MaxCall => self.max_call_reached(now, seq, out),
+            TimerKind::CancelGuard => self.finish_unanswered(now, seq, 487, out),
         }
     }
 
@@ -1820,7 +1945,7 @@ impl Proxy {
                         d.caller_cseq + 1
                     },
                 };
-                let bytes = msgs::bye(&spec);
+                let bytes = msgs::bye(&spec, "maximum call length");
                 if let Ok(key) = TransactionKey::client(&branch, "BYE") {
                     if let Ok(acts) = self.txs.start_client(
                         now.mono,

@@ -103,10 +103,24 @@ pub(crate) struct ByeSpec<'a> {
     pub cseq: u32,
 }
 
-/// A BYE ending a call on the proxy's own behalf (maximum call length reached).
-pub(crate) fn bye(spec: &ByeSpec<'_>) -> Vec<u8> {
+/// A BYE ending a call on the proxy's own behalf (maximum call length reached, or a callee
+/// that answered after the call was given up).
+pub(crate) fn bye(spec: &ByeSpec<'_>, reason: &str) -> Vec<u8> {
+    in_dialog("BYE", spec, reason)
+}
+
+/// The ACK of a 2xx the proxy has to take itself (the caller is gone).
+pub(crate) fn ack_2xx(spec: &ByeSpec<'_>) -> Vec<u8> {
+    in_dialog("ACK", spec, "")
+}
+
+fn in_dialog(method: &str, spec: &ByeSpec<'_>, reason: &str) -> Vec<u8> {
     let mut s = String::with_capacity(512);
-    let _ = write!(s, "BYE {} SIP/2.0\r\nVia: {}\r\n", spec.target, spec.via);
+    let _ = write!(
+        s,
+        "{method} {} SIP/2.0\r\nVia: {}\r\n",
+        spec.target, spec.via
+    );
     if !spec.route.is_empty() {
         let _ = write!(s, "Route: ");
         for (i, r) in spec.route.iter().enumerate() {
@@ -116,9 +130,13 @@ pub(crate) fn bye(spec: &ByeSpec<'_>) -> Vec<u8> {
     }
     let _ = write!(
         s,
-        "Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nReason: SIP;cause=200;text=\"maximum call length\"\r\nContent-Length: 0\r\n\r\n",
+        "Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n",
         spec.from, spec.to, spec.call_id, spec.cseq
     );
+    if !reason.is_empty() {
+        let _ = write!(s, "Reason: SIP;cause=200;text=\"{reason}\"\r\n");
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
     s.into_bytes()
 }
 
