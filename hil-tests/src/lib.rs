@@ -79,6 +79,7 @@ mod error;
 mod lab;
 mod netns;
 pub mod probe;
+pub mod sipp;
 mod proc;
 pub mod swtpm;
 
