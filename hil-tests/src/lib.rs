@@ -79,8 +79,8 @@ mod error;
 mod lab;
 mod netns;
 pub mod probe;
-pub mod sipp;
 mod proc;
+pub mod sipp;
 pub mod swtpm;
 
 pub use addr::{Host, Segment};

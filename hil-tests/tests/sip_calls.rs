@@ -3,6 +3,8 @@
 //! what the peers saw (sipp's counts and final codes), on the call records the daemon
 //! stored, and for media on packets that did or did not cross the firewall.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
