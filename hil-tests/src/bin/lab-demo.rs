@@ -101,6 +101,122 @@ fn theft(lab: &Lab, a: &mut Appliance<'_>) -> bool {
     refused
 }
 
+/// Places calls across the lab with sipp (carrier → appliance a → pbx) and prints what the
+/// appliance recorded. Returns the number of things that went wrong.
+fn calls(lab: &Lab, a: &Appliance<'_>) -> usize {
+    use hil_tests::sipp::{Sipp, Transport};
+    println!("\ncalls: sipp on the carrier dials tracking numbers through appliance a to sipp on the pbx");
+    let mut wrong = 0;
+    let pbx = |t: Transport| {
+        Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+            .local(addr::PBX_V4, 5060)
+            .transport(t)
+            .spawn()
+            .and_then(|h| h.wait_ready(Duration::from_secs(10)).map(|_| h))
+    };
+    let dial = |scenario: &str, t: Transport, number: &str, n: u64, hold_ms: u64| {
+        Sipp::uac(&lab.ns(Host::Carrier), scenario)
+            .local(addr::CARRIER_V4, 5060)
+            .remote(addr::A_WAN_V4, 5060)
+            .transport(t)
+            .service(number)
+            .caller("+14155550123", "Ada Lovelace")
+            .calls(n)
+            .rate(10.0)
+            .duration(Duration::from_millis(hold_ms))
+    };
+    let plan: [(&str, &str, Transport, &str, u64, u64, u16); 3] = [
+        (
+            "3 calls to +15550100007 (spring-radio) over UDP",
+            "uac.xml",
+            Transport::Udp,
+            "+15550100007",
+            3,
+            300,
+            200,
+        ),
+        (
+            "1 call to +15550100207 (tv-spot) over TCP",
+            "uac.xml",
+            Transport::Tcp,
+            "+15550100207",
+            1,
+            300,
+            200,
+        ),
+        (
+            "1 call to an unknown number +15559990000",
+            "uac_reject.xml",
+            Transport::Udp,
+            "+15559990000",
+            1,
+            0,
+            404,
+        ),
+    ];
+    for (what, scenario, t, number, n, hold, code) in plan {
+        let callee = match pbx(t) {
+            Ok(h) => h,
+            Err(e) => {
+                println!("  {what}: pbx did not start: {e}");
+                wrong += 1;
+                continue;
+            }
+        };
+        match dial(scenario, t, number, n, hold).run() {
+            Ok(r)
+                if r.final_codes.len() as u64 == n && r.final_codes.iter().all(|c| *c == code) =>
+            {
+                println!("  {what}: {:?}", r.final_codes);
+            }
+            Ok(r) => {
+                println!("  {what}: unexpected: {}  <-- WRONG", r.summary());
+                wrong += 1;
+            }
+            Err(e) => {
+                println!("  {what}: sipp failed: {e}  <-- WRONG");
+                wrong += 1;
+            }
+        }
+        let _ = callee.stop();
+    }
+    // One call held while we look at it.
+    if let Ok(callee) = pbx(Transport::Udp) {
+        if let Ok(call) = dial("uac.xml", Transport::Udp, "+15550100100", 1, 3000).spawn() {
+            std::thread::sleep(Duration::from_millis(1200));
+            println!("\ncallgate show calls (one call held 3 s; caller numbers masked):");
+            for line in a.cli(&["show", "calls"]).stdout.lines() {
+                println!("  {line}");
+            }
+            let _ = call.wait(Duration::from_secs(20));
+        }
+        let _ = callee.stop();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    println!("\ncallgate show cdrs (decrypted from the encrypted store for an admin):");
+    let cdrs = a.cli(&["show", "cdrs"]);
+    for line in cdrs.stdout.lines() {
+        println!("  {line}");
+    }
+    let n = a.cli(&["--json", "show", "cdrs"]).json()["cdrs"]
+        .as_array()
+        .map_or(0, |v| v.len());
+    if n != 6 {
+        println!("  expected 6 call records, found {n}  <-- WRONG");
+        wrong += 1;
+    }
+    println!("\ncallgate show sip stats (excerpt):");
+    for line in a.cli(&["show", "sip", "stats"]).stdout.lines() {
+        if ["calls_", "pinholes_", "refused_number", "messages_"]
+            .iter()
+            .any(|k| line.starts_with(k))
+        {
+            println!("  {line}");
+        }
+    }
+    wrong
+}
+
 fn main() -> std::process::ExitCode {
     let lab = match Lab::start(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]) {
         Ok(l) => l,
@@ -275,6 +391,7 @@ fn main() -> std::process::ExitCode {
             println!("  {line}");
         }
     }
+    wrong += calls(&lab, &a);
     let theft_ok = theft(&lab, &mut a);
     if !theft_ok {
         wrong += 1;
