@@ -16,6 +16,9 @@ use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
 use callgate_store::{Cdr, Disposition, Pii};
 
 use crate::msgs;
+
+/// Keyed with a per-process random seed: keys (branches, Call-IDs) come from the network.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use crate::{ActiveCall, CallState, Now, Output, Payload, Peer, Stats, Transport};
 
 /// Everything the core takes from the config, plus where our sockets are.
@@ -187,15 +190,15 @@ pub struct Proxy {
     selector: Selector,
     health: Health,
     txs: Table<Payload>,
-    tx_info: HashMap<TransactionKey, TxInfo>,
-    calls: HashMap<u64, Call>,
-    by_call_id: HashMap<Box<str>, u64>,
-    relays: HashMap<u64, Relay>,
+    tx_info: Map<TransactionKey, TxInfo>,
+    calls: Map<u64, Call>,
+    by_call_id: Map<Box<str>, u64>,
+    relays: Map<u64, Relay>,
     /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
     /// late 2xx from that destination is ACKed and ended with BYE. Pruned after 64·T1.
-    abandoned: HashMap<Box<str>, Abandoned>,
+    abandoned: Map<Box<str>, Abandoned>,
     /// The request of each relay while its client transaction runs (for a 408 upstream).
-    relay_requests: HashMap<u64, Payload>,
+    relay_requests: Map<u64, Payload>,
     timers: BTreeSet<(Millis, u64, TimerKind)>,
     admission: Option<Admission>,
     flood: FloodGuard,
@@ -284,12 +287,12 @@ impl Proxy {
             txs: Table::new(s.timers, s.max_transactions),
             flood: FloodGuard::new(s.flood.clone()),
             logs: LogLimiter::new(5, 10_000, 64),
-            tx_info: HashMap::new(),
-            calls: HashMap::new(),
-            by_call_id: HashMap::new(),
-            relays: HashMap::new(),
-            relay_requests: HashMap::new(),
-            abandoned: HashMap::new(),
+            tx_info: Map::default(),
+            calls: Map::default(),
+            by_call_id: Map::default(),
+            relays: Map::default(),
+            relay_requests: Map::default(),
+            abandoned: Map::default(),
             timers: BTreeSet::new(),
             admission,
             stats: Stats::default(),
@@ -498,7 +501,17 @@ impl Proxy {
         } else {
             self.stats.responses_in += 1;
         }
-        match sip::check(&msg, &self.policy) {
+        // Responses are only taken from peers we sent the request to (their top Via
+        // carries one of our random branches); they get the checks forwarding needs
+        // (start line, Via, CSeq) instead of the full validation requests get.
+        let verdict = if msg.is_request() {
+            sip::check(&msg, &self.policy)
+        } else if msg.top_via().is_ok() && msg.cseq().is_ok() && msg.call_id().is_ok() {
+            Verdict::Accept
+        } else {
+            Verdict::Drop
+        };
+        match verdict {
             Verdict::Accept => {}
             Verdict::Drop => {
                 self.stats.malformed_dropped += 1;
@@ -917,7 +930,7 @@ impl Proxy {
         };
         self.by_call_id.insert(call_id.into(), seq);
         self.calls.insert(seq, call);
-        self.try_next(now, seq, out);
+        self.try_next_with(now, seq, Some(msg), out);
     }
 
     fn set_timer(&mut self, seq: u64, kind: TimerKind, at: Millis) {
@@ -939,6 +952,17 @@ impl Proxy {
 
     /// Sends the call's INVITE to its next destination, or ends it when none is left.
     fn try_next(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        self.try_next_with(now, seq, None, out);
+    }
+
+    /// [`Self::try_next`] with the INVITE already parsed (the first attempt).
+    fn try_next_with(
+        &mut self,
+        now: Now,
+        seq: u64,
+        parsed: Option<&Message<'_>>,
+        out: &mut Vec<Output>,
+    ) {
         loop {
             let Some(call) = self.calls.get(&seq) else {
                 return;
@@ -967,8 +991,19 @@ impl Proxy {
             let transport = dest_transport(&dest);
             let local = self.local_toward(dest.uri.addr.ip(), caller_local);
             let (via, branch) = self.our_via(local, transport);
+            let reparsed;
+            let original = match parsed {
+                Some(m) => m,
+                None => match sip::parse(&invite) {
+                    Ok(m) => {
+                        reparsed = m;
+                        &reparsed
+                    }
+                    Err(_) => return,
+                },
+            };
             let Some(bytes) = self.forward_invite(
-                &invite,
+                original,
                 &number,
                 &dest,
                 &via,
@@ -1028,7 +1063,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn forward_invite(
         &self,
-        invite: &[u8],
+        invite: &Message<'_>,
         number: &str,
         dest: &Dest,
         via: &str,
@@ -1037,7 +1072,7 @@ impl Proxy {
         out_local: SocketAddr,
         out_transport: Transport,
     ) -> Option<Vec<u8>> {
-        let mut m = sip::parse(invite).ok()?;
+        let mut m = invite.clone();
         let tparam = match out_transport {
             Transport::Tcp => ";transport=tcp",
             Transport::Udp => "",

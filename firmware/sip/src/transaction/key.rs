@@ -43,8 +43,14 @@ pub enum KeyError {
 /// CSeq and top Via (and, for an ACK, the To tag of the response sent). Such requests
 /// get [`KeyError::NotRfc3261Branch`]; the proxy may handle them statelessly or refuse
 /// them.
+///
+/// Cloning is cheap (a reference count): the table files every key twice (by key and by
+/// deadline) and the proxy keeps copies per call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TransactionKey {
+pub struct TransactionKey(std::sync::Arc<KeyParts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct KeyParts {
     role: Role,
     branch: Box<str>,
     sent_by: Box<str>,
@@ -71,37 +77,37 @@ impl TransactionKey {
         if method.is_empty() {
             return Err(KeyError::EmptyMethod);
         }
-        Ok(TransactionKey {
+        Ok(TransactionKey(std::sync::Arc::new(KeyParts {
             role,
             branch: branch.into(),
             sent_by: sent_by.into(),
             method: method.into(),
-        })
+        })))
     }
 
     /// Client or server.
     pub fn role(&self) -> Role {
-        self.role
+        self.0.role
     }
 
     /// The Via branch.
     pub fn branch(&self) -> &str {
-        &self.branch
+        &self.0.branch
     }
 
     /// The Via sent-by (lowercased; empty for client keys).
     pub fn sent_by(&self) -> &str {
-        &self.sent_by
+        &self.0.sent_by
     }
 
     /// The method (methods are case-sensitive, §7.1).
     pub fn method(&self) -> &str {
-        &self.method
+        &self.0.method
     }
 
     /// Whether this is an INVITE transaction.
     pub fn is_invite(&self) -> bool {
-        &*self.method == "INVITE"
+        &*self.0.method == "INVITE"
     }
 }
 

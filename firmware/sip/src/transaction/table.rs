@@ -2,6 +2,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+/// Keyed with a per-process random seed: branches come from the network.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use super::{
     Action, Actions, Config, Event, Incoming, Millis, Role, Timers, Transaction, TransactionKey,
     Transport,
@@ -48,7 +51,7 @@ struct Entry<M> {
 pub struct Table<M> {
     timers: Timers,
     cap: usize,
-    live: HashMap<TransactionKey, Entry<M>>,
+    live: Map<TransactionKey, Entry<M>>,
     deadlines: BTreeSet<(Millis, TransactionKey)>,
 }
 
@@ -58,7 +61,7 @@ impl<M: Clone> Table<M> {
         Table {
             timers,
             cap: max_live,
-            live: HashMap::new(),
+            live: Map::default(),
             deadlines: BTreeSet::new(),
         }
     }
