@@ -650,3 +650,51 @@ fn torture_messages_do_not_hurt_the_running_proxy() {
     assert_eq!((r.successful, r.failed), (1, 0), "{}", finished(&r));
     let _ = pbx.stop();
 }
+
+/// SIGKILL mid-call: the answered call's record is already on disk (written at answer
+/// time), and the firewall keeps enforcing while the daemon is gone.
+#[test]
+fn a_crash_mid_call_keeps_the_answered_record() {
+    let lab = new_lab();
+    let mut a = start(&lab, &lab_toml());
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
+    let call = caller(&lab, "uac.xml", Transport::Udp)
+        .duration(Duration::from_secs(30))
+        .timeout(Duration::from_secs(40))
+        .spawn()
+        .expect("caller");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !active_calls(&a).iter().any(|c| c["state"] == "answered") {
+        assert!(std::time::Instant::now() < deadline, "call not answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The answer-time record is written (durably: acknowledged after a flush) while the
+    // call goes on; once it shows, kill the daemon without warning.
+    while cdrs(&a).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(10),
+            "no record at answer time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill9();
+    assert!(
+        a.ruleset().contains("table inet callgate"),
+        "the ruleset stays in force without the daemon"
+    );
+    a.launch().expect("daemon restarts");
+    let all = cdrs(&a);
+    assert_eq!(
+        all.len(),
+        1,
+        "the answered call was recorded before the crash: {all:#?}"
+    );
+    let c = &all[0];
+    assert_eq!(c["disposition"], "answered");
+    assert_eq!(c["tracking_number"], UDP_NUMBER);
+    assert_eq!(c["caller"], CALLER);
+    assert!(!c["answer_at"].is_null());
+    assert!(c["end_at"].is_null(), "the end was never seen: {c}");
+    drop(call);
+    let _ = pbx.stop();
+}
