@@ -9,8 +9,8 @@ use callgate_config::Config;
 use callgate_router::guard::{self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter};
 use callgate_router::{normalize_number, Dest, Health, RouteTable, Selector};
 use callgate_sip::transaction::{
-    Action, Event, Incoming, MessageRef, Millis, Outgoing, Table, TableError, Timers,
-    TransactionKey, Transport as TxTransport,
+    Action, Event, Incoming, MessageRef, Millis, Outgoing, State as TxState, Table, TableError,
+    Timers, TransactionKey, Transport as TxTransport,
 };
 use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
 use callgate_store::{Cdr, Disposition, Pii};
@@ -82,8 +82,8 @@ enum Owner {
     Relay(u64),
     /// A request of our own whose responses are consumed here (BYE at max length, CANCEL).
     Own,
-    /// An OPTIONS health probe of a destination.
-    Probe(SocketAddr),
+    /// An OPTIONS health probe of a destination (the transaction's peer).
+    Probe,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,25 +143,85 @@ struct Call {
     ring_at: Option<u64>,
     answer_at: Option<u64>,
     deadlines: Vec<(TimerKind, Millis)>,
-    /// Open pinholes.
-    pinholes: Vec<SocketAddr>,
     /// Media addresses of the latest offer not yet answered.
-    pending_offer: Vec<SocketAddr>,
+    /// The media addresses each party last offered or answered (0: caller, 1: callee).
+    media: [Vec<SocketAddr>; 2],
+    /// Whether the callee has described its media (pinholes open from then on).
+    media_open: bool,
+    /// An offer in a request (INVITE, re-INVITE) waiting for its answer: (callee?, addrs).
+    offered: Option<(bool, Vec<SocketAddr>)>,
     permit: Option<CallPermit>,
     /// Dialog state once answered: what BYEs of our own need.
     dialog: Option<Box<DialogInfo>>,
 }
 
+impl Call {
+    /// The open pinholes: both parties' media once the callee has described its own.
+    fn pinholes(&self) -> Vec<SocketAddr> {
+        if !self.media_open {
+            return Vec::new();
+        }
+        let mut v = self.media.concat();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
 #[derive(Debug, Clone)]
 struct DialogInfo {
-    from: String,
-    to: String,
-    caller_contact: String,
-    callee_contact: String,
-    route_to_caller: Vec<String>,
-    route_to_callee: Vec<String>,
+    /// From, To, the caller's Contact, the callee's Contact, the route toward the caller and
+    /// the route toward the callee (URIs separated by newlines), back to back in one
+    /// allocation: this lives as long as the call.
+    text: Box<str>,
+    ends: [u32; 6],
     caller_cseq: u32,
     callee_cseq: u32,
+}
+
+impl DialogInfo {
+    const FROM: usize = 0;
+    const TO: usize = 1;
+    const CALLER_CONTACT: usize = 2;
+    const CALLEE_CONTACT: usize = 3;
+    const ROUTE_TO_CALLER: usize = 4;
+    const ROUTE_TO_CALLEE: usize = 5;
+
+    fn new(parts: [&str; 6], caller_cseq: u32) -> DialogInfo {
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 6];
+        for (i, p) in parts.iter().enumerate() {
+            text.push_str(p);
+            if let Some(e) = ends.get_mut(i) {
+                *e = text.len() as u32;
+            }
+        }
+        DialogInfo {
+            text: text.into_boxed_str(),
+            ends,
+            caller_cseq,
+            callee_cseq: 0,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    fn route(&self, i: usize) -> Vec<String> {
+        self.part(i)
+            .split('\n')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +239,8 @@ struct Relay {
     server_key: TransactionKey,
     client_key: TransactionKey,
     method: Box<str>,
+    /// Sent by the caller (so its responses come from the callee)?
+    from_caller: bool,
 }
 
 /// The proxy core. See the crate docs.
@@ -191,7 +253,8 @@ pub struct Proxy {
     health: Health,
     txs: Table<Payload>,
     tx_info: Map<TransactionKey, TxInfo>,
-    calls: Map<u64, Call>,
+    /// Boxed: a slot per call stays small while the table grows by doubling.
+    calls: Map<u64, Box<Call>>,
     by_call_id: Map<Box<str>, u64>,
     relays: Map<u64, Relay>,
     /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
@@ -350,7 +413,7 @@ impl Proxy {
 
     /// The calls in progress, oldest first.
     pub fn active_calls(&self) -> Vec<ActiveCall> {
-        let mut v: Vec<&Call> = self.calls.values().collect();
+        let mut v: Vec<&Call> = self.calls.values().map(|c| &**c).collect();
         v.sort_by_key(|c| c.seq);
         v.into_iter()
             .map(|c| ActiveCall {
@@ -363,7 +426,7 @@ impl Proxy {
                 transport: c.caller.transport,
                 invite_at: c.invite_at,
                 answer_at: c.answer_at,
-                pinholes: c.pinholes.len(),
+                pinholes: c.pinholes().len(),
             })
             .collect()
     }
@@ -923,13 +986,14 @@ impl Proxy {
             ring_at: None,
             answer_at: None,
             deadlines: Vec::new(),
-            pinholes: Vec::new(),
-            pending_offer: offer,
+            media: [Vec::new(), Vec::new()],
+            media_open: false,
+            offered: Some((false, offer)),
             permit,
             dialog: None,
         };
         self.by_call_id.insert(call_id.into(), seq);
-        self.calls.insert(seq, call);
+        self.calls.insert(seq, Box::new(call));
         self.try_next_with(now, seq, Some(msg), out);
     }
 
@@ -1115,18 +1179,11 @@ impl Proxy {
         peer: Peer,
         out: &mut Vec<Output>,
     ) {
-        // ACK for a non-2xx final response: absorbed by its INVITE server transaction.
+        // ACK for a non-2xx final response: absorbed by its INVITE server transaction. An
+        // ACK matching a transaction in Accepted acknowledges a 2xx: end to end.
         if let Ok(key) = TransactionKey::server(branch, sent_by, "ACK") {
-            if self.txs.get(&key).is_some() {
-                let is_2xx_ack = self
-                    .tx_info
-                    .get(&key)
-                    .and_then(|i| match i.owner {
-                        Owner::Call(seq) => self.calls.get(&seq),
-                        _ => None,
-                    })
-                    .is_some_and(|c| c.state == CallState::Answered);
-                if !is_2xx_ack {
+            if let Some(tx) = self.txs.get(&key) {
+                if tx.state() != TxState::Accepted {
                     if let Ok(acts) =
                         self.txs
                             .handle(now.mono, &key, Event::Received(Incoming::Ack))
@@ -1203,8 +1260,8 @@ impl Proxy {
         if let Some(b) = self.edit_in_dialog(msg, &via) {
             // Media of a late offer (offer in the 2xx, answer in the ACK).
             if !msg.body().is_empty() {
-                let answer = media_of(msg);
-                self.update_media(now, seq, answer, out);
+                let side = media_of(msg);
+                self.update_media(now, seq, !from_caller, side, out);
             }
             self.send(to, local, b.into(), out);
         }
@@ -1295,14 +1352,16 @@ impl Proxy {
                 server_key: key.clone(),
                 client_key: ckey.clone(),
                 method: method.into(),
+                from_caller,
             },
         );
         self.relay_requests
             .insert(rid, Payload::from(msg.serialize()));
         if method == "INVITE" && !msg.body().is_empty() {
+            // An offer: applied when its answer comes.
             let offer = media_of(msg);
             if let Some(c) = self.calls.get_mut(&seq) {
-                c.pending_offer = offer;
+                c.offered = Some((!from_caller, offer));
             }
         }
         self.run_actions(now, &key, sacts, out);
@@ -1426,6 +1485,23 @@ impl Proxy {
             return;
         };
         let Some(info) = self.tx_info.get(&key).copied() else {
+            if (200..300).contains(&code) && self.txs.get(&key).is_some() {
+                // The INVITE transaction of an answered call (its bookkeeping is dropped at
+                // answer): a retransmitted 2xx goes upstream statelessly (RFC 6026).
+                let _ = self
+                    .txs
+                    .handle(now.mono, &key, Event::Received(Incoming::Final(code)));
+                let caller = msg
+                    .call_id()
+                    .ok()
+                    .and_then(|id| self.by_call_id.get(id))
+                    .and_then(|seq| self.calls.get(seq))
+                    .map(|c| (c.caller, c.caller_local));
+                if let (Some((peer, local)), Some(b)) = (caller, strip_via(msg)) {
+                    self.send(peer, local, b.into(), out);
+                }
+                return;
+            }
             self.stats.stray_responses += 1;
             if (200..300).contains(&code) && cseq.method == "INVITE" {
                 self.release_late_answer(now, msg, out);
@@ -1445,9 +1521,9 @@ impl Proxy {
                     match info.owner {
                         Owner::Call(seq) => self.call_response(now, seq, msg, c, out),
                         Owner::Relay(rid) => self.relay_response(now, rid, msg, c, out),
-                        Owner::Probe(dest) => {
+                        Owner::Probe => {
                             if c >= 200 {
-                                self.health.set_healthy(probe_uri(dest), c != 503);
+                                self.health.set_healthy(probe_uri(info.peer), c != 503);
                             }
                         }
                         Owner::Own => {}
@@ -1532,7 +1608,7 @@ impl Proxy {
             }
             if !msg.body().is_empty() {
                 let answer = media_of(msg);
-                self.update_media(now, seq, answer, out);
+                self.update_media(now, seq, true, answer, out);
             }
             self.forward_upstream(now, seq, msg, code, out);
             return;
@@ -1577,7 +1653,7 @@ impl Proxy {
     fn answered(&mut self, now: Now, seq: u64, msg: &Message<'_>, out: &mut Vec<Output>) {
         self.stats.calls_answered += 1;
         let answer = media_of(msg);
-        self.update_media(now, seq, answer, out);
+        self.update_media(now, seq, true, answer, out);
         self.forward_upstream(now, seq, msg, 200, out);
         let max_call = self.s.max_call;
         let Some(call) = self.calls.get_mut(&seq) else {
@@ -1588,6 +1664,21 @@ impl Proxy {
         if call.ring_at.is_none() {
             call.ring_at = Some(now.unix_ms);
         }
+        // An answered call keeps only what its dialog needs: no INVITE copies, no
+        // destination list (memory per dialog is a figure of the benchmark).
+        call.forwarded = None;
+        call.dests = Vec::new();
+        // Both INVITE transactions linger 64·T1 in Accepted; they need no bookkeeping of
+        // ours any more (ACKs and 2xx retransmissions are matched by state and Call-ID).
+        let server_key = call.server_key.clone();
+        let client_key = call.client_key.clone();
+        self.tx_info.remove(&server_key);
+        if let Some(k) = client_key {
+            self.tx_info.remove(&k);
+        }
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
         // What our own BYEs would need (maximum call length).
         let invite = call.invite.take();
         let ours = if call.caller_local != call.callee_local
@@ -1624,37 +1715,49 @@ impl Proxy {
         };
         let key = relay.server_key.clone();
         let (call, is_invite) = (relay.call, &*relay.method == "INVITE");
+        let callee_answers = relay.from_caller;
         if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
             let answer = media_of(msg);
-            self.update_media(now, call, answer, out);
+            self.update_media(now, call, callee_answers, answer, out);
         }
         if let Some(b) = strip_via(msg) {
             self.respond(now, &key, code, b.into(), out);
         }
     }
 
-    /// Opens pinholes for the pending offer and this answer; closes those no longer used.
+    /// Records the media one party described in a response or an ACK (`callee`: which
+    /// party), together with the other party's pending offer, and once the callee has
+    /// described its media keeps the pinholes equal to both parties' addresses: new ones
+    /// open, ones no longer named close (re-INVITEs, late offers answered in the ACK).
     fn update_media(
         &mut self,
         _now: Now,
         seq: u64,
-        answer: Vec<SocketAddr>,
+        callee: bool,
+        addrs: Vec<SocketAddr>,
         out: &mut Vec<Output>,
     ) {
         let ttl = Duration::from_millis(self.s.max_call.0 + 60_000);
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
-        let mut want: Vec<SocketAddr> = call.pending_offer.clone();
-        want.extend(answer);
-        want.sort();
-        want.dedup();
-        if want.is_empty() {
+        if addrs.is_empty() {
             return;
         }
+        let before = call.pinholes();
+        if let Some((side, offer)) = call.offered.take() {
+            if side != callee && !offer.is_empty() {
+                call.media[usize::from(side)] = offer;
+            }
+        }
+        call.media[usize::from(callee)] = addrs;
+        if callee {
+            call.media_open = true;
+        }
+        let want = call.pinholes();
         let mut opened = 0;
         for a in &want {
-            if !call.pinholes.contains(a) {
+            if !before.contains(a) {
                 out.push(Output::Pinhole {
                     open: true,
                     addr: *a,
@@ -1664,7 +1767,7 @@ impl Proxy {
             }
         }
         let mut closed = 0;
-        for a in &call.pinholes {
+        for a in &before {
             if !want.contains(a) {
                 out.push(Output::Pinhole {
                     open: false,
@@ -1674,7 +1777,6 @@ impl Proxy {
                 closed += 1;
             }
         }
-        call.pinholes = want;
         self.stats.pinholes_opened += opened;
         self.stats.pinholes_closed += closed;
     }
@@ -1865,7 +1967,7 @@ impl Proxy {
         for (k, at) in &call.deadlines {
             self.timers.remove(&(*at, seq, *k));
         }
-        for a in &call.pinholes {
+        for a in &call.pinholes() {
             out.push(Output::Pinhole {
                 open: false,
                 addr: *a,
@@ -1959,20 +2061,22 @@ impl Proxy {
                 [(true, caller, caller_local), (false, callee, callee_local)]
             {
                 let (via, branch) = self.our_via(local, peer.transport);
+                let route = d.route(if to_caller {
+                    DialogInfo::ROUTE_TO_CALLER
+                } else {
+                    DialogInfo::ROUTE_TO_CALLEE
+                });
+                let (from, to) = (d.part(DialogInfo::FROM), d.part(DialogInfo::TO));
                 let spec = msgs::ByeSpec {
-                    target: if to_caller {
-                        &d.caller_contact
+                    target: d.part(if to_caller {
+                        DialogInfo::CALLER_CONTACT
                     } else {
-                        &d.callee_contact
-                    },
-                    route: if to_caller {
-                        &d.route_to_caller
-                    } else {
-                        &d.route_to_callee
-                    },
+                        DialogInfo::CALLEE_CONTACT
+                    }),
+                    route: &route,
                     via: &via,
-                    from: if to_caller { &d.to } else { &d.from },
-                    to: if to_caller { &d.from } else { &d.to },
+                    from: if to_caller { to } else { from },
+                    to: if to_caller { from } else { to },
                     call_id: &call_id,
                     cseq: if to_caller {
                         d.callee_cseq + 1
@@ -2039,7 +2143,7 @@ impl Proxy {
                 self.tx_info.insert(
                     key.clone(),
                     TxInfo {
-                        owner: Owner::Probe(d.uri.addr),
+                        owner: Owner::Probe,
                         peer,
                         local,
                     },
@@ -2131,16 +2235,19 @@ impl Proxy {
                     }
                 }
             }
-            Owner::Probe(dest) => self.health.set_healthy(probe_uri(dest), false),
+            Owner::Probe => self.health.set_healthy(probe_uri(info.peer), false),
             Owner::Own => {}
         }
     }
 }
 
-fn probe_uri(addr: SocketAddr) -> callgate_config::SipUri {
+fn probe_uri(peer: Peer) -> callgate_config::SipUri {
     callgate_config::SipUri {
-        addr,
-        transport: callgate_config::Transport::Udp,
+        addr: peer.addr,
+        transport: match peer.transport {
+            Transport::Udp => callgate_config::Transport::Udp,
+            Transport::Tcp => callgate_config::Transport::Tcp,
+        },
     }
 }
 
@@ -2208,14 +2315,15 @@ fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Option<DialogInf
     let n_callee = rr.len().saturating_sub(inv_rr.len() + ours);
     let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
     route_to_callee.reverse();
-    Some(DialogInfo {
-        from: inv.single(HeaderName::From).ok()??.to_string(),
-        to: ok.single(HeaderName::To).ok()??.to_string(),
-        caller_contact,
-        callee_contact,
-        route_to_caller: inv_rr,
-        route_to_callee,
-        caller_cseq: inv.cseq().ok()?.seq,
-        callee_cseq: 0,
-    })
+    Some(DialogInfo::new(
+        [
+            inv.single(HeaderName::From).ok()??,
+            ok.single(HeaderName::To).ok()??,
+            &caller_contact,
+            &callee_contact,
+            &inv_rr.join("\n"),
+            &route_to_callee.join("\n"),
+        ],
+        inv.cseq().ok()?.seq,
+    ))
 }

@@ -259,7 +259,8 @@ pub fn parse_with<'a>(
     let start_raw = Some(text(s0, n0));
 
     // Headers, joining folded continuation lines.
-    let mut headers: Vec<Header<'a>> = Vec::new();
+    // Typical requests carry 10 to 20 headers: one allocation instead of four.
+    let mut headers: Vec<Header<'a>> = Vec::with_capacity(lines.len().clamp(8, 32));
     let mut cur: Option<(usize, usize, usize)> = None; // (start, content_end, next)
     let flush = |cur: (usize, usize, usize), headers: &mut Vec<Header<'a>>| -> Result<()> {
         let (s, e, n) = cur;

@@ -11,7 +11,8 @@ use super::{due, earliest, Action, Actions, Config, Event, Incoming, MessageRef,
 pub struct InviteClient<M> {
     cfg: Config,
     state: State,
-    request: M,
+    /// The INVITE, while it may be retransmitted or ACKed (dropped in Accepted).
+    request: Option<M>,
     timer_a: Option<Millis>,
     a_interval: Millis,
     timer_b: Option<Millis>,
@@ -31,7 +32,7 @@ impl<M: Clone> InviteClient<M> {
             timer_b: Some(now + cfg.timers.timeout()),
             timer_d: None,
             timer_m: None,
-            request: request.clone(),
+            request: Some(request.clone()),
         };
         (tx, vec![Action::Transmit(MessageRef::Request(request))])
     }
@@ -83,12 +84,13 @@ impl<M: Clone> InviteClient<M> {
                 if success {
                     // RFC 6026 §7.2: Accepted, absorbing 2xx retransmissions for 64·T1.
                     self.state = State::Accepted;
+                    self.request = None;
                     self.timer_m = Some(now + self.cfg.timers.timeout());
                 } else {
                     self.state = State::Completed;
-                    out.push(Action::Transmit(MessageRef::Ack {
-                        request: self.request.clone(),
-                    }));
+                    if let Some(request) = self.request.clone() {
+                        out.push(Action::Transmit(MessageRef::Ack { request }));
+                    }
                     self.timer_d = self.cfg.linger(now, self.cfg.timers.timer_d());
                     if self.timer_d.is_none() {
                         self.terminate(out);
@@ -98,9 +100,9 @@ impl<M: Clone> InviteClient<M> {
             State::Accepted if success => out.push(Action::PassUpRetransmitted2xx(code)),
             State::Completed if !success => {
                 // A retransmitted final response: re-send the ACK, do not pass up.
-                out.push(Action::Transmit(MessageRef::Ack {
-                    request: self.request.clone(),
-                }));
+                if let Some(request) = self.request.clone() {
+                    out.push(Action::Transmit(MessageRef::Ack { request }));
+                }
             }
             _ => {}
         }
@@ -115,7 +117,9 @@ impl<M: Clone> InviteClient<M> {
                     out.push(Action::Timeout);
                     self.terminate(&mut out);
                 } else if due(self.timer_a, now) {
-                    out.push(Action::Transmit(MessageRef::Request(self.request.clone())));
+                    if let Some(request) = self.request.clone() {
+                        out.push(Action::Transmit(MessageRef::Request(request)));
+                    }
                     self.a_interval = self.a_interval.saturating_mul(2);
                     self.timer_a = Some(now + self.a_interval);
                 }

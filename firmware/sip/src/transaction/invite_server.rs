@@ -97,8 +97,10 @@ impl<M: Clone> InviteServer<M> {
                 self.last = Some(msg);
             }
             State::Proceeding if code <= 299 => {
-                out.push(Action::Transmit(MessageRef::Response(msg.clone())));
-                self.last = Some(msg);
+                out.push(Action::Transmit(MessageRef::Response(msg)));
+                // Accepted never re-sends it (2xx retransmissions are the TU's): keep
+                // nothing for the 64·T1 the transaction lingers.
+                self.last = None;
                 self.state = State::Accepted;
                 self.timer_l = Some(now + self.cfg.timers.timeout());
             }

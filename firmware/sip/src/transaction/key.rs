@@ -49,12 +49,13 @@ pub enum KeyError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransactionKey(std::sync::Arc<KeyParts>);
 
+/// One allocation per key: `branch`, `sent_by` and `method` back to back in `text`.
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct KeyParts {
     role: Role,
-    branch: Box<str>,
-    sent_by: Box<str>,
-    method: Box<str>,
+    /// Length of the branch and of the sent-by in `text`.
+    lens: (u32, u32),
+    text: Box<str>,
 }
 
 impl TransactionKey {
@@ -77,11 +78,14 @@ impl TransactionKey {
         if method.is_empty() {
             return Err(KeyError::EmptyMethod);
         }
+        let mut text = String::with_capacity(branch.len() + sent_by.len() + method.len());
+        text.push_str(branch);
+        text.push_str(sent_by);
+        text.push_str(method);
         Ok(TransactionKey(std::sync::Arc::new(KeyParts {
             role,
-            branch: branch.into(),
-            sent_by: sent_by.into(),
-            method: method.into(),
+            lens: (branch.len() as u32, sent_by.len() as u32),
+            text: text.into_boxed_str(),
         })))
     }
 
@@ -92,22 +96,30 @@ impl TransactionKey {
 
     /// The Via branch.
     pub fn branch(&self) -> &str {
-        &self.0.branch
+        self.0
+            .text
+            .get(..self.0.lens.0 as usize)
+            .unwrap_or_default()
     }
 
     /// The Via sent-by (lowercased; empty for client keys).
     pub fn sent_by(&self) -> &str {
-        &self.0.sent_by
+        let (b, s) = self.0.lens;
+        self.0
+            .text
+            .get(b as usize..(b + s) as usize)
+            .unwrap_or_default()
     }
 
     /// The method (methods are case-sensitive, §7.1).
     pub fn method(&self) -> &str {
-        &self.0.method
+        let (b, s) = self.0.lens;
+        self.0.text.get((b + s) as usize..).unwrap_or_default()
     }
 
     /// Whether this is an INVITE transaction.
     pub fn is_invite(&self) -> bool {
-        &*self.0.method == "INVITE"
+        self.method() == "INVITE"
     }
 }
 
