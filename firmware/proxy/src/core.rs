@@ -1099,28 +1099,12 @@ impl Proxy {
                 c.destination = dest.uri.to_string();
                 c.got_provisional = false;
             }
-            match self
-                .txs
-                .start_client(now.mono, ckey.clone(), tx_transport(transport), bytes)
-            {
-                Ok(acts) => {
-                    self.tx_info.insert(
-                        ckey.clone(),
-                        TxInfo {
-                            owner: Owner::Call(seq),
-                            peer,
-                            local,
-                        },
-                    );
-                    self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
-                    self.run_actions(now, &ckey, acts, out);
-                    return;
-                }
-                Err(_) => {
-                    self.finish_unanswered(now, seq, 503, out);
-                    return;
-                }
+            if self.start_client(now, ckey, Owner::Call(seq), peer, local, bytes, out) {
+                self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
+            } else {
+                self.finish_unanswered(now, seq, 503, out);
             }
+            return;
         }
     }
 
@@ -1456,21 +1440,33 @@ impl Proxy {
         let Ok(key) = TransactionKey::client(ckey.branch(), "CANCEL") else {
             return;
         };
-        if let Ok(acts) = self.txs.start_client(
-            now.mono,
-            key.clone(),
-            tx_transport(peer.transport),
-            bytes.into(),
-        ) {
-            self.tx_info.insert(
-                key.clone(),
-                TxInfo {
-                    owner: Owner::Own,
-                    peer,
-                    local,
-                },
-            );
-            self.run_actions(now, &key, acts, out);
+        self.start_client(now, key, Owner::Own, peer, local, bytes.into(), out);
+    }
+
+    /// Starts a client transaction sending `bytes` to `peer` from our `local` socket on
+    /// behalf of `owner`; false when the table refuses it (full).
+    #[allow(clippy::too_many_arguments)]
+    fn start_client(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        owner: Owner,
+        peer: Peer,
+        local: SocketAddr,
+        bytes: Payload,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        match self
+            .txs
+            .start_client(now.mono, key.clone(), tx_transport(peer.transport), bytes)
+        {
+            Ok(acts) => {
+                self.tx_info
+                    .insert(key.clone(), TxInfo { owner, peer, local });
+                self.run_actions(now, &key, acts, out);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -1928,22 +1924,7 @@ impl Proxy {
         spec.cseq = cseq.seq.saturating_add(1);
         let bye = msgs::bye(&spec, "call already ended");
         if let Ok(key) = TransactionKey::client(&bye_branch, "BYE") {
-            if let Ok(acts) = self.txs.start_client(
-                now.mono,
-                key.clone(),
-                tx_transport(ab.peer.transport),
-                bye.into(),
-            ) {
-                self.tx_info.insert(
-                    key.clone(),
-                    TxInfo {
-                        owner: Owner::Own,
-                        peer: ab.peer,
-                        local: ab.local,
-                    },
-                );
-                self.run_actions(now, &key, acts, out);
-            }
+            self.start_client(now, key, Owner::Own, ab.peer, ab.local, bye.into(), out);
         }
         if let Some(a) = self.abandoned.get_mut(branch.as_str()) {
             a.released = true;
@@ -2086,22 +2067,7 @@ impl Proxy {
                 };
                 let bytes = msgs::bye(&spec, "maximum call length");
                 if let Ok(key) = TransactionKey::client(&branch, "BYE") {
-                    if let Ok(acts) = self.txs.start_client(
-                        now.mono,
-                        key.clone(),
-                        tx_transport(peer.transport),
-                        bytes.into(),
-                    ) {
-                        self.tx_info.insert(
-                            key.clone(),
-                            TxInfo {
-                                owner: Owner::Own,
-                                peer,
-                                local,
-                            },
-                        );
-                        self.run_actions(now, &key, acts, out);
-                    }
+                    self.start_client(now, key, Owner::Own, peer, local, bytes.into(), out);
                 }
             }
         }
@@ -2136,20 +2102,7 @@ impl Proxy {
                 addr: d.uri.addr,
                 conn: None,
             };
-            if let Ok(acts) =
-                self.txs
-                    .start_client(now.mono, key.clone(), tx_transport(transport), bytes.into())
-            {
-                self.tx_info.insert(
-                    key.clone(),
-                    TxInfo {
-                        owner: Owner::Probe,
-                        peer,
-                        local,
-                    },
-                );
-                self.run_actions(now, &key, acts, out);
-            }
+            self.start_client(now, key, Owner::Probe, peer, local, bytes.into(), out);
         }
         self.stats.destinations_down = down;
     }

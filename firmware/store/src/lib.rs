@@ -738,14 +738,7 @@ impl Store {
             .iter()
             .rev()
             .take(n)
-            .map(|item| {
-                let (k, v) = item?;
-                let id = id_of(&k).ok_or_else(|| StoreError::Corrupt {
-                    table: Table::Cdrs.name(),
-                    id: hex(&k),
-                })?;
-                Ok(self.decode_cdr(id, &k, &v)?.1)
-            })
+            .map(|item| self.cdr_item(item))
             .collect();
         out.reverse();
         out
@@ -901,14 +894,23 @@ impl Store {
         &self,
         from: u64,
     ) -> impl Iterator<Item = Result<Record<Cdr>, StoreError>> + '_ {
-        self.t.cdrs.range(from.to_be_bytes()..).map(move |item| {
-            let (k, v) = item?;
-            let id = id_of(&k).ok_or_else(|| StoreError::Corrupt {
-                table: Table::Cdrs.name(),
-                id: hex(&k),
-            })?;
-            Ok(self.decode_cdr(id, &k, &v)?.1)
-        })
+        self.t
+            .cdrs
+            .range(from.to_be_bytes()..)
+            .map(move |item| self.cdr_item(item))
+    }
+
+    /// One CDR as sled's iterators yield it.
+    fn cdr_item(
+        &self,
+        item: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<Record<Cdr>, StoreError> {
+        let (k, v) = item?;
+        let id = id_of(&k).ok_or_else(|| StoreError::Corrupt {
+            table: Table::Cdrs.name(),
+            id: hex(&k),
+        })?;
+        Ok(self.decode_cdr(id, &k, &v)?.1)
     }
 
     /// Deletes a CDR and its index entry (retention); durable on return. `Ok(false)` if
