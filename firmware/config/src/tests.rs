@@ -501,6 +501,6 @@ fn lab_routing_is_as_documented() {
         .iter()
         .map(|r| r.campaign.get_ref().as_str())
         .collect();
-    assert_eq!(campaigns, ["spring-radio", "billboard-i5"]);
+    assert_eq!(campaigns, ["spring-radio", "billboard-i5", "tv-spot"]);
     assert_eq!(*sip.routes[1].strategy.get_ref(), Strategy::RoundRobin);
 }

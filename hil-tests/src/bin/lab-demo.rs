@@ -40,7 +40,8 @@ fn probe(lab: &Lab, c: &Case) -> bool {
     match c.flow {
         Flow::Tcp(port) => match to.tcp_listen(c.dst, port) {
             Ok(_l) => from.tcp_connect(c.src, c.dst, port, wait),
-            Err(_) => false,
+            // The appliance's own service already listens there (the SIP proxy).
+            Err(_) => from.tcp_connect(c.src, c.dst, port, wait),
         },
         Flow::Udp(port) => match to.udp_listen_silent(c.dst, port) {
             Ok(l) => {
@@ -48,10 +49,47 @@ fn probe(lab: &Lab, c: &Case) -> bool {
                 from.udp_send(c.src, c.dst, port, &t);
                 l.wait_for(&t, wait)
             }
-            Err(_) => false,
+            // The SIP proxy listens there: an OPTIONS must get an answer.
+            Err(_) => sip_options(&from, c.src, c.dst, port, wait),
         },
         Flow::Ping => from.ping(c.src, c.dst, wait),
     }
+}
+
+/// Sends a SIP OPTIONS from `from` to `dst:port` and waits for any SIP response.
+fn sip_options(from: &Ns<'_>, src: Option<IpAddr>, dst: IpAddr, port: u16, wait: Duration) -> bool {
+    from.run_in(move || {
+        let bind = match (src, dst) {
+            (Some(s), _) => std::net::SocketAddr::new(s, 0),
+            (None, IpAddr::V4(_)) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            (None, IpAddr::V6(_)) => std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        let Ok(sock) = std::net::UdpSocket::bind(bind) else {
+            return false;
+        };
+        let Ok(local) = sock.local_addr() else {
+            return false;
+        };
+        let host = match dst {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let me = match local.ip() {
+            IpAddr::V4(a) => format!("{a}:{}", local.port()),
+            IpAddr::V6(a) => format!("[{a}]:{}", local.port()),
+        };
+        let msg = format!(
+            "OPTIONS sip:{host} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKdemo{}\r\nMax-Forwards: 70\r\nFrom: <sip:demo@{me}>;tag=demo\r\nTo: <sip:{host}>\r\nCall-ID: demo-{}@{me}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            local.port(),
+            local.port()
+        );
+        let _ = sock.set_read_timeout(Some(wait));
+        if sock.send_to(msg.as_bytes(), (dst, port)).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf.get(..n).is_some_and(|b| b.starts_with(b"SIP/2.0 ")))
+    })
 }
 
 /// Copies a's disk (state directory: sealed key blob and records) to board b, which has a
