@@ -25,7 +25,7 @@ pub fn handler(
         let protector = protector.clone();
         Box::pin(async move {
             let name = req.name();
-            let change = req.is_change();
+            let change = req.is_audited();
             let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
             if change {
                 log::info!(

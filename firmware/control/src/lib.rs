@@ -98,6 +98,17 @@ fn default_last() -> usize {
 }
 
 impl Request {
+    /// Whether the request reads personal data (caller numbers and names): needs an admin
+    /// and is audited like a change (CCPA: every access to a consumer's data is on record).
+    pub fn reads_pii(&self) -> bool {
+        matches!(self, Request::ShowCdrs { .. })
+    }
+
+    /// Whether the request needs an admin and goes into the audit trail.
+    pub fn is_audited(&self) -> bool {
+        self.is_change() || self.reads_pii()
+    }
+
     /// Whether the request changes the appliance (needs an admin).
     pub fn is_change(&self) -> bool {
         matches!(
@@ -277,7 +288,7 @@ async fn connection(stream: UnixStream, handler: Handler) -> Result<(), ControlE
         rd.set_limit(MAX_REQUEST);
         let resp = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::err(format!("malformed request: {e}")),
-            Ok(req) if req.is_change() && !peer.admin => {
+            Ok(req) if req.is_audited() && !peer.admin => {
                 log::warn!(
                     "audit: user={} uid={} denied {} (not root or in {ADMIN_GROUP})",
                     peer.user,
@@ -355,6 +366,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(r.is_change());
         assert!(!Request::ShowFirewall.is_change());
+        assert!(Request::ShowCdrs { last: 1 }.is_audited());
+        assert!(
+            !Request::ShowCalls.is_audited(),
+            "show calls masks caller numbers"
+        );
         assert!(serde_json::from_str::<Request>("{\"cmd\":\"format_disk\"}").is_err());
     }
 
