@@ -698,3 +698,29 @@ fn a_crash_mid_call_keeps_the_answered_record() {
     drop(call);
     let _ = pbx.stop();
 }
+
+/// A carrier calling over IPv6 reaches the IPv4 PBX: the proxy bridges the families
+/// (Via, Record-Route, pinholes in both the IPv6 and the IPv4 set).
+#[test]
+fn an_ipv6_carrier_reaches_the_ipv4_pbx() {
+    let lab = new_lab();
+    let a = start(&lab, &lab_toml());
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
+    let r = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V6, 5060)
+        .remote(addr::A_WAN_V6, 5060)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(2)
+        .duration(Duration::from_millis(200))
+        .run()
+        .expect("caller");
+    assert_eq!((r.successful, r.failed), (2, 0), "{}", finished(&r));
+    let _ = pbx.stop();
+    let all = wait_cdrs(&a, 2);
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|c| c["disposition"] == "answered"
+        && c["destination"] == dest(addr::PBX_V4, Transport::Udp)));
+    let st = stats(&a);
+    assert!(u(&st["pinholes_opened"]) >= 8, "{st}");
+}
