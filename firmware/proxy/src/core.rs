@@ -569,10 +569,9 @@ impl Proxy {
         // (start line, Via, CSeq) instead of the full validation requests get.
         let verdict = if msg.is_request() {
             sip::check(&msg, &self.policy)
-        } else if msg.top_via().is_ok() && msg.cseq().is_ok() && msg.call_id().is_ok() {
-            Verdict::Accept
         } else {
-            Verdict::Drop
+            // Checked where it is used: on_response drops what lacks Via, CSeq or Call-ID.
+            Verdict::Accept
         };
         match verdict {
             Verdict::Accept => {}
@@ -1474,8 +1473,13 @@ impl Proxy {
 
     fn on_response(&mut self, now: Now, msg: &Message<'_>, out: &mut Vec<Output>) {
         let (Ok(via), Ok(cseq), Some(code)) = (msg.top_via(), msg.cseq(), msg.status()) else {
+            self.stats.malformed_dropped += 1;
             return;
         };
+        if msg.call_id().is_err() {
+            self.stats.malformed_dropped += 1;
+            return;
+        }
         let Some(branch) = via.branch() else { return };
         let Ok(key) = TransactionKey::client(branch, cseq.method) else {
             return;
@@ -1515,7 +1519,7 @@ impl Proxy {
             match act {
                 Action::PassUp(Incoming::Provisional(c)) | Action::PassUp(Incoming::Final(c)) => {
                     match info.owner {
-                        Owner::Call(seq) => self.call_response(now, seq, msg, c, out),
+                        Owner::Call(seq) => self.call_response(now, seq, msg, c, &key, out),
                         Owner::Relay(rid) => self.relay_response(now, rid, msg, c, out),
                         Owner::Probe => {
                             if c >= 200 {
@@ -1560,6 +1564,7 @@ impl Proxy {
         seq: u64,
         msg: &Message<'_>,
         code: u16,
+        key: &TransactionKey,
         out: &mut Vec<Output>,
     ) {
         let Some(call) = self.calls.get_mut(&seq) else {
@@ -1569,11 +1574,7 @@ impl Proxy {
             return;
         };
         // A response from an attempt we have left behind.
-        let current = msg
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch().map(str::to_owned))
-            .is_some_and(|b| call.client_key.as_ref().is_some_and(|k| k.branch() == b));
+        let current = call.client_key.as_ref() == Some(key);
         if !current {
             return;
         }

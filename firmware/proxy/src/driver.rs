@@ -154,6 +154,8 @@ struct Shared {
     timer: Notify,
     timer_target: Cell<Option<Millis>>,
     stats: watch::Sender<Stats>,
+    /// The output buffer `feed` reuses.
+    out: Cell<Vec<Output>>,
 }
 
 /// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
@@ -231,6 +233,7 @@ async fn run(
         timer: Notify::new(),
         timer_target: Cell::new(None),
         stats: stats_tx,
+        out: Cell::new(Vec::with_capacity(16)),
     });
     for (a, s) in sh.udp.clone() {
         tokio::task::spawn_local(udp_loop(sh.clone(), a, s));
@@ -266,13 +269,16 @@ async fn run(
 
 /// Feeds one message to the core and carries out what it says.
 fn feed(sh: &Rc<Shared>, bytes: &[u8], peer: Peer, local: SocketAddr) {
-    let mut out = Vec::new();
+    // One output buffer for every message (no allocation per datagram).
+    let mut out = sh.out.take();
+    out.clear();
     let deadline = {
         let mut core = sh.core.borrow_mut();
         core.on_message(now(sh.start), bytes, peer, local, &mut out);
         core.next_deadline()
     };
-    execute(sh, out);
+    execute(sh, &mut out);
+    sh.out.replace(out);
     if let Some(d) = deadline {
         if sh.timer_target.get().is_none_or(|t| d < t) {
             sh.timer.notify_one();
@@ -280,8 +286,8 @@ fn feed(sh: &Rc<Shared>, bytes: &[u8], peer: Peer, local: SocketAddr) {
     }
 }
 
-fn execute(sh: &Rc<Shared>, out: Vec<Output>) {
-    for o in out {
+fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
+    for o in out.drain(..) {
         match o {
             Output::Send { peer, local, bytes } => send(sh, peer, local, bytes),
             Output::Pinhole { open, addr, ttl } => {
@@ -496,6 +502,6 @@ async fn timer_loop(sh: Rc<Shared>) {
         }
         let mut out = Vec::new();
         sh.core.borrow_mut().on_timer(now(sh.start), &mut out);
-        execute(&sh, out);
+        execute(&sh, &mut out);
     }
 }
