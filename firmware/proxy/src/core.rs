@@ -380,21 +380,22 @@ impl Proxy {
             .iter()
             .flat_map(|r| r.destinations.iter().map(|d| d.uri.addr.ip()))
             .collect();
-        let active = self.calls.len();
         self.admission = match (s.max_cps, s.max_calls) {
-            (None, None) => None,
+            (None, None) => {
+                for c in self.calls.values_mut() {
+                    c.permit = None;
+                }
+                None
+            }
             (cps, calls) => {
                 let mut a = Admission::new(
                     cps.unwrap_or(u32::MAX / 2000),
                     calls.unwrap_or(u32::MAX),
                     guard::Millis(now.mono.0),
                 );
-                // Calls in progress hold their old permits; count them against the new cap.
+                // Calls in progress count against the new caps, without CPS tokens.
                 for c in self.calls.values_mut() {
-                    c.permit = None;
-                }
-                for c in self.calls.values_mut().take(active) {
-                    c.permit = a.try_admit(guard::Millis(now.mono.0)).ok();
+                    c.permit = Some(a.carry_over());
                 }
                 Some(a)
             }

@@ -25,7 +25,7 @@ use callgate_config::Config;
 use callgate_sip::{Framing, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::LocalSet;
 
 use crate::{
@@ -153,7 +153,6 @@ struct Shared {
     effects: mpsc::UnboundedSender<Effect>,
     timer: Notify,
     timer_target: Cell<Option<Millis>>,
-    stats: watch::Sender<Stats>,
     /// The output buffer `feed` reuses.
     out: Cell<Vec<Output>>,
 }
@@ -221,7 +220,6 @@ async fn run(
             Err(e) => log::error!("sip: udp {a}: {e}"),
         }
     }
-    let (stats_tx, _) = watch::channel(Stats::default());
     let sh = Rc::new(Shared {
         core: RefCell::new(core),
         start,
@@ -232,7 +230,6 @@ async fn run(
         effects,
         timer: Notify::new(),
         timer_target: Cell::new(None),
-        stats: stats_tx,
         out: Cell::new(Vec::with_capacity(16)),
     });
     for (a, s) in sh.udp.clone() {
@@ -264,7 +261,6 @@ async fn run(
             }
         }
     }
-    let _ = sh.stats.send(sh.core.borrow().stats());
 }
 
 /// Feeds one message to the core and carries out what it says.

@@ -78,6 +78,13 @@ impl Admission {
         Ok(CallPermit { _private: () })
     }
 
+    /// Takes over a call admitted before a reconfiguration: it counts against `max_calls`
+    /// (even past it: a call in progress is never cut) and uses no CPS token.
+    pub fn carry_over(&mut self) -> CallPermit {
+        self.active += 1;
+        CallPermit { _private: () }
+    }
+
     /// The call of `permit` has ended.
     pub fn release(&mut self, permit: CallPermit) {
         let CallPermit { _private: () } = permit;

@@ -443,3 +443,23 @@ fn random_event_sequences_keep_invariants() {
         }
     }
 }
+
+#[test]
+fn calls_carried_over_a_reconfiguration_count_but_use_no_cps_tokens() {
+    let mut a = Admission::new(1, 2, Millis(0));
+    let carried = [a.carry_over(), a.carry_over(), a.carry_over()];
+    assert_eq!(
+        a.active(),
+        3,
+        "a call in progress is never cut, even past the cap"
+    );
+    assert_eq!(
+        a.try_admit(Millis(0)).map_err(|s| s.reason),
+        Err(ShedReason::Concurrency)
+    );
+    for p in carried {
+        a.release(p);
+    }
+    // The CPS bucket is still full: the carried calls took no token.
+    assert!(a.try_admit(Millis(0)).is_ok());
+}
