@@ -1179,7 +1179,7 @@ impl Proxy {
             }
         }
         // ACK for a 2xx: end to end, forwarded statelessly within the dialog.
-        self.forward_in_dialog_stateless(now, msg, peer, out);
+        self.forward_in_dialog_stateless(msg, peer, out);
     }
 
     /// Finds the call of an in-dialog request and which way it goes; `None` (with the
@@ -1224,7 +1224,6 @@ impl Proxy {
 
     fn forward_in_dialog_stateless(
         &mut self,
-        now: Now,
         msg: &Message<'_>,
         peer: Peer,
         out: &mut Vec<Output>,
@@ -1245,7 +1244,7 @@ impl Proxy {
             // Media of a late offer (offer in the 2xx, answer in the ACK).
             if !msg.body().is_empty() {
                 let side = media_of(msg);
-                self.update_media(now, seq, !from_caller, side, out);
+                self.update_media(seq, !from_caller, side, out);
             }
             self.send(to, local, b.into(), out);
         }
@@ -1606,7 +1605,7 @@ impl Proxy {
             }
             if !msg.body().is_empty() {
                 let answer = media_of(msg);
-                self.update_media(now, seq, true, answer, out);
+                self.update_media(seq, true, answer, out);
             }
             self.forward_upstream(now, seq, msg, code, out);
             return;
@@ -1651,7 +1650,7 @@ impl Proxy {
     fn answered(&mut self, now: Now, seq: u64, msg: &Message<'_>, out: &mut Vec<Output>) {
         self.stats.calls_answered += 1;
         let answer = media_of(msg);
-        self.update_media(now, seq, true, answer, out);
+        self.update_media(seq, true, answer, out);
         self.forward_upstream(now, seq, msg, 200, out);
         let max_call = self.s.max_call;
         let Some(call) = self.calls.get_mut(&seq) else {
@@ -1716,7 +1715,7 @@ impl Proxy {
         let callee_answers = relay.from_caller;
         if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
             let answer = media_of(msg);
-            self.update_media(now, call, callee_answers, answer, out);
+            self.update_media(call, callee_answers, answer, out);
         }
         if let Some(b) = strip_via(msg) {
             self.respond(now, &key, code, b.into(), out);
@@ -1729,7 +1728,6 @@ impl Proxy {
     /// open, ones no longer named close (re-INVITEs, late offers answered in the ACK).
     fn update_media(
         &mut self,
-        _now: Now,
         seq: u64,
         callee: bool,
         addrs: Vec<SocketAddr>,
