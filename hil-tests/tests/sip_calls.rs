@@ -346,14 +346,25 @@ fn a_thousand_calls_leave_a_thousand_records() {
     assert_eq!(u(&st["active_calls"]), 0);
 }
 
+/// A copy of `scenario` edited by `f`, written into `dir`; its path.
+fn edited(
+    dir: &std::path::Path,
+    scenario: &str,
+    name: &str,
+    f: impl Fn(String) -> String,
+) -> String {
+    let text = std::fs::read_to_string(hil_tests::sipp::scenario_path(scenario)).expect("scenario");
+    let path = dir.join(name);
+    std::fs::write(&path, f(text)).expect("write scenario");
+    path.to_string_lossy().into_owned()
+}
+
 /// A copy of a scenario with its SDP port fixed (sipp binds `-mp` itself, so the probes
 /// listen on a port only the SDP names).
 fn with_sdp_port(scenario: &str, port: u16, dir: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(hil_tests::sipp::scenario_path(scenario)).expect("scenario");
-    let text = text.replace("m=audio [media_port]", &format!("m=audio {port}"));
-    let path = dir.join(format!("{port}-{scenario}"));
-    std::fs::write(&path, text).expect("write scenario");
-    path.to_string_lossy().into_owned()
+    edited(dir, scenario, &format!("{port}-{scenario}"), |t| {
+        t.replace("m=audio [media_port]", &format!("m=audio {port}"))
+    })
 }
 
 #[test]
@@ -435,16 +446,6 @@ fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call() {
     );
 }
 
-/// A copy of `uac_reject.xml` whose INVITE is edited by `f`.
-fn edited_reject(dir: &std::path::Path, name: &str, f: impl Fn(String) -> String) -> String {
-    let text = std::fs::read_to_string(hil_tests::sipp::scenario_path("uac_reject.xml"))
-        .expect("scenario");
-    let out = f(text);
-    let path = dir.join(name);
-    std::fs::write(&path, out).expect("write");
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn never_an_open_relay() {
     let lab = new_lab();
@@ -456,14 +457,14 @@ fn never_an_open_relay() {
         .ns(Host::Pbx)
         .udp_listen_silent(addr::PBX_V4, 5060)
         .expect("listen");
-    let foreign = edited_reject(dir.path(), "foreign.xml", |t| {
+    let foreign = edited(dir.path(), "uac_reject.xml", "foreign.xml", |t| {
         t.replacen(
             "INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0",
             "INVITE sip:[service]@calls.example.net SIP/2.0",
             1,
         )
     });
-    let routed = edited_reject(dir.path(), "route.xml", |t| {
+    let routed = edited(dir.path(), "uac_reject.xml", "route.xml", |t| {
         t.replacen(
             "Max-Forwards: 70",
             "Max-Forwards: 70\n      Route: <sip:198.51.100.99:5060;lr>",

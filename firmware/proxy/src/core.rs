@@ -1642,8 +1642,21 @@ impl Proxy {
             return;
         };
         let key = call.server_key.clone();
+        self.respond_stripped(now, &key, msg, code, out);
+    }
+
+    /// Sends a response from downstream upstream through the server transaction `key`,
+    /// without our Via.
+    fn respond_stripped(
+        &mut self,
+        now: Now,
+        key: &TransactionKey,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(b) = strip_via(msg) {
-            self.respond(now, &key, code, b.into(), out);
+            self.respond(now, key, code, b.into(), out);
         }
     }
 
@@ -1717,9 +1730,7 @@ impl Proxy {
             let answer = media_of(msg);
             self.update_media(call, callee_answers, answer, out);
         }
-        if let Some(b) = strip_via(msg) {
-            self.respond(now, &key, code, b.into(), out);
-        }
+        self.respond_stripped(now, &key, msg, code, out);
     }
 
     /// Records the media one party described in a response or an ACK (`callee`: which
