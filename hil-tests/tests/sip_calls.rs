@@ -725,3 +725,47 @@ fn an_ipv6_carrier_reaches_the_ipv4_pbx() {
     let st = stats(&a);
     assert!(u(&st["pinholes_opened"]) >= 8, "{st}");
 }
+
+/// OPTIONS health: a destination that does not answer its probes is taken out of rotation,
+/// so round-robin calls stop going there (no failover needed), and it comes back when it
+/// answers again.
+#[test]
+fn a_silent_destination_leaves_the_rotation() {
+    let lab = new_lab();
+    let a = start(
+        &lab,
+        &config(&[(
+            "max_call_secs = 3600",
+            "max_call_secs = 3600\nprobe_interval_secs = 1",
+        )]),
+    );
+    // Only .10 answers; .11 (the other half of billboard-i5's round-robin) is silent.
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while u(&stats(&a)["destinations_down"]) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent destination is never marked down"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = caller(&lab, "uac.xml", Transport::Udp)
+        .service("+15550100100")
+        .calls(6)
+        .rate(10.0)
+        .duration(Duration::from_millis(100))
+        .run()
+        .expect("caller");
+    assert_eq!((r.successful, r.failed), (6, 0), "{}", finished(&r));
+    let _ = pbx.stop();
+    let st = stats(&a);
+    assert_eq!(
+        u(&st["failovers"]),
+        0,
+        "no call was sent to the silent destination: {st}"
+    );
+    let all = wait_cdrs(&a, 6);
+    assert!(all
+        .iter()
+        .all(|c| c["destination"] == dest(addr::PBX_V4, Transport::Udp)));
+}

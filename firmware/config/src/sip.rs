@@ -10,6 +10,7 @@
 //! response_timeout_secs = 5   # optional: no response from a destination → next one
 //! ring_timeout_secs = 60      # optional: ringing this long → CANCEL, no-answer
 //! max_call_secs = 14400       # optional: longest call (BYE both ways), pinholes' lifetime
+//! probe_interval_secs = 10    # optional: OPTIONS health probes; unanswered → out of rotation
 //!
 //! [[sip.carrier]]      # calls are accepted only from these sources (application layer)
 //! name = "lab-carrier"
@@ -69,6 +70,11 @@ pub struct Sip {
     /// Seconds a destination may ring before the call is cancelled as no-answer (default 60).
     #[serde(default)]
     pub ring_timeout_secs: Option<Spanned<u32>>,
+    /// Seconds between OPTIONS health probes of each destination (default 10); a destination
+    /// that has not answered the previous probe by the next one is taken out of rotation
+    /// until it answers again.
+    #[serde(default)]
+    pub probe_interval_secs: Option<Spanned<u32>>,
     /// Longest call in seconds; the proxy then ends it with BYE both ways (default 14400).
     /// Media pinholes never outlive it, even if the daemon dies.
     #[serde(default)]
@@ -458,6 +464,12 @@ impl Sip {
     pub fn ring_timeout_secs(&self) -> u32 {
         self.ring_timeout_secs.as_ref().map_or(60, |v| *v.get_ref())
     }
+    /// `probe_interval_secs` or its default.
+    pub fn probe_interval_secs(&self) -> u32 {
+        self.probe_interval_secs
+            .as_ref()
+            .map_or(10, |v| *v.get_ref())
+    }
     /// `max_call_secs` or its default.
     pub fn max_call_secs(&self) -> u32 {
         self.max_call_secs.as_ref().map_or(14_400, |v| *v.get_ref())
@@ -475,6 +487,7 @@ impl Sip {
             ("response_timeout_secs", &self.response_timeout_secs),
             ("ring_timeout_secs", &self.ring_timeout_secs),
             ("max_call_secs", &self.max_call_secs),
+            ("probe_interval_secs", &self.probe_interval_secs),
         ] {
             if let Some(c) = cap {
                 if *c.get_ref() == 0 {

@@ -68,7 +68,7 @@ impl Settings {
             timers: Timers::default(),
             max_transactions: 200_000,
             flood,
-            probe_interval: Millis(10_000),
+            probe_interval: secs(sip.probe_interval_secs()),
         }
     }
 }
@@ -270,6 +270,9 @@ pub struct Proxy {
     next_seq: u64,
     rng: u64,
     next_probe: Millis,
+    /// Health probes sent and not answered yet: a destination still here at the next round
+    /// is marked down (its probe transaction is dropped).
+    probes_pending: Vec<(callgate_config::SipUri, TransactionKey)>,
     /// Destination addresses (exempt from the flood guard, like carriers).
     dest_ips: Vec<IpAddr>,
 }
@@ -363,6 +366,7 @@ impl Proxy {
             rng: now.unix_ms ^ 0x9e37_79b9_7f4a_7c15,
             next_probe: now.mono,
             health: Health::new(),
+            probes_pending: Vec::new(),
             routes,
             selector,
             dest_ips,
@@ -1523,7 +1527,9 @@ impl Proxy {
                         Owner::Relay(rid) => self.relay_response(now, rid, msg, c, out),
                         Owner::Probe => {
                             if c >= 200 {
-                                self.health.set_healthy(probe_uri(info.peer), c != 503);
+                                let uri = probe_uri(info.peer);
+                                self.probes_pending.retain(|(u, _)| *u != uri);
+                                self.health.set_healthy(uri, c != 503);
                             }
                         }
                         Owner::Own => {}
@@ -2094,6 +2100,17 @@ impl Proxy {
             .collect();
         dests.sort_by_key(|d| d.uri);
         dests.dedup_by_key(|d| d.uri);
+        // Unanswered since the last round: out of rotation until a probe is answered.
+        for (uri, key) in std::mem::take(&mut self.probes_pending) {
+            if self.txs.remove(&key) {
+                self.tx_info.remove(&key);
+            }
+            if self.health.is_healthy(&uri) {
+                let line = format!("destination {uri} does not answer OPTIONS: out of rotation");
+                self.log(now, "health", log::Level::Warn, line, out);
+            }
+            self.health.set_healthy(uri, false);
+        }
         let mut down = 0;
         for d in dests {
             if !self.health.is_healthy(&d.uri) {
@@ -2113,7 +2130,17 @@ impl Proxy {
                 addr: d.uri.addr,
                 conn: None,
             };
-            self.start_client(now, key, Owner::Probe, peer, local, bytes.into(), out);
+            if self.start_client(
+                now,
+                key.clone(),
+                Owner::Probe,
+                peer,
+                local,
+                bytes.into(),
+                out,
+            ) {
+                self.probes_pending.push((d.uri, key));
+            }
         }
         self.stats.destinations_down = down;
     }
