@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use hil_tests::sipp::{Sipp, SippHandle, SippResult, Transport};
+use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::{addr, Appliance, Host, Lab, Token};
 use serde_json::Value;
 
@@ -120,10 +120,6 @@ fn active_calls(a: &Appliance<'_>) -> Vec<Value> {
     out.json()["calls"].as_array().cloned().unwrap_or_default()
 }
 
-fn finished(r: &SippResult) -> String {
-    r.summary()
-}
-
 fn dest(ip: Ipv4Addr, t: Transport) -> String {
     format!(
         "sip:{ip}:5060;transport={}",
@@ -148,7 +144,7 @@ fn basic_call_records_every_field_udp_and_tcp() {
             .duration(Duration::from_millis(1500))
             .run()
             .expect("caller runs");
-        assert_eq!((r.successful, r.failed), (1, 0), "{t:?}: {}", finished(&r));
+        assert_eq!((r.successful, r.failed), (1, 0), "{t:?}: {}", r.summary());
         assert_eq!(r.final_codes, vec![200], "{t:?}");
         let _ = pbx.stop();
         let all = wait_cdrs(&a, i + 1);
@@ -202,19 +198,14 @@ fn busy_no_answer_cancel_udp_and_tcp() {
         // Busy: 486 from the pbx reaches the caller.
         let pbx = callee(&lab, "uas_busy.xml", addr::PBX_V4, t);
         let r = caller(&lab, "uac_reject.xml", t).run().expect("caller");
-        assert_eq!(r.final_codes, vec![486], "{t:?} busy: {}", finished(&r));
+        assert_eq!(r.final_codes, vec![486], "{t:?} busy: {}", r.summary());
         let _ = pbx.stop();
         expected.push(("busy", 486));
 
         // No answer: the pbx rings forever; the proxy cancels it and answers 480.
         let pbx = callee(&lab, "uas_noanswer.xml", addr::PBX_V4, t);
         let r = caller(&lab, "uac_reject.xml", t).run().expect("caller");
-        assert_eq!(
-            r.final_codes,
-            vec![480],
-            "{t:?} no-answer: {}",
-            finished(&r)
-        );
+        assert_eq!(r.final_codes, vec![480], "{t:?} no-answer: {}", r.summary());
         let p = pbx.stop().expect("pbx stats");
         assert_eq!(
             p.successful,
@@ -230,8 +221,8 @@ fn busy_no_answer_cancel_udp_and_tcp() {
             .duration(Duration::from_millis(300))
             .run()
             .expect("caller");
-        assert_eq!(r.final_codes, vec![487], "{t:?} cancel: {}", finished(&r));
-        assert_eq!(r.successful, 1, "{t:?}: {}", finished(&r));
+        assert_eq!(r.final_codes, vec![487], "{t:?} cancel: {}", r.summary());
+        assert_eq!(r.successful, 1, "{t:?}: {}", r.summary());
         let p = pbx.stop().expect("pbx stats");
         assert_eq!(
             p.successful,
@@ -278,7 +269,7 @@ fn failover_on_503_and_on_silence_udp_and_tcp() {
                 (r.successful, r.failed),
                 (1, 0),
                 "{t:?} {first}: {}",
-                finished(&r)
+                r.summary()
             );
             let g = good.stop().expect("second pbx");
             assert_eq!(
@@ -310,7 +301,7 @@ fn reinvite_udp_and_tcp() {
             .duration(Duration::from_millis(200))
             .run()
             .expect("caller");
-        assert_eq!((r.successful, r.failed), (3, 0), "{t:?}: {}", finished(&r));
+        assert_eq!((r.successful, r.failed), (3, 0), "{t:?}: {}", r.summary());
         let _ = pbx.stop();
         let all = wait_cdrs(&a, 3 * (i + 1));
         assert_eq!(all.len(), 3 * (i + 1));
@@ -330,7 +321,7 @@ fn a_thousand_calls_leave_a_thousand_records() {
         .timeout(Duration::from_secs(120))
         .run()
         .expect("caller");
-    assert_eq!((r.successful, r.failed), (1000, 0), "{}", finished(&r));
+    assert_eq!((r.successful, r.failed), (1000, 0), "{}", r.summary());
     let _ = pbx.stop();
     let all = wait_cdrs(&a, 1000);
     assert_eq!(all.len(), 1000, "one record per call");
@@ -428,7 +419,7 @@ fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call() {
         "a port not negotiated is dropped"
     );
     let r = call.wait(Duration::from_secs(30)).expect("caller ends");
-    assert_eq!((r.successful, r.failed), (1, 0), "{}", finished(&r));
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
     let _ = pbx.stop();
     // After the BYE the pinholes are gone.
     assert!(
@@ -489,7 +480,7 @@ fn never_an_open_relay() {
             .calls(3)
             .run()
             .expect("caller");
-        assert_eq!(r.final_codes, vec![*code; 3], "{what}: {}", finished(&r));
+        assert_eq!(r.final_codes, vec![*code; 3], "{what}: {}", r.summary());
     }
     let invites = pbx
         .datagrams()
@@ -532,20 +523,20 @@ fn overload_sheds_with_503_and_admitted_calls_succeed() {
         ok + shed,
         400,
         "every call was answered or shed: {} / {st}",
-        finished(&r)
+        r.summary()
     );
     assert_eq!(
         r.failed as usize,
         shed,
         "the only failures are the shed calls: {}",
-        finished(&r)
+        r.summary()
     );
     // Admitted calls succeed (at least 99.9%: with 400 calls, all of them).
     assert_eq!(
         r.successful as usize,
         ok,
         "admitted calls complete: {}",
-        finished(&r)
+        r.summary()
     );
     assert!(
         ok >= 200,
@@ -553,7 +544,7 @@ fn overload_sheds_with_503_and_admitted_calls_succeed() {
     );
     assert_eq!(u(&st["calls_answered"]) as usize, ok, "{st}");
     // No retransmission collapse: the caller hardly ever had to retransmit.
-    assert!(r.retransmissions < 40, "retransmissions: {}", finished(&r));
+    assert!(r.retransmissions < 40, "retransmissions: {}", r.summary());
     let all = wait_cdrs(&a, 400);
     assert_eq!(all.iter().filter(|c| c["final_code"] == 503).count(), shed);
 }
@@ -595,7 +586,7 @@ fn a_flooding_source_is_blocked_while_the_carrier_keeps_calling() {
         (legit.successful, legit.failed),
         (200, 0),
         "{}",
-        finished(&legit)
+        legit.summary()
     );
     let set = a
         .nft(&["list", "set", "inet", "callgate", "block4"])
@@ -648,7 +639,7 @@ fn torture_messages_do_not_hurt_the_running_proxy() {
     let r = caller(&lab, "uac.xml", Transport::Udp)
         .run()
         .expect("caller");
-    assert_eq!((r.successful, r.failed), (1, 0), "{}", finished(&r));
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
     let _ = pbx.stop();
 }
 
@@ -716,7 +707,7 @@ fn an_ipv6_carrier_reaches_the_ipv4_pbx() {
         .duration(Duration::from_millis(200))
         .run()
         .expect("caller");
-    assert_eq!((r.successful, r.failed), (2, 0), "{}", finished(&r));
+    assert_eq!((r.successful, r.failed), (2, 0), "{}", r.summary());
     let _ = pbx.stop();
     let all = wait_cdrs(&a, 2);
     assert_eq!(all.len(), 2);
@@ -756,7 +747,7 @@ fn a_silent_destination_leaves_the_rotation() {
         .duration(Duration::from_millis(100))
         .run()
         .expect("caller");
-    assert_eq!((r.successful, r.failed), (6, 0), "{}", finished(&r));
+    assert_eq!((r.successful, r.failed), (6, 0), "{}", r.summary());
     let _ = pbx.stop();
     let st = stats(&a);
     assert_eq!(

@@ -25,10 +25,7 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
                         let _ = writeln!(
                             t,
                             "{:<10} {:<16} {:<14} {:<14} {:<40} {} {}",
-                            serde_json::to_value(c.state)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_owned))
-                                .unwrap_or_default(),
+                            label(c.state),
                             c.tracking_number,
                             c.campaign,
                             c.caller,
@@ -97,10 +94,7 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
 fn line(id: u64, c: &Cdr) -> String {
     format!(
         "#{id} {} code={} number={} campaign={} caller={} name={} dest={} invite={} ring={} answer={} end={} duration_ms={} appliance={} call_id={}",
-        serde_json::to_value(c.disposition)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        label(c.disposition),
         c.final_code,
         c.tracking_number,
         c.campaign,
@@ -118,6 +112,14 @@ fn line(id: u64, c: &Cdr) -> String {
         c.appliance,
         c.call_id,
     )
+}
+
+/// A unit enum as its serialized name (`answered`, `no_answer`, `ringing`, ...).
+fn label(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn opt(v: Option<u64>) -> String {

@@ -333,22 +333,8 @@ fn disposition_for(code: u16) -> Disposition {
 impl Proxy {
     /// A core with no calls.
     pub fn new(s: Settings, cfg: &Config, now: Now) -> Proxy {
-        let routes = RouteTable::build(cfg);
-        let selector = Selector::new(&routes);
-        let dest_ips = routes
-            .routes()
-            .iter()
-            .flat_map(|r| r.destinations.iter().map(|d| d.uri.addr.ip()))
-            .collect();
-        let admission = match (s.max_cps, s.max_calls) {
-            (None, None) => None,
-            (cps, calls) => Some(Admission::new(
-                cps.unwrap_or(u32::MAX / 2000),
-                calls.unwrap_or(u32::MAX),
-                guard::Millis(now.mono.0),
-            )),
-        };
-        Proxy {
+        let empty = RouteTable::default();
+        let mut p = Proxy {
             policy: Policy::default(),
             txs: Table::new(s.timers, s.max_transactions),
             flood: FloodGuard::new(s.flood.clone()),
@@ -360,18 +346,20 @@ impl Proxy {
             relay_requests: Map::default(),
             abandoned: Map::default(),
             timers: BTreeSet::new(),
-            admission,
+            admission: None,
             stats: Stats::default(),
             next_seq: 1,
             rng: now.unix_ms ^ 0x9e37_79b9_7f4a_7c15,
             next_probe: now.mono,
             health: Health::new(),
             probes_pending: Vec::new(),
-            routes,
-            selector,
-            dest_ips,
-            s,
-        }
+            selector: Selector::new(&empty),
+            routes: empty,
+            dest_ips: Vec::new(),
+            s: s.clone(),
+        };
+        p.reconfigure(s, cfg, now);
+        p
     }
 
     /// Takes a new config (routes, caps, timeouts); calls in progress keep their route.
@@ -454,13 +442,7 @@ impl Proxy {
     }
 
     fn rand(&mut self) -> u64 {
-        // xorshift64*: branch ids and weighted draws, not secrets.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        next_rand(&mut self.rng)
     }
 
     fn branch(&mut self) -> String {
@@ -951,13 +933,8 @@ impl Proxy {
         }
         let dests = {
             let rng = &mut self.rng;
-            let mut r = || {
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                *rng
-            };
-            self.selector.select(&entry, &self.health, &mut r)
+            self.selector
+                .select(&entry, &self.health, &mut || next_rand(rng))
         };
         let offer = media_of(msg);
         let seq = self.next_seq;
@@ -2230,6 +2207,16 @@ impl Proxy {
             Owner::Own => {}
         }
     }
+}
+
+/// xorshift64*: branch ids, tags and weighted draws, not secrets.
+fn next_rand(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 fn probe_uri(peer: Peer) -> callgate_config::SipUri {

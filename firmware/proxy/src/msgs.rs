@@ -49,39 +49,32 @@ fn push_routes(out: &mut String, req: &Message<'_>) {
 /// The ACK for a non-2xx final `response` to the INVITE `invite` we sent (§17.1.1.3): same
 /// Request-URI, top Via, Route, From, Call-ID and CSeq number; To from the response.
 pub(crate) fn ack_for(invite: &[u8], response: &Message<'_>) -> Option<Vec<u8>> {
-    let req = sip::parse(invite).ok()?;
-    let uri = request_uri(&req)?;
-    let via = first_via(&req)?;
-    let from = single(&req, HeaderName::From)?;
-    let call_id = single(&req, HeaderName::CallId)?;
-    let seq = req.cseq().ok()?.seq;
-    let to = single(response, HeaderName::To)?;
-    let mut s = String::with_capacity(512);
-    let _ = write!(s, "ACK {uri} SIP/2.0\r\nVia: {via}\r\n");
-    push_routes(&mut s, &req);
-    let _ = write!(
-        s,
-        "Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n"
-    );
-    Some(s.into_bytes())
+    hop_by_hop("ACK", invite, Some(response))
 }
 
 /// The CANCEL of the INVITE `invite` we sent (§9.1): same Request-URI, top Via (so the same
 /// branch), Route, From, To, Call-ID and CSeq number.
 pub(crate) fn cancel_for(invite: &[u8]) -> Option<Vec<u8>> {
+    hop_by_hop("CANCEL", invite, None)
+}
+
+/// A request of the INVITE client transaction itself (ACK, CANCEL): the INVITE's
+/// Request-URI, top Via, Route, From, Call-ID and CSeq number, with the To of `to_from`
+/// (the response) when given, else the INVITE's.
+fn hop_by_hop(method: &str, invite: &[u8], to_from: Option<&Message<'_>>) -> Option<Vec<u8>> {
     let req = sip::parse(invite).ok()?;
     let uri = request_uri(&req)?;
     let via = first_via(&req)?;
     let from = single(&req, HeaderName::From)?;
-    let to = single(&req, HeaderName::To)?;
+    let to = single(to_from.unwrap_or(&req), HeaderName::To)?;
     let call_id = single(&req, HeaderName::CallId)?;
     let seq = req.cseq().ok()?.seq;
     let mut s = String::with_capacity(512);
-    let _ = write!(s, "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\n");
+    let _ = write!(s, "{method} {uri} SIP/2.0\r\nVia: {via}\r\n");
     push_routes(&mut s, &req);
     let _ = write!(
         s,
-        "Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n"
+        "Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
     );
     Some(s.into_bytes())
 }
