@@ -1,6 +1,6 @@
 //! The pure proxy core: see the crate docs for the call path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use crate::msgs;
 
 /// Keyed with a per-process random seed: keys (branches, Call-IDs) come from the network.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 use crate::{ActiveCall, CallState, Now, Output, Payload, Peer, Stats, Transport};
 
 /// Everything the core takes from the config, plus where our sockets are.
@@ -253,6 +254,12 @@ pub struct Proxy {
     health: Health,
     txs: Table<Payload>,
     tx_info: Map<TransactionKey, TxInfo>,
+    /// The two INVITE transactions of each answered call, in RFC 6026's Accepted state for
+    /// 64·T1 after the 2xx: only their keys (shared with the call), so a retransmitted
+    /// INVITE is absorbed and a retransmitted 2xx goes upstream, without a whole
+    /// transaction per key. `accepted_until` expires them in order (same lifetime for all).
+    accepted: Set<TransactionKey>,
+    accepted_until: VecDeque<(Millis, TransactionKey)>,
     /// Boxed: a slot per call stays small while the table grows by doubling.
     calls: Map<u64, Box<Call>>,
     by_call_id: Map<Box<str>, u64>,
@@ -340,6 +347,8 @@ impl Proxy {
             flood: FloodGuard::new(s.flood.clone()),
             logs: LogLimiter::new(5, 10_000, 64),
             tx_info: Map::default(),
+            accepted: Set::default(),
+            accepted_until: VecDeque::new(),
             calls: Map::default(),
             by_call_id: Map::default(),
             relays: Map::default(),
@@ -400,7 +409,7 @@ impl Proxy {
     pub fn stats(&self) -> Stats {
         let mut st = self.stats.clone();
         st.active_calls = self.calls.len() as u64;
-        st.transactions = self.txs.len() as u64;
+        st.transactions = (self.txs.len() + self.accepted.len()) as u64;
         st
     }
 
@@ -432,6 +441,9 @@ impl Proxy {
     /// When [`Self::on_timer`] must run next.
     pub fn next_deadline(&self) -> Option<Millis> {
         let mut d = self.txs.next_deadline();
+        if let Some((t, _)) = self.accepted_until.front() {
+            d = Some(d.map_or(*t, |x| x.min(*t)));
+        }
         if let Some((t, _, _)) = self.timers.first() {
             d = Some(d.map_or(*t, |x| x.min(*t)));
         }
@@ -692,6 +704,11 @@ impl Proxy {
             {
                 self.run_actions(now, &key, acts, out);
             }
+            return;
+        }
+        if self.accepted.contains(&key) {
+            // A retransmitted INVITE of an answered call (RFC 6026 Accepted: absorbed).
+            self.stats.retransmissions_absorbed += 1;
             return;
         }
         if method == "CANCEL" {
@@ -1466,12 +1483,9 @@ impl Proxy {
             return;
         };
         let Some(info) = self.tx_info.get(&key).copied() else {
-            if (200..300).contains(&code) && self.txs.get(&key).is_some() {
-                // The INVITE transaction of an answered call (its bookkeeping is dropped at
-                // answer): a retransmitted 2xx goes upstream statelessly (RFC 6026).
-                let _ = self
-                    .txs
-                    .handle(now.mono, &key, Event::Received(Incoming::Final(code)));
+            if (200..300).contains(&code) && self.accepted.contains(&key) {
+                // The INVITE transaction of an answered call (Accepted, RFC 6026): a
+                // retransmitted 2xx goes upstream statelessly while the call lasts.
                 let caller = msg
                     .call_id()
                     .ok()
@@ -1661,13 +1675,17 @@ impl Proxy {
         // destination list (memory per dialog is a figure of the benchmark).
         call.forwarded = None;
         call.dests = Vec::new();
-        // Both INVITE transactions linger 64·T1 in Accepted; they need no bookkeeping of
-        // ours any more (ACKs and 2xx retransmissions are matched by state and Call-ID).
+        // Both INVITE transactions are now in Accepted (the 2xx went upstream through the
+        // server one): for their 64·T1 only their keys are kept (ACKs are end to end,
+        // 2xx retransmissions are matched by key and Call-ID).
         let server_key = call.server_key.clone();
         let client_key = call.client_key.clone();
-        self.tx_info.remove(&server_key);
-        if let Some(k) = client_key {
+        let until = now.mono + self.s.timers.timeout();
+        for k in std::iter::once(server_key).chain(client_key) {
+            self.txs.remove(&k);
             self.tx_info.remove(&k);
+            self.accepted.insert(k.clone());
+            self.accepted_until.push_back((until, k));
         }
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
@@ -1961,6 +1979,14 @@ impl Proxy {
     pub fn on_timer(&mut self, now: Now, out: &mut Vec<Output>) {
         for (key, act) in self.txs.poll_timers(now.mono) {
             self.run_actions(now, &key, vec![act], out);
+        }
+        while let Some((at, _)) = self.accepted_until.front() {
+            if *at > now.mono {
+                break;
+            }
+            if let Some((_, k)) = self.accepted_until.pop_front() {
+                self.accepted.remove(&k);
+            }
         }
         while let Some(&(at, seq, kind)) = self.timers.first() {
             if at > now.mono {

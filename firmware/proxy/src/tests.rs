@@ -1831,6 +1831,40 @@ fn pbx_2xx_retransmission_is_forwarded_upstream() {
 }
 
 #[test]
+fn invite_retransmitted_after_the_answer_is_absorbed_for_64_t1() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("accepted@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    let ok = pbx_reply(&fwd, 200, "p", Some(30000));
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    // Both INVITE transactions are in Accepted (kept as keys only).
+    assert_eq!(lab.proxy.stats().transactions, 2);
+    lab.at(1_600);
+    let out = lab.carrier_says(&inv.bytes());
+    assert!(out.sends().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.stats().retransmissions_absorbed, 1);
+    assert_eq!(lab.proxy.stats().refused_loop, 0);
+    assert_eq!(lab.proxy.call_count(), 1);
+    // The 2xx retransmission still goes upstream within the window.
+    lab.at(20_000);
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    // After 64·T1 the keys are gone: the same INVITE now meets the live call's Call-ID
+    // and is refused as a merged request, and the 2xx is no longer relayed.
+    lab.at(1_100 + 32_000);
+    lab.tick();
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.response_to(carrier().addr).status(), Some(482));
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert!(out.sends().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.call_count(), 1);
+}
+
+#[test]
 fn retransmitted_refused_invite_is_answered_again_without_a_second_record() {
     let mut lab = Lab::new();
     let mut inv = Invite::new("unknown-again@x");

@@ -32,7 +32,9 @@
 //!   over all its processes) over a run, divided by its successful calls, at one common
 //!   rate `cpu_rate_cps` = 0.8 x the lower of the two maximum rates, 5 s of calls; medians
 //!   of 3 rounds, alternating which proxy goes first. callgated's per-thread split is
-//!   printed too.
+//!   printed too. `kernel_us_per_call` and `kamailio_kernel_us_per_call` are the stime
+//!   part of it (system calls, and the network stack the datagrams a process sends pass
+//!   through: veth, bridge, nftables, conntrack), the same runs.
 //! - `setup_p99_ms` (and `kamailio_setup_p99_ms`, and `sipp_setup_p99_ms` without a proxy):
 //!   p99 of INVITE sent -> its 200 received at the UAC, per call, from the microsecond
 //!   timestamps of sipp's `-trace_msg` log, in the same runs as the CPU figures (a direct run
@@ -106,11 +108,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// utime + stime of one process, in seconds.
 fn proc_cpu(pid: u32) -> Option<f64> {
+    proc_times(pid).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) of one process, in seconds.
+fn proc_times(pid: u32) -> Option<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // After "pid (comm)": state=0 ppid=1 ... utime=11 stime=12.
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / clk_tck())
+    let user = f.get(11)?.parse::<u64>().ok()?;
+    let sys = f.get(12)?.parse::<u64>().ok()?;
+    Some((user as f64 / clk_tck(), sys as f64 / clk_tck()))
 }
 
 /// Clock ticks per second of /proc/PID/stat times.
@@ -217,11 +225,17 @@ impl Proxy {
             .collect()
     }
 
-    fn cpu(&self) -> Option<f64> {
+    /// (user, system) CPU seconds of the proxy's process(es).
+    fn cpu(&self) -> Option<(f64, f64)> {
         match *self {
             Proxy::None => None,
-            Proxy::Callgate(pid) => proc_cpu(pid),
-            Proxy::Kamailio(pid) => Some(tree(pid).into_iter().filter_map(proc_cpu).sum()),
+            Proxy::Callgate(pid) => proc_times(pid),
+            Proxy::Kamailio(pid) => Some(
+                tree(pid)
+                    .into_iter()
+                    .filter_map(proc_times)
+                    .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1)),
+            ),
         }
     }
 }
@@ -244,6 +258,8 @@ struct Trial {
     retrans: u64,
     /// Proxy CPU seconds during the run.
     proxy_cpu: Option<f64>,
+    /// Of which in the kernel (stime).
+    proxy_sys: Option<f64>,
     uac_cpu: f64,
     uas_cpu: f64,
     p99_ms: Option<f64>,
@@ -283,9 +299,10 @@ impl Trial {
         );
         if let Some(c) = self.proxy_cpu {
             s += &format!(
-                ", proxy cpu {:.2}s = {:.0} us/call",
+                ", proxy cpu {:.2}s = {:.0} us/call ({:.0} in the kernel)",
                 c,
-                c * 1e6 / self.ok.max(1) as f64
+                c * 1e6 / self.ok.max(1) as f64,
+                self.proxy_sys.unwrap_or(f64::NAN) * 1e6 / self.ok.max(1) as f64
             );
         }
         s += &format!(
@@ -487,7 +504,8 @@ fn trial(t: &Target<'_>, rate: u32, calls: u64, messages: bool) -> Trial {
         ok: r.successful,
         secs,
         retrans: r.retransmissions,
-        proxy_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        proxy_cpu: cpu0.zip(cpu1).map(|(a, b)| (b.0 + b.1) - (a.0 + a.1)),
+        proxy_sys: cpu0.zip(cpu1).map(|(a, b)| b.1 - a.1),
         uac_cpu,
         uas_cpu,
         p99_ms,
@@ -929,6 +947,7 @@ fn main() {
     );
     let (mut cg_us, mut k_us, mut cg_p99, mut k_p99, mut d_p99, mut ratio) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut cg_sys, mut k_sys) = (vec![], vec![]);
     for rep in 0..o.reps {
         let order = if rep % 2 == 0 {
             [&cg, &k, &direct]
@@ -942,16 +961,19 @@ fn main() {
                 eprintln!("  WARNING: {} failed at the common rate", t.name);
             }
             let us = tr.proxy_cpu.unwrap_or(f64::NAN) * 1e6 / tr.ok.max(1) as f64;
+            let sys = tr.proxy_sys.unwrap_or(f64::NAN) * 1e6 / tr.ok.max(1) as f64;
             let p99 = tr.p99_ms.unwrap_or(f64::NAN);
             match t.proxy {
                 Proxy::Callgate(_) => {
                     c = us;
                     cg_us.push(us);
+                    cg_sys.push(sys);
                     cg_p99.push(p99);
                 }
                 Proxy::Kamailio(_) => {
                     kk = us;
                     k_us.push(us);
+                    k_sys.push(sys);
                     k_p99.push(p99);
                 }
                 Proxy::None => d_p99.push(p99),
@@ -961,6 +983,7 @@ fn main() {
     }
     drop(kam);
     let (cpu_us, k_cpu_us) = (median(cg_us), median(k_us));
+    let (sys_us, k_sys_us) = (median(cg_sys), median(k_sys));
     let (p99, k_p99, d_p99) = (median(cg_p99), median(k_p99), median(d_p99));
     eprintln!(
         "bench sip: done in {:.0}s (cpu ratio per pair {:?})",
@@ -973,6 +996,7 @@ fn main() {
          cpu_x_vs_kamailio={:.2} setup_p99_ms={p99:.2} bytes_per_dialog={bytes_per_dialog:.0} \
          sipp_ceiling_cps={ceiling} kamailio_setup_p99_ms={k_p99:.2} \
          sipp_setup_p99_ms={d_p99:.2} cpu_rate_cps={cpu_rate} \
+         kernel_us_per_call={sys_us:.1} kamailio_kernel_us_per_call={k_sys_us:.1} \
          dialogs={} kamailio_children={KAMAILIO_CHILDREN} kamailio_processes={k_procs} \
          callgate_threads={threads} quick={}",
         f64::from(cps) / f64::from(k_cps.max(1)),
