@@ -713,8 +713,11 @@ fn an_ipv6_carrier_reaches_the_ipv4_pbx() {
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|c| c["disposition"] == "answered"
         && c["destination"] == dest(addr::PBX_V4, Transport::Udp)));
+    // Both parties' RTP and RTCP (the two calls reuse sipp's media ports, so overlapping
+    // calls share those pinholes), then all closed.
     let st = stats(&a);
-    assert!(u(&st["pinholes_opened"]) >= 8, "{st}");
+    assert!(u(&st["pinholes_opened"]) >= 4, "{st}");
+    assert_eq!(st["pinholes_opened"], st["pinholes_closed"], "{st}");
 }
 
 /// OPTIONS health: a destination that does not answer its probes is taken out of rotation,

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 
 /// Concurrent record writes in flight.
 const MAX_WRITES: usize = 32;
+/// Records between two sweeps of finished answer-time writes out of the answered-calls map.
+const SWEEP_EVERY: usize = 1024;
 
 /// Starts the proxy when the config lists listen addresses. Needs a tokio context.
 pub fn start(
@@ -58,8 +60,11 @@ async fn effects(
     store: Arc<Store>,
 ) {
     let sem = Arc::new(Semaphore::new(MAX_WRITES));
-    // Answered calls: their reserved record id and the write in flight.
-    let mut answered: HashMap<u64, (u64, JoinHandle<()>)> = HashMap::new();
+    // Answered calls: their reserved record id and the answer-time write while it is in
+    // flight (the final write waits for it). Finished writes are let go in sweeps, so a held
+    // call keeps only its id here, not the finished task.
+    let mut answered: HashMap<u64, (u64, Option<JoinHandle<()>>)> = HashMap::new();
+    let mut since_sweep = 0usize;
     while let Some(e) = rx.recv().await {
         match e {
             Effect::Pinhole { open, addr, ttl } => {
@@ -90,12 +95,21 @@ async fn effects(
                     return;
                 };
                 let (id, before) = match answered.remove(&seq) {
-                    Some((id, h)) => (id, Some(h)),
+                    Some((id, h)) => (id, h),
                     None => (store.reserve_cdr_id(), None),
                 };
                 let h = tokio::spawn(write(store.clone(), id, cdr, before, permit));
                 if !ended {
-                    answered.insert(seq, (id, h));
+                    answered.insert(seq, (id, Some(h)));
+                }
+                since_sweep += 1;
+                if since_sweep >= SWEEP_EVERY {
+                    since_sweep = 0;
+                    for (_, h) in answered.values_mut() {
+                        if h.as_ref().is_some_and(JoinHandle::is_finished) {
+                            *h = None;
+                        }
+                    }
                 }
             }
         }

@@ -23,10 +23,14 @@
 //!   then the acks are read and matched by sequence number and port id. Acks of
 //!   an earlier, abandoned batch are recognised by their sequence numbers and
 //!   dropped.
-//! - Adding is "create or refresh": `NEWSETELEM` with `NLM_F_EXCL`; on `EEXIST`
-//!   one batch `DELSETELEM + NEWSETELEM`, so the element gets the new timeout
-//!   without ever being absent from the set as seen by packets. This works on
-//!   kernels that cannot update an element's timeout in place.
+//! - Adding is "create or refresh" in one batch whatever the element's state:
+//!   `NEWSETELEM` without `NLM_F_EXCL` (creates it if absent, a no-op if present),
+//!   `DELSETELEM`, `NEWSETELEM` with `NLM_F_EXCL` and the new timeout. The element
+//!   gets the new timeout without ever being absent from the set as seen by
+//!   packets, on kernels that cannot update a timeout in place too, and no batch
+//!   is aborted (an aborted nf_tables batch costs 10-15 ms here, a committed one
+//!   tens of microseconds). [`SetWriter::discard_pinhole`] removes the same way
+//!   (`NEWSETELEM` without `NLM_F_EXCL`, `DELSETELEM`), absent or not.
 //! - Kernel errors keep their errno, named (`ENOENT`, `EINVAL`, ...) with a
 //!   hint, plus the kernel's extended-ack text. `ENOENT` is attributed using the
 //!   extended-ack offset: [`NetlinkError::SetMissing`] (table or set absent) vs
@@ -92,9 +96,10 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `NFT_NAME_MAXLEN` (includes the trailing NUL).
 const NFT_NAME_MAXLEN: usize = 256;
 
-/// Rounds of "add, on EEXIST replace" before giving up: the element may
-/// expire or be removed between the two batches, then we just add again.
-const UPSERT_ROUNDS: usize = 3;
+/// Timeout of the element a removal creates when it is absent (it is deleted in the same
+/// batch, so it never exists as packets see it; the timeout only keeps the rule that
+/// every element has one).
+const DISCARD_ENSURE_MS: u64 = 1_000;
 
 /// Transport protocol of a media pinhole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -348,6 +353,18 @@ impl SetWriter {
         self.upsert(set, key, ttl)
     }
 
+    /// Closes the pinhole if it is open (absent is fine): one batch, never aborted because
+    /// of the element, so it costs the same either way.
+    pub fn discard_pinhole(
+        &mut self,
+        addr: IpAddr,
+        proto: PinholeProto,
+        port: u16,
+    ) -> Result<(), NetlinkError> {
+        let (set, key) = pinhole_elem(addr, proto, port);
+        self.discard(set, key)
+    }
+
     /// Closes the pinhole now. [`NetlinkError::NotFound`] if it is not there.
     pub fn close_pinhole(
         &mut self,
@@ -372,6 +389,11 @@ impl SetWriter {
         self.delete(set, key)
     }
 
+    /// Creates the element or restarts its timeout, in one batch that does not depend on
+    /// whether it exists: ensure (create if absent), delete, add with the new timeout. The
+    /// element is never absent as packets see it (the batch is atomic), and no batch is
+    /// aborted because of it: on this lab's kernels an aborted nf_tables batch costs
+    /// 10 to 15 ms, a committed one tens of microseconds.
     fn upsert(
         &mut self,
         set: &'static str,
@@ -379,52 +401,57 @@ impl SetWriter {
         ttl: Duration,
     ) -> Result<(), NetlinkError> {
         let timeout_ms = ttl_ms(ttl)?;
-        let add = ElemRequest {
-            op: ElemOp::Add { timeout_ms },
-            set,
-            key: key.clone(),
-        };
-        let del = ElemRequest {
-            op: ElemOp::Delete,
-            set,
-            key,
-        };
-        for _ in 0..UPSERT_ROUNDS {
-            match self.transact(std::slice::from_ref(&add)) {
-                Ok(()) => return Ok(()),
-                Err(TxError::Kernel(f)) if f.errno == libc::EEXIST && f.index == Some(0) => {}
-                Err(e) => {
-                    return Err(self.classify(e, "add element", set, ElemOp::Add { timeout_ms }))
-                }
-            }
-            // It exists: replace it, atomically, to restart its timeout.
-            match self.transact(&[del.clone(), add.clone()]) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let failed_op = match &e {
-                        TxError::Kernel(f) if f.index == Some(0) => ElemOp::Delete,
-                        _ => ElemOp::Add { timeout_ms },
-                    };
-                    match self.classify(e, "replace element", set, failed_op) {
-                        // expired or removed in between: add again
-                        NetlinkError::NotFound { .. } => {
-                            log::debug!(
-                                "netlink: element of {set} vanished during refresh, retrying"
-                            );
-                        }
-                        other => return Err(other),
-                    }
-                }
-            }
-        }
-        Err(NetlinkError::Kernel {
-            op: "replace element",
-            table: self.table.clone(),
-            set: set.to_owned(),
-            errno: libc::EEXIST,
-            message: Some(format!(
-                "element kept changing, gave up after {UPSERT_ROUNDS} rounds"
-            )),
+        let reqs = [
+            ElemRequest {
+                op: ElemOp::Ensure { timeout_ms },
+                set,
+                key: key.clone(),
+            },
+            ElemRequest {
+                op: ElemOp::Delete,
+                set,
+                key: key.clone(),
+            },
+            ElemRequest {
+                op: ElemOp::Add { timeout_ms },
+                set,
+                key,
+            },
+        ];
+        self.transact(&reqs).map_err(|e| {
+            let failed_op = match &e {
+                TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,
+                _ => ElemOp::Add { timeout_ms },
+            };
+            self.classify(e, "add element", set, failed_op)
+        })
+    }
+
+    /// Removes the element if it is there, in one batch that cannot fail on its absence
+    /// (ensure with a short timeout, then delete).
+    fn discard(&mut self, set: &'static str, key: Vec<u8>) -> Result<(), NetlinkError> {
+        let reqs = [
+            ElemRequest {
+                op: ElemOp::Ensure {
+                    timeout_ms: DISCARD_ENSURE_MS,
+                },
+                set,
+                key: key.clone(),
+            },
+            ElemRequest {
+                op: ElemOp::Delete,
+                set,
+                key,
+            },
+        ];
+        self.transact(&reqs).map_err(|e| {
+            let failed_op = match &e {
+                TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,
+                _ => ElemOp::Add {
+                    timeout_ms: DISCARD_ENSURE_MS,
+                },
+            };
+            self.classify(e, "remove element", set, failed_op)
         })
     }
 
@@ -517,7 +544,7 @@ impl SetWriter {
         let (bytes, used) = wire::encode_batch(&self.table, reqs, first);
         self.conn.next_seqs(used);
         let op = reqs.first().map_or("batch", |r| match r.op {
-            ElemOp::Add { .. } => "add element",
+            ElemOp::Add { .. } | ElemOp::Ensure { .. } => "add element",
             ElemOp::Delete => "delete element",
         });
         self.exchange(&bytes, first, used, op)

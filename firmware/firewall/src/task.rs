@@ -205,10 +205,7 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 port,
                 reply,
             } => {
-                let r = with_writer(&mut writer, |w| match w.close_pinhole(addr, proto, port) {
-                    Err(crate::NetlinkError::NotFound { .. }) => Ok(()),
-                    r => r,
-                });
+                let r = with_writer(&mut writer, |w| w.discard_pinhole(addr, proto, port));
                 let _ = reply.send(r);
             }
             Command::Block { addr, ttl, reply } => {

@@ -181,6 +181,21 @@ fn pinholes_and_blocks_in_a_namespace() {
             .unwrap_err();
         assert!(matches!(e, NetlinkError::NotFound { .. }), "{e}");
 
+        // discard: removes when present, and is fine (and leaves nothing) when absent
+        w.open_pinhole(ip("192.0.2.10"), PinholeProto::Udp, 40100, min)
+            .unwrap();
+        assert!(expires(&ns, "pinhole4", "192.0.2.10 . udp . 40100").is_some());
+        w.discard_pinhole(ip("192.0.2.10"), PinholeProto::Udp, 40100)
+            .unwrap();
+        assert_eq!(expires(&ns, "pinhole4", "192.0.2.10 . udp . 40100"), None);
+        w.discard_pinhole(ip("192.0.2.10"), PinholeProto::Udp, 40100)
+            .unwrap();
+        w.discard_pinhole(ip("2001:db8::99"), PinholeProto::Udp, 1)
+            .unwrap();
+        assert_eq!(expires(&ns, "pinhole4", "192.0.2.10 . udp . 40100"), None);
+        assert_eq!(expires(&ns, "pinhole6", "2001:db8::99 . udp . 1"), None);
+        assert_eq!(elements(&ns, "callgate", "pinhole4").len(), 2);
+
         // block / unblock, v4 and v6, with refresh
         w.block(ip("203.0.113.66"), min).unwrap();
         w.block(ip("203.0.113.66"), Duration::from_secs(300))

@@ -260,6 +260,11 @@ pub struct Proxy {
     /// transaction per key. `accepted_until` expires them in order (same lifetime for all).
     accepted: Set<TransactionKey>,
     accepted_until: VecDeque<(Millis, TransactionKey)>,
+    /// Open media pinholes: how many calls use each address, and until when its kernel
+    /// timeout runs. Calls that share an address (a gateway reusing a port) share the
+    /// pinhole: it closes with the last of them, and its timeout is renewed when a new call
+    /// would outlive it.
+    pinholes: Map<SocketAddr, (u32, Millis)>,
     /// Boxed: a slot per call stays small while the table grows by doubling.
     calls: Map<u64, Box<Call>>,
     by_call_id: Map<Box<str>, u64>,
@@ -349,6 +354,7 @@ impl Proxy {
             tx_info: Map::default(),
             accepted: Set::default(),
             accepted_until: VecDeque::new(),
+            pinholes: Map::default(),
             calls: Map::default(),
             by_call_id: Map::default(),
             relays: Map::default(),
@@ -1177,7 +1183,7 @@ impl Proxy {
             }
         }
         // ACK for a 2xx: end to end, forwarded statelessly within the dialog.
-        self.forward_in_dialog_stateless(msg, peer, out);
+        self.forward_in_dialog_stateless(now, msg, peer, out);
     }
 
     /// Finds the call of an in-dialog request and which way it goes; `None` (with the
@@ -1222,6 +1228,7 @@ impl Proxy {
 
     fn forward_in_dialog_stateless(
         &mut self,
+        now: Now,
         msg: &Message<'_>,
         peer: Peer,
         out: &mut Vec<Output>,
@@ -1242,7 +1249,7 @@ impl Proxy {
             // Media of a late offer (offer in the 2xx, answer in the ACK).
             if !msg.body().is_empty() {
                 let side = media_of(msg);
-                self.update_media(seq, !from_caller, side, out);
+                self.update_media(now, seq, !from_caller, side, out);
             }
             self.send(to, local, b.into(), out);
         }
@@ -1602,7 +1609,7 @@ impl Proxy {
             }
             if !msg.body().is_empty() {
                 let answer = media_of(msg);
-                self.update_media(seq, true, answer, out);
+                self.update_media(now, seq, true, answer, out);
             }
             self.forward_upstream(now, seq, msg, code, out);
             return;
@@ -1660,7 +1667,7 @@ impl Proxy {
     fn answered(&mut self, now: Now, seq: u64, msg: &Message<'_>, out: &mut Vec<Output>) {
         self.stats.calls_answered += 1;
         let answer = media_of(msg);
-        self.update_media(seq, true, answer, out);
+        self.update_media(now, seq, true, answer, out);
         self.forward_upstream(now, seq, msg, 200, out);
         let max_call = self.s.max_call;
         let Some(call) = self.calls.get_mut(&seq) else {
@@ -1729,7 +1736,7 @@ impl Proxy {
         let callee_answers = relay.from_caller;
         if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
             let answer = media_of(msg);
-            self.update_media(call, callee_answers, answer, out);
+            self.update_media(now, call, callee_answers, answer, out);
         }
         self.respond_stripped(now, &key, msg, code, out);
     }
@@ -1740,12 +1747,12 @@ impl Proxy {
     /// open, ones no longer named close (re-INVITEs, late offers answered in the ACK).
     fn update_media(
         &mut self,
+        now: Now,
         seq: u64,
         callee: bool,
         addrs: Vec<SocketAddr>,
         out: &mut Vec<Output>,
     ) {
-        let ttl = Duration::from_millis(self.s.max_call.0 + 60_000);
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
@@ -1763,30 +1770,53 @@ impl Proxy {
             call.media_open = true;
         }
         let want = call.pinholes();
-        let mut opened = 0;
         for a in &want {
             if !before.contains(a) {
-                out.push(Output::Pinhole {
-                    open: true,
-                    addr: *a,
-                    ttl,
-                });
-                opened += 1;
+                self.pinhole_open(now, *a, out);
             }
         }
-        let mut closed = 0;
         for a in &before {
             if !want.contains(a) {
-                out.push(Output::Pinhole {
-                    open: false,
-                    addr: *a,
-                    ttl,
-                });
-                closed += 1;
+                self.pinhole_close(*a, out);
             }
         }
-        self.stats.pinholes_opened += opened;
-        self.stats.pinholes_closed += closed;
+    }
+
+    /// A call starts using the media address `a`: opens its pinhole, or renews the shared
+    /// one when the call could outlive its timeout.
+    fn pinhole_open(&mut self, now: Now, a: SocketAddr, out: &mut Vec<Output>) {
+        // The call may last max_call; the pinhole a minute longer.
+        let ttl = Millis(self.s.max_call.0 + 60_000);
+        let need = now.mono + self.s.max_call;
+        let until = now.mono + ttl;
+        let e = self.pinholes.entry(a).or_insert((0, Millis(0)));
+        e.0 += 1;
+        if e.1 < need {
+            e.1 = until;
+            out.push(Output::Pinhole {
+                open: true,
+                addr: a,
+                ttl: Duration::from_millis(ttl.0),
+            });
+            self.stats.pinholes_opened += 1;
+        }
+    }
+
+    /// A call stops using `a`: the pinhole closes with the last call that used it.
+    fn pinhole_close(&mut self, a: SocketAddr, out: &mut Vec<Output>) {
+        let Some(e) = self.pinholes.get_mut(&a) else {
+            return;
+        };
+        e.0 = e.0.saturating_sub(1);
+        if e.0 == 0 {
+            self.pinholes.remove(&a);
+            out.push(Output::Pinhole {
+                open: false,
+                addr: a,
+                ttl: Duration::ZERO,
+            });
+            self.stats.pinholes_closed += 1;
+        }
     }
 
     fn cdr_of(
@@ -1960,13 +1990,8 @@ impl Proxy {
         for (k, at) in &call.deadlines {
             self.timers.remove(&(*at, seq, *k));
         }
-        for a in &call.pinholes() {
-            out.push(Output::Pinhole {
-                open: false,
-                addr: *a,
-                ttl: Duration::ZERO,
-            });
-            self.stats.pinholes_closed += 1;
+        for a in call.pinholes() {
+            self.pinhole_close(a, out);
         }
         if let (Some(a), Some(p)) = (self.admission.as_mut(), call.permit) {
             a.release(p);

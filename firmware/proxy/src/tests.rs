@@ -1460,6 +1460,57 @@ fn in_dialog_request_from_a_third_address_gets_403() {
 // -------------------------------------------------------------- 9. re-INVITE
 
 #[test]
+fn calls_sharing_media_addresses_share_the_pinholes() {
+    let mut lab = Lab::new();
+    // Both calls offer and answer the same addresses (a gateway reusing its ports).
+    let a = answer_call(&mut lab, Invite::new("share-a@x"), carrier(), pbx1(), 1_000);
+    assert_eq!(
+        lab.proxy.stats().pinholes_opened,
+        4,
+        "RTP and RTCP of both parties"
+    );
+    let b_inv = Invite::new("share-b@x");
+    lab.at(2_000);
+    let out = lab.carrier_says(&b_inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(2_200);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pbx-b", Some(30000)));
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    assert!(
+        out.pinholes().is_empty(),
+        "already open for call a: {out:#?}"
+    );
+    let b_ok = out.response_to(carrier().addr);
+    let b = CallerDialog::new(&b_inv, &b_ok);
+
+    // Call a ends: call b still uses the addresses, nothing closes.
+    lab.at(3_000);
+    let out = lab.carrier_says(&a.dialog.request("BYE", "z9hG4bK-share-a-bye", 2, None));
+    assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1);
+    assert!(out.pinholes().is_empty(), "{out:#?}");
+
+    // A third call 61 s after the first opening renews the timeout once.
+    let c = answer_call(
+        &mut lab,
+        Invite::new("share-c@x"),
+        carrier(),
+        pbx1(),
+        62_000,
+    );
+    // Call b ends: call c still holds them. Call c ends: they close, once each.
+    lab.at(63_000);
+    let out = lab.carrier_says(&b.request("BYE", "z9hG4bK-share-b-bye", 2, None));
+    assert!(out.pinholes().is_empty(), "{out:#?}");
+    lab.at(64_000);
+    let out = lab.carrier_says(&c.dialog.request("BYE", "z9hG4bK-share-c-bye", 2, None));
+    let closed: Vec<_> = out.pinholes().into_iter().filter(|p| !p.0).collect();
+    assert_eq!(closed.len(), 4, "{out:#?}");
+    assert_eq!(lab.proxy.stats().pinholes_closed, 4);
+    // Opened when call a was answered and renewed for call c: 2 x 4.
+    assert_eq!(lab.proxy.stats().pinholes_opened, 8);
+}
+
+#[test]
 fn reinvite_moves_the_media_pinholes() {
     let mut lab = Lab::new();
     let a = answer_call(

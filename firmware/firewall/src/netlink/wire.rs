@@ -94,6 +94,11 @@ pub(crate) enum ElemOp {
     /// `NFT_MSG_NEWSETELEM` with `NLM_F_CREATE | NLM_F_EXCL` and a timeout in
     /// milliseconds (never 0: 0 would mean "never expires").
     Add { timeout_ms: u64 },
+    /// `NFT_MSG_NEWSETELEM` with `NLM_F_CREATE` only: creates the element with this
+    /// timeout if it is absent and succeeds without touching it if it is there (kernels
+    /// from 6.10 restart its timeout). Never fails because of the element itself, so a
+    /// batch that starts with it can follow with a `Delete` that cannot miss.
+    Ensure { timeout_ms: u64 },
     /// `NFT_MSG_DELSETELEM`.
     Delete,
 }
@@ -193,6 +198,10 @@ fn setelem_message(table: &str, req: &ElemRequest, seq: u32) -> NetlinkMessage<N
             elem.push(SetElementAttribute::Timeout(timeout_ms));
             (NLM_F_CREATE | NLM_F_EXCL, elem)
         }
+        ElemOp::Ensure { timeout_ms } => {
+            elem.push(SetElementAttribute::Timeout(timeout_ms));
+            (NLM_F_CREATE, elem)
+        }
         ElemOp::Delete => (0, elem),
     };
     // Attribute order matters for `setelem_offsets`: table, set, elements.
@@ -204,7 +213,7 @@ fn setelem_message(table: &str, req: &ElemRequest, seq: u32) -> NetlinkMessage<N
         ],
     };
     let inner = match req.op {
-        ElemOp::Add { .. } => NfTablesMessage::NewSetElement(list),
+        ElemOp::Add { .. } | ElemOp::Ensure { .. } => NfTablesMessage::NewSetElement(list),
         ElemOp::Delete => NfTablesMessage::DeleteSetElement(list),
     };
     message(inet(), inner, NLM_F_REQUEST | NLM_F_ACK | flags, seq)
