@@ -2,24 +2,32 @@
 //! its effects to the firewall (pinholes, blocklist) and the store (call records).
 //!
 //! Records: a call answered gets its record written at answer time under a reserved id,
-//! and rewritten under the same id when it ends (the final write waits for the first),
-//! so a crash mid-call leaves the answered call on disk. Writes run on the blocking pool,
-//! at most [`MAX_WRITES`] at once, so the store's group commit batches them.
+//! and rewritten under the same id when it ends, so a crash mid-call leaves the answered
+//! call on disk. One `cdr-writer` thread writes them in batches: what arrives within
+//! [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]) goes to the store in one
+//! durable commit, batches
+//! strictly in order, so a call's final record always lands after its answer-time one.
+//! When both are in the same batch only the final one is written (same id, same result
+//! on disk). Pinholes and blocks go to the firewall on their own queue, never behind
+//! records.
 
 use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use callgate_config::Config;
 use callgate_firewall::{error_chain, FirewallHandle, PinholeProto};
 use callgate_proxy::driver::{self, Effect, SipHandle};
 use callgate_store::{Cdr, Store};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 
-/// Concurrent record writes in flight.
-const MAX_WRITES: usize = 32;
-/// Records between two sweeps of finished answer-time writes out of the answered-calls map.
-const SWEEP_EVERY: usize = 1024;
+/// Records written in one commit at most.
+const MAX_BATCH: usize = 512;
+/// How long the writer gathers records after the first one of a batch before committing:
+/// under load a commit (a flush of the store) is shared by the records of this window
+/// instead of being paid by each; it bounds how much later a record becomes durable.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// Starts the proxy when the config lists listen addresses. Needs a tokio context.
 pub fn start(
@@ -59,12 +67,14 @@ async fn effects(
     firewall: FirewallHandle,
     store: Arc<Store>,
 ) {
-    let sem = Arc::new(Semaphore::new(MAX_WRITES));
-    // Answered calls: their reserved record id and the answer-time write while it is in
-    // flight (the final write waits for it). Finished writes are let go in sweeps, so a held
-    // call keeps only its id here, not the finished task.
-    let mut answered: HashMap<u64, (u64, Option<JoinHandle<()>>)> = HashMap::new();
-    let mut since_sweep = 0usize;
+    let (records, queue) = std_mpsc::channel::<Pending>();
+    let writer = std::thread::Builder::new()
+        .name("cdr-writer".into())
+        .spawn(move || write_records(&store, &queue));
+    if let Err(e) = writer {
+        log::error!("sip: the call record writer did not start: {e}");
+        return;
+    }
     while let Some(e) = rx.recv().await {
         match e {
             Effect::Pinhole { open, addr, ttl } => {
@@ -91,49 +101,159 @@ async fn effects(
                 }
             }
             Effect::Record { seq, cdr, ended } => {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                let (id, before) = match answered.remove(&seq) {
-                    Some((id, h)) => (id, h),
-                    None => (store.reserve_cdr_id(), None),
-                };
-                let h = tokio::spawn(write(store.clone(), id, cdr, before, permit));
-                if !ended {
-                    answered.insert(seq, (id, Some(h)));
-                }
-                since_sweep += 1;
-                if since_sweep >= SWEEP_EVERY {
-                    since_sweep = 0;
-                    for (_, h) in answered.values_mut() {
-                        if h.as_ref().is_some_and(JoinHandle::is_finished) {
-                            *h = None;
-                        }
-                    }
+                if records.send(Pending { seq, cdr, ended }).is_err() {
+                    log::error!("sip: the call record writer is gone; record of call {seq} lost");
                 }
             }
         }
     }
 }
 
-async fn write(
-    store: Arc<Store>,
-    id: u64,
+/// A record the proxy emitted: `seq` is the call, `ended` false for the answer-time one.
+struct Pending {
+    seq: u64,
     cdr: Box<Cdr>,
-    before: Option<JoinHandle<()>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    if let Some(h) = before {
-        let _ = h.await;
+    ended: bool,
+}
+
+/// The `cdr-writer` thread: batches of queued records, one commit each, in order.
+fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>) {
+    // Answered calls still in progress: their reserved record id.
+    let mut answered: HashMap<u64, u64> = HashMap::new();
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        let until = Instant::now() + GATHER;
+        while batch.len() < MAX_BATCH {
+            let left = until.saturating_duration_since(Instant::now());
+            match queue.recv_timeout(left) {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let writes = coalesce(batch, &mut answered, || store.reserve_cdr_id());
+        let refs: Vec<(u64, &Cdr)> = writes.iter().map(|(id, c)| (*id, &**c)).collect();
+        match store.put_cdrs(&refs) {
+            Ok(failed) => {
+                for (id, e) in failed {
+                    log::error!(
+                        "sip: call record {id} could not be stored: {}",
+                        callgate_store::error_chain(&e)
+                    );
+                }
+            }
+            Err(e) => log::error!(
+                "sip: {} call records could not be stored: {}",
+                refs.len(),
+                callgate_store::error_chain(&e)
+            ),
+        }
     }
-    let r = tokio::task::spawn_blocking(move || store.put_cdr(id, &cdr)).await;
-    drop(permit);
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::error!(
-            "sip: call record {id} could not be stored: {}",
-            callgate_store::error_chain(&e)
-        ),
-        Err(e) => log::error!("sip: call record {id}: {e}"),
+}
+
+/// Gives each record its id (reserved at a call's first record, kept until its final one)
+/// and keeps the last record per id, in first-seen order.
+fn coalesce(
+    batch: Vec<Pending>,
+    answered: &mut HashMap<u64, u64>,
+    mut reserve: impl FnMut() -> u64,
+) -> Vec<(u64, Box<Cdr>)> {
+    let mut writes: Vec<(u64, Box<Cdr>)> = Vec::with_capacity(batch.len());
+    let mut at: HashMap<u64, usize> = HashMap::new();
+    for p in batch {
+        let id = if p.ended {
+            answered.remove(&p.seq)
+        } else {
+            answered.get(&p.seq).copied()
+        };
+        let id = id.unwrap_or_else(|| {
+            let id = reserve();
+            if !p.ended {
+                answered.insert(p.seq, id);
+            }
+            id
+        });
+        match at.get(&id) {
+            Some(&i) => {
+                if let Some(w) = writes.get_mut(i) {
+                    w.1 = p.cdr;
+                }
+            }
+            None => {
+                at.insert(id, writes.len());
+                writes.push((id, p.cdr));
+            }
+        }
+    }
+    writes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+    use super::*;
+    use callgate_store::{Disposition, Pii};
+
+    fn rec(seq: u64, ended: bool, code: u16) -> Pending {
+        Pending {
+            seq,
+            ended,
+            cdr: Box::new(Cdr {
+                call_id: format!("c{seq}"),
+                tracking_number: "+15550100007".into(),
+                campaign: "x".into(),
+                caller: Pii::new("+14155550123"),
+                caller_name: None,
+                destination: String::new(),
+                invite_at: 0,
+                ring_at: None,
+                answer_at: None,
+                end_at: ended.then_some(1),
+                duration_ms: 0,
+                disposition: Disposition::Answered,
+                final_code: code,
+                appliance: "a".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_id_across_batches_and_pairs_in_one_batch_collapse() {
+        let mut next = 100;
+        let mut reserve = || {
+            next += 1;
+            next
+        };
+        let mut answered = HashMap::new();
+        // Batch 1: call 1 answered; call 2 answered and ended; call 3 rejected.
+        let w = coalesce(
+            vec![
+                rec(1, false, 200),
+                rec(2, false, 200),
+                rec(2, true, 201),
+                rec(3, true, 404),
+            ],
+            &mut answered,
+            &mut reserve,
+        );
+        let got: Vec<(u64, u16, bool)> = w
+            .iter()
+            .map(|(id, c)| (*id, c.final_code, c.end_at.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(101, 200, false), (102, 201, true), (103, 404, true)]
+        );
+        assert_eq!(answered.get(&1), Some(&101));
+        assert!(!answered.contains_key(&2));
+        // Batch 2: call 1 ends under its id; a new call gets a new one.
+        let w = coalesce(
+            vec![rec(1, true, 200), rec(4, false, 200)],
+            &mut answered,
+            &mut reserve,
+        );
+        let got: Vec<(u64, bool)> = w.iter().map(|(id, c)| (*id, c.end_at.is_some())).collect();
+        assert_eq!(got, vec![(101, true), (104, false)]);
+        assert!(!answered.contains_key(&1));
+        assert_eq!(answered.get(&4), Some(&104));
     }
 }

@@ -747,6 +747,31 @@ impl Store {
     /// Writes a CDR under a given id (e.g. replicated from the peer); returns once durable.
     pub fn put_cdr(&self, id: u64, cdr: &Cdr) -> Result<(), StoreError> {
         let intent = self.commit.intent();
+        let ops = self.cdr_ops(id, cdr)?;
+        commit_with(intent, ops)
+    }
+
+    /// Writes several CDRs in one durable commit and returns once all are durable (one
+    /// flush for the lot, where [`Self::put_cdr`] shares flushes only with writes that
+    /// happen to run at the same time). A record that cannot be prepared (its subject key
+    /// cannot be created, say) is returned with its error and the others are still
+    /// written; an error of the commit itself is about all of them.
+    pub fn put_cdrs(&self, recs: &[(u64, &Cdr)]) -> Result<Vec<(u64, StoreError)>, StoreError> {
+        let intent = self.commit.intent();
+        let mut ops = Vec::with_capacity(recs.len() * 2);
+        let mut failed = Vec::new();
+        for &(id, cdr) in recs {
+            match self.cdr_ops(id, cdr) {
+                Ok(o) => ops.extend(o),
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        commit_with(intent, ops)?;
+        Ok(failed)
+    }
+
+    /// The writes that store one CDR: the sealed record and its subject index entry.
+    fn cdr_ops(&self, id: u64, cdr: &Cdr) -> Result<Vec<Op>, StoreError> {
         self.next_cdr
             .fetch_max(id.saturating_add(1), Ordering::Relaxed);
         let key = id.to_be_bytes();
@@ -801,7 +826,7 @@ impl Store {
                 value: Vec::new(),
             });
         }
-        commit_with(intent, ops)
+        Ok(ops)
     }
 
     fn decode_cdr(

@@ -69,6 +69,41 @@ fn cdr_round_trip_and_reopen() {
 }
 
 #[test]
+fn several_cdrs_in_one_commit_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = kek();
+    let c1 = cdr("+12025550111", Some("Bo"), 1);
+    let c2 = cdr("+12025550112", None, 2);
+    let c3 = Cdr {
+        caller: Pii::Erased,
+        ..cdr("+12025550113", None, 3)
+    };
+    let ids = {
+        let s = Store::open(dir.path(), k.clone()).unwrap();
+        let ids: Vec<u64> = (0..3).map(|_| s.reserve_cdr_id()).collect();
+        let failed = s
+            .put_cdrs(&[(ids[0], &c1), (ids[1], &c2), (ids[2], &c3)])
+            .unwrap();
+        assert!(failed.is_empty());
+        // A rewrite under the same id replaces the record (the final write of a call).
+        let c1_final = Cdr {
+            duration_ms: 61_000,
+            ..c1.clone()
+        };
+        assert!(s.put_cdrs(&[(ids[0], &c1_final)]).unwrap().is_empty());
+        ids
+    };
+    let s = Store::open(dir.path(), k).unwrap();
+    assert_eq!(s.get_cdr(ids[0]).unwrap().value.duration_ms, 61_000);
+    assert_eq!(s.get_cdr(ids[1]).unwrap().value, c2);
+    assert_eq!(s.get_cdr(ids[2]).unwrap().value.caller, Pii::Erased);
+    let all: Vec<_> = s.iter_cdrs().map(|r| r.unwrap().id).collect();
+    assert_eq!(all, ids);
+    // Ids reserved after a reopen continue after the batch.
+    assert!(s.reserve_cdr_id() > ids[2]);
+}
+
+#[test]
 fn other_tables_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let k = kek();
