@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callgate_config::Config;
-use callgate_firewall::{error_chain, FirewallHandle, PinholeProto};
+use callgate_firewall::{error_chain, FirewallHandle, PinholeChange, PinholeProto};
 use callgate_proxy::driver::{self, Effect, SipHandle};
 use callgate_store::{Cdr, Store};
 use tokio::sync::{mpsc, watch};
 
+/// Pinhole changes sent to the firewall in one batch at most.
+const MAX_PINHOLE_BATCH: usize = 64;
 /// Records written in one commit at most.
 const MAX_BATCH: usize = 512;
 /// How long the writer gathers records after the first one of a batch before committing:
@@ -75,35 +77,46 @@ async fn effects(
         log::error!("sip: the call record writer did not start: {e}");
         return;
     }
-    while let Some(e) = rx.recv().await {
-        match e {
-            Effect::Pinhole { open, addr, ttl } => {
-                let r = if open {
-                    firewall
-                        .open_pinhole(addr.ip(), PinholeProto::Udp, addr.port(), ttl)
-                        .await
-                } else {
-                    firewall
-                        .close_pinhole(addr.ip(), PinholeProto::Udp, addr.port())
-                        .await
-                };
-                if let Err(e) = r {
-                    log::error!(
-                        "sip: pinhole {} {addr}: {}",
-                        if open { "open" } else { "close" },
-                        error_chain(&e)
-                    );
-                }
+    let mut changes: Vec<PinholeChange> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // Everything already queued is handled now; its pinhole changes go to the firewall
+        // as one netlink batch, in order.
+        let mut next = Some(first);
+        while let Some(e) = next.take() {
+            match e {
+                Effect::Pinhole { open, addr, ttl } => changes.push(PinholeChange {
+                    addr: addr.ip(),
+                    proto: PinholeProto::Udp,
+                    port: addr.port(),
+                    open: open.then_some(ttl),
+                }),
+                other => other_effect(other, &firewall, &records).await,
             }
-            Effect::Block { ip, ttl } => {
-                if let Err(e) = firewall.block(ip, ttl).await {
-                    log::error!("sip: blocklist {ip}: {}", error_chain(&e));
-                }
+            if changes.len() < MAX_PINHOLE_BATCH {
+                next = rx.try_recv().ok();
             }
-            Effect::Record { seq, cdr, ended } => {
-                if records.send(Pending { seq, cdr, ended }).is_err() {
-                    log::error!("sip: the call record writer is gone; record of call {seq} lost");
-                }
+        }
+        if !changes.is_empty() {
+            let n = changes.len();
+            if let Err(e) = firewall.change_pinholes(std::mem::take(&mut changes)).await {
+                log::error!("sip: {n} pinhole changes failed: {}", error_chain(&e));
+            }
+        }
+    }
+}
+
+/// Blocks go to the firewall, records to the writer.
+async fn other_effect(e: Effect, firewall: &FirewallHandle, records: &std_mpsc::Sender<Pending>) {
+    match e {
+        Effect::Pinhole { .. } => {}
+        Effect::Block { ip, ttl } => {
+            if let Err(e) = firewall.block(ip, ttl).await {
+                log::error!("sip: blocklist {ip}: {}", error_chain(&e));
+            }
+        }
+        Effect::Record { seq, cdr, ended } => {
+            if records.send(Pending { seq, cdr, ended }).is_err() {
+                log::error!("sip: the call record writer is gone; record of call {seq} lost");
             }
         }
     }

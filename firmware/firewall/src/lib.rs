@@ -40,7 +40,7 @@ pub mod task;
 use std::time::Instant;
 
 pub use model::Ruleset;
-pub use netlink::{NetlinkError, PinholeProto, SetWriter};
+pub use netlink::{NetlinkError, PinholeChange, PinholeProto, SetWriter};
 pub use nft::Nft;
 pub use render::{render, render_baseline};
 pub use task::{error_chain, FirewallHandle, FirewallState};

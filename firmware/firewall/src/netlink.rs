@@ -101,6 +101,16 @@ const NFT_NAME_MAXLEN: usize = 256;
 /// every element has one).
 const DISCARD_ENSURE_MS: u64 = 1_000;
 
+/// One change of [`SetWriter::change_pinholes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinholeChange {
+    pub addr: IpAddr,
+    pub proto: PinholeProto,
+    pub port: u16,
+    /// `Some(ttl)`: open or refresh for `ttl`; `None`: close (absent is fine).
+    pub open: Option<Duration>,
+}
+
 /// Transport protocol of a media pinhole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PinholeProto {
@@ -351,6 +361,57 @@ impl SetWriter {
     ) -> Result<(), NetlinkError> {
         let (set, key) = pinhole_elem(addr, proto, port);
         self.upsert(set, key, ttl)
+    }
+
+    /// Opens (refreshes) and closes many pinholes in one batch, in order, each as
+    /// [`Self::open_pinhole`] / [`Self::discard_pinhole`] would: one `sendmsg` and one
+    /// commit for the lot. The kernel applies all of it or none (an error is about the
+    /// batch: the table or a set is missing).
+    pub fn change_pinholes(&mut self, changes: &[PinholeChange]) -> Result<(), NetlinkError> {
+        let mut reqs = Vec::with_capacity(changes.len() * 3);
+        for c in changes {
+            let (set, key) = pinhole_elem(c.addr, c.proto, c.port);
+            match c.open {
+                Some(ttl) => {
+                    let timeout_ms = ttl_ms(ttl)?;
+                    reqs.push(ElemRequest {
+                        op: ElemOp::Ensure { timeout_ms },
+                        set,
+                        key: key.clone(),
+                    });
+                    reqs.push(ElemRequest {
+                        op: ElemOp::Delete,
+                        set,
+                        key: key.clone(),
+                    });
+                    reqs.push(ElemRequest {
+                        op: ElemOp::Add { timeout_ms },
+                        set,
+                        key,
+                    });
+                }
+                None => {
+                    reqs.push(ElemRequest {
+                        op: ElemOp::Ensure {
+                            timeout_ms: DISCARD_ENSURE_MS,
+                        },
+                        set,
+                        key: key.clone(),
+                    });
+                    reqs.push(ElemRequest {
+                        op: ElemOp::Delete,
+                        set,
+                        key,
+                    });
+                }
+            }
+        }
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let set = reqs.first().map_or("pinhole4", |r| r.set);
+        self.transact(&reqs)
+            .map_err(|e| self.classify(e, "change pinholes", set, ElemOp::Add { timeout_ms: 1 }))
     }
 
     /// Closes the pinhole if it is open (absent is fine): one batch, never aborted because

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    ApplyReport, EntryCounters, Firewall, FirewallError, PinholeProto, Ruleset, SetWriter,
+    ApplyReport, EntryCounters, Firewall, FirewallError, PinholeChange, PinholeProto, Ruleset,
+    SetWriter,
 };
 
 /// What the firewall has applied, published for the rest of the daemon.
@@ -49,6 +50,10 @@ enum Command {
     Block {
         addr: IpAddr,
         ttl: Duration,
+        reply: Reply<()>,
+    },
+    ChangePinholes {
+        changes: Vec<PinholeChange>,
         reply: Reply<()>,
     },
 }
@@ -121,6 +126,13 @@ impl FirewallHandle {
     }
 
     /// Closes a pinhole now. Closing one that has already expired is not an error.
+    /// Opens and closes many pinholes in one netlink batch (see
+    /// [`SetWriter::change_pinholes`]).
+    pub async fn change_pinholes(&self, changes: Vec<PinholeChange>) -> Result<(), FirewallError> {
+        self.call(|reply| Command::ChangePinholes { changes, reply })
+            .await
+    }
+
     pub async fn close_pinhole(
         &self,
         addr: IpAddr,
@@ -206,6 +218,10 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 reply,
             } => {
                 let r = with_writer(&mut writer, |w| w.discard_pinhole(addr, proto, port));
+                let _ = reply.send(r);
+            }
+            Command::ChangePinholes { changes, reply } => {
+                let r = with_writer(&mut writer, |w| w.change_pinholes(&changes));
                 let _ = reply.send(r);
             }
             Command::Block { addr, ttl, reply } => {

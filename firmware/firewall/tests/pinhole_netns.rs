@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use callgate_firewall::netlink::{NetlinkError, PinholeProto, SetWriter};
+use callgate_firewall::netlink::{NetlinkError, PinholeChange, PinholeProto, SetWriter};
 use serde_json::Value;
 
 mod support;
@@ -194,6 +194,53 @@ fn pinholes_and_blocks_in_a_namespace() {
             .unwrap();
         assert_eq!(expires(&ns, "pinhole4", "192.0.2.10 . udp . 40100"), None);
         assert_eq!(expires(&ns, "pinhole6", "2001:db8::99 . udp . 1"), None);
+        assert_eq!(elements(&ns, "callgate", "pinhole4").len(), 2);
+
+        // many changes in one batch: open new, refresh existing, close present and absent
+        w.open_pinhole(ip("192.0.2.10"), PinholeProto::Udp, 40200, min)
+            .unwrap();
+        w.open_pinhole(ip("192.0.2.10"), PinholeProto::Udp, 40201, min)
+            .unwrap();
+        let ch = |port, open| PinholeChange {
+            addr: ip("192.0.2.10"),
+            proto: PinholeProto::Udp,
+            port,
+            open,
+        };
+        let v6 = PinholeChange {
+            addr: ip("2001:db8::10"),
+            proto: PinholeProto::Udp,
+            port: 40300,
+            open: Some(Duration::from_secs(300)),
+        };
+        w.change_pinholes(&[
+            ch(40202, Some(Duration::from_secs(300))),
+            ch(40200, Some(Duration::from_secs(300))),
+            ch(40201, None),
+            ch(40203, None),
+            v6,
+        ])
+        .unwrap();
+        for (set, elem, want) in [
+            ("pinhole4", "192.0.2.10 . udp . 40202", true),
+            ("pinhole4", "192.0.2.10 . udp . 40200", true),
+            ("pinhole4", "192.0.2.10 . udp . 40201", false),
+            ("pinhole4", "192.0.2.10 . udp . 40203", false),
+            ("pinhole6", "2001:db8::10 . udp . 40300", true),
+        ] {
+            let exp = expires(&ns, set, elem);
+            if want {
+                assert!(matches!(exp, Some(Some(s)) if s > 200), "{elem}: {exp:?}");
+            } else {
+                assert_eq!(exp, None, "{elem}");
+            }
+        }
+        w.change_pinholes(&[
+            ch(40202, None),
+            ch(40200, None),
+            PinholeChange { open: None, ..v6 },
+        ])
+        .unwrap();
         assert_eq!(elements(&ns, "callgate", "pinhole4").len(), 2);
 
         // block / unblock, v4 and v6, with refresh
