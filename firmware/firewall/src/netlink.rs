@@ -101,6 +101,46 @@ const NFT_NAME_MAXLEN: usize = 256;
 /// every element has one).
 const DISCARD_ENSURE_MS: u64 = 1_000;
 
+/// Create or refresh `key` in `set` whatever its state: ensure (create if absent),
+/// delete, add with the new timeout.
+fn upsert_requests(set: &'static str, key: Vec<u8>, timeout_ms: u64) -> [ElemRequest; 3] {
+    [
+        ElemRequest {
+            op: ElemOp::Ensure { timeout_ms },
+            set,
+            key: key.clone(),
+        },
+        ElemRequest {
+            op: ElemOp::Delete,
+            set,
+            key: key.clone(),
+        },
+        ElemRequest {
+            op: ElemOp::Add { timeout_ms },
+            set,
+            key,
+        },
+    ]
+}
+
+/// Remove `key` from `set` whether or not it is there: ensure, then delete.
+fn discard_requests(set: &'static str, key: Vec<u8>) -> [ElemRequest; 2] {
+    [
+        ElemRequest {
+            op: ElemOp::Ensure {
+                timeout_ms: DISCARD_ENSURE_MS,
+            },
+            set,
+            key: key.clone(),
+        },
+        ElemRequest {
+            op: ElemOp::Delete,
+            set,
+            key,
+        },
+    ]
+}
+
 /// One change of [`SetWriter::change_pinholes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinholeChange {
@@ -372,38 +412,8 @@ impl SetWriter {
         for c in changes {
             let (set, key) = pinhole_elem(c.addr, c.proto, c.port);
             match c.open {
-                Some(ttl) => {
-                    let timeout_ms = ttl_ms(ttl)?;
-                    reqs.push(ElemRequest {
-                        op: ElemOp::Ensure { timeout_ms },
-                        set,
-                        key: key.clone(),
-                    });
-                    reqs.push(ElemRequest {
-                        op: ElemOp::Delete,
-                        set,
-                        key: key.clone(),
-                    });
-                    reqs.push(ElemRequest {
-                        op: ElemOp::Add { timeout_ms },
-                        set,
-                        key,
-                    });
-                }
-                None => {
-                    reqs.push(ElemRequest {
-                        op: ElemOp::Ensure {
-                            timeout_ms: DISCARD_ENSURE_MS,
-                        },
-                        set,
-                        key: key.clone(),
-                    });
-                    reqs.push(ElemRequest {
-                        op: ElemOp::Delete,
-                        set,
-                        key,
-                    });
-                }
+                Some(ttl) => reqs.extend(upsert_requests(set, key, ttl_ms(ttl)?)),
+                None => reqs.extend(discard_requests(set, key)),
             }
         }
         if reqs.is_empty() {
@@ -462,23 +472,7 @@ impl SetWriter {
         ttl: Duration,
     ) -> Result<(), NetlinkError> {
         let timeout_ms = ttl_ms(ttl)?;
-        let reqs = [
-            ElemRequest {
-                op: ElemOp::Ensure { timeout_ms },
-                set,
-                key: key.clone(),
-            },
-            ElemRequest {
-                op: ElemOp::Delete,
-                set,
-                key: key.clone(),
-            },
-            ElemRequest {
-                op: ElemOp::Add { timeout_ms },
-                set,
-                key,
-            },
-        ];
+        let reqs = upsert_requests(set, key, timeout_ms);
         self.transact(&reqs).map_err(|e| {
             let failed_op = match &e {
                 TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,
@@ -491,20 +485,7 @@ impl SetWriter {
     /// Removes the element if it is there, in one batch that cannot fail on its absence
     /// (ensure with a short timeout, then delete).
     fn discard(&mut self, set: &'static str, key: Vec<u8>) -> Result<(), NetlinkError> {
-        let reqs = [
-            ElemRequest {
-                op: ElemOp::Ensure {
-                    timeout_ms: DISCARD_ENSURE_MS,
-                },
-                set,
-                key: key.clone(),
-            },
-            ElemRequest {
-                op: ElemOp::Delete,
-                set,
-                key,
-            },
-        ];
+        let reqs = discard_requests(set, key);
         self.transact(&reqs).map_err(|e| {
             let failed_op = match &e {
                 TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,

@@ -1859,10 +1859,10 @@ fn early_media_opens_pinholes_and_failure_closes_them() {
     assert_eq!(c.disposition, Disposition::Busy);
 }
 
-#[test]
-fn pbx_2xx_retransmission_is_forwarded_upstream() {
-    let mut lab = Lab::new();
-    let inv = Invite::new("ok-again@x");
+/// A carrier INVITE at 1000 answered by pbx1 at 1100 (the 200 relayed upstream): the
+/// INVITE, pbx1's 200 as sent, and what the proxy did with it.
+fn answered_by_pbx1(lab: &mut Lab, call_id: &str) -> (Invite, Vec<u8>, Out) {
+    let inv = Invite::new(call_id);
     lab.at(1_000);
     let out = lab.carrier_says(&inv.bytes());
     let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
@@ -1870,6 +1870,13 @@ fn pbx_2xx_retransmission_is_forwarded_upstream() {
     lab.at(1_100);
     let out = lab.pbx_says(pbx1(), &ok);
     assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    (inv, ok, out)
+}
+
+#[test]
+fn pbx_2xx_retransmission_is_forwarded_upstream() {
+    let mut lab = Lab::new();
+    let (_, ok, out) = answered_by_pbx1(&mut lab, "ok-again@x");
     assert_eq!(out.records().len(), 1);
     lab.at(1_600);
     let out = lab.pbx_says(pbx1(), &ok);
@@ -1884,14 +1891,7 @@ fn pbx_2xx_retransmission_is_forwarded_upstream() {
 #[test]
 fn invite_retransmitted_after_the_answer_is_absorbed_for_64_t1() {
     let mut lab = Lab::new();
-    let inv = Invite::new("accepted@x");
-    lab.at(1_000);
-    let out = lab.carrier_says(&inv.bytes());
-    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
-    let ok = pbx_reply(&fwd, 200, "p", Some(30000));
-    lab.at(1_100);
-    let out = lab.pbx_says(pbx1(), &ok);
-    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    let (inv, ok, _) = answered_by_pbx1(&mut lab, "accepted@x");
     // Both INVITE transactions are in Accepted (kept as keys only).
     assert_eq!(lab.proxy.stats().transactions, 2);
     lab.at(1_600);
