@@ -337,6 +337,34 @@ fn a_thousand_calls_leave_a_thousand_records() {
     assert_eq!(u(&st["active_calls"]), 0);
 }
 
+/// An orderly stop (SIGTERM) right after the last call ended: every call's final record is
+/// made durable before the daemon exits.
+#[test]
+fn a_stop_right_after_the_calls_keeps_every_record() {
+    let lab = new_lab();
+    let mut a = start(&lab, &lab_toml());
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
+    let r = caller(&lab, "uac.xml", Transport::Udp)
+        .calls(200)
+        .rate(100.0)
+        .timeout(Duration::from_secs(60))
+        .run()
+        .expect("caller");
+    assert_eq!((r.successful, r.failed), (200, 0), "{}", r.summary());
+    assert_eq!(a.stop(), Some(0), "clean exit");
+    let _ = pbx.stop();
+    a.launch().expect("daemon restarts");
+    let all: Vec<Value> = cdrs(&a)
+        .into_iter()
+        .filter(|c| !c["end_at"].is_null() && c["disposition"] == "answered")
+        .collect();
+    assert_eq!(
+        all.len(),
+        200,
+        "every ended call's record survived the stop"
+    );
+}
+
 /// A copy of `scenario` edited by `f`, written into `dir`; its path.
 fn edited(
     dir: &std::path::Path,

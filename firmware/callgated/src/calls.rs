@@ -12,6 +12,7 @@
 //! records.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,12 +32,42 @@ const MAX_BATCH: usize = 512;
 /// instead of being paid by each; it bounds how much later a record becomes durable.
 const GATHER: Duration = Duration::from_millis(10);
 
+/// How far the record writer has come: records handed to it and records it has finished
+/// (committed, or reported as failed).
+#[derive(Debug, Clone, Default)]
+pub struct RecordsInFlight(Arc<(AtomicU64, AtomicU64)>);
+
+impl RecordsInFlight {
+    /// Waits until every record handed to the writer before this call is finished, at most
+    /// `limit`; false if some are still pending then. For an orderly stop: a SIGTERM right
+    /// after calls end keeps their records.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let target = self.0 .0.load(Ordering::Acquire);
+        let start = Instant::now();
+        while self.0 .1.load(Ordering::Acquire) < target {
+            if start.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    fn handed(&self) {
+        self.0 .0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finished(&self, n: usize) {
+        self.0 .1.fetch_add(n as u64, Ordering::AcqRel);
+    }
+}
+
 /// Starts the proxy when the config lists listen addresses. Needs a tokio context.
 pub fn start(
     config: watch::Receiver<Arc<Config>>,
     firewall: FirewallHandle,
     store: Arc<Store>,
-) -> Option<SipHandle> {
+) -> Option<(SipHandle, RecordsInFlight)> {
     let cfg = config.borrow().clone();
     if cfg.sip.listen.is_empty() {
         log::info!("sip: no listen addresses configured, the proxy does not run");
@@ -50,9 +81,10 @@ pub fn start(
             return None;
         }
     };
-    tokio::spawn(effects(rx, firewall, store));
+    let progress = RecordsInFlight::default();
+    tokio::spawn(effects(rx, firewall, store, progress.clone()));
     tokio::spawn(follow_config(config, handle.clone()));
-    Some(handle)
+    Some((handle, progress))
 }
 
 async fn follow_config(mut config: watch::Receiver<Arc<Config>>, sip: SipHandle) {
@@ -68,11 +100,13 @@ async fn effects(
     mut rx: mpsc::UnboundedReceiver<Effect>,
     firewall: FirewallHandle,
     store: Arc<Store>,
+    progress: RecordsInFlight,
 ) {
     let (records, queue) = std_mpsc::channel::<Pending>();
+    let done = progress.clone();
     let writer = std::thread::Builder::new()
         .name("cdr-writer".into())
-        .spawn(move || write_records(&store, &queue));
+        .spawn(move || write_records(&store, &queue, &done));
     if let Err(e) = writer {
         log::error!("sip: the call record writer did not start: {e}");
         return;
@@ -90,7 +124,7 @@ async fn effects(
                     port: addr.port(),
                     open: open.then_some(ttl),
                 }),
-                other => other_effect(other, &firewall, &records).await,
+                other => other_effect(other, &firewall, &records, &progress).await,
             }
             if changes.len() < MAX_PINHOLE_BATCH {
                 next = rx.try_recv().ok();
@@ -106,7 +140,12 @@ async fn effects(
 }
 
 /// Blocks go to the firewall, records to the writer.
-async fn other_effect(e: Effect, firewall: &FirewallHandle, records: &std_mpsc::Sender<Pending>) {
+async fn other_effect(
+    e: Effect,
+    firewall: &FirewallHandle,
+    records: &std_mpsc::Sender<Pending>,
+    progress: &RecordsInFlight,
+) {
     match e {
         Effect::Pinhole { .. } => {}
         Effect::Block { ip, ttl } => {
@@ -115,6 +154,7 @@ async fn other_effect(e: Effect, firewall: &FirewallHandle, records: &std_mpsc::
             }
         }
         Effect::Record { seq, cdr, ended } => {
+            progress.handed();
             if records.send(Pending { seq, cdr, ended }).is_err() {
                 log::error!("sip: the call record writer is gone; record of call {seq} lost");
             }
@@ -130,7 +170,7 @@ struct Pending {
 }
 
 /// The `cdr-writer` thread: batches of queued records, one commit each, in order.
-fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>) {
+fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &RecordsInFlight) {
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
     while let Ok(first) = queue.recv() {
@@ -143,6 +183,7 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
+        let n = batch.len();
         let writes = coalesce(batch, &mut answered, || store.reserve_cdr_id());
         let refs: Vec<(u64, &Cdr)> = writes.iter().map(|(id, c)| (*id, &**c)).collect();
         match store.put_cdrs(&refs) {
@@ -160,6 +201,7 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>) {
                 callgate_store::error_chain(&e)
             ),
         }
+        done.finished(n);
     }
 }
 
@@ -227,6 +269,34 @@ mod tests {
                 appliance: "a".into(),
             }),
         }
+    }
+
+    #[tokio::test]
+    async fn flush_waits_for_the_records_handed_over_before_it() {
+        let p = RecordsInFlight::default();
+        assert!(p.flush(Duration::ZERO).await, "nothing pending");
+        p.handed();
+        p.handed();
+        // Not finished yet: a short flush gives up.
+        assert!(!p.flush(Duration::from_millis(20)).await);
+        let w = p.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            w.finished(1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            w.finished(1);
+        });
+        let waiter = p.clone();
+        let flushed = tokio::spawn(async move { waiter.flush(Duration::from_secs(5)).await });
+        // A record handed after the flush began is not waited for.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        p.handed();
+        assert!(flushed.await.unwrap());
+        writer.await.unwrap();
+        assert!(
+            !p.flush(Duration::from_millis(20)).await,
+            "the third is pending"
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ impl Ctx {
 struct Running {
     kek: Kek,
     config_thread: std::thread::JoinHandle<()>,
+    /// The call record writer's progress, flushed before an orderly stop.
+    records: Option<crate::calls::RecordsInFlight>,
 }
 
 /// Opens the store with `kek`, boots the config history and the policy, starts the config
@@ -110,10 +112,18 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
                 format!("cannot start the config thread: {e}"),
             )
         })?;
-    let sip = crate::calls::start(config.config(), ctx.firewall.clone(), store.clone());
+    let (sip, records) =
+        match crate::calls::start(config.config(), ctx.firewall.clone(), store.clone()) {
+            Some((sip, records)) => (Some(sip), Some(records)),
+            None => (None, None),
+        };
     Ok((
         Phase::Running { config, store, sip },
-        Running { kek, config_thread },
+        Running {
+            kek,
+            config_thread,
+            records,
+        },
     ))
 }
 
@@ -277,6 +287,15 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         reason: "stopping".into(),
     }));
     if let Some(run) = running.take() {
+        // Records of calls that ended just before the signal: made durable before we go.
+        if let Some(r) = &run.records {
+            if !r.flush(ctx.drain).await {
+                log::warn!(
+                    "call records still being written after {:?}; stopping anyway",
+                    ctx.drain
+                );
+            }
+        }
         stop_config(run, ctx.drain).await;
     }
     // The kernel keeps enforcing the applied ruleset after we exit.
