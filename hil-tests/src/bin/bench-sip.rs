@@ -984,6 +984,13 @@ fn main() {
     if threads > 1 {
         k_children.push(threads as u32);
     }
+    let k_target = |pid: u32| Target {
+        name: "kamailio",
+        lab: &k_lab,
+        remote: addr::A_WAN_V4,
+        proxy: Proxy::Kamailio(pid),
+        scenario: &scenario,
+    };
     let mut k_runs: Vec<KRun> = Vec::new();
     for &children in &k_children {
         let kam = start_kamailio(&k_lab, k_dir.path(), children);
@@ -992,13 +999,7 @@ fn main() {
             "kamailio: main pid {}, {procs} processes (children={children} per listening socket)",
             kam.pid()
         );
-        let k = Target {
-            name: "kamailio",
-            lab: &k_lab,
-            remote: addr::A_WAN_V4,
-            proxy: Proxy::Kamailio(kam.pid()),
-            scenario: &scenario,
-        };
+        let k = k_target(kam.pid());
         let cps = search(&k, &o);
         k_runs.push(KRun {
             children,
@@ -1024,13 +1025,7 @@ fn main() {
     let mut cg_sys = vec![];
     for run in &mut k_runs {
         let kam = start_kamailio(&k_lab, k_dir.path(), run.children);
-        let k = Target {
-            name: "kamailio",
-            lab: &k_lab,
-            remote: addr::A_WAN_V4,
-            proxy: Proxy::Kamailio(kam.pid()),
-            scenario: &scenario,
-        };
+        let k = k_target(kam.pid());
         for rep in 0..o.reps {
             let order = if rep % 2 == 0 {
                 [&cg, &k, &direct]
