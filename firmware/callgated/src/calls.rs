@@ -35,16 +35,22 @@ const GATHER: Duration = Duration::from_millis(10);
 /// How far the record writer has come: records handed to it and records it has finished
 /// (committed, or reported as failed).
 #[derive(Debug, Clone, Default)]
-pub struct RecordsInFlight(Arc<(AtomicU64, AtomicU64)>);
+pub struct RecordsInFlight(Arc<Progress>);
+
+#[derive(Debug, Default)]
+struct Progress {
+    handed: AtomicU64,
+    finished: AtomicU64,
+}
 
 impl RecordsInFlight {
     /// Waits until every record handed to the writer before this call is finished, at most
     /// `limit`; false if some are still pending then. For an orderly stop: a SIGTERM right
     /// after calls end keeps their records.
     pub async fn flush(&self, limit: Duration) -> bool {
-        let target = self.0 .0.load(Ordering::Acquire);
+        let target = self.0.handed.load(Ordering::Acquire);
         let start = Instant::now();
-        while self.0 .1.load(Ordering::Acquire) < target {
+        while self.0.finished.load(Ordering::Acquire) < target {
             if start.elapsed() >= limit {
                 return false;
             }
@@ -54,11 +60,11 @@ impl RecordsInFlight {
     }
 
     fn handed(&self) {
-        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        self.0.handed.fetch_add(1, Ordering::AcqRel);
     }
 
     fn finished(&self, n: usize) {
-        self.0 .1.fetch_add(n as u64, Ordering::AcqRel);
+        self.0.finished.fetch_add(n as u64, Ordering::AcqRel);
     }
 }
 
@@ -124,7 +130,19 @@ async fn effects(
                     port: addr.port(),
                     open: open.then_some(ttl),
                 }),
-                other => other_effect(other, &firewall, &records, &progress).await,
+                Effect::Block { ip, ttl } => {
+                    if let Err(e) = firewall.block(ip, ttl).await {
+                        log::error!("sip: blocklist {ip}: {}", error_chain(&e));
+                    }
+                }
+                Effect::Record { seq, cdr, ended } => {
+                    progress.handed();
+                    if records.send(Pending { seq, cdr, ended }).is_err() {
+                        log::error!(
+                            "sip: the call record writer is gone; record of call {seq} lost"
+                        );
+                    }
+                }
             }
             if changes.len() < MAX_PINHOLE_BATCH {
                 next = rx.try_recv().ok();
@@ -134,29 +152,6 @@ async fn effects(
             let n = changes.len();
             if let Err(e) = firewall.change_pinholes(std::mem::take(&mut changes)).await {
                 log::error!("sip: {n} pinhole changes failed: {}", error_chain(&e));
-            }
-        }
-    }
-}
-
-/// Blocks go to the firewall, records to the writer.
-async fn other_effect(
-    e: Effect,
-    firewall: &FirewallHandle,
-    records: &std_mpsc::Sender<Pending>,
-    progress: &RecordsInFlight,
-) {
-    match e {
-        Effect::Pinhole { .. } => {}
-        Effect::Block { ip, ttl } => {
-            if let Err(e) = firewall.block(ip, ttl).await {
-                log::error!("sip: blocklist {ip}: {}", error_chain(&e));
-            }
-        }
-        Effect::Record { seq, cdr, ended } => {
-            progress.handed();
-            if records.send(Pending { seq, cdr, ended }).is_err() {
-                log::error!("sip: the call record writer is gone; record of call {seq} lost");
             }
         }
     }

@@ -432,8 +432,12 @@ impl SetWriter {
         proto: PinholeProto,
         port: u16,
     ) -> Result<(), NetlinkError> {
-        let (set, key) = pinhole_elem(addr, proto, port);
-        self.discard(set, key)
+        self.change_pinholes(&[PinholeChange {
+            addr,
+            proto,
+            port,
+            open: None,
+        }])
     }
 
     /// Closes the pinhole now. [`NetlinkError::NotFound`] if it is not there.
@@ -479,21 +483,6 @@ impl SetWriter {
                 _ => ElemOp::Add { timeout_ms },
             };
             self.classify(e, "add element", set, failed_op)
-        })
-    }
-
-    /// Removes the element if it is there, in one batch that cannot fail on its absence
-    /// (ensure with a short timeout, then delete).
-    fn discard(&mut self, set: &'static str, key: Vec<u8>) -> Result<(), NetlinkError> {
-        let reqs = discard_requests(set, key);
-        self.transact(&reqs).map_err(|e| {
-            let failed_op = match &e {
-                TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,
-                _ => ElemOp::Add {
-                    timeout_ms: DISCARD_ENSURE_MS,
-                },
-            };
-            self.classify(e, "remove element", set, failed_op)
         })
     }
 
