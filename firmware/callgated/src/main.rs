@@ -18,6 +18,15 @@
 //! | 4 | the firewall could not be applied: the previous ruleset stays in force |
 //! | 5 | the state directory or control socket is unusable |
 
+/// mimalloc, not the C library's allocator. With glibc's, the daemon's resident memory kept
+/// growing with the records written (per-thread arenas: the SIP thread builds a record, the
+/// record writer seals it, sled's threads keep and free its pages; rounds of 15,000 calls
+/// gave 110 → 174 → 236 → 255 MiB), where mimalloc levels off (102 → 118 → 132 → 134 MiB).
+/// The shipped binary is static musl, whose allocator is slow under this many small
+/// allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod calls;
 mod calls_view;
 mod dispatch;

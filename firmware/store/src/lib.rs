@@ -180,12 +180,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// sled's page cache. Writes go to the tail of `cdrs` (ids are a sequence) and to one leaf
+/// per caller in `cdrs_by_subject`; reads (the console, subject requests) are rare and find
+/// the log file in the kernel's page cache, which does not count against the daemon. With
+/// 64 MiB, sled's cache filling up cost ~0.9 KB of resident memory per record over the first
+/// tens of thousands of calls (`bytes_per_dialog` in `scripts/bench sip`); 16 MiB bounds it.
+pub const CACHE_BYTES: u64 = 16 << 20;
+
 /// The sled settings the store uses; public so the benchmark's anchor uses the same.
 /// No background flush thread: every write is flushed by [`GroupCommit`] anyway.
 pub fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(dir)
-        .cache_capacity(64 << 20)
+        .cache_capacity(CACHE_BYTES)
         .flush_every_ms(None)
 }
 
