@@ -101,6 +101,9 @@ enum Cancel {
     NoAnswer,
 }
 
+/// Media addresses (RTP, RTCP) of one party, exactly as many as it named.
+type Media = Box<[SocketAddr]>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     /// The current destination has not sent any response.
@@ -111,6 +114,20 @@ enum TimerKind {
     MaxCall,
     /// A CANCEL went downstream and the 487 has not come (RFC 3261 §9.1: 64·T1).
     CancelGuard,
+}
+
+impl TimerKind {
+    const COUNT: usize = 4;
+    const ALL: [TimerKind; TimerKind::COUNT] = [
+        TimerKind::Response,
+        TimerKind::Ring,
+        TimerKind::MaxCall,
+        TimerKind::CancelGuard,
+    ];
+
+    fn slot(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +151,7 @@ struct Call {
     forwarded: Option<Payload>,
     callee: Peer,
     callee_local: SocketAddr,
-    destination: String,
+    destination: Box<str>,
     state: CallState,
     got_provisional: bool,
     cancel: Option<Cancel>,
@@ -143,14 +160,15 @@ struct Call {
     invite_at: u64,
     ring_at: Option<u64>,
     answer_at: Option<u64>,
-    deadlines: Vec<(TimerKind, Millis)>,
-    /// Media addresses of the latest offer not yet answered.
+    /// The call's pending timers, one slot per [`TimerKind`] (inline: no allocation per
+    /// call).
+    deadlines: [Option<Millis>; TimerKind::COUNT],
     /// The media addresses each party last offered or answered (0: caller, 1: callee).
-    media: [Vec<SocketAddr>; 2],
+    media: [Media; 2],
     /// Whether the callee has described its media (pinholes open from then on).
     media_open: bool,
     /// An offer in a request (INVITE, re-INVITE) waiting for its answer: (callee?, addrs).
-    offered: Option<(bool, Vec<SocketAddr>)>,
+    offered: Option<(bool, Media)>,
     permit: Option<CallPermit>,
     /// Dialog state once answered: what BYEs of our own need.
     dialog: Option<Box<DialogInfo>>,
@@ -429,7 +447,7 @@ impl Proxy {
                 tracking_number: c.number.clone(),
                 campaign: c.campaign.to_string(),
                 caller: mask(&c.caller_number),
-                destination: c.destination.clone(),
+                destination: c.destination.to_string(),
                 state: c.state,
                 transport: c.caller.transport,
                 invite_at: c.invite_at,
@@ -980,7 +998,7 @@ impl Proxy {
             forwarded: None,
             callee: peer,
             callee_local: local,
-            destination: String::new(),
+            destination: Box::default(),
             state: CallState::Trying,
             got_provisional: false,
             cancel: None,
@@ -989,8 +1007,8 @@ impl Proxy {
             invite_at: now.unix_ms,
             ring_at: None,
             answer_at: None,
-            deadlines: Vec::new(),
-            media: [Vec::new(), Vec::new()],
+            deadlines: [None; TimerKind::COUNT],
+            media: [Media::default(), Media::default()],
             media_open: false,
             offered: Some((false, offer)),
             permit,
@@ -1003,18 +1021,23 @@ impl Proxy {
 
     fn set_timer(&mut self, seq: u64, kind: TimerKind, at: Millis) {
         if let Some(c) = self.calls.get_mut(&seq) {
-            c.deadlines.retain(|(k, _)| *k != kind);
-            c.deadlines.push((kind, at));
-            self.timers.insert((at, seq, kind));
+            if let Some(slot) = c.deadlines.get_mut(kind.slot()) {
+                if let Some(old) = slot.replace(at) {
+                    self.timers.remove(&(old, seq, kind));
+                }
+                self.timers.insert((at, seq, kind));
+            }
         }
     }
 
     fn clear_timer(&mut self, seq: u64, kind: TimerKind) {
-        if let Some(c) = self.calls.get_mut(&seq) {
-            if let Some(pos) = c.deadlines.iter().position(|(k, _)| *k == kind) {
-                let (_, at) = c.deadlines.swap_remove(pos);
-                self.timers.remove(&(at, seq, kind));
-            }
+        if let Some(at) = self
+            .calls
+            .get_mut(&seq)
+            .and_then(|c| c.deadlines.get_mut(kind.slot()))
+            .and_then(Option::take)
+        {
+            self.timers.remove(&(at, seq, kind));
         }
     }
 
@@ -1100,7 +1123,7 @@ impl Proxy {
                 c.forwarded = Some(bytes.clone());
                 c.callee = peer;
                 c.callee_local = local;
-                c.destination = dest.uri.to_string();
+                c.destination = dest.uri.to_string().into();
                 c.got_provisional = false;
             }
             if self.start_client(now, ckey, Owner::Call(seq), peer, local, bytes, out) {
@@ -1750,7 +1773,7 @@ impl Proxy {
         now: Now,
         seq: u64,
         callee: bool,
-        addrs: Vec<SocketAddr>,
+        addrs: Media,
         out: &mut Vec<Output>,
     ) {
         let Some(call) = self.calls.get_mut(&seq) else {
@@ -1837,7 +1860,7 @@ impl Proxy {
             campaign: c.campaign.to_string(),
             caller: Pii::new(c.caller_number.clone()),
             caller_name: c.caller_name.clone().map(Pii::new),
-            destination: c.destination.clone(),
+            destination: c.destination.to_string(),
             invite_at: c.invite_at,
             ring_at: c.ring_at,
             answer_at: c.answer_at,
@@ -1987,8 +2010,10 @@ impl Proxy {
             }
         }
         self.by_call_id.remove(&call.call_id);
-        for (k, at) in &call.deadlines {
-            self.timers.remove(&(*at, seq, *k));
+        for (k, at) in TimerKind::ALL.iter().zip(call.deadlines) {
+            if let Some(at) = at {
+                self.timers.remove(&(at, seq, *k));
+            }
         }
         for a in call.pinholes() {
             self.pinhole_close(a, out);
@@ -2021,11 +2046,8 @@ impl Proxy {
             let live = self
                 .calls
                 .get_mut(&seq)
-                .and_then(|c| {
-                    let pos = c.deadlines.iter().position(|d| *d == (kind, at))?;
-                    c.deadlines.swap_remove(pos);
-                    Some(())
-                })
+                .and_then(|c| c.deadlines.get_mut(kind.slot()))
+                .and_then(|slot| slot.take_if(|d| *d == at))
                 .is_some();
             if live {
                 self.call_timer(now, seq, kind, out);
@@ -2288,10 +2310,10 @@ fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
 }
 
 /// The RTP/RTCP addresses of an SDP body (empty when there is none or it does not parse).
-fn media_of(msg: &Message<'_>) -> Vec<SocketAddr> {
+fn media_of(msg: &Message<'_>) -> Media {
     let body = msg.body();
     if body.is_empty() {
-        return Vec::new();
+        return Media::default();
     }
     let is_sdp = msg.content_type().ok().flatten().is_none_or(|ct| {
         ct.trim()
@@ -2299,7 +2321,7 @@ fn media_of(msg: &Message<'_>) -> Vec<SocketAddr> {
             .starts_with("application/sdp")
     });
     if !is_sdp {
-        return Vec::new();
+        return Media::default();
     }
     match sip::sdp::parse(body) {
         Ok(sdp) => {
@@ -2310,9 +2332,9 @@ fn media_of(msg: &Message<'_>) -> Vec<SocketAddr> {
                     v.push(f.rtcp);
                 }
             }
-            v
+            v.into_boxed_slice()
         }
-        Err(_) => Vec::new(),
+        Err(_) => Media::default(),
     }
 }
 
