@@ -182,10 +182,13 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// sled's page cache. Writes go to the tail of `cdrs` (ids are a sequence) and to one leaf
 /// per caller in `cdrs_by_subject`; reads (the console, subject requests) are rare and find
-/// the log file in the kernel's page cache, which does not count against the daemon. With
-/// 64 MiB, sled's cache filling up cost ~0.9 KB of resident memory per record over the first
-/// tens of thousands of calls (`bytes_per_dialog` in `scripts/bench sip`); 16 MiB bounds it.
-pub const CACHE_BYTES: u64 = 16 << 20;
+/// the log file in the kernel's page cache, which does not count against the daemon. The
+/// cache filling up is resident memory the first tens of thousands of records pay for: at
+/// 64 MiB it added ~0.9 KB per record to `bytes_per_dialog` in `scripts/bench sip`, and
+/// measured on a daemon warmed by 1,000 calls, 16 MiB still gave 4.4 KB per held dialog
+/// where 4 MiB gave 3.2 KB. `scripts/bench store` showed no difference between 16 and
+/// 4 MiB (writes 12.9k/s vs 11.9k/s, reads 220k/s vs 198k/s, within the run-to-run noise).
+pub const CACHE_BYTES: u64 = 4 << 20;
 
 /// The sled settings the store uses; public so the benchmark's anchor uses the same.
 /// No background flush thread: every write is flushed by [`GroupCommit`] anyway.
