@@ -169,11 +169,12 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &Reco
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
     while let Ok(first) = queue.recv() {
+        // Sleep through the gathering time and then take what came: records queued
+        // meanwhile wake nobody (a blocking receive would be woken by each of them).
+        std::thread::sleep(GATHER);
         let mut batch = vec![first];
-        let until = Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
-            let left = until.saturating_duration_since(Instant::now());
-            match queue.recv_timeout(left) {
+            match queue.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }

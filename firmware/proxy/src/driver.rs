@@ -155,7 +155,17 @@ struct Shared {
     timer_target: Cell<Option<Millis>>,
     /// The output buffer `feed` reuses.
     out: Cell<Vec<Output>>,
+    /// Effects of the messages handled since the last [`flush_effects`]: handed over in one
+    /// burst when a socket has nothing more to read (or a timer round is done), so the
+    /// daemon's side wakes once per burst rather than once per message.
+    pending: RefCell<Vec<Effect>>,
 }
+
+/// Datagrams read from one socket before its effects are handed over and the other tasks
+/// get a turn (a flood on one socket starves neither the timers nor the other sockets).
+const UDP_BURST: usize = 64;
+/// Effects held back at most (beyond this they go at once).
+const MAX_PENDING_EFFECTS: usize = 256;
 
 /// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
 /// returned before anything runs.
@@ -231,6 +241,7 @@ async fn run(
         timer: Notify::new(),
         timer_target: Cell::new(None),
         out: Cell::new(Vec::with_capacity(16)),
+        pending: RefCell::new(Vec::with_capacity(MAX_PENDING_EFFECTS)),
     });
     for (a, s) in sh.udp.clone() {
         tokio::task::spawn_local(udp_loop(sh.clone(), a, s));
@@ -282,21 +293,39 @@ fn feed(sh: &Rc<Shared>, bytes: &[u8], peer: Peer, local: SocketAddr) {
     }
 }
 
+/// Sends what goes on the wire now; effects wait for [`flush_effects`], which every task
+/// calls before it waits for anything.
 fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
     for o in out.drain(..) {
-        match o {
-            Output::Send { peer, local, bytes } => send(sh, peer, local, bytes),
-            Output::Pinhole { open, addr, ttl } => {
-                let _ = sh.effects.send(Effect::Pinhole { open, addr, ttl });
+        let effect = match o {
+            Output::Send { peer, local, bytes } => {
+                send(sh, peer, local, bytes);
+                continue;
             }
-            Output::Block { ip, ttl } => {
-                let _ = sh.effects.send(Effect::Block { ip, ttl });
+            Output::Log { level, line } => {
+                log::log!(level, "sip: {line}");
+                continue;
             }
-            Output::Record { seq, cdr, ended } => {
-                let _ = sh.effects.send(Effect::Record { seq, cdr, ended });
-            }
-            Output::Log { level, line } => log::log!(level, "sip: {line}"),
+            Output::Pinhole { open, addr, ttl } => Effect::Pinhole { open, addr, ttl },
+            Output::Block { ip, ttl } => Effect::Block { ip, ttl },
+            Output::Record { seq, cdr, ended } => Effect::Record { seq, cdr, ended },
+        };
+        let full = {
+            let mut p = sh.pending.borrow_mut();
+            p.push(effect);
+            p.len() >= MAX_PENDING_EFFECTS
+        };
+        if full {
+            flush_effects(sh);
         }
+    }
+}
+
+/// Hands the pending effects to the daemon, in order.
+fn flush_effects(sh: &Rc<Shared>) {
+    let pending = std::mem::take(&mut *sh.pending.borrow_mut());
+    for e in pending {
+        let _ = sh.effects.send(e);
     }
 }
 
@@ -370,8 +399,22 @@ async fn connect_and_send(sh: Rc<Shared>, addr: SocketAddr, local: SocketAddr, b
 
 async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
     let mut buf = vec![0u8; 65_536];
+    let mut burst = 0;
     loop {
-        match sock.recv_from(&mut buf).await {
+        if burst >= UDP_BURST {
+            burst = 0;
+            flush_effects(&sh);
+            tokio::task::yield_now().await;
+        }
+        burst += 1;
+        match sock.try_recv_from(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                burst = 0;
+                flush_effects(&sh);
+                if let Err(e) = sock.readable().await {
+                    log::trace!("sip: udp {local}: {e}");
+                }
+            }
             Ok((n, from)) => {
                 let Some(bytes) = buf.get(..n) else { continue };
                 // Keepalives (CRLF) and tiny junk.
@@ -429,6 +472,8 @@ fn start_conn(sh: &Rc<Shared>, stream: TcpStream, peer: SocketAddr, local: Socke
         let mut buf: Vec<u8> = Vec::with_capacity(8192);
         let mut chunk = vec![0u8; 65_536];
         'read: loop {
+            // What the messages of the previous read asked for goes out before this one.
+            flush_effects(&sh2);
             let n = match rd.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
@@ -470,6 +515,7 @@ fn start_conn(sh: &Rc<Shared>, stream: TcpStream, peer: SocketAddr, local: Socke
                 }
             }
         }
+        flush_effects(&sh2);
         sh2.conns.borrow_mut().remove(&id);
         let mut by = sh2.conn_by_addr.borrow_mut();
         if by.get(&peer) == Some(&id) {
@@ -499,5 +545,6 @@ async fn timer_loop(sh: Rc<Shared>) {
         let mut out = Vec::new();
         sh.core.borrow_mut().on_timer(now(sh.start), &mut out);
         execute(&sh, &mut out);
+        flush_effects(&sh);
     }
 }
