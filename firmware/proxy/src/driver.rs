@@ -8,7 +8,10 @@
 //! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
 //!   a nearer deadline appears.
 //! - Pinholes, blocks and records leave as [`Effect`]s on an unbounded channel (the
-//!   daemon forwards them to the firewall and the store); logs go to `log`.
+//!   daemon forwards them to the firewall and the store), in order, in bursts: they wait
+//!   until the task that produced them is about to wait (its socket has nothing more to
+//!   read, after at most 64 datagrams; a TCP read or a timer round is done), so the
+//!   daemon's side wakes once per burst rather than once per message. Logs go to `log`.
 //!
 //! Everything runs on the one thread, so the core lives in a `RefCell` and is never
 //! borrowed across an `.await`.
