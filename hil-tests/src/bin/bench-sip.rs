@@ -962,18 +962,23 @@ fn main() {
     if !config.contains("max_cps = 1000000") || !config.contains("max_calls = 1000000") {
         fail("config", "lab.toml changed: cannot raise max_cps/max_calls");
     }
-    let mut mem_runs = Vec::new();
-    for _ in 0..o.mem_reps {
+    // A fresh daemon in `cg_lab` and the target it is.
+    let fresh_callgate = || {
         let appliance =
             Appliance::start(&cg_lab, Host::A, &config).unwrap_or_else(|e| fail("appliance", e));
         let pid = daemon_pid(&appliance);
-        let t = Target {
+        let target = Target {
             name: "callgate",
             lab: &cg_lab,
             remote: addr::A_WAN_V4,
             proxy: Proxy::Callgate(pid),
             scenario: &scenario,
         };
+        (appliance, pid, target)
+    };
+    let mut mem_runs = Vec::new();
+    for _ in 0..o.mem_reps {
+        let (appliance, pid, t) = fresh_callgate();
         mem_runs.push(memory(&t, &appliance, pid, &o));
     }
     let bytes_per_dialog = median(mem_runs.clone());
@@ -982,16 +987,7 @@ fn main() {
         mem_runs.len(),
         mem_runs.iter().map(|b| b.round()).collect::<Vec<_>>()
     );
-    let appliance =
-        Appliance::start(&cg_lab, Host::A, &config).unwrap_or_else(|e| fail("appliance", e));
-    let cg_pid = daemon_pid(&appliance);
-    let cg = Target {
-        name: "callgate",
-        lab: &cg_lab,
-        remote: addr::A_WAN_V4,
-        proxy: Proxy::Callgate(cg_pid),
-        scenario: &scenario,
-    };
+    let (_appliance, cg_pid, cg) = fresh_callgate(); // alive until the search is done
     let threads = fs::read_dir(format!("/proc/{cg_pid}/task")).map_or(0, |d| d.count());
     eprintln!("callgate: daemon pid {cg_pid}, {threads} threads");
     let cps = search(&cg, &o);
