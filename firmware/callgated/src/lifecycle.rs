@@ -113,10 +113,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
             )
         })?;
     let (sip, records) =
-        match crate::calls::start(config.config(), ctx.firewall.clone(), store.clone()) {
-            Some((sip, records)) => (Some(sip), Some(records)),
-            None => (None, None),
-        };
+        crate::calls::start(config.config(), ctx.firewall.clone(), store.clone()).unzip();
     Ok((
         Phase::Running { config, store, sip },
         Running {

@@ -117,13 +117,14 @@ enum TimerKind {
 }
 
 impl TimerKind {
-    const COUNT: usize = 4;
-    const ALL: [TimerKind; TimerKind::COUNT] = [
+    /// Every kind, in declaration order: a kind's slot is its index here.
+    const ALL: [TimerKind; 4] = [
         TimerKind::Response,
         TimerKind::Ring,
         TimerKind::MaxCall,
         TimerKind::CancelGuard,
     ];
+    const COUNT: usize = TimerKind::ALL.len();
 
     fn slot(self) -> usize {
         self as usize

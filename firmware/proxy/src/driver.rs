@@ -324,10 +324,9 @@ fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
     }
 }
 
-/// Hands the pending effects to the daemon, in order.
+/// Hands the pending effects to the daemon, in order (the buffer keeps its capacity).
 fn flush_effects(sh: &Rc<Shared>) {
-    let pending = std::mem::take(&mut *sh.pending.borrow_mut());
-    for e in pending {
+    for e in sh.pending.borrow_mut().drain(..) {
         let _ = sh.effects.send(e);
     }
 }

@@ -797,21 +797,16 @@ fn start_kamailio(lab: &Lab, dir: &Path, children: u32) -> Proc {
     .unwrap_or_else(|e| fail("kamailio.cfg", e));
     let log = fs::File::create(dir.join("kamailio.log")).unwrap_or_else(|e| fail("log", e));
     let ns = lab.ns(Host::A);
-    let bound = |ns: &hil_tests::Ns<'_>| {
+    // Whether every SIP port is listened on (`true`) or every one is free (`false`).
+    let all_ports = |ns: &hil_tests::Ns<'_>, listened: bool| {
         ["203.0.113.1:5060", "198.51.100.1:5060"].iter().all(|src| {
             ns.exec(&["ss", "-Hlnu", "src", src])
-                .is_ok_and(|o| !o.trim().is_empty())
-        })
-    };
-    let unbound = |ns: &hil_tests::Ns<'_>| {
-        ["203.0.113.1:5060", "198.51.100.1:5060"].iter().all(|src| {
-            ns.exec(&["ss", "-Hlnu", "src", src])
-                .is_ok_and(|o| o.trim().is_empty())
+                .is_ok_and(|o| o.trim().is_empty() != listened)
         })
     };
     // A previous instance's workers may still hold the sockets for a moment.
     let start = Instant::now();
-    while !unbound(&ns) {
+    while !all_ports(&ns, false) {
         if start.elapsed() > Duration::from_secs(10) {
             let ps = std::process::Command::new("ps")
                 .args(["-eo", "pid,pgid,ppid,stat,cmd"])
@@ -848,7 +843,7 @@ fn start_kamailio(lab: &Lab, dir: &Path, children: u32) -> Proc {
     let proc = ns.spawn(cmd).unwrap_or_else(|e| fail("kamailio", e));
     let start = Instant::now();
     loop {
-        if bound(&ns) {
+        if all_ports(&ns, true) {
             break;
         }
         if !proc.is_running() || start.elapsed() > Duration::from_secs(10) {
