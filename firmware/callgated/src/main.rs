@@ -124,8 +124,12 @@ impl Applier for HandleApplier {
 }
 
 fn main() -> ExitCode {
+    let thp = no_huge_pages();
     let args = Args::parse();
     logging::init();
+    if let Err(e) = thp {
+        log::warn!("transparent huge pages stay allowed: {e}");
+    }
     let fw = Firewall::new(Nft {
         program: args.nft.clone(),
     });
@@ -134,6 +138,16 @@ fn main() -> ExitCode {
         Some(Cmd::RollbackGuard { candidate }) => guard(&args, fw, *candidate),
         None => daemon(args, fw),
     }
+}
+
+/// No transparent huge pages for this process. mimalloc asks for them on its arena
+/// (`MADV_HUGEPAGE`), and with the kernel's `madvise` THP mode every 2 MiB region it
+/// touches then becomes resident whole, though most of it holds no live data. Measured on
+/// a lab daemon warmed by 1,000 calls: VmRSS 79 MiB idle and 108 MiB with 10,000 dialogs
+/// (58–65 MiB of it huge pages), against 47 and 74 MiB without. The same as mimalloc's
+/// `allow_thp=0` option, set before anything else runs.
+fn no_huge_pages() -> nix::Result<()> {
+    nix::sys::prctl::set_thp_disable(true)
 }
 
 fn baseline(args: &Args, fw: &Firewall) -> ExitCode {
