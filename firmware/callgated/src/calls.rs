@@ -4,11 +4,12 @@
 //! Records: a call answered gets its record written at answer time under a reserved id,
 //! and rewritten under the same id when it ends, so a crash mid-call leaves the answered
 //! call on disk. One `cdr-writer` thread writes them in batches: what arrives within
-//! [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]) goes to the store in one
-//! durable commit, batches
-//! strictly in order, so a call's final record always lands after its answer-time one.
-//! When both are in the same batch only the final one is written (same id, same result
-//! on disk). Pinholes and blocks go to the firewall on their own queue, never behind
+//! [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]) goes to the store durably:
+//! answer-time records to its file of calls in progress (`Store::put_open_cdrs`: they
+//! cost no memory while the call lasts), final ones to the record tree in one commit.
+//! Batches go strictly in order, so a call's final record always lands after its
+//! answer-time one. When both are in the same batch only the final one is written (same
+//! id, same result on disk). Pinholes and blocks go to the firewall on their own queue, never behind
 //! records.
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use callgate_config::Config;
 use callgate_firewall::{error_chain, FirewallHandle, PinholeChange, PinholeProto};
 use callgate_proxy::driver::{self, Effect, SipHandle};
-use callgate_store::{Cdr, Store};
+use callgate_store::{Cdr, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
 /// Pinhole changes sent to the firewall in one batch at most.
@@ -181,34 +182,52 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &Reco
         }
         let n = batch.len();
         let writes = coalesce(batch, &mut answered, || store.reserve_cdr_id());
-        let refs: Vec<(u64, &Cdr)> = writes.iter().map(|(id, c)| (*id, &**c)).collect();
-        match store.put_cdrs(&refs) {
-            Ok(failed) => {
-                for (id, e) in failed {
-                    log::error!(
-                        "sip: call record {id} could not be stored: {}",
-                        callgate_store::error_chain(&e)
-                    );
-                }
-            }
-            Err(e) => log::error!(
-                "sip: {} call records could not be stored: {}",
-                refs.len(),
-                callgate_store::error_chain(&e)
-            ),
+        // Answer-time records go to the store's file of calls in progress, final ones to
+        // the record tree (a call's two records never share a batch: they collapse).
+        let refs = |ended: bool| -> Vec<(u64, &Cdr)> {
+            writes
+                .iter()
+                .filter(|w| w.2 == ended)
+                .map(|(id, c, _)| (*id, &**c))
+                .collect()
+        };
+        let open = refs(false);
+        if !open.is_empty() {
+            report(open.len(), store.put_open_cdrs(&open));
+        }
+        let ended = refs(true);
+        if !ended.is_empty() {
+            report(ended.len(), store.put_cdrs(&ended));
         }
         done.finished(n);
     }
 }
 
+fn report(n: usize, r: Result<Vec<(u64, StoreError)>, StoreError>) {
+    match r {
+        Ok(failed) => {
+            for (id, e) in failed {
+                log::error!(
+                    "sip: call record {id} could not be stored: {}",
+                    callgate_store::error_chain(&e)
+                );
+            }
+        }
+        Err(e) => log::error!(
+            "sip: {n} call records could not be stored: {}",
+            callgate_store::error_chain(&e)
+        ),
+    }
+}
+
 /// Gives each record its id (reserved at a call's first record, kept until its final one)
-/// and keeps the last record per id, in first-seen order.
+/// and keeps the last record per id, in first-seen order: (id, record, final?).
 fn coalesce(
     batch: Vec<Pending>,
     answered: &mut HashMap<u64, u64>,
     mut reserve: impl FnMut() -> u64,
-) -> Vec<(u64, Box<Cdr>)> {
-    let mut writes: Vec<(u64, Box<Cdr>)> = Vec::with_capacity(batch.len());
+) -> Vec<(u64, Box<Cdr>, bool)> {
+    let mut writes: Vec<(u64, Box<Cdr>, bool)> = Vec::with_capacity(batch.len());
     let mut at: HashMap<u64, usize> = HashMap::new();
     for p in batch {
         let id = if p.ended {
@@ -227,11 +246,12 @@ fn coalesce(
             Some(&i) => {
                 if let Some(w) = writes.get_mut(i) {
                     w.1 = p.cdr;
+                    w.2 = p.ended;
                 }
             }
             None => {
                 at.insert(id, writes.len());
-                writes.push((id, p.cdr));
+                writes.push((id, p.cdr, p.ended));
             }
         }
     }
@@ -316,7 +336,7 @@ mod tests {
         );
         let got: Vec<(u64, u16, bool)> = w
             .iter()
-            .map(|(id, c)| (*id, c.final_code, c.end_at.is_some()))
+            .map(|(id, c, ended)| (*id, c.final_code, *ended))
             .collect();
         assert_eq!(
             got,
@@ -330,7 +350,7 @@ mod tests {
             &mut answered,
             &mut reserve,
         );
-        let got: Vec<(u64, bool)> = w.iter().map(|(id, c)| (*id, c.end_at.is_some())).collect();
+        let got: Vec<(u64, bool)> = w.iter().map(|(id, _, ended)| (*id, *ended)).collect();
         assert_eq!(got, vec![(101, true), (104, false)]);
         assert!(!answered.contains_key(&1));
         assert_eq!(answered.get(&4), Some(&104));

@@ -17,6 +17,10 @@
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id |
 //!
+//!   Beside it, the file `open-cdrs` holds the answer-time records of calls in progress
+//!   ([`Store::put_open_cdrs`], the `open` module): sealed exactly as in `cdrs`, moved
+//!   into `cdrs` at the next open if their call's final record never came.
+//!
 //!   No key holds PII: CDRs are found by sequence number, subjects by their token
 //!   (`HMAC(lookup key, normalized number)`, see `callgate_vault::subject_token`).
 //! - Values are serialized with `serde_json` (a CDR: a small binary envelope holding the
@@ -76,12 +80,17 @@
 
 mod cache;
 mod commit;
+mod open;
 mod types;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+// The store is blocking code (async callers go through `spawn_blocking`); this lock guards
+// the slots of calls in progress for one batch of file writes or one read.
+#[allow(clippy::disallowed_types)]
+use std::sync::{Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use callgate_vault::{
@@ -166,6 +175,8 @@ pub enum StoreError {
     Commit(#[source] Arc<CommitError>),
     #[error("cryptography failed")]
     Crypto(#[from] CryptoError),
+    #[error("the file of calls in progress ({}) failed", open::FILE)]
+    OpenCalls(#[source] std::io::Error),
 }
 
 /// The whole chain of an error, for the one place that logs it.
@@ -249,6 +260,9 @@ pub struct Store {
     keys: Arc<Keys>,
     next_cdr: AtomicU64,
     next_audit: AtomicU64,
+    /// Answer-time records of calls in progress (see [`Store::put_open_cdrs`]).
+    #[allow(clippy::disallowed_types)]
+    open_calls: Mutex<open::OpenSlots>,
     commit: GroupCommit,
     // Declared last: dropped after the writer thread has finished.
     _db: sled::Db,
@@ -351,6 +365,11 @@ fn decode_envelope(b: &[u8]) -> Option<CdrEnvelope<'_>> {
         _ => None,
     }
 }
+
+/// A CDR read back with the subject token it is filed under.
+type Decoded = (Option<SubjectToken>, Record<Cdr>);
+/// The record of a call in progress, by id.
+type OpenCdr = (u64, Result<Decoded, StoreError>);
 
 fn commit_with(intent: Intent<'_>, ops: Vec<Op>) -> Result<(), StoreError> {
     intent.commit(ops).map_err(StoreError::Commit)
@@ -458,9 +477,10 @@ impl Store {
                 ring
             }
         };
+        let (slots, unfinished) = open::OpenSlots::open(&dir).map_err(dir_err)?;
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
-        Ok(Store {
+        let store = Store {
             dir,
             keys: Arc::new(Keys {
                 kek,
@@ -471,9 +491,93 @@ impl Store {
             t,
             next_cdr,
             next_audit,
+            #[allow(clippy::disallowed_types)]
+            open_calls: Mutex::new(slots),
             commit,
             _db: db,
+        };
+        store.recover_open_cdrs(unfinished)?;
+        Ok(store)
+    }
+
+    /// Moves the records of calls that were in progress when the store was last closed
+    /// (or the process died) into the `cdrs` tree, then empties their file.
+    fn recover_open_cdrs(&self, unfinished: Vec<open::Found>) -> Result<(), StoreError> {
+        let mut ops = Vec::new();
+        let mut n = 0;
+        for (id, sealed) in unfinished {
+            let key = id.to_be_bytes();
+            if self.t.cdrs.contains_key(key)? {
+                continue; // its final record made it
+            }
+            match self.decode_cdr(id, &key, &sealed) {
+                Ok((token, _)) => {
+                    self.next_cdr
+                        .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+                    if let Some(token) = token {
+                        ops.push(Op::Insert {
+                            tree: self.t.by_subject.clone(),
+                            key: [token.as_bytes().as_slice(), &key].concat(),
+                            value: Vec::new(),
+                        });
+                    }
+                    ops.push(Op::Insert {
+                        tree: self.t.cdrs.clone(),
+                        key: key.to_vec(),
+                        value: sealed,
+                    });
+                    n += 1;
+                }
+                Err(e) => log::warn!(
+                    "store: the record of call in progress {id} is unreadable and dropped: {}",
+                    error_chain(&e)
+                ),
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops)?;
+            log::info!("store: {n} records of calls that were in progress recovered");
+        }
+        self.slots()?.clear().map_err(StoreError::OpenCalls)
+    }
+
+    fn slots(&self) -> Result<MutexGuard<'_, open::OpenSlots>, StoreError> {
+        self.open_calls.lock().map_err(|_| {
+            StoreError::OpenCalls(std::io::Error::other("poisoned by a panicked writer"))
         })
+    }
+
+    /// Frees the open-call slots of records now durable in the tree. A failure only leaves
+    /// a stale slot, which recovery skips (the tree has the id).
+    fn release_open(&self, ids: impl Iterator<Item = u64>) {
+        let Ok(mut slots) = self.slots() else { return };
+        if slots.len() == 0 {
+            return;
+        }
+        for id in ids {
+            if let Err(e) = slots.release(id) {
+                log::warn!("store: slot of call {id} not released: {e}");
+            }
+        }
+    }
+
+    /// The records held in open-call slots, decoded, ascending by id.
+    fn open_cdrs(&self) -> Result<Vec<OpenCdr>, StoreError> {
+        let sealed: Vec<(u64, Option<Vec<u8>>)> = {
+            let slots = self.slots()?;
+            let mut v = Vec::with_capacity(slots.len());
+            for id in slots.ids() {
+                v.push((id, slots.read(id).map_err(StoreError::OpenCalls)?));
+            }
+            v
+        };
+        Ok(sealed
+            .into_iter()
+            .filter_map(|(id, s)| {
+                let s = s?;
+                Some((id, self.decode_cdr(id, &id.to_be_bytes(), &s)))
+            })
+            .collect())
     }
 
     /// The data directory.
@@ -483,7 +587,11 @@ impl Store {
 
     /// Number of records in a table.
     pub fn len(&self, table: Table) -> usize {
-        self.t.table(table).len()
+        let open = match table {
+            Table::Cdrs => self.slots().map_or(0, |s| s.len()),
+            _ => 0,
+        };
+        self.t.table(table).len() + open
     }
 
     /// The subject token the store files `subject_id` under.
@@ -691,6 +799,7 @@ impl Store {
     }
 
     /// Ids of the CDRs of a subject (for access and export requests), ascending.
+    /// Calls in progress count: their answer-time records are read to find the subject.
     pub fn cdr_ids_of_subject(&self, subject_id: &str) -> Result<Vec<u64>, StoreError> {
         let token = self.subject_token(subject_id);
         let mut ids = Vec::new();
@@ -700,7 +809,22 @@ impl Store {
                 ids.push(id);
             }
         }
+        for (id, rec) in self.open_cdrs()? {
+            if matches!(rec, Ok((Some(t), _)) if t == token) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
+    }
+
+    /// A CDR's sealed bytes: from the tree, else from the slots of calls in progress.
+    fn sealed_cdr(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.t.cdrs.get(id.to_be_bytes())? {
+            return Ok(Some(v.to_vec()));
+        }
+        self.slots()?.read(id).map_err(StoreError::OpenCalls)
     }
 
     /// The CDRs of a subject, each read and verified; an index entry whose CDR is gone (or
@@ -713,7 +837,7 @@ impl Store {
         let mut out = Vec::new();
         for id in self.cdr_ids_of_subject(subject_id)? {
             let key = id.to_be_bytes();
-            let Some(sealed) = self.t.cdrs.get(key)? else {
+            let Some(sealed) = self.sealed_cdr(id)? else {
                 continue;
             };
             match self.decode_cdr(id, &key, &sealed) {
@@ -740,25 +864,78 @@ impl Store {
         self.next_cdr.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The last `n` CDRs (highest ids), oldest first.
+    /// The last `n` CDRs (highest ids), oldest first, the answer-time records of calls in
+    /// progress included.
     pub fn last_cdrs(&self, n: usize) -> Vec<Result<Record<Cdr>, StoreError>> {
-        let mut out: Vec<_> = self
+        let mut out: Vec<(u64, Result<Record<Cdr>, StoreError>)> = self
             .t
             .cdrs
             .iter()
             .rev()
             .take(n)
-            .map(|item| self.cdr_item(item))
+            .map(|item| {
+                let id = item.as_ref().ok().and_then(|(k, _)| id_of(k)).unwrap_or(0);
+                (id, self.cdr_item(item))
+            })
             .collect();
-        out.reverse();
-        out
+        let in_tree: std::collections::HashSet<u64> = out.iter().map(|(id, _)| *id).collect();
+        match self.open_cdrs() {
+            Ok(open) => out.extend(
+                open.into_iter()
+                    .rev()
+                    .filter(|(id, _)| !in_tree.contains(id))
+                    .take(n)
+                    .map(|(id, r)| (id, r.map(|(_, rec)| rec))),
+            ),
+            Err(e) => out.push((u64::MAX, Err(e))),
+        }
+        out.sort_by_key(|(id, _)| *id);
+        let skip = out.len().saturating_sub(n);
+        out.into_iter().skip(skip).map(|(_, r)| r).collect()
     }
 
     /// Writes a CDR under a given id (e.g. replicated from the peer); returns once durable.
     pub fn put_cdr(&self, id: u64, cdr: &Cdr) -> Result<(), StoreError> {
         let intent = self.commit.intent();
         let ops = self.cdr_ops(id, cdr)?;
-        commit_with(intent, ops)
+        commit_with(intent, ops)?;
+        self.release_open(std::iter::once(id));
+        Ok(())
+    }
+
+    /// Writes the answer-time records of calls in progress, durably, to their own file of
+    /// slots (see the `open` module) instead of the tree, where each would cost memory for
+    /// as long as the process runs. [`Self::put_cdrs`] of a call's final record (same id)
+    /// frees its slot; at the next open, records left in slots move into the tree. They
+    /// are read back like any other CDR. A record too long for a slot goes to the tree. A
+    /// record that cannot be prepared is returned with its error and the others are still
+    /// written; an error of the file or the commit is about all of them.
+    pub fn put_open_cdrs(
+        &self,
+        recs: &[(u64, &Cdr)],
+    ) -> Result<Vec<(u64, StoreError)>, StoreError> {
+        let intent = self.commit.intent();
+        let mut failed = Vec::new();
+        let mut sealed = Vec::with_capacity(recs.len());
+        let mut long = Vec::new();
+        for &(id, cdr) in recs {
+            match self.seal_cdr(id, cdr) {
+                Ok((s, _)) if s.len() <= open::MAX_SEALED => sealed.push((id, s)),
+                Ok((s, index)) => long.extend(self.cdr_write(id, s, index)),
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        {
+            let mut slots = self.slots()?;
+            for (id, s) in &sealed {
+                slots.write(*id, s).map_err(StoreError::OpenCalls)?;
+            }
+            slots.sync().map_err(StoreError::OpenCalls)?;
+        }
+        // Also flushes any subject key these records' PII was sealed under (created in
+        // sled, and durable only with a commit).
+        commit_with(intent, long)?;
+        Ok(failed)
     }
 
     /// Writes several CDRs in one durable commit and returns once all are durable (one
@@ -777,11 +954,39 @@ impl Store {
             }
         }
         commit_with(intent, ops)?;
+        self.release_open(
+            recs.iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !failed.iter().any(|(f, _)| f == id)),
+        );
         Ok(failed)
     }
 
     /// The writes that store one CDR: the sealed record and its subject index entry.
     fn cdr_ops(&self, id: u64, cdr: &Cdr) -> Result<Vec<Op>, StoreError> {
+        let (sealed, index) = self.seal_cdr(id, cdr)?;
+        Ok(self.cdr_write(id, sealed, index))
+    }
+
+    fn cdr_write(&self, id: u64, sealed: Vec<u8>, index: Option<Vec<u8>>) -> Vec<Op> {
+        let mut ops = vec![Op::Insert {
+            tree: self.t.cdrs.clone(),
+            key: id.to_be_bytes().to_vec(),
+            value: sealed,
+        }];
+        if let Some(k) = index {
+            ops.push(Op::Insert {
+                tree: self.t.by_subject.clone(),
+                key: k,
+                value: Vec::new(),
+            });
+        }
+        ops
+    }
+
+    /// One CDR sealed for the `cdrs` tree, and its subject index key (none if the caller
+    /// was erased before the write).
+    fn seal_cdr(&self, id: u64, cdr: &Cdr) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
         self.next_cdr
             .fetch_max(id.saturating_add(1), Ordering::Relaxed);
         let key = id.to_be_bytes();
@@ -824,19 +1029,7 @@ impl Store {
             // The caller was erased before this write: no subject, no index entry.
             Pii::Erased => (encode_envelope(None, &body), None),
         };
-        let mut ops = vec![Op::Insert {
-            tree: self.t.cdrs.clone(),
-            key: key.to_vec(),
-            value: self.seal_bytes(Table::Cdrs, &key, &plain)?,
-        }];
-        if let Some(k) = index {
-            ops.push(Op::Insert {
-                tree: self.t.by_subject.clone(),
-                key: k,
-                value: Vec::new(),
-            });
-        }
-        Ok(ops)
+        Ok((self.seal_bytes(Table::Cdrs, &key, &plain)?, index))
     }
 
     fn decode_cdr(
@@ -912,14 +1105,16 @@ impl Store {
     /// Reads one CDR. A record that fails authentication is [`StoreError::Corrupt`].
     pub fn get_cdr(&self, id: u64) -> Result<Record<Cdr>, StoreError> {
         let key = id.to_be_bytes();
-        let sealed = self.t.cdrs.get(key)?.ok_or_else(|| StoreError::NotFound {
+        let sealed = self.sealed_cdr(id)?.ok_or_else(|| StoreError::NotFound {
             table: Table::Cdrs.name(),
             id: id.to_string(),
         })?;
         Ok(self.decode_cdr(id, &key, &sealed)?.1)
     }
 
-    /// Every CDR in id order, one `Result` each: a corrupt record does not end the walk.
+    /// Every CDR in the tree in id order, one `Result` each: a corrupt record does not end
+    /// the walk. Answer-time records of calls in progress are not walked (the other reads
+    /// see them).
     pub fn iter_cdrs(&self) -> impl Iterator<Item = Result<Record<Cdr>, StoreError>> + '_ {
         self.iter_cdrs_from(0)
     }
@@ -954,7 +1149,13 @@ impl Store {
     pub fn remove_cdr(&self, id: u64) -> Result<bool, StoreError> {
         let key = id.to_be_bytes();
         let Some(sealed) = self.t.cdrs.get(key)? else {
-            return Ok(false);
+            let mut slots = self.slots()?;
+            if slots.read(id).map_err(StoreError::OpenCalls)?.is_none() {
+                return Ok(false);
+            }
+            slots.release(id).map_err(StoreError::OpenCalls)?;
+            slots.sync().map_err(StoreError::OpenCalls)?;
+            return Ok(true);
         };
         let mut ops = vec![Op::Remove {
             tree: self.t.cdrs.clone(),
