@@ -191,14 +191,8 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &Reco
                 .map(|(id, c, _)| (*id, &**c))
                 .collect()
         };
-        let open = refs(false);
-        if !open.is_empty() {
-            report(open.len(), store.put_open_cdrs(&open));
-        }
-        let ended = refs(true);
-        if !ended.is_empty() {
-            report(ended.len(), store.put_cdrs(&ended));
-        }
+        let (open, ended) = (refs(false), refs(true));
+        report(writes.len(), store.write_cdrs(&open, &ended));
         done.finished(n);
     }
 }

@@ -914,28 +914,7 @@ impl Store {
         &self,
         recs: &[(u64, &Cdr)],
     ) -> Result<Vec<(u64, StoreError)>, StoreError> {
-        let intent = self.commit.intent();
-        let mut failed = Vec::new();
-        let mut sealed = Vec::with_capacity(recs.len());
-        let mut long = Vec::new();
-        for &(id, cdr) in recs {
-            match self.seal_cdr(id, cdr) {
-                Ok((s, _)) if s.len() <= open::MAX_SEALED => sealed.push((id, s)),
-                Ok((s, index)) => long.extend(self.cdr_write(id, s, index)),
-                Err(e) => failed.push((id, e)),
-            }
-        }
-        {
-            let mut slots = self.slots()?;
-            for (id, s) in &sealed {
-                slots.write(*id, s).map_err(StoreError::OpenCalls)?;
-            }
-            slots.sync().map_err(StoreError::OpenCalls)?;
-        }
-        // Also flushes any subject key these records' PII was sealed under (created in
-        // sled, and durable only with a commit).
-        commit_with(intent, long)?;
-        Ok(failed)
+        self.write_cdrs(recs, &[])
     }
 
     /// Writes several CDRs in one durable commit and returns once all are durable (one
@@ -944,18 +923,46 @@ impl Store {
     /// cannot be created, say) is returned with its error and the others are still
     /// written; an error of the commit itself is about all of them.
     pub fn put_cdrs(&self, recs: &[(u64, &Cdr)]) -> Result<Vec<(u64, StoreError)>, StoreError> {
+        self.write_cdrs(&[], recs)
+    }
+
+    /// [`Self::put_open_cdrs`] of `open` and [`Self::put_cdrs`] of `ended` as one durable
+    /// step: one `fdatasync` of the slots and one commit (no id may be in both).
+    pub fn write_cdrs(
+        &self,
+        open: &[(u64, &Cdr)],
+        ended: &[(u64, &Cdr)],
+    ) -> Result<Vec<(u64, StoreError)>, StoreError> {
         let intent = self.commit.intent();
-        let mut ops = Vec::with_capacity(recs.len() * 2);
         let mut failed = Vec::new();
-        for &(id, cdr) in recs {
+        let mut slotted = Vec::with_capacity(open.len());
+        let mut ops = Vec::with_capacity(ended.len() * 2);
+        for &(id, cdr) in open {
+            match self.seal_cdr(id, cdr) {
+                Ok((s, _)) if s.len() <= open::MAX_SEALED => slotted.push((id, s)),
+                Ok((s, index)) => ops.extend(self.cdr_write(id, s, index)),
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        for &(id, cdr) in ended {
             match self.cdr_ops(id, cdr) {
                 Ok(o) => ops.extend(o),
                 Err(e) => failed.push((id, e)),
             }
         }
+        if !slotted.is_empty() {
+            let mut slots = self.slots()?;
+            for (id, s) in &slotted {
+                slots.write(*id, s).map_err(StoreError::OpenCalls)?;
+            }
+            slots.sync().map_err(StoreError::OpenCalls)?;
+        }
+        // Even with no ops: it also makes durable any subject key the records' PII was
+        // sealed under (created in sled by the sealing).
         commit_with(intent, ops)?;
         self.release_open(
-            recs.iter()
+            ended
+                .iter()
                 .map(|(id, _)| *id)
                 .filter(|id| !failed.iter().any(|(f, _)| f == id)),
         );

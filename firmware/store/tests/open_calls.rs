@@ -191,3 +191,35 @@ fn erasure_reaches_calls_in_progress_and_long_records_go_to_the_tree() {
     assert_eq!(got.caller, Pii::Erased);
     assert_eq!(s.get_cdr(b).unwrap().value, cb);
 }
+
+#[test]
+fn one_step_writes_calls_in_progress_and_ended_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kek::generate().unwrap();
+    let s = Store::open(dir.path(), k.clone()).unwrap();
+    let (ids, cdrs) = calls_in_progress(&s, 2, "+1202555050");
+    // Call 0 ends while call 2 is answered, in one step.
+    let id2 = s.reserve_cdr_id();
+    let c2 = answered("+12025550599", 2);
+    let f0 = ended(&cdrs[0]);
+    assert!(s
+        .write_cdrs(&[(id2, &c2)], &[(ids[0], &f0)])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.iter_cdrs().count(),
+        1,
+        "only the ended call is in the tree"
+    );
+    let last: Vec<Cdr> = s
+        .last_cdrs(3)
+        .into_iter()
+        .map(|r| r.unwrap().value)
+        .collect();
+    assert_eq!(last, vec![f0.clone(), cdrs[1].clone(), c2.clone()]);
+    drop(s);
+    let s = Store::open(dir.path(), k).unwrap();
+    assert_eq!(s.get_cdr(ids[0]).unwrap().value, f0);
+    assert_eq!(s.get_cdr(ids[1]).unwrap().value, cdrs[1]);
+    assert_eq!(s.get_cdr(id2).unwrap().value, c2);
+}

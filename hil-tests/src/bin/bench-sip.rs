@@ -48,9 +48,10 @@
 //!   open (set up at 1000 calls/s with a long `-d`, confirmed by the daemon's
 //!   `active_calls`) minus VmRSS just before they were set up (on a fresh daemon warmed up
 //!   by a thousand short calls), divided by `dialogs`; the median over three fresh daemons
-//!   (one with `--quick`), each figure in `bytes_per_dialog_runs`. The record store's
-//!   growth over its first records after start (sled's cache and buffers) falls in this
-//!   window and is counted. Kamailio's is not measured.
+//!   (one with `--quick`), each figure in `bytes_per_dialog_runs`. Everything the daemon
+//!   does for a held dialog is counted: the proxy's call state, the pinholes, the
+//!   answer-time record (sealed into the store's file of calls in progress). Kamailio's is
+//!   not measured.
 //!
 //! Progress goes to stderr; the last line (stdout) is `BENCH sip cps=… kamailio_cps=…
 //! cps_x_vs_kamailio=… cpu_us_per_call=… kamailio_cpu_us_per_call=… cpu_x_vs_kamailio=…
