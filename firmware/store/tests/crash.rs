@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 //! "Acknowledged survives kill -9": a child process (this test binary again, in writer
-//! mode) writes CDRs from several threads and prints each id only after `append_cdr`
-//! returned. The parent SIGKILLs it mid-storm, reopens the store and checks that every
+//! mode) writes CDRs from several threads (to the record tree, as calls in progress, or
+//! both in turn) and prints each id only after the write returned. The parent SIGKILLs it mid-storm, reopens the store and checks that every
 //! acknowledged id reads back, verified, with the content that was written. Several rounds
 //! on the same store, so later rounds also recover over earlier crashes.
 
@@ -36,7 +36,13 @@ fn cdr(thread: u64, seq: u64) -> Cdr {
         duration_ms: seq,
         disposition: Disposition::Answered,
         final_code: 200,
-        appliance: "x".repeat(600),
+        // Large records for the writers to the tree; ones that fit a slot of the file of
+        // calls in progress for the others (`thread % 100` is the writer's index).
+        appliance: "x".repeat(if (thread % 100).is_multiple_of(3) {
+            600
+        } else {
+            60
+        }),
     }
 }
 
@@ -69,7 +75,28 @@ fn crash_child_writer() {
             s.spawn(move || {
                 let thread = round * 100 + t;
                 for seq in 0.. {
-                    let id = store.append_cdr(&cdr(thread, seq)).unwrap();
+                    let c = cdr(thread, seq);
+                    // Three ways in: straight to the tree; as a call in progress (the
+                    // file of slots, moved into the tree by the next open); in progress,
+                    // then replaced by its final record.
+                    let id = match t % 3 {
+                        0 => store.append_cdr(&c).unwrap(),
+                        1 => {
+                            let id = store.reserve_cdr_id();
+                            assert!(store.put_open_cdrs(&[(id, &c)]).unwrap().is_empty());
+                            id
+                        }
+                        _ => {
+                            let id = store.reserve_cdr_id();
+                            let answered = Cdr {
+                                end_at: None,
+                                ..c.clone()
+                            };
+                            store.put_open_cdrs(&[(id, &answered)]).unwrap();
+                            assert!(store.put_cdrs(&[(id, &c)]).unwrap().is_empty());
+                            id
+                        }
+                    };
                     // Only now, after the write was acknowledged as durable.
                     println!("ACK {id} {thread} {seq}");
                 }

@@ -484,6 +484,17 @@ fn no_plaintext_pii_reaches_the_disk() {
         .unwrap();
         s.rotate_data_key().unwrap();
         s.append_cdr(&cdr(PHONE, Some(NAME), 999)).unwrap();
+        // Calls in progress (their own file), one of them left there as by a crash.
+        let open: Vec<(u64, Cdr)> = (0..3)
+            .map(|i| (s.reserve_cdr_id(), cdr(PHONE, Some(NAME), 1000 + i)))
+            .collect();
+        let refs: Vec<(u64, &Cdr)> = open.iter().map(|(id, c)| (*id, c)).collect();
+        s.put_open_cdrs(&refs).unwrap();
+        s.put_cdrs(&refs[..2]).unwrap();
+        assert!(
+            std::fs::metadata(data.join("open-cdrs")).unwrap().len() > 0,
+            "the scan covers the file of calls in progress"
+        );
     }
     let mut needles = Vec::new();
     for s in [PHONE, PHONE_DIGITS, NAME, EMAIL, "2025550199", "Quixote"] {
