@@ -136,34 +136,28 @@ struct Call {
     seq: u64,
     call_id: Box<str>,
     from_tag: Box<str>,
-    /// The INVITE as received, while the call is not answered (responses are built from it).
-    invite: Option<Payload>,
+    /// What only the setup needs; dropped at answer.
+    setup: Option<Box<Setup>>,
     server_key: TransactionKey,
     caller: Peer,
     caller_local: SocketAddr,
-    number: String,
+    number: Box<str>,
     campaign: Arc<str>,
-    caller_number: String,
-    caller_name: Option<String>,
-    dests: Vec<Dest>,
-    attempt: usize,
+    caller_number: Box<str>,
+    caller_name: Option<Box<str>>,
     client_key: Option<TransactionKey>,
-    /// The INVITE sent to the current destination (for CANCEL and ACK).
-    forwarded: Option<Payload>,
     callee: Peer,
     callee_local: SocketAddr,
     destination: Box<str>,
     state: CallState,
-    got_provisional: bool,
     cancel: Option<Cancel>,
-    cancel_sent: bool,
     last_code: Option<u16>,
     invite_at: u64,
     ring_at: Option<u64>,
     answer_at: Option<u64>,
     /// The call's pending timers, one slot per [`TimerKind`] (inline: no allocation per
     /// call).
-    deadlines: [Option<Millis>; TimerKind::COUNT],
+    deadlines: Deadlines,
     /// The media addresses each party last offered or answered (0: caller, 1: callee).
     media: [Media; 2],
     /// Whether the callee has described its media (pinholes open from then on).
@@ -173,6 +167,69 @@ struct Call {
     permit: Option<CallPermit>,
     /// Dialog state once answered: what BYEs of our own need.
     dialog: Option<Box<DialogInfo>>,
+}
+
+/// The part of a call only its setup needs: boxed, and dropped when the call is answered
+/// (a held dialog keeps only what its BYEs and records need; memory per dialog is a
+/// figure of the benchmark).
+#[derive(Debug)]
+struct Setup {
+    /// The INVITE as received (responses are built from it).
+    invite: Payload,
+    /// The INVITE sent to the current destination (for CANCEL and ACK).
+    forwarded: Option<Payload>,
+    dests: Vec<Dest>,
+    attempt: usize,
+    got_provisional: bool,
+    cancel_sent: bool,
+}
+
+/// A call's pending timer deadlines, one slot per [`TimerKind`]; `u64::MAX` is "none"
+/// (half the size of `Option<Millis>` slots).
+#[derive(Debug, Clone, Copy)]
+struct Deadlines([u64; TimerKind::COUNT]);
+
+impl Deadlines {
+    const NONE: u64 = u64::MAX;
+
+    fn new() -> Deadlines {
+        Deadlines([Self::NONE; TimerKind::COUNT])
+    }
+
+    fn some(v: u64) -> Option<Millis> {
+        (v != Self::NONE).then_some(Millis(v))
+    }
+
+    /// Sets `kind` to `at`; the deadline it replaces, if any.
+    fn replace(&mut self, kind: TimerKind, at: Millis) -> Option<Millis> {
+        let slot = self.0.get_mut(kind.slot())?;
+        Self::some(std::mem::replace(slot, at.0.min(Self::NONE - 1)))
+    }
+
+    /// Clears `kind`; the deadline it had, if any.
+    fn take(&mut self, kind: TimerKind) -> Option<Millis> {
+        let slot = self.0.get_mut(kind.slot())?;
+        Self::some(std::mem::replace(slot, Self::NONE))
+    }
+
+    /// Clears `kind` if its deadline is `at`; whether it was.
+    fn take_if(&mut self, kind: TimerKind, at: Millis) -> bool {
+        match self.0.get_mut(kind.slot()) {
+            Some(slot) if *slot == at.0 => {
+                *slot = Self::NONE;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The pending deadlines.
+    fn pending(self) -> impl Iterator<Item = (TimerKind, Millis)> {
+        TimerKind::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(k, v)| Some((k, Self::some(v)?)))
+    }
 }
 
 impl Call {
@@ -445,7 +502,7 @@ impl Proxy {
         v.into_iter()
             .map(|c| ActiveCall {
                 call_id: c.call_id.to_string(),
-                tracking_number: c.number.clone(),
+                tracking_number: c.number.to_string(),
                 campaign: c.campaign.to_string(),
                 caller: mask(&c.caller_number),
                 destination: c.destination.to_string(),
@@ -985,30 +1042,32 @@ impl Proxy {
             seq,
             call_id: call_id.clone().into(),
             from_tag: from_tag.into(),
-            invite: Some(Payload::from(bytes)),
+            setup: Some(Box::new(Setup {
+                invite: Payload::from(bytes),
+                forwarded: None,
+                dests,
+                attempt: 0,
+                got_provisional: false,
+                cancel_sent: false,
+            })),
             server_key: key,
             caller: peer,
             caller_local: local,
-            number,
+            number: number.into(),
             campaign: Arc::from(entry.campaign.as_str()),
-            caller_number,
-            caller_name,
-            dests,
-            attempt: 0,
+            caller_number: caller_number.into(),
+            caller_name: caller_name.map(Into::into),
             client_key: None,
-            forwarded: None,
             callee: peer,
             callee_local: local,
             destination: Box::default(),
             state: CallState::Trying,
-            got_provisional: false,
             cancel: None,
-            cancel_sent: false,
             last_code: None,
             invite_at: now.unix_ms,
             ring_at: None,
             answer_at: None,
-            deadlines: [None; TimerKind::COUNT],
+            deadlines: Deadlines::new(),
             media: [Media::default(), Media::default()],
             media_open: false,
             offered: Some((false, offer)),
@@ -1022,12 +1081,10 @@ impl Proxy {
 
     fn set_timer(&mut self, seq: u64, kind: TimerKind, at: Millis) {
         if let Some(c) = self.calls.get_mut(&seq) {
-            if let Some(slot) = c.deadlines.get_mut(kind.slot()) {
-                if let Some(old) = slot.replace(at) {
-                    self.timers.remove(&(old, seq, kind));
-                }
-                self.timers.insert((at, seq, kind));
+            if let Some(old) = c.deadlines.replace(kind, at) {
+                self.timers.remove(&(old, seq, kind));
             }
+            self.timers.insert((at, seq, kind));
         }
     }
 
@@ -1035,8 +1092,7 @@ impl Proxy {
         if let Some(at) = self
             .calls
             .get_mut(&seq)
-            .and_then(|c| c.deadlines.get_mut(kind.slot()))
-            .and_then(Option::take)
+            .and_then(|c| c.deadlines.take(kind))
         {
             self.timers.remove(&(at, seq, kind));
         }
@@ -1063,7 +1119,10 @@ impl Proxy {
                 self.finish_unanswered(now, seq, 487, out);
                 return;
             }
-            let Some(dest) = call.dests.get(call.attempt).copied() else {
+            let Some(setup) = call.setup.as_deref() else {
+                return;
+            };
+            let Some(dest) = setup.dests.get(setup.attempt).copied() else {
                 let code = match call.last_code {
                     Some(c) if c >= 300 => c,
                     _ => 408,
@@ -1071,12 +1130,10 @@ impl Proxy {
                 self.finish_unanswered(now, seq, code, out);
                 return;
             };
-            if call.attempt > 0 {
+            if setup.attempt > 0 {
                 self.stats.failovers += 1;
             }
-            let Some(invite) = call.invite.clone() else {
-                return;
-            };
+            let invite = setup.invite.clone();
             let number = call.number.clone();
             let caller_local = call.caller_local;
             let caller_transport = call.caller.transport;
@@ -1104,8 +1161,8 @@ impl Proxy {
                 local,
                 transport,
             ) else {
-                if let Some(c) = self.calls.get_mut(&seq) {
-                    c.attempt += 1;
+                if let Some(s) = self.calls.get_mut(&seq).and_then(|c| c.setup.as_mut()) {
+                    s.attempt += 1;
                 }
                 continue;
             };
@@ -1119,13 +1176,15 @@ impl Proxy {
             };
             let bytes: Payload = bytes.into();
             if let Some(c) = self.calls.get_mut(&seq) {
-                c.attempt += 1;
+                if let Some(s) = c.setup.as_mut() {
+                    s.attempt += 1;
+                    s.forwarded = Some(bytes.clone());
+                    s.got_provisional = false;
+                }
                 c.client_key = Some(ckey.clone());
-                c.forwarded = Some(bytes.clone());
                 c.callee = peer;
                 c.callee_local = local;
                 c.destination = dest.uri.to_string().into();
-                c.got_provisional = false;
             }
             if self.start_client(now, ckey, Owner::Call(seq), peer, local, bytes, out) {
                 self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
@@ -1438,7 +1497,7 @@ impl Proxy {
             return;
         }
         call.cancel = Some(why);
-        if call.got_provisional {
+        if call.setup.as_ref().is_some_and(|s| s.got_provisional) {
             self.send_cancel(now, seq, out);
         }
         if why == Cancel::NoAnswer {
@@ -1451,11 +1510,14 @@ impl Proxy {
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
-        if call.cancel_sent {
+        let Some(setup) = call.setup.as_mut() else {
+            return;
+        };
+        if setup.cancel_sent {
             return;
         }
-        call.cancel_sent = true;
-        let (Some(fwd), Some(ckey)) = (call.forwarded.clone(), call.client_key.clone()) else {
+        setup.cancel_sent = true;
+        let (Some(fwd), Some(ckey)) = (setup.forwarded.clone(), call.client_key.clone()) else {
             return;
         };
         let peer = call.callee;
@@ -1608,8 +1670,10 @@ impl Proxy {
         }
         call.last_code = Some(code);
         if code < 200 {
-            let first = !call.got_provisional;
-            call.got_provisional = true;
+            let first = call
+                .setup
+                .as_mut()
+                .is_some_and(|s| !std::mem::replace(&mut s.got_provisional, true));
             if first {
                 // Any provisional ends the wait for a first response and starts the wait
                 // for an answer (Timer C, RFC 3261 §16.6 step 11): a destination that
@@ -1647,7 +1711,11 @@ impl Proxy {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
-        if call.cancel.is_none() && FAILOVER_CODES(code) && call.attempt < call.dests.len() {
+        let more = call
+            .setup
+            .as_ref()
+            .is_some_and(|s| s.attempt < s.dests.len());
+        if call.cancel.is_none() && FAILOVER_CODES(code) && more {
             self.try_next(now, seq, out);
             return;
         }
@@ -1702,10 +1770,6 @@ impl Proxy {
         if call.ring_at.is_none() {
             call.ring_at = Some(now.unix_ms);
         }
-        // An answered call keeps only what its dialog needs: no INVITE copies, no
-        // destination list (memory per dialog is a figure of the benchmark).
-        call.forwarded = None;
-        call.dests = Vec::new();
         // Both INVITE transactions are now in Accepted (the 2xx went upstream through the
         // server one): for their 64·T1 only their keys are kept (ACKs are end to end,
         // 2xx retransmissions are matched by key and Call-ID).
@@ -1722,7 +1786,8 @@ impl Proxy {
             return;
         };
         // What our own BYEs would need (maximum call length).
-        let invite = call.invite.take();
+        // An answered call keeps only what its dialog needs: its setup goes.
+        let invite = call.setup.take().map(|s| s.invite);
         let ours = if call.caller_local != call.callee_local
             || call.caller.transport != call.callee.transport
         {
@@ -1857,10 +1922,10 @@ impl Proxy {
         };
         Some(Cdr {
             call_id: c.call_id.to_string(),
-            tracking_number: c.number.clone(),
+            tracking_number: c.number.to_string(),
             campaign: c.campaign.to_string(),
-            caller: Pii::new(c.caller_number.clone()),
-            caller_name: c.caller_name.clone().map(Pii::new),
+            caller: Pii::new(c.caller_number.to_string()),
+            caller_name: c.caller_name.as_deref().map(Pii::new),
             destination: c.destination.to_string(),
             invite_at: c.invite_at,
             ring_at: c.ring_at,
@@ -1879,7 +1944,7 @@ impl Proxy {
             return;
         };
         let key = call.server_key.clone();
-        if let Some(inv) = call.invite.clone() {
+        if let Some(inv) = call.setup.as_ref().map(|s| s.invite.clone()) {
             if let Ok(req) = sip::parse(&inv) {
                 let tag = format!("cg{:x}", self.rand());
                 if let Some(b) = msgs::response(&req, code, Some(&tag), &[]) {
@@ -2011,10 +2076,8 @@ impl Proxy {
             }
         }
         self.by_call_id.remove(&call.call_id);
-        for (k, at) in TimerKind::ALL.iter().zip(call.deadlines) {
-            if let Some(at) = at {
-                self.timers.remove(&(at, seq, *k));
-            }
+        for (k, at) in call.deadlines.pending() {
+            self.timers.remove(&(at, seq, k));
         }
         for a in call.pinholes() {
             self.pinhole_close(a, out);
@@ -2047,9 +2110,7 @@ impl Proxy {
             let live = self
                 .calls
                 .get_mut(&seq)
-                .and_then(|c| c.deadlines.get_mut(kind.slot()))
-                .and_then(|slot| slot.take_if(|d| *d == at))
-                .is_some();
+                .is_some_and(|c| c.deadlines.take_if(kind, at));
             if live {
                 self.call_timer(now, seq, kind, out);
             }
