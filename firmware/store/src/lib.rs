@@ -561,12 +561,17 @@ impl Store {
         }
     }
 
-    /// The records held in open-call slots, decoded, ascending by id.
-    fn open_cdrs(&self) -> Result<Vec<OpenCdr>, StoreError> {
+    /// The records held in open-call slots, decoded, ascending by id; with `pick`, only
+    /// those it keeps of the ids (ascending).
+    fn open_cdrs(
+        &self,
+        pick: impl FnOnce(Vec<u64>) -> Vec<u64>,
+    ) -> Result<Vec<OpenCdr>, StoreError> {
         let sealed: Vec<(u64, Option<Vec<u8>>)> = {
             let slots = self.slots()?;
-            let mut v = Vec::with_capacity(slots.len());
-            for id in slots.ids() {
+            let ids = pick(slots.ids());
+            let mut v = Vec::with_capacity(ids.len());
+            for id in ids {
                 v.push((id, slots.read(id).map_err(StoreError::OpenCalls)?));
             }
             v
@@ -809,7 +814,7 @@ impl Store {
                 ids.push(id);
             }
         }
-        for (id, rec) in self.open_cdrs()? {
+        for (id, rec) in self.open_cdrs(|ids| ids)? {
             if matches!(rec, Ok((Some(t), _)) if t == token) {
                 ids.push(id);
             }
@@ -879,14 +884,19 @@ impl Store {
             })
             .collect();
         let in_tree: std::collections::HashSet<u64> = out.iter().map(|(id, _)| *id).collect();
-        match self.open_cdrs() {
-            Ok(open) => out.extend(
-                open.into_iter()
-                    .rev()
-                    .filter(|(id, _)| !in_tree.contains(id))
-                    .take(n)
-                    .map(|(id, r)| (id, r.map(|(_, rec)| rec))),
-            ),
+        // Only the highest `n` open ids are read.
+        let pick = |ids: Vec<u64>| {
+            let mut v: Vec<u64> = ids
+                .into_iter()
+                .rev()
+                .filter(|id| !in_tree.contains(id))
+                .take(n)
+                .collect();
+            v.reverse();
+            v
+        };
+        match self.open_cdrs(pick) {
+            Ok(open) => out.extend(open.into_iter().map(|(id, r)| (id, r.map(|(_, rec)| rec)))),
             Err(e) => out.push((u64::MAX, Err(e))),
         }
         out.sort_by_key(|(id, _)| *id);
