@@ -9,8 +9,8 @@
 //! cost no memory while the call lasts), final ones to the record tree in one commit.
 //! Batches go strictly in order, so a call's final record always lands after its
 //! answer-time one. When both are in the same batch only the final one is written (same
-//! id, same result on disk). Pinholes and blocks go to the firewall on their own queue, never behind
-//! records.
+//! id, same result on disk). Pinholes and blocks go to the firewall on their own queue,
+//! never behind records.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use callgate_config::Config;
 use callgate_firewall::{error_chain, FirewallHandle, PinholeChange, PinholeProto};
 use callgate_proxy::driver::{self, Effect, SipHandle};
-use callgate_store::{Cdr, Store, StoreError};
+use callgate_store::{Cdr, Store};
 use tokio::sync::{mpsc, watch};
 
 /// Pinhole changes sent to the firewall in one batch at most.
@@ -191,26 +191,22 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &Reco
                 .map(|(id, c, _)| (*id, &**c))
                 .collect()
         };
-        let (open, ended) = (refs(false), refs(true));
-        report(writes.len(), store.write_cdrs(&open, &ended));
-        done.finished(n);
-    }
-}
-
-fn report(n: usize, r: Result<Vec<(u64, StoreError)>, StoreError>) {
-    match r {
-        Ok(failed) => {
-            for (id, e) in failed {
-                log::error!(
-                    "sip: call record {id} could not be stored: {}",
-                    callgate_store::error_chain(&e)
-                );
+        match store.write_cdrs(&refs(false), &refs(true)) {
+            Ok(failed) => {
+                for (id, e) in failed {
+                    log::error!(
+                        "sip: call record {id} could not be stored: {}",
+                        callgate_store::error_chain(&e)
+                    );
+                }
             }
+            Err(e) => log::error!(
+                "sip: {} call records could not be stored: {}",
+                writes.len(),
+                callgate_store::error_chain(&e)
+            ),
         }
-        Err(e) => log::error!(
-            "sip: {n} call records could not be stored: {}",
-            callgate_store::error_chain(&e)
-        ),
+        done.finished(n);
     }
 }
 

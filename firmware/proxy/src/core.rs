@@ -184,8 +184,8 @@ struct Setup {
     cancel_sent: bool,
 }
 
-/// A call's pending timer deadlines, one slot per [`TimerKind`]; `u64::MAX` is "none"
-/// (half the size of `Option<Millis>` slots).
+/// A call's pending timer deadlines, one slot per [`TimerKind`]; `u64::MAX` is "none" (no
+/// deadline is that far out; half the size of `Option<Millis>` slots).
 #[derive(Debug, Clone, Copy)]
 struct Deadlines([u64; TimerKind::COUNT]);
 
@@ -203,7 +203,7 @@ impl Deadlines {
     /// Sets `kind` to `at`; the deadline it replaces, if any.
     fn replace(&mut self, kind: TimerKind, at: Millis) -> Option<Millis> {
         let slot = self.0.get_mut(kind.slot())?;
-        Self::some(std::mem::replace(slot, at.0.min(Self::NONE - 1)))
+        Self::some(std::mem::replace(slot, at.0))
     }
 
     /// Clears `kind`; the deadline it had, if any.

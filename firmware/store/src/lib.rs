@@ -514,18 +514,8 @@ impl Store {
                 Ok((token, _)) => {
                     self.next_cdr
                         .fetch_max(id.saturating_add(1), Ordering::Relaxed);
-                    if let Some(token) = token {
-                        ops.push(Op::Insert {
-                            tree: self.t.by_subject.clone(),
-                            key: [token.as_bytes().as_slice(), &key].concat(),
-                            value: Vec::new(),
-                        });
-                    }
-                    ops.push(Op::Insert {
-                        tree: self.t.cdrs.clone(),
-                        key: key.to_vec(),
-                        value: sealed,
-                    });
+                    let index = token.map(|t| [t.as_bytes().as_slice(), &key].concat());
+                    ops.extend(self.cdr_write(id, sealed, index));
                     n += 1;
                 }
                 Err(e) => log::warn!(
