@@ -908,8 +908,8 @@ impl Store {
     /// as long as the process runs. [`Self::put_cdrs`] of a call's final record (same id)
     /// frees its slot; at the next open, records left in slots move into the tree. They
     /// are read back like any other CDR. A record too long for a slot goes to the tree. A
-    /// record that cannot be prepared is returned with its error and the others are still
-    /// written; an error of the file or the commit is about all of them.
+    /// record that cannot be prepared or written to its slot is returned with its error and
+    /// the others are still written; an error of the commit is about all of them.
     pub fn put_open_cdrs(
         &self,
         recs: &[(u64, &Cdr)],
@@ -950,15 +950,9 @@ impl Store {
                 Err(e) => failed.push((id, e)),
             }
         }
-        if !slotted.is_empty() {
-            let mut slots = self.slots()?;
-            for (id, s) in &slotted {
-                slots.write(*id, s).map_err(StoreError::OpenCalls)?;
-            }
-            slots.sync().map_err(StoreError::OpenCalls)?;
-        }
-        // Even with no ops: it also makes durable any subject key the records' PII was
-        // sealed under (created in sled by the sealing).
+        // First the commit, even with no ops: it also makes durable any subject key the
+        // records' PII was sealed under (created in sled by the sealing), so a slot never
+        // reaches the disk before its key (it would read back as erased).
         commit_with(intent, ops)?;
         self.release_open(
             ended
@@ -966,7 +960,26 @@ impl Store {
                 .map(|(id, _)| *id)
                 .filter(|id| !failed.iter().any(|(f, _)| f == id)),
         );
+        if !slotted.is_empty() {
+            if let Err(e) = self.write_slots(&slotted) {
+                failed.extend(slotted.iter().map(|(id, _)| {
+                    let e = std::io::Error::new(e.kind(), e.to_string());
+                    (*id, StoreError::OpenCalls(e))
+                }));
+            }
+        }
         Ok(failed)
+    }
+
+    /// Writes sealed records of calls in progress into their slots, durably.
+    fn write_slots(&self, recs: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
+        let mut slots = self
+            .slots()
+            .map_err(|_| std::io::Error::other("the slots' lock is poisoned"))?;
+        for (id, s) in recs {
+            slots.write(*id, s)?;
+        }
+        slots.sync()
     }
 
     /// The writes that store one CDR: the sealed record and its subject index entry.

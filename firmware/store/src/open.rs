@@ -15,7 +15,8 @@
 //! longer than [`MAX_SEALED`] are not put here; the store writes them to the tree.
 //!
 //! ## Durability
-//! A batch of writes is durable after [`OpenSlots::sync`] (`fdatasync`). A slot is released
+//! A batch of writes is durable after [`OpenSlots::sync`] (`fdatasync`). The store writes a
+//! batch only after the group commit that makes its subject keys durable. A slot is released
 //! (header zeroed, not synced) only after the call's final record is durable in the tree;
 //! if the zeroing is lost in a crash, recovery finds the id in the tree and skips the slot.
 //! At open the store moves every slot whose id the tree lacks into the tree (one durable
