@@ -537,20 +537,6 @@ impl Store {
         })
     }
 
-    /// Frees the open-call slots of records now durable in the tree. A failure only leaves
-    /// a stale slot, which recovery skips (the tree has the id).
-    fn release_open(&self, ids: impl Iterator<Item = u64>) {
-        let Ok(mut slots) = self.slots() else { return };
-        if slots.len() == 0 {
-            return;
-        }
-        for id in ids {
-            if let Err(e) = slots.release(id) {
-                log::warn!("store: slot of call {id} not released: {e}");
-            }
-        }
-    }
-
     /// The records held in open-call slots, decoded, ascending by id; with `pick`, only
     /// those it keeps of the ids (ascending).
     fn open_cdrs(
@@ -896,11 +882,10 @@ impl Store {
 
     /// Writes a CDR under a given id (e.g. replicated from the peer); returns once durable.
     pub fn put_cdr(&self, id: u64, cdr: &Cdr) -> Result<(), StoreError> {
-        let intent = self.commit.intent();
-        let ops = self.cdr_ops(id, cdr)?;
-        commit_with(intent, ops)?;
-        self.release_open(std::iter::once(id));
-        Ok(())
+        match self.write_cdrs(&[], &[(id, cdr)])?.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Writes the answer-time records of calls in progress, durably, to their own file of
@@ -954,28 +939,41 @@ impl Store {
         // records' PII was sealed under (created in sled by the sealing), so a slot never
         // reaches the disk before its key (it would read back as erased).
         commit_with(intent, ops)?;
-        self.release_open(
-            ended
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| !failed.iter().any(|(f, _)| f == id)),
-        );
-        if !slotted.is_empty() {
-            if let Err(e) = self.write_slots(&slotted) {
-                failed.extend(slotted.iter().map(|(id, _)| {
-                    let e = std::io::Error::new(e.kind(), e.to_string());
-                    (*id, StoreError::OpenCalls(e))
-                }));
-            }
+        let ended = ended
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !failed.iter().any(|(f, _)| f == id));
+        if let Err(e) = self.settle_slots(ended, &slotted) {
+            failed.extend(slotted.iter().map(|(id, _)| {
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                (*id, StoreError::OpenCalls(e))
+            }));
         }
         Ok(failed)
     }
 
-    /// Writes sealed records of calls in progress into their slots, durably.
-    fn write_slots(&self, recs: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
+    /// Under one hold of the lock: frees the slots of `ended` (their final records are now
+    /// durable in the tree; a failure only leaves a stale slot, which recovery skips), then
+    /// writes `recs` into their slots, durably. An error is about `recs`.
+    fn settle_slots(
+        &self,
+        ended: impl Iterator<Item = u64>,
+        recs: &[(u64, Vec<u8>)],
+    ) -> std::io::Result<()> {
         let mut slots = self
-            .slots()
+            .open_calls
+            .lock()
             .map_err(|_| std::io::Error::other("the slots' lock is poisoned"))?;
+        if slots.len() > 0 {
+            for id in ended {
+                if let Err(e) = slots.release(id) {
+                    log::warn!("store: slot of call {id} not released: {e}");
+                }
+            }
+        }
+        if recs.is_empty() {
+            return Ok(());
+        }
         for (id, s) in recs {
             slots.write(*id, s)?;
         }
