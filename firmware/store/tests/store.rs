@@ -286,7 +286,8 @@ fn concurrent_rotations_and_writes() {
 
 /// Rewrites one stored value through sled itself, below the store.
 fn tamper(dir: &Path, tree: &str, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
+    // The store's own config: no flusher thread left holding the lock after the drop.
+    let db = callgate_store::sled_config(dir).open().unwrap();
     let t = db.open_tree(tree).unwrap();
     let mut v = t.get(key).unwrap().unwrap().to_vec();
     f(&mut v);
@@ -343,7 +344,7 @@ fn records_cannot_be_swapped_between_ids_or_tables() {
             .unwrap();
         (a, b, audit)
     };
-    let db = sled::open(dir.path()).unwrap();
+    let db = callgate_store::sled_config(dir.path()).open().unwrap();
     let cdrs = db.open_tree("cdrs").unwrap();
     let audits = db.open_tree("audit").unwrap();
     let va = cdrs.get(a.to_be_bytes()).unwrap().unwrap();
