@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 //! The apply / read-back / replace cycle against the real kernel, inside a throwaway
-//! network namespace (`cgfw<pid>x<n>`; root needed; the root namespace is never touched).
+//! network namespace (`cgfw<pid>x<n>`; needs root and fails, saying so, without it; the root
+//! namespace is never touched).
 //!
 //! `Firewall` works in the calling thread's network namespace (nft inherits it, the
 //! netlink read-back uses it), so every `Firewall` call runs in `NetNs::run_inside`.
@@ -33,9 +34,7 @@ fn render_src(src: &str) -> Ruleset {
 
 #[test]
 fn apply_verify_replace_keeps_pinhole_sets() {
-    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
-        return;
-    };
+    let ns = NetNs::for_test("apply_netns", "fw");
     let rs = render_src(&lab_src());
     // Remove one entry and one prefix of another, for the replace below.
     let src2 = lab_src()
@@ -99,9 +98,7 @@ fn apply_verify_replace_keeps_pinhole_sets() {
 
 #[test]
 fn a_failing_transaction_changes_nothing_and_reports_nft_text() {
-    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
-        return;
-    };
+    let ns = NetNs::for_test("apply_netns", "fw");
     let rs = render_src(&lab_src());
     let mut bad = rs.clone();
     bad.chains[0].rules.insert(
@@ -163,9 +160,7 @@ fn prefix_start(p: &str) -> u128 {
 
 #[test]
 fn replacing_a_large_set_removes_prefixes_and_verify_catches_leftovers() {
-    let Some(ns) = NetNs::for_test("apply_netns", "fw") else {
-        return;
-    };
+    let ns = NetNs::for_test("apply_netns", "fw");
     const SET: &str = "a_bulk_v6_s6";
     let old = render_src(&lab_with_big_entry(|_| true));
     let new = render_src(&lab_with_big_entry(|i| !is_removed(i)));

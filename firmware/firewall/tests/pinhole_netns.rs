@@ -2,7 +2,7 @@
 //! System test: `SetWriter` against a real kernel, inside a throw-away network
 //! namespace (`cgpin<pid>x<n>`), checked with `nft -j list set`.
 //!
-//! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
+//! Needs root, `ip` and `nft`; fails (saying so) when not root. The
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
 use std::net::IpAddr;
@@ -87,9 +87,7 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn pinholes_and_blocks_in_a_namespace() {
-    let Some(ns) = NetNs::for_test("pinhole_netns", "pin") else {
-        return;
-    };
+    let ns = NetNs::for_test("pinhole_netns", "pin");
     ns.nft_load(RULESET);
     let ns = std::sync::Arc::new(ns);
     let ns2 = ns.clone();
@@ -293,9 +291,7 @@ fn pinholes_and_blocks_in_a_namespace() {
 
 #[test]
 fn missing_table_or_set_is_a_clear_error() {
-    let Some(ns) = NetNs::for_test("pinhole_netns", "pin") else {
-        return;
-    };
+    let ns = NetNs::for_test("pinhole_netns", "pin");
     ns.nft_load(RULESET);
 
     let errors = ns.run_inside(|| {

@@ -4,7 +4,7 @@
 //! (`cgru<pid>x<n>`), the table loaded with `nft -f` and the results
 //! compared with what `nft -j list table` says.
 //!
-//! Needs root, `ip` and `nft`. Skipped (with a message) when not root. The
+//! Needs root, `ip` and `nft`; fails (saying so) when not root. The
 //! root namespace's networking is never touched: only `ip netns add/delete`.
 
 use std::fmt::Write as _;
@@ -172,9 +172,7 @@ fn assert_set_matches(ours: &KernelSet, nft: &(String, Vec<String>, Vec<String>,
 
 #[test]
 fn dumps_match_nft() {
-    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
-        return;
-    };
+    let ns = NetNs::for_test("rules_netns", "ru");
     ns.nft_load(RULESET);
     ns.exec("ip", &["link", "set", "lo", "up"], None);
 
@@ -317,9 +315,7 @@ fn dumps_match_nft() {
 /// concatenations, named as `nft -j list` names them.
 #[test]
 fn set_type_names_match_nft() {
-    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
-        return;
-    };
+    let ns = NetNs::for_test("rules_netns", "ru");
     let types = [
         "nf_proto",
         "ipv4_addr",
@@ -391,9 +387,7 @@ fn set_type_names_match_nft() {
 /// `CGRULES_RULES` the number of rules, 50).
 #[test]
 fn rules_dump_ignores_set_size() {
-    let Some(ns) = NetNs::for_test("rules_netns", "ru") else {
-        return;
-    };
+    let ns = NetNs::for_test("rules_netns", "ru");
     let n: u32 = env_or("CGRULES_N", 100_000);
     let n_rules: usize = env_or("CGRULES_RULES", 50);
     // every other /30 (none adjacent)

@@ -2,6 +2,9 @@
 //! namespace, a command runner, the root check, address helpers, and the
 //! rulesets and sizes the set read-back tests share.
 //!
+//! These tests need root (network namespaces, nftables): run as anyone else
+//! they fail, saying so, rather than pass without having tested anything.
+//!
 //! Each test file includes this module (`mod support;`) and is its own crate,
 //! and not every file uses every item here: without this allow, each test
 //! crate would warn (and clippy `-D warnings` fail) about the items it happens
@@ -39,10 +42,11 @@ impl NetNs {
         NetNs { name }
     }
 
-    /// For a test that needs root: a fresh namespace (see [`NetNs::new`]),
-    /// or `None` when not root (then `test` is skipped, saying so).
-    pub fn for_test(test: &str, tag: &str) -> Option<Self> {
-        is_root(test).then(|| Self::new(tag))
+    /// For a test that needs root: a fresh namespace (see [`NetNs::new`]).
+    /// Panics when not root (see [`require_root`]).
+    pub fn for_test(test: &str, tag: &str) -> Self {
+        require_root(test);
+        Self::new(tag)
     }
 
     pub fn name(&self) -> &str {
@@ -117,14 +121,13 @@ pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// True when running as root; otherwise says that `test` is skipped.
-pub fn is_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED: {test} needs root (network namespaces, nftables)");
-        false
-    }
+/// Panics unless running as root: a system test that cannot run has not
+/// passed.
+pub fn require_root(test: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root: run as root (scripts/test does)"
+    );
 }
 
 pub fn v4(s: &str) -> u128 {
