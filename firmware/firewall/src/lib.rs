@@ -11,7 +11,12 @@
 //! - [`nft`] turns a ruleset into one JSON transaction built with the `nftables` crate and
 //!   feeds it to `nft -j -f -`, keeping nft's own error text. The transaction flushes and
 //!   refills every config-owned set, so a removed prefix is really gone, while the run-time
-//!   sets (pinholes, blocklist) keep their contents across commits.
+//!   sets (pinholes, blocklist) keep their contents across commits (unless a set's type
+//!   changes: it is then re-created empty).
+//! - Media pinholes ([`Pinhole`]) are elements of `pinhole4` / `pinhole6`
+//!   (`source . destination . protocol . port`, the source an address or a prefix), matched
+//!   in the forward chain only: a pinhole admits its one flow through the appliance, never
+//!   to it.
 //! - After applying, [`Firewall::apply`] reads back only our table over netlink
 //!   ([`readback`]) and compares chains, policies, rules (comment and verdict, in order), set
 //!   types and set contents (in full up to 8192 intervals, by sampled point lookups and a
@@ -40,7 +45,7 @@ pub mod task;
 use std::time::Instant;
 
 pub use model::Ruleset;
-pub use netlink::{NetlinkError, PinholeChange, PinholeProto, SetWriter};
+pub use netlink::{NetlinkError, Pinhole, PinholeChange, PinholeProto, SetWriter};
 pub use nft::Nft;
 pub use render::{render, render_baseline};
 pub use task::{error_chain, FirewallHandle, FirewallState};
@@ -111,9 +116,8 @@ impl Firewall {
         previous: Option<&Ruleset>,
     ) -> Result<ApplyReport, FirewallError> {
         let t0 = Instant::now();
-        let (chains, sets) = readback::existing(model::TABLE)?;
-        self.nft
-            .apply(&nft::transaction(rs, &nft::Existing { chains, sets }))?;
+        let existing = readback::existing_for(model::TABLE, rs)?;
+        self.nft.apply(&nft::transaction(rs, &existing))?;
         let t1 = Instant::now();
         self.verify(rs, previous)?;
         let t2 = Instant::now();

@@ -25,9 +25,10 @@ pub enum SetKind {
     Ipv6Prefixes,
     /// Transport ports and ranges (interval set).
     Ports,
-    /// `ipv4_addr . inet_proto . inet_service` with per-element timeouts.
+    /// `ipv4_addr . ipv4_addr . inet_proto . inet_service` (source, destination, protocol,
+    /// port) with per-element timeouts; an interval set, so the source may be a prefix.
     Pinhole4,
-    /// `ipv6_addr . inet_proto . inet_service` with per-element timeouts.
+    /// `ipv6_addr . ipv6_addr . inet_proto . inet_service`, as [`SetKind::Pinhole4`].
     Pinhole6,
     /// IPv4 addresses with per-element timeouts.
     Block4,
@@ -50,17 +51,17 @@ impl SetKind {
             SetKind::Ipv4Prefixes | SetKind::Block4 => vec!["ipv4_addr"],
             SetKind::Ipv6Prefixes | SetKind::Block6 => vec!["ipv6_addr"],
             SetKind::Ports => vec!["inet_service"],
-            SetKind::Pinhole4 => vec!["ipv4_addr", "inet_proto", "inet_service"],
-            SetKind::Pinhole6 => vec!["ipv6_addr", "inet_proto", "inet_service"],
+            SetKind::Pinhole4 => vec!["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
+            SetKind::Pinhole6 => vec!["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
         }
     }
 
-    /// The flags nft prints for this kind.
+    /// The flags nft prints for this kind (`interval` and/or `timeout`).
     pub fn flags(self) -> Vec<&'static str> {
-        if self.is_dynamic() {
-            vec!["timeout"]
-        } else {
-            vec!["interval"]
+        match self {
+            SetKind::Pinhole4 | SetKind::Pinhole6 => vec!["interval", "timeout"],
+            SetKind::Block4 | SetKind::Block6 => vec!["timeout"],
+            SetKind::Ipv4Prefixes | SetKind::Ipv6Prefixes | SetKind::Ports => vec!["interval"],
         }
     }
 }
@@ -144,7 +145,7 @@ pub enum Cond {
     Icmpv6Type(Vec<&'static str>),
     /// IPv6 hop limit equals (255 marks on-link neighbour discovery).
     HopLimit(u8),
-    /// `daddr . l4proto . dport` is in the named pinhole set.
+    /// `saddr . daddr . l4proto . dport` is in the named pinhole set.
     PinholeIn { v6: bool, set: String },
 }
 

@@ -6,12 +6,17 @@
 //! [`SetWriter`] adds and removes single elements of four sets that the
 //! ruleset (rendered and loaded through `nft` elsewhere) declares:
 //!
-//! | set        | type                                          | used by                                           |
-//! |------------|-----------------------------------------------|---------------------------------------------------|
-//! | `pinhole4` | `ipv4_addr . inet_proto . inet_service` timeout | `ip daddr . meta l4proto . th dport @pinhole4 accept` |
-//! | `pinhole6` | `ipv6_addr . inet_proto . inet_service` timeout | same, IPv6                                      |
-//! | `block4`   | `ipv4_addr` timeout                           | `ip saddr @block4 drop`                           |
-//! | `block6`   | `ipv6_addr` timeout                           | same, IPv6                                        |
+//! | set        | type                                                                       | used by (chain `forward`)                                              |
+//! |------------|----------------------------------------------------------------------------|------------------------------------------------------------------------|
+//! | `pinhole4` | `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags interval, timeout` | `ip saddr . ip daddr . meta l4proto . th dport @pinhole4 accept`   |
+//! | `pinhole6` | `ipv6_addr . ipv6_addr . inet_proto . inet_service`, `flags interval, timeout` | same, IPv6                                                         |
+//! | `block4`   | `ipv4_addr`, `flags timeout`                                               | `ip saddr @block4 drop` (also in `input`)                              |
+//! | `block6`   | `ipv6_addr`, `flags timeout`                                               | same, IPv6                                                             |
+//!
+//! A pinhole ([`Pinhole`]) admits one flow: from its source (one address or
+//! a prefix) to one destination address, protocol and port. Its element is
+//! a range of keys: `NFTA_SET_ELEM_KEY` holds the source's first address,
+//! `NFTA_SET_ELEM_KEY_END` its last, the other fields the same in both.
 //!
 //! # Design
 //!
@@ -37,7 +42,11 @@
 //!   [`NetlinkError::NotFound`] (element absent, for removals; callers may
 //!   ignore it). Kernels without that offset get one extra `NFT_MSG_GETSET`
 //!   probe.
-//! - IPv4-mapped IPv6 addresses are stored in the IPv4 sets.
+//! - IPv4-mapped IPv6 addresses are stored in the IPv4 sets (a mapped source
+//!   prefix of /96 or longer too). A source prefix is stored as its network
+//!   (host bits cleared). A pinhole whose source and destination are of
+//!   different families is refused before anything is sent
+//!   ([`NetlinkError::MixedFamilies`]).
 //! - [`dump_intervals`] reads a set back (`NFT_MSG_GETSETELEM` dump) as merged
 //!   intervals, for verifying large prefix sets without `nft -j list`. The
 //!   kernel's rbtree dump restarts its walk from the first element for every
@@ -51,8 +60,14 @@
 //!
 //! # Limits
 //!
-//! - One element per call; no bulk load (the ruleset carries static
-//!   elements). A `SetWriter` is not `Sync`: one owner issues the calls.
+//! - One element per call, or one batch of pinhole changes
+//!   ([`SetWriter::change_pinholes`]); no bulk load (the ruleset carries
+//!   static elements). A `SetWriter` is not `Sync`: one owner issues the
+//!   calls.
+//! - Pinholes to the same destination, protocol and port whose sources
+//!   overlap without being equal (a /32 inside an open /28) cannot both be
+//!   in the set: the kernel refuses the second with `EEXIST`, whether or not
+//!   `NLM_F_EXCL` is set, and the whole batch with it.
 //! - TTL: at least 1 ms (rounded up to whole ms); an element never lives
 //!   without a timeout, because a pinhole must close by itself.
 //! - Elements are owned by the table: deleting / recreating `inet <table>`
@@ -82,6 +97,8 @@ use std::io;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ipnet::{IpNet, Ipv4Net};
+
 use self::conn::Conn;
 pub use self::dump::dump_intervals;
 pub use self::lookup::covered_many;
@@ -101,54 +118,133 @@ const NFT_NAME_MAXLEN: usize = 256;
 /// every element has one).
 const DISCARD_ENSURE_MS: u64 = 1_000;
 
-/// Create or refresh `key` in `set` whatever its state: ensure (create if absent),
-/// delete, add with the new timeout.
-fn upsert_requests(set: &'static str, key: Vec<u8>, timeout_ms: u64) -> [ElemRequest; 3] {
+/// One element of a set: which set, its key and (interval sets) its key end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Elem {
+    set: &'static str,
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+}
+
+impl Elem {
+    fn request(&self, op: ElemOp) -> ElemRequest {
+        ElemRequest {
+            op,
+            set: self.set,
+            key: self.key.clone(),
+            key_end: self.key_end.clone(),
+        }
+    }
+}
+
+/// Create or refresh `elem` whatever its state: ensure (create if absent), delete, add with
+/// the new timeout.
+fn upsert_requests(elem: &Elem, timeout_ms: u64) -> [ElemRequest; 3] {
     [
-        ElemRequest {
-            op: ElemOp::Ensure { timeout_ms },
-            set,
-            key: key.clone(),
-        },
-        ElemRequest {
-            op: ElemOp::Delete,
-            set,
-            key: key.clone(),
-        },
-        ElemRequest {
-            op: ElemOp::Add { timeout_ms },
-            set,
-            key,
-        },
+        elem.request(ElemOp::Ensure { timeout_ms }),
+        elem.request(ElemOp::Delete),
+        elem.request(ElemOp::Add { timeout_ms }),
     ]
 }
 
-/// Remove `key` from `set` whether or not it is there: ensure, then delete.
-fn discard_requests(set: &'static str, key: Vec<u8>) -> [ElemRequest; 2] {
+/// Remove `elem` whether or not it is there: ensure, then delete.
+fn discard_requests(elem: &Elem) -> [ElemRequest; 2] {
     [
-        ElemRequest {
-            op: ElemOp::Ensure {
-                timeout_ms: DISCARD_ENSURE_MS,
-            },
-            set,
-            key: key.clone(),
-        },
-        ElemRequest {
-            op: ElemOp::Delete,
-            set,
-            key,
-        },
+        elem.request(ElemOp::Ensure {
+            timeout_ms: DISCARD_ENSURE_MS,
+        }),
+        elem.request(ElemOp::Delete),
     ]
 }
 
-/// One change of [`SetWriter::change_pinholes`].
+/// A media pinhole: the flow it admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pinhole {
+    /// Who may send: one address (/32, /128) or a configured media prefix.
+    pub src: IpNet,
+    pub dst: IpAddr,
+    pub proto: PinholeProto,
+    pub port: u16,
+}
+
+impl Pinhole {
+    /// The pinhole as it is stored: IPv4-mapped IPv6 addresses as IPv4 (a
+    /// mapped source prefix of /96 or longer too), the source prefix as its
+    /// network (host bits cleared). [`NetlinkError::MixedFamilies`] when
+    /// source and destination are then of different families.
+    pub fn normalized(self) -> Result<Self, NetlinkError> {
+        let src = canonical_net(self.src).trunc();
+        let dst = wire::canonical(self.dst);
+        let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+        let (src_v4, dst_v4) = (matches!(src, IpNet::V4(_)), dst.is_ipv4());
+        if src_v4 != dst_v4 {
+            return Err(NetlinkError::MixedFamilies {
+                src: family(src_v4),
+                dst: family(dst_v4),
+            });
+        }
+        Ok(Self { src, dst, ..self })
+    }
+
+    /// A change that opens (`Some(ttl)`) or closes (`None`) this pinhole.
+    pub fn change(self, open: Option<Duration>) -> PinholeChange {
+        PinholeChange {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            port: self.port,
+            open,
+        }
+    }
+
+    /// Set, key and key end of this pinhole.
+    fn elem(self) -> Result<Elem, NetlinkError> {
+        let p = self.normalized()?;
+        let key = |src| wire::pinhole_key(src, p.dst, p.proto, p.port);
+        Ok(Elem {
+            set: pinhole_set(p.dst),
+            key: key(p.src.network()),
+            key_end: Some(key(p.src.broadcast())),
+        })
+    }
+}
+
+/// An IPv4-mapped IPv6 prefix (`::ffff:a.b.c.d/96` or longer) as the IPv4
+/// prefix it stands for; any other prefix as it is.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net {
+        if let (Some(a), Some(len)) = (n.addr().to_ipv4_mapped(), n.prefix_len().checked_sub(96)) {
+            if let Ok(v4) = Ipv4Net::new(a, len) {
+                return IpNet::V4(v4);
+            }
+        }
+    }
+    net
+}
+
+/// One change of [`SetWriter::change_pinholes`]: a [`Pinhole`] to open (or
+/// refresh) or to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinholeChange {
-    pub addr: IpAddr,
+    /// Who may send: one address (/32, /128) or a configured media prefix.
+    pub src: IpNet,
+    pub dst: IpAddr,
     pub proto: PinholeProto,
     pub port: u16,
     /// `Some(ttl)`: open or refresh for `ttl`; `None`: close (absent is fine).
     pub open: Option<Duration>,
+}
+
+impl PinholeChange {
+    /// The pinhole this change is about.
+    pub fn pinhole(&self) -> Pinhole {
+        Pinhole {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            port: self.port,
+        }
+    }
 }
 
 /// Transport protocol of a media pinhole.
@@ -211,6 +307,17 @@ pub enum NetlinkError {
         errno: i32,
         /// The kernel's extended-ack message, if any.
         message: Option<String>,
+    },
+    /// A pinhole's source and destination are of different address families
+    /// (after IPv4-mapped addresses are turned into IPv4). Nothing was sent:
+    /// for [`SetWriter::change_pinholes`], none of the batch.
+    #[error(
+        "pinhole refused: its source is {src} and its destination {dst} \
+         (one family per pinhole); nothing was written"
+    )]
+    MixedFamilies {
+        src: &'static str,
+        dst: &'static str,
     },
     /// The TTL is zero or does not fit in u64 milliseconds.
     #[error("element timeout must be between 1 ms and u64::MAX ms, got {0:?}")]
@@ -310,7 +417,11 @@ fn errno_hint(errno: i32) -> String {
             "operation not permitted (needs CAP_NET_ADMIN in this network namespace)".into()
         }
         libc::ENOENT => "set or table missing".into(),
-        libc::EEXIST => "element already exists".into(),
+        libc::EEXIST => {
+            "element already exists (for a pinhole: an open pinhole to the same destination, \
+             protocol and port has an overlapping but different source)"
+                .into()
+        }
         libc::EINVAL => {
             "invalid request (set type, key length or flags differ from what callgate expects, \
              e.g. the set lacks `flags timeout`)"
@@ -390,30 +501,25 @@ impl SetWriter {
         &self.table
     }
 
-    /// Opens (or refreshes) the pinhole `addr . proto . port` for `ttl`.
-    /// If it already exists, its timeout restarts at `ttl`.
-    pub fn open_pinhole(
-        &mut self,
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
-        ttl: Duration,
-    ) -> Result<(), NetlinkError> {
-        let (set, key) = pinhole_elem(addr, proto, port);
-        self.upsert(set, key, ttl)
+    /// Opens (or refreshes) `pinhole` for `ttl`. If it already exists, its
+    /// timeout restarts at `ttl`.
+    pub fn open_pinhole(&mut self, pinhole: Pinhole, ttl: Duration) -> Result<(), NetlinkError> {
+        self.upsert(&pinhole.elem()?, ttl)
     }
 
     /// Opens (refreshes) and closes many pinholes in one batch, in order, each as
     /// [`Self::open_pinhole`] / [`Self::discard_pinhole`] would: one `sendmsg` and one
     /// commit for the lot. The kernel applies all of it or none (an error is about the
-    /// batch: the table or a set is missing).
+    /// batch: the table or a set is missing, or two sources overlap, see the module docs).
+    /// A change with a source and destination of different families refuses the whole
+    /// batch before anything is sent ([`NetlinkError::MixedFamilies`]).
     pub fn change_pinholes(&mut self, changes: &[PinholeChange]) -> Result<(), NetlinkError> {
         let mut reqs = Vec::with_capacity(changes.len() * 3);
         for c in changes {
-            let (set, key) = pinhole_elem(c.addr, c.proto, c.port);
+            let elem = c.pinhole().elem()?;
             match c.open {
-                Some(ttl) => reqs.extend(upsert_requests(set, key, ttl_ms(ttl)?)),
-                None => reqs.extend(discard_requests(set, key)),
+                Some(ttl) => reqs.extend(upsert_requests(&elem, ttl_ms(ttl)?)),
+                None => reqs.extend(discard_requests(&elem)),
             }
         }
         if reqs.is_empty() {
@@ -424,44 +530,26 @@ impl SetWriter {
             .map_err(|e| self.classify(e, "change pinholes", set, ElemOp::Add { timeout_ms: 1 }))
     }
 
-    /// Closes the pinhole if it is open (absent is fine): one batch, never aborted because
+    /// Closes `pinhole` if it is open (absent is fine): one batch, never aborted because
     /// of the element, so it costs the same either way.
-    pub fn discard_pinhole(
-        &mut self,
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
-    ) -> Result<(), NetlinkError> {
-        self.change_pinholes(&[PinholeChange {
-            addr,
-            proto,
-            port,
-            open: None,
-        }])
+    pub fn discard_pinhole(&mut self, pinhole: Pinhole) -> Result<(), NetlinkError> {
+        self.change_pinholes(&[pinhole.change(None)])
     }
 
-    /// Closes the pinhole now. [`NetlinkError::NotFound`] if it is not there.
-    pub fn close_pinhole(
-        &mut self,
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
-    ) -> Result<(), NetlinkError> {
-        let (set, key) = pinhole_elem(addr, proto, port);
-        self.delete(set, key)
+    /// Closes `pinhole` now. [`NetlinkError::NotFound`] if it is not there.
+    pub fn close_pinhole(&mut self, pinhole: Pinhole) -> Result<(), NetlinkError> {
+        self.delete(&pinhole.elem()?)
     }
 
     /// Blocks source `addr` for `ttl` (refreshes the timeout if already
     /// blocked).
     pub fn block(&mut self, addr: IpAddr, ttl: Duration) -> Result<(), NetlinkError> {
-        let (set, key) = block_elem(addr);
-        self.upsert(set, key, ttl)
+        self.upsert(&block_elem(addr), ttl)
     }
 
     /// Lifts a block. [`NetlinkError::NotFound`] if `addr` is not blocked.
     pub fn unblock(&mut self, addr: IpAddr) -> Result<(), NetlinkError> {
-        let (set, key) = block_elem(addr);
-        self.delete(set, key)
+        self.delete(&block_elem(addr))
     }
 
     /// Creates the element or restarts its timeout, in one batch that does not depend on
@@ -469,32 +557,23 @@ impl SetWriter {
     /// element is never absent as packets see it (the batch is atomic), and no batch is
     /// aborted because of it: on this lab's kernels an aborted nf_tables batch costs
     /// 10 to 15 ms, a committed one tens of microseconds.
-    fn upsert(
-        &mut self,
-        set: &'static str,
-        key: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<(), NetlinkError> {
+    fn upsert(&mut self, elem: &Elem, ttl: Duration) -> Result<(), NetlinkError> {
         let timeout_ms = ttl_ms(ttl)?;
-        let reqs = upsert_requests(set, key, timeout_ms);
+        let reqs = upsert_requests(elem, timeout_ms);
         self.transact(&reqs).map_err(|e| {
             let failed_op = match &e {
                 TxError::Kernel(f) if f.index == Some(1) => ElemOp::Delete,
                 _ => ElemOp::Add { timeout_ms },
             };
-            self.classify(e, "add element", set, failed_op)
+            self.classify(e, "add element", elem.set, failed_op)
         })
     }
 
-    fn delete(&mut self, set: &'static str, key: Vec<u8>) -> Result<(), NetlinkError> {
-        let req = ElemRequest {
-            op: ElemOp::Delete,
-            set,
-            key,
-        };
+    fn delete(&mut self, elem: &Elem) -> Result<(), NetlinkError> {
+        let req = elem.request(ElemOp::Delete);
         match self.transact(std::slice::from_ref(&req)) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.classify(e, "delete element", set, ElemOp::Delete)),
+            Err(e) => Err(self.classify(e, "delete element", elem.set, ElemOp::Delete)),
         }
     }
 
@@ -697,16 +776,14 @@ fn check_table_and_set(table: &str, set: &str) -> Result<(), NetlinkError> {
     }
 }
 
-/// Set and key of pinhole `addr . proto . port`.
-fn pinhole_elem(addr: IpAddr, proto: PinholeProto, port: u16) -> (&'static str, Vec<u8>) {
-    let addr = wire::canonical(addr);
-    (pinhole_set(addr), wire::pinhole_key(addr, proto, port))
-}
-
 /// Set and key of the block of `addr`.
-fn block_elem(addr: IpAddr) -> (&'static str, Vec<u8>) {
+fn block_elem(addr: IpAddr) -> Elem {
     let addr = wire::canonical(addr);
-    (block_set(addr), wire::addr_key(addr))
+    Elem {
+        set: block_set(addr),
+        key: wire::addr_key(addr),
+        key_end: None,
+    }
 }
 
 fn pinhole_set(addr: IpAddr) -> &'static str {
@@ -758,6 +835,85 @@ mod tests {
         assert_eq!(pinhole_set("2001:db8::1".parse().unwrap()), "pinhole6");
         assert_eq!(block_set("192.0.2.1".parse().unwrap()), "block4");
         assert_eq!(block_set("2001:db8::1".parse().unwrap()), "block6");
+    }
+
+    fn pinhole(src: &str, dst: &str) -> Pinhole {
+        Pinhole {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: PinholeProto::Udp,
+            port: 40000,
+        }
+    }
+
+    #[test]
+    fn pinholes_are_normalized() {
+        // host bits cleared
+        let p = pinhole("203.0.113.37/28", "198.51.100.10")
+            .normalized()
+            .unwrap();
+        assert_eq!(p.src, "203.0.113.32/28".parse::<IpNet>().unwrap());
+        // IPv4-mapped destination and source (/96 or longer) go to IPv4
+        let p = pinhole("::ffff:203.0.113.5/128", "::ffff:198.51.100.10")
+            .normalized()
+            .unwrap();
+        assert_eq!(p.src, "203.0.113.5/32".parse::<IpNet>().unwrap());
+        assert_eq!(p.dst, "198.51.100.10".parse::<IpAddr>().unwrap());
+        let p = pinhole("::ffff:203.0.113.0/124", "198.51.100.10")
+            .normalized()
+            .unwrap();
+        assert_eq!(p.src, "203.0.113.0/28".parse::<IpNet>().unwrap());
+        let p = pinhole("2001:db8:1::7/48", "2001:db8::10")
+            .normalized()
+            .unwrap();
+        assert_eq!(p.src, "2001:db8:1::/48".parse::<IpNet>().unwrap());
+        // a mapped prefix shorter than /96 is not an IPv4 prefix
+        let p = pinhole("::ffff:0.0.0.0/95", "2001:db8::10")
+            .normalized()
+            .unwrap();
+        assert!(matches!(p.src, IpNet::V6(_)));
+    }
+
+    #[test]
+    fn mixed_families_are_refused() {
+        for (src, dst) in [
+            ("203.0.113.5/32", "2001:db8::10"),
+            ("2001:db8:1::/48", "198.51.100.10"),
+            ("2001:db8:1::/48", "::ffff:198.51.100.10"),
+            ("::ffff:0.0.0.0/95", "198.51.100.10"),
+        ] {
+            let e = pinhole(src, dst).normalized().unwrap_err();
+            assert!(
+                matches!(e, NetlinkError::MixedFamilies { .. }),
+                "{src} {dst}: {e}"
+            );
+            let text = e.to_string();
+            // no addresses in error texts
+            assert!(!text.contains("203.0") && !text.contains("db8"), "{text}");
+        }
+        let e = pinhole("2001:db8:1::/48", "198.51.100.10")
+            .normalized()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pinhole refused: its source is IPv6 and its destination IPv4 (one family per \
+             pinhole); nothing was written"
+        );
+    }
+
+    #[test]
+    fn pinhole_elements_span_the_source() {
+        let e = pinhole("203.0.113.37/28", "198.51.100.10").elem().unwrap();
+        assert_eq!(e.set, "pinhole4");
+        assert_eq!(&e.key[..8], [203, 0, 113, 32, 198, 51, 100, 10]);
+        assert_eq!(
+            &e.key_end.as_deref().unwrap()[..8],
+            [203, 0, 113, 47, 198, 51, 100, 10]
+        );
+        let e = pinhole("2001:db8::1/128", "2001:db8::10").elem().unwrap();
+        assert_eq!(e.set, "pinhole6");
+        assert_eq!(e.key_end.as_ref(), Some(&e.key));
+        assert_eq!(e.key.len(), 40);
     }
 
     #[test]

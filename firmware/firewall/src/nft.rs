@@ -5,9 +5,11 @@
 //! That would also empty the run-time sets (pinholes of calls in progress, the blocklist)
 //! and reset them on every commit. Instead one transaction:
 //! `add table` → `flush table` (drops every rule, keeps sets) → delete chains and sets the
-//! new policy no longer has → `add chain`/`add set` → `flush set` + `add element` for every
-//! config-owned set → `add rule`. `flush table` keeps set contents, which is why every
-//! config-owned set is flushed explicitly: otherwise a removed prefix would stay allowed.
+//! new policy no longer has, and sets it has in another shape (type or flags, e.g. pinhole
+//! sets from before pinholes had a source; their elements are lost) → `add chain`/`add set`
+//! → `flush set` + `add element` for every config-owned set → `add rule`. `flush table`
+//! keeps set contents, which is why every config-owned set is flushed explicitly: otherwise
+//! a removed prefix would stay allowed.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,6 +108,7 @@ fn cond_stmt(c: &Cond) -> Statement<'static> {
         ),
         Cond::PinholeIn { v6, set } => m(
             Expression::Named(NamedExpression::Concat(vec![
+                payload(if *v6 { "ip6" } else { "ip" }, "saddr"),
                 payload(if *v6 { "ip6" } else { "ip" }, "daddr"),
                 meta(expr::MetaKey::L4proto),
                 payload("th", "dport"),
@@ -168,10 +171,12 @@ fn set_type(kind: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
         SetKind::Pinhole4 => schema::SetTypeValue::Concatenated(Cow::Owned(vec![
             T::Ipv4Addr,
+            T::Ipv4Addr,
             T::InetProto,
             T::InetService,
         ])),
         SetKind::Pinhole6 => schema::SetTypeValue::Concatenated(Cow::Owned(vec![
+            T::Ipv6Addr,
             T::Ipv6Addr,
             T::InetProto,
             T::InetService,
@@ -180,17 +185,22 @@ fn set_type(kind: SetKind) -> schema::SetTypeValue<'static> {
 }
 
 fn set_obj(d: &SetDef) -> schema::Set<'static> {
-    let flag = if d.kind.is_dynamic() {
-        schema::SetFlag::Timeout
-    } else {
-        schema::SetFlag::Interval
-    };
+    let flags = d
+        .kind
+        .flags()
+        .into_iter()
+        .filter_map(|f| match f {
+            "interval" => Some(schema::SetFlag::Interval),
+            "timeout" => Some(schema::SetFlag::Timeout),
+            _ => None,
+        })
+        .collect();
     schema::Set {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         name: Cow::Owned(d.name.clone()),
         set_type: set_type(d.kind),
-        flags: Some([flag].into_iter().collect()),
+        flags: Some(flags),
         ..Default::default()
     }
 }
@@ -220,11 +230,53 @@ fn table_obj() -> schema::Table<'static> {
     }
 }
 
-/// What exists in the kernel's table before an apply (names only).
+/// What exists in the kernel's table before an apply.
 #[derive(Debug, Clone, Default)]
 pub struct Existing {
+    /// Names of the chains.
     pub chains: BTreeSet<String>,
+    /// Names of the named sets.
     pub sets: BTreeSet<String>,
+    /// Sets of the new ruleset that exist with another type or without one of its flags
+    /// (e.g. pinhole sets from before pinholes had a source): the transaction deletes and
+    /// re-creates them, so their elements are lost.
+    pub reshaped: BTreeSet<String>,
+}
+
+impl Existing {
+    /// What `observed` holds, with the sets whose shape differs from `rs`'s.
+    pub fn of(rs: &Ruleset, observed: &Observed) -> Self {
+        let reshaped = rs
+            .sets
+            .iter()
+            .filter(|d| {
+                observed
+                    .sets
+                    .get(&d.name)
+                    .is_some_and(|(ty, flags)| shape_differs(d.kind, ty, flags).is_some())
+            })
+            .map(|d| d.name.clone())
+            .collect();
+        Existing {
+            chains: observed.chains.keys().cloned().collect(),
+            sets: observed.sets.keys().cloned().collect(),
+            reshaped,
+        }
+    }
+}
+
+/// How a set of type words `ty` and flags `flags` differs from what `kind` needs, if it
+/// does (extra flags are fine: the kernel adds some, e.g. `concat`).
+fn shape_differs(kind: SetKind, ty: &[String], flags: &[String]) -> Option<String> {
+    let want_ty = kind.type_words();
+    if ty != want_ty.as_slice() {
+        return Some(format!("has type {ty:?}, expected {want_ty:?}"));
+    }
+    let want_flags = kind.flags();
+    if !want_flags.iter().all(|f| flags.iter().any(|g| g == f)) {
+        return Some(format!("has flags {flags:?}, expected {want_flags:?}"));
+    }
+    None
 }
 
 /// Builds the transaction that makes the table exactly `rs`, given what exists now.
@@ -257,7 +309,7 @@ pub fn transaction(rs: &Ruleset, existing: &Existing) -> Nftables<'static> {
     for stale in existing
         .sets
         .iter()
-        .filter(|s| !wanted_sets.contains(s.as_str()))
+        .filter(|s| !wanted_sets.contains(s.as_str()) || existing.reshaped.contains(*s))
     {
         cmds.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
             Box::new(schema::Set {
@@ -617,24 +669,8 @@ pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
             d.push(format!("set {} is missing", set.name));
             continue;
         };
-        let want_ty: Vec<String> = set
-            .kind
-            .type_words()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        if *ty != want_ty {
-            d.push(format!(
-                "set {} has type {:?}, expected {:?}",
-                set.name, ty, want_ty
-            ));
-        }
-        let want_flags: Vec<String> = set.kind.flags().into_iter().map(str::to_owned).collect();
-        if !want_flags.iter().all(|f| flags.contains(f)) {
-            d.push(format!(
-                "set {} has flags {:?}, expected {:?}",
-                set.name, flags, want_flags
-            ));
+        if let Some(how) = shape_differs(set.kind, ty, flags) {
+            d.push(format!("set {} {how}", set.name));
         }
         if set.kind.is_dynamic() {
             continue;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{Ruleset, SetDef};
 use crate::netlink::{self, NetlinkError};
-use crate::nft::{intended_intervals, Observed, ObservedRule};
+use crate::nft::{intended_intervals, Existing, Observed, ObservedRule};
 
 /// Sets with at most this many intervals are read back in full.
 pub const FULL_DUMP_MAX: usize = 8192;
@@ -51,13 +51,24 @@ pub fn observe(table: &str) -> Result<Observed, NetlinkError> {
     Ok(o)
 }
 
+/// [`observe`], with a missing table read as an empty one.
+fn observe_or_empty(table: &str) -> Result<Observed, NetlinkError> {
+    match observe(table) {
+        Err(NetlinkError::SetMissing { .. }) => Ok(Observed::default()),
+        other => other,
+    }
+}
+
 /// Names of the chains and named sets in `table` (empty when the table does not exist).
 pub fn existing(table: &str) -> Result<(BTreeSet<String>, BTreeSet<String>), NetlinkError> {
-    match observe(table) {
-        Ok(o) => Ok((o.chains.into_keys().collect(), o.sets.into_keys().collect())),
-        Err(NetlinkError::SetMissing { .. }) => Ok(Default::default()),
-        Err(e) => Err(e),
-    }
+    let o = observe_or_empty(table)?;
+    Ok((o.chains.into_keys().collect(), o.sets.into_keys().collect()))
+}
+
+/// What an apply of `rs` to `table` has to take into account: the chains and sets there
+/// now, and which of `rs`'s sets exist in another shape ([`Existing::of`]).
+pub fn existing_for(table: &str, rs: &Ruleset) -> Result<Existing, NetlinkError> {
+    Ok(Existing::of(rs, &observe_or_empty(table)?))
 }
 
 /// `n` indices spread evenly over `0..len`.

@@ -234,6 +234,8 @@ fn preamble(hook: Hook) -> Vec<RuleDef> {
     r
 }
 
+/// Media pinholes: forwarded flows only (media never goes to the appliance itself), each
+/// from its source to its destination address, protocol and port.
 fn pinhole_rules() -> Vec<RuleDef> {
     vec![
         rule(
@@ -370,7 +372,6 @@ pub fn render(cfg: &Config) -> Ruleset {
     let mut sets = dynamic_sets();
     let mut input = preamble(Hook::Input);
     input.extend(service_rules(cfg, None));
-    input.extend(pinhole_rules());
     let mut forward = preamble(Hook::Forward);
     forward.extend(pinhole_rules());
     let mut output = preamble(Hook::Output);
@@ -578,6 +579,43 @@ mod tests {
             .count();
         assert_eq!(ping, 1);
         assert!(rs.chain(ALLOW_DST_CHAIN).is_some());
+    }
+
+    #[test]
+    fn pinholes_are_forward_only_and_bound_to_a_source() {
+        let rs = render(&lab());
+        let pinholes = |chain: &str| -> Vec<&RuleDef> {
+            rs.chain(chain)
+                .unwrap()
+                .rules
+                .iter()
+                .filter(|r| r.comment == "builtin:pinhole")
+                .collect()
+        };
+        assert!(pinholes("input").is_empty());
+        assert!(pinholes("output").is_empty());
+        let fwd = pinholes("forward");
+        assert_eq!(fwd.len(), 2);
+        assert_eq!(
+            fwd[0].conds,
+            [Cond::PinholeIn {
+                v6: false,
+                set: PINHOLE4.into()
+            }]
+        );
+        assert_eq!(rs.set(PINHOLE6).unwrap().kind, SetKind::Pinhole6);
+        assert_eq!(
+            SetKind::Pinhole4.type_words(),
+            ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"]
+        );
+        assert_eq!(SetKind::Pinhole6.flags(), ["interval", "timeout"]);
+        // the baseline forwards nothing, pinholes included
+        let b = render_baseline(Some(&lab()));
+        assert!(!b
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .any(|r| r.comment == "builtin:pinhole"));
     }
 
     #[test]

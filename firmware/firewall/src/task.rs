@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    ApplyReport, EntryCounters, Firewall, FirewallError, PinholeChange, PinholeProto, Ruleset,
-    SetWriter,
+    ApplyReport, EntryCounters, Firewall, FirewallError, Pinhole, PinholeChange, Ruleset, SetWriter,
 };
 
 /// What the firewall has applied, published for the rest of the daemon.
@@ -35,16 +34,12 @@ enum Command {
         reply: Reply<Vec<EntryCounters>>,
     },
     OpenPinhole {
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
+        pinhole: Pinhole,
         ttl: Duration,
         reply: Reply<()>,
     },
     ClosePinhole {
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
+        pinhole: Pinhole,
         reply: Reply<()>,
     },
     Block {
@@ -107,25 +102,17 @@ impl FirewallHandle {
         self.call(|reply| Command::Counters { reply }).await
     }
 
-    /// Lets `proto` traffic to `addr:port` through for `ttl` (refreshes an open pinhole).
-    pub async fn open_pinhole(
-        &self,
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
-        ttl: Duration,
-    ) -> Result<(), FirewallError> {
+    /// Lets the pinhole's flow (`proto` traffic from `src` to `dst:port`, forwarded only)
+    /// through for `ttl`; refreshes an open pinhole. See [`SetWriter::open_pinhole`].
+    pub async fn open_pinhole(&self, pinhole: Pinhole, ttl: Duration) -> Result<(), FirewallError> {
         self.call(|reply| Command::OpenPinhole {
-            addr,
-            proto,
-            port,
+            pinhole,
             ttl,
             reply,
         })
         .await
     }
 
-    /// Closes a pinhole now. Closing one that has already expired is not an error.
     /// Opens and closes many pinholes in one netlink batch (see
     /// [`SetWriter::change_pinholes`]).
     pub async fn change_pinholes(&self, changes: Vec<PinholeChange>) -> Result<(), FirewallError> {
@@ -133,19 +120,10 @@ impl FirewallHandle {
             .await
     }
 
-    pub async fn close_pinhole(
-        &self,
-        addr: IpAddr,
-        proto: PinholeProto,
-        port: u16,
-    ) -> Result<(), FirewallError> {
-        self.call(|reply| Command::ClosePinhole {
-            addr,
-            proto,
-            port,
-            reply,
-        })
-        .await
+    /// Closes a pinhole now. Closing one that has already expired is not an error.
+    pub async fn close_pinhole(&self, pinhole: Pinhole) -> Result<(), FirewallError> {
+        self.call(|reply| Command::ClosePinhole { pinhole, reply })
+            .await
     }
 }
 
@@ -202,22 +180,15 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 let _ = reply.send(fw.counters());
             }
             Command::OpenPinhole {
-                addr,
-                proto,
-                port,
+                pinhole,
                 ttl,
                 reply,
             } => {
-                let r = with_writer(&mut writer, |w| w.open_pinhole(addr, proto, port, ttl));
+                let r = with_writer(&mut writer, |w| w.open_pinhole(pinhole, ttl));
                 let _ = reply.send(r);
             }
-            Command::ClosePinhole {
-                addr,
-                proto,
-                port,
-                reply,
-            } => {
-                let r = with_writer(&mut writer, |w| w.discard_pinhole(addr, proto, port));
+            Command::ClosePinhole { pinhole, reply } => {
+                let r = with_writer(&mut writer, |w| w.discard_pinhole(pinhole));
                 let _ = reply.send(r);
             }
             Command::ChangePinholes { changes, reply } => {

@@ -62,7 +62,7 @@ fn apply_verify_replace_keeps_pinhole_sets() {
             "inet",
             "callgate",
             "pinhole4",
-            "{ 198.51.100.10 . udp . 40000 timeout 60s }",
+            "{ 203.0.113.20 . 198.51.100.10 . udp . 40000 timeout 60s }",
         ],
         None,
     );
@@ -89,11 +89,60 @@ fn apply_verify_replace_keeps_pinhole_sets() {
         &["list", "set", "inet", "callgate", "pinhole4"],
         None,
     );
-    assert!(pin.contains("198.51.100.10"), "{pin}");
+    assert!(pin.contains("203.0.113.20 . 198.51.100.10"), "{pin}");
 
     assert!(counters
         .iter()
         .any(|c| c.name == "carrier-sip-udp" && c.rules == 2));
+}
+
+/// A table from before pinholes had a source (pinhole sets keyed by destination only, a
+/// pinhole rule in the input chain too): the apply re-creates the pinhole sets in their new
+/// shape, keeps the blocklist's entries, and the result verifies.
+#[test]
+fn apply_reshapes_pinhole_sets_of_an_older_ruleset() {
+    let ns = NetNs::for_test("apply_netns", "fw");
+    ns.nft_load(
+        "table inet callgate {
+            set pinhole4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }
+            set pinhole6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }
+            set block4 { type ipv4_addr; flags timeout; }
+            set block6 { type ipv6_addr; flags timeout; }
+            chain input {
+                type filter hook input priority 0; policy drop;
+                ip daddr . meta l4proto . th dport @pinhole4 counter accept comment \"builtin:pinhole\"
+            }
+            chain forward {
+                type filter hook forward priority 0; policy drop;
+                ip6 daddr . meta l4proto . th dport @pinhole6 counter accept comment \"builtin:pinhole\"
+            }
+        }
+        add element inet callgate pinhole4 { 198.51.100.10 . udp . 40000 timeout 60s }
+        add element inet callgate block4 { 203.0.113.66 timeout 60s }",
+    );
+    let rs = render_src(&lab_src());
+    ns.run_inside(move || {
+        let fw = Firewall::default();
+        let before = fw.verify(&rs, None).unwrap_err().to_string();
+        assert!(before.contains("set pinhole4 has type"), "{before}");
+        fw.apply(&rs, None).unwrap();
+        fw.verify(&rs, None).unwrap();
+    });
+    let pin = ns.exec(
+        "nft",
+        &["list", "set", "inet", "callgate", "pinhole4"],
+        None,
+    );
+    assert!(
+        pin.contains("ipv4_addr . ipv4_addr . inet_proto . inet_service"),
+        "{pin}"
+    );
+    assert!(
+        !pin.contains("198.51.100.10"),
+        "old elements are gone: {pin}"
+    );
+    let block = ns.exec("nft", &["list", "set", "inet", "callgate", "block4"], None);
+    assert!(block.contains("203.0.113.66"), "{block}");
 }
 
 #[test]

@@ -14,8 +14,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    Emitable, NetlinkBuffer, NetlinkMessage, NlasIterator, NLA_TYPE_MASK, NLMSG_ERROR, NLM_F_ACK,
-    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, Emitable, NetlinkBuffer, NetlinkMessage, NlasIterator, NLA_TYPE_MASK, NLMSG_ERROR,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::{
     nftables::{
@@ -46,21 +46,28 @@ const NFGENMSG_LEN: usize = 4;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSGERR_ATTR_OFFS: u16 = 2;
 
+/// `NFTA_DATA_VALUE` (`enum nft_data_attributes`), inside a key attribute.
+const NFTA_DATA_VALUE: u16 = 1;
+
 /// `NFT_REG32_SIZE`: every component of a concatenated key occupies a whole
 /// number of 32-bit registers, zero padded at the end.
 const REG32: usize = 4;
 
-/// Key of a `ipv4_addr . inet_proto . inet_service` (or the ipv6 variant)
-/// element.
+/// Key of an `ipv4_addr . ipv4_addr . inet_proto . inet_service` (or the
+/// ipv6 variant) element: source, destination, protocol, port.
 ///
 /// Layout, per component, padded to 4 bytes:
-/// - address: 4 (IPv4) or 16 (IPv6) bytes, network order;
+/// - source and destination: 4 (IPv4) or 16 (IPv6) bytes each, network order;
 /// - `inet_proto`: 1 byte (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17) + 3 zero;
 /// - `inet_service`: 2 bytes network order + 2 zero.
 ///
-/// The address must already be canonical (see [`canonical`]).
-pub(crate) fn pinhole_key(addr: IpAddr, proto: PinholeProto, port: u16) -> Vec<u8> {
-    let mut key = addr_key(addr);
+/// The sets have `flags interval`, so an element is a range of keys: its
+/// `NFTA_SET_ELEM_KEY` is this key with the first source address of the
+/// range, its `NFTA_SET_ELEM_KEY_END` the same with the last one. Both
+/// addresses must be canonical (see [`canonical`]) and of one family.
+pub(crate) fn pinhole_key(src: IpAddr, dst: IpAddr, proto: PinholeProto, port: u16) -> Vec<u8> {
+    let mut key = addr_key(src);
+    key.extend(addr_key(dst));
     push_reg32(&mut key, &[proto.ipproto()]);
     push_reg32(&mut key, &port.to_be_bytes());
     key
@@ -109,6 +116,9 @@ pub(crate) struct ElemRequest {
     pub(crate) op: ElemOp,
     pub(crate) set: &'static str,
     pub(crate) key: Vec<u8>,
+    /// `NFTA_SET_ELEM_KEY_END`: the inclusive end of an interval-set element
+    /// (sent in deletions too: the kernel finds the element by both).
+    pub(crate) key_end: Option<Vec<u8>>,
 }
 
 /// Which attribute of our set-element message the kernel blamed
@@ -193,6 +203,12 @@ fn setelem_message(table: &str, req: &ElemRequest, seq: u32) -> NetlinkMessage<N
     let mut elem = vec![SetElementAttribute::Key(DataAttribute::Value(
         req.key.clone(),
     ))];
+    if let Some(end) = &req.key_end {
+        elem.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
+            NFTA_DATA_VALUE,
+            end.clone(),
+        )]));
+    }
     let (flags, body) = match req.op {
         ElemOp::Add { timeout_ms } => {
             elem.push(SetElementAttribute::Timeout(timeout_ms));
@@ -431,50 +447,89 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    /// `nft --debug=netlink add element inet callgate pinhole4
-    /// '{ 192.0.2.1 . tcp . 5060 timeout 30s }'` prints the key as host-order
-    /// (here little-endian) 32-bit words:
-    /// `element 010200c0 00000006 0000c413`.
+    /// `nft --debug=netlink add element inet t p4 '{ 203.0.113.0/28 .
+    /// 198.51.100.10 . udp . 40000 timeout 10s }'` (set `p4` of type
+    /// `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags interval,
+    /// timeout`) prints the key and the key end as host-order (here
+    /// little-endian) 32-bit words:
+    /// `element 007100cb 0a6433c6 00000011 0000409c  - 0f7100cb 0a6433c6 00000011 0000409c`.
     fn nft_debug_words(words: &[u32]) -> Vec<u8> {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
     #[test]
-    fn pinhole4_key_matches_nft_debug_netlink() {
+    fn pinhole4_prefix_key_matches_nft_debug_netlink() {
+        let dst = v4(198, 51, 100, 10);
+        let key = pinhole_key(v4(203, 0, 113, 0), dst, PinholeProto::Udp, 40000);
+        let end = pinhole_key(v4(203, 0, 113, 15), dst, PinholeProto::Udp, 40000);
+        assert_eq!(
+            key,
+            nft_debug_words(&[0x0071_00cb, 0x0a64_33c6, 0x0000_0011, 0x0000_409c])
+        );
+        assert_eq!(
+            end,
+            nft_debug_words(&[0x0f71_00cb, 0x0a64_33c6, 0x0000_0011, 0x0000_409c])
+        );
+        assert_eq!(
+            key,
+            [203, 0, 113, 0, 198, 51, 100, 10, 17, 0, 0, 0, 0x9c, 0x40, 0, 0]
+        );
+    }
+
+    #[test]
+    fn pinhole4_single_source_key_matches_nft_debug_netlink() {
+        // nft --debug=netlink add element inet t p4
+        //   '{ 203.0.113.5 . 198.51.100.10 . tcp . 5060 timeout 10s }'
+        // element 057100cb 0a6433c6 00000006 0000c413  - 057100cb 0a6433c6 00000006 0000c413
+        // (a single source: key and key end are the same)
         let key = pinhole_key(
-            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            v4(203, 0, 113, 5),
+            v4(198, 51, 100, 10),
             PinholeProto::Tcp,
             5060,
         );
         assert_eq!(
             key,
-            nft_debug_words(&[0x0102_00c0, 0x0000_0006, 0x0000_c413])
+            nft_debug_words(&[0x0571_00cb, 0x0a64_33c6, 0x0000_0006, 0x0000_c413])
         );
-        assert_eq!(key, [192, 0, 2, 1, 6, 0, 0, 0, 0x13, 0xc4, 0, 0]);
     }
 
     #[test]
     fn pinhole6_key_matches_nft_debug_netlink() {
-        // nft --debug=netlink add element inet callgate pinhole6
-        //   '{ 2001:db8::1 . udp . 10000 timeout 30s }'
-        // element b80d0120 00000000 00000000 01000000 00000011 00001027
-        let key = pinhole_key(
-            IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
+        // nft --debug=netlink add element inet t p6
+        //   '{ 2001:db8:1::/48 . 2001:db8::10 . udp . 10000 timeout 30s }'
+        // element b80d0120 00000100 00000000 00000000 b80d0120 00000000 00000000 10000000
+        //         00000011 00001027
+        //       - b80d0120 ffff0100 ffffffff ffffffff b80d0120 00000000 00000000 10000000
+        //         00000011 00001027
+        let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().unwrap());
+        let dst = v6("2001:db8::10");
+        let key = pinhole_key(v6("2001:db8:1::"), dst, PinholeProto::Udp, 10000);
+        let end = pinhole_key(
+            v6("2001:db8:1:ffff:ffff:ffff:ffff:ffff"),
+            dst,
             PinholeProto::Udp,
             10000,
         );
-        assert_eq!(
-            key,
-            nft_debug_words(&[
-                0xb80d_0120,
-                0x0000_0000,
-                0x0000_0000,
-                0x0100_0000,
-                0x0000_0011,
-                0x0000_1027
-            ])
-        );
-        assert_eq!(key.len(), 24);
+        let tail = [
+            0xb80d_0120,
+            0x0000_0000,
+            0x0000_0000,
+            0x1000_0000,
+            0x0000_0011,
+            0x0000_1027,
+        ];
+        let mut want = vec![0xb80d_0120, 0x0000_0100, 0x0000_0000, 0x0000_0000];
+        want.extend(tail);
+        assert_eq!(key, nft_debug_words(&want));
+        let mut want_end = vec![0xb80d_0120, 0xffff_0100, 0xffff_ffff, 0xffff_ffff];
+        want_end.extend(tail);
+        assert_eq!(end, nft_debug_words(&want_end));
+        assert_eq!(key.len(), 40);
     }
 
     #[test]
@@ -493,20 +548,24 @@ mod tests {
         assert_eq!(canonical(v6), v6);
     }
 
-    /// The element message, compared with `nft --debug=mnl add element inet
-    /// callgate pinhole4 '{ 192.0.2.1 . tcp . 5060 timeout 30s }'` (nft adds a
-    /// NFTA_SET_ELEM_LIST_SET_ID and puts the timeout before the key; we do
-    /// neither, the rest is the same bytes).
+    /// The element message, compared with `nft --debug=mnl add element inet t
+    /// p4 '{ 203.0.113.0/28 . 198.51.100.10 . udp . 40000 timeout 10s }'`:
+    /// nft adds a NFTA_SET_ELEM_LIST_SET_ID and puts the timeout before the
+    /// key; we do neither, the rest is the same bytes (table and set names
+    /// aside).
     #[test]
     fn batch_bytes() {
+        let dst = v4(198, 51, 100, 10);
         let req = ElemRequest {
-            op: ElemOp::Add { timeout_ms: 30_000 },
+            op: ElemOp::Add { timeout_ms: 10_000 },
             set: "pinhole4",
-            key: pinhole_key(
-                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-                PinholeProto::Tcp,
-                5060,
-            ),
+            key: pinhole_key(v4(203, 0, 113, 0), dst, PinholeProto::Udp, 40000),
+            key_end: Some(pinhole_key(
+                v4(203, 0, 113, 15),
+                dst,
+                PinholeProto::Udp,
+                40000,
+            )),
         };
         let (bytes, used) = encode_batch("callgate", &[req], 7);
         assert_eq!(used, 3);
@@ -520,7 +579,7 @@ mod tests {
         ];
         #[rustfmt::skip]
         let elem: Vec<u8> = vec![
-            92, 0, 0, 0,              // len: 20 + table 16 + set 16 + elements 40
+            120, 0, 0, 0,             // len: 20 + table 16 + set 16 + elements 68
             0x0c, 0x0a,               // NFT_MSG_NEWSETELEM | NFNL_SUBSYS_NFTABLES << 8
             0x05, 0x06,               // REQUEST|ACK | EXCL|CREATE
             8, 0, 0, 0,               // seq
@@ -528,13 +587,16 @@ mod tests {
             1, 0, 0, 0,               // NFPROTO_INET, v0, res_id 0
             13, 0, 1, 0, b'c', b'a', b'l', b'l', b'g', b'a', b't', b'e', 0, 0, 0, 0, // TABLE
             13, 0, 2, 0, b'p', b'i', b'n', b'h', b'o', b'l', b'e', b'4', 0, 0, 0, 0, // SET
-            40, 0, 3, 0x80,           // ELEMENTS (nested)
-            36, 0, 1, 0x80,           //   LIST_ELEM (nested)
-            20, 0, 1, 0x80,           //     ELEM_KEY (nested)
-            16, 0, 1, 0,              //       DATA_VALUE
-            192, 0, 2, 1, 6, 0, 0, 0, 0x13, 0xc4, 0, 0,
+            68, 0, 3, 0x80,           // ELEMENTS (nested)
+            64, 0, 1, 0x80,           //   LIST_ELEM (nested)
+            24, 0, 1, 0x80,           //     ELEM_KEY (nested)
+            20, 0, 1, 0,              //       DATA_VALUE
+            203, 0, 113, 0, 198, 51, 100, 10, 17, 0, 0, 0, 0x9c, 0x40, 0, 0,
+            24, 0, 10, 0x80,          //     ELEM_KEY_END (nested)
+            20, 0, 1, 0,              //       DATA_VALUE
+            203, 0, 113, 15, 198, 51, 100, 10, 17, 0, 0, 0, 0x9c, 0x40, 0, 0,
             12, 0, 4, 0,              //     ELEM_TIMEOUT, u64 BE ms
-            0, 0, 0, 0, 0, 0, 0x75, 0x30,
+            0, 0, 0, 0, 0, 0, 0x27, 0x10,
         ];
         let end: [u8; 20] = [
             20, 0, 0, 0, 0x11, 0x00, 0x01, 0x00, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x0a,
@@ -551,6 +613,7 @@ mod tests {
             op: ElemOp::Delete,
             set: "block4",
             key: vec![203, 0, 113, 9],
+            key_end: None,
         };
         let (bytes, used) = encode_batch("callgate", &[req.clone(), req], u32::MAX);
         assert_eq!(used, 4);
