@@ -58,6 +58,8 @@ pub struct Appliance<'lab> {
     tpm: Option<Swtpm<'lab>>,
     /// The recovery key printed at provisioning.
     pub recovery_key: Option<String>,
+    /// Environment variables the daemon gets at its next [`Appliance::launch`].
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Appliance<'_> {
@@ -102,6 +104,7 @@ impl<'lab> Appliance<'lab> {
             daemon: None,
             tpm: Some(tpm),
             recovery_key: None,
+            env: Vec::new(),
         };
         a.launch()?;
         Ok(a)
@@ -163,6 +166,7 @@ impl<'lab> Appliance<'lab> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = self.ns.spawn(cmd)?;
         let start = Instant::now();
         loop {
@@ -221,6 +225,18 @@ impl<'lab> Appliance<'lab> {
         if let Some(p) = self.daemon.take() {
             let _ = p.kill();
         }
+    }
+
+    /// Sets an environment variable for the daemon's next launch.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.daemon.as_ref()?.wait_timeout(timeout).ok().flatten()?;
+        self.daemon = None;
+        Some(status)
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.

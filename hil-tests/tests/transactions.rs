@@ -266,7 +266,7 @@ fn baseline_allows_only_management_and_sync() {
 
 #[test]
 fn pinhole_passes_for_its_ttl_then_no_longer() {
-    use callgate_firewall::{PinholeProto, SetWriter};
+    use callgate_firewall::{Pinhole, PinholeProto, SetWriter};
     let lab = lab();
     let a = Appliance::start(&lab, Host::A, LAB).unwrap();
     let pbx = lab.ns(Host::Pbx);
@@ -285,11 +285,25 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
             l.wait_for(&t, NEG)
         }
     };
-    // writes into the pinhole sets from inside A, as the daemon's SIP router does
+    // writes into the pinhole sets from inside A, as the daemon's SIP router does: the
+    // flow from the carrier's address to the PBX's port 40000
+    let pinhole = |dst: IpAddr| {
+        let src: IpAddr = if dst.is_ipv4() {
+            addr::CARRIER_V4.into()
+        } else {
+            addr::CARRIER_V6.into()
+        };
+        Pinhole {
+            src: src.into(),
+            dst,
+            proto: PinholeProto::Udp,
+            port: 40000,
+        }
+    };
     let open = |addr: IpAddr, secs: u64| {
         a.ns().run_in(move || {
             let mut w = SetWriter::open("callgate").unwrap();
-            w.open_pinhole(addr, PinholeProto::Udp, 40000, Duration::from_secs(secs))
+            w.open_pinhole(pinhole(addr), Duration::from_secs(secs))
                 .unwrap();
         })
     };
@@ -315,10 +329,14 @@ fn pinhole_passes_for_its_ttl_then_no_longer() {
     assert!(send(false));
     a.ns().run_in(|| {
         let mut w = SetWriter::open("callgate").unwrap();
-        w.close_pinhole(addr::PBX_V4.into(), PinholeProto::Udp, 40000)
-            .unwrap();
+        w.close_pinhole(pinhole(addr::PBX_V4.into())).unwrap();
     });
     assert!(!send(false));
+    // another source on the WAN side never uses the carrier's pinhole
+    open(addr::PBX_V4.into(), 60);
+    let t = Token::new();
+    carrier.udp_send(Some(addr::CARRIER_V4_ALT.into()), addr::PBX_V4, 40000, &t);
+    assert!(!l.wait_for(&t, NEG), "a third address used the pinhole");
     // a commit keeps open pinholes (calls in progress keep their media)
     open(addr::PBX_V4.into(), 60);
     assert!(a.commit(&without_mgmt_api(), &[]).ok());

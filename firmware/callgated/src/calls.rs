@@ -125,10 +125,16 @@ async fn effects(
         let mut next = Some(first);
         while let Some(e) = next.take() {
             match e {
-                Effect::Pinhole { open, addr, ttl } => changes.push(PinholeChange {
-                    addr: addr.ip(),
+                Effect::Pinhole {
+                    open,
+                    src,
+                    dst,
+                    ttl,
+                } => changes.push(PinholeChange {
+                    src,
+                    dst: dst.ip(),
                     proto: PinholeProto::Udp,
-                    port: addr.port(),
+                    port: dst.port(),
                     open: open.then_some(ttl),
                 }),
                 Effect::Block { ip, ttl } => {
@@ -150,10 +156,30 @@ async fn effects(
             }
         }
         if !changes.is_empty() {
-            let n = changes.len();
-            if let Err(e) = firewall.change_pinholes(std::mem::take(&mut changes)).await {
-                log::error!("sip: {n} pinhole changes failed: {}", error_chain(&e));
-            }
+            apply_pinholes(&firewall, std::mem::take(&mut changes)).await;
+        }
+    }
+}
+
+/// Pinhole changes as one netlink batch. The kernel refuses a whole batch when one element
+/// is refused (two calls whose sources overlap without being equal, toward the same
+/// port); then each change goes alone, so one refusal costs only that pinhole.
+async fn apply_pinholes(firewall: &FirewallHandle, changes: Vec<PinholeChange>) {
+    let n = changes.len();
+    let Err(e) = firewall.change_pinholes(changes.clone()).await else {
+        return;
+    };
+    if n == 1 {
+        log::error!("sip: a pinhole change failed: {}", error_chain(&e));
+        return;
+    }
+    log::warn!(
+        "sip: a batch of {n} pinhole changes failed ({}); applying them one by one",
+        error_chain(&e)
+    );
+    for c in changes {
+        if let Err(e) = firewall.change_pinholes(vec![c]).await {
+            log::error!("sip: a pinhole change failed: {}", error_chain(&e));
         }
     }
 }

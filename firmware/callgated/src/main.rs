@@ -17,6 +17,7 @@
 //! | 3 | the config is invalid or unreadable: the baseline ruleset stays in force |
 //! | 4 | the firewall could not be applied: the previous ruleset stays in force |
 //! | 5 | the state directory or control socket is unusable |
+//! | SIGABRT | a panic in any thread (see `abort_on_panic`): systemd restarts the daemon |
 
 /// mimalloc, not the C library's allocator. With glibc's, the daemon's resident memory kept
 /// growing with the records written (per-thread arenas: the SIP thread builds a record, the
@@ -127,6 +128,7 @@ fn main() -> ExitCode {
     let thp = no_huge_pages();
     let args = Args::parse();
     logging::init();
+    abort_on_panic();
     if let Err(e) = thp {
         log::warn!("transparent huge pages stay allowed: {e}");
     }
@@ -138,6 +140,21 @@ fn main() -> ExitCode {
         Some(Cmd::RollbackGuard { candidate }) => guard(&args, fw, *candidate),
         None => daemon(args, fw),
     }
+}
+
+/// A panic anywhere (the SIP thread, the record writer, a runtime worker) ends the whole
+/// daemon at once, so systemd restarts it (`Restart=always`): a task that died quietly
+/// while the rest keeps answering `status` would stop calls without anyone noticing. The
+/// kernel keeps enforcing the last ruleset meanwhile, and records of answered calls are
+/// already durable.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("panic in thread {name}: {info}; stopping the daemon");
+        log::logger().flush();
+        std::process::abort();
+    }));
 }
 
 /// No transparent huge pages for this process. mimalloc asks for them on its arena

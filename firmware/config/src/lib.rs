@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
 pub use sip::{
-    Campaign, Carrier, Destination, NumberRange, Sip, SipDomain, SipRoute, SipUri, Strategy,
-    Transport, E164,
+    Campaign, Carrier, Destination, NumberRange, Sip, SipDomain, SipMedia, SipRoute, SipUri,
+    Strategy, Transport, DEFAULT_RTP_PORTS, E164,
 };
 pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, Tcti, ZoneName};
 

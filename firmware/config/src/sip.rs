@@ -15,6 +15,16 @@
 //! [[sip.carrier]]      # calls are accepted only from these sources (application layer)
 //! name = "lab-carrier"
 //! sources = ["203.0.113.10/32", "2001:db8:1::10/128"]
+//! media = ["203.0.113.0/28"]        # optional: where its SDP may put media (default: sources)
+//! media_sources = ["203.0.113.32/28"]   # optional: its media comes from this pool, not
+//!                                       # from the signalled address
+//! max_requests_per_sec = 2000       # optional: per source address (default 10 × max_cps,
+//!                                   # or 5000); over it requests are dropped, never blocked
+//! max_dialogs = 1000                # optional: concurrent calls per source address (503)
+//!
+//! [sip.media]          # where the private segment's media may be, and the RTP ports
+//! private = ["198.51.100.0/24"]     # optional (default: the destinations' addresses)
+//! rtp_ports = "10000-60000"         # optional (default 1024-65535), both sides
 //!
 //! [[sip.route]]        # tracking numbers → campaign → destinations
 //! numbers = ["+15550100000-+15550100099", "+15550100200"]
@@ -41,7 +51,7 @@ use std::str::FromStr;
 use serde::{de, Deserialize, Deserializer, Serialize};
 use serde_spanned::Spanned;
 
-use super::{ConfigError, EntryName, ErrorKind, Locator, Prefix};
+use super::{ConfigError, EntryName, ErrorKind, Locator, PortRange, Prefix};
 
 /// Most digits an E.164 number has.
 pub const E164_MAX_DIGITS: u8 = 15;
@@ -85,15 +95,69 @@ pub struct Sip {
     /// Routes (`[[sip.route]]`), in file order.
     #[serde(default, rename = "route")]
     pub routes: Vec<SipRoute>,
+    /// `[sip.media]`: the private side's media ranges and the RTP port range.
+    #[serde(default)]
+    pub media: SipMedia,
 }
 
-/// A named carrier peer and the prefixes its signalling comes from.
+/// A named carrier peer: the prefixes its signalling comes from, where its media may be,
+/// and its request and dialog limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Carrier {
     pub name: Spanned<EntryName>,
     pub sources: Spanned<Vec<Prefix>>,
+    /// Prefixes the carrier's SDP may name as its media addresses (default: `sources`). An
+    /// offer naming anything else gets 488 and opens nothing.
+    #[serde(default)]
+    pub media: Option<Spanned<Vec<Prefix>>>,
+    /// The carrier sends its media from this pool rather than from the address its SDP
+    /// names: pinholes toward the private side admit these prefixes as sources. Absent:
+    /// only the signalled address may send.
+    #[serde(default)]
+    pub media_sources: Option<Spanned<Vec<Prefix>>>,
+    /// Requests per second from one of its source addresses (default 10 × `max_cps`, or
+    /// 5000 without it). Over it requests are dropped; a carrier is never blocked.
+    #[serde(default)]
+    pub max_requests_per_sec: Option<Spanned<u32>>,
+    /// Concurrent calls from one of its source addresses (default `max_calls`, or none);
+    /// past it new calls get 503 with Retry-After.
+    #[serde(default)]
+    pub max_dialogs: Option<Spanned<u32>>,
 }
+
+impl Carrier {
+    /// Where its SDP may put media.
+    pub fn media_prefixes(&self) -> &[Prefix] {
+        match &self.media {
+            Some(m) => m.get_ref(),
+            None => self.sources.get_ref(),
+        }
+    }
+    /// The pool its media comes from, if it has one.
+    pub fn media_pool(&self) -> &[Prefix] {
+        self.media_sources.as_ref().map_or(&[], |m| m.get_ref())
+    }
+}
+
+/// `[sip.media]`: what a media pinhole may open on the private side, and which ports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipMedia {
+    /// Prefixes the destinations' SDP may name as media addresses (default: exactly the
+    /// destinations' addresses).
+    #[serde(default)]
+    pub private: Option<Spanned<Vec<Prefix>>>,
+    /// RTP/RTCP ports a pinhole may open, on both sides (default 1024-65535).
+    #[serde(default)]
+    pub rtp_ports: Option<Spanned<PortRange>>,
+}
+
+/// Default of `[sip.media] rtp_ports`: no well-known port is ever a pinhole.
+pub const DEFAULT_RTP_PORTS: PortRange = PortRange {
+    lo: 1024,
+    hi: 65535,
+};
 
 /// One route: tracking numbers, the campaign they feed and where calls go.
 #[derive(Debug, Clone, Deserialize)]
@@ -474,6 +538,26 @@ impl Sip {
     pub fn max_call_secs(&self) -> u32 {
         self.max_call_secs.as_ref().map_or(14_400, |v| *v.get_ref())
     }
+    /// `[sip.media] rtp_ports` or its default.
+    pub fn rtp_ports(&self) -> PortRange {
+        self.media
+            .rtp_ports
+            .as_ref()
+            .map_or(DEFAULT_RTP_PORTS, |p| *p.get_ref())
+    }
+    /// Where the destinations' SDP may put media: `[sip.media] private`, or the
+    /// destinations' own addresses.
+    pub fn private_media(&self) -> Vec<ipnet::IpNet> {
+        match &self.media.private {
+            Some(p) => p.get_ref().iter().map(|p| p.net()).collect(),
+            None => self
+                .routes
+                .iter()
+                .flat_map(|r| r.destinations.get_ref())
+                .map(|d| ipnet::IpNet::from(d.uri.get_ref().addr.ip()))
+                .collect(),
+        }
+    }
     /// The listen addresses.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen.iter().map(|l| *l.get_ref()).collect()
@@ -488,7 +572,14 @@ impl Sip {
             ("ring_timeout_secs", &self.ring_timeout_secs),
             ("max_call_secs", &self.max_call_secs),
             ("probe_interval_secs", &self.probe_interval_secs),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.carriers.iter().flat_map(|c| {
+            [
+                ("carrier.max_requests_per_sec", &c.max_requests_per_sec),
+                ("carrier.max_dialogs", &c.max_dialogs),
+            ]
+        })) {
             if let Some(c) = cap {
                 if *c.get_ref() == 0 {
                     errs.push(loc.error(
@@ -546,13 +637,43 @@ impl Sip {
                 ));
             }
             carrier_names.push(c.name.get_ref());
-            if c.sources.get_ref().is_empty() {
+            for (key, list) in [
+                ("sources", Some(&c.sources)),
+                ("media", c.media.as_ref()),
+                ("media_sources", c.media_sources.as_ref()),
+            ] {
+                if let Some(list) = list.filter(|l| l.get_ref().is_empty()) {
+                    errs.push(loc.error(
+                        Some(list.span()),
+                        ErrorKind::InvalidEntry,
+                        format!(
+                            "sip.carrier {}: {key} is empty: expected at least one prefix (omit it for the default)",
+                            c.name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(p) = self
+            .media
+            .private
+            .as_ref()
+            .filter(|p| p.get_ref().is_empty())
+        {
+            errs.push(loc.error(
+                Some(p.span()),
+                ErrorKind::InvalidEntry,
+                "sip.media.private is empty: expected at least one prefix (omit it for the destinations' addresses)".into(),
+            ));
+        }
+        if let Some(p) = &self.media.rtp_ports {
+            if p.get_ref().lo < 1024 {
                 errs.push(loc.error(
-                    Some(c.sources.span()),
-                    ErrorKind::InvalidEntry,
+                    Some(p.span()),
+                    ErrorKind::InvalidValue,
                     format!(
-                        "sip.carrier {}: sources is empty: expected at least one prefix",
-                        c.name.get_ref()
+                        "sip.media.rtp_ports {}: expected ports from 1024 up (a pinhole never opens a well-known port)",
+                        p.get_ref()
                     ),
                 ));
             }

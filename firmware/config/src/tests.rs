@@ -476,6 +476,77 @@ fn sip_carrier_errors_are_located() {
 }
 
 #[test]
+fn sip_media_and_carrier_limits_parse_with_defaults_and_located_errors() {
+    // Defaults: the carrier's media is its sources, the private side is the destinations,
+    // RTP ports from 1024.
+    let cfg = parse(SIP).unwrap_or_else(|e| panic!("{e}"));
+    let c = &cfg.sip.carriers[0];
+    assert_eq!(c.media_prefixes(), c.sources.get_ref().as_slice());
+    assert!(c.media_pool().is_empty());
+    assert_eq!(
+        cfg.sip.private_media(),
+        vec!["198.51.100.10/32".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(cfg.sip.rtp_ports(), crate::DEFAULT_RTP_PORTS);
+
+    let extra = SIP.replace(
+        "sources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
+        "sources = [\"203.0.113.10/32\"]\nmedia = [\"203.0.113.0/28\"]\nmedia_sources = [\"203.0.113.32/28\"]\nmax_requests_per_sec = 500\nmax_dialogs = 20",
+    ) + "\n[sip.media]\nprivate = [\"198.51.100.0/24\"]\nrtp_ports = \"10000-20000\"\n";
+    let cfg = parse(&extra).unwrap_or_else(|e| panic!("{e}"));
+    let c = &cfg.sip.carriers[0];
+    assert_eq!(c.media_prefixes()[0].to_string(), "203.0.113.0/28");
+    assert_eq!(c.media_pool()[0].to_string(), "203.0.113.32/28");
+    assert_eq!(c.max_dialogs.as_ref().map(|v| *v.get_ref()), Some(20));
+    assert_eq!(cfg.sip.rtp_ports().to_string(), "10000-20000");
+    assert_eq!(cfg.sip.private_media()[0].to_string(), "198.51.100.0/24");
+
+    for (bad, needle, kind) in [
+        (
+            "rtp_ports = \"161-2000\"",
+            "161-2000",
+            ErrorKind::InvalidValue,
+        ),
+        ("private = []", "private = []", ErrorKind::InvalidEntry),
+        ("rtp_ports = \"70000\"", "70000", ErrorKind::InvalidValue),
+        ("portz = 1", "portz", ErrorKind::UnknownField),
+    ] {
+        let extra = format!("{SIP}\n[sip.media]\n{bad}\n");
+        let e = one_error(&extra);
+        assert_eq!(e.kind, kind, "{bad}: {e}");
+        assert_eq!(e.line, line_of(&extra, needle), "{bad}: {e}");
+    }
+    for (bad, needle, kind) in [
+        ("media = []", "media = []", ErrorKind::InvalidEntry),
+        (
+            "media_sources = []",
+            "media_sources = []",
+            ErrorKind::InvalidEntry,
+        ),
+        (
+            "max_dialogs = 0",
+            "max_dialogs = 0",
+            ErrorKind::InvalidValue,
+        ),
+        (
+            "max_requests_per_sec = 0",
+            "max_requests_per_sec",
+            ErrorKind::InvalidValue,
+        ),
+        (
+            "media = [\"203.0.113.7/24\"]",
+            "203.0.113.7/24",
+            ErrorKind::InvalidValue,
+        ),
+    ] {
+        let extra = SIP.replace("name = \"c1\"", &format!("name = \"c1\"\n{bad}"));
+        let e = one_error(&extra);
+        assert_eq!(e.kind, kind, "{bad}: {e}");
+        assert_eq!(e.line, line_of(&extra, needle), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn sip_routes_without_domains_or_carriers_are_refused() {
     let extra = "\n[sip]\n\n[[sip.route]]\nnumbers = [\"+15550200000\"]\ncampaign = \"b\"\ndestinations = [{ uri = \"sip:198.51.100.10\" }]\n";
     let errs = parse(extra).unwrap_err();

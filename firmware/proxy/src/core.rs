@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callgate_config::Config;
-use callgate_router::guard::{self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter};
+use callgate_router::guard::{
+    self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter, SourceLimits,
+};
 use callgate_router::{normalize_number, Dest, Health, RouteTable, Selector};
 use callgate_sip::transaction::{
     Action, Event, Incoming, MessageRef, Millis, Outgoing, State as TxState, Table, TableError,
@@ -14,8 +16,11 @@ use callgate_sip::transaction::{
 };
 use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
 use callgate_store::{Cdr, Disposition, Pii};
+use ipnet::IpNet;
 
+use crate::media::{self, Media, MediaRules, Side};
 use crate::msgs;
+use crate::rng::Csprng;
 
 /// Keyed with a per-process random seed: keys (branches, Call-IDs) come from the network.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -42,6 +47,8 @@ pub struct Settings {
     pub flood: FloodConfig,
     /// OPTIONS probe period for destination health.
     pub probe_interval: Millis,
+    /// What media the config allows (pinholes are opened only within it).
+    pub media: MediaRules,
 }
 
 impl Settings {
@@ -50,12 +57,43 @@ impl Settings {
         let sip = &cfg.sip;
         let secs = |s: u32| Millis(u64::from(s) * 1000);
         let mut flood = FloodConfig::default();
-        // Carrier trunks are never put in the blocklist (their source can be spoofed over
-        // UDP); the core also exempts them from the per-source rate.
+        // Carrier trunks and destinations are rate-limited like everyone, with limits of
+        // their own (a trunk carries many calls), and never put in the blocklist (a UDP
+        // flooder can spoof their addresses to make us cut our own carrier off).
+        let max_cps = sip.max_cps.as_ref().map(|v| *v.get_ref());
+        let max_calls = sip.max_calls.as_ref().map(|v| *v.get_ref());
+        let trunk_rate = max_cps.map_or(5_000, |c| c.saturating_mul(10).max(1_000));
         for c in &sip.carriers {
-            flood
-                .never_block
-                .extend(c.sources.get_ref().iter().map(|p| p.net()));
+            let rate = c
+                .max_requests_per_sec
+                .as_ref()
+                .map_or(trunk_rate, |v| *v.get_ref());
+            let limits = SourceLimits {
+                rate_per_sec: rate,
+                burst: rate.saturating_mul(2),
+                max_dialogs: c
+                    .max_dialogs
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .or(max_calls)
+                    .unwrap_or(u32::MAX),
+            };
+            for n in c.sources.get_ref().iter().map(|p| p.net()) {
+                flood.never_block.push(n);
+                flood.limits.push((n, limits));
+            }
+        }
+        for d in sip.routes.iter().flat_map(|r| r.destinations.get_ref()) {
+            let n = IpNet::from(d.uri.get_ref().addr.ip().to_canonical());
+            flood.never_block.push(n);
+            flood.limits.push((
+                n,
+                SourceLimits {
+                    rate_per_sec: trunk_rate,
+                    burst: trunk_rate.saturating_mul(2),
+                    max_dialogs: 0,
+                },
+            ));
         }
         Settings {
             appliance: cfg.appliance.name.to_string(),
@@ -64,12 +102,13 @@ impl Settings {
             response_timeout: secs(sip.response_timeout_secs()),
             ring_timeout: secs(sip.ring_timeout_secs()),
             max_call: secs(sip.max_call_secs()),
-            max_cps: sip.max_cps.as_ref().map(|v| *v.get_ref()),
-            max_calls: sip.max_calls.as_ref().map(|v| *v.get_ref()),
+            max_cps,
+            max_calls,
             timers: Timers::default(),
             max_transactions: 200_000,
             flood,
             probe_interval: secs(sip.probe_interval_secs()),
+            media: MediaRules::from_config(cfg),
         }
     }
 }
@@ -99,10 +138,9 @@ struct TxInfo {
 enum Cancel {
     Caller,
     NoAnswer,
+    /// The callee's early media asked for what the config does not allow (488 upstream).
+    MediaRefused,
 }
-
-/// Media addresses (RTP, RTCP) of one party, exactly as many as it named.
-type Media = Box<[SocketAddr]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
@@ -162,6 +200,9 @@ struct Call {
     media: [Media; 2],
     /// Whether the callee has described its media (pinholes open from then on).
     media_open: bool,
+    /// The carrier's media pool, when it sends media from one (pinholes toward the callee
+    /// admit it as the source).
+    pool: Option<Arc<[IpNet]>>,
     /// An offer in a request (INVITE, re-INVITE) waiting for its answer: (callee?, addrs).
     offered: Option<(bool, Media)>,
     permit: Option<CallPermit>,
@@ -233,15 +274,14 @@ impl Deadlines {
 }
 
 impl Call {
-    /// The open pinholes: both parties' media once the callee has described its own.
-    fn pinholes(&self) -> Vec<SocketAddr> {
+    /// The open pinholes (source, destination): each party's media from the other's,
+    /// once the callee has described its own.
+    fn pinholes(&self) -> Vec<(IpNet, SocketAddr)> {
         if !self.media_open {
             return Vec::new();
         }
-        let mut v = self.media.concat();
-        v.sort();
-        v.dedup();
-        v
+        let [caller, callee] = &self.media;
+        media::pinholes(caller, callee, self.pool.as_deref())
     }
 }
 
@@ -340,7 +380,7 @@ pub struct Proxy {
     /// timeout runs. Calls that share an address (a gateway reusing a port) share the
     /// pinhole: it closes with the last of them, and its timeout is renewed when a new call
     /// would outlive it.
-    pinholes: Map<SocketAddr, (u32, Millis)>,
+    pinholes: Map<(IpNet, SocketAddr), (u32, Millis)>,
     /// Boxed: a slot per call stays small while the table grows by doubling.
     calls: Map<u64, Box<Call>>,
     by_call_id: Map<Box<str>, u64>,
@@ -356,7 +396,7 @@ pub struct Proxy {
     logs: LogLimiter<&'static str>,
     stats: Stats,
     next_seq: u64,
-    rng: u64,
+    rng: Csprng,
     next_probe: Millis,
     /// Health probes sent and not answered yet: a destination still here at the next round
     /// is marked down (its probe transaction is dropped).
@@ -366,6 +406,23 @@ pub struct Proxy {
 }
 
 const FAILOVER_CODES: fn(u16) -> bool = |c| c == 408 || (500..=599).contains(&c);
+
+/// CSeq numbers from 2^31 up are refused (RFC 3261 §8.1.1.5).
+const MAX_CSEQ: u32 = 1 << 31;
+
+/// A Warning header (RFC 3261 §20.43) naming us as the agent; `text` names no address.
+fn warning(local: SocketAddr, code: u16, text: &str) -> (&'static str, String) {
+    ("Warning", format!("{code} {} \"{text}\"", host_port(local)))
+}
+
+/// Whether a response (or an ACK) came from where its transaction's request went: the
+/// same transport, address and port, and for TCP the same connection when we know it.
+fn from_where_sent(sent: Peer, got: Peer) -> bool {
+    sent.transport == got.transport
+        && sent.addr.ip().to_canonical() == got.addr.ip().to_canonical()
+        && sent.addr.port() == got.addr.port()
+        && (sent.conn.is_none() || sent.conn == got.conn)
+}
 
 fn via_sent_by(v: &sip::Via<'_>) -> String {
     let mut s = v.host.to_string().to_ascii_lowercase();
@@ -440,7 +497,7 @@ impl Proxy {
             admission: None,
             stats: Stats::default(),
             next_seq: 1,
-            rng: now.unix_ms ^ 0x9e37_79b9_7f4a_7c15,
+            rng: Csprng::new(),
             next_probe: now.mono,
             health: Health::new(),
             probes_pending: Vec::new(),
@@ -484,6 +541,11 @@ impl Proxy {
             }
         };
         self.flood = FloodGuard::new(s.flood.clone());
+        // Calls in progress count against their source's dialog cap under the new limits.
+        for c in self.calls.values() {
+            self.flood
+                .carry_dialog(guard::Millis(now.mono.0), c.caller.addr.ip());
+        }
         self.s = s;
     }
 
@@ -536,7 +598,7 @@ impl Proxy {
     }
 
     fn rand(&mut self) -> u64 {
-        next_rand(&mut self.rng)
+        self.rng.next_u64()
     }
 
     fn branch(&mut self) -> String {
@@ -639,7 +701,7 @@ impl Proxy {
         };
         if msg.is_request() {
             self.stats.requests_in += 1;
-            if !self.trusted(peer.addr.ip()) && !self.flood_check(now, &msg, peer, out) {
+            if !self.flood_check(now, &msg, peer, out) {
                 return;
             }
         } else {
@@ -671,11 +733,13 @@ impl Proxy {
         if msg.is_request() {
             self.on_request(now, &msg, bytes, peer, local, out);
         } else {
-            self.on_response(now, &msg, out);
+            self.on_response(now, &msg, peer, out);
         }
     }
 
-    /// Per-source flood guard for untrusted sources; false: drop the message.
+    /// Per-source flood guard, for every source (carriers and destinations with limits of
+    /// their own, and never blocked); false: drop the message. The per-source dialog cap
+    /// is applied where a call is admitted ([`FloodGuard::open_dialog`]).
     fn flood_check(
         &mut self,
         now: Now,
@@ -684,30 +748,18 @@ impl Proxy {
         out: &mut Vec<Output>,
     ) -> bool {
         let ua = msg.single(HeaderName::UserAgent).ok().flatten();
-        let new_dialog =
-            msg.method() == Some("INVITE") && msg.to().ok().is_some_and(|t| t.tag().is_none());
         let scanner = ua.is_some_and(|u| self.flood.is_scanner(u));
         match self
             .flood
-            .check(guard::Millis(now.mono.0), peer.addr.ip(), ua, new_dialog)
+            .check(guard::Millis(now.mono.0), peer.addr.ip(), ua)
         {
-            guard::Verdict::Allow => {
-                if new_dialog {
-                    // The dialog count is only for admitted calls; untrusted sources never get one.
-                    self.flood.dialog_ended(peer.addr.ip());
-                }
-                true
-            }
+            guard::Verdict::Allow => true,
             guard::Verdict::Drop => {
                 if scanner {
                     self.stats.scanner_dropped += 1;
                 } else {
                     self.stats.flood_dropped += 1;
                 }
-                false
-            }
-            guard::Verdict::Reject503 => {
-                self.stats.flood_dropped += 1;
                 false
             }
             guard::Verdict::Block { ttl_secs } => {
@@ -768,6 +820,13 @@ impl Proxy {
             self.reply_stateless(msg, 400, &[], peer, local, out);
             return;
         };
+        // RFC 3261 §8.1.1.5: sequence numbers stay below 2^31, so ours (+1) never wrap.
+        if msg.cseq().is_ok_and(|c| c.seq >= MAX_CSEQ) {
+            self.stats.malformed_dropped += 1;
+            let extra = [warning(local, 399, "CSeq must be below 2^31")];
+            self.reply_stateless(msg, 400, &extra, peer, local, out);
+            return;
+        }
         let sent_by = via_sent_by(top);
         if method == "ACK" {
             self.on_ack(now, msg, branch, &sent_by, peer, out);
@@ -987,12 +1046,44 @@ impl Proxy {
             reject(self, 404, "", "unknown number", &[], out);
             return;
         };
+        // The offer: exact, and inside what the config allows this carrier's media to be
+        // (488 otherwise; nothing is relayed and no pinhole opens).
+        let (offer, pool) = {
+            let carrier = self.routes.carrier_of(src);
+            let offer = media::media_of(msg)
+                .and_then(|m| self.s.media.check(Side::Carrier(carrier), &m).map(|()| m));
+            (offer, carrier.and_then(|c| c.media_pool.clone()))
+        };
+        let offer = match offer {
+            Ok(m) => m,
+            Err(why) => {
+                self.stats.refused_media += 1;
+                let extra = [warning(local, 305, why)];
+                reject(self, 488, &entry.campaign, why, &extra, out);
+                return;
+            }
+        };
+        let retry_full = || ("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string());
+        if !self.flood.open_dialog(guard::Millis(now.mono.0), src) {
+            self.stats.calls_shed += 1;
+            let extra = [retry_full()];
+            reject(
+                self,
+                503,
+                &entry.campaign,
+                "source at its dialog cap",
+                &extra,
+                out,
+            );
+            return;
+        }
         let permit = match self
             .admission
             .as_mut()
             .map(|a| a.try_admit(guard::Millis(now.mono.0)))
         {
             Some(Err(shed)) => {
+                self.flood.dialog_ended(src);
                 self.stats.calls_shed += 1;
                 let extra = [("Retry-After", shed.retry_after_secs.to_string())];
                 reject(self, 503, &entry.campaign, "overload", &extra, out);
@@ -1020,9 +1111,9 @@ impl Proxy {
                 if let (Some(a), Some(p)) = (self.admission.as_mut(), permit) {
                     a.release(p);
                 }
+                self.flood.dialog_ended(src);
                 self.stats.calls_shed += 1;
-                let extra = [("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string())];
-                self.reply_stateless(msg, 503, &extra, peer, local, out);
+                self.reply_stateless(msg, 503, &[retry_full()], peer, local, out);
                 return;
             }
         }
@@ -1033,9 +1124,8 @@ impl Proxy {
         let dests = {
             let rng = &mut self.rng;
             self.selector
-                .select(&entry, &self.health, &mut || next_rand(rng))
+                .select(&entry, &self.health, &mut || rng.next_u64())
         };
-        let offer = media_of(msg);
         let seq = self.next_seq;
         self.next_seq += 1;
         let call = Call {
@@ -1070,6 +1160,7 @@ impl Proxy {
             deadlines: Deadlines::new(),
             media: [Media::default(), Media::default()],
             media_open: false,
+            pool,
             offered: Some((false, offer)),
             permit,
             dialog: None,
@@ -1116,7 +1207,7 @@ impl Proxy {
                 return;
             };
             if call.cancel.is_some() {
-                self.finish_unanswered(now, seq, 487, out);
+                self.finish_unanswered(now, seq, 487, &[], out);
                 return;
             }
             let Some(setup) = call.setup.as_deref() else {
@@ -1127,7 +1218,7 @@ impl Proxy {
                     Some(c) if c >= 300 => c,
                     _ => 408,
                 };
-                self.finish_unanswered(now, seq, code, out);
+                self.finish_unanswered(now, seq, code, &[], out);
                 return;
             };
             if setup.attempt > 0 {
@@ -1189,7 +1280,7 @@ impl Proxy {
             if self.start_client(now, ckey, Owner::Call(seq), peer, local, bytes, out) {
                 self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
             } else {
-                self.finish_unanswered(now, seq, 503, out);
+                self.finish_unanswered(now, seq, 503, &[], out);
             }
             return;
         }
@@ -1255,6 +1346,14 @@ impl Proxy {
         if let Ok(key) = TransactionKey::server(branch, sent_by, "ACK") {
             if let Some(tx) = self.txs.get(&key) {
                 if tx.state() != TxState::Accepted {
+                    // Only the party that sent the INVITE acknowledges its final response.
+                    let sender = self.tx_info.get(&key).map(|i| i.peer);
+                    if sender.is_some_and(|s| {
+                        s.addr.ip().to_canonical() != peer.addr.ip().to_canonical()
+                    }) {
+                        self.stats.refused_wrong_party += 1;
+                        return;
+                    }
                     if let Ok(acts) =
                         self.txs
                             .handle(now.mono, &key, Event::Received(Incoming::Ack))
@@ -1316,8 +1415,14 @@ impl Proxy {
         peer: Peer,
         out: &mut Vec<Output>,
     ) {
-        let Ok((seq, from_caller)) = self.dialog_side(msg, peer) else {
-            return;
+        let (seq, from_caller) = match self.dialog_side(msg, peer) {
+            Ok(v) => v,
+            Err(code) => {
+                if code == 403 {
+                    self.stats.refused_wrong_party += 1;
+                }
+                return;
+            }
         };
         let Some(call) = self.calls.get(&seq) else {
             return;
@@ -1331,8 +1436,15 @@ impl Proxy {
         if let Some(b) = self.edit_in_dialog(msg, &via) {
             // Media of a late offer (offer in the 2xx, answer in the ACK).
             if !msg.body().is_empty() {
-                let side = media_of(msg);
-                self.update_media(now, seq, !from_caller, side, out);
+                match self.described_media(seq, msg, !from_caller) {
+                    Ok(side) => self.update_media(now, seq, !from_caller, side, out),
+                    Err(why) => {
+                        self.send(to, local, b.into(), out);
+                        self.media_refused(now, seq, why, out);
+                        self.bye_both_ways(now, seq, "media refused", out);
+                        return;
+                    }
+                }
             }
             self.send(to, local, b.into(), out);
         }
@@ -1350,11 +1462,28 @@ impl Proxy {
         let (seq, from_caller) = match self.dialog_side(msg, peer) {
             Ok(v) => v,
             Err(code) => {
+                if code == 403 {
+                    self.stats.refused_wrong_party += 1;
+                }
                 self.reply_stateful(now, msg, &key, Owner::Own, code, &[], peer, local, out);
                 return;
             }
         };
         let Some(method) = msg.method() else { return };
+        let offer = if method == "INVITE" && !msg.body().is_empty() {
+            match self.described_media(seq, msg, !from_caller) {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    // An offer the config does not allow: 488, not relayed, nothing opens.
+                    self.media_refused(now, seq, why, out);
+                    let extra = [warning(local, 305, why)];
+                    self.reply_stateful(now, msg, &key, Owner::Own, 488, &extra, peer, local, out);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
@@ -1428,9 +1557,8 @@ impl Proxy {
         );
         self.relay_requests
             .insert(rid, Payload::from(msg.serialize()));
-        if method == "INVITE" && !msg.body().is_empty() {
+        if let Some(offer) = offer {
             // An offer: applied when its answer comes.
-            let offer = media_of(msg);
             if let Some(c) = self.calls.get_mut(&seq) {
                 c.offered = Some((!from_caller, offer));
             }
@@ -1454,7 +1582,7 @@ impl Proxy {
                 if let Some(c) = self.calls.get_mut(&seq) {
                     c.cancel = Some(Cancel::Caller);
                 }
-                self.finish_unanswered(now, seq, 487, out);
+                self.finish_unanswered(now, seq, 487, &[], out);
             }
         }
     }
@@ -1484,6 +1612,18 @@ impl Proxy {
             self.reply_stateful(now, msg, &key, Owner::Own, 481, &[], peer, local, out);
             return;
         };
+        // Only the party that sent the INVITE may cancel it.
+        let caller = self
+            .calls
+            .get(&seq)
+            .map(|c| c.caller.addr.ip().to_canonical());
+        if caller != Some(peer.addr.ip().to_canonical()) {
+            self.stats.refused_wrong_party += 1;
+            let line = format!("refused a CANCEL from {}: not the caller (403)", peer.addr);
+            self.log(now, "wrong-party", log::Level::Info, line, out);
+            self.reply_stateful(now, msg, &key, Owner::Own, 403, &[], peer, local, out);
+            return;
+        }
         self.reply_stateful(now, msg, &key, Owner::Own, 200, &[], peer, local, out);
         self.cancel_call(now, seq, Cancel::Caller, out);
     }
@@ -1500,9 +1640,18 @@ impl Proxy {
         if call.setup.as_ref().is_some_and(|s| s.got_provisional) {
             self.send_cancel(now, seq, out);
         }
-        if why == Cancel::NoAnswer {
-            // Answer the caller now; the callee's 487 is absorbed when it comes.
-            self.finish_unanswered(now, seq, 480, out);
+        // Answer the caller now; the callee's 487 is absorbed when it comes.
+        match why {
+            Cancel::NoAnswer => self.finish_unanswered(now, seq, 480, &[], out),
+            Cancel::MediaRefused => {
+                let local = self.calls.get(&seq).map(|c| c.caller_local);
+                let extra: Vec<_> = local
+                    .map(|l| warning(l, 305, "early media not allowed"))
+                    .into_iter()
+                    .collect();
+                self.finish_unanswered(now, seq, 488, &extra, out);
+            }
+            Cancel::Caller => {}
         }
     }
 
@@ -1562,7 +1711,7 @@ impl Proxy {
 
     // --------------------------------------------------------------- responses
 
-    fn on_response(&mut self, now: Now, msg: &Message<'_>, out: &mut Vec<Output>) {
+    fn on_response(&mut self, now: Now, msg: &Message<'_>, peer: Peer, out: &mut Vec<Output>) {
         let (Ok(via), Ok(cseq), Some(code)) = (msg.top_via(), msg.cseq(), msg.status()) else {
             self.stats.malformed_dropped += 1;
             return;
@@ -1578,24 +1727,42 @@ impl Proxy {
         let Some(info) = self.tx_info.get(&key).copied() else {
             if (200..300).contains(&code) && self.accepted.contains(&key) {
                 // The INVITE transaction of an answered call (Accepted, RFC 6026): a
-                // retransmitted 2xx goes upstream statelessly while the call lasts.
-                let caller = msg
+                // retransmitted 2xx from the callee goes upstream statelessly while the
+                // call lasts.
+                let call = msg
                     .call_id()
                     .ok()
                     .and_then(|id| self.by_call_id.get(id))
                     .and_then(|seq| self.calls.get(seq))
-                    .map(|c| (c.caller, c.caller_local));
-                if let (Some((peer, local)), Some(b)) = (caller, strip_via(msg)) {
-                    self.send(peer, local, b.into(), out);
+                    .map(|c| (c.callee, c.caller, c.caller_local));
+                let Some((callee, caller, local)) = call else {
+                    return;
+                };
+                if !from_where_sent(callee, peer) {
+                    self.wrong_source(now, peer, out);
+                    return;
+                }
+                if let Some(b) = strip_via(msg) {
+                    self.send(caller, local, b.into(), out);
                 }
                 return;
             }
             self.stats.stray_responses += 1;
             if (200..300).contains(&code) && cseq.method == "INVITE" {
-                self.release_late_answer(now, msg, out);
+                match self.abandoned.get(branch).map(|a| a.peer) {
+                    Some(sent) if from_where_sent(sent, peer) => {
+                        self.release_late_answer(now, msg, out)
+                    }
+                    Some(_) => self.wrong_source(now, peer, out),
+                    None => {}
+                }
             }
             return;
         };
+        if !from_where_sent(info.peer, peer) {
+            self.wrong_source(now, peer, out);
+            return;
+        }
         let Some(incoming) = Incoming::response(code) else {
             return;
         };
@@ -1648,6 +1815,43 @@ impl Proxy {
         }
     }
 
+    /// The media one party of call `seq` describes in `msg` (`callee`: which party), checked
+    /// against what the config allows that side; the reason when it is refused.
+    fn described_media(
+        &self,
+        seq: u64,
+        msg: &Message<'_>,
+        callee: bool,
+    ) -> Result<Media, &'static str> {
+        let m = media::media_of(msg)?;
+        let side = if callee {
+            Side::Private
+        } else {
+            let caller = self.calls.get(&seq).map(|c| c.caller.addr.ip());
+            Side::Carrier(caller.and_then(|ip| self.routes.carrier_of(ip)))
+        };
+        self.s.media.check(side, &m)?;
+        Ok(m)
+    }
+
+    /// Counts and logs a media description the config does not allow.
+    fn media_refused(&mut self, now: Now, seq: u64, why: &str, out: &mut Vec<Output>) {
+        self.stats.refused_media += 1;
+        let line = format!("call {seq}: media refused ({why})");
+        self.log(now, "media-refused", log::Level::Warn, line, out);
+    }
+
+    /// A response that matches a transaction but not where its request went: counted
+    /// and dropped (forged responses would tear calls down or open pinholes).
+    fn wrong_source(&mut self, now: Now, peer: Peer, out: &mut Vec<Output>) {
+        self.stats.responses_wrong_source += 1;
+        let line = format!(
+            "dropped a response from {}: its request went elsewhere",
+            peer.addr
+        );
+        self.log(now, "wrong-source", log::Level::Warn, line, out);
+    }
+
     fn call_response(
         &mut self,
         now: Now,
@@ -1696,8 +1900,16 @@ impl Proxy {
                 call.state = CallState::Ringing;
             }
             if !msg.body().is_empty() {
-                let answer = media_of(msg);
-                self.update_media(now, seq, true, answer, out);
+                match self.described_media(seq, msg, true) {
+                    Ok(answer) => self.update_media(now, seq, true, answer, out),
+                    Err(why) => {
+                        // Early media the config does not allow: the call ends, nothing
+                        // opens, the caller gets 488.
+                        self.media_refused(now, seq, why, out);
+                        self.cancel_call(now, seq, Cancel::MediaRefused, out);
+                        return;
+                    }
+                }
             }
             self.forward_upstream(now, seq, msg, code, out);
             return;
@@ -1719,8 +1931,8 @@ impl Proxy {
             self.try_next(now, seq, out);
             return;
         }
-        if call.cancel == Some(Cancel::NoAnswer) {
-            return; // already answered 480 upstream
+        if matches!(call.cancel, Some(Cancel::NoAnswer | Cancel::MediaRefused)) {
+            return; // already answered upstream (480, 488)
         }
         self.forward_upstream(now, seq, msg, code, out);
         self.end_unanswered(now, seq, code, out);
@@ -1757,8 +1969,14 @@ impl Proxy {
     }
 
     fn answered(&mut self, now: Now, seq: u64, msg: &Message<'_>, out: &mut Vec<Output>) {
+        let answer = match self.described_media(seq, msg, true) {
+            Ok(a) => a,
+            Err(why) => {
+                self.refuse_answer(now, seq, msg, why, out);
+                return;
+            }
+        };
         self.stats.calls_answered += 1;
-        let answer = media_of(msg);
         self.update_media(now, seq, true, answer, out);
         self.forward_upstream(now, seq, msg, 200, out);
         let max_call = self.s.max_call;
@@ -1809,6 +2027,30 @@ impl Proxy {
         }
     }
 
+    /// A 2xx whose media the config does not allow: it never reaches the caller, the callee
+    /// gets ACK and BYE, the caller 488, and nothing opens.
+    fn refuse_answer(
+        &mut self,
+        now: Now,
+        seq: u64,
+        msg: &Message<'_>,
+        why: &'static str,
+        out: &mut Vec<Output>,
+    ) {
+        self.media_refused(now, seq, why, out);
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let local = call.caller_local;
+        // Retransmissions of this 2xx then come in as strays and are ACKed.
+        if let Some(k) = call.client_key.clone() {
+            self.txs.remove(&k);
+            self.tx_info.remove(&k);
+        }
+        self.finish_unanswered(now, seq, 488, &[warning(local, 305, why)], out);
+        self.release_late_answer(now, msg, out);
+    }
+
     fn relay_response(
         &mut self,
         now: Now,
@@ -1823,11 +2065,23 @@ impl Proxy {
         let key = relay.server_key.clone();
         let (call, is_invite) = (relay.call, &*relay.method == "INVITE");
         let callee_answers = relay.from_caller;
-        if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
-            let answer = media_of(msg);
-            self.update_media(now, call, callee_answers, answer, out);
-        }
+        let refused = if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
+            match self.described_media(call, msg, callee_answers) {
+                Ok(answer) => {
+                    self.update_media(now, call, callee_answers, answer, out);
+                    None
+                }
+                Err(why) => Some(why),
+            }
+        } else {
+            None
+        };
         self.respond_stripped(now, &key, msg, code, out);
+        if let Some(why) = refused {
+            // A re-INVITE answered with media the config does not allow: the call ends.
+            self.media_refused(now, call, why, out);
+            self.bye_both_ways(now, call, "media refused", out);
+        }
     }
 
     /// Records the media one party described in a response or an ACK (`callee`: which
@@ -1871,9 +2125,9 @@ impl Proxy {
         }
     }
 
-    /// A call starts using the media address `a`: opens its pinhole, or renews the shared
-    /// one when the call could outlive its timeout.
-    fn pinhole_open(&mut self, now: Now, a: SocketAddr, out: &mut Vec<Output>) {
+    /// A call starts using the pinhole `a` (source, destination): opens it, or renews the
+    /// shared one when the call could outlive its timeout.
+    fn pinhole_open(&mut self, now: Now, a: (IpNet, SocketAddr), out: &mut Vec<Output>) {
         // The call may last max_call; the pinhole a minute longer.
         let ttl = Millis(self.s.max_call.0 + 60_000);
         let need = now.mono + self.s.max_call;
@@ -1884,7 +2138,8 @@ impl Proxy {
             e.1 = until;
             out.push(Output::Pinhole {
                 open: true,
-                addr: a,
+                src: a.0,
+                dst: a.1,
                 ttl: Duration::from_millis(ttl.0),
             });
             self.stats.pinholes_opened += 1;
@@ -1892,7 +2147,7 @@ impl Proxy {
     }
 
     /// A call stops using `a`: the pinhole closes with the last call that used it.
-    fn pinhole_close(&mut self, a: SocketAddr, out: &mut Vec<Output>) {
+    fn pinhole_close(&mut self, a: (IpNet, SocketAddr), out: &mut Vec<Output>) {
         let Some(e) = self.pinholes.get_mut(&a) else {
             return;
         };
@@ -1901,7 +2156,8 @@ impl Proxy {
             self.pinholes.remove(&a);
             out.push(Output::Pinhole {
                 open: false,
-                addr: a,
+                src: a.0,
+                dst: a.1,
                 ttl: Duration::ZERO,
             });
             self.stats.pinholes_closed += 1;
@@ -1938,8 +2194,16 @@ impl Proxy {
         })
     }
 
-    /// Answers the caller with `code` (we generate it) and ends the unanswered call.
-    fn finish_unanswered(&mut self, now: Now, seq: u64, code: u16, out: &mut Vec<Output>) {
+    /// Answers the caller with `code` (we generate it, with `extra` headers) and ends the
+    /// unanswered call.
+    fn finish_unanswered(
+        &mut self,
+        now: Now,
+        seq: u64,
+        code: u16,
+        extra: &[(&'static str, String)],
+        out: &mut Vec<Output>,
+    ) {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
@@ -1947,7 +2211,7 @@ impl Proxy {
         if let Some(inv) = call.setup.as_ref().map(|s| s.invite.clone()) {
             if let Ok(req) = sip::parse(&inv) {
                 let tag = format!("cg{:x}", self.rand());
-                if let Some(b) = msgs::response(&req, code, Some(&tag), &[]) {
+                if let Some(b) = msgs::response(&req, code, Some(&tag), extra) {
                     self.respond(now, &key, code, b.into(), out);
                 }
             }
@@ -1962,6 +2226,7 @@ impl Proxy {
         let disposition = match call.cancel {
             Some(Cancel::Caller) => Disposition::Cancelled,
             Some(Cancel::NoAnswer) => Disposition::NoAnswer,
+            Some(Cancel::MediaRefused) => Disposition::Failed,
             None => disposition_for(code),
         };
         match disposition {
@@ -2085,6 +2350,7 @@ impl Proxy {
         if let (Some(a), Some(p)) = (self.admission.as_mut(), call.permit) {
             a.release(p);
         }
+        self.flood.dialog_ended(call.caller.addr.ip());
     }
 
     // ------------------------------------------------------------------ timers
@@ -2148,15 +2414,22 @@ impl Proxy {
                 self.cancel_call(now, seq, Cancel::NoAnswer, out);
             }
             TimerKind::MaxCall => self.max_call_reached(now, seq, out),
-            TimerKind::CancelGuard => self.finish_unanswered(now, seq, 487, out),
+            TimerKind::CancelGuard => self.finish_unanswered(now, seq, 487, &[], out),
         }
     }
 
     fn max_call_reached(&mut self, now: Now, seq: u64, out: &mut Vec<Output>) {
+        let line = format!("call {seq}: maximum call length reached, sending BYE both ways");
+        self.log(now, "max-call", log::Level::Warn, line, out);
+        self.bye_both_ways(now, seq, "maximum call length", out);
+    }
+
+    /// Ends an answered call from here: BYE to both parties (`reason` in its Reason
+    /// header), pinholes closed, the final record.
+    fn bye_both_ways(&mut self, now: Now, seq: u64, reason: &str, out: &mut Vec<Output>) {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
-        let line = format!("call {seq}: maximum call length reached, sending BYE both ways");
         let dialog = call.dialog.clone();
         let (caller, caller_local, callee, callee_local) = (
             call.caller,
@@ -2165,7 +2438,6 @@ impl Proxy {
             call.callee_local,
         );
         let call_id = call.call_id.to_string();
-        self.log(now, "max-call", log::Level::Warn, line, out);
         if let Some(d) = dialog {
             for (to_caller, peer, local) in
                 [(true, caller, caller_local), (false, callee, callee_local)]
@@ -2188,13 +2460,14 @@ impl Proxy {
                     from: if to_caller { to } else { from },
                     to: if to_caller { from } else { to },
                     call_id: &call_id,
+                    // Below 2^31 (requests with more are refused), so never wraps.
                     cseq: if to_caller {
-                        d.callee_cseq + 1
+                        d.callee_cseq.saturating_add(1)
                     } else {
-                        d.caller_cseq + 1
+                        d.caller_cseq.saturating_add(1)
                     },
                 };
-                let bytes = msgs::bye(&spec, "maximum call length");
+                let bytes = msgs::bye(&spec, reason);
                 if let Ok(key) = TransactionKey::client(&branch, "BYE") {
                     self.start_client(now, key, Owner::Own, peer, local, bytes.into(), out);
                 }
@@ -2344,16 +2617,6 @@ impl Proxy {
     }
 }
 
-/// xorshift64*: branch ids, tags and weighted draws, not secrets.
-fn next_rand(state: &mut u64) -> u64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 fn probe_uri(peer: Peer) -> callgate_config::SipUri {
     callgate_config::SipUri {
         addr: peer.addr,
@@ -2369,35 +2632,6 @@ fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
     let mut m = msg.clone();
     m.remove_top_via().ok()?;
     Some(m.serialize())
-}
-
-/// The RTP/RTCP addresses of an SDP body (empty when there is none or it does not parse).
-fn media_of(msg: &Message<'_>) -> Media {
-    let body = msg.body();
-    if body.is_empty() {
-        return Media::default();
-    }
-    let is_sdp = msg.content_type().ok().flatten().is_none_or(|ct| {
-        ct.trim()
-            .to_ascii_lowercase()
-            .starts_with("application/sdp")
-    });
-    if !is_sdp {
-        return Media::default();
-    }
-    match sip::sdp::parse(body) {
-        Ok(sdp) => {
-            let mut v = Vec::new();
-            for f in sdp.media_flows() {
-                v.push(f.rtp);
-                if f.rtcp != f.rtp {
-                    v.push(f.rtcp);
-                }
-            }
-            v.into_boxed_slice()
-        }
-        Err(_) => Media::default(),
-    }
 }
 
 /// What our own BYEs need, from the INVITE as received and the 2xx.

@@ -38,9 +38,11 @@ use crate::{
 /// What the proxy asks of the rest of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// See [`Output::Pinhole`].
     Pinhole {
         open: bool,
-        addr: SocketAddr,
+        src: ipnet::IpNet,
+        dst: SocketAddr,
         ttl: Duration,
     },
     Block {
@@ -135,6 +137,47 @@ fn local_for(cfg: &Config) -> HashMap<IpAddr, IpAddr> {
     m
 }
 
+/// The core's settings for `cfg`, with our local address toward each destination and
+/// every address of this namespace's interfaces (media may never point at the appliance).
+fn settings(cfg: &Config) -> Settings {
+    let mut s = Settings::from_config(cfg, local_for(cfg));
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => {
+            for a in addrs {
+                let ip = a.address.as_ref().and_then(|sa| {
+                    sa.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                });
+                if let Some(ip) = ip {
+                    if !s.media.own.contains(&ip) {
+                        s.media.own.push(ip);
+                    }
+                }
+            }
+        }
+        Err(e) => log::warn!("sip: cannot list the interfaces' addresses: {e}"),
+    }
+    s
+}
+
+/// Debug builds only (compiled out of release builds): with `CALLGATE_FAULT_SIP_PANIC`
+/// set in the daemon's environment the sip thread panics at its first message, so a
+/// system test can show that a panic on the SIP path ends the daemon.
+#[cfg(debug_assertions)]
+fn fault_injection() {
+    if fault_armed() {
+        panic!("fault injection: CALLGATE_FAULT_SIP_PANIC is set");
+    }
+}
+
+/// Whether `CALLGATE_FAULT_SIP_PANIC` is set: read once, when the proxy starts.
+#[cfg(debug_assertions)]
+fn fault_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var_os("CALLGATE_FAULT_SIP_PANIC").is_some())
+}
+
 /// Monotonic and wall-clock time now.
 fn now(start: Instant) -> Now {
     Now {
@@ -176,6 +219,10 @@ pub fn spawn(
     cfg: Arc<Config>,
     effects: mpsc::UnboundedSender<Effect>,
 ) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
+    #[cfg(debug_assertions)]
+    if fault_armed() {
+        log::warn!("sip: CALLGATE_FAULT_SIP_PANIC is set: the first message panics");
+    }
     let listen = cfg.sip.listen_addrs();
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
@@ -224,8 +271,7 @@ async fn run(
     effects: mpsc::UnboundedSender<Effect>,
 ) {
     let start = Instant::now();
-    let settings = Settings::from_config(&cfg, local_for(&cfg));
-    let core = Proxy::new(settings, &cfg, now(start));
+    let core = Proxy::new(settings(&cfg), &cfg, now(start));
     let mut sockets = Vec::new();
     for (a, s) in udp {
         match UdpSocket::from_std(s) {
@@ -268,9 +314,8 @@ async fn run(
                 let _ = reply.send(sh.core.borrow().stats());
             }
             Command::Reconfigure(cfg) => {
-                let settings = Settings::from_config(&cfg, local_for(&cfg));
                 let n = now(sh.start);
-                sh.core.borrow_mut().reconfigure(settings, &cfg, n);
+                sh.core.borrow_mut().reconfigure(settings(&cfg), &cfg, n);
                 sh.timer.notify_one();
             }
         }
@@ -279,6 +324,8 @@ async fn run(
 
 /// Feeds one message to the core and carries out what it says.
 fn feed(sh: &Rc<Shared>, bytes: &[u8], peer: Peer, local: SocketAddr) {
+    #[cfg(debug_assertions)]
+    fault_injection();
     // One output buffer for every message (no allocation per datagram).
     let mut out = sh.out.take();
     out.clear();
@@ -309,7 +356,17 @@ fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
                 log::log!(level, "sip: {line}");
                 continue;
             }
-            Output::Pinhole { open, addr, ttl } => Effect::Pinhole { open, addr, ttl },
+            Output::Pinhole {
+                open,
+                src,
+                dst,
+                ttl,
+            } => Effect::Pinhole {
+                open,
+                src,
+                dst,
+                ttl,
+            },
             Output::Block { ip, ttl } => Effect::Block { ip, ttl },
             Output::Record { seq, cdr, ended } => Effect::Record { seq, cdr, ended },
         };

@@ -19,15 +19,20 @@
 //!
 //! ## The call path (RFC 3261 §16 as this proxy applies it)
 //!
-//! 1. [`callgate_sip::check`]: syntax and §16.3 checks (400, 416, 420, 483, 505, 513).
-//! 2. Flood guard for sources that are neither carriers nor destinations: token bucket,
-//!    scanner User-Agents, dialog cap; repeat offenders become [`Output::Block`].
+//! 1. Flood guard for every source: a token bucket per address (carriers and destinations
+//!    have limits of their own and are never blocked), scanner User-Agents dropped from
+//!    anyone; repeat offenders become [`Output::Block`].
+//! 2. [`callgate_sip::check`]: syntax and §16.3 checks (400, 416, 420, 483, 505, 513); a
+//!    CSeq of 2^31 or more gets 400 (RFC 3261 §8.1.1.5), so our own CSeqs never wrap.
 //! 3. Loop detection: a request already carrying one of our Vias gets 482.
 //! 4. Retransmissions are absorbed by their server transaction; CANCEL is matched to its
-//!    INVITE (481 when none); requests with a To tag are in-dialog (below).
+//!    INVITE (481 when none) and accepted only from the INVITE's sender (403 otherwise);
+//!    requests with a To tag are in-dialog (below).
 //! 5. A new INVITE: non-carrier source 403, foreign Request-URI host 403, a Route header
-//!    naming anything but us 403, a Call-ID already in use 482, an unknown number 404,
-//!    past the CPS or concurrent-call cap 503 with Retry-After. Then 100 Trying, and the
+//!    naming anything but us 403, a Call-ID already in use 482, an unknown number 404, an
+//!    offer that is malformed or asks for media the config does not allow 488 with a
+//!    Warning ([`MediaRules`]), past the source's dialog cap or the CPS or concurrent-call
+//!    cap 503 with Retry-After. Then 100 Trying, and the
 //!    INVITE goes to the route's destinations in strategy order; 408, 5xx, a transport
 //!    error or silence for `response_timeout_secs` moves to the next one. Ringing longer
 //!    than `ring_timeout_secs` is cancelled and answered 480 (no-answer).
@@ -35,9 +40,16 @@
 //!    requests come back through us. In-dialog requests are accepted only from the two
 //!    parties of a known dialog (by tags and source address; 481 / 403 otherwise) and go to
 //!    the other party's address, never to a host named in the message: not an open relay.
-//! 7. Media: when an answer arrives (18x or 2xx with SDP, re-INVITEs too), pinholes open for
-//!    the RTP and RTCP addresses of offer and answer, with a timeout of the maximum call
-//!    length; they close at BYE, CANCEL, failure or the maximum length.
+//! 7. Responses are taken only from where their request went (transport, address, port,
+//!    and the TCP connection when known); others are counted and dropped.
+//! 8. Media: every description is checked against the config (`crate::media`): an offer
+//!    that fails gets 488 and is not relayed; an answer that fails ends the call (a 2xx is
+//!    ACKed and BYEd and the caller gets 488; early media is cancelled; a re-INVITE's or an
+//!    ACK's answer ends the dialog with BYE both ways). When an answer arrives (18x or 2xx
+//!    with SDP, re-INVITEs too), pinholes open for the RTP and RTCP of offer and answer,
+//!    each from the other party's signalled address (or its carrier's media pool), with a
+//!    timeout of the maximum call length; they close at BYE, CANCEL, failure or the
+//!    maximum length.
 //!
 //! ## Records
 //! Each call produces exactly one final [`Output::Record`] (`ended: true`); an answered call
@@ -50,12 +62,17 @@
 //! - Transports UDP and TCP (TLS later). Requests without an RFC 3261 branch get 400.
 //! - No forking: destinations are tried one after the other.
 //! - The record of an answered call whose daemon died keeps `end_at: None`.
-//! - Carrier and destination sources skip the per-source rate limit (the global admission
-//!   cap covers them): a carrier trunk legitimately sends far more than one host.
+//! - Branches, tags and weighted draws come from the kernel's CSPRNG (`crate::rng`).
+//! - No latching: media that comes from somewhere other than the signalled address (NAT)
+//!   is dropped unless the carrier's `media_sources` pool covers it.
+//! - Media cannot cross address families (no media relay): a call between an IPv6 and an
+//!   IPv4 party gets no pinhole.
 
 mod core;
 pub mod driver;
+mod media;
 mod msgs;
+mod rng;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +82,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::core::{Proxy, Settings};
+pub use crate::media::MediaRules;
 pub use callgate_sip::transaction::Millis;
 use serde::Serialize;
 
@@ -117,10 +135,12 @@ pub enum Output {
         local: SocketAddr,
         bytes: Payload,
     },
-    /// Open (with `ttl`) or close the UDP media pinhole to `addr`.
+    /// Open (with `ttl`) or close the UDP media pinhole from `src` (the other party's
+    /// signalled address, or its carrier's media pool) to `dst`.
     Pinhole {
         open: bool,
-        addr: SocketAddr,
+        src: ipnet::IpNet,
+        dst: SocketAddr,
         ttl: Duration,
     },
     /// Put `ip` into the firewall blocklist for `ttl`.
@@ -173,6 +193,13 @@ pub struct Stats {
     pub retransmissions_absorbed: u64,
     pub malformed_dropped: u64,
     pub stray_responses: u64,
+    /// Responses matching a transaction but not from where its request went: dropped.
+    pub responses_wrong_source: u64,
+    /// CANCEL or in-dialog requests from someone other than the call's parties.
+    pub refused_wrong_party: u64,
+    /// Offers refused with 488 and calls ended for their media (malformed SDP, or
+    /// addresses or ports the config does not allow).
+    pub refused_media: u64,
     pub calls_offered: u64,
     pub calls_answered: u64,
     pub calls_failed: u64,

@@ -77,6 +77,8 @@ struct Opts {
     response_timeout: u32,
     ring_timeout: u32,
     max_call: u32,
+    /// Extra lines of the `[[sip.carrier]]` table.
+    carrier_extra: &'static str,
 }
 
 impl Default for Opts {
@@ -87,6 +89,7 @@ impl Default for Opts {
             response_timeout: 2,
             ring_timeout: 30,
             max_call: 3600,
+            carrier_extra: "",
         }
     }
 }
@@ -124,6 +127,7 @@ max_call_secs = {max_call}
 [[sip.carrier]]
 name = "lab-carrier"
 sources = ["203.0.113.10/32"]
+{carrier_extra}
 
 [[sip.route]]
 numbers = ["+15550100000-+15550100099"]
@@ -153,6 +157,7 @@ destinations = [
         rt = o.response_timeout,
         ring = o.ring_timeout,
         max_call = o.max_call,
+        carrier_extra = o.carrier_extra,
     )
 }
 
@@ -263,6 +268,16 @@ impl Sent {
     fn body(&self) -> Vec<u8> {
         self.msg().body().to_vec()
     }
+    /// A header the codec has no name for, from the raw text.
+    fn raw_header(&self, name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        text.split("\r\n").find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
 }
 
 /// What one call of the core produced.
@@ -348,7 +363,7 @@ impl Out {
         self.0
             .iter()
             .filter_map(|o| match o {
-                Output::Pinhole { open, addr, ttl } => Some((*open, *addr, *ttl)),
+                Output::Pinhole { open, dst, ttl, .. } => Some((*open, *dst, *ttl)),
                 _ => None,
             })
             .collect()
@@ -398,6 +413,8 @@ struct Invite {
     /// Extra header lines.
     extra: Vec<String>,
     rtp_port: u16,
+    /// A body of the test's own instead of the usual offer.
+    sdp: Option<String>,
 }
 
 impl Invite {
@@ -418,6 +435,7 @@ impl Invite {
             lower_vias: Vec::new(),
             extra: Vec::new(),
             rtp_port: 40000,
+            sdp: None,
         }
     }
 
@@ -440,7 +458,10 @@ impl Invite {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let body = sdp("203.0.113.10", self.rtp_port);
+        let body = self
+            .sdp
+            .clone()
+            .unwrap_or_else(|| sdp("203.0.113.10", self.rtp_port));
         let mut s = format!("INVITE {} SIP/2.0\r\nVia: {}\r\n", self.ruri, self.via());
         for v in &self.lower_vias {
             s.push_str(&format!("Via: {v}\r\n"));
@@ -2097,4 +2118,380 @@ fn answer_racing_the_ring_timeout_cancel_releases_the_callee() {
     // The answered callee must be released: ACK and BYE (RFC 3261 §15, §16.7 step 5 note).
     assert_eq!(out.requests_to(pbx1().addr, "ACK").len(), 1, "{out:#?}");
     assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1, "{out:#?}");
+}
+
+// ------------------------------------------------------------ attackers
+
+/// The offer of the issue's attack: media toward the PBX's SNMP port and RTCP toward the
+/// appliance's own heartbeat port.
+fn hostile_offer() -> String {
+    "v=0\r\no=- 1 1 IN IP4 198.51.100.10\r\ns=-\r\nc=IN IP4 198.51.100.10\r\nt=0 0\r\n\
+m=audio 161 RTP/AVP 0\r\na=rtcp:5405 IN IP4 192.0.2.1\r\n"
+        .to_owned()
+}
+
+#[test]
+fn a_hostile_or_malformed_offer_gets_488_and_opens_nothing() {
+    let many = format!(
+        "v=0\r\no=- 1 1 IN IP4 203.0.113.10\r\ns=-\r\nc=IN IP4 203.0.113.10\r\nt=0 0\r\n{}",
+        "m=audio 40000 RTP/AVP 0\r\n".repeat(1000)
+    );
+    for (i, body) in [
+        hostile_offer(),
+        sdp("999.1.1.1", 40000),
+        sdp("203.0.113.10", 161),
+        sdp("203.0.113.99", 40000),
+        "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 203.0.113.10\r\nt=0 0\r\nm=audio 70000 RTP/AVP 0\r\n".to_owned(),
+        many,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut lab = Lab::new();
+        let mut inv = Invite::new(&format!("hostile-{i}@x"));
+        inv.sdp = Some(body);
+        lab.at(1_000);
+        let out = lab.carrier_says(&inv.bytes());
+        let r = out.response_to(carrier().addr);
+        assert_eq!(r.status(), Some(488), "{i}: {out:#?}");
+        let w = r.raw_header("Warning").unwrap_or_default();
+        assert!(w.starts_with("305 203.0.113.1:5060 \""), "{i}: {w}");
+        assert!(out.requests_to(pbx1().addr, "INVITE").is_empty(), "{i}: relayed");
+        assert!(out.pinholes().is_empty(), "{i}");
+        let (_, c, ended) = out.record();
+        assert!(ended);
+        assert_eq!((c.disposition, c.final_code), (Disposition::Rejected, 488));
+        assert_eq!(lab.proxy.stats().refused_media, 1);
+        assert_eq!(lab.proxy.call_count(), 0);
+    }
+}
+
+#[test]
+fn a_hostile_answer_never_reaches_the_caller_and_the_callee_is_released() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("bad-answer@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    // The PBX answers with media on a port the config does not allow.
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(161)));
+    let up = out.response_to(carrier().addr);
+    assert_eq!(up.status(), Some(488), "{out:#?}");
+    assert_eq!(out.requests_to(pbx1().addr, "ACK").len(), 1, "{out:#?}");
+    assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1, "{out:#?}");
+    assert!(out.pinholes().is_empty());
+    let (_, c, ended) = out.record();
+    assert!(ended);
+    assert_eq!((c.disposition, c.final_code), (Disposition::Failed, 488));
+    assert_eq!(lab.proxy.stats().calls_answered, 0);
+    // Its retransmission is ACKed again, nothing more.
+    lab.at(1_600);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(161)));
+    assert_eq!(out.requests_to(pbx1().addr, "ACK").len(), 1, "{out:#?}");
+    assert!(out.requests_to(pbx1().addr, "BYE").is_empty());
+    assert!(out.sent_to(carrier().addr).is_empty());
+}
+
+#[test]
+fn hostile_early_media_cancels_the_call() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("bad-early@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(1_100);
+    // Early media naming an address outside the private media ranges.
+    let mut reply = String::from_utf8(pbx_reply(&fwd, 183, "p", Some(30000))).unwrap();
+    reply = reply.replace("c=IN IP4 198.51.100.10", "c=IN IP4 198.51.100.99");
+    let out = lab.pbx_says(pbx1(), reply.as_bytes());
+    assert_eq!(
+        out.response_to(carrier().addr).status(),
+        Some(488),
+        "{out:#?}"
+    );
+    assert_eq!(out.requests_to(pbx1().addr, "CANCEL").len(), 1, "{out:#?}");
+    assert!(out.pinholes().is_empty());
+    let (_, c, _) = out.record();
+    assert_eq!((c.disposition, c.final_code), (Disposition::Failed, 488));
+}
+
+#[test]
+fn a_hostile_reinvite_offer_gets_488_and_the_call_keeps_its_media() {
+    let mut lab = Lab::new();
+    let a = answer_call(&mut lab, Invite::new("bad-re@x"), carrier(), pbx1(), 1_000);
+    lab.at(10_000);
+    let out = lab.carrier_says(&a.dialog.request(
+        "INVITE",
+        "z9hG4bK-bad-re-1",
+        2,
+        Some(&hostile_offer()),
+    ));
+    assert_eq!(
+        out.response_to(carrier().addr).status(),
+        Some(488),
+        "{out:#?}"
+    );
+    assert!(out.requests_to(pbx1().addr, "INVITE").is_empty());
+    assert!(out.pinholes().is_empty());
+    assert_eq!(lab.proxy.call_count(), 1);
+    assert_eq!(
+        lab.proxy.active_calls()[0].pinholes,
+        4,
+        "the old media stays"
+    );
+}
+
+#[test]
+fn pinholes_admit_only_the_other_partys_signalled_address() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("bound@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)));
+    let got: BTreeSet<(String, SocketAddr)> = out
+        .0
+        .iter()
+        .filter_map(|o| match o {
+            Output::Pinhole {
+                open: true,
+                src,
+                dst,
+                ..
+            } => Some((src.to_string(), *dst)),
+            _ => None,
+        })
+        .collect();
+    let want: BTreeSet<(String, SocketAddr)> = [
+        ("198.51.100.10/32", "203.0.113.10:40000"),
+        ("198.51.100.10/32", "203.0.113.10:40001"),
+        ("203.0.113.10/32", "198.51.100.10:30000"),
+        ("203.0.113.10/32", "198.51.100.10:30001"),
+    ]
+    .into_iter()
+    .map(|(s, d)| (s.to_owned(), sa(d)))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_carrier_media_pool_is_the_source_toward_the_pbx() {
+    let mut lab = Lab::with(Opts {
+        carrier_extra: "media = [\"203.0.113.0/28\"]\nmedia_sources = [\"203.0.113.32/28\"]",
+        ..Opts::default()
+    });
+    let mut inv = Invite::new("pool@x");
+    inv.sdp = Some(sdp("203.0.113.12", 40000));
+    let a_fwd = {
+        lab.at(1_000);
+        let out = lab.carrier_says(&inv.bytes());
+        out.requests_to(pbx1().addr, "INVITE").pop().unwrap()
+    };
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&a_fwd, 200, "p", Some(30000)));
+    let srcs: BTreeSet<(String, u16)> = out
+        .0
+        .iter()
+        .filter_map(|o| match o {
+            Output::Pinhole {
+                open: true,
+                src,
+                dst,
+                ..
+            } => Some((src.to_string(), dst.port())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        srcs.contains(&("203.0.113.32/28".to_owned(), 30000)),
+        "{srcs:?}"
+    );
+    assert!(
+        srcs.contains(&("198.51.100.10/32".to_owned(), 40000)),
+        "{srcs:?}"
+    );
+    assert_eq!(srcs.len(), 4);
+}
+
+#[test]
+fn forged_responses_from_elsewhere_are_dropped_and_counted() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("forged@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    // An attacker who knows the branch forges 486 and 200 from another address, and from
+    // the PBX's address but another port.
+    lab.at(1_050);
+    for (from, code) in [
+        (udp("203.0.113.66:5060"), 486),
+        (udp("203.0.113.66:5060"), 200),
+        (udp("198.51.100.10:5099"), 486),
+        (tcp("198.51.100.10:5060", 9), 200),
+    ] {
+        let out = lab.recv(from, lan(), &pbx_reply(&fwd, code, "evil", Some(30000)));
+        assert!(out.sent_to(carrier().addr).is_empty(), "{code}: {out:#?}");
+        assert!(out.pinholes().is_empty());
+        assert!(out.records().is_empty());
+    }
+    assert_eq!(lab.proxy.stats().responses_wrong_source, 4);
+    assert_eq!(lab.proxy.call_count(), 1);
+    // The real answer still works.
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)));
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+}
+
+#[test]
+fn a_cancel_from_anyone_but_the_caller_is_refused() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("cancel-forged@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(1_100);
+    lab.pbx_says(pbx1(), &pbx_reply(&fwd, 180, "p", None));
+    lab.at(1_200);
+    let out = lab.recv(udp("203.0.113.66:5060"), wan(), &inv.cancel());
+    assert_eq!(out.response_to(sa("203.0.113.66:5060")).status(), Some(403));
+    assert!(out.requests_to(pbx1().addr, "CANCEL").is_empty());
+    assert_eq!(lab.proxy.call_count(), 1);
+    assert_eq!(lab.proxy.stats().refused_wrong_party, 1);
+}
+
+#[test]
+fn scanners_are_dropped_even_from_a_carrier() {
+    let mut lab = Lab::new();
+    let mut inv = Invite::new("scan@x");
+    inv.extra.push("User-Agent: friendly-scanner".to_owned());
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    assert!(out.sends().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.stats().scanner_dropped, 1);
+}
+
+#[test]
+fn the_per_source_dialog_cap_sheds_with_503_until_a_call_ends() {
+    let mut lab = Lab::with(Opts {
+        carrier_extra: "max_dialogs = 2",
+        ..Opts::default()
+    });
+    let a = answer_call(&mut lab, Invite::new("cap-a@x"), carrier(), pbx1(), 1_000);
+    answer_call(&mut lab, Invite::new("cap-b@x"), carrier(), pbx1(), 2_000);
+    lab.at(3_000);
+    let out = lab.carrier_says(&Invite::new("cap-c@x").bytes());
+    let r = out.response_to(carrier().addr);
+    assert_eq!(r.status(), Some(503));
+    assert!(r.single(HeaderName::RetryAfter).is_some());
+    assert_eq!(out.record().1.disposition, Disposition::Rejected);
+    // A call ends: the next one is admitted.
+    lab.at(4_000);
+    lab.carrier_says(&a.dialog.request("BYE", "z9hG4bK-cap-a-bye", 2, None));
+    lab.at(5_000);
+    let out = lab.carrier_says(&Invite::new("cap-d@x").bytes());
+    assert_eq!(out.requests_to(pbx1().addr, "INVITE").len(), 1, "{out:#?}");
+}
+
+#[test]
+fn a_carrier_flood_is_rate_limited_but_never_blocked() {
+    let mut lab = Lab::with(Opts {
+        carrier_extra: "max_requests_per_sec = 50",
+        ..Opts::default()
+    });
+    lab.at(1_000);
+    let mut forwarded = 0;
+    for i in 0..1000 {
+        let out = lab.carrier_says(&Invite::new(&format!("flood-{i}@x")).bytes());
+        assert!(!out.0.iter().any(|o| matches!(o, Output::Block { .. })));
+        forwarded += out.requests_to(pbx1().addr, "INVITE").len();
+    }
+    // Burst 2 x 50 at one instant.
+    assert_eq!(forwarded, 100);
+    assert_eq!(lab.proxy.stats().sources_blocked, 0);
+    assert_eq!(lab.proxy.stats().flood_dropped, 900);
+}
+
+#[test]
+fn cseq_at_the_top_of_the_range_gets_a_clean_400() {
+    let mut lab = Lab::new();
+    let mut inv = Invite::new("cseq-max@x");
+    inv.cseq = u32::MAX;
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.response_to(carrier().addr).status(), Some(400));
+    // In a dialog too, and the maximum-length BYE of a call with a high CSeq does not wrap.
+    let mut lab = Lab::with(Opts {
+        max_call: 60,
+        ..Opts::default()
+    });
+    let mut inv = Invite::new("cseq-high@x");
+    inv.cseq = (1 << 31) - 1;
+    let a = answer_call(&mut lab, inv, carrier(), pbx1(), 1_000);
+    lab.at(2_000);
+    let out = lab.carrier_says(&a.dialog.request("INFO", "z9hG4bK-hi", u32::MAX, None));
+    assert_eq!(out.response_to(carrier().addr).status(), Some(400));
+    lab.at(62_000);
+    let out = lab.tick();
+    let byes = out.requests_to(pbx1().addr, "BYE");
+    assert_eq!(byes.len(), 1, "{out:#?}");
+}
+
+/// xorshift64* one step back and forth: what an attacker who assumes the old generator
+/// would compute from one output.
+fn xorshift_predict(out: u64) -> u64 {
+    // Inverse of 0x2545_f491_4f6c_dd1d modulo 2^64.
+    let mut inv: u64 = 1;
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(0x2545_f491_4f6c_dd1d_u64.wrapping_mul(inv)));
+    }
+    let mut x = out.wrapping_mul(inv);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[test]
+fn branches_and_tags_cannot_be_predicted_from_earlier_ones() {
+    let mut lab = Lab::new();
+    // 10,000 requests that each get a tag (404) and branches of our own (probes, calls).
+    let mut values: Vec<u64> = Vec::new();
+    for i in 0..10_000u64 {
+        lab.at(1_000 + i);
+        let mut inv = Invite::new(&format!("rand-{i}@x"));
+        inv.to_user = "+15559999999".to_owned();
+        inv.ruri = "sip:+15559999999@203.0.113.1".to_owned();
+        let out = lab.carrier_says(&inv.bytes());
+        for s in out.sends() {
+            if let Some(t) = s.to_tag() {
+                if let Some(h) = t.strip_prefix("cg") {
+                    values.push(u64::from_str_radix(h, 16).unwrap());
+                }
+            }
+        }
+    }
+    assert_eq!(values.len(), 10_000);
+    // The attacker's first guess: the generator this proxy used to have.
+    let hits = values
+        .windows(2)
+        .filter(|w| xorshift_predict(w[0]) == w[1])
+        .count();
+    assert_eq!(hits, 0);
+    // A linear guess (constant step) and repeats.
+    let steps = values
+        .windows(3)
+        .filter(|w| w[1].wrapping_sub(w[0]) == w[2].wrapping_sub(w[1]))
+        .count();
+    assert_eq!(steps, 0);
+    let mut sorted = values.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), values.len());
+    // Each bit is set in about half of them (binomial, 10,000 draws: 6 sigma is 300).
+    for bit in 0..64 {
+        let ones = values.iter().filter(|v| *v >> bit & 1 == 1).count();
+        assert!((4_700..=5_300).contains(&ones), "bit {bit}: {ones}");
+    }
 }

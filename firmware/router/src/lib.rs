@@ -64,7 +64,12 @@ pub struct RouteEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarrierPeer {
     pub name: String,
+    /// Where its signalling comes from.
     pub sources: Vec<IpNet>,
+    /// Where its SDP may put media.
+    pub media: Vec<IpNet>,
+    /// The pool its media comes from, when not from the signalled address.
+    pub media_pool: Option<std::sync::Arc<[IpNet]>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +135,10 @@ impl RouteTable {
                 .map(|c| CarrierPeer {
                     name: c.name.get_ref().to_string(),
                     sources: c.sources.get_ref().iter().map(|p| p.net()).collect(),
+                    media: c.media_prefixes().iter().map(|p| p.net()).collect(),
+                    media_pool: Some(c.media_pool())
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p.iter().map(|p| p.net()).collect()),
                 })
                 .collect(),
             domains: sip.domains.iter().map(|d| d.get_ref().clone()).collect(),

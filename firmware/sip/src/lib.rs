@@ -73,7 +73,9 @@
 //! [`sdp::parse`] reads v/o/s/c/t/m/a lines; [`sdp::Sdp::media_flows`] gives, per
 //! active media line, the RTP and RTCP `SocketAddr`s a pinhole needs (media-level
 //! `c=` overrides session level; RTCP is `a=rtcp` or port+1, or the RTP port with
-//! `a=rtcp-mux`).
+//! `a=rtcp-mux`), or an error for anything a pinhole cannot be taken from exactly
+//! (an address that is not an IP literal of its type, multicast, port counts, a
+//! malformed `a=rtcp`).
 //!
 //! ## Current limitations
 //!

@@ -129,17 +129,20 @@ impl<'a> Media<'a> {
     }
 
     /// `a=rtcp:port [IN IP4 addr]`.
+    /// `None` when the attribute is absent or malformed (a port that is not a number, an
+    /// address part that is not `nettype addrtype address`, anything after it).
     pub fn rtcp(&self) -> Option<(u16, Option<Connection<'a>>)> {
         let v = self.attribute("rtcp")?.value?;
         let mut parts = v.split_ascii_whitespace();
         let port = parts.next()?.parse().ok()?;
-        let conn = match (parts.next(), parts.next(), parts.next()) {
-            (Some(n), Some(a), Some(addr)) => Some(Connection {
+        let conn = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (None, _, _, _) => None,
+            (Some(n), Some(a), Some(addr), None) => Some(Connection {
                 net_type: n,
                 addr_type: a,
                 address: addr,
             }),
-            _ => None,
+            _ => return None,
         };
         Some((port, conn))
     }
@@ -180,27 +183,52 @@ pub struct MediaFlow<'a> {
 }
 
 impl<'a> Sdp<'a> {
-    /// The RTP/RTCP endpoints per active media line. Lines with port 0, or
-    /// whose connection address is not an IP literal, are skipped.
-    pub fn media_flows(&self) -> Vec<MediaFlow<'a>> {
+    /// The RTP/RTCP endpoints per active media line, or why the description cannot be
+    /// carried (the proxy answers 488): what a media pinhole would open is taken only
+    /// from a description that says it exactly.
+    ///
+    /// - A line with port 0 is a disabled stream: no flow.
+    /// - A connection address of `0.0.0.0` or `::` (hold, RFC 3264 §8.4) gives no flow.
+    /// - Errors: an active line without a connection address, one that is not an IP
+    ///   literal of its `IP4`/`IP6` type (`999.1.1.1`), multicast, a port count other than
+    ///   1, a malformed `a=rtcp`, an RTP port of 65535 without `a=rtcp` or `a=rtcp-mux`
+    ///   (its RTCP port would be 65536).
+    pub fn media_flows(&self) -> Result<Vec<MediaFlow<'a>>> {
         let mut out = Vec::new();
         for (index, m) in self.media.iter().enumerate() {
             if m.port == 0 {
                 continue;
             }
-            let Some(ip) = m.connection.or(self.connection).and_then(|c| c.ip()) else {
+            if m.port_count != 1 {
+                return Err(SdpError("m= port counts other than 1 are not supported"));
+            }
+            let conn = m
+                .connection
+                .or(self.connection)
+                .ok_or(SdpError("active m= line without a c= address"))?;
+            let ip = checked_ip(&conn)?;
+            if ip.is_unspecified() {
                 continue;
-            };
+            }
             let rtp = SocketAddr::new(ip, m.port);
             let rtcp = if m.attribute("rtcp-mux").is_some() {
                 rtp
-            } else {
-                match m.rtcp() {
-                    Some((port, conn)) => {
-                        SocketAddr::new(conn.and_then(|c| c.ip()).unwrap_or(ip), port)
-                    }
-                    None => SocketAddr::new(ip, m.port.saturating_add(1)),
+            } else if m.attribute("rtcp").is_some() {
+                let (port, conn) = m.rtcp().ok_or(SdpError("malformed a=rtcp"))?;
+                if port == 0 {
+                    return Err(SdpError("a=rtcp port 0"));
                 }
+                let ip = match conn {
+                    Some(c) => checked_ip(&c)?,
+                    None => ip,
+                };
+                SocketAddr::new(ip, port)
+            } else {
+                let port = m
+                    .port
+                    .checked_add(1)
+                    .ok_or(SdpError("RTP port 65535 leaves no RTCP port"))?;
+                SocketAddr::new(ip, port)
             };
             out.push(MediaFlow {
                 index,
@@ -212,8 +240,19 @@ impl<'a> Sdp<'a> {
                     .unwrap_or(Direction::SendRecv),
             });
         }
-        out
+        Ok(out)
     }
+}
+
+/// The unicast IP of a connection line, or why not.
+fn checked_ip(c: &Connection<'_>) -> Result<IpAddr> {
+    let ip = c.ip().ok_or(SdpError(
+        "c= address is not an IP literal of its IN IP4/IP6 type",
+    ))?;
+    if c.address.contains('/') || ip.is_multicast() {
+        return Err(SdpError("multicast media is not carried"));
+    }
+    Ok(ip)
 }
 
 fn direction(attrs: &[Attribute<'_>]) -> Option<Direction> {
@@ -394,13 +433,86 @@ m=audio 0 RTP/AVP 0\r\n";
         let s = parse(OFFER).unwrap();
         assert_eq!(s.media.len(), 3);
         assert_eq!(s.media[0].rtpmap("0"), Some("PCMU/8000"));
-        let f = s.media_flows();
+        let f = s.media_flows().unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].rtp, "192.0.2.5:49170".parse().unwrap());
         assert_eq!(f[0].rtcp, "192.0.2.5:49171".parse().unwrap());
         assert_eq!(f[1].rtp, "[2001:db8::7]:51372".parse().unwrap());
         assert_eq!(f[1].rtcp, "[2001:db8::7]:53020".parse().unwrap());
         assert_eq!(f[1].direction, Direction::RecvOnly);
+    }
+
+    fn flows_of(body: &str) -> std::result::Result<Vec<MediaFlow<'_>>, SdpError> {
+        parse(body.as_bytes())?.media_flows()
+    }
+
+    #[test]
+    fn flows_refuse_what_a_pinhole_cannot_be_taken_from() {
+        let head = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nt=0 0\r\n";
+        for (bad, why) in [
+            (
+                "c=IN IP4 999.1.1.1\r\nm=audio 4000 RTP/AVP 0\r\n",
+                "bad c= address",
+            ),
+            (
+                "c=IN IP6 192.0.2.5\r\nm=audio 4000 RTP/AVP 0\r\n",
+                "family mismatch",
+            ),
+            (
+                "c=IN IP4 host.example\r\nm=audio 4000 RTP/AVP 0\r\n",
+                "a name",
+            ),
+            ("m=audio 4000 RTP/AVP 0\r\n", "no c= at all"),
+            (
+                "c=IN IP4 233.252.0.1/127\r\nm=audio 4000 RTP/AVP 0\r\n",
+                "multicast",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 4000/2 RTP/AVP 0\r\n",
+                "port count",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 65535 RTP/AVP 0\r\n",
+                "no RTCP port",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:x\r\n",
+                "rtcp",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:0\r\n",
+                "rtcp 0",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:4001 IN IP4 1.2.3.999\r\n",
+                "rtcp addr",
+            ),
+            (
+                "c=IN IP4 192.0.2.5\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:4001 IN IP4\r\n",
+                "rtcp short",
+            ),
+        ] {
+            let body = format!("{head}{bad}");
+            assert!(flows_of(&body).is_err(), "{why}: {bad}");
+        }
+        // Port 70000 and 1,000 m= lines do not even parse.
+        assert!(parse(
+            format!("{head}c=IN IP4 192.0.2.5\r\nm=audio 70000 RTP/AVP 0\r\n").as_bytes()
+        )
+        .is_err());
+        let many = format!(
+            "{head}c=IN IP4 192.0.2.5\r\n{}",
+            "m=audio 4000 RTP/AVP 0\r\n".repeat(1000)
+        );
+        assert!(parse(many.as_bytes()).is_err());
+        // Hold and disabled streams are fine and open nothing; rtcp-mux and a=rtcp work.
+        let ok =
+            format!("{head}c=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\nm=video 0 RTP/AVP 31\r\n");
+        assert_eq!(flows_of(&ok).unwrap(), vec![]);
+        let ok = format!("{head}c=IN IP4 192.0.2.5\r\nm=audio 65535 RTP/AVP 0\r\na=rtcp-mux\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:5000 IN IP4 192.0.2.6\r\n");
+        let f = flows_of(&ok).unwrap();
+        assert_eq!(f[0].rtcp, "192.0.2.5:65535".parse().unwrap());
+        assert_eq!(f[1].rtcp, "192.0.2.6:5000".parse().unwrap());
     }
 
     #[test]

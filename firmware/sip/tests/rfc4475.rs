@@ -354,7 +354,7 @@ fn sdp_bodies_give_media_flows() {
     let files = files();
     let msg = parse(files.get("sdp01").expect("sdp01")).expect("parses");
     let sdp = sdp::parse(msg.body()).expect("sdp parses");
-    let flows = sdp.media_flows();
+    let flows = sdp.media_flows().expect("flows");
     assert_eq!(flows.len(), 2);
     assert_eq!(flows[0].rtp, "192.0.2.5:49217".parse().expect("addr"));
     assert_eq!(flows[0].rtcp, "192.0.2.5:49218".parse().expect("addr"));

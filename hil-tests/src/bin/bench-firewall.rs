@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use callgate_firewall::{PinholeProto, SetWriter};
+use callgate_firewall::{Pinhole, PinholeProto, SetWriter};
 use hil_tests::{addr, Appliance, Host, Lab};
 
 const LAB: &str = include_str!("../../../config/lab.toml");
@@ -143,13 +143,14 @@ fn main() {
         for i in 0..PINHOLES {
             let port = 20000 + i as u16;
             let t = Instant::now();
-            w.open_pinhole(
-                IpAddr::V4(addr::PBX_V4),
-                PinholeProto::Udp,
+            let pinhole = Pinhole {
+                src: IpAddr::V4(addr::CARRIER_V4).into(),
+                dst: IpAddr::V4(addr::PBX_V4),
+                proto: PinholeProto::Udp,
                 port,
-                Duration::from_secs(60),
-            )
-            .map_err(|e| e.to_string())?;
+            };
+            w.open_pinhole(pinhole, Duration::from_secs(60))
+                .map_err(|e| e.to_string())?;
             v.push(ms(t.elapsed()));
         }
         Ok(v)
@@ -167,7 +168,12 @@ fn main() {
     eprintln!("bench: {NFT_PINHOLES} pinholes with nft add element");
     let mut nft_pin = Vec::new();
     for i in 0..NFT_PINHOLES {
-        let elem = format!("{{ {} . udp . {} timeout 60s }}", addr::PBX_V4, 30000 + i);
+        let elem = format!(
+            "{{ {} . {} . udp . {} timeout 60s }}",
+            addr::CARRIER_V4,
+            addr::PBX_V4,
+            30000 + i
+        );
         let t = Instant::now();
         let st = a
             .ns()

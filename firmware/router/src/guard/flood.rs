@@ -56,6 +56,20 @@ pub struct FloodConfig {
     /// Sources that are rate-limited and dropped like any other but never blocked: carrier
     /// trunks, whose addresses a UDP flooder can spoof to make us block our own carrier.
     pub never_block: Vec<IpNet>,
+    /// Sources with limits of their own (carrier trunks, destinations), first match wins;
+    /// the rest get `rate_per_sec`, `burst` and `max_dialogs_per_source`.
+    pub limits: Vec<(IpNet, SourceLimits)>,
+}
+
+/// The limits of one class of sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Requests per second from one address.
+    pub rate_per_sec: u32,
+    /// Requests one address may send at once above the rate.
+    pub burst: u32,
+    /// Concurrent dialogs one address may have open.
+    pub max_dialogs: u32,
 }
 
 impl Default for FloodConfig {
@@ -73,7 +87,23 @@ impl Default for FloodConfig {
                 .map(|s| s.to_string())
                 .collect(),
             never_block: Vec::new(),
+            limits: Vec::new(),
         }
+    }
+}
+
+impl FloodConfig {
+    /// The limits that apply to `source` (canonical form).
+    pub fn limits_for(&self, source: IpAddr) -> SourceLimits {
+        self.limits
+            .iter()
+            .find(|(n, _)| n.contains(&source))
+            .map(|(_, l)| *l)
+            .unwrap_or(SourceLimits {
+                rate_per_sec: self.rate_per_sec,
+                burst: self.burst,
+                max_dialogs: self.max_dialogs_per_source,
+            })
     }
 }
 
@@ -84,8 +114,6 @@ pub enum Verdict {
     Allow,
     /// Drop it silently: no response (answering a flood amplifies it and confirms we exist).
     Drop,
-    /// A new dialog over the source's concurrent-dialog cap: answer 503.
-    Reject503,
     /// Drop it and add the source to the nftables blocklist set with `timeout ttl_secs`.
     /// Returned once per block; later requests get [`Verdict::Drop`] until the TTL passes.
     Block { ttl_secs: u32 },
@@ -159,28 +187,24 @@ impl FloodGuard {
             .any(|p| ua.len() >= p.len() && ua.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p)))
     }
 
-    /// Judges one request from `source`. `is_new_dialog` is true for a dialog-creating
-    /// request (an INVITE outside a dialog, not a retransmission); when the verdict is
-    /// [`Verdict::Allow`] for such a request, call [`FloodGuard::dialog_ended`] when that
-    /// dialog ends.
+    /// Judges one request from `source`, whoever it is: every source has a rate (its own
+    /// [`SourceLimits`] where [`FloodConfig::limits`] names it), scanner User-Agents are
+    /// dropped from anyone, and only sources outside [`FloodConfig::never_block`] are ever
+    /// blocked.
     ///
-    /// Order: blocked source → scanner User-Agent → rate → dialog cap.
-    pub fn check(
-        &mut self,
-        now: Millis,
-        source: IpAddr,
-        user_agent: Option<&str>,
-        is_new_dialog: bool,
-    ) -> Verdict {
+    /// Order: blocked source → scanner User-Agent → rate.
+    pub fn check(&mut self, now: Millis, source: IpAddr, user_agent: Option<&str>) -> Verdict {
         let source = source.to_canonical();
         let scanner = user_agent.is_some_and(|ua| self.is_scanner(ua));
         let protected = self.cfg.never_block.iter().any(|n| n.contains(&source));
+        let limits = self.cfg.limits_for(source);
         let cfg = &self.cfg;
         let entry = Self::touch(
             &mut self.sources,
             &mut self.recency,
             &mut self.seq,
             cfg,
+            limits,
             now,
             source,
         );
@@ -190,7 +214,9 @@ impl FloodGuard {
         let offence = if scanner {
             true
         } else {
-            !entry.bucket.try_take(now, cfg.rate_per_sec, cfg.burst)
+            !entry
+                .bucket
+                .try_take(now, limits.rate_per_sec, limits.burst)
         };
         if offence {
             if now.0.saturating_sub(entry.window_start.0) >= cfg.violation_window_ms {
@@ -208,17 +234,47 @@ impl FloodGuard {
             }
             return Verdict::Drop;
         }
-        if is_new_dialog {
-            if entry.dialogs >= cfg.max_dialogs_per_source {
-                return Verdict::Reject503;
-            }
-            entry.dialogs += 1;
-        }
         Verdict::Allow
     }
 
-    /// A dialog that `check` allowed for `source` has ended. A no-op for a source that was
-    /// evicted meanwhile.
+    /// A new dialog from `source` (an INVITE outside a dialog, not a retransmission, that
+    /// passed [`FloodGuard::check`]): false when the source is at its dialog cap (answer
+    /// 503; not a violation: a busy trunk can reach it legitimately). When true, call
+    /// [`FloodGuard::dialog_ended`] when the dialog ends.
+    pub fn open_dialog(&mut self, now: Millis, source: IpAddr) -> bool {
+        let (entry, limits) = self.dialog_entry(now, source);
+        if entry.dialogs >= limits.max_dialogs {
+            return false;
+        }
+        entry.dialogs += 1;
+        true
+    }
+
+    /// Counts a dialog that is already open (a call carried over into a new guard after a
+    /// reconfiguration), whatever the cap.
+    pub fn carry_dialog(&mut self, now: Millis, source: IpAddr) {
+        let (entry, _) = self.dialog_entry(now, source);
+        entry.dialogs = entry.dialogs.saturating_add(1);
+    }
+
+    /// The record of `source` (touched) and its limits.
+    fn dialog_entry(&mut self, now: Millis, source: IpAddr) -> (&mut Source, SourceLimits) {
+        let source = source.to_canonical();
+        let limits = self.cfg.limits_for(source);
+        let entry = Self::touch(
+            &mut self.sources,
+            &mut self.recency,
+            &mut self.seq,
+            &self.cfg,
+            limits,
+            now,
+            source,
+        );
+        (entry, limits)
+    }
+
+    /// A dialog that [`FloodGuard::open_dialog`] allowed for `source` has ended. A no-op for
+    /// a source that was evicted meanwhile.
     pub fn dialog_ended(&mut self, source: IpAddr) {
         if let Some(s) = self.sources.get_mut(&source.to_canonical()) {
             s.dialogs = s.dialogs.saturating_sub(1);
@@ -232,6 +288,7 @@ impl FloodGuard {
         recency: &mut BTreeMap<u64, IpAddr>,
         seq: &mut u64,
         cfg: &FloodConfig,
+        limits: SourceLimits,
         now: Millis,
         source: IpAddr,
     ) -> &'a mut Source {
@@ -251,7 +308,7 @@ impl FloodGuard {
         }
         recency.insert(new_seen, source);
         let entry = sources.entry(source).or_insert_with(|| Source {
-            bucket: TokenBucket::full(cfg.burst, now),
+            bucket: TokenBucket::full(limits.burst, now),
             dialogs: 0,
             violations: 0,
             window_start: now,

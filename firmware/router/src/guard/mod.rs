@@ -14,10 +14,14 @@
 //!   requests (ACK, BYE, re-INVITE) belong to calls already admitted. Shedding those would
 //!   break admitted calls and cause exactly the retransmission storm the cap is meant to
 //!   prevent.
-//! - [`FloodGuard`] judges every request per source IP (issue 4, "Flood and scanner guard"):
-//!   a blocked source is dropped; a scanner User-Agent ([`DEFAULT_SCANNER_USER_AGENTS`]) is
-//!   dropped regardless of rate; a request over the source's token bucket is dropped; a new
-//!   dialog over the source's dialog cap gets 503. Scanner hits and rate overruns are
+//! - [`FloodGuard`] judges every request per source IP, whoever sends it (issue 4, "Flood
+//!   and scanner guard"): a blocked source is dropped; a scanner User-Agent
+//!   ([`DEFAULT_SCANNER_USER_AGENTS`]) is dropped regardless of rate; a request over the
+//!   source's token bucket is dropped. Sources named in [`FloodConfig::limits`] (carrier
+//!   trunks, destinations) get rates and dialog caps of their own; those in
+//!   [`FloodConfig::never_block`] are never blocked. [`FloodGuard::open_dialog`] applies
+//!   the per-source dialog cap where a call is admitted (503 beyond it) and
+//!   [`FloodGuard::dialog_ended`] gives the slot back when the call ends. Scanner hits and rate overruns are
 //!   violations; `violations_to_block` of them within `violation_window_ms` turn into one
 //!   [`Verdict::Block`], which the caller writes into the nftables blocklist set with that
 //!   timeout, and [`Verdict::Drop`] for the source until the TTL has passed. Reaching the
@@ -55,7 +59,7 @@ mod flood;
 mod log_limit;
 
 pub use admission::{Admission, CallPermit, Shed, ShedReason, FULL_RETRY_AFTER_SECS};
-pub use flood::{FloodConfig, FloodGuard, Verdict, DEFAULT_SCANNER_USER_AGENTS};
+pub use flood::{FloodConfig, FloodGuard, SourceLimits, Verdict, DEFAULT_SCANNER_USER_AGENTS};
 pub use log_limit::LogLimiter;
 
 /// A point in time in milliseconds from an arbitrary origin, read from a monotonic clock.

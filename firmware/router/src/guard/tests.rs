@@ -1,3 +1,4 @@
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
@@ -153,16 +154,17 @@ fn flooder_blocked_once_legit_source_untouched() {
         if t % 500 == 0 {
             let new = t % 1000 == 0;
             assert_eq!(
-                g.check(now, legit, Some("Carrier SBC 1.0"), new),
+                g.check(now, legit, Some("Carrier SBC 1.0")),
                 Verdict::Allow,
                 "legit at {t}"
             );
             if new {
+                assert!(g.open_dialog(now, legit));
                 g.dialog_ended(legit);
             }
         }
         if t % 2 == 0 {
-            match g.check(now, flooder, None, false) {
+            match g.check(now, flooder, None) {
                 Verdict::Allow => flooder_allowed += 1,
                 Verdict::Block { ttl_secs } => {
                     assert_eq!(ttl_secs, 60);
@@ -174,7 +176,6 @@ fn flooder_blocked_once_legit_source_untouched() {
                         drops_after_block += 1;
                     }
                 }
-                Verdict::Reject503 => panic!("no dialogs opened"),
             }
         }
     }
@@ -185,7 +186,7 @@ fn flooder_blocked_once_legit_source_untouched() {
     assert!(drops_after_block > 14_000);
     // After the TTL the source is judged afresh (full bucket).
     assert_eq!(
-        g.check(Millis(2 * 39 + 60_000), flooder, None, false),
+        g.check(Millis(2 * 39 + 60_000), flooder, None),
         Verdict::Allow
     );
 }
@@ -206,11 +207,7 @@ fn scanner_user_agents_dropped_regardless_of_rate() {
         let src = ip(0x0101_0101);
         let mut g2 = FloodGuard::new(small_cfg());
         // The very first request, with a full bucket.
-        assert_eq!(
-            g2.check(Millis(0), src, Some(ua), true),
-            Verdict::Drop,
-            "{ua}"
-        );
+        assert_eq!(g2.check(Millis(0), src, Some(ua)), Verdict::Drop, "{ua}");
         assert_eq!(g2.dialogs(src), 0);
         assert!(g.is_scanner(ua), "{ua}");
     }
@@ -221,18 +218,18 @@ fn scanner_user_agents_dropped_regardless_of_rate() {
     let src = ip(0x0202_0202);
     for i in 0..19 {
         assert_eq!(
-            g.check(Millis(i * 1000), src, Some("friendly-scanner"), false),
+            g.check(Millis(i * 1000), src, Some("friendly-scanner")),
             Verdict::Drop
         );
     }
     assert_eq!(
-        g.check(Millis(19_000), src, Some("friendly-scanner"), false),
+        g.check(Millis(19_000), src, Some("friendly-scanner")),
         Verdict::Drop,
         "violations spread over more than the window restart the count"
     );
     let mut g = FloodGuard::new(small_cfg());
     let verdicts: Vec<Verdict> = (0..25)
-        .map(|i| g.check(Millis(i), src, Some("sipvicious"), false))
+        .map(|i| g.check(Millis(i), src, Some("sipvicious")))
         .collect();
     assert_eq!(
         verdicts
@@ -249,16 +246,16 @@ fn dialog_cap_per_source_answers_503() {
     let mut g = FloodGuard::new(small_cfg());
     let src = ip(7);
     for _ in 0..5 {
-        assert_eq!(g.check(Millis(0), src, None, true), Verdict::Allow);
+        assert!(g.open_dialog(Millis(0), src));
     }
-    assert_eq!(g.check(Millis(0), src, None, true), Verdict::Reject503);
+    assert!(!g.open_dialog(Millis(0), src), "the sixth is over the cap");
     // In-dialog requests still pass.
-    assert_eq!(g.check(Millis(0), src, None, false), Verdict::Allow);
+    assert_eq!(g.check(Millis(0), src, None), Verdict::Allow);
     g.dialog_ended(src);
     assert_eq!(g.dialogs(src), 4);
-    assert_eq!(g.check(Millis(0), src, None, true), Verdict::Allow);
+    assert!(g.open_dialog(Millis(0), src));
     // Another source has its own cap.
-    assert_eq!(g.check(Millis(0), ip(8), None, true), Verdict::Allow);
+    assert!(g.open_dialog(Millis(0), ip(8)));
     // Ending a dialog of an unknown source is a no-op.
     g.dialog_ended(ip(9));
     assert_eq!(g.dialogs(ip(9)), 0);
@@ -272,7 +269,7 @@ fn never_block_sources_are_limited_but_not_blocked() {
     let carrier = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
     let mut allowed = 0;
     for i in 0..1000 {
-        match g.check(Millis(i), carrier, None, false) {
+        match g.check(Millis(i), carrier, None) {
             Verdict::Allow => allowed += 1,
             Verdict::Drop => {}
             v => panic!("unexpected {v:?}"),
@@ -283,11 +280,50 @@ fn never_block_sources_are_limited_but_not_blocked() {
 }
 
 #[test]
+fn sources_with_limits_of_their_own_use_them_and_scanners_are_dropped_from_anyone() {
+    let mut cfg = small_cfg();
+    let trunk: IpNet = "192.0.2.0/24".parse().unwrap();
+    cfg.never_block = vec![trunk];
+    cfg.limits = vec![(
+        trunk,
+        SourceLimits {
+            rate_per_sec: 100,
+            burst: 50,
+            max_dialogs: 2,
+        },
+    )];
+    let mut g = FloodGuard::new(cfg);
+    let carrier = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+    // Its own burst (50), not the default one (20); never a block.
+    let verdicts: Vec<Verdict> = (0..1000)
+        .map(|_| g.check(Millis(0), carrier, None))
+        .collect();
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == Verdict::Allow).count(),
+        50
+    );
+    assert!(verdicts
+        .iter()
+        .all(|v| *v != Verdict::Block { ttl_secs: 60 }));
+    // Its own dialog cap.
+    assert!(g.open_dialog(Millis(0), carrier));
+    assert!(g.open_dialog(Millis(0), carrier));
+    assert!(!g.open_dialog(Millis(0), carrier));
+    // A scanner User-Agent is dropped from a carrier too (with a full bucket).
+    let mut g = FloodGuard::new(g.config().clone());
+    assert_eq!(
+        g.check(Millis(0), carrier, Some("friendly-scanner")),
+        Verdict::Drop
+    );
+}
+
+#[test]
 fn ipv4_mapped_ipv6_is_the_same_source() {
     let mut g = FloodGuard::new(small_cfg());
     let v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5));
     let mapped = IpAddr::V6(Ipv4Addr::new(203, 0, 113, 5).to_ipv6_mapped());
-    assert_eq!(g.check(Millis(0), v4, None, true), Verdict::Allow);
+    assert_eq!(g.check(Millis(0), v4, None), Verdict::Allow);
+    assert!(g.open_dialog(Millis(0), v4));
     assert_eq!(g.dialogs(mapped), 1);
     g.dialog_ended(mapped);
     assert_eq!(g.dialogs(v4), 0);
@@ -307,11 +343,15 @@ fn max_sources_bounds_memory_under_spoofed_flood() {
         } else {
             IpAddr::V6(Ipv6Addr::from(u128::from(i) | (0x2001_0db8 << 96)))
         };
-        g.check(now, src, None, i % 3 == 0);
+        g.check(now, src, None);
+        if i % 3 == 0 {
+            g.open_dialog(now, src);
+        }
         assert!(g.tracked() <= 4096);
         if i % 100_000 == 0 {
             // A source seen recently is still tracked.
-            g.check(now, legit, None, true);
+            g.check(now, legit, None);
+            assert!(g.open_dialog(now, legit));
             assert_eq!(g.dialogs(legit), 1);
             g.dialog_ended(legit);
         }
@@ -325,11 +365,11 @@ fn lru_evicts_least_recently_seen() {
     cfg.max_sources = 3;
     let mut g = FloodGuard::new(cfg);
     for n in 1..=3 {
-        g.check(Millis(0), ip(n), None, true);
+        g.open_dialog(Millis(0), ip(n));
     }
     // Touch 1 so that 2 is the least recently seen.
-    g.check(Millis(1), ip(1), None, false);
-    g.check(Millis(2), ip(4), None, true);
+    g.check(Millis(1), ip(1), None);
+    g.open_dialog(Millis(2), ip(4));
     assert_eq!(g.tracked(), 3);
     assert_eq!(g.dialogs(ip(1)), 1);
     assert_eq!(g.dialogs(ip(2)), 0, "evicted");
@@ -421,7 +461,9 @@ fn random_event_sequences_keep_invariants() {
                         1 => Some("Asterisk"),
                         _ => None,
                     };
-                    let _ = g.check(t, src, ua, rng.below(2) == 0);
+                    if g.check(t, src, ua) == Verdict::Allow && rng.below(2) == 0 {
+                        g.open_dialog(t, src);
+                    }
                 }
                 4 => g.dialog_ended(ip(rng.below(40) as u32)),
                 _ => {
