@@ -10,7 +10,9 @@
 //! Batches go strictly in order, so a call's final record always lands after its
 //! answer-time one. When both are in the same batch only the final one is written (same
 //! id, same result on disk). Pinholes and blocks go to the firewall on their own queue,
-//! never behind records.
+//! never behind records. After each batch the writer tells the proxy which answer-time
+//! records are durable ([`SipHandle::record_stored`]): only then does the call's 2xx go to
+//! the caller, so a call the caller saw answered always has its record on disk.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +91,13 @@ pub fn start(
         }
     };
     let progress = RecordsInFlight::default();
-    tokio::spawn(effects(rx, firewall, store, progress.clone()));
+    tokio::spawn(effects(
+        rx,
+        firewall,
+        store,
+        progress.clone(),
+        handle.clone(),
+    ));
     tokio::spawn(follow_config(config, handle.clone()));
     Some((handle, progress))
 }
@@ -108,12 +116,13 @@ async fn effects(
     firewall: FirewallHandle,
     store: Arc<Store>,
     progress: RecordsInFlight,
+    sip: SipHandle,
 ) {
     let (records, queue) = std_mpsc::channel::<Pending>();
     let done = progress.clone();
     let writer = std::thread::Builder::new()
         .name("cdr-writer".into())
-        .spawn(move || write_records(&store, &queue, &done));
+        .spawn(move || write_records(&store, &queue, &done, &sip));
     if let Err(e) = writer {
         log::error!("sip: the call record writer did not start: {e}");
         return;
@@ -191,8 +200,15 @@ struct Pending {
     ended: bool,
 }
 
-/// The `cdr-writer` thread: batches of queued records, one commit each, in order.
-fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &RecordsInFlight) {
+/// The `cdr-writer` thread: batches of queued records, one commit each, in order. Each
+/// answer-time record is reported to the proxy once durable (or failed), which then lets
+/// the call's 2xx go to the caller.
+fn write_records(
+    store: &Store,
+    queue: &std_mpsc::Receiver<Pending>,
+    done: &RecordsInFlight,
+    sip: &SipHandle,
+) {
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
     while let Ok(first) = queue.recv() {
@@ -207,43 +223,64 @@ fn write_records(store: &Store, queue: &std_mpsc::Receiver<Pending>, done: &Reco
             }
         }
         let n = batch.len();
+        let answer_time: Vec<u64> = batch.iter().filter(|p| !p.ended).map(|p| p.seq).collect();
         let writes = coalesce(batch, &mut answered, || store.reserve_cdr_id());
         // Answer-time records go to the store's file of calls in progress, final ones to
         // the record tree (a call's two records never share a batch: they collapse).
         let refs = |ended: bool| -> Vec<(u64, &Cdr)> {
             writes
                 .iter()
-                .filter(|w| w.2 == ended)
-                .map(|(id, c, _)| (*id, &**c))
+                .filter(|w| w.ended == ended)
+                .map(|w| (w.id, &*w.cdr))
                 .collect()
         };
-        match store.write_cdrs(&refs(false), &refs(true)) {
-            Ok(failed) => {
-                for (id, e) in failed {
+        let failed: Vec<u64> = match store.write_cdrs(&refs(false), &refs(true)) {
+            Ok(failed) => failed
+                .into_iter()
+                .map(|(id, e)| {
                     log::error!(
                         "sip: call record {id} could not be stored: {}",
                         callgate_store::error_chain(&e)
                     );
-                }
+                    id
+                })
+                .collect(),
+            Err(e) => {
+                log::error!(
+                    "sip: {} call records could not be stored: {}",
+                    writes.len(),
+                    callgate_store::error_chain(&e)
+                );
+                writes.iter().map(|w| w.id).collect()
             }
-            Err(e) => log::error!(
-                "sip: {} call records could not be stored: {}",
-                writes.len(),
-                callgate_store::error_chain(&e)
-            ),
+        };
+        for seq in answer_time {
+            let ok = writes
+                .iter()
+                .find(|w| w.seq == seq)
+                .is_some_and(|w| !failed.contains(&w.id));
+            sip.record_stored(seq, ok);
         }
         done.finished(n);
     }
 }
 
+/// One record to write: its id, the call it belongs to, the record, and whether it is final.
+struct Write {
+    id: u64,
+    seq: u64,
+    cdr: Box<Cdr>,
+    ended: bool,
+}
+
 /// Gives each record its id (reserved at a call's first record, kept until its final one)
-/// and keeps the last record per id, in first-seen order: (id, record, final?).
+/// and keeps the last record per id, in first-seen order.
 fn coalesce(
     batch: Vec<Pending>,
     answered: &mut HashMap<u64, u64>,
     mut reserve: impl FnMut() -> u64,
-) -> Vec<(u64, Box<Cdr>, bool)> {
-    let mut writes: Vec<(u64, Box<Cdr>, bool)> = Vec::with_capacity(batch.len());
+) -> Vec<Write> {
+    let mut writes: Vec<Write> = Vec::with_capacity(batch.len());
     let mut at: HashMap<u64, usize> = HashMap::new();
     for p in batch {
         let id = if p.ended {
@@ -261,13 +298,18 @@ fn coalesce(
         match at.get(&id) {
             Some(&i) => {
                 if let Some(w) = writes.get_mut(i) {
-                    w.1 = p.cdr;
-                    w.2 = p.ended;
+                    w.cdr = p.cdr;
+                    w.ended = p.ended;
                 }
             }
             None => {
                 at.insert(id, writes.len());
-                writes.push((id, p.cdr, p.ended));
+                writes.push(Write {
+                    id,
+                    seq: p.seq,
+                    cdr: p.cdr,
+                    ended: p.ended,
+                });
             }
         }
     }
@@ -352,7 +394,7 @@ mod tests {
         );
         let got: Vec<(u64, u16, bool)> = w
             .iter()
-            .map(|(id, c, ended)| (*id, c.final_code, *ended))
+            .map(|w| (w.id, w.cdr.final_code, w.ended))
             .collect();
         assert_eq!(
             got,
@@ -366,7 +408,7 @@ mod tests {
             &mut answered,
             &mut reserve,
         );
-        let got: Vec<(u64, bool)> = w.iter().map(|(id, _, ended)| (*id, *ended)).collect();
+        let got: Vec<(u64, bool)> = w.iter().map(|w| (w.id, w.ended)).collect();
         assert_eq!(got, vec![(101, true), (104, false)]);
         assert!(!answered.contains_key(&1));
         assert_eq!(answered.get(&4), Some(&104));

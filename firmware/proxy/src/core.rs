@@ -200,6 +200,8 @@ struct Call {
     media: [Media; 2],
     /// Whether the callee has described its media (pinholes open from then on).
     media_open: bool,
+    /// The callee's 2xx, stripped of our Via, until the answer-time record is durable.
+    held_answer: Option<Payload>,
     /// The carrier's media pool, when it sends media from one (pinholes toward the callee
     /// admit it as the source).
     pool: Option<Arc<[IpNet]>>,
@@ -547,6 +549,26 @@ impl Proxy {
                 .carry_dialog(guard::Millis(now.mono.0), c.caller.addr.ip());
         }
         self.s = s;
+    }
+
+    /// The store has made the answer-time record of call `seq` durable (`ok`), or could
+    /// not: the held 2xx now goes to the caller, or the call is ended from here (BYE both
+    /// ways) because an answered call without a record must not exist.
+    pub fn on_record_stored(&mut self, now: Now, seq: u64, ok: bool, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        let Some(answer) = call.held_answer.take() else {
+            return;
+        };
+        if ok {
+            let (peer, local) = (call.caller, call.caller_local);
+            self.send(peer, local, answer, out);
+            return;
+        }
+        let line = format!("call {seq}: its record could not be stored; ending it");
+        self.log(now, "record-failed", log::Level::Error, line, out);
+        self.bye_both_ways(now, seq, "call record not stored", out);
     }
 
     /// Counters since start.
@@ -1160,6 +1182,7 @@ impl Proxy {
             deadlines: Deadlines::new(),
             media: [Media::default(), Media::default()],
             media_open: false,
+            held_answer: None,
             pool,
             offered: Some((false, offer)),
             permit,
@@ -1734,13 +1757,16 @@ impl Proxy {
                     .ok()
                     .and_then(|id| self.by_call_id.get(id))
                     .and_then(|seq| self.calls.get(seq))
-                    .map(|c| (c.callee, c.caller, c.caller_local));
-                let Some((callee, caller, local)) = call else {
+                    .map(|c| (c.callee, c.caller, c.caller_local, c.held_answer.is_some()));
+                let Some((callee, caller, local, held)) = call else {
                     return;
                 };
                 if !from_where_sent(callee, peer) {
                     self.wrong_source(now, peer, out);
                     return;
+                }
+                if held {
+                    return; // the first copy waits for its record; so does this one
                 }
                 if let Some(b) = strip_via(msg) {
                     self.send(caller, local, b.into(), out);
@@ -1978,19 +2004,21 @@ impl Proxy {
         };
         self.stats.calls_answered += 1;
         self.update_media(now, seq, true, answer, out);
-        self.forward_upstream(now, seq, msg, 200, out);
         let max_call = self.s.max_call;
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
+        // The 2xx goes upstream once the answer-time record is durable
+        // ([`Proxy::on_record_stored`]): an answered call always has a record.
+        call.held_answer = strip_via(msg).map(Payload::from);
         call.state = CallState::Answered;
         call.answer_at = Some(now.unix_ms);
         if call.ring_at.is_none() {
             call.ring_at = Some(now.unix_ms);
         }
-        // Both INVITE transactions are now in Accepted (the 2xx went upstream through the
-        // server one): for their 64·T1 only their keys are kept (ACKs are end to end,
-        // 2xx retransmissions are matched by key and Call-ID).
+        // Both INVITE transactions are now in Accepted (RFC 6026; the 2xx goes upstream
+        // statelessly): for their 64·T1 only their keys are kept (ACKs are end to end, 2xx
+        // retransmissions are matched by key and Call-ID).
         let server_key = call.server_key.clone();
         let client_key = call.client_key.clone();
         let until = now.mono + self.s.timers.timeout();

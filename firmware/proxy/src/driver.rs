@@ -7,6 +7,8 @@
 //!   Requests to a TCP destination without a connection open one from our local address.
 //! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
 //!   a nearer deadline appears.
+//! - One task takes the store's reports of durable answer-time records
+//!   ([`SipHandle::record_stored`]) to the core, which then sends the held 2xx.
 //! - Pinholes, blocks and records leave as [`Effect`]s on an unbounded channel (the
 //!   daemon forwards them to the firewall and the store), in order, in bursts: they wait
 //!   until the task that produced them is about to wait (its socket has nothing more to
@@ -82,6 +84,7 @@ pub enum DriverError {
 #[derive(Debug, Clone)]
 pub struct SipHandle {
     tx: mpsc::Sender<Command>,
+    stored: mpsc::UnboundedSender<(u64, bool)>,
 }
 
 impl SipHandle {
@@ -103,6 +106,13 @@ impl SipHandle {
             .await
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// The answer-time record of call `seq` (an [`Effect::Record`] with `ended: false`) is
+    /// durable (`ok`), or could not be stored: the call's 2xx may now go to the caller (or
+    /// the call is ended). Never blocks; callable from any thread.
+    pub fn record_stored(&self, seq: u64, ok: bool) {
+        let _ = self.stored.send((seq, ok));
     }
 
     /// Routes, caps and timeouts of a newly committed config (listen addresses need a
@@ -243,6 +253,7 @@ pub fn spawn(
         tcp.push((*a, t));
     }
     let (tx, rx) = mpsc::channel(64);
+    let (stored, stored_rx) = mpsc::unbounded_channel();
     let join = std::thread::Builder::new()
         .name("sip".into())
         .spawn(move || {
@@ -257,10 +268,10 @@ pub fn spawn(
                 }
             };
             let local = LocalSet::new();
-            local.block_on(&rt, run(cfg, udp, tcp, rx, effects));
+            local.block_on(&rt, run(cfg, udp, tcp, rx, stored_rx, effects));
         })
         .map_err(DriverError::Thread)?;
-    Ok((SipHandle { tx }, join))
+    Ok((SipHandle { tx, stored }, join))
 }
 
 async fn run(
@@ -268,6 +279,7 @@ async fn run(
     udp: Vec<(SocketAddr, std::net::UdpSocket)>,
     tcp: Vec<(SocketAddr, std::net::TcpListener)>,
     mut rx: mpsc::Receiver<Command>,
+    stored: mpsc::UnboundedReceiver<(u64, bool)>,
     effects: mpsc::UnboundedSender<Effect>,
 ) {
     let start = Instant::now();
@@ -304,6 +316,7 @@ async fn run(
         }
     }
     tokio::task::spawn_local(timer_loop(sh.clone()));
+    tokio::task::spawn_local(stored_loop(sh.clone(), stored));
     log::info!("sip: proxy listening on {:?}", cfg.sip.listen_addrs());
     while let Some(cmd) = rx.recv().await {
         match cmd {
@@ -582,6 +595,21 @@ fn start_conn(sh: &Rc<Shared>, stream: TcpStream, peer: SocketAddr, local: Socke
         }
     });
     id
+}
+
+/// Durable answer-time records: their held 2xx go to the callers.
+async fn stored_loop(sh: Rc<Shared>, mut stored: mpsc::UnboundedReceiver<(u64, bool)>) {
+    let mut out = Vec::new();
+    while let Some((seq, ok)) = stored.recv().await {
+        let n = now(sh.start);
+        sh.core.borrow_mut().on_record_stored(n, seq, ok, &mut out);
+        // Everything already reported goes in this round.
+        while let Ok((seq, ok)) = stored.try_recv() {
+            sh.core.borrow_mut().on_record_stored(n, seq, ok, &mut out);
+        }
+        execute(&sh, &mut out);
+        flush_effects(&sh);
+    }
 }
 
 async fn timer_loop(sh: Rc<Shared>) {

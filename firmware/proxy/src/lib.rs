@@ -54,8 +54,9 @@
 //! ## Records
 //! Each call produces exactly one final [`Output::Record`] (`ended: true`); an answered call
 //! also produces one at answer time (`ended: false`, same `seq`) so a crash mid-call cannot
-//! lose it. Refusals of carrier INVITEs (403 domain or Route, 404, 482, 503) are calls with
-//! disposition `rejected`. Requests from non-carrier sources are not calls and leave no
+//! lose it, and its 2xx reaches the caller only once that record is durable
+//! ([`Proxy::on_record_stored`]). Refusals of carrier INVITEs (403 domain or Route, 404,
+//! 482, 488, 503) are calls with disposition `rejected`. Requests from non-carrier sources are not calls and leave no
 //! record (they are counted and logged, rate-limited).
 //!
 //! ## Limits
@@ -146,7 +147,9 @@ pub enum Output {
     /// Put `ip` into the firewall blocklist for `ttl`.
     Block { ip: IpAddr, ttl: Duration },
     /// Store this call record: `seq` identifies the call (the answer-time record and the
-    /// final one share it); `ended` marks the final one.
+    /// final one share it); `ended` marks the final one. The answer-time record holds the
+    /// call's 2xx back from the caller until the driver reports it durable
+    /// ([`Proxy::on_record_stored`]).
     Record {
         seq: u64,
         cdr: Box<callgate_store::Cdr>,

@@ -172,6 +172,9 @@ fn now_at(t: u64) -> Now {
 struct Lab {
     proxy: Proxy,
     t: u64,
+    /// Report each answer-time record durable at once (as a store that never fails would,
+    /// with no delay); off, a test drives [`Proxy::on_record_stored`] itself.
+    store_at_once: bool,
 }
 
 impl Lab {
@@ -186,7 +189,11 @@ impl Lab {
         local_for.insert(ip("198.51.100.11"), ip("198.51.100.1"));
         let settings = Settings::from_config(&cfg, local_for);
         let proxy = Proxy::new(settings, &cfg, now_at(0));
-        Lab { proxy, t: 0 }
+        Lab {
+            proxy,
+            t: 0,
+            store_at_once: true,
+        }
     }
 
     fn at(&mut self, t: u64) {
@@ -198,6 +205,26 @@ impl Lab {
         let mut out = Vec::new();
         self.proxy
             .on_message(now_at(self.t), bytes, from, local, &mut out);
+        self.settle(out)
+    }
+
+    /// With `store_at_once`, what the core does when its answer-time records are durable.
+    fn settle(&mut self, mut out: Vec<Output>) -> Out {
+        if self.store_at_once {
+            let stored: Vec<u64> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Record {
+                        seq, ended: false, ..
+                    } => Some(*seq),
+                    _ => None,
+                })
+                .collect();
+            for seq in stored {
+                self.proxy
+                    .on_record_stored(now_at(self.t), seq, true, &mut out);
+            }
+        }
         Out(out)
     }
 
@@ -214,7 +241,7 @@ impl Lab {
     fn tick(&mut self) -> Out {
         let mut out = Vec::new();
         self.proxy.on_timer(now_at(self.t), &mut out);
-        Out(out)
+        self.settle(out)
     }
 }
 
@@ -2494,4 +2521,54 @@ fn branches_and_tags_cannot_be_predicted_from_earlier_ones() {
         let ones = values.iter().filter(|v| *v >> bit & 1 == 1).count();
         assert!((4_700..=5_300).contains(&ones), "bit {bit}: {ones}");
     }
+}
+
+#[test]
+fn the_2xx_reaches_the_caller_only_once_its_record_is_durable() {
+    let mut lab = Lab::new();
+    lab.store_at_once = false;
+    let inv = Invite::new("held@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(1_100);
+    let ok = pbx_reply(&fwd, 200, "p", Some(30000));
+    let out = lab.pbx_says(pbx1(), &ok);
+    let (seq, _, ended) = out.record();
+    assert!(!ended);
+    assert!(out.sent_to(carrier().addr).is_empty(), "held: {out:#?}");
+    // A retransmission of the 2xx meanwhile is held back too.
+    lab.at(1_150);
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert!(out.sent_to(carrier().addr).is_empty(), "{out:#?}");
+    // Durable: the 2xx goes up, once.
+    let mut raw = Vec::new();
+    lab.proxy
+        .on_record_stored(now_at(1_160), seq, true, &mut raw);
+    let out = Out(raw);
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    let mut raw = Vec::new();
+    lab.proxy
+        .on_record_stored(now_at(1_170), seq, true, &mut raw);
+    assert!(raw.is_empty());
+
+    // A record the store could not keep: the caller never gets the 2xx, the call ends.
+    let inv = Invite::new("unstored@x");
+    lab.at(2_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(2_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "q", Some(30002)));
+    let (seq, _, _) = out.record();
+    let mut raw = Vec::new();
+    lab.proxy
+        .on_record_stored(now_at(2_110), seq, false, &mut raw);
+    let out = Out(raw);
+    assert!(out
+        .sent_to(carrier().addr)
+        .iter()
+        .all(|s| s.status().is_none()));
+    assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1, "{out:#?}");
+    assert!(out.records()[0].2, "the final record is attempted");
+    assert_eq!(lab.proxy.call_count(), 1, "the first call goes on");
 }
