@@ -100,6 +100,7 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 
 use self::conn::Conn;
+pub(crate) use self::dump::derive_intervals;
 pub use self::dump::{dump_intervals, KernelElem};
 pub use self::lookup::covered_many;
 pub use self::rules::{
