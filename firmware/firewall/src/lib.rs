@@ -5,7 +5,7 @@
 //! blocklist entries into timeout sets over netlink.
 //!
 //! ## Design
-//! - [`render`] is pure: config → [`model::Ruleset`] (sets, chains, named rules). Every rule
+//! - [`mod@render`] is pure: config → [`model::Ruleset`] (sets, chains, named rules). Every rule
 //!   carries a counter and a comment: the allowlist entry's name, `service:NAME`,
 //!   `builtin:…` or `default-drop`.
 //! - [`nft`] turns a ruleset into one JSON transaction built with the `nftables` crate and
