@@ -5,7 +5,7 @@
 //! blocklist entries into timeout sets over netlink.
 //!
 //! ## Design
-//! - [`render`] is pure: config → [`model::Ruleset`] (sets, chains, named rules). Every rule
+//! - [`mod@render`] is pure: config → [`model::Ruleset`] (sets, chains, named rules). Every rule
 //!   carries a counter and a comment: the allowlist entry's name, `service:NAME`,
 //!   `builtin:…` or `default-drop`.
 //! - [`nft`] turns a ruleset into one JSON transaction built with the `nftables` crate and
@@ -18,9 +18,12 @@
 //!   in the forward chain only: a pinhole admits its one flow through the appliance, never
 //!   to it.
 //! - After applying, [`Firewall::apply`] reads back only our table over netlink
-//!   ([`readback`]) and compares chains, policies, rules (comment and verdict, in order), set
-//!   types and set contents (in full up to 8192 intervals, by sampled point lookups and a
-//!   check that every removed interval is gone beyond that).
+//!   ([`readback`], one snapshot of the table) and compares chains, policies, rules (in
+//!   order: comment, verdict, and what each matches, see [`mod@matches`]), set types and set
+//!   contents (in full up to 8192 intervals, by sampled point lookups and a check that
+//!   every removed interval is gone beyond that). [`nft::observe`] and [`nft::diff`] do the
+//!   same comparison from `nft -j list table` output. Each difference names the chain, the
+//!   rule's position and comment, and what differs.
 //! - [`netlink`] writes pinholes and blocklist entries straight over `NETLINK_NETFILTER`
 //!   (no process spawn, no libnftnl), so the daemon stays a static musl binary.
 //! - [`task`] is the long-lived component: a handle plus a dedicated thread (nft and netlink
@@ -32,9 +35,12 @@
 //! nothing (nft applies all or nothing).
 //!
 //! ## Current limitations
-//! - Rule read-back compares comments and verdicts, not every match expression: nft prints
-//!   matches in its own normal form (e.g. `meta l4proto tcp th dport` as `tcp dport`).
+//! - What a rule matches is compared in a normal form ([`mod@matches`]) that names the fields
+//!   and values the renderer uses; other fields read as raw payload offsets. nft's JSON
+//!   hides the dependencies nft adds (`meta nfproto ipv4` before `ip saddr`), so only the
+//!   netlink path, the one [`Firewall::verify`] uses, sees one go missing.
 
+pub mod matches;
 pub mod model;
 pub mod netlink;
 pub mod nft;

@@ -1,4 +1,4 @@
-//! The intended ruleset as plain data: what [`crate::render`] produces from a config, what
+//! The intended ruleset as plain data: what [`crate::render()`] produces from a config, what
 //! [`crate::nft`] turns into one nftables transaction, and what the read-back is compared to.
 
 use std::fmt;

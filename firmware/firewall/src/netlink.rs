@@ -100,10 +100,12 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 
 use self::conn::Conn;
-pub use self::dump::dump_intervals;
+pub(crate) use self::dump::derive_intervals;
+pub use self::dump::{dump_intervals, KernelElem};
 pub use self::lookup::covered_many;
 pub use self::rules::{
-    dump_chains, dump_rules, dump_sets, dump_table, KernelChain, KernelRule, KernelSet, KernelTable,
+    dump_chains, dump_rules, dump_sets, dump_table, KernelChain, KernelExpr, KernelRule, KernelSet,
+    KernelTable,
 };
 use self::wire::{Blamed, ElemOp, ElemRequest, ReplyKind};
 

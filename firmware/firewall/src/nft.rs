@@ -24,6 +24,7 @@ use nftables::stmt::{self, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
+use crate::matches::{self, Matches};
 use crate::model::*;
 use crate::FirewallError;
 
@@ -446,7 +447,7 @@ impl Nft {
 pub struct Observed {
     /// chain name → (hook, policy)
     pub chains: BTreeMap<String, (Option<String>, Option<String>)>,
-    /// chain name → rules in order: (comment, verdict, packets, bytes)
+    /// chain name → rules in order
     pub rules: BTreeMap<String, Vec<ObservedRule>>,
     /// set name → (type words, flags)
     pub sets: BTreeMap<String, (Vec<String>, Vec<String>)>,
@@ -457,9 +458,12 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedRule {
     pub comment: String,
+    /// `accept`, `drop`, `jump NAME`, `goto NAME`, `return`, `continue`; "" for none.
     pub verdict: String,
     pub packets: u64,
     pub bytes: u64,
+    /// What the rule matches ([`mod@matches`]).
+    pub matches: Matches,
 }
 
 /// Parses `nft -j list table` output.
@@ -475,28 +479,33 @@ pub fn observe(objs: &[Value]) -> Observed {
         } else if let Some(r) = obj.get("rule") {
             let chain = r.get("chain").and_then(Value::as_str).unwrap_or_default();
             let comment = r.get("comment").and_then(Value::as_str).unwrap_or_default();
+            let stmts = r
+                .get("expr")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let mut rule = ObservedRule {
                 comment: comment.to_owned(),
                 verdict: String::new(),
                 packets: 0,
                 bytes: 0,
+                matches: matches::from_json(stmts),
             };
-            for st in r
-                .get("expr")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for st in stmts {
                 if let Some(cnt) = st.get("counter") {
                     rule.packets = cnt.get("packets").and_then(Value::as_u64).unwrap_or(0);
                     rule.bytes = cnt.get("bytes").and_then(Value::as_u64).unwrap_or(0);
-                } else if st.get("accept").is_some() {
-                    rule.verdict = "accept".into();
-                } else if st.get("drop").is_some() {
-                    rule.verdict = "drop".into();
-                } else if let Some(j) = st.get("jump") {
-                    let t = j.get("target").and_then(Value::as_str).unwrap_or_default();
-                    rule.verdict = format!("jump {t}");
+                }
+                for v in ["accept", "drop", "return", "continue"] {
+                    if st.get(v).is_some() {
+                        rule.verdict = v.into();
+                    }
+                }
+                for v in ["jump", "goto"] {
+                    if let Some(j) = st.get(v) {
+                        let t = j.get("target").and_then(Value::as_str).unwrap_or_default();
+                        rule.verdict = format!("{v} {t}");
+                    }
                 }
             }
             o.rules.entry(chain.to_owned()).or_default().push(rule);
@@ -606,8 +615,47 @@ pub fn intended_intervals(d: &SetDef) -> Vec<(u128, u128)> {
     )
 }
 
+/// How the rules of chain `chain` differ from the intended ones: in number, or rule by rule
+/// (comment, verdict, matches). Every difference names the chain, the rule's position and
+/// its intended comment.
+fn rule_diffs(chain: &str, want: &[RuleDef], got: &[ObservedRule]) -> Vec<String> {
+    if got.len() != want.len() {
+        let first = want
+            .iter()
+            .zip(got)
+            .position(|(w, g)| w.comment != g.comment)
+            .unwrap_or(want.len().min(got.len()));
+        return vec![format!(
+            "chain {chain} rules differ: kernel has {} rules, expected {} (first difference at \
+             rule {})",
+            got.len(),
+            want.len(),
+            first + 1
+        )];
+    }
+    let mut d = Vec::new();
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        let at = format!("chain {chain}, rule {} \"{}\"", i + 1, w.comment);
+        if g.comment != w.comment {
+            d.push(format!("{at}: comment is \"{}\"", g.comment));
+        }
+        let verdict = w.verdict.to_string();
+        if g.verdict != verdict {
+            d.push(format!(
+                "{at}: verdict is \"{}\", expected \"{verdict}\"",
+                g.verdict
+            ));
+        }
+        if let Some(how) = matches::difference(&matches::intended(&w.conds), &g.matches) {
+            d.push(format!("{at}: matches differ: {how}"));
+        }
+    }
+    d
+}
+
 /// Compares the kernel's table with the intended ruleset; returns every difference.
-/// Set contents are compared for the sets present in `observed.elems`.
+/// Rules are compared by position: comment, verdict and what each matches
+/// ([`mod@matches`]). Set contents are compared for the sets present in `observed.elems`.
 pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
     let mut d = Vec::new();
     let want_chains: BTreeSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
@@ -634,29 +682,12 @@ pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
                 c.name, policy
             ));
         }
-        let got: Vec<(String, String)> = observed
+        let got = observed
             .rules
             .get(&c.name)
-            .map(|rules| {
-                rules
-                    .iter()
-                    .map(|r| (r.comment.clone(), r.verdict.clone()))
-                    .collect()
-            })
+            .map(Vec::as_slice)
             .unwrap_or_default();
-        let want: Vec<(String, String)> = c
-            .rules
-            .iter()
-            .map(|r| (r.comment.clone(), r.verdict.to_string()))
-            .collect();
-        if got != want {
-            d.push(format!(
-                "chain {} rules differ: kernel has {} rules, expected {}",
-                c.name,
-                got.len(),
-                want.len()
-            ));
-        }
+        d.extend(rule_diffs(&c.name, &c.rules, got));
     }
     let want_sets: BTreeSet<&str> = rs.sets.iter().map(|s| s.name.as_str()).collect();
     for name in observed.sets.keys() {
@@ -688,4 +719,104 @@ pub fn diff(rs: &Ruleset, observed: &Observed) -> Vec<String> {
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs() -> Ruleset {
+        Ruleset {
+            sets: vec![],
+            chains: vec![ChainDef {
+                name: "input".into(),
+                hook: Some(Hook::Input),
+                rules: vec![
+                    RuleDef {
+                        comment: "carrier-sip-udp".into(),
+                        conds: vec![
+                            Cond::Iifname(vec!["wan0".into()]),
+                            Cond::SaddrIn {
+                                v6: false,
+                                set: "a_s4".into(),
+                            },
+                            Cond::L4Proto(vec!["udp"]),
+                            Cond::DportIn("a_p".into()),
+                        ],
+                        verdict: Verdict::Accept,
+                    },
+                    RuleDef {
+                        comment: "default-drop".into(),
+                        conds: vec![],
+                        verdict: Verdict::Drop,
+                    },
+                ],
+            }],
+        }
+    }
+
+    /// What the kernel would hold for `rs()`, as read back.
+    fn observed(rs: &Ruleset) -> Observed {
+        let mut o = Observed::default();
+        o.chains
+            .insert("input".into(), (Some("input".into()), Some("drop".into())));
+        o.rules.insert(
+            "input".into(),
+            rs.chains[0]
+                .rules
+                .iter()
+                .map(|r| ObservedRule {
+                    comment: r.comment.clone(),
+                    verdict: r.verdict.to_string(),
+                    packets: 0,
+                    bytes: 0,
+                    matches: matches::intended(&r.conds),
+                })
+                .collect(),
+        );
+        o
+    }
+
+    #[test]
+    fn a_rule_that_lost_a_match_is_drift() {
+        let rs = rs();
+        let mut o = observed(&rs);
+        assert_eq!(diff(&rs, &o), Vec::<String>::new());
+
+        // `nft replace rule` without `ip saddr @a_s4`: same comment, same verdict
+        let rule = &mut o.rules.get_mut("input").unwrap()[0];
+        rule.matches = matches::intended(&[
+            Cond::Iifname(vec!["wan0".into()]),
+            Cond::L4Proto(vec!["udp"]),
+            Cond::DportIn("a_p".into()),
+        ]);
+        assert_eq!(
+            diff(&rs, &o),
+            [
+                "chain input, rule 1 \"carrier-sip-udp\": matches differ: missing \
+              `ip saddr @a_s4`, `meta nfproto ipv4`"
+            ]
+        );
+
+        // a verdict and a comment of another rule differ too
+        let rule = &mut o.rules.get_mut("input").unwrap()[1];
+        rule.verdict = "accept".into();
+        rule.comment = "x".into();
+        assert_eq!(
+            diff(&rs, &o)[1..],
+            [
+                "chain input, rule 2 \"default-drop\": comment is \"x\"",
+                "chain input, rule 2 \"default-drop\": verdict is \"accept\", expected \"drop\""
+            ]
+        );
+
+        // a rule too many
+        let mut o = observed(&rs);
+        let extra = o.rules["input"][0].clone();
+        o.rules.get_mut("input").unwrap().insert(0, extra);
+        assert_eq!(
+            diff(&rs, &o),
+            ["chain input rules differ: kernel has 3 rules, expected 2 (first difference at rule 2)"]
+        );
+    }
 }

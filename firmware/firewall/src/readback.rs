@@ -3,8 +3,9 @@
 //!
 //! Why not `nft list`: nft fetches every set element even to list rules, so with a 100k
 //! prefix set a read-back through nft costs more than the apply itself. Chains, rules
-//! (comment, verdict, counters) and set definitions come from netlink dumps whose cost does
-//! not depend on set sizes.
+//! (comment, verdict, counters, and what each matches: [`mod@crate::matches`]) and set
+//! definitions come from one netlink snapshot of the table whose cost does not depend on
+//! set sizes.
 //!
 //! Set contents: sets of up to [`FULL_DUMP_MAX`] intervals are dumped and compared in full.
 //! The kernel's interval-set dump is quadratic in the set size (it re-walks the tree for
@@ -16,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::matches;
 use crate::model::{Ruleset, SetDef};
 use crate::netlink::{self, NetlinkError};
 use crate::nft::{intended_intervals, Existing, Observed, ObservedRule};
@@ -25,25 +27,32 @@ pub const FULL_DUMP_MAX: usize = 8192;
 /// Intervals (and gaps) sampled in a larger set.
 pub const SAMPLES: usize = 1024;
 
-/// Chains, rules and set definitions of `table` (set contents are not read here).
+/// Chains, rules (with what each matches) and set definitions of `table`, from one
+/// ruleset generation; empty when the table does not exist. Set contents are not read
+/// here, apart from the few elements of the anonymous sets rules use inline.
 pub fn observe(table: &str) -> Result<Observed, NetlinkError> {
     let mut o = Observed::default();
-    for c in netlink::dump_chains(table)? {
+    let Some(t) = netlink::dump_table(table)? else {
+        return Ok(o);
+    };
+    for c in &t.chains {
         o.rules.entry(c.name.clone()).or_default();
-        o.chains.insert(c.name, (c.hook, c.policy));
+        o.chains
+            .insert(c.name.clone(), (c.hook.clone(), c.policy.clone()));
     }
-    for r in netlink::dump_rules(table)? {
-        o.rules.entry(r.chain).or_default().push(ObservedRule {
-            comment: r.comment,
-            verdict: r.verdict,
-            packets: r.packets,
-            bytes: r.bytes,
-        });
+    for r in &t.rules {
+        o.rules
+            .entry(r.chain.clone())
+            .or_default()
+            .push(ObservedRule {
+                comment: r.comment.clone(),
+                verdict: r.verdict.clone(),
+                packets: r.packets,
+                bytes: r.bytes,
+                matches: matches::from_kernel(r, &t),
+            });
     }
-    for s in netlink::dump_sets(table)? {
-        if s.anonymous {
-            continue;
-        }
+    for s in t.sets.into_iter().filter(|s| !s.anonymous) {
         let mut flags = s.flags;
         flags.sort();
         o.sets.insert(s.name, (s.key_types, flags));

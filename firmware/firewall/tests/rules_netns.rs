@@ -92,6 +92,8 @@ fn nft_rules(objs: &[Value]) -> Vec<KernelRule> {
                 verdict: String::new(),
                 packets: 0,
                 bytes: 0,
+                // what the rule matches is compared in verify_netns.rs
+                exprs: Vec::new(),
             };
             for st in r["expr"].as_array().unwrap() {
                 let (key, val) = st.as_object().unwrap().iter().next().unwrap();
@@ -192,12 +194,38 @@ fn dumps_match_nft() {
     });
     let objs = nft_list(&ns);
 
-    // rules: order, handles, comments, verdicts, counters
+    // rules: order, handles, comments, verdicts, counters (their expressions are turned
+    // into matches and compared with nft's in verify_netns.rs)
     let want = nft_rules(&objs);
     for r in &rules {
         eprintln!("{r:?}");
     }
-    assert_eq!(rules, want);
+    let bare: Vec<KernelRule> = rules
+        .iter()
+        .cloned()
+        .map(|r| KernelRule {
+            exprs: Vec::new(),
+            ..r
+        })
+        .collect();
+    assert_eq!(bare, want);
+    // a rule has expressions (beyond counter and verdict) exactly when nft lists a match
+    // or another statement for it
+    let listed: Vec<bool> = objs
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|r| {
+            r["expr"].as_array().unwrap().iter().any(|st| {
+                let key = st.as_object().unwrap().keys().next().unwrap().as_str();
+                ![
+                    "counter", "accept", "drop", "jump", "goto", "return", "continue",
+                ]
+                .contains(&key)
+            })
+        })
+        .collect();
+    let decoded: Vec<bool> = rules.iter().map(|r| !r.exprs.is_empty()).collect();
+    assert_eq!(decoded, listed);
     assert_eq!(rules.len(), 13);
     let lo = &rules[0];
     assert_eq!(
@@ -286,13 +314,30 @@ fn dumps_match_nft() {
     assert_eq!(anonymous[0].key_types, ["ipv4_addr"]);
     assert_eq!(anonymous[1].key_types, ["inet_service"]);
 
-    // one consistent snapshot: the same as the separate dumps
+    // one consistent snapshot: the same as the separate dumps, plus the anonymous sets'
+    // elements
+    let elems = |set: &str| -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = table.anonymous_elements[set]
+            .iter()
+            .filter(|e| e.flags == 0 && e.key_end.is_none())
+            .map(|e| e.key.clone())
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        elems(&anonymous[0].name),
+        [[198, 51, 100, 1], [198, 51, 100, 2]]
+    );
+    assert_eq!(elems(&anonymous[1].name), [[0, 22], [0, 80]]);
+    assert_eq!(table.anonymous_elements.len(), 2);
     assert_eq!(
         table,
         KernelTable {
             chains,
             sets,
-            rules
+            rules,
+            anonymous_elements: table.anonymous_elements.clone(),
         }
     );
 

@@ -64,6 +64,37 @@ const TYPE_INET_SERVICE: u32 = 13;
 /// The key of a catch-all element is meaningless (0).
 pub(crate) type RawElem = (u128, u32, Option<u128>);
 
+/// One element of a set as the kernel dumps it, its keys as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelElem {
+    /// `NFTA_SET_ELEM_KEY` (empty for a catch-all element).
+    pub key: Vec<u8>,
+    /// `NFTA_SET_ELEM_KEY_END`: the inclusive end of a range in a set with
+    /// concatenations and `flags interval`.
+    pub key_end: Option<Vec<u8>>,
+    /// `NFTA_SET_ELEM_FLAGS`: `NFT_SET_ELEM_INTERVAL_END` (0x1) marks the
+    /// exclusive end of a range in other interval sets, `NFT_SET_ELEM_CATCHALL`
+    /// (0x2) the catch-all element.
+    pub flags: u32,
+}
+
+impl KernelElem {
+    /// As a [`RawElem`] of a set keyed by `kind`.
+    fn decode(&self, kind: KeyKind) -> Result<RawElem, String> {
+        let key = if self.flags & NFT_SET_ELEM_CATCHALL != 0 {
+            0
+        } else {
+            kind.decode(&self.key)?
+        };
+        let end = self
+            .key_end
+            .as_deref()
+            .map(|e| kind.decode(e))
+            .transpose()?;
+        Ok((key, self.flags, end))
+    }
+}
+
 /// Covered intervals of an interval set (`ipv4_addr`, `ipv6_addr` or
 /// `inet_service` keys) in table `inet <table>`, merged: sorted, overlapping
 /// and adjacent intervals joined; each `(lo, hi)` inclusive. Addresses as
@@ -157,7 +188,11 @@ fn dump_once(table: &str, set: &str) -> Result<Vec<(u128, u128)>, Attempt> {
     let mut conn = Conn::open_for_dumps()?;
     let info = query_set(&mut conn, table, set)?;
     let kind = info.readable_key(table, set)?;
-    let elems = dump_elems(&mut conn, table, set, kind)?;
+    let elems = dump_elems(&mut conn, table, set)?
+        .iter()
+        .map(|e| e.decode(kind))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Attempt::Fail(NetlinkError::Protocol(e)))?;
     Ok(derive_intervals(
         &elems,
         kind.max(),
@@ -189,12 +224,11 @@ pub(super) fn query_set(conn: &mut Conn, table: &str, set: &str) -> Result<SetIn
 }
 
 /// The `NFT_MSG_GETSETELEM` dump of `inet <table> <set>`.
-fn dump_elems(
+pub(super) fn dump_elems(
     conn: &mut Conn,
     table: &str,
     set: &str,
-    kind: KeyKind,
-) -> Result<Vec<RawElem>, Attempt> {
+) -> Result<Vec<KernelElem>, Attempt> {
     let seq = conn.next_seqs(1);
     let mut elems = Vec::new();
     let op = "dump set elements";
@@ -205,7 +239,7 @@ fn dump_elems(
         |errno, message, offset| kernel_error(table, set, op, errno, message, offset),
         |ty, payload| {
             if ty == nft_type(wire::NFT_MSG_NEWSETELEM) {
-                parse_elems(payload, kind, &mut elems)?;
+                parse_elems(payload, &mut elems)?;
             }
             Ok(())
         },
@@ -273,7 +307,7 @@ fn parse_set(payload: &[u8]) -> Result<SetInfo, String> {
 }
 
 /// `NFT_MSG_NEWSETELEM` of a dump: appends its elements to `out`.
-fn parse_elems(payload: &[u8], kind: KeyKind, out: &mut Vec<RawElem>) -> Result<(), String> {
+fn parse_elems(payload: &[u8], out: &mut Vec<KernelElem>) -> Result<(), String> {
     for attr in attrs(nfgen_attrs(payload)?) {
         let (list_kind, v) = attr?;
         if list_kind != NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -282,39 +316,47 @@ fn parse_elems(payload: &[u8], kind: KeyKind, out: &mut Vec<RawElem>) -> Result<
         for elem in attrs(v) {
             let (elem_kind, v) = elem?;
             if elem_kind == NFTA_LIST_ELEM {
-                out.push(parse_elem(v, kind)?);
+                out.push(parse_elem(v)?);
             }
         }
     }
     Ok(())
 }
 
-fn parse_elem(v: &[u8], kind: KeyKind) -> Result<RawElem, String> {
+fn parse_elem(v: &[u8]) -> Result<KernelElem, String> {
     let mut key = None;
     let mut flags = 0;
     let mut key_end = None;
     for attr in attrs(v) {
         let (attr_kind, v) = attr?;
         match attr_kind {
-            NFTA_SET_ELEM_KEY => key = Some(data_value(v, kind)?),
-            NFTA_SET_ELEM_KEY_END => key_end = Some(data_value(v, kind)?),
+            NFTA_SET_ELEM_KEY => key = Some(data_value(v)?),
+            NFTA_SET_ELEM_KEY_END => key_end = Some(data_value(v)?),
             NFTA_SET_ELEM_FLAGS => flags = be_u32(v)?,
             _ => {}
         }
     }
     match key {
-        Some(k) => Ok((k, flags, key_end)),
-        None if flags & NFT_SET_ELEM_CATCHALL != 0 => Ok((0, flags, key_end)),
+        Some(key) => Ok(KernelElem {
+            key,
+            key_end,
+            flags,
+        }),
+        None if flags & NFT_SET_ELEM_CATCHALL != 0 => Ok(KernelElem {
+            key: Vec::new(),
+            key_end,
+            flags,
+        }),
         None => Err("set element without key".into()),
     }
 }
 
 /// The `NFTA_DATA_VALUE` inside a nested key attribute.
-fn data_value(nested: &[u8], kind: KeyKind) -> Result<u128, String> {
+pub(super) fn data_value(nested: &[u8]) -> Result<Vec<u8>, String> {
     for attr in attrs(nested) {
         let (attr_kind, v) = attr?;
         if attr_kind == NFTA_DATA_VALUE {
-            return kind.decode(v);
+            return Ok(v.to_vec());
         }
     }
     Err("key without NFTA_DATA_VALUE".into())

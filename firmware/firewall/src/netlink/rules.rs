@@ -11,10 +11,13 @@
 //!
 //! - Rules: chain, handle, the comment (`NFTA_RULE_USERDATA`, libnftnl's
 //!   TLV `NFTNL_UDATA_RULE_COMMENT`), the verdict of the `immediate`
-//!   expression that writes the verdict register, and the packets / bytes of
-//!   the (last) `counter` expression. Other expressions (matches, lookups)
-//!   are skipped: a verdict given by another expression (`reject`, `queue`,
-//!   a verdict map) reads as "".
+//!   expression that writes the verdict register, the packets / bytes of
+//!   the (last) `counter` expression, and every other expression in order
+//!   ([`KernelExpr`]): the loads (`meta`, `payload`, `ct`), what works on
+//!   registers (`bitwise`, `byteorder`) and what matches (`cmp`, `lookup`,
+//!   `range`), with their registers and data; any other expression by name.
+//!   A verdict given by another expression (`reject`, `queue`, a verdict
+//!   map) reads as "".
 //! - Chains: name, hook and policy of base chains (`None` for regular
 //!   chains), named as nft names them in `inet` tables.
 //! - Sets: name, key type (nft's datatype id in `NFTA_SET_KEY_TYPE`, split
@@ -32,6 +35,10 @@
 //! its parts belong to the same ruleset (any commit, including a pinhole
 //! written by [`super::SetWriter`], bumps the generation).
 //!
+//! [`dump_table`] also reads the elements of the table's anonymous sets (the
+//! `{ ... }` written inline in rules), so that what a rule matches can be
+//! told from its expressions; they are small and constant.
+//!
 //! Only tables of family `inet` are read. A missing table gives empty lists
 //! from [`dump_rules`], [`dump_chains`] and [`dump_sets`], and `None` from
 //! [`dump_table`].
@@ -42,7 +49,10 @@ use netlink_packet_netfilter::nftables::{
     SetAttribute, SetMessage, TableAttribute, TableMessage,
 };
 
+use std::collections::BTreeMap;
+
 use super::conn::{retry, Attempt, Conn};
+use super::dump::{self, data_value, KernelElem};
 use super::wire::{attrs, be_u32, be_u64, cstr, encode, nfgen_attrs, nft_type, NFT_MSG_NEWSET};
 use super::{check_table, NetlinkError};
 
@@ -62,6 +72,72 @@ pub struct KernelRule {
     /// when none).
     pub packets: u64,
     pub bytes: u64,
+    /// The rule's expressions in order, except `counter` and the verdict's
+    /// `immediate`.
+    pub exprs: Vec<KernelExpr>,
+}
+
+/// One expression of a rule (see [`KernelRule::exprs`]). Registers are the
+/// kernel's numbers: 0 the verdict, 1 to 4 the 16-byte registers, 8 to 23
+/// the 4-byte ones (`NFT_REG32_00` ..).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelExpr {
+    /// `meta load KEY => DREG` (`NFT_META_*`, e.g. 6 `iifname`, 16 `l4proto`).
+    Meta { key: u32, dreg: u32 },
+    /// `payload load LEN @ BASE + OFFSET => DREG` (base 0 link layer, 1
+    /// network, 2 transport, 3 inner header).
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// `ct load KEY => DREG` (`NFT_CT_*`, 0 `state`), for one direction if
+    /// given.
+    Ct {
+        key: u32,
+        dreg: u32,
+        dir: Option<u8>,
+    },
+    /// `cmp OP SREG DATA` (`NFT_CMP_*`: 0 `eq`, 1 `neq`, 2 `lt`, 3 `lte`, 4
+    /// `gt`, 5 `gte`).
+    Cmp { sreg: u32, op: u32, data: Vec<u8> },
+    /// `lookup SREG set NAME`: `dreg` for a map (0: a verdict map), `invert`
+    /// for `!=`.
+    Lookup {
+        sreg: u32,
+        set: String,
+        dreg: Option<u32>,
+        invert: bool,
+    },
+    /// `bitwise DREG = (SREG & MASK) ^ XOR` over `len` bytes.
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        len: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    /// `byteorder DREG = OP(SREG)`: `len / size` elements of `size` bytes converted (op 0
+    /// `ntoh`, 1 `hton`).
+    Byteorder {
+        sreg: u32,
+        dreg: u32,
+        op: u32,
+        len: u32,
+        size: u32,
+    },
+    /// `range OP SREG FROM TO` (op 0 `eq`, 1 `neq`).
+    Range {
+        sreg: u32,
+        op: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    /// Any other expression, or one of the above used otherwise (e.g. `meta
+    /// set`, `payload write`, a bitwise shift, an `immediate` into a data
+    /// register): its name and what makes it other.
+    Other(String),
 }
 
 /// A chain of the table.
@@ -93,6 +169,9 @@ pub struct KernelSet {
     /// An anonymous set (`__set%d`, `__map%d`) that nft created for an
     /// inline set in a rule; `nft list` does not show these.
     pub anonymous: bool,
+    /// `NFTA_SET_KEY_LEN` in bytes (each component of a concatenation
+    /// padded to 4).
+    pub key_len: u32,
 }
 
 /// Everything [`dump_table`] reads, from one ruleset generation.
@@ -104,6 +183,8 @@ pub struct KernelTable {
     pub sets: Vec<KernelSet>,
     /// Grouped by chain in chain order, each chain's rules in order.
     pub rules: Vec<KernelRule>,
+    /// The elements of each anonymous set, by set name.
+    pub anonymous_elements: BTreeMap<String, Vec<KernelElem>>,
 }
 
 /// All rules of table `inet <table>`, in chain order as the kernel returns
@@ -129,9 +210,10 @@ pub fn dump_sets(table: &str) -> Result<Vec<KernelSet>, NetlinkError> {
     with_retries(table, "sets", |r| r.sets())
 }
 
-/// Chains, sets and rules of table `inet <table>` from one ruleset
-/// generation (see the module docs); `None` when the table does not exist.
-/// One socket, five requests.
+/// Chains, sets, rules and the anonymous sets' elements of table
+/// `inet <table>` from one ruleset generation (see the module docs); `None`
+/// when the table does not exist. One socket, five requests plus one per
+/// anonymous set.
 pub fn dump_table(table: &str) -> Result<Option<KernelTable>, NetlinkError> {
     check_table(table)?;
     with_retries(table, "table", |r| {
@@ -142,6 +224,11 @@ pub fn dump_table(table: &str) -> Result<Option<KernelTable>, NetlinkError> {
         let chains = r.chains()?;
         let sets = r.sets()?;
         let rules = r.rules()?;
+        let mut anonymous_elements = BTreeMap::new();
+        for set in sets.iter().filter(|s| s.anonymous) {
+            let elems = dump::dump_elems(&mut r.conn, table, &set.name)?;
+            anonymous_elements.insert(set.name.clone(), elems);
+        }
         let after = r.generation()?;
         if after != gen {
             return Err(Attempt::Retry(NetlinkError::Kernel {
@@ -158,6 +245,7 @@ pub fn dump_table(table: &str) -> Result<Option<KernelTable>, NetlinkError> {
             chains,
             sets,
             rules,
+            anonymous_elements,
         }))
     })
 }
@@ -190,6 +278,50 @@ const NFTA_DATA_VERDICT: u16 = 2;
 /// `enum nft_verdict_attributes`.
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+/// `enum nft_meta_attributes`.
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+/// `enum nft_payload_attributes`.
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_PAYLOAD_SREG: u16 = 5;
+/// `enum nft_ct_attributes`.
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
+const NFTA_CT_SREG: u16 = 4;
+/// `enum nft_cmp_attributes`.
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+/// `enum nft_lookup_attributes`.
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
+/// `NFT_LOOKUP_F_INV`.
+const NFT_LOOKUP_F_INV: u32 = 1;
+/// `enum nft_bitwise_attributes`.
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_OP: u16 = 6;
+/// `enum nft_byteorder_attributes`.
+const NFTA_BYTEORDER_SREG: u16 = 1;
+const NFTA_BYTEORDER_DREG: u16 = 2;
+const NFTA_BYTEORDER_OP: u16 = 3;
+const NFTA_BYTEORDER_LEN: u16 = 4;
+const NFTA_BYTEORDER_SIZE: u16 = 5;
+/// `enum nft_range_attributes`.
+const NFTA_RANGE_SREG: u16 = 1;
+const NFTA_RANGE_OP: u16 = 2;
+const NFTA_RANGE_FROM_DATA: u16 = 3;
+const NFTA_RANGE_TO_DATA: u16 = 4;
 /// `enum nft_counter_attributes`.
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
@@ -211,6 +343,7 @@ const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
 /// `NFT_SET_ANONYMOUS`.
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 /// `enum nft_set_flags`, by bit.
@@ -432,6 +565,7 @@ fn parse_rule(payload: &[u8], table: &str) -> Result<Option<KernelRule>, String>
         verdict: String::new(),
         packets: 0,
         bytes: 0,
+        exprs: Vec::new(),
     };
     for attr in attrs(nfgen_attrs(payload)?) {
         let (kind, v) = attr?;
@@ -468,7 +602,7 @@ fn udata_comment(mut v: &[u8]) -> Option<String> {
 }
 
 /// One `NFTA_LIST_ELEM` of `NFTA_RULE_EXPRESSIONS`: a verdict or a counter
-/// goes into `rule`, anything else is skipped.
+/// goes into `rule`'s fields, anything else into `rule.exprs`.
 fn apply_expr(v: &[u8], rule: &mut KernelRule) -> Result<(), String> {
     let mut name = String::new();
     let mut data: &[u8] = &[];
@@ -481,11 +615,12 @@ fn apply_expr(v: &[u8], rule: &mut KernelRule) -> Result<(), String> {
         }
     }
     match name.as_str() {
-        "immediate" => {
-            if let Some(verdict) = immediate_verdict(data)? {
-                rule.verdict = verdict;
-            }
-        }
+        "immediate" => match immediate_verdict(data)? {
+            Some(verdict) => rule.verdict = verdict,
+            None => rule
+                .exprs
+                .push(KernelExpr::Other("immediate into a data register".into())),
+        },
         "counter" => {
             for attr in attrs(data) {
                 let (kind, v) = attr?;
@@ -496,9 +631,99 @@ fn apply_expr(v: &[u8], rule: &mut KernelRule) -> Result<(), String> {
                 }
             }
         }
-        _ => {}
+        other => rule.exprs.push(parse_match_expr(other, data)?),
     }
     Ok(())
+}
+
+/// The attributes of an expression's `NFTA_EXPR_DATA`, by type (the last
+/// one wins if repeated).
+fn expr_attrs(data: &[u8]) -> Result<BTreeMap<u16, &[u8]>, String> {
+    attrs(data).collect()
+}
+
+/// A u32 attribute, or `default` when absent.
+fn u32_or(a: &BTreeMap<u16, &[u8]>, kind: u16, default: u32) -> Result<u32, String> {
+    a.get(&kind).map_or(Ok(default), |v| be_u32(v))
+}
+
+/// A required u32 attribute of expression `name`.
+fn u32_of(a: &BTreeMap<u16, &[u8]>, kind: u16, name: &str) -> Result<u32, String> {
+    let v = a
+        .get(&kind)
+        .ok_or_else(|| format!("{name} expression without attribute {kind}"))?;
+    be_u32(v)
+}
+
+/// The `NFTA_DATA_VALUE` of a nested data attribute of expression `name`.
+fn data_of(a: &BTreeMap<u16, &[u8]>, kind: u16, name: &str) -> Result<Vec<u8>, String> {
+    let v = a
+        .get(&kind)
+        .ok_or_else(|| format!("{name} expression without attribute {kind}"))?;
+    data_value(v)
+}
+
+/// An expression other than `counter` and `immediate`, by its name and data.
+fn parse_match_expr(name: &str, data: &[u8]) -> Result<KernelExpr, String> {
+    let a = expr_attrs(data)?;
+    let other = |what: &str| Ok(KernelExpr::Other(format!("{name} {what}")));
+    match name {
+        "meta" if a.contains_key(&NFTA_META_SREG) => other("set"),
+        "meta" => Ok(KernelExpr::Meta {
+            key: u32_of(&a, NFTA_META_KEY, name)?,
+            dreg: u32_of(&a, NFTA_META_DREG, name)?,
+        }),
+        "payload" if a.contains_key(&NFTA_PAYLOAD_SREG) => other("write"),
+        "payload" => Ok(KernelExpr::Payload {
+            base: u32_of(&a, NFTA_PAYLOAD_BASE, name)?,
+            offset: u32_of(&a, NFTA_PAYLOAD_OFFSET, name)?,
+            len: u32_of(&a, NFTA_PAYLOAD_LEN, name)?,
+            dreg: u32_of(&a, NFTA_PAYLOAD_DREG, name)?,
+        }),
+        "ct" if a.contains_key(&NFTA_CT_SREG) => other("set"),
+        "ct" => Ok(KernelExpr::Ct {
+            key: u32_of(&a, NFTA_CT_KEY, name)?,
+            dreg: u32_of(&a, NFTA_CT_DREG, name)?,
+            dir: a.get(&NFTA_CT_DIRECTION).and_then(|v| v.first().copied()),
+        }),
+        "cmp" => Ok(KernelExpr::Cmp {
+            sreg: u32_of(&a, NFTA_CMP_SREG, name)?,
+            op: u32_of(&a, NFTA_CMP_OP, name)?,
+            data: data_of(&a, NFTA_CMP_DATA, name)?,
+        }),
+        "lookup" => Ok(KernelExpr::Lookup {
+            sreg: u32_of(&a, NFTA_LOOKUP_SREG, name)?,
+            set: a
+                .get(&NFTA_LOOKUP_SET)
+                .map(|v| cstr(v))
+                .ok_or("lookup expression without a set")?,
+            dreg: a.get(&NFTA_LOOKUP_DREG).map(|v| be_u32(v)).transpose()?,
+            invert: u32_or(&a, NFTA_LOOKUP_FLAGS, 0)? & NFT_LOOKUP_F_INV != 0,
+        }),
+        // NFT_BITWISE_BOOL (0) is the mask-and-xor form; shifts and newer ops are other
+        "bitwise" if u32_or(&a, NFTA_BITWISE_OP, 0)? != 0 => other("operation"),
+        "bitwise" => Ok(KernelExpr::Bitwise {
+            sreg: u32_of(&a, NFTA_BITWISE_SREG, name)?,
+            dreg: u32_of(&a, NFTA_BITWISE_DREG, name)?,
+            len: u32_of(&a, NFTA_BITWISE_LEN, name)?,
+            mask: data_of(&a, NFTA_BITWISE_MASK, name)?,
+            xor: data_of(&a, NFTA_BITWISE_XOR, name)?,
+        }),
+        "byteorder" => Ok(KernelExpr::Byteorder {
+            sreg: u32_of(&a, NFTA_BYTEORDER_SREG, name)?,
+            dreg: u32_of(&a, NFTA_BYTEORDER_DREG, name)?,
+            op: u32_of(&a, NFTA_BYTEORDER_OP, name)?,
+            len: u32_of(&a, NFTA_BYTEORDER_LEN, name)?,
+            size: u32_of(&a, NFTA_BYTEORDER_SIZE, name)?,
+        }),
+        "range" => Ok(KernelExpr::Range {
+            sreg: u32_of(&a, NFTA_RANGE_SREG, name)?,
+            op: u32_of(&a, NFTA_RANGE_OP, name)?,
+            from: data_of(&a, NFTA_RANGE_FROM_DATA, name)?,
+            to: data_of(&a, NFTA_RANGE_TO_DATA, name)?,
+        }),
+        _ => Ok(KernelExpr::Other(name.to_owned())),
+    }
 }
 
 /// The verdict of an `immediate` expression that loads the verdict
@@ -610,6 +835,7 @@ fn parse_set(payload: &[u8], table: &str) -> Result<Option<KernelSet>, String> {
     let mut name = String::new();
     let mut flags = 0;
     let mut key_type = 0;
+    let mut key_len = 0;
     for attr in attrs(nfgen_attrs(payload)?) {
         let (kind, v) = attr?;
         match kind {
@@ -617,6 +843,7 @@ fn parse_set(payload: &[u8], table: &str) -> Result<Option<KernelSet>, String> {
             NFTA_SET_NAME => name = cstr(v),
             NFTA_SET_FLAGS => flags = be_u32(v)?,
             NFTA_SET_KEY_TYPE => key_type = be_u32(v)?,
+            NFTA_SET_KEY_LEN => key_len = be_u32(v)?,
             _ => {}
         }
     }
@@ -629,6 +856,7 @@ fn parse_set(payload: &[u8], table: &str) -> Result<Option<KernelSet>, String> {
         key_types: key_type_names(key_type),
         flags: set_flag_names(flags),
         anonymous,
+        key_len,
     }))
 }
 
@@ -742,10 +970,22 @@ mod tests {
         message(&parts)
     }
 
+    fn u32_nla(kind: u16, v: u32) -> Vec<u8> {
+        nla(kind, &v.to_be_bytes())
+    }
+
+    /// `NFTA_DATA_VALUE` nested in attribute `kind`.
+    fn data_nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        nested(kind, &[nla(1, value)])
+    }
+
     #[test]
     fn rule_with_comment_counter_and_verdict() {
         // what `nft --debug=mnl` shows for `ip saddr 10.0.0.1 counter packets
-        // 5 bytes 300 jump allow comment "office"`, less the matches
+        // 5 bytes 300 jump allow comment "office"`:
+        //   [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ]
+        //   [ payload load 4b @ network header + 12 => reg 1 ]
+        //   [ cmp eq reg 1 0x0100000a ] [ counter ] [ immediate reg 0 jump -> allow ]
         let counter = expr(
             "counter",
             &[
@@ -753,13 +993,47 @@ mod tests {
                 nla(NFTA_COUNTER_PACKETS, &5u64.to_be_bytes()),
             ],
         );
-        let payload = expr("payload", &[nla(1, &1u32.to_be_bytes())]);
+        let meta = expr(
+            "meta",
+            &[u32_nla(NFTA_META_KEY, 15), u32_nla(NFTA_META_DREG, 1)],
+        );
+        let cmp = |data: &[u8]| {
+            expr(
+                "cmp",
+                &[
+                    u32_nla(NFTA_CMP_SREG, 1),
+                    u32_nla(NFTA_CMP_OP, 0),
+                    data_nla(NFTA_CMP_DATA, data),
+                ],
+            )
+        };
+        let payload = expr(
+            "payload",
+            &[
+                u32_nla(NFTA_PAYLOAD_DREG, 1),
+                u32_nla(NFTA_PAYLOAD_BASE, 1),
+                u32_nla(NFTA_PAYLOAD_OFFSET, 12),
+                u32_nla(NFTA_PAYLOAD_LEN, 4),
+            ],
+        );
         let udata = [0, 7, b'o', b'f', b'f', b'i', b'c', b'e', 0];
         let msg = rule_msg(
             "callgate",
-            &[payload, counter, verdict_expr(0, -3, Some("allow"))],
+            &[
+                meta,
+                cmp(&[2]),
+                payload,
+                cmp(&[10, 0, 0, 1]),
+                counter,
+                verdict_expr(0, -3, Some("allow")),
+            ],
             Some(&udata),
         );
+        let cmp_eq = |data: &[u8]| KernelExpr::Cmp {
+            sreg: 1,
+            op: 0,
+            data: data.to_vec(),
+        };
         assert_eq!(
             parse_rule(&msg, "callgate").unwrap(),
             Some(KernelRule {
@@ -769,9 +1043,147 @@ mod tests {
                 verdict: "jump allow".into(),
                 packets: 5,
                 bytes: 300,
+                exprs: vec![
+                    KernelExpr::Meta { key: 15, dreg: 1 },
+                    cmp_eq(&[2]),
+                    KernelExpr::Payload {
+                        base: 1,
+                        offset: 12,
+                        len: 4,
+                        dreg: 1
+                    },
+                    cmp_eq(&[10, 0, 0, 1]),
+                ],
             })
         );
         assert_eq!(parse_rule(&msg, "other").unwrap(), None);
+    }
+
+    #[test]
+    fn match_expressions() {
+        let lookup = expr(
+            "lookup",
+            &[
+                nla(NFTA_LOOKUP_SET, &s("allow4")),
+                u32_nla(NFTA_LOOKUP_SREG, 1),
+                u32_nla(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV),
+            ],
+        );
+        let vmap = expr(
+            "lookup",
+            &[
+                nla(NFTA_LOOKUP_SET, &s("portmap")),
+                u32_nla(NFTA_LOOKUP_SREG, 1),
+                u32_nla(NFTA_LOOKUP_DREG, 0),
+            ],
+        );
+        let bitwise = expr(
+            "bitwise",
+            &[
+                u32_nla(NFTA_BITWISE_SREG, 1),
+                u32_nla(NFTA_BITWISE_DREG, 1),
+                u32_nla(NFTA_BITWISE_LEN, 4),
+                data_nla(NFTA_BITWISE_MASK, &[6, 0, 0, 0]),
+                data_nla(NFTA_BITWISE_XOR, &[0; 4]),
+            ],
+        );
+        let shift = expr(
+            "bitwise",
+            &[u32_nla(NFTA_BITWISE_SREG, 1), u32_nla(NFTA_BITWISE_OP, 1)],
+        );
+        let byteorder = expr(
+            "byteorder",
+            &[
+                u32_nla(NFTA_BYTEORDER_SREG, 10),
+                u32_nla(NFTA_BYTEORDER_DREG, 10),
+                u32_nla(NFTA_BYTEORDER_OP, 1),
+                u32_nla(NFTA_BYTEORDER_LEN, 1),
+                u32_nla(NFTA_BYTEORDER_SIZE, 2),
+            ],
+        );
+        let range = expr(
+            "range",
+            &[
+                u32_nla(NFTA_RANGE_SREG, 1),
+                u32_nla(NFTA_RANGE_OP, 1),
+                data_nla(NFTA_RANGE_FROM_DATA, &[0x03, 0xe8]),
+                data_nla(NFTA_RANGE_TO_DATA, &[0x07, 0xd0]),
+            ],
+        );
+        let ct = expr(
+            "ct",
+            &[
+                u32_nla(NFTA_CT_DREG, 1),
+                u32_nla(NFTA_CT_KEY, 0),
+                nla(NFTA_CT_DIRECTION, &[1]),
+            ],
+        );
+        let meta_set = expr(
+            "meta",
+            &[u32_nla(NFTA_META_KEY, 3), u32_nla(NFTA_META_SREG, 1)],
+        );
+        let write = expr(
+            "payload",
+            &[u32_nla(NFTA_PAYLOAD_SREG, 1), u32_nla(NFTA_PAYLOAD_BASE, 1)],
+        );
+        let log = expr("log", &[]);
+        let msg = rule_msg(
+            "callgate",
+            &[
+                lookup, vmap, bitwise, shift, byteorder, range, ct, meta_set, write, log,
+            ],
+            None,
+        );
+        let r = parse_rule(&msg, "callgate").unwrap().unwrap();
+        assert_eq!(
+            r.exprs,
+            [
+                KernelExpr::Lookup {
+                    sreg: 1,
+                    set: "allow4".into(),
+                    dreg: None,
+                    invert: true
+                },
+                KernelExpr::Lookup {
+                    sreg: 1,
+                    set: "portmap".into(),
+                    dreg: Some(0),
+                    invert: false
+                },
+                KernelExpr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    len: 4,
+                    mask: vec![6, 0, 0, 0],
+                    xor: vec![0; 4]
+                },
+                KernelExpr::Other("bitwise operation".into()),
+                KernelExpr::Byteorder {
+                    sreg: 10,
+                    dreg: 10,
+                    op: 1,
+                    len: 1,
+                    size: 2
+                },
+                KernelExpr::Range {
+                    sreg: 1,
+                    op: 1,
+                    from: vec![0x03, 0xe8],
+                    to: vec![0x07, 0xd0]
+                },
+                KernelExpr::Ct {
+                    key: 0,
+                    dreg: 1,
+                    dir: Some(1)
+                },
+                KernelExpr::Other("meta set".into()),
+                KernelExpr::Other("payload write".into()),
+                KernelExpr::Other("log".into()),
+            ]
+        );
+        // a match expression without what it needs is malformed
+        let bare_cmp = expr("cmp", &[u32_nla(NFTA_CMP_SREG, 1), u32_nla(NFTA_CMP_OP, 0)]);
+        assert!(parse_rule(&rule_msg("callgate", &[bare_cmp], None), "callgate").is_err());
     }
 
     #[test]
@@ -781,6 +1193,10 @@ mod tests {
         let r = parse_rule(&msg, "callgate").unwrap().unwrap();
         assert_eq!((r.verdict.as_str(), r.comment.as_str()), ("", ""));
         assert_eq!((r.packets, r.bytes), (0, 0));
+        assert_eq!(
+            r.exprs,
+            [KernelExpr::Other("immediate into a data register".into())]
+        );
         // user data with another TLV before the comment, and a truncated one
         assert_eq!(
             udata_comment(&[1, 1, 0, 0, 3, b'a', b'b', 0]).as_deref(),
@@ -879,6 +1295,7 @@ mod tests {
                 key_types: vec!["ipv4_addr".into()],
                 flags: vec!["anonymous".into(), "constant".into()],
                 anonymous: true,
+                key_len: 4,
             })
         );
     }
