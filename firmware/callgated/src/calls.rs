@@ -83,7 +83,13 @@ pub fn start(
         return None;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = match driver::spawn(cfg, tx) {
+    // Calls that were in progress when the daemon last stopped carry on.
+    let resumed = store
+        .take_calls_in_progress()
+        .into_iter()
+        .map(|r| (r.id, r.value))
+        .collect();
+    let handle = match driver::spawn(cfg, tx, resumed) {
         Ok((h, _join)) => h,
         Err(e) => {
             log::error!("sip: the proxy does not run: {e}");
@@ -118,7 +124,7 @@ async fn effects(
     progress: RecordsInFlight,
     sip: SipHandle,
 ) {
-    let (records, queue) = std_mpsc::channel::<Pending>();
+    let (records, queue) = std_mpsc::channel::<Job>();
     let done = progress.clone();
     let writer = std::thread::Builder::new()
         .name("cdr-writer".into())
@@ -151,9 +157,17 @@ async fn effects(
                         log::error!("sip: blocklist {ip}: {}", error_chain(&e));
                     }
                 }
+                Effect::Resumed { seq, id } => {
+                    if records.send(Job::Resumed { seq, id }).is_err() {
+                        log::error!("sip: the call record writer is gone");
+                    }
+                }
                 Effect::Record { seq, cdr, ended } => {
                     progress.handed();
-                    if records.send(Pending { seq, cdr, ended }).is_err() {
+                    if records
+                        .send(Job::Record(Pending { seq, cdr, ended }))
+                        .is_err()
+                    {
                         log::error!(
                             "sip: the call record writer is gone; record of call {seq} lost"
                         );
@@ -193,6 +207,16 @@ async fn apply_pinholes(firewall: &FirewallHandle, changes: Vec<PinholeChange>) 
     }
 }
 
+/// What the record writer is asked to do, in order.
+enum Job {
+    Record(Pending),
+    /// Call `seq` is a resumed call whose record has id `id`.
+    Resumed {
+        seq: u64,
+        id: u64,
+    },
+}
+
 /// A record the proxy emitted: `seq` is the call, `ended` false for the answer-time one.
 struct Pending {
     seq: u64,
@@ -205,20 +229,30 @@ struct Pending {
 /// the call's 2xx go to the caller.
 fn write_records(
     store: &Store,
-    queue: &std_mpsc::Receiver<Pending>,
+    queue: &std_mpsc::Receiver<Job>,
     done: &RecordsInFlight,
     sip: &SipHandle,
 ) {
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
     while let Ok(first) = queue.recv() {
+        let first = match first {
+            Job::Record(p) => p,
+            Job::Resumed { seq, id } => {
+                answered.insert(seq, id);
+                continue;
+            }
+        };
         // Sleep through the gathering time and then take what came: records queued
         // meanwhile wake nobody (a blocking receive would be woken by each of them).
         std::thread::sleep(GATHER);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(Job::Record(p)) => batch.push(p),
+                Ok(Job::Resumed { seq, id }) => {
+                    answered.insert(seq, id);
+                }
                 Err(_) => break,
             }
         }
@@ -341,6 +375,7 @@ mod tests {
                 disposition: Disposition::Answered,
                 final_code: code,
                 appliance: "a".into(),
+                resume: None,
             }),
         }
     }

@@ -1032,6 +1032,7 @@ impl Proxy {
                     disposition: Disposition::Rejected,
                     final_code: code,
                     appliance: p.s.appliance.clone(),
+                    resume: None,
                 }),
                 ended: true,
             });
@@ -2046,13 +2047,97 @@ impl Proxy {
             .map(Box::new);
         let cdr = self.cdr_of(seq, Disposition::Answered, 200, None);
         self.set_timer(seq, TimerKind::MaxCall, now.mono + max_call);
-        if let Some(cdr) = cdr {
+        if let Some(mut cdr) = cdr {
+            cdr.resume = self.calls.get(&seq).map(|c| resume_of(c));
             out.push(Output::Record {
                 seq,
                 cdr: Box::new(cdr),
                 ended: false,
             });
         }
+    }
+
+    /// Carries on a call that was in progress when the daemon last stopped, from its
+    /// answer-time record: its in-dialog requests are relayed again, its record completed
+    /// at BYE or at the maximum call length (counted from its answer), its pinholes
+    /// renewed for what is left of that and closed at the end. Our own BYEs at the maximum
+    /// length need the dialog's headers, which the record does not keep: such a call ends
+    /// there without them (the parties' media stops with the pinholes). Returns the call's
+    /// `seq` (its records use it), or `None` for a record that cannot be resumed.
+    pub fn resume(&mut self, now: Now, cdr: &Cdr, out: &mut Vec<Output>) -> Option<u64> {
+        let r = cdr.resume.as_ref()?;
+        let answer_at = cdr.answer_at?;
+        let caller_number = cdr.caller.reveal()?;
+        if self.by_call_id.contains_key(cdr.call_id.as_str()) {
+            return None;
+        }
+        let peer = |p: &callgate_store::Party| Peer {
+            transport: if p.tcp {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            addr: p.addr,
+            conn: None,
+        };
+        let pool: Option<Arc<[IpNet]>> = (!r.media_pool.is_empty())
+            .then(|| r.media_pool.iter().filter_map(|p| p.parse().ok()).collect());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Its INVITE transaction ended with the old daemon; the key is never looked up for
+        // an answered call.
+        let server_key = TransactionKey::server("z9hG4bKresumed", "resumed", "INVITE").ok()?;
+        let call = Call {
+            seq,
+            call_id: cdr.call_id.as_str().into(),
+            from_tag: r.from_tag.as_str().into(),
+            setup: None,
+            server_key,
+            caller: peer(&r.caller),
+            caller_local: r.caller.local,
+            number: cdr.tracking_number.as_str().into(),
+            campaign: Arc::from(cdr.campaign.as_str()),
+            caller_number: caller_number.into(),
+            caller_name: cdr
+                .caller_name
+                .as_ref()
+                .and_then(|n| n.reveal())
+                .map(Into::into),
+            client_key: None,
+            callee: peer(&r.callee),
+            callee_local: r.callee.local,
+            destination: cdr.destination.as_str().into(),
+            state: CallState::Answered,
+            cancel: None,
+            last_code: Some(200),
+            invite_at: cdr.invite_at,
+            ring_at: cdr.ring_at,
+            answer_at: Some(answer_at),
+            deadlines: Deadlines::new(),
+            media: [
+                r.caller.media.clone().into_boxed_slice(),
+                r.callee.media.clone().into_boxed_slice(),
+            ],
+            media_open: true,
+            held_answer: None,
+            pool,
+            offered: None,
+            permit: self.admission.as_mut().map(|a| a.carry_over()),
+            dialog: None,
+        };
+        let caller_ip = call.caller.addr.ip();
+        let pinholes = call.pinholes();
+        self.by_call_id.insert(call.call_id.clone(), seq);
+        self.calls.insert(seq, Box::new(call));
+        self.flood
+            .carry_dialog(guard::Millis(now.mono.0), caller_ip);
+        // What is left of the maximum call length, by the wall clock of its answer.
+        let left = (answer_at + self.s.max_call.0).saturating_sub(now.unix_ms);
+        self.set_timer(seq, TimerKind::MaxCall, now.mono + Millis(left));
+        for a in pinholes {
+            self.pinhole_for(now, a, Millis(left), out);
+        }
+        Some(seq)
     }
 
     /// A 2xx whose media the config does not allow: it never reaches the caller, the callee
@@ -2156,9 +2241,20 @@ impl Proxy {
     /// A call starts using the pinhole `a` (source, destination): opens it, or renews the
     /// shared one when the call could outlive its timeout.
     fn pinhole_open(&mut self, now: Now, a: (IpNet, SocketAddr), out: &mut Vec<Output>) {
-        // The call may last max_call; the pinhole a minute longer.
-        let ttl = Millis(self.s.max_call.0 + 60_000);
-        let need = now.mono + self.s.max_call;
+        self.pinhole_for(now, a, self.s.max_call, out);
+    }
+
+    /// [`Self::pinhole_open`] for a call that may last `left` more: the pinhole a minute
+    /// longer.
+    fn pinhole_for(
+        &mut self,
+        now: Now,
+        a: (IpNet, SocketAddr),
+        left: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        let ttl = Millis(left.0.saturating_add(60_000));
+        let need = now.mono + left;
         let until = now.mono + ttl;
         let e = self.pinholes.entry(a).or_insert((0, Millis(0)));
         e.0 += 1;
@@ -2219,6 +2315,7 @@ impl Proxy {
             disposition,
             final_code: code,
             appliance: self.s.appliance.clone(),
+            resume: None,
         })
     }
 
@@ -2660,6 +2757,26 @@ fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
     let mut m = msg.clone();
     m.remove_top_via().ok()?;
     Some(m.serialize())
+}
+
+/// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
+fn resume_of(c: &Call) -> callgate_store::Resume {
+    let party = |p: Peer, local: SocketAddr, media: &Media| callgate_store::Party {
+        tcp: p.transport == Transport::Tcp,
+        addr: p.addr,
+        local,
+        media: media.to_vec(),
+    };
+    callgate_store::Resume {
+        from_tag: c.from_tag.to_string(),
+        caller: party(c.caller, c.caller_local, &c.media[0]),
+        callee: party(c.callee, c.callee_local, &c.media[1]),
+        media_pool: c
+            .pool
+            .iter()
+            .flat_map(|p| p.iter().map(ToString::to_string))
+            .collect(),
+    }
 }
 
 /// What our own BYEs need, from the INVITE as received and the 2xx.

@@ -56,6 +56,12 @@ pub enum Effect {
         cdr: Box<callgate_store::Cdr>,
         ended: bool,
     },
+    /// A call in progress at the last stop was resumed as `seq` from its record `id`: its
+    /// final record goes under that id.
+    Resumed {
+        seq: u64,
+        id: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -225,9 +231,14 @@ const MAX_PENDING_EFFECTS: usize = 256;
 
 /// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
 /// returned before anything runs.
+///
+/// `resumed`: the records (id, answer-time record) of calls that were in progress at the
+/// last stop ([`callgate_store::Store::take_calls_in_progress`]); the core carries them on
+/// ([`Proxy::resume`]) and an [`Effect::Resumed`] for each comes before anything else.
 pub fn spawn(
     cfg: Arc<Config>,
     effects: mpsc::UnboundedSender<Effect>,
+    resumed: Vec<(u64, callgate_store::Cdr)>,
 ) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
     #[cfg(debug_assertions)]
     if fault_armed() {
@@ -268,7 +279,7 @@ pub fn spawn(
                 }
             };
             let local = LocalSet::new();
-            local.block_on(&rt, run(cfg, udp, tcp, rx, stored_rx, effects));
+            local.block_on(&rt, run(cfg, udp, tcp, rx, stored_rx, effects, resumed));
         })
         .map_err(DriverError::Thread)?;
     Ok((SipHandle { tx, stored }, join))
@@ -281,9 +292,24 @@ async fn run(
     mut rx: mpsc::Receiver<Command>,
     stored: mpsc::UnboundedReceiver<(u64, bool)>,
     effects: mpsc::UnboundedSender<Effect>,
+    resumed: Vec<(u64, callgate_store::Cdr)>,
 ) {
     let start = Instant::now();
-    let core = Proxy::new(settings(&cfg), &cfg, now(start));
+    let mut core = Proxy::new(settings(&cfg), &cfg, now(start));
+    let mut out = Vec::new();
+    let mut carried = 0;
+    for (id, cdr) in &resumed {
+        match core.resume(now(start), cdr, &mut out) {
+            Some(seq) => {
+                carried += 1;
+                let _ = effects.send(Effect::Resumed { seq, id: *id });
+            }
+            None => log::warn!("sip: the call in progress of record {id} cannot be resumed"),
+        }
+    }
+    if !resumed.is_empty() {
+        log::info!("sip: {carried} calls in progress at the last stop carried on");
+    }
     let mut sockets = Vec::new();
     for (a, s) in udp {
         match UdpSocket::from_std(s) {
@@ -315,6 +341,8 @@ async fn run(
             Err(e) => log::error!("sip: tcp {a}: {e}"),
         }
     }
+    execute(&sh, &mut out);
+    flush_effects(&sh);
     tokio::task::spawn_local(timer_loop(sh.clone()));
     tokio::task::spawn_local(stored_loop(sh.clone(), stored));
     log::info!("sip: proxy listening on {:?}", cfg.sip.listen_addrs());

@@ -653,6 +653,7 @@ fn cdr(call_id: &str) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: APPLIANCE.to_owned(),
+        resume: None,
     }
 }
 
@@ -809,7 +810,11 @@ fn basic_call_answered_then_caller_hangs_up() {
     );
     assert_eq!(out.pinholes().len(), 4);
     assert!(out.pinholes().iter().all(|p| p.2 == pinhole_ttl()));
-    let (seq, answer_cdr, ended) = out.record();
+    let (seq, mut answer_cdr, ended) = out.record();
+    assert!(
+        answer_cdr.resume.take().is_some(),
+        "the answer-time record carries what resumes the call"
+    );
     assert!(!ended);
     assert_eq!(
         answer_cdr,
@@ -1162,7 +1167,11 @@ fn failover_on_503_then_answered_by_second_pbx() {
             "198.51.100.11:30001"
         ])
     );
-    let (_, c, ended) = out.record();
+    let (_, mut c, ended) = out.record();
+    assert!(
+        c.resume.take().is_some(),
+        "the answer-time record carries what resumes the call"
+    );
     assert!(!ended);
     let expected = Cdr {
         destination: DEST2.to_owned(),
@@ -1234,7 +1243,11 @@ fn failover_on_silence_then_answered_by_second_pbx() {
     lab.at(3_500);
     let out = lab.pbx_says(pbx2(), &pbx_reply(&fwd2, 200, "pbx2", Some(30000)));
     assert_eq!(out.response_to(carrier().addr).status(), Some(200));
-    let (_, c, ended) = out.record();
+    let (_, mut c, ended) = out.record();
+    assert!(
+        c.resume.take().is_some(),
+        "the answer-time record carries what resumes the call"
+    );
     assert!(!ended);
     assert_eq!(
         c,
@@ -1767,7 +1780,11 @@ fn tcp_caller_basic_call() {
     assert_eq!(ok.peer, caller);
     assert_eq!(ok.status(), Some(200));
     assert_eq!(out.opened().len(), 4);
-    let (seq, c, ended) = out.record();
+    let (seq, mut c, ended) = out.record();
+    assert!(
+        c.resume.take().is_some(),
+        "the answer-time record carries what resumes the call"
+    );
     assert!(!ended);
     assert_eq!(lab.proxy.active_calls()[0].transport, Transport::Tcp);
 
@@ -2571,4 +2588,94 @@ fn the_2xx_reaches_the_caller_only_once_its_record_is_durable() {
     assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1, "{out:#?}");
     assert!(out.records()[0].2, "the final record is attempted");
     assert_eq!(lab.proxy.call_count(), 1, "the first call goes on");
+}
+
+#[test]
+fn a_restarted_proxy_carries_on_calls_from_their_records() {
+    // The first daemon: an answered call; its answer-time record carries what resumes it.
+    let mut first = Lab::with(Opts {
+        max_call: 60,
+        ..Opts::default()
+    });
+    let mut records = Vec::new();
+    let a = {
+        first.at(1_000);
+        let inv = Invite::new("resume-a@x");
+        let out = first.carrier_says(&inv.bytes());
+        let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+        first.at(1_200);
+        let out = first.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pa", Some(30000)));
+        let ok_up = out.response_to(carrier().addr);
+        records.push(out.record().1);
+        CallerDialog::new(&inv, &ok_up)
+    };
+    drop(first);
+    let a_rec = records.remove(0);
+    assert!(a_rec.resume.is_some(), "{a_rec:?}");
+    assert_eq!(a_rec.resume.as_ref().unwrap().from_tag, "ftag-caller");
+
+    // The restarted daemon, 3 s later by the wall clock.
+    let mut lab = Lab::with(Opts {
+        max_call: 60,
+        ..Opts::default()
+    });
+    lab.at(3_000);
+    let mut raw = Vec::new();
+    let seq = lab
+        .proxy
+        .resume(now_at(3_000), &a_rec, &mut raw)
+        .expect("resumed");
+    let out = Out(raw);
+    assert_eq!(
+        out.opened(),
+        addrs(&[
+            "203.0.113.10:40000",
+            "203.0.113.10:40001",
+            "198.51.100.10:30000",
+            "198.51.100.10:30001"
+        ]),
+        "pinholes renewed: {out:#?}"
+    );
+    assert_eq!(lab.proxy.call_count(), 1);
+    assert_eq!(
+        lab.proxy.resume(now_at(3_000), &a_rec, &mut Vec::new()),
+        None,
+        "once"
+    );
+    // A BYE from anyone else is refused; the caller's BYE is relayed and completes it.
+    lab.at(4_000);
+    let forged = a.request("BYE", "z9hG4bK-forged-bye", 2, None);
+    let out = lab.recv(udp("203.0.113.66:5060"), wan(), &forged);
+    let bye = a.request("BYE", "z9hG4bK-resume-a-bye", 2, None);
+    assert_eq!(out.response_to(sa("203.0.113.66:5060")).status(), Some(403));
+    let out = lab.carrier_says(&bye);
+    assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1, "{out:#?}");
+    let (s, c, ended) = out.record();
+    assert_eq!(s, seq);
+    assert!(ended);
+    assert_eq!(c.end_at, Some(UNIX0 + 4_000));
+    assert_eq!(c.duration_ms, 4_000 - 1_200);
+    assert_eq!(c.caller, Pii::new(CALLER_NUMBER));
+    assert_eq!(c.resume, None);
+    assert_eq!(out.closed().len(), 4);
+    assert_eq!(lab.proxy.call_count(), 0);
+
+    // A resumed call nobody hangs up ends at the maximum length counted from its answer.
+    let mut lab = Lab::with(Opts {
+        max_call: 60,
+        ..Opts::default()
+    });
+    lab.at(10_000);
+    let seq = lab
+        .proxy
+        .resume(now_at(10_000), &a_rec, &mut Vec::new())
+        .unwrap();
+    lab.at(1_200 + 60_000 - 1);
+    assert!(lab.tick().records().is_empty());
+    lab.at(1_200 + 60_000);
+    let out = lab.tick();
+    let (s, c, ended) = out.record();
+    assert_eq!((s, ended), (seq, true));
+    assert_eq!(c.end_at, Some(UNIX0 + 61_200));
+    assert_eq!(out.closed().len(), 4);
 }

@@ -102,7 +102,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
-pub use types::{AuditEntry, Cdr, ConfigRevision, Disposition, Pii, Record, Session};
+pub use types::{
+    AuditEntry, Cdr, ConfigRevision, Disposition, Party, Pii, Record, Resume, Session,
+};
 
 const FORMAT: &[u8] = b"callgate-store/1";
 const META_FORMAT: &[u8] = b"format";
@@ -263,6 +265,10 @@ pub struct Store {
     /// Answer-time records of calls in progress (see [`Store::put_open_cdrs`]).
     #[allow(clippy::disallowed_types)]
     open_calls: Mutex<open::OpenSlots>,
+    /// Calls that were in progress when the store was last closed, as recovered at open,
+    /// until [`Store::take_calls_in_progress`].
+    #[allow(clippy::disallowed_types)]
+    in_progress: Mutex<Vec<Record<Cdr>>>,
     commit: GroupCommit,
     // Declared last: dropped after the writer thread has finished.
     _db: sled::Db,
@@ -294,6 +300,9 @@ struct CdrBody {
     appliance: String,
     /// Whether the CDR has a caller name (the name itself is with the PII).
     has_name: bool,
+    /// What a restarted daemon needs (answer-time records of calls in progress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume: Option<Resume>,
 }
 
 /// The personal part of a stored CDR (JSON, sealed under the caller's subject key).
@@ -493,6 +502,8 @@ impl Store {
             next_audit,
             #[allow(clippy::disallowed_types)]
             open_calls: Mutex::new(slots),
+            #[allow(clippy::disallowed_types)]
+            in_progress: Mutex::new(Vec::new()),
             commit,
             _db: db,
         };
@@ -505,18 +516,22 @@ impl Store {
     fn recover_open_cdrs(&self, unfinished: Vec<open::Found>) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         let mut n = 0;
+        let mut in_progress = Vec::new();
         for (id, sealed) in unfinished {
             let key = id.to_be_bytes();
             if self.t.cdrs.contains_key(key)? {
                 continue; // its final record made it
             }
             match self.decode_cdr(id, &key, &sealed) {
-                Ok((token, _)) => {
+                Ok((token, rec)) => {
                     self.next_cdr
                         .fetch_max(id.saturating_add(1), Ordering::Relaxed);
                     let index = token.map(|t| [t.as_bytes().as_slice(), &key].concat());
                     ops.extend(self.cdr_write(id, sealed, index));
                     n += 1;
+                    if rec.value.end_at.is_none() && rec.value.resume.is_some() {
+                        in_progress.push(rec);
+                    }
                 }
                 Err(e) => log::warn!(
                     "store: the record of call in progress {id} is unreadable and dropped: {}",
@@ -528,7 +543,22 @@ impl Store {
             self.commit(ops)?;
             log::info!("store: {n} records of calls that were in progress recovered");
         }
-        self.slots()?.clear().map_err(StoreError::OpenCalls)
+        self.slots()?.clear().map_err(StoreError::OpenCalls)?;
+        if let Ok(mut v) = self.in_progress.lock() {
+            *v = in_progress;
+        }
+        Ok(())
+    }
+
+    /// The answer-time records of the calls that were in progress when the store was last
+    /// closed (or its process died), with what it takes to carry them on
+    /// ([`Cdr::resume`]); each is in the `cdrs` tree already, under its id, and is
+    /// completed by writing its final record under the same id. Returned once.
+    pub fn take_calls_in_progress(&self) -> Vec<Record<Cdr>> {
+        self.in_progress
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 
     fn slots(&self) -> Result<MutexGuard<'_, open::OpenSlots>, StoreError> {
@@ -1022,6 +1052,7 @@ impl Store {
             final_code: cdr.final_code,
             appliance: cdr.appliance.clone(),
             has_name: cdr.caller_name.is_some(),
+            resume: cdr.resume.clone(),
         };
         let body = serde_json::to_vec(&body).map_err(StoreError::Encode)?;
         let (plain, index) = match &cdr.caller {
@@ -1109,6 +1140,7 @@ impl Store {
             disposition: body.disposition,
             final_code: body.final_code,
             appliance: body.appliance,
+            resume: body.resume,
         };
         Ok((
             token,

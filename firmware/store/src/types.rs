@@ -89,6 +89,36 @@ pub struct Cdr {
     pub disposition: Disposition,
     pub final_code: u16,
     pub appliance: String,
+    /// On the answer-time record of a call in progress only: what a restarted daemon needs
+    /// to carry the call on (see [`Resume`]). `None` on final records.
+    pub resume: Option<Resume>,
+}
+
+/// One party of a call in progress, as the proxy reached it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Party {
+    /// Over TCP (else UDP).
+    pub tcp: bool,
+    /// Its signalling address.
+    pub addr: std::net::SocketAddr,
+    /// Our socket toward it.
+    pub local: std::net::SocketAddr,
+    /// The media addresses it described (RTP, RTCP).
+    pub media: Vec<std::net::SocketAddr>,
+}
+
+/// What a restarted daemon needs to recognise the in-dialog requests of a call that was in
+/// progress, complete its record at BYE or at the maximum call length, and close its
+/// pinholes. Never personal data: tags are random, the addresses are the carrier's and
+/// the private segment's equipment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The caller's From tag (tells which party sent an in-dialog request).
+    pub from_tag: String,
+    pub caller: Party,
+    pub callee: Party,
+    /// The carrier's media pool (prefixes), when its media comes from one.
+    pub media_pool: Vec<String>,
 }
 
 /// One audited action. Append-only.

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use callgate_store::{Cdr, Disposition, Pii, Store, StoreError, Table};
+use callgate_store::{Cdr, Disposition, Party, Pii, Resume, Store, StoreError, Table};
 use callgate_vault::Kek;
 
 const OPEN_FILE: &str = "open-cdrs";
@@ -26,6 +26,7 @@ fn answered(caller: &str, n: u64) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: "a".into(),
+        resume: None,
     }
 }
 
@@ -222,4 +223,70 @@ fn one_step_writes_calls_in_progress_and_ended_ones() {
     assert_eq!(s.get_cdr(ids[0]).unwrap().value, f0);
     assert_eq!(s.get_cdr(ids[1]).unwrap().value, cdrs[1]);
     assert_eq!(s.get_cdr(id2).unwrap().value, c2);
+}
+
+#[test]
+fn calls_in_progress_at_a_crash_come_back_with_what_resumes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kek::generate().unwrap();
+    let party = |a: &str, l: &str, m: &str| Party {
+        tcp: false,
+        addr: a.parse().unwrap(),
+        local: l.parse().unwrap(),
+        media: vec![m.parse().unwrap()],
+    };
+    let resume = Resume {
+        from_tag: "ftag".into(),
+        caller: party(
+            "203.0.113.10:5060",
+            "203.0.113.1:5060",
+            "203.0.113.10:40000",
+        ),
+        callee: party(
+            "198.51.100.10:5060",
+            "198.51.100.1:5060",
+            "198.51.100.10:30000",
+        ),
+        media_pool: vec!["203.0.113.32/28".into()],
+    };
+    let (ids, live) = {
+        let s = Store::open(dir.path(), k.clone()).unwrap();
+        let ids: Vec<u64> = (0..3).map(|_| s.reserve_cdr_id()).collect();
+        let live = Cdr {
+            resume: Some(resume.clone()),
+            ..answered("+12025550301", 1)
+        };
+        let old = answered("+12025550302", 2);
+        let done = Cdr {
+            resume: Some(resume.clone()),
+            ..answered("+12025550303", 3)
+        };
+        s.put_open_cdrs(&[(ids[0], &live), (ids[1], &old), (ids[2], &done)])
+            .unwrap();
+        // The third ends before the crash.
+        s.put_cdrs(&[(ids[2], &ended(&answered("+12025550303", 3)))])
+            .unwrap();
+        assert!(
+            s.take_calls_in_progress().is_empty(),
+            "nothing at a clean open"
+        );
+        (ids, live)
+    };
+    let s = Store::open(dir.path(), k).unwrap();
+    let back = s.take_calls_in_progress();
+    assert_eq!(
+        back.len(),
+        1,
+        "only the one with resume state, still unfinished"
+    );
+    assert_eq!(back[0].id, ids[0]);
+    assert_eq!(back[0].value, live);
+    assert!(s.take_calls_in_progress().is_empty(), "returned once");
+    // The record is in the tree; its final record replaces it under the same id.
+    let fin = Cdr {
+        resume: None,
+        ..ended(&live)
+    };
+    s.put_cdrs(&[(ids[0], &fin)]).unwrap();
+    assert_eq!(s.get_cdr(ids[0]).unwrap().value, fin);
 }
