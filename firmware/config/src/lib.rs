@@ -520,6 +520,7 @@ impl Config {
             );
         }
         self.sip.validate(loc, &mut errs);
+        self.sip.tcp.validate(loc, &mut errs);
         errs.sort_by_key(|e| (e.line, e.column));
         errs
     }
