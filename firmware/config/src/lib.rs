@@ -19,6 +19,8 @@
 mod sip;
 mod types;
 
+pub use sip::SipTcp;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;

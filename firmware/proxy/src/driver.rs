@@ -3,11 +3,11 @@
 //! - One task per UDP socket receives datagrams and feeds them to the core; sends are
 //!   `try_send_to` (UDP may drop; the transaction layer retransmits).
 //! - One task per TCP listener accepts; one reader task per connection frames messages
-//!   with a [`callgate_sip::StreamFramer`] (each byte is scanned once, each message parsed
-//!   once, by the core) and a writer task drains that connection's queue. Requests to a
-//!   TCP destination without a connection open one from our local address; later
-//!   messages to that address wait in its queue while it connects.
-//! - TCP is bounded by `[sip.tcp]` (the [`tcp`] module keeps the books): past
+//!   with a [`callgate_sip::StreamFramer`] (what it scanned it does not scan again; each
+//!   message is parsed once, by the core) and a writer task drains that connection's
+//!   queue. Requests to a TCP destination without a connection open one from our local
+//!   address; later messages to that address wait in its queue while it connects.
+//! - TCP is bounded by `[sip.tcp]` (the `tcp` submodule keeps the books): past
 //!   `max_connections` open connections, or `max_connections_per_source` from one source
 //!   address, a new inbound connection is closed at once (reset); ours count toward the
 //!   total but are never refused. A connection is closed when neither a message nor a
@@ -15,7 +15,7 @@
 //!   header section within `header_timeout_secs` or then its body within
 //!   `body_timeout_secs` (slowloris, drips), when an incomplete message outgrows
 //!   `max_buffer_bytes`, when its framing is lost, and when the peer stops reading what we
-//!   send ([`WRITE_STALL`]). Each refusal and cut is counted ([`SipHandle::tcp_stats`])
+//!   send for 10 s (`WRITE_STALL`). Each refusal and cut is counted ([`SipHandle::tcp_stats`])
 //!   and logged, rate-limited.
 //! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
 //!   a nearer deadline appears.

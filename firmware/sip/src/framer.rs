@@ -1,15 +1,5 @@
-//! Stream framing (RFC 3261 §18.3): bytes of a TCP connection in, whole messages out.
-//!
-//! [`StreamFramer`] owns the connection's receive buffer. Each byte is looked at a bounded
-//! number of times however the bytes arrive: the search for the end of the header section
-//! resumes where the previous one stopped, Content-Length is read once when the header
-//! section is complete, and the body is only counted. A one-byte drip costs O(1) per byte,
-//! not a re-parse of everything buffered.
-//!
-//! What it decides is where a message ends, exactly as [`crate::parse_with`] would with
-//! [`crate::Framing::Stream`]: the header section ends at the first empty line (CRLF or a
-//! bare LF, as the parser accepts), and the body is Content-Length bytes. It does not parse
-//! the message; the caller parses each framed message once.
+//! Stream framing (RFC 3261 §18.3): bytes of a TCP connection in, whole messages out
+//! ([`StreamFramer`]).
 
 use crate::error::{ErrorKind, ParseError, Result};
 use crate::header::HeaderName;
@@ -43,7 +33,18 @@ enum State {
     },
 }
 
-/// Incremental framer of one SIP stream; see the [module docs](self).
+/// Incremental framer of one SIP stream (RFC 3261 §18.3): bytes in, whole messages out.
+///
+/// It owns the connection's receive buffer. Each byte is looked at a bounded number of
+/// times however the bytes arrive: the search for the end of the header section resumes
+/// where the previous one stopped, Content-Length is read once when the header section is
+/// complete, and the body is only counted. A one-byte drip costs O(1) per byte, not a
+/// re-parse of everything buffered.
+///
+/// What it decides is where a message ends, exactly as [`crate::parse_with`] would with
+/// [`crate::Framing::Stream`]: the header section ends at the first empty line (CRLF or a
+/// bare LF, as the parser accepts), and the body is Content-Length bytes. It does not
+/// parse the message; the caller parses each framed message once.
 ///
 /// ```
 /// use callgate_sip::{Limits, StreamFramer};
