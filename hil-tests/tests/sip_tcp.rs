@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -237,9 +238,11 @@ Call-ID: drip-{body}@{c}\r\nCSeq: 1 INVITE\r\n",
     }
 }
 
-/// Established connections from `ip` to the SIP port that callgated holds (accepted: a
-/// handshake the kernel completed but the daemon has not yet taken has no process).
-fn held_from(a: &Appliance<'_>, ip: Ipv4Addr) -> usize {
+/// The ports of the established connections from `ip` to the SIP port that callgated has
+/// accepted (a handshake the kernel completed but the daemon has not yet taken has no
+/// process). A connection being refused is among them for the instant between its accept
+/// and its reset: holding is being there in two samples.
+fn accepted_from(a: &Appliance<'_>, ip: Ipv4Addr) -> HashSet<u16> {
     let out = a
         .ns()
         .exec(&[
@@ -253,7 +256,22 @@ fn held_from(a: &Appliance<'_>, ip: Ipv4Addr) -> usize {
             &ip.to_string(),
         ])
         .expect("ss");
-    out.lines().filter(|l| l.contains("callgated")).count()
+    let peer = format!("{ip}:");
+    out.lines()
+        .filter(|l| l.contains("callgated"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&peer))
+                .and_then(|p| p.parse().ok())
+        })
+        .collect()
+}
+
+/// How many connections from `ip` callgated holds: accepted in two samples 100 ms apart.
+fn held_from(a: &Appliance<'_>, ip: Ipv4Addr) -> usize {
+    let first = accepted_from(a, ip);
+    thread::sleep(Duration::from_millis(100));
+    accepted_from(a, ip).intersection(&first).count()
 }
 
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -298,12 +316,15 @@ fn floods_and_drips_are_cut_off_while_tcp_calls_go_through() {
         let f = s.spawn(|| carrier.run_in(|| flood(&stop, &burst_done)));
         let d = s.spawn(|| carrier.run_in(|| drips(&stop)));
         let (mut most, mut at_burst) = (0, None);
+        let mut before = accepted_from(&a, FLOODER);
         while calls.is_running() {
-            most = most.max(held_from(&a, FLOODER));
+            thread::sleep(Duration::from_millis(100));
+            let now = accepted_from(&a, FLOODER);
+            most = most.max(now.intersection(&before).count());
+            before = now;
             if at_burst.is_none() && burst_done.load(Ordering::Relaxed) {
                 at_burst = Some(calls.snapshot().map_or(0, |r| r.successful));
             }
-            thread::sleep(Duration::from_millis(100));
         }
         stop.store(true, Ordering::Relaxed);
         (f.join().unwrap(), d.join().unwrap(), most, at_burst)
