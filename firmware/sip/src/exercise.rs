@@ -102,14 +102,16 @@ pub fn exercise_stream(data: &[u8]) {
 
 /// What framing a stream pushed in `chunks` gave.
 #[derive(Debug, PartialEq, Eq)]
-struct Framed {
-    messages: Vec<Vec<u8>>,
-    error: Option<ParseError>,
+pub(crate) struct Framed {
+    pub messages: Vec<Vec<u8>>,
+    pub error: Option<ParseError>,
     /// Phase, bytes buffered and keepalive bytes at the end (without an error).
-    end: Option<(FramerPhase, usize, u64)>,
+    pub end: Option<(FramerPhase, usize, u64)>,
 }
 
-fn frame<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Framed {
+/// Pushes `chunks` into a new framer, taking every message after each push, until the
+/// first error.
+pub(crate) fn frame<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Framed {
     let mut f = StreamFramer::new(limits);
     let mut messages = Vec::new();
     for c in chunks {

@@ -369,19 +369,8 @@ Content-Length: 10\r\n\r\nv=0\r\ns=-\r\n";
 
     /// Every message framed from `chunks`, and the error that ended the stream, if any.
     fn frame_chunks(limits: Limits, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<ParseError>) {
-        let mut f = StreamFramer::new(limits);
-        let mut out = Vec::new();
-        for c in chunks {
-            f.push(c);
-            loop {
-                match f.next_message() {
-                    Ok(Some(m)) => out.push(m.to_vec()),
-                    Ok(None) => break,
-                    Err(e) => return (out, Some(e)),
-                }
-            }
-        }
-        (out, None)
+        let f = crate::exercise::frame(limits, chunks.iter().copied());
+        (f.messages, f.error)
     }
 
     fn whole(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<ParseError>) {
