@@ -19,6 +19,8 @@
 mod sip;
 mod types;
 
+pub use sip::SipTcp;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
@@ -520,6 +522,7 @@ impl Config {
             );
         }
         self.sip.validate(loc, &mut errs);
+        self.sip.tcp.validate(loc, &mut errs);
         errs.sort_by_key(|e| (e.line, e.column));
         errs
     }

@@ -73,6 +73,9 @@ pub struct Sip {
     /// Empty: the proxy does not run.
     #[serde(default)]
     pub listen: Vec<Spanned<SocketAddr>>,
+    /// `[sip.tcp]`: caps and timeouts of TCP connections (see [`SipTcp`]).
+    #[serde(default)]
+    pub tcp: SipTcp,
     /// Seconds a destination has to send any response to an INVITE before the call fails over
     /// to the next destination (default 5).
     #[serde(default)]
@@ -871,5 +874,120 @@ mod tests {
         assert!("999.1.1.1".parse::<SipDomain>().is_err());
         assert!("-a.example".parse::<SipDomain>().is_err());
         assert!("a b".parse::<SipDomain>().is_err());
+    }
+}
+
+/// `[sip.tcp]`: what TCP peers may hold of the proxy. Every key is optional.
+///
+/// ```toml
+/// [sip.tcp]
+/// max_connections = 4096            # open connections, accepted and our own; past it a new
+///                                   # inbound connection is closed at once
+/// max_connections_per_source = 256  # accepted connections per source address
+/// idle_timeout_secs = 300           # no message and no keepalive this long: closed
+/// header_timeout_secs = 10          # a message begun must complete its header section
+/// body_timeout_secs = 10            # ... and then its body, within these
+/// max_buffer_bytes = 65536          # bytes of an incomplete message a connection may hold
+/// ```
+///
+/// The idle default outlasts RFC 5626 keepalives (every 95 to 120 s on TCP). Connections the
+/// proxy opens count toward `max_connections` but are never refused: they go only to the
+/// addresses the proxy sends to, one at a time per address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipTcp {
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_connections_per_source: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub header_timeout_secs: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub body_timeout_secs: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_buffer_bytes: Option<Spanned<u32>>,
+}
+
+/// Smallest and largest `[sip.tcp] max_buffer_bytes`: a message with a few kilobytes of
+/// headers must fit; past a 64 KiB header section and a 64 KiB body the codec refuses
+/// anyway.
+pub const TCP_BUFFER_RANGE: (u32, u32) = (4096, 128 * 1024);
+
+impl SipTcp {
+    fn get(v: &Option<Spanned<u32>>, default: u32) -> u32 {
+        v.as_ref().map_or(default, |v| *v.get_ref())
+    }
+    /// `max_connections` or its default (4096).
+    pub fn max_connections(&self) -> u32 {
+        Self::get(&self.max_connections, 4096)
+    }
+    /// `max_connections_per_source` or its default (256).
+    pub fn max_connections_per_source(&self) -> u32 {
+        Self::get(&self.max_connections_per_source, 256)
+    }
+    /// `idle_timeout_secs` or its default (300).
+    pub fn idle_timeout_secs(&self) -> u32 {
+        Self::get(&self.idle_timeout_secs, 300)
+    }
+    /// `header_timeout_secs` or its default (10).
+    pub fn header_timeout_secs(&self) -> u32 {
+        Self::get(&self.header_timeout_secs, 10)
+    }
+    /// `body_timeout_secs` or its default (10).
+    pub fn body_timeout_secs(&self) -> u32 {
+        Self::get(&self.body_timeout_secs, 10)
+    }
+    /// `max_buffer_bytes` or its default (65536).
+    pub fn max_buffer_bytes(&self) -> u32 {
+        Self::get(&self.max_buffer_bytes, 64 * 1024)
+    }
+
+    /// Checks of the `[sip.tcp]` table; errors are appended to `errs`.
+    pub(crate) fn validate(&self, loc: &Locator<'_>, errs: &mut Vec<ConfigError>) {
+        for (key, v) in [
+            ("max_connections", &self.max_connections),
+            (
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            ),
+            ("idle_timeout_secs", &self.idle_timeout_secs),
+            ("header_timeout_secs", &self.header_timeout_secs),
+            ("body_timeout_secs", &self.body_timeout_secs),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {
+                errs.push(loc.error(
+                    Some(v.span()),
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "sip.tcp.{key}: expected a number greater than 0 (omit it for the default)"
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &self.max_connections_per_source {
+            let total = self.max_connections();
+            if *v.get_ref() > total {
+                errs.push(loc.error(
+                    Some(v.span()),
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "sip.tcp.max_connections_per_source: {} is more than max_connections ({total}): expected at most that",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &self.max_buffer_bytes {
+            let (lo, hi) = TCP_BUFFER_RANGE;
+            if !(lo..=hi).contains(v.get_ref()) {
+                errs.push(loc.error(
+                    Some(v.span()),
+                    ErrorKind::InvalidValue,
+                    format!("sip.tcp.max_buffer_bytes: expected {lo} to {hi}"),
+                ));
+            }
+        }
     }
 }

@@ -575,3 +575,84 @@ fn lab_routing_is_as_documented() {
     assert_eq!(campaigns, ["spring-radio", "billboard-i5", "tv-spot"]);
     assert_eq!(*sip.routes[1].strategy.get_ref(), Strategy::RoundRobin);
 }
+
+// ----- [sip.tcp] ---------------------------------------------------------------------------
+
+#[test]
+fn sip_tcp_defaults_values_and_located_errors() {
+    let cfg = parse(SIP).unwrap_or_else(|e| panic!("{e}"));
+    let t = &cfg.sip.tcp;
+    assert_eq!(
+        (
+            t.max_connections(),
+            t.max_connections_per_source(),
+            t.idle_timeout_secs(),
+            t.header_timeout_secs(),
+            t.body_timeout_secs(),
+            t.max_buffer_bytes(),
+        ),
+        (4096, 256, 300, 10, 10, 65536),
+        "defaults"
+    );
+    let extra = format!(
+        "{SIP}\n[sip.tcp]\nmax_connections = 100\nmax_connections_per_source = 10\nidle_timeout_secs = 60\nheader_timeout_secs = 2\nbody_timeout_secs = 3\nmax_buffer_bytes = 8192\n"
+    );
+    let cfg = parse(&extra).unwrap_or_else(|e| panic!("{e}"));
+    let t = &cfg.sip.tcp;
+    assert_eq!(
+        (
+            t.max_connections(),
+            t.max_connections_per_source(),
+            t.idle_timeout_secs(),
+            t.header_timeout_secs(),
+            t.body_timeout_secs(),
+            t.max_buffer_bytes(),
+        ),
+        (100, 10, 60, 2, 3, 8192)
+    );
+
+    for (body, needle, kind, says) in [
+        (
+            "idle_timeout_secs = 0\n",
+            "idle_timeout_secs",
+            ErrorKind::InvalidValue,
+            "greater than 0",
+        ),
+        (
+            "max_connections = 10\nmax_connections_per_source = 11\n",
+            "max_connections_per_source",
+            ErrorKind::InvalidValue,
+            "more than max_connections (10)",
+        ),
+        (
+            "max_connections_per_source = 4097\n",
+            "max_connections_per_source",
+            ErrorKind::InvalidValue,
+            "more than max_connections (4096)",
+        ),
+        (
+            "max_buffer_bytes = 100\n",
+            "max_buffer_bytes",
+            ErrorKind::InvalidValue,
+            "4096 to 131072",
+        ),
+        (
+            "max_idle_secs = 5\n",
+            "max_idle_secs",
+            ErrorKind::UnknownField,
+            "unknown field",
+        ),
+        (
+            "header_timeout_secs = -1\n",
+            "header_timeout_secs",
+            ErrorKind::InvalidValue,
+            "",
+        ),
+    ] {
+        let extra = format!("{SIP}\n[sip.tcp]\n{body}");
+        let e = one_error(&extra);
+        assert_eq!(e.kind, kind, "{body}: {e}");
+        assert_eq!(e.line, line_of(&extra, needle), "{body}: {e}");
+        assert!(e.message.contains(says), "{body}: {e}");
+    }
+}

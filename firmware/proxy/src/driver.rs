@@ -3,8 +3,20 @@
 //! - One task per UDP socket receives datagrams and feeds them to the core; sends are
 //!   `try_send_to` (UDP may drop; the transaction layer retransmits).
 //! - One task per TCP listener accepts; one reader task per connection frames messages
-//!   ([`callgate_sip::Framing::Stream`]) and a writer task drains that connection's queue.
-//!   Requests to a TCP destination without a connection open one from our local address.
+//!   with a [`callgate_sip::StreamFramer`] (what it scanned it does not scan again; each
+//!   message is parsed once, by the core) and a writer task drains that connection's
+//!   queue. Requests to a TCP destination without a connection open one from our local
+//!   address; later messages to that address wait in its queue while it connects.
+//! - TCP is bounded by `[sip.tcp]` (the `tcp` submodule keeps the books): past
+//!   `max_connections` open connections, or `max_connections_per_source` from one source
+//!   address, a new inbound connection is closed at once (reset); ours count toward the
+//!   total but are never refused. A connection is closed when neither a message nor a
+//!   keepalive came for `idle_timeout_secs`, when a message begun does not complete its
+//!   header section within `header_timeout_secs` or then its body within
+//!   `body_timeout_secs` (slowloris, drips), when an incomplete message outgrows
+//!   `max_buffer_bytes`, when its framing is lost, and when the peer stops reading what we
+//!   send for 10 s (`WRITE_STALL`). Each refusal and cut is counted ([`SipHandle::tcp_stats`])
+//!   and logged, rate-limited.
 //! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
 //!   a nearer deadline appears.
 //! - One task takes the store's reports of durable answer-time records
@@ -27,11 +39,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callgate_config::Config;
-use callgate_sip::{Framing, Limits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use callgate_router::guard::{self, LogLimiter};
+use callgate_sip::{Limits, StreamFramer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::LocalSet;
+use tokio::task::{JoinHandle, LocalSet};
+
+mod tcp;
+
+pub use tcp::TcpStats;
+use tcp::{Book, Clock, Close, Dir, Refusal, TcpLimits};
 
 use crate::{
     ActiveCall, ConnId, Millis, Now, Output, Payload, Peer, Proxy, Settings, Stats, Transport,
@@ -68,6 +87,7 @@ pub enum Effect {
 enum Command {
     Calls(oneshot::Sender<Vec<ActiveCall>>),
     Stats(oneshot::Sender<Stats>),
+    TcpStats(oneshot::Sender<TcpStats>),
     Reconfigure(Arc<Config>),
 }
 
@@ -121,8 +141,18 @@ impl SipHandle {
         let _ = self.stored.send((seq, ok));
     }
 
+    /// TCP connection counters since start (kept by the driver, apart from [`Stats`]).
+    pub async fn tcp_stats(&self) -> Result<TcpStats, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TcpStats(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
     /// Routes, caps and timeouts of a newly committed config (listen addresses need a
-    /// restart).
+    /// restart; new TCP caps apply to new connections, new TCP timeouts to open ones too).
     pub async fn reconfigure(&self, cfg: Arc<Config>) -> Result<(), DriverError> {
         self.tx
             .send(Command::Reconfigure(cfg))
@@ -221,6 +251,15 @@ struct Shared {
     /// burst when a socket has nothing more to read (or a timer round is done), so the
     /// daemon's side wakes once per burst rather than once per message.
     pending: RefCell<Vec<Effect>>,
+    /// Open TCP connections against `[sip.tcp]`, and their counters.
+    tcp: RefCell<Book>,
+    /// Wakes every TCP reader when `[sip.tcp]` changes, to take up its new timeouts.
+    tcp_changed: Notify,
+    /// The buffer every TCP read goes into (one thread, one read at a time) before its
+    /// connection's framer keeps what it needs: an idle connection holds no buffer.
+    chunk: RefCell<Vec<u8>>,
+    /// Log lines about TCP peers (attacker-reachable), rate-limited per kind.
+    logs: RefCell<LogLimiter<&'static str>>,
 }
 
 /// Datagrams read from one socket before its effects are handed over and the other tasks
@@ -228,6 +267,16 @@ struct Shared {
 const UDP_BURST: usize = 64;
 /// Effects held back at most (beyond this they go at once).
 const MAX_PENDING_EFFECTS: usize = 256;
+/// Bytes of one TCP read at most.
+const TCP_CHUNK: usize = 64 * 1024;
+/// Messages queued toward one TCP connection at most (beyond this they are dropped; the
+/// transaction layer does not retransmit over TCP, the peer's timers take over).
+const TCP_QUEUE: usize = 1024;
+/// A write to a TCP peer that makes no progress for this long closes the connection: a
+/// peer that stops reading cannot pin its queue and our socket buffers.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// How long a connection we open may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
 /// returned before anything runs.
@@ -329,6 +378,10 @@ async fn run(
         timer_target: Cell::new(None),
         out: Cell::new(Vec::with_capacity(16)),
         pending: RefCell::new(Vec::with_capacity(MAX_PENDING_EFFECTS)),
+        tcp: RefCell::new(Book::new(TcpLimits::from_config(&cfg))),
+        tcp_changed: Notify::new(),
+        chunk: RefCell::new(vec![0u8; TCP_CHUNK]),
+        logs: RefCell::new(LogLimiter::new(5, 10_000, 32)),
     });
     for (a, s) in sh.udp.clone() {
         tokio::task::spawn_local(udp_loop(sh.clone(), a, s));
@@ -354,7 +407,12 @@ async fn run(
             Command::Stats(reply) => {
                 let _ = reply.send(sh.core.borrow().stats());
             }
+            Command::TcpStats(reply) => {
+                let _ = reply.send(sh.tcp.borrow().stats());
+            }
             Command::Reconfigure(cfg) => {
+                sh.tcp.borrow_mut().set_limits(TcpLimits::from_config(&cfg));
+                sh.tcp_changed.notify_waiters();
                 let n = now(sh.start);
                 sh.core.borrow_mut().reconfigure(settings(&cfg), &cfg, n);
                 sh.timer.notify_one();
@@ -446,55 +504,82 @@ fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
             }
         }
         Transport::Tcp => {
-            let id = peer
-                .conn
-                .filter(|c| sh.conns.borrow().contains_key(c))
-                .or_else(|| sh.conn_by_addr.borrow().get(&peer.addr).copied());
-            if let Some(id) = id {
-                let q = sh.conns.borrow().get(&id).cloned();
-                if let Some(q) = q {
-                    if q.try_send(bytes).is_err() {
-                        log::warn!(
-                            "sip: tcp connection to {} is backed up, message dropped",
-                            peer.addr
-                        );
-                    }
-                    return;
-                }
+            let q = {
+                let conns = sh.conns.borrow();
+                peer.conn
+                    .and_then(|c| conns.get(&c))
+                    .or_else(|| {
+                        let id = sh.conn_by_addr.borrow().get(&peer.addr).copied();
+                        id.and_then(|id| conns.get(&id))
+                    })
+                    .cloned()
+            };
+            let q = q.unwrap_or_else(|| connect(sh, peer.addr, local));
+            if q.try_send(bytes).is_err() {
+                log_limited(sh, "tcp-backed-up", log::Level::Warn, || {
+                    format!(
+                        "tcp connection to {} is backed up, message dropped",
+                        peer.addr
+                    )
+                });
             }
-            tokio::task::spawn_local(connect_and_send(sh.clone(), peer.addr, local, bytes));
         }
     }
 }
 
-async fn connect_and_send(sh: Rc<Shared>, addr: SocketAddr, local: SocketAddr, bytes: Payload) {
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
+/// Logs `line` unless lines of this `kind` are over their rate (the count of those
+/// suppressed goes with the next one logged).
+fn log_limited(sh: &Shared, kind: &'static str, level: log::Level, line: impl FnOnce() -> String) {
+    let at = guard::Millis(now(sh.start).mono.0);
+    let Some(suppressed) = sh.logs.borrow_mut().allow(at, &kind) else {
+        return;
+    };
+    if suppressed > 0 {
+        log::log!(
+            level,
+            "sip: {} ({suppressed} similar lines suppressed)",
+            line()
+        );
     } else {
-        tokio::net::TcpSocket::new_v6()
-    };
-    let stream = match sock.and_then(|s| s.bind(SocketAddr::new(local.ip(), 0)).map(|_| s)) {
-        Ok(s) => match tokio::time::timeout(Duration::from_secs(5), s.connect(addr)).await {
-            Ok(Ok(st)) => st,
-            Ok(Err(e)) => {
-                log::info!("sip: tcp connect to {addr}: {e}");
-                return;
-            }
-            Err(_) => {
-                log::info!("sip: tcp connect to {addr}: timed out");
-                return;
-            }
-        },
-        Err(e) => {
-            log::info!("sip: tcp socket toward {addr}: {e}");
-            return;
-        }
-    };
-    let id = start_conn(&sh, stream, addr, local);
-    let q = sh.conns.borrow().get(&id).cloned();
-    if let Some(q) = q {
-        let _ = q.send(bytes).await;
+        log::log!(level, "sip: {}", line());
     }
+}
+
+/// Opens a connection of ours to `addr` from our address `local`: registered (and
+/// counted) at once, so what else is sent to `addr` meanwhile waits in its queue rather than
+/// opening more; the connect runs in its own task. Returns the queue.
+fn connect(sh: &Rc<Shared>, addr: SocketAddr, local: SocketAddr) -> mpsc::Sender<Payload> {
+    sh.tcp.borrow_mut().opened();
+    let (id, q_tx, q_rx) = register(sh, addr);
+    let sh = sh.clone();
+    tokio::task::spawn_local(async move {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let connected = match sock.and_then(|s| s.bind(SocketAddr::new(local.ip(), 0)).map(|_| s)) {
+            Ok(s) => match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(addr)).await {
+                Ok(Ok(st)) => Ok(st),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match connected {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                serve(sh, id, stream, addr, local, Dir::Outbound, q_rx).await;
+            }
+            Err(e) => {
+                log_limited(&sh, "tcp-connect", log::Level::Info, || {
+                    format!("tcp connect to {addr}: {e}")
+                });
+                unregister(&sh, id, addr, Dir::Outbound, Close::Peer);
+            }
+        }
+    });
+    q_tx
 }
 
 async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
@@ -540,8 +625,46 @@ async fn accept_loop(sh: Rc<Shared>, local: SocketAddr, l: TcpListener) {
     loop {
         match l.accept().await {
             Ok((stream, from)) => {
-                let _ = stream.set_nodelay(true);
-                start_conn(&sh, stream, from, local);
+                let admitted = sh.tcp.borrow_mut().admit(from.ip());
+                match admitted {
+                    Ok(()) => {
+                        let _ = stream.set_nodelay(true);
+                        let (id, _, q_rx) = register(&sh, from);
+                        let dir = Dir::Inbound(from.ip());
+                        tokio::task::spawn_local(serve(
+                            sh.clone(),
+                            id,
+                            stream,
+                            from,
+                            local,
+                            dir,
+                            q_rx,
+                        ));
+                    }
+                    Err(why) => {
+                        // Closed at once, with a reset: nothing of it stays with us.
+                        let _ = stream.set_zero_linger();
+                        drop(stream);
+                        let (ip, limits) = (from.ip(), sh.tcp.borrow().limits());
+                        let (kind, line) = match why {
+                            Refusal::Total => (
+                                "tcp-refused-total",
+                                format!(
+                                    "tcp: refused a connection from {ip}: max_connections ({}) are open",
+                                    limits.max_connections
+                                ),
+                            ),
+                            Refusal::Source => (
+                                "tcp-refused-source",
+                                format!(
+                                    "tcp: refused a connection from {ip}: max_connections_per_source ({}) are open from it",
+                                    limits.max_per_source
+                                ),
+                            ),
+                        };
+                        log_limited(&sh, kind, log::Level::Warn, || line);
+                    }
+                }
             }
             Err(e) => {
                 log::warn!("sip: accept on {local}: {e}");
@@ -551,78 +674,144 @@ async fn accept_loop(sh: Rc<Shared>, local: SocketAddr, l: TcpListener) {
     }
 }
 
-/// Registers a connection and starts its reader and writer.
-fn start_conn(sh: &Rc<Shared>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> ConnId {
+/// Registers a connection to or from `peer`: its id and its queue.
+fn register(
+    sh: &Shared,
+    peer: SocketAddr,
+) -> (ConnId, mpsc::Sender<Payload>, mpsc::Receiver<Payload>) {
     let id = sh.next_conn.get();
     sh.next_conn.set(id + 1);
-    let (q_tx, mut q_rx) = mpsc::channel::<Payload>(1024);
-    sh.conns.borrow_mut().insert(id, q_tx);
+    let (q_tx, q_rx) = mpsc::channel::<Payload>(TCP_QUEUE);
+    sh.conns.borrow_mut().insert(id, q_tx.clone());
     sh.conn_by_addr.borrow_mut().insert(peer, id);
-    let (mut rd, mut wr) = stream.into_split();
-    tokio::task::spawn_local(async move {
-        while let Some(b) = q_rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-    });
-    let sh2 = sh.clone();
-    tokio::task::spawn_local(async move {
-        let limits = Limits::default();
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 65_536];
-        'read: loop {
-            // What the messages of the previous read asked for goes out before this one.
-            flush_effects(&sh2);
-            let n = match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            loop {
-                // Keepalive CRLFs between messages (RFC 5626 §3.5.1).
-                let skip = buf
-                    .iter()
-                    .take_while(|b| **b == b'\r' || **b == b'\n')
-                    .count();
-                if skip > 0 {
-                    buf.drain(..skip);
-                }
-                if buf.is_empty() {
-                    break;
-                }
-                match callgate_sip::parse_with(&buf, &limits, Framing::Stream) {
-                    Ok((_, used)) => {
-                        let msg: Vec<u8> = buf.drain(..used.min(buf.len())).collect();
-                        let p = Peer {
-                            transport: Transport::Tcp,
-                            addr: peer,
-                            conn: Some(id),
-                        };
-                        feed(&sh2, &msg, p, local);
-                    }
-                    Err(e) if e.kind == callgate_sip::ErrorKind::Incomplete => {
-                        if buf.len() > limits.max_message + limits.max_body {
-                            break 'read;
-                        }
-                        break;
-                    }
-                    Err(_) => {
-                        // Framing is lost on a stream: close it (RFC 3261 §18.3).
-                        log::info!("sip: closing tcp connection from {peer}: unparseable message");
-                        break 'read;
-                    }
-                }
-            }
-        }
-        flush_effects(&sh2);
-        sh2.conns.borrow_mut().remove(&id);
-        let mut by = sh2.conn_by_addr.borrow_mut();
+    (id, q_tx, q_rx)
+}
+
+/// Forgets a connection (its queue closes) and counts it out.
+fn unregister(sh: &Shared, id: ConnId, peer: SocketAddr, dir: Dir, why: Close) {
+    sh.conns.borrow_mut().remove(&id);
+    {
+        let mut by = sh.conn_by_addr.borrow_mut();
         if by.get(&peer) == Some(&id) {
             by.remove(&peer);
         }
+    }
+    sh.tcp.borrow_mut().closed(dir, why);
+}
+
+/// Runs a registered connection: a writer task drains its queue, this task reads and frames
+/// until the peer closes or the connection is cut (see the module docs).
+async fn serve(
+    sh: Rc<Shared>,
+    id: ConnId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    dir: Dir,
+    mut q_rx: mpsc::Receiver<Payload>,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let mut writer = tokio::task::spawn_local(async move {
+        while let Some(b) = q_rx.recv().await {
+            match tokio::time::timeout(WRITE_STALL, wr.write_all(&b)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Close::Peer,
+                Err(_) => return Close::WriteStalled,
+            }
+        }
+        Close::Peer
     });
-    id
+    let why = read_messages(&sh, id, &rd, peer, local, &mut writer).await;
+    flush_effects(&sh);
+    unregister(&sh, id, peer, dir, why);
+    if why.is_cut() {
+        // Now, whatever is still queued: the socket closes as this task ends.
+        writer.abort();
+        let kind = match why {
+            Close::Idle => "tcp-idle",
+            Close::HeaderTimeout | Close::BodyTimeout => "tcp-slow",
+            _ => "tcp-cut",
+        };
+        log_limited(&sh, kind, log::Level::Info, || {
+            format!("tcp: closed the connection with {peer}: {}", why.as_str())
+        });
+    }
+    // Otherwise the writer sends what is queued (each write bounded by WRITE_STALL), then
+    // ends with its queue, closing the socket.
+}
+
+/// Reads, frames and feeds the messages of one connection until it ends; why it ended.
+async fn read_messages(
+    sh: &Rc<Shared>,
+    id: ConnId,
+    rd: &OwnedReadHalf,
+    peer: SocketAddr,
+    local: SocketAddr,
+    writer: &mut JoinHandle<Close>,
+) -> Close {
+    let p = Peer {
+        transport: Transport::Tcp,
+        addr: peer,
+        conn: Some(id),
+    };
+    let mut framer = StreamFramer::new(Limits::default());
+    let mut clock = Clock::new(tokio::time::Instant::now());
+    let timeout = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timeout);
+    loop {
+        // What the messages of the previous read asked for goes out before this one.
+        flush_effects(sh);
+        let limits = sh.tcp.borrow().limits();
+        let (at, why) = clock.deadline(&limits);
+        timeout.as_mut().reset(at);
+        tokio::select! {
+            r = rd.readable() => if r.is_err() {
+                return Close::Peer;
+            },
+            _ = &mut timeout => return why,
+            w = &mut *writer => return w.unwrap_or(Close::Peer),
+            _ = sh.tcp_changed.notified() => continue,
+        }
+        // Never more than one byte past the cap: the framer holds at most that.
+        let room = (limits.max_buffer + 1)
+            .saturating_sub(framer.buffered())
+            .clamp(1, TCP_CHUNK);
+        {
+            let mut chunk = sh.chunk.borrow_mut();
+            let Some(buf) = chunk.get_mut(..room) else {
+                return Close::Peer;
+            };
+            match rd.try_read(buf) {
+                Ok(0) => return Close::Peer,
+                Ok(n) => framer.push(buf.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Close::Peer,
+            }
+        }
+        let keepalives = framer.keepalive_bytes();
+        let mut messages = 0;
+        loop {
+            match framer.next_message() {
+                Ok(Some(msg)) => {
+                    messages += 1;
+                    feed(sh, msg, p, local);
+                }
+                Ok(None) => break,
+                // Framing is lost on a stream: close it (RFC 3261 §18.3).
+                Err(_) => return Close::Framing,
+            }
+        }
+        let keepalive = framer.keepalive_bytes() != keepalives;
+        clock.after_read(
+            tokio::time::Instant::now(),
+            messages,
+            keepalive,
+            framer.phase(),
+        );
+        if framer.buffered() > limits.max_buffer {
+            return Close::BufferFull;
+        }
+    }
 }
 
 /// Durable answer-time records: their held 2xx go to the callers.

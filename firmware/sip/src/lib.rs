@@ -46,6 +46,13 @@
 //!   elements; Content-Length larger than a datagram is an error, bytes after it
 //!   are ignored (RFC 3261 §18.3); repeated single-valued headers are errors;
 //!   unknown headers, params, methods and transports pass through untouched.
+//! - **Streams are framed incrementally.** [`StreamFramer`] owns a connection's
+//!   buffer: bytes in, whole messages out, keepalive CRLFs skipped (RFC 5626
+//!   §3.5.1). It resumes its search for the end of the header section where it
+//!   stopped and reads Content-Length once, so a drip costs O(new bytes); it
+//!   ends the stream on a missing, unreadable or conflicting Content-Length and
+//!   on [`Limits`]. It ends messages exactly where [`parse_with`] +
+//!   [`Framing::Stream`] would, without parsing them: the caller parses each once.
 //! - **No panics on network input.** No `unwrap`/`expect`/indexing outside tests;
 //!   `tests/rfc4475.rs` truncates and bit-flips every torture message,
 //!   `tests/mutation.rs` runs a seeded mutation loop, and `fuzz/` has cargo-fuzz
@@ -79,8 +86,7 @@
 //!
 //! ## Current limitations
 //!
-//! - No I/O, no TLS, no transport selection (RFC 3263); stream framing is
-//!   [`parse_with`] + [`Framing::Stream`], the caller owns the buffer.
+//! - No I/O, no TLS, no transport selection (RFC 3263).
 //! - Header values must be UTF-8 (the grammar only allows UTF-8 text); messages
 //!   with other bytes in the header section are rejected with 400.
 //! - Multipart bodies, S/MIME, `Authorization` and `Date` beyond the GMT check
@@ -91,6 +97,7 @@
 
 mod error;
 mod exercise;
+mod framer;
 mod header;
 mod message;
 pub mod sdp;
@@ -102,7 +109,8 @@ pub mod transaction;
 
 pub use error::{ErrorKind, ParseError};
 #[doc(hidden)]
-pub use exercise::exercise;
+pub use exercise::{exercise, exercise_stream};
+pub use framer::{FramerPhase, StreamFramer};
 pub use header::{
     check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_token_list, parse_via,
     CSeq, HeaderName, NameAddr, Via,

@@ -116,3 +116,24 @@ fn mutated_messages_never_panic() {
         callgate_sip::exercise(&m);
     }
 }
+
+/// Streams of two mutated messages, framed whole and in chunks of random sizes
+/// (`callgate_sip::exercise_stream`: the same checks as the `stream` fuzz target).
+#[test]
+fn mutated_streams_frame_alike() {
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(DIR)
+        .expect("conformance dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("dat"))
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    seeds.sort();
+    let mut rng = XorShift(0x5EED_CA11_6A7E_0002);
+    for _ in 0..ITERATIONS / 4 {
+        let ctl = (rng.next() as u32).to_le_bytes();
+        let (i, j) = (rng.below(seeds.len()), rng.below(seeds.len()));
+        let a = mutate(&mut rng, &seeds[i]);
+        let b = mutate(&mut rng, &seeds[j]);
+        callgate_sip::exercise_stream(&[ctl.as_slice(), &a, b"\r\n", &b].concat());
+    }
+}
