@@ -666,6 +666,7 @@ impl SippHandle<'_> {
             failed: get("FailedCall(C)"),
             retransmissions: get("Retransmissions(C)"),
             final_codes: parse_final_codes(&self.files.read(LOGS_LOG)),
+            final_calls: parse_finals(&self.files.read(LOGS_LOG)),
             error_log: self.files.read(ERRORS_LOG),
             stat_csv_path: self.files.path(STAT_CSV),
             dir: self.files.dir.path().to_path_buf(),
@@ -717,6 +718,8 @@ pub struct SippResult {
     /// The INVITE final response codes the scenario logged (`FINAL <code>` lines), in
     /// order of arrival.
     pub final_codes: Vec<u16>,
+    /// The same lines as (code, Call-ID).
+    pub final_calls: Vec<(u16, String)>,
     /// The last stat row, by column name (`"FailedTimeoutOnRecv(C)"`, ...).
     pub stats: BTreeMap<String, String>,
     /// The unexpected-message log (`-trace_err`).
@@ -791,12 +794,19 @@ pub fn parse_stat_csv(csv: &str) -> Option<BTreeMap<String, String>> {
 
 /// The codes of `FINAL <code> ...` lines of a `-trace_logs` file.
 pub fn parse_final_codes(log: &str) -> Vec<u16> {
+    parse_finals(log).into_iter().map(|(c, _)| c).collect()
+}
+
+/// `FINAL <code> <call-id>` lines of a `-trace_logs` file as (code, Call-ID; empty when
+/// the line has none).
+pub fn parse_finals(log: &str) -> Vec<(u16, String)> {
     log.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             while let Some(t) = w.next() {
                 if t == "FINAL" {
-                    return w.next().and_then(|c| c.parse().ok());
+                    let code = w.next().and_then(|c| c.parse().ok())?;
+                    return Some((code, w.next().unwrap_or_default().to_owned()));
                 }
             }
             None
@@ -822,6 +832,10 @@ mod tests {
     fn final_codes_from_log_lines() {
         let log = "FINAL 486 1-2@x\nsomething else\nFINAL 200 2-2@x\nFINAL\n";
         assert_eq!(parse_final_codes(log), vec![486, 200]);
+        assert_eq!(
+            parse_finals(log),
+            vec![(486, "1-2@x".to_owned()), (200, "2-2@x".to_owned())]
+        );
     }
 
     #[test]

@@ -938,3 +938,68 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         "the ruleset stays in force"
     );
 }
+
+/// SIGKILL under load and a restart at once. Every call whose caller got a 200 has
+/// exactly one record, answered; the calls in progress at the kill are carried on by the
+/// restarted daemon, so their BYEs (all after the restart: 200 calls start over 4 s and
+/// each is held 6 s) complete their records with an end time.
+#[test]
+fn a_kill_under_load_keeps_every_answered_call_and_completes_the_calls_in_progress() {
+    let lab = new_lab();
+    let mut a = start(&lab, &lab_toml());
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
+    let call = caller(&lab, "uac.xml", Transport::Udp)
+        .calls(200)
+        .rate(50.0)
+        .duration(Duration::from_secs(6))
+        .timeout(Duration::from_secs(120))
+        .spawn()
+        .expect("caller");
+    std::thread::sleep(Duration::from_secs(3));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    let killed_at = now_ms();
+    a.kill9();
+    a.launch().expect("the daemon starts again at once");
+    let restarted_at = now_ms();
+    let r = call.wait(Duration::from_secs(150)).expect("caller ends");
+    let _ = pbx.stop();
+    let answered: Vec<String> = r
+        .final_calls
+        .iter()
+        .filter(|(c, _)| *c == 200)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert!(answered.len() >= 150, "{}", r.summary());
+    let all = wait_cdrs(&a, answered.len());
+    let all_records = cdrs(&a);
+    for id in &answered {
+        let mine: Vec<&Value> = all_records.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
+        assert_eq!(mine[0]["disposition"], "answered", "{}", mine[0]);
+        assert!(
+            !mine[0]["end_at"].is_null(),
+            "call {id} has no end: {}",
+            mine[0]
+        );
+    }
+    // Calls answered before the kill and ended after the restart: carried on.
+    let carried = all
+        .iter()
+        .filter(|c| {
+            c["answer_at"].as_u64().is_some_and(|t| t < killed_at)
+                && c["end_at"].as_u64().is_some_and(|t| t > restarted_at)
+        })
+        .count();
+    assert!(carried >= 50, "calls carried over the restart: {carried}");
+    assert!(
+        a.log()
+            .contains("calls in progress at the last stop carried on"),
+        "{}",
+        a.log()
+    );
+}
