@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use callgate_cdr::{Cdr, Disposition, Pii};
 use callgate_config::Config;
 use callgate_router::guard::{
     self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter, SourceLimits,
@@ -15,7 +16,6 @@ use callgate_sip::transaction::{
     Timers, TransactionKey, Transport as TxTransport,
 };
 use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
-use callgate_store::{Cdr, Disposition, Pii};
 use ipnet::IpNet;
 
 use crate::media::{self, Media, MediaRules, Side};
@@ -2071,7 +2071,7 @@ impl Proxy {
         if self.by_call_id.contains_key(cdr.call_id.as_str()) {
             return None;
         }
-        let peer = |p: &callgate_store::Party| Peer {
+        let peer = |p: &callgate_cdr::Party| Peer {
             transport: if p.tcp {
                 Transport::Tcp
             } else {
@@ -2760,14 +2760,14 @@ fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
 }
 
 /// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
-fn resume_of(c: &Call) -> callgate_store::Resume {
-    let party = |p: Peer, local: SocketAddr, media: &Media| callgate_store::Party {
+fn resume_of(c: &Call) -> callgate_cdr::Resume {
+    let party = |p: Peer, local: SocketAddr, media: &Media| callgate_cdr::Party {
         tcp: p.transport == Transport::Tcp,
         addr: p.addr,
         local,
         media: media.to_vec(),
     };
-    callgate_store::Resume {
+    callgate_cdr::Resume {
         from_tag: c.from_tag.to_string(),
         caller: party(c.caller, c.caller_local, &c.media[0]),
         callee: party(c.callee, c.callee_local, &c.media[1]),

@@ -72,7 +72,7 @@ pub enum Effect {
     },
     Record {
         seq: u64,
-        cdr: Box<callgate_store::Cdr>,
+        cdr: Box<callgate_cdr::Cdr>,
         ended: bool,
     },
     /// A call in progress at the last stop was resumed as `seq` from its record `id`: its
@@ -282,12 +282,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// returned before anything runs.
 ///
 /// `resumed`: the records (id, answer-time record) of calls that were in progress at the
-/// last stop ([`callgate_store::Store::take_calls_in_progress`]); the core carries them on
+/// last stop ([`callgate_cdr::Store::take_calls_in_progress`]); the core carries them on
 /// ([`Proxy::resume`]) and an [`Effect::Resumed`] for each comes before anything else.
 pub fn spawn(
     cfg: Arc<Config>,
     effects: mpsc::UnboundedSender<Effect>,
-    resumed: Vec<(u64, callgate_store::Cdr)>,
+    resumed: Vec<(u64, callgate_cdr::Cdr)>,
 ) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
     #[cfg(debug_assertions)]
     if fault_armed() {
@@ -341,7 +341,7 @@ async fn run(
     mut rx: mpsc::Receiver<Command>,
     stored: mpsc::UnboundedReceiver<(u64, bool)>,
     effects: mpsc::UnboundedSender<Effect>,
-    resumed: Vec<(u64, callgate_store::Cdr)>,
+    resumed: Vec<(u64, callgate_cdr::Cdr)>,
 ) {
     let start = Instant::now();
     let mut core = Proxy::new(settings(&cfg), &cfg, now(start));

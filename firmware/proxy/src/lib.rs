@@ -152,7 +152,7 @@ pub enum Output {
     /// ([`Proxy::on_record_stored`]).
     Record {
         seq: u64,
-        cdr: Box<callgate_store::Cdr>,
+        cdr: Box<callgate_cdr::Cdr>,
         ended: bool,
     },
     /// A log line (already rate-limited where the source is the network).

@@ -8,9 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use callgate_cdr::{Cdr, Disposition, Pii};
 use callgate_config::Config;
 use callgate_sip::{self as sip, HeaderName, Message};
-use callgate_store::{Cdr, Disposition, Pii};
 
 use crate::{Millis, Now, Output, Peer, Proxy, Settings, Transport};
 

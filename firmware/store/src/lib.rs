@@ -101,10 +101,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
-pub use types::{
-    AuditEntry, Cdr, ConfigRevision, Disposition, Party, Pii, Record, Resume, Session,
-};
+pub use types::{AuditEntry, ConfigRevision, Record, Session};
 
 const FORMAT: &[u8] = b"callgate-store/1";
 const META_FORMAT: &[u8] = b"format";
