@@ -1,0 +1,396 @@
+//! In-dialog requests: who may send them, relaying them to the other party, ACKs of 2xx,
+//! re-INVITE answers, and our own BYEs.
+
+use super::*;
+
+impl Proxy {
+    pub(super) fn on_ack(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        branch: &str,
+        sent_by: &str,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) {
+        // ACK for a non-2xx final response: absorbed by its INVITE server transaction. An
+        // ACK matching a transaction in Accepted acknowledges a 2xx: end to end.
+        if let Ok(key) = TransactionKey::server(branch, sent_by, "ACK") {
+            if let Some(tx) = self.txs.get(&key) {
+                if tx.state() != TxState::Accepted {
+                    // Only the party that sent the INVITE acknowledges its final response.
+                    let sender = self.tx_info.get(&key).map(|i| i.peer);
+                    if sender.is_some_and(|s| {
+                        s.addr.ip().to_canonical() != peer.addr.ip().to_canonical()
+                    }) {
+                        self.stats.refused_wrong_party += 1;
+                        return;
+                    }
+                    if let Ok(acts) =
+                        self.txs
+                            .handle(now.mono, &key, Event::Received(Incoming::Ack))
+                    {
+                        self.run_actions(now, &key, acts, out);
+                    }
+                    return;
+                }
+            }
+        }
+        // ACK for a 2xx: end to end, forwarded statelessly within the dialog.
+        self.forward_in_dialog_stateless(now, msg, peer, out);
+    }
+
+    /// Finds the call of an in-dialog request and which way it goes; `None` (with the
+    /// status to answer) when it is not ours to relay.
+    pub(super) fn dialog_side(&self, msg: &Message<'_>, peer: Peer) -> Result<(u64, bool), u16> {
+        let call_id = msg.call_id().map_err(|_| 400u16)?;
+        let &seq = self.by_call_id.get(call_id).ok_or(481u16)?;
+        let call = self.calls.get(&seq).ok_or(481u16)?;
+        let from_tag = msg
+            .from()
+            .ok()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .unwrap_or_default();
+        let from_caller = from_tag == *call.from_tag;
+        let expected = if from_caller {
+            call.caller.addr.ip()
+        } else {
+            call.callee.addr.ip()
+        };
+        if peer.addr.ip().to_canonical() != expected.to_canonical() {
+            return Err(403);
+        }
+        Ok((seq, from_caller))
+    }
+
+    /// The edited in-dialog request toward the other party: our Routes popped, Max-Forwards
+    /// decremented, our Via on top.
+    pub(super) fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
+        let mut m = msg.clone();
+        while m
+            .routes()
+            .ok()?
+            .first()
+            .is_some_and(|r| self.uri_is_ours(&r.uri))
+        {
+            m.remove_top_route().ok()?;
+        }
+        m.decrement_max_forwards().ok()??;
+        m.prepend_via(via.to_string()).ok()?;
+        Some(m.serialize())
+    }
+
+    pub(super) fn forward_in_dialog_stateless(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) {
+        let (seq, from_caller) = match self.dialog_side(msg, peer) {
+            Ok(v) => v,
+            Err(code) => {
+                if code == 403 {
+                    self.stats.refused_wrong_party += 1;
+                }
+                return;
+            }
+        };
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let (to, local) = if from_caller {
+            (call.callee, call.callee_local)
+        } else {
+            (call.caller, call.caller_local)
+        };
+        let (via, _) = self.our_via(local, to.transport);
+        if let Some(b) = self.edit_in_dialog(msg, &via) {
+            // Media of a late offer (offer in the 2xx, answer in the ACK).
+            if !msg.body().is_empty() {
+                match self.described_media(seq, msg, !from_caller) {
+                    Ok(side) => self.update_media(now, seq, !from_caller, side, out),
+                    Err(why) => {
+                        self.send(to, local, b.into(), out);
+                        self.media_refused(now, seq, why, out);
+                        self.bye_both_ways(now, seq, "media refused", out);
+                        return;
+                    }
+                }
+            }
+            self.send(to, local, b.into(), out);
+        }
+    }
+
+    pub(super) fn in_dialog(
+        &mut self,
+        rq: &Req<'_, '_>,
+        key: TransactionKey,
+        out: &mut Vec<Output>,
+    ) {
+        let Req {
+            now,
+            msg,
+            peer,
+            local,
+        } = *rq;
+        let (seq, from_caller) = match self.dialog_side(msg, peer) {
+            Ok(v) => v,
+            Err(code) => {
+                if code == 403 {
+                    self.stats.refused_wrong_party += 1;
+                }
+                self.reply_stateful(rq, &key, Owner::Own, code, &[], out);
+                return;
+            }
+        };
+        let Some(method) = msg.method() else { return };
+        let offer = if method == "INVITE" && !msg.body().is_empty() {
+            match self.described_media(seq, msg, !from_caller) {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    // An offer the config does not allow: 488, not relayed, nothing opens.
+                    self.media_refused(now, seq, why, out);
+                    let extra = [warning(local, 305, why)];
+                    self.reply_stateful(rq, &key, Owner::Own, 488, &extra, out);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        if let (Ok(cseq), Some(d)) = (msg.cseq(), call.dialog.as_mut()) {
+            if from_caller {
+                d.caller_cseq = d.caller_cseq.max(cseq.seq);
+            } else {
+                d.callee_cseq = d.callee_cseq.max(cseq.seq);
+            }
+        }
+        let (to, out_local) = if from_caller {
+            (call.callee, call.callee_local)
+        } else {
+            (call.caller, call.caller_local)
+        };
+        let (via, branch) = self.our_via(out_local, to.transport);
+        let Some(bytes) = self.edit_in_dialog(msg, &via) else {
+            self.reply_stateful(rq, &key, Owner::Own, 400, &[], out);
+            return;
+        };
+        let Ok(ckey) = TransactionKey::client(&branch, method) else {
+            return;
+        };
+        let rid = self.next_seq;
+        self.next_seq += 1;
+        let started = self
+            .txs
+            .start_server(now.mono, key.clone(), tx_transport(peer.transport))
+            .and_then(|a| {
+                let c = self.txs.start_client(
+                    now.mono,
+                    ckey.clone(),
+                    tx_transport(to.transport),
+                    bytes.into(),
+                );
+                if c.is_err() {
+                    self.txs.remove(&key);
+                }
+                c.map(|c| (a, c))
+            });
+        let Ok((sacts, cacts)) = started else {
+            let extra = [("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string())];
+            self.reply_stateless(rq, 503, &extra, out);
+            return;
+        };
+        self.tx_info.insert(
+            key.clone(),
+            TxInfo {
+                owner: Owner::Relay(rid),
+                peer,
+                local,
+            },
+        );
+        self.tx_info.insert(
+            ckey.clone(),
+            TxInfo {
+                owner: Owner::Relay(rid),
+                peer: to,
+                local: out_local,
+            },
+        );
+        self.relays.insert(
+            rid,
+            Relay {
+                call: seq,
+                server_key: key.clone(),
+                client_key: ckey.clone(),
+                method: method.into(),
+                from_caller,
+            },
+        );
+        self.relay_requests
+            .insert(rid, Payload::from(msg.serialize()));
+        if let Some(offer) = offer {
+            // An offer: applied when its answer comes.
+            if let Some(c) = self.calls.get_mut(&seq) {
+                c.offered = Some((!from_caller, offer));
+            }
+        }
+        self.run_actions(now, &key, sacts, out);
+        if method == "INVITE" {
+            if let Some(b) = msgs::response(msg, 100, None, &[]) {
+                self.respond(now, &key, 100, b.into(), out);
+            }
+        }
+        self.run_actions(now, &ckey, cacts, out);
+        if method == "BYE" {
+            let answered = self
+                .calls
+                .get(&seq)
+                .is_some_and(|c| c.state == CallState::Answered);
+            if answered {
+                self.end_answered(now, seq, out);
+            } else {
+                // BYE in an early dialog: the caller gave up.
+                if let Some(c) = self.calls.get_mut(&seq) {
+                    c.cancel = Some(Cancel::Caller);
+                }
+                self.finish_unanswered(now, seq, 487, &[], out);
+            }
+        }
+    }
+
+    pub(super) fn relay_response(
+        &mut self,
+        now: Now,
+        rid: u64,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(relay) = self.relays.get(&rid) else {
+            return;
+        };
+        let key = relay.server_key.clone();
+        let (call, is_invite) = (relay.call, &*relay.method == "INVITE");
+        let callee_answers = relay.from_caller;
+        let refused = if is_invite && (200..300).contains(&code) && !msg.body().is_empty() {
+            match self.described_media(call, msg, callee_answers) {
+                Ok(answer) => {
+                    self.update_media(now, call, callee_answers, answer, out);
+                    None
+                }
+                Err(why) => Some(why),
+            }
+        } else {
+            None
+        };
+        self.respond_stripped(now, &key, msg, code, out);
+        if let Some(why) = refused {
+            // A re-INVITE answered with media the config does not allow: the call ends.
+            self.media_refused(now, call, why, out);
+            self.bye_both_ways(now, call, "media refused", out);
+        }
+    }
+
+    /// Ends an answered call from here: BYE to both parties (`reason` in its Reason
+    /// header), pinholes closed, the final record.
+    pub(super) fn bye_both_ways(
+        &mut self,
+        now: Now,
+        seq: u64,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(call) = self.calls.get(&seq) else {
+            return;
+        };
+        let dialog = call.dialog.clone();
+        let (caller, caller_local, callee, callee_local) = (
+            call.caller,
+            call.caller_local,
+            call.callee,
+            call.callee_local,
+        );
+        let call_id = call.call_id.to_string();
+        if let Some(d) = dialog {
+            for (to_caller, peer, local) in
+                [(true, caller, caller_local), (false, callee, callee_local)]
+            {
+                let (via, branch) = self.our_via(local, peer.transport);
+                let route = d.route(if to_caller {
+                    DialogInfo::ROUTE_TO_CALLER
+                } else {
+                    DialogInfo::ROUTE_TO_CALLEE
+                });
+                let (from, to) = (d.part(DialogInfo::FROM), d.part(DialogInfo::TO));
+                let spec = msgs::ByeSpec {
+                    target: d.part(if to_caller {
+                        DialogInfo::CALLER_CONTACT
+                    } else {
+                        DialogInfo::CALLEE_CONTACT
+                    }),
+                    route: &route,
+                    via: &via,
+                    from: if to_caller { to } else { from },
+                    to: if to_caller { from } else { to },
+                    call_id: &call_id,
+                    // Below 2^31 (requests with more are refused), so never wraps.
+                    cseq: if to_caller {
+                        d.callee_cseq.saturating_add(1)
+                    } else {
+                        d.caller_cseq.saturating_add(1)
+                    },
+                };
+                let bytes = msgs::bye(&spec, reason);
+                if let Ok(key) = TransactionKey::client(&branch, "BYE") {
+                    self.start_client(now, key, Owner::Own, (peer, local), bytes.into(), out);
+                }
+            }
+        }
+        self.end_answered(now, seq, out);
+    }
+}
+
+/// What our own BYEs need, from the INVITE as received and the 2xx.
+pub(super) fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Option<DialogInfo> {
+    let inv = sip::parse(invite).ok()?;
+    let contact_of = |m: &Message<'_>| -> Option<String> {
+        m.contacts()
+            .ok()??
+            .first()
+            .map(|c| c.uri.as_str().to_string())
+    };
+    let caller_contact = contact_of(&inv)?;
+    let callee_contact = contact_of(ok)?;
+    // Record-Route of the 2xx: [callee side..., ours..., caller side...].
+    let rr: Vec<String> = ok
+        .record_routes()
+        .ok()?
+        .iter()
+        .map(|r| r.uri.as_str().to_string())
+        .collect();
+    // The caller side is what the INVITE already carried; ours are `ours` entries above it.
+    let inv_rr: Vec<String> = inv
+        .record_routes()
+        .ok()?
+        .iter()
+        .map(|r| r.uri.as_str().to_string())
+        .collect();
+    let n_callee = rr.len().saturating_sub(inv_rr.len() + ours);
+    let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
+    route_to_callee.reverse();
+    Some(DialogInfo::new(
+        [
+            inv.single(HeaderName::From).ok()??,
+            ok.single(HeaderName::To).ok()??,
+            &caller_contact,
+            &callee_contact,
+            &inv_rr.join("\n"),
+            &route_to_callee.join("\n"),
+        ],
+        inv.cseq().ok()?.seq,
+    ))
+}

@@ -1,0 +1,890 @@
+//! The pure proxy core: see the crate docs for the call path.
+//!
+//! This module holds the core's state and types, its public API, and the entry of every
+//! message; each concern lives in a module of its own: [`admission`] (new calls),
+//! [`call`] (a call from first attempt to end), [`dialog`] (in-dialog requests and our
+//! BYEs), [`pinholes`] (media checked and pinholes kept), [`records`] (records of answered
+//! calls, resumption), [`health`] (destination probes), [`transactions`] and [`timers`].
+
+mod admission;
+mod call;
+mod dialog;
+mod health;
+mod pinholes;
+mod records;
+mod timers;
+mod transactions;
+
+use dialog::dialog_info;
+use health::probe_uri;
+use records::resume_of;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use callgate_cdr::{Cdr, Disposition, Pii};
+use callgate_config::Config;
+use callgate_router::guard::{
+    self, Admission, CallPermit, FloodConfig, FloodGuard, LogLimiter, SourceLimits,
+};
+use callgate_router::{normalize_number, Dest, Health, RouteTable, Selector};
+use callgate_sip::transaction::{
+    Action, Event, Incoming, MessageRef, Millis, Outgoing, State as TxState, Table, TableError,
+    Timers, TransactionKey, Transport as TxTransport,
+};
+use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
+use ipnet::IpNet;
+
+use crate::media::{self, Media, MediaRules, Side};
+use crate::msgs;
+use crate::rng::Csprng;
+
+/// Keyed with a per-process random seed: keys (branches, Call-IDs) come from the network.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+use crate::{ActiveCall, CallState, Now, Output, Payload, Peer, Stats, Transport};
+
+/// Everything the core takes from the config, plus where our sockets are.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `appliance.name`: written into every record.
+    pub appliance: String,
+    /// Our listen addresses (UDP and TCP on each).
+    pub listen: Vec<SocketAddr>,
+    /// For each destination IP, our local IP that reaches it (the driver asks the kernel).
+    pub local_for: HashMap<IpAddr, IpAddr>,
+    pub response_timeout: Millis,
+    pub ring_timeout: Millis,
+    pub max_call: Millis,
+    pub max_cps: Option<u32>,
+    pub max_calls: Option<u32>,
+    pub timers: Timers,
+    /// Cap on live transactions (stateless 503 beyond).
+    pub max_transactions: usize,
+    pub flood: FloodConfig,
+    /// OPTIONS probe period for destination health.
+    pub probe_interval: Millis,
+    /// What media the config allows (pinholes are opened only within it).
+    pub media: MediaRules,
+}
+
+impl Settings {
+    /// Settings from a validated config; `local_for` comes from the driver.
+    pub fn from_config(cfg: &Config, local_for: HashMap<IpAddr, IpAddr>) -> Settings {
+        let sip = &cfg.sip;
+        let secs = |s: u32| Millis(u64::from(s) * 1000);
+        let mut flood = FloodConfig::default();
+        // Carrier trunks and destinations are rate-limited like everyone, with limits of
+        // their own (a trunk carries many calls), and never put in the blocklist (a UDP
+        // flooder can spoof their addresses to make us cut our own carrier off).
+        let max_cps = sip.max_cps.as_ref().map(|v| *v.get_ref());
+        let max_calls = sip.max_calls.as_ref().map(|v| *v.get_ref());
+        let trunk_rate = max_cps.map_or(5_000, |c| c.saturating_mul(10).max(1_000));
+        for c in &sip.carriers {
+            let rate = c
+                .max_requests_per_sec
+                .as_ref()
+                .map_or(trunk_rate, |v| *v.get_ref());
+            let limits = SourceLimits {
+                rate_per_sec: rate,
+                burst: rate.saturating_mul(2),
+                max_dialogs: c
+                    .max_dialogs
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .or(max_calls)
+                    .unwrap_or(u32::MAX),
+            };
+            for n in c.sources.get_ref().iter().map(|p| p.net()) {
+                flood.never_block.push(n);
+                flood.limits.push((n, limits));
+            }
+        }
+        for d in sip.routes.iter().flat_map(|r| r.destinations.get_ref()) {
+            let n = IpNet::from(d.uri.get_ref().addr.ip().to_canonical());
+            flood.never_block.push(n);
+            flood.limits.push((
+                n,
+                SourceLimits {
+                    rate_per_sec: trunk_rate,
+                    burst: trunk_rate.saturating_mul(2),
+                    max_dialogs: 0,
+                },
+            ));
+        }
+        Settings {
+            appliance: cfg.appliance.name.to_string(),
+            listen: sip.listen_addrs(),
+            local_for,
+            response_timeout: secs(sip.response_timeout_secs()),
+            ring_timeout: secs(sip.ring_timeout_secs()),
+            max_call: secs(sip.max_call_secs()),
+            max_cps,
+            max_calls,
+            timers: Timers::default(),
+            max_transactions: 200_000,
+            flood,
+            probe_interval: secs(sip.probe_interval_secs()),
+            media: MediaRules::from_config(cfg),
+        }
+    }
+}
+
+/// A request in hand: when it came, the message, who sent it and on which of our sockets;
+/// what answering it needs.
+#[derive(Debug, Clone, Copy)]
+struct Req<'a, 'm> {
+    now: Now,
+    msg: &'a Message<'m>,
+    peer: Peer,
+    local: SocketAddr,
+}
+
+/// Who a transaction belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The INVITE of a call (server side, or the current attempt on the client side).
+    Call(u64),
+    /// An in-dialog request relayed between the parties.
+    Relay(u64),
+    /// A request of our own whose responses are consumed here (BYE at max length, CANCEL).
+    Own,
+    /// An OPTIONS health probe of a destination (the transaction's peer).
+    Probe,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TxInfo {
+    owner: Owner,
+    peer: Peer,
+    local: SocketAddr,
+}
+
+/// Why the proxy cancelled (or is about to cancel) a call's pending INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    Caller,
+    NoAnswer,
+    /// The callee's early media asked for what the config does not allow (488 upstream).
+    MediaRefused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// The current destination has not sent any response.
+    Response,
+    /// Ringing too long.
+    Ring,
+    /// Maximum call length.
+    MaxCall,
+    /// A CANCEL went downstream and the 487 has not come (RFC 3261 §9.1: 64·T1).
+    CancelGuard,
+}
+
+impl TimerKind {
+    /// Every kind, in declaration order: a kind's slot is its index here.
+    const ALL: [TimerKind; 4] = [
+        TimerKind::Response,
+        TimerKind::Ring,
+        TimerKind::MaxCall,
+        TimerKind::CancelGuard,
+    ];
+    const COUNT: usize = TimerKind::ALL.len();
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug)]
+struct Call {
+    seq: u64,
+    call_id: Box<str>,
+    from_tag: Box<str>,
+    /// What only the setup needs; dropped at answer.
+    setup: Option<Box<Setup>>,
+    server_key: TransactionKey,
+    caller: Peer,
+    caller_local: SocketAddr,
+    number: Box<str>,
+    campaign: Arc<str>,
+    caller_number: Box<str>,
+    caller_name: Option<Box<str>>,
+    client_key: Option<TransactionKey>,
+    callee: Peer,
+    callee_local: SocketAddr,
+    destination: Box<str>,
+    state: CallState,
+    cancel: Option<Cancel>,
+    last_code: Option<u16>,
+    invite_at: u64,
+    ring_at: Option<u64>,
+    answer_at: Option<u64>,
+    /// The call's pending timers, one slot per [`TimerKind`] (inline: no allocation per
+    /// call).
+    deadlines: Deadlines,
+    /// The media addresses each party last offered or answered (0: caller, 1: callee).
+    media: [Media; 2],
+    /// Whether the callee has described its media (pinholes open from then on).
+    media_open: bool,
+    /// The callee's 2xx, stripped of our Via, until the answer-time record is durable.
+    held_answer: Option<Payload>,
+    /// The carrier's media pool, when it sends media from one (pinholes toward the callee
+    /// admit it as the source).
+    pool: Option<Arc<[IpNet]>>,
+    /// An offer in a request (INVITE, re-INVITE) waiting for its answer: (callee?, addrs).
+    offered: Option<(bool, Media)>,
+    permit: Option<CallPermit>,
+    /// Dialog state once answered: what BYEs of our own need.
+    dialog: Option<Box<DialogInfo>>,
+}
+
+/// The part of a call only its setup needs: boxed, and dropped when the call is answered
+/// (a held dialog keeps only what its BYEs and records need; memory per dialog is a
+/// figure of the benchmark).
+#[derive(Debug)]
+struct Setup {
+    /// The INVITE as received (responses are built from it).
+    invite: Payload,
+    /// The INVITE sent to the current destination (for CANCEL and ACK).
+    forwarded: Option<Payload>,
+    dests: Vec<Dest>,
+    attempt: usize,
+    got_provisional: bool,
+    cancel_sent: bool,
+}
+
+/// A call's pending timer deadlines, one slot per [`TimerKind`]; `u64::MAX` is "none" (no
+/// deadline is that far out; half the size of `Option<Millis>` slots).
+#[derive(Debug, Clone, Copy)]
+struct Deadlines([u64; TimerKind::COUNT]);
+
+impl Deadlines {
+    const NONE: u64 = u64::MAX;
+
+    fn new() -> Deadlines {
+        Deadlines([Self::NONE; TimerKind::COUNT])
+    }
+
+    fn some(v: u64) -> Option<Millis> {
+        (v != Self::NONE).then_some(Millis(v))
+    }
+
+    /// Sets `kind` to `at`; the deadline it replaces, if any.
+    fn replace(&mut self, kind: TimerKind, at: Millis) -> Option<Millis> {
+        let slot = self.0.get_mut(kind.slot())?;
+        Self::some(std::mem::replace(slot, at.0))
+    }
+
+    /// Clears `kind`; the deadline it had, if any.
+    fn take(&mut self, kind: TimerKind) -> Option<Millis> {
+        let slot = self.0.get_mut(kind.slot())?;
+        Self::some(std::mem::replace(slot, Self::NONE))
+    }
+
+    /// Clears `kind` if its deadline is `at`; whether it was.
+    fn take_if(&mut self, kind: TimerKind, at: Millis) -> bool {
+        match self.0.get_mut(kind.slot()) {
+            Some(slot) if *slot == at.0 => {
+                *slot = Self::NONE;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The pending deadlines.
+    fn pending(self) -> impl Iterator<Item = (TimerKind, Millis)> {
+        TimerKind::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(k, v)| Some((k, Self::some(v)?)))
+    }
+}
+
+impl Call {
+    /// The open pinholes (source, destination): each party's media from the other's,
+    /// once the callee has described its own.
+    fn pinholes(&self) -> Vec<(IpNet, SocketAddr)> {
+        if !self.media_open {
+            return Vec::new();
+        }
+        let [caller, callee] = &self.media;
+        media::pinholes(caller, callee, self.pool.as_deref())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DialogInfo {
+    /// From, To, the caller's Contact, the callee's Contact, the route toward the caller and
+    /// the route toward the callee (URIs separated by newlines), back to back in one
+    /// allocation: this lives as long as the call.
+    text: Box<str>,
+    ends: [u32; 6],
+    caller_cseq: u32,
+    callee_cseq: u32,
+}
+
+impl DialogInfo {
+    const FROM: usize = 0;
+    const TO: usize = 1;
+    const CALLER_CONTACT: usize = 2;
+    const CALLEE_CONTACT: usize = 3;
+    const ROUTE_TO_CALLER: usize = 4;
+    const ROUTE_TO_CALLEE: usize = 5;
+
+    fn new(parts: [&str; 6], caller_cseq: u32) -> DialogInfo {
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 6];
+        for (i, p) in parts.iter().enumerate() {
+            text.push_str(p);
+            if let Some(e) = ends.get_mut(i) {
+                *e = text.len() as u32;
+            }
+        }
+        DialogInfo {
+            text: text.into_boxed_str(),
+            ends,
+            caller_cseq,
+            callee_cseq: 0,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    fn route(&self, i: usize) -> Vec<String> {
+        self.part(i)
+            .split('\n')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Abandoned {
+    peer: Peer,
+    local: SocketAddr,
+    until: Millis,
+    /// ACK and BYE went out already (later 2xx copies are retransmissions: ACK only).
+    released: bool,
+}
+
+#[derive(Debug)]
+struct Relay {
+    call: u64,
+    server_key: TransactionKey,
+    client_key: TransactionKey,
+    method: Box<str>,
+    /// Sent by the caller (so its responses come from the callee)?
+    from_caller: bool,
+}
+
+/// The proxy core. See the crate docs.
+#[derive(Debug)]
+pub struct Proxy {
+    s: Settings,
+    policy: Policy,
+    routes: RouteTable,
+    selector: Selector,
+    health: Health,
+    txs: Table<Payload>,
+    tx_info: Map<TransactionKey, TxInfo>,
+    /// The two INVITE transactions of each answered call, in RFC 6026's Accepted state for
+    /// 64·T1 after the 2xx: only their keys (shared with the call), so a retransmitted
+    /// INVITE is absorbed and a retransmitted 2xx goes upstream, without a whole
+    /// transaction per key. `accepted_until` expires them in order (same lifetime for all).
+    accepted: Set<TransactionKey>,
+    accepted_until: VecDeque<(Millis, TransactionKey)>,
+    /// Open media pinholes: how many calls use each address, and until when its kernel
+    /// timeout runs. Calls that share an address (a gateway reusing a port) share the
+    /// pinhole: it closes with the last of them, and its timeout is renewed when a new call
+    /// would outlive it.
+    pinholes: Map<(IpNet, SocketAddr), (u32, Millis)>,
+    /// Boxed: a slot per call stays small while the table grows by doubling.
+    calls: Map<u64, Box<Call>>,
+    by_call_id: Map<Box<str>, u64>,
+    relays: Map<u64, Relay>,
+    /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
+    /// late 2xx from that destination is ACKed and ended with BYE. Pruned after 64·T1.
+    abandoned: Map<Box<str>, Abandoned>,
+    /// The request of each relay while its client transaction runs (for a 408 upstream).
+    relay_requests: Map<u64, Payload>,
+    timers: BTreeSet<(Millis, u64, TimerKind)>,
+    admission: Option<Admission>,
+    flood: FloodGuard,
+    logs: LogLimiter<&'static str>,
+    stats: Stats,
+    next_seq: u64,
+    rng: Csprng,
+    next_probe: Millis,
+    /// Health probes sent and not answered yet: a destination still here at the next round
+    /// is marked down (its probe transaction is dropped).
+    probes_pending: Vec<(callgate_config::SipUri, TransactionKey)>,
+    /// Destination addresses (exempt from the flood guard, like carriers).
+    dest_ips: Vec<IpAddr>,
+}
+
+const FAILOVER_CODES: fn(u16) -> bool = |c| c == 408 || (500..=599).contains(&c);
+
+/// CSeq numbers from 2^31 up are refused (RFC 3261 §8.1.1.5).
+const MAX_CSEQ: u32 = 1 << 31;
+
+/// A Warning header (RFC 3261 §20.43) naming us as the agent; `text` names no address.
+fn warning(local: SocketAddr, code: u16, text: &str) -> (&'static str, String) {
+    ("Warning", format!("{code} {} \"{text}\"", host_port(local)))
+}
+
+/// Whether a response (or an ACK) came from where its transaction's request went: the
+/// same transport, address and port, and for TCP the same connection when we know it.
+fn from_where_sent(sent: Peer, got: Peer) -> bool {
+    sent.transport == got.transport
+        && sent.addr.ip().to_canonical() == got.addr.ip().to_canonical()
+        && sent.addr.port() == got.addr.port()
+        && (sent.conn.is_none() || sent.conn == got.conn)
+}
+
+fn via_sent_by(v: &sip::Via<'_>) -> String {
+    let mut s = v.host.to_string().to_ascii_lowercase();
+    if let Some(p) = v.port {
+        s.push(':');
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+fn host_port(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn tx_transport(t: Transport) -> TxTransport {
+    match t {
+        Transport::Udp => TxTransport::Unreliable,
+        Transport::Tcp => TxTransport::Reliable,
+    }
+}
+
+fn dest_transport(d: &Dest) -> Transport {
+    match d.uri.transport {
+        callgate_config::Transport::Tcp => Transport::Tcp,
+        callgate_config::Transport::Udp => Transport::Udp,
+    }
+}
+
+/// Masks a caller number for display: keeps the country code and first digits.
+fn mask(number: &str) -> String {
+    let keep = number.len().min(6);
+    let mut s: String = number.chars().take(keep).collect();
+    s.extend(std::iter::repeat_n(
+        '*',
+        number.chars().count().saturating_sub(keep),
+    ));
+    s
+}
+
+fn disposition_for(code: u16) -> Disposition {
+    match code {
+        200..=299 => Disposition::Answered,
+        486 | 600 | 603 => Disposition::Busy,
+        408 | 480 => Disposition::NoAnswer,
+        487 => Disposition::Cancelled,
+        _ => Disposition::Failed,
+    }
+}
+
+impl Proxy {
+    /// A core with no calls.
+    pub fn new(s: Settings, cfg: &Config, now: Now) -> Proxy {
+        let empty = RouteTable::default();
+        let mut p = Proxy {
+            policy: Policy::default(),
+            txs: Table::new(s.timers, s.max_transactions),
+            flood: FloodGuard::new(s.flood.clone()),
+            logs: LogLimiter::new(5, 10_000, 64),
+            tx_info: Map::default(),
+            accepted: Set::default(),
+            accepted_until: VecDeque::new(),
+            pinholes: Map::default(),
+            calls: Map::default(),
+            by_call_id: Map::default(),
+            relays: Map::default(),
+            relay_requests: Map::default(),
+            abandoned: Map::default(),
+            timers: BTreeSet::new(),
+            admission: None,
+            stats: Stats::default(),
+            next_seq: 1,
+            rng: Csprng::new(),
+            next_probe: now.mono,
+            health: Health::new(),
+            probes_pending: Vec::new(),
+            selector: Selector::new(&empty),
+            routes: empty,
+            dest_ips: Vec::new(),
+            s: s.clone(),
+        };
+        p.reconfigure(s, cfg, now);
+        p
+    }
+
+    /// Takes a new config (routes, caps, timeouts); calls in progress keep their route.
+    pub fn reconfigure(&mut self, s: Settings, cfg: &Config, now: Now) {
+        self.routes = RouteTable::build(cfg);
+        self.selector = Selector::new(&self.routes);
+        self.dest_ips = self
+            .routes
+            .routes()
+            .iter()
+            .flat_map(|r| r.destinations.iter().map(|d| d.uri.addr.ip()))
+            .collect();
+        self.admission = match (s.max_cps, s.max_calls) {
+            (None, None) => {
+                for c in self.calls.values_mut() {
+                    c.permit = None;
+                }
+                None
+            }
+            (cps, calls) => {
+                let mut a = Admission::new(
+                    cps.unwrap_or(u32::MAX / 2000),
+                    calls.unwrap_or(u32::MAX),
+                    guard::Millis(now.mono.0),
+                );
+                // Calls in progress count against the new caps, without CPS tokens.
+                for c in self.calls.values_mut() {
+                    c.permit = Some(a.carry_over());
+                }
+                Some(a)
+            }
+        };
+        self.flood = FloodGuard::new(s.flood.clone());
+        // Calls in progress count against their source's dialog cap under the new limits.
+        for c in self.calls.values() {
+            self.flood
+                .carry_dialog(guard::Millis(now.mono.0), c.caller.addr.ip());
+        }
+        self.s = s;
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        let mut st = self.stats.clone();
+        st.active_calls = self.calls.len() as u64;
+        st.transactions = (self.txs.len() + self.accepted.len()) as u64;
+        st
+    }
+
+    /// The calls in progress, oldest first.
+    pub fn active_calls(&self) -> Vec<ActiveCall> {
+        let mut v: Vec<&Call> = self.calls.values().map(|c| &**c).collect();
+        v.sort_by_key(|c| c.seq);
+        v.into_iter()
+            .map(|c| ActiveCall {
+                call_id: c.call_id.to_string(),
+                tracking_number: c.number.to_string(),
+                campaign: c.campaign.to_string(),
+                caller: mask(&c.caller_number),
+                destination: c.destination.to_string(),
+                state: c.state,
+                transport: c.caller.transport,
+                invite_at: c.invite_at,
+                answer_at: c.answer_at,
+                pinholes: c.pinholes().len(),
+            })
+            .collect()
+    }
+
+    /// Number of calls in progress.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// When [`Self::on_timer`] must run next.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let mut d = self.txs.next_deadline();
+        if let Some((t, _)) = self.accepted_until.front() {
+            d = Some(d.map_or(*t, |x| x.min(*t)));
+        }
+        if let Some((t, _, _)) = self.timers.first() {
+            d = Some(d.map_or(*t, |x| x.min(*t)));
+        }
+        if !self.dest_ips.is_empty() {
+            d = Some(d.map_or(self.next_probe, |x| x.min(self.next_probe)));
+        }
+        d
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    fn branch(&mut self) -> String {
+        format!("{}cg{:016x}", sip::transaction::MAGIC_COOKIE, self.rand())
+    }
+
+    fn log(
+        &mut self,
+        now: Now,
+        key: &'static str,
+        level: log::Level,
+        line: String,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(suppressed) = self.logs.allow(guard::Millis(now.mono.0), &key) {
+            let line = if suppressed > 0 {
+                format!("{line} ({suppressed} similar lines suppressed)")
+            } else {
+                line
+            };
+            out.push(Output::Log { level, line });
+        }
+    }
+
+    fn send(&mut self, peer: Peer, local: SocketAddr, bytes: Payload, out: &mut Vec<Output>) {
+        self.stats.messages_out += 1;
+        out.push(Output::Send { peer, local, bytes });
+    }
+
+    fn is_ours(&self, host: &sip::Host<'_>, port: Option<u16>) -> bool {
+        let ip = match host {
+            sip::Host::Ipv4(a) => IpAddr::V4(*a),
+            sip::Host::Ipv6(a) => IpAddr::V6(*a),
+            sip::Host::Name(_) => return false,
+        };
+        let port = port.unwrap_or(5060);
+        self.s
+            .listen
+            .iter()
+            .any(|l| l.ip() == ip && l.port() == port)
+    }
+
+    fn uri_is_ours(&self, uri: &Uri<'_>) -> bool {
+        uri.as_sip().is_some_and(|u| self.is_ours(&u.host, u.port))
+    }
+
+    /// Our socket toward `ip`: the listen address on the local IP the kernel picks.
+    fn local_toward(&self, ip: IpAddr, fallback: SocketAddr) -> SocketAddr {
+        if let Some(l) = self.s.local_for.get(&ip) {
+            if let Some(a) = self.s.listen.iter().find(|a| a.ip() == *l) {
+                return *a;
+            }
+        }
+        self.s
+            .listen
+            .iter()
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
+            .copied()
+            .unwrap_or(fallback)
+    }
+
+    fn record_route(local: SocketAddr, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!("sip:{};lr", host_port(local)),
+            Transport::Tcp => format!("sip:{};transport=tcp;lr", host_port(local)),
+        }
+    }
+
+    fn our_via(&mut self, local: SocketAddr, t: Transport) -> (String, String) {
+        let branch = self.branch();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            t.via_name(),
+            host_port(local)
+        );
+        (via, branch)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.routes.carrier_of(ip).is_some() || self.dest_ips.contains(&ip.to_canonical())
+    }
+
+    /// One message from the network (a datagram, or one framed message from a stream).
+    pub fn on_message(
+        &mut self,
+        now: Now,
+        bytes: &[u8],
+        peer: Peer,
+        local: SocketAddr,
+        out: &mut Vec<Output>,
+    ) {
+        self.stats.messages_in += 1;
+        let Ok(msg) = sip::parse(bytes) else {
+            self.stats.malformed_dropped += 1;
+            let line = format!("dropped an unparseable message from {}", peer.addr);
+            self.log(now, "malformed", log::Level::Info, line, out);
+            return;
+        };
+        if msg.is_request() {
+            self.stats.requests_in += 1;
+            if !self.flood_check(now, &msg, peer, out) {
+                return;
+            }
+        } else {
+            self.stats.responses_in += 1;
+        }
+        let rq = &Req {
+            now,
+            msg: &msg,
+            peer,
+            local,
+        };
+        // Responses are only taken from peers we sent the request to (their top Via
+        // carries one of our random branches); they get the checks forwarding needs
+        // (start line, Via, CSeq) instead of the full validation requests get.
+        let verdict = if msg.is_request() {
+            sip::check(&msg, &self.policy)
+        } else {
+            // Checked where it is used: on_response drops what lacks Via, CSeq or Call-ID.
+            Verdict::Accept
+        };
+        match verdict {
+            Verdict::Accept => {}
+            Verdict::Drop => {
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+            Verdict::Reject(code) => {
+                self.stats.malformed_dropped += 1;
+                let line = format!("refused a malformed request from {}: {code}", peer.addr);
+                self.log(now, "malformed", log::Level::Info, line, out);
+                self.reply_stateless(rq, code, &[], out);
+                return;
+            }
+        }
+        if msg.is_request() {
+            self.on_request(rq, bytes, out);
+        } else {
+            self.on_response(now, &msg, peer, out);
+        }
+    }
+
+    fn reply_stateless(
+        &mut self,
+        rq: &Req<'_, '_>,
+        code: u16,
+        extra: &[(&'static str, String)],
+        out: &mut Vec<Output>,
+    ) {
+        let Req {
+            msg: req,
+            peer,
+            local,
+            ..
+        } = *rq;
+        if req.method() == Some("ACK") || !req.is_request() {
+            return;
+        }
+        let tag = format!("cg{:x}", self.rand());
+        if let Some(b) = msgs::response(req, code, Some(&tag), extra) {
+            self.send(peer, local, b.into(), out);
+        }
+    }
+
+    fn on_request(&mut self, rq: &Req<'_, '_>, bytes: &[u8], out: &mut Vec<Output>) {
+        let Req {
+            now,
+            msg,
+            peer,
+            local,
+        } = *rq;
+        let Some(method) = msg.method() else { return };
+        let Ok(vias) = msg.vias() else { return };
+        // Loop: a request that already passed through us (RFC 3261 §16.3 step 4).
+        if vias
+            .iter()
+            .any(|v| self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg")))
+        {
+            self.stats.refused_loop += 1;
+            self.reply_stateless(rq, 482, &[], out);
+            return;
+        }
+        let Some(top) = vias.first() else { return };
+        let Some(branch) = top.branch() else {
+            self.reply_stateless(rq, 400, &[], out);
+            return;
+        };
+        // RFC 3261 §8.1.1.5: sequence numbers stay below 2^31, so ours (+1) never wrap.
+        if msg.cseq().is_ok_and(|c| c.seq >= MAX_CSEQ) {
+            self.stats.malformed_dropped += 1;
+            let extra = [warning(local, 399, "CSeq must be below 2^31")];
+            self.reply_stateless(rq, 400, &extra, out);
+            return;
+        }
+        let sent_by = via_sent_by(top);
+        if method == "ACK" {
+            self.on_ack(now, msg, branch, &sent_by, peer, out);
+            return;
+        }
+        let Ok(key) = TransactionKey::server(branch, &sent_by, method) else {
+            // RFC 2543 peers: no stateful processing without an RFC 3261 branch.
+            self.reply_stateless(rq, 400, &[], out);
+            return;
+        };
+        if self.txs.get(&key).is_some() {
+            self.stats.retransmissions_absorbed += 1;
+            if let Ok(acts) = self
+                .txs
+                .handle(now.mono, &key, Event::Received(Incoming::Request))
+            {
+                self.run_actions(now, &key, acts, out);
+            }
+            return;
+        }
+        if self.accepted.contains(&key) {
+            // A retransmitted INVITE of an answered call (RFC 6026 Accepted: absorbed).
+            self.stats.retransmissions_absorbed += 1;
+            return;
+        }
+        if method == "CANCEL" {
+            self.on_cancel(rq, key, branch, &sent_by, out);
+            return;
+        }
+        let to_tag = msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
+        if to_tag.is_some() {
+            self.in_dialog(rq, key, out);
+            return;
+        }
+        match method {
+            "INVITE" => self.new_call(rq, bytes, key, out),
+            "OPTIONS" if self.trusted(peer.addr.ip()) => {
+                let allow = [(
+                    "Allow",
+                    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".to_string(),
+                )];
+                self.reply_stateless(rq, 200, &allow, out);
+            }
+            _ if !self.trusted(peer.addr.ip()) => {
+                self.stats.refused_not_carrier += 1;
+                self.reply_stateless(rq, 403, &[], out);
+            }
+            _ => {
+                let allow = [(
+                    "Allow",
+                    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".to_string(),
+                )];
+                self.reply_stateless(rq, 405, &allow, out);
+            }
+        }
+    }
+}
+
+/// The message with its top Via removed, serialized (a response going upstream).
+fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
+    let mut m = msg.clone();
+    m.remove_top_via().ok()?;
+    Some(m.serialize())
+}

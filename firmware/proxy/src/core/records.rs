@@ -1,0 +1,129 @@
+//! Records of answered calls: the held 2xx released once the answer-time record is
+//! durable, and calls carried on from their records after a restart.
+
+use super::*;
+
+impl Proxy {
+    /// The store has made the answer-time record of call `seq` durable (`ok`), or could
+    /// not: the held 2xx now goes to the caller, or the call is ended from here (BYE both
+    /// ways) because an answered call without a record must not exist.
+    pub fn on_record_stored(&mut self, now: Now, seq: u64, ok: bool, out: &mut Vec<Output>) {
+        let Some(call) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        let Some(answer) = call.held_answer.take() else {
+            return;
+        };
+        if ok {
+            let (peer, local) = (call.caller, call.caller_local);
+            self.send(peer, local, answer, out);
+            return;
+        }
+        let line = format!("call {seq}: its record could not be stored; ending it");
+        self.log(now, "record-failed", log::Level::Error, line, out);
+        self.bye_both_ways(now, seq, "call record not stored", out);
+    }
+
+    /// Carries on a call that was in progress when the daemon last stopped, from its
+    /// answer-time record: its in-dialog requests are relayed again, its record completed
+    /// at BYE or at the maximum call length (counted from its answer), its pinholes
+    /// renewed for what is left of that and closed at the end. Our own BYEs at the maximum
+    /// length need the dialog's headers, which the record does not keep: such a call ends
+    /// there without them (the parties' media stops with the pinholes). Returns the call's
+    /// `seq` (its records use it), or `None` for a record that cannot be resumed.
+    pub fn resume(&mut self, now: Now, cdr: &Cdr, out: &mut Vec<Output>) -> Option<u64> {
+        let r = cdr.resume.as_ref()?;
+        let answer_at = cdr.answer_at?;
+        let caller_number = cdr.caller.reveal()?;
+        if self.by_call_id.contains_key(cdr.call_id.as_str()) {
+            return None;
+        }
+        let peer = |p: &callgate_cdr::Party| Peer {
+            transport: if p.tcp {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            addr: p.addr,
+            conn: None,
+        };
+        let pool: Option<Arc<[IpNet]>> = (!r.media_pool.is_empty())
+            .then(|| r.media_pool.iter().filter_map(|p| p.parse().ok()).collect());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Its INVITE transaction ended with the old daemon; the key is never looked up for
+        // an answered call.
+        let server_key = TransactionKey::server("z9hG4bKresumed", "resumed", "INVITE").ok()?;
+        let call = Call {
+            seq,
+            call_id: cdr.call_id.as_str().into(),
+            from_tag: r.from_tag.as_str().into(),
+            setup: None,
+            server_key,
+            caller: peer(&r.caller),
+            caller_local: r.caller.local,
+            number: cdr.tracking_number.as_str().into(),
+            campaign: Arc::from(cdr.campaign.as_str()),
+            caller_number: caller_number.into(),
+            caller_name: cdr
+                .caller_name
+                .as_ref()
+                .and_then(|n| n.reveal())
+                .map(Into::into),
+            client_key: None,
+            callee: peer(&r.callee),
+            callee_local: r.callee.local,
+            destination: cdr.destination.as_str().into(),
+            state: CallState::Answered,
+            cancel: None,
+            last_code: Some(200),
+            invite_at: cdr.invite_at,
+            ring_at: cdr.ring_at,
+            answer_at: Some(answer_at),
+            deadlines: Deadlines::new(),
+            media: [
+                r.caller.media.clone().into_boxed_slice(),
+                r.callee.media.clone().into_boxed_slice(),
+            ],
+            media_open: true,
+            held_answer: None,
+            pool,
+            offered: None,
+            permit: self.admission.as_mut().map(|a| a.carry_over()),
+            dialog: None,
+        };
+        let caller_ip = call.caller.addr.ip();
+        let pinholes = call.pinholes();
+        self.by_call_id.insert(call.call_id.clone(), seq);
+        self.calls.insert(seq, Box::new(call));
+        self.flood
+            .carry_dialog(guard::Millis(now.mono.0), caller_ip);
+        // What is left of the maximum call length, by the wall clock of its answer.
+        let left = (answer_at + self.s.max_call.0).saturating_sub(now.unix_ms);
+        self.set_timer(seq, TimerKind::MaxCall, now.mono + Millis(left));
+        for a in pinholes {
+            self.pinhole_for(now, a, Millis(left), out);
+        }
+        Some(seq)
+    }
+}
+
+/// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
+pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
+    let party = |p: Peer, local: SocketAddr, media: &Media| callgate_cdr::Party {
+        tcp: p.transport == Transport::Tcp,
+        addr: p.addr,
+        local,
+        media: media.to_vec(),
+    };
+    callgate_cdr::Resume {
+        from_tag: c.from_tag.to_string(),
+        caller: party(c.caller, c.caller_local, &c.media[0]),
+        callee: party(c.callee, c.callee_local, &c.media[1]),
+        media_pool: c
+            .pool
+            .iter()
+            .flat_map(|p| p.iter().map(ToString::to_string))
+            .collect(),
+    }
+}
