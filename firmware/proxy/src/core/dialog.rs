@@ -320,18 +320,10 @@ impl Proxy {
                 [(true, caller, caller_local), (false, callee, callee_local)]
             {
                 let (via, branch) = self.our_via(local, peer.transport);
-                let route = d.route(if to_caller {
-                    DialogInfo::ROUTE_TO_CALLER
-                } else {
-                    DialogInfo::ROUTE_TO_CALLEE
-                });
-                let (from, to) = (d.part(DialogInfo::FROM), d.part(DialogInfo::TO));
+                let route = d.route_toward(to_caller);
+                let (from, to) = (d.from(), d.to());
                 let spec = msgs::ByeSpec {
-                    target: d.part(if to_caller {
-                        DialogInfo::CALLER_CONTACT
-                    } else {
-                        DialogInfo::CALLEE_CONTACT
-                    }),
+                    target: d.contact_of(to_caller),
                     route: &route,
                     via: &via,
                     from: if to_caller { to } else { from },
@@ -351,6 +343,118 @@ impl Proxy {
             }
         }
         self.end_answered(now, seq, out);
+    }
+}
+
+/// What our own BYEs need for an answered call: the dialog's From and To, both parties'
+/// Contacts, the route toward each, and the highest CSeq each party has used. The texts
+/// live back to back in one allocation (it lasts as long as the call; memory per dialog is
+/// a figure of the benchmark), read through the named accessors below.
+#[derive(Debug, Clone)]
+pub(super) struct DialogInfo {
+    text: Box<str>,
+    /// Where each [`Part`] ends in `text`.
+    ends: [u32; Part::COUNT],
+    pub(super) caller_cseq: u32,
+    pub(super) callee_cseq: u32,
+}
+
+/// The texts of a [`DialogInfo`], in their order in its allocation.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    From,
+    To,
+    CallerContact,
+    CalleeContact,
+    /// Route URIs toward the caller, one per line.
+    RouteToCaller,
+    /// Route URIs toward the callee, one per line.
+    RouteToCallee,
+}
+
+impl Part {
+    const COUNT: usize = 6;
+}
+
+/// What a [`DialogInfo`] is made of.
+#[derive(Debug)]
+pub(super) struct DialogParts<'a> {
+    pub(super) from: &'a str,
+    pub(super) to: &'a str,
+    pub(super) caller_contact: &'a str,
+    pub(super) callee_contact: &'a str,
+    pub(super) route_to_caller: &'a [String],
+    pub(super) route_to_callee: &'a [String],
+}
+
+impl DialogInfo {
+    pub(super) fn new(p: DialogParts<'_>, caller_cseq: u32) -> DialogInfo {
+        let (to_caller, to_callee) = (p.route_to_caller.join("\n"), p.route_to_callee.join("\n"));
+        let parts: [&str; Part::COUNT] = [
+            p.from,
+            p.to,
+            p.caller_contact,
+            p.callee_contact,
+            &to_caller,
+            &to_callee,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; Part::COUNT];
+        for (e, p) in ends.iter_mut().zip(parts) {
+            text.push_str(p);
+            *e = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        DialogInfo {
+            text: text.into_boxed_str(),
+            ends,
+            caller_cseq,
+            callee_cseq: 0,
+        }
+    }
+
+    fn part(&self, p: Part) -> &str {
+        let i = p as usize;
+        let start = match i.checked_sub(1) {
+            Some(prev) => self.ends.get(prev).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The dialog's From (the caller's).
+    pub(super) fn from(&self) -> &str {
+        self.part(Part::From)
+    }
+
+    /// The dialog's To (the callee's, with its tag).
+    pub(super) fn to(&self) -> &str {
+        self.part(Part::To)
+    }
+
+    /// The Contact of the caller (`caller`) or of the callee.
+    pub(super) fn contact_of(&self, caller: bool) -> &str {
+        self.part(if caller {
+            Part::CallerContact
+        } else {
+            Part::CalleeContact
+        })
+    }
+
+    /// The route toward the caller (`caller`) or toward the callee.
+    pub(super) fn route_toward(&self, caller: bool) -> Vec<String> {
+        let p = if caller {
+            Part::RouteToCaller
+        } else {
+            Part::RouteToCallee
+        };
+        self.part(p)
+            .split('\n')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -383,14 +487,45 @@ pub(super) fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Optio
     let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
     route_to_callee.reverse();
     Some(DialogInfo::new(
-        [
-            inv.single(HeaderName::From).ok()??,
-            ok.single(HeaderName::To).ok()??,
-            &caller_contact,
-            &callee_contact,
-            &inv_rr.join("\n"),
-            &route_to_callee.join("\n"),
-        ],
+        DialogParts {
+            from: inv.single(HeaderName::From).ok()??,
+            to: ok.single(HeaderName::To).ok()??,
+            caller_contact: &caller_contact,
+            callee_contact: &callee_contact,
+            route_to_caller: &inv_rr,
+            route_to_callee: &route_to_callee,
+        },
         inv.cseq().ok()?.seq,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialog_info_gives_back_each_named_part() {
+        let routes_up = [
+            "sip:203.0.113.9;lr".to_owned(),
+            "sip:203.0.113.8;lr".to_owned(),
+        ];
+        let d = DialogInfo::new(
+            DialogParts {
+                from: "<sip:a@x>;tag=1",
+                to: "<sip:b@y>;tag=2",
+                caller_contact: "sip:a@203.0.113.10",
+                callee_contact: "sip:b@198.51.100.10",
+                route_to_caller: &routes_up,
+                route_to_callee: &[],
+            },
+            7,
+        );
+        assert_eq!(d.from(), "<sip:a@x>;tag=1");
+        assert_eq!(d.to(), "<sip:b@y>;tag=2");
+        assert_eq!(d.contact_of(true), "sip:a@203.0.113.10");
+        assert_eq!(d.contact_of(false), "sip:b@198.51.100.10");
+        assert_eq!(d.route_toward(true), routes_up.to_vec());
+        assert!(d.route_toward(false).is_empty());
+        assert_eq!((d.caller_cseq, d.callee_cseq), (7, 0));
+    }
 }

@@ -15,7 +15,7 @@ mod records;
 mod timers;
 mod transactions;
 
-use dialog::dialog_info;
+use dialog::{dialog_info, DialogInfo};
 use health::probe_uri;
 use records::resume_of;
 
@@ -313,62 +313,6 @@ impl Call {
         }
         let [caller, callee] = &self.media;
         media::pinholes(caller, callee, self.pool.as_deref())
-    }
-}
-
-#[derive(Debug, Clone)]
-struct DialogInfo {
-    /// From, To, the caller's Contact, the callee's Contact, the route toward the caller and
-    /// the route toward the callee (URIs separated by newlines), back to back in one
-    /// allocation: this lives as long as the call.
-    text: Box<str>,
-    ends: [u32; 6],
-    caller_cseq: u32,
-    callee_cseq: u32,
-}
-
-impl DialogInfo {
-    const FROM: usize = 0;
-    const TO: usize = 1;
-    const CALLER_CONTACT: usize = 2;
-    const CALLEE_CONTACT: usize = 3;
-    const ROUTE_TO_CALLER: usize = 4;
-    const ROUTE_TO_CALLEE: usize = 5;
-
-    fn new(parts: [&str; 6], caller_cseq: u32) -> DialogInfo {
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u32; 6];
-        for (i, p) in parts.iter().enumerate() {
-            text.push_str(p);
-            if let Some(e) = ends.get_mut(i) {
-                *e = text.len() as u32;
-            }
-        }
-        DialogInfo {
-            text: text.into_boxed_str(),
-            ends,
-            caller_cseq,
-            callee_cseq: 0,
-        }
-    }
-
-    fn part(&self, i: usize) -> &str {
-        let start = match i.checked_sub(1) {
-            Some(p) => self.ends.get(p).copied().unwrap_or(0),
-            None => 0,
-        };
-        let end = self.ends.get(i).copied().unwrap_or(start);
-        self.text
-            .get(start as usize..end as usize)
-            .unwrap_or_default()
-    }
-
-    fn route(&self, i: usize) -> Vec<String> {
-        self.part(i)
-            .split('\n')
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect()
     }
 }
 
