@@ -75,9 +75,6 @@ mod media;
 mod msgs;
 mod rng;
 
-#[cfg(test)]
-mod tests;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,6 +15,10 @@ mod records;
 mod timers;
 mod transactions;
 
+/// Every call flow of the system tests is also a unit test of the core, by concern.
+#[cfg(test)]
+mod tests;
+
 use dialog::{dialog_info, DialogInfo};
 use health::probe_uri;
 use records::resume_of;

@@ -1,0 +1,114 @@
+//! Retransmissions, and responses taken only from where their request went.
+
+use super::*;
+
+#[test]
+fn retransmitted_invite_is_absorbed() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("retrans@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+
+    lab.at(1_400);
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.sends().len(), 1, "{out:#?}");
+    assert_eq!(out.response_to(carrier().addr).status(), Some(100));
+    assert!(out.records().is_empty());
+    assert_eq!(lab.proxy.stats().retransmissions_absorbed, 1);
+    assert_eq!(lab.proxy.stats().calls_offered, 1);
+    assert_eq!(lab.proxy.call_count(), 1);
+
+    // After the 180, a retransmission gets the 180 again.
+    let _ = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 180, "p", None));
+    lab.at(2_400);
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.sends().len(), 1, "{out:#?}");
+    assert_eq!(out.response_to(carrier().addr).status(), Some(180));
+    assert_eq!(lab.proxy.stats().retransmissions_absorbed, 2);
+}
+
+#[test]
+fn pbx_2xx_retransmission_is_forwarded_upstream() {
+    let mut lab = Lab::new();
+    let (_, ok, out) = answered_by_pbx1(&mut lab, "ok-again@x");
+    assert_eq!(out.records().len(), 1);
+    lab.at(1_600);
+    let out = lab.pbx_says(pbx1(), &ok);
+    let again = out.response_to(carrier().addr);
+    assert_eq!(again.status(), Some(200));
+    assert_eq!(again.values(HeaderName::Via).len(), 1);
+    assert!(out.records().is_empty(), "no second answer record");
+    assert!(out.pinholes().is_empty());
+    assert_eq!(lab.proxy.stats().calls_answered, 1);
+}
+
+#[test]
+fn invite_retransmitted_after_the_answer_is_absorbed_for_64_t1() {
+    let mut lab = Lab::new();
+    let (inv, ok, _) = answered_by_pbx1(&mut lab, "accepted@x");
+    // Both INVITE transactions are in Accepted (kept as keys only).
+    assert_eq!(lab.proxy.stats().transactions, 2);
+    lab.at(1_600);
+    let out = lab.carrier_says(&inv.bytes());
+    assert!(out.sends().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.stats().retransmissions_absorbed, 1);
+    assert_eq!(lab.proxy.stats().refused_loop, 0);
+    assert_eq!(lab.proxy.call_count(), 1);
+    // The 2xx retransmission still goes upstream within the window.
+    lab.at(20_000);
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+    // After 64·T1 the keys are gone: the same INVITE now meets the live call's Call-ID
+    // and is refused as a merged request, and the 2xx is no longer relayed.
+    lab.at(1_100 + 32_000);
+    lab.tick();
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.response_to(carrier().addr).status(), Some(482));
+    let out = lab.pbx_says(pbx1(), &ok);
+    assert!(out.sends().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.call_count(), 1);
+}
+
+#[test]
+fn retransmitted_refused_invite_is_answered_again_without_a_second_record() {
+    let mut lab = Lab::new();
+    let mut inv = Invite::new("unknown-again@x");
+    inv.ruri = "sip:+15559999999@203.0.113.1".to_owned();
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.response_to(carrier().addr).status(), Some(404));
+    assert_eq!(out.records().len(), 1);
+    lab.at(200);
+    let out = lab.carrier_says(&inv.bytes());
+    assert_eq!(out.response_to(carrier().addr).status(), Some(404));
+    assert!(out.records().is_empty(), "{out:#?}");
+}
+
+#[test]
+fn forged_responses_from_elsewhere_are_dropped_and_counted() {
+    let mut lab = Lab::new();
+    let inv = Invite::new("forged@x");
+    lab.at(1_000);
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    // An attacker who knows the branch forges 486 and 200 from another address, and from
+    // the PBX's address but another port.
+    lab.at(1_050);
+    for (from, code) in [
+        (udp("203.0.113.66:5060"), 486),
+        (udp("203.0.113.66:5060"), 200),
+        (udp("198.51.100.10:5099"), 486),
+        (tcp("198.51.100.10:5060", 9), 200),
+    ] {
+        let out = lab.recv(from, lan(), &pbx_reply(&fwd, code, "evil", Some(30000)));
+        assert!(out.sent_to(carrier().addr).is_empty(), "{code}: {out:#?}");
+        assert!(out.pinholes().is_empty());
+        assert!(out.records().is_empty());
+    }
+    assert_eq!(lab.proxy.stats().responses_wrong_source, 4);
+    assert_eq!(lab.proxy.call_count(), 1);
+    // The real answer still works.
+    lab.at(1_100);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)));
+    assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+}
