@@ -1,6 +1,8 @@
 //! A call from first attempt to end: destinations in turn, responses, the answer, CANCEL,
 //! refusals, records of calls that end unanswered, and forgetting a call.
 
+use super::dialog::dialog_info;
+use super::records::resume_of;
 use super::*;
 
 impl Proxy {

@@ -19,9 +19,7 @@ mod transactions;
 #[cfg(test)]
 mod tests;
 
-use dialog::{dialog_info, DialogInfo};
-use health::probe_uri;
-use records::resume_of;
+use dialog::DialogInfo;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -1,6 +1,7 @@
 //! Transactions: stateful replies, client transactions, responses (taken only from where
 //! their request went) and what the transaction layer asks for.
 
+use super::health::probe_uri;
 use super::*;
 
 impl Proxy {
