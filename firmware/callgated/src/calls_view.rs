@@ -43,18 +43,21 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
             let Some(sip) = sip else {
                 return Response::err("the SIP proxy is not running (no [sip] listen addresses)");
             };
-            match sip.stats().await {
-                Ok(st) => {
+            match (sip.stats().await, sip.tcp_stats().await) {
+                (Ok(st), Ok(tcp)) => {
                     let v = serde_json::to_value(&st).unwrap_or_default();
+                    let tcp = serde_json::to_value(&tcp).unwrap_or_default();
                     let mut t = String::new();
-                    if let Some(m) = v.as_object() {
-                        for (k, v) in m {
-                            let _ = writeln!(t, "{k:<28} {v}");
+                    for (prefix, set) in [("", &v), ("tcp_", &tcp)] {
+                        if let Some(m) = set.as_object() {
+                            for (k, v) in m {
+                                let _ = writeln!(t, "{:<28} {v}", format!("{prefix}{k}"));
+                            }
                         }
                     }
-                    Response::ok(t, json!({ "stats": v }))
+                    Response::ok(t, json!({ "stats": v, "tcp": tcp }))
                 }
-                Err(e) => Response::err(e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Response::err(e.to_string()),
             }
         }
         Request::ShowCdrs { last } => {
