@@ -294,6 +294,9 @@ fn cseq_at_the_top_of_the_range_gets_a_clean_400() {
     let out = lab.tick();
     let byes = out.requests_to(pbx1().addr, "BYE");
     assert_eq!(byes.len(), 1, "{out:#?}");
+    // The caller's highest CSeq was 2^31 - 1: our BYE toward the callee carries 2^31, not
+    // a wrapped value (the test also runs in release, where overflow would not panic).
+    assert_eq!(byes[0].cseq(), (1 << 31, "BYE".to_owned()));
 }
 
 #[test]
