@@ -99,7 +99,9 @@ impl Proxy {
         self.flood
             .carry_dialog(guard::Millis(now.mono.0), caller_ip);
         // What is left of the maximum call length, by the wall clock of its answer.
-        let left = (answer_at + self.s.max_call.0).saturating_sub(now.unix_ms);
+        let left = answer_at
+            .saturating_add(self.s.max_call.0)
+            .saturating_sub(now.unix_ms);
         self.set_timer(seq, TimerKind::MaxCall, now.mono + Millis(left));
         for a in pinholes {
             self.pinhole_for(now, a, Millis(left), out);
