@@ -49,6 +49,20 @@ impl Proxy {
         };
         let pool: Option<Arc<[IpNet]>> = (!r.media_pool.is_empty())
             .then(|| r.media_pool.iter().filter_map(|p| p.parse().ok()).collect());
+        let carrier = self.routes.carrier_of(r.caller.addr.ip());
+        let media_ok = self
+            .s
+            .media
+            .check(Side::Carrier(carrier), &r.caller.media)
+            .and_then(|()| self.s.media.check(Side::Private, &r.callee.media));
+        if let Err(why) = media_ok {
+            let line = format!(
+                "call {:?} carried on without media: {why} (the config changed)",
+                cdr.call_id
+            );
+            self.log(now, "media-refused", log::Level::Warn, line, out);
+        }
+        let media_ok = media_ok.is_ok();
         let seq = self.next_seq;
         self.next_seq += 1;
         // Its INVITE transaction ended with the old daemon; the key is never looked up for
@@ -85,7 +99,9 @@ impl Proxy {
                 r.caller.media.clone().into_boxed_slice(),
                 r.callee.media.clone().into_boxed_slice(),
             ],
-            media_open: true,
+            // The media is checked again against the config as it is now (it may have
+            // changed while the daemon was down): pinholes only for what it still allows.
+            media_open: media_ok,
             held_answer: None,
             pool,
             offered: None,

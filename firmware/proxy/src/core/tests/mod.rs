@@ -84,6 +84,8 @@ struct Opts {
     max_call: u32,
     /// Extra lines of the `[[sip.carrier]]` table.
     carrier_extra: &'static str,
+    /// The body of a `[sip.media]` table, if any.
+    media: &'static str,
 }
 
 impl Default for Opts {
@@ -95,6 +97,7 @@ impl Default for Opts {
             ring_timeout: 30,
             max_call: 3600,
             carrier_extra: "",
+            media: "",
         }
     }
 }
@@ -134,6 +137,9 @@ name = "lab-carrier"
 sources = ["203.0.113.10/32"]
 {carrier_extra}
 
+[sip.media]
+{media}
+
 [[sip.route]]
 numbers = ["+15550100000-+15550100099"]
 campaign = "{CAMPAIGN}"
@@ -163,6 +169,7 @@ destinations = [
         ring = o.ring_timeout,
         max_call = o.max_call,
         carrier_extra = o.carrier_extra,
+        media = o.media,
     )
 }
 

@@ -141,3 +141,46 @@ fn a_restarted_proxy_carries_on_calls_from_their_records() {
     assert_eq!(c.end_at, Some(UNIX0 + 61_200));
     assert_eq!(out.closed().len(), 4);
 }
+
+#[test]
+fn a_call_resumed_under_a_config_that_no_longer_allows_its_media_gets_no_pinholes() {
+    // The caller's view of the dialog, and the answer-time record as the store gives it
+    // back after a crash (two runs of the same call on a first daemon).
+    let a = answer_call(
+        &mut Lab::new(),
+        Invite::new("narrowed@x"),
+        carrier(),
+        pbx1(),
+        1_000,
+    );
+    let rec = {
+        let mut lab = Lab::new();
+        let inv = Invite::new("narrowed@x");
+        lab.at(1_000);
+        let out = lab.carrier_says(&inv.bytes());
+        let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+        lab.at(1_200);
+        lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)))
+            .record()
+            .1
+    };
+    // The restarted daemon's config allows RTP only from port 50000 up.
+    let mut lab = Lab::with(Opts {
+        media: "rtp_ports = \"50000-60000\"",
+        ..Opts::default()
+    });
+    lab.at(3_000);
+    let mut raw = Vec::new();
+    let seq = lab.proxy.resume(now_at(3_000), &rec, &mut raw).unwrap();
+    let out = Out(raw);
+    assert!(out.pinholes().is_empty(), "{out:#?}");
+    assert_eq!(lab.proxy.active_calls()[0].pinholes, 0);
+    // Its BYE still completes the record.
+    lab.at(4_000);
+    let out = lab.carrier_says(&a.dialog.request("BYE", "z9hG4bK-narrowed-bye", 2, None));
+    assert_eq!(out.requests_to(pbx1().addr, "BYE").len(), 1);
+    let (s, c, ended) = out.record();
+    assert_eq!((s, ended), (seq, true));
+    assert!(c.end_at.is_some());
+    assert!(out.pinholes().is_empty());
+}
