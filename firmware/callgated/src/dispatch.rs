@@ -181,8 +181,9 @@ async fn handle(
                 Err(e) => Response::err(format!("internal error: {e}")),
             }
         }
-        Request::ShowFirewall => match firewall.counters().await {
-            Ok(c) => {
+        Request::ShowFirewall => match firewall.report().await {
+            Ok(r) => {
+                let c = r.entries;
                 let mut text = format!(
                     "{:<8} {:<28} {:>5} {:>12} {:>14}\n",
                     "chain", "entry", "rules", "packets", "bytes"
