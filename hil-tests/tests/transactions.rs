@@ -386,3 +386,100 @@ fn daemon_with_a_broken_config_exits_3_and_stays_fail_closed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The first rule of the input chain named `comment`, as `nft -a list` prints it: its
+/// handle and its statements (without the handle).
+fn input_rule(a: &Appliance<'_>, comment: &str) -> (String, Vec<String>) {
+    let listing = a
+        .nft(&["-a", "list", "chain", "inet", "callgate", "input"])
+        .unwrap();
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment:?} in\n{listing}"));
+    let (rule, handle) = line.split_once(" # handle ").unwrap();
+    let words = rule.split_whitespace().map(str::to_owned).collect();
+    (handle.trim().to_owned(), words)
+}
+
+#[test]
+fn show_firewall_reports_a_rule_tampered_through_nft_until_a_commit_repairs_it() {
+    let lab = lab();
+    let a = Appliance::start(&lab, Host::A, LAB).unwrap();
+    let show = || a.cli(&["--json", "show", "firewall"]);
+    let s = show();
+    assert_eq!(s.code, 0, "{s:?}");
+    let fw = s.json();
+    assert_eq!(fw["drift"], serde_json::json!([]), "{fw}");
+    assert!(
+        fw["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "carrier-sip-udp"),
+        "{fw}"
+    );
+
+    // Behind the daemon's back: the carrier's SIP rule without its source set, same
+    // comment, same verdict: UDP 5060 on the WAN side from anywhere.
+    let (handle, words) = input_rule(&a, "carrier-sip-udp");
+    let at = words
+        .windows(3)
+        .position(|w| w[0] == "ip" && w[1] == "saddr" && w[2].starts_with('@'))
+        .unwrap_or_else(|| panic!("no source set in {words:?}"));
+    let set = words[at + 2].clone();
+    let mut stripped = words;
+    stripped.drain(at..at + 3);
+    let mut cmd = vec![
+        "replace", "rule", "inet", "callgate", "input", "handle", &handle,
+    ];
+    cmd.extend(stripped.iter().map(String::as_str));
+    a.nft(&cmd).unwrap();
+    let (_, now) = input_rule(&a, "carrier-sip-udp");
+    assert!(!now.contains(&set), "tampered: {now:?}");
+    assert_eq!(now.last().map(String::as_str), Some("\"carrier-sip-udp\""));
+
+    let s = show();
+    assert_eq!(s.code, 5, "drift is exit code 5: {s:?}");
+    let drift: Vec<String> = s.json()["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    assert!(
+        drift[0].contains("chain input")
+            && drift[0].contains("\"carrier-sip-udp\"")
+            && drift[0].contains(&format!("ip saddr {set}")),
+        "names the chain, the rule and the lost match: {}",
+        drift[0]
+    );
+    assert!(
+        s.json()["entries"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "the counters are still there"
+    );
+    let human = a.cli(&["show", "firewall"]);
+    assert_eq!(human.code, 5);
+    assert!(human.stdout.contains(&drift[0]), "{}", human.stdout);
+    let status = a.cli(&["--json", "status"]).json();
+    assert_eq!(status["firewall_verification"], "drift", "{status}");
+    assert_eq!(
+        status["firewall_drift"],
+        serde_json::json!(drift),
+        "{status}"
+    );
+
+    // A commit of the same config renders and applies the whole table again.
+    let r = a.commit(LAB, &[]);
+    assert!(r.ok(), "{r:?}");
+    let (_, mended) = input_rule(&a, "carrier-sip-udp");
+    assert!(mended.contains(&set), "{mended:?}");
+    let s = show();
+    assert_eq!(s.code, 0, "{s:?}");
+    assert_eq!(s.json()["drift"], serde_json::json!([]));
+    let status = a.cli(&["--json", "status"]).json();
+    assert_eq!(status["firewall_verification"], "in_sync", "{status}");
+}

@@ -4,7 +4,9 @@
 //! daemon: they only read the file.
 //!
 //! Exit codes: 0 success; 1 the daemon refused or failed the request; 2 bad command line;
-//! 3 the config file is invalid (`check`, `render`); 4 the daemon is unreachable.
+//! 3 the config file is invalid (`check`, `render`); 4 the daemon is unreachable;
+//! 5 `show firewall` found drift: the kernel's table differs from the ruleset the daemon
+//! applied (the counters and the differences are still printed, `"drift"` in `--json`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,8 @@ enum RenderWhat {
 
 #[derive(Debug, Subcommand)]
 enum ShowWhat {
-    /// Allowlist entries with packet and byte counters.
+    /// Allowlist entries with packet and byte counters, and any drift of the kernel's table
+    /// from the applied ruleset (exit code 5 when there is).
     Firewall,
     /// The running config.
     Config,
@@ -118,6 +121,7 @@ enum SipWhat {
 const EXIT_REFUSED: u8 = 1;
 const EXIT_INVALID: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
+const EXIT_DRIFT: u8 = 5;
 
 fn load(file: &Path) -> Result<(String, Config), ExitCode> {
     let text = std::fs::read_to_string(file).map_err(|e| {
@@ -247,9 +251,41 @@ fn main() -> ExitCode {
         }
     }
     if resp.ok {
-        ExitCode::SUCCESS
+        if drifted(&req, &resp) {
+            ExitCode::from(EXIT_DRIFT)
+        } else {
+            ExitCode::SUCCESS
+        }
     } else {
         eprintln!("{}", resp.text);
         ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+/// Whether a `show firewall` reply reports drift (for monitoring scripts: exit code 5).
+fn drifted(req: &Request, resp: &Response) -> bool {
+    matches!(req, Request::ShowFirewall)
+        && resp.data["drift"].as_array().is_some_and(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_show_firewall_reply_with_differences_is_drift() {
+        let reply = |drift: serde_json::Value| {
+            Response::ok("", serde_json::json!({"entries": [], "drift": drift}))
+        };
+        let one = reply(serde_json::json!([
+            "chain input, rule 3 \"x\": matches differ"
+        ]));
+        assert!(drifted(&Request::ShowFirewall, &one));
+        assert!(!drifted(
+            &Request::ShowFirewall,
+            &reply(serde_json::json!([]))
+        ));
+        assert!(!drifted(&Request::ShowConfig, &one));
+        assert!(!drifted(&Request::ShowFirewall, &Response::err("locked")));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callgate_control::{Handler, Peer, Request, Response};
-use callgate_firewall::{error_chain, FirewallHandle};
+use callgate_firewall::{error_chain, FirewallHandle, FirewallReport, Verification};
 use callgate_store::AuditEntry;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -150,7 +150,7 @@ async fn handle(
             let fw = firewall.state().borrow().clone();
             let (active, pending) = config.status().await.unwrap_or_default();
             let text = format!(
-                "appliance {}\nrevision {}\nfirewall generation {}{}\n{}\nkeys: {protector}\n",
+                "appliance {}\nrevision {}\nfirewall generation {}{}\nfirewall: {}\n{}\nkeys: {protector}\n",
                 cfg.appliance.name,
                 active.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                 fw.generation,
@@ -158,14 +158,22 @@ async fn handle(
                     .as_ref()
                     .map(|e| format!(" (last apply failed: {e})"))
                     .unwrap_or_default(),
+                verification_text(&fw.verification),
                 pending
                     .map(|n| format!("revision {n} awaits confirm"))
                     .unwrap_or_else(|| "no confirm pending".into())
             );
+            let (verification, drift) = match &fw.verification {
+                Verification::NotYet => ("not_yet", None),
+                Verification::InSync => ("in_sync", Some(&[][..])),
+                Verification::Drift(d) => ("drift", Some(d.as_slice())),
+                Verification::Failed(_) => ("failed", None),
+            };
             Response::ok(
                 text,
                 json!({"phase": "running", "appliance": cfg.appliance.name.as_str(), "revision": active,
                        "firewall_generation": fw.generation, "pending": pending,
+                       "firewall_verification": verification, "firewall_drift": drift,
                        "data_key": store.current_data_key(),
                        "version": env!("CARGO_PKG_VERSION")}),
             )
@@ -181,20 +189,11 @@ async fn handle(
                 Err(e) => Response::err(format!("internal error: {e}")),
             }
         }
-        Request::ShowFirewall => match firewall.counters().await {
-            Ok(c) => {
-                let mut text = format!(
-                    "{:<8} {:<28} {:>5} {:>12} {:>14}\n",
-                    "chain", "entry", "rules", "packets", "bytes"
-                );
-                for e in &c {
-                    text.push_str(&format!(
-                        "{:<8} {:<28} {:>5} {:>12} {:>14}\n",
-                        e.chain, e.name, e.rules, e.packets, e.bytes
-                    ));
-                }
-                Response::ok(text, json!(c))
-            }
+        Request::ShowFirewall => match firewall.report().await {
+            Ok(r) => Response::ok(
+                show_firewall_text(&r),
+                json!({"generation": r.generation, "entries": r.entries, "drift": r.drift}),
+            ),
             Err(e) => fail(&e),
         },
         Request::ShowConfig => match config.show_config().await {
@@ -279,6 +278,56 @@ async fn handle(
     }
 }
 
+/// `show firewall`: the counters table, then whether the kernel's table is still the
+/// applied ruleset, and each difference when it is not.
+fn show_firewall_text(r: &FirewallReport) -> String {
+    let mut text = format!(
+        "{:<8} {:<28} {:>5} {:>12} {:>14}\n",
+        "chain", "entry", "rules", "packets", "bytes"
+    );
+    for e in &r.entries {
+        text.push_str(&format!(
+            "{:<8} {:<28} {:>5} {:>12} {:>14}\n",
+            e.chain, e.name, e.rules, e.packets, e.bytes
+        ));
+    }
+    let Some(generation) = r.generation else {
+        text.push_str("\nread-back: no ruleset applied yet, nothing to compare\n");
+        return text;
+    };
+    if r.drift.is_empty() {
+        text.push_str(&format!(
+            "\nread-back: in sync with firewall generation {generation}\n"
+        ));
+        return text;
+    }
+    text.push_str(&format!(
+        "\nDRIFT: the kernel's table differs from firewall generation {generation} as applied \
+         ({} difference{}):\n",
+        r.drift.len(),
+        if r.drift.len() == 1 { "" } else { "s" }
+    ));
+    for d in &r.drift {
+        text.push_str(&format!("  {d}\n"));
+    }
+    text.push_str("a commit of the running config (`callgate commit FILE`) applies it again\n");
+    text
+}
+
+/// `status`: the last comparison of the kernel's table with the applied ruleset.
+fn verification_text(v: &Verification) -> String {
+    match v {
+        Verification::NotYet => "not verified yet".into(),
+        Verification::InSync => "in sync (at the last read-back)".into(),
+        Verification::Drift(d) => format!(
+            "DRIFT ({} difference{} at the last read-back; `callgate show firewall` lists them)",
+            d.len(),
+            if d.len() == 1 { "" } else { "s" }
+        ),
+        Verification::Failed(e) => format!("read-back failed: {e}"),
+    }
+}
+
 /// UTC `YYYY-MM-DD HH:MM:SS` from unix milliseconds (no time-zone database on the image).
 fn fmt_time(ms: u64) -> String {
     let secs = ms / 1000;
@@ -304,6 +353,42 @@ fn fmt_time(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use callgate_firewall::{EntryCounters, FirewallReport};
+
+    fn report(drift: &[&str]) -> FirewallReport {
+        FirewallReport {
+            generation: Some(3),
+            entries: vec![EntryCounters {
+                chain: "input".into(),
+                name: "carrier-sip-udp".into(),
+                rules: 2,
+                packets: 7,
+                bytes: 700,
+            }],
+            drift: drift.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn show_firewall_lists_each_difference_after_the_counters() {
+        let diffs = [
+            "chain input, rule 4 \"carrier-sip-udp\": matches differ: missing `ip saddr @s4`",
+            "set s6 is missing",
+        ];
+        let text = super::show_firewall_text(&report(&diffs));
+        let counters = text.find("carrier-sip-udp").unwrap();
+        for d in diffs {
+            let at = text.find(d).unwrap();
+            assert!(at > counters, "{text}");
+        }
+        let in_sync = super::show_firewall_text(&report(&[]));
+        assert!(
+            in_sync.starts_with(&text[..counters]),
+            "same counters table"
+        );
+        assert!(!in_sync.contains("DRIFT"), "{in_sync}");
+    }
+
     #[test]
     fn time_format() {
         assert_eq!(super::fmt_time(0), "1970-01-01 00:00:00");

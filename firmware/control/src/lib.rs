@@ -38,9 +38,11 @@ pub const ADMIN_GROUP: &str = "callgate-admin";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    /// Daemon status: version, active revision, firewall generation, pending confirm.
+    /// Daemon status: version, active revision, firewall generation and the last read-back
+    /// result, pending confirm.
     Status,
-    /// Allowlist entries with packet and byte counters.
+    /// Allowlist entries with packet and byte counters, and how the kernel's table differs
+    /// from the applied ruleset (read back for this request).
     ShowFirewall,
     /// The running config text.
     ShowConfig,

@@ -28,6 +28,10 @@
 //!   (no process spawn, no libnftnl), so the daemon stays a static musl binary.
 //! - [`task`] is the long-lived component: a handle plus a dedicated thread (nft and netlink
 //!   calls block), commands in over mpsc, state out over watch.
+//! - Drift (the kernel's table no longer what was applied, e.g. a rule edited through
+//!   `nft`) is checked at apply, at `callgate show firewall` ([`FirewallHandle::report`]:
+//!   counters and differences from one snapshot, [`Firewall::inspect`]), and `callgate
+//!   status` shows the last of those checks ([`FirewallState::verification`]).
 //!
 //! ## Fail closed
 //! The kernel enforces; the daemon decides. Every base chain has a drop policy, so if the
@@ -35,6 +39,8 @@
 //! nothing (nft applies all or nothing).
 //!
 //! ## Current limitations
+//! - Nothing re-verifies periodically: drift made between two checks (apply, `show
+//!   firewall`) is seen at the next one, and `status` reports the last check, not a new one.
 //! - What a rule matches is compared in a normal form ([`mod@matches`]) that names the fields
 //!   and values the renderer uses; other fields read as raw payload offsets. nft's JSON
 //!   hides the dependencies nft adds (`meta nfproto ipv4` before `ip saddr`), so only the
@@ -54,7 +60,7 @@ pub use model::Ruleset;
 pub use netlink::{NetlinkError, Pinhole, PinholeChange, PinholeProto, SetWriter};
 pub use nft::Nft;
 pub use render::{render, render_baseline};
-pub use task::{error_chain, FirewallHandle, FirewallState};
+pub use task::{error_chain, FirewallHandle, FirewallReport, FirewallState, Verification};
 
 /// Errors of the firewall crate.
 #[derive(Debug, thiserror::Error)]
@@ -136,11 +142,7 @@ impl Firewall {
 
     /// Reads back our table and compares it with `rs`.
     pub fn verify(&self, rs: &Ruleset, previous: Option<&Ruleset>) -> Result<(), FirewallError> {
-        let diffs = match readback::verify(model::TABLE, rs, previous) {
-            Ok(d) => d,
-            Err(NetlinkError::SetMissing { .. }) => vec!["table inet callgate is missing".into()],
-            Err(e) => return Err(e.into()),
-        };
+        let diffs = self.drift(rs, previous)?;
         if diffs.is_empty() {
             Ok(())
         } else {
@@ -148,35 +150,101 @@ impl Firewall {
         }
     }
 
+    /// Reads back our table and lists how it differs from `rs` (empty: in sync). Each
+    /// difference names the chain, the rule's position and comment, and what differs.
+    pub fn drift(
+        &self,
+        rs: &Ruleset,
+        previous: Option<&Ruleset>,
+    ) -> Result<Vec<String>, FirewallError> {
+        table_missing_is_drift(readback::verify(model::TABLE, rs, previous))
+    }
+
     /// Per-entry counters, summed over the rules that carry the same comment in a chain.
     pub fn counters(&self) -> Result<Vec<EntryCounters>, FirewallError> {
-        let o = match readback::observe(model::TABLE) {
+        match readback::observe(model::TABLE) {
+            Ok(o) => Ok(counters_of(&o)),
+            Err(NetlinkError::SetMissing { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Firewall::counters`] and [`Firewall::drift`] against `applied` (no drift when
+    /// `None`), from one snapshot of the table, so both describe the same kernel state.
+    pub fn inspect(&self, applied: Option<&Ruleset>) -> Result<Inspection, FirewallError> {
+        let observed = match readback::observe(model::TABLE) {
             Ok(o) => o,
-            Err(NetlinkError::SetMissing { .. }) => return Ok(Vec::new()),
+            Err(NetlinkError::SetMissing { .. }) => {
+                return Ok(Inspection {
+                    entries: Vec::new(),
+                    drift: applied
+                        .map(|_| vec![MISSING.to_owned()])
+                        .unwrap_or_default(),
+                })
+            }
             Err(e) => return Err(e.into()),
         };
-        let mut out: Vec<EntryCounters> = Vec::new();
-        for chain in ["input", "forward", "output", render::ALLOW_DST_CHAIN] {
-            for r in o.rules.get(chain).into_iter().flatten() {
-                match out
-                    .iter_mut()
-                    .find(|c| c.chain == chain && c.name == r.comment)
-                {
-                    Some(c) => {
-                        c.rules += 1;
-                        c.packets += r.packets;
-                        c.bytes += r.bytes;
-                    }
-                    None => out.push(EntryCounters {
-                        chain: chain.to_owned(),
-                        name: r.comment.clone(),
-                        rules: 1,
-                        packets: r.packets,
-                        bytes: r.bytes,
-                    }),
+        let drift = match applied {
+            Some(rs) => table_missing_is_drift(readback::verify_observed(
+                model::TABLE,
+                rs,
+                None,
+                &observed,
+            ))?,
+            None => Vec::new(),
+        };
+        Ok(Inspection {
+            entries: counters_of(&observed),
+            drift,
+        })
+    }
+}
+
+/// What [`Firewall::inspect`] read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// Per-entry counters ([`Firewall::counters`]).
+    pub entries: Vec<EntryCounters>,
+    /// How the kernel's table differs from the applied ruleset; empty when in sync.
+    pub drift: Vec<String>,
+}
+
+const MISSING: &str = "table inet callgate is missing";
+
+/// A table (or set) that vanished during the read-back is a difference, not a failure.
+fn table_missing_is_drift(
+    r: Result<Vec<String>, NetlinkError>,
+) -> Result<Vec<String>, FirewallError> {
+    match r {
+        Ok(d) => Ok(d),
+        Err(NetlinkError::SetMissing { .. }) => Ok(vec![MISSING.to_owned()]),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Per-entry counters of an observed table, in chain order.
+fn counters_of(o: &nft::Observed) -> Vec<EntryCounters> {
+    let mut out: Vec<EntryCounters> = Vec::new();
+    for chain in ["input", "forward", "output", render::ALLOW_DST_CHAIN] {
+        for r in o.rules.get(chain).into_iter().flatten() {
+            match out
+                .iter_mut()
+                .find(|c| c.chain == chain && c.name == r.comment)
+            {
+                Some(c) => {
+                    c.rules += 1;
+                    c.packets += r.packets;
+                    c.bytes += r.bytes;
                 }
+                None => out.push(EntryCounters {
+                    chain: chain.to_owned(),
+                    name: r.comment.clone(),
+                    rules: 1,
+                    packets: r.packets,
+                    bytes: r.bytes,
+                }),
             }
         }
-        Ok(out)
     }
+    out
 }

@@ -180,8 +180,18 @@ pub fn verify(
     rs: &Ruleset,
     previous: Option<&Ruleset>,
 ) -> Result<Vec<String>, NetlinkError> {
-    let observed = observe(table)?;
-    let mut diffs = crate::nft::diff(rs, &observed);
+    verify_observed(table, rs, previous, &observe(table)?)
+}
+
+/// [`verify`] against a snapshot already taken with [`observe`] (set contents are still
+/// read now), so that counters and differences can come from one snapshot.
+pub fn verify_observed(
+    table: &str,
+    rs: &Ruleset,
+    previous: Option<&Ruleset>,
+    observed: &Observed,
+) -> Result<Vec<String>, NetlinkError> {
+    let mut diffs = crate::nft::diff(rs, observed);
     let prev_sets: BTreeMap<&str, &SetDef> = previous
         .map(|p| p.sets.iter().map(|s| (s.name.as_str(), s)).collect())
         .unwrap_or_default();

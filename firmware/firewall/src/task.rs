@@ -1,6 +1,19 @@
 //! The firewall component: a handle plus a dedicated thread that owns the `inet callgate`
 //! table. nft runs and netlink writes block, so they live off the async runtime; callers
 //! talk to the thread over an mpsc channel and watch its state.
+//!
+//! ## Drift
+//! The thread keeps the last ruleset it applied and verified, and compares the kernel's
+//! table with it (see [`crate::readback`]) at three moments only:
+//! - at each apply (the apply fails when the kernel disagrees), and again after a failed
+//!   apply, against the ruleset still in force;
+//! - at each [`FirewallHandle::report`] (`callgate show firewall`), which returns the
+//!   differences next to the counters.
+//!
+//! Each result is published as [`FirewallState::verification`], which is what
+//! `callgate status` shows: the last check, not a new one. Nothing re-verifies
+//! periodically, so a change made through `nft` between two of those moments goes unseen
+//! until the next one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +32,45 @@ pub struct FirewallState {
     pub generation: u64,
     /// The last apply's error, if it failed (the previous ruleset then stays in force).
     pub last_error: Option<String>,
+    /// The last comparison of the kernel's table with the ruleset in force (see the module
+    /// docs for when it is made).
+    pub verification: Verification,
+}
+
+/// The result of one comparison of the kernel's table with the ruleset in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// No ruleset has been applied yet: nothing to compare with.
+    #[default]
+    NotYet,
+    /// The kernel held exactly the ruleset in force.
+    InSync,
+    /// The kernel's table differed, one line per difference (chain, rule and what).
+    Drift(Vec<String>),
+    /// The read-back itself failed.
+    Failed(String),
+}
+
+impl Verification {
+    fn of(drift: &[String]) -> Verification {
+        if drift.is_empty() {
+            Verification::InSync
+        } else {
+            Verification::Drift(drift.to_vec())
+        }
+    }
+}
+
+/// What `callgate show firewall` shows: counters and drift, from one read-back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallReport {
+    /// The generation the kernel was compared with; `None` when nothing has been applied
+    /// through this thread yet (then `drift` is empty: there was nothing to compare).
+    pub generation: Option<u64>,
+    /// Per-entry counters.
+    pub entries: Vec<EntryCounters>,
+    /// How the kernel's table differs from that generation; empty when in sync.
+    pub drift: Vec<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, FirewallError>>;
@@ -30,8 +82,8 @@ enum Command {
         generation: u64,
         reply: Reply<ApplyReport>,
     },
-    Counters {
-        reply: Reply<Vec<EntryCounters>>,
+    Report {
+        reply: Reply<FirewallReport>,
     },
     OpenPinhole {
         pinhole: Pinhole,
@@ -98,8 +150,10 @@ impl FirewallHandle {
         .await
     }
 
-    pub async fn counters(&self) -> Result<Vec<EntryCounters>, FirewallError> {
-        self.call(|reply| Command::Counters { reply }).await
+    /// Counters, and the differences between the kernel's table and the last ruleset
+    /// applied, from one read-back. Publishes the comparison in [`FirewallState`].
+    pub async fn report(&self) -> Result<FirewallReport, FirewallError> {
+        self.call(|reply| Command::Report { reply }).await
     }
 
     /// Lets the pinhole's flow (`proto` traffic from `src` to `dst:port`, forwarded only)
@@ -154,8 +208,9 @@ fn with_writer<T>(
 
 fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<FirewallState>) {
     let mut writer: Option<SetWriter> = None;
-    // The ruleset in force, so the next apply can check that removed elements are gone.
-    let mut last: Option<Arc<Ruleset>> = None;
+    // The ruleset in force and its generation: the next apply checks that removed elements
+    // are gone, and reports compare the kernel with it.
+    let mut last: Option<(Arc<Ruleset>, u64)> = None;
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Apply {
@@ -163,21 +218,49 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 generation,
                 reply,
             } => {
-                let r = fw.apply(&ruleset, last.as_deref());
-                if r.is_ok() {
-                    last = Some(ruleset);
-                }
-                state.send_modify(|s| match &r {
+                let r = fw.apply(&ruleset, last.as_ref().map(|(rs, _)| rs.as_ref()));
+                let verification = match &r {
                     Ok(_) => {
-                        s.generation = generation;
-                        s.last_error = None;
+                        last = Some((ruleset, generation));
+                        Verification::InSync
                     }
-                    Err(e) => s.last_error = Some(error_chain(e)),
+                    // nft refused (the kernel kept what it had), or the transaction went in
+                    // and the read-back disagreed: either way, say how the kernel compares
+                    // with the ruleset still in force.
+                    Err(_) => verify_last(&fw, last.as_ref()),
+                };
+                state.send_modify(|s| {
+                    match &r {
+                        Ok(_) => {
+                            s.generation = generation;
+                            s.last_error = None;
+                        }
+                        Err(e) => s.last_error = Some(error_chain(e)),
+                    }
+                    s.verification = verification;
                 });
                 let _ = reply.send(r);
             }
-            Command::Counters { reply } => {
-                let _ = reply.send(fw.counters());
+            Command::Report { reply } => {
+                let applied = last.as_ref().map(|(rs, _)| rs.as_ref());
+                let r = fw.inspect(applied);
+                if applied.is_some() {
+                    let v = match &r {
+                        Ok(i) => Verification::of(&i.drift),
+                        Err(e) => Verification::Failed(error_chain(e)),
+                    };
+                    state.send_if_modified(|s| {
+                        let changed = s.verification != v;
+                        s.verification = v;
+                        changed
+                    });
+                }
+                let r = r.map(|i| FirewallReport {
+                    generation: last.as_ref().map(|(_, g)| *g),
+                    entries: i.entries,
+                    drift: i.drift,
+                });
+                let _ = reply.send(r);
             }
             Command::OpenPinhole {
                 pinhole,
@@ -200,6 +283,17 @@ fn run(fw: Firewall, mut rx: mpsc::Receiver<Command>, state: watch::Sender<Firew
                 let _ = reply.send(r);
             }
         }
+    }
+}
+
+/// Compares the kernel's table with the ruleset in force, if any.
+fn verify_last(fw: &Firewall, last: Option<&(Arc<Ruleset>, u64)>) -> Verification {
+    match last {
+        None => Verification::NotYet,
+        Some((rs, _)) => match fw.drift(rs, None) {
+            Ok(d) => Verification::of(&d),
+            Err(e) => Verification::Failed(error_chain(&e)),
+        },
     }
 }
 

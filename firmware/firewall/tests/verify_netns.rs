@@ -5,6 +5,9 @@
 //! then rules are tampered with through `nft replace rule`, keeping their comment and
 //! verdict.
 //!
+//! The firewall thread ([`FirewallHandle`]) reports the same drift on request, next to the
+//! counters, and publishes it in its state.
+//!
 //! Needs root, `ip` and `nft`; fails (saying so) when not root. The root namespace's
 //! networking is never touched: only `ip netns add/delete`.
 
@@ -12,7 +15,9 @@ use std::path::Path;
 
 use callgate_config::Config;
 use callgate_firewall::netlink::dump_table;
-use callgate_firewall::{matches, nft, render, Firewall, FirewallError, Ruleset};
+use callgate_firewall::{
+    matches, nft, render, Firewall, FirewallError, FirewallHandle, Ruleset, Verification,
+};
 use serde_json::Value;
 
 mod support;
@@ -262,4 +267,63 @@ fn netlink_and_nft_json_read_the_same_matches() {
         assert!(!from_kernel.is_empty(), "{}", r.comment);
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn the_firewall_thread_reports_drift_on_request_and_publishes_it() {
+    let ns = NetNs::for_test("verify_netns", "ver");
+    let rs = std::sync::Arc::new(lab());
+    // The thread inherits the namespace of the thread that spawns it.
+    let (fw, join) = ns.run_inside(|| FirewallHandle::spawn(Firewall::default()).unwrap());
+    let state = fw.state();
+    assert_eq!(state.borrow().verification, Verification::NotYet);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    fw.blocking_apply(rs.clone(), 1).unwrap();
+    assert_eq!(state.borrow().verification, Verification::InSync);
+    let r = rt.block_on(fw.report()).unwrap();
+    assert_eq!((r.generation, r.drift.as_slice()), (Some(1), &[][..]));
+    assert!(
+        r.entries
+            .iter()
+            .any(|e| e.chain == "input" && e.name == "carrier-sip-udp" && e.rules == 2),
+        "{:#?}",
+        r.entries
+    );
+
+    // the source match dropped behind the daemon's back
+    replace(
+        &ns,
+        "input",
+        "carrier-sip-udp",
+        "iifname \"wan0\" udp dport @a_carrier_sip_udp_p counter accept",
+    );
+    let r = rt.block_on(fw.report()).unwrap();
+    assert_eq!(r.drift.len(), 1, "{:#?}", r.drift);
+    assert!(
+        r.drift[0].contains("chain input")
+            && r.drift[0].contains("\"carrier-sip-udp\"")
+            && r.drift[0].contains("ip saddr @a_carrier_sip_udp_s4"),
+        "{}",
+        r.drift[0]
+    );
+    assert!(
+        r.entries.iter().any(|e| e.name == "carrier-sip-udp"),
+        "counters are still reported"
+    );
+    assert_eq!(
+        state.borrow().verification,
+        Verification::Drift(r.drift.clone()),
+        "the report is published"
+    );
+
+    // the next apply mends it, and says so
+    fw.blocking_apply(rs, 2).unwrap();
+    assert_eq!(state.borrow().verification, Verification::InSync);
+    let r = rt.block_on(fw.report()).unwrap();
+    assert_eq!((r.generation, r.drift.as_slice()), (Some(2), &[][..]));
+    drop(fw);
+    join.join().unwrap();
 }
