@@ -1,0 +1,397 @@
+//! Attacks on the SIP proxy, end to end: the real daemon on appliance A (config/lab.toml,
+//! edited where a test needs it), real nftables, sipp as the carrier and the PBX, and raw
+//! SIP from std `UdpSocket`s made inside the lab's namespaces where a test plays a party
+//! itself (a PBX that shows what the proxy forwarded, a forger, a scanner, a flooder).
+//! Each test asserts on what the parties saw (datagrams that arrived or did not, sipp's
+//! outcomes), on the records the daemon stored, on its counters (`show sip stats`) and on
+//! the kernel's blocklist.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hil_tests::sipp::{Sipp, Transport};
+use hil_tests::{addr, Appliance, Host, Lab, Ns};
+use serde_json::Value;
+
+/// A tracking number of the spring-radio route (UDP, sequential .10 → .11).
+const UDP_NUMBER: &str = "+15550100007";
+const CALLER: &str = "+14155550123";
+const CALLER_NAME: &str = "Ada Lovelace";
+
+// ----- helpers copied from sip_calls.rs (test files cannot share code) ------------------
+
+fn lab_toml() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lab.toml"))
+        .expect("config/lab.toml")
+}
+
+/// config/lab.toml with `edits` applied (each `from` must occur).
+fn config(edits: &[(&str, &str)]) -> String {
+    let mut t = lab_toml();
+    for (from, to) in edits {
+        assert!(t.contains(from), "config/lab.toml has no {from:?}");
+        t = t.replacen(from, to, 1);
+    }
+    t
+}
+
+fn start<'l>(lab: &'l Lab, cfg: &str) -> Appliance<'l> {
+    Appliance::start(lab, Host::A, cfg).expect("appliance starts")
+}
+
+fn new_lab() -> Lab {
+    Lab::start(&[Host::Carrier, Host::A, Host::Pbx]).expect("lab")
+}
+
+/// A caller (sipp) on the carrier's 5060 sending to appliance A's WAN address over UDP.
+fn caller<'l>(lab: &'l Lab, scenario: &str) -> Sipp<'l> {
+    Sipp::uac(&lab.ns(Host::Carrier), scenario)
+        .local(addr::CARRIER_V4, 5060)
+        .remote(addr::A_WAN_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(1)
+}
+
+/// Every stored call record, oldest first.
+fn cdrs(a: &Appliance<'_>) -> Vec<Value> {
+    let out = a.cli(&["--json", "show", "cdrs", "--last", "10000"]);
+    assert!(out.ok(), "show cdrs: {} {}", out.stdout, out.stderr);
+    out.json()["cdrs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r["cdr"].clone())
+        .collect()
+}
+
+/// Waits until `n` final records are stored (records are written asynchronously).
+fn wait_cdrs(a: &Appliance<'_>, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Vec<Value> = cdrs(a)
+            .into_iter()
+            .filter(|c| !c["end_at"].is_null())
+            .collect();
+        if v.len() >= n || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stats(a: &Appliance<'_>) -> Value {
+    let out = a.cli(&["--json", "show", "sip", "stats"]);
+    assert!(out.ok(), "show sip stats: {}", out.stderr);
+    out.json()["stats"].clone()
+}
+
+fn active_calls(a: &Appliance<'_>) -> Vec<Value> {
+    let out = a.cli(&["--json", "show", "calls"]);
+    assert!(out.ok(), "show calls: {}", out.stderr);
+    out.json()["calls"].as_array().cloned().unwrap_or_default()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+// ----- helpers of this file ------------------------------------------------------------
+
+/// Polls `f` every 100 ms until it holds; panics with `what` after 15 s. Waiting for an
+/// event the daemon reports, never an assertion on how long it took.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A UDP socket bound to `ip:port` inside `ns` (it stays in that namespace).
+fn udp(ns: &Ns<'_>, ip: Ipv4Addr, port: u16) -> UdpSocket {
+    let s = ns.run_in(move || UdpSocket::bind((ip, port)).expect("bind"));
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    s
+}
+
+/// A SIP message as text, with just enough header access for the parties played here.
+#[derive(Debug, Clone)]
+struct Sip(String);
+
+/// RFC 3261 §7.3.3 compact forms of the headers read here.
+fn long_name(name: &str) -> &str {
+    match name.to_ascii_lowercase().as_str() {
+        "v" => "via",
+        "f" => "from",
+        "t" => "to",
+        "i" => "call-id",
+        "m" => "contact",
+        "l" => "content-length",
+        "c" => "content-type",
+        _ => name,
+    }
+}
+
+impl Sip {
+    fn parse(bytes: &[u8]) -> Sip {
+        Sip(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn start_line(&self) -> &str {
+        self.0.lines().next().unwrap_or("")
+    }
+
+    fn is_request(&self, method: &str) -> bool {
+        self.start_line().starts_with(&format!("{method} "))
+    }
+
+    /// The values of every `name` header line, in order (full or compact name).
+    fn headers(&self, name: &str) -> Vec<&str> {
+        let head = self.0.split("\r\n\r\n").next().unwrap_or("");
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| long_name(n.trim()).eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers(name).into_iter().next()
+    }
+
+    /// The branch parameter of the top Via.
+    fn top_branch(&self) -> Option<&str> {
+        let via = self.header("via")?;
+        let first = via.split(',').next()?;
+        first
+            .split(';')
+            .skip(1)
+            .find_map(|p| p.trim().strip_prefix("branch="))
+    }
+}
+
+/// A response to `req` (RFC 3261 §8.2.6): its Vias in order, From, To (with `to_tag` added
+/// when it has none), Call-ID and CSeq; the Record-Route of a dialog-creating response;
+/// `extra` header lines, and `sdp` as the body.
+fn response(
+    req: &Sip,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: &[&str],
+    sdp: &str,
+) -> Vec<u8> {
+    let mut r = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.headers("via") {
+        r.push_str(&format!("Via: {v}\r\n"));
+    }
+    if (101..300).contains(&code) {
+        for rr in req.headers("record-route") {
+            r.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
+    }
+    r.push_str(&format!("From: {}\r\n", req.header("from").expect("From")));
+    let to = req.header("to").expect("To");
+    if code > 100 && !to.contains(";tag=") {
+        r.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    } else {
+        r.push_str(&format!("To: {to}\r\n"));
+    }
+    r.push_str(&format!(
+        "Call-ID: {}\r\n",
+        req.header("call-id").expect("Call-ID")
+    ));
+    r.push_str(&format!("CSeq: {}\r\n", req.header("cseq").expect("CSeq")));
+    for e in extra {
+        r.push_str(e);
+        r.push_str("\r\n");
+    }
+    if !sdp.is_empty() {
+        r.push_str("Content-Type: application/sdp\r\n");
+    }
+    r.push_str(&format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    r.into_bytes()
+}
+
+/// The next SIP message on `s` within `timeout` that satisfies `want`. The proxy's OPTIONS
+/// health probes (a PBX socket gets them) are answered 200 on the way; everything else
+/// that does not match is skipped.
+fn recv_matching(
+    s: &UdpSocket,
+    timeout: Duration,
+    want: impl Fn(&Sip) -> bool,
+) -> Option<(Sip, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65_536];
+    while Instant::now() < deadline {
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        let m = Sip::parse(&buf[..n]);
+        if want(&m) {
+            return Some((m, from));
+        }
+        if m.is_request("OPTIONS") {
+            let _ = s.send_to(&response(&m, 200, "OK", "pbx-probe", &[], ""), from);
+        }
+    }
+    None
+}
+
+/// Every datagram that arrives on `s` within `window`.
+fn recv_all(s: &UdpSocket, window: Duration) -> Vec<Sip> {
+    let deadline = Instant::now() + window;
+    let mut buf = vec![0u8; 65_536];
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            got.push(Sip::parse(&buf[..n]));
+        }
+    }
+    got
+}
+
+fn wan() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr::A_WAN_V4), 5060)
+}
+
+fn priv_side() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr::A_PRIV_V4), 5060)
+}
+
+// ----- the tests -----------------------------------------------------------------------
+
+/// A response is taken only from where its request went (ARCHITECTURE.md §6). While a
+/// real call rings, a 486 and a 200 forged for the forwarded INVITE (right branch, right
+/// Call-ID and tags) come from a WAN address and from the PBX's own host on another port:
+/// the proxy counts and drops all four, the caller sees only the real answer, and the call
+/// is recorded answered and ended.
+#[test]
+fn forged_responses_are_dropped() {
+    let lab = new_lab();
+    // The firewall lets the carrier's second address reach SIP, so the forgery from the
+    // WAN side meets the proxy's check rather than the allowlist.
+    let a = start(
+        &lab,
+        &config(&[(
+            "name = \"carrier-sip-udp\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\",",
+            "name = \"carrier-sip-udp\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", \"203.0.113.66/32\",",
+        )]),
+    );
+    let (carrier, pbx_ns) = (lab.ns(Host::Carrier), lab.ns(Host::Pbx));
+    // The test plays the PBX itself, and the two forgers.
+    let pbx = udp(&pbx_ns, addr::PBX_V4, 5060);
+    let forger_priv = udp(&pbx_ns, addr::PBX_V4, 5099);
+    let forger_wan = udp(&carrier, addr::CARRIER_V4_ALT, 5099);
+
+    let call = caller(&lab, "uac.xml")
+        .duration(Duration::from_millis(500))
+        .spawn()
+        .expect("caller");
+    let (inv, proxy) = recv_matching(&pbx, Duration::from_secs(10), |m| m.is_request("INVITE"))
+        .expect("the proxy forwards the INVITE to the PBX");
+    assert_eq!(proxy, priv_side(), "sent from the proxy's private address");
+    let branch = inv.top_branch().expect("top Via branch").to_owned();
+    assert!(branch.starts_with("z9hG4bK"), "{branch}");
+
+    pbx.send_to(&response(&inv, 100, "Trying", "", &[], ""), proxy)
+        .expect("send 100");
+    pbx.send_to(&response(&inv, 180, "Ringing", "pbx-1", &[], ""), proxy)
+        .expect("send 180");
+    wait_until("the call rings", || {
+        active_calls(&a).iter().any(|c| c["state"] == "ringing")
+    });
+
+    // (a) From the WAN side: the carrier's second address, to the WAN address.
+    let busy = response(&inv, 486, "Busy Here", "forged-a", &[], "");
+    let ok = response(
+        &inv,
+        200,
+        "OK",
+        "forged-a",
+        &["Contact: <sip:203.0.113.66:5099>"],
+        "",
+    );
+    forger_wan.send_to(&busy, wan()).expect("forge 486");
+    forger_wan.send_to(&ok, wan()).expect("forge 200");
+    wait_until("both WAN forgeries are counted", || {
+        u(&stats(&a)["responses_wrong_source"]) >= 2
+    });
+    // (b) From the PBX's own address, but another port, to the private address.
+    let busy = response(&inv, 486, "Busy Here", "forged-b", &[], "");
+    let ok = response(
+        &inv,
+        200,
+        "OK",
+        "forged-b",
+        &["Contact: <sip:198.51.100.10:5099>"],
+        "",
+    );
+    forger_priv.send_to(&busy, priv_side()).expect("forge 486");
+    forger_priv.send_to(&ok, priv_side()).expect("forge 200");
+    wait_until("all four forgeries are counted", || {
+        u(&stats(&a)["responses_wrong_source"]) >= 4
+    });
+    assert!(
+        active_calls(&a).iter().any(|c| c["state"] == "ringing"),
+        "still ringing after the forgeries: {:?}",
+        active_calls(&a)
+    );
+
+    // The real answer, retransmitted (RFC 3261 §13.3.1.4) until its ACK arrives.
+    let sdp = "v=0\r\no=- 2 2 IN IP4 198.51.100.10\r\ns=-\r\nc=IN IP4 198.51.100.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let answer = response(
+        &inv,
+        200,
+        "OK",
+        "pbx-1",
+        &["Contact: <sip:198.51.100.10:5060>"],
+        sdp,
+    );
+    let mut ack = None;
+    for _ in 0..20 {
+        pbx.send_to(&answer, proxy).expect("send 200");
+        ack = recv_matching(&pbx, Duration::from_millis(500), |m| m.is_request("ACK"));
+        if ack.is_some() {
+            break;
+        }
+    }
+    let (ack, _) = ack.expect("the caller's ACK reaches the PBX");
+    assert_eq!(ack.header("call-id"), inv.header("call-id"));
+    assert!(
+        ack.header("to").is_some_and(|t| t.contains("tag=pbx-1")),
+        "the dialog is the real one: {ack:?}"
+    );
+    let (bye, from) = recv_matching(&pbx, Duration::from_secs(10), |m| m.is_request("BYE"))
+        .expect("the caller's BYE reaches the PBX");
+    pbx.send_to(&response(&bye, 200, "OK", "", &[], ""), from)
+        .expect("answer the BYE");
+
+    let r = call.wait(Duration::from_secs(30)).expect("caller ends");
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    assert_eq!(r.final_codes, vec![200], "{}", r.summary());
+    // Neither forger got anything back.
+    assert!(recv_all(&forger_wan, Duration::from_millis(300)).is_empty());
+    assert!(recv_all(&forger_priv, Duration::from_millis(300)).is_empty());
+    let st = stats(&a);
+    assert_eq!(u(&st["responses_wrong_source"]), 4, "{st}");
+    assert_eq!(u(&st["calls_answered"]), 1, "{st}");
+    assert_eq!(u(&st["calls_busy"]), 0, "{st}");
+    let all = wait_cdrs(&a, 1);
+    assert_eq!(all.len(), 1, "one record: {all:#?}");
+    let c = &all[0];
+    assert_eq!(c["disposition"], "answered", "{c}");
+    assert_eq!(c["final_code"], 200, "{c}");
+    assert!(!c["answer_at"].is_null() && !c["end_at"].is_null(), "{c}");
+    eprintln!(
+        "forged: responses_wrong_source {}, caller codes {:?}, record {} {}",
+        st["responses_wrong_source"], r.final_codes, c["disposition"], c["final_code"]
+    );
+}
