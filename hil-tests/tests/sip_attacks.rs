@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use hil_tests::sipp::{Sipp, Transport};
+use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::{addr, Appliance, Host, Lab, Ns};
 use serde_json::Value;
 
@@ -43,6 +43,17 @@ fn start<'l>(lab: &'l Lab, cfg: &str) -> Appliance<'l> {
 
 fn new_lab() -> Lab {
     Lab::start(&[Host::Carrier, Host::A, Host::Pbx]).expect("lab")
+}
+
+/// A callee (sipp) on `ip`:5060 running `scenario`, ready to take calls.
+fn callee<'l>(lab: &'l Lab, scenario: &str, ip: Ipv4Addr) -> SippHandle<'l> {
+    let h = Sipp::uas(&lab.ns(Host::Pbx), scenario)
+        .local(ip, 5060)
+        .transport(Transport::Udp)
+        .spawn()
+        .expect("callee starts");
+    h.wait_ready(Duration::from_secs(10)).expect("callee ready");
+    h
 }
 
 /// A caller (sipp) on the carrier's 5060 sending to appliance A's WAN address over UDP.
@@ -112,6 +123,12 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The kernel's IPv4 blocklist set, as nft lists it inside the appliance's namespace.
+fn block4(a: &Appliance<'_>) -> String {
+    a.nft(&["list", "set", "inet", "callgate", "block4"])
+        .expect("nft list set block4")
+}
+
 /// A UDP socket bound to `ip:port` inside `ns` (it stays in that namespace).
 fn udp(ns: &Ns<'_>, ip: Ipv4Addr, port: u16) -> UdpSocket {
     let s = ns.run_in(move || UdpSocket::bind((ip, port)).expect("bind"));
@@ -149,6 +166,14 @@ impl Sip {
 
     fn is_request(&self, method: &str) -> bool {
         self.start_line().starts_with(&format!("{method} "))
+    }
+
+    /// The status code of a response.
+    fn status(&self) -> Option<u16> {
+        let l = self.start_line();
+        l.strip_prefix("SIP/2.0 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
     }
 
     /// The values of every `name` header line, in order (full or compact name).
@@ -256,6 +281,47 @@ fn recv_all(s: &UdpSocket, window: Duration) -> Vec<Sip> {
         }
     }
     got
+}
+
+/// An out-of-dialog OPTIONS from `src` to appliance A's WAN address (`n` makes it unique).
+fn options(src: SocketAddr, n: usize, user_agent: Option<&str>) -> String {
+    let ua = user_agent.map_or(String::new(), |ua| format!("User-Agent: {ua}\r\n"));
+    format!(
+        "OPTIONS sip:{a}:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {src};branch=z9hG4bK-opt-{n}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:probe@{ip}>;tag=opt{n}\r\n\
+To: <sip:{a}>\r\n\
+Call-ID: opt-{n}@{ip}\r\n\
+CSeq: 1 OPTIONS\r\n\
+{ua}Content-Length: 0\r\n\r\n",
+        a = addr::A_WAN_V4,
+        ip = src.ip()
+    )
+}
+
+/// An INVITE from `src` to `number` at appliance A's WAN address, with a valid offer (media
+/// on the carrier's own address) and CSeq `cseq` (`n` makes it unique).
+fn invite(src: SocketAddr, n: usize, number: &str, cseq: &str, user_agent: Option<&str>) -> String {
+    let ua = user_agent.map_or(String::new(), |ua| format!("User-Agent: {ua}\r\n"));
+    let ip = src.ip();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    format!(
+        "INVITE sip:{number}@{a}:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {src};branch=z9hG4bK-inv-{n}\r\n\
+Max-Forwards: 70\r\n\
+From: \"{CALLER_NAME}\" <sip:{CALLER}@{ip}>;tag=inv{n}\r\n\
+To: <sip:{number}@{a}>\r\n\
+Call-ID: inv-{n}@{ip}\r\n\
+CSeq: {cseq}\r\n\
+Contact: <sip:{CALLER}@{src}>\r\n\
+{ua}Content-Type: application/sdp\r\n\
+Content-Length: {len}\r\n\r\n{sdp}",
+        a = addr::A_WAN_V4,
+        len = sdp.len()
+    )
 }
 
 fn wan() -> SocketAddr {
@@ -393,5 +459,66 @@ fn forged_responses_are_dropped() {
     eprintln!(
         "forged: responses_wrong_source {}, caller codes {:?}, record {} {}",
         st["responses_wrong_source"], r.final_codes, c["disposition"], c["final_code"]
+    );
+}
+
+/// A scanner User-Agent is dropped even from the carrier's own address: no answer at all,
+/// no record, counted as `scanner_dropped`, and the carrier is not blocked (the guard
+/// never blocks a carrier trunk). Sixty hits, past the 50 violations that block any
+/// other source, so the blocklist check means something. The same OPTIONS without the
+/// User-Agent is answered (the silence was the guard's), and a call goes through after.
+#[test]
+fn a_scanner_user_agent_from_the_carriers_own_address_is_dropped() {
+    let lab = new_lab();
+    let a = start(&lab, &lab_toml());
+    let me = SocketAddr::new(IpAddr::V4(addr::CARRIER_V4), 5096);
+    let s = udp(&lab.ns(Host::Carrier), addr::CARRIER_V4, 5096);
+    for n in 0..30 {
+        s.send_to(options(me, n, Some("friendly-scanner")).as_bytes(), wan())
+            .expect("send");
+        let inv = invite(me, n, UDP_NUMBER, "1 INVITE", Some("friendly-scanner"));
+        s.send_to(inv.as_bytes(), wan()).expect("send");
+    }
+    let back = recv_all(&s, Duration::from_secs(1));
+    assert!(
+        back.is_empty(),
+        "nothing comes back to a scanner: {:?}",
+        back.iter().map(Sip::start_line).collect::<Vec<_>>()
+    );
+    let st = stats(&a);
+    assert_eq!(u(&st["scanner_dropped"]), 60, "{st}");
+    assert_eq!(u(&st["sources_blocked"]), 0, "{st}");
+    assert_eq!(u(&st["calls_offered"]), 0, "{st}");
+    assert!(cdrs(&a).is_empty(), "no record: {:#?}", cdrs(&a));
+    let set = block4(&a);
+    assert!(
+        !set.contains("elements"),
+        "the carrier is not blocked: {set}"
+    );
+
+    // Control: the same request without the scanner's User-Agent is answered.
+    s.send_to(options(me, 99, None).as_bytes(), wan())
+        .expect("send");
+    let (reply, _) = recv_matching(&s, Duration::from_secs(2), |m| m.status().is_some())
+        .expect("a plain OPTIONS from the carrier is answered");
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4);
+    let r = caller(&lab, "uac.xml").run().expect("caller");
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    let _ = pbx.stop();
+    let set = block4(&a);
+    assert!(
+        !set.contains("elements"),
+        "the carrier is not blocked: {set}"
+    );
+    let all = wait_cdrs(&a, 1);
+    assert_eq!(all.len(), 1, "only the real call is recorded: {all:#?}");
+    assert_eq!(all[0]["disposition"], "answered");
+    eprintln!(
+        "scanner: scanner_dropped {}, sources_blocked {}, records {}",
+        st["scanner_dropped"],
+        st["sources_blocked"],
+        all.len()
     );
 }
