@@ -522,3 +522,93 @@ fn a_scanner_user_agent_from_the_carriers_own_address_is_dropped() {
         all.len()
     );
 }
+
+/// A carrier trunk over its own request rate (50/s here, burst 100) is rate-limited, never
+/// blocked. Three thousand OPTIONS from the carrier's address, sent in bursts of 50 as fast
+/// as the socket sends them, each burst as soon as the daemon has taken in the previous
+/// one (so that every request meets the guard rather than a full socket buffer): each is
+/// either answered or dropped by the guard, most are dropped (far more than the 50
+/// violations that block any other source), nothing enters the blocklist, and once its
+/// bucket has refilled the carrier calls as usual.
+#[test]
+fn carrier_floods_are_rate_limited_but_never_blocked() {
+    let lab = new_lab();
+    let a = start(
+        &lab,
+        &config(&[(
+            "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
+            "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\nmax_requests_per_sec = 50",
+        )]),
+    );
+    let me = SocketAddr::new(IpAddr::V4(addr::CARRIER_V4), 5095);
+    let s = udp(&lab.ns(Host::Carrier), addr::CARRIER_V4, 5095);
+    const FLOOD: usize = 3000;
+    const BURST: usize = 50;
+    let mut answered = 0;
+    // The answers waiting on the socket now (non-blocking), or within `window`.
+    let count_answers = |s: &UdpSocket, window: Option<Duration>| {
+        let got = match window {
+            Some(w) => recv_all(s, w),
+            None => {
+                s.set_nonblocking(true).expect("nonblocking");
+                let mut buf = vec![0u8; 65_536];
+                let mut got = Vec::new();
+                while let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got.push(Sip::parse(&buf[..n]));
+                }
+                s.set_nonblocking(false).expect("blocking");
+                got
+            }
+        };
+        got.iter().filter(|m| m.status() == Some(200)).count()
+    };
+    for burst in 0..FLOOD / BURST {
+        for n in burst * BURST..(burst + 1) * BURST {
+            s.send_to(options(me, n, None).as_bytes(), wan())
+                .expect("send");
+        }
+        let sent = (burst + 1) * BURST;
+        wait_until("the daemon takes in the burst", || {
+            let st = stats(&a);
+            // A blocked source's requests die in the kernel: say so rather than wait.
+            assert_eq!(u(&st["sources_blocked"]), 0, "blocked mid-flood: {st}");
+            u(&st["requests_in"]) >= sent as u64
+        });
+        answered += count_answers(&s, None);
+    }
+    answered += count_answers(&s, Some(Duration::from_secs(1)));
+    let st = stats(&a);
+    let dropped = u(&st["flood_dropped"]) as usize;
+    assert_eq!(u(&st["requests_in"]) as usize, FLOOD, "{st}");
+    assert_eq!(
+        answered + dropped,
+        FLOOD,
+        "each request answered ({answered}) or dropped by the guard: {st}"
+    );
+    assert!(
+        dropped >= FLOOD / 2,
+        "most of the flood is dropped, far past the 50 violations that block a source: {st}"
+    );
+    assert_eq!(u(&st["sources_blocked"]), 0, "{st}");
+    let set = block4(&a);
+    assert!(!set.contains("elements"), "nothing is blocked: {set}");
+    eprintln!("flood: {FLOOD} sent, {answered} answered, {dropped} dropped by the guard");
+
+    // Once the bucket has refilled enough to let a request through, a call succeeds.
+    let mut n = FLOOD;
+    wait_until("the carrier's requests are answered again", || {
+        n += 1;
+        s.send_to(options(me, n, None).as_bytes(), wan())
+            .expect("send");
+        recv_matching(&s, Duration::from_millis(300), |m| m.status() == Some(200)).is_some()
+    });
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4);
+    let r = caller(&lab, "uac.xml").run().expect("caller");
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    let _ = pbx.stop();
+    let st = stats(&a);
+    assert_eq!(u(&st["sources_blocked"]), 0, "{st}");
+    assert_eq!(u(&st["calls_answered"]), 1, "{st}");
+    let set = block4(&a);
+    assert!(!set.contains("elements"), "nothing is blocked: {set}");
+}
