@@ -612,3 +612,90 @@ fn carrier_floods_are_rate_limited_but_never_blocked() {
     let set = block4(&a);
     assert!(!set.contains("elements"), "nothing is blocked: {set}");
 }
+
+/// The per-source dialog cap (`max_dialogs = 3`): three held calls from the carrier fill
+/// it, a fourth gets 503 with Retry-After (and never reaches the PBX), and once the three
+/// have ended a new call succeeds.
+#[test]
+fn the_per_source_dialog_cap_sheds_with_503() {
+    let lab = new_lab();
+    let a = start(
+        &lab,
+        &config(&[(
+            "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
+            "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\nmax_dialogs = 3",
+        )]),
+    );
+    let pbx = callee(&lab, "uas.xml", addr::PBX_V4);
+    let held = caller(&lab, "uac.xml")
+        .calls(3)
+        .duration(Duration::from_secs(8))
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .expect("three held calls");
+    wait_until("three calls answered", || {
+        active_calls(&a)
+            .iter()
+            .filter(|c| c["state"] == "answered")
+            .count()
+            == 3
+    });
+    let fourth = caller(&lab, "uac_reject.xml")
+        .local(addr::CARRIER_V4, 5070)
+        .trace_messages(true)
+        .run()
+        .expect("fourth caller");
+    assert_eq!(fourth.final_codes, vec![503], "{}", fourth.summary());
+    let trace = std::fs::read_to_string(fourth.dir.join("messages.log")).unwrap_or_default();
+    let shed = trace
+        .split("SIP/2.0 503")
+        .nth(1)
+        .expect("the 503 is in sipp's message trace");
+    // The 503's header lines: up to the blank line that ends them.
+    let shed_headers: Vec<&str> = shed
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        shed_headers.iter().any(|l| l
+            .to_ascii_lowercase()
+            .strip_prefix("retry-after:")
+            .is_some_and(|v| v.trim().parse::<u32>().is_ok())),
+        "503 with a Retry-After: {shed_headers:#?}"
+    );
+    let st = stats(&a);
+    assert_eq!(u(&st["calls_shed"]), 1, "{st}");
+    assert_eq!(u(&st["active_calls"]), 3, "{st}");
+
+    let r = held.wait(Duration::from_secs(60)).expect("held calls end");
+    assert_eq!((r.successful, r.failed), (3, 0), "{}", r.summary());
+    let r = caller(&lab, "uac.xml").run().expect("caller after");
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    assert_eq!(r.final_codes, vec![200]);
+    let p = pbx.stop().expect("pbx");
+    assert_eq!(
+        p.successful,
+        4,
+        "the shed call never reached the PBX: {}",
+        p.summary()
+    );
+    let all = wait_cdrs(&a, 5);
+    assert_eq!(all.len(), 5, "{all:#?}");
+    let shed: Vec<&Value> = all.iter().filter(|c| c["final_code"] == 503).collect();
+    assert_eq!(shed.len(), 1, "{all:#?}");
+    assert_eq!(shed[0]["disposition"], "rejected");
+    assert_eq!(
+        all.iter()
+            .filter(|c| c["disposition"] == "answered")
+            .count(),
+        4
+    );
+    eprintln!(
+        "dialog cap: fourth call {:?}, calls_shed {}, pbx took {} calls, records {}",
+        fourth.final_codes,
+        st["calls_shed"],
+        p.successful,
+        all.len()
+    );
+}
