@@ -699,3 +699,60 @@ fn the_per_source_dialog_cap_sheds_with_503() {
         all.len()
     );
 }
+
+/// RFC 3261 §8.1.1.5: CSeq stays below 2^31. An INVITE with `CSeq: 4294967295 INVITE`
+/// (and, around it, 2^31, the first value refused, and 2^32, which does not fit 32 bits)
+/// gets a clean 400 and nothing else (no 100 Trying, no INVITE toward the PBX, no record),
+/// the daemon keeps running, and a normal call succeeds after.
+#[test]
+fn cseq_4294967295_gets_a_clean_400() {
+    let lab = new_lab();
+    let a = start(&lab, &lab_toml());
+    // Where the call would go; nothing may arrive (the proxy's OPTIONS probes may).
+    let pbx = udp(&lab.ns(Host::Pbx), addr::PBX_V4, 5060);
+    let me = SocketAddr::new(IpAddr::V4(addr::CARRIER_V4), 5097);
+    let s = udp(&lab.ns(Host::Carrier), addr::CARRIER_V4, 5097);
+    let mut seen = Vec::new();
+    for (n, cseq) in ["4294967295", "2147483648", "4294967296"]
+        .into_iter()
+        .enumerate()
+    {
+        let cseq = format!("{cseq} INVITE");
+        s.send_to(invite(me, n, UDP_NUMBER, &cseq, None).as_bytes(), wan())
+            .expect("send");
+        let back = recv_all(&s, Duration::from_secs(1));
+        let lines: Vec<&str> = back.iter().map(Sip::start_line).collect();
+        assert_eq!(lines.len(), 1, "{cseq}: exactly one response: {lines:?}");
+        let r = &back[0];
+        assert_eq!(r.status(), Some(400), "{cseq}: {r:?}");
+        assert_eq!(r.header("cseq"), Some(cseq.as_str()), "{r:?}");
+        assert_eq!(
+            r.header("call-id"),
+            Some(format!("inv-{n}@203.0.113.10").as_str()),
+            "{r:?}"
+        );
+        seen.push(format!("{cseq}: {}", lines[0]));
+    }
+    assert!(
+        recv_matching(&pbx, Duration::from_millis(500), |m| m.is_request("INVITE")).is_none(),
+        "nothing was relayed to the PBX"
+    );
+    drop(pbx);
+    assert!(a.cli(&["status"]).ok(), "the daemon answers");
+    assert!(a.is_running(), "the daemon runs");
+    let st = stats(&a);
+    assert_eq!(u(&st["calls_offered"]), 0, "{st}");
+    assert!(cdrs(&a).is_empty(), "{:#?}", cdrs(&a));
+
+    let callee = callee(&lab, "uas.xml", addr::PBX_V4);
+    let r = caller(&lab, "uac.xml").run().expect("caller");
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    let _ = callee.stop();
+    let all = wait_cdrs(&a, 1);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["disposition"], "answered");
+    eprintln!(
+        "cseq: {seen:?}, malformed_dropped {}",
+        st["malformed_dropped"]
+    );
+}
