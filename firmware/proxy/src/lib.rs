@@ -22,8 +22,9 @@
 //! 1. Flood guard for every source: a token bucket per address (carriers and destinations
 //!    have limits of their own and are never blocked), scanner User-Agents dropped from
 //!    anyone; repeat offenders become [`Output::Block`].
-//! 2. [`callgate_sip::check`]: syntax and §16.3 checks (400, 416, 420, 483, 505, 513); a
-//!    CSeq of 2^31 or more gets 400 (RFC 3261 §8.1.1.5), so our own CSeqs never wrap.
+//! 2. [`callgate_sip::check`]: syntax and §16.3 checks (400, 416, 420, 483, 505, 513).
+//!    Then the core refuses a CSeq of 2^31 or more with 400 (RFC 3261 §8.1.1.5), so our
+//!    own CSeqs never wrap.
 //! 3. Loop detection: a request already carrying one of our Vias gets 482.
 //! 4. Retransmissions are absorbed by their server transaction; CANCEL is matched to its
 //!    INVITE (481 when none) and accepted only from the INVITE's sender (403 otherwise);
