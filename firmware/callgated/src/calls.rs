@@ -3,16 +3,16 @@
 //!
 //! Records: a call answered gets its record written at answer time under a reserved id,
 //! and rewritten under the same id when it ends, so a crash mid-call leaves the answered
-//! call on disk. One `cdr-writer` thread writes them in batches: what arrives within
-//! [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]) goes to the store durably:
-//! answer-time records to its file of calls in progress (`Store::put_open_cdrs`: they
-//! cost no memory while the call lasts), final ones to the record tree in one commit.
-//! Batches go strictly in order, so a call's final record always lands after its
-//! answer-time one. When both are in the same batch only the final one is written (same
-//! id, same result on disk). Pinholes and blocks go to the firewall on their own queue,
-//! never behind records. After each batch the writer tells the proxy which answer-time
-//! records are durable ([`SipHandle::record_stored`]): only then does the call's 2xx go to
-//! the caller, so a call the caller saw answered always has its record on disk.
+//! call on disk. One `cdr-writer` thread writes them in batches, strictly in order: under
+//! load what arrives within [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]); a
+//! lone record goes at once. Each batch takes two durable steps: first its answer-time
+//! records, to the store's file of calls in progress (they cost no memory while the call
+//! lasts, and with no new caller's key to commit they wait for no flush of the record
+//! tree), after which the proxy is told they are durable ([`SipHandle::record_stored`]) and
+//! only then sends those calls' 2xx to the callers; then its final records, to the record
+//! tree in one commit. A call whose two records share a batch has only the final one
+//! written (same id, same result on disk), reported with it. Pinholes and blocks go to the
+//! firewall on their own queue, never behind records.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,6 +235,9 @@ fn write_records(
 ) {
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
+    // Whether the last batch held more than one record: records come faster than they
+    // are committed, so gathering pays.
+    let mut busy = false;
     while let Ok(first) = queue.recv() {
         let first = match first {
             Job::Record(p) => p,
@@ -243,9 +246,12 @@ fn write_records(
                 continue;
             }
         };
-        // Sleep through the gathering time and then take what came: records queued
-        // meanwhile wake nobody (a blocking receive would be woken by each of them).
-        std::thread::sleep(GATHER);
+        // Under load, sleep through the gathering time and then take what came: records
+        // queued meanwhile wake nobody (a blocking receive would be woken by each of them).
+        // A lone record goes at once: an answered call's 2xx waits for it.
+        if busy {
+            std::thread::sleep(GATHER);
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -257,45 +263,60 @@ fn write_records(
             }
         }
         let n = batch.len();
+        busy = n > 1;
         let answer_time: Vec<u64> = batch.iter().filter(|p| !p.ended).map(|p| p.seq).collect();
         let writes = coalesce(batch, &mut answered, || store.reserve_cdr_id());
-        // Answer-time records go to the store's file of calls in progress, final ones to
-        // the record tree (a call's two records never share a batch: they collapse).
-        let refs = |ended: bool| -> Vec<(u64, &Cdr)> {
-            writes
-                .iter()
-                .filter(|w| w.ended == ended)
-                .map(|w| (w.id, &*w.cdr))
-                .collect()
-        };
-        let failed: Vec<u64> = match store.write_cdrs(&refs(false), &refs(true)) {
-            Ok(failed) => failed
-                .into_iter()
-                .map(|(id, e)| {
-                    log::error!(
-                        "sip: call record {id} could not be stored: {}",
-                        callgate_store::error_chain(&e)
-                    );
-                    id
-                })
-                .collect(),
-            Err(e) => {
-                log::error!(
-                    "sip: {} call records could not be stored: {}",
-                    writes.len(),
-                    callgate_store::error_chain(&e)
-                );
-                writes.iter().map(|w| w.id).collect()
+        // Answer-time records first, to the store's file of calls in progress: once they
+        // are durable their calls' 2xx may go, without waiting for the final records'
+        // commit to the record tree that follows. (A call's two records never share a
+        // batch: they collapse into the final one, reported with it.)
+        for ended in [false, true] {
+            let failed = store_records(store, &writes, ended);
+            for seq in &answer_time {
+                if let Some(w) = writes.iter().find(|w| w.seq == *seq && w.ended == ended) {
+                    sip.record_stored(*seq, !failed.contains(&w.id));
+                }
             }
-        };
-        for seq in answer_time {
-            let ok = writes
-                .iter()
-                .find(|w| w.seq == seq)
-                .is_some_and(|w| !failed.contains(&w.id));
-            sip.record_stored(seq, ok);
         }
         done.finished(n);
+    }
+}
+
+/// Writes the answer-time (`ended` false) or the final records of a batch durably; the ids
+/// of those that could not be stored (logged).
+fn store_records(store: &Store, writes: &[Write], ended: bool) -> Vec<u64> {
+    let recs: Vec<(u64, &Cdr)> = writes
+        .iter()
+        .filter(|w| w.ended == ended)
+        .map(|w| (w.id, &*w.cdr))
+        .collect();
+    if recs.is_empty() {
+        return Vec::new();
+    }
+    let result = if ended {
+        store.write_cdrs(&[], &recs)
+    } else {
+        store.write_cdrs(&recs, &[])
+    };
+    match result {
+        Ok(failed) => failed
+            .into_iter()
+            .map(|(id, e)| {
+                log::error!(
+                    "sip: call record {id} could not be stored: {}",
+                    callgate_store::error_chain(&e)
+                );
+                id
+            })
+            .collect(),
+        Err(e) => {
+            log::error!(
+                "sip: {} call records could not be stored: {}",
+                recs.len(),
+                callgate_store::error_chain(&e)
+            );
+            recs.iter().map(|(id, _)| *id).collect()
+        }
     }
 }
 

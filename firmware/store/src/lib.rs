@@ -85,7 +85,7 @@ mod types;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 // The store is blocking code (async callers go through `spawn_blocking`); this lock guards
 // the slots of calls in progress for one batch of file writes or one read.
@@ -261,6 +261,10 @@ pub struct Store {
     keys: Arc<Keys>,
     next_cdr: AtomicU64,
     next_audit: AtomicU64,
+    /// A subject key was created since the last commit began (the key is in sled but may
+    /// not be durable yet): records sealed under it may reach the file of calls in
+    /// progress only after a commit.
+    unflushed_keys: AtomicBool,
     /// Answer-time records of calls in progress (see [`Store::put_open_cdrs`]).
     #[allow(clippy::disallowed_types)]
     open_calls: Mutex<open::OpenSlots>,
@@ -499,6 +503,7 @@ impl Store {
             t,
             next_cdr,
             next_audit,
+            unflushed_keys: AtomicBool::new(false),
             #[allow(clippy::disallowed_types)]
             open_calls: Mutex::new(slots),
             #[allow(clippy::disallowed_types)]
@@ -765,6 +770,8 @@ impl Store {
         }
         let key = SubjectKey::generate()?;
         let generation = u64::from_be_bytes(callgate_vault::random_bytes()?);
+        // Before the key reaches sled: the next write of calls in progress commits first.
+        self.unflushed_keys.store(true, Ordering::Release);
         let stored = [
             generation.to_be_bytes().as_slice(),
             &key.wrap(&self.keys.kek, token)?,
@@ -964,10 +971,23 @@ impl Store {
                 Err(e) => failed.push((id, e)),
             }
         }
-        // First the commit, even with no ops: it also makes durable any subject key the
-        // records' PII was sealed under (created in sled by the sealing), so a slot never
-        // reaches the disk before its key (it would read back as erased).
-        commit_with(intent, ops)?;
+        // First the commit: it also makes durable any subject key the records' PII was
+        // sealed under (created in sled by the sealing), so a slot never reaches the disk
+        // before its key (it would read back as erased). Without final records and with no
+        // key created since the last commit began, there is nothing to commit: the slots'
+        // own sync is the only durable step (answer-time records of known callers do not
+        // wait for a flush of sled).
+        let keys = self.unflushed_keys.swap(false, Ordering::AcqRel);
+        if !ops.is_empty() || keys {
+            if let Err(e) = commit_with(intent, ops) {
+                if keys {
+                    self.unflushed_keys.store(true, Ordering::Release);
+                }
+                return Err(e);
+            }
+        } else {
+            drop(intent);
+        }
         let ended = ended
             .iter()
             .map(|(id, _)| *id)
