@@ -3,9 +3,10 @@
 //!
 //! Records: a call answered gets its record written at answer time under a reserved id,
 //! and rewritten under the same id when it ends, so a crash mid-call leaves the answered
-//! call on disk. One `cdr-writer` thread writes them in batches, strictly in order: under
-//! load what arrives within [`GATHER`] of a batch's first record (up to [`MAX_BATCH`]); a
-//! lone record goes at once. Each batch takes two durable steps: first its answer-time
+//! call on disk. One `cdr-writer` thread writes them in batches, strictly in order: what
+//! is queued when a batch starts (up to [`MAX_BATCH`]), and under load, when the batch
+//! starts with a final record, what arrives within [`GATHER`] of it; a batch that starts
+//! with an answer-time record goes at once (its call's 2xx waits for it). Each batch takes two durable steps: first its answer-time
 //! records, to the store's file of calls in progress (they cost no memory while the call
 //! lasts, and with no new caller's key to commit they wait for no flush of the record
 //! tree), after which the proxy is told they are durable ([`SipHandle::record_stored`]) and
@@ -246,10 +247,11 @@ fn write_records(
                 continue;
             }
         };
-        // Under load, sleep through the gathering time and then take what came: records
-        // queued meanwhile wake nobody (a blocking receive would be woken by each of them).
-        // A lone record goes at once: an answered call's 2xx waits for it.
-        if busy {
+        // Under load, a batch that starts with a final record sleeps through the gathering
+        // time and then takes what came: records queued meanwhile wake nobody (a blocking
+        // receive would be woken by each of them). An answer-time record never waits: its
+        // call's 2xx waits for it; what queues while it is written joins the next batch.
+        if busy && first.ended {
             std::thread::sleep(GATHER);
         }
         let mut batch = vec![first];
