@@ -74,6 +74,7 @@
 
 pub mod addr;
 pub mod appliance;
+pub mod calls;
 mod cmd;
 mod error;
 mod lab;

@@ -11,39 +11,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use hil_tests::calls::{
+    active_calls, cdrs, config, lab_toml, new_lab, start, stats, u, wait_cdrs, wait_until, CALLER,
+    CALLER_NAME, UDP_NUMBER,
+};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::{addr, Appliance, Host, Lab, Ns};
 use serde_json::Value;
-
-/// A tracking number of the spring-radio route (UDP, sequential .10 → .11).
-const UDP_NUMBER: &str = "+15550100007";
-const CALLER: &str = "+14155550123";
-const CALLER_NAME: &str = "Ada Lovelace";
-
-// ----- helpers copied from sip_calls.rs (test files cannot share code) ------------------
-
-fn lab_toml() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lab.toml"))
-        .expect("config/lab.toml")
-}
-
-/// config/lab.toml with `edits` applied (each `from` must occur).
-fn config(edits: &[(&str, &str)]) -> String {
-    let mut t = lab_toml();
-    for (from, to) in edits {
-        assert!(t.contains(from), "config/lab.toml has no {from:?}");
-        t = t.replacen(from, to, 1);
-    }
-    t
-}
-
-fn start<'l>(lab: &'l Lab, cfg: &str) -> Appliance<'l> {
-    Appliance::start(lab, Host::A, cfg).expect("appliance starts")
-}
-
-fn new_lab() -> Lab {
-    Lab::start(&[Host::Carrier, Host::A, Host::Pbx]).expect("lab")
-}
 
 /// A callee (sipp) on `ip`:5060 running `scenario`, ready to take calls.
 fn callee<'l>(lab: &'l Lab, scenario: &str, ip: Ipv4Addr) -> SippHandle<'l> {
@@ -67,60 +41,11 @@ fn caller<'l>(lab: &'l Lab, scenario: &str) -> Sipp<'l> {
         .calls(1)
 }
 
-/// Every stored call record, oldest first.
-fn cdrs(a: &Appliance<'_>) -> Vec<Value> {
-    let out = a.cli(&["--json", "show", "cdrs", "--last", "10000"]);
-    assert!(out.ok(), "show cdrs: {} {}", out.stdout, out.stderr);
-    out.json()["cdrs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r["cdr"].clone())
-        .collect()
-}
-
-/// Waits until `n` final records are stored (records are written asynchronously).
-fn wait_cdrs(a: &Appliance<'_>, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Vec<Value> = cdrs(a)
-            .into_iter()
-            .filter(|c| !c["end_at"].is_null())
-            .collect();
-        if v.len() >= n || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stats(a: &Appliance<'_>) -> Value {
-    let out = a.cli(&["--json", "show", "sip", "stats"]);
-    assert!(out.ok(), "show sip stats: {}", out.stderr);
-    out.json()["stats"].clone()
-}
-
-fn active_calls(a: &Appliance<'_>) -> Vec<Value> {
-    let out = a.cli(&["--json", "show", "calls"]);
-    assert!(out.ok(), "show calls: {}", out.stderr);
-    out.json()["calls"].as_array().cloned().unwrap_or_default()
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
 // ----- helpers of this file ------------------------------------------------------------
 
-/// Polls `f` every 100 ms until it holds; panics with `what` after 15 s. Waiting for an
-/// event the daemon reports, never an assertion on how long it took.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Polls `f` until it holds, 15 s at most.
+fn wait_until_15s(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, 15, f);
 }
 
 /// The kernel's IPv4 blocklist set, as nft lists it inside the appliance's namespace.
@@ -371,7 +296,7 @@ fn forged_responses_are_dropped() {
         .expect("send 100");
     pbx.send_to(&response(&inv, 180, "Ringing", "pbx-1", &[], ""), proxy)
         .expect("send 180");
-    wait_until("the call rings", || {
+    wait_until_15s("the call rings", || {
         active_calls(&a).iter().any(|c| c["state"] == "ringing")
     });
 
@@ -387,7 +312,7 @@ fn forged_responses_are_dropped() {
     );
     forger_wan.send_to(&busy, wan()).expect("forge 486");
     forger_wan.send_to(&ok, wan()).expect("forge 200");
-    wait_until("both WAN forgeries are counted", || {
+    wait_until_15s("both WAN forgeries are counted", || {
         u(&stats(&a)["responses_wrong_source"]) >= 2
     });
     // (b) From the PBX's own address, but another port, to the private address.
@@ -402,7 +327,7 @@ fn forged_responses_are_dropped() {
     );
     forger_priv.send_to(&busy, priv_side()).expect("forge 486");
     forger_priv.send_to(&ok, priv_side()).expect("forge 200");
-    wait_until("all four forgeries are counted", || {
+    wait_until_15s("all four forgeries are counted", || {
         u(&stats(&a)["responses_wrong_source"]) >= 4
     });
     assert!(
@@ -568,7 +493,7 @@ fn carrier_floods_are_rate_limited_but_never_blocked() {
                 .expect("send");
         }
         let sent = (burst + 1) * BURST;
-        wait_until("the daemon takes in the burst", || {
+        wait_until_15s("the daemon takes in the burst", || {
             let st = stats(&a);
             // A blocked source's requests die in the kernel: say so rather than wait.
             assert_eq!(u(&st["sources_blocked"]), 0, "blocked mid-flood: {st}");
@@ -596,7 +521,7 @@ fn carrier_floods_are_rate_limited_but_never_blocked() {
 
     // Once the bucket has refilled enough to let a request through, a call succeeds.
     let mut n = FLOOD;
-    wait_until("the carrier's requests are answered again", || {
+    wait_until_15s("the carrier's requests are answered again", || {
         n += 1;
         s.send_to(options(me, n, None).as_bytes(), wan())
             .expect("send");
@@ -633,7 +558,7 @@ fn the_per_source_dialog_cap_sheds_with_503() {
         .timeout(Duration::from_secs(60))
         .spawn()
         .expect("three held calls");
-    wait_until("three calls answered", || {
+    wait_until_15s("three calls answered", || {
         active_calls(&a)
             .iter()
             .filter(|c| c["state"] == "answered")

@@ -8,39 +8,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use hil_tests::calls::{
+    active_calls, cdrs, config, lab_toml, new_lab, start, stats, u, wait_cdrs, CALLER, CALLER_NAME,
+    TCP_NUMBER, UDP_NUMBER,
+};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
-use hil_tests::{addr, Appliance, Host, Lab, Token};
+use hil_tests::{addr, Host, Lab, Token};
 use serde_json::Value;
-
-/// Dialled numbers: the UDP routes (spring-radio, sequential .10 → .11) and the TCP route
-/// (tv-spot, sequential .10 → .11 over TCP).
-const UDP_NUMBER: &str = "+15550100007";
-const TCP_NUMBER: &str = "+15550100207";
-const CALLER: &str = "+14155550123";
-const CALLER_NAME: &str = "Ada Lovelace";
-
-fn lab_toml() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lab.toml"))
-        .expect("config/lab.toml")
-}
-
-/// config/lab.toml with `edits` applied (each `from` must occur).
-fn config(edits: &[(&str, &str)]) -> String {
-    let mut t = lab_toml();
-    for (from, to) in edits {
-        assert!(t.contains(from), "config/lab.toml has no {from:?}");
-        t = t.replacen(from, to, 1);
-    }
-    t
-}
-
-fn start<'l>(lab: &'l Lab, cfg: &str) -> Appliance<'l> {
-    Appliance::start(lab, Host::A, cfg).expect("appliance starts")
-}
-
-fn new_lab() -> Lab {
-    Lab::start(&[Host::Carrier, Host::A, Host::Pbx]).expect("lab")
-}
 
 fn number(t: Transport) -> &'static str {
     match t {
@@ -80,46 +54,6 @@ fn caller<'l>(lab: &'l Lab, scenario: &str, t: Transport) -> Sipp<'l> {
         .calls(1)
 }
 
-/// Every stored call record, oldest first.
-fn cdrs(a: &Appliance<'_>) -> Vec<Value> {
-    let out = a.cli(&["--json", "show", "cdrs", "--last", "10000"]);
-    assert!(out.ok(), "show cdrs: {} {}", out.stdout, out.stderr);
-    out.json()["cdrs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r["cdr"].clone())
-        .collect()
-}
-
-/// Waits until `n` final records are stored (records are written asynchronously).
-fn wait_cdrs(a: &Appliance<'_>, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Vec<Value> = cdrs(a)
-            .into_iter()
-            .filter(|c| !c["end_at"].is_null())
-            .collect();
-        if v.len() >= n || std::time::Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stats(a: &Appliance<'_>) -> Value {
-    let out = a.cli(&["--json", "show", "sip", "stats"]);
-    assert!(out.ok(), "show sip stats: {}", out.stderr);
-    out.json()["stats"].clone()
-}
-
-fn active_calls(a: &Appliance<'_>) -> Vec<Value> {
-    let out = a.cli(&["--json", "show", "calls"]);
-    assert!(out.ok(), "show calls: {}", out.stderr);
-    out.json()["calls"].as_array().cloned().unwrap_or_default()
-}
-
 fn dest(ip: Ipv4Addr, t: Transport) -> String {
     format!(
         "sip:{ip}:5060;transport={}",
@@ -128,10 +62,6 @@ fn dest(ip: Ipv4Addr, t: Transport) -> String {
             Transport::Tcp => "tcp",
         }
     )
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 #[test]

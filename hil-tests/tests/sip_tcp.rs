@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hil_tests::calls::wait_until;
 use hil_tests::sipp::{Sipp, Transport};
 use hil_tests::{addr, Appliance, Host, Lab};
 use nix::sys::socket::{
@@ -272,14 +273,6 @@ fn held_from(a: &Appliance<'_>, ip: Ipv4Addr) -> usize {
     let first = accepted_from(a, ip);
     thread::sleep(Duration::from_millis(100));
     accepted_from(a, ip).intersection(&first).count()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
