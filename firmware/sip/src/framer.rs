@@ -623,47 +623,29 @@ Content-Length: 10\r\n\r\nv=0\r\ns=-\r\n";
 
     // ------------------------------------------------------------ property-style
 
-    /// xorshift64*: deterministic, so every failure names a seed to replay.
-    struct Rng(u64);
-
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// A valid message: random headers (long and compact Content-Length, any case, folds,
     /// CRLF or bare LF line ends) and a body of random bytes (CRLFCRLF included).
     fn random_message(rng: &mut Rng) -> Vec<u8> {
-        let eol: &[u8] = if rng.below(4) == 0 { b"\n" } else { b"\r\n" };
-        let body: Vec<u8> = (0..rng.below(300))
-            .map(|_| [b'a', b'\r', b'\n', b' ', b':', b'0'][rng.below(6)])
+        let eol: &[u8] = if rng.index(4) == 0 { b"\n" } else { b"\r\n" };
+        let body: Vec<u8> = (0..rng.index(300))
+            .map(|_| [b'a', b'\r', b'\n', b' ', b':', b'0'][rng.index(6)])
             .collect();
         let mut m = Vec::new();
-        m.extend_from_slice(if rng.below(2) == 0 {
+        m.extend_from_slice(if rng.index(2) == 0 {
             b"INVITE sip:+15550100200@203.0.113.1 SIP/2.0".as_slice()
         } else {
             b"SIP/2.0 200 OK".as_slice()
         });
         m.extend_from_slice(eol);
-        let cl_at = rng.below(6);
+        let cl_at = rng.index(6);
         for i in 0..6 {
             if i == cl_at {
-                let name = ["Content-Length", "l", "L", "content-LENGTH"][rng.below(4)];
-                let ws = [":", ": ", " :\t", ":  "][rng.below(4)];
+                let name = ["Content-Length", "l", "L", "content-LENGTH"][rng.index(4)];
+                let ws = [":", ": ", " :\t", ":  "][rng.index(4)];
                 m.extend_from_slice(format!("{name}{ws}").as_bytes());
-                if rng.below(5) == 0 {
+                if rng.index(5) == 0 {
                     m.extend_from_slice(eol);
                     m.push(b' ');
                 }
@@ -671,7 +653,7 @@ Content-Length: 10\r\n\r\nv=0\r\ns=-\r\n";
                 m.extend_from_slice(eol);
             } else {
                 m.extend_from_slice(format!("X-H{i}: v{}", rng.next()).as_bytes());
-                if rng.below(5) == 0 {
+                if rng.index(5) == 0 {
                     m.extend_from_slice(eol);
                     m.extend_from_slice(b"\tfolded");
                 }
@@ -687,21 +669,21 @@ Content-Length: 10\r\n\r\nv=0\r\ns=-\r\n";
     fn any_split_of_a_valid_stream_yields_its_messages() {
         for seed in 0..400u64 {
             let mut rng = Rng::new(seed);
-            let msgs: Vec<Vec<u8>> = (0..1 + rng.below(6))
+            let msgs: Vec<Vec<u8>> = (0..1 + rng.index(6))
                 .map(|_| random_message(&mut rng))
                 .collect();
             let mut stream = Vec::new();
             for m in &msgs {
-                for _ in 0..rng.below(3) {
-                    stream.extend_from_slice([b"\r\n".as_slice(), b"\n"][rng.below(2)]);
+                for _ in 0..rng.index(3) {
+                    stream.extend_from_slice([b"\r\n".as_slice(), b"\n"][rng.index(2)]);
                 }
                 stream.extend_from_slice(m);
             }
             let mut chunks = Vec::new();
             let mut rest = stream.as_slice();
             while !rest.is_empty() {
-                let max = if rng.below(3) == 0 { 4 } else { 200 };
-                let n = 1 + rng.below(max);
+                let max = if rng.index(3) == 0 { 4 } else { 200 };
+                let n = 1 + rng.index(max);
                 let (c, r) = rest.split_at(n.min(rest.len()));
                 chunks.push(c);
                 rest = r;

@@ -102,6 +102,8 @@ mod header;
 mod message;
 pub mod sdp;
 mod syntax;
+#[cfg(test)]
+mod test_rng;
 mod uri;
 mod verdict;
 

@@ -6,40 +6,7 @@ use super::{
     TransactionKey, Transport,
 };
 
-/// xorshift64*: small, deterministic, good enough to explore state machines.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        let i = usize::try_from(self.below(xs.len() as u64)).unwrap_or(0);
-        xs[i]
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
+use crate::test_rng::Rng;
 
 const CODES: &[u16] = &[100, 180, 183, 200, 202, 302, 404, 408, 486, 500, 503, 603];
 const FINALS: &[u16] = &[200, 202, 302, 404, 486, 500, 503, 603];
