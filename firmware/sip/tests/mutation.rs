@@ -99,8 +99,8 @@ fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
     v
 }
 
-#[test]
-fn mutated_messages_never_panic() {
+/// The RFC 4475 torture messages, in a fixed order.
+fn seeds() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(DIR)
         .expect("conformance dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -108,6 +108,12 @@ fn mutated_messages_never_panic() {
         .map(|p| std::fs::read(p).expect("read"))
         .collect();
     seeds.sort();
+    seeds
+}
+
+#[test]
+fn mutated_messages_never_panic() {
+    let seeds = seeds();
     assert!(!seeds.is_empty());
     let mut rng = XorShift(0x5EED_CA11_6A7E_0001);
     for _ in 0..ITERATIONS {
@@ -121,13 +127,7 @@ fn mutated_messages_never_panic() {
 /// (`callgate_sip::exercise_stream`: the same checks as the `stream` fuzz target).
 #[test]
 fn mutated_streams_frame_alike() {
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(DIR)
-        .expect("conformance dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("dat"))
-        .map(|p| std::fs::read(p).expect("read"))
-        .collect();
-    seeds.sort();
+    let seeds = seeds();
     let mut rng = XorShift(0x5EED_CA11_6A7E_0002);
     for _ in 0..ITERATIONS / 4 {
         let ctl = (rng.next() as u32).to_le_bytes();

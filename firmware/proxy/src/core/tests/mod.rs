@@ -407,6 +407,21 @@ impl Out {
             })
             .collect()
     }
+    /// The pinholes opened, as (source prefix, destination).
+    fn opened_flows(&self) -> BTreeSet<(String, SocketAddr)> {
+        self.0
+            .iter()
+            .filter_map(|o| match o {
+                Output::Pinhole {
+                    open: true,
+                    src,
+                    dst,
+                    ..
+                } => Some((src.to_string(), *dst)),
+                _ => None,
+            })
+            .collect()
+    }
     fn opened(&self) -> BTreeSet<SocketAddr> {
         self.pinholes()
             .into_iter()

@@ -266,19 +266,7 @@ fn pinholes_admit_only_the_other_partys_signalled_address() {
     let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
     lab.at(1_100);
     let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)));
-    let got: BTreeSet<(String, SocketAddr)> = out
-        .0
-        .iter()
-        .filter_map(|o| match o {
-            Output::Pinhole {
-                open: true,
-                src,
-                dst,
-                ..
-            } => Some((src.to_string(), *dst)),
-            _ => None,
-        })
-        .collect();
+    let got = out.opened_flows();
     let want: BTreeSet<(String, SocketAddr)> = [
         ("198.51.100.10/32", "203.0.113.10:40000"),
         ("198.51.100.10/32", "203.0.113.10:40001"),
@@ -307,17 +295,9 @@ fn a_carrier_media_pool_is_the_source_toward_the_pbx() {
     lab.at(1_100);
     let out = lab.pbx_says(pbx1(), &pbx_reply(&a_fwd, 200, "p", Some(30000)));
     let srcs: BTreeSet<(String, u16)> = out
-        .0
-        .iter()
-        .filter_map(|o| match o {
-            Output::Pinhole {
-                open: true,
-                src,
-                dst,
-                ..
-            } => Some((src.to_string(), dst.port())),
-            _ => None,
-        })
+        .opened_flows()
+        .into_iter()
+        .map(|(s, d)| (s, d.port()))
         .collect();
     assert!(
         srcs.contains(&("203.0.113.32/28".to_owned(), 30000)),
