@@ -16,9 +16,14 @@
 //! - The TOML parser stops at the first syntax or type error; semantic errors are all
 //!   collected.
 
+mod pair;
 mod sip;
 mod types;
 
+pub use pair::{
+    HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+};
 pub use sip::SipTcp;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +66,9 @@ pub struct Config {
     /// SIP domains, carrier peers, overload caps and routes (see the `sip` module docs).
     #[serde(default)]
     pub sip: Sip,
+    /// The redundant pair (see the `pair` module docs). Absent: this appliance runs alone.
+    #[serde(default)]
+    pub pair: Option<Pair>,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the
@@ -523,6 +531,9 @@ impl Config {
         }
         self.sip.validate(loc, &mut errs);
         self.sip.tcp.validate(loc, &mut errs);
+        if let Some(p) = &self.pair {
+            p.validate(&self.appliance.name, &self.zones, loc, &mut errs);
+        }
         errs.sort_by_key(|e| (e.line, e.column));
         errs
     }

@@ -656,3 +656,138 @@ fn sip_tcp_defaults_values_and_located_errors() {
         assert!(e.message.contains(says), "{body}: {e}");
     }
 }
+
+const PAIR_ZONES: &str = r#"
+[zones.private]
+interfaces = ["priv0"]
+
+[zones.sync]
+interfaces = ["sync0"]
+"#;
+
+fn pair(body: &str) -> Result<Config, ConfigErrors> {
+    parse(&format!("{PAIR_ZONES}\n{body}"))
+}
+
+const PAIR_OK: &str = r#"
+[pair]
+[[pair.node]]
+name = "t"
+priority = 200
+heartbeat = { sync = "192.0.2.1", private = "198.51.100.1" }
+[[pair.node]]
+name = "u"
+priority = 100
+heartbeat = { sync = "192.0.2.2", private = "198.51.100.2" }
+[[pair.vip]]
+zone = "wan"
+address = "203.0.113.5/24"
+[[pair.vip]]
+zone = "private"
+address = "2001:db8:2::5/64"
+"#;
+
+#[test]
+fn a_pair_names_this_appliance_and_its_peer() {
+    let cfg = pair(PAIR_OK).unwrap();
+    let p = cfg.pair.as_ref().unwrap();
+    let me: EntryName = "t".parse().unwrap();
+    assert_eq!(p.index_of(&me), Some(0));
+    let (mine, peer) = p.split(&me).unwrap();
+    assert_eq!(mine.name.get_ref().as_str(), "t");
+    assert_eq!(peer.name.get_ref().as_str(), "u");
+    let paths = p.paths(&me);
+    assert_eq!(paths.len(), 2);
+    assert_eq!(paths[0].zone, ZoneName::Private);
+    assert_eq!(paths[0].peer.to_string(), "198.51.100.2");
+    assert_eq!(paths[1].zone, ZoneName::Sync);
+    assert_eq!(paths[1].local.to_string(), "192.0.2.1");
+    assert_eq!(p.heartbeat_interval_ms(), DEFAULT_HEARTBEAT_INTERVAL_MS);
+    assert_eq!(p.dead_after_misses(), DEFAULT_DEAD_AFTER_MISSES);
+    assert_eq!(p.preempt_delay_secs(), None);
+    assert_eq!(p.late_after_ms(), 2 * DEFAULT_HEARTBEAT_INTERVAL_MS);
+    assert_eq!(p.vip[0].address.get_ref().prefix_len(), 24);
+    assert_eq!(p.vip[1].interface(&cfg.zones).unwrap().as_str(), "priv0");
+}
+
+#[test]
+fn pair_mistakes_are_refused_where_they_are() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "\"t\"\npriority = 200",
+            "\"x\"\npriority = 200",
+            "is not one of the pair's nodes",
+        ),
+        (
+            "\"u\"\npriority = 100",
+            "\"t\"\npriority = 100",
+            "both nodes are named",
+        ),
+        (
+            "priority = 100",
+            "priority = 0",
+            "priority: expected 1 to 254",
+        ),
+        (
+            "{ sync = \"192.0.2.2\", private = \"198.51.100.2\" }",
+            "{ sync = \"192.0.2.2\" }",
+            "at least two zones",
+        ),
+        (
+            "{ sync = \"192.0.2.2\", private = \"198.51.100.2\" }",
+            "{ sync = \"192.0.2.1\", private = \"198.51.100.2\" }",
+            "both nodes have heartbeat address 192.0.2.1",
+        ),
+        (
+            "{ sync = \"192.0.2.2\", private = \"198.51.100.2\" }",
+            "{ sync = \"2001:db8:3::2\", private = \"198.51.100.2\" }",
+            "different families",
+        ),
+        (
+            "{ sync = \"192.0.2.2\", private = \"198.51.100.2\" }",
+            "{ sync = \"192.0.2.2\", mgmt = \"198.51.100.2\" }",
+            "same heartbeat zones",
+        ),
+        (
+            "address = \"203.0.113.5/24\"",
+            "address = \"192.0.2.2/25\"",
+            "own heartbeat address",
+        ),
+        (
+            "address = \"203.0.113.5/24\"",
+            "address = \"224.0.0.5/24\"",
+            "expected a unicast",
+        ),
+        (
+            "address = \"203.0.113.5/24\"",
+            "address = \"203.0.113.5/40\"",
+            "invalid address",
+        ),
+        (
+            "zone = \"wan\"",
+            "zone = \"wan\"\ninterface = \"eth9\"",
+            "not in zone wan",
+        ),
+        (
+            "[pair]",
+            "[pair]\nheartbeat_interval_ms = 5",
+            "expected 10 to 1000",
+        ),
+        (
+            "[pair]",
+            "[pair]\ndead_after_misses = 1",
+            "expected 2 to 50",
+        ),
+    ];
+    for (from, to, want) in cases {
+        // Only the last occurrence of `from` changes (so the second node is the one edited).
+        let at = PAIR_OK.rfind(from).unwrap_or_else(|| panic!("{from}"));
+        let body = format!("{}{}{}", &PAIR_OK[..at], to, &PAIR_OK[at + from.len()..]);
+        let errs = pair(&body).expect_err(want);
+        assert!(errs.to_string().contains(want), "{want}: {errs}");
+        assert!(errs.0.iter().all(|e| e.line > 1), "{errs}");
+    }
+    let three = format!("{PAIR_OK}\n[[pair.node]]\nname = \"v\"\npriority = 1\nheartbeat = {{ sync = \"192.0.2.3\", private = \"198.51.100.3\" }}\n");
+    let errs = pair(&three).expect_err("three nodes");
+    assert!(errs.to_string().contains("exactly two"), "{errs}");
+}

@@ -367,6 +367,59 @@ fn ports_set(
     Some(name)
 }
 
+/// The pair's heartbeat: on each path's interfaces, only from and to the peer's
+/// heartbeat addresses (`[pair]`; nothing when the appliance runs alone).
+fn pair_rules(
+    cfg: &Config,
+    sets: &mut Vec<SetDef>,
+    input: &mut Vec<RuleDef>,
+    output: &mut Vec<RuleDef>,
+) {
+    let Some(pair) = &cfg.pair else { return };
+    let paths = pair.paths(&cfg.appliance.name);
+    let zones: Vec<ZoneName> = paths.iter().map(|p| p.zone).collect();
+    let ifaces = zone_ifaces(cfg, &zones);
+    if ifaces.is_empty() {
+        return;
+    }
+    for v6 in [false, true] {
+        let peers: Vec<IpNet> = paths
+            .iter()
+            .filter(|p| p.peer.is_ipv6() == v6)
+            .map(|p| IpNet::from(p.peer))
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let set = format!("pair_peer{}", if v6 { "6" } else { "4" });
+        sets.push(prefix_set(set.clone(), peers, v6));
+        let port = Cond::Dport(cfg.heartbeat_port());
+        input.push(rule(
+            "pair:heartbeat",
+            vec![
+                Cond::Iifname(ifaces.clone()),
+                Cond::SaddrIn {
+                    v6,
+                    set: set.clone(),
+                },
+                Cond::L4Proto(vec!["udp"]),
+                port.clone(),
+            ],
+            Verdict::Accept,
+        ));
+        output.push(rule(
+            "pair:heartbeat",
+            vec![
+                Cond::Oifname(ifaces.clone()),
+                Cond::DaddrIn { v6, set },
+                Cond::L4Proto(vec!["udp"]),
+                port,
+            ],
+            Verdict::Accept,
+        ));
+    }
+}
+
 /// Renders the full policy of a config.
 pub fn render(cfg: &Config) -> Ruleset {
     let mut sets = dynamic_sets();
@@ -433,6 +486,8 @@ pub fn render(cfg: &Config) -> Ruleset {
             output.push(rule(name, conds, Verdict::Accept));
         }
     }
+
+    pair_rules(cfg, &mut sets, &mut input, &mut output);
 
     let mut chains = Vec::new();
     if !allow_dst.is_empty() {
@@ -579,6 +634,47 @@ mod tests {
             .count();
         assert_eq!(ping, 1);
         assert!(rs.chain(ALLOW_DST_CHAIN).is_some());
+    }
+
+    #[test]
+    fn a_pair_admits_heartbeats_only_from_and_to_the_peer() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab-pair-a.toml");
+        let rs = render(&Config::load(&p).unwrap());
+        let set = rs.sets.iter().find(|s| s.name == "pair_peer4").unwrap();
+        let peers: Vec<String> = set
+            .elems
+            .iter()
+            .map(|e| match e {
+                Elem::Net(n) => n.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(peers, ["198.51.100.2/32", "192.0.2.2/32"]);
+        assert!(!rs.sets.iter().any(|s| s.name == "pair_peer6"));
+        for (chain, dir) in [("input", "saddr"), ("output", "daddr")] {
+            let rules: Vec<&RuleDef> = rs
+                .chain(chain)
+                .unwrap()
+                .rules
+                .iter()
+                .filter(|r| r.comment == "pair:heartbeat")
+                .collect();
+            assert_eq!(rules.len(), 1, "{chain}");
+            let c = &rules[0].conds;
+            let bound = c.iter().any(|c| match c {
+                Cond::SaddrIn { set, .. } => dir == "saddr" && set == "pair_peer4",
+                Cond::DaddrIn { set, .. } => dir == "daddr" && set == "pair_peer4",
+                _ => false,
+            });
+            assert!(bound, "{chain}: {c:?}");
+            assert!(c.contains(&Cond::Dport(5405)), "{chain}: {c:?}");
+        }
+        // Alone, no pair rules.
+        assert!(!render(&lab())
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .any(|r| r.comment.starts_with("pair:")));
     }
 
     #[test]

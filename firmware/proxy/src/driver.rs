@@ -47,6 +47,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{JoinHandle, LocalSet};
 
+mod bind;
 mod tcp;
 
 pub use tcp::TcpStats;
@@ -297,14 +298,14 @@ pub fn spawn(
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for a in &listen {
-        let u = std::net::UdpSocket::bind(a).map_err(|source| DriverError::Bind {
+        let u = bind::udp(*a).map_err(|source| DriverError::Bind {
             addr: *a,
             transport: "udp",
             source,
         })?;
         u.set_nonblocking(true).map_err(DriverError::Thread)?;
         udp.push((*a, u));
-        let t = std::net::TcpListener::bind(a).map_err(|source| DriverError::Bind {
+        let t = bind::tcp(*a).map_err(|source| DriverError::Bind {
             addr: *a,
             transport: "tcp",
             source,

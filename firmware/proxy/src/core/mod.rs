@@ -622,10 +622,21 @@ impl Proxy {
         uri.as_sip().is_some_and(|u| self.is_ours(&u.host, u.port))
     }
 
-    /// Our socket toward `ip`: the listen address on the local IP the kernel picks.
+    /// Our socket toward `ip`: the listen address on the local IP the kernel picks, or,
+    /// when we listen on a virtual address beside it (a pair), the listen address that
+    /// shares the longest prefix with that local IP (the one on the same segment).
     fn local_toward(&self, ip: IpAddr, fallback: SocketAddr) -> SocketAddr {
         if let Some(l) = self.s.local_for.get(&ip) {
             if let Some(a) = self.s.listen.iter().find(|a| a.ip() == *l) {
+                return *a;
+            }
+            if let Some(a) = self
+                .s
+                .listen
+                .iter()
+                .filter(|a| a.is_ipv4() == l.is_ipv4())
+                .max_by_key(|a| common_prefix(a.ip(), *l))
+            {
                 return *a;
             }
         }
@@ -833,4 +844,13 @@ fn strip_via(msg: &Message<'_>) -> Option<Vec<u8>> {
     let mut m = msg.clone();
     m.remove_top_via().ok()?;
     Some(m.serialize())
+}
+
+/// How many leading bits two addresses of one family share (0 across families).
+fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => 0,
+    }
 }
