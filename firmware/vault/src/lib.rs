@@ -23,6 +23,8 @@
 //! - Subjects ([`SubjectKey`], [`subject_token`]): PII is sealed under a per-subject key
 //!   found by a token `HMAC(lookup key, normalized id)`; deleting the key shreds the PII.
 //! - Recovery ([`RecoveryKey`], [`recovery_wrap`], [`recovery_unwrap`]).
+//! - Pairing ([`PairingSecret`], [`wrap_pair_key`], [`unwrap_pair_key`]): the pair key,
+//!   derived from a secret shown once, kept only wrapped under the KEK.
 //!
 //! Every secret type wipes itself on drop (`zeroize`) and prints as `Name(…)` in `Debug`.
 //! Every byte format starts with a version byte.
@@ -43,6 +45,8 @@
 mod aead;
 mod custody;
 mod kek;
+mod pairing;
+mod printed;
 mod protector;
 mod record;
 mod recovery;
@@ -51,6 +55,8 @@ mod subject;
 pub use aead::{random_bytes, CryptoError};
 pub use custody::{Custody, CustodyError};
 pub use kek::Kek;
+pub use pairing::{unwrap_pair_key, wrap_pair_key, PairingSecret};
+pub use printed::PrintedKeyError;
 pub use protector::{
     exit_code, Protector, SealError, SoftwareProtector, TpmProtector, UnsealError,
 };

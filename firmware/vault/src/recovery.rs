@@ -16,54 +16,23 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::aead::{self, CryptoError, Secret32, KEY_LEN};
+use crate::aead::{self, CryptoError, Secret32};
+use crate::printed::{self, PrintedKeyError};
 use crate::record::UnwrapError;
 use crate::Kek;
 
 const RECOVERY_INFO: &[u8] = b"callgate/recovery/v1";
 const RECOVERY_VERSION: u8 = 1;
-const GROUPS: usize = 8;
-const GROUP_BYTES: usize = KEY_LEN / GROUPS;
-const GROUP_CHARS: usize = 8;
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const RECOVERY_CHECK: &[u8] = b"callgate/recovery-check/v1";
+
+/// Why a typed recovery key was refused.
+pub type RecoveryKeyError = PrintedKeyError;
 
 /// 32 random bytes that can recover the KEK. Wiped on drop, never `Debug`-printed; its
 /// printable form comes only from [`RecoveryKey::encode`].
 pub struct RecoveryKey(Secret32);
-
-/// Why a typed recovery key was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecoveryKeyError {
-    #[error("a recovery key has 64 characters (8 groups of 8), this has {0}")]
-    Length(usize),
-    #[error("'{0}' is not a recovery key character")]
-    BadChar(char),
-    #[error("group {0} of the recovery key has a typo")]
-    Group(usize),
-}
-
-fn check_byte(index: usize, data: &[u8]) -> u8 {
-    let mut h = Sha256::new();
-    h.update(b"callgate/recovery-check/v1");
-    h.update([index as u8]);
-    h.update(data);
-    h.finalize()[0]
-}
-
-fn decode_char(c: char) -> Option<u64> {
-    let c = match c.to_ascii_uppercase() {
-        'O' => '0',
-        'I' | 'L' => '1',
-        c => c,
-    };
-    ALPHABET
-        .iter()
-        .position(|&a| a as char == c)
-        .map(|p| p as u64)
-}
 
 impl RecoveryKey {
     pub fn generate() -> Result<RecoveryKey, CryptoError> {
@@ -72,48 +41,12 @@ impl RecoveryKey {
 
     /// The printable form (to be shown once). Wiped when the returned string is dropped.
     pub fn encode(&self) -> Zeroizing<String> {
-        let mut out = Zeroizing::new(String::with_capacity(GROUPS * (GROUP_CHARS + 1)));
-        for (i, chunk) in self.0.chunks(GROUP_BYTES).enumerate() {
-            if i > 0 {
-                out.push('-');
-            }
-            let mut v: u64 = 0;
-            for b in chunk {
-                v = (v << 8) | u64::from(*b);
-            }
-            v = (v << 8) | u64::from(check_byte(i, chunk));
-            for k in (0..GROUP_CHARS).rev() {
-                out.push(ALPHABET[((v >> (5 * k)) & 31) as usize] as char);
-            }
-        }
-        out
+        printed::encode(&self.0, RECOVERY_CHECK)
     }
 
     /// Reads a typed recovery key, naming the group that has a typo.
     pub fn parse(text: &str) -> Result<RecoveryKey, RecoveryKeyError> {
-        let chars: Zeroizing<Vec<char>> = Zeroizing::new(
-            text.chars()
-                .filter(|c| !c.is_whitespace() && *c != '-')
-                .collect(),
-        );
-        if chars.len() != GROUPS * GROUP_CHARS {
-            return Err(RecoveryKeyError::Length(chars.len()));
-        }
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        for (i, group) in chars.chunks(GROUP_CHARS).enumerate() {
-            let mut v: u64 = 0;
-            for c in group {
-                v = (v << 5) | decode_char(*c).ok_or(RecoveryKeyError::BadChar(*c))?;
-            }
-            let data = &mut key[i * GROUP_BYTES..(i + 1) * GROUP_BYTES];
-            for (k, b) in data.iter_mut().enumerate() {
-                *b = (v >> (8 * (GROUP_BYTES - k))) as u8;
-            }
-            if check_byte(i, data) != v as u8 {
-                return Err(RecoveryKeyError::Group(i + 1));
-            }
-        }
-        Ok(RecoveryKey(key))
+        printed::parse(text, RECOVERY_CHECK).map(RecoveryKey)
     }
 
     fn wrapping_key(&self) -> Result<Secret32, CryptoError> {
