@@ -4,7 +4,9 @@
 //!
 //! The two appliances of a redundant pair tell each other, every 20–30 ms on every
 //! heartbeat path, that they are alive and what they hold. This crate is the protocol
-//! without the I/O: [`wire`] seals and opens the heartbeat datagram. The driver (sockets,
+//! without the I/O: [`wire`] seals and opens the heartbeat datagram, [`replay`] decides
+//! which authentic heartbeats are new (sessions with an echo handshake, a sliding window).
+//! The driver (sockets,
 //! timers, netlink, moving the service addresses) lives in the daemon.
 //!
 //! ## Design
@@ -20,8 +22,10 @@
 //!
 //! - One key for the pair, supplied by the caller; no rotation protocol.
 
+pub mod replay;
 pub mod wire;
 
+pub use replay::{new_session, Accept, Reject, ReplayGate};
 pub use wire::{open, seal, Flags, Heartbeat, NodeId, PairKey, PathId, WireError, WireRole};
 
 /// The kernel's random number generator failed (practically impossible on a running Linux
