@@ -22,9 +22,14 @@
 //!
 //! - One key for the pair, supplied by the caller; no rotation protocol.
 
+pub mod election;
 pub mod replay;
 pub mod wire;
 
+pub use election::{
+    ConfigError, Election, ElectionConfig, HeartbeatFields, Millis, PeerView, Reason, Role,
+    Transition,
+};
 pub use replay::{new_session, Accept, Reject, ReplayGate};
 pub use wire::{open, seal, Flags, Heartbeat, NodeId, PairKey, PathId, WireError, WireRole};
 
