@@ -80,6 +80,24 @@ enum Cmd {
         #[arg(long)]
         yes_destroy_all_data: bool,
     },
+    /// Pair this appliance with its peer (see `[pair]` in the config).
+    Pair {
+        #[command(subcommand)]
+        what: PairWhat,
+    },
+    /// A planned handover: the active appliance hands its role and addresses to the standby.
+    Failover,
+}
+
+#[derive(Debug, Subcommand)]
+enum PairWhat {
+    /// Make the pair key; print the pairing secret once, for `pair join` on the peer.
+    Init,
+    /// Join the pair: reads the secret `pair init` printed on the peer from standard input
+    /// (never from the command line).
+    Join,
+    /// Forget the pair key: release the virtual addresses and hold none until paired again.
+    Unpair,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +123,8 @@ enum ShowWhat {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
+    /// The pair: role, peer, term, heartbeat paths, virtual addresses.
+    Pair,
     /// SIP proxy counters (`show sip stats`).
     Sip {
         #[command(subcommand)]
@@ -180,6 +200,7 @@ fn main() -> ExitCode {
             ShowWhat::History => Request::ShowHistory,
             ShowWhat::Calls => Request::ShowCalls,
             ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
+            ShowWhat::Pair => Request::ShowPair,
             ShowWhat::Sip {
                 what: SipWhat::Stats,
             } => Request::ShowSipStats,
@@ -225,6 +246,23 @@ fn main() -> ExitCode {
         } => Request::Decommission {
             confirm: yes_destroy_all_data,
         },
+        Cmd::Pair { what } => match what {
+            PairWhat::Init => Request::PairInit,
+            PairWhat::Join => {
+                let mut secret = String::new();
+                if std::io::stdin().read_line(&mut secret).is_err() || secret.trim().is_empty() {
+                    eprintln!(
+                        "callgate pair join: type or pipe the pairing secret on standard input"
+                    );
+                    return ExitCode::from(2);
+                }
+                Request::PairJoin {
+                    secret: secret.trim().to_owned(),
+                }
+            }
+            PairWhat::Unpair => Request::Unpair,
+        },
+        Cmd::Failover => Request::Failover,
     };
     let resp: Response = match Client::connect(&args.socket).and_then(|mut c| c.request(&req)) {
         Ok(r) => r,

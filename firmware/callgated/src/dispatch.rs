@@ -121,13 +121,75 @@ async fn handle(
                 Err(e) => Response::err(e),
             };
         }
+        Request::PairInit => {
+            return match ask(lifecycle, Lifecycle::PairInit).await {
+                Ok(secret) => Response::ok(
+                    format!(
+                        "paired: the pair key is kept under this appliance's sealed key.\n\n\
+                         PAIRING SECRET (shown once; type it into `callgate pair join` on the peer, then discard it):\n\n    {secret}\n"
+                    ),
+                    json!({"pairing_secret": secret}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::PairJoin { secret } => {
+            return match ask(lifecycle, |tx| Lifecycle::PairJoin(secret, tx)).await {
+                Ok(()) => Response::ok(
+                    "joined: the pair key is kept under this appliance's sealed key; the heartbeat runs",
+                    json!({}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Unpair => {
+            return match ask(lifecycle, Lifecycle::Unpair).await {
+                Ok(()) => Response::ok(
+                    "unpaired: the pair key is forgotten and the virtual addresses released",
+                    json!({}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
         _ => {}
     }
     let (config, store) = match phase {
-        Phase::Running { config, store, sip } => {
+        Phase::Running {
+            config,
+            store,
+            sip,
+            pair,
+        } => {
             match req {
                 Request::ShowCalls | Request::ShowSipStats | Request::ShowCdrs { .. } => {
                     return crate::calls_view::handle(sip.as_ref(), store, req).await;
+                }
+                Request::ShowPair => {
+                    let state = pair.borrow().clone();
+                    return Response::ok(
+                        crate::pair::show_text(&state),
+                        crate::pair::show_json(&state),
+                    );
+                }
+                Request::Failover => {
+                    let state = pair.borrow().clone();
+                    return match state {
+                        crate::pair::PairState::Running(h) => {
+                            if h.status().role != "active" {
+                                Response::err("this appliance is not the active one: run failover on the active appliance")
+                            } else if !h.status().peer_alive {
+                                Response::err("the peer is not heard: a handover now would leave nobody active")
+                            } else if h.handover() {
+                                Response::ok(
+                                    "handover requested: the standby takes over, then this appliance releases the addresses",
+                                    json!({}),
+                                )
+                            } else {
+                                Response::err("the heartbeat thread is gone")
+                            }
+                        }
+                        other => Response::err(crate::pair::show_text(&other)),
+                    };
                 }
                 _ => {}
             }
@@ -269,12 +331,16 @@ async fn handle(
         Request::ShowCalls | Request::ShowCdrs { .. } | Request::ShowSipStats => {
             Response::err("internal error: calls request not routed")
         }
+        Request::ShowPair | Request::Failover => {
+            Response::err("internal error: pair request not routed")
+        }
         Request::Provision
         | Request::Recover { .. }
         | Request::Reseal
-        | Request::Decommission { .. } => {
-            Response::err("internal error: lifecycle request not handled")
-        }
+        | Request::Decommission { .. }
+        | Request::PairInit
+        | Request::PairJoin { .. }
+        | Request::Unpair => Response::err("internal error: lifecycle request not handled"),
     }
 }
 

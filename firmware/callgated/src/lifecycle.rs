@@ -19,7 +19,9 @@ use callgate_store::Store;
 use callgate_vault::{Custody, CustodyError, Kek, RecoveryKey};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::pair::PairState;
 use crate::{exit_for, spawn_guard, HandleApplier, EXIT_INTERNAL, EXIT_STATE};
+use callgate_ha::HaThread;
 
 /// What the rest of the daemon sees.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub enum Phase {
         store: Arc<Store>,
         /// The SIP proxy, when the config has listen addresses.
         sip: Option<callgate_proxy::driver::SipHandle>,
+        /// The pair (changes with `pair init`, `pair join`, `unpair`).
+        pair: watch::Receiver<PairState>,
     },
 }
 
@@ -42,6 +46,9 @@ pub enum Lifecycle {
     Recover(String, oneshot::Sender<Result<(), String>>),
     Reseal(oneshot::Sender<Result<(), String>>),
     Decommission(oneshot::Sender<Result<(), String>>),
+    PairInit(oneshot::Sender<Result<String, String>>),
+    PairJoin(String, oneshot::Sender<Result<(), String>>),
+    Unpair(oneshot::Sender<Result<(), String>>),
 }
 
 pub struct Ctx {
@@ -66,6 +73,29 @@ struct Running {
     config_thread: std::thread::JoinHandle<()>,
     /// The call record writer's progress, flushed before an orderly stop.
     records: Option<crate::calls::RecordsInFlight>,
+    config: watch::Receiver<Arc<callgate_config::Config>>,
+    pair_tx: watch::Sender<PairState>,
+    pair_thread: Option<HaThread>,
+}
+
+impl Running {
+    /// Stops the heartbeat thread (stepping down where the peer sees it, releasing the
+    /// addresses) and publishes `next`.
+    fn stop_pair(&mut self, next: PairState, deadline: Duration) {
+        if let Some(t) = self.pair_thread.take() {
+            t.stop(deadline);
+        }
+        self.pair_tx.send_replace(next);
+    }
+
+    /// (Re)starts the pair from the running config and the key on disk.
+    fn start_pair(&mut self, state_dir: &std::path::Path, deadline: Duration) {
+        self.stop_pair(PairState::Unpaired, deadline);
+        let cfg = self.config.borrow().clone();
+        let (state, thread) = crate::pair::start(&cfg, state_dir, &self.kek);
+        self.pair_thread = thread;
+        self.pair_tx.send_replace(state);
+    }
 }
 
 /// Opens the store with `kek`, boots the config history and the policy, starts the config
@@ -114,12 +144,25 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         })?;
     let (sip, records) =
         crate::calls::start(config.config(), ctx.firewall.clone(), store.clone()).unzip();
+    // The pair last: the SIP listeners are bound when the addresses arrive.
+    let cfg = config.config().borrow().clone();
+    let (pair_state, pair_thread) = crate::pair::start(&cfg, &ctx.state_dir, &kek);
+    let (pair_tx, pair) = watch::channel(pair_state);
+    let config_rx = config.config();
     Ok((
-        Phase::Running { config, store, sip },
+        Phase::Running {
+            config,
+            store,
+            sip,
+            pair,
+        },
         Running {
             kek,
             config_thread,
             records,
+            config: config_rx,
+            pair_tx,
+            pair_thread,
         },
     ))
 }
@@ -272,11 +315,30 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         let r = decommission(&ctx, &phase_tx, &mut running).await;
                         let _ = reply.send(r);
                     }
+                    Lifecycle::PairInit(reply) => {
+                        let r = pair_init(&ctx, &mut running).await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::PairJoin(text, reply) => {
+                        let r = pair_join(&ctx, &mut running, text).await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::Unpair(reply) => {
+                        let r = unpair(&ctx, &mut running).await;
+                        let _ = reply.send(r);
+                    }
                 }
             }
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // First the pair: step down where the peer sees it, so it takes over at once.
+    let drain = ctx.drain;
+    let _ = with_running(&mut running, move |run| {
+        run.stop_pair(PairState::Unpaired, drain);
+        Ok(())
+    })
+    .await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(ctx.drain, server).await;
     let _ = std::fs::remove_file(&ctx.control_socket);
@@ -346,8 +408,17 @@ async fn decommission(
     phase_tx.send_replace(Arc::new(Phase::Locked {
         reason: "decommissioning".into(),
     }));
+    let drain = ctx.drain;
+    let _ = with_running(running, move |run| {
+        run.stop_pair(PairState::Unpaired, drain);
+        Ok(())
+    })
+    .await;
     if let Some(run) = running.take() {
         stop_config(run, ctx.drain).await;
+    }
+    if let Err(e) = crate::pair::remove_key(&ctx.state_dir) {
+        log::error!("decommission: {e}");
     }
     // Fail closed first: nothing but management and sync while the keys go away.
     let cfg = callgate_config::Config::load(&ctx.config_path).ok();
@@ -363,4 +434,82 @@ async fn decommission(
     };
     phase_tx.send_replace(Arc::new(Phase::Locked { reason }));
     r.map_err(|e| error_chain(&e))
+}
+
+/// Takes the running state off the async runtime for `f`, then puts it back.
+async fn with_running<T: Send + 'static>(
+    running: &mut Option<Running>,
+    f: impl FnOnce(&mut Running) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let Some(mut run) = running.take() else {
+        return Err("locked: the keys are not available".to_owned());
+    };
+    let (run, r) = blocking(move || {
+        let r = f(&mut run);
+        (run, r)
+    })
+    .await?;
+    *running = Some(run);
+    r
+}
+
+fn pair_configured(run: &Running) -> Result<(), String> {
+    if run.config.borrow().pair.is_none() {
+        return Err("the config has no [pair]: commit one that names both appliances first".into());
+    }
+    Ok(())
+}
+
+async fn pair_init(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<String, String> {
+    let c = ctx.clone();
+    with_running(running, move |run| {
+        pair_configured(run)?;
+        if crate::pair::key_path(&c.state_dir).exists() {
+            return Err("this appliance is paired already: callgate pair unpair first".into());
+        }
+        let secret = callgate_vault::PairingSecret::generate().map_err(|e| e.to_string())?;
+        let key = secret.pair_key().map_err(|e| e.to_string())?;
+        crate::pair::store_key(&c.state_dir, &run.kek, &key)?;
+        run.start_pair(&c.state_dir, c.drain);
+        log::warn!("pair: a new pair key was made; the pairing secret was shown once");
+        Ok(secret.encode().to_string())
+    })
+    .await
+}
+
+async fn pair_join(
+    ctx: &Arc<Ctx>,
+    running: &mut Option<Running>,
+    text: String,
+) -> Result<(), String> {
+    let c = ctx.clone();
+    with_running(running, move |run| {
+        pair_configured(run)?;
+        let secret = callgate_vault::PairingSecret::parse(&text)
+            .map_err(|e| format!("that is not a valid pairing secret: {e}"))?;
+        let key = secret.pair_key().map_err(|e| e.to_string())?;
+        crate::pair::store_key(&c.state_dir, &run.kek, &key)?;
+        run.start_pair(&c.state_dir, c.drain);
+        log::warn!("pair: joined with a pairing secret");
+        Ok(())
+    })
+    .await
+}
+
+async fn unpair(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<(), String> {
+    let c = ctx.clone();
+    with_running(running, move |run| {
+        let next = if run.config.borrow().pair.is_some() {
+            PairState::Unpaired
+        } else {
+            PairState::Alone
+        };
+        run.stop_pair(next, c.drain);
+        crate::pair::remove_key(&c.state_dir)?;
+        let cfg = run.config.borrow().clone();
+        callgate_ha::release_all(&crate::pair::vips(&cfg));
+        log::warn!("pair: unpaired; the pair key is forgotten");
+        Ok(())
+    })
+    .await
 }

@@ -33,6 +33,7 @@ mod calls_view;
 mod dispatch;
 mod lifecycle;
 mod logging;
+mod pair;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -125,6 +126,12 @@ impl Applier for HandleApplier {
 }
 
 fn main() -> ExitCode {
+    // The VIP guard (started by the heartbeat thread, never by hand): a child that removes
+    // the virtual addresses when this daemon dies or stalls. See callgate_ha's guard docs.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--vip-guard") {
+        return vip_guard(&argv[2..]);
+    }
     let thp = no_huge_pages();
     let args = Args::parse();
     logging::init();
@@ -140,6 +147,29 @@ fn main() -> ExitCode {
         Some(Cmd::RollbackGuard { candidate }) => guard(&args, fw, *candidate),
         None => daemon(args, fw),
     }
+}
+
+/// `callgated --vip-guard SILENCE_MS IFACE=ADDR/LEN...`
+fn vip_guard(args: &[String]) -> ExitCode {
+    logging::init();
+    let Some(silence) = args.first().and_then(|s| s.parse::<u64>().ok()) else {
+        eprintln!("usage: callgated --vip-guard SILENCE_MS IFACE=ADDR/LEN...");
+        return ExitCode::from(2);
+    };
+    let mut vips = Vec::new();
+    for a in &args[1..] {
+        match a.parse::<callgate_ha::VipSpec>() {
+            Ok(v) => vips.push(v),
+            Err(e) => {
+                eprintln!("callgated --vip-guard: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::from(callgate_ha::run_guard(
+        &vips,
+        Duration::from_millis(silence),
+    ))
 }
 
 /// A panic anywhere (the SIP thread, the record writer, a runtime worker) ends the whole

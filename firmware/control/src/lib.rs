@@ -93,6 +93,20 @@ pub enum Request {
     Decommission {
         confirm: bool,
     },
+    /// The pair: role, peer, term, each heartbeat path, the virtual addresses.
+    ShowPair,
+    /// Make a pair key for this appliance and its peer; the reply carries the pairing
+    /// secret, shown once, for `PairJoin` on the peer.
+    PairInit,
+    /// Join the pair whose secret the peer's `PairInit` showed.
+    PairJoin {
+        secret: String,
+    },
+    /// Forget the pair key: this appliance releases its virtual addresses and runs alone
+    /// (holding none) until paired again.
+    Unpair,
+    /// A planned handover: the active appliance asks its standby to take over.
+    Failover,
 }
 
 fn default_last() -> usize {
@@ -123,6 +137,10 @@ impl Request {
                 | Request::Reseal
                 | Request::RotateDataKey
                 | Request::Decommission { .. }
+                | Request::PairInit
+                | Request::PairJoin { .. }
+                | Request::Unpair
+                | Request::Failover
         )
     }
 
@@ -145,6 +163,11 @@ impl Request {
             Request::Reseal => "reseal",
             Request::RotateDataKey => "rotate data key",
             Request::Decommission { .. } => "decommission",
+            Request::ShowPair => "show pair",
+            Request::PairInit => "pair init",
+            Request::PairJoin { .. } => "pair join",
+            Request::Unpair => "unpair",
+            Request::Failover => "failover",
         }
     }
 }
