@@ -11,6 +11,10 @@
 //! | mgmt | 192.0.2.128/25 | 2001:db8:4::/64 | `mgmt0` | .129 / ::1 | .130 / ::2 | mgmt .140 (+ .141) / ::10 (+ ::11) |
 //! | sync | 192.0.2.0/25 | 2001:db8:3::/64 | `sync0` | .1 / ::1 | .2 / ::2 | — (only when A and B are both in the lab) |
 //!
+//! The pair's virtual addresses (`config/lab-pair-*.toml`): WAN `.5` / `::5`, private `.5` /
+//! `::5`, held by whichever appliance is active. In a lab with both A and B the carrier and
+//! the PBX route through them.
+//!
 //! The second ("ALT") addresses of the carrier and the mgmt host exist for "wrong source"
 //! tests: bind a probe to them explicitly. They are never picked as a default source
 //! address (IPv4: secondary address; IPv6: added deprecated, `preferred_lft 0`).
@@ -44,6 +48,11 @@ pub const CARRIER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x1
 /// Carrier, `eth0`, second IPv6 address ("wrong source"; only used when bound explicitly).
 pub const CARRIER_V6_ALT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x66);
 
+/// The pair's WAN virtual address, IPv4.
+pub const WAN_VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+/// The pair's WAN virtual address, IPv6.
+pub const WAN_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 5);
+
 // ----- private call segment ------------------------------------------------------------
 
 /// Private segment network, IPv4.
@@ -71,6 +80,11 @@ pub const PBX_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
 pub const PBX2_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 /// The second destination, IPv6.
 pub const PBX2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x11);
+
+/// The pair's private-side virtual address, IPv4.
+pub const PRIV_VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+/// The pair's private-side virtual address, IPv6.
+pub const PRIV_VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5);
 
 // ----- sync segment (A <-> B) ----------------------------------------------------------
 

@@ -202,6 +202,33 @@ impl<'lab> Appliance<'lab> {
         }
     }
 
+    /// Runs `callgate --socket … ARGS` with `input` on its standard input.
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> Cli {
+        use std::io::Write as _;
+        let child = Command::new(bin("callgate"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let out = child.and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(input.as_bytes())?;
+            }
+            c.wait_with_output()
+        });
+        match out {
+            Ok(o) => o.into(),
+            Err(e) => Cli {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
+    }
+
     /// Writes `text` to a file in the appliance's directory and returns its path.
     pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);
@@ -247,6 +274,11 @@ impl<'lab> Appliance<'lab> {
             .ok()
             .flatten()
             .and_then(|s| s.code())
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|p| p.pid())
     }
 
     pub fn is_running(&self) -> bool {

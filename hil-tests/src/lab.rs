@@ -171,15 +171,30 @@ impl Lab {
                 _ => None,
             };
             if let Some(seg) = gateway_segment {
-                // Via A, or via B in a lab without A.
+                // Via the pair's virtual address when both appliances are in the lab; else
+                // via A, or via B in a lab without A.
+                let pair = self.has(Host::A) && self.has(Host::B);
                 let gw = [Host::A, Host::B]
                     .into_iter()
                     .find(|h| self.hosts.contains(h));
-                if let Some(gw) = gw {
-                    if let (Some(v4), Some(v6)) = (gw.v4(seg), gw.v6(seg)) {
-                        let _ = writeln!(batch, "route add default via {v4}");
-                        let _ = writeln!(batch, "route add default via {v6}");
-                    }
+                let via = match (pair, seg, gw) {
+                    (true, Segment::Wan, _) => Some((
+                        IpAddr::V4(crate::addr::WAN_VIP_V4),
+                        IpAddr::V6(crate::addr::WAN_VIP_V6),
+                    )),
+                    (true, _, _) => Some((
+                        IpAddr::V4(crate::addr::PRIV_VIP_V4),
+                        IpAddr::V6(crate::addr::PRIV_VIP_V6),
+                    )),
+                    (false, _, Some(gw)) => gw
+                        .v4(seg)
+                        .zip(gw.v6(seg))
+                        .map(|(a, b)| (IpAddr::V4(a), IpAddr::V6(b))),
+                    (false, _, None) => None,
+                };
+                if let Some((v4, v6)) = via {
+                    let _ = writeln!(batch, "route add default via {v4}");
+                    let _ = writeln!(batch, "route add default via {v6}");
                 }
             }
             self.ip_batch(name, &batch)?;

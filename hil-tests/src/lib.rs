@@ -79,9 +79,11 @@ mod cmd;
 mod error;
 mod lab;
 mod netns;
+pub mod pair;
 pub mod probe;
 mod proc;
 pub mod sipp;
+pub mod spoof;
 pub mod swtpm;
 
 pub use addr::{Host, Segment};

@@ -1,0 +1,266 @@
+//! The redundant pair end to end: two real daemons (A and B, each with its own swtpm),
+//! paired through the console, heartbeats over the sync link and the private segment,
+//! virtual addresses moved by rtnetlink, calls from sipp on the carrier to the WAN VIP.
+//! Each test asserts on what the kernel of each appliance holds (`ip addr`), on what the
+//! peers saw (sipp), and on the daemons' counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use hil_tests::addr::{self, A_PRIV_V4, B_PRIV_V4, WAN_VIP_V4};
+use hil_tests::calls::{wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
+use hil_tests::pair::{new_pair_lab, role, show_pair, start_pair, vips_held, wait_until, VIPS};
+use hil_tests::sipp::{Sipp, SippHandle, Transport};
+use hil_tests::spoof::{sniff_udp4, udp4_spoof};
+use hil_tests::{Host, Lab};
+
+const HEARTBEAT_PORT: u16 = 5405;
+
+fn callee(lab: &Lab) -> SippHandle<'_> {
+    let h = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+        .local(addr::PBX_V4, 5060)
+        .transport(Transport::Udp)
+        .spawn()
+        .expect("callee starts");
+    h.wait_ready(Duration::from_secs(10)).expect("callee ready");
+    h
+}
+
+/// One call from the carrier to the pair's WAN VIP.
+fn call_via_vip(lab: &Lab) -> hil_tests::sipp::SippResult {
+    Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(1)
+        .run()
+        .expect("sipp runs")
+}
+
+#[test]
+fn the_active_holds_every_virtual_address_and_takes_the_calls() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    assert_eq!(vips_held(&lab, Host::A), VIPS.to_vec());
+    assert!(vips_held(&lab, Host::B).is_empty());
+    let sa = show_pair(&a);
+    assert_eq!(sa["paths"].as_array().map(Vec::len), Some(2), "{sa}");
+    for p in sa["paths"].as_array().unwrap() {
+        assert_eq!(p["link_up"], true, "{sa}");
+        assert!(p["received"].as_u64().unwrap() > 0, "{sa}");
+    }
+    assert_eq!(show_pair(&b)["peer_role"], "active");
+
+    let _pbx = callee(&lab);
+    let r = call_via_vip(&lab);
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    let recs = wait_cdrs(&a, 1);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["disposition"], "answered", "{}", recs[0]);
+    // The PBX saw the call come from the private VIP, not from A's own address.
+    assert_eq!(
+        hil_tests::calls::cdrs(&b).len(),
+        0,
+        "the standby routed nothing"
+    );
+}
+
+#[test]
+fn sigkill_of_the_active_moves_the_addresses_and_new_calls_reach_the_survivor() {
+    let lab = new_pair_lab();
+    let (mut a, b) = start_pair(&lab);
+    let _pbx = callee(&lab);
+    let t0 = Instant::now();
+    a.kill9();
+    // A's guard takes the addresses off A; B takes them.
+    assert!(
+        wait_until(Duration::from_secs(3), || vips_held(&lab, Host::B).len()
+            == VIPS.len()),
+        "B did not take over: {}\n{}",
+        show_pair(&b),
+        b.log()
+    );
+    let took = t0.elapsed();
+    assert!(
+        vips_held(&lab, Host::A).is_empty(),
+        "A kept addresses after SIGKILL"
+    );
+    assert_eq!(role(&b), "active");
+    eprintln!("takeover after SIGKILL seen by the test in {took:?}");
+    let r = call_via_vip(&lab);
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    assert_eq!(wait_cdrs(&b, 1).len(), 1);
+}
+
+#[test]
+fn a_stopped_active_is_fenced_and_comes_back_as_standby() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let pid = show_pid(&a);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // While A is stopped its guard releases the addresses, and B takes them.
+    assert!(
+        wait_until(Duration::from_secs(3), || vips_held(&lab, Host::B).len()
+            == VIPS.len()
+            && vips_held(&lab, Host::A).is_empty()),
+        "A: {:?} B: {:?}\n{}",
+        vips_held(&lab, Host::A),
+        vips_held(&lab, Host::B),
+        b.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // For two seconds after it resumes, A never holds an address and is never active.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(vips_held(&lab, Host::A).is_empty(), "A took addresses back");
+        assert_eq!(vips_held(&lab, Host::B).len(), VIPS.len());
+        assert_ne!(role(&a), "active", "{}", show_pair(&a));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || role(&a) == "standby"),
+        "{}",
+        show_pair(&a)
+    );
+    assert_eq!(role(&b), "active");
+}
+
+fn show_pid(a: &hil_tests::Appliance<'_>) -> nix::unistd::Pid {
+    // The daemon is the process listening on the control socket; `status` is not needed:
+    // the lab records the pid of what it spawned.
+    nix::unistd::Pid::from_raw(a.pid().expect("daemon pid") as i32)
+}
+
+#[test]
+fn forged_replayed_truncated_and_flooded_heartbeats_change_nothing() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let before_a = show_pair(&a);
+    let before_b = show_pair(&b);
+    let from_b = SocketAddrV4::new(B_PRIV_V4, HEARTBEAT_PORT);
+    let to_a = SocketAddrV4::new(A_PRIV_V4, HEARTBEAT_PORT);
+    // A real heartbeat of B's, copied off the switch: the replay.
+    let real = sniff_udp4(&lab.switch_name(), from_b, to_a, Duration::from_secs(2))
+        .expect("a heartbeat of B's crosses the switch");
+    let len = real.len();
+    let pbx = lab.ns_name(Host::Pbx);
+    let mut forged = real.clone();
+    forged[len / 2] ^= 0x01;
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("replay", vec![real.clone(); 5]),
+        ("auth", vec![forged]),
+        ("header", vec![vec![0x5a; len]]),
+        (
+            "length",
+            vec![
+                real[..len - 1].to_vec(),
+                [real.clone(), vec![0; 64]].concat(),
+                vec![],
+            ],
+        ),
+    ];
+    for (counter, payloads) in &cases {
+        let sent = udp4_spoof(&pbx, from_b, to_a, payloads);
+        assert_eq!(sent, payloads.len());
+        let want = before_a["rejected"][counter].as_u64().unwrap() + payloads.len() as u64;
+        assert!(
+            wait_until(Duration::from_secs(2), || show_pair(&a)["rejected"]
+                [counter]
+                .as_u64()
+                .unwrap_or(0)
+                >= want),
+            "{counter}: {}",
+            show_pair(&a)["rejected"]
+        );
+    }
+    // A flood: 20,000 forged heartbeats from B's address as fast as they go.
+    let flood: Vec<Vec<u8>> = (0..20_000u32)
+        .map(|i| {
+            let mut f = real.clone();
+            f[len - 1 - (i as usize % 16)] ^= (i % 251) as u8 | 1;
+            f
+        })
+        .collect();
+    assert_eq!(udp4_spoof(&pbx, from_b, to_a, &flood), flood.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let after_a = show_pair(&a);
+    let after_b = show_pair(&b);
+    assert_eq!(after_a["role"], "active");
+    assert_eq!(after_b["role"], "standby");
+    assert_eq!(after_a["transitions"], before_a["transitions"], "{after_a}");
+    assert_eq!(after_b["transitions"], before_b["transitions"], "{after_b}");
+    assert_eq!(after_a["term"], before_a["term"]);
+    // What the socket buffer let through reached the daemon and was refused, every one
+    // (the kernel drops the rest when the buffer is full: a flood cannot queue up work).
+    let auth = |v: &serde_json::Value| v["rejected"]["auth"].as_u64().unwrap();
+    assert!(auth(&after_a) - auth(&before_a) >= 1_000, "{after_a}");
+    assert_eq!(after_a["peer_alive"], true, "{after_a}");
+    assert_eq!(vips_held(&lab, Host::A).len(), VIPS.len());
+    assert!(vips_held(&lab, Host::B).is_empty());
+}
+
+#[test]
+fn the_wan_link_of_the_active_going_down_hands_everything_to_the_standby() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    lab.set_link(Host::A, hil_tests::Segment::Wan, false)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || vips_held(&lab, Host::B).len()
+            == VIPS.len()
+            && vips_held(&lab, Host::A).is_empty()),
+        "A: {}\nB: {}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+    assert_eq!(role(&b), "active");
+    assert_eq!(role(&a), "standby");
+    assert_eq!(
+        show_pair(&a)["health"],
+        50,
+        "one of A's two monitored links is down"
+    );
+    let _pbx = callee(&lab);
+    let r = call_via_vip(&lab);
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    assert_eq!(wait_cdrs(&b, 1).len(), 1);
+}
+
+#[test]
+fn a_planned_failover_swaps_the_roles_and_only_the_active_may_ask() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let refused = b.cli(&["failover"]);
+    assert!(
+        !refused.ok(),
+        "the standby cannot hand over: {}",
+        refused.stdout
+    );
+    let before = show_pair(&a)["term"].as_u64().unwrap();
+    let out = a.cli(&["failover"]);
+    assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+    assert!(
+        wait_until(Duration::from_secs(3), || role(&b) == "active"
+            && role(&a) == "standby"
+            && vips_held(&lab, Host::B).len() == VIPS.len()
+            && vips_held(&lab, Host::A).is_empty()),
+        "A: {}\nB: {}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+    assert!(show_pair(&b)["term"].as_u64().unwrap() > before);
+    let last = show_pair(&a)["last_transition"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(last.contains("HandedOver"), "{last}");
+    // And it stays that way: no flapping back.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(role(&b), "active");
+    assert_eq!(role(&a), "standby");
+}
