@@ -1,8 +1,10 @@
 //! # callgated — the callgate appliance daemon
 //!
 //! Wiring only: it parses its command line, sets up logging, and starts the fixed set of
-//! long-lived components (firewall, config, control), each a handle plus a task or thread
-//! from its own crate. The SIP router, records, HA and uplink plug in here later.
+//! long-lived components (firewall, config, control, the SIP proxy and its record writer,
+//! the pair's heartbeat thread), each a handle plus a task or thread from its own crate.
+//! The uplink plugs in here later. `callgated --vip-guard` is the pair's VIP guard
+//! (callgate-ha), started by the heartbeat thread, never by hand.
 //!
 //! Boot order: baseline ruleset (only if no callgate table is in force yet) → settle an
 //! expired confirm window → load and verify the config → apply the full policy → control
