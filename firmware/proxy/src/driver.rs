@@ -90,6 +90,8 @@ enum Command {
     Stats(oneshot::Sender<Stats>),
     TcpStats(oneshot::Sender<TcpStats>),
     Reconfigure(Arc<Config>),
+    Resume(Vec<(u64, callgate_cdr::Cdr)>, oneshot::Sender<usize>),
+    ForgetAll(oneshot::Sender<usize>),
 }
 
 /// Errors starting the proxy.
@@ -147,6 +149,33 @@ impl SipHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::TcpStats(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Carries on the calls of these answer-time records (id, record), as a pair node that
+    /// takes over does with the records its peer replicated; calls it has already are
+    /// skipped. Returns once they are in the proxy (their pinholes are on their way to the
+    /// firewall): how many were taken on.
+    pub async fn resume(
+        &self,
+        records: Vec<(u64, callgate_cdr::Cdr)>,
+    ) -> Result<usize, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Resume(records, tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Forgets every call (a pair node that stops being active; see
+    /// [`Proxy::forget_all`]). Returns how many.
+    pub async fn forget_all(&self) -> Result<usize, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ForgetAll(tx))
             .await
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
@@ -400,6 +429,7 @@ async fn run(
     tokio::task::spawn_local(timer_loop(sh.clone()));
     tokio::task::spawn_local(stored_loop(sh.clone(), stored));
     log::info!("sip: proxy listening on {:?}", cfg.sip.listen_addrs());
+    let mut cfg = cfg;
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Calls(reply) => {
@@ -411,12 +441,35 @@ async fn run(
             Command::TcpStats(reply) => {
                 let _ = reply.send(sh.tcp.borrow().stats());
             }
-            Command::Reconfigure(cfg) => {
+            Command::Reconfigure(new) => {
+                cfg = new;
                 sh.tcp.borrow_mut().set_limits(TcpLimits::from_config(&cfg));
                 sh.tcp_changed.notify_waiters();
                 let n = now(sh.start);
                 sh.core.borrow_mut().reconfigure(settings(&cfg), &cfg, n);
                 sh.timer.notify_one();
+            }
+            Command::Resume(records, reply) => {
+                let n = now(sh.start);
+                let mut out = Vec::new();
+                let mut carried = 0;
+                for (id, cdr) in &records {
+                    let seq = sh.core.borrow_mut().resume(n, cdr, &mut out);
+                    if let Some(seq) = seq {
+                        carried += 1;
+                        let _ = sh.effects.send(Effect::Resumed { seq, id: *id });
+                    }
+                }
+                execute(&sh, &mut out);
+                flush_effects(&sh);
+                sh.timer.notify_one();
+                let _ = reply.send(carried);
+            }
+            Command::ForgetAll(reply) => {
+                let n = now(sh.start);
+                let forgotten = sh.core.borrow_mut().forget_all(settings(&cfg), &cfg, n);
+                sh.timer.notify_one();
+                let _ = reply.send(forgotten);
             }
         }
     }

@@ -260,6 +260,8 @@ pub struct Store {
     t: Trees,
     keys: Arc<Keys>,
     next_cdr: AtomicU64,
+    /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
+    id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
     /// A subject key was created since the last commit began (the key is in sled but may
     /// not be durable yet): records sealed under it may reach the file of calls in
@@ -502,6 +504,7 @@ impl Store {
             }),
             t,
             next_cdr,
+            id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
             unflushed_keys: AtomicBool::new(false),
             #[allow(clippy::disallowed_types)]
@@ -870,15 +873,78 @@ impl Store {
 
     /// Appends a CDR under the next id; returns once it is durable.
     pub fn append_cdr(&self, cdr: &Cdr) -> Result<u64, StoreError> {
-        let id = self.next_cdr.fetch_add(1, Ordering::Relaxed);
+        let id = self.reserve_cdr_id();
         self.put_cdr(id, cdr)?;
         Ok(id)
     }
 
     /// Takes the next CDR id without writing: the proxy writes a call's record at answer
-    /// time and again, under the same id, when the call ends.
+    /// time and again, under the same id, when the call ends. In a pair
+    /// ([`Self::set_pair_node`]) node 0 takes only even ids and node 1 only odd ones, so
+    /// the records each replicates to the other never collide, not even while both are
+    /// active; writing a record (a replicated one included) moves the next id past it.
     pub fn reserve_cdr_id(&self) -> u64 {
-        self.next_cdr.fetch_add(1, Ordering::Relaxed)
+        let parity = self.id_parity.load(Ordering::Relaxed);
+        if parity == 0 {
+            return self.next_cdr.fetch_add(1, Ordering::Relaxed);
+        }
+        let off = u64::from(parity - 1);
+        let mut cur = self.next_cdr.load(Ordering::Relaxed);
+        loop {
+            let id = if cur % 2 == off {
+                cur
+            } else {
+                cur.saturating_add(1)
+            };
+            match self.next_cdr.compare_exchange_weak(
+                cur,
+                id.saturating_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return id,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Makes this store allocate the record ids of pair node `node` (0: even, 1: odd), or
+    /// any id when `None` (an appliance alone).
+    pub fn set_pair_node(&self, node: Option<u8>) {
+        let p = match node {
+            None => 0,
+            Some(n) => 1 + (n & 1),
+        };
+        self.id_parity.store(p, Ordering::Relaxed);
+    }
+
+    /// The answer-time records of the calls in progress now (every record held in the
+    /// store's file of calls in progress that can still be carried on): what a standby
+    /// that takes over resumes. Unreadable slots are logged and skipped.
+    pub fn calls_in_progress_now(&self) -> Vec<Record<Cdr>> {
+        match self.open_cdrs(|ids| ids) {
+            Ok(v) => v
+                .into_iter()
+                .filter_map(|(id, r)| match r {
+                    Ok((_, rec)) => Some(rec),
+                    Err(e) => {
+                        log::warn!(
+                            "store: the record of call in progress {id} is unreadable: {}",
+                            error_chain(&e)
+                        );
+                        None
+                    }
+                })
+                .filter(|rec| rec.value.end_at.is_none() && rec.value.resume.is_some())
+                .collect(),
+            Err(e) => {
+                log::error!(
+                    "store: cannot read the calls in progress: {}",
+                    error_chain(&e)
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// The last `n` CDRs (highest ids), oldest first, the answer-time records of calls in

@@ -290,3 +290,62 @@ fn calls_in_progress_at_a_crash_come_back_with_what_resumes_them() {
     s.put_cdrs(&[(ids[0], &fin)]).unwrap();
     assert_eq!(s.get_cdr(ids[0]).unwrap().value, fin);
 }
+
+#[test]
+fn pair_nodes_take_ids_of_their_own_parity_past_every_replicated_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), Kek::generate().unwrap()).unwrap();
+    s.set_pair_node(Some(1));
+    let odd: Vec<u64> = (0..4).map(|_| s.reserve_cdr_id()).collect();
+    assert!(odd.iter().all(|id| id % 2 == 1), "{odd:?}");
+    assert!(odd.windows(2).all(|w| w[0] < w[1]), "{odd:?}");
+    // A record the peer (node 0) replicated, far ahead: our next id moves past it.
+    let theirs = odd[3] + 101;
+    assert_eq!(theirs % 2, 0);
+    s.put_cdrs(&[(theirs, &ended(&answered("+12025550399", 9)))])
+        .unwrap();
+    let next = s.reserve_cdr_id();
+    assert!(next > theirs && next % 2 == 1, "{next}");
+    s.set_pair_node(None);
+    let a = s.reserve_cdr_id();
+    assert_eq!(s.reserve_cdr_id(), a + 1);
+}
+
+#[test]
+fn the_calls_in_progress_now_are_those_still_open_that_can_be_carried_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), Kek::generate().unwrap()).unwrap();
+    let resume = Resume {
+        from_tag: "ftag".into(),
+        caller: Party {
+            tcp: false,
+            addr: "203.0.113.10:5060".parse().unwrap(),
+            local: "203.0.113.5:5060".parse().unwrap(),
+            media: vec![],
+        },
+        callee: Party {
+            tcp: false,
+            addr: "198.51.100.10:5060".parse().unwrap(),
+            local: "198.51.100.5:5060".parse().unwrap(),
+            media: vec![],
+        },
+        media_pool: vec![],
+    };
+    let ids: Vec<u64> = (0..3).map(|_| s.reserve_cdr_id()).collect();
+    let live = Cdr {
+        resume: Some(resume.clone()),
+        ..answered("+12025550401", 1)
+    };
+    let no_resume = answered("+12025550402", 2);
+    let gone = Cdr {
+        resume: Some(resume),
+        ..answered("+12025550403", 3)
+    };
+    s.put_open_cdrs(&[(ids[0], &live), (ids[1], &no_resume), (ids[2], &gone)])
+        .unwrap();
+    s.put_cdrs(&[(ids[2], &ended(&answered("+12025550403", 3)))])
+        .unwrap();
+    let now = s.calls_in_progress_now();
+    assert_eq!(now.len(), 1);
+    assert_eq!((now[0].id, &now[0].value), (ids[0], &live));
+}

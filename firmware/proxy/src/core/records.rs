@@ -126,6 +126,22 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Forgets every call, dialog and transaction, as a pair node that stops being active
+    /// must: its peer carries the calls on from their replicated records, so this node
+    /// neither ends them (no BYE, no record) nor keeps their timers. Counters and call
+    /// numbers carry on, so no number is given twice. Returns how many calls it forgot.
+    pub fn forget_all(&mut self, s: Settings, cfg: &Config, now: Now) -> usize {
+        let n = self.calls.len();
+        let next_seq = self.next_seq;
+        let stats = self.stats.clone();
+        *self = Proxy::new(s, cfg, now);
+        self.next_seq = next_seq;
+        self.stats = stats;
+        n
+    }
+}
+
 /// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
 pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
     let party = |p: Peer, local: SocketAddr, media: &Media| callgate_cdr::Party {

@@ -184,3 +184,41 @@ fn a_call_resumed_under_a_config_that_no_longer_allows_its_media_gets_no_pinhole
     assert!(c.end_at.is_some());
     assert!(out.pinholes().is_empty());
 }
+
+#[test]
+fn a_node_that_stops_being_active_forgets_its_calls_without_ending_them() {
+    let opts = || Opts {
+        max_call: 60,
+        ..Opts::default()
+    };
+    let mut lab = Lab::with(opts());
+    lab.at(1_000);
+    let inv = Invite::new("forget-a@x");
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    lab.at(1_200);
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pa", Some(30000)));
+    let ok_up = out.response_to(carrier().addr);
+    let (seq, _, _) = out.record();
+    let dialog = CallerDialog::new(&inv, &ok_up);
+    assert_eq!(lab.proxy.call_count(), 1);
+
+    let cfg = Config::parse(&config_text(&opts()), Path::new("test.toml")).unwrap();
+    let settings = Settings::from_config(&cfg, HashMap::new());
+    assert_eq!(lab.proxy.forget_all(settings, &cfg, now_at(2_000)), 1);
+    assert_eq!(lab.proxy.call_count(), 0);
+    // Nothing is ended on its behalf: no BYE, no record, even past its maximum length.
+    let out = Out(run_clock(&mut lab, 2_000));
+    assert!(out.requests_to(pbx1().addr, "BYE").is_empty(), "{out:#?}");
+    assert!(out.records().is_empty(), "{out:#?}");
+    // Its dialog is unknown now (the peer carries it on).
+    let bye = dialog.request("BYE", "z9hG4bK-forget-a-bye", 2, None);
+    let out = lab.carrier_says(&bye);
+    assert_eq!(out.response_to(carrier().addr).status(), Some(481));
+    // A new call never reuses the forgotten call's number.
+    let inv = Invite::new("forget-b@x");
+    let out = lab.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pb", Some(30002)));
+    assert!(out.record().0 > seq);
+}
