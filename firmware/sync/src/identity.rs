@@ -111,7 +111,7 @@ impl Identity {
             node_name,
         };
         identity
-            .certified_key(&rustls::crypto::ring::default_provider())
+            .certified_key(&crate::tls::provider())
             .map_err(IdentityError::Key)?;
         Ok(identity)
     }
