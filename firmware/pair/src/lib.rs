@@ -23,6 +23,7 @@
 //! - One key for the pair, supplied by the caller; no rotation protocol.
 
 pub mod election;
+mod exercise;
 pub mod replay;
 pub mod wire;
 
@@ -30,6 +31,8 @@ pub use election::{
     ConfigError, Election, ElectionConfig, HeartbeatFields, Millis, PeerView, Reason, Role,
     Transition,
 };
+#[doc(hidden)]
+pub use exercise::{exercise, FUZZ_KEY};
 pub use replay::{new_session, Accept, Reject, ReplayGate};
 pub use wire::{open, seal, Flags, Heartbeat, NodeId, PairKey, PathId, WireError, WireRole};
 
