@@ -28,8 +28,9 @@
 //!   echoes our session while another is accepted, see *Superseded* below. Otherwise it is
 //!   [`Reject::UnknownSession`], and nothing changes but the seen note. A replayed datagram
 //!   of an old session never echoes the current session, because the session changes
-//!   every time the peer is given up. Accepting a session starts its window at that datagram's `seq` with every lower
-//!   number marked seen: datagrams sealed before the handshake never get in.
+//!   every time the peer is given up. Accepting a session starts its window at that
+//!   datagram's `seq` with every lower number marked seen: datagrams sealed before the
+//!   handshake never get in.
 //! - **A dropped session is accepted again only through the handshake.** After
 //!   [`ReplayGate::peer_lost`] the dropped session is an unknown session like any other:
 //!   its datagrams get in again only once they echo our *new* session, which proves the

@@ -22,8 +22,9 @@
 //!
 //! Outputs: [`Election::role`], [`Election::term`], [`Election::peer`],
 //! [`Election::outgoing`] (what the next heartbeat says) and [`Election::take_peer_lost`]
-//! (the peer was declared dead: draw a new session and call
-//! [`crate::replay::ReplayGate::peer_lost`]).
+//! (the peer was declared dead, or our timers ran late: draw a new session and call
+//! [`crate::replay::ReplayGate::peer_lost`]). [`Election::counters`] counts transitions,
+//! peer deaths, late inputs and ignored heartbeats.
 //!
 //! # The rules (the contract)
 //!
@@ -74,12 +75,13 @@
 //!    either. The late input itself carries no news (a heartbeat that finds us late sat in
 //!    the socket buffer for an unknown time), and [`Election::take_peer_lost`] turns true:
 //!    the driver draws a new session, so only heartbeats sealed after the resume (they echo
-//!    it) reach the election, not the backlog. A Fenced node holds nothing, advertises Standby with health 0 (so the peer
-//!    elects itself by rule 3 at once), becomes Standby `fence_hold` after its last late
-//!    input ([`Reason::FenceExpired`], another reset point), and from then on follows the
-//!    rules: it takes over only after hearing the peer (rules 3–4) or after a full `D`
-//!    without it (rule 2). A stopped active that resumes comes back as Standby, never as
-//!    a second active; a stopped standby that resumes does not take over spuriously.
+//!    it) reach the election, not the backlog. A Fenced node holds nothing, advertises
+//!    Standby with health 0 (so the peer elects itself by rule 3 at once), becomes Standby
+//!    `fence_hold` after its last late input ([`Reason::FenceExpired`], another reset
+//!    point), and from then on follows the rules: it takes over only after hearing the
+//!    peer (rules 3–4) or after a full `D` without it (rule 2). A stopped active that
+//!    resumes comes back as Standby, never as a second active; a stopped standby that
+//!    resumes does not take over spuriously.
 //!
 //! `late_after + 2 × interval ≤ D` is required ([`ConfigError::LateAfter`]): a stall the
 //! node does not notice must be too short for the peer to declare it dead.

@@ -347,7 +347,8 @@ impl Sim {
 
     fn stalled_at(&self, i: usize, t: u64) -> bool {
         self.episodes.iter().any(|ep| {
-            matches!(*ep, Episode::Stall { node, at, len } if node == i && Episode::covers(at, len, t))
+            matches!(*ep, Episode::Stall { node, at, len }
+                if node == i && Episode::covers(at, len, t))
         })
     }
 
