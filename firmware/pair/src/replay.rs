@@ -12,8 +12,8 @@
 //!
 //! - **Sessions.** Each node draws a random nonzero 64-bit `session` ([`new_session`]) when
 //!   it starts, and draws a new one every time it gives up on its peer: when the election
-//!   declares the peer dead (`Election::take_peer_lost`), and when this gate reports
-//!   [`Reject::Superseded`]. Sessions are never reused.
+//!   declares the peer dead or finds its own timers late (`Election::take_peer_lost`), and
+//!   when this gate reports [`Reject::Superseded`]. Sessions are never reused.
 //! - **Echo.** Every outgoing heartbeat carries `echo` = [`ReplayGate::seen_peer_session`],
 //!   the peer session most recently seen in an authentic (AEAD-verified) datagram, 0 if
 //!   none. A datagram that echoes the receiver's *current* session was sealed after the
@@ -24,14 +24,19 @@
 //!   64 or more below the highest → [`Reject::TooOld`].
 //! - **A new session** (any session but the accepted one) is noted as seen, so the next
 //!   heartbeats echo it, and is accepted only if it echoes our current session **and** no
-//!   peer session is accepted (none yet, or [`ReplayGate::peer_lost`] dropped it). Otherwise
-//!   it is [`Reject::UnknownSession`]. A replayed datagram of an old session never echoes
-//!   the current session, because the session changes every time the peer is given up.
-//!   Accepting the new session starts a fresh window at its `seq`.
-//! - **A dropped session is never taken back.** After [`ReplayGate::peer_lost`] the dropped
-//!   session is refused ([`Reject::LostSession`]) even when it echoes our new session: the
-//!   peer must move to a fresh session too, so both sides end on a pair of sessions that
-//!   both have accepted.
+//!   peer session is accepted (none yet, or [`ReplayGate::peer_lost`] dropped it). If it
+//!   echoes our session while another is accepted, see *Superseded* below. Otherwise it is
+//!   [`Reject::UnknownSession`], and nothing changes but the seen note. A replayed datagram
+//!   of an old session never echoes the current session, because the session changes
+//!   every time the peer is given up. Accepting a session starts its window at that
+//!   datagram's `seq` with every lower number marked seen: datagrams sealed before the
+//!   handshake never get in.
+//! - **A dropped session is accepted again only through the handshake.** After
+//!   [`ReplayGate::peer_lost`] the dropped session is an unknown session like any other:
+//!   its datagrams get in again only once they echo our *new* session, which proves the
+//!   peer is still running it now (a peer that only we gave up, e.g. after a one-way
+//!   loss). Refusing it for good instead deadlocks: a peer that never heard us (so never
+//!   gave us up) has no reason to leave that session, and we would never hear it again.
 //! - **Restart handshake.** A peer that restarts (or gave us up) sends a new session with
 //!   `echo` 0 or our session. Once we have dropped its old session, its first datagram that
 //!   echoes our current session is accepted; it accepts ours once our heartbeats echo its
@@ -39,34 +44,34 @@
 //!
 //! ## Superseded: the one addition to "never accept a second session"
 //!
-//! Without it, a session change on one side only (a restart, or one side declaring the
-//! other dead after a one-way loss) would leave the other side rejecting the new session
-//! until its own election declared the peer dead a full dead interval later; that side
-//! then changes its session, which the first side (which in the meantime accepted the
-//! other's old, still running session) rejects in turn: the two sides would take turns
-//! being blind, and a blind standby takes over. So the gate gives up the accepted session
-//! early when the evidence says it has ended: [`SUPERSEDE_AFTER`] consecutive authentic
-//! datagrams of one new session that echo our current session, with no datagram of the
-//! accepted session accepted in between. The gate then drops the accepted session as
-//! [`ReplayGate::peer_lost`] does and returns [`Reject::Superseded`]; the driver must draw
-//! a new session for itself. The new peer session is still not accepted as it is: only
-//! once it echoes our new session. A replay can at most trigger one such renewal (it
-//! needs datagrams that echo our current session, and the renewal changes it), which costs
-//! a handshake, not a takeover and never an accepted stale datagram.
+//! A new session that echoes our current session while another peer session is accepted
+//! was sealed by the peer after it saw our current session, from a session other than the
+//! one we hold: the peer has moved on (it restarted, or gave us up after a one-way loss,
+//! or its timers ran late). The gate then gives up the accepted session at once, as
+//! [`ReplayGate::peer_lost`] does, notes the new session as seen and returns
+//! [`Reject::Superseded`]: the driver draws a new session for this node. The new peer
+//! session is still not accepted as it is, only once it echoes our *new* session, which
+//! our next heartbeat invites. A replay can trigger this at most once per own session (it
+//! needs a datagram that echoes our current session, and the renewal changes it); that
+//! costs a handshake, never an accepted stale datagram.
 //!
-//! The seen note is updated from every authentic datagram of the peer, so replaying an
-//! old session's datagrams can make our echo wrong while the replay lasts; that only
-//! delays a handshake, and an attacker who can send can also drop.
+//! Why: with "reject it and wait" alone, a session change on one side only leaves the
+//! other side rejecting the new session until its own election declares the peer dead a
+//! full dead interval later; that side then changes its session, which the first side,
+//! having accepted the other's old session meanwhile, rejects in turn. The sides take
+//! turns being blind and a blind standby takes over; the election's property tests found
+//! that, and found that waiting for a second such datagram before giving up is too slow
+//! for a dead interval of three or four heartbeats and lets the two sides chase each
+//! other's renewals.
+//!
+//! Replaying an old session's datagrams can make our echo point at that session while the
+//! replay lasts; that only delays a handshake, and an attacker who can send can also drop.
 
 use crate::wire::{Heartbeat, NodeId};
 use crate::RngError;
 
 /// Entries in the sliding window.
 pub const WINDOW: u64 = 64;
-
-/// Consecutive datagrams of one new session echoing our session, with the accepted
-/// session silent, after which the accepted session is given up ([`Reject::Superseded`]).
-pub const SUPERSEDE_AFTER: u32 = 2;
 
 /// A new random nonzero session id from the kernel's random number generator.
 pub fn new_session() -> Result<u64, RngError> {
@@ -107,11 +112,8 @@ pub enum Reject {
     /// A session that is not (or not yet) accepted.
     #[error("unknown session")]
     UnknownSession,
-    /// The session dropped by the last [`ReplayGate::peer_lost`]: never accepted again.
-    #[error("session given up")]
-    LostSession,
-    /// The accepted session is given up for a new one (see the module docs): draw a new
-    /// session for this node now.
+    /// A new session that echoes ours replaced the accepted one, which is given up (see
+    /// the module docs): draw a new session for this node now.
     #[error("peer session superseded")]
     Superseded,
 }
@@ -131,8 +133,6 @@ pub struct GateCounters {
     pub too_old: u64,
     /// [`Reject::UnknownSession`].
     pub unknown_session: u64,
-    /// [`Reject::LostSession`].
-    pub lost_session: u64,
     /// [`Reject::Superseded`].
     pub superseded: u64,
 }
@@ -142,10 +142,7 @@ pub struct GateCounters {
 pub struct ReplayGate {
     peer: NodeId,
     accepted: Option<Window>,
-    lost: Option<u64>,
     seen: u64,
-    /// A new session echoing ours, and how many of its datagrams came in a row.
-    streak: Option<(u64, u32)>,
     counters: GateCounters,
 }
 
@@ -159,11 +156,12 @@ struct Window {
 }
 
 impl Window {
+    /// A window that has seen `seq` and counts everything below it as seen.
     fn new(session: u64, seq: u64) -> Window {
         Window {
             session,
             max: seq,
-            bitmap: 1,
+            bitmap: u64::MAX,
         }
     }
 
@@ -198,9 +196,7 @@ impl ReplayGate {
         ReplayGate {
             peer,
             accepted: None,
-            lost: None,
             seen: 0,
-            streak: None,
             counters: GateCounters::default(),
         }
     }
@@ -221,7 +217,6 @@ impl ReplayGate {
             Err(Reject::Replay) => c.replay += 1,
             Err(Reject::TooOld) => c.too_old += 1,
             Err(Reject::UnknownSession) => c.unknown_session += 1,
-            Err(Reject::LostSession) => c.lost_session += 1,
             Err(Reject::Superseded) => c.superseded += 1,
         }
         r
@@ -233,43 +228,24 @@ impl ReplayGate {
         }
         self.seen = hb.session;
         if let Some(w) = self.accepted.as_mut().filter(|w| w.session == hb.session) {
-            let r = w.check(hb.seq);
-            if r.is_ok() {
-                self.streak = None;
-            }
-            return r;
-        }
-        if self.lost == Some(hb.session) {
-            return Err(Reject::LostSession);
+            return w.check(hb.seq);
         }
         if my_session == 0 || hb.echo != my_session {
             return Err(Reject::UnknownSession);
         }
         if self.accepted.is_none() {
             self.accepted = Some(Window::new(hb.session, hb.seq));
-            self.streak = None;
             return Ok(Accept::NewSession);
         }
-        let n = match self.streak {
-            Some((s, n)) if s == hb.session => n.saturating_add(1),
-            _ => 1,
-        };
-        self.streak = Some((hb.session, n));
-        if n >= SUPERSEDE_AFTER {
-            self.peer_lost();
-            return Err(Reject::Superseded);
-        }
-        Err(Reject::UnknownSession)
+        self.peer_lost();
+        Err(Reject::Superseded)
     }
 
     /// The election declared the peer dead (or the driver otherwise gave it up): drop the
-    /// accepted session for good. Call it together with drawing a new session for this
-    /// node. Idempotent.
+    /// accepted session. Call it together with drawing a new session for this node.
+    /// Idempotent.
     pub fn peer_lost(&mut self) {
-        if let Some(w) = self.accepted.take() {
-            self.lost = Some(w.session);
-        }
-        self.streak = None;
+        self.accepted = None;
     }
 
     /// The value for the `echo` field of this node's next heartbeat: the peer session most

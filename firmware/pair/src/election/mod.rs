@@ -22,8 +22,9 @@
 //!
 //! Outputs: [`Election::role`], [`Election::term`], [`Election::peer`],
 //! [`Election::outgoing`] (what the next heartbeat says) and [`Election::take_peer_lost`]
-//! (the peer was declared dead: draw a new session and call
-//! [`crate::replay::ReplayGate::peer_lost`]).
+//! (the peer was declared dead, or our timers ran late: draw a new session and call
+//! [`crate::replay::ReplayGate::peer_lost`]). [`Election::counters`] counts transitions,
+//! peer deaths, late inputs and ignored heartbeats.
 //!
 //! # The rules (the contract)
 //!
@@ -71,12 +72,16 @@
 //!    the peer is stale. An Active becomes Fenced at once ([`Reason::LateTimers`]); every
 //!    role gets a reset point (a full `D` before the peer can be declared dead) and
 //!    forgets that the peer was live, so a late Standby does not take over on that input
-//!    either. A Fenced node holds nothing, advertises Standby with health 0 (so the peer
-//!    elects itself by rule 3 at once), becomes Standby `fence_hold` after its last late
-//!    input ([`Reason::FenceExpired`], another reset point), and from then on follows the
-//!    rules: it takes over only after hearing the peer (rules 3–4) or after a full `D`
-//!    without it (rule 2). A stopped active that resumes comes back as Standby, never as
-//!    a second active; a stopped standby that resumes does not take over spuriously.
+//!    either. The late input itself carries no news (a heartbeat that finds us late sat in
+//!    the socket buffer for an unknown time), and [`Election::take_peer_lost`] turns true:
+//!    the driver draws a new session, so only heartbeats sealed after the resume (they echo
+//!    it) reach the election, not the backlog. A Fenced node holds nothing, advertises
+//!    Standby with health 0 (so the peer elects itself by rule 3 at once), becomes Standby
+//!    `fence_hold` after its last late input ([`Reason::FenceExpired`], another reset
+//!    point), and from then on follows the rules: it takes over only after hearing the
+//!    peer (rules 3–4) or after a full `D` without it (rule 2). A stopped active that
+//!    resumes comes back as Standby, never as a second active; a stopped standby that
+//!    resumes does not take over spuriously.
 //!
 //! `late_after + 2 × interval ≤ D` is required ([`ConfigError::LateAfter`]): a stall the
 //! node does not notice must be too short for the peer to declare it dead.
@@ -360,6 +365,15 @@ pub struct ElectionCounters {
     pub ignored: u64,
 }
 
+/// What [`Election::begin`] found.
+struct Start {
+    /// The input's time, never before an earlier input's.
+    now: Millis,
+    /// `Some` if our timers ran late: the input is spent on rule 7, with the transition it
+    /// caused (Active → Fenced) if any.
+    late: Option<Option<Transition>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PeerInfo {
     role: WireRole,
@@ -433,10 +447,10 @@ impl Election {
     /// The driver's timer, every `interval`: detects lateness (rule 7), peer death, the
     /// end of a fence, and applies the rules.
     pub fn on_tick(&mut self, now: Millis) -> Option<Transition> {
-        let (now, late) = self.begin(now);
+        let Start { now, late } = self.begin(now);
         self.last_tick = now;
-        if late.is_some() {
-            return late;
+        if let Some(fenced) = late {
+            return fenced;
         }
         self.detect_death(now);
         if self.role == Role::Fenced && now >= self.fenced_at + self.cfg.fence_hold {
@@ -447,18 +461,23 @@ impl Election {
     }
 
     /// A heartbeat from the peer that arrived on `path` and that the replay gate accepted.
-    /// Heartbeats not from the peer, or on a path beyond `paths`, are ignored (counted).
+    /// Heartbeats not from the peer, or on a path beyond `paths`, are ignored (counted),
+    /// and so is a heartbeat that finds our timers late: it waited in the socket buffer
+    /// for who knows how long (rule 7).
     pub fn on_heartbeat(
         &mut self,
         now: Millis,
         path: PathId,
         hb: &Heartbeat,
     ) -> Option<Transition> {
-        let (now, late) = self.begin(now);
+        let Start { now, late } = self.begin(now);
+        if let Some(fenced) = late {
+            return fenced;
+        }
         let i = path.index();
         if hb.sender != self.cfg.node.peer() || i >= usize::from(self.cfg.paths) {
             self.counters.ignored += 1;
-            return late;
+            return None;
         }
         if let Some(h) = self.last_heard.get_mut(i) {
             *h = Some(now);
@@ -477,23 +496,23 @@ impl Election {
         if self.role != Role::Active {
             self.term = self.max_seen_term;
         }
-        if late.is_some() {
-            return late;
-        }
         self.evaluate(now)
     }
 
     /// Netlink says the local link of `path` went down or up. Down: the path counts as
     /// missed at once. Up: it counts again once a heartbeat arrives on it.
     pub fn on_link(&mut self, now: Millis, path: PathId, up: bool) -> Option<Transition> {
-        let (now, late) = self.begin(now);
+        let Start { now, late } = self.begin(now);
         if path.index() < usize::from(self.cfg.paths) {
             if let Some(l) = self.link_up.get_mut(path.index()) {
                 *l = up;
             }
         }
-        if late.is_some() || up {
-            return late;
+        if let Some(fenced) = late {
+            return fenced;
+        }
+        if up {
+            return None;
         }
         self.detect_death(now);
         self.evaluate(now)
@@ -502,11 +521,14 @@ impl Election {
     /// Planned failover: while Active, ask the standby to take over (rule 6). Ignored in
     /// any other role; see [`Election::handover_pending`].
     pub fn request_handover(&mut self, now: Millis) -> Option<Transition> {
-        let (_, late) = self.begin(now);
-        if late.is_none() && self.role == Role::Active {
+        let Start { late, .. } = self.begin(now);
+        if let Some(fenced) = late {
+            return fenced;
+        }
+        if self.role == Role::Active {
             self.handover_requested = true;
         }
-        late
+        None
     }
 
     /// Withdraws a handover request that the standby has not acted on.
@@ -574,8 +596,9 @@ impl Election {
         })
     }
 
-    /// Whether the peer was declared dead since the last call. When true, the driver draws
-    /// a new session for this node and calls [`crate::replay::ReplayGate::peer_lost`].
+    /// Whether the peer was declared dead, or our timers ran late (rule 7), since the last
+    /// call. When true, the driver draws a new session for this node and calls
+    /// [`crate::replay::ReplayGate::peer_lost`].
     pub fn take_peer_lost(&mut self) -> bool {
         std::mem::take(&mut self.peer_lost)
     }
@@ -603,27 +626,35 @@ impl Election {
     }
 
     /// Every input starts here: keeps time monotonic and applies rule 7 (late timers).
-    fn begin(&mut self, now: Millis) -> (Millis, Option<Transition>) {
+    fn begin(&mut self, now: Millis) -> Start {
         let now = now.max(self.last_now);
         self.last_now = now;
         if now <= self.last_tick + self.cfg.interval + self.cfg.late_after {
-            return (now, None);
+            return Start { now, late: None };
         }
         self.counters.late += 1;
         self.last_tick = now;
         self.reset = now;
         self.peer_live = false;
         self.preempt_since = None;
-        match self.role {
+        // Whatever is queued from the peer may be arbitrarily old: start a new session so
+        // that only heartbeats sealed after this moment (they echo it) get through.
+        self.peer_known = false;
+        self.peer_lost = true;
+        let fenced = match self.role {
             Role::Active => {
                 self.fenced_at = now;
-                (now, Some(self.change(Role::Fenced, Reason::LateTimers)))
+                Some(self.change(Role::Fenced, Reason::LateTimers))
             }
             Role::Fenced => {
                 self.fenced_at = now;
-                (now, None)
+                None
             }
-            Role::Standby => (now, None),
+            Role::Standby => None,
+        };
+        Start {
+            now,
+            late: Some(fenced),
         }
     }
 

@@ -784,3 +784,21 @@ fn transitions_are_counted() {
     );
     assert_eq!(e.counters().transitions, 3);
 }
+
+#[test]
+fn a_late_input_carries_no_news_and_asks_for_a_new_session() {
+    let mut e = run(cfg(), &heard(10, 100, active(1), S, 1));
+    assert!(!e.take_peer_lost());
+    // After a stall the first input is a heartbeat from the backlog: the peer as it was
+    // before the stall. It is not used, and the driver is told to renew its session.
+    let t = e.on_heartbeat(Millis(1_000), P0, &with_health(active(9), 10));
+    assert_eq!(t, None);
+    assert_eq!(e.term(), 1);
+    assert!(!e.peer().unwrap().live);
+    assert_eq!(e.peer().unwrap().health, 100);
+    assert!(e.take_peer_lost());
+    assert_eq!(e.counters().peer_deaths, 0, "late is not a death");
+    assert_eq!(e.counters().late, 1);
+    // Fresh heartbeats count again.
+    run_on(&mut e, &heard(1_010, 1_100, active(1), S, 1));
+}

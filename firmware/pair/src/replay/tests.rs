@@ -136,10 +136,10 @@ fn old_session_replayed_after_restart_is_rejected_even_echoing_an_old_session_of
     let mut b = Side::new(B, 0xb2);
     // Every recorded datagram echoes a1, A's old session: refused, whatever its seq.
     for h in &recorded {
-        assert_eq!(a.recv(h), Err(Reject::LostSession));
+        assert_eq!(a.recv(h), Err(Reject::UnknownSession));
         let mut h = *h;
         h.seq += 1_000;
-        assert_eq!(a.recv(&h), Err(Reject::LostSession));
+        assert_eq!(a.recv(&h), Err(Reject::UnknownSession));
     }
     // A datagram of yet another old session of B's that echoes a1 is refused too.
     assert_eq!(a.recv(&hb(B, 0xb0, 9, 0xa1)), Err(Reject::UnknownSession));
@@ -153,23 +153,46 @@ fn old_session_replayed_after_restart_is_rejected_even_echoing_an_old_session_of
     assert_eq!(a.recv(&h), Ok(Accept::NewSession));
     // After that, the old datagrams are still refused.
     for h in &recorded {
-        assert_eq!(a.recv(h), Err(Reject::LostSession));
+        assert_eq!(a.recv(h), Err(Reject::UnknownSession));
     }
+    assert_eq!(a.gate.peer_session(), Some(0xb2));
 }
 
 #[test]
-fn lost_session_is_never_taken_back_even_echoing_the_new_session() {
+fn a_given_up_session_comes_back_only_through_the_handshake() {
     let mut a = Side::new(A, 0xa1);
     let mut b = Side::new(B, 0xb1);
-    handshake(&mut a, &mut b);
-    a.give_up(0xa2);
-    // B did not restart: its b1 heartbeats now echo a2 (it saw A's new session).
+    // Half a handshake: A accepted b1, but B never heard A echo b1 (one-way loss).
     let h = a.send();
-    assert_eq!(b.recv(&h), Err(Reject::UnknownSession), "B still holds a1");
+    assert_eq!(b.recv(&h), Err(Reject::UnknownSession));
+    let recorded: Vec<Heartbeat> = (0..5).map(|_| b.send()).collect();
+    assert_eq!(a.recv(&recorded[0]), Ok(Accept::NewSession));
+    // A gives B up. B holds nothing of A's, so it has no reason to leave b1.
+    a.give_up(0xa2);
+    for h in &recorded {
+        assert_eq!(a.recv(h), Err(Reject::UnknownSession), "echoes a1");
+    }
+    let h = a.send();
+    assert_eq!(h.echo, 0xb1);
+    assert_eq!(b.recv(&h), Ok(Accept::NewSession));
+    // b1 now echoes a2: it is running now, so it is accepted again, with a fresh window
+    // that counts everything sealed before as seen.
     let h = b.send();
     assert_eq!(h.echo, 0xa2);
-    assert_eq!(a.recv(&h), Err(Reject::LostSession));
-    assert_eq!(a.gate.peer_session(), None);
+    assert_eq!(a.recv(&h), Ok(Accept::NewSession));
+    for h in &recorded {
+        assert_eq!(a.recv(h), Err(Reject::Replay));
+    }
+    let h = b.send();
+    assert_eq!(a.recv(&h), Ok(Accept::Newest));
+}
+
+#[test]
+fn a_new_window_counts_everything_before_the_handshake_as_seen() {
+    let mut g = ReplayGate::new(B);
+    assert_eq!(g.check(&hb(B, 7, 1000, 1), 1), Ok(Accept::NewSession));
+    assert_eq!(g.check(&hb(B, 7, 999, 1), 1), Err(Reject::Replay));
+    assert_eq!(g.check(&hb(B, 7, 1001, 1), 1), Ok(Accept::Newest));
 }
 
 #[test]
@@ -208,61 +231,63 @@ fn reordering_within_the_window_is_accepted_once() {
 fn below_the_window_is_too_old() {
     let mut g = ReplayGate::new(B);
     assert_eq!(g.check(&hb(B, 7, 1000, 1), 1), Ok(Accept::NewSession));
+    // A jump past the window forgets the old bitmap.
+    assert_eq!(g.check(&hb(B, 7, 1100, 1), 1), Ok(Accept::Newest));
     // 63 below the newest: the window's last entry.
-    assert_eq!(g.check(&hb(B, 7, 1000 - 63, 1), 1), Ok(Accept::Reordered));
-    assert_eq!(g.check(&hb(B, 7, 1000 - 64, 1), 1), Err(Reject::TooOld));
-    assert_eq!(g.check(&hb(B, 7, 0, 1), 1), Err(Reject::TooOld));
-    // A jump past the window forgets the old bitmap but keeps refusing the old numbers.
-    assert_eq!(g.check(&hb(B, 7, 5000, 1), 1), Ok(Accept::Newest));
+    assert_eq!(g.check(&hb(B, 7, 1100 - 63, 1), 1), Ok(Accept::Reordered));
+    assert_eq!(g.check(&hb(B, 7, 1100 - 64, 1), 1), Err(Reject::TooOld));
     assert_eq!(g.check(&hb(B, 7, 1000, 1), 1), Err(Reject::TooOld));
+    assert_eq!(g.check(&hb(B, 7, 0, 1), 1), Err(Reject::TooOld));
+    assert_eq!(g.check(&hb(B, 7, 5000, 1), 1), Ok(Accept::Newest));
     assert_eq!(g.check(&hb(B, 7, 4999, 1), 1), Ok(Accept::Reordered));
     assert_eq!(g.check(&hb(B, 7, u64::MAX, 1), 1), Ok(Accept::Newest));
     assert_eq!(g.check(&hb(B, 7, u64::MAX, 1), 1), Err(Reject::Replay));
 }
 
 #[test]
-fn a_second_session_while_one_is_live_is_rejected() {
+fn a_second_session_while_one_is_live_is_never_accepted() {
     let mut a = Side::new(A, 0xa1);
     let mut b = Side::new(B, 0xb1);
     handshake(&mut a, &mut b);
-    // An authentic datagram of another B session that echoes a1 (a replay from an earlier
-    // B run, or B's new run), interleaved with the live session's datagrams: never
-    // accepted, and the live session is kept.
+    // Datagrams of other B sessions that do not echo a1 (replays from earlier runs),
+    // interleaved with the live session's: refused, only the seen note follows.
     for n in 0..20 {
-        let other = hb(B, 0xbb, 100 + n, 0xa1);
-        assert_eq!(a.recv(&other), Err(Reject::UnknownSession));
+        assert_eq!(
+            a.recv(&hb(B, 0xc0 + n, 100 + n, 0xdead)),
+            Err(Reject::UnknownSession)
+        );
+        assert_eq!(a.gate.seen_peer_session(), 0xc0 + n);
         let h = b.send();
         assert_eq!(a.recv(&h), Ok(Accept::Newest));
-    }
-    // Not echoing a1: never even counted towards superseding.
-    for n in 0..5 {
-        assert_eq!(a.recv(&hb(B, 0xbc, n, 0xdead)), Err(Reject::UnknownSession));
+        assert_eq!(a.gate.seen_peer_session(), 0xb1);
     }
     assert_eq!(a.gate.peer_session(), Some(0xb1));
-    assert_eq!(a.gate.seen_peer_session(), 0xbc, "the seen note follows");
-    let h = b.send();
-    assert_eq!(a.recv(&h), Ok(Accept::Newest));
-    assert_eq!(a.gate.seen_peer_session(), 0xb1);
+    // One that echoes a1 is not accepted either: it supersedes b1 (next test).
+    assert_eq!(a.recv(&hb(B, 0xbb, 1, 0xa1)), Err(Reject::Superseded));
+    assert_eq!(a.gate.peer_session(), None);
+    // The driver renews A's session; 0xbb still echoes a1: not accepted.
+    a.session = 0xa2;
+    assert_eq!(a.recv(&hb(B, 0xbb, 2, 0xa1)), Err(Reject::UnknownSession));
 }
 
 #[test]
-fn a_silent_session_is_superseded_by_a_new_one_that_echoes_ours() {
+fn a_new_session_that_echoes_ours_supersedes_the_accepted_one_and_both_meet_again() {
     let mut a = Side::new(A, 0xa1);
     let mut b = Side::new(B, 0xb1);
     handshake(&mut a, &mut b);
-    // B gave A up (one-way loss) and moved to b2; its heartbeats still echo a1.
+    // B gave A up after a one-way loss and moved to b2; its heartbeats still echo a1.
     b.give_up(0xb2);
     let h = b.send();
-    assert_eq!(a.recv(&h), Err(Reject::UnknownSession));
-    // The second in a row, with nothing from b1 in between: b1 is given up.
-    let h = b.send();
+    assert_eq!(h.echo, 0xa1);
     assert_eq!(a.recv(&h), Err(Reject::Superseded));
     assert_eq!(a.gate.peer_session(), None);
+    assert_eq!(a.gate.seen_peer_session(), 0xb2);
     a.session = 0xa2;
-    // Not accepted as it is: b2 must echo a2 first.
+    // b2 is not accepted as it is: it must echo a2 first. A's next heartbeat invites it.
     let h = b.send();
     assert_eq!(a.recv(&h), Err(Reject::UnknownSession));
     let h = a.send();
+    assert_eq!(h.echo, 0xb2);
     assert_eq!(b.recv(&h), Ok(Accept::NewSession));
     let h = b.send();
     assert_eq!(a.recv(&h), Ok(Accept::NewSession));
@@ -270,16 +295,22 @@ fn a_silent_session_is_superseded_by_a_new_one_that_echoes_ours() {
 }
 
 #[test]
-fn replays_of_the_live_session_do_not_block_superseding_but_its_new_datagrams_do() {
+fn a_peer_that_still_holds_our_old_session_supersedes_it_in_one_round_trip() {
     let mut a = Side::new(A, 0xa1);
     let mut b = Side::new(B, 0xb1);
     handshake(&mut a, &mut b);
-    let old = b.send();
-    assert!(a.recv(&old).is_ok());
-    let other = |seq| hb(B, 0xbb, seq, 0xa1);
-    assert_eq!(a.recv(&other(1)), Err(Reject::UnknownSession));
-    assert_eq!(a.recv(&old), Err(Reject::Replay));
-    assert_eq!(a.recv(&other(2)), Err(Reject::Superseded));
+    // A gave B up; B still holds a1 and runs b1.
+    a.give_up(0xa2);
+    let h = a.send();
+    assert_eq!(h.echo, 0xb1);
+    assert_eq!(b.recv(&h), Err(Reject::Superseded));
+    b.session = 0xb2;
+    let h = b.send();
+    assert_eq!(h.echo, 0xa2);
+    assert_eq!(a.recv(&h), Ok(Accept::NewSession));
+    let h = a.send();
+    assert_eq!(h.echo, 0xb2);
+    assert_eq!(b.recv(&h), Ok(Accept::NewSession));
 }
 
 #[test]
