@@ -65,6 +65,7 @@ fn cdr(i: u64, caller: &str, name: Option<&str>) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: "lab-a".into(),
+        ended_by: None,
         resume: None,
     }
 }

@@ -95,6 +95,10 @@ pub struct Cdr {
     pub disposition: Disposition,
     pub final_code: u16,
     pub appliance: String,
+    /// The appliance of the pair that ended the call, when it is not the one that answered
+    /// it (the peer carried the call on after a failover); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
     /// On the answer-time record of a call in progress only: what a restarted daemon needs
     /// to carry the call on (see [`Resume`]). `None` on final records.
     pub resume: Option<Resume>,

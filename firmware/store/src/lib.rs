@@ -303,6 +303,8 @@ struct CdrBody {
     disposition: Disposition,
     final_code: u16,
     appliance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_by: Option<String>,
     /// Whether the CDR has a caller name (the name itself is with the PII).
     has_name: bool,
     /// What a restarted daemon needs (answer-time records of calls in progress only).
@@ -1136,6 +1138,7 @@ impl Store {
             disposition: cdr.disposition,
             final_code: cdr.final_code,
             appliance: cdr.appliance.clone(),
+            ended_by: cdr.ended_by.clone(),
             has_name: cdr.caller_name.is_some(),
             resume: cdr.resume.clone(),
         };
@@ -1225,6 +1228,7 @@ impl Store {
             disposition: body.disposition,
             final_code: body.final_code,
             appliance: body.appliance,
+            ended_by: body.ended_by,
             resume: body.resume,
         };
         Ok((

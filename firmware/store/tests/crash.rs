@@ -43,6 +43,7 @@ fn cdr(thread: u64, seq: u64) -> Cdr {
         } else {
             60
         }),
+        ended_by: None,
         resume: None,
     }
 }

@@ -26,6 +26,7 @@ fn answered(caller: &str, n: u64) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: "a".into(),
+        ended_by: None,
         resume: None,
     }
 }
@@ -175,6 +176,7 @@ fn erasure_reaches_calls_in_progress_and_long_records_go_to_the_tree() {
     // Longer than a slot holds.
     let cb = Cdr {
         appliance: "x".repeat(1500),
+        ended_by: None,
         ..answered("+12025550402", 2)
     };
     s.put_open_cdrs(&[(a, &ca), (b, &cb)]).unwrap();

@@ -27,6 +27,7 @@ fn cdr(caller: &str, name: Option<&str>, n: u64) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: "a".into(),
+        ended_by: None,
         resume: None,
     }
 }

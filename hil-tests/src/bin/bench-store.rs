@@ -75,6 +75,7 @@ fn cdr(n: u64, pad: usize) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: "a".repeat(pad),
+        ended_by: None,
         resume: None,
     }
 }

@@ -124,6 +124,7 @@ impl Proxy {
                     disposition: Disposition::Rejected,
                     final_code: code,
                     appliance: p.s.appliance.clone(),
+                    ended_by: None,
                     resume: None,
                 }),
                 ended: true,
@@ -245,6 +246,7 @@ impl Proxy {
         self.next_seq += 1;
         let call = Call {
             seq,
+            answered_by: None,
             call_id: call_id.clone().into(),
             from_tag: from_tag.into(),
             setup: Some(Box::new(Setup {

@@ -470,7 +470,11 @@ impl Proxy {
             duration_ms,
             disposition,
             final_code: code,
-            appliance: self.s.appliance.clone(),
+            appliance: c
+                .answered_by
+                .as_deref()
+                .map_or_else(|| self.s.appliance.clone(), str::to_owned),
+            ended_by: c.answered_by.is_some().then(|| self.s.appliance.clone()),
             resume: None,
         })
     }

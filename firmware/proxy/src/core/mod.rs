@@ -203,6 +203,9 @@ impl TimerKind {
 #[derive(Debug)]
 struct Call {
     seq: u64,
+    /// The appliance that answered the call, when it is another than this one (a call
+    /// carried on after the pair's failover): its records keep naming it.
+    answered_by: Option<Box<str>>,
     call_id: Box<str>,
     from_tag: Box<str>,
     /// What only the setup needs; dropped at answer.

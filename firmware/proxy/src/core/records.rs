@@ -70,6 +70,7 @@ impl Proxy {
         let server_key = TransactionKey::server("z9hG4bKresumed", "resumed", "INVITE").ok()?;
         let call = Call {
             seq,
+            answered_by: (cdr.appliance != self.s.appliance).then(|| cdr.appliance.as_str().into()),
             call_id: cdr.call_id.as_str().into(),
             from_tag: r.from_tag.as_str().into(),
             setup: None,

@@ -678,6 +678,7 @@ fn cdr(call_id: &str) -> Cdr {
         disposition: Disposition::Answered,
         final_code: 200,
         appliance: APPLIANCE.to_owned(),
+        ended_by: None,
         resume: None,
     }
 }
