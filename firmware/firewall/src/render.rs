@@ -393,30 +393,39 @@ fn pair_rules(
         }
         let set = format!("pair_peer{}", if v6 { "6" } else { "4" });
         sets.push(prefix_set(set.clone(), peers, v6));
-        let port = Cond::Dport(cfg.heartbeat_port());
-        input.push(rule(
-            "pair:heartbeat",
-            vec![
-                Cond::Iifname(ifaces.clone()),
-                Cond::SaddrIn {
-                    v6,
-                    set: set.clone(),
-                },
-                Cond::L4Proto(vec!["udp"]),
-                port.clone(),
-            ],
-            Verdict::Accept,
-        ));
-        output.push(rule(
-            "pair:heartbeat",
-            vec![
-                Cond::Oifname(ifaces.clone()),
-                Cond::DaddrIn { v6, set },
-                Cond::L4Proto(vec!["udp"]),
-                port,
-            ],
-            Verdict::Accept,
-        ));
+        // The heartbeat (UDP) and the sync channel (TCP, the next port): only with the peer.
+        let sync_port = cfg.heartbeat_port().saturating_add(1);
+        for (name, l4, port) in [
+            ("pair:heartbeat", "udp", cfg.heartbeat_port()),
+            ("pair:sync", "tcp", sync_port),
+        ] {
+            input.push(rule(
+                name,
+                vec![
+                    Cond::Iifname(ifaces.clone()),
+                    Cond::SaddrIn {
+                        v6,
+                        set: set.clone(),
+                    },
+                    Cond::L4Proto(vec![l4]),
+                    Cond::Dport(port),
+                ],
+                Verdict::Accept,
+            ));
+            output.push(rule(
+                name,
+                vec![
+                    Cond::Oifname(ifaces.clone()),
+                    Cond::DaddrIn {
+                        v6,
+                        set: set.clone(),
+                    },
+                    Cond::L4Proto(vec![l4]),
+                    Cond::Dport(port),
+                ],
+                Verdict::Accept,
+            ));
+        }
     }
 }
 
@@ -668,6 +677,15 @@ mod tests {
             });
             assert!(bound, "{chain}: {c:?}");
             assert!(c.contains(&Cond::Dport(5405)), "{chain}: {c:?}");
+            let sync = rs
+                .chain(chain)
+                .unwrap()
+                .rules
+                .iter()
+                .find(|r| r.comment == "pair:sync")
+                .unwrap();
+            assert!(sync.conds.contains(&Cond::Dport(5406)), "{sync:?}");
+            assert!(sync.conds.contains(&Cond::L4Proto(vec!["tcp"])), "{sync:?}");
         }
         // Alone, no pair rules.
         assert!(!render(&lab())

@@ -39,7 +39,7 @@ mod vip;
 pub use announce::{garp, unsolicited_na, ANNOUNCE_AT_MS};
 pub use guard::run as run_guard;
 pub use node::{
-    spawn, HaHandle, HaSettings, HaThread, PairStatus, PathSettings, PathStatus, Rejects,
+    spawn, HaHandle, HaSettings, HaThread, Hooks, PairStatus, PathSettings, PathStatus, Rejects,
 };
 pub use vip::{release_all, VipSpec};
 

@@ -33,7 +33,6 @@ pub struct PathSettings {
 }
 
 /// Everything the heartbeat thread needs, resolved from the config and the pairing.
-#[derive(Debug)]
 pub struct HaSettings {
     pub node_name: String,
     pub peer_name: String,
@@ -52,6 +51,8 @@ pub struct HaSettings {
     pub key: PairKey,
     /// The executable to run as the VIP guard (`callgated`), or none (tests without VIPs).
     pub guard_exe: Option<std::path::PathBuf>,
+    /// Called around role changes.
+    pub hooks: Option<std::sync::Arc<dyn Hooks>>,
 }
 
 /// Why heartbeats were refused, by reason.
@@ -101,11 +102,14 @@ pub struct PairStatus {
     pub late_ticks: u64,
     pub paths: Vec<PathStatus>,
     pub rejected: Rejects,
+    /// Whether this node holds its peer's calls in progress.
+    pub synced: bool,
 }
 
 enum Cmd {
     Handover,
     Stop,
+    Synced(bool),
 }
 
 /// A view of the heartbeat thread: its status, and the planned handover.
@@ -120,6 +124,7 @@ impl std::fmt::Debug for Cmd {
         f.write_str(match self {
             Cmd::Handover => "Handover",
             Cmd::Stop => "Stop",
+            Cmd::Synced(_) => "Synced",
         })
     }
 }
@@ -133,6 +138,33 @@ impl HaHandle {
     pub fn handover(&self) -> bool {
         self.cmd.send(Cmd::Handover).is_ok()
     }
+
+    /// Whether this node holds its peer's state (replication): only a synced standby
+    /// takes over by preemption or handover.
+    pub fn set_synced(&self, synced: bool) {
+        let _ = self.cmd.send(Cmd::Synced(synced));
+    }
+}
+
+impl std::fmt::Debug for HaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaSettings")
+            .field("node", &self.node_name)
+            .field("peer", &self.peer_name)
+            .field("paths", &self.paths)
+            .field("vips", &self.vips)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the daemon does around a role change, called on the heartbeat thread.
+pub trait Hooks: Send + Sync {
+    /// Before the addresses are taken: inject the replicated state (calls in progress,
+    /// pinholes). Must return within a few tens of milliseconds.
+    fn activating(&self);
+    /// After the addresses are released: drop what only the active may hold. Must not
+    /// block.
+    fn deactivated(&self);
 }
 
 /// The heartbeat thread itself, owned by whoever may stop it.
@@ -252,6 +284,7 @@ struct Node {
     last_tick: Option<Instant>,
     /// Where `show pair` reads from (published on every role change and every 100 ms).
     status_tx: Option<watch::Sender<PairStatus>>,
+    synced: bool,
 }
 
 /// A fresh session id. The kernel's random number generator does not fail on a running
@@ -319,8 +352,10 @@ impl Node {
         let start = Instant::now();
         let mut election =
             Election::new(cfg, Millis(0)).map_err(|e| HaError::Election(e.to_string()))?;
-        // Nothing is replicated yet (planned): a standby has all there is to have.
-        election.set_synced(true);
+        // Without replication (no hooks) a standby has all there is to have; with it,
+        // it is synced once it holds its peer's calls in progress.
+        let synced = s.hooks.is_none();
+        election.set_synced(synced);
         for p in &paths {
             if !p.link_up {
                 election.on_link(Millis(0), p.id, false);
@@ -348,6 +383,7 @@ impl Node {
             late_ticks: 0,
             last_tick: None,
             status_tx: None,
+            synced,
         };
         let h = node.health();
         node.election.set_health(h);
@@ -398,6 +434,10 @@ impl Node {
                 Ok(Cmd::Handover) => {
                     let now = self.now_ms(Instant::now());
                     self.election.request_handover(now);
+                }
+                Ok(Cmd::Synced(v)) => {
+                    self.election.set_synced(v);
+                    self.synced = v;
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
             }
@@ -603,6 +643,10 @@ impl Node {
     fn apply_role(&mut self, now: Instant) {
         let active = self.election.role() == Role::Active;
         if active && !self.vips.held() {
+            // First the state (calls in progress, their pinholes), then the addresses.
+            if let Some(h) = &self.s.hooks {
+                h.activating();
+            }
             self.guard_send(ARM);
             let failed = self.vips.take(now);
             log::warn!(
@@ -618,6 +662,9 @@ impl Node {
             let failed = self.vips.release();
             self.guard_send(DISARM);
             log::warn!("pair: not active; virtual addresses released ({failed} failed)");
+            if let Some(h) = &self.s.hooks {
+                h.deactivated();
+            }
         }
     }
 
@@ -648,6 +695,9 @@ impl Node {
         if self.vips.held() {
             self.vips.release();
             self.guard_send(DISARM);
+            if let Some(h) = &self.s.hooks {
+                h.deactivated();
+            }
         }
         if let Some((mut child, pipe)) = self.guard.take() {
             drop(pipe);
@@ -695,6 +745,7 @@ impl Node {
                 })
                 .collect(),
             rejected: self.rejects.clone(),
+            synced: self.synced,
         }
     }
 }
