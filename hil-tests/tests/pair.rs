@@ -61,12 +61,14 @@ fn the_active_holds_every_virtual_address_and_takes_the_calls() {
     let recs = wait_cdrs(&a, 1);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["disposition"], "answered", "{}", recs[0]);
-    // The PBX saw the call come from the private VIP, not from A's own address.
-    assert_eq!(
-        hil_tests::calls::cdrs(&b).len(),
-        0,
-        "the standby routed nothing"
-    );
+    assert_eq!(recs[0]["appliance"], "lab-a");
+    // The standby holds the same record, replicated over the sync channel.
+    let on_b = wait_cdrs(&b, 1);
+    assert_eq!(on_b, recs, "B's copy of A's record");
+    let rep = &show_pair(&a)["replication"];
+    assert_eq!(rep["connected"], true, "{rep}");
+    assert!(rep["batches_acked"].as_u64().unwrap() >= 1, "{rep}");
+    assert_eq!(show_pair(&b)["synced"], true);
 }
 
 #[test]
@@ -263,4 +265,73 @@ fn a_planned_failover_swaps_the_roles_and_only_the_active_may_ask() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(role(&b), "active");
     assert_eq!(role(&a), "standby");
+}
+
+/// SIGKILL of the active while 100 calls are held: B takes the addresses and carries the
+/// calls on from the records A replicated, so the callers' BYEs (all after the kill) are
+/// routed by B to the PBX, and every answered call has exactly one complete record on B,
+/// naming A as the appliance that answered it.
+#[test]
+fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
+    let lab = new_pair_lab();
+    let (mut a, b) = start_pair(&lab);
+    let pbx = callee(&lab);
+    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(100)
+        .rate(50.0)
+        .duration(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .expect("caller");
+    // All 100 calls are set up within 2 s and held for 5 s: kill A at 2.5 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    a.kill9();
+    let r = call.wait(Duration::from_secs(90)).expect("caller ends");
+    let _ = pbx.stop();
+    assert_eq!(role(&b), "active");
+    assert_eq!((r.successful, r.failed), (100, 0), "{}", r.summary());
+    let answered: Vec<String> = r
+        .final_calls
+        .iter()
+        .filter(|(c, _)| *c == 200)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(answered.len(), 100);
+    let all = wait_cdrs(&b, 100);
+    let records = hil_tests::calls::cdrs(&b);
+    for id in &answered {
+        let mine: Vec<&serde_json::Value> =
+            records.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
+        assert_eq!(mine[0]["disposition"], "answered", "{}", mine[0]);
+        assert!(
+            !mine[0]["end_at"].is_null(),
+            "call {id} has no end: {}",
+            mine[0]
+        );
+        assert_eq!(mine[0]["appliance"], "lab-a", "{}", mine[0]);
+        assert_eq!(mine[0]["ended_by"], "lab-b", "{}", mine[0]);
+    }
+    let carried = all
+        .iter()
+        .filter(|c| {
+            c["answer_at"].as_u64().is_some_and(|t| t < killed_at)
+                && c["end_at"].as_u64().is_some_and(|t| t > killed_at)
+        })
+        .count();
+    assert_eq!(carried, 100, "every call was in progress at the kill");
+    assert!(
+        b.log().contains("calls in progress carried on"),
+        "{}",
+        b.log()
+    );
 }

@@ -21,6 +21,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::replica::Replicator;
 use callgate_config::Config;
 use callgate_firewall::{error_chain, FirewallHandle, PinholeChange, PinholeProto};
 use callgate_proxy::driver::{self, Effect, SipHandle};
@@ -77,6 +78,7 @@ pub fn start(
     config: watch::Receiver<Arc<Config>>,
     firewall: FirewallHandle,
     store: Arc<Store>,
+    replicator: Option<Replicator>,
 ) -> Option<(SipHandle, RecordsInFlight)> {
     let cfg = config.borrow().clone();
     if cfg.sip.listen.is_empty() {
@@ -104,6 +106,7 @@ pub fn start(
         store,
         progress.clone(),
         handle.clone(),
+        replicator,
     ));
     tokio::spawn(follow_config(config, handle.clone()));
     Some((handle, progress))
@@ -124,12 +127,21 @@ async fn effects(
     store: Arc<Store>,
     progress: RecordsInFlight,
     sip: SipHandle,
+    replicator: Option<Replicator>,
 ) {
     let (records, queue) = std_mpsc::channel::<Job>();
+    if let Some(r) = &replicator {
+        // A bulk sync goes through the writer's queue, in order with its batches.
+        let bulk = records.clone();
+        r.set_bulk_request(Box::new(move || {
+            let _ = bulk.send(Job::Bulk);
+        }));
+    }
     let done = progress.clone();
+    let rep = replicator.clone();
     let writer = std::thread::Builder::new()
         .name("cdr-writer".into())
-        .spawn(move || write_records(&store, &queue, &done, &sip));
+        .spawn(move || write_records(&store, &queue, &done, &sip, rep.as_ref()));
     if let Err(e) = writer {
         log::error!("sip: the call record writer did not start: {e}");
         return;
@@ -156,6 +168,9 @@ async fn effects(
                 Effect::Block { ip, ttl } => {
                     if let Err(e) = firewall.block(ip, ttl).await {
                         log::error!("sip: blocklist {ip}: {}", error_chain(&e));
+                    }
+                    if let Some(r) = &replicator {
+                        r.send_block(ip, ttl);
                     }
                 }
                 Effect::Resumed { seq, id } => {
@@ -216,6 +231,8 @@ enum Job {
         seq: u64,
         id: u64,
     },
+    /// Send the calls in progress to the pair's peer (replication's bulk sync).
+    Bulk,
 }
 
 /// A record the proxy emitted: `seq` is the call, `ended` false for the answer-time one.
@@ -233,7 +250,15 @@ fn write_records(
     queue: &std_mpsc::Receiver<Job>,
     done: &RecordsInFlight,
     sip: &SipHandle,
+    replicator: Option<&Replicator>,
 ) {
+    let bulk = |store: &Store| {
+        if let Some(r) = replicator {
+            let open = store.calls_in_progress_now();
+            let recs: Vec<(u64, &Cdr)> = open.iter().map(|r| (r.id, &r.value)).collect();
+            r.send_bulk(&recs);
+        }
+    };
     // Answered calls still in progress: their reserved record id.
     let mut answered: HashMap<u64, u64> = HashMap::new();
     // Whether the last batch held more than one record: records come faster than they
@@ -244,6 +269,10 @@ fn write_records(
             Job::Record(p) => p,
             Job::Resumed { seq, id } => {
                 answered.insert(seq, id);
+                continue;
+            }
+            Job::Bulk => {
+                bulk(store);
                 continue;
             }
         };
@@ -261,6 +290,7 @@ fn write_records(
                 Ok(Job::Resumed { seq, id }) => {
                     answered.insert(seq, id);
                 }
+                Ok(Job::Bulk) => bulk(store),
                 Err(_) => break,
             }
         }
@@ -274,6 +304,25 @@ fn write_records(
         // batch: they collapse into the final one, reported with it.)
         for ended in [false, true] {
             let failed = store_records(store, &writes, ended);
+            // What this node stored goes to the pair's peer; an answered call's 2xx waits
+            // until the peer holds its record too (bounded: a silent peer costs ACK_WAIT).
+            if let Some(r) = replicator {
+                let recs: Vec<(u64, &Cdr)> = writes
+                    .iter()
+                    .filter(|w| w.ended == ended && !failed.contains(&w.id))
+                    .map(|w| (w.id, &*w.cdr))
+                    .collect();
+                if !recs.is_empty() {
+                    let sent = if ended {
+                        r.send_records(&[], &recs)
+                    } else {
+                        r.send_records(&recs, &[])
+                    };
+                    if let (false, Some(n)) = (ended, sent) {
+                        r.wait_acked(n);
+                    }
+                }
+            }
             for seq in &answer_time {
                 if let Some(w) = writes.iter().find(|w| w.seq == *seq && w.ended == ended) {
                     sip.record_stored(*seq, !failed.contains(&w.id));
@@ -398,6 +447,7 @@ mod tests {
                 disposition: Disposition::Answered,
                 final_code: code,
                 appliance: "a".into(),
+                ended_by: None,
                 resume: None,
             }),
         }

@@ -159,6 +159,7 @@ async fn handle(
             store,
             sip,
             pair,
+            replica,
         } => {
             match req {
                 Request::ShowCalls | Request::ShowSipStats | Request::ShowCdrs { .. } => {
@@ -166,9 +167,10 @@ async fn handle(
                 }
                 Request::ShowPair => {
                     let state = pair.borrow().clone();
+                    let rep = replica.as_ref().map(|r| r.status());
                     return Response::ok(
-                        crate::pair::show_text(&state),
-                        crate::pair::show_json(&state),
+                        crate::pair::show_text(&state, rep.as_ref()),
+                        crate::pair::show_json(&state, rep.as_ref()),
                     );
                 }
                 Request::Failover => {
@@ -188,7 +190,7 @@ async fn handle(
                                 Response::err("the heartbeat thread is gone")
                             }
                         }
-                        other => Response::err(crate::pair::show_text(&other)),
+                        other => Response::err(crate::pair::show_text(&other, None)),
                     };
                 }
                 _ => {}

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::pair::PairState;
 use crate::{exit_for, spawn_guard, HandleApplier, EXIT_INTERNAL, EXIT_STATE};
-use callgate_ha::HaThread;
+use callgate_ha::{HaHandle, HaThread, Hooks};
 
 /// What the rest of the daemon sees.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub enum Phase {
         sip: Option<callgate_proxy::driver::SipHandle>,
         /// The pair (changes with `pair init`, `pair join`, `unpair`).
         pair: watch::Receiver<PairState>,
+        /// Replication to the pair's peer (with a `[pair]` in the config).
+        replica: Option<crate::replica::Replicator>,
     },
 }
 
@@ -76,6 +78,11 @@ struct Running {
     config: watch::Receiver<Arc<callgate_config::Config>>,
     pair_tx: watch::Sender<PairState>,
     pair_thread: Option<HaThread>,
+    /// What replication connects with (None: not paired).
+    replica_tx: watch::Sender<Option<Arc<crate::replica::Settings>>>,
+    /// The heartbeat thread, for replication to report "synced".
+    ha_tx: watch::Sender<Option<HaHandle>>,
+    hooks: Option<Arc<dyn Hooks>>,
 }
 
 impl Running {
@@ -85,6 +92,8 @@ impl Running {
         if let Some(t) = self.pair_thread.take() {
             t.stop(deadline);
         }
+        self.replica_tx.send_replace(None);
+        self.ha_tx.send_replace(None);
         self.pair_tx.send_replace(next);
     }
 
@@ -92,9 +101,17 @@ impl Running {
     fn start_pair(&mut self, state_dir: &std::path::Path, deadline: Duration) {
         self.stop_pair(PairState::Unpaired, deadline);
         let cfg = self.config.borrow().clone();
-        let (state, thread) = crate::pair::start(&cfg, state_dir, &self.kek);
-        self.pair_thread = thread;
-        self.pair_tx.send_replace(state);
+        let started = crate::pair::start(&cfg, state_dir, &self.kek, self.hooks.clone());
+        self.publish_pair(started);
+    }
+
+    fn publish_pair(&mut self, started: crate::pair::Started) {
+        self.pair_thread = started.thread;
+        if let PairState::Running(h) = &started.state {
+            self.ha_tx.send_replace(Some(h.clone()));
+        }
+        self.replica_tx.send_replace(started.replica);
+        self.pair_tx.send_replace(started.state);
     }
 }
 
@@ -142,28 +159,54 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
                 format!("cannot start the config thread: {e}"),
             )
         })?;
-    let (sip, records) =
-        crate::calls::start(config.config(), ctx.firewall.clone(), store.clone()).unzip();
-    // The pair last: the SIP listeners are bound when the addresses arrive.
+    // A pair replicates records: ids of this node's parity, and a replicator the record
+    // writer sends to (it connects once the appliance is paired).
     let cfg = config.config().borrow().clone();
-    let (pair_state, pair_thread) = crate::pair::start(&cfg, &ctx.state_dir, &kek);
-    let (pair_tx, pair) = watch::channel(pair_state);
+    let (ha_tx, ha_rx) = watch::channel(None::<HaHandle>);
+    let (replica_tx, replica_rx) = watch::channel(None);
+    let replicator = cfg.pair.as_ref().map(|p| {
+        store.set_pair_node(p.index_of(&cfg.appliance.name));
+        crate::replica::spawn(replica_rx, store.clone(), ctx.firewall.clone(), ha_rx)
+    });
+    let (sip, records) = crate::calls::start(
+        config.config(),
+        ctx.firewall.clone(),
+        store.clone(),
+        replicator.clone(),
+    )
+    .unzip();
+    // The pair last: the SIP listeners are bound when the addresses arrive.
+    let hooks: Option<Arc<dyn Hooks>> = cfg.pair.as_ref().map(|_| {
+        Arc::new(crate::pair::Takeover {
+            store: store.clone(),
+            sip: sip.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }) as Arc<dyn Hooks>
+    });
+    let (pair_tx, pair) = watch::channel(PairState::Alone);
     let config_rx = config.config();
+    let mut running = Running {
+        kek,
+        config_thread,
+        records,
+        config: config_rx,
+        pair_tx,
+        pair_thread: None,
+        replica_tx,
+        ha_tx,
+        hooks: hooks.clone(),
+    };
+    let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
+    running.publish_pair(started);
     Ok((
         Phase::Running {
             config,
             store,
             sip,
             pair,
+            replica: replicator,
         },
-        Running {
-            kek,
-            config_thread,
-            records,
-            config: config_rx,
-            pair_tx,
-            pair_thread,
-        },
+        running,
     ))
 }
 
@@ -469,6 +512,7 @@ async fn pair_init(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<Stri
         }
         let secret = callgate_vault::PairingSecret::generate().map_err(|e| e.to_string())?;
         let key = secret.pair_key().map_err(|e| e.to_string())?;
+        crate::replica::remove_identity(&c.state_dir);
         crate::pair::store_key(&c.state_dir, &run.kek, &key)?;
         run.start_pair(&c.state_dir, c.drain);
         log::warn!("pair: a new pair key was made; the pairing secret was shown once");
@@ -488,6 +532,7 @@ async fn pair_join(
         let secret = callgate_vault::PairingSecret::parse(&text)
             .map_err(|e| format!("that is not a valid pairing secret: {e}"))?;
         let key = secret.pair_key().map_err(|e| e.to_string())?;
+        crate::replica::remove_identity(&c.state_dir);
         crate::pair::store_key(&c.state_dir, &run.kek, &key)?;
         run.start_pair(&c.state_dir, c.drain);
         log::warn!("pair: joined with a pairing secret");
@@ -506,6 +551,7 @@ async fn unpair(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<(), Str
         };
         run.stop_pair(next, c.drain);
         crate::pair::remove_key(&c.state_dir)?;
+        crate::replica::remove_identity(&c.state_dir);
         let cfg = run.config.borrow().clone();
         callgate_ha::release_all(&crate::pair::vips(&cfg));
         log::warn!("pair: unpaired; the pair key is forgotten");

@@ -11,9 +11,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use callgate_config::{Config, ZoneName};
-use callgate_ha::{HaHandle, HaSettings, HaThread, PathSettings, VipSpec};
+use callgate_ha::{HaHandle, HaSettings, HaThread, Hooks, PathSettings, VipSpec};
+use callgate_proxy::driver::SipHandle;
+use callgate_store::{Cdr, Store};
 use callgate_vault::{unwrap_pair_key, wrap_pair_key, Kek, Zeroizing};
+
+use crate::replica;
 
 /// The wrapped pair key, in the state directory.
 pub const KEY_FILE: &str = "pair.key";
@@ -92,6 +98,87 @@ pub fn vips(cfg: &Config) -> Vec<VipSpec> {
         .collect()
 }
 
+/// What a takeover injects before the addresses move, and what stepping down drops.
+pub struct Takeover {
+    pub store: Arc<Store>,
+    pub sip: Option<SipHandle>,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// How long a takeover waits for the proxy to take the calls in progress on.
+const RESUME_WAIT: Duration = Duration::from_millis(500);
+
+impl Hooks for Takeover {
+    fn activating(&self) {
+        let Some(sip) = &self.sip else { return };
+        let recs: Vec<(u64, Cdr)> = self
+            .store
+            .calls_in_progress_now()
+            .into_iter()
+            .map(|r| (r.id, r.value))
+            .collect();
+        if recs.is_empty() {
+            return;
+        }
+        let n = recs.len();
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(RESUME_WAIT, sip.resume(recs)).await });
+        match r {
+            Ok(Ok(c)) => {
+                log::warn!("pair: taking over: {c} new of {n} calls in progress carried on")
+            }
+            Ok(Err(e)) => log::error!("pair: taking over: the proxy did not take the calls: {e}"),
+            Err(_) => {
+                log::error!("pair: taking over: the proxy did not answer within {RESUME_WAIT:?}")
+            }
+        }
+    }
+
+    fn deactivated(&self) {
+        let Some(sip) = self.sip.clone() else { return };
+        self.rt.spawn(async move {
+            match sip.forget_all().await {
+                Ok(n) => log::warn!("pair: standing down: {n} calls left to the peer"),
+                Err(e) => log::error!("pair: standing down: {e}"),
+            }
+        });
+    }
+}
+
+/// The replication settings of a paired appliance: the sync link's addresses (the `sync`
+/// zone's heartbeat path, else the first), the heartbeat port + 1, the identity.
+pub fn replica_settings(
+    cfg: &Config,
+    key: &[u8; 32],
+    state_dir: &Path,
+    kek: &Kek,
+) -> Result<replica::Settings, String> {
+    let pair = cfg.pair.as_ref().ok_or("no [pair] in the config")?;
+    let me = &cfg.appliance.name;
+    let node = pair
+        .index_of(me)
+        .ok_or("this appliance is not a node of [pair]")?;
+    let paths = pair.paths(me);
+    let path = paths
+        .iter()
+        .find(|p| p.zone == ZoneName::Sync)
+        .or(paths.first())
+        .ok_or("no heartbeat path")?;
+    let (identity, pin) = replica::load_identity(state_dir, kek, me.as_str())?;
+    Ok(replica::Settings {
+        node,
+        local: path.local,
+        peer: path.peer,
+        port: cfg.heartbeat_port().saturating_add(1),
+        key: *key,
+        identity,
+        pin,
+        state_dir: state_dir.to_path_buf(),
+        kek: kek.clone(),
+    })
+}
+
 /// The heartbeat thread's settings from a validated config.
 pub fn settings(cfg: &Config, key: &[u8; 32], guard_exe: PathBuf) -> Result<HaSettings, String> {
     let pair = cfg.pair.as_ref().ok_or("no [pair] in the config")?;
@@ -138,13 +225,27 @@ pub fn settings(cfg: &Config, key: &[u8; 32], guard_exe: PathBuf) -> Result<HaSe
         monitored,
         key: callgate_pair::PairKey::from_bytes(*key),
         guard_exe: Some(guard_exe),
+        hooks: None,
     })
 }
 
+/// What [`start`] brings up.
+pub struct Started {
+    pub state: PairState,
+    pub thread: Option<HaThread>,
+    /// Replication's settings, when paired.
+    pub replica: Option<Arc<replica::Settings>>,
+}
+
 /// Starts the pair as the config and the key on disk say.
-pub fn start(cfg: &Config, state_dir: &Path, kek: &Kek) -> (PairState, Option<HaThread>) {
+pub fn start(cfg: &Config, state_dir: &Path, kek: &Kek, hooks: Option<Arc<dyn Hooks>>) -> Started {
+    let alone = |state| Started {
+        state,
+        thread: None,
+        replica: None,
+    };
     if cfg.pair.is_none() {
-        return (PairState::Alone, None);
+        return alone(PairState::Alone);
     }
     let key = match load_key(state_dir, kek) {
         Ok(Some(k)) => k,
@@ -153,42 +254,75 @@ pub fn start(cfg: &Config, state_dir: &Path, kek: &Kek) -> (PairState, Option<Ha
                 "the config has a [pair] but this appliance is not paired (callgate pair init / pair join): it holds no virtual addresses"
             );
             callgate_ha::release_all(&vips(cfg));
-            return (PairState::Unpaired, None);
+            return alone(PairState::Unpaired);
         }
         Err(e) => {
             log::error!("{e}; this appliance holds no virtual addresses");
             callgate_ha::release_all(&vips(cfg));
-            return (PairState::Failed(e), None);
+            return alone(PairState::Failed(e));
         }
     };
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            return (
-                PairState::Failed(format!("cannot find our own executable: {e}")),
-                None,
-            )
+            return alone(PairState::Failed(format!(
+                "cannot find our own executable: {e}"
+            )))
         }
     };
-    let spawned = settings(cfg, &key, exe)
-        .and_then(|s| callgate_ha::spawn(s).map_err(|e| callgate_firewall::error_chain(&e)));
+    let replica = match replica_settings(cfg, &key, state_dir, kek) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            log::error!("pair: no replication: {e}");
+            None
+        }
+    };
+    let spawned = settings(cfg, &key, exe).and_then(|mut s| {
+        // Without replication there is no state to inject or drop at a role change.
+        s.hooks = if replica.is_some() { hooks } else { None };
+        callgate_ha::spawn(s).map_err(|e| callgate_firewall::error_chain(&e))
+    });
     match spawned {
         Ok((handle, thread)) => {
             log::info!("pair: heartbeat running");
-            (PairState::Running(handle), Some(thread))
+            Started {
+                state: PairState::Running(handle),
+                thread: Some(thread),
+                replica,
+            }
         }
         Err(e) => {
             log::error!(
                 "pair: the heartbeat does not run: {e}; this appliance holds no virtual addresses"
             );
             callgate_ha::release_all(&vips(cfg));
-            (PairState::Failed(e), None)
+            alone(PairState::Failed(e))
         }
     }
 }
 
 /// `show pair` text.
-pub fn show_text(state: &PairState) -> String {
+pub fn show_text(state: &PairState, rep: Option<&replica::ReplicaStatus>) -> String {
+    let mut out = show_ha_text(state);
+    if let Some(r) = rep {
+        out.push_str(&format!(
+            "replication: {}{}, batches sent {} acknowledged {} received {} ({} records), last acknowledgement wait {}, connections {}, refused {}{}\n",
+            if r.connected { "connected" } else { "not connected" },
+            r.peer.as_ref().map(|p| format!(" to {p}")).unwrap_or_default(),
+            r.batches_sent,
+            r.batches_acked,
+            r.batches_received,
+            r.records_received,
+            r.last_ack_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into()),
+            r.connections,
+            r.refused,
+            r.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+fn show_ha_text(state: &PairState) -> String {
     match state {
         PairState::Alone => "alone: no [pair] in the config\n".into(),
         PairState::Unpaired => {
@@ -251,7 +385,15 @@ pub fn show_text(state: &PairState) -> String {
 }
 
 /// `show pair --json` data.
-pub fn show_json(state: &PairState) -> serde_json::Value {
+pub fn show_json(state: &PairState, rep: Option<&replica::ReplicaStatus>) -> serde_json::Value {
+    let mut v = show_ha_json(state);
+    if let Some(r) = rep {
+        v["replication"] = serde_json::to_value(r).unwrap_or_default();
+    }
+    v
+}
+
+fn show_ha_json(state: &PairState) -> serde_json::Value {
     match state {
         PairState::Alone => serde_json::json!({"state": "alone"}),
         PairState::Unpaired => serde_json::json!({"state": "unpaired"}),

@@ -1,0 +1,570 @@
+//! Replication between the two appliances of a pair, over the sync channel
+//! (`callgate-sync`: TLS 1.3, the pair key bound to the session, the peer's certificate
+//! pinned after first contact).
+//!
+//! What travels, in order, on one connection (JSON messages):
+//! - `Records`: every batch of call records this node wrote (the answer-time records of
+//!   calls in progress and the final ones), exactly as written; the receiver writes them
+//!   durably under its own keys with the same ids and answers `Ack`. Record ids never
+//!   collide: each node allocates ids of its own parity (`Store::set_pair_node`).
+//! - `Block`: a source the flood guard blocked, with its lifetime: the peer blocks it too.
+//! - `BulkDone`: after a (re)connect, each node sends the records of all its calls in
+//!   progress (sequenced by the record writer, so no final record can overtake them),
+//!   then `BulkDone`; a node is *synced* once it has its peer's.
+//!
+//! Replication is symmetric: whichever node is active sends, and a record from the peer
+//! is kept whatever this node's role (with both active after a partition, each keeps the
+//! other's records too). The answer of a call (its 2xx) waits for the peer's `Ack` of the
+//! answer-time record, bounded by [`ACK_WAIT`], so a standby that takes over knows every
+//! call that was answered before the active died.
+//!
+//! Node 0 listens on its sync link address at the heartbeat port + 1; node 1 connects.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use callgate_firewall::FirewallHandle;
+use callgate_ha::HaHandle;
+use callgate_store::{Cdr, Store};
+use callgate_sync::{Identity, PeerPin, SyncClient, SyncError, SyncServer};
+use callgate_vault::{seal_record, unwrap_dek, wrap_dek, Dek, Kek};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+/// How long an answered call's 2xx waits for the peer to hold its record.
+pub const ACK_WAIT: Duration = Duration::from_millis(200);
+/// Between connection attempts.
+const RETRY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Msg {
+    Records {
+        n: u64,
+        open: Vec<(u64, Cdr)>,
+        ended: Vec<(u64, Cdr)>,
+    },
+    Ack {
+        n: u64,
+    },
+    Block {
+        ip: IpAddr,
+        ttl_ms: u64,
+    },
+    BulkDone,
+}
+
+/// The connection's state as the record writer sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Link {
+    /// Bumped at every connection.
+    epoch: u64,
+    connected: bool,
+    /// The highest batch the peer acknowledged on this connection.
+    acked: u64,
+}
+
+/// What `show pair` shows of replication.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub connected: bool,
+    pub peer_synced_us: bool,
+    pub peer: Option<String>,
+    pub batches_sent: u64,
+    pub batches_acked: u64,
+    pub batches_received: u64,
+    pub records_received: u64,
+    pub last_ack_ms: Option<u64>,
+    pub connections: u64,
+    pub refused: u64,
+    pub last_error: Option<String>,
+}
+
+/// Asks the record writer for a bulk sync (sequenced with its batches).
+pub type BulkRequest = Box<dyn Fn() + Send + Sync>;
+
+struct Shared {
+    tx: mpsc::UnboundedSender<Msg>,
+    next_n: AtomicU64,
+    link: watch::Sender<Link>,
+    status: watch::Sender<ReplicaStatus>,
+    rt: tokio::runtime::Handle,
+    bulk: OnceLock<BulkRequest>,
+}
+
+/// The record writer's and the proxy effects' side of replication. Cheap to clone; its
+/// methods work from any thread.
+#[derive(Clone)]
+pub struct Replicator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replicator")
+    }
+}
+
+impl Replicator {
+    /// Sends a batch of records this node wrote; the batch number to wait for, when the
+    /// peer is connected.
+    pub fn send_records(&self, open: &[(u64, &Cdr)], ended: &[(u64, &Cdr)]) -> Option<u64> {
+        if !self.shared.link.borrow().connected {
+            return None;
+        }
+        let n = self.shared.next_n.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Records {
+            n,
+            open: open.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
+            ended: ended.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
+        };
+        self.shared.status.send_modify(|s| s.batches_sent += 1);
+        self.shared.tx.send(msg).ok().map(|()| n)
+    }
+
+    /// Blocks the calling (non-async) thread until the peer acknowledged batch `n`, the
+    /// connection dropped, or [`ACK_WAIT`] passed. Whether the peer has it.
+    pub fn wait_acked(&self, n: u64) -> bool {
+        let mut rx = self.shared.link.subscribe();
+        let epoch = rx.borrow().epoch;
+        let start = Instant::now();
+        let ok = self.shared.rt.block_on(async {
+            let r = tokio::time::timeout(
+                ACK_WAIT,
+                rx.wait_for(|l| l.epoch != epoch || !l.connected || l.acked >= n),
+            )
+            .await;
+            matches!(r, Ok(Ok(l)) if l.epoch == epoch && l.connected && l.acked >= n)
+        });
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.shared.status.send_modify(|s| s.last_ack_ms = Some(ms));
+        if !ok {
+            log::warn!("pair: the peer did not acknowledge record batch {n} within {ACK_WAIT:?}");
+        }
+        ok
+    }
+
+    /// A source the flood guard blocked: the peer blocks it too.
+    pub fn send_block(&self, ip: IpAddr, ttl: Duration) {
+        if self.shared.link.borrow().connected {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let _ = self.shared.tx.send(Msg::Block { ip, ttl_ms });
+        }
+    }
+
+    /// Sends this node's calls in progress and `BulkDone` (called by the record writer,
+    /// in its order, when asked through the bulk request).
+    pub fn send_bulk(&self, open: &[(u64, &Cdr)]) {
+        if !open.is_empty() {
+            let _ = self.send_records(open, &[]);
+        }
+        let _ = self.shared.tx.send(Msg::BulkDone);
+    }
+
+    /// How the record writer is asked for a bulk sync.
+    pub fn set_bulk_request(&self, f: BulkRequest) {
+        let _ = self.shared.bulk.set(f);
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        self.shared.status.borrow().clone()
+    }
+}
+
+/// Where the connection goes, and with what (present once the appliance is paired).
+pub struct Settings {
+    pub node: u8,
+    /// This node's and the peer's address on the sync link.
+    pub local: IpAddr,
+    pub peer: IpAddr,
+    pub port: u16,
+    pub key: [u8; 32],
+    pub identity: Identity,
+    pub pin: PeerPin,
+    pub state_dir: PathBuf,
+    pub kek: Kek,
+}
+
+/// Starts replication: the connection task runs on the current runtime, and connects
+/// whenever `settings` holds some (the appliance is paired).
+pub fn spawn(
+    settings: watch::Receiver<Option<Arc<Settings>>>,
+    store: Arc<Store>,
+    firewall: FirewallHandle,
+    ha: watch::Receiver<Option<HaHandle>>,
+) -> Replicator {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        tx,
+        next_n: AtomicU64::new(1),
+        link: watch::Sender::new(Link::default()),
+        status: watch::Sender::new(ReplicaStatus::default()),
+        rt: tokio::runtime::Handle::current(),
+        bulk: OnceLock::new(),
+    });
+    let r = Replicator {
+        shared: shared.clone(),
+    };
+    tokio::spawn(run(settings, shared, rx, store, firewall, ha));
+    r
+}
+
+fn set_synced(ha: &watch::Receiver<Option<HaHandle>>, synced: bool) {
+    if let Some(h) = &*ha.borrow() {
+        h.set_synced(synced);
+    }
+}
+
+async fn run(
+    mut settings: watch::Receiver<Option<Arc<Settings>>>,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    store: Arc<Store>,
+    firewall: FirewallHandle,
+    ha: watch::Receiver<Option<HaHandle>>,
+) {
+    loop {
+        // Not paired: wait until we are (and drop what is queued meanwhile).
+        let s = loop {
+            while rx.try_recv().is_ok() {}
+            if let Some(s) = settings.borrow_and_update().clone() {
+                break s;
+            }
+            if settings.changed().await.is_err() {
+                return;
+            }
+        };
+        tokio::select! {
+            () = session(&s, &shared, &mut rx, &store, &firewall, &ha) => {}
+            _ = settings.changed() => {
+                log::info!("pair: replication settings changed");
+            }
+        }
+        shared.link.send_modify(|l| l.connected = false);
+        shared.status.send_modify(|st| {
+            st.connected = false;
+            st.peer_synced_us = false;
+        });
+        set_synced(&ha, false);
+    }
+}
+
+/// Connects (or accepts) and carries messages until the connection ends; then again,
+/// forever (the caller stops it by dropping this future).
+async fn session(
+    s: &Settings,
+    shared: &Arc<Shared>,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    store: &Arc<Store>,
+    firewall: &FirewallHandle,
+    ha: &watch::Receiver<Option<HaHandle>>,
+) {
+    let listen = SocketAddr::new(s.local, s.port);
+    let mut pin = s.pin;
+    let mut server: Option<SyncServer> = None;
+    loop {
+        // While there is no connection, what is queued is dropped: the bulk sync at the
+        // next connection carries the calls in progress.
+        while rx.try_recv().is_ok() {}
+        let conn = if s.node == 0 {
+            if server.is_none() {
+                match SyncServer::bind(listen, &s.identity, &s.key, pin).await {
+                    Ok(srv) => server = Some(srv),
+                    Err(e) => {
+                        note_error(shared, format!("cannot listen on {listen}: {e}"));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            match server.as_mut() {
+                Some(srv) => srv.accept().await,
+                None => continue,
+            }
+        } else {
+            SyncClient::connect(
+                SocketAddr::new(s.local, 0),
+                SocketAddr::new(s.peer, s.port),
+                &s.identity,
+                &s.key,
+                pin,
+                Duration::from_secs(2),
+            )
+            .await
+        };
+        let (conn, info) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(
+                    e,
+                    SyncError::Binding | SyncError::PinMismatch { .. } | SyncError::OwnCertificate
+                ) {
+                    shared.status.send_modify(|st| st.refused += 1);
+                    log::warn!("pair: sync connection refused: {e}");
+                }
+                note_error(shared, e.to_string());
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if pin.is_none() {
+            pin = Some(info.fingerprint);
+            if let Err(e) = save_identity(&s.state_dir, &s.kek, &s.identity, pin) {
+                log::error!("pair: cannot keep the peer's certificate pin: {e}");
+            }
+            // The server was built without a pin: the next one has it.
+            server = None;
+            log::info!(
+                "pair: the peer's sync certificate is pinned ({})",
+                hex(&info.fingerprint)
+            );
+        }
+        let epoch = shared.link.borrow().epoch + 1;
+        let acked = shared.next_n.load(Ordering::Relaxed).saturating_sub(1);
+        shared.link.send_replace(Link {
+            epoch,
+            connected: true,
+            acked,
+        });
+        shared.status.send_modify(|st| {
+            st.connected = true;
+            st.connections += 1;
+            st.peer = Some(info.node_name.clone());
+            st.last_error = None;
+        });
+        log::info!(
+            "pair: sync channel up with {} ({})",
+            info.node_name,
+            info.addr
+        );
+        match shared.bulk.get() {
+            Some(f) => f(),
+            None => {
+                let _ = shared.tx.send(Msg::BulkDone);
+            }
+        }
+        let (mut reader, mut writer) = conn.into_split();
+        let read = async {
+            loop {
+                let bytes = match reader.recv().await {
+                    Ok(b) => b,
+                    Err(e) => return Err::<(), SyncError>(e),
+                };
+                let msg: Msg = match serde_json::from_slice(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        return Err(SyncError::Io(std::io::Error::other(format!(
+                            "a message from the peer does not parse: {e}"
+                        ))))
+                    }
+                };
+                apply(msg, shared, store, firewall, ha).await;
+            }
+        };
+        let write = async {
+            while let Some(m) = rx.recv().await {
+                match serde_json::to_vec(&m) {
+                    Ok(b) => writer.send(&b).await?,
+                    Err(e) => log::error!("pair: cannot encode a sync message: {e}"),
+                }
+            }
+            Ok::<(), SyncError>(())
+        };
+        let end: Result<(), SyncError> = tokio::select! {
+            r = read => r,
+            r = write => r,
+        };
+        let why = match end {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        log::warn!("pair: sync channel down: {why}");
+        shared.link.send_modify(|l| l.connected = false);
+        shared.status.send_modify(|st| {
+            st.connected = false;
+            st.peer_synced_us = false;
+            st.last_error = Some(why.clone());
+        });
+        set_synced(ha, false);
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn note_error(shared: &Shared, e: String) {
+    shared.status.send_modify(|st| st.last_error = Some(e));
+}
+
+async fn apply(
+    msg: Msg,
+    shared: &Shared,
+    store: &Arc<Store>,
+    firewall: &FirewallHandle,
+    ha: &watch::Receiver<Option<HaHandle>>,
+) {
+    match msg {
+        Msg::Records { n, open, ended } => {
+            let count = (open.len() + ended.len()) as u64;
+            let st = store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let o: Vec<(u64, &Cdr)> = open.iter().map(|(id, c)| (*id, c)).collect();
+                let e: Vec<(u64, &Cdr)> = ended.iter().map(|(id, c)| (*id, c)).collect();
+                st.write_cdrs(&o, &e)
+            })
+            .await;
+            match r {
+                Ok(Ok(failed)) => {
+                    for (id, e) in failed {
+                        log::error!(
+                            "pair: replicated record {id} could not be stored: {}",
+                            callgate_store::error_chain(&e)
+                        );
+                    }
+                    shared.status.send_modify(|s| {
+                        s.batches_received += 1;
+                        s.records_received += count;
+                    });
+                    let _ = shared.tx.send(Msg::Ack { n });
+                }
+                Ok(Err(e)) => log::error!(
+                    "pair: replicated records could not be stored (not acknowledged): {}",
+                    callgate_store::error_chain(&e)
+                ),
+                Err(e) => log::error!("pair: internal error storing replicated records: {e}"),
+            }
+        }
+        Msg::Ack { n } => {
+            shared.link.send_modify(|l| l.acked = l.acked.max(n));
+            shared.status.send_modify(|s| s.batches_acked += 1);
+        }
+        Msg::Block { ip, ttl_ms } => {
+            // At most a day: a peer's message cannot block a source forever.
+            let ttl = Duration::from_millis(ttl_ms.min(86_400_000));
+            if let Err(e) = firewall.block(ip, ttl).await {
+                log::error!(
+                    "pair: blocklist {ip} from the peer: {}",
+                    callgate_firewall::error_chain(&e)
+                );
+            }
+        }
+        Msg::BulkDone => {
+            shared.status.send_modify(|s| s.peer_synced_us = true);
+            set_synced(ha, true);
+            log::info!("pair: synced with the peer's calls in progress");
+        }
+    }
+}
+
+// ---- this node's sync identity, kept sealed -------------------------------------------
+
+/// The sealed identity file in the state directory.
+pub const IDENTITY_FILE: &str = "pair.identity";
+const IDENTITY_AAD: &[u8] = b"callgate/pair-identity/v1";
+/// The id the identity's data key is wrapped under (apart from the store's data keys).
+const IDENTITY_KEY_ID: u32 = 0xC0DE_0001;
+
+#[derive(Serialize, Deserialize)]
+struct IdentityFile {
+    pem: String,
+    pin: Option<String>,
+}
+
+fn hex_decode(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Writes the identity and the pin sealed under a data key wrapped under the KEK:
+/// `[u16 length][wrapped key][sealed JSON]`, 0600, synced, renamed into place.
+pub fn save_identity(
+    state_dir: &Path,
+    kek: &Kek,
+    identity: &Identity,
+    pin: PeerPin,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = IdentityFile {
+        pem: identity.to_pem().to_string(),
+        pin: pin.map(|p| hex(&p)),
+    };
+    let json =
+        callgate_vault::Zeroizing::new(serde_json::to_vec(&file).map_err(|e| e.to_string())?);
+    let dek = Dek::generate().map_err(|e| e.to_string())?;
+    let wrapped = wrap_dek(kek, IDENTITY_KEY_ID, &dek).map_err(|e| e.to_string())?;
+    let sealed =
+        seal_record(&dek, IDENTITY_KEY_ID, IDENTITY_AAD, &json).map_err(|e| e.to_string())?;
+    let len = u16::try_from(wrapped.len()).map_err(|_| "wrapped key too long".to_owned())?;
+    let mut blob = len.to_be_bytes().to_vec();
+    blob.extend_from_slice(&wrapped);
+    blob.extend_from_slice(&sealed);
+    let path = state_dir.join(IDENTITY_FILE);
+    let tmp = state_dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&blob)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// This node's sync identity and the pinned peer certificate, made (and kept) at the
+/// first start after pairing.
+pub fn load_identity(
+    state_dir: &Path,
+    kek: &Kek,
+    node_name: &str,
+) -> Result<(Identity, PeerPin), String> {
+    let path = state_dir.join(IDENTITY_FILE);
+    let blob = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Identity::generate(node_name).map_err(|e| e.to_string())?;
+            save_identity(state_dir, kek, &id, None)?;
+            return Ok((id, None));
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let bad = || format!("{}: damaged or sealed under another key", path.display());
+    let len = usize::from(u16::from_be_bytes([
+        *blob.first().ok_or_else(bad)?,
+        *blob.get(1).ok_or_else(bad)?,
+    ]));
+    let wrapped = blob.get(2..2 + len).ok_or_else(bad)?;
+    let sealed = blob.get(2 + len..).ok_or_else(bad)?;
+    let dek = unwrap_dek(kek, IDENTITY_KEY_ID, wrapped).map_err(|_| bad())?;
+    let keyring = callgate_vault::Keyring::from_keys([(IDENTITY_KEY_ID, dek)], IDENTITY_KEY_ID)
+        .ok_or_else(bad)?;
+    let json = keyring.open(IDENTITY_AAD, sealed).map_err(|_| bad())?;
+    let file: IdentityFile = serde_json::from_slice(&json).map_err(|_| bad())?;
+    let id = Identity::from_pem(file.pem.as_bytes()).map_err(|e| e.to_string())?;
+    let pin = match file.pin {
+        Some(h) => Some(hex_decode(&h).ok_or_else(bad)?),
+        None => None,
+    };
+    Ok((id, pin))
+}
+
+/// Forgets the identity and the pin (unpairing, re-pairing).
+pub fn remove_identity(state_dir: &Path) {
+    let _ = std::fs::remove_file(state_dir.join(IDENTITY_FILE));
+}
