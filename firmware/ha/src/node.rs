@@ -95,6 +95,8 @@ pub struct PairStatus {
     pub peer_term: Option<u64>,
     pub peer_priority: Option<u8>,
     pub peer_health: Option<u8>,
+    /// Whether the peer says it holds this node's state (replication).
+    pub peer_synced: bool,
     pub vips_held: bool,
     pub vips: Vec<String>,
     pub transitions: u64,
@@ -348,6 +350,7 @@ impl Node {
             preempt_delay: s.preempt_delay.map(ms),
             late_after: ms(s.late_after),
             fence_hold: ms(s.interval * s.misses * 2),
+            link_up_grace: Millis(1_000),
         };
         let start = Instant::now();
         let mut election =
@@ -723,6 +726,7 @@ impl Node {
             peer_term: peer.as_ref().map(|p| p.term),
             peer_priority: peer.as_ref().map(|p| p.priority),
             peer_health: peer.as_ref().map(|p| p.health),
+            peer_synced: peer.as_ref().is_some_and(|p| p.live && p.synced),
             vips_held: self.vips.held(),
             vips: self.s.vips.iter().map(|v| v.to_string()).collect(),
             transitions: self.transitions,

@@ -42,8 +42,8 @@
 //!
 //! 1. **Start** as Standby. **Hold-down**: no takeover before `D` has passed since start,
 //!    except rule 3 (a live standby peer and we are the better one).
-//! 2. **Peer dead** (every path missed, including every link down) while we are Standby
-//!    with health > 0: become Active ([`Reason::PeerDead`]), synced or not: availability
+//! 2. **Peer dead** (every path missed) while we are Standby with health > 0 and not
+//!    isolated (rule 8): become Active ([`Reason::PeerDead`]), synced or not: availability
 //!    first; only preemption and handover ask for synced.
 //! 3. **Both standby**, peer live: the better one becomes Active ([`Reason::Elected`]);
 //!    the other stays. Both decide alike from the same two advertisements.
@@ -82,6 +82,16 @@
 //!    peer (rules 3–4) or after a full `D` without it (rule 2). A stopped active that
 //!    resumes comes back as Standby, never as a second active; a stopped standby that
 //!    resumes does not take over spuriously.
+//!
+//! 8. **Isolated**: when every heartbeat path's link is down at this node's own end, the
+//!    fault is on its side (or both sides lost everything): it cannot tell whether the
+//!    peer took over, and the peer, if alive, takes it for dead. An Active steps down
+//!    ([`Reason::Isolated`]) and a Standby does not take over (rule 2) until a link is
+//!    back, so an isolated node never answers on the shared addresses beside the peer.
+//!    A path whose link is down while another is up still counts as missed at once. A
+//!    link that comes back is a reset point `link_up_grace` ahead: that long plus a full
+//!    `D` to hear the peer before it can be declared dead (address resolution and the
+//!    switch port need time after a carrier returns).
 //!
 //! `late_after + 2 × interval ≤ D` is required ([`ConfigError::LateAfter`]): a stall the
 //! node does not notice must be too short for the peer to declare it dead.
@@ -157,6 +167,10 @@ pub struct ElectionConfig {
     pub late_after: Millis,
     /// After self-fencing, stay fenced this long after the last late input.
     pub fence_hold: Millis,
+    /// A link that comes back gets this long, on top of the dead interval, to carry a
+    /// heartbeat before the peer can be declared dead: the neighbour's address resolution
+    /// (ARP retries every second) and the switch port need time after a carrier returns.
+    pub link_up_grace: Millis,
 }
 
 impl ElectionConfig {
@@ -172,6 +186,7 @@ impl ElectionConfig {
             preempt_delay: None,
             late_after: Millis(50),
             fence_hold: Millis(1_000),
+            link_up_grace: Millis(1_000),
         }
     }
 
@@ -266,6 +281,9 @@ pub enum Reason {
     LateTimers,
     /// Fenced → Standby: `fence_hold` has passed (rule 7).
     FenceExpired,
+    /// Active → Standby: every heartbeat path's link is down at this node's own end; the
+    /// peer, if alive, takes it for dead and takes over (rule 8).
+    Isolated,
 }
 
 /// A role change: `from` → `to`, with the term after it.
@@ -512,6 +530,9 @@ impl Election {
             return fenced;
         }
         if up {
+            // A link back gets a full dead interval to carry a heartbeat before anything
+            // counts as missed again: the view from before it came back is stale.
+            self.reset = self.reset.max(now + self.cfg.link_up_grace);
             return None;
         }
         self.detect_death(now);
@@ -686,6 +707,14 @@ impl Election {
             })
     }
 
+    /// Every heartbeat path's local link is down (rule 8).
+    fn isolated(&self) -> bool {
+        self.link_up
+            .iter()
+            .take(usize::from(self.cfg.paths))
+            .all(|up| !up)
+    }
+
     fn live_peer(&self) -> Option<PeerInfo> {
         self.peer.filter(|_| self.peer_live)
     }
@@ -709,8 +738,11 @@ impl Election {
         }
     }
 
-    /// Rule 5.
+    /// Rules 5 and 8.
     fn evaluate_active(&mut self) -> Option<Transition> {
+        if self.isolated() {
+            return Some(self.change(Role::Standby, Reason::Isolated));
+        }
         let p = self.live_peer().filter(|p| p.role == WireRole::Active)?;
         if p.term > self.term {
             let reason = if self.handover_requested {
@@ -737,7 +769,7 @@ impl Election {
         match self.live_peer() {
             None => {
                 self.preempt_since = None;
-                (!held_down && self.all_missed(now))
+                (!held_down && !self.isolated() && self.all_missed(now))
                     .then(|| self.change(Role::Active, Reason::PeerDead))
             }
             Some(p) if p.role == WireRole::Standby => {

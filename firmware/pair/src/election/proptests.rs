@@ -85,6 +85,7 @@ impl Setup {
             preempt_delay: self.preempt.map(Millis),
             late_after: Millis(self.late_after),
             fence_hold: Millis(self.fence_hold),
+            link_up_grace: Millis(self.fence_hold),
         }
     }
 

@@ -20,6 +20,7 @@ fn cfg() -> ElectionConfig {
         preempt_delay: None,
         late_after: Millis(25),
         fence_hold: Millis(200),
+        link_up_grace: Millis(100),
     }
 }
 
@@ -284,7 +285,9 @@ fn peer_death_takes_over_unsynced_but_never_with_health_zero() {
 }
 
 #[test]
-fn every_link_down_is_peer_death_at_once_one_is_not() {
+fn a_node_whose_every_link_is_down_never_holds_the_role() {
+    // A standby with every link down does not take over, however long it hears nothing;
+    // a link back and silence on it: then it does.
     run(
         cfg(),
         &cat(&[
@@ -293,8 +296,28 @@ fn every_link_down_is_peer_death_at_once_one_is_not() {
                 (170, Link(P0, false), S, 1, None),
                 (172, Hb(P1, active(1)), S, 1, None),
                 (175, Tick, S, 1, None),
-                (180, Link(P1, false), A, 2, Some(Reason::PeerDead)),
+                (180, Link(P1, false), S, 1, None),
             ],
+            &quiet(200, 600, S, 1),
+            &[(610, Link(P1, true), S, 1, None)],
+            // The grace and a full dead interval from the link's return before the peer
+            // is dead.
+            &quiet(615, 790, S, 1),
+            &[(815, Tick, A, 2, Some(Reason::PeerDead))],
+        ]),
+    );
+    // An active whose every link goes down steps down at once.
+    run(
+        cfg(),
+        &cat(&[
+            &elected(),
+            &[
+                (110, Link(P1, false), A, 1, None),
+                (115, Tick, A, 1, None),
+                (120, Link(P0, false), S, 1, Some(Reason::Isolated)),
+                (125, Tick, S, 1, None),
+            ],
+            &quiet(150, 500, S, 1),
         ]),
     );
 }
