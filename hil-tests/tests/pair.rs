@@ -14,7 +14,7 @@ use hil_tests::calls::{wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
 use hil_tests::pair::{new_pair_lab, role, show_pair, start_pair, vips_held, wait_until, VIPS};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::spoof::{sniff_udp4, udp4_spoof};
-use hil_tests::{Host, Lab};
+use hil_tests::{Host, Lab, Segment};
 
 const HEARTBEAT_PORT: u16 = 5405;
 
@@ -334,4 +334,236 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         "{}",
         b.log()
     );
+}
+
+fn both_settled(lab: &Lab, active: Host) -> bool {
+    let standby = if active == Host::A { Host::B } else { Host::A };
+    vips_held(lab, active).len() == VIPS.len() && vips_held(lab, standby).is_empty()
+}
+
+/// Only one of the two heartbeat paths cut: the other carries the heartbeat, nothing moves.
+#[test]
+fn cutting_only_the_sync_link_never_makes_two_actives() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let before = (
+        show_pair(&a)["transitions"].clone(),
+        show_pair(&b)["transitions"].clone(),
+    );
+    lab.set_link(Host::A, Segment::Sync, false).unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(
+            both_settled(&lab, Host::A),
+            "A: {}\nB: {}",
+            show_pair(&a),
+            show_pair(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(role(&a), "active");
+    assert_eq!(role(&b), "standby");
+    assert_eq!(show_pair(&b)["peer_alive"], true);
+    // Replication runs over the sync link: the standby is no longer synced...
+    assert!(wait_until(Duration::from_secs(5), || show_pair(&b)
+        ["synced"]
+        == false));
+    lab.set_link(Host::A, Segment::Sync, true).unwrap();
+    // ...and is again once the link is back.
+    assert!(
+        wait_until(Duration::from_secs(10), || show_pair(&b)["synced"] == true),
+        "{}",
+        show_pair(&b)
+    );
+    let after = (
+        show_pair(&a)["transitions"].clone(),
+        show_pair(&b)["transitions"].clone(),
+    );
+    assert_eq!(before, after, "no role change");
+}
+
+/// Both paths cut at the active's end: it is isolated, steps down, and the standby takes
+/// over; at no moment do both hold the addresses.
+#[test]
+fn cutting_both_paths_at_the_actives_end_hands_over_without_two_actives() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    lab.set_link(Host::A, Segment::Sync, false).unwrap();
+    lab.set_link(Host::A, Segment::Private, false).unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut b_took = false;
+    while Instant::now() < until {
+        let (ha, hb) = (vips_held(&lab, Host::A), vips_held(&lab, Host::B));
+        assert!(
+            ha.is_empty() || hb.is_empty(),
+            "both hold addresses: A {ha:?} B {hb:?}"
+        );
+        b_took |= hb.len() == VIPS.len();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(b_took, "B: {}", show_pair(&b));
+    assert_eq!(role(&a), "standby", "{}", show_pair(&a));
+    assert!(show_pair(&a)["last_transition"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Isolated"));
+    // The cables back: A hears B active with a higher term and stays standby.
+    lab.set_link(Host::A, Segment::Sync, true).unwrap();
+    lab.set_link(Host::A, Segment::Private, true).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || show_pair(&a)
+        ["peer_alive"]
+        == true));
+    std::thread::sleep(Duration::from_millis(500));
+    let pick = |l: String| {
+        l.lines()
+            .filter(|x| x.contains("pair:"))
+            .map(|x| format!("{x}\n"))
+            .collect::<String>()
+    };
+    assert!(
+        both_settled(&lab, Host::B),
+        "A: {}\nB: {}\nA log:\n{}\nB log:\n{}",
+        show_pair(&a),
+        show_pair(&b),
+        pick(a.log()),
+        pick(b.log())
+    );
+    assert_eq!(role(&a), "standby");
+}
+
+/// Both paths cut in the middle (a switch that drops heartbeats, links up): each takes the
+/// other for dead, so both are active (the documented behaviour of a two-node pair
+/// without a third party); when the heartbeat gets through again, the higher term keeps
+/// the role and the other releases everything at once.
+#[test]
+fn a_switch_that_drops_heartbeats_makes_two_actives_until_it_heals() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let sw = lab.switch();
+    sw.exec(&["nft", "add", "table", "bridge", "cut"]).unwrap();
+    sw.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "bridge",
+        "cut",
+        "heartbeats",
+        "{ type filter hook forward priority 0; policy accept; }",
+    ])
+    .unwrap();
+    sw.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "bridge",
+        "cut",
+        "heartbeats",
+        "udp",
+        "dport",
+        "5405",
+        "drop",
+    ])
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || role(&a) == "active"
+            && role(&b) == "active"),
+        "A: {}\nB: {}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+    let b_term = show_pair(&b)["term"].as_u64().unwrap();
+    assert!(b_term > show_pair(&a)["term"].as_u64().unwrap());
+    sw.exec(&["nft", "delete", "table", "bridge", "cut"])
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || role(&a) == "standby"
+            && both_settled(&lab, Host::B)),
+        "A: {}\nB: {}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+    assert_eq!(role(&b), "active");
+    assert_eq!(
+        show_pair(&b)["term"].as_u64().unwrap(),
+        b_term,
+        "the higher term kept it"
+    );
+}
+
+/// A failed node comes back: it rejoins as standby, takes the active's calls in progress
+/// in the bulk sync, and the active never notices an outage (no role change).
+#[test]
+fn a_node_that_comes_back_rejoins_as_standby_and_syncs() {
+    let lab = new_pair_lab();
+    let (mut a, b) = start_pair(&lab);
+    a.kill9();
+    assert!(wait_until(Duration::from_secs(3), || both_settled(
+        &lab,
+        Host::B
+    )));
+    let pbx = callee(&lab);
+    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(20)
+        .rate(20.0)
+        .duration(Duration::from_secs(4))
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .expect("caller");
+    std::thread::sleep(Duration::from_millis(1500));
+    let b_before = show_pair(&b)["transitions"].clone();
+    a.launch().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || role(&a) == "standby"
+            && show_pair(&a)["synced"] == true),
+        "{}\n{}",
+        show_pair(&a),
+        a.log()
+    );
+    assert_eq!(
+        show_pair(&b)["transitions"],
+        b_before,
+        "B never changed role"
+    );
+    assert!(both_settled(&lab, Host::B));
+    // The bulk sync brought A the calls B holds in progress.
+    let rep = &show_pair(&a)["replication"];
+    assert!(rep["records_received"].as_u64().unwrap() >= 1, "{rep}");
+    let r = call.wait(Duration::from_secs(60)).expect("caller ends");
+    let _ = pbx.stop();
+    assert_eq!((r.successful, r.failed), (20, 0), "{}", r.summary());
+}
+
+/// A planned failover under call load: the standby takes over before the active lets go,
+/// and no call fails.
+#[test]
+fn a_planned_failover_under_call_load_fails_no_call() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    let pbx = callee(&lab);
+    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(100)
+        .rate(40.0)
+        .duration(Duration::from_secs(3))
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .expect("caller");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = a.cli(&["failover"]);
+    assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+    let r = call.wait(Duration::from_secs(60)).expect("caller ends");
+    let _ = pbx.stop();
+    assert_eq!((r.successful, r.failed), (100, 0), "{}", r.summary());
+    assert_eq!(role(&b), "active");
+    assert!(both_settled(&lab, Host::B));
+    assert_eq!(wait_cdrs(&b, 100).len(), 100);
 }

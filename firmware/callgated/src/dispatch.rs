@@ -177,18 +177,10 @@ async fn handle(
                     let state = pair.borrow().clone();
                     return match state {
                         crate::pair::PairState::Running(h) => {
-                            if h.status().role != "active" {
-                                Response::err("this appliance is not the active one: run failover on the active appliance")
-                            } else if !h.status().peer_alive {
-                                Response::err("the peer is not heard: a handover now would leave nobody active")
-                            } else if h.handover() {
-                                Response::ok(
-                                    "handover requested: the standby takes over, then this appliance releases the addresses",
-                                    json!({}),
-                                )
-                            } else {
-                                Response::err("the heartbeat thread is gone")
-                            }
+                            let ring = std::time::Duration::from_secs(u64::from(
+                                config.config().borrow().sip.ring_timeout_secs(),
+                            ));
+                            crate::pair::planned_failover(&h, sip.as_ref(), ring).await
                         }
                         other => Response::err(crate::pair::show_text(&other, None)),
                     };

@@ -301,6 +301,77 @@ pub fn start(cfg: &Config, state_dir: &Path, kek: &Kek, hooks: Option<Arc<dyn Ho
     }
 }
 
+/// `callgate failover`: a make-before-break handover with no dropped call. New calls are
+/// left to the peer (no answer: the caller's retransmission reaches the peer once it
+/// holds the addresses), the calls in setup here finish (answered or not), then the
+/// standby is asked to take over, and this node releases the addresses once it has.
+pub async fn planned_failover(
+    h: &HaHandle,
+    sip: Option<&SipHandle>,
+    ring_timeout: Duration,
+) -> callgate_control::Response {
+    use callgate_control::Response;
+    let s = h.status();
+    if s.role != "active" {
+        return Response::err(
+            "this appliance is not the active one: run failover on the active appliance",
+        );
+    }
+    if !s.peer_alive {
+        return Response::err("the peer is not heard: a handover now would leave nobody active");
+    }
+    if !s.peer_synced {
+        return Response::err("the peer does not hold this appliance's calls yet (not synced): a handover now would drop them");
+    }
+    let deadline = tokio::time::Instant::now() + ring_timeout + Duration::from_secs(5);
+    if let Some(sip) = sip {
+        loop {
+            match sip.drain(true).await {
+                Ok(0) => break,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(n) => {
+                    let _ = sip.drain(false).await;
+                    return Response::err(format!(
+                        "{n} calls still in setup after {ring_timeout:?}: handover abandoned"
+                    ));
+                }
+                Err(e) => return Response::err(e.to_string()),
+            }
+        }
+    }
+    let undrain = || async {
+        if let Some(sip) = sip {
+            let _ = sip.drain(false).await;
+        }
+    };
+    if !h.handover() {
+        undrain().await;
+        return Response::err("the heartbeat thread is gone");
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.status().role == "active" && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Standing down gave the proxy a fresh start; if the peer did not take over, this
+    // node takes new calls again.
+    undrain().await;
+    let s = h.status();
+    if s.role == "active" {
+        return Response::err("the peer did not take over within 5 s: this appliance stays active");
+    }
+    Response::ok(
+        format!(
+            "handed over: {} is active (term {}), this appliance is {}",
+            s.peer,
+            s.peer_term.unwrap_or(0),
+            s.role
+        ),
+        serde_json::json!({"role": s.role, "peer_term": s.peer_term}),
+    )
+}
+
 /// `show pair` text.
 pub fn show_text(state: &PairState, rep: Option<&replica::ReplicaStatus>) -> String {
     let mut out = show_ha_text(state);

@@ -38,6 +38,11 @@ use tokio::sync::{mpsc, watch};
 pub const ACK_WAIT: Duration = Duration::from_millis(200);
 /// Between connection attempts.
 const RETRY: Duration = Duration::from_millis(200);
+/// How often each side says something on an idle connection.
+const PING_EVERY: Duration = Duration::from_millis(250);
+/// A connection the peer says nothing on for this long is dead (a cut cable leaves a TCP
+/// connection established until something is sent).
+const SILENT_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -55,6 +60,8 @@ enum Msg {
         ttl_ms: u64,
     },
     BulkDone,
+    /// Nothing else to say: the connection is alive (every [`PING_EVERY`]).
+    Ping,
 }
 
 /// The connection's state as the record writer sees it.
@@ -349,9 +356,14 @@ async fn session(
         let (mut reader, mut writer) = conn.into_split();
         let read = async {
             loop {
-                let bytes = match reader.recv().await {
-                    Ok(b) => b,
-                    Err(e) => return Err::<(), SyncError>(e),
+                let bytes = match tokio::time::timeout(SILENT_FOR, reader.recv()).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => return Err::<(), SyncError>(e),
+                    Err(_) => {
+                        return Err(SyncError::Io(std::io::Error::other(format!(
+                            "the peer said nothing for {SILENT_FOR:?}"
+                        ))))
+                    }
                 };
                 let msg: Msg = match serde_json::from_slice(&bytes) {
                     Ok(m) => m,
@@ -365,13 +377,20 @@ async fn session(
             }
         };
         let write = async {
-            while let Some(m) = rx.recv().await {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            loop {
+                let m = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => return Ok::<(), SyncError>(()),
+                    },
+                    _ = ping.tick() => Msg::Ping,
+                };
                 match serde_json::to_vec(&m) {
                     Ok(b) => writer.send(&b).await?,
                     Err(e) => log::error!("pair: cannot encode a sync message: {e}"),
                 }
             }
-            Ok::<(), SyncError>(())
         };
         let end: Result<(), SyncError> = tokio::select! {
             r = read => r,
@@ -453,6 +472,7 @@ async fn apply(
                 );
             }
         }
+        Msg::Ping => {}
         Msg::BulkDone => {
             shared.status.send_modify(|s| s.peer_synced_us = true);
             set_synced(ha, true);

@@ -92,6 +92,7 @@ enum Command {
     Reconfigure(Arc<Config>),
     Resume(Vec<(u64, callgate_cdr::Cdr)>, oneshot::Sender<usize>),
     ForgetAll(oneshot::Sender<usize>),
+    Drain(bool, oneshot::Sender<usize>),
 }
 
 /// Errors starting the proxy.
@@ -176,6 +177,18 @@ impl SipHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::ForgetAll(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// A planned handover: `true` leaves new calls to the peer (see
+    /// [`Proxy::set_draining`]), `false` takes them again. Returns how many calls are
+    /// still in setup.
+    pub async fn drain(&self, on: bool) -> Result<usize, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Drain(on, tx))
             .await
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
@@ -464,6 +477,9 @@ async fn run(
                 flush_effects(&sh);
                 sh.timer.notify_one();
                 let _ = reply.send(carried);
+            }
+            Command::Drain(on, reply) => {
+                let _ = reply.send(sh.core.borrow_mut().set_draining(on));
             }
             Command::ForgetAll(reply) => {
                 let n = now(sh.start);

@@ -223,4 +223,7 @@ pub struct Stats {
     pub active_calls: u64,
     pub transactions: u64,
     pub destinations_down: u64,
+    /// New INVITEs left unanswered while a planned handover drained this node: their
+    /// retransmission reaches the peer once it holds the addresses.
+    pub invites_left_for_handover: u64,
 }

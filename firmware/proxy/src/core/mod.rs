@@ -383,6 +383,8 @@ pub struct Proxy {
     probes_pending: Vec<(callgate_config::SipUri, TransactionKey)>,
     /// Destination addresses (exempt from the flood guard, like carriers).
     dest_ips: Vec<IpAddr>,
+    /// A planned handover is under way: new calls are left to the peer.
+    draining: bool,
 }
 
 const FAILOVER_CODES: fn(u16) -> bool = |c| c == 408 || (500..=599).contains(&c);
@@ -477,6 +479,7 @@ impl Proxy {
             admission: None,
             stats: Stats::default(),
             next_seq: 1,
+            draining: false,
             rng: Csprng::new(),
             next_probe: now.mono,
             health: Health::new(),
@@ -819,6 +822,11 @@ impl Proxy {
             return;
         }
         match method {
+            "INVITE" if self.draining => {
+                // No answer at all (a 100 Trying would stop the caller's retransmissions):
+                // the retransmission reaches the peer once it holds the addresses.
+                self.stats.invites_left_for_handover += 1;
+            }
             "INVITE" => self.new_call(rq, bytes, key, out),
             "OPTIONS" if self.trusted(peer.addr.ip()) => {
                 let allow = [(

@@ -128,6 +128,17 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A planned handover: while draining, new INVITEs get no answer (their callers
+    /// retransmit, and the retransmission reaches the peer once it holds the addresses);
+    /// calls already in setup go on. Returns how many calls are still in setup.
+    pub fn set_draining(&mut self, on: bool) -> usize {
+        self.draining = on;
+        self.calls
+            .values()
+            .filter(|c| c.state != CallState::Answered || c.held_answer.is_some())
+            .count()
+    }
+
     /// Forgets every call, dialog and transaction, as a pair node that stops being active
     /// must: its peer carries the calls on from their replicated records, so this node
     /// neither ends them (no BYE, no record) nor keeps their timers. Counters and call
