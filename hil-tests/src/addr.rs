@@ -12,8 +12,8 @@
 //! | sync | 192.0.2.0/25 | 2001:db8:3::/64 | `sync0` | .1 / ::1 | .2 / ::2 | — (only when A and B are both in the lab) |
 //!
 //! The pair's virtual addresses (`config/lab-pair-*.toml`): WAN `.5` / `::5`, private `.5` /
-//! `::5`, held by whichever appliance is active. In a lab with both A and B the carrier and
-//! the PBX route through them.
+//! `::5`, held by whichever appliance is active. In a pair lab (`Lab::start_pair`) the
+//! carrier and the PBX route through them.
 //!
 //! The second ("ALT") addresses of the carrier and the mgmt host exist for "wrong source"
 //! tests: bind a probe to them explicitly. They are never picked as a default source

@@ -26,6 +26,8 @@ pub struct Lab {
     /// Namespaces created so far (teardown deletes exactly these).
     created: Vec<String>,
     procs: Mutex<Vec<Arc<ProcInner>>>,
+    /// The carrier and the PBX route through the pair's virtual addresses.
+    via_vips: bool,
 }
 
 /// A handle on one namespace of a [`Lab`].
@@ -61,6 +63,17 @@ impl Lab {
     /// present; the sync segment only when both A and B are. First deletes leftovers of
     /// dead runs. On error everything created so far is removed again.
     pub fn start(hosts: &[Host]) -> Result<Lab> {
+        Lab::start_with(hosts, false)
+    }
+
+    /// A lab for the redundant pair (`config/lab-pair-*.toml`): like [`Lab::start`], but
+    /// the carrier and the PBX route through the pair's virtual addresses, which only
+    /// the active appliance holds.
+    pub fn start_pair(hosts: &[Host]) -> Result<Lab> {
+        Lab::start_with(hosts, true)
+    }
+
+    fn start_with(hosts: &[Host], via_vips: bool) -> Result<Lab> {
         static FIRST: Once = Once::new();
         // The first lab of this process may also sweep names carrying our own pid (a
         // crashed earlier run that had the same pid); later ones must not.
@@ -75,6 +88,7 @@ impl Lab {
             hosts,
             created: Vec::new(),
             procs: Mutex::new(Vec::new()),
+            via_vips,
         };
         lab.build()?;
         Ok(lab)
@@ -171,9 +185,9 @@ impl Lab {
                 _ => None,
             };
             if let Some(seg) = gateway_segment {
-                // Via the pair's virtual address when both appliances are in the lab; else
-                // via A, or via B in a lab without A.
-                let pair = self.has(Host::A) && self.has(Host::B);
+                // Via the pair's virtual address in a pair lab; else via A, or via B in a
+                // lab without A.
+                let pair = self.via_vips;
                 let gw = [Host::A, Host::B]
                     .into_iter()
                     .find(|h| self.hosts.contains(h));

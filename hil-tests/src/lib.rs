@@ -38,8 +38,9 @@
 //!   namespace, and nothing in the lab has a route out of it. [`Lab::set_link`] pulls a
 //!   cable by setting a switch port down.
 //! - **Hosts.** `lo` up everywhere; DAD off (IPv6 usable at once); A and B forward IPv4
-//!   and IPv6. Carrier and pbx have default routes via A (via B in a lab without A); the
-//!   mgmt host has none (its peers are on-link).
+//!   and IPv6. Carrier and pbx have default routes via A (via B in a lab without A; via
+//!   the pair's virtual addresses in a [`Lab::start_pair`] lab); the mgmt host has none
+//!   (its peers are on-link).
 //! - **Processes.** [`Ns::spawn`] starts a process group leader and registers it: the lab
 //!   SIGTERMs, then SIGKILLs (after 2 s) and reaps each group when dropped. A test can
 //!   also kill or wait one itself through its [`Proc`].

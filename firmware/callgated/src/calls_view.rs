@@ -96,7 +96,7 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
 
 fn line(id: u64, c: &Cdr) -> String {
     format!(
-        "#{id} {} code={} number={} campaign={} caller={} name={} dest={} invite={} ring={} answer={} end={} duration_ms={} appliance={} call_id={}",
+        "#{id} {} code={} number={} campaign={} caller={} name={} dest={} invite={} ring={} answer={} end={} duration_ms={} appliance={}{} call_id={}",
         label(c.disposition),
         c.final_code,
         c.tracking_number,
@@ -113,6 +113,10 @@ fn line(id: u64, c: &Cdr) -> String {
         opt(c.end_at),
         c.duration_ms,
         c.appliance,
+        c.ended_by
+            .as_ref()
+            .map(|e| format!(" ended_by={e}"))
+            .unwrap_or_default(),
         c.call_id,
     )
 }
