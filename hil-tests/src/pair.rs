@@ -30,7 +30,8 @@ pub fn pair_toml(host: Host) -> String {
 
 /// A lab with the carrier, both appliances and the PBX segment.
 pub fn new_pair_lab() -> Lab {
-    Lab::start_pair(&[Host::Carrier, Host::A, Host::B, Host::Pbx]).unwrap_or_else(|e| panic!("lab: {e}"))
+    Lab::start_pair(&[Host::Carrier, Host::A, Host::B, Host::Pbx])
+        .unwrap_or_else(|e| panic!("lab: {e}"))
 }
 
 /// Both appliances started with their pair configs, provisioned, and paired: A makes the

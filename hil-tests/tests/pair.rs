@@ -567,3 +567,49 @@ fn a_planned_failover_under_call_load_fails_no_call() {
     assert!(both_settled(&lab, Host::B));
     assert_eq!(wait_cdrs(&b, 100).len(), 100);
 }
+
+/// `pair rekey` on either appliance: both keep a new pair key (sealed on disk), with no
+/// role change; a restarted appliance rejoins under the new key.
+#[test]
+fn a_rekey_replaces_the_key_on_both_without_a_role_change() {
+    let lab = new_pair_lab();
+    let (mut a, b) = start_pair(&lab);
+    let before = (
+        show_pair(&a)["transitions"].clone(),
+        show_pair(&b)["transitions"].clone(),
+    );
+    let file =
+        |x: &hil_tests::Appliance<'_>| std::fs::read(x.state_dir().join("pair.key")).unwrap();
+    let (ka, kb) = (file(&a), file(&b));
+    let out = b.cli(&["pair", "rekey"]);
+    assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+    assert!(wait_until(Duration::from_secs(2), || show_pair(&a)
+        ["rekeys"]
+        == 1
+        && show_pair(&b)["rekeys"] == 1));
+    assert_ne!(file(&a), ka, "A keeps a new key");
+    assert_ne!(file(&b), kb, "B keeps a new key");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = (
+        show_pair(&a)["transitions"].clone(),
+        show_pair(&b)["transitions"].clone(),
+    );
+    assert_eq!(before, after, "no role change");
+    assert_eq!(show_pair(&a)["rejected"]["auth"], 0, "{}", show_pair(&a));
+    assert_eq!(show_pair(&b)["rejected"]["auth"], 0, "{}", show_pair(&b));
+    // A stops (B takes over) and starts again: it reads the new key and rejoins.
+    assert_eq!(a.stop(), Some(0));
+    assert!(wait_until(Duration::from_secs(3), || both_settled(
+        &lab,
+        Host::B
+    )));
+    a.launch().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || role(&a) == "standby"
+            && show_pair(&a)["peer_alive"] == true
+            && show_pair(&b)["replication"]["connected"] == true),
+        "{}\n{}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+}

@@ -98,6 +98,9 @@ enum PairWhat {
     Join,
     /// Forget the pair key: release the virtual addresses and hold none until paired again.
     Unpair,
+    /// Replace the pair key with a new one, made here and sent to the peer over the sync
+    /// channel (both keep it; heartbeats under the old key are refused 10 s later).
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +264,7 @@ fn main() -> ExitCode {
                 }
             }
             PairWhat::Unpair => Request::Unpair,
+            PairWhat::Rekey => Request::PairRekey,
         },
         Cmd::Failover => Request::Failover,
     };

@@ -142,6 +142,15 @@ async fn handle(
                 Err(e) => Response::err(e),
             }
         }
+        Request::PairRekey => {
+            return match ask(lifecycle, Lifecycle::PairRekey).await {
+                Ok(()) => Response::ok(
+                    "re-keyed: both appliances keep the new pair key; the old one is refused from now on (10 s for heartbeats in flight)",
+                    json!({}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
         Request::Unpair => {
             return match ask(lifecycle, Lifecycle::Unpair).await {
                 Ok(()) => Response::ok(
@@ -334,6 +343,7 @@ async fn handle(
         | Request::Decommission { .. }
         | Request::PairInit
         | Request::PairJoin { .. }
+        | Request::PairRekey
         | Request::Unpair => Response::err("internal error: lifecycle request not handled"),
     }
 }

@@ -51,6 +51,7 @@ pub enum Lifecycle {
     PairInit(oneshot::Sender<Result<String, String>>),
     PairJoin(String, oneshot::Sender<Result<(), String>>),
     Unpair(oneshot::Sender<Result<(), String>>),
+    PairRekey(oneshot::Sender<Result<(), String>>),
 }
 
 pub struct Ctx {
@@ -83,6 +84,7 @@ struct Running {
     /// The heartbeat thread, for replication to report "synced".
     ha_tx: watch::Sender<Option<HaHandle>>,
     hooks: Option<Arc<dyn Hooks>>,
+    replicator: Option<crate::replica::Replicator>,
 }
 
 impl Running {
@@ -195,6 +197,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         replica_tx,
         ha_tx,
         hooks: hooks.clone(),
+        replicator: replicator.clone(),
     };
     let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
     running.publish_pair(started);
@@ -368,6 +371,10 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                     }
                     Lifecycle::Unpair(reply) => {
                         let r = unpair(&ctx, &mut running).await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::PairRekey(reply) => {
+                        let r = pair_rekey(&ctx, &mut running).await;
                         let _ = reply.send(r);
                     }
                 }
@@ -555,6 +562,42 @@ async fn unpair(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<(), Str
         let cfg = run.config.borrow().clone();
         callgate_ha::release_all(&crate::pair::vips(&cfg));
         log::warn!("pair: unpaired; the pair key is forgotten");
+        Ok(())
+    })
+    .await
+}
+
+async fn pair_rekey(ctx: &Arc<Ctx>, running: &mut Option<Running>) -> Result<(), String> {
+    let c = ctx.clone();
+    with_running(running, move |run| {
+        let ha = run
+            .ha_tx
+            .borrow()
+            .clone()
+            .ok_or("this appliance is not paired")?;
+        let rep = run
+            .replicator
+            .clone()
+            .ok_or("this appliance has no [pair] in its config")?;
+        if !rep.status().connected {
+            return Err("the peer is not connected over the sync channel: nothing changed".into());
+        }
+        let key: callgate_vault::Zeroizing<[u8; 32]> = callgate_vault::Zeroizing::new(
+            callgate_vault::random_bytes::<32>().map_err(|e| e.to_string())?,
+        );
+        // First accept the new key, then hand it over, then seal under it: no heartbeat
+        // of either side is refused on the way.
+        ha.accept_key(callgate_pair::PairKey::from_bytes(*key));
+        if !rep.rekey(&key) {
+            return Err("the peer did not confirm the new key within 2 s: this appliance keeps the old one (check `show pair` on both)".into());
+        }
+        crate::pair::store_key(&c.state_dir, &run.kek, &key).map_err(|e| {
+            log::error!("pair: the peer keeps the new key but this appliance cannot: {e}");
+            format!("the peer keeps the new key but this appliance cannot: {e}")
+        })?;
+        ha.rekey(callgate_pair::PairKey::from_bytes(*key));
+        rep.set_key(&key);
+        log::warn!("pair: re-keyed; both appliances keep the new pair key");
         Ok(())
     })
     .await

@@ -30,7 +30,7 @@ use callgate_firewall::FirewallHandle;
 use callgate_ha::HaHandle;
 use callgate_store::{Cdr, Store};
 use callgate_sync::{Identity, PeerPin, SyncClient, SyncError, SyncServer};
-use callgate_vault::{seal_record, unwrap_dek, wrap_dek, Dek, Kek};
+use callgate_vault::{seal_record, unwrap_dek, wrap_dek, Dek, Kek, Zeroizing};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -62,6 +62,12 @@ enum Msg {
     BulkDone,
     /// Nothing else to say: the connection is alive (every [`PING_EVERY`]).
     Ping,
+    /// A new pair key (hex), made by the sender: the receiver keeps it, seals its
+    /// heartbeats under it and answers `RekeyDone`.
+    Rekey {
+        key: String,
+    },
+    RekeyDone,
 }
 
 /// The connection's state as the record writer sees it.
@@ -100,6 +106,10 @@ struct Shared {
     status: watch::Sender<ReplicaStatus>,
     rt: tokio::runtime::Handle,
     bulk: OnceLock<BulkRequest>,
+    /// The pair key of the next connection, once a re-key replaced the settings' one.
+    key: watch::Sender<Option<Zeroizing<[u8; 32]>>>,
+    /// Re-keys the peer confirmed.
+    rekeys_done: watch::Sender<u64>,
 }
 
 /// The record writer's and the proxy effects' side of replication. Cheap to clone; its
@@ -179,6 +189,38 @@ impl Replicator {
     pub fn status(&self) -> ReplicaStatus {
         self.shared.status.borrow().clone()
     }
+
+    /// Sends a new pair key to the peer and blocks (non-async thread) until it confirms
+    /// that it keeps it, at most 2 s. Whether it did.
+    pub fn rekey(&self, key: &[u8; 32]) -> bool {
+        if !self.shared.link.borrow().connected {
+            return false;
+        }
+        let mut rx = self.shared.rekeys_done.subscribe();
+        let before = *rx.borrow();
+        let hex_key = Zeroizing::new(hex(key));
+        if self
+            .shared
+            .tx
+            .send(Msg::Rekey {
+                key: hex_key.to_string(),
+            })
+            .is_err()
+        {
+            return false;
+        }
+        self.shared.rt.block_on(async {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|n| *n > before)).await,
+                Ok(Ok(_))
+            )
+        })
+    }
+
+    /// The pair key the next connections bind (after a re-key).
+    pub fn set_key(&self, key: &[u8; 32]) {
+        self.shared.key.send_replace(Some(Zeroizing::new(*key)));
+    }
 }
 
 /// Where the connection goes, and with what (present once the appliance is paired).
@@ -211,6 +253,8 @@ pub fn spawn(
         status: watch::Sender::new(ReplicaStatus::default()),
         rt: tokio::runtime::Handle::current(),
         bulk: OnceLock::new(),
+        key: watch::Sender::new(None),
+        rekeys_done: watch::Sender::new(0),
     });
     let r = Replicator {
         shared: shared.clone(),
@@ -244,6 +288,7 @@ async fn run(
                 return;
             }
         };
+        shared.key.send_replace(None);
         tokio::select! {
             () = session(&s, &shared, &mut rx, &store, &firewall, &ha) => {}
             _ = settings.changed() => {
@@ -272,13 +317,24 @@ async fn session(
     let listen = SocketAddr::new(s.local, s.port);
     let mut pin = s.pin;
     let mut server: Option<SyncServer> = None;
+    let mut bound_key = Zeroizing::new(s.key);
     loop {
         // While there is no connection, what is queued is dropped: the bulk sync at the
         // next connection carries the calls in progress.
         while rx.try_recv().is_ok() {}
+        let key: Zeroizing<[u8; 32]> = shared
+            .key
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| Zeroizing::new(s.key));
+        if *key != *bound_key {
+            // A re-key: the next server binds the new key.
+            server = None;
+            bound_key = key.clone();
+        }
         let conn = if s.node == 0 {
             if server.is_none() {
-                match SyncServer::bind(listen, &s.identity, &s.key, pin).await {
+                match SyncServer::bind(listen, &s.identity, &key, pin).await {
                     Ok(srv) => server = Some(srv),
                     Err(e) => {
                         note_error(shared, format!("cannot listen on {listen}: {e}"));
@@ -296,7 +352,7 @@ async fn session(
                 SocketAddr::new(s.local, 0),
                 SocketAddr::new(s.peer, s.port),
                 &s.identity,
-                &s.key,
+                &key,
                 pin,
                 Duration::from_secs(2),
             )
@@ -373,7 +429,7 @@ async fn session(
                         ))))
                     }
                 };
-                apply(msg, shared, store, firewall, ha).await;
+                apply(msg, s, shared, store, firewall, ha).await;
             }
         };
         let write = async {
@@ -422,6 +478,7 @@ fn note_error(shared: &Shared, e: String) {
 
 async fn apply(
     msg: Msg,
+    s: &Settings,
     shared: &Shared,
     store: &Arc<Store>,
     firewall: &FirewallHandle,
@@ -473,6 +530,31 @@ async fn apply(
             }
         }
         Msg::Ping => {}
+        Msg::Rekey { key } => {
+            let Some(k) = hex_decode(&key).map(Zeroizing::new) else {
+                log::error!("pair: a re-key from the peer carries no valid key; ignored");
+                return;
+            };
+            let (dir, kek) = (s.state_dir.clone(), s.kek.clone());
+            let kk = k.clone();
+            let stored =
+                tokio::task::spawn_blocking(move || crate::pair::store_key(&dir, &kek, &kk)).await;
+            match stored {
+                Ok(Ok(())) => {
+                    if let Some(h) = &*ha.borrow() {
+                        h.rekey(callgate_pair::PairKey::from_bytes(*k));
+                    }
+                    shared.key.send_replace(Some(k));
+                    let _ = shared.tx.send(Msg::RekeyDone);
+                    log::warn!("pair: the peer re-keyed the pair; the new key is kept");
+                }
+                Ok(Err(e)) => log::error!("pair: cannot keep the new pair key: {e}"),
+                Err(e) => log::error!("pair: internal error keeping the new pair key: {e}"),
+            }
+        }
+        Msg::RekeyDone => {
+            shared.rekeys_done.send_modify(|n| *n += 1);
+        }
         Msg::BulkDone => {
             shared.status.send_modify(|s| s.peer_synced_us = true);
             set_synced(ha, true);

@@ -107,6 +107,8 @@ pub enum Request {
     Unpair,
     /// A planned handover: the active appliance asks its standby to take over.
     Failover,
+    /// A new pair key, made here, sent to the peer over the sync channel; both keep it.
+    PairRekey,
 }
 
 fn default_last() -> usize {
@@ -141,6 +143,7 @@ impl Request {
                 | Request::PairJoin { .. }
                 | Request::Unpair
                 | Request::Failover
+                | Request::PairRekey
         )
     }
 
@@ -168,6 +171,7 @@ impl Request {
             Request::PairJoin { .. } => "pair join",
             Request::Unpair => "unpair",
             Request::Failover => "failover",
+            Request::PairRekey => "pair rekey",
         }
     }
 }

@@ -40,6 +40,7 @@ pub use announce::{garp, unsolicited_na, ANNOUNCE_AT_MS};
 pub use guard::run as run_guard;
 pub use node::{
     spawn, HaHandle, HaSettings, HaThread, Hooks, PairStatus, PathSettings, PathStatus, Rejects,
+    REKEY_OVERLAP,
 };
 pub use vip::{release_all, VipSpec};
 

@@ -106,13 +106,20 @@ pub struct PairStatus {
     pub rejected: Rejects,
     /// Whether this node holds its peer's calls in progress.
     pub synced: bool,
+    /// Re-keys since start.
+    pub rekeys: u64,
 }
 
 enum Cmd {
     Handover,
     Stop,
     Synced(bool),
+    Rekey(Box<PairKey>),
+    AcceptKey(Box<PairKey>),
 }
+
+/// How long heartbeats under the previous pair key are still opened after a re-key.
+pub const REKEY_OVERLAP: Duration = Duration::from_secs(10);
 
 /// A view of the heartbeat thread: its status, and the planned handover.
 #[derive(Debug, Clone)]
@@ -127,6 +134,8 @@ impl std::fmt::Debug for Cmd {
             Cmd::Handover => "Handover",
             Cmd::Stop => "Stop",
             Cmd::Synced(_) => "Synced",
+            Cmd::Rekey(_) => "Rekey",
+            Cmd::AcceptKey(_) => "AcceptKey",
         })
     }
 }
@@ -139,6 +148,18 @@ impl HaHandle {
     /// Asks the peer to take over (planned failover); the addresses move when it has.
     pub fn handover(&self) -> bool {
         self.cmd.send(Cmd::Handover).is_ok()
+    }
+
+    /// A new pair key: heartbeats are sealed under it from now on, and those of the old
+    /// one are still opened for [`REKEY_OVERLAP`] (until the peer has switched too).
+    pub fn rekey(&self, key: PairKey) -> bool {
+        self.cmd.send(Cmd::Rekey(Box::new(key))).is_ok()
+    }
+
+    /// Opens heartbeats under `key` too, for [`REKEY_OVERLAP`], still sealing under the
+    /// current one (the side that starts a re-key, until the peer has the new key).
+    pub fn accept_key(&self, key: PairKey) -> bool {
+        self.cmd.send(Cmd::AcceptKey(Box::new(key))).is_ok()
     }
 
     /// Whether this node holds its peer's state (replication): only a synced standby
@@ -287,6 +308,10 @@ struct Node {
     /// Where `show pair` reads from (published on every role change and every 100 ms).
     status_tx: Option<watch::Sender<PairStatus>>,
     synced: bool,
+    /// Other pair keys still opened (the one before a re-key, the one a re-key is about
+    /// to bring), each until a deadline.
+    other_keys: Vec<(PairKey, Instant)>,
+    rekeys: u64,
 }
 
 /// A fresh session id. The kernel's random number generator does not fail on a running
@@ -387,6 +412,8 @@ impl Node {
             last_tick: None,
             status_tx: None,
             synced,
+            other_keys: Vec::new(),
+            rekeys: 0,
         };
         let h = node.health();
         node.election.set_health(h);
@@ -441,6 +468,15 @@ impl Node {
                 Ok(Cmd::Synced(v)) => {
                     self.election.set_synced(v);
                     self.synced = v;
+                }
+                Ok(Cmd::Rekey(key)) => {
+                    let old = std::mem::replace(&mut self.s.key, *key);
+                    self.other_keys.push((old, Instant::now() + REKEY_OVERLAP));
+                    self.rekeys += 1;
+                    log::warn!("pair: heartbeats now sealed under a new pair key");
+                }
+                Ok(Cmd::AcceptKey(key)) => {
+                    self.other_keys.push((*key, Instant::now() + REKEY_OVERLAP));
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
             }
@@ -517,7 +553,15 @@ impl Node {
             self.rejects.wrong_source += 1;
             return;
         }
-        let hb = match open(&self.s.key, bytes) {
+        self.other_keys.retain(|(_, until)| now < *until);
+        let mut opened = open(&self.s.key, bytes);
+        for (k, _) in &self.other_keys {
+            if !matches!(opened, Err(WireError::Auth)) {
+                break;
+            }
+            opened = open(k, bytes);
+        }
+        let hb = match opened {
             Ok(hb) => hb,
             Err(e) => {
                 match e {
@@ -750,6 +794,7 @@ impl Node {
                 .collect(),
             rejected: self.rejects.clone(),
             synced: self.synced,
+            rekeys: self.rekeys,
         }
     }
 }

@@ -303,11 +303,16 @@ fn pair() -> usize {
     let held = a.cli(&["--json", "show", "calls"]).json()["calls"]
         .as_array()
         .map_or(0, |v| v.len());
-    println!("\n20 calls dialled to the WAN VIP {}, held 4 s; {held} in progress on a", addr::WAN_VIP_V4);
+    println!(
+        "\n20 calls dialled to the WAN VIP {}, held 4 s; {held} in progress on a",
+        addr::WAN_VIP_V4
+    );
     println!("SIGKILL of a (the active) mid-call");
     let t0 = std::time::Instant::now();
     a.kill9();
-    let took = wait_until(Duration::from_secs(5), || vips_held(&lab, Host::B).len() == VIPS.len());
+    let took = wait_until(Duration::from_secs(5), || {
+        vips_held(&lab, Host::B).len() == VIPS.len()
+    });
     println!(
         "b holds the virtual addresses {:?} after {} ms (seen by the demo), role {}",
         vips_held(&lab, Host::B),
@@ -320,7 +325,10 @@ fn pair() -> usize {
     }
     match call.wait(Duration::from_secs(60)) {
         Ok(r) if r.successful == 20 && r.failed == 0 => {
-            println!("the callers hung up through b: {} calls ended normally, 0 failed", r.successful)
+            println!(
+                "the callers hung up through b: {} calls ended normally, 0 failed",
+                r.successful
+            )
         }
         Ok(r) => {
             println!("  unexpected: {}  <-- WRONG", r.summary());
