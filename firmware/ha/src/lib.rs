@@ -24,11 +24,17 @@
 //! - Health is the share of monitored links (the WAN and private zones' interfaces) that
 //!   are up; a heartbeat path whose link goes down counts as missed at once.
 //!
+//! - Around a role change the daemon's [`Hooks`] run on this thread: before the addresses
+//!   are taken the calls in progress (replicated by the daemon) are carried on, after
+//!   they are released the proxy forgets its calls.
+//! - A re-key ([`HaHandle::accept_key`], [`HaHandle::rekey`]) keeps the old key opened for
+//!   [`REKEY_OVERLAP`].
+//!
 //! ## Current limitations
-//! - Planned: replication of dialogs, records, pinholes and the blocklist, the encrypted
-//!   sync channel, pair-wide commits. Until then a takeover moves the addresses and new
-//!   calls, not the calls in progress.
 //! - `[pair]` changes take effect at the next start of the daemon.
+//! - The VIP guard dies with the daemon's cgroup on a `systemctl kill`; the addresses then
+//!   stay until the next start (which releases them first).
+//! - Health is the share of monitored links up; no other health checks yet.
 
 mod announce;
 mod guard;
