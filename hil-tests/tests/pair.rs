@@ -28,6 +28,23 @@ fn callee(lab: &Lab) -> SippHandle<'_> {
     h
 }
 
+/// `n` calls from the carrier to the pair's WAN VIP at `rate` per second, each held
+/// `hold`, under way.
+fn held_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> SippHandle<'_> {
+    Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(n)
+        .rate(rate)
+        .duration(hold)
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .expect("caller")
+}
+
 /// One call from the carrier to the pair's WAN VIP.
 fn call_via_vip(lab: &Lab) -> hil_tests::sipp::SippResult {
     Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
@@ -276,18 +293,7 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
     let lab = new_pair_lab();
     let (mut a, b) = start_pair(&lab);
     let pbx = callee(&lab);
-    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(WAN_VIP_V4, 5060)
-        .transport(Transport::Udp)
-        .service(UDP_NUMBER)
-        .caller(CALLER, CALLER_NAME)
-        .calls(100)
-        .rate(50.0)
-        .duration(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .spawn()
-        .expect("caller");
+    let call = held_calls(&lab, 100, 50.0, Duration::from_secs(5));
     // All 100 calls are set up within 2 s and held for 5 s: kill A at 2.5 s.
     std::thread::sleep(Duration::from_millis(2500));
     let killed_at = std::time::SystemTime::now()
@@ -502,18 +508,7 @@ fn a_node_that_comes_back_rejoins_as_standby_and_syncs() {
         Host::B
     )));
     let pbx = callee(&lab);
-    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(WAN_VIP_V4, 5060)
-        .transport(Transport::Udp)
-        .service(UDP_NUMBER)
-        .caller(CALLER, CALLER_NAME)
-        .calls(20)
-        .rate(20.0)
-        .duration(Duration::from_secs(4))
-        .timeout(Duration::from_secs(60))
-        .spawn()
-        .expect("caller");
+    let call = held_calls(&lab, 20, 20.0, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(1500));
     let b_before = show_pair(&b)["transitions"].clone();
     a.launch().unwrap();
@@ -545,18 +540,7 @@ fn a_planned_failover_under_call_load_fails_no_call() {
     let lab = new_pair_lab();
     let (a, b) = start_pair(&lab);
     let pbx = callee(&lab);
-    let call = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(WAN_VIP_V4, 5060)
-        .transport(Transport::Udp)
-        .service(UDP_NUMBER)
-        .caller(CALLER, CALLER_NAME)
-        .calls(100)
-        .rate(40.0)
-        .duration(Duration::from_secs(3))
-        .timeout(Duration::from_secs(60))
-        .spawn()
-        .expect("caller");
+    let call = held_calls(&lab, 100, 40.0, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1500));
     let out = a.cli(&["failover"]);
     assert!(out.ok(), "{} {}", out.stdout, out.stderr);
