@@ -300,7 +300,22 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let standby_set = b
+        .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        .unwrap();
+    assert!(!standby_set.contains("elements"), "{standby_set}");
     a.kill9();
+    // The survivor holds the calls' media pinholes (both directions; sipp's calls all
+    // use the same media ports, so they share them) in its own kernel.
+    assert!(
+        wait_until(Duration::from_secs(3), || b
+            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
+                && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
+        "{}",
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .unwrap_or_default()
+    );
     let r = call.wait(Duration::from_secs(90)).expect("caller ends");
     let _ = pbx.stop();
     assert_eq!(role(&b), "active");
