@@ -88,11 +88,38 @@ fn the_active_holds_every_virtual_address_and_takes_the_calls() {
     assert_eq!(show_pair(&b)["synced"], true);
 }
 
+/// The MAC address of `iface` in `host`'s namespace.
+fn mac(lab: &Lab, host: Host, iface: &str) -> String {
+    let out = lab.ns(host).ip(&["-o", "link", "show", iface]).unwrap();
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The carrier's neighbour entry for `ip`, if any.
+fn carrier_neigh(lab: &Lab, ip: &str) -> String {
+    lab.ns(Host::Carrier)
+        .ip(&["neigh", "show", ip])
+        .unwrap_or_default()
+}
+
 #[test]
 fn sigkill_of_the_active_moves_the_addresses_and_new_calls_reach_the_survivor() {
     let lab = new_pair_lab();
     let (mut a, b) = start_pair(&lab);
     let _pbx = callee(&lab);
+    // The carrier knows both WAN VIPs at A's MAC address.
+    let carrier = lab.ns(Host::Carrier);
+    assert!(carrier.ping(None, WAN_VIP_V4, Duration::from_secs(2)));
+    // (No ping over IPv6 on the WAN in the lab config: any datagram resolves the address.)
+    carrier.udp_send(None, addr::WAN_VIP_V6, 5060, b"x");
+    let (mac_a, mac_b) = (mac(&lab, Host::A, "wan0"), mac(&lab, Host::B, "wan0"));
+    assert!(wait_until(Duration::from_secs(2), || {
+        carrier_neigh(&lab, "203.0.113.5").contains(&mac_a)
+            && carrier_neigh(&lab, "2001:db8:1::5").contains(&mac_a)
+    }));
     let t0 = Instant::now();
     a.kill9();
     // A's guard takes the addresses off A; B takes them.
@@ -107,6 +134,19 @@ fn sigkill_of_the_active_moves_the_addresses_and_new_calls_reach_the_survivor() 
     assert!(
         vips_held(&lab, Host::A).is_empty(),
         "A kept addresses after SIGKILL"
+    );
+    // Gratuitous ARP and the unsolicited neighbour advertisement moved the carrier's
+    // entries to B's MAC address at once (no waiting for them to expire).
+    assert!(
+        wait_until(Duration::from_millis(600), || carrier_neigh(
+            &lab,
+            "203.0.113.5"
+        )
+        .contains(&mac_b)
+            && carrier_neigh(&lab, "2001:db8:1::5").contains(&mac_b)),
+        "v4: {} v6: {} (B is {mac_b})",
+        carrier_neigh(&lab, "203.0.113.5"),
+        carrier_neigh(&lab, "2001:db8:1::5")
     );
     assert_eq!(role(&b), "active");
     eprintln!("takeover after SIGKILL seen by the test in {took:?}");
