@@ -395,6 +395,19 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         "{}",
         b.log()
     );
+    // A starts again: it comes back as standby and leaves its calls in progress at the
+    // kill to B (which ended them): none is carried on twice.
+    a.launch().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || role(&a) == "standby"),
+        "{}",
+        show_pair(&a)
+    );
+    let on_a = a.cli(&["--json", "show", "calls"]).json()["calls"]
+        .as_array()
+        .map_or(usize::MAX, Vec::len);
+    assert_eq!(on_a, 0, "a standby carries no call on");
+    assert!(a.log().contains("left to the pair's peer"), "{}", a.log());
 }
 
 fn both_settled(lab: &Lab, active: Host) -> bool {

@@ -86,12 +86,21 @@ pub fn start(
         return None;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    // Calls that were in progress when the daemon last stopped carry on.
-    let resumed = store
-        .take_calls_in_progress()
-        .into_iter()
-        .map(|r| (r.id, r.value))
-        .collect();
+    // Calls that were in progress when the daemon last stopped carry on, on an appliance
+    // alone. In a pair the peer carried them on when this one stopped (it holds their
+    // records); a node that starts again starts as standby and leaves them to it.
+    let in_progress = store.take_calls_in_progress();
+    let resumed = if cfg.pair.is_some() {
+        if !in_progress.is_empty() {
+            log::warn!(
+                "sip: {} calls in progress at the last stop are left to the pair's peer",
+                in_progress.len()
+            );
+        }
+        Vec::new()
+    } else {
+        in_progress.into_iter().map(|r| (r.id, r.value)).collect()
+    };
     let handle = match driver::spawn(cfg, tx, resumed) {
         Ok((h, _join)) => h,
         Err(e) => {
