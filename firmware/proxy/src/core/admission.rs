@@ -247,6 +247,7 @@ impl Proxy {
         let call = Call {
             seq,
             answered_by: None,
+            resumed: false,
             call_id: call_id.clone().into(),
             from_tag: from_tag.into(),
             setup: Some(Box::new(Setup {

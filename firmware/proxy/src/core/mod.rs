@@ -206,6 +206,10 @@ struct Call {
     /// The appliance that answered the call, when it is another than this one (a call
     /// carried on after the pair's failover): its records keep naming it.
     answered_by: Option<Box<str>>,
+    /// Carried on from its answer-time record (after a restart or a pair's takeover):
+    /// the callee's retransmitted 2xx is relayed to the caller (see
+    /// `Proxy::on_response`), since the old proxy may have died before relaying it.
+    resumed: bool,
     call_id: Box<str>,
     from_tag: Box<str>,
     /// What only the setup needs; dropped at answer.

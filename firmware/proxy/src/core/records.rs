@@ -71,6 +71,7 @@ impl Proxy {
         let call = Call {
             seq,
             answered_by: (cdr.appliance != self.s.appliance).then(|| cdr.appliance.as_str().into()),
+            resumed: true,
             call_id: cdr.call_id.as_str().into(),
             from_tag: r.from_tag.as_str().into(),
             setup: None,

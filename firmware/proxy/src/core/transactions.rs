@@ -81,6 +81,38 @@ impl Proxy {
         }
     }
 
+    /// A 2xx for the INVITE of a call carried on from its record, from that call's callee:
+    /// the proxy that died may have stored the answer but not relayed it, so the caller may
+    /// still be waiting: relay it upstream (statelessly, to the caller's known address), as
+    /// an Accepted INVITE transaction would. Whether it was one.
+    fn relay_resumed_2xx(
+        &mut self,
+        now: Now,
+        msg: &Message<'_>,
+        peer: Peer,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let from_tag = msg.from().ok().and_then(|f| f.tag().map(str::to_owned));
+        let call = msg
+            .call_id()
+            .ok()
+            .and_then(|id| self.by_call_id.get(id))
+            .and_then(|seq| self.calls.get(seq))
+            .filter(|c| c.resumed && from_tag.as_deref() == Some(&*c.from_tag))
+            .map(|c| (c.callee, c.caller, c.caller_local));
+        let Some((callee, caller, local)) = call else {
+            return false;
+        };
+        if !from_where_sent(callee, peer) {
+            self.wrong_source(now, peer, out);
+            return true;
+        }
+        if let Some(b) = strip_via(msg) {
+            self.send(caller, local, b.into(), out);
+        }
+        true
+    }
+
     pub(super) fn on_response(
         &mut self,
         now: Now,
@@ -124,6 +156,12 @@ impl Proxy {
                 if let Some(b) = strip_via(msg) {
                     self.send(caller, local, b.into(), out);
                 }
+                return;
+            }
+            if (200..300).contains(&code)
+                && cseq.method == "INVITE"
+                && self.relay_resumed_2xx(now, msg, peer, out)
+            {
                 return;
             }
             self.stats.stray_responses += 1;

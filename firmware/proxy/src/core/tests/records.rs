@@ -222,3 +222,36 @@ fn a_node_that_stops_being_active_forgets_its_calls_without_ending_them() {
     let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pb", Some(30002)));
     assert!(out.record().0 > seq);
 }
+
+#[test]
+fn a_resumed_call_relays_its_callees_retransmitted_2xx_to_the_caller() {
+    // The first proxy stores the answer and dies before the caller got the 200.
+    let mut first = Lab::new();
+    first.at(1_000);
+    let inv = Invite::new("resume-2xx@x");
+    let out = first.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    first.at(1_200);
+    let ok = pbx_reply(&fwd, 200, "pa", Some(30000));
+    let out = first.pbx_says(pbx1(), &ok);
+    let rec = out.record().1;
+    drop(first);
+
+    let mut lab = Lab::new();
+    lab.at(2_000);
+    lab.proxy
+        .resume(now_at(2_000), &rec, &mut Vec::new())
+        .expect("resumed");
+    // The callee retransmits its 200 (no ACK came): relayed to the caller, once per copy.
+    let out = lab.pbx_says(pbx1(), &ok);
+    let up = out.response_to(carrier().addr);
+    assert_eq!(up.status(), Some(200), "{out:#?}");
+    // The same 200 from anywhere else is refused and counted.
+    let before = lab.proxy.stats().responses_wrong_source;
+    let out = lab.recv(udp("198.51.100.99:5060"), lan(), &ok);
+    assert!(
+        out.0.iter().all(|o| !matches!(o, Output::Send { .. })),
+        "{out:#?}"
+    );
+    assert_eq!(lab.proxy.stats().responses_wrong_source, before + 1);
+}
