@@ -269,6 +269,17 @@ fn the_wan_link_of_the_active_going_down_hands_everything_to_the_standby() {
     let (a, b) = start_pair(&lab);
     lab.set_link(Host::A, hil_tests::Segment::Wan, false)
         .unwrap();
+    // B takes the addresses only once A said it released them: never both at once.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        // B first: what B holds and A still holds when read after, both held at once.
+        let hb = vips_held(&lab, Host::B);
+        let ha = vips_held(&lab, Host::A);
+        assert!(
+            ha.is_empty() || hb.is_empty(),
+            "both hold: A {ha:?} B {hb:?}"
+        );
+    }
     assert!(
         wait_until(Duration::from_secs(3), || vips_held(&lab, Host::B).len()
             == VIPS.len()
@@ -467,7 +478,9 @@ fn cutting_both_paths_at_the_actives_end_hands_over_without_two_actives() {
     let until = Instant::now() + Duration::from_secs(2);
     let mut b_took = false;
     while Instant::now() < until {
-        let (ha, hb) = (vips_held(&lab, Host::A), vips_held(&lab, Host::B));
+        // B first: what B holds and A still holds when read after, both held at once.
+        let hb = vips_held(&lab, Host::B);
+        let ha = vips_held(&lab, Host::A);
         assert!(
             ha.is_empty() || hb.is_empty(),
             "both hold addresses: A {ha:?} B {hb:?}"

@@ -312,6 +312,10 @@ struct Node {
     /// to bring), each until a deadline.
     other_keys: Vec<(PairKey, Instant)>,
     rekeys: u64,
+    /// Taking over from a live active (health, handover, preemption): the addresses wait
+    /// until it says it released them, or until this deadline, so that the two never hold
+    /// them at once.
+    take_after: Option<Instant>,
 }
 
 /// A fresh session id. The kernel's random number generator does not fail on a running
@@ -414,6 +418,7 @@ impl Node {
             synced,
             other_keys: Vec::new(),
             rekeys: 0,
+            take_after: None,
         };
         let h = node.health();
         node.election.set_health(h);
@@ -678,6 +683,11 @@ impl Node {
         );
         log::warn!("pair: {text}");
         self.last_transition = Some(text);
+        let peer_active = self
+            .election
+            .peer()
+            .is_some_and(|p| p.live && p.role == callgate_pair::WireRole::Active);
+        self.take_after = (tr.to == Role::Active && peer_active).then(|| now + self.s.interval * 3);
         self.apply_role(now);
         if tr.from != tr.to {
             // Tell the peer at once rather than at the next tick.
@@ -690,6 +700,16 @@ impl Node {
     fn apply_role(&mut self, now: Instant) {
         let active = self.election.role() == Role::Active;
         if active && !self.vips.held() {
+            if let Some(deadline) = self.take_after {
+                let peer_holds = self
+                    .election
+                    .peer()
+                    .is_some_and(|p| p.live && p.role == callgate_pair::WireRole::Active);
+                if peer_holds && now < deadline {
+                    return; // its next heartbeat says it released them
+                }
+                self.take_after = None;
+            }
             // First the state (calls in progress, their pinholes), then the addresses.
             if let Some(h) = &self.s.hooks {
                 h.activating();
