@@ -168,7 +168,13 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     let (replica_tx, replica_rx) = watch::channel(None);
     let replicator = cfg.pair.as_ref().map(|p| {
         store.set_pair_node(p.index_of(&cfg.appliance.name));
-        crate::replica::spawn(replica_rx, store.clone(), ctx.firewall.clone(), ha_rx)
+        crate::replica::spawn(
+            replica_rx,
+            store.clone(),
+            ctx.firewall.clone(),
+            ha_rx,
+            config.config(),
+        )
     });
     let (sip, records) = crate::calls::start(
         config.config(),

@@ -44,7 +44,7 @@ const PING_EVERY: Duration = Duration::from_millis(250);
 /// connection established until something is sent).
 const SILENT_FOR: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Msg {
     Records {
@@ -68,6 +68,28 @@ enum Msg {
         key: String,
     },
     RekeyDone,
+}
+
+/// Never prints a key or a record.
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Records { n, open, ended } => {
+                write!(
+                    f,
+                    "Records({n}: {} open, {} ended)",
+                    open.len(),
+                    ended.len()
+                )
+            }
+            Msg::Ack { n } => write!(f, "Ack({n})"),
+            Msg::Block { ip, ttl_ms } => write!(f, "Block({ip}, {ttl_ms} ms)"),
+            Msg::BulkDone => f.write_str("BulkDone"),
+            Msg::Ping => f.write_str("Ping"),
+            Msg::Rekey { .. } => f.write_str("Rekey(…)"),
+            Msg::RekeyDone => f.write_str("RekeyDone"),
+        }
+    }
 }
 
 /// The connection's state as the record writer sees it.
@@ -106,6 +128,8 @@ struct Shared {
     status: watch::Sender<ReplicaStatus>,
     rt: tokio::runtime::Handle,
     bulk: OnceLock<BulkRequest>,
+    /// The running config: what a peer's message may change is checked against it.
+    config: watch::Receiver<Arc<callgate_config::Config>>,
     /// The pair key of the next connection, once a re-key replaced the settings' one.
     key: watch::Sender<Option<Zeroizing<[u8; 32]>>>,
     /// Re-keys the peer confirmed.
@@ -244,6 +268,7 @@ pub fn spawn(
     store: Arc<Store>,
     firewall: FirewallHandle,
     ha: watch::Receiver<Option<HaHandle>>,
+    config: watch::Receiver<Arc<callgate_config::Config>>,
 ) -> Replicator {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -253,6 +278,7 @@ pub fn spawn(
         status: watch::Sender::new(ReplicaStatus::default()),
         rt: tokio::runtime::Handle::current(),
         bulk: OnceLock::new(),
+        config,
         key: watch::Sender::new(None),
         rekeys_done: watch::Sender::new(0),
     });
@@ -468,6 +494,29 @@ async fn session(
     }
 }
 
+/// Addresses the blocklist must never hold: carriers' sources, destinations, pair nodes.
+fn protected(cfg: &callgate_config::Config, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let carrier = cfg
+        .sip
+        .carriers
+        .iter()
+        .any(|c| c.sources.get_ref().iter().any(|p| p.net().contains(&ip)));
+    let destination = cfg.sip.routes.iter().any(|r| {
+        r.destinations
+            .get_ref()
+            .iter()
+            .any(|d| d.uri.get_ref().addr.ip().to_canonical() == ip)
+    });
+    let node = cfg.pair.as_ref().is_some_and(|p| {
+        p.node
+            .get_ref()
+            .iter()
+            .any(|n| n.heartbeat.get_ref().values().any(|a| *a.get_ref() == ip))
+    });
+    carrier || destination || node
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -520,6 +569,14 @@ async fn apply(
             shared.status.send_modify(|s| s.batches_acked += 1);
         }
         Msg::Block { ip, ttl_ms } => {
+            // Checked against the config as the flood guard is: a carrier, a destination
+            // or a pair node is never blocked, whoever asks.
+            if protected(&shared.config.borrow(), ip) {
+                log::warn!(
+                    "pair: the peer asked to block {ip}, a configured peer of ours: refused"
+                );
+                return;
+            }
             // At most a day: a peer's message cannot block a source forever.
             let ttl = Duration::from_millis(ttl_ms.min(86_400_000));
             if let Err(e) = firewall.block(ip, ttl).await {
@@ -669,4 +726,51 @@ pub fn load_identity(
 /// Forgets the identity and the pin (unpairing, re-pairing).
 pub fn remove_identity(state_dir: &Path) {
     let _ = std::fs::remove_file(state_dir.join(IDENTITY_FILE));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+    use super::*;
+
+    #[test]
+    fn the_peer_can_never_block_a_carrier_a_destination_or_a_pair_node() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab-pair-a.toml");
+        let cfg = callgate_config::Config::load(&path).unwrap();
+        for ip in [
+            "203.0.113.10",
+            "2001:db8:1::10",
+            "198.51.100.10",
+            "198.51.100.11",
+            "192.0.2.2",
+            "198.51.100.1",
+        ] {
+            assert!(protected(&cfg, ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["203.0.113.66", "203.0.113.99", "2001:db8:1::66"] {
+            assert!(!protected(&cfg, ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn sync_messages_read_back_as_written() {
+        for m in [
+            Msg::Ack { n: 7 },
+            Msg::Block {
+                ip: "203.0.113.66".parse().unwrap(),
+                ttl_ms: 1000,
+            },
+            Msg::BulkDone,
+            Msg::Ping,
+            Msg::RekeyDone,
+        ] {
+            let b = serde_json::to_vec(&m).unwrap();
+            let back: Msg = serde_json::from_slice(&b).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{m:?}"));
+        }
+        assert!(serde_json::from_slice::<Msg>(br#"{"t":"records","n":1}"#).is_err());
+        assert_eq!(hex_decode(&hex(&[0xab; 32])), Some([0xab; 32]));
+        assert_eq!(hex_decode("zz"), None);
+    }
 }
