@@ -85,7 +85,7 @@ mod types;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 // The store is blocking code (async callers go through `spawn_blocking`); this lock guards
 // the slots of calls in progress for one batch of file writes or one read.
@@ -263,10 +263,11 @@ pub struct Store {
     /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
     id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
-    /// A subject key was created since the last commit began (the key is in sled but may
-    /// not be durable yet): records sealed under it may reach the file of calls in
-    /// progress only after a commit.
-    unflushed_keys: AtomicBool,
+    /// Subject keys created so far (counted before each reaches sled), and how many of
+    /// them a completed commit has made durable: a record sealed under a key may reach the
+    /// file of calls in progress only once a commit covering that key has completed.
+    keys_created: AtomicU64,
+    keys_durable: AtomicU64,
     /// Answer-time records of calls in progress (see [`Store::put_open_cdrs`]).
     #[allow(clippy::disallowed_types)]
     open_calls: Mutex<open::OpenSlots>,
@@ -508,7 +509,8 @@ impl Store {
             next_cdr,
             id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
-            unflushed_keys: AtomicBool::new(false),
+            keys_created: AtomicU64::new(0),
+            keys_durable: AtomicU64::new(0),
             #[allow(clippy::disallowed_types)]
             open_calls: Mutex::new(slots),
             #[allow(clippy::disallowed_types)]
@@ -775,8 +777,9 @@ impl Store {
         }
         let key = SubjectKey::generate()?;
         let generation = u64::from_be_bytes(callgate_vault::random_bytes()?);
-        // Before the key reaches sled: the next write of calls in progress commits first.
-        self.unflushed_keys.store(true, Ordering::Release);
+        // Before the key reaches sled: a write of calls in progress that follows commits
+        // first, unless a commit covering this key has completed.
+        self.keys_created.fetch_add(1, Ordering::AcqRel);
         let stored = [
             generation.to_be_bytes().as_slice(),
             &key.wrap(&self.keys.kek, token)?,
@@ -1045,14 +1048,14 @@ impl Store {
         // key created since the last commit began, there is nothing to commit: the slots'
         // own sync is the only durable step (answer-time records of known callers do not
         // wait for a flush of sled).
-        let keys = self.unflushed_keys.swap(false, Ordering::AcqRel);
+        // (Counted, not flagged: with a flag, a writer whose key another writer's commit was
+        // still flushing could skip its own commit and acknowledge a record whose key a
+        // crash then lost; the SIGKILL storm test found it.)
+        let created = self.keys_created.load(Ordering::Acquire);
+        let keys = created > self.keys_durable.load(Ordering::Acquire);
         if !ops.is_empty() || keys {
-            if let Err(e) = commit_with(intent, ops) {
-                if keys {
-                    self.unflushed_keys.store(true, Ordering::Release);
-                }
-                return Err(e);
-            }
+            commit_with(intent, ops)?;
+            self.keys_durable.fetch_max(created, Ordering::AcqRel);
         } else {
             drop(intent);
         }
