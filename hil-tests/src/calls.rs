@@ -92,10 +92,9 @@ pub fn u(v: &Value) -> u64 {
 
 /// Polls `f` every 100 ms until it holds; panics with `what` after `secs`. Waiting for an
 /// event the daemon reports, never an assertion on how long it took.
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    assert!(
+        crate::poll_until(Duration::from_secs(secs), Duration::from_millis(100), f),
+        "never happened: {what}"
+    );
 }

@@ -95,3 +95,21 @@ pub use netns::{lab_namespaces, try_run_in_netns, NETNS_DIR};
 pub use probe::{Datagram, TcpProbeListener, Token, UdpProbeListener};
 pub use proc::Proc;
 pub use swtpm::Swtpm;
+
+/// Calls `f` every `step` until it holds (true) or `timeout` has passed (false).
+pub fn poll_until(
+    timeout: std::time::Duration,
+    step: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(step);
+    }
+}

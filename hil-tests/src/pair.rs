@@ -4,7 +4,7 @@
 //! Failures panic: these are test helpers.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -92,15 +92,6 @@ pub fn vips_held(lab: &Lab, host: Host) -> Vec<IpAddr> {
 }
 
 /// Polls `f` every 10 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    crate::poll_until(timeout, Duration::from_millis(10), f)
 }

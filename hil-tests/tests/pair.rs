@@ -45,6 +45,13 @@ fn held_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> SippHandle<'_> {
         .expect("caller")
 }
 
+/// A new call through the WAN VIP succeeds and is recorded on `x`.
+fn a_call_is_recorded_on(lab: &Lab, x: &hil_tests::Appliance<'_>) {
+    let r = call_via_vip(lab);
+    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
+    assert_eq!(wait_cdrs(x, 1).len(), 1);
+}
+
 /// One call from the carrier to the pair's WAN VIP.
 fn call_via_vip(lab: &Lab) -> hil_tests::sipp::SippResult {
     Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
@@ -150,9 +157,7 @@ fn sigkill_of_the_active_moves_the_addresses_and_new_calls_reach_the_survivor() 
     );
     assert_eq!(role(&b), "active");
     eprintln!("takeover after SIGKILL seen by the test in {took:?}");
-    let r = call_via_vip(&lab);
-    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
-    assert_eq!(wait_cdrs(&b, 1).len(), 1);
+    a_call_is_recorded_on(&lab, &b);
 }
 
 #[test]
@@ -296,9 +301,7 @@ fn the_wan_link_of_the_active_going_down_hands_everything_to_the_standby() {
         "one of A's two monitored links is down"
     );
     let _pbx = callee(&lab);
-    let r = call_via_vip(&lab);
-    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
-    assert_eq!(wait_cdrs(&b, 1).len(), 1);
+    a_call_is_recorded_on(&lab, &b);
 }
 
 #[test]

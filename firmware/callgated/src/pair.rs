@@ -50,12 +50,20 @@ pub fn load_key(state_dir: &Path, kek: &Kek) -> Result<Option<Zeroizing<[u8; 32]
     }
 }
 
-/// Keeps `key` wrapped under the KEK: written to a temporary file (0600), synced, renamed.
+/// Keeps `key` wrapped under the KEK.
 pub fn store_key(state_dir: &Path, kek: &Kek, key: &[u8; 32]) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let blob = wrap_pair_key(kek, key).map_err(|e| format!("cannot wrap the pair key: {e}"))?;
-    let path = key_path(state_dir);
-    let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
+    write_private(&key_path(state_dir), &blob)
+}
+
+/// Writes `blob` to `path` as root's alone (0600): a temporary file beside it, synced,
+/// renamed into place, the directory synced.
+pub fn write_private(path: &Path, blob: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -63,10 +71,10 @@ pub fn store_key(state_dir: &Path, kek: &Kek, key: &[u8; 32]) -> Result<(), Stri
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&blob)?;
+        f.write_all(blob)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(state_dir)?.sync_all()
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -7,7 +7,9 @@
 //!   calls in progress and the final ones), exactly as written; the receiver writes them
 //!   durably under its own keys with the same ids and answers `Ack`. Record ids never
 //!   collide: each node allocates ids of its own parity (`Store::set_pair_node`).
-//! - `Block`: a source the flood guard blocked, with its lifetime: the peer blocks it too.
+//! - `Block`: a source the flood guard blocked, with its lifetime: the peer blocks it too,
+//!   unless its config names the address as a carrier, a destination or a pair node.
+//!   Records whose ids are of the receiver's own parity are refused.
 //! - `BulkDone`: after a (re)connect, each node sends the records of all its calls in
 //!   progress (sequenced by the record writer, so no final record can overtake them),
 //!   then `BulkDone`; a node is *synced* once it has its peer's.
@@ -494,6 +496,11 @@ async fn session(
     }
 }
 
+/// Whether record `id` is one the peer of node `me` allocates (the other parity).
+fn peer_owns(id: u64, me: u8) -> bool {
+    id % 2 != u64::from(me & 1)
+}
+
 /// Addresses the blocklist must never hold: carriers' sources, destinations, pair nodes.
 fn protected(cfg: &callgate_config::Config, ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
@@ -534,7 +541,22 @@ async fn apply(
     ha: &watch::Receiver<Option<HaHandle>>,
 ) {
     match msg {
-        Msg::Records { n, open, ended } => {
+        Msg::Records {
+            n,
+            mut open,
+            mut ended,
+        } => {
+            // The peer allocates ids of its own parity only: one of ours would overwrite a
+            // record of this appliance.
+            let before = open.len() + ended.len();
+            open.retain(|(id, _)| peer_owns(*id, s.node));
+            ended.retain(|(id, _)| peer_owns(*id, s.node));
+            if open.len() + ended.len() != before {
+                log::warn!(
+                    "pair: {} replicated records with ids of this appliance refused",
+                    before - open.len() - ended.len()
+                );
+            }
             let count = (open.len() + ended.len()) as u64;
             let st = store.clone();
             let r = tokio::task::spawn_blocking(move || {
@@ -653,8 +675,6 @@ pub fn save_identity(
     identity: &Identity,
     pin: PeerPin,
 ) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let file = IdentityFile {
         pem: identity.to_pem().to_string(),
         pin: pin.map(|p| hex(&p)),
@@ -669,21 +689,7 @@ pub fn save_identity(
     let mut blob = len.to_be_bytes().to_vec();
     blob.extend_from_slice(&wrapped);
     blob.extend_from_slice(&sealed);
-    let path = state_dir.join(IDENTITY_FILE);
-    let tmp = state_dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&blob)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(state_dir)?.sync_all()
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))
+    crate::pair::write_private(&state_dir.join(IDENTITY_FILE), &blob)
 }
 
 /// This node's sync identity and the pinned peer certificate, made (and kept) at the
@@ -751,6 +757,12 @@ mod tests {
         for ip in ["203.0.113.66", "203.0.113.99", "2001:db8:1::66"] {
             assert!(!protected(&cfg, ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn the_peer_may_write_only_records_of_its_own_parity() {
+        assert!(peer_owns(3, 0) && !peer_owns(4, 0));
+        assert!(peer_owns(4, 1) && !peer_owns(3, 1));
     }
 
     #[test]

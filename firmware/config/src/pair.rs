@@ -219,6 +219,25 @@ impl Pair {
                 }
             }
         }
+        // The election's own constraint: a stall the node does not notice as late must be
+        // too short for the peer to declare it dead.
+        let (interval, misses) = (self.heartbeat_interval_ms(), self.dead_after_misses());
+        if self.late_after_ms() + 2 * interval > interval * misses {
+            let span = self
+                .late_after_ms
+                .as_ref()
+                .or(self.dead_after_misses.as_ref())
+                .map(|v| v.span());
+            bad(
+                span.or(Some(self.node.span())),
+                ErrorKind::InvalidValue,
+                format!(
+                    "pair: late_after_ms ({}) plus two intervals must not exceed the dead interval (dead_after_misses × heartbeat_interval_ms = {} ms)",
+                    self.late_after_ms(),
+                    interval * misses
+                ),
+            );
+        }
         let nodes = self.node.get_ref();
         if nodes.len() != 2 {
             bad(

@@ -778,6 +778,11 @@ fn pair_mistakes_are_refused_where_they_are() {
             "[pair]\ndead_after_misses = 1",
             "expected 2 to 50",
         ),
+        (
+            "[pair]",
+            "[pair]\ndead_after_misses = 3",
+            "must not exceed the dead interval",
+        ),
     ];
     for (from, to, want) in cases {
         // Only the last occurrence of `from` changes (so the second node is the one edited).

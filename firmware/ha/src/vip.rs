@@ -164,12 +164,21 @@ impl Vips {
 
     fn announce(&mut self) {
         let Some(a) = &self.announcer else { return };
+        // One read of each interface's MAC per round (several addresses share one).
+        let mut macs: Vec<(u32, Option<[u8; 6]>)> = Vec::new();
         for (v, idx) in &self.specs {
-            let mac = match self.rtnl.link(*idx) {
-                Ok(l) => l.mac,
-                Err(e) => {
-                    log::warn!("cannot read the MAC of {}: {e}", v.interface);
-                    None
+            let mac = match macs.iter().find(|(i, _)| i == idx) {
+                Some((_, m)) => *m,
+                None => {
+                    let m = match self.rtnl.link(*idx) {
+                        Ok(l) => l.mac,
+                        Err(e) => {
+                            log::warn!("cannot read the MAC of {}: {e}", v.interface);
+                            None
+                        }
+                    };
+                    macs.push((*idx, m));
+                    m
                 }
             };
             let Some(mac) = mac else { continue };

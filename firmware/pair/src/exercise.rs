@@ -173,7 +173,7 @@ mod tests {
     /// Writes the seeds into fuzz/corpus/heartbeat: `cargo test -p callgate-pair --
     /// --ignored write_fuzz_corpus` after a format change.
     #[test]
-    #[ignore]
+    #[ignore = "a tool, not a check: rewrites the committed fuzz corpus after a wire-format change"]
     fn write_fuzz_corpus() {
         let dir = corpus_dir();
         std::fs::create_dir_all(&dir).unwrap();

@@ -67,8 +67,8 @@
 //! - The pair key is copied into each handshake's HMAC key state inside ring, which does
 //!   not wipe it; our own copies are wiped on drop.
 //! - The server does not filter peers by address: anyone who reaches the port gets a
-//!   handshake (bounded in time and number). Admitting only the peer on the sync link is
-//!   the firewall's job; there is no such rule yet.
+//!   handshake (bounded in time and number). Admitting only the peer is the firewall's
+//!   job (callgate-firewall's `pair:sync` rules).
 //! - `send` is not cancel-safe; after any error, drop the connection.
 //! - One protocol version; the domain string carries `v1`, no version negotiation.
 

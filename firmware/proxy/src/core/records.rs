@@ -47,9 +47,23 @@ impl Proxy {
             addr: p.addr,
             conn: None,
         };
-        let pool: Option<Arc<[IpNet]>> = (!r.media_pool.is_empty())
-            .then(|| r.media_pool.iter().filter_map(|p| p.parse().ok()).collect());
+        // A record is input too (a restart's own, or one a pair's peer replicated): the
+        // parties must still be a configured carrier and destination, reached from our own
+        // listen addresses, and the carrier's media pool is the config's, not the record's.
         let carrier = self.routes.carrier_of(r.caller.addr.ip());
+        let known = carrier.is_some()
+            && self.dest_ips.contains(&r.callee.addr.ip().to_canonical())
+            && self.s.listen.contains(&r.caller.local)
+            && self.s.listen.contains(&r.callee.local);
+        if !known {
+            let line = format!(
+                "call {:?} not carried on: its parties are not a configured carrier and destination",
+                cdr.call_id
+            );
+            self.log(now, "resume-refused", log::Level::Warn, line, out);
+            return None;
+        }
+        let pool: Option<Arc<[IpNet]>> = carrier.and_then(|c| c.media_pool.clone());
         let media_ok = self
             .s
             .media

@@ -255,3 +255,51 @@ fn a_resumed_call_relays_its_callees_retransmitted_2xx_to_the_caller() {
     );
     assert_eq!(lab.proxy.stats().responses_wrong_source, before + 1);
 }
+
+#[test]
+fn a_record_whose_parties_the_config_does_not_know_is_not_carried_on() {
+    let mut first = Lab::new();
+    first.at(1_000);
+    let inv = Invite::new("resume-forged@x");
+    let out = first.carrier_says(&inv.bytes());
+    let fwd = out.requests_to(pbx1().addr, "INVITE").pop().unwrap();
+    first.at(1_200);
+    let out = first.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "pa", Some(30000)));
+    let good = out.record().1;
+    let mut lab = Lab::new();
+    lab.at(2_000);
+    let forged = |f: &dyn Fn(&mut callgate_cdr::Resume)| {
+        let mut c = good.clone();
+        if let Some(r) = c.resume.as_mut() {
+            f(r);
+        }
+        c
+    };
+    for (what, c) in [
+        (
+            "caller not a carrier",
+            forged(&|r| r.caller.addr = sa("203.0.113.66:5060")),
+        ),
+        (
+            "callee not a destination",
+            forged(&|r| r.callee.addr = sa("198.51.100.99:5060")),
+        ),
+        (
+            "not our socket",
+            forged(&|r| r.caller.local = sa("203.0.113.77:5060")),
+        ),
+    ] {
+        let mut out = Vec::new();
+        assert_eq!(
+            lab.proxy.resume(now_at(2_000), &c, &mut out),
+            None,
+            "{what}"
+        );
+        assert!(Out(out).opened().is_empty(), "{what}: no pinhole");
+    }
+    assert_eq!(lab.proxy.call_count(), 0);
+    assert!(lab
+        .proxy
+        .resume(now_at(2_000), &good, &mut Vec::new())
+        .is_some());
+}
