@@ -185,11 +185,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     .unzip();
     // The pair last: the SIP listeners are bound when the addresses arrive.
     let hooks: Option<Arc<dyn Hooks>> = cfg.pair.as_ref().map(|_| {
-        Arc::new(crate::pair::Takeover {
-            store: store.clone(),
-            sip: sip.clone(),
-            rt: tokio::runtime::Handle::current(),
-        }) as Arc<dyn Hooks>
+        Arc::new(crate::pair::Takeover::spawn(store.clone(), sip.clone())) as Arc<dyn Hooks>
     });
     let (pair_tx, pair) = watch::channel(PairState::Alone);
     let config_rx = config.config();

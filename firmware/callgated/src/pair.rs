@@ -14,7 +14,9 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use callgate_config::{Config, ZoneName};
-use callgate_ha::{HaHandle, HaSettings, HaThread, Hooks, PathSettings, VipSpec};
+use callgate_ha::{
+    HaHandle, HaSettings, HaThread, Hooks, PathSettings, Ready, VipSpec, ACTIVATE_WAIT,
+};
 use callgate_proxy::driver::SipHandle;
 use callgate_store::{Cdr, Store};
 use callgate_vault::{unwrap_pair_key, wrap_pair_key, Kek, Zeroizing};
@@ -107,50 +109,80 @@ pub fn vips(cfg: &Config) -> Vec<VipSpec> {
 }
 
 /// What a takeover injects before the addresses move, and what stepping down drops.
+///
+/// The heartbeat thread calls the hooks and goes on ticking; the steps run on one task,
+/// in the order they were called, so a stand-down can never overtake the takeover it
+/// undoes.
 pub struct Takeover {
-    pub store: Arc<Store>,
-    pub sip: Option<SipHandle>,
-    pub rt: tokio::runtime::Handle,
+    steps: tokio::sync::mpsc::UnboundedSender<Step>,
 }
 
-/// How long a takeover waits for the proxy to take the calls in progress on.
-const RESUME_WAIT: Duration = Duration::from_millis(500);
+enum Step {
+    Activate(Ready),
+    Deactivate,
+}
 
-impl Hooks for Takeover {
-    fn activating(&self) {
-        let Some(sip) = &self.sip else { return };
-        let recs: Vec<(u64, Cdr)> = self
-            .store
-            .calls_in_progress_now()
+impl Takeover {
+    /// Starts the task on the current runtime.
+    pub fn spawn(store: Arc<Store>, sip: Option<SipHandle>) -> Takeover {
+        let (steps, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(step) = rx.recv().await {
+                let Some(sip) = &sip else { continue };
+                match step {
+                    Step::Activate(ready) => {
+                        carry_on(&store, sip).await;
+                        drop(ready);
+                    }
+                    Step::Deactivate => match sip.forget_all().await {
+                        Ok(n) => log::warn!("pair: standing down: {n} calls left to the peer"),
+                        Err(e) => log::error!("pair: standing down: {e}"),
+                    },
+                }
+            }
+        });
+        Takeover { steps }
+    }
+}
+
+/// Hands the replicated calls in progress to the proxy.
+async fn carry_on(store: &Arc<Store>, sip: &SipHandle) {
+    let st = store.clone();
+    let recs: Vec<(u64, Cdr)> = match tokio::task::spawn_blocking(move || {
+        st.calls_in_progress_now()
             .into_iter()
             .map(|r| (r.id, r.value))
-            .collect();
-        if recs.is_empty() {
+            .collect()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("pair: taking over: reading the calls in progress failed: {e}");
             return;
         }
-        let n = recs.len();
-        let r = self
-            .rt
-            .block_on(async { tokio::time::timeout(RESUME_WAIT, sip.resume(recs)).await });
-        match r {
-            Ok(Ok(c)) => {
-                log::warn!("pair: taking over: {c} new of {n} calls in progress carried on")
-            }
-            Ok(Err(e)) => log::error!("pair: taking over: the proxy did not take the calls: {e}"),
-            Err(_) => {
-                log::error!("pair: taking over: the proxy did not answer within {RESUME_WAIT:?}")
-            }
+    };
+    if recs.is_empty() {
+        return;
+    }
+    let n = recs.len();
+    match tokio::time::timeout(ACTIVATE_WAIT, sip.resume(recs)).await {
+        Ok(Ok(c)) => log::warn!("pair: taking over: {c} new of {n} calls in progress carried on"),
+        Ok(Err(e)) => log::error!("pair: taking over: the proxy did not take the calls: {e}"),
+        Err(_) => {
+            log::error!("pair: taking over: the proxy did not answer within {ACTIVATE_WAIT:?}")
         }
+    }
+}
+
+impl Hooks for Takeover {
+    fn activating(&self, ready: Ready) {
+        // The runtime gone means the daemon is stopping: `ready` is dropped with the step.
+        let _ = self.steps.send(Step::Activate(ready));
     }
 
     fn deactivated(&self) {
-        let Some(sip) = self.sip.clone() else { return };
-        self.rt.spawn(async move {
-            match sip.forget_all().await {
-                Ok(n) => log::warn!("pair: standing down: {n} calls left to the peer"),
-                Err(e) => log::error!("pair: standing down: {e}"),
-            }
-        });
+        let _ = self.steps.send(Step::Deactivate);
     }
 }
 

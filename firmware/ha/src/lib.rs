@@ -24,9 +24,10 @@
 //! - Health is the share of monitored links (the WAN and private zones' interfaces) that
 //!   are up; a heartbeat path whose link goes down counts as missed at once.
 //!
-//! - Around a role change the daemon's [`Hooks`] run on this thread: before the addresses
-//!   are taken the calls in progress (replicated by the daemon) are carried on, after
-//!   they are released the proxy forgets its calls.
+//! - Around a role change the daemon's [`Hooks`] are called from this thread and return at
+//!   once: before the addresses are taken the daemon carries on the calls in progress
+//!   (replicated by it) and says [`Ready`], while this thread keeps ticking (at most
+//!   [`ACTIVATE_WAIT`]); after they are released the proxy forgets its calls.
 //! - A re-key ([`HaHandle::accept_key`], [`HaHandle::rekey`]) keeps the old key opened for
 //!   [`REKEY_OVERLAP`].
 //!
@@ -45,8 +46,8 @@ mod vip;
 pub use announce::{garp, unsolicited_na, ANNOUNCE_AT_MS};
 pub use guard::run as run_guard;
 pub use node::{
-    spawn, HaHandle, HaSettings, HaThread, Hooks, PairStatus, PathSettings, PathStatus, Rejects,
-    REKEY_OVERLAP,
+    spawn, HaHandle, HaSettings, HaThread, Hooks, PairStatus, PathSettings, PathStatus, Ready,
+    Rejects, ACTIVATE_WAIT, REKEY_OVERLAP,
 };
 pub use vip::{release_all, VipSpec};
 

@@ -180,14 +180,38 @@ impl std::fmt::Debug for HaSettings {
     }
 }
 
-/// What the daemon does around a role change, called on the heartbeat thread.
+/// What the daemon does around a role change, called on the heartbeat thread. Neither
+/// call may block: the thread keeps ticking while the daemon does the work elsewhere.
 pub trait Hooks: Send + Sync {
-    /// Before the addresses are taken: inject the replicated state (calls in progress,
-    /// pinholes). Must return within a few tens of milliseconds.
-    fn activating(&self);
-    /// After the addresses are released: drop what only the active may hold. Must not
-    /// block.
+    /// Before the addresses are taken: start injecting the replicated state (calls in
+    /// progress, pinholes) and drop `ready` when it is in place. The addresses are taken
+    /// then, or after [`ACTIVATE_WAIT`] whatever happened.
+    fn activating(&self, ready: Ready);
+    /// After the addresses are released, or when an activation is given up before they
+    /// were taken: drop what only the active may hold. Calls to both are made in order;
+    /// the daemon must carry them out in that order.
     fn deactivated(&self);
+}
+
+/// How long a takeover waits for [`Hooks::activating`] before it takes the addresses
+/// anyway: a late proxy must not turn a failover into an outage.
+pub const ACTIVATE_WAIT: Duration = Duration::from_millis(500);
+
+/// Said when the state a takeover needs is in place: dropping it wakes the heartbeat
+/// thread, which then takes the addresses.
+#[derive(Debug)]
+pub struct Ready {
+    generation: u64,
+    wake: Option<std::os::unix::net::UnixDatagram>,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        if let Some(w) = self.wake.take() {
+            // Full or gone: the thread takes the addresses at its deadline anyway.
+            let _ = w.send(&self.generation.to_be_bytes());
+        }
+    }
 }
 
 /// The heartbeat thread itself, owned by whoever may stop it.
@@ -316,6 +340,12 @@ struct Node {
     /// until it says it released them, or until this deadline, so that the two never hold
     /// them at once.
     take_after: Option<Instant>,
+    /// An activation under way: its generation, and when the addresses are taken without it.
+    activation: Option<(u64, Instant)>,
+    generations: u64,
+    /// Where a dropped [`Ready`] says so (the other end goes with each `Ready`).
+    ready_rx: std::os::unix::net::UnixDatagram,
+    ready_tx: std::os::unix::net::UnixDatagram,
 }
 
 /// A fresh session id. The kernel's random number generator does not fail on a running
@@ -396,6 +426,18 @@ impl Node {
         let vips = Vips::new(&s.vips)?;
         let gate = ReplayGate::new(node_id.peer());
         let session = random_session()?;
+        let (ready_rx, ready_tx) =
+            std::os::unix::net::UnixDatagram::pair().map_err(|e| HaError::Socket {
+                what: "activation wake-up socket",
+                source: e,
+            })?;
+        ready_rx
+            .set_nonblocking(true)
+            .and_then(|()| ready_tx.set_nonblocking(true))
+            .map_err(|e| HaError::Socket {
+                what: "activation wake-up socket nonblocking",
+                source: e,
+            })?;
         let mut node = Node {
             links: LinkWatch::open()?,
             rtnl,
@@ -419,6 +461,10 @@ impl Node {
             other_keys: Vec::new(),
             rekeys: 0,
             take_after: None,
+            activation: None,
+            generations: 0,
+            ready_rx,
+            ready_tx,
         };
         let h = node.health();
         node.election.set_health(h);
@@ -540,6 +586,9 @@ impl Node {
             if let Some(d) = self.vips.next_due() {
                 wake = wake.min(d);
             }
+            if let Some((_, d)) = self.activation {
+                wake = wake.min(d);
+            }
             let wait = wake.saturating_duration_since(Instant::now());
             let timeout = PollTimeout::try_from(wait.as_millis().min(1000) as i32)
                 .unwrap_or(PollTimeout::ZERO);
@@ -549,6 +598,7 @@ impl Node {
                 .map(|p| PollFd::new(p.sock.as_fd(), PollFlags::POLLIN))
                 .collect();
             fds.push(PollFd::new(self.links.fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(self.ready_rx.as_fd(), PollFlags::POLLIN));
             let _ = poll(&mut fds, timeout);
         }
     }
@@ -696,7 +746,9 @@ impl Node {
         self.publish();
     }
 
-    /// Holds the addresses exactly while active.
+    /// Holds the addresses exactly while active: first the state (calls in progress,
+    /// their pinholes, injected by the daemon while this thread keeps ticking), then the
+    /// addresses.
     fn apply_role(&mut self, now: Instant) {
         let active = self.election.role() == Role::Active;
         if active && !self.vips.held() {
@@ -710,9 +762,8 @@ impl Node {
                 }
                 self.take_after = None;
             }
-            // First the state (calls in progress, their pinholes), then the addresses.
-            if let Some(h) = &self.s.hooks {
-                h.activating();
+            if !self.activated(now) {
+                return;
             }
             self.guard_send(ARM);
             let failed = self.vips.take(now);
@@ -732,7 +783,45 @@ impl Node {
             if let Some(h) = &self.s.hooks {
                 h.deactivated();
             }
+        } else if !active && self.activation.take().is_some() {
+            log::warn!("pair: not active any more; the takeover is given up");
+            if let Some(h) = &self.s.hooks {
+                h.deactivated();
+            }
         }
+    }
+
+    /// Starts the activation hook, or says whether the one under way is done (or late).
+    fn activated(&mut self, now: Instant) -> bool {
+        let Some(h) = self.s.hooks.clone() else {
+            return true;
+        };
+        let (generation, deadline) = match self.activation {
+            Some(a) => a,
+            None => {
+                self.generations += 1;
+                let a = (self.generations, now + ACTIVATE_WAIT);
+                self.activation = Some(a);
+                h.activating(Ready {
+                    generation: a.0,
+                    wake: self.ready_tx.try_clone().ok(),
+                });
+                a
+            }
+        };
+        let mut buf = [0u8; 8];
+        let mut done = false;
+        while let Ok(8) = self.ready_rx.recv(&mut buf) {
+            done |= u64::from_be_bytes(buf) == generation;
+        }
+        if !done && now < deadline {
+            return false;
+        }
+        if !done {
+            log::error!("pair: taking over: the state was not in place within {ACTIVATE_WAIT:?}; taking the addresses anyway");
+        }
+        self.activation = None;
+        true
     }
 
     fn send_heartbeats(&mut self) {
@@ -762,6 +851,10 @@ impl Node {
         if self.vips.held() {
             self.vips.release();
             self.guard_send(DISARM);
+            if let Some(h) = &self.s.hooks {
+                h.deactivated();
+            }
+        } else if self.activation.take().is_some() {
             if let Some(h) = &self.s.hooks {
                 h.deactivated();
             }
