@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use hil_tests::addr::{self, A_PRIV_V4, B_PRIV_V4, WAN_VIP_V4};
 use hil_tests::calls::{wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
-use hil_tests::pair::{new_pair_lab, role, show_pair, start_pair, vips_held, wait_until, VIPS};
+use hil_tests::pair::{
+    new_pair_lab, pair_toml, role, show_pair, start_pair, vips_held, wait_until, VIPS,
+};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::spoof::{sniff_udp4, udp4_spoof};
 use hil_tests::{Host, Lab, Segment};
@@ -680,4 +682,156 @@ fn a_rekey_replaces_the_key_on_both_without_a_role_change() {
         show_pair(&a),
         show_pair(&b)
     );
+}
+
+/// The pair's config with the traceroute ports narrowed: a change the kernel shows.
+const NARROW: (&str, &str) = ("\"33434-33534\"", "\"33434-33500\"");
+
+fn narrowed(host: Host) -> String {
+    pair_toml(host).replace(NARROW.0, NARROW.1)
+}
+
+/// Whether `x`'s kernel and its running config carry the narrowed ports.
+fn narrowed_now(x: &hil_tests::Appliance<'_>) -> (bool, bool) {
+    let rules = x.ruleset();
+    let text = x.cli(&["show", "config"]).stdout;
+    (rules.contains("33434-33500"), text.contains(NARROW.1))
+}
+
+/// Whether `x` runs the narrowed ports (its kernel and its config agreeing on it).
+fn is_narrowed(x: &hil_tests::Appliance<'_>) -> bool {
+    let (k, t) = narrowed_now(x);
+    assert_eq!(k, t, "kernel and config disagree on {}", x.log());
+    k
+}
+
+fn status(x: &hil_tests::Appliance<'_>) -> serde_json::Value {
+    x.cli(&["--json", "status"]).json()
+}
+
+fn both_connected(a: &hil_tests::Appliance<'_>, b: &hil_tests::Appliance<'_>) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        show_pair(a)["replication"]["connected"] == true
+            && show_pair(b)["replication"]["connected"] == true
+    })
+}
+
+#[test]
+fn a_config_commit_applies_on_both_or_on_neither() {
+    let lab = new_pair_lab();
+    let (a, mut b) = start_pair(&lab);
+    assert!(both_connected(&a, &b));
+    assert!(!is_narrowed(&a) && !is_narrowed(&b));
+
+    // 1. Committed on the standby, it applies on both; each keeps its own name.
+    let r = b.commit(&narrowed(Host::B), &[]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    assert!(is_narrowed(&a) && is_narrowed(&b), "{}", r.stdout);
+    assert_eq!(status(&a)["appliance"], "lab-a");
+    assert_eq!(status(&b)["appliance"], "lab-b");
+    let a_config = a.cli(&["show", "config"]).stdout;
+    assert!(a_config.contains("name = \"lab-a\""), "{a_config}");
+    let h = a.cli(&["show", "history"]).stdout;
+    assert!(h.contains("pair-wide, from lab-b"), "{h}");
+    assert_eq!(role(&a), "active", "a commit changes no role");
+
+    // 2. An invalid text is refused by the one asked; nothing changes anywhere.
+    let (ra, rb) = (
+        status(&a)["revision"].clone(),
+        status(&b)["revision"].clone(),
+    );
+    let r = a.commit("[appliance\nname = 1", &[]);
+    assert!(!r.ok());
+    assert_eq!(
+        (
+            status(&a)["revision"].clone(),
+            status(&b)["revision"].clone()
+        ),
+        (ra.clone(), rb.clone())
+    );
+
+    // 3. The peer refuses in the first phase (it awaits a confirm of its own): nothing
+    //    changes on either.
+    let own = b.commit(&pair_toml(Host::B), &["--confirmed", "300", "--this-node"]);
+    assert!(own.ok(), "{} {}", own.stdout, own.stderr);
+    assert!(
+        is_narrowed(&a) && !is_narrowed(&b),
+        "--this-node changes B alone"
+    );
+    let rb = status(&b)["revision"].clone();
+    let r = a.commit(&pair_toml(Host::A), &[]);
+    assert!(!r.ok(), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("the peer lab-b refused it"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("nothing changed on either appliance"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(status(&a)["revision"], ra, "A recorded nothing");
+    assert_eq!(status(&b)["revision"], rb);
+    assert!(is_narrowed(&a), "A's kernel kept its ruleset");
+    let c = b.cli(&["confirm", "--this-node"]);
+    assert!(c.ok(), "{} {}", c.stdout, c.stderr);
+    // Back in step: the pair-wide commit of A's running text.
+    let r = a.commit(&pair_toml(Host::A), &[]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    assert!(!is_narrowed(&a) && !is_narrowed(&b));
+
+    // 4. The peer fails in the second phase, after A applied: A takes it back.
+    b.stop();
+    b.set_env("CALLGATE_FAULT_PAIR_COMMIT", "1");
+    b.launch().expect("B starts again");
+    assert!(both_connected(&a, &b), "B: {}", b.log());
+    let (ra, rb) = (
+        status(&a)["revision"].as_u64().unwrap(),
+        status(&b)["revision"].clone(),
+    );
+    let r = a.commit(&narrowed(Host::A), &[]);
+    assert!(!r.ok(), "{}", r.stdout);
+    assert!(r.stderr.contains("failed to apply it"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "revision {} undone as revision {}",
+            ra + 1,
+            ra + 2
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!is_narrowed(&a) && !is_narrowed(&b), "neither runs it");
+    assert_eq!(status(&b)["revision"], rb, "B recorded nothing");
+    let h = a.cli(&["show", "history"]).stdout;
+    assert!(h.contains(&format!("commit {} undone", ra + 1)), "{h}");
+    drop(b);
+}
+
+#[test]
+fn a_confirmed_commit_rolls_back_on_both_unless_confirmed_and_confirm_keeps_both() {
+    let lab = new_pair_lab();
+    let (a, b) = start_pair(&lab);
+    assert!(both_connected(&a, &b));
+    // Unconfirmed: each rolls back at its own deadline.
+    let r = a.commit(&narrowed(Host::A), &["--confirmed", "2"]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("both roll back"), "{}", r.stdout);
+    assert!(is_narrowed(&a) && is_narrowed(&b));
+    assert!(!status(&b)["pending"].is_null(), "B awaits a confirm too");
+    assert!(
+        wait_until(Duration::from_secs(10), || narrowed_now(&a)
+            == (false, false)
+            && narrowed_now(&b) == (false, false)),
+        "both rolled back"
+    );
+    assert!(status(&a)["pending"].is_null() && status(&b)["pending"].is_null());
+    // Confirmed on B (either may confirm): kept on both.
+    let r = a.commit(&narrowed(Host::A), &["--confirmed", "30"]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    let c = b.cli(&["confirm"]);
+    assert!(c.ok(), "{} {}", c.stdout, c.stderr);
+    assert!(status(&a)["pending"].is_null() && status(&b)["pending"].is_null());
+    assert!(is_narrowed(&a) && is_narrowed(&b));
 }

@@ -54,14 +54,24 @@ enum Cmd {
         /// Apply even if it would cut management SSH from the mgmt zone.
         #[arg(long)]
         force: bool,
+        /// In a pair: change this appliance alone (by default both change, or neither).
+        #[arg(long)]
+        this_node: bool,
     },
-    /// Keep the commit made with --confirmed.
-    Confirm,
-    /// Commit the text of revision N again.
+    /// Keep the commit made with --confirmed (in a pair: on both appliances).
+    Confirm {
+        /// In a pair: confirm on this appliance alone.
+        #[arg(long)]
+        this_node: bool,
+    },
+    /// Commit the text of revision N again (in a pair: on both appliances).
     Rollback {
         number: u64,
         #[arg(long)]
         force: bool,
+        /// In a pair: this appliance alone.
+        #[arg(long)]
+        this_node: bool,
     },
     /// Differences between revisions N and M.
     Compare { a: u64, b: u64 },
@@ -213,6 +223,7 @@ fn main() -> ExitCode {
             file,
             confirmed,
             force,
+            this_node,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -226,10 +237,19 @@ fn main() -> ExitCode {
                 origin: file,
                 force,
                 confirmed_secs: confirmed,
+                this_node,
             }
         }
-        Cmd::Confirm => Request::Confirm,
-        Cmd::Rollback { number, force } => Request::Rollback { number, force },
+        Cmd::Confirm { this_node } => Request::Confirm { this_node },
+        Cmd::Rollback {
+            number,
+            force,
+            this_node,
+        } => Request::Rollback {
+            number,
+            force,
+            this_node,
+        },
         Cmd::Compare { a, b } => Request::Compare { a, b },
         Cmd::Provision => Request::Provision,
         Cmd::Recover => {

@@ -196,6 +196,16 @@ async fn handle(
                 }
                 _ => {}
             }
+            // A paired appliance changes its config together with its peer.
+            let paired = matches!(
+                *pair.borrow(),
+                crate::pair::PairState::Running(_) | crate::pair::PairState::Failed(_)
+            );
+            if let (true, Some(r)) = (paired, replica) {
+                if let Some(resp) = pair_change(config, r, peer, &req).await {
+                    return resp;
+                }
+            }
             (config, store)
         }
         Phase::Locked { reason } => {
@@ -296,10 +306,18 @@ async fn handle(
             origin,
             force,
             confirmed_secs,
+            this_node,
         } => {
             let window = confirmed_secs.map(Duration::from_secs);
+            // In a pair, a commit here reaches this point only with --this-node: the
+            // history says so (an appliance without a pair has no other node).
+            let paired = config.config().borrow().pair.is_some();
+            let note = (this_node && paired).then(|| match confirmed_secs {
+                Some(s) => format!("commit confirmed {s}s (this appliance only)"),
+                None => "commit (this appliance only)".to_owned(),
+            });
             match config
-                .commit(text, origin, force, window, peer.user.clone())
+                .commit_noted(text, origin, force, window, peer.user.clone(), note)
                 .await
             {
                 Ok(out) => {
@@ -314,11 +332,11 @@ async fn handle(
                 Err(e) => fail(&e),
             }
         }
-        Request::Confirm => match config.confirm().await {
+        Request::Confirm { .. } => match config.confirm().await {
             Ok(n) => Response::ok(format!("revision {n} confirmed"), json!({"revision": n})),
             Err(e) => fail(&e),
         },
-        Request::Rollback { number, force } => {
+        Request::Rollback { number, force, .. } => {
             match config.rollback(number, force, peer.user.clone()).await {
                 Ok(out) => Response::ok(
                     format!(
@@ -345,6 +363,90 @@ async fn handle(
         | Request::PairJoin { .. }
         | Request::PairRekey
         | Request::Unpair => Response::err("internal error: lifecycle request not handled"),
+    }
+}
+
+/// A commit, confirm or rollback on both appliances of a pair (`crate::pair_config`);
+/// `None` for every other request and for `--this-node`.
+async fn pair_change(
+    config: &callgate_revisions::ConfigService,
+    replica: &crate::replica::Replicator,
+    peer: &Peer,
+    req: &Request,
+) -> Option<Response> {
+    use crate::pair_config::{PairOutcome, Proposal};
+    let pc = replica.pair_config();
+    let committed = |r: Result<PairOutcome, String>, what: String| match r {
+        Ok(out) => {
+            let mut msg = format!(
+                "{what} revision {} here and revision {} on {}",
+                out.local.revision,
+                out.peer_revision.map_or("?".into(), |n| n.to_string()),
+                out.peer
+            );
+            if let Some(ms) = out.local.confirm_deadline_ms {
+                let secs = ms
+                    .saturating_sub(callgate_revisions::now_ms())
+                    .div_ceil(1000);
+                msg.push_str(&format!(
+                    "; both roll back in {secs}s unless `callgate confirm` arrives"
+                ));
+            }
+            Response::ok(msg, json!(out))
+        }
+        Err(e) => Response::err(e),
+    };
+    match req {
+        Request::Commit {
+            text,
+            origin,
+            force,
+            confirmed_secs,
+            this_node: false,
+        } => {
+            let p = Proposal {
+                text: text.clone(),
+                origin: origin.clone(),
+                force: *force,
+                window: confirmed_secs.map(Duration::from_secs),
+                author: peer.user.clone(),
+                note: None,
+            };
+            Some(committed(pc.commit(replica, p).await, "committed".into()))
+        }
+        Request::Rollback {
+            number,
+            force,
+            this_node: false,
+        } => {
+            let text = match config.revision(*number).await {
+                Ok(t) => t,
+                Err(e) => return Some(fail(&e)),
+            };
+            let p = Proposal {
+                text,
+                origin: format!("revision-{number}.toml").into(),
+                force: *force,
+                window: None,
+                author: peer.user.clone(),
+                note: Some(format!("rollback to {number}")),
+            };
+            Some(committed(
+                pc.commit(replica, p).await,
+                format!("rolled back to the text of revision {number}, now"),
+            ))
+        }
+        Request::Confirm { this_node: false } => Some(match pc.confirm(replica).await {
+            Ok((n, m)) => Response::ok(
+                format!(
+                    "revision {n} confirmed here and revision {} on the peer",
+                    m.map_or("?".into(), |m| m.to_string())
+                ),
+                json!({"revision": n, "peer_revision": m}),
+            ),
+            Err(e) => Response::err(e),
+        }),
+        _ => None,
     }
 }
 

@@ -73,7 +73,9 @@ impl Ctx {
 /// What the lifecycle task holds while running (never shared: the KEK stays here).
 struct Running {
     kek: Kek,
-    config_thread: std::thread::JoinHandle<()>,
+    /// Taken when stopping.
+    config_thread: Option<std::thread::JoinHandle<()>>,
+    config_service: ConfigService,
     /// The call record writer's progress, flushed before an orderly stop.
     records: Option<crate::calls::RecordsInFlight>,
     config: watch::Receiver<Arc<callgate_config::Config>>,
@@ -173,7 +175,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
             store.clone(),
             ctx.firewall.clone(),
             ha_rx,
-            config.config(),
+            config.clone(),
         )
     });
     let (sip, records) = crate::calls::start(
@@ -191,7 +193,8 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     let config_rx = config.config();
     let mut running = Running {
         kek,
-        config_thread,
+        config_thread: Some(config_thread),
+        config_service: config.clone(),
         records,
         config: config_rx,
         pair_tx,
@@ -434,9 +437,13 @@ async fn unlock(
     }
 }
 
-/// Waits for the config thread to end (its handles are gone once the phase changed).
-async fn stop_config(run: Running, drain: Duration) {
-    let join = run.config_thread;
+/// Stops the config thread and waits for it to end.
+async fn stop_config(mut run: Running, drain: Duration) {
+    let Some(join) = run.config_thread.take() else {
+        return;
+    };
+    run.config_service.stop();
+    drop(run);
     let _ = blocking(move || {
         let start = std::time::Instant::now();
         while !join.is_finished() && start.elapsed() < drain {

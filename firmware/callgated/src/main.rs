@@ -36,6 +36,7 @@ mod dispatch;
 mod lifecycle;
 mod logging;
 mod pair;
+mod pair_config;
 mod replica;
 
 use std::path::{Path, PathBuf};

@@ -34,7 +34,7 @@ use callgate_store::{Cdr, Store};
 use callgate_sync::{Identity, PeerPin, SyncClient, SyncError, SyncServer};
 use callgate_vault::{seal_record, unwrap_dek, wrap_dek, Dek, Kek, Zeroizing};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long an answered call's 2xx waits for the peer to hold its record.
 pub const ACK_WAIT: Duration = Duration::from_millis(200);
@@ -70,6 +70,16 @@ enum Msg {
         key: String,
     },
     RekeyDone,
+    /// A step of a pair-wide config change, asked by the peer (`crate::pair_config`).
+    Config {
+        id: u64,
+        op: crate::pair_config::Op,
+    },
+    /// The answer to `Config` number `id`.
+    ConfigReply {
+        id: u64,
+        answer: crate::pair_config::Answer,
+    },
 }
 
 /// Never prints a key or a record.
@@ -90,6 +100,8 @@ impl std::fmt::Debug for Msg {
             Msg::Ping => f.write_str("Ping"),
             Msg::Rekey { .. } => f.write_str("Rekey(…)"),
             Msg::RekeyDone => f.write_str("RekeyDone"),
+            Msg::Config { id, op } => write!(f, "Config({id}, {op:?})"),
+            Msg::ConfigReply { id, answer } => write!(f, "ConfigReply({id}, {answer:?})"),
         }
     }
 }
@@ -120,6 +132,9 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// Config steps asked of the peer, by id, each with where its answer goes.
+type Asked = std::collections::HashMap<u64, oneshot::Sender<crate::pair_config::Answer>>;
+
 /// Asks the record writer for a bulk sync (sequenced with its batches).
 pub type BulkRequest = Box<dyn Fn() + Send + Sync>;
 
@@ -136,6 +151,11 @@ struct Shared {
     key: watch::Sender<Option<Zeroizing<[u8; 32]>>>,
     /// Re-keys the peer confirmed.
     rekeys_done: watch::Sender<u64>,
+    /// Config steps asked of the peer, waiting for its answer.
+    asked: tokio::sync::Mutex<Asked>,
+    next_ask: AtomicU64,
+    /// This appliance's side of pair-wide config changes.
+    pair_config: Arc<crate::pair_config::PairConfig>,
 }
 
 /// The record writer's and the proxy effects' side of replication. Cheap to clone; its
@@ -243,6 +263,44 @@ impl Replicator {
         })
     }
 
+    /// Asks the peer to carry out a step of a pair-wide config change and waits for its
+    /// answer, at most `wait`; an error when the sync channel is down or drops meanwhile,
+    /// or when the peer does not answer in time.
+    pub async fn ask_peer(
+        &self,
+        op: crate::pair_config::Op,
+        wait: Duration,
+    ) -> Result<crate::pair_config::Answer, String> {
+        let mut link = self.shared.link.subscribe();
+        let epoch = {
+            let l = link.borrow_and_update();
+            if !l.connected {
+                return Err("the peer is not connected over the sync link".into());
+            }
+            l.epoch
+        };
+        let id = self.shared.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.asked.lock().await.insert(id, tx);
+        let r = if self.shared.tx.send(Msg::Config { id, op }).is_err() {
+            Err("the sync channel has stopped".to_owned())
+        } else {
+            let dropped = link.wait_for(|l| l.epoch != epoch || !l.connected);
+            tokio::select! {
+                a = rx => a.map_err(|_| "the sync channel has stopped".to_owned()),
+                _ = dropped => Err("the sync link dropped before the peer answered".to_owned()),
+                () = tokio::time::sleep(wait) => Err(format!("the peer did not answer within {wait:?}")),
+            }
+        };
+        self.shared.asked.lock().await.remove(&id);
+        r
+    }
+
+    /// This appliance's side of pair-wide config changes.
+    pub fn pair_config(&self) -> &Arc<crate::pair_config::PairConfig> {
+        &self.shared.pair_config
+    }
+
     /// The pair key the next connections bind (after a re-key).
     pub fn set_key(&self, key: &[u8; 32]) {
         self.shared.key.send_replace(Some(Zeroizing::new(*key)));
@@ -270,7 +328,7 @@ pub fn spawn(
     store: Arc<Store>,
     firewall: FirewallHandle,
     ha: watch::Receiver<Option<HaHandle>>,
-    config: watch::Receiver<Arc<callgate_config::Config>>,
+    config: callgate_revisions::ConfigService,
 ) -> Replicator {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -280,9 +338,12 @@ pub fn spawn(
         status: watch::Sender::new(ReplicaStatus::default()),
         rt: tokio::runtime::Handle::current(),
         bulk: OnceLock::new(),
-        config,
+        config: config.config(),
         key: watch::Sender::new(None),
         rekeys_done: watch::Sender::new(0),
+        asked: tokio::sync::Mutex::new(Asked::new()),
+        next_ask: AtomicU64::new(1),
+        pair_config: Arc::new(crate::pair_config::PairConfig::new(config)),
     });
     let r = Replicator {
         shared: shared.clone(),
@@ -319,7 +380,11 @@ async fn run(
         shared.key.send_replace(None);
         tokio::select! {
             () = session(&s, &shared, &mut rx, &store, &firewall, &ha) => {}
-            _ = settings.changed() => {
+            r = settings.changed() => {
+                if r.is_err() {
+                    // The daemon is stopping.
+                    return;
+                }
                 log::info!("pair: replication settings changed");
             }
         }
@@ -634,6 +699,21 @@ async fn apply(
         Msg::RekeyDone => {
             shared.rekeys_done.send_modify(|n| *n += 1);
         }
+        Msg::Config { id, op } => {
+            // Applying a config takes a while: the records keep flowing meanwhile.
+            let (pc, tx) = (shared.pair_config.clone(), shared.tx.clone());
+            let me = shared.config.borrow().appliance.name.clone();
+            tokio::spawn(async move {
+                let answer = pc.serve(op, &me).await;
+                let _ = tx.send(Msg::ConfigReply { id, answer });
+            });
+        }
+        Msg::ConfigReply { id, answer } => {
+            let waiting = shared.asked.lock().await.remove(&id);
+            if let Some(w) = waiting {
+                let _ = w.send(answer);
+            }
+        }
         Msg::BulkDone => {
             shared.status.send_modify(|s| s.peer_synced_us = true);
             set_synced(ha, true);
@@ -776,6 +856,14 @@ mod tests {
             Msg::BulkDone,
             Msg::Ping,
             Msg::RekeyDone,
+            Msg::Config {
+                id: 3,
+                op: crate::pair_config::Op::Commit { tx: 9 },
+            },
+            Msg::ConfigReply {
+                id: 3,
+                answer: Err("no".into()),
+            },
         ] {
             let b = serde_json::to_vec(&m).unwrap();
             let back: Msg = serde_json::from_slice(&b).unwrap();

@@ -21,7 +21,7 @@ mod sip;
 mod types;
 
 pub use pair::{
-    HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
+    for_appliance, HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
 };
 pub use sip::SipTcp;

@@ -415,3 +415,33 @@ impl Vip {
         }
     }
 }
+
+/// The two appliances of a pair run the same config but for `[appliance] name`. This is
+/// `text` as the appliance `name` runs it: the name's value replaced, every other byte
+/// (comments, layout, order) kept, so a pair-wide commit records the operator's text on
+/// both.
+pub fn for_appliance(text: &str, name: &EntryName) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        appliance: App,
+    }
+    #[derive(Deserialize)]
+    struct App {
+        name: Spanned<String>,
+    }
+    let doc: Doc = toml::from_str(text).map_err(|e| e.message().trim().to_owned())?;
+    let span = doc.appliance.name.span();
+    let value = text
+        .get(span.clone())
+        .ok_or("the appliance name's place in the text")?;
+    // The span covers the whole string value, quotes included; a label needs no escaping.
+    if !(value.starts_with('"') || value.starts_with('\'')) {
+        return Err(format!("unexpected appliance name value {value:?}"));
+    }
+    Ok(format!(
+        "{}\"{}\"{}",
+        &text[..span.start],
+        name.as_str(),
+        &text[span.end..]
+    ))
+}

@@ -796,3 +796,34 @@ fn pair_mistakes_are_refused_where_they_are() {
     let errs = pair(&three).expect_err("three nodes");
     assert!(errs.to_string().contains("exactly two"), "{errs}");
 }
+
+#[test]
+fn the_pair_labs_configs_are_one_config_for_two_names() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let a = std::fs::read_to_string(root.join("lab-pair-a.toml")).unwrap();
+    let b = std::fs::read_to_string(root.join("lab-pair-b.toml")).unwrap();
+    let lab_b: EntryName = "lab-b".parse().unwrap();
+    let as_b = for_appliance(&a, &lab_b).unwrap();
+    let cfg = Config::parse(&as_b, Path::new("b.toml")).unwrap();
+    assert_eq!(cfg.appliance.name.as_str(), "lab-b");
+    // Only the value changed: the comments and everything else are A's, byte for byte.
+    let (ha, hb) = (
+        a.lines().collect::<Vec<_>>(),
+        as_b.lines().collect::<Vec<_>>(),
+    );
+    assert_eq!(ha.len(), hb.len());
+    let differ: Vec<_> = ha.iter().zip(&hb).filter(|(x, y)| x != y).collect();
+    assert_eq!(differ, vec![(&"name = \"lab-a\"", &"name = \"lab-b\"")]);
+    // and the way back
+    let lab_a: EntryName = "lab-a".parse().unwrap();
+    assert_eq!(for_appliance(&as_b, &lab_a).unwrap(), a);
+    assert_ne!(as_b, b, "the files' own comments name the other appliance");
+    // A name in another spelling (literal string, dotted key) is replaced just as well.
+    let dotted = "appliance.name = 'x' # here\n[zones.wan]\ninterfaces = [\"wan0\"]\n";
+    assert_eq!(
+        for_appliance(dotted, &lab_b).unwrap(),
+        "appliance.name = \"lab-b\" # here\n[zones.wan]\ninterfaces = [\"wan0\"]\n"
+    );
+    assert!(for_appliance("[appliance\n", &lab_b).is_err());
+    assert!(for_appliance("x = 1\n", &lab_b).is_err());
+}

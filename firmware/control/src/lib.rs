@@ -70,12 +70,22 @@ pub enum Request {
         /// Roll back by itself unless `confirm` arrives within this many seconds.
         #[serde(default)]
         confirmed_secs: Option<u64>,
+        /// In a pair: this appliance alone (by default a commit applies on both or neither).
+        #[serde(default)]
+        this_node: bool,
     },
-    Confirm,
+    Confirm {
+        /// In a pair: this appliance alone.
+        #[serde(default)]
+        this_node: bool,
+    },
     Rollback {
         number: u64,
         #[serde(default)]
         force: bool,
+        /// In a pair: this appliance alone.
+        #[serde(default)]
+        this_node: bool,
     },
     /// First start: create and seal the key-encryption key; the reply carries the recovery
     /// key, shown once.
@@ -132,7 +142,7 @@ impl Request {
         matches!(
             self,
             Request::Commit { .. }
-                | Request::Confirm
+                | Request::Confirm { .. }
                 | Request::Rollback { .. }
                 | Request::Provision
                 | Request::Recover { .. }
@@ -159,7 +169,7 @@ impl Request {
             Request::ShowHistory => "show history",
             Request::Compare { .. } => "compare",
             Request::Commit { .. } => "commit",
-            Request::Confirm => "confirm",
+            Request::Confirm { .. } => "confirm",
             Request::Rollback { .. } => "rollback",
             Request::Provision => "provision",
             Request::Recover { .. } => "recover",
@@ -390,6 +400,7 @@ mod tests {
             origin: "a.toml".into(),
             force: false,
             confirmed_secs: Some(30),
+            this_node: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

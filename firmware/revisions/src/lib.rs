@@ -390,6 +390,82 @@ impl Revisions {
         ))
     }
 
+    /// Everything [`Revisions::commit`] would refuse `text` for, without changing
+    /// anything: the first phase of a pair-wide commit.
+    pub fn check(
+        &self,
+        text: &str,
+        origin: &Path,
+        force: bool,
+        window: Option<Duration>,
+    ) -> Result<(), RevisionError> {
+        validate(text, origin, force)?;
+        let previous = self.store.active()?.unwrap_or(0);
+        let event = confirm::Event::Commit {
+            previous,
+            candidate: self.store.last()? + 1,
+            window,
+        };
+        match confirm::step(self.store.pending()?.as_ref(), event, now_ms()) {
+            confirm::Action::Apply => Ok(()),
+            confirm::Action::ApplyWithWindow(_) if previous != 0 => Ok(()),
+            confirm::Action::ApplyWithWindow(_) => Err(RevisionError::Refused(
+                "no earlier revision to roll back to",
+            )),
+            confirm::Action::Refuse(why) => Err(RevisionError::Refused(why)),
+            _ => Err(RevisionError::Refused(
+                "a confirm window has just closed and is rolling back; try again",
+            )),
+        }
+    }
+
+    /// Takes back commit `revision` at once (its pair-wide twin failed): the text of
+    /// `back_to` (the revision it replaced) runs again, as a new revision that says why.
+    /// Refused when `revision` is no longer the running (or pending) one.
+    pub fn undo(
+        &self,
+        revision: u64,
+        back_to: u64,
+        why: &str,
+        applier: &dyn Applier,
+    ) -> Result<(Config, u64), RevisionError> {
+        let note = format!("rollback to {back_to} (commit {revision} undone: {why})");
+        let now = now_ms();
+        if let Some(p) = self.store.pending()? {
+            if p.candidate != revision {
+                return Err(RevisionError::Refused("another commit is awaiting confirm"));
+            }
+            let Some(p) = self.store.claim_pending()? else {
+                return Err(RevisionError::Refused(
+                    "the commit was rolled back meanwhile",
+                ));
+            };
+            let rev = self
+                .store
+                .append("callgated", &note, &p.previous_text, now)?;
+            let cfg = self.activate(&rev.text, rev.number, applier)?;
+            log::warn!("{note}");
+            return Ok((cfg, rev.number));
+        }
+        if self.store.active()? != Some(revision) {
+            return Err(RevisionError::Refused(
+                "the commit to undo is no longer the running revision",
+            ));
+        }
+        let text = self.store.get(back_to)?.text;
+        let change = Change {
+            text: &text,
+            origin: &self.config_path,
+            force: true,
+            window: None,
+            author: "callgated",
+            note: &note,
+        };
+        let (cfg, out) = self.commit(&change, applier)?;
+        log::warn!("{note}");
+        Ok((cfg, out.revision))
+    }
+
     /// Makes a pending confirmed commit permanent.
     pub fn confirm(&self, applier: &dyn Applier) -> Result<ConfirmOutcome, RevisionError> {
         let pending = self.store.pending()?;
@@ -462,7 +538,25 @@ enum Command {
         force: bool,
         window: Option<Duration>,
         author: String,
+        note: Option<String>,
         reply: Reply<CommitOutcome>,
+    },
+    Check {
+        text: String,
+        origin: PathBuf,
+        force: bool,
+        window: Option<Duration>,
+        reply: Reply<()>,
+    },
+    Undo {
+        revision: u64,
+        back_to: u64,
+        why: String,
+        reply: Reply<u64>,
+    },
+    Revision {
+        number: u64,
+        reply: Reply<String>,
     },
     Rollback {
         number: u64,
@@ -487,6 +581,10 @@ enum Command {
     Status {
         reply: Reply<(Option<u64>, Option<u64>)>,
     },
+    Pending {
+        reply: Reply<Option<(u64, u64)>>,
+    },
+    Stop,
 }
 
 /// Handle to the config thread. Cheap to clone.
@@ -531,15 +629,70 @@ impl ConfigService {
         window: Option<Duration>,
         author: String,
     ) -> Result<CommitOutcome, RevisionError> {
+        self.commit_noted(text, origin, force, window, author, None)
+            .await
+    }
+
+    /// A commit whose history entry says `note` (default: `commit`, or `commit confirmed
+    /// Ns`).
+    pub async fn commit_noted(
+        &self,
+        text: String,
+        origin: PathBuf,
+        force: bool,
+        window: Option<Duration>,
+        author: String,
+        note: Option<String>,
+    ) -> Result<CommitOutcome, RevisionError> {
         self.call(|reply| Command::Commit {
             text,
             origin,
             force,
             window,
             author,
+            note,
             reply,
         })
         .await
+    }
+
+    /// Whether a commit of `text` would be refused, changing nothing ([`Revisions::check`]).
+    pub async fn check(
+        &self,
+        text: String,
+        origin: PathBuf,
+        force: bool,
+        window: Option<Duration>,
+    ) -> Result<(), RevisionError> {
+        self.call(|reply| Command::Check {
+            text,
+            origin,
+            force,
+            window,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Revisions::undo`]; the new revision's number.
+    pub async fn undo(
+        &self,
+        revision: u64,
+        back_to: u64,
+        why: String,
+    ) -> Result<u64, RevisionError> {
+        self.call(|reply| Command::Undo {
+            revision,
+            back_to,
+            why,
+            reply,
+        })
+        .await
+    }
+
+    /// The text of revision `number`.
+    pub async fn revision(&self, number: u64) -> Result<String, RevisionError> {
+        self.call(|reply| Command::Revision { number, reply }).await
     }
 
     pub async fn rollback(
@@ -579,6 +732,17 @@ impl ConfigService {
     pub async fn status(&self) -> Result<(Option<u64>, Option<u64>), RevisionError> {
         self.call(|reply| Command::Status { reply }).await
     }
+
+    /// Ends the config thread after the command in hand (handles may outlive the daemon's
+    /// components; their calls then fail with [`RevisionError::Stopped`]).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+    }
+
+    /// The commit awaiting `confirm`, if any: its revision and the one it rolls back to.
+    pub async fn pending(&self) -> Result<Option<(u64, u64)>, RevisionError> {
+        self.call(|reply| Command::Pending { reply }).await
+    }
 }
 
 fn run(
@@ -608,18 +772,20 @@ fn run(
         }
         let Some(cmd) = cmd else { continue };
         match cmd {
+            Command::Stop => return,
             Command::Commit {
                 text,
                 origin,
                 force,
                 window,
                 author,
+                note,
                 reply,
             } => {
-                let note = match window {
+                let note = note.unwrap_or_else(|| match window {
                     Some(w) => format!("commit confirmed {}s", w.as_secs()),
                     None => "commit".to_owned(),
-                };
+                });
                 let change = Change {
                     text: &text,
                     origin: &origin,
@@ -657,6 +823,30 @@ fn run(
                     out
                 }));
             }
+            Command::Check {
+                text,
+                origin,
+                force,
+                window,
+                reply,
+            } => {
+                let _ = reply.send(revs.check(&text, &origin, force, window));
+            }
+            Command::Undo {
+                revision,
+                back_to,
+                why,
+                reply,
+            } => {
+                let r = revs.undo(revision, back_to, &why, applier.as_ref());
+                let _ = reply.send(r.map(|(cfg, n)| {
+                    publish(cfg);
+                    n
+                }));
+            }
+            Command::Revision { number, reply } => {
+                let _ = reply.send(revs.store.get(number).map(|r| r.text));
+            }
             Command::Confirm { reply } => {
                 let r = match revs.confirm(applier.as_ref()) {
                     Ok(ConfirmOutcome::Confirmed(n)) => Ok(n),
@@ -690,6 +880,13 @@ fn run(
                     .store
                     .active()
                     .and_then(|active| Ok((active, revs.store.pending()?.map(|p| p.candidate))));
+                let _ = reply.send(r);
+            }
+            Command::Pending { reply } => {
+                let r = revs
+                    .store
+                    .pending()
+                    .map(|p| p.map(|p| (p.candidate, p.previous)));
                 let _ = reply.send(r);
             }
         }
@@ -865,5 +1062,48 @@ mod tests {
             "{h:?}"
         );
         assert!(r.store.guard_rollback().unwrap().is_none());
+    }
+
+    #[test]
+    fn check_refuses_what_commit_would_and_undo_takes_a_commit_back() {
+        let (_d, r) = setup();
+        let fw = Fake::default();
+        r.boot(&fw).unwrap();
+        let origin = Path::new("candidate.toml");
+        let text2 = lab().replace("\"33434-33534\"", "\"33434-33500\"");
+        r.check(&text2, origin, false, None).unwrap();
+        assert!(matches!(
+            r.check("[appliance\n", origin, false, None),
+            Err(RevisionError::Invalid(_))
+        ));
+        assert_eq!(r.history().unwrap().len(), 1, "a check records nothing");
+        assert_eq!(*fw.applied.borrow(), vec![1], "and applies nothing");
+
+        r.commit(&change(&text2, None), &fw).unwrap();
+        let (_, n) = r.undo(2, 1, "the peer failed", &fw).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), lab());
+        let h = r.history().unwrap();
+        assert!(
+            h[2].active && h[2].note.contains("commit 2 undone: the peer failed"),
+            "{h:?}"
+        );
+        assert!(matches!(
+            r.undo(2, 1, "again", &fw),
+            Err(RevisionError::Refused(_))
+        ));
+
+        // With a confirm window: a check is refused while it is open, an undo closes it.
+        r.commit(&change(&text2, Some(60)), &fw).unwrap();
+        assert!(matches!(
+            r.check(&text2, origin, false, None),
+            Err(RevisionError::Refused(_))
+        ));
+        let (_, n) = r.undo(4, 3, "the peer's window closed", &fw).unwrap();
+        assert_eq!(n, 5);
+        assert!(r.store.pending().unwrap().is_none());
+        assert_eq!(r.store.active().unwrap(), Some(5));
+        assert_eq!(std::fs::read_to_string(&r.config_path).unwrap(), lab());
+        assert_eq!(*fw.applied.borrow(), vec![1, 2, 3, 4, 5]);
     }
 }

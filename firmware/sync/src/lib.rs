@@ -93,9 +93,11 @@ pub use server::{SyncServer, MAX_PENDING_HANDSHAKES};
 /// The pinned certificate fingerprint of the peer, or `None` before first contact.
 pub type PeerPin = Option<Fingerprint>;
 
-/// The largest message payload, in bytes (1 MiB). A larger length prefix from the peer is
-/// refused before anything is allocated for it.
-pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+/// The largest message payload, in bytes (72 MiB: a pair-wide config commit carries a
+/// whole config, up to 32 MiB of text, JSON-escaped). A larger length prefix from the peer
+/// is refused before anything is allocated for it; only a peer that proved the pair key
+/// gets to send one.
+pub const MAX_MESSAGE_LEN: usize = 72 << 20;
 
 /// How long the server gives one connection for its TLS handshake and channel binding.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
