@@ -424,6 +424,22 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         .map_or(usize::MAX, Vec::len);
     assert_eq!(on_a, 0, "a standby carries no call on");
     assert!(a.log().contains("left to the pair's peer"), "{}", a.log());
+    // and at the rejoin B sends A the final records of those calls, which B wrote while A
+    // was down: A holds each exactly once, complete.
+    assert!(
+        wait_until(Duration::from_secs(10), || wait_cdrs(&a, 100).len() >= 100),
+        "A got {} final records; A's log:\n{}\nB's log:\n{}",
+        wait_cdrs(&a, 0).len(),
+        a.log(),
+        b.log()
+    );
+    let on_a = hil_tests::calls::cdrs(&a);
+    for id in &answered {
+        let mine: Vec<&serde_json::Value> = on_a.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id} on A: {mine:#?}");
+        assert!(!mine[0]["end_at"].is_null(), "{}", mine[0]);
+        assert_eq!(mine[0]["ended_by"], "lab-b", "{}", mine[0]);
+    }
 }
 
 fn both_settled(lab: &Lab, active: Host) -> bool {
@@ -594,6 +610,9 @@ fn a_node_that_comes_back_rejoins_as_standby_and_syncs() {
         Host::B
     )));
     let pbx = callee(&lab);
+    // One call made and ended while A is down: its record reaches A at the rejoin.
+    a_call_is_recorded_on(&lab, &b);
+    let missed = hil_tests::calls::cdrs(&b)[0]["call_id"].clone();
     let call = held_calls(&lab, 20, 20.0, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(1500));
     let b_before = show_pair(&b)["transitions"].clone();
@@ -617,6 +636,11 @@ fn a_node_that_comes_back_rejoins_as_standby_and_syncs() {
     let r = call.wait(Duration::from_secs(60)).expect("caller ends");
     let _ = pbx.stop();
     assert_eq!((r.successful, r.failed), (20, 0), "{}", r.summary());
+    // A holds every record: the one it missed and the 20 it saw start.
+    let on_a = wait_cdrs(&a, 21);
+    assert_eq!(on_a.len(), 21, "{on_a:#?}");
+    assert_eq!(on_a.iter().filter(|c| c["call_id"] == missed).count(), 1);
+    assert!(on_a.iter().all(|c| c["appliance"] == "lab-b"), "{on_a:#?}");
 }
 
 /// A planned failover under call load: the standby takes over before the active lets go,
@@ -636,6 +660,15 @@ fn a_planned_failover_under_call_load_fails_no_call() {
     assert_eq!(role(&b), "active");
     assert!(both_settled(&lab, Host::B));
     assert_eq!(wait_cdrs(&b, 100).len(), 100);
+    // A, now standby, holds every final record too: B's own, and those of the calls A
+    // answered and B ended (no call stays "in progress" on A to be carried on again).
+    let on_a = wait_cdrs(&a, 100);
+    assert_eq!(on_a.len(), 100, "{}", a.log());
+    let ended_by_b = on_a.iter().filter(|c| c["ended_by"] == "lab-b").count();
+    assert!(ended_by_b > 0, "some calls were A's at the handover");
+    assert!(a.cli(&["--json", "show", "calls"]).json()["calls"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
 }
 
 /// `pair rekey` on either appliance: both keep a new pair key (sealed on disk), with no

@@ -96,6 +96,10 @@ pub fn start(
                 "sip: {} calls in progress at the last stop are left to the pair's peer",
                 in_progress.len()
             );
+            // Their final records are the peer's to write: asked of it at each connection.
+            if let Some(r) = &replicator {
+                r.await_finals(in_progress.iter().map(|r| r.id));
+            }
         }
         Vec::new()
     } else {

@@ -433,7 +433,7 @@ fn origin(note: &str) -> PathBuf {
 }
 
 /// This appliance's name and its peer's, from the running config.
-fn names_of(cfg: &Config) -> Result<(EntryName, EntryName), String> {
+pub fn names_of(cfg: &Config) -> Result<(EntryName, EntryName), String> {
     let me = cfg.appliance.name.clone();
     let pair = cfg.pair.as_ref().ok_or("no [pair] in the running config")?;
     let (_, peer) = pair

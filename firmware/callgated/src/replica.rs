@@ -9,7 +9,14 @@
 //!   collide: each node allocates ids of its own parity (`Store::set_pair_node`).
 //! - `Block`: a source the flood guard blocked, with its lifetime: the peer blocks it too,
 //!   unless its config names the address as a carrier, a destination or a pair node.
-//!   Records whose ids are of the receiver's own parity are refused.
+//!   Records whose ids are of the receiver's own parity are refused, but for the final
+//!   record of a call the receiver answered, still holds as in progress, and the peer
+//!   ended (it carried the call on after a failover).
+//! - `Have`: at each connection, what the sender holds of the receiver's records (its
+//!   watermark of the receiver's ids, the calls it holds as in progress, and those it left
+//!   to the peer at its last stop). The receiver sends back, in paced batches, the final
+//!   records the sender lacks: a node that was down or cut off gets every record written
+//!   meanwhile.
 //! - `BulkDone`: after a (re)connect, each node sends the records of all its calls in
 //!   progress (sequenced by the record writer, so no final record can overtake them),
 //!   then `BulkDone`; a node is *synced* once it has its peer's.
@@ -70,6 +77,13 @@ enum Msg {
         key: String,
     },
     RekeyDone,
+    /// Sent at each connection: what the sender holds of the receiver's records (the
+    /// highest id of the receiver's parity in its tree, and the ids it holds as calls in
+    /// progress). The receiver sends back the final records the sender lacks.
+    Have {
+        after: Option<u64>,
+        open: Vec<u64>,
+    },
     /// A step of a pair-wide config change, asked by the peer (`crate::pair_config`).
     Config {
         id: u64,
@@ -100,6 +114,7 @@ impl std::fmt::Debug for Msg {
             Msg::Ping => f.write_str("Ping"),
             Msg::Rekey { .. } => f.write_str("Rekey(…)"),
             Msg::RekeyDone => f.write_str("RekeyDone"),
+            Msg::Have { after, open } => write!(f, "Have(after {after:?}, {} open)", open.len()),
             Msg::Config { id, op } => write!(f, "Config({id}, {op:?})"),
             Msg::ConfigReply { id, answer } => write!(f, "ConfigReply({id}, {answer:?})"),
         }
@@ -156,6 +171,25 @@ struct Shared {
     next_ask: AtomicU64,
     /// This appliance's side of pair-wide config changes.
     pair_config: Arc<crate::pair_config::PairConfig>,
+    /// Calls in progress when this daemon last stopped, whose final records the peer
+    /// writes (it carried them on): asked for at each connection until they arrive.
+    awaiting: watch::Sender<std::collections::BTreeSet<u64>>,
+}
+
+impl Shared {
+    fn send_records(&self, open: &[(u64, &Cdr)], ended: &[(u64, &Cdr)]) -> Option<u64> {
+        if !self.link.borrow().connected {
+            return None;
+        }
+        let n = self.next_n.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Records {
+            n,
+            open: open.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
+            ended: ended.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
+        };
+        self.status.send_modify(|s| s.batches_sent += 1);
+        self.tx.send(msg).ok().map(|()| n)
+    }
 }
 
 /// The record writer's and the proxy effects' side of replication. Cheap to clone; its
@@ -175,17 +209,13 @@ impl Replicator {
     /// Sends a batch of records this node wrote; the batch number to wait for, when the
     /// peer is connected.
     pub fn send_records(&self, open: &[(u64, &Cdr)], ended: &[(u64, &Cdr)]) -> Option<u64> {
-        if !self.shared.link.borrow().connected {
-            return None;
-        }
-        let n = self.shared.next_n.fetch_add(1, Ordering::Relaxed);
-        let msg = Msg::Records {
-            n,
-            open: open.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
-            ended: ended.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
-        };
-        self.shared.status.send_modify(|s| s.batches_sent += 1);
-        self.shared.tx.send(msg).ok().map(|()| n)
+        self.shared.send_records(open, ended)
+    }
+
+    /// The calls in progress when this daemon last stopped, left to the peer: their final
+    /// records are asked of it at each connection until they arrive.
+    pub fn await_finals(&self, ids: impl IntoIterator<Item = u64>) {
+        self.shared.awaiting.send_modify(|a| a.extend(ids));
     }
 
     /// Blocks the calling (non-async) thread until the peer acknowledged batch `n`, the
@@ -344,6 +374,7 @@ pub fn spawn(
         asked: tokio::sync::Mutex::new(Asked::new()),
         next_ask: AtomicU64::new(1),
         pair_config: Arc::new(crate::pair_config::PairConfig::new(config)),
+        awaiting: watch::Sender::new(std::collections::BTreeSet::new()),
     });
     let r = Replicator {
         shared: shared.clone(),
@@ -502,6 +533,7 @@ async fn session(
                 let _ = shared.tx.send(Msg::BulkDone);
             }
         }
+        let _ = shared.tx.send(have(shared, store, s.node).await);
         let (mut reader, mut writer) = conn.into_split();
         let read = async {
             loop {
@@ -561,6 +593,96 @@ async fn session(
     }
 }
 
+/// What this node holds of its peer's records, said at each connection.
+async fn have(shared: &Shared, store: &Arc<Store>, node: u8) -> Msg {
+    let st = store.clone();
+    let awaiting = shared.awaiting.borrow().clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let after = st.last_cdr_id_of_node(node ^ 1);
+        let mut open: std::collections::BTreeSet<u64> = st.open_cdr_ids().into_iter().collect();
+        open.extend(awaiting);
+        (after, open.into_iter().collect::<Vec<_>>())
+    })
+    .await;
+    match r {
+        Ok((after, open)) => Msg::Have { after, open },
+        Err(_) => Msg::Have {
+            after: None,
+            open: Vec::new(),
+        },
+    }
+}
+
+/// Records per catch-up batch, and the pause between batches (new calls' records go
+/// between them).
+const CATCH_UP_BATCH: usize = 256;
+const CATCH_UP_PAUSE: Duration = Duration::from_millis(5);
+/// At most this many ids in a peer's `Have` are looked at.
+const MAX_HAVE_OPEN: usize = 100_000;
+
+/// Sends the peer the final records it lacks: those of the calls it holds as in progress
+/// that ended here, then this node's final records above its watermark, in batches.
+async fn catch_up(
+    shared: Arc<Shared>,
+    store: Arc<Store>,
+    node: u8,
+    after: Option<u64>,
+    open: Vec<u64>,
+) {
+    let st = store.clone();
+    let finals: Vec<(u64, Cdr)> = tokio::task::spawn_blocking(move || {
+        open.iter()
+            .filter_map(|id| st.get_cdr(*id).ok())
+            .filter(|r| r.value.end_at.is_some())
+            .map(|r| (r.id, r.value))
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut sent = 0usize;
+    let send = |batch: &[(u64, Cdr)]| {
+        let refs: Vec<(u64, &Cdr)> = batch.iter().map(|(id, c)| (*id, c)).collect();
+        shared.send_records(&[], &refs).is_some()
+    };
+    for batch in finals.chunks(CATCH_UP_BATCH) {
+        if !send(batch) {
+            return;
+        }
+        sent += batch.len();
+        tokio::time::sleep(CATCH_UP_PAUSE).await;
+    }
+    let mut after = after;
+    loop {
+        let st = store.clone();
+        let page: Vec<(u64, Cdr)> = tokio::task::spawn_blocking(move || {
+            st.final_cdrs_of_node_after(node, after, CATCH_UP_BATCH)
+                .into_iter()
+                .map(|r| (r.id, r.value))
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let Some(last) = page.last().map(|(id, _)| *id) else {
+            break;
+        };
+        if !send(&page) {
+            return;
+        }
+        sent += page.len();
+        after = Some(last);
+        tokio::time::sleep(CATCH_UP_PAUSE).await;
+    }
+    if sent > 0 {
+        log::info!("pair: {sent} final records the peer lacked were sent");
+    }
+}
+
+/// Whether a final record of one of this node's ids may come from the peer: a call this
+/// node (`me`) answered and the peer ended after carrying it on.
+fn completes_ours(c: &Cdr, me: &str, peer: &str) -> bool {
+    c.end_at.is_some() && c.appliance == me && c.ended_by.as_deref() == Some(peer)
+}
+
 /// Whether record `id` is one the peer of node `me` allocates (the other parity).
 fn peer_owns(id: u64, me: u8) -> bool {
     id % 2 != u64::from(me & 1)
@@ -600,7 +722,7 @@ fn note_error(shared: &Shared, e: String) {
 async fn apply(
     msg: Msg,
     s: &Settings,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     store: &Arc<Store>,
     firewall: &FirewallHandle,
     ha: &watch::Receiver<Option<HaHandle>>,
@@ -612,26 +734,45 @@ async fn apply(
             mut ended,
         } => {
             // The peer allocates ids of its own parity only: one of ours would overwrite a
-            // record of this appliance.
-            let before = open.len() + ended.len();
-            open.retain(|(id, _)| peer_owns(*id, s.node));
-            ended.retain(|(id, _)| peer_owns(*id, s.node));
-            if open.len() + ended.len() != before {
-                log::warn!(
-                    "pair: {} replicated records with ids of this appliance refused",
-                    before - open.len() - ended.len()
-                );
-            }
-            let count = (open.len() + ended.len()) as u64;
+            // record of this appliance, unless it is the final record of a call this
+            // appliance answered and still holds as in progress, ended by the peer (it
+            // carried the call on after a failover).
+            let node = s.node;
+            let (me, peer) = match crate::pair_config::names_of(&shared.config.borrow()) {
+                Ok((m, p)) => (m.to_string(), p.to_string()),
+                Err(_) => (String::new(), String::new()),
+            };
             let st = store.clone();
             let r = tokio::task::spawn_blocking(move || {
+                let before = open.len() + ended.len();
+                open.retain(|(id, _)| peer_owns(*id, node));
+                ended.retain(|(id, c)| {
+                    peer_owns(*id, node)
+                        || (completes_ours(c, &me, &peer) && st.holds_call_in_progress(*id))
+                });
+                let refused = before - open.len() - ended.len();
                 let o: Vec<(u64, &Cdr)> = open.iter().map(|(id, c)| (*id, c)).collect();
                 let e: Vec<(u64, &Cdr)> = ended.iter().map(|(id, c)| (*id, c)).collect();
+                let ended_ids: Vec<u64> = ended.iter().map(|(id, _)| *id).collect();
                 st.write_cdrs(&o, &e)
+                    .map(|failed| (failed, refused, before - refused, ended_ids))
             })
             .await;
             match r {
-                Ok(Ok(failed)) => {
+                Ok(Ok((failed, refused, count, ended_ids))) => {
+                    let count = count as u64;
+                    if refused > 0 {
+                        log::warn!(
+                            "pair: {refused} replicated records with ids of this appliance refused"
+                        );
+                    }
+                    shared.awaiting.send_if_modified(|a| {
+                        let n = a.len();
+                        for id in &ended_ids {
+                            a.remove(id);
+                        }
+                        a.len() != n
+                    });
                     for (id, e) in failed {
                         log::error!(
                             "pair: replicated record {id} could not be stored: {}",
@@ -698,6 +839,10 @@ async fn apply(
         }
         Msg::RekeyDone => {
             shared.rekeys_done.send_modify(|n| *n += 1);
+        }
+        Msg::Have { after, mut open } => {
+            open.truncate(MAX_HAVE_OPEN);
+            tokio::spawn(catch_up(shared.clone(), store.clone(), s.node, after, open));
         }
         Msg::Config { id, op } => {
             // Applying a config takes a while: the records keep flowing meanwhile.
@@ -843,6 +988,37 @@ mod tests {
     fn the_peer_may_write_only_records_of_its_own_parity() {
         assert!(peer_owns(3, 0) && !peer_owns(4, 0));
         assert!(peer_owns(4, 1) && !peer_owns(3, 1));
+    }
+
+    #[test]
+    fn of_our_records_the_peer_may_only_complete_a_call_we_answered_and_it_ended() {
+        let cdr = Cdr {
+            call_id: "c".into(),
+            tracking_number: "+18005550100".into(),
+            campaign: "x".into(),
+            caller: callgate_store::Pii::new("+12025550101"),
+            caller_name: None,
+            destination: "d".into(),
+            invite_at: 1,
+            ring_at: None,
+            answer_at: Some(2),
+            end_at: Some(3),
+            duration_ms: 1,
+            disposition: callgate_store::Disposition::Answered,
+            final_code: 200,
+            appliance: "lab-a".into(),
+            ended_by: Some("lab-b".into()),
+            resume: None,
+        };
+        assert!(completes_ours(&cdr, "lab-a", "lab-b"));
+        // not one we answered, not ended by the peer, or not final: refused
+        assert!(!completes_ours(&cdr, "lab-b", "lab-a"));
+        let mut c = cdr.clone();
+        c.ended_by = None;
+        assert!(!completes_ours(&c, "lab-a", "lab-b"));
+        let mut c = cdr.clone();
+        c.end_at = None;
+        assert!(!completes_ours(&c, "lab-a", "lab-b"));
     }
 
     #[test]

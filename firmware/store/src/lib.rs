@@ -952,6 +952,60 @@ impl Store {
         }
     }
 
+    /// Whether this store holds record `id` as a call in progress: in an open-call slot,
+    /// or as an answer-time record (no end) in the tree. What a pair's peer may complete.
+    pub fn holds_call_in_progress(&self, id: u64) -> bool {
+        match self.sealed_cdr(id) {
+            Ok(Some(sealed)) => self
+                .decode_cdr(id, &id.to_be_bytes(), &sealed)
+                .is_ok_and(|(_, r)| r.value.end_at.is_none()),
+            _ => false,
+        }
+    }
+
+    /// The ids of the records held in open-call slots (calls in progress, this node's and
+    /// replicated ones).
+    pub fn open_cdr_ids(&self) -> Vec<u64> {
+        self.slots().map(|s| s.ids()).unwrap_or_default()
+    }
+
+    /// The highest record id of pair node `node`'s parity in the tree, if any (keys only,
+    /// nothing decrypted).
+    pub fn last_cdr_id_of_node(&self, node: u8) -> Option<u64> {
+        self.t
+            .cdrs
+            .iter()
+            .keys()
+            .rev()
+            .filter_map(|k| k.ok().and_then(|k| id_of(&k)))
+            .find(|id| id % 2 == u64::from(node & 1))
+    }
+
+    /// Final records of pair node `node`'s parity with ids above `after`, in id order, at
+    /// most `limit` of them (only those keys are decrypted); corrupt ones are skipped.
+    pub fn final_cdrs_of_node_after(
+        &self,
+        node: u8,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Vec<Record<Cdr>> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        self.t
+            .cdrs
+            .range(from.to_be_bytes()..)
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                let id = id_of(&k)?;
+                if id % 2 != u64::from(node & 1) {
+                    return None;
+                }
+                self.decode_cdr(id, &k, &v).ok().map(|(_, r)| r)
+            })
+            .filter(|r| r.value.end_at.is_some())
+            .take(limit)
+            .collect()
+    }
+
     /// The last `n` CDRs (highest ids), oldest first, the answer-time records of calls in
     /// progress included.
     pub fn last_cdrs(&self, n: usize) -> Vec<Result<Record<Cdr>, StoreError>> {

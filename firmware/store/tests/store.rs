@@ -576,3 +576,45 @@ fn no_read_that_starts_after_an_erasure_sees_the_pii() {
         stop.store(true, Ordering::Release);
     });
 }
+
+/// What a pair's catch-up reads: the last id of a node's parity, that node's final
+/// records above a watermark (a page at a time), and which records are calls in progress.
+#[test]
+fn a_peer_catch_up_reads_one_nodes_finals_after_a_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), kek()).unwrap();
+    assert_eq!(s.last_cdr_id_of_node(0), None);
+    // Node 1's records (odd), then node 0's own (even), as a paired store holds them.
+    for id in [3u64, 5, 7] {
+        s.put_cdr(id, &cdr("+12025550101", None, id)).unwrap();
+    }
+    s.set_pair_node(Some(0));
+    let own: Vec<u64> = (0..3)
+        .map(|n| s.append_cdr(&cdr("+12025550102", None, n)).unwrap())
+        .collect();
+    assert!(own.iter().all(|id| id % 2 == 0), "{own:?}");
+    assert_eq!(s.last_cdr_id_of_node(1), Some(7));
+    assert_eq!(s.last_cdr_id_of_node(0), own.last().copied());
+    let ids = |v: Vec<callgate_store::Record<Cdr>>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.final_cdrs_of_node_after(1, None, 10)), vec![3, 5, 7]);
+    assert_eq!(ids(s.final_cdrs_of_node_after(1, Some(3), 1)), vec![5]);
+    assert_eq!(ids(s.final_cdrs_of_node_after(0, None, 10)), own);
+    assert!(s.final_cdrs_of_node_after(1, Some(7), 10).is_empty());
+    // A call in progress (an answer-time record in an open slot) is not final.
+    let mut open = cdr("+12025550103", None, 9);
+    open.end_at = None;
+    s.put_open_cdrs(&[(9, &open)]).unwrap();
+    assert!(s.holds_call_in_progress(9));
+    assert!(!s.holds_call_in_progress(7), "a final record");
+    assert!(!s.holds_call_in_progress(11), "no record");
+    assert_eq!(s.open_cdr_ids(), vec![9]);
+    assert_eq!(
+        ids(s.final_cdrs_of_node_after(1, Some(7), 10)),
+        Vec::<u64>::new()
+    );
+    // Its final record, written under the same id, ends it.
+    s.put_cdrs(&[(9, &cdr("+12025550103", None, 9))]).unwrap();
+    assert!(!s.holds_call_in_progress(9));
+    assert!(s.open_cdr_ids().is_empty());
+    assert_eq!(ids(s.final_cdrs_of_node_after(1, Some(7), 10)), vec![9]);
+}
