@@ -95,6 +95,17 @@ fn the_active_holds_every_virtual_address_and_takes_the_calls() {
     assert_eq!(rep["connected"], true, "{rep}");
     assert!(rep["batches_acked"].as_u64().unwrap() >= 1, "{rep}");
     assert_eq!(show_pair(&b)["synced"], true);
+    // Nothing left unacknowledged: no lag.
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let rep = &show_pair(&a)["replication"];
+            rep["lag_records"] == 0 && rep["lag_ms"] == 0
+        }),
+        "{}",
+        show_pair(&a)
+    );
+    let text = a.cli(&["show", "pair"]).stdout;
+    assert!(text.contains("lag 0 records / 0 ms"), "{text}");
 }
 
 /// The MAC address of `iface` in `host`'s namespace.

@@ -417,9 +417,11 @@ pub fn show_text(state: &PairState, rep: Option<&replica::ReplicaStatus>) -> Str
     let mut out = show_ha_text(state);
     if let Some(r) = rep {
         out.push_str(&format!(
-            "replication: {}{}, batches sent {} acknowledged {} received {} ({} records), last acknowledgement wait {}, connections {}, refused {}{}\n",
+            "replication: {}{}, lag {} records / {} ms, batches sent {} acknowledged {} received {} ({} records), last acknowledgement wait {}, connections {}, refused {}{}\n",
             if r.connected { "connected" } else { "not connected" },
             r.peer.as_ref().map(|p| format!(" to {p}")).unwrap_or_default(),
+            r.lag_records,
+            r.lag_ms,
             r.batches_sent,
             r.batches_acked,
             r.batches_received,

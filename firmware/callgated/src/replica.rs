@@ -145,6 +145,10 @@ pub struct ReplicaStatus {
     pub connections: u64,
     pub refused: u64,
     pub last_error: Option<String>,
+    /// Records sent on this connection that the peer has not acknowledged yet.
+    pub lag_records: u64,
+    /// How long the oldest of them has waited (0 when none): how far behind the peer is.
+    pub lag_ms: u64,
 }
 
 /// Config steps asked of the peer, by id, each with where its answer goes.
@@ -174,6 +178,8 @@ struct Shared {
     /// Calls in progress when this daemon last stopped, whose final records the peer
     /// writes (it carried them on): asked for at each connection until they arrive.
     awaiting: watch::Sender<std::collections::BTreeSet<u64>>,
+    /// Batches sent on this connection and not yet acknowledged: number, records, when.
+    inflight: watch::Sender<std::collections::VecDeque<(u64, u64, Instant)>>,
 }
 
 impl Shared {
@@ -188,6 +194,9 @@ impl Shared {
             ended: ended.iter().map(|(id, c)| (*id, (*c).clone())).collect(),
         };
         self.status.send_modify(|s| s.batches_sent += 1);
+        let count = (open.len() + ended.len()) as u64;
+        self.inflight
+            .send_modify(|q| q.push_back((n, count, Instant::now())));
         self.tx.send(msg).ok().map(|()| n)
     }
 }
@@ -263,7 +272,13 @@ impl Replicator {
     }
 
     pub fn status(&self) -> ReplicaStatus {
-        self.shared.status.borrow().clone()
+        let mut st = self.shared.status.borrow().clone();
+        let q = self.shared.inflight.borrow();
+        st.lag_records = q.iter().map(|(_, c, _)| c).sum();
+        st.lag_ms = q.front().map_or(0, |(_, _, at)| {
+            u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        st
     }
 
     /// Sends a new pair key to the peer and blocks (non-async thread) until it confirms
@@ -375,6 +390,7 @@ pub fn spawn(
         next_ask: AtomicU64::new(1),
         pair_config: Arc::new(crate::pair_config::PairConfig::new(config)),
         awaiting: watch::Sender::new(std::collections::BTreeSet::new()),
+        inflight: watch::Sender::new(std::collections::VecDeque::new()),
     });
     let r = Replicator {
         shared: shared.clone(),
@@ -420,6 +436,9 @@ async fn run(
             }
         }
         shared.link.send_modify(|l| l.connected = false);
+        shared
+            .inflight
+            .send_modify(std::collections::VecDeque::clear);
         shared.status.send_modify(|st| {
             st.connected = false;
             st.peer_synced_us = false;
@@ -583,6 +602,9 @@ async fn session(
         };
         log::warn!("pair: sync channel down: {why}");
         shared.link.send_modify(|l| l.connected = false);
+        shared
+            .inflight
+            .send_modify(std::collections::VecDeque::clear);
         shared.status.send_modify(|st| {
             st.connected = false;
             st.peer_synced_us = false;
@@ -793,6 +815,11 @@ async fn apply(
             }
         }
         Msg::Ack { n } => {
+            shared.inflight.send_modify(|q| {
+                while q.front().is_some_and(|(m, _, _)| *m <= n) {
+                    q.pop_front();
+                }
+            });
             shared.link.send_modify(|l| l.acked = l.acked.max(n));
             shared.status.send_modify(|s| s.batches_acked += 1);
         }
