@@ -3,12 +3,24 @@
 use serde::{Deserialize, Serialize};
 
 /// One audited action. Append-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time_ms: u64,
     pub user: String,
     pub action: String,
     pub detail: String,
+    /// The uid the kernel reported for the connection.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The role the daemon gave the user (`None`: no account).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The uid the login session began as (`/proc/PID/loginuid`).
+    #[serde(default)]
+    pub loginuid: Option<u32>,
+    /// The kernel's audit session id (`/proc/PID/sessionid`).
+    #[serde(default)]
+    pub session: Option<u32>,
 }
 
 /// One committed config revision.

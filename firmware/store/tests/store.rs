@@ -114,6 +114,7 @@ fn other_tables_round_trip() {
         user: "admin".into(),
         action: "commit".into(),
         detail: "revision 3".into(),
+        ..Default::default()
     };
     let rev = ConfigRevision {
         revision: 3,
@@ -246,6 +247,7 @@ fn rotation_keeps_old_records_readable() {
             user: "u".into(),
             action: "a".into(),
             detail: "d".into(),
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(s.get_audit(e).unwrap().key_id, 3);
@@ -342,6 +344,7 @@ fn records_cannot_be_swapped_between_ids_or_tables() {
                 user: "u".into(),
                 action: "a".into(),
                 detail: "d".into(),
+                ..Default::default()
             })
             .unwrap();
         (a, b, audit)
@@ -467,6 +470,7 @@ fn no_plaintext_pii_reaches_the_disk() {
             user: NAME.into(),
             action: "export subject".into(),
             detail: format!("{PHONE} {EMAIL}"),
+            ..Default::default()
         })
         .unwrap();
         s.put_session(&Session {
