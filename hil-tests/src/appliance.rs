@@ -38,6 +38,20 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Runs `cmd` to completion and keeps what it printed (code -1: it did not start).
+    pub fn run(mut cmd: Command) -> Cli {
+        match cmd.output() {
+            Ok(o) => o.into(),
+            Err(e) => Cli {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
+    }
+}
+
 impl From<Output> for Cli {
     fn from(o: Output) -> Self {
         Cli {
@@ -96,6 +110,23 @@ impl<'lab> Appliance<'lab> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("callgate.toml"), config)?;
+        // The appliance's own /etc: its accounts (useradd at a commit), sshd's and PAM's
+        // files. Its processes see it over /etc in a mount namespace of their own
+        // ([`Appliance::command`]); the machine's /etc is never written.
+        crate::cmd::run_checked(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg("/etc")
+                .arg(dir.join("etc")),
+            None,
+            Duration::from_secs(30),
+        )?;
+        // Where the appliance's console finds this daemon (its default is /run/callgate).
+        std::fs::create_dir_all(dir.join("etc/callgate"))?;
+        std::fs::write(
+            dir.join("etc/callgate/control-socket"),
+            format!("{}\n", dir.join("control.sock").display()),
+        )?;
         let tpm = Swtpm::start(ns.clone(), &dir.join("tpm"))?;
         tpm.measure_boot()?;
         let mut a = Appliance {
@@ -154,7 +185,7 @@ impl<'lab> Appliance<'lab> {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = self.ns.command(&bin("callgated").to_string_lossy());
+        let mut cmd = self.command(&bin("callgated").to_string_lossy());
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("--seal-helper")
@@ -163,6 +194,8 @@ impl<'lab> Appliance<'lab> {
             .arg(self.state_dir())
             .arg("--control-socket")
             .arg(self.socket())
+            .arg("--console-shell")
+            .arg(bin("callgate"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -182,6 +215,36 @@ impl<'lab> Appliance<'lab> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The appliance's own /etc (a copy of the machine's, made at the start).
+    pub fn etc(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+
+    /// `program` as a process of the appliance: in its network namespace, and in a mount
+    /// namespace of its own where [`Appliance::etc`] is `/etc` (so the accounts the daemon
+    /// makes, and sshd's and PAM's files, are the appliance's, never the machine's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = self.ns.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc && exec \"$@\"")
+            .arg(self.etc())
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `callgate --socket … ARGS` as the appliance's account `user` (inside the
+    /// appliance, with that user's uid, gid and groups).
+    pub fn cli_as(&self, user: &str, args: &[&str]) -> Cli {
+        let mut cmd = self.command("setpriv");
+        cmd.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+            .arg(bin("callgate"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null());
+        Cli::run(cmd)
     }
 
     /// Runs `callgate --socket … ARGS` (outside the namespace: the socket is a file).

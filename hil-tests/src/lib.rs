@@ -77,6 +77,7 @@ pub mod addr;
 pub mod appliance;
 pub mod calls;
 mod cmd;
+pub mod console;
 mod error;
 mod lab;
 mod netns;

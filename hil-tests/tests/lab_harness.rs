@@ -274,11 +274,20 @@ fn leftovers_of_dead_runs_are_swept() {
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .expect("free pid");
     let stale = format!("cg{dead}x7-a");
-    let st = Command::new("ip")
-        .args(["netns", "add", &stale])
-        .status()
-        .expect("ip");
-    assert!(st.success());
+    // `ip netns add` can fail while another test's lab adds or deletes namespaces at the
+    // same moment (it sets up the /run/netns mount): a few tries.
+    let added = (0..5).any(|_| {
+        let ok = Command::new("ip")
+            .args(["netns", "add", &stale])
+            .status()
+            .expect("ip")
+            .success();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(added, "ip netns add {stale}");
     let lab = Lab::start(&[Host::Mgmt]).expect("lab");
     assert!(
         lab_namespaces(&format!("cg{dead}x7")).is_empty(),

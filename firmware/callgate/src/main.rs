@@ -8,6 +8,7 @@
 //! 5 `show firewall` found drift: the kernel's table differs from the ruleset the daemon
 //! applied (the counters and the differences are still printed, `"drift"` in `--json`).
 
+mod shell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,9 +20,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "callgate", version, about = "callgate console and admin tool")]
 struct Args {
-    /// The daemon's control socket.
-    #[arg(long, default_value = "/run/callgate/control.sock", global = true)]
-    socket: PathBuf,
+    /// The daemon's control socket (default: the path in /etc/callgate/control-socket if
+    /// that file exists, else /run/callgate/control.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// Print the structured reply as JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -143,6 +145,12 @@ enum ShowWhat {
         #[command(subcommand)]
         what: SipWhat,
     },
+    /// The audit trail: who did what, from which login session, and the result (admins).
+    Audit {
+        /// How many, newest last.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,8 +176,45 @@ fn load(file: &Path) -> Result<(String, Config), ExitCode> {
     Ok((text, cfg))
 }
 
+/// Where the daemon listens: `/etc/callgate/control-socket` names it where the appliance
+/// moved it (the lab does), else the default.
+fn default_socket() -> PathBuf {
+    std::fs::read_to_string("/etc/callgate/control-socket")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || PathBuf::from("/run/callgate/control.sock"),
+            PathBuf::from,
+        )
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let args = match shell::invocation(&argv) {
+        Ok(shell::Invocation::Tool) => Args::parse(),
+        Ok(shell::Invocation::Command(words)) => {
+            match Args::try_parse_from(std::iter::once("callgate".to_owned()).chain(words)) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = e.print();
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Ok(shell::Invocation::Interactive) => {
+            // Planned: the interactive console (the console issue). Until then one command
+            // per login: `ssh appliance show calls`.
+            eprintln!(
+                "callgate: the interactive console is not built yet; run one command per login, e.g. `ssh appliance show calls`"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let req = match args.cmd {
         Cmd::Check { file } => {
             return match load(&file) {
@@ -211,6 +256,7 @@ fn main() -> ExitCode {
             ShowWhat::Firewall => Request::ShowFirewall,
             ShowWhat::Config => Request::ShowConfig,
             ShowWhat::History => Request::ShowHistory,
+            ShowWhat::Audit { last } => Request::ShowAudit { last },
             ShowWhat::Calls => Request::ShowCalls,
             ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
             ShowWhat::Pair => Request::ShowPair,
@@ -288,7 +334,8 @@ fn main() -> ExitCode {
         },
         Cmd::Failover => Request::Failover,
     };
-    let resp: Response = match Client::connect(&args.socket).and_then(|mut c| c.request(&req)) {
+    let socket = args.socket.clone().unwrap_or_else(default_socket);
+    let resp: Response = match Client::connect(&socket).and_then(|mut c| c.request(&req)) {
         Ok(r) => r,
         Err(e) => {
             let mut msg = e.to_string();

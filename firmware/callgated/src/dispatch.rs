@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callgate_control::{Handler, Peer, Request, Response};
+use callgate_control::{Authorizer, Call, Handler, Peer, Request, Response, Role};
 use callgate_firewall::{error_chain, FirewallHandle, FirewallReport, Verification};
 use callgate_store::AuditEntry;
 use serde_json::json;
@@ -12,51 +12,99 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lifecycle::{Lifecycle, Phase};
 
+/// Who may do what: root is an admin; anyone else has the role of their `[[user]]` in the
+/// running config, and no role while the appliance is locked.
+pub fn authorizer(phase: watch::Receiver<Arc<Phase>>) -> Authorizer {
+    Arc::new(move |peer: &Peer| {
+        if peer.uid == 0 {
+            return Some(Role::Admin);
+        }
+        match &**phase.borrow() {
+            Phase::Running { config, .. } => {
+                config.config().borrow().user(&peer.user).map(|u| u.role)
+            }
+            Phase::Locked { .. } => None,
+        }
+    })
+}
+
 pub fn handler(
     phase: watch::Receiver<Arc<Phase>>,
     firewall: FirewallHandle,
     lifecycle: mpsc::Sender<Lifecycle>,
     protector: String,
 ) -> Handler {
-    Arc::new(move |peer: Peer, req: Request| {
+    Arc::new(move |peer: Peer, call: Call| {
         let phase = phase.borrow().clone();
         let firewall = firewall.clone();
         let lifecycle = lifecycle.clone();
         let protector = protector.clone();
         Box::pin(async move {
-            let name = req.name();
-            let change = req.is_audited();
-            let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
-            if change {
-                log::info!(
-                    "audit: user={} uid={} {} -> {}",
-                    peer.user,
-                    peer.uid,
-                    name,
-                    if resp.ok { "ok" } else { "refused" },
-                );
-                // The audit trail is a record: encrypted in the store when it is open.
-                if let Phase::Running { store, .. } = &*phase {
-                    let entry = AuditEntry {
-                        time_ms: callgate_revisions::now_ms(),
-                        user: peer.user.clone(),
-                        action: name.to_owned(),
-                        detail: if resp.ok {
-                            "ok".into()
-                        } else {
-                            format!("refused: {}", resp.text.lines().next().unwrap_or(""))
-                        },
-                    };
-                    let store = store.clone();
-                    let r = tokio::task::spawn_blocking(move || store.append_audit(&entry)).await;
-                    if !matches!(r, Ok(Ok(_))) {
-                        log::error!("audit entry could not be recorded");
-                    }
+            let req = match call {
+                Call::Refused { what, why } => {
+                    // Refused requests are on record like accepted ones.
+                    let _ = audit(&phase, &peer, &what, &format!("refused: {why}")).await;
+                    return Response::err(why);
                 }
+                Call::Request(req) => req,
+            };
+            let name = req.name();
+            // A change goes ahead only once it is on record.
+            if req.is_audited() && !audit(&phase, &peer, name, "started").await {
+                return Response::err(format!(
+                    "{name}: refused: the audit trail cannot be written, so nothing is changed"
+                ));
             }
+            let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
+            let result = if resp.ok {
+                "ok".to_owned()
+            } else {
+                format!("refused: {}", resp.text.lines().next().unwrap_or(""))
+            };
+            let _ = audit(&phase, &peer, name, &result).await;
             resp
         })
     })
+}
+
+/// Writes one audit entry: to the journal always, and to the encrypted audit table when
+/// the store is open. Whether it reached the table (or the store is not open, where only
+/// key custody runs, and the journal holds it).
+async fn audit(phase: &Phase, peer: &Peer, action: &str, detail: &str) -> bool {
+    let role = peer.role.map_or("none", Role::as_str);
+    let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+    log::info!(
+        "audit: user={} uid={} role={role} loginuid={} session={} pid={} {action} -> {detail}",
+        peer.user,
+        peer.uid,
+        opt(peer.loginuid),
+        opt(peer.session),
+        peer.pid.map_or("-".to_owned(), |p| p.to_string()),
+    );
+    let Phase::Running { store, .. } = phase else {
+        return true;
+    };
+    let entry = AuditEntry {
+        time_ms: callgate_revisions::now_ms(),
+        user: peer.user.clone(),
+        action: action.to_owned(),
+        detail: detail.to_owned(),
+        uid: Some(peer.uid),
+        role: peer.role.map(|r| r.as_str().to_owned()),
+        loginuid: peer.loginuid,
+        session: peer.session,
+    };
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.append_audit(&entry)).await {
+        Ok(Ok(_)) => true,
+        _ => {
+            log::error!(
+                "audit entry could not be recorded: {action} by {}",
+                peer.user
+            );
+            false
+        }
+    }
 }
 
 fn fail(e: &dyn std::error::Error) -> Response {
@@ -275,6 +323,37 @@ async fn handle(
             Ok((n, text)) => Response::ok(text.clone(), json!({"revision": n, "text": text})),
             Err(e) => fail(&e),
         },
+        Request::ShowAudit { last } => {
+            let st = store.clone();
+            let entries = tokio::task::spawn_blocking(move || st.last_audit(last))
+                .await
+                .unwrap_or_default();
+            let mut text = String::new();
+            let mut rows = Vec::new();
+            for e in entries {
+                match e {
+                    Ok(r) => {
+                        let a = r.value;
+                        text.push_str(&format!(
+                            "{:>6} {} {:<12} {:<8} session {:<6} {} -> {}\n",
+                            r.id,
+                            fmt_time(a.time_ms),
+                            a.user,
+                            a.role.as_deref().unwrap_or("-"),
+                            a.session.map_or("-".to_owned(), |s| s.to_string()),
+                            a.action,
+                            a.detail
+                        ));
+                        rows.push(json!({"id": r.id, "entry": a}));
+                    }
+                    Err(e) => {
+                        text.push_str(&format!("  (an unreadable entry: {e})\n"));
+                        rows.push(json!({"error": e.to_string()}));
+                    }
+                }
+            }
+            Response::ok(text, json!({"audit": rows}))
+        }
         Request::ShowHistory => match config.history().await {
             Ok(h) => {
                 let mut text = String::new();

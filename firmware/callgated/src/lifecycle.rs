@@ -62,6 +62,8 @@ pub struct Ctx {
     pub drain: Duration,
     pub custody: Custody,
     pub firewall: FirewallHandle,
+    /// Where the console accounts go.
+    pub accounts: callgate_accounts::Settings,
 }
 
 impl Ctx {
@@ -178,6 +180,11 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
             config.clone(),
         )
     });
+    crate::accounts::spawn(
+        config.config(),
+        ctx.accounts.clone(),
+        ctx.control_socket.clone(),
+    );
     let (sip, records) = crate::calls::start(
         config.config(),
         ctx.firewall.clone(),
@@ -284,13 +291,16 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
     let (phase_tx, phase_rx) = watch::channel(Arc::new(first));
     let (life_tx, mut life_rx) = mpsc::channel::<Lifecycle>(4);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let authorize = crate::dispatch::authorizer(phase_rx.clone());
     let handler = crate::dispatch::handler(
         phase_rx,
         ctx.firewall.clone(),
         life_tx,
         ctx.custody.describe(),
     );
-    let server = tokio::spawn(callgate_control::serve(listener, handler, stop_rx));
+    let server = tokio::spawn(callgate_control::serve(
+        listener, handler, authorize, stop_rx,
+    ));
     let status = match &**phase_tx.borrow() {
         Phase::Running { .. } => "running".to_owned(),
         Phase::Locked { reason } => format!("locked: {reason}"),

@@ -30,6 +30,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod accounts;
 mod calls;
 mod calls_view;
 mod dispatch;
@@ -80,6 +81,12 @@ struct Args {
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value_t = 5)]
     drain_secs: u64,
+    /// The console: the login shell of every console account.
+    #[arg(long, default_value = "/usr/bin/callgate")]
+    console_shell: PathBuf,
+    /// Where each console account's `authorized_keys` file goes (sshd reads them there).
+    #[arg(long, default_value = "/etc/callgate/ssh/authorized_keys")]
+    authorized_keys_dir: PathBuf,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -375,6 +382,11 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
         nft: args.nft.clone(),
         custody,
         firewall,
+        accounts: callgate_accounts::Settings {
+            etc: PathBuf::from("/etc"),
+            keys_dir: args.authorized_keys_dir.clone(),
+            shell: args.console_shell.clone(),
+        },
     };
     let code = rt.block_on(lifecycle::run(ctx, initial));
     rt.shutdown_timeout(Duration::from_secs(args.drain_secs));

@@ -19,6 +19,7 @@
 mod pair;
 mod sip;
 mod types;
+mod users;
 
 pub use pair::{
     for_appliance, HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
@@ -39,6 +40,10 @@ pub use sip::{
     Strategy, Transport, DEFAULT_RTP_PORTS, E164,
 };
 pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, Tcti, ZoneName};
+pub use users::{
+    Console, IdleTimeouts, PasswordHash, Role, SshKey, User, UserName, DEFAULT_IDLE_SECS,
+    MIN_RSA_BITS, RESERVED_USER_NAMES, SSH_KEY_TYPES,
+};
 
 /// Default port of the management SSH service.
 pub const DEFAULT_SSH_PORT: u16 = 22;
@@ -69,6 +74,12 @@ pub struct Config {
     /// The redundant pair (see the `pair` module docs). Absent: this appliance runs alone.
     #[serde(default)]
     pub pair: Option<Pair>,
+    /// The console's accounts (see the `users` module docs).
+    #[serde(default)]
+    pub user: Vec<User>,
+    /// The console's settings.
+    #[serde(default)]
+    pub console: Console,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the
@@ -534,8 +545,41 @@ impl Config {
         if let Some(p) = &self.pair {
             p.validate(&self.appliance.name, &self.zones, loc, &mut errs);
         }
+        users::validate_users(&self.user, loc, &mut errs);
+        self.console.validate(loc, &mut errs);
         errs.sort_by_key(|e| (e.line, e.column));
         errs
+    }
+
+    /// The console account named `name`, if any.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.user.iter().find(|u| u.name.get_ref().as_str() == name)
+    }
+
+    /// Whether some account may log in as an admin (a key or a console password).
+    pub fn has_admin(&self) -> bool {
+        self.user.iter().any(|u| {
+            u.role == Role::Admin && (!u.ssh_keys.is_empty() || u.console_password.is_some())
+        })
+    }
+
+    /// The lockout guard's second half: refuses a config that leaves no admin account
+    /// where the running one (`running`) has one.
+    pub fn lockout_against(
+        &self,
+        running: &Config,
+        origin: &Path,
+        src: &str,
+    ) -> Result<(), ConfigError> {
+        if !running.has_admin() || self.has_admin() {
+            return Ok(());
+        }
+        let loc = Locator { file: origin, src };
+        Err(loc.error(
+            self.user.first().map(|u| u.name.span()),
+            ErrorKind::Lockout,
+            "this config leaves no admin account that can log in (a [[user]] with role \"admin\" and an SSH key or a console password); commit with --force to apply it anyway".into(),
+        ))
     }
 
     /// The lockout guard: refuses a config that would cut management SSH from the mgmt zone.

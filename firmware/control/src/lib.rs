@@ -5,16 +5,21 @@
 //!
 //! ## Design
 //! - One JSON request per line, one JSON response per line ([`Request`], [`Response`]).
-//! - Peers are identified by `SO_PEERCRED`: the kernel says which uid connected, so the
-//!   daemon never trusts a user name sent by the client.
-//! - Read-only requests are open to any local user that can reach the socket (the socket is
-//!   `0660`); changes need uid 0 or membership of the `callgate-admin` group. Every change is
-//!   logged with the user who made it.
-//! - [`serve`] is transport only; what a request does is the daemon's handler.
-//!
-//! ## Current limitations
-//! - Users and roles are the local accounts; console users, sessions and lockout come with
-//!   the console issue.
+//! - Peers are identified by `SO_PEERCRED`: the kernel says which uid and process
+//!   connected, so the daemon never trusts a user name sent by the client. The user name,
+//!   the login uid and the audit session (`/proc/PID/loginuid`, `sessionid`: set at login,
+//!   the user cannot change them) are looked up off the async runtime.
+//! - The daemon's [`Authorizer`] gives the peer its role (from the config's accounts; root
+//!   is an admin) **before anything is read**: a peer without one is refused at once. An
+//!   operator's request is read up to [`OPERATOR_MAX_REQUEST`], an admin's up to
+//!   [`MAX_REQUEST`] (a whole config). Each request needs [`Request::required_role`]:
+//!   refusals reach the handler as [`Call::Refused`] so the daemon audits them like
+//!   accepted requests.
+//! - At most [`MAX_CONNECTIONS`] connections at once; more are closed unread.
+//! - The socket is `0660`, owned by root and the group [`CONSOLE_GROUP`] when the system
+//!   has it (every console account is a member).
+//! - [`serve`] is transport and the role gate; what a request does (and its audit) is the
+//!   daemon's handler.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,11 +34,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-/// Largest request accepted (a config with 100k prefixes is a few MiB).
+/// Largest request accepted from an admin (a config with 100k prefixes is a few MiB).
 pub const MAX_REQUEST: u64 = 64 * 1024 * 1024;
+/// Largest request accepted from an operator (no request of theirs carries a config).
+pub const OPERATOR_MAX_REQUEST: u64 = 64 * 1024;
+/// Connections served at once; more are closed unread.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The group that owns the socket: every console account is a member.
+pub const CONSOLE_GROUP: &str = "callgate-console";
 
-/// Group whose members may change the configuration.
-pub const ADMIN_GROUP: &str = "callgate-admin";
+pub use callgate_config::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -119,6 +129,11 @@ pub enum Request {
     Failover,
     /// A new pair key, made here, sent to the peer over the sync channel; both keep it.
     PairRekey,
+    /// The last entries of the audit trail.
+    ShowAudit {
+        #[serde(default = "default_last")]
+        last: usize,
+    },
 }
 
 fn default_last() -> usize {
@@ -157,6 +172,16 @@ impl Request {
         )
     }
 
+    /// The role a request needs: reads are an operator's, changes and personal data an
+    /// admin's.
+    pub fn required_role(&self) -> Role {
+        if self.is_audited() || matches!(self, Request::ShowAudit { .. }) {
+            Role::Admin
+        } else {
+            Role::Operator
+        }
+    }
+
     /// Short name for logs and the audit trail.
     pub fn name(&self) -> &'static str {
         match self {
@@ -182,6 +207,7 @@ impl Request {
             Request::Unpair => "unpair",
             Request::Failover => "failover",
             Request::PairRekey => "pair rekey",
+            Request::ShowAudit { .. } => "show audit",
         }
     }
 }
@@ -212,38 +238,62 @@ impl Response {
     }
 }
 
-/// Who is on the other end of a connection, as the kernel reports it.
+/// Who is on the other end of a connection, as the kernel reports it, and the role the
+/// daemon gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
     pub pid: Option<i32>,
     pub user: String,
-    pub admin: bool,
+    /// `None`: no console account; every request is refused.
+    pub role: Option<Role>,
+    /// The uid the login session started as (`/proc/PID/loginuid`), when set.
+    pub loginuid: Option<u32>,
+    /// The kernel's audit session id (`/proc/PID/sessionid`), when set.
+    pub session: Option<u32>,
 }
 
 impl Peer {
-    fn from_uid(uid: u32, pid: Option<i32>) -> Peer {
+    /// Whether the peer may change the appliance.
+    pub fn is_admin(&self) -> bool {
+        self.role == Some(Role::Admin)
+    }
+
+    /// The kernel's view of a connected process (blocking: reads /etc/passwd and /proc).
+    pub fn lookup(uid: u32, pid: Option<i32>) -> Peer {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
-            .flatten();
-        let name = user
-            .as_ref()
-            .map(|u| u.name.clone())
+            .flatten()
+            .map(|u| u.name)
             .unwrap_or_else(|| format!("uid{uid}"));
-        let admin = uid == 0
-            || nix::unistd::Group::from_name(ADMIN_GROUP)
-                .ok()
-                .flatten()
-                .is_some_and(|g| {
-                    g.mem.contains(&name) || user.as_ref().is_some_and(|u| u.gid == g.gid)
-                });
+        let proc_u32 = |what: &str| {
+            let p = pid?;
+            let s = std::fs::read_to_string(format!("/proc/{p}/{what}")).ok()?;
+            // u32::MAX is the kernel's "unset".
+            s.trim().parse::<u32>().ok().filter(|v| *v != u32::MAX)
+        };
         Peer {
             uid,
             pid,
-            user: name,
-            admin,
+            user,
+            role: None,
+            loginuid: proc_u32("loginuid"),
+            session: proc_u32("sessionid"),
         }
     }
+}
+
+/// The daemon's answer for a peer: its role, or none.
+pub type Authorizer = Arc<dyn Fn(&Peer) -> Option<Role> + Send + Sync>;
+
+/// What reaches the handler.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// A request the peer's role allows.
+    Request(Request),
+    /// Refused before it was carried out: the request's name (or what was read of it)
+    /// and why. The handler audits it and answers with the error.
+    Refused { what: String, why: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,11 +316,12 @@ pub enum ControlError {
     Protocol(String),
 }
 
-/// What the daemon does with a request.
+/// What the daemon does with a call.
 pub type Handler =
-    Arc<dyn Fn(Peer, Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Peer, Call) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
-/// Binds the socket (replacing a stale one), mode 0660.
+/// Binds the socket (replacing a stale one), mode 0660, group [`CONSOLE_GROUP`] when the
+/// system has it.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let err = |source| ControlError::Bind {
         path: path.to_path_buf(),
@@ -285,11 +336,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     }
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    set_socket_group(path).map_err(err)?;
     Ok(l)
 }
 
+/// Gives the socket to the group [`CONSOLE_GROUP`], when the system has it (blocking: reads
+/// /etc/group). Called at bind and again once the console accounts exist.
+pub fn set_socket_group(path: &Path) -> std::io::Result<()> {
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(CONSOLE_GROUP) {
+        nix::unistd::chown(path, None, Some(g.gid))
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    }
+    Ok(())
+}
+
 /// Serves connections until `shutdown` turns true.
-pub async fn serve(listener: UnixListener, handler: Handler, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    handler: Handler,
+    authorize: Authorizer,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -297,11 +365,16 @@ pub async fn serve(listener: UnixListener, handler: Handler, mut shutdown: watch
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let h = handler.clone();
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        log::warn!("control socket: over {MAX_CONNECTIONS} connections; one closed unread");
+                        continue;
+                    };
+                    let (h, a) = (handler.clone(), authorize.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, h).await {
+                        if let Err(e) = connection(stream, h, a).await {
                             log::debug!("control connection ended: {e}");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -313,39 +386,87 @@ pub async fn serve(listener: UnixListener, handler: Handler, mut shutdown: watch
     }
 }
 
-async fn connection(stream: UnixStream, handler: Handler) -> Result<(), ControlError> {
+async fn connection(
+    stream: UnixStream,
+    handler: Handler,
+    authorize: Authorizer,
+) -> Result<(), ControlError> {
     let cred = stream.peer_cred()?;
-    let peer = Peer::from_uid(cred.uid(), cred.pid());
+    let (uid, pid) = (cred.uid(), cred.pid());
+    let mut peer = tokio::task::spawn_blocking(move || Peer::lookup(uid, pid))
+        .await
+        .map_err(|e| ControlError::Protocol(e.to_string()))?;
+    peer.role = authorize(&peer);
     let (rd, mut wr) = stream.into_split();
-    let mut rd = tokio::io::BufReader::new(rd).take(MAX_REQUEST);
+    let Some(role) = peer.role else {
+        // Nothing is read from a peer without an account.
+        let why = format!("user {} has no console account", peer.user);
+        let resp = handler(
+            peer,
+            Call::Refused {
+                what: "connect".into(),
+                why,
+            },
+        )
+        .await;
+        return write_response(&mut wr, &resp).await;
+    };
+    let limit = match role {
+        Role::Admin => MAX_REQUEST,
+        Role::Operator => OPERATOR_MAX_REQUEST,
+    };
+    let mut rd = tokio::io::BufReader::new(rd).take(limit);
     let mut line = String::new();
     loop {
         line.clear();
-        if rd.read_line(&mut line).await? == 0 {
+        let n = rd.read_line(&mut line).await?;
+        if n == 0 {
             return Ok(());
         }
-        rd.set_limit(MAX_REQUEST);
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::err(format!("malformed request: {e}")),
-            Ok(req) if req.is_audited() && !peer.admin => {
-                log::warn!(
-                    "audit: user={} uid={} denied {} (not root or in {ADMIN_GROUP})",
+        if !line.ends_with('\n') && rd.limit() == 0 {
+            // Over the role's limit: refused, and the connection ends (the rest is unread).
+            let why = format!("a request over {limit} bytes");
+            let resp = handler(
+                peer.clone(),
+                Call::Refused {
+                    what: "oversized request".into(),
+                    why,
+                },
+            )
+            .await;
+            return write_response(&mut wr, &resp).await;
+        }
+        rd.set_limit(limit);
+        let call = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Call::Refused {
+                what: "malformed request".into(),
+                why: format!("malformed request: {e}"),
+            },
+            Ok(req) if role < req.required_role() => Call::Refused {
+                what: req.name().into(),
+                why: format!(
+                    "permission denied: {} needs the {} role; {} is an {}",
+                    req.name(),
+                    req.required_role(),
                     peer.user,
-                    peer.uid,
-                    req.name()
-                );
-                Response::err(format!(
-                    "permission denied: {} needs root or membership of {ADMIN_GROUP}",
-                    req.name()
-                ))
-            }
-            Ok(req) => handler(peer.clone(), req).await,
+                    role
+                ),
+            },
+            Ok(req) => Call::Request(req),
         };
-        let mut out =
-            serde_json::to_vec(&resp).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        out.push(b'\n');
-        wr.write_all(&out).await?;
+        let resp = handler(peer.clone(), call).await;
+        write_response(&mut wr, &resp).await?;
     }
+}
+
+async fn write_response(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    resp: &Response,
+) -> Result<(), ControlError> {
+    let mut out = serde_json::to_vec(resp).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    Ok(())
 }
 
 /// A blocking client for the console tool.
@@ -420,29 +541,50 @@ mod tests {
         let path = dir.path().join("c.sock");
         let l = bind(&path).unwrap();
         let (tx, rx) = watch::channel(false);
-        let h: Handler = Arc::new(|peer: Peer, req: Request| {
+        let h: Handler = Arc::new(|peer: Peer, call: Call| {
             Box::pin(async move {
-                Response::ok(
-                    format!("{} {}", peer.user, req.name()),
-                    serde_json::Value::Null,
-                )
+                match call {
+                    Call::Request(req) => Response::ok(
+                        format!("{} {}", peer.user, req.name()),
+                        serde_json::Value::Null,
+                    ),
+                    Call::Refused { why, .. } => Response::err(why),
+                }
             })
         });
-        let task = tokio::spawn(serve(l, h, rx));
+        let a: Authorizer = Arc::new(|_| Some(Role::Operator));
+        let task = tokio::spawn(serve(l, h, a, rx));
         let p = path.clone();
-        let (a, b) = tokio::task::spawn_blocking(move || {
+        let (a, b, c, d) = tokio::task::spawn_blocking(move || {
             let mut c = Client::connect(&p).unwrap();
             let a = c.request(&Request::Status).unwrap();
             c.stream.write_all(b"{not json}\n").unwrap();
             let mut line = String::new();
             BufReader::new(&c.stream).read_line(&mut line).unwrap();
             let b: Response = serde_json::from_str(&line).unwrap();
-            (a, b)
+            // An operator may not commit, and may not send a config-sized request.
+            let cc = c
+                .request(&Request::Commit {
+                    text: "x".into(),
+                    origin: "a.toml".into(),
+                    force: false,
+                    confirmed_secs: None,
+                    this_node: false,
+                })
+                .unwrap();
+            let big = vec![b'a'; OPERATOR_MAX_REQUEST as usize + 10];
+            let _ = c.stream.write_all(&big);
+            let mut line = String::new();
+            BufReader::new(&c.stream).read_line(&mut line).unwrap();
+            let d: Response = serde_json::from_str(&line).unwrap();
+            (a, b, cc, d)
         })
         .await
         .unwrap();
         assert!(a.ok && a.text.ends_with("status"), "{a:?}");
         assert!(!b.ok && b.text.contains("malformed"), "{b:?}");
+        assert!(!c.ok && c.text.contains("needs the admin role"), "{c:?}");
+        assert!(!d.ok && d.text.contains("over 65536 bytes"), "{d:?}");
         tx.send(true).unwrap();
         task.await.unwrap();
     }

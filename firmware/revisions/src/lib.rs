@@ -303,6 +303,9 @@ impl Revisions {
         let cfg = validate(text, origin, force)?;
         let t_parse = t0.elapsed();
         let previous = self.store.active()?.unwrap_or(0);
+        if !force {
+            self.keeps_an_admin(&cfg, previous, origin, text)?;
+        }
         let pending = self.store.pending()?;
         let candidate = self.store.last()? + 1;
         let action = confirm::step(
@@ -390,6 +393,23 @@ impl Revisions {
         ))
     }
 
+    /// The lockout guard's second half: a config that leaves no admin account where the
+    /// running revision `previous` has one is refused.
+    fn keeps_an_admin(
+        &self,
+        cfg: &Config,
+        previous: u64,
+        origin: &Path,
+        text: &str,
+    ) -> Result<(), RevisionError> {
+        if previous == 0 || cfg.has_admin() {
+            return Ok(());
+        }
+        let running = validate(&self.store.get(previous)?.text, &self.config_path, true)?;
+        cfg.lockout_against(&running, origin, text)
+            .map_err(RevisionError::Lockout)
+    }
+
     /// Everything [`Revisions::commit`] would refuse `text` for, without changing
     /// anything: the first phase of a pair-wide commit.
     pub fn check(
@@ -399,8 +419,11 @@ impl Revisions {
         force: bool,
         window: Option<Duration>,
     ) -> Result<(), RevisionError> {
-        validate(text, origin, force)?;
+        let cfg = validate(text, origin, force)?;
         let previous = self.store.active()?.unwrap_or(0);
+        if !force {
+            self.keeps_an_admin(&cfg, previous, origin, text)?;
+        }
         let event = confirm::Event::Commit {
             previous,
             candidate: self.store.last()? + 1,

@@ -1,0 +1,47 @@
+//! The console accounts follow the running config: at start and after every commit the
+//! system's accounts and key files are made to match `[[user]]` (`callgate-accounts`).
+
+use std::sync::Arc;
+
+use callgate_config::Config;
+use tokio::sync::watch;
+
+/// Reconciles now and whenever the running config changes (the work runs off the async
+/// runtime; one reconcile at a time, the last config wins).
+pub fn spawn(
+    mut config: watch::Receiver<Arc<Config>>,
+    settings: callgate_accounts::Settings,
+    socket: std::path::PathBuf,
+) {
+    tokio::spawn(async move {
+        loop {
+            let cfg = config.borrow_and_update().clone();
+            let s = settings.clone();
+            let sock = socket.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = callgate_accounts::reconcile(&cfg.user, &s);
+                // The socket's group exists once the first account does.
+                if let Err(e) = callgate_control::set_socket_group(&sock) {
+                    log::error!("accounts: the control socket's group: {e}");
+                }
+                r
+            })
+            .await;
+            match r {
+                Ok(Ok((steps, errors))) => {
+                    for step in &steps {
+                        log::warn!("accounts: {step}");
+                    }
+                    for e in &errors {
+                        log::error!("accounts: {e}");
+                    }
+                }
+                Ok(Err(e)) => log::error!("accounts: {e}"),
+                Err(e) => log::error!("accounts: internal error: {e}"),
+            }
+            if config.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

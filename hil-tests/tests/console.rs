@@ -1,0 +1,328 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+//! The console's accounts and roles against the real daemon: accounts from `[[user]]` made
+//! by the daemon's commit (useradd in the appliance's own /etc), every request authorised
+//! by the daemon from the kernel's peer credentials, and the audit trail.
+
+use std::time::Duration;
+
+use hil_tests::{Appliance, Host, Lab};
+
+const LAB: &str = include_str!("../../config/lab.toml");
+const ANN_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ann@laptop";
+
+fn users(extra: &str) -> String {
+    format!(
+        "{LAB}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{ANN_KEY}\"]\n\n\
+         [[user]]\nname = \"olga\"\nrole = \"operator\"\n{extra}"
+    )
+}
+
+fn wait_until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    hil_tests::poll_until(limit, Duration::from_millis(50), f)
+}
+
+/// The appliance's account `name` as its /etc/passwd has it.
+fn passwd_line(a: &Appliance<'_>, name: &str) -> Option<String> {
+    std::fs::read_to_string(a.etc().join("passwd"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}:")))
+        .map(str::to_owned)
+}
+
+/// Sends raw request lines to the control socket as `user`: no console in between.
+fn raw_as(a: &Appliance<'_>, user: &str, lines: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = a.command("setpriv");
+    cmd.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_control-raw"))
+        .arg(a.socket())
+        .args(lines);
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_operator_reads_but_the_daemon_refuses_every_change_and_records_it() {
+    let lab = Lab::start(&[Host::A]).unwrap();
+    let a = Appliance::start(&lab, Host::A, &users("")).unwrap();
+    // The daemon made both accounts in the appliance's /etc, with the console as shell.
+    assert!(
+        wait_until(Duration::from_secs(10), || passwd_line(&a, "olga")
+            .is_some()
+            && passwd_line(&a, "ann").is_some()
+            && a.cli_as("olga", &["status"]).ok()),
+        "{}",
+        a.log()
+    );
+    let ann = passwd_line(&a, "ann").unwrap();
+    assert!(
+        ann.ends_with(":/usr/bin/callgate") || ann.contains("callgate"),
+        "{ann}"
+    );
+    let keys = std::fs::read_to_string(a.etc().join("callgate/ssh/authorized_keys/ann")).unwrap();
+    assert_eq!(keys.trim(), ANN_KEY);
+    let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !host_passwd.contains("olga:"),
+        "the machine's own accounts are untouched"
+    );
+
+    // The operator reads …
+    let st = a.cli_as("olga", &["status"]);
+    assert!(st.ok(), "{} {}", st.stdout, st.stderr);
+    assert!(a.cli_as("olga", &["show", "config"]).ok());
+    // … and every change is refused, through the console and on the raw socket.
+    let file = a.write_file("candidate.toml", &users(""));
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let r = a.cli_as("olga", &["commit", file.to_str().unwrap()]);
+    assert!(
+        !r.ok() && r.stderr.contains("needs the admin role"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let raw = raw_as(
+        &a,
+        "olga",
+        &[
+            r#"{"cmd":"commit","text":"x","origin":"x.toml"}"#,
+            r#"{"cmd":"decommission","confirm":true}"#,
+            r#"{"cmd":"show_cdrs","last":5}"#,
+            r#"{"cmd":"show_audit","last":5}"#,
+            r#"{"cmd":"status"}"#,
+        ],
+    );
+    assert_eq!(raw.len(), 5, "{raw:?}");
+    for r in &raw[..4] {
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(
+            r["text"].as_str().unwrap().contains("needs the admin role"),
+            "{r}"
+        );
+    }
+    assert_eq!(raw[4]["ok"], true, "{}", raw[4]);
+    // A request too large for an operator is refused unread.
+    let big = format!(r#"{{"cmd":"status","pad":"{}"}}"#, "x".repeat(70_000));
+    let r = raw_as(&a, "olga", &[&big]);
+    assert!(
+        r[0]["text"].as_str().unwrap().contains("over 65536 bytes"),
+        "{r:?}"
+    );
+
+    // An account of the system that is not a console account gets nothing at all.
+    a.command("useradd")
+        .args(["-M", "-s", "/usr/sbin/nologin", "mallory"])
+        .status()
+        .unwrap();
+    // The socket's mode keeps it out …
+    let r = raw_as(&a, "mallory", &[r#"{"cmd":"status"}"#]);
+    assert!(r.is_empty(), "{r:?}");
+    // … and put in the socket's group by hand, the daemon still gives it nothing.
+    a.command("usermod")
+        .args(["-aG", "callgate-console", "mallory"])
+        .status()
+        .unwrap();
+    let r = raw_as(&a, "mallory", &[r#"{"cmd":"status"}"#]);
+    assert_eq!(r.len(), 1, "{r:?}");
+    let text = r[0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("no console account"), "{r:?}");
+
+    // The admin may change; the trail names each of them, refusals included.
+    let r = a.cli_as("ann", &["commit", file.to_str().unwrap()]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    let audit = a.cli(&["--json", "show", "audit", "--last", "100"]).json();
+    let rows: Vec<&serde_json::Value> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["entry"])
+        .collect();
+    let has = |user: &str, action: &str, detail: &str| {
+        rows.iter().any(|e| {
+            e["user"] == user
+                && e["action"] == action
+                && e["detail"].as_str().is_some_and(|d| d.starts_with(detail))
+        })
+    };
+    assert!(has("olga", "commit", "refused"), "{rows:#?}");
+    assert!(has("olga", "decommission", "refused"), "{rows:#?}");
+    assert!(has("olga", "status", "ok"), "{rows:#?}");
+    assert!(has("mallory", "connect", "refused"), "{rows:#?}");
+    assert!(has("ann", "commit", "started"), "{rows:#?}");
+    assert!(has("ann", "commit", "ok"), "{rows:#?}");
+    assert!(rows
+        .iter()
+        .any(|e| e["user"] == "olga" && e["role"] == "operator"));
+
+    // A commit without olga removes her account.
+    let r = a.commit(
+        &format!("{LAB}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{ANN_KEY}\"]\n"),
+        &[],
+    );
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    assert!(wait_until(Duration::from_secs(10), || passwd_line(
+        &a, "olga"
+    )
+    .is_none()));
+    assert!(!a.etc().join("callgate/ssh/authorized_keys/olga").exists());
+    // And one that leaves no admin is refused by the lockout guard.
+    let r = a.commit(LAB, &[]);
+    assert!(
+        !r.ok() && r.stderr.contains("leaves no admin"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// Over SSH (Debian's sshd with the shipped config, in A's namespaces and /etc), from the
+/// management host: a console account's key gets the console and nothing else.
+#[test]
+fn over_ssh_a_key_gets_the_console_and_nothing_else() {
+    use hil_tests::addr::{A_MGMT_V4, A_WAN_V4};
+    use hil_tests::console::{ssh, ssh_command, sshd_log, start_sshd, KeyPair};
+    use hil_tests::Cli;
+    let lab = Lab::start(&[Host::Carrier, Host::A, Host::Mgmt]).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (ann, olga) = (
+        KeyPair::new(keys.path(), "ann"),
+        KeyPair::new(keys.path(), "olga"),
+    );
+    let config = |ann_key: &str| {
+        format!(
+            "{LAB}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{ann_key}\"]\n\n\
+             [[user]]\nname = \"olga\"\nrole = \"operator\"\nssh_keys = [\"{}\"]\n",
+            olga.public
+        )
+    };
+    let a = Appliance::start(&lab, Host::A, &config(&ann.public)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a
+        .cli_as("olga", &["status"])
+        .ok()));
+    let _sshd = start_sshd(&a, A_MGMT_V4.into());
+    let mgmt = lab.ns(Host::Mgmt);
+    let host = A_MGMT_V4.into();
+
+    // The admin's key: console commands run; the output is the console's.
+    let r = ssh(&mgmt, &ann.private, "ann", host, &["show", "config"]);
+    assert!(r.ok(), "{} {}\n{}", r.stdout, r.stderr, sshd_log(&a));
+    assert!(r.stdout.contains("[appliance]"), "{}", r.stdout);
+    let r = ssh(&mgmt, &olga.private, "olga", host, &["status"]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    // The operator's changes are refused by the daemon.
+    let r = ssh(&mgmt, &olga.private, "olga", host, &["pair", "unpair"]);
+    assert!(
+        !r.ok() && r.stderr.contains("needs the admin role"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+
+    // No shell, no escape: the command is the console's to parse.
+    for cmd in [
+        &["/bin/sh"][..],
+        &["sh", "-c", "id"],
+        &["show calls; id"],
+        &["$(id)"],
+    ] {
+        let r = ssh(&mgmt, &ann.private, "ann", host, cmd);
+        assert!(!r.ok(), "{cmd:?}: {}", r.stdout);
+        assert!(!r.stdout.contains("uid="), "{cmd:?}: {}", r.stdout);
+    }
+    // No forwarding and no sftp.
+    let mut fwd = ssh_command(&mgmt, "ssh", Some(&ann.private));
+    fwd.args(["-W", "127.0.0.1:22"])
+        .arg(format!("ann@{A_MGMT_V4}"));
+    let r = Cli::run(fwd);
+    assert!(
+        !r.ok() && !r.stdout.contains("SSH-2.0"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let mut sftp = ssh_command(&mgmt, "sftp", Some(&ann.private));
+    sftp.args(["-b", "/dev/null"])
+        .arg(format!("ann@{A_MGMT_V4}"));
+    let r = Cli::run(sftp);
+    assert!(!r.ok(), "sftp: {} {}", r.stdout, r.stderr);
+
+    // Root, a password, another user's key: refused.
+    let r = ssh(&mgmt, &ann.private, "root", host, &["status"]);
+    assert!(
+        !r.ok() && r.stderr.contains("Permission denied"),
+        "{}",
+        r.stderr
+    );
+    let r = ssh(&mgmt, &olga.private, "ann", host, &["status"]);
+    assert!(
+        !r.ok() && r.stderr.contains("Permission denied"),
+        "{}",
+        r.stderr
+    );
+    let mut pw = ssh_command(&mgmt, "ssh", None);
+    pw.args([
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
+        "-o",
+        "PubkeyAuthentication=no",
+    ])
+    .arg(format!("ann@{A_MGMT_V4}"))
+    .arg("status");
+    let r = Cli::run(pw);
+    assert!(
+        !r.ok() && r.stderr.contains("Permission denied (publickey)"),
+        "{}",
+        r.stderr
+    );
+    // From the WAN the firewall drops it.
+    let r = ssh(
+        &lab.ns(Host::Carrier),
+        &ann.private,
+        "ann",
+        A_WAN_V4.into(),
+        &["status"],
+    );
+    assert!(!r.ok(), "{}", r.stdout);
+
+    // A commit that replaces ann's key: the old one no longer gets in, the new one does.
+    let new = KeyPair::new(keys.path(), "ann2");
+    let r = a.commit(&config(&new.public), &[]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+    assert!(wait_until(Duration::from_secs(10), || {
+        !ssh(&mgmt, &ann.private, "ann", host, &["status"]).ok()
+    }));
+    let r = ssh(&mgmt, &new.private, "ann", host, &["status"]);
+    assert!(r.ok(), "{} {}", r.stdout, r.stderr);
+
+    // The audit trail names ann, with the login session sshd opened for her.
+    let audit = a.cli(&["--json", "show", "audit", "--last", "200"]).json();
+    let entries: Vec<&serde_json::Value> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["entry"])
+        .collect();
+    let ann_show = entries
+        .iter()
+        .find(|e| e["user"] == "ann" && e["action"] == "show config")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(ann_show["role"], "admin");
+    let pw_ann = passwd_line(&a, "ann").unwrap();
+    let ann_uid: u64 = pw_ann.split(':').nth(2).unwrap().parse().unwrap();
+    assert_eq!(ann_show["uid"], ann_uid);
+    // pam_loginuid set the session's login uid at the SSH login: ann's, whatever runs later.
+    assert_eq!(ann_show["loginuid"], ann_uid, "{ann_show}");
+    assert!(ann_show["session"].as_u64().is_some(), "{ann_show}");
+    assert!(
+        entries.iter().any(|e| e["user"] == "olga"
+            && e["action"] == "unpair"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("refused"))),
+        "{entries:#?}"
+    );
+}
