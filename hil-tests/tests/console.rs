@@ -214,7 +214,7 @@ fn over_ssh_a_key_gets_the_console_and_nothing_else() {
     let r = ssh(&mgmt, &olga.private, "olga", host, &["status"]);
     assert!(r.ok(), "{} {}", r.stdout, r.stderr);
     // The operator's changes are refused by the daemon.
-    let r = ssh(&mgmt, &olga.private, "olga", host, &["pair", "unpair"]);
+    let r = ssh(&mgmt, &olga.private, "olga", host, &["failover"]);
     assert!(
         !r.ok() && r.stderr.contains("needs the admin role"),
         "{} {}",
@@ -319,10 +319,179 @@ fn over_ssh_a_key_gets_the_console_and_nothing_else() {
     assert!(ann_show["session"].as_u64().is_some(), "{ann_show}");
     assert!(
         entries.iter().any(|e| e["user"] == "olga"
-            && e["action"] == "unpair"
+            && e["action"] == "failover"
             && e["detail"]
                 .as_str()
                 .is_some_and(|d| d.starts_with("refused"))),
         "{entries:#?}"
     );
+}
+
+/// An interactive login on a terminal (`ssh -tt`, driven on a pty): `?` and Tab from the
+/// command tree, configuration mode with its lock, `show | compare`, a confirmed commit
+/// that lapses and rolls back, one that is confirmed, the pager, and the audit trail.
+#[test]
+fn an_engineer_configures_over_an_interactive_ssh_session() {
+    use hil_tests::addr::A_MGMT_V4;
+    use hil_tests::console::{ssh_command, start_sshd, KeyPair};
+    let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (ann, ben, olga) = (
+        KeyPair::new(keys.path(), "ann"),
+        KeyPair::new(keys.path(), "ben"),
+        KeyPair::new(keys.path(), "olga"),
+    );
+    let config = format!(
+        "{LAB}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\n\n\
+         [[user]]\nname = \"ben\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\n\n\
+         [[user]]\nname = \"olga\"\nrole = \"operator\"\nssh_keys = [\"{}\"]\n",
+        ann.public, ben.public, olga.public
+    );
+    let a = Appliance::start(&lab, Host::A, &config).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a
+        .cli_as("olga", &["status"])
+        .ok()));
+    let _sshd = start_sshd(&a, A_MGMT_V4.into());
+    let mgmt = lab.ns(Host::Mgmt);
+    let login = |key: &KeyPair, user: &str| {
+        let mut cmd = ssh_command(&mgmt, "ssh", Some(&key.private));
+        // On the pty rexpect gives it (not the null input the one-shot runs get).
+        cmd.arg("-tt")
+            .arg(format!("{user}@{A_MGMT_V4}"))
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::inherit());
+        let mut p = rexpect::session::spawn_command(cmd, Some(15_000)).unwrap();
+        p.exp_string(&format!("{user}@lab-a> ")).unwrap();
+        p
+    };
+    let ports_in_kernel = || a.ruleset().contains("33434-33500");
+
+    // The operator: `?` lists what an operator may run, not `configure`.
+    let mut o = login(&olga, "olga");
+    o.send("?").unwrap();
+    o.flush().unwrap();
+    let help = o.exp_string("olga@lab-a> ").unwrap();
+    assert!(help.contains("show") && help.contains("whoami"), "{help}");
+    assert!(!help.contains("configure"), "{help}");
+    o.send_line("").unwrap();
+    o.exp_string("olga@lab-a> ").unwrap();
+    o.send_line("configure").unwrap();
+    let e = o.exp_string("olga@lab-a> ").unwrap();
+    assert!(e.contains("unknown word 'configure'"), "{e}");
+
+    let mut p = login(&ann, "ann");
+    // Tab completes from the tree: `sh` becomes `show`, `show c` offers three words.
+    p.send("sh\t").unwrap();
+    p.flush().unwrap();
+    p.exp_string("show ").unwrap();
+    p.send("ca\t").unwrap();
+    p.flush().unwrap();
+    p.exp_string("calls ").unwrap();
+    p.send_line("").unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(!out.contains("error"), "{out}");
+    // The pager: the running config is longer than the terminal; q leaves it.
+    let ann_uid = passwd_line(&a, "ann")
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    let pager_runs = || {
+        std::process::Command::new("pgrep")
+            .args(["-x", "-u", &ann_uid, "less"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    p.send_line("show config").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), pager_runs),
+        "less pages it"
+    );
+    p.send("q").unwrap();
+    p.flush().unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
+    assert!(!pager_runs());
+    p.send_line("show config | match zone | count").unwrap();
+    p.exp_regex("Count: [0-9]+ lines").unwrap();
+
+    // Configuration mode: the lock is ann's; ben is told.
+    p.send_line("configure").unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    let mut b = login(&ben, "ben");
+    b.send_line("configure").unwrap();
+    let e = b.exp_string("ben@lab-a> ").unwrap();
+    assert!(e.contains("configuration is locked by ann"), "{e}");
+
+    p.send_line("set allow wan-traceroute ports 33434-33500")
+        .unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    p.send_line("show | compare | no-more").unwrap();
+    let d = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(d.contains("+ports = [\"33434-33500\"]"), "{d}");
+    // A confirmed commit that nobody confirms rolls back by itself.
+    p.send_line("commit confirmed 3s").unwrap();
+    let c = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(c.contains("committed revision"), "{c}");
+    assert!(ports_in_kernel());
+    assert!(
+        wait_until(Duration::from_secs(15), || !ports_in_kernel()),
+        "rolled back"
+    );
+    // Again, and this time confirmed.
+    p.send_line("discard").unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    p.send_line("set allow wan-traceroute ports 33434-33500")
+        .unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    p.send_line("commit confirmed 1").unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    p.send_line("confirm").unwrap();
+    let c = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(c.contains("confirmed"), "{c}");
+    p.send_line("exit").unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
+    // Out of configuration mode, the lock is free for ben.
+    b.send_line("configure").unwrap();
+    b.exp_string("ben@lab-a# ").unwrap();
+    b.send_line("exit").unwrap();
+    b.exp_string("ben@lab-a> ").unwrap();
+    p.send_line("exit").unwrap();
+    p.exp_eof().unwrap();
+    assert!(ports_in_kernel(), "the confirmed commit stays");
+
+    // The audit trail names ann for each step.
+    let audit = a.cli(&["--json", "show", "audit", "--last", "300"]).json();
+    let steps: Vec<String> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["entry"])
+        .filter(|e| e["user"] == "ann")
+        .map(|e| {
+            format!(
+                "{} -> {}",
+                e["action"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "configure -> ok",
+        "commit -> ok",
+        "confirm -> ok",
+        "exit configure -> ok",
+    ] {
+        assert!(steps.iter().any(|s| s == want), "{want}: {steps:#?}");
+    }
+    let ben_refused = audit["audit"].as_array().unwrap().iter().any(|r| {
+        r["entry"]["user"] == "ben"
+            && r["entry"]["action"] == "configure"
+            && r["entry"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("locked by ann")
+    });
+    assert!(ben_refused, "{audit}");
 }

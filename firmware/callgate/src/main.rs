@@ -8,6 +8,7 @@
 //! 5 `show firewall` found drift: the kernel's table differs from the ruleset the daemon
 //! applied (the counters and the differences are still printed, `"drift"` in `--json`).
 
+mod console;
 mod shell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ enum Cmd {
     },
     /// Daemon status.
     Status,
+    /// The interactive console (what a console account's login starts).
+    Console,
     /// Validate and apply a config atomically, and record it as a new revision.
     Commit {
         file: PathBuf,
@@ -193,23 +196,11 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let args = match shell::invocation(&argv) {
         Ok(shell::Invocation::Tool) => Args::parse(),
+        // A login shell: the console, with its own command tree.
         Ok(shell::Invocation::Command(words)) => {
-            match Args::try_parse_from(std::iter::once("callgate".to_owned()).chain(words)) {
-                Ok(a) => a,
-                Err(e) => {
-                    let _ = e.print();
-                    return ExitCode::from(2);
-                }
-            }
+            return console::run_once(&default_socket(), &words);
         }
-        Ok(shell::Invocation::Interactive) => {
-            // Planned: the interactive console (the console issue). Until then one command
-            // per login: `ssh appliance show calls`.
-            eprintln!(
-                "callgate: the interactive console is not built yet; run one command per login, e.g. `ssh appliance show calls`"
-            );
-            return ExitCode::from(2);
-        }
+        Ok(shell::Invocation::Interactive) => return console::run(&default_socket()),
         Err(e) => {
             eprintln!("callgate: {e}");
             return ExitCode::from(2);
@@ -265,6 +256,9 @@ fn main() -> ExitCode {
             } => Request::ShowSipStats,
         },
         Cmd::Status => Request::Status,
+        Cmd::Console => {
+            return console::run(&args.socket.clone().unwrap_or_else(default_socket));
+        }
         Cmd::Commit {
             file,
             confirmed,

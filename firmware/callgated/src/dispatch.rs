@@ -28,17 +28,41 @@ pub fn authorizer(phase: watch::Receiver<Arc<Phase>>) -> Authorizer {
     })
 }
 
+/// Who holds configuration mode (`configure`): one connection at a time.
+#[derive(Debug, Clone)]
+struct LockHolder {
+    conn: u64,
+    user: String,
+    session: Option<u32>,
+    since_ms: u64,
+}
+
+impl LockHolder {
+    fn describe(&self) -> String {
+        format!(
+            "configuration is locked by {}{} since {}: ask them to exit configuration mode",
+            self.user,
+            self.session
+                .map(|s| format!(" (session {s})"))
+                .unwrap_or_default(),
+            fmt_time(self.since_ms)
+        )
+    }
+}
+
 pub fn handler(
     phase: watch::Receiver<Arc<Phase>>,
     firewall: FirewallHandle,
     lifecycle: mpsc::Sender<Lifecycle>,
     protector: String,
 ) -> Handler {
+    let lock: Arc<tokio::sync::Mutex<Option<LockHolder>>> = Arc::default();
     Arc::new(move |peer: Peer, call: Call| {
         let phase = phase.borrow().clone();
         let firewall = firewall.clone();
         let lifecycle = lifecycle.clone();
         let protector = protector.clone();
+        let lock = lock.clone();
         Box::pin(async move {
             let req = match call {
                 Call::Refused { what, why } => {
@@ -46,9 +70,27 @@ pub fn handler(
                     let _ = audit(&phase, &peer, &what, &format!("refused: {why}")).await;
                     return Response::err(why);
                 }
+                Call::Closed => {
+                    let mut l = lock.lock().await;
+                    if l.as_ref().is_some_and(|h| h.conn == peer.conn) {
+                        *l = None;
+                        let _ = audit(&phase, &peer, "exit configure", "connection closed").await;
+                    }
+                    return Response::ok("", json!({}));
+                }
                 Call::Request(req) => req,
             };
             let name = req.name();
+            // Configuration mode's lock: taken, released, and in the way of the others.
+            if let Some(resp) = config_lock(&lock, &peer, &req).await {
+                let result = if resp.ok {
+                    "ok".to_owned()
+                } else {
+                    format!("refused: {}", resp.text)
+                };
+                let _ = audit(&phase, &peer, name, &result).await;
+                return resp;
+            }
             // A change goes ahead only once it is on record.
             if req.is_audited() && !audit(&phase, &peer, name, "started").await {
                 return Response::err(format!(
@@ -65,6 +107,41 @@ pub fn handler(
             resp
         })
     })
+}
+
+/// `configure` and its exit, and the commits of everyone else while someone holds it.
+/// `None`: the request goes on.
+async fn config_lock(
+    lock: &tokio::sync::Mutex<Option<LockHolder>>,
+    peer: &Peer,
+    req: &Request,
+) -> Option<Response> {
+    let mut l = lock.lock().await;
+    let other = l.as_ref().filter(|h| h.conn != peer.conn).cloned();
+    match req {
+        Request::ConfigLock => Some(match other {
+            Some(h) => Response::err(h.describe()),
+            None => {
+                *l = Some(LockHolder {
+                    conn: peer.conn,
+                    user: peer.user.clone(),
+                    session: peer.session,
+                    since_ms: callgate_revisions::now_ms(),
+                });
+                Response::ok("configuration mode: the lock is yours", json!({}))
+            }
+        }),
+        Request::ConfigUnlock => {
+            if other.is_none() {
+                *l = None;
+            }
+            Some(Response::ok("", json!({})))
+        }
+        Request::Commit { .. } | Request::Confirm { .. } | Request::Rollback { .. } => {
+            other.map(|h| Response::err(h.describe()))
+        }
+        _ => None,
+    }
 }
 
 /// Writes one audit entry: to the journal always, and to the encrypted audit table when
@@ -268,6 +345,27 @@ async fn handle(
         }
     };
     match req {
+        Request::ShowRevision { number } => match config.revision(number).await {
+            Ok(text) => Response::ok(text.clone(), json!({"revision": number, "text": text})),
+            Err(e) => fail(&e),
+        },
+        Request::Whoami => {
+            let cfg = config.config().borrow().clone();
+            let idle = peer.role.map(|r| cfg.console.idle_timeout(r).as_secs());
+            let role = peer.role.map_or("none", Role::as_str);
+            Response::ok(
+                format!(
+                    "{} ({role}) on {}{}",
+                    peer.user,
+                    cfg.appliance.name,
+                    peer.session
+                        .map(|s| format!(", session {s}"))
+                        .unwrap_or_default()
+                ),
+                json!({"user": peer.user, "role": role, "appliance": cfg.appliance.name.as_str(),
+                       "session": peer.session, "idle_timeout_secs": idle}),
+            )
+        }
         Request::Status => {
             let cfg = config.config().borrow().clone();
             let fw = firewall.state().borrow().clone();
@@ -433,6 +531,9 @@ async fn handle(
         }
         Request::ShowPair | Request::Failover => {
             Response::err("internal error: pair request not routed")
+        }
+        Request::ConfigLock | Request::ConfigUnlock => {
+            Response::err("internal error: configuration lock not routed")
         }
         Request::Provision
         | Request::Recover { .. }

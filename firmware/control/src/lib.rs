@@ -134,6 +134,18 @@ pub enum Request {
         #[serde(default = "default_last")]
         last: usize,
     },
+    /// Who the daemon takes the caller for: user, role, session, the appliance, the idle
+    /// time of the role (the console's prompt and idle timer).
+    Whoami,
+    /// The text of revision `number` (configuration mode's `rollback N` loads it).
+    ShowRevision {
+        number: u64,
+    },
+    /// Configuration mode: hold the configuration lock for this connection (released by
+    /// `ConfigUnlock` or when the connection ends). While one connection holds it, every
+    /// other connection's commit, confirm and rollback is refused.
+    ConfigLock,
+    ConfigUnlock,
 }
 
 fn default_last() -> usize {
@@ -175,7 +187,12 @@ impl Request {
     /// The role a request needs: reads are an operator's, changes and personal data an
     /// admin's.
     pub fn required_role(&self) -> Role {
-        if self.is_audited() || matches!(self, Request::ShowAudit { .. }) {
+        if self.is_audited()
+            || matches!(
+                self,
+                Request::ShowAudit { .. } | Request::ConfigLock | Request::ConfigUnlock
+            )
+        {
             Role::Admin
         } else {
             Role::Operator
@@ -208,6 +225,10 @@ impl Request {
             Request::Failover => "failover",
             Request::PairRekey => "pair rekey",
             Request::ShowAudit { .. } => "show audit",
+            Request::Whoami => "whoami",
+            Request::ShowRevision { .. } => "show revision",
+            Request::ConfigLock => "configure",
+            Request::ConfigUnlock => "exit configure",
         }
     }
 }
@@ -251,6 +272,8 @@ pub struct Peer {
     pub loginuid: Option<u32>,
     /// The kernel's audit session id (`/proc/PID/sessionid`), when set.
     pub session: Option<u32>,
+    /// This connection's number (unique while the daemon runs).
+    pub conn: u64,
 }
 
 impl Peer {
@@ -279,6 +302,7 @@ impl Peer {
             role: None,
             loginuid: proc_u32("loginuid"),
             session: proc_u32("sessionid"),
+            conn: 0,
         }
     }
 }
@@ -294,6 +318,8 @@ pub enum Call {
     /// Refused before it was carried out: the request's name (or what was read of it)
     /// and why. The handler audits it and answers with the error.
     Refused { what: String, why: String },
+    /// The connection ended (nothing is sent back): what it held is released.
+    Closed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +384,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -370,8 +397,10 @@ pub async fn serve(
                         continue;
                     };
                     let (h, a) = (handler.clone(), authorize.clone());
+                    conns += 1;
+                    let conn = conns;
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, h, a).await {
+                        if let Err(e) = connection(stream, h, a, conn).await {
                             log::debug!("control connection ended: {e}");
                         }
                         drop(permit);
@@ -390,6 +419,7 @@ async fn connection(
     stream: UnixStream,
     handler: Handler,
     authorize: Authorizer,
+    conn: u64,
 ) -> Result<(), ControlError> {
     let cred = stream.peer_cred()?;
     let (uid, pid) = (cred.uid(), cred.pid());
@@ -397,6 +427,18 @@ async fn connection(
         .await
         .map_err(|e| ControlError::Protocol(e.to_string()))?;
     peer.role = authorize(&peer);
+    peer.conn = conn;
+    let r = serve_connection(stream, &handler, &peer).await;
+    let _ = handler(peer, Call::Closed).await;
+    r
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    handler: &Handler,
+    peer: &Peer,
+) -> Result<(), ControlError> {
+    let peer = peer.clone();
     let (rd, mut wr) = stream.into_split();
     let Some(role) = peer.role else {
         // Nothing is read from a peer without an account.
@@ -549,6 +591,7 @@ mod tests {
                         serde_json::Value::Null,
                     ),
                     Call::Refused { why, .. } => Response::err(why),
+                    Call::Closed => Response::ok("", serde_json::Value::Null),
                 }
             })
         });

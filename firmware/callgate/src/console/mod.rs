@@ -1,0 +1,570 @@
+//! The interactive console: the login shell of every console account (over SSH and on the
+//! serial console). Two modes, as on Junos: operational (`show …`, `configure`) and
+//! configuration (edit a candidate with `set`/`delete`, `show | compare`, `commit`,
+//! `commit confirmed N`, `confirm`, `rollback N`, `discard`, `exit`).
+//!
+//! - One command tree ([`schema`]) drives parsing, `?` help, Tab completion and the role
+//!   filter. The daemon decides what the caller may do; the console only hides what the
+//!   role cannot run.
+//! - Output goes through pipes (`| match WORD`, `| count`, `| no-more`; `show | compare` in
+//!   configuration mode) and, on a terminal, through `less` with `LESSSECURE=1` (no shell
+//!   escape, no editor, no files).
+//! - `configure` takes the daemon's configuration lock for this session: a second admin is
+//!   told who holds it. The lock ends with the session.
+//! - Idle: after the role's idle time without a command the console logs out, with a
+//!   warning a minute before.
+//!
+//! ## Current limitations
+//! - The command history lasts for the session (not kept across logins yet).
+
+pub mod edit;
+pub mod schema;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callgate_control::{Client, Request, Response, Role};
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::{
+    Cmd, ConditionalEventHandler, Editor, Event, EventContext, EventHandler, Helper, KeyCode,
+    KeyEvent, Modifiers, RepeatCount,
+};
+
+use edit::Candidate;
+use schema::{Action, Node, Parsed, CONFIGURE, OPERATIONAL};
+
+/// What the console knows of its session.
+struct Session {
+    client: Client,
+    user: String,
+    role: Role,
+    appliance: String,
+    idle: Duration,
+    /// Configuration mode's candidate, when in it.
+    candidate: Option<Candidate>,
+    tty: bool,
+}
+
+impl Session {
+    /// Connects to the daemon; `role` is what the console shows until `whoami` says.
+    fn connect(socket: &Path, role: Role, tty: bool) -> Result<Session, ExitCode> {
+        let client = Client::connect(socket).map_err(|e| {
+            eprintln!("callgate: {e}");
+            ExitCode::from(1)
+        })?;
+        Ok(Session {
+            client,
+            user: String::new(),
+            role,
+            appliance: String::new(),
+            idle: Duration::from_secs(callgate_config::DEFAULT_IDLE_SECS),
+            candidate: None,
+            tty,
+        })
+    }
+}
+
+fn tree(configuring: bool) -> &'static [Node] {
+    if configuring {
+        CONFIGURE
+    } else {
+        OPERATIONAL
+    }
+}
+
+/// Tab completion and `?` help from the command tree (and, after `set`/`delete`, the
+/// candidate's keys).
+struct Completion {
+    role: Role,
+    configuring: bool,
+    candidate: Option<Candidate>,
+}
+
+impl Completion {
+    /// The words that may come next, with help.
+    fn offers(&self, line: &str) -> Vec<(String, String)> {
+        let words = crate::shell::split(line).unwrap_or_default();
+        let (done, partial) = if line.ends_with(' ') || line.is_empty() {
+            (words, String::new())
+        } else {
+            let mut w = words;
+            let p = w.pop().unwrap_or_default();
+            (w, p)
+        };
+        if self.configuring && matches!(done.first().map(String::as_str), Some("set" | "delete")) {
+            if let Some(c) = &self.candidate {
+                return c
+                    .keys_after(&done[1..])
+                    .into_iter()
+                    .filter(|k| k.starts_with(&partial))
+                    .map(|k| (k, String::new()))
+                    .collect();
+            }
+        }
+        schema::next(tree(self.configuring), self.role, &done, &partial)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(w, h)| (w, h.to_owned()))
+            .collect()
+    }
+}
+
+impl Completer for Completion {
+    type Candidate = Pair;
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let head = &line[..pos];
+        let start = head.rfind(' ').map_or(0, |i| i + 1);
+        let offers = self
+            .offers(head)
+            .into_iter()
+            .filter(|(w, _)| !w.starts_with('<'))
+            .map(|(w, _)| Pair {
+                display: w.clone(),
+                replacement: format!("{w} "),
+            })
+            .collect();
+        Ok((start, offers))
+    }
+}
+
+impl Hinter for Completion {
+    type Hint = String;
+}
+impl Highlighter for Completion {}
+impl Validator for Completion {}
+impl Helper for Completion {}
+
+/// `?` ends the line here and asks for help on it (the line comes back to be finished).
+struct Question(Arc<AtomicBool>);
+
+impl ConditionalEventHandler for Question {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext<'_>) -> Option<Cmd> {
+        self.0.store(true, Ordering::SeqCst);
+        Some(Cmd::AcceptLine)
+    }
+}
+
+/// Runs the console until `exit`, the end of input, or the idle time.
+pub fn run(socket: &Path) -> ExitCode {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut s = match Session::connect(socket, Role::Operator, tty) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match s.client.request(&Request::Whoami) {
+        Ok(r) if r.ok => {
+            s.user = r.data["user"].as_str().unwrap_or_default().to_owned();
+            s.role = if r.data["role"] == "admin" {
+                Role::Admin
+            } else {
+                Role::Operator
+            };
+            s.appliance = r.data["appliance"].as_str().unwrap_or_default().to_owned();
+            if let Some(secs) = r.data["idle_timeout_secs"].as_u64() {
+                s.idle = Duration::from_secs(secs);
+            }
+        }
+        Ok(r) => {
+            eprintln!("callgate: {}", r.text);
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let activity = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    spawn_idle_watch(activity.clone(), started, s.idle);
+    let mut editor: Editor<Completion, rustyline::history::DefaultHistory> = match Editor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("callgate: the terminal: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let asked = Arc::new(AtomicBool::new(false));
+    editor.bind_sequence(
+        KeyEvent(KeyCode::Char('?'), Modifiers::NONE),
+        EventHandler::Conditional(Box::new(Question(asked.clone()))),
+    );
+    println!(
+        "callgate console on {}: {} ({}). `help` lists the commands; Tab completes, ? explains.",
+        s.appliance, s.user, s.role
+    );
+    let mut initial = String::new();
+    loop {
+        editor.set_helper(Some(Completion {
+            role: s.role,
+            configuring: s.candidate.is_some(),
+            candidate: s.candidate.clone(),
+        }));
+        let prompt = format!(
+            "{}@{}{} ",
+            s.user,
+            s.appliance,
+            if s.candidate.is_some() { "#" } else { ">" }
+        );
+        let line = match editor.readline_with_initial(&prompt, (&initial, "")) {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted) => {
+                initial.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("callgate: {e}");
+                break;
+            }
+        };
+        activity.store(
+            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+        initial.clear();
+        if asked.swap(false, Ordering::SeqCst) {
+            let line = line.trim_end_matches('?').to_owned();
+            print_help(&s, &line);
+            initial = line;
+            continue;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        match run_line(&mut s, line) {
+            Ok(Flow::Go) => {}
+            Ok(Flow::Logout) => break,
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if s.candidate.is_some() {
+        let _ = s.client.request(&Request::ConfigUnlock);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs one command line given to `-c` (`ssh appliance show calls`): operational mode
+/// only.
+pub fn run_once(socket: &Path, words: &[String]) -> ExitCode {
+    let mut s = match Session::connect(socket, Role::Admin, false) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    // The role filter is the daemon's: here the whole tree parses and the daemon refuses.
+    let line = words.join(" ");
+    match run_line(&mut s, &line) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Flow {
+    Go,
+    Logout,
+}
+
+fn print_help(s: &Session, line: &str) {
+    let c = Completion {
+        role: s.role,
+        configuring: s.candidate.is_some(),
+        candidate: s.candidate.clone(),
+    };
+    let offers = c.offers(line);
+    if offers.is_empty() {
+        println!("  (nothing more: press Enter)");
+    }
+    let width = offers.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+    for (w, h) in offers {
+        println!("  {w:<width$}  {h}");
+    }
+}
+
+/// Splits `cmd | pipe | pipe` (the bar outside quotes).
+fn pipes(line: &str) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let words = crate::shell::split(line)?;
+    let mut parts = words.split(|w| w == "|");
+    let cmd = parts.next().unwrap_or_default().to_vec();
+    let rest: Vec<Vec<String>> = parts.map(<[String]>::to_vec).collect();
+    for p in &rest {
+        match p.first().map(String::as_str) {
+            Some("match") if p.len() == 2 => {}
+            Some("count" | "no-more" | "compare") if p.len() == 1 => {}
+            _ => {
+                return Err(format!(
+                    "unknown pipe '| {}': expected | match WORD, | count, | no-more, or | compare",
+                    p.join(" ")
+                ))
+            }
+        }
+    }
+    Ok((cmd, rest))
+}
+
+fn ask(s: &mut Session, req: &Request) -> Result<Response, String> {
+    s.client.request(req).map_err(|e| e.to_string())
+}
+
+fn answer(r: Response) -> Result<String, String> {
+    if r.ok {
+        Ok(r.text)
+    } else {
+        Err(r.text)
+    }
+}
+
+fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
+    let (words, pipe) = pipes(line)?;
+    let configuring = s.candidate.is_some();
+    let p: Parsed = schema::parse(tree(configuring), s.role, &words)?;
+    let compare = pipe.iter().any(|p| p[0] == "compare");
+    if compare && p.action != Action::ShowCandidate {
+        return Err("| compare follows `show` in configuration mode".into());
+    }
+    let number = |i: usize| -> Result<u64, String> {
+        p.values
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| "a whole number is needed".to_owned())
+    };
+    let out: String = match p.action {
+        Action::ShowFirewall => answer(ask(s, &Request::ShowFirewall)?)?,
+        Action::ShowConfig => answer(ask(s, &Request::ShowConfig)?)?,
+        Action::ShowHistory => answer(ask(s, &Request::ShowHistory)?)?,
+        Action::ShowCalls => answer(ask(s, &Request::ShowCalls)?)?,
+        Action::ShowCdrs => {
+            let last = if p.values.is_empty() {
+                20
+            } else {
+                number(0)? as usize
+            };
+            answer(ask(s, &Request::ShowCdrs { last })?)?
+        }
+        Action::ShowSipStats => answer(ask(s, &Request::ShowSipStats)?)?,
+        Action::ShowPair => answer(ask(s, &Request::ShowPair)?)?,
+        Action::ShowAudit => {
+            let last = if p.values.is_empty() {
+                20
+            } else {
+                number(0)? as usize
+            };
+            answer(ask(s, &Request::ShowAudit { last })?)?
+        }
+        Action::Status => answer(ask(s, &Request::Status)?)?,
+        Action::Whoami => answer(ask(s, &Request::Whoami)?)?,
+        Action::Compare => answer(ask(
+            s,
+            &Request::Compare {
+                a: number(0)?,
+                b: number(1)?,
+            },
+        )?)?,
+        Action::Failover => answer(ask(s, &Request::Failover)?)?,
+        Action::Configure => {
+            answer(ask(s, &Request::ConfigLock)?)?;
+            let running = ask(s, &Request::ShowConfig)?;
+            let text = running.data["text"].as_str().unwrap_or_default().to_owned();
+            match Candidate::new(&text) {
+                Ok(c) => s.candidate = Some(c),
+                Err(e) => {
+                    let _ = ask(s, &Request::ConfigUnlock);
+                    return Err(e);
+                }
+            }
+            "configuration mode: `show | compare` shows your changes, `commit` applies them"
+                .to_owned()
+        }
+        Action::Help => {
+            let mut t = String::new();
+            for (cmd, help, _) in schema::listing(tree(configuring), s.role) {
+                t.push_str(&format!("  {cmd:<34} {help}\n"));
+            }
+            t.push_str("  … | match WORD | count | no-more\n");
+            t
+        }
+        Action::Exit => return Ok(Flow::Logout),
+        Action::Set | Action::Delete => {
+            let c = s.candidate.as_mut().ok_or("not in configuration mode")?;
+            if p.action == Action::Set {
+                c.set(&p.values)?;
+            } else {
+                c.delete(&p.values)?;
+            }
+            String::new()
+        }
+        Action::ShowCandidate => {
+            let c = s.candidate.as_ref().ok_or("not in configuration mode")?;
+            if compare {
+                let d = c.compare();
+                if d.is_empty() {
+                    "(no changes)\n".to_owned()
+                } else {
+                    d
+                }
+            } else {
+                c.text()
+            }
+        }
+        Action::Commit | Action::CommitConfirmed => {
+            let c = s.candidate.as_ref().ok_or("not in configuration mode")?;
+            let confirmed_secs = match p.values.first() {
+                None => None,
+                Some(v) => Some(match v.strip_suffix('s') {
+                    Some(secs) => secs.parse::<u64>().map_err(|e| e.to_string())?,
+                    None => v.parse::<u64>().map_err(|e| e.to_string())? * 60,
+                }),
+            };
+            let r = ask(
+                s,
+                &Request::Commit {
+                    text: c.text(),
+                    origin: "candidate".into(),
+                    force: false,
+                    confirmed_secs,
+                    this_node: false,
+                },
+            )?;
+            let msg = answer(r)?;
+            reload(s)?;
+            msg
+        }
+        Action::Confirm => answer(ask(s, &Request::Confirm { this_node: false })?)?,
+        Action::Rollback => {
+            let n = number(0)?;
+            let r = ask(s, &Request::ShowRevision { number: n })?;
+            let text = answer(r)?;
+            let c = s.candidate.as_mut().ok_or("not in configuration mode")?;
+            let base = c.clone();
+            let mut loaded = Candidate::new(&text)?;
+            // The candidate keeps the running config as its base: compare shows the way back.
+            loaded = base.replaced_by(loaded);
+            *c = loaded;
+            format!("revision {n} loaded into the candidate: `show | compare`, then `commit`")
+        }
+        Action::Discard => {
+            reload(s)?;
+            "the candidate is the running config again".to_owned()
+        }
+        Action::ExitConfigure => {
+            let c = s.candidate.as_ref().ok_or("not in configuration mode")?;
+            if c.changed() {
+                return Err(
+                    "the candidate has uncommitted changes: `commit` or `discard` first".into(),
+                );
+            }
+            let _ = ask(s, &Request::ConfigUnlock);
+            s.candidate = None;
+            String::new()
+        }
+    };
+    emit(s, &out, &pipe);
+    Ok(Flow::Go)
+}
+
+/// The candidate starts again from the running config.
+fn reload(s: &mut Session) -> Result<(), String> {
+    if s.candidate.is_none() {
+        return Ok(());
+    }
+    let r = ask(s, &Request::ShowConfig)?;
+    let text = r.data["text"].as_str().unwrap_or_default().to_owned();
+    s.candidate = Some(Candidate::new(&text)?);
+    Ok(())
+}
+
+/// Applies the pipes and prints, through the pager on a terminal.
+fn emit(s: &Session, out: &str, pipe: &[Vec<String>]) {
+    let mut lines: Vec<&str> = out.lines().collect();
+    let mut more = s.tty;
+    for p in pipe {
+        match p[0].as_str() {
+            "match" => {
+                let w = p[1].as_str();
+                lines.retain(|l| l.contains(w));
+            }
+            "count" => {
+                println!("Count: {} lines", lines.len());
+                return;
+            }
+            "no-more" => more = false,
+            _ => {}
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let text = format!("{}\n", lines.join("\n"));
+    if more && lines.len() > 20 && page(&text) {
+        return;
+    }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `less` in secure mode (no shell escape, no editor, no log file, no history file);
+/// whether it ran.
+fn page(text: &str) -> bool {
+    let child = Command::new("less")
+        .args(["-F", "-X", "-R", "-K"])
+        .env("LESSSECURE", "1")
+        .env("LESSHISTFILE", "-")
+        .env_remove("LESSOPEN")
+        .env_remove("LESSCLOSE")
+        .stdin(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let _ = child.wait();
+    true
+}
+
+/// Logs out after `idle` without a command, with a warning a minute before.
+fn spawn_idle_watch(activity: Arc<AtomicU64>, started: Instant, idle: Duration) {
+    let warn_at = idle.saturating_sub(Duration::from_secs(60));
+    std::thread::spawn(move || {
+        let mut warned_for = u64::MAX;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let last = activity.load(Ordering::SeqCst);
+            let since = started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last));
+            if since >= idle {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\r\nidle for {}s: logged out\r\n", idle.as_secs());
+                let _ = out.flush();
+                std::process::exit(0);
+            }
+            if since >= warn_at && warned_for != last {
+                warned_for = last;
+                let mut out = std::io::stdout().lock();
+                let _ = write!(
+                    out,
+                    "\r\nidle: this session ends in {}s unless you enter a command\r\n",
+                    idle.saturating_sub(since).as_secs()
+                );
+                let _ = out.flush();
+            }
+        }
+    });
+}
