@@ -114,3 +114,48 @@ pub fn ssh(from: &Ns<'_>, key: &Path, user: &str, host: IpAddr, args: &[&str]) -
     cmd.arg(format!("{user}@{host}")).args(args);
     Cli::run(cmd)
 }
+
+/// A yescrypt hash of `password`, as `mkpasswd -m yescrypt` makes it (what an admin puts
+/// in `console_password`).
+pub fn yescrypt(password: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("mkpasswd")
+        .args(["-m", "yescrypt", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("mkpasswd: {e}"));
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(password.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("mkpasswd: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Installs the shipped PAM stack for `login` and pam_faillock's settings in the
+/// appliance's /etc; the lockout records go to the appliance's own directory (the shipped
+/// file says /run/faillock, which the machine's other labs share).
+pub fn install_serial_login(a: &Appliance<'_>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+    std::fs::copy(root.join("pam/login"), a.etc().join("pam.d/login"))
+        .unwrap_or_else(|e| panic!("pam.d/login: {e}"));
+    let conf = std::fs::read_to_string(root.join("security/faillock.conf"))
+        .unwrap_or_else(|e| panic!("faillock.conf: {e}"));
+    let dir = a.dir().join("faillock");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let conf = conf.replace("dir = /run/faillock", &format!("dir = {}", dir.display()));
+    std::fs::create_dir_all(a.etc().join("security")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(a.etc().join("security/faillock.conf"), conf)
+        .unwrap_or_else(|e| panic!("faillock.conf: {e}"));
+}
+
+/// `agetty` on the terminal it is given (the serial console's getty, on a pty here), in
+/// the appliance's namespaces and /etc: it asks for the login and runs `login`.
+pub fn serial_getty(a: &Appliance<'_>) -> Command {
+    let mut cmd = a.command("/usr/sbin/agetty");
+    cmd.args(["--noclear", "--noissue", "-L", "-", "115200", "xterm"])
+        .env("TERM", "xterm");
+    cmd
+}

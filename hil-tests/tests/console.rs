@@ -495,3 +495,105 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     });
     assert!(ben_refused, "{audit}");
 }
+
+/// The serial console, on a pty: agetty and login with the shipped PAM stack; a console
+/// password logs in to the console; three wrong ones lock the account (the right one too)
+/// until an admin lifts it; the break-glass account is an admin there; an idle session is
+/// warned and logged out.
+#[test]
+fn on_the_serial_console_passwords_log_in_and_wrong_ones_lock_the_account() {
+    use hil_tests::console::{install_serial_login, serial_getty, yescrypt};
+    let lab = Lab::start(&[Host::A]).unwrap();
+    let (olga_pw, glass_pw) = ("tr0ub4dor&3", "correct horse battery");
+    let config = format!(
+        "{LAB}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{ANN_KEY}\"]\n\n\
+         [[user]]\nname = \"olga\"\nrole = \"operator\"\nconsole_password = \"{}\"\n\n\
+         [console]\nidle_timeout_secs = {{ operator = 60 }}\nbreak_glass_password = \"{}\"\n",
+        yescrypt(olga_pw),
+        yescrypt(glass_pw)
+    );
+    let a = Appliance::start(&lab, Host::A, &config).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || passwd_line(
+        &a,
+        "breakglass"
+    )
+    .is_some()
+        && a.cli_as("olga", &["status"]).ok()));
+    install_serial_login(&a);
+    let getty = || {
+        let mut p = rexpect::session::spawn_command(serial_getty(&a), Some(10_000)).unwrap();
+        p.exp_string("login: ").unwrap();
+        p
+    };
+    let attempt = |p: &mut rexpect::session::PtySession, user: &str, pw: &str| {
+        p.send_line(user).unwrap();
+        p.exp_string("Password: ").unwrap();
+        p.send_line(pw).unwrap();
+    };
+
+    // The right password gets the console.
+    let mut p = getty();
+    attempt(&mut p, "olga", olga_pw);
+    let shadow = std::fs::read_to_string(a.etc().join("shadow")).unwrap();
+    let line = shadow
+        .lines()
+        .find(|l| l.starts_with("olga:"))
+        .unwrap_or_default()
+        .to_owned();
+    p.exp_string("olga@lab-a> ")
+        .unwrap_or_else(|e| panic!("{e}\n{line}"));
+    p.send_line("exit").unwrap();
+    drop(p);
+    // Three wrong passwords, then the right one: still refused (locked).
+    let mut p = getty();
+    for _ in 0..3 {
+        attempt(&mut p, "olga", "wrong");
+        p.exp_string("Login incorrect").unwrap();
+        p.exp_string("login: ").unwrap();
+    }
+    attempt(&mut p, "olga", olga_pw);
+    p.exp_string("Login incorrect").unwrap();
+    drop(p);
+    // An admin lifts it (through the console); the password works again.
+    let mut admin = rexpect::session::spawn_command(
+        {
+            let mut c = a.command("setpriv");
+            c.args(["--reuid", "ann", "--regid", "ann", "--init-groups", "--"])
+                .arg(hil_tests::bin("callgate"))
+                .args(["-c", "clear login-lockout olga"]);
+            c
+        },
+        Some(10_000),
+    )
+    .unwrap();
+    admin.exp_string("lockout is lifted").unwrap();
+    // (This session's expectations may wait for the idle logout: 75 s.)
+    let mut p = rexpect::session::spawn_command(serial_getty(&a), Some(75_000)).unwrap();
+    p.exp_string("login: ").unwrap();
+    attempt(&mut p, "olga", olga_pw);
+    p.exp_string("olga@lab-a> ").unwrap();
+    p.send_line("whoami").unwrap();
+    let who = p.exp_string("olga@lab-a> ").unwrap();
+    assert!(who.contains("olga (operator)"), "{who}");
+    // Idle: the warning a minute before (at once, with 60 s), then the logout.
+    let start = std::time::Instant::now();
+    p.exp_string("this session ends in").unwrap();
+    p.exp_string("logged out").unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(50),
+        "{:?}",
+        start.elapsed()
+    );
+    p.exp_string("login: ").unwrap_or_default();
+
+    // The break-glass account is an admin on the serial console.
+    let mut p = getty();
+    attempt(&mut p, "breakglass", glass_pw);
+    p.exp_string("breakglass@lab-a> ").unwrap();
+    p.send_line("configure").unwrap();
+    p.exp_string("breakglass@lab-a# ").unwrap();
+    p.send_line("exit").unwrap();
+    p.exp_string("breakglass@lab-a> ").unwrap();
+    p.send_line("exit").unwrap();
+    p.exp_eof().unwrap();
+}

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use callgate_config::{Role, User};
+use callgate_config::{PasswordHash, Role, User, BREAK_GLASS_USER};
 
 /// Every console account is a member (it owns the control socket).
 pub const CONSOLE_GROUP: &str = "callgate-console";
@@ -85,6 +85,52 @@ pub struct Account {
     pub keys: Vec<String>,
 }
 
+/// An account the config wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub name: String,
+    /// `None`: the break-glass account (the console group only: sshd admits only the role
+    /// groups, so it logs in on the serial console alone).
+    pub role: Option<Role>,
+    pub keys: Vec<String>,
+    /// The shadow hash to set (`*`: none).
+    pub hash: String,
+}
+
+/// What the config wants: its `[[user]]`s, and the break-glass account when it has a
+/// password.
+pub fn wants(users: &[User], break_glass: Option<&PasswordHash>) -> Vec<Want> {
+    let mut w: Vec<Want> = users
+        .iter()
+        .map(|u| Want {
+            name: u.name.get_ref().as_str().to_owned(),
+            role: Some(u.role),
+            keys: u.ssh_keys.iter().map(|k| k.as_str().to_owned()).collect(),
+            hash: u
+                .console_password
+                .as_ref()
+                .map_or("*".to_owned(), |h| h.as_str().to_owned()),
+        })
+        .collect();
+    if let Some(h) = break_glass {
+        w.push(Want {
+            name: BREAK_GLASS_USER.to_owned(),
+            role: None,
+            keys: Vec::new(),
+            hash: h.as_str().to_owned(),
+        });
+    }
+    w
+}
+
+/// The groups of an account of `role` (the console group, and the role's).
+fn groups_of(role: Option<Role>) -> String {
+    match role {
+        Some(r) => format!("{CONSOLE_GROUP},{}", r.group()),
+        None => CONSOLE_GROUP.to_owned(),
+    }
+}
+
 /// One step of a reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -92,13 +138,13 @@ pub enum Step {
     Group(&'static str),
     Add {
         name: String,
-        role: Role,
+        role: Option<Role>,
     },
     /// Set the role's group and the shell (an account whose role changed, or whose shell
     /// is not the console).
     Modify {
         name: String,
-        role: Role,
+        role: Option<Role>,
     },
     Password {
         name: String,
@@ -123,8 +169,10 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Group(g) => write!(f, "group {g} created"),
-            Step::Add { name, role } => write!(f, "account {name} added ({role})"),
-            Step::Modify { name, role } => write!(f, "account {name} is now {role}"),
+            Step::Add { name, role } => write!(f, "account {name} added ({})", role_name(*role)),
+            Step::Modify { name, role } => {
+                write!(f, "account {name} is now {}", role_name(*role))
+            }
             Step::Password { name, hash } if hash == "*" => {
                 write!(f, "account {name}: no console password")
             }
@@ -136,6 +184,10 @@ impl std::fmt::Display for Step {
             Step::Remove { name } => write!(f, "account {name} removed"),
         }
     }
+}
+
+fn role_name(role: Option<Role>) -> &'static str {
+    role.map_or("break-glass", Role::as_str)
 }
 
 /// What the system has, from `/etc/passwd`, `/etc/shadow`, `/etc/group` and the key files.
@@ -204,7 +256,7 @@ pub fn read_current(s: &Settings) -> Result<(Vec<Account>, BTreeSet<String>), Ac
 pub fn plan(
     current: &[Account],
     groups: &BTreeSet<String>,
-    wanted: &[User],
+    wanted: &[Want],
     shell: &str,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -217,10 +269,7 @@ pub fn plan(
             steps.push(Step::Group(g));
         }
     }
-    let want: BTreeMap<&str, &User> = wanted
-        .iter()
-        .map(|u| (u.name.get_ref().as_str(), u))
-        .collect();
+    let want: BTreeMap<&str, &Want> = wanted.iter().map(|w| (w.name.as_str(), w)).collect();
     for a in current {
         if !want.contains_key(a.name.as_str()) {
             steps.push(Step::EndSessions {
@@ -232,55 +281,50 @@ pub fn plan(
             });
         }
     }
-    for (name, u) in &want {
-        let have = current.iter().find(|a| a.name == *name);
-        let keys: Vec<String> = u.ssh_keys.iter().map(|k| k.as_str().to_owned()).collect();
-        let hash = u
-            .console_password
-            .as_ref()
-            .map_or("*".to_owned(), |h| h.as_str().to_owned());
-        match have {
+    for (name, w) in &want {
+        let name = (*name).to_owned();
+        match current.iter().find(|a| a.name == name) {
             None => {
                 steps.push(Step::Add {
-                    name: (*name).to_owned(),
-                    role: u.role,
+                    name: name.clone(),
+                    role: w.role,
                 });
                 steps.push(Step::Password {
-                    name: (*name).to_owned(),
-                    hash,
+                    name: name.clone(),
+                    hash: w.hash.clone(),
                 });
                 steps.push(Step::Keys {
-                    name: (*name).to_owned(),
-                    keys,
+                    name,
+                    keys: w.keys.clone(),
                 });
             }
             Some(a) => {
                 // A lost role or way in ends what the account has open now.
-                let demoted = a.role == Some(Role::Admin) && u.role != Role::Admin;
-                let lost_keys = a.keys.iter().any(|k| !keys.contains(k));
-                let lost_password = a.password != hash && a.password.starts_with('$');
+                let demoted = a.role == Some(Role::Admin) && w.role != Some(Role::Admin);
+                let lost_keys = a.keys.iter().any(|k| !w.keys.contains(k));
+                let lost_password = a.password != w.hash && a.password.starts_with('$');
                 if demoted || lost_keys || lost_password {
                     steps.push(Step::EndSessions {
-                        name: a.name.clone(),
+                        name: name.clone(),
                         uid: a.uid,
                     });
                 }
-                if a.role != Some(u.role) || a.shell != shell {
+                if a.role != w.role || a.shell != shell {
                     steps.push(Step::Modify {
-                        name: a.name.clone(),
-                        role: u.role,
+                        name: name.clone(),
+                        role: w.role,
                     });
                 }
-                if a.password != hash {
+                if a.password != w.hash {
                     steps.push(Step::Password {
-                        name: a.name.clone(),
-                        hash,
+                        name: name.clone(),
+                        hash: w.hash.clone(),
                     });
                 }
-                if a.keys != keys {
+                if a.keys != w.keys {
                     steps.push(Step::Keys {
-                        name: a.name.clone(),
-                        keys,
+                        name,
+                        keys: w.keys.clone(),
                     });
                 }
             }
@@ -368,14 +412,14 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
                 Command::new("useradd")
                     .args(["-K", &uid_min, "-K", &uid_max, "-U", "-M"])
                     .args(["-d", "/", "-s", &shell, "-c", MARKER])
-                    .args(["-G", &format!("{CONSOLE_GROUP},{}", role.group())])
+                    .args(["-G", &groups_of(*role)])
                     .arg(name),
             ),
             Step::Modify { name, role } => run(
                 &format!("usermod {name}"),
                 Command::new("usermod")
                     .args(["-s", &shell])
-                    .args(["-G", &format!("{CONSOLE_GROUP},{}", role.group())])
+                    .args(["-G", &groups_of(*role)])
                     .arg(name),
             ),
             Step::Password { name, hash } => run(
@@ -410,7 +454,7 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
 
 /// Reads, plans and applies; the steps taken and the errors.
 pub fn reconcile(
-    wanted: &[User],
+    wanted: &[Want],
     s: &Settings,
 ) -> Result<(Vec<Step>, Vec<AccountsError>), AccountsError> {
     let (current, groups) = read_current(s)?;
@@ -425,13 +469,12 @@ mod tests {
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ann@laptop";
 
-    fn users(toml: &str) -> Vec<User> {
+    fn users(toml: &str) -> Vec<Want> {
         let text = format!(
             "[appliance]\nname = \"t\"\n[zones.mgmt]\ninterfaces = [\"m0\"]\n[services.ssh]\nzones = [\"mgmt\"]\n{toml}"
         );
-        callgate_config::Config::parse(&text, Path::new("t.toml"))
-            .unwrap()
-            .user
+        let cfg = callgate_config::Config::parse(&text, Path::new("t.toml")).unwrap();
+        wants(&cfg.user, cfg.console.break_glass_password.as_ref())
     }
 
     fn account(name: &str, role: Role, keys: &[&str]) -> Account {
@@ -466,7 +509,7 @@ mod tests {
                 Step::Group("callgate-admin"),
                 Step::Add {
                     name: "ann".into(),
-                    role: Role::Admin
+                    role: Some(Role::Admin)
                 },
                 Step::Password {
                     name: "ann".into(),
@@ -519,7 +562,7 @@ mod tests {
         );
         assert!(steps.contains(&Step::Modify {
             name: "ann".into(),
-            role: Role::Operator
+            role: Some(Role::Operator)
         }));
         assert!(steps.contains(&Step::Keys {
             name: "ann".into(),
@@ -559,5 +602,23 @@ mod tests {
         // bob is in the group but not ours; eve is marked but not in the group
         assert_eq!(current, vec![account("ann", Role::Admin, &[KEY])]);
         assert!(groups.contains("callgate-admin") && !groups.contains("callgate-operator"));
+    }
+
+    #[test]
+    fn the_break_glass_account_has_no_role_group() {
+        let want = users("[console]\nbreak_glass_password = \"$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7\"\n");
+        let steps = plan(&[], &all_groups(), &want, "/usr/bin/callgate");
+        assert_eq!(
+            steps[0],
+            Step::Add {
+                name: BREAK_GLASS_USER.into(),
+                role: None
+            }
+        );
+        assert_eq!(groups_of(None), CONSOLE_GROUP);
+        assert!(
+            !format!("{}", steps[1]).contains("$y$"),
+            "hashes stay out of the log"
+        );
     }
 }

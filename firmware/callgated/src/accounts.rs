@@ -19,7 +19,9 @@ pub fn spawn(
             let s = settings.clone();
             let sock = socket.clone();
             let r = tokio::task::spawn_blocking(move || {
-                let r = callgate_accounts::reconcile(&cfg.user, &s);
+                let wanted =
+                    callgate_accounts::wants(&cfg.user, cfg.console.break_glass_password.as_ref());
+                let r = callgate_accounts::reconcile(&wanted, &s);
                 // The socket's group exists once the first account does.
                 if let Err(e) = callgate_control::set_socket_group(&sock) {
                     log::error!("accounts: the control socket's group: {e}");

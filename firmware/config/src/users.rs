@@ -11,6 +11,7 @@
 //!
 //! [console]
 //! idle_timeout_secs = { operator = 900, admin = 900 }   # the defaults (15 minutes)
+//! break_glass_password = "$y$j9T$…"   # optional: the serial console's `breakglass` admin
 //! ```
 //!
 //! The accounts are committed, confirmed and rolled back with the rest of the config; a
@@ -327,7 +328,14 @@ pub struct Console {
     /// Seconds without input before the console logs out (60 to 86400).
     #[serde(default = "default_idle_timeouts")]
     pub idle_timeout_secs: Spanned<IdleTimeouts>,
+    /// The break-glass account ([`BREAK_GLASS_USER`]): an admin that logs in on the serial
+    /// console only, with this yescrypt hash. Absent: no such account.
+    #[serde(default)]
+    pub break_glass_password: Option<PasswordHash>,
 }
+
+/// The break-glass account's name.
+pub const BREAK_GLASS_USER: &str = "breakglass";
 
 fn default_idle_timeouts() -> Spanned<IdleTimeouts> {
     Spanned::new(0..0, IdleTimeouts::default())
@@ -337,6 +345,7 @@ impl Default for Console {
     fn default() -> Self {
         Console {
             idle_timeout_secs: default_idle_timeouts(),
+            break_glass_password: None,
         }
     }
 }

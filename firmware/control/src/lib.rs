@@ -141,6 +141,10 @@ pub enum Request {
     ShowRevision {
         number: u64,
     },
+    /// Lift the serial console's password lockout (`pam_faillock`) of a user.
+    ClearLockout {
+        user: String,
+    },
     /// Configuration mode: hold the configuration lock for this connection (released by
     /// `ConfigUnlock` or when the connection ends). While one connection holds it, every
     /// other connection's commit, confirm and rollback is refused.
@@ -181,6 +185,7 @@ impl Request {
                 | Request::Unpair
                 | Request::Failover
                 | Request::PairRekey
+                | Request::ClearLockout { .. }
         )
     }
 
@@ -227,6 +232,7 @@ impl Request {
             Request::ShowAudit { .. } => "show audit",
             Request::Whoami => "whoami",
             Request::ShowRevision { .. } => "show revision",
+            Request::ClearLockout { .. } => "clear login-lockout",
             Request::ConfigLock => "configure",
             Request::ConfigUnlock => "exit configure",
         }

@@ -377,6 +377,12 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             },
         )?)?,
         Action::Failover => answer(ask(s, &Request::Failover)?)?,
+        Action::ClearLockout => answer(ask(
+            s,
+            &Request::ClearLockout {
+                user: p.values.first().cloned().unwrap_or_default(),
+            },
+        )?)?,
         Action::Configure => {
             answer(ask(s, &Request::ConfigLock)?)?;
             let running = ask(s, &Request::ShowConfig)?;

@@ -20,6 +20,7 @@ pub enum Action {
     Compare,
     Configure,
     Failover,
+    ClearLockout,
     Help,
     Exit,
     // configuration mode
@@ -39,6 +40,8 @@ pub enum Action {
 pub enum Value {
     /// A whole number, named for help.
     Number(&'static str),
+    /// One word (a name).
+    Word(&'static str),
     /// One or more words to the end of the line (config paths and values).
     Words(&'static str),
 }
@@ -164,6 +167,21 @@ pub static OPERATIONAL: &[Node] = &[
         "on the active appliance of a pair: hand over to the standby",
         Action::Failover,
     )),
+    admin(Node {
+        word: "clear",
+        help: "clear a state",
+        role: Role::Admin,
+        values: &[],
+        children: &[admin(Node {
+            word: "login-lockout",
+            help: "lift a user's serial console lockout after wrong passwords",
+            role: Role::Admin,
+            values: &[Value::Word("USER")],
+            children: &[],
+            action: Some(Action::ClearLockout),
+        })],
+        action: None,
+    }),
     leaf("help", "the commands you may run", Action::Help),
     leaf("exit", "log out", Action::Exit),
     leaf("quit", "log out", Action::Exit),
@@ -302,6 +320,13 @@ pub fn parse(tree: &'static [Node], role: Role, line: &[String]) -> Result<Parse
                     values.push(w.clone());
                     i += 1;
                 }
+                Value::Word(name) => {
+                    let w = line
+                        .get(i)
+                        .ok_or_else(|| format!("{} needs {name}", n.word))?;
+                    values.push(w.clone());
+                    i += 1;
+                }
                 Value::Words(name) => {
                     if i >= line.len() {
                         return Err(format!("{} needs {name}", n.word));
@@ -365,7 +390,7 @@ pub fn next(
         i += 1;
     }
     if let Some(v) = pending.first() {
-        let (Value::Number(name) | Value::Words(name)) = *v;
+        let (Value::Number(name) | Value::Word(name) | Value::Words(name)) = *v;
         return Some(vec![(format!("<{name}>"), "a value")]);
     }
     Some(
@@ -392,7 +417,7 @@ pub fn listing(tree: &'static [Node], role: Role) -> Vec<(String, &'static str, 
                 format!("{prefix} {}", n.word)
             };
             for v in n.values {
-                let (Value::Number(name) | Value::Words(name)) = *v;
+                let (Value::Number(name) | Value::Word(name) | Value::Words(name)) = *v;
                 cmd.push_str(&format!(" <{name}>"));
             }
             if n.action.is_some() {
