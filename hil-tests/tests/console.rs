@@ -461,6 +461,35 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     p.exp_eof().unwrap();
     assert!(ports_in_kernel(), "the confirmed commit stays");
 
+    // Who is logged in: olga over SSH from the management host; ben ends her session.
+    b.send_line("show sessions | match olga").unwrap();
+    let who = b.exp_string("ben@lab-a> ").unwrap();
+    assert!(
+        who.contains("olga") && who.contains("ssh from 192.0.2."),
+        "{who}"
+    );
+    let sessions = a.cli(&["--json", "show", "sessions"]).json();
+    let olga_session = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["user"] == "olga")
+        .and_then(|s| s["session"].as_u64())
+        .unwrap_or_else(|| panic!("{sessions}"));
+    b.send_line(&format!("end session {olga_session}")).unwrap();
+    let ended = b.exp_string("ben@lab-a> ").unwrap();
+    assert!(ended.contains("ended"), "{ended}");
+    o.exp_eof().unwrap();
+    let sessions = a.cli(&["--json", "show", "sessions"]).json();
+    assert!(
+        !sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["user"] == "olga"),
+        "{sessions}"
+    );
+
     // The audit trail names ann for each step.
     let audit = a.cli(&["--json", "show", "audit", "--last", "300"]).json();
     let steps: Vec<String> = audit["audit"]

@@ -148,6 +148,8 @@ enum ShowWhat {
         #[command(subcommand)]
         what: SipWhat,
     },
+    /// The interactive console sessions: who, from where, since when.
+    Sessions,
     /// The audit trail: who did what, from which login session, and the result (admins).
     Audit {
         /// How many, newest last.
@@ -248,6 +250,7 @@ fn main() -> ExitCode {
             ShowWhat::Config => Request::ShowConfig,
             ShowWhat::History => Request::ShowHistory,
             ShowWhat::Audit { last } => Request::ShowAudit { last },
+            ShowWhat::Sessions => Request::ShowSessions,
             ShowWhat::Calls => Request::ShowCalls,
             ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
             ShowWhat::Pair => Request::ShowPair,

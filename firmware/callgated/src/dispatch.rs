@@ -63,12 +63,14 @@ pub fn handler(
     protector: String,
 ) -> Handler {
     let lock: Arc<tokio::sync::Mutex<Option<LockHolder>>> = Arc::default();
+    let sessions: Arc<crate::sessions::Sessions> = Arc::default();
     Arc::new(move |peer: Peer, call: Call| {
         let phase = phase.borrow().clone();
         let firewall = firewall.clone();
         let lifecycle = lifecycle.clone();
         let protector = protector.clone();
         let lock = lock.clone();
+        let sessions = sessions.clone();
         Box::pin(async move {
             let req = match call {
                 Call::Refused { what, why } => {
@@ -77,6 +79,7 @@ pub fn handler(
                     return Response::err(why);
                 }
                 Call::Closed => {
+                    sessions.closed(peer.conn).await;
                     let mut l = lock.lock().await;
                     if l.as_ref().is_some_and(|h| h.conn == peer.conn) {
                         *l = None;
@@ -87,6 +90,31 @@ pub fn handler(
                 Call::Request(req) => req,
             };
             let name = req.name();
+            // A change goes ahead only once it is on record.
+            if req.is_audited() && !audit(&phase, &peer, name, "started").await {
+                return Response::err(format!(
+                    "{name}: refused: the audit trail cannot be written, so nothing is changed"
+                ));
+            }
+            // The console sessions: listed, ended, and opened by a console's `whoami`.
+            let session_resp = match &req {
+                Request::ShowSessions => Some(sessions.show(fmt_time).await),
+                Request::EndSession { session } => Some(sessions.end(&peer, *session).await),
+                Request::Whoami => {
+                    sessions.opened(&peer).await;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(resp) = session_resp {
+                let result = if resp.ok {
+                    "ok".to_owned()
+                } else {
+                    format!("refused: {}", resp.text)
+                };
+                let _ = audit(&phase, &peer, name, &result).await;
+                return resp;
+            }
             // Configuration mode's lock: taken, released, and in the way of the others.
             if let Some(resp) = config_lock(&lock, &peer, &req).await {
                 let result = if resp.ok {
@@ -96,12 +124,6 @@ pub fn handler(
                 };
                 let _ = audit(&phase, &peer, name, &result).await;
                 return resp;
-            }
-            // A change goes ahead only once it is on record.
-            if req.is_audited() && !audit(&phase, &peer, name, "started").await {
-                return Response::err(format!(
-                    "{name}: refused: the audit trail cannot be written, so nothing is changed"
-                ));
             }
             let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
             let result = if resp.ok {
@@ -584,9 +606,10 @@ async fn handle(
         Request::ShowPair | Request::Failover => {
             Response::err("internal error: pair request not routed")
         }
-        Request::ConfigLock | Request::ConfigUnlock => {
-            Response::err("internal error: configuration lock not routed")
-        }
+        Request::ConfigLock
+        | Request::ConfigUnlock
+        | Request::ShowSessions
+        | Request::EndSession { .. } => Response::err("internal error: session request not routed"),
         Request::Provision
         | Request::Recover { .. }
         | Request::Reseal

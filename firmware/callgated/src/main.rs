@@ -39,6 +39,7 @@ mod logging;
 mod pair;
 mod pair_config;
 mod replica;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

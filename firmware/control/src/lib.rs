@@ -141,6 +141,12 @@ pub enum Request {
     ShowRevision {
         number: u64,
     },
+    /// The interactive console sessions: who, role, from where, since when.
+    ShowSessions,
+    /// End an interactive console session (every process of its audit session).
+    EndSession {
+        session: u32,
+    },
     /// Lift the serial console's password lockout (`pam_faillock`) of a user.
     ClearLockout {
         user: String,
@@ -186,6 +192,7 @@ impl Request {
                 | Request::Failover
                 | Request::PairRekey
                 | Request::ClearLockout { .. }
+                | Request::EndSession { .. }
         )
     }
 
@@ -233,6 +240,8 @@ impl Request {
             Request::Whoami => "whoami",
             Request::ShowRevision { .. } => "show revision",
             Request::ClearLockout { .. } => "clear login-lockout",
+            Request::ShowSessions => "show sessions",
+            Request::EndSession { .. } => "end session",
             Request::ConfigLock => "configure",
             Request::ConfigUnlock => "exit configure",
         }

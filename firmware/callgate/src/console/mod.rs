@@ -377,6 +377,13 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             },
         )?)?,
         Action::Failover => answer(ask(s, &Request::Failover)?)?,
+        Action::ShowSessions => answer(ask(s, &Request::ShowSessions)?)?,
+        Action::EndSession => answer(ask(
+            s,
+            &Request::EndSession {
+                session: u32::try_from(number(0)?).map_err(|e| e.to_string())?,
+            },
+        )?)?,
         Action::ClearLockout => answer(ask(
             s,
             &Request::ClearLockout {

@@ -21,6 +21,8 @@ pub enum Action {
     Configure,
     Failover,
     ClearLockout,
+    ShowSessions,
+    EndSession,
     Help,
     Exit,
     // configuration mode
@@ -144,6 +146,11 @@ pub static OPERATIONAL: &[Node] = &[
                 action: Some(Action::ShowAudit),
             }),
             leaf("status", "daemon status", Action::Status),
+            leaf(
+                "sessions",
+                "who is logged in to the console, from where, since when",
+                Action::ShowSessions,
+            ),
         ],
         action: None,
     },
@@ -167,6 +174,21 @@ pub static OPERATIONAL: &[Node] = &[
         "on the active appliance of a pair: hand over to the standby",
         Action::Failover,
     )),
+    admin(Node {
+        word: "end",
+        help: "end something that runs",
+        role: Role::Admin,
+        values: &[],
+        children: &[admin(Node {
+            word: "session",
+            help: "end another user's console session (its number in `show sessions`)",
+            role: Role::Admin,
+            values: &[Value::Number("SESSION")],
+            children: &[],
+            action: Some(Action::EndSession),
+        })],
+        action: None,
+    }),
     admin(Node {
         word: "clear",
         help: "clear a state",
