@@ -399,7 +399,9 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
         .to_owned();
     let pager_runs = || {
         std::process::Command::new("pgrep")
-            .args(["-x", "-u", &ann_uid, "less"])
+            .args(["-x", "-u", &ann_uid, "--nslist", "net", "--ns"])
+            .arg(a.pid().unwrap().to_string())
+            .arg("less")
             .stdout(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())

@@ -365,15 +365,19 @@ fn write_keys(dir: &Path, name: &str, keys: &[String]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// Ends every process running as `uid`: SIGHUP, then SIGKILL for what is left.
+/// Ends every process running as `uid` in this appliance's network namespace (on an
+/// appliance: every one; in the lab, where several appliances share the machine and their
+/// uids, only this one's): SIGHUP, then SIGKILL for what is left.
 fn end_sessions(uid: u32) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
+    let own_net = std::fs::read_link("/proc/self/ns/net").ok();
     let pids = || -> Vec<i32> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == own_net)
             .filter(|pid| {
                 std::fs::read_to_string(format!("/proc/{pid}/status"))
                     .ok()

@@ -106,26 +106,14 @@ pub fn handler(
                 }
                 _ => None,
             };
-            if let Some(resp) = session_resp {
-                let result = if resp.ok {
-                    "ok".to_owned()
-                } else {
-                    format!("refused: {}", resp.text)
-                };
-                let _ = audit(&phase, &peer, name, &result).await;
-                return resp;
-            }
             // Configuration mode's lock: taken, released, and in the way of the others.
-            if let Some(resp) = config_lock(&lock, &peer, &req).await {
-                let result = if resp.ok {
-                    "ok".to_owned()
-                } else {
-                    format!("refused: {}", resp.text)
-                };
-                let _ = audit(&phase, &peer, name, &result).await;
-                return resp;
-            }
-            let resp = handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await;
+            let resp = match session_resp {
+                Some(r) => r,
+                None => match config_lock(&lock, &peer, &req).await {
+                    Some(r) => r,
+                    None => handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await,
+                },
+            };
             let result = if resp.ok {
                 "ok".to_owned()
             } else {
