@@ -67,17 +67,18 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
             let Ok(rows) = rows else {
                 return Response::err("internal error reading call records");
             };
-            let mut t = String::new();
+            let mut table = Vec::new();
+            let mut unreadable = String::new();
             let mut data = Vec::new();
             for r in rows {
                 match r {
                     Ok(rec) => {
-                        let _ = writeln!(t, "{}", line(rec.id, &rec.value));
+                        table.push(row(rec.id, &rec.value));
                         data.push(json!({ "id": rec.id, "cdr": rec.value }));
                     }
                     Err(e) => {
                         let _ = writeln!(
-                            t,
+                            unreadable,
                             "(unreadable record: {})",
                             callgate_store::error_chain(&e)
                         );
@@ -85,40 +86,59 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
                     }
                 }
             }
-            if data.is_empty() {
-                t.push_str("no call records\n");
-            }
+            let mut t = if table.is_empty() {
+                "no call records\n".to_owned()
+            } else {
+                crate::human::table(
+                    &[
+                        "ID",
+                        "STARTED",
+                        "DURATION",
+                        "OUTCOME",
+                        "NUMBER",
+                        "CAMPAIGN",
+                        "CALLER",
+                        "NAME",
+                        "DESTINATION",
+                        "BY",
+                        "CALL-ID",
+                    ],
+                    &table,
+                )
+            };
+            t.push_str(&unreadable);
             Response::ok(t, json!({ "cdrs": data }))
         }
         _ => Response::err("not a calls request"),
     }
 }
 
-fn line(id: u64, c: &Cdr) -> String {
-    format!(
-        "#{id} {} code={} number={} campaign={} caller={} name={} dest={} invite={} ring={} answer={} end={} duration_ms={} appliance={}{} call_id={}",
-        label(c.disposition),
-        c.final_code,
-        c.tracking_number,
-        c.campaign,
-        c.caller.reveal().unwrap_or("(erased)"),
+/// One record as a row of `show cdrs`: when it started, how long it lasted, how it ended
+/// (with the final SIP code), who answered it (and who ended it after a failover).
+fn row(id: u64, c: &Cdr) -> Vec<String> {
+    let erased = |p: &callgate_store::Pii| p.reveal().unwrap_or("(erased)").to_owned();
+    vec![
+        id.to_string(),
+        crate::human::time(c.invite_at),
+        crate::human::duration(c.duration_ms),
+        format!("{} {}", label(c.disposition), c.final_code),
+        c.tracking_number.clone(),
+        c.campaign.clone(),
+        erased(&c.caller),
         c.caller_name
             .as_ref()
-            .map(|n| n.reveal().unwrap_or("(erased)"))
-            .unwrap_or("-"),
-        if c.destination.is_empty() { "-" } else { &c.destination },
-        c.invite_at,
-        opt(c.ring_at),
-        opt(c.answer_at),
-        opt(c.end_at),
-        c.duration_ms,
-        c.appliance,
-        c.ended_by
-            .as_ref()
-            .map(|e| format!(" ended_by={e}"))
-            .unwrap_or_default(),
-        c.call_id,
-    )
+            .map_or_else(|| "-".to_owned(), erased),
+        if c.destination.is_empty() {
+            "-".to_owned()
+        } else {
+            c.destination.clone()
+        },
+        match &c.ended_by {
+            Some(e) => format!("{}→{e}", c.appliance),
+            None => c.appliance.clone(),
+        },
+        c.call_id.clone(),
+    ]
 }
 
 /// A unit enum as its serialized name (`answered`, `no_answer`, `ringing`, ...).
@@ -127,8 +147,4 @@ fn label(v: impl serde::Serialize) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }

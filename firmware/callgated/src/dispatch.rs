@@ -745,25 +745,7 @@ fn verification_text(v: &Verification) -> String {
 
 /// UTC `YYYY-MM-DD HH:MM:SS` from unix milliseconds (no time-zone database on the image).
 fn fmt_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::human::time(ms)
 }
 
 #[cfg(test)]
@@ -806,7 +788,8 @@ mod tests {
 
     #[test]
     fn time_format() {
-        assert_eq!(super::fmt_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::fmt_time(1_795_910_400_000), "2026-11-29 00:00:00");
+        // RFC 3339 in the appliance's zone, with its offset.
+        let t = super::fmt_time(1_795_910_400_000);
+        assert!(t.starts_with("2026-11-2") && t.len() == 25, "{t}");
     }
 }

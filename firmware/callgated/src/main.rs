@@ -34,6 +34,7 @@ mod accounts;
 mod calls;
 mod calls_view;
 mod dispatch;
+mod human;
 mod lifecycle;
 mod logging;
 mod pair;
