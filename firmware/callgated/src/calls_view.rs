@@ -1,5 +1,5 @@
-//! `show calls`, `show cdrs [--last N]`, `show sip stats`: text for the console, JSON for
-//! tools and tests.
+//! `show calls`, `show cdrs [--last N]` (streamed, [`stream_cdrs`]), `show sip stats`: text
+//! for the console, JSON for tools and tests.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use serde_json::json;
 /// Largest `--last`.
 const MAX_LAST: usize = 10_000;
 
-pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -> Response {
+pub async fn handle(sip: Option<&SipHandle>, req: Request) -> Response {
     match req {
         Request::ShowCalls => {
             let Some(sip) = sip else {
@@ -60,25 +60,84 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
                 (Err(e), _) | (_, Err(e)) => Response::err(e.to_string()),
             }
         }
-        Request::ShowCdrs { last } => {
-            let last = last.min(MAX_LAST);
-            let store = store.clone();
-            let rows = tokio::task::spawn_blocking(move || store.last_cdrs(last)).await;
-            let Ok(rows) = rows else {
-                return Response::err("internal error reading call records");
-            };
-            let mut table = Vec::new();
-            let mut unreadable = String::new();
-            let mut data = Vec::new();
-            for r in rows {
+        _ => Response::err("not a calls request"),
+    }
+}
+
+/// Records per part of a streamed `show cdrs`.
+const PAGE: usize = 200;
+
+/// The columns of `show cdrs`, and their widths (the last one unpadded): fixed, so that the
+/// parts of a streamed listing line up.
+const COLUMNS: [(&str, usize); 11] = [
+    ("ID", 6),
+    ("STARTED", 25),
+    ("DURATION", 8),
+    ("OUTCOME", 14),
+    ("NUMBER", 14),
+    ("CAMPAIGN", 14),
+    ("CALLER", 14),
+    ("NAME", 16),
+    ("DESTINATION", 38),
+    ("BY", 13),
+    ("CALL-ID", 0),
+];
+
+fn fixed_row(cells: &[String]) -> String {
+    let mut l = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        let w = COLUMNS.get(i).map_or(0, |c| c.1);
+        if i + 1 == cells.len() {
+            l.push_str(c);
+        } else {
+            let _ = write!(l, "{c:<w$}  ");
+        }
+    }
+    l.trim_end().to_owned() + "\n"
+}
+
+/// `show cdrs`, sent a page of [`PAGE`] records at a time as they are read and decrypted,
+/// so the daemon never holds the whole listing (the last part is empty, `more == false`).
+/// A client that goes away stops the reading.
+pub fn stream_cdrs(store: Arc<Store>, last: usize) -> tokio::sync::mpsc::Receiver<Response> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let last = last.min(MAX_LAST);
+        let st = store.clone();
+        let ids = tokio::task::spawn_blocking(move || st.last_cdr_ids(last))
+            .await
+            .unwrap_or_default();
+        let part = |text: String, data: Vec<serde_json::Value>, more: bool| {
+            let mut r = Response::ok(text, json!({ "cdrs": data }));
+            r.more = more;
+            r
+        };
+        if ids.is_empty() {
+            let _ = tx
+                .send(part("no call records\n".into(), Vec::new(), false))
+                .await;
+            return;
+        }
+        let header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_owned()).collect();
+        let mut text = fixed_row(&header);
+        for page in ids.chunks(PAGE) {
+            let st = store.clone();
+            let page = page.to_vec();
+            let recs = tokio::task::spawn_blocking(move || {
+                page.iter().map(|id| st.get_cdr(*id)).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut data = Vec::with_capacity(recs.len());
+            for r in recs {
                 match r {
                     Ok(rec) => {
-                        table.push(row(rec.id, &rec.value));
+                        text.push_str(&fixed_row(&row(rec.id, &rec.value)));
                         data.push(json!({ "id": rec.id, "cdr": rec.value }));
                     }
                     Err(e) => {
                         let _ = writeln!(
-                            unreadable,
+                            text,
                             "(unreadable record: {})",
                             callgate_store::error_chain(&e)
                         );
@@ -86,31 +145,17 @@ pub async fn handle(sip: Option<&SipHandle>, store: &Arc<Store>, req: Request) -
                     }
                 }
             }
-            let mut t = if table.is_empty() {
-                "no call records\n".to_owned()
-            } else {
-                crate::human::table(
-                    &[
-                        "ID",
-                        "STARTED",
-                        "DURATION",
-                        "OUTCOME",
-                        "NUMBER",
-                        "CAMPAIGN",
-                        "CALLER",
-                        "NAME",
-                        "DESTINATION",
-                        "BY",
-                        "CALL-ID",
-                    ],
-                    &table,
-                )
-            };
-            t.push_str(&unreadable);
-            Response::ok(t, json!({ "cdrs": data }))
+            if tx
+                .send(part(std::mem::take(&mut text), data, true))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
-        _ => Response::err("not a calls request"),
-    }
+        let _ = tx.send(part(String::new(), Vec::new(), false)).await;
+    });
+    rx
 }
 
 /// One record as a row of `show cdrs`: when it started, how long it lasted, how it ended

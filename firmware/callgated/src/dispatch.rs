@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callgate_control::{Authorizer, Call, Handler, Peer, Request, Response, Role};
+use callgate_control::{Authorizer, Call, Handler, Peer, Reply, Request, Response, Role};
 use callgate_firewall::{error_chain, FirewallHandle, FirewallReport, Verification};
 use callgate_store::AuditEntry;
 use serde_json::json;
@@ -72,6 +72,43 @@ pub fn handler(
         let lock = lock.clone();
         let sessions = sessions.clone();
         Box::pin(async move {
+            // `show cdrs` streams: its pages go out as they are read.
+            if let (Call::Request(Request::ShowCdrs { last }), Phase::Running { store, .. }) =
+                (&call, &*phase)
+            {
+                if !audit(&phase, &peer, "show cdrs", "started").await {
+                    return Reply::One(Response::err(
+                        "show cdrs: refused: the audit trail cannot be written",
+                    ));
+                }
+                let rx = crate::calls_view::stream_cdrs(store.clone(), *last);
+                let _ = audit(&phase, &peer, "show cdrs", "ok (streamed)").await;
+                return Reply::Stream(rx);
+            }
+            Reply::One(
+                serve_call(
+                    phase, firewall, lifecycle, protector, lock, sessions, peer, call,
+                )
+                .await,
+            )
+        })
+    })
+}
+
+/// One call, answered whole.
+#[allow(clippy::too_many_arguments)]
+async fn serve_call(
+    phase: Arc<Phase>,
+    firewall: FirewallHandle,
+    lifecycle: mpsc::Sender<Lifecycle>,
+    protector: String,
+    lock: Arc<tokio::sync::Mutex<Option<LockHolder>>>,
+    sessions: Arc<crate::sessions::Sessions>,
+    peer: Peer,
+    call: Call,
+) -> Response {
+    {
+        {
             let req = match call {
                 Call::Refused { what, why } => {
                     // Refused requests are on record like accepted ones.
@@ -121,8 +158,8 @@ pub fn handler(
             };
             let _ = audit(&phase, &peer, name, &result).await;
             resp
-        })
-    })
+        }
+    }
 }
 
 /// Where pam_faillock keeps its records: `dir` in /etc/security/faillock.conf (the
@@ -330,7 +367,7 @@ async fn handle(
         } => {
             match req {
                 Request::ShowCalls | Request::ShowSipStats | Request::ShowCdrs { .. } => {
-                    return crate::calls_view::handle(sip.as_ref(), store, req).await;
+                    return crate::calls_view::handle(sip.as_ref(), req).await;
                 }
                 Request::ShowPair => {
                     let state = pair.borrow().clone();

@@ -91,20 +91,19 @@ impl Sessions {
     /// `show sessions`.
     pub async fn show(&self, fmt_time: impl Fn(u64) -> String) -> Response {
         let all: Vec<Info> = self.0.lock().await.values().cloned().collect();
-        let mut text = format!(
-            "{:<8} {:<12} {:<8} {:<20} {}\n",
-            "SESSION", "USER", "ROLE", "SINCE", "FROM"
-        );
-        for s in &all {
-            text.push_str(&format!(
-                "{:<8} {:<12} {:<8} {:<20} {}\n",
-                s.session.map_or("-".to_owned(), |v| v.to_string()),
-                s.user,
-                s.role,
-                fmt_time(s.since_ms),
-                s.from
-            ));
-        }
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|s| {
+                vec![
+                    s.session.map_or("-".to_owned(), |v| v.to_string()),
+                    s.user.clone(),
+                    s.role.clone(),
+                    fmt_time(s.since_ms),
+                    s.from.clone(),
+                ]
+            })
+            .collect();
+        let text = crate::human::table(&["SESSION", "USER", "ROLE", "SINCE", "FROM"], &rows);
         Response::ok(text, json!({ "sessions": all }))
     }
 

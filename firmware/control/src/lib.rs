@@ -255,6 +255,23 @@ pub struct Response {
     pub text: String,
     #[serde(default)]
     pub data: serde_json::Value,
+    /// A part of a streamed reply: more parts follow (the last one says `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// What the handler answers: one response, or parts sent as they are made (a long listing
+/// need not be held whole in memory); the last part has `more == false`.
+#[derive(Debug)]
+pub enum Reply {
+    One(Response),
+    Stream(tokio::sync::mpsc::Receiver<Response>),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::One(r)
+    }
 }
 
 impl Response {
@@ -263,6 +280,7 @@ impl Response {
             ok: true,
             text: text.into(),
             data,
+            more: false,
         }
     }
     pub fn err(text: impl Into<String>) -> Self {
@@ -270,6 +288,7 @@ impl Response {
             ok: false,
             text: text.into(),
             data: serde_json::Value::Null,
+            more: false,
         }
     }
 }
@@ -359,7 +378,7 @@ pub enum ControlError {
 
 /// What the daemon does with a call.
 pub type Handler =
-    Arc<dyn Fn(Peer, Call) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Peer, Call) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 /// Binds the socket (replacing a stale one), mode 0660, group [`CONSOLE_GROUP`] when the
 /// system has it.
@@ -466,7 +485,7 @@ async fn serve_connection(
             },
         )
         .await;
-        return write_response(&mut wr, &resp).await;
+        return write_reply(&mut wr, resp).await;
     };
     let limit = match role {
         Role::Admin => MAX_REQUEST,
@@ -491,7 +510,7 @@ async fn serve_connection(
                 },
             )
             .await;
-            return write_response(&mut wr, &resp).await;
+            return write_reply(&mut wr, resp).await;
         }
         rd.set_limit(limit);
         let call = match serde_json::from_str::<Request>(&line) {
@@ -511,8 +530,33 @@ async fn serve_connection(
             },
             Ok(req) => Call::Request(req),
         };
-        let resp = handler(peer.clone(), call).await;
-        write_response(&mut wr, &resp).await?;
+        let reply = handler(peer.clone(), call).await;
+        write_reply(&mut wr, reply).await?;
+    }
+}
+
+/// Writes a reply: one line, or each part of a stream as it comes (the stream's end is a
+/// part with `more == false`; a stream that stops early gets one added).
+async fn write_reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: Reply,
+) -> Result<(), ControlError> {
+    match reply {
+        Reply::One(r) => write_response(wr, &r).await,
+        Reply::Stream(mut rx) => loop {
+            match rx.recv().await {
+                Some(r) => {
+                    let last = !r.more;
+                    write_response(wr, &r).await?;
+                    if last {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    return write_response(wr, &Response::err("the reply ended early")).await;
+                }
+            }
+        },
     }
 }
 
@@ -524,6 +568,28 @@ async fn write_response(
     out.push(b'\n');
     wr.write_all(&out).await?;
     Ok(())
+}
+
+/// Adds a streamed part to the reply so far: text appended, arrays in `data` extended, the
+/// outcome the last part's.
+fn merge(whole: &mut Response, part: Response) {
+    whole.text.push_str(&part.text);
+    whole.ok = part.ok;
+    whole.more = part.more;
+    if let (Some(w), Some(p)) = (whole.data.as_object_mut(), part.data.as_object()) {
+        for (k, v) in p {
+            match (w.get_mut(k), v) {
+                (Some(serde_json::Value::Array(a)), serde_json::Value::Array(b)) => {
+                    a.extend(b.iter().cloned())
+                }
+                _ => {
+                    w.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    } else if !part.data.is_null() {
+        whole.data = part.data;
+    }
 }
 
 /// A blocking client for the console tool.
@@ -553,17 +619,40 @@ impl Client {
 
     /// Sends one request and waits for its response.
     pub fn request(&mut self, req: &Request) -> Result<Response, ControlError> {
+        let mut whole: Option<Response> = None;
+        self.request_parts(req, |part| match &mut whole {
+            None => whole = Some(part),
+            Some(w) => merge(w, part),
+        })?;
+        whole.ok_or_else(|| ControlError::Protocol("no reply".into()))
+    }
+
+    /// Sends one request and hands each part of the reply to `each` as it arrives (one
+    /// part, or the parts of a streamed reply).
+    pub fn request_parts(
+        &mut self,
+        req: &Request,
+        mut each: impl FnMut(Response),
+    ) -> Result<(), ControlError> {
         let mut out = serde_json::to_vec(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
         out.push(b'\n');
         self.stream.write_all(&out)?;
-        let mut line = String::new();
-        let mut rd = BufReader::new((&self.stream).take(MAX_REQUEST));
-        if rd.read_line(&mut line)? == 0 {
-            return Err(ControlError::Protocol(
-                "the daemon closed the connection".into(),
-            ));
+        let mut rd = BufReader::new(&self.stream);
+        loop {
+            let mut line = String::new();
+            if (&mut rd).take(MAX_REQUEST).read_line(&mut line)? == 0 {
+                return Err(ControlError::Protocol(
+                    "the daemon closed the connection".into(),
+                ));
+            }
+            let part: Response =
+                serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))?;
+            let more = part.more;
+            each(part);
+            if !more {
+                return Ok(());
+            }
         }
-        serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
     }
 }
 
@@ -600,14 +689,14 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let h: Handler = Arc::new(|peer: Peer, call: Call| {
             Box::pin(async move {
-                match call {
+                Reply::One(match call {
                     Call::Request(req) => Response::ok(
                         format!("{} {}", peer.user, req.name()),
                         serde_json::Value::Null,
                     ),
                     Call::Refused { why, .. } => Response::err(why),
                     Call::Closed => Response::ok("", serde_json::Value::Null),
-                }
+                })
             })
         });
         let a: Authorizer = Arc::new(|_| Some(Role::Operator));
@@ -643,6 +732,45 @@ mod tests {
         assert!(!b.ok && b.text.contains("malformed"), "{b:?}");
         assert!(!c.ok && c.text.contains("needs the admin role"), "{c:?}");
         assert!(!d.ok && d.text.contains("over 65536 bytes"), "{d:?}");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_streamed_reply_arrives_in_parts_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let l = bind(&path).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let h: Handler = Arc::new(|_peer: Peer, _call: Call| {
+            Box::pin(async move {
+                let (ptx, prx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    for i in 0..3 {
+                        let mut r =
+                            Response::ok(format!("part {i}\n"), serde_json::json!({"rows": [i]}));
+                        r.more = i < 2;
+                        let _ = ptx.send(r).await;
+                    }
+                });
+                Reply::Stream(prx)
+            })
+        });
+        let a: Authorizer = Arc::new(|_| Some(Role::Admin));
+        let task = tokio::spawn(serve(l, h, a, rx));
+        let p = path.clone();
+        let (parts, whole) = tokio::task::spawn_blocking(move || {
+            let mut c = Client::connect(&p).unwrap();
+            let mut parts = 0;
+            c.request_parts(&Request::Status, |_| parts += 1).unwrap();
+            (parts, c.request(&Request::Status).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(parts, 3);
+        assert!(whole.ok && !whole.more);
+        assert_eq!(whole.text, "part 0\npart 1\npart 2\n");
+        assert_eq!(whole.data["rows"], serde_json::json!([0, 1, 2]));
         tx.send(true).unwrap();
         task.await.unwrap();
     }

@@ -1020,6 +1020,25 @@ impl Store {
             .collect()
     }
 
+    /// The ids of the last `n` CDRs (as [`Self::last_cdrs`] reads them), oldest first: keys
+    /// only, nothing decrypted. With [`Self::get_cdr`] a reader can page through them.
+    pub fn last_cdr_ids(&self, n: usize) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .t
+            .cdrs
+            .iter()
+            .keys()
+            .rev()
+            .take(n)
+            .filter_map(|k| k.ok().and_then(|k| id_of(&k)))
+            .collect();
+        ids.extend(self.open_cdr_ids());
+        ids.sort_unstable();
+        ids.dedup();
+        let skip = ids.len().saturating_sub(n);
+        ids.split_off(skip)
+    }
+
     /// The last `n` CDRs (highest ids), oldest first, the answer-time records of calls in
     /// progress included.
     pub fn last_cdrs(&self, n: usize) -> Vec<Result<Record<Cdr>, StoreError>> {
