@@ -530,10 +530,17 @@ fn cutting_both_paths_at_the_actives_end_hands_over_without_two_actives() {
     }
     assert!(b_took, "B: {}", show_pair(&b));
     assert_eq!(role(&a), "standby", "{}", show_pair(&a));
-    assert!(show_pair(&a)["last_transition"]
+    // A stepped down by itself: isolated (or, on a loaded machine, fenced first because
+    // its timers ran late while cut off, which ends in standby just the same).
+    let last = show_pair(&a)["last_transition"]
         .as_str()
         .unwrap_or_default()
-        .contains("Isolated"));
+        .to_owned();
+    assert!(
+        last.contains("Isolated") || last.contains("Fenced") || last.contains("Late"),
+        "{}",
+        show_pair(&a)
+    );
     // The cables back: A hears B active with a higher term and stays standby.
     lab.set_link(Host::A, Segment::Sync, true).unwrap();
     lab.set_link(Host::A, Segment::Private, true).unwrap();
