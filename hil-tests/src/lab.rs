@@ -101,7 +101,7 @@ impl Lab {
 
         // 1. Namespaces (recorded one by one, so a failure half-way still cleans up).
         for name in std::iter::once(&sw).chain(host_ns.iter().map(|(_, n)| n)) {
-            ip(&["netns", "add", name])?;
+            crate::netns::netns_add(name)?;
             self.created.push(name.clone());
         }
 

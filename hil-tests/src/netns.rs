@@ -180,6 +180,23 @@ pub(crate) fn pid_alive_not_zombie(pid: u32) -> bool {
     }
 }
 
+/// `ip netns add NAME`, a few tries: it fails now and then while another lab of this
+/// machine adds or deletes a namespace at the same moment (both set up the shared
+/// `/run/netns` mount).
+pub fn netns_add(name: &str) -> crate::Result<()> {
+    let mut tries = 0;
+    loop {
+        match crate::cmd::ip(&["netns", "add", name]) {
+            Ok(_) => return Ok(()),
+            Err(e) if tries >= 4 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,17 @@ fn passwd_line(a: &Appliance<'_>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The last `n` entries of `x`'s audit trail (`show audit --json`).
+fn audit_entries(x: &Appliance<'_>, n: usize) -> Vec<serde_json::Value> {
+    let audit = x
+        .cli(&["--json", "show", "audit", "--last", &n.to_string()])
+        .json();
+    audit["audit"]
+        .as_array()
+        .map(|rows| rows.iter().map(|r| r["entry"].clone()).collect())
+        .unwrap_or_default()
+}
+
 /// Sends raw request lines to the control socket as `user`: no console in between.
 fn raw_as(a: &Appliance<'_>, user: &str, lines: &[&str]) -> Vec<serde_json::Value> {
     let mut cmd = a.command("setpriv");
@@ -134,13 +145,7 @@ fn an_operator_reads_but_the_daemon_refuses_every_change_and_records_it() {
     // The admin may change; the trail names each of them, refusals included.
     let r = a.cli_as("ann", &["commit", file.to_str().unwrap()]);
     assert!(r.ok(), "{} {}", r.stdout, r.stderr);
-    let audit = a.cli(&["--json", "show", "audit", "--last", "100"]).json();
-    let rows: Vec<&serde_json::Value> = audit["audit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["entry"])
-        .collect();
+    let rows = audit_entries(&a, 100);
     let has = |user: &str, action: &str, detail: &str| {
         rows.iter().any(|e| {
             e["user"] == user
@@ -299,13 +304,7 @@ fn over_ssh_a_key_gets_the_console_and_nothing_else() {
     assert!(r.ok(), "{} {}", r.stdout, r.stderr);
 
     // The audit trail names ann, with the login session sshd opened for her.
-    let audit = a.cli(&["--json", "show", "audit", "--last", "200"]).json();
-    let entries: Vec<&serde_json::Value> = audit["audit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["entry"])
-        .collect();
+    let entries = audit_entries(&a, 200);
     let ann_show = entries
         .iter()
         .find(|e| e["user"] == "ann" && e["action"] == "show config")
@@ -493,12 +492,9 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     );
 
     // The audit trail names ann for each step.
-    let audit = a.cli(&["--json", "show", "audit", "--last", "300"]).json();
-    let steps: Vec<String> = audit["audit"]
-        .as_array()
-        .unwrap()
+    let audit = audit_entries(&a, 300);
+    let steps: Vec<String> = audit
         .iter()
-        .map(|r| &r["entry"])
         .filter(|e| e["user"] == "ann")
         .map(|e| {
             format!(
@@ -516,15 +512,12 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     ] {
         assert!(steps.iter().any(|s| s == want), "{want}: {steps:#?}");
     }
-    let ben_refused = audit["audit"].as_array().unwrap().iter().any(|r| {
-        r["entry"]["user"] == "ben"
-            && r["entry"]["action"] == "configure"
-            && r["entry"]["detail"]
-                .as_str()
-                .unwrap_or("")
-                .contains("locked by ann")
+    let ben_refused = audit.iter().any(|e| {
+        e["user"] == "ben"
+            && e["action"] == "configure"
+            && e["detail"].as_str().unwrap_or("").contains("locked by ann")
     });
-    assert!(ben_refused, "{audit}");
+    assert!(ben_refused, "{audit:#?}");
 }
 
 /// The serial console, on a pty: agetty and login with the shipped PAM stack; a console

@@ -274,19 +274,7 @@ fn leftovers_of_dead_runs_are_swept() {
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .expect("free pid");
     let stale = format!("cg{dead}x7-a");
-    // `ip netns add` can fail while another test's lab adds or deletes namespaces at the
-    // same moment (it sets up the /run/netns mount): a few tries.
-    let added = (0..5).any(|_| {
-        let ok = Command::new("ip")
-            .args(["netns", "add", &stale])
-            .status()
-            .expect("ip")
-            .success();
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        ok
-    });
+    let added = hil_tests::netns_add(&stale).is_ok();
     assert!(added, "ip netns add {stale}");
     let lab = Lab::start(&[Host::Mgmt]).expect("lab");
     assert!(

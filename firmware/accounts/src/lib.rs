@@ -365,38 +365,46 @@ fn write_keys(dir: &Path, name: &str, keys: &[String]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// Ends every process running as `uid` in this appliance's network namespace (on an
-/// appliance: every one; in the lab, where several appliances share the machine and their
-/// uids, only this one's): SIGHUP, then SIGKILL for what is left.
-fn end_sessions(uid: u32) {
+/// Ends every process that `select` picks among this appliance's (those in the calling
+/// process's network namespace: on an appliance every one; in the lab, where several
+/// appliances share the machine and their uids, only this one's), never the caller:
+/// SIGHUP, then SIGKILL for what is left after 200 ms. How many got the SIGHUP.
+pub fn end_processes(select: impl Fn(i32) -> bool) -> usize {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let own_net = std::fs::read_link("/proc/self/ns/net").ok();
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
     let pids = || -> Vec<i32> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != me)
             .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == own_net)
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("Uid:"))
-                            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    })
-                    == Some(uid)
-            })
+            .filter(|pid| select(*pid))
             .collect()
     };
-    for p in pids() {
-        let _ = kill(Pid::from_raw(p), Signal::SIGHUP);
+    let first = pids();
+    for p in &first {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGHUP);
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     for p in pids() {
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
+    first.len()
+}
+
+/// A number field of `/proc/PID/status` (its first value: `Uid:` gives the real uid).
+fn status_field(pid: i32, field: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Carries out `steps`; the errors of the steps that failed (the others ran).
@@ -437,7 +445,7 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
                 })
             }
             Step::EndSessions { uid, .. } => {
-                end_sessions(*uid);
+                end_processes(|pid| status_field(pid, "Uid:") == Some(*uid));
                 Ok(())
             }
             Step::Remove { name } => {

@@ -83,17 +83,9 @@ const COLUMNS: [(&str, usize); 11] = [
     ("CALL-ID", 0),
 ];
 
-fn fixed_row(cells: &[String]) -> String {
-    let mut l = String::new();
-    for (i, c) in cells.iter().enumerate() {
-        let w = COLUMNS.get(i).map_or(0, |c| c.1);
-        if i + 1 == cells.len() {
-            l.push_str(c);
-        } else {
-            let _ = write!(l, "{c:<w$}  ");
-        }
-    }
-    l.trim_end().to_owned() + "\n"
+fn fixed_row(cells: &[impl AsRef<str>]) -> String {
+    let width: Vec<usize> = COLUMNS.iter().map(|c| c.1).collect();
+    crate::human::line(cells, &width)
 }
 
 /// `show cdrs`, sent a page of [`PAGE`] records at a time as they are read and decrypted,
@@ -118,7 +110,7 @@ pub fn stream_cdrs(store: Arc<Store>, last: usize) -> tokio::sync::mpsc::Receive
                 .await;
             return;
         }
-        let header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_owned()).collect();
+        let header: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
         let mut text = fixed_row(&header);
         for page in ids.chunks(PAGE) {
             let st = store.clone();

@@ -135,7 +135,7 @@ async fn serve_call(
             }
             // The console sessions: listed, ended, and opened by a console's `whoami`.
             let session_resp = match &req {
-                Request::ShowSessions => Some(sessions.show(fmt_time).await),
+                Request::ShowSessions => Some(sessions.show().await),
                 Request::EndSession { session } => Some(sessions.end(&peer, *session).await),
                 Request::Whoami => {
                     sessions.opened(&peer).await;
@@ -588,9 +588,11 @@ async fn handle(
             // In a pair, a commit here reaches this point only with --this-node: the
             // history says so (an appliance without a pair has no other node).
             let paired = config.config().borrow().pair.is_some();
-            let note = (this_node && paired).then(|| match confirmed_secs {
-                Some(s) => format!("commit confirmed {s}s (this appliance only)"),
-                None => "commit (this appliance only)".to_owned(),
+            let note = (this_node && paired).then(|| {
+                format!(
+                    "{} (this appliance only)",
+                    callgate_revisions::commit_note(window)
+                )
             });
             match config
                 .commit_noted(text, origin, force, window, peer.user.clone(), note)
@@ -780,7 +782,7 @@ fn verification_text(v: &Verification) -> String {
     }
 }
 
-/// UTC `YYYY-MM-DD HH:MM:SS` from unix milliseconds (no time-zone database on the image).
+/// A time as the console shows it: local RFC 3339 with the offset ([`crate::human::time`]).
 fn fmt_time(ms: u64) -> String {
     crate::human::time(ms)
 }

@@ -26,29 +26,33 @@ pub fn duration(ms: u64) -> String {
 /// Rows as a table: every column as wide as its widest cell, two spaces between, the
 /// last column unpadded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let n = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
-        for (i, c) in r.iter().enumerate().take(n) {
-            width[i] = width[i].max(c.chars().count());
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        l.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
+    let mut out = line(header, &width);
     for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push_str(&line(r, &width));
     }
     out
+}
+
+/// One line of a table: each cell padded to its column's width and two spaces, the last
+/// one as it is.
+pub fn line(cells: &[impl AsRef<str>], width: &[usize]) -> String {
+    let mut l = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        let c = c.as_ref();
+        if i + 1 == cells.len() {
+            l.push_str(c);
+        } else {
+            let w = width.get(i).copied().unwrap_or(0);
+            l.push_str(&format!("{c:<w$}  "));
+        }
+    }
+    l.trim_end().to_owned() + "\n"
 }
 
 #[cfg(test)]

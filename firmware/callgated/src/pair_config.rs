@@ -190,10 +190,10 @@ impl PairConfig {
             .await
             .map_err(|e| format!("{}\n{nothing}", error_chain(&e)))?;
         let tx = self.next_tx.fetch_add(1, Ordering::Relaxed);
-        let note = p.note.clone().unwrap_or_else(|| match p.window {
-            Some(w) => format!("commit confirmed {}s", w.as_secs()),
-            None => "commit".to_owned(),
-        });
+        let note = p
+            .note
+            .clone()
+            .unwrap_or_else(|| callgate_revisions::commit_note(p.window));
         let prepare = Op::Prepare {
             tx,
             text: p.text.clone(),

@@ -2,7 +2,8 @@
 //! starts and holds its connection until it ends, so the connections are the sessions.
 //! `show sessions` lists them (who, role, from where, since when); an admin may end one:
 //! every process of its kernel audit session (`/proc/PID/sessionid`, set at login) gets
-//! SIGHUP, then SIGKILL, which ends the SSH or serial login it belongs to.
+//! SIGHUP, then SIGKILL (`callgate_accounts::end_processes`), which ends the SSH or serial
+//! login it belongs to.
 
 use std::collections::BTreeMap;
 
@@ -47,21 +48,13 @@ fn from_of(pid: Option<i32>) -> String {
     }
 }
 
-/// The processes of audit session `session` (never this daemon's own).
-fn processes_of(session: u32) -> Vec<i32> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| u32::try_from(*pid).ok() != Some(me))
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/sessionid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                == Some(session)
-        })
-        .collect()
+/// The kernel audit session of process `pid`.
+fn session_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/sessionid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Sessions {
@@ -89,7 +82,7 @@ impl Sessions {
     }
 
     /// `show sessions`.
-    pub async fn show(&self, fmt_time: impl Fn(u64) -> String) -> Response {
+    pub async fn show(&self) -> Response {
         let all: Vec<Info> = self.0.lock().await.values().cloned().collect();
         let rows: Vec<Vec<String>> = all
             .iter()
@@ -98,7 +91,7 @@ impl Sessions {
                     s.session.map_or("-".to_owned(), |v| v.to_string()),
                     s.user.clone(),
                     s.role.clone(),
-                    fmt_time(s.since_ms),
+                    crate::human::time(s.since_ms),
                     s.from.clone(),
                 ]
             })
@@ -124,17 +117,7 @@ impl Sessions {
             return Response::err("that is your own session: `exit` ends it");
         }
         let ended = tokio::task::spawn_blocking(move || {
-            use nix::sys::signal::{kill, Signal};
-            use nix::unistd::Pid;
-            let pids = processes_of(session);
-            for p in &pids {
-                let _ = kill(Pid::from_raw(*p), Signal::SIGHUP);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            for p in processes_of(session) {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-            pids.len()
+            callgate_accounts::end_processes(|pid| session_of(pid) == Some(session))
         })
         .await
         .unwrap_or(0);

@@ -18,6 +18,7 @@
 
 mod pair;
 mod sip;
+#[macro_use]
 mod types;
 mod users;
 

@@ -32,7 +32,7 @@ use super::{ConfigError, ErrorKind, Locator};
 
 /// A console account's name: a Linux login, 1 to 32 characters of `a-z`, `0-9`, `-` and
 /// `_`, starting with a letter, and none of the system's own accounts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserName(String);
 
 /// Names the system's own accounts (and the appliance's) use: never a console user.
@@ -104,12 +104,7 @@ impl fmt::Display for UserName {
     }
 }
 
-impl<'de> Deserialize<'de> for UserName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+string_newtype!(UserName);
 
 /// What an account may do. The daemon decides from it for every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -160,7 +155,7 @@ pub const MIN_RSA_BITS: usize = 3072;
 
 /// One SSH public key, as an `authorized_keys` line without options: `TYPE BASE64
 /// [COMMENT]`, its type one of [`SSH_KEY_TYPES`] and the same as the type inside the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshKey(String);
 
 impl SshKey {
@@ -226,12 +221,12 @@ impl FromStr for SshKey {
     }
 }
 
-impl<'de> Deserialize<'de> for SshKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+impl fmt::Display for SshKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
+string_newtype!(SshKey);
 
 /// A console password as `pam_unix` keeps it: a yescrypt hash (`$y$…`), never the
 /// password itself.
@@ -276,6 +271,7 @@ impl FromStr for PasswordHash {
     }
 }
 
+// No `Display` (so no `string_newtype!`): a hash is never formatted into a message.
 impl<'de> Deserialize<'de> for PasswordHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

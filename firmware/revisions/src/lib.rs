@@ -122,11 +122,28 @@ pub struct HistoryEntry {
     pub pending: bool,
 }
 
+/// The history's note for a commit: `commit`, or `commit confirmed Ns`.
+pub fn commit_note(window: Option<Duration>) -> String {
+    match window {
+        Some(w) => format!("commit confirmed {}s", w.as_secs()),
+        None => "commit".to_owned(),
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// A commit that passed [`Revisions::admit`].
+struct Admitted {
+    cfg: Config,
+    previous: u64,
+    candidate: u64,
+    /// The confirm window it opens (previous text not yet filled in).
+    window: Option<Pending>,
 }
 
 /// Synchronous operations on the revision store and the running config.
@@ -300,41 +317,19 @@ impl Revisions {
         } = *c;
         let now = now_ms();
         let t0 = std::time::Instant::now();
-        let cfg = validate(text, origin, force)?;
+        let Admitted {
+            cfg,
+            previous,
+            candidate,
+            window: deadline,
+        } = self.admit(text, origin, force, window, now)?;
         let t_parse = t0.elapsed();
-        let previous = self.store.active()?.unwrap_or(0);
-        if !force {
-            self.keeps_an_admin(&cfg, previous, origin, text)?;
-        }
-        let pending = self.store.pending()?;
-        let candidate = self.store.last()? + 1;
-        let action = confirm::step(
-            pending.as_ref(),
-            confirm::Event::Commit {
-                previous,
-                candidate,
-                window,
-            },
-            now,
-        );
-        let deadline = match action {
-            confirm::Action::Apply => None,
-            confirm::Action::ApplyWithWindow(mut p) => {
-                if previous == 0 {
-                    return Err(RevisionError::Refused(
-                        "no earlier revision to roll back to",
-                    ));
-                }
+        let deadline = match deadline {
+            Some(mut p) => {
                 p.previous_text = self.store.get(previous)?.text;
                 Some(p)
             }
-            confirm::Action::Refuse(why) => return Err(RevisionError::Refused(why)),
-            confirm::Action::RollBack(_) => {
-                return Err(RevisionError::Refused(
-                    "a confirm window has just closed and is rolling back; try again",
-                ))
-            }
-            _ => return Err(RevisionError::Refused("unexpected state")),
+            None => None,
         };
         let ruleset = render(&cfg);
         let t_render = t0.elapsed();
@@ -419,27 +414,54 @@ impl Revisions {
         force: bool,
         window: Option<Duration>,
     ) -> Result<(), RevisionError> {
+        self.admit(text, origin, force, window, now_ms())
+            .map(|_| ())
+    }
+
+    /// What a commit of `text` checks before it changes anything: the config is valid,
+    /// keeps the management path and an admin (unless `force`), and the confirm state lets
+    /// it in. The window record it would open comes without the previous text.
+    fn admit(
+        &self,
+        text: &str,
+        origin: &Path,
+        force: bool,
+        window: Option<Duration>,
+        now: u64,
+    ) -> Result<Admitted, RevisionError> {
         let cfg = validate(text, origin, force)?;
         let previous = self.store.active()?.unwrap_or(0);
         if !force {
             self.keeps_an_admin(&cfg, previous, origin, text)?;
         }
+        let candidate = self.store.last()? + 1;
         let event = confirm::Event::Commit {
             previous,
-            candidate: self.store.last()? + 1,
+            candidate,
             window,
         };
-        match confirm::step(self.store.pending()?.as_ref(), event, now_ms()) {
-            confirm::Action::Apply => Ok(()),
-            confirm::Action::ApplyWithWindow(_) if previous != 0 => Ok(()),
-            confirm::Action::ApplyWithWindow(_) => Err(RevisionError::Refused(
-                "no earlier revision to roll back to",
-            )),
-            confirm::Action::Refuse(why) => Err(RevisionError::Refused(why)),
-            _ => Err(RevisionError::Refused(
-                "a confirm window has just closed and is rolling back; try again",
-            )),
-        }
+        let window = match confirm::step(self.store.pending()?.as_ref(), event, now) {
+            confirm::Action::Apply => None,
+            confirm::Action::ApplyWithWindow(_) if previous == 0 => {
+                return Err(RevisionError::Refused(
+                    "no earlier revision to roll back to",
+                ))
+            }
+            confirm::Action::ApplyWithWindow(p) => Some(p),
+            confirm::Action::Refuse(why) => return Err(RevisionError::Refused(why)),
+            confirm::Action::RollBack(_) => {
+                return Err(RevisionError::Refused(
+                    "a confirm window has just closed and is rolling back; try again",
+                ))
+            }
+            _ => return Err(RevisionError::Refused("unexpected state")),
+        };
+        Ok(Admitted {
+            cfg,
+            previous,
+            candidate,
+            window,
+        })
     }
 
     /// Takes back commit `revision` at once (its pair-wide twin failed): the text of
@@ -805,10 +827,7 @@ fn run(
                 note,
                 reply,
             } => {
-                let note = note.unwrap_or_else(|| match window {
-                    Some(w) => format!("commit confirmed {}s", w.as_secs()),
-                    None => "commit".to_owned(),
-                });
+                let note = note.unwrap_or_else(|| commit_note(window));
                 let change = Change {
                     text: &text,
                     origin: &origin,

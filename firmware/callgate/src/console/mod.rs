@@ -47,7 +47,6 @@ struct Session {
     user: String,
     role: Role,
     appliance: String,
-    idle: Duration,
     /// Configuration mode's candidate, when in it.
     candidate: Option<Candidate>,
     tty: bool,
@@ -65,7 +64,6 @@ impl Session {
             user: String::new(),
             role,
             appliance: String::new(),
-            idle: Duration::from_secs(callgate_config::DEFAULT_IDLE_SECS),
             candidate: None,
             tty,
         })
@@ -164,6 +162,7 @@ pub fn run(socket: &Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let mut idle = Duration::from_secs(callgate_config::DEFAULT_IDLE_SECS);
     match s.client.request(&Request::Whoami) {
         Ok(r) if r.ok => {
             s.user = r.data["user"].as_str().unwrap_or_default().to_owned();
@@ -174,7 +173,7 @@ pub fn run(socket: &Path) -> ExitCode {
             };
             s.appliance = r.data["appliance"].as_str().unwrap_or_default().to_owned();
             if let Some(secs) = r.data["idle_timeout_secs"].as_u64() {
-                s.idle = Duration::from_secs(secs);
+                idle = Duration::from_secs(secs);
             }
         }
         Ok(r) => {
@@ -188,7 +187,7 @@ pub fn run(socket: &Path) -> ExitCode {
     }
     let activity = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    spawn_idle_watch(activity.clone(), started, s.idle);
+    spawn_idle_watch(activity.clone(), started, idle);
     let mut editor: Editor<Completion, rustyline::history::DefaultHistory> = match Editor::new() {
         Ok(e) => e,
         Err(e) => {

@@ -277,8 +277,6 @@ pub static CONFIGURE: &[Node] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
     pub action: Action,
-    /// The words of the path taken (full words, abbreviations resolved).
-    pub path: Vec<&'static str>,
     /// Values, in the order given (`last N` gives N, `compare A B` gives A and B).
     pub values: Vec<String>,
 }
@@ -371,11 +369,7 @@ pub fn parse(tree: &'static [Node], role: Role, line: &[String]) -> Result<Parse
         }
     }
     match action {
-        Some(action) => Ok(Parsed {
-            action,
-            path,
-            values,
-        }),
+        Some(action) => Ok(Parsed { action, values }),
         None if line.is_empty() => Err("empty command".into()),
         None => Err(format!(
             "incomplete: {} needs one of {}",
