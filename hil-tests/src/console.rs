@@ -77,6 +77,31 @@ pub fn start_sshd(a: &Appliance<'_>, listen: IpAddr) -> Proc {
     p
 }
 
+/// Applies the image's network sysctls (`images/sysctl.d/*.conf`, the `net.` keys: those
+/// are per network namespace) in the appliance's namespace, as systemd-sysctl does at boot.
+pub fn apply_image_sysctls(a: &Appliance<'_>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sysctl.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{e}"));
+        for line in text.lines().map(str::trim) {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if k.starts_with("net.") && !line.starts_with('#') {
+                a.ns()
+                    .exec(&["sysctl", "-q", "-w", &format!("{k}={v}")])
+                    .unwrap_or_else(|e| panic!("sysctl {k}: {e}"));
+            }
+        }
+    }
+}
+
 /// What sshd wrote.
 pub fn sshd_log(a: &Appliance<'_>) -> String {
     std::fs::read_to_string(a.dir().join("sshd.log")).unwrap_or_default()

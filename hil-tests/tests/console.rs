@@ -331,8 +331,8 @@ fn over_ssh_a_key_gets_the_console_and_nothing_else() {
 /// that lapses and rolls back, one that is confirmed, the pager, and the audit trail.
 #[test]
 fn an_engineer_configures_over_an_interactive_ssh_session() {
-    use hil_tests::addr::A_MGMT_V4;
-    use hil_tests::console::{ssh_command, start_sshd, KeyPair};
+    use hil_tests::addr::{A_MGMT_V4, MGMT_V4};
+    use hil_tests::console::{apply_image_sysctls, ssh_command, start_sshd, KeyPair};
     let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (ann, ben, olga) = (
@@ -350,6 +350,7 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     assert!(wait_until(Duration::from_secs(10), || a
         .cli_as("olga", &["status"])
         .ok()));
+    apply_image_sysctls(&a);
     let _sshd = start_sshd(&a, A_MGMT_V4.into());
     let mgmt = lab.ns(Host::Mgmt);
     let login = |key: &KeyPair, user: &str| {
@@ -416,6 +417,32 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     assert!(!pager_runs());
     p.send_line("show config | match zone | count").unwrap();
     p.exp_regex("Count: [0-9]+ lines").unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
+
+    // ping from the appliance; nothing typed becomes one of ping's options; Ctrl-C stops a
+    // long ping and not the console.
+    p.send_line(&format!("ping {MGMT_V4} count 2")).unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(out.contains("2 received"), "{out}");
+    p.send_line("ping -f").unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(out.contains("not a host"), "{out}");
+    p.send_line(&format!("ping {MGMT_V4} count 100")).unwrap();
+    p.exp_string("icmp_seq=2").unwrap();
+    p.send_control('c').unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(out.contains("packets transmitted"), "{out}");
+    p.send_line("whoami").unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(out.contains("ann (admin)"), "{out}");
+    p.send_line(&format!("traceroute {MGMT_V4}")).unwrap();
+    let out = p.exp_string("ann@lab-a> ").unwrap();
+    assert!(out.contains(&format!(" 1  {MGMT_V4}")), "{out}");
+    p.send_line("monitor calls").unwrap();
+    p.exp_string("monitor calls: every 2 s").unwrap();
+    p.exp_string("monitor calls: every 2 s").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
 
     // Configuration mode: the lock is ann's; ben is told.
     p.send_line("configure").unwrap();
@@ -491,8 +518,23 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
         "{sessions}"
     );
 
+    // History per user, kept by the daemon: ben's next login reaches his earlier lines.
+    b.send_line("exit").unwrap();
+    b.exp_eof().unwrap();
+    let mut b = login(&ben, "ben");
+    b.send("\x1b[A").unwrap();
+    b.flush().unwrap();
+    b.exp_string("exit").unwrap();
+    b.send("\x1b[A").unwrap();
+    b.flush().unwrap();
+    b.exp_string(&format!("end session {olga_session}"))
+        .unwrap();
+    b.send_control('u').unwrap();
+    b.send_line("exit").unwrap();
+    b.exp_eof().unwrap();
+
     // The audit trail names ann for each step.
-    let audit = audit_entries(&a, 300);
+    let audit = audit_entries(&a, 1000);
     let steps: Vec<String> = audit
         .iter()
         .filter(|e| e["user"] == "ann")
@@ -509,6 +551,8 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
         "commit -> ok",
         "confirm -> ok",
         "exit configure -> ok",
+        "typed -> set allow wan-traceroute ports 33434-33500",
+        "typed -> commit confirmed 3s",
     ] {
         assert!(steps.iter().any(|s| s == want), "{want}: {steps:#?}");
     }

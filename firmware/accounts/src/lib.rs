@@ -449,12 +449,12 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
                 Ok(())
             }
             Step::Remove { name } => {
-                let r = run(
+                // The keys first: no login starts while the account goes.
+                let _ = std::fs::remove_file(s.keys_dir.join(name));
+                run(
                     &format!("userdel {name}"),
                     Command::new("userdel").args(["-f", name]),
-                );
-                let _ = std::fs::remove_file(s.keys_dir.join(name));
-                r
+                )
             }
         };
         if let Err(e) = r {

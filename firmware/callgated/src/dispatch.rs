@@ -127,6 +127,10 @@ async fn serve_call(
                 Call::Request(req) => req,
             };
             let name = req.name();
+            let typed = match &req {
+                Request::Remember { line } => Some(line.clone()),
+                _ => None,
+            };
             // A change goes ahead only once it is on record.
             if req.is_audited() && !audit(&phase, &peer, name, "started").await {
                 return Response::err(format!(
@@ -151,7 +155,10 @@ async fn serve_call(
                     None => handle(&phase, &firewall, &lifecycle, &protector, &peer, req).await,
                 },
             };
-            let result = if resp.ok {
+            let result = if let (true, Some(line)) = (resp.ok, typed) {
+                // Command accounting: the line itself is the record.
+                line
+            } else if resp.ok {
                 "ok".to_owned()
             } else {
                 format!("refused: {}", resp.text.lines().next().unwrap_or(""))
@@ -161,6 +168,9 @@ async fn serve_call(
         }
     }
 }
+
+/// How many console lines the daemon keeps per user.
+const HISTORY_LINES: usize = 500;
 
 /// Where pam_faillock keeps its records: `dir` in /etc/security/faillock.conf (the
 /// `faillock` tool of Debian 12 does not read that file itself), else its default.
@@ -415,6 +425,31 @@ async fn handle(
         }
     };
     match req {
+        Request::History => {
+            let (store, user) = (store.clone(), peer.user.clone());
+            match tokio::task::spawn_blocking(move || store.history(&user)).await {
+                Ok(Ok(lines)) => Response::ok(lines.join("\n"), json!({"lines": lines})),
+                Ok(Err(e)) => fail(&e),
+                Err(e) => Response::err(format!("internal error: {e}")),
+            }
+        }
+        Request::Remember { line } => {
+            if line.len() > callgate_control::MAX_TYPED_LINE || line.contains(['\n', '\r']) {
+                return Response::err(format!(
+                    "a console line is one line of at most {} bytes",
+                    callgate_control::MAX_TYPED_LINE
+                ));
+            }
+            let (store, user) = (store.clone(), peer.user.clone());
+            let kept =
+                tokio::task::spawn_blocking(move || store.remember(&user, &line, HISTORY_LINES))
+                    .await;
+            match kept {
+                Ok(Ok(())) => Response::ok("", json!({})),
+                Ok(Err(e)) => fail(&e),
+                Err(e) => Response::err(format!("internal error: {e}")),
+            }
+        }
         Request::ClearLockout { user } => {
             // A console account's name only: nothing else reaches faillock's arguments.
             let name = match user.parse::<callgate_config::UserName>() {

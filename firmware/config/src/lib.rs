@@ -43,7 +43,7 @@ pub use sip::{
 pub use types::{EntryName, IfName, PortRange, Prefix, Protocol, Tcti, ZoneName};
 pub use users::{
     Console, IdleTimeouts, PasswordHash, Role, SshKey, User, UserName, BREAK_GLASS_USER,
-    DEFAULT_IDLE_SECS, MIN_RSA_BITS, RESERVED_USER_NAMES, SSH_KEY_TYPES,
+    DEFAULT_IDLE_SECS, MAX_IDLE_SECS, MIN_RSA_BITS, RESERVED_USER_NAMES, SSH_KEY_TYPES,
 };
 
 /// Default port of the management SSH service.

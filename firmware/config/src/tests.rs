@@ -827,3 +827,18 @@ fn the_pair_labs_configs_are_one_config_for_two_names() {
     assert!(for_appliance("[appliance\n", &lab_b).is_err());
     assert!(for_appliance("x = 1\n", &lab_b).is_err());
 }
+
+#[test]
+fn console_idle_times_stay_within_what_sshd_and_logind_back() {
+    let c = parse("[console]\nidle_timeout_secs = { operator = 1200, admin = 60 }\n").unwrap();
+    assert_eq!(
+        c.console.idle_timeout(Role::Operator),
+        std::time::Duration::from_secs(MAX_IDLE_SECS)
+    );
+    for v in ["59", "1201", "86400"] {
+        let e = one_error(&format!(
+            "[console]\nidle_timeout_secs = {{ operator = {v} }}\n"
+        ));
+        assert!(e.to_string().contains("expected 60 to 1200"), "{v}: {e}");
+    }
+}

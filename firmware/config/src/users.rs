@@ -321,7 +321,7 @@ impl Default for IdleTimeouts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Console {
-    /// Seconds without input before the console logs out (60 to 86400).
+    /// Seconds without input before the console logs out (60 to [`MAX_IDLE_SECS`]).
     #[serde(default = "default_idle_timeouts")]
     pub idle_timeout_secs: Spanned<IdleTimeouts>,
     /// The break-glass account ([`BREAK_GLASS_USER`]): an admin that logs in on the serial
@@ -332,6 +332,11 @@ pub struct Console {
 
 /// The break-glass account's name.
 pub const BREAK_GLASS_USER: &str = "breakglass";
+
+/// The longest idle time a role may have: the image's sshd (`ChannelTimeout session=20m`)
+/// and logind (`StopIdleSessionSec=1200`) end any session idle this long, whatever the
+/// console's own timer says.
+pub const MAX_IDLE_SECS: u64 = 1200;
 
 fn default_idle_timeouts() -> Spanned<IdleTimeouts> {
     Spanned::new(0..0, IdleTimeouts::default())
@@ -358,11 +363,11 @@ impl Console {
     pub(crate) fn validate(&self, loc: &Locator<'_>, errs: &mut Vec<ConfigError>) {
         let t = self.idle_timeout_secs.get_ref();
         for (role, v) in [("operator", t.operator), ("admin", t.admin)] {
-            if !(60..=86_400).contains(&v) {
+            if !(60..=MAX_IDLE_SECS).contains(&v) {
                 errs.push(loc.error(
                     Some(self.idle_timeout_secs.span()),
                     ErrorKind::InvalidValue,
-                    format!("console.idle_timeout_secs.{role}: {v} is out of range: expected 60 to 86400"),
+                    format!("console.idle_timeout_secs.{role}: {v} is out of range: expected 60 to {MAX_IDLE_SECS} (sessions expire when idle; sshd and logind end any session idle for 20 minutes)"),
                 ));
             }
         }

@@ -156,7 +156,18 @@ pub enum Request {
     /// other connection's commit, confirm and rollback is refused.
     ConfigLock,
     ConfigUnlock,
+    /// The caller's own console command history (oldest first), kept sealed in the store.
+    History,
+    /// A line the caller typed at the console: kept in the caller's history and, with the
+    /// user, role and session, in the audit trail (every interactive command accounted,
+    /// configuration mode's `set` lines too). At most [`MAX_TYPED_LINE`] bytes.
+    Remember {
+        line: String,
+    },
 }
+
+/// The longest console line the daemon keeps.
+pub const MAX_TYPED_LINE: usize = 1024;
 
 fn default_last() -> usize {
     20
@@ -244,6 +255,8 @@ impl Request {
             Request::EndSession { .. } => "end session",
             Request::ConfigLock => "configure",
             Request::ConfigUnlock => "exit configure",
+            Request::History => "history",
+            Request::Remember { .. } => "typed",
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   | `audit` | id, u64 BE (append-only) | sealed [`AuditEntry`] |
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
+//!   | `history` | console user name | sealed command history (newest last, bounded) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
@@ -116,6 +117,7 @@ pub enum Table {
     Audit,
     ConfigHistory,
     Sessions,
+    History,
 }
 
 impl Table {
@@ -125,6 +127,7 @@ impl Table {
             Table::Audit => "audit",
             Table::ConfigHistory => "config_history",
             Table::Sessions => "sessions",
+            Table::History => "history",
         }
     }
 }
@@ -232,6 +235,7 @@ struct Trees {
     audit: sled::Tree,
     config_history: sled::Tree,
     sessions: sled::Tree,
+    history: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
     keys: sled::Tree,
@@ -245,6 +249,7 @@ impl Trees {
             audit: db.open_tree("audit")?,
             config_history: db.open_tree("config_history")?,
             sessions: db.open_tree("sessions")?,
+            history: db.open_tree("history")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
             keys: db.open_tree("keys")?,
@@ -258,6 +263,7 @@ impl Trees {
             Table::Audit => &self.audit,
             Table::ConfigHistory => &self.config_history,
             Table::Sessions => &self.sessions,
+            Table::History => &self.history,
         }
     }
 }
@@ -476,6 +482,7 @@ impl Store {
                     Table::Audit,
                     Table::ConfigHistory,
                     Table::Sessions,
+                    Table::History,
                 ] {
                     if !t.table(table).is_empty() {
                         return Err(StoreError::Meta(format!(
@@ -1500,6 +1507,44 @@ impl Store {
             let (key_id, value) = self.open_value(Table::Sessions, &k, || id.clone(), &v)?;
             Ok(Record { id, key_id, value })
         })
+    }
+
+    // ---- console command history ----
+
+    /// The console command history of `user`, oldest first (empty if none).
+    pub fn history(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let Some(sealed) = self.t.history.get(user.as_bytes())? else {
+            return Ok(Vec::new());
+        };
+        let (_, lines) =
+            self.open_value(Table::History, user.as_bytes(), || user.to_owned(), &sealed)?;
+        Ok(lines)
+    }
+
+    /// Adds `line` to `user`'s history, keeping the newest `keep` lines; returns once it
+    /// is durable. A history that no longer opens (corrupt) starts again.
+    pub fn remember(&self, user: &str, line: &str, keep: usize) -> Result<(), StoreError> {
+        let mut lines = match self.history(user) {
+            Ok(l) => l,
+            Err(StoreError::Sled(e)) => return Err(StoreError::Sled(e)),
+            Err(_) => Vec::new(),
+        };
+        lines.push(line.to_owned());
+        let extra = lines.len().saturating_sub(keep);
+        lines.drain(..extra);
+        self.put_value(Table::History, user.as_bytes().to_vec(), &lines)
+    }
+
+    /// Forgets `user`'s history; `Ok(false)` if there was none.
+    pub fn forget_history(&self, user: &str) -> Result<bool, StoreError> {
+        if !self.t.history.contains_key(user.as_bytes())? {
+            return Ok(false);
+        }
+        self.commit(vec![Op::Remove {
+            tree: self.t.history.clone(),
+            key: user.as_bytes().to_vec(),
+        }])?;
+        Ok(true)
     }
 
     // ---- keys ----

@@ -622,3 +622,43 @@ fn a_peer_catch_up_reads_one_nodes_finals_after_a_watermark() {
     assert!(s.open_cdr_ids().is_empty());
     assert_eq!(ids(s.final_cdrs_of_node_after(1, Some(7), 10)), vec![9]);
 }
+
+#[test]
+fn console_history_is_sealed_bounded_and_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = kek();
+    {
+        let s = Store::open(dir.path(), k.clone()).unwrap();
+        assert!(s.history("ann").unwrap().is_empty());
+        for i in 0..7 {
+            s.remember("ann", &format!("show calls | match 41555501{i:02}"), 5)
+                .unwrap();
+        }
+        s.remember("ben", "configure", 5).unwrap();
+    }
+    // Sealed: the typed lines never reach the disk in the clear.
+    assert!(find_all(dir.path(), &[b"41555501".to_vec()]).is_empty());
+    let s = Store::open(dir.path(), k.clone()).unwrap();
+    let ann = s.history("ann").unwrap();
+    assert_eq!(ann.len(), 5, "{ann:?}");
+    assert_eq!(ann[0], "show calls | match 4155550102");
+    assert_eq!(ann[4], "show calls | match 4155550106");
+    assert_eq!(s.history("ben").unwrap(), vec!["configure".to_owned()]);
+    // One user's history cannot be read as another's (the key is in the sealing).
+    drop(s);
+    {
+        let db = callgate_store::sled_config(dir.path()).open().unwrap();
+        let t = db.open_tree("history").unwrap();
+        let v = t.get(b"ann").unwrap().unwrap();
+        t.insert(b"eve", v).unwrap();
+        db.flush().unwrap();
+    }
+    let copied = Store::open(dir.path(), k).unwrap();
+    assert!(matches!(
+        copied.history("eve"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(copied.forget_history("ann").unwrap());
+    assert!(copied.history("ann").unwrap().is_empty());
+    assert!(!copied.forget_history("ann").unwrap());
+}

@@ -14,8 +14,11 @@
 //! - Idle: after the role's idle time without a command the console logs out, with a
 //!   warning a minute before.
 //!
-//! ## Current limitations
-//! - The command history lasts for the session (not kept across logins yet).
+//! - History: each line is handed to the daemon, which keeps the user's last 500 lines
+//!   sealed in its store (up-arrow and Ctrl-R reach them in the next session) and writes
+//!   the line to the audit trail (every interactive command accounted, `set` lines too).
+//! - `ping`, `traceroute` and `monitor calls` print as they go; Ctrl-C stops them (the
+//!   console catches SIGINT, so it never ends the session).
 
 pub mod edit;
 pub mod schema;
@@ -195,6 +198,15 @@ pub fn run(socket: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    catch_interrupts();
+    // The user's history from earlier sessions (kept sealed by the daemon).
+    if let Ok(r) = s.client.request(&Request::History) {
+        for l in r.data["lines"].as_array().into_iter().flatten() {
+            if let Some(l) = l.as_str() {
+                let _ = editor.add_history_entry(l);
+            }
+        }
+    }
     let asked = Arc::new(AtomicBool::new(false));
     editor.bind_sequence(
         KeyEvent(KeyCode::Char('?'), Modifiers::NONE),
@@ -245,6 +257,7 @@ pub fn run(socket: &Path) -> ExitCode {
             continue;
         }
         let _ = editor.add_history_entry(line);
+        remember(&mut s, line);
         match run_line(&mut s, line) {
             Ok(Flow::Go) => {}
             Ok(Flow::Logout) => break,
@@ -266,12 +279,27 @@ pub fn run_once(socket: &Path, words: &[String]) -> ExitCode {
     };
     // The role filter is the daemon's: here the whole tree parses and the daemon refuses.
     let line = words.join(" ");
+    remember(&mut s, &line);
     match run_line(&mut s, &line) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Hands a typed line to the daemon: the user's history, and the audit trail's command
+/// accounting. The command runs whether or not it could be kept.
+fn remember(s: &mut Session, line: &str) {
+    let line: String = line
+        .chars()
+        .take(callgate_control::MAX_TYPED_LINE / 4)
+        .collect();
+    match s.client.request(&Request::Remember { line }) {
+        Ok(r) if r.ok => {}
+        Ok(r) => eprintln!("note: the line is not kept: {}", r.text),
+        Err(e) => eprintln!("note: the line is not kept: {e}"),
     }
 }
 
@@ -403,6 +431,28 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             "configuration mode: `show | compare` shows your changes, `commit` applies them"
                 .to_owned()
         }
+        Action::Ping | Action::Traceroute | Action::MonitorCalls => {
+            if !pipe.is_empty() {
+                return Err("ping, traceroute and monitor print as they go: no pipes".into());
+            }
+            let host = || host_arg(p.values.first().map_or("", String::as_str));
+            match p.action {
+                Action::Ping => {
+                    let count = if p.values.len() > 1 { number(1)? } else { 5 };
+                    if !(1..=100).contains(&count) {
+                        return Err("ping count is 1 to 100".into());
+                    }
+                    let c = count.to_string();
+                    tool(PING, &["-c", &c, "-W", "2", "--", &host()?])?;
+                }
+                Action::Traceroute => tool(
+                    TRACEROUTE,
+                    &["-I", "-n", "-w", "2", "-q", "1", "-m", "20", &host()?],
+                )?,
+                _ => monitor_calls(s)?,
+            }
+            return Ok(Flow::Go);
+        }
         Action::Help => {
             let mut t = String::new();
             for (cmd, help, _) in schema::listing(tree(configuring), s.role) {
@@ -488,6 +538,102 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
     };
     emit(s, &out, &pipe);
     Ok(Flow::Go)
+}
+
+const PING: &str = "/usr/bin/ping";
+const TRACEROUTE: &str = "/usr/bin/traceroute";
+
+/// A host for ping and traceroute: an IP address, or a DNS name (letters, digits, `-`
+/// and `.`, never starting with `-`), so nothing the user types becomes an option.
+fn host_arg(h: &str) -> Result<String, String> {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(h.to_owned());
+    }
+    let name_ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if name_ok {
+        Ok(h.to_owned())
+    } else {
+        Err(format!(
+            "'{h}' is not a host: expected an IP address or a DNS name"
+        ))
+    }
+}
+
+/// Runs a diagnostic tool on the console's terminal (Ctrl-C stops the tool, not the
+/// console: see [`interrupted`]), with a minimal environment.
+fn tool(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .status()
+        .map_err(|e| format!("{program}: {e}"))?;
+    interrupted();
+    match status.code() {
+        Some(0) | None => Ok(()),
+        Some(1) if program == PING => Err("ping: no answer".into()),
+        Some(c) => Err(format!("{program} ended with status {c}")),
+    }
+}
+
+/// `monitor calls`: the calls in progress, refreshed every 2 s until Ctrl-C.
+fn monitor_calls(s: &mut Session) -> Result<(), String> {
+    const ROWS: usize = 30;
+    interrupted();
+    loop {
+        let text = answer(ask(s, &Request::ShowCalls)?)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\x1b[H\x1b[2J");
+        let _ = writeln!(out, "monitor calls: every 2 s, Ctrl-C stops\n");
+        for l in lines.iter().take(ROWS) {
+            let _ = writeln!(out, "{l}");
+        }
+        if lines.len() > ROWS {
+            let _ = writeln!(
+                out,
+                "… {} lines more (`show calls` lists them all)",
+                lines.len() - ROWS
+            );
+        }
+        let _ = out.flush();
+        drop(out);
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            if interrupted() {
+                println!();
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Set by SIGINT while a command runs (the terminal's Ctrl-C reaches the console's
+/// process group too): the console catches it, so Ctrl-C stops a tool or the pager and
+/// never ends the session. Reading it clears it.
+static INTERRUPT: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+fn catch_interrupts() {
+    let flag = INTERRUPT.get_or_init(Arc::default);
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone()) {
+        eprintln!("callgate: Ctrl-C would end the session: {e}");
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPT
+        .get()
+        .is_some_and(|f| f.swap(false, Ordering::SeqCst))
 }
 
 /// The candidate starts again from the running config.
@@ -579,4 +725,55 @@ fn spawn_idle_watch(activity: Arc<AtomicU64>, started: Instant, idle: Duration) 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_and_dns_names_reach_ping_and_traceroute() {
+        for ok in [
+            "192.0.2.1",
+            "2001:db8::1",
+            "sip.example.net",
+            "a-b.c",
+            "localhost",
+        ] {
+            assert_eq!(host_arg(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "-f",
+            "--help",
+            "-c1000",
+            "a;sh",
+            "$(id)",
+            "a b",
+            "a..b",
+            "-a.example",
+            "x.-y",
+            "host/../../etc",
+            "`id`",
+        ] {
+            let e = host_arg(bad).unwrap_err();
+            assert!(e.contains("not a host"), "{bad}: {e}");
+        }
+        assert!(host_arg(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn diagnostics_take_no_pipes() {
+        assert!(pipes("ping 192.0.2.1 | match x").is_ok());
+        let p = schema::parse(
+            OPERATIONAL,
+            Role::Operator,
+            &["ping".into(), "h".into(), "count".into(), "3".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (p.action, p.values),
+            (Action::Ping, vec!["h".to_owned(), "3".to_owned()])
+        );
+    }
 }

@@ -23,6 +23,9 @@ pub enum Action {
     ClearLockout,
     ShowSessions,
     EndSession,
+    Ping,
+    Traceroute,
+    MonitorCalls,
     Help,
     Exit,
     // configuration mode
@@ -156,6 +159,42 @@ pub static OPERATIONAL: &[Node] = &[
     },
     leaf("status", "daemon status", Action::Status),
     leaf("whoami", "your user, role and session", Action::Whoami),
+    Node {
+        word: "ping",
+        help:
+            "ICMP echo to an address or host name from the appliance (5 by default; Ctrl-C stops)",
+        role: Role::Operator,
+        values: &[Value::Word("HOST")],
+        children: &[Node {
+            word: "count",
+            help: "send N echoes (1-100)",
+            role: Role::Operator,
+            values: &[Value::Number("N")],
+            children: &[],
+            action: None,
+        }],
+        action: Some(Action::Ping),
+    },
+    Node {
+        word: "traceroute",
+        help: "the path to an address or host name, hop by hop, with ICMP probes (Ctrl-C stops)",
+        role: Role::Operator,
+        values: &[Value::Word("HOST")],
+        children: &[],
+        action: Some(Action::Traceroute),
+    },
+    Node {
+        word: "monitor",
+        help: "watch a state as it changes (Ctrl-C stops)",
+        role: Role::Operator,
+        values: &[],
+        children: &[leaf(
+            "calls",
+            "calls in progress, refreshed every 2 s",
+            Action::MonitorCalls,
+        )],
+        action: None,
+    },
     Node {
         word: "compare",
         help: "differences between two config revisions",
