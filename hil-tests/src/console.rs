@@ -36,13 +36,15 @@ impl KeyPair {
     }
 }
 
-/// Starts the appliance's sshd on `listen`:22 with the shipped config and a fresh host
-/// key, both in the appliance's own /etc; returns once it accepts connections.
+/// Starts the appliance's sshd on `listen`:22 with the shipped config and PAM stack and a
+/// fresh host key, all in the appliance's own /etc; returns once it accepts connections.
 pub fn start_sshd(a: &Appliance<'_>, listen: IpAddr) -> Proc {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/ssh/sshd_config");
     let etc_ssh = a.etc().join("ssh");
     std::fs::create_dir_all(&etc_ssh).unwrap_or_else(|e| panic!("{e}"));
     std::fs::copy(&shipped, etc_ssh.join("sshd_config")).unwrap_or_else(|e| panic!("{e}"));
+    let pam = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/pam/sshd");
+    std::fs::copy(&pam, a.etc().join("pam.d/sshd")).unwrap_or_else(|e| panic!("{e}"));
     let host_key = etc_ssh.join("ssh_host_ed25519_key");
     if !host_key.exists() {
         let ok = Command::new("ssh-keygen")

@@ -361,7 +361,9 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
             .env("TERM", "xterm")
             .stdin(std::process::Stdio::inherit());
         let mut p = rexpect::session::spawn_command(cmd, Some(15_000)).unwrap();
-        p.exp_string(&format!("{user}@lab-a> ")).unwrap();
+        let greeting = p.exp_string(&format!("{user}@lab-a> ")).unwrap();
+        // The console is the first thing shown: no distribution motd (images/pam/sshd).
+        assert!(!greeting.contains("Debian"), "{greeting}");
         p
     };
     let ports_in_kernel = || a.ruleset().contains("33434-33500");

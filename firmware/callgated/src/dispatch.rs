@@ -637,7 +637,7 @@ async fn handle(
                     let mut msg = format!("committed revision {}", out.revision);
                     if let Some(secs) = confirmed_secs {
                         msg.push_str(&format!(
-                            "; it rolls back in {secs}s unless `callgate confirm` arrives"
+                            "; it rolls back in {secs}s unless it is confirmed (`confirm`)"
                         ));
                     }
                     Response::ok(msg, json!(out))
@@ -706,7 +706,7 @@ async fn pair_change(
                     .saturating_sub(callgate_revisions::now_ms())
                     .div_ceil(1000);
                 msg.push_str(&format!(
-                    "; both roll back in {secs}s unless `callgate confirm` arrives"
+                    "; both roll back in {secs}s unless it is confirmed (`confirm`)"
                 ));
             }
             Response::ok(msg, json!(out))
