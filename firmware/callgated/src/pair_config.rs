@@ -124,6 +124,23 @@ enum Slot {
         revision: u64,
         back_to: u64,
     },
+    /// This appliance coordinated a pair-wide `commit confirmed`, made here as `revision`.
+    Coordinated { revision: u64 },
+}
+
+/// The revision waiting for confirmation here if a pair-wide change made it (`pending`:
+/// the revision service's (candidate, previous)); `None` for nothing pending or for a
+/// commit made on this appliance alone, which the peer's `Confirm` must not confirm.
+fn pair_pending(slot: &Slot, pending: Option<(u64, u64)>) -> Option<u64> {
+    let (candidate, _) = pending?;
+    match slot {
+        Slot::Committed { revision, .. } | Slot::Coordinated { revision }
+            if *revision == candidate =>
+        {
+            Some(candidate)
+        }
+        _ => None,
+    }
 }
 
 /// A pair-wide change asked on this appliance.
@@ -172,7 +189,7 @@ impl PairConfig {
     /// Commits `p` on both appliances, or on neither.
     pub async fn commit(&self, replica: &Replicator, p: Proposal) -> Result<PairOutcome, String> {
         let (me, peer) = self.names()?;
-        let Ok(_busy) = self.slot.try_lock() else {
+        let Ok(mut busy) = self.slot.try_lock() else {
             return Err("another pair-wide config change is under way; try again".into());
         };
         let nothing = "nothing changed on either appliance";
@@ -236,11 +253,16 @@ impl PairConfig {
         };
         let why = match replica.ask_peer(Op::Commit { tx }, COMMIT_WAIT).await {
             Ok(Ok(peer_revision)) => {
+                if p.window.is_some() {
+                    *busy = Slot::Coordinated {
+                        revision: local.revision,
+                    };
+                }
                 return Ok(PairOutcome {
                     local,
                     peer: peer.to_string(),
                     peer_revision,
-                })
+                });
             }
             Ok(Err(why)) => format!("the peer {peer} failed to apply it: {why}"),
             Err(why) => format!("{why} ({peer})"),
@@ -269,10 +291,16 @@ impl PairConfig {
     /// Confirms the pending commit on both; if the peer cannot, undoes it here too.
     pub async fn confirm(&self, replica: &Replicator) -> Result<(u64, Option<u64>), String> {
         let (_, peer) = self.names()?;
-        let Ok(_busy) = self.slot.try_lock() else {
+        let Ok(busy) = self.slot.try_lock() else {
             return Err("another pair-wide config change is under way; try again".into());
         };
         let pending = self.config.pending().await.map_err(|e| error_chain(&e))?;
+        if pending.is_some() && pair_pending(&busy, pending).is_none() {
+            return Err(
+                "the commit waiting for confirmation was made on this appliance alone: `callgate confirm --this-node`"
+                    .into(),
+            );
+        }
         let n = self.config.confirm().await.map_err(|e| error_chain(&e))?;
         let why = match replica.ask_peer(Op::Confirm, STEP_WAIT).await {
             Ok(Ok(m)) => return Ok((n, m)),
@@ -412,7 +440,15 @@ impl PairConfig {
                 }
             }
             Op::Confirm => {
-                let _slot = self.slot.lock().await;
+                // Only a commit a pair-wide change made here: never one an admin of this
+                // appliance made alone (`--this-node`) and means to let lapse.
+                let slot = self.slot.lock().await;
+                let pending = self.config.pending().await.map_err(|e| error_chain(&e))?;
+                if pair_pending(&slot, pending).is_none() {
+                    return Err(format!(
+                        "no pair-wide commit is waiting for confirmation on {me}"
+                    ));
+                }
                 self.config
                     .confirm()
                     .await
@@ -485,6 +521,24 @@ mod tests {
         let a: Answer = Err("no".into());
         let s = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<Answer>(&s).unwrap(), a);
+    }
+
+    /// The peer's `Confirm` confirms only what a pair-wide change left waiting here.
+    #[test]
+    fn a_peer_confirms_only_a_pair_wide_commit() {
+        let theirs = Slot::Committed {
+            tx: 9,
+            revision: 12,
+            back_to: 11,
+        };
+        let ours = Slot::Coordinated { revision: 12 };
+        assert_eq!(pair_pending(&theirs, Some((12, 11))), Some(12));
+        assert_eq!(pair_pending(&ours, Some((12, 11))), Some(12));
+        // Nothing pending, or a later commit made on this appliance alone.
+        assert_eq!(pair_pending(&theirs, None), None);
+        assert_eq!(pair_pending(&theirs, Some((13, 12))), None);
+        assert_eq!(pair_pending(&ours, Some((14, 13))), None);
+        assert_eq!(pair_pending(&Slot::Free, Some((12, 11))), None);
     }
 
     #[test]

@@ -705,6 +705,24 @@ fn completes_ours(c: &Cdr, me: &str, peer: &str) -> bool {
     c.end_at.is_some() && c.appliance == me && c.ended_by.as_deref() == Some(peer)
 }
 
+/// Keeps, of a peer's batch, the records it may write here (node `node`, named `me`; the
+/// peer is `peer`): open and final records of the peer's own ids, and final records of
+/// this node's calls that it answered, still holds in progress (`holds`) and the peer
+/// ended. Returns how many were refused.
+fn admit_records(
+    open: &mut Vec<(u64, Cdr)>,
+    ended: &mut Vec<(u64, Cdr)>,
+    node: u8,
+    me: &str,
+    peer: &str,
+    holds: impl Fn(u64) -> bool,
+) -> usize {
+    let before = open.len() + ended.len();
+    open.retain(|(id, _)| peer_owns(*id, node));
+    ended.retain(|(id, c)| peer_owns(*id, node) || (completes_ours(c, me, peer) && holds(*id)));
+    before - open.len() - ended.len()
+}
+
 /// Whether record `id` is one the peer of node `me` allocates (the other parity).
 fn peer_owns(id: u64, me: u8) -> bool {
     id % 2 != u64::from(me & 1)
@@ -767,12 +785,9 @@ async fn apply(
             let st = store.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let before = open.len() + ended.len();
-                open.retain(|(id, _)| peer_owns(*id, node));
-                ended.retain(|(id, c)| {
-                    peer_owns(*id, node)
-                        || (completes_ours(c, &me, &peer) && st.holds_call_in_progress(*id))
+                let refused = admit_records(&mut open, &mut ended, node, &me, &peer, |id| {
+                    st.holds_call_in_progress(id)
                 });
-                let refused = before - open.len() - ended.len();
                 let o: Vec<(u64, &Cdr)> = open.iter().map(|(id, c)| (*id, c)).collect();
                 let e: Vec<(u64, &Cdr)> = ended.iter().map(|(id, c)| (*id, c)).collect();
                 let ended_ids: Vec<u64> = ended.iter().map(|(id, _)| *id).collect();
@@ -1017,9 +1032,8 @@ mod tests {
         assert!(peer_owns(4, 1) && !peer_owns(3, 1));
     }
 
-    #[test]
-    fn of_our_records_the_peer_may_only_complete_a_call_we_answered_and_it_ended() {
-        let cdr = Cdr {
+    fn record() -> Cdr {
+        Cdr {
             call_id: "c".into(),
             tracking_number: "+18005550100".into(),
             campaign: "x".into(),
@@ -1036,7 +1050,12 @@ mod tests {
             appliance: "lab-a".into(),
             ended_by: Some("lab-b".into()),
             resume: None,
-        };
+        }
+    }
+
+    #[test]
+    fn of_our_records_the_peer_may_only_complete_a_call_we_answered_and_it_ended() {
+        let cdr = record();
         assert!(completes_ours(&cdr, "lab-a", "lab-b"));
         // not one we answered, not ended by the peer, or not final: refused
         assert!(!completes_ours(&cdr, "lab-b", "lab-a"));
@@ -1046,6 +1065,46 @@ mod tests {
         let mut c = cdr.clone();
         c.end_at = None;
         assert!(!completes_ours(&c, "lab-a", "lab-b"));
+    }
+
+    /// A peer (compromised, or replaying an old batch) tries to rewrite this node's
+    /// records: an open record over one of ours, a final over a call we already closed, a
+    /// final of a call we never answered, a final it says it did not end.
+    #[test]
+    fn a_peer_cannot_rewrite_a_call_this_node_closed_or_never_answered() {
+        let ours = |id: u64| {
+            let mut c = record();
+            c.call_id = format!("c{id}");
+            (id, c)
+        };
+        // node 0 holds even ids; 4 is in progress here, 6 was closed here already.
+        let holds = |id: u64| id == 4;
+        let mut open = vec![ours(4), ours(5)];
+        let mut ended = vec![ours(4), ours(6), ours(7)];
+        ended[0].1.ended_by = Some("lab-b".into());
+        ended[1].1.ended_by = Some("lab-b".into());
+        let refused = admit_records(&mut open, &mut ended, 0, "lab-a", "lab-b", holds);
+        assert_eq!(
+            refused, 2,
+            "the open record over 4, the final over closed 6"
+        );
+        assert_eq!(open.iter().map(|r| r.0).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(ended.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 7]);
+        // A final over our call in progress that the peer did not end, or of a call
+        // another appliance answered: refused too.
+        let mut ended = vec![ours(4)];
+        ended[0].1.ended_by = Some("lab-a".into());
+        assert_eq!(
+            admit_records(&mut Vec::new(), &mut ended, 0, "lab-a", "lab-b", holds),
+            1
+        );
+        let mut ended = vec![ours(4)];
+        ended[0].1.appliance = "lab-c".into();
+        ended[0].1.ended_by = Some("lab-b".into());
+        assert_eq!(
+            admit_records(&mut Vec::new(), &mut ended, 0, "lab-a", "lab-b", holds),
+            1
+        );
     }
 
     #[test]
