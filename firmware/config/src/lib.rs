@@ -20,6 +20,7 @@ mod pair;
 mod sip;
 #[macro_use]
 mod types;
+mod uplink;
 mod users;
 
 pub use pair::{
@@ -27,6 +28,7 @@ pub use pair::{
     DEFAULT_HEARTBEAT_INTERVAL_MS,
 };
 pub use sip::SipTcp;
+pub use uplink::{pem_certificates, Uplink, DEFAULT_UPLINK_PORT};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -81,6 +83,10 @@ pub struct Config {
     /// The console's settings.
     #[serde(default)]
     pub console: Console,
+    /// The cloud uplink (see the `uplink` module docs). Absent: records stay on the
+    /// appliance.
+    #[serde(default)]
+    pub uplink: Option<Uplink>,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the
@@ -548,6 +554,9 @@ impl Config {
         }
         users::validate_users(&self.user, loc, &mut errs);
         self.console.validate(loc, &mut errs);
+        if let Some(u) = &self.uplink {
+            u.validate(&self.egress, loc, &mut errs);
+        }
         errs.sort_by_key(|e| (e.line, e.column));
         errs
     }

@@ -842,3 +842,48 @@ fn console_idle_times_stay_within_what_sshd_and_logind_back() {
         assert!(e.to_string().contains("expected 60 to 1200"), "{v}: {e}");
     }
 }
+
+const FLEET_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIUYLbhDRT7KCbvbdl+lXv/IUazMVYwCgYIKoZIzj0EAwIw\nGDEWMBQGA1UEAwwNdGVzdCBmbGVldCBDQTAeFw0yNjEyMDQxNzUzNTRaFw0zNjEy\nMDExNzUzNTRaMBgxFjAUBgNVBAMMDXRlc3QgZmxlZXQgQ0EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAS4i5gf1tfZmVy/UX5xw9+CiCqUrc04HBKvrVZuG0AQChCz\npaEUMkpvW/eYYcoJ6qPlhaC9t78rEtrTAvMzTTRYo1MwUTAdBgNVHQ4EFgQUgkT4\nL601O+mxxdk7VaZ15YGQTRAwHwYDVR0jBBgwFoAUgkT4L601O+mxxdk7VaZ15YGQ\nTRAwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEArReUUiIuV1Oi\nwKJqEbe9mFarrqvLke3hea2ActGKt/ICIEGhy128AQ2x3qFRBy01iBfRaAIl84zh\npNnS6bkLUyRe\n-----END CERTIFICATE-----";
+
+fn uplink(extra: &str) -> String {
+    format!(
+        "[[egress]]\nname = \"uplink\"\nzone = \"wan\"\ndestinations = [\"203.0.113.200/32\"]\nprotocol = \"tcp\"\nports = [8883]\n\n\
+         [uplink]\nbroker = \"broker.fleet.test\"\naddress = \"203.0.113.200\"\nca = \"\"\"\n{FLEET_CA}\n\"\"\"\n{extra}"
+    )
+}
+
+#[test]
+fn the_uplink_needs_a_ca_a_dns_name_and_an_egress_entry() {
+    let c = parse(&uplink("")).unwrap();
+    let u = c.uplink.as_ref().unwrap();
+    assert_eq!(u.port(), 8883);
+    assert_eq!(u.topic_prefix(&c.appliance.name), "callgate/t");
+    assert_eq!((u.batch_records(), u.inflight()), (100, 16));
+    assert_eq!(pem_certificates(u.ca.get_ref()), 1);
+    let key = "fleet_key = \"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"\n";
+    assert!(parse(&uplink(key))
+        .unwrap()
+        .uplink
+        .unwrap()
+        .fleet_key()
+        .is_some());
+    for (extra, says) in [
+        ("fleet_key = \"c2hvcnQ=\"\n", "32 bytes"),
+        ("topic_prefix = \"callgate/#\"\n", "topic_prefix"),
+        ("topic_prefix = \"/lead\"\n", "topic_prefix"),
+        ("batch_records = 0\n", "batch_records"),
+        (
+            "port = 8884\n",
+            "no [[egress]] entry allows TCP to 203.0.113.200 port 8884",
+        ),
+    ] {
+        let e = one_error(&uplink(extra));
+        assert!(e.to_string().contains(says), "{extra}: {e}");
+    }
+    let e = one_error(&uplink("").replace("broker.fleet.test", "broker_fleet"));
+    assert!(e.to_string().contains("not a DNS name"), "{e}");
+    let e = one_error(&uplink("").replace("-----BEGIN CERTIFICATE-----", "-----BEGIN KEY-----"));
+    assert!(e.to_string().contains("uplink.ca"), "{e}");
+    let e = one_error(&uplink("").replace("203.0.113.200/32", "203.0.113.201/32"));
+    assert!(e.to_string().contains("no [[egress]]"), "{e}");
+}

@@ -13,6 +13,7 @@
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
 //!   | `history` | console user name | sealed command history (newest last, bounded) |
+//!   | `outbox` | CDR id, u64 BE | write sequence, u64 BE: the record awaits the uplink |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
@@ -236,6 +237,7 @@ struct Trees {
     config_history: sled::Tree,
     sessions: sled::Tree,
     history: sled::Tree,
+    outbox: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
     keys: sled::Tree,
@@ -250,6 +252,7 @@ impl Trees {
             config_history: db.open_tree("config_history")?,
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
+            outbox: db.open_tree("outbox")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
             keys: db.open_tree("keys")?,
@@ -282,6 +285,8 @@ pub struct Store {
     t: Trees,
     keys: Arc<Keys>,
     next_cdr: AtomicU64,
+    /// The next write sequence for the outbox (above every one it holds).
+    outbox_seq: AtomicU64,
     /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
     id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
@@ -518,6 +523,14 @@ impl Store {
         let (slots, unfinished) = open::OpenSlots::open(&dir).map_err(dir_err)?;
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
+        let mut seq = 0u64;
+        for item in t.outbox.iter() {
+            let (_, v) = item?;
+            if let Ok(b) = <[u8; 8]>::try_from(&*v) {
+                seq = seq.max(u64::from_be_bytes(b));
+            }
+        }
+        let outbox_seq = AtomicU64::new(seq.saturating_add(1));
         let store = Store {
             dir,
             keys: Arc::new(Keys {
@@ -528,6 +541,7 @@ impl Store {
             }),
             t,
             next_cdr,
+            outbox_seq,
             id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
             keys_created: AtomicU64::new(0),
@@ -1201,11 +1215,21 @@ impl Store {
     }
 
     fn cdr_write(&self, id: u64, sealed: Vec<u8>, index: Option<Vec<u8>>) -> Vec<Op> {
-        let mut ops = vec![Op::Insert {
-            tree: self.t.cdrs.clone(),
-            key: id.to_be_bytes().to_vec(),
-            value: sealed,
-        }];
+        // Every write of a record puts it in the outbox in the same commit: the uplink
+        // sends what is there (again, if it was written again since it was sent).
+        let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
+        let mut ops = vec![
+            Op::Insert {
+                tree: self.t.cdrs.clone(),
+                key: id.to_be_bytes().to_vec(),
+                value: sealed,
+            },
+            Op::Insert {
+                tree: self.t.outbox.clone(),
+                key: id.to_be_bytes().to_vec(),
+                value: seq.to_be_bytes().to_vec(),
+            },
+        ];
         if let Some(k) = index {
             ops.push(Op::Insert {
                 tree: self.t.by_subject.clone(),
@@ -1507,6 +1531,49 @@ impl Store {
             let (key_id, value) = self.open_value(Table::Sessions, &k, || id.clone(), &v)?;
             Ok(Record { id, key_id, value })
         })
+    }
+
+    // ---- the uplink's outbox ----
+
+    /// Up to `n` records awaiting the uplink with ids above `after`, in id order: (id,
+    /// write sequence). Hand the pairs back to [`Self::outbox_sent`] once the cloud has
+    /// them.
+    pub fn outbox_page(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(n.min(4096));
+        for item in self.t.outbox.range(from.to_be_bytes()..).take(n) {
+            let (k, v) = item?;
+            let (Ok(k), Ok(v)) = (<[u8; 8]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) else {
+                continue;
+            };
+            out.push((u64::from_be_bytes(k), u64::from_be_bytes(v)));
+        }
+        Ok(out)
+    }
+
+    /// How many records await the uplink (walks the outbox: for status, not a hot path).
+    pub fn outbox_len(&self) -> usize {
+        self.t.outbox.len()
+    }
+
+    /// The cloud acknowledged these (id, write sequence) pairs: they leave the outbox,
+    /// durably, unless written again since (then the newer write stays, to be sent).
+    pub fn outbox_sent(&self, sent: &[(u64, u64)]) -> Result<(), StoreError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let ops = sent
+            .iter()
+            .map(|(id, seq)| Op::RemoveIf {
+                tree: self.t.outbox.clone(),
+                key: id.to_be_bytes().to_vec(),
+                value: seq.to_be_bytes().to_vec(),
+            })
+            .collect();
+        self.commit(ops)
     }
 
     // ---- console command history ----

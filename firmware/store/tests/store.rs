@@ -662,3 +662,44 @@ fn console_history_is_sealed_bounded_and_per_user() {
     assert!(copied.history("ann").unwrap().is_empty());
     assert!(!copied.forget_history("ann").unwrap());
 }
+
+#[test]
+fn the_outbox_holds_every_written_record_until_the_cloud_has_its_latest_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = kek();
+    let (a, b, c);
+    {
+        let s = Store::open(dir.path(), k.clone()).unwrap();
+        a = s.append_cdr(&cdr(PHONE, None, 1)).unwrap();
+        b = s.append_cdr(&cdr(PHONE, None, 2)).unwrap();
+        c = s.append_cdr(&cdr(PHONE, None, 3)).unwrap();
+        assert_eq!(s.outbox_len(), 3);
+        let page = s.outbox_page(None, 2).unwrap();
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![a, b]);
+        let rest = s.outbox_page(Some(b), 10).unwrap();
+        assert_eq!(rest.iter().map(|p| p.0).collect::<Vec<_>>(), vec![c]);
+        // b is written again (its final record) after it was read for sending: the ack
+        // of the old write must not drop the new one.
+        s.put_cdr(b, &cdr(PHONE, None, 22)).unwrap();
+        s.outbox_sent(&page).unwrap();
+        let left: Vec<u64> = s
+            .outbox_page(None, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(left, vec![b, c]);
+    }
+    // Durable across a reopen; sequences keep growing (no reuse after a restart).
+    let s = Store::open(dir.path(), k).unwrap();
+    let before = s.outbox_page(None, 10).unwrap();
+    assert_eq!(before.len(), 2);
+    s.put_cdr(c, &cdr(PHONE, None, 33)).unwrap();
+    let after = s.outbox_page(None, 10).unwrap();
+    assert!(after[1].1 > before[1].1, "{before:?} {after:?}");
+    s.outbox_sent(&before).unwrap();
+    assert_eq!(s.outbox_page(None, 10).unwrap(), vec![after[1]]);
+    s.outbox_sent(&after).unwrap();
+    assert_eq!(s.outbox_len(), 0);
+    assert!(s.outbox_page(Some(u64::MAX), 1).unwrap().is_empty());
+}
