@@ -61,8 +61,8 @@ pub use protector::{
     exit_code, Protector, SealError, SoftwareProtector, TpmProtector, UnsealError,
 };
 pub use record::{
-    open_record, record_key_id, seal_record, unwrap_dek, wrap_dek, Dek, Keyring, RecordError,
-    UnwrapError, RECORD_VERSION, WRAP_VERSION,
+    open_record, open_secret, record_key_id, seal_record, seal_secret, unwrap_dek, wrap_dek, Dek,
+    Keyring, RecordError, UnwrapError, RECORD_VERSION, WRAP_VERSION,
 };
 pub use recovery::{recovery_unwrap, recovery_wrap, RecoveryError, RecoveryKey, RecoveryKeyError};
 pub use subject::{normalize_subject, subject_token, LookupKey, SubjectKey, SubjectToken};

@@ -146,6 +146,40 @@ pub(crate) fn wrap_key(
     Ok(out)
 }
 
+/// Associated data of [`seal_secret`]: this, then the purpose.
+const SECRET_AAD: &[u8] = b"callgate-secret/1\0";
+
+/// A secret of any length (a private key) sealed under the KEK for one `purpose` (bound as
+/// associated data, so a blob sealed for one purpose never opens as another's), to keep on
+/// disk: `WRAP_VERSION ++ nonce ++ ciphertext ++ tag`.
+pub fn seal_secret(kek: &Kek, purpose: &str, secret: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(1 + secret.len() + 64);
+    out.push(WRAP_VERSION);
+    aead::seal_into(
+        kek.expose_secret(),
+        &[SECRET_AAD, purpose.as_bytes()],
+        secret,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// The secret back from [`seal_secret`]'s blob, for the same `purpose`.
+pub fn open_secret(
+    kek: &Kek,
+    purpose: &str,
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, UnwrapError> {
+    match blob.split_first() {
+        Some((&WRAP_VERSION, body)) => {
+            aead::open(kek.expose_secret(), &[SECRET_AAD, purpose.as_bytes()], body)
+                .ok_or(UnwrapError::WrongKeyOrCorrupt)
+        }
+        Some((&v, _)) => Err(UnwrapError::UnknownVersion(v)),
+        None => Err(UnwrapError::WrongKeyOrCorrupt),
+    }
+}
+
 pub(crate) fn unwrap_key(
     kek: &Kek,
     aad: &[&[u8]],
@@ -255,6 +289,22 @@ impl fmt::Debug for Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_secret_opens_only_under_its_kek_and_for_its_purpose() {
+        let kek = Kek::generate().unwrap();
+        let blob = seal_secret(&kek, "uplink-key", b"-----BEGIN PRIVATE KEY-----").unwrap();
+        assert!(!blob.windows(11).any(|w| w == b"PRIVATE KEY"));
+        let back = open_secret(&kek, "uplink-key", &blob).unwrap();
+        assert_eq!(back.as_slice(), b"-----BEGIN PRIVATE KEY-----");
+        assert!(open_secret(&kek, "pair-identity", &blob).is_err());
+        assert!(open_secret(&Kek::generate().unwrap(), "uplink-key", &blob).is_err());
+        let mut bad = blob.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(open_secret(&kek, "uplink-key", &bad).is_err());
+        assert!(open_secret(&kek, "uplink-key", &[]).is_err());
+    }
 
     fn dek() -> Dek {
         Dek::generate().unwrap()

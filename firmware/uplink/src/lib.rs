@@ -1,0 +1,144 @@
+//! # callgate-uplink
+//!
+//! Call records from the appliance's encrypted store to the cloud's MQTT broker: MQTT 5
+//! over TLS 1.3 with mutual authentication, nothing lost.
+//!
+//! ## Design
+//! - **The store is the outbox.** Every write of a record puts its id in the store's
+//!   `outbox` tree in the same durable commit ([`callgate_store::Store::outbox_page`]). The
+//!   uplink reads the outbox in id order, reads each record from the encrypted store,
+//!   publishes batches at QoS 1 and, on each PUBACK, removes what the broker acknowledged
+//!   from the outbox, durably, before it counts as sent
+//!   ([`callgate_store::Store::outbox_sent`]). Nothing is copied into a second queue, and
+//!   nothing is acknowledged to the store that the broker did not acknowledge. After a
+//!   dropped link, a broker restart, a lost session, SIGKILL or a power cut, whatever is
+//!   still in the outbox is sent again: duplicates are possible and carry the same message
+//!   id (`<appliance>:<record id>:<write sequence>`); losses are not.
+//! - **Our own session**, not a client library's event loop: the MQTT 5 packets are
+//!   `rumqttc`'s codec (`rumqttc::v5::mqttbytes`, no default features: none of its TLS
+//!   stack); the session ([`session`]) sends CONNECT with a last will (retained `offline`
+//!   status), keeps at most `inflight` batches unacknowledged (and no more than the
+//!   broker's Receive Maximum), pings at the keepalive, and ends on any protocol error,
+//!   refused acknowledgement or silence longer than 1.5 keepalives.
+//! - **TLS**: rustls (ring, TLS 1.3 only), the fleet CA the only trust anchor, the broker's
+//!   DNS name verified, the appliance's certificate and key (the key sealed under the
+//!   vault's KEK by the daemon; [`identity`]).
+//! - **Reconnect** with full-jitter exponential backoff ([`backoff`]) from the kernel's
+//!   CSPRNG, after a random delay at start, and no TLS attempt while the clock reads a
+//!   time before this firmware was built.
+//! - A handle and a task ([`spawn`]): commands in over mpsc, [`Status`] out over watch.
+//!
+//! ## Topics (under the prefix, `callgate/<appliance>` by default)
+//! | topic | QoS | retained | what |
+//! |---|---|---|---|
+//! | `records` | 1 | no | batches of call records ([`payload`]) |
+//! | `status` | 1 | yes | `{"state":"online",…}`; the last will sets `offline` |
+//! | `events` | 1 | no | events the daemon raises, the backlog alarm, certificate expiry |
+//! | `config/desired` | 1 | (the cloud's) | subscribed: config documents from the cloud |
+//!
+//! ## Current limitations
+//! - Config documents from the cloud are received and counted, not yet applied (signed
+//!   config is the next slice of the uplink issue).
+//! - Events wait in memory (at most 1000); records are the only thing kept durably.
+
+pub mod backoff;
+pub mod identity;
+pub mod payload;
+pub mod session;
+mod task;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use identity::{cert_info, check_certificate, CertInfo, ClientKey};
+pub use task::{spawn, Command, Credentials, UplinkHandle};
+
+/// Errors of the uplink. `Display` is what `show uplink` and the log say.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UplinkError {
+    #[error("{0}")]
+    Identity(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("MQTT: {0}")]
+    Protocol(String),
+    #[error("the broker refused: {0}")]
+    Refused(String),
+    #[error("the store: {0}")]
+    Store(String),
+}
+
+/// What the uplink runs with (from `[uplink]` and the appliance's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The DNS name the broker's certificate must carry.
+    pub broker: String,
+    /// Where to connect; `None`: `broker` is resolved.
+    pub address: Option<IpAddr>,
+    pub port: u16,
+    /// The fleet CA (PEM): the only trust anchor.
+    pub ca_pem: String,
+    /// The appliance's name: the MQTT client id and the certificate's subject.
+    pub client_id: String,
+    pub prefix: String,
+    pub keepalive: Duration,
+    pub batch_records: usize,
+    pub inflight: usize,
+    pub backlog_alarm: usize,
+    pub boot_delay_max: Duration,
+    pub backoff_max: Duration,
+    pub cert_warn: Duration,
+}
+
+/// The uplink's state, for `show uplink` (and the status topic).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// `disabled`, `no certificate`, `waiting`, `clock wrong`, `connecting`, `connected`,
+    /// `backing off`.
+    pub state: String,
+    pub broker: String,
+    pub prefix: String,
+    /// The installed certificate.
+    pub cert: Option<CertInfo>,
+    /// Set within `cert_warn_days` of the certificate's expiry, and after it.
+    pub cert_warning: Option<String>,
+    /// Records waiting in the outbox (as of the last look).
+    pub backlog: usize,
+    pub backlog_alarm: bool,
+    /// The backlog alarm's threshold (`backlog_alarm`).
+    pub backlog_alarm_at: Option<usize>,
+    /// The certificate warning's window, seconds.
+    #[serde(skip)]
+    pub cert_warn_secs: i64,
+    /// Unix ms of the broker's last acknowledgement.
+    pub last_ack_ms: Option<u64>,
+    pub records_sent: u64,
+    pub messages_acked: u64,
+    pub connects: u64,
+    /// Unix ms since the current connection is up.
+    pub connected_since_ms: Option<u64>,
+    /// Unix ms of the next attempt, when backing off.
+    pub next_attempt_ms: Option<u64>,
+    pub last_error: Option<String>,
+    /// Config documents received from the cloud (not applied yet).
+    pub desired_received: u64,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The earliest plausible time: 2026-01-01T00:00:00Z. A clock before it (an appliance
+/// without a battery-backed clock booting at 1970) would fail every certificate check;
+/// the uplink waits instead of trying TLS, and says so.
+pub const CLOCK_FLOOR_MS: u64 = 1_767_225_600_000;
+
+/// Whether the clock is plausible (see [`CLOCK_FLOOR_MS`]).
+pub fn clock_plausible(now_ms: u64) -> bool {
+    now_ms >= CLOCK_FLOOR_MS
+}

@@ -1,0 +1,512 @@
+//! One MQTT 5 session over an established (TLS) stream: CONNECT with the last will, then
+//! records from the outbox in batches at QoS 1, at most `inflight` unacknowledged, each
+//! batch leaving the outbox only once the broker acknowledged it; the status retained;
+//! config documents received; pings at the keepalive.
+//!
+//! The stream is any `AsyncRead + AsyncWrite` (TLS in production, a pipe to a scripted
+//! broker in the unit tests). The session ends with an error on anything unexpected; the
+//! task reconnects.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use callgate_store::{Store, StoreError};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Filter, LastWill, Packet, PingReq, PubAck, PubAckReason, Publish, Subscribe,
+    SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::payload::Batch;
+use crate::task::Command;
+use crate::{now_ms, Settings, Status, UplinkError};
+
+/// The largest packet accepted from the broker.
+pub const MAX_INCOMING: u32 = 1024 * 1024;
+/// How long the broker has to answer CONNECT.
+pub const CONNACK_WAIT: Duration = Duration::from_secs(10);
+/// How often an exhausted outbox is looked at again.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Topics under the prefix.
+pub fn topic(prefix: &str, leaf: &str) -> String {
+    format!("{prefix}/{leaf}")
+}
+
+/// Why the session ended without an error.
+#[derive(Debug)]
+pub enum Ended {
+    /// The owner sent this command (reconfigure or stop); DISCONNECT was sent.
+    Command(Command),
+    /// The handle is gone.
+    Dropped,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> UplinkError + '_ {
+    move |e| UplinkError::Io(format!("{what}: {e}"))
+}
+
+struct Wire<R, W> {
+    rd: R,
+    wr: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_out: Option<u32>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
+    async fn send(&mut self, p: &Packet) -> Result<(), UplinkError> {
+        self.wbuf.clear();
+        p.write(&mut self.wbuf, self.max_out)
+            .map_err(|e| UplinkError::Protocol(e.to_string()))?;
+        self.wr
+            .write_all(&self.wbuf)
+            .await
+            .map_err(io("writing to the broker"))?;
+        self.wr.flush().await.map_err(io("writing to the broker"))
+    }
+
+    /// A complete packet from what was read, if there is one.
+    fn parse(&mut self) -> Result<Option<Packet>, UplinkError> {
+        match Packet::read(&mut self.rbuf, Some(MAX_INCOMING)) {
+            Ok(p) => Ok(Some(p)),
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(UplinkError::Protocol(format!("from the broker: {e}"))),
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), UplinkError> {
+        let n = self
+            .rd
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(io("reading from the broker"))?;
+        if n == 0 {
+            return Err(UplinkError::Io("the broker closed the connection".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the owner lends the session.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub settings: &'a Settings,
+    pub store: &'a Arc<Store>,
+    pub status: &'a watch::Sender<Status>,
+    pub commands: &'a mut mpsc::Receiver<Command>,
+    /// Events waiting to go out (the session sends them while connected).
+    pub events: &'a mut VecDeque<Vec<u8>>,
+    /// Config documents from the cloud, to the daemon.
+    pub desired: &'a mpsc::Sender<Vec<u8>>,
+}
+
+/// Runs one session on `stream` until it fails or the owner ends it.
+pub async fn run<S>(stream: S, cx: Ctx<'_>) -> Result<Ended, UplinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let s = cx.settings;
+    let (rd, wr) = tokio::io::split(stream);
+    let mut w = Wire {
+        rd,
+        wr,
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        wbuf: BytesMut::with_capacity(64 * 1024),
+        max_out: None,
+    };
+    let status_topic = topic(&s.prefix, "status");
+    let records_topic = topic(&s.prefix, "records");
+    let events_topic = topic(&s.prefix, "events");
+    let desired_topic = topic(&s.prefix, "config/desired");
+
+    // CONNECT, with the last will: the retained status turns `offline` if we vanish.
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(0);
+    props.max_packet_size = Some(MAX_INCOMING);
+    props.receive_maximum = Some(16);
+    let connect = Connect {
+        keep_alive: u16::try_from(s.keepalive.as_secs()).unwrap_or(u16::MAX),
+        client_id: s.client_id.clone(),
+        clean_start: true,
+        properties: Some(props),
+    };
+    let will = LastWill::new(
+        status_topic.clone(),
+        serde_json::to_vec(&serde_json::json!({"appliance": s.client_id, "state": "offline"}))
+            .unwrap_or_default(),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    );
+    w.send(&Packet::Connect(connect, Some(will), None)).await?;
+    let connack = tokio::time::timeout(CONNACK_WAIT, async {
+        loop {
+            if let Some(p) = w.parse()? {
+                return Ok::<_, UplinkError>(p);
+            }
+            w.fill().await?;
+        }
+    })
+    .await
+    .map_err(|_| UplinkError::Io("the broker did not answer CONNECT".into()))??;
+    let ack: ConnAck = match connack {
+        Packet::ConnAck(a) => a,
+        other => {
+            return Err(UplinkError::Protocol(format!(
+                "expected CONNACK, got {:?}",
+                kind(&other)
+            )))
+        }
+    };
+    if ack.code != ConnectReturnCode::Success {
+        let why = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.reason_string.clone())
+            .unwrap_or_default();
+        return Err(UplinkError::Refused(format!(
+            "CONNECT: {:?} {why}",
+            ack.code
+        )));
+    }
+    let mut window = s.inflight.max(1);
+    let mut limit = crate::payload::MAX_PAYLOAD;
+    if let Some(p) = &ack.properties {
+        if let Some(r) = p.receive_max {
+            window = window.min(usize::from(r).max(1));
+        }
+        if let Some(m) = p.max_packet_size {
+            w.max_out = Some(m);
+            limit = limit.min(usize::try_from(m).unwrap_or(usize::MAX).saturating_sub(512));
+        }
+    }
+    let since = now_ms();
+    cx.status.send_modify(|st| {
+        st.state = "connected".into();
+        st.connected_since_ms = Some(since);
+        st.next_attempt_ms = None;
+        st.connects += 1;
+    });
+    log::info!(
+        "uplink: connected to {} as {} (window {window})",
+        s.broker,
+        s.client_id
+    );
+
+    let mut pkids = Pkids::default();
+    // The retained status, and the subscription to config documents.
+    let online = serde_json::json!({
+        "appliance": s.client_id,
+        "state": "online",
+        "since_ms": since,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let id = pkids.take();
+    let mut p = Publish::new(
+        status_topic.clone(),
+        QoS::AtLeastOnce,
+        serde_json::to_vec(&online).unwrap_or_default(),
+        None,
+    );
+    p.retain = true;
+    p.pkid = id;
+    w.send(&Packet::Publish(p)).await?;
+    let mut control: HashSet<u16> = HashSet::from([id]);
+    let sub_id = pkids.take();
+    w.send(&Packet::Subscribe(Subscribe {
+        pkid: sub_id,
+        filters: vec![Filter::new(desired_topic.clone(), QoS::AtLeastOnce)],
+        properties: None,
+    }))
+    .await?;
+
+    let mut inflight: HashMap<u16, Vec<(u64, u64)>> = HashMap::new();
+    let mut exhausted = false;
+    let mut cursor: Option<u64> = None;
+    let mut last_rx = Instant::now();
+    let mut ping = tokio::time::interval(s.keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        // Events first: few and small.
+        while let Some(ev) = cx.events.pop_front() {
+            let id = pkids.take();
+            let mut p = Publish::new(events_topic.clone(), QoS::AtLeastOnce, ev, None);
+            p.pkid = id;
+            w.send(&Packet::Publish(p)).await?;
+            control.insert(id);
+        }
+        // Fill the window from the outbox.
+        while !exhausted && inflight.len() < window {
+            let sent: HashSet<(u64, u64)> = inflight.values().flatten().copied().collect();
+            let (batch, next) = read_batch(cx.store, s, cursor, sent, limit).await?;
+            match (batch.is_empty(), cursor) {
+                // The end of the outbox: once more from its start (a call's final record
+                // can have a lower id than records sent before it), then wait.
+                (true, Some(_)) => cursor = None,
+                (true, None) => exhausted = true,
+                (false, _) => {
+                    cursor = next;
+                    if batch.has_records() {
+                        let id = pkids.take();
+                        let mut p = Publish::new(
+                            records_topic.clone(),
+                            QoS::AtLeastOnce,
+                            batch.finish(),
+                            None,
+                        );
+                        p.pkid = id;
+                        w.send(&Packet::Publish(p)).await?;
+                        inflight.insert(id, batch.sent);
+                    } else {
+                        // Only ids whose records are gone (retention): nothing to send.
+                        acknowledge(cx.store, cx.status, batch.sent, false).await?;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = w.fill() => {
+                r?;
+                last_rx = Instant::now();
+                while let Some(p) = w.parse()? {
+                    match p {
+                        Packet::PubAck(a) => {
+                            pkids.free(a.pkid);
+                            check_ack(&a)?;
+                            if let Some(pairs) = inflight.remove(&a.pkid) {
+                                acknowledge(cx.store, cx.status, pairs, true).await?;
+                                exhausted = false;
+                            } else if !control.remove(&a.pkid) {
+                                return Err(UplinkError::Protocol(format!(
+                                    "PUBACK for packet {} that was not sent",
+                                    a.pkid
+                                )));
+                            }
+                        }
+                        Packet::SubAck(a) => {
+                            pkids.free(a.pkid);
+                            if let Some(c) = a
+                                .return_codes
+                                .iter()
+                                .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                            {
+                                let e = format!("the subscription to {desired_topic} was refused: {c:?}");
+                                log::warn!("uplink: {e}");
+                                cx.status.send_modify(|st| st.last_error = Some(e));
+                            }
+                        }
+                        Packet::Publish(p) => {
+                            if p.qos == QoS::AtLeastOnce {
+                                w.send(&Packet::PubAck(PubAck::new(p.pkid, None))).await?;
+                            }
+                            if p.topic.as_ref() == desired_topic.as_bytes() {
+                                cx.status.send_modify(|st| st.desired_received += 1);
+                                if cx.desired.try_send(p.payload.to_vec()).is_err() {
+                                    log::warn!("uplink: a config document from the cloud was dropped (busy)");
+                                }
+                            } else {
+                                log::warn!(
+                                    "uplink: a message on an unexpected topic ({} bytes) ignored",
+                                    p.payload.len()
+                                );
+                            }
+                        }
+                        Packet::PingResp(_) => {}
+                        Packet::Disconnect(d) => {
+                            let why = d
+                                .properties
+                                .and_then(|p| p.reason_string)
+                                .unwrap_or_default();
+                            return Err(UplinkError::Refused(format!(
+                                "the broker disconnected: {:?} {why}",
+                                d.reason_code
+                            )));
+                        }
+                        other => {
+                            return Err(UplinkError::Protocol(format!(
+                                "unexpected {} from the broker",
+                                kind(&other)
+                            )))
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_rx.elapsed() > s.keepalive.saturating_mul(3) / 2 {
+                    return Err(UplinkError::Io(format!(
+                        "the broker was silent for {}s",
+                        last_rx.elapsed().as_secs()
+                    )));
+                }
+                w.send(&Packet::PingReq(PingReq)).await?;
+            }
+            _ = poll.tick() => exhausted = false,
+            c = cx.commands.recv() => match c {
+                Some(Command::Event(e)) => {
+                    push_event(cx.events, e);
+                }
+                Some(c) => {
+                    let _ = w
+                        .send(&Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)))
+                        .await;
+                    return Ok(Ended::Command(c));
+                }
+                None => return Ok(Ended::Dropped),
+            },
+        }
+    }
+}
+
+/// At most this many events wait while the broker is away (the oldest go first).
+pub const MAX_EVENTS: usize = 1000;
+
+/// Queues an event (dropping the oldest past [`MAX_EVENTS`]).
+pub fn push_event(events: &mut VecDeque<Vec<u8>>, e: Vec<u8>) {
+    if events.len() >= MAX_EVENTS {
+        events.pop_front();
+    }
+    events.push_back(e);
+}
+
+fn check_ack(a: &PubAck) -> Result<(), UplinkError> {
+    match a.reason {
+        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+        r => {
+            let why = a
+                .properties
+                .as_ref()
+                .and_then(|p| p.reason_string.clone())
+                .unwrap_or_default();
+            Err(UplinkError::Refused(format!("a publish: {r:?} {why}")))
+        }
+    }
+}
+
+/// The broker has these: they leave the outbox (durably) before they count as sent.
+async fn acknowledge(
+    store: &Arc<Store>,
+    status: &watch::Sender<Status>,
+    pairs: Vec<(u64, u64)>,
+    acked: bool,
+) -> Result<(), UplinkError> {
+    let n = pairs.len() as u64;
+    let st = store.clone();
+    tokio::task::spawn_blocking(move || st.outbox_sent(&pairs))
+        .await
+        .map_err(|e| UplinkError::Store(e.to_string()))?
+        .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
+    if acked {
+        let t = now_ms();
+        status.send_modify(|s| {
+            s.records_sent += n;
+            s.messages_acked += 1;
+            s.last_ack_ms = Some(t);
+        });
+    }
+    Ok(())
+}
+
+/// The next batch from the outbox after `cursor`, leaving out what is in flight; the
+/// cursor after it.
+async fn read_batch(
+    store: &Arc<Store>,
+    s: &Settings,
+    cursor: Option<u64>,
+    in_flight: HashSet<(u64, u64)>,
+    limit: usize,
+) -> Result<(Batch, Option<u64>), UplinkError> {
+    let st = store.clone();
+    let (name, max) = (s.client_id.clone(), s.batch_records.max(1));
+    tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::new(&name, limit);
+        let mut cursor = cursor;
+        'pages: loop {
+            let page = st
+                .outbox_page(cursor, max * 2)
+                .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
+            if page.is_empty() {
+                break;
+            }
+            for (id, seq) in page {
+                if in_flight.contains(&(id, seq)) {
+                    cursor = Some(id);
+                    continue;
+                }
+                match st.get_cdr(id) {
+                    Ok(r) => {
+                        if !batch.push(id, seq, &r.value) {
+                            break 'pages;
+                        }
+                    }
+                    Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
+                    Err(e) => {
+                        // Unreadable: sending it again would not help; said once, loudly.
+                        log::error!(
+                            "uplink: record {id} is unreadable and is not sent: {}",
+                            callgate_store::error_chain(&e)
+                        );
+                        batch.skip(id, seq);
+                    }
+                }
+                cursor = Some(id);
+                if batch.len() >= max {
+                    break 'pages;
+                }
+            }
+        }
+        Ok((batch, cursor))
+    })
+    .await
+    .map_err(|e| UplinkError::Store(e.to_string()))?
+}
+
+/// Packet ids 1..=65535, none reused while in use.
+#[derive(Default)]
+struct Pkids {
+    next: u16,
+    used: HashSet<u16>,
+}
+
+impl Pkids {
+    fn take(&mut self) -> u16 {
+        loop {
+            self.next = self.next.wrapping_add(1).max(1);
+            if self.used.insert(self.next) {
+                return self.next;
+            }
+        }
+    }
+    fn free(&mut self, id: u16) {
+        self.used.remove(&id);
+    }
+}
+
+fn kind(p: &Packet) -> &'static str {
+    match p {
+        Packet::Auth(_) => "AUTH",
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PingReq(_) => "PINGREQ",
+        Packet::PingResp(_) => "PINGRESP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::Disconnect(_) => "DISCONNECT",
+    }
+}

@@ -1,0 +1,310 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+//! The session against a scripted broker on an in-memory pipe: what reaches the outbox's
+//! end is only what the broker acknowledged.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use callgate_store::{Cdr, Disposition, Pii, Store};
+use callgate_uplink::session::{self, Ctx};
+use callgate_uplink::{Settings, Status, UplinkError};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PubAck, PubAckReason, SubAck,
+    SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, watch};
+
+fn cdr(n: u64) -> Cdr {
+    Cdr {
+        call_id: format!("c{n}"),
+        tracking_number: "+18005550100".into(),
+        campaign: "spring".into(),
+        caller: Pii::new("+12025550101"),
+        caller_name: None,
+        destination: "sip:agent@198.51.100.20".into(),
+        invite_at: n,
+        ring_at: None,
+        answer_at: None,
+        end_at: Some(n + 1),
+        duration_ms: 0,
+        disposition: Disposition::Answered,
+        final_code: 200,
+        appliance: "lab-a".into(),
+        ended_by: None,
+        resume: None,
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        broker: "broker.fleet.test".into(),
+        address: None,
+        port: 8883,
+        ca_pem: String::new(),
+        client_id: "lab-a".into(),
+        prefix: "callgate/lab-a".into(),
+        keepalive: Duration::from_secs(30),
+        batch_records: 10,
+        inflight: 4,
+        backlog_alarm: 1000,
+        boot_delay_max: Duration::ZERO,
+        backoff_max: Duration::from_secs(1),
+        cert_warn: Duration::from_secs(86_400),
+    }
+}
+
+/// The broker's end of the pipe.
+struct Broker {
+    io: DuplexStream,
+    buf: BytesMut,
+}
+
+impl Broker {
+    async fn read(&mut self) -> Packet {
+        loop {
+            match Packet::read(&mut self.buf, None) {
+                Ok(p) => return p,
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            let n = self.io.read_buf(&mut self.buf).await.unwrap();
+            assert!(n > 0, "the client closed");
+        }
+    }
+    async fn send(&mut self, p: Packet) {
+        let mut b = BytesMut::new();
+        p.write(&mut b, None).unwrap();
+        self.io.write_all(&b).await.unwrap();
+    }
+    /// CONNECT → CONNACK (receive maximum 2); the retained status and the subscription.
+    async fn accept(&mut self) {
+        let Packet::Connect(c, will, _) = self.read().await else {
+            panic!("CONNECT first")
+        };
+        assert_eq!(c.client_id, "lab-a");
+        let will = will.unwrap();
+        assert!(will.retain && will.topic.as_ref() == b"callgate/lab-a/status");
+        let props = ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(2),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        self.send(Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+            properties: Some(props),
+        }))
+        .await;
+        let Packet::Publish(status) = self.read().await else {
+            panic!("status")
+        };
+        assert!(status.retain);
+        assert!(String::from_utf8_lossy(&status.payload).contains("online"));
+        self.send(Packet::PubAck(PubAck::new(status.pkid, None)))
+            .await;
+        let Packet::Subscribe(s) = self.read().await else {
+            panic!("subscribe")
+        };
+        assert_eq!(s.filters[0].path, "callgate/lab-a/config/desired");
+        self.send(Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            properties: None,
+        }))
+        .await;
+    }
+}
+
+struct Client {
+    store: Arc<Store>,
+    status: watch::Sender<Status>,
+    cmd_tx: mpsc::Sender<callgate_uplink::Command>,
+    handle: tokio::task::JoinHandle<Result<session::Ended, UplinkError>>,
+}
+
+fn start(store: Arc<Store>) -> (Client, Broker) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (status, _) = watch::channel(Status::default());
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(8);
+    let (desired_tx, _desired_rx) = mpsc::channel(8);
+    let st = status.clone();
+    let s2 = store.clone();
+    let handle = tokio::spawn(async move {
+        let s = settings();
+        let mut events = VecDeque::new();
+        let r = session::run(
+            a,
+            Ctx {
+                settings: &s,
+                store: &s2,
+                status: &st,
+                commands: &mut cmd_rx,
+                events: &mut events,
+                desired: &desired_tx,
+            },
+        )
+        .await;
+        drop(desired_tx);
+        r
+    });
+    (
+        Client {
+            store,
+            status,
+            cmd_tx,
+            handle,
+        },
+        Broker {
+            io: b,
+            buf: BytesMut::new(),
+        },
+    )
+}
+
+fn store_with(n: u64) -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), callgate_vault::Kek::generate().unwrap()).unwrap();
+    for i in 0..n {
+        s.append_cdr(&cdr(i)).unwrap();
+    }
+    (dir, Arc::new(s))
+}
+
+fn ids(payload: &[u8]) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn records_leave_the_outbox_only_when_the_broker_acknowledges_them() {
+    let (_dir, store) = store_with(35);
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    // The broker's Receive Maximum (2) bounds the window: two batches, then nothing.
+    let mut got = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let Packet::Publish(p) = b.read().await else {
+            panic!("records")
+        };
+        assert_eq!(p.topic.as_ref(), b"callgate/lab-a/records");
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        got.extend(ids(&p.payload));
+        pending.push(p.pkid);
+    }
+    assert_eq!(got.len(), 20, "batches of 10");
+    let more = tokio::time::timeout(Duration::from_millis(200), b.read()).await;
+    assert!(more.is_err(), "a third batch beyond the window: {more:?}");
+    assert_eq!(store.outbox_len(), 35, "nothing acknowledged yet");
+    for id in pending {
+        b.send(Packet::PubAck(PubAck::new(id, None))).await;
+    }
+    // The rest, acknowledged as it comes.
+    while got.len() < 35 {
+        let Packet::Publish(p) = b.read().await else {
+            panic!("records")
+        };
+        got.extend(ids(&p.payload));
+        b.send(Packet::PubAck(PubAck::new(p.pkid, None))).await;
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "in id order");
+    assert_eq!(got, (1..=35).collect::<Vec<_>>());
+    for _ in 0..100 {
+        if store.outbox_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(c.status.borrow().records_sent, 35);
+    // A record written now goes too.
+    store.append_cdr(&cdr(99)).unwrap();
+    let Packet::Publish(p) = b.read().await else {
+        panic!("records")
+    };
+    assert_eq!(ids(&p.payload), vec![36]);
+    c.cmd_tx.send(callgate_uplink::Command::Stop).await.unwrap();
+    // DISCONNECT, normal (0xE0, remaining length 0: rumqttc's reader wants a payload).
+    while b.buf.is_empty() {
+        b.io.read_buf(&mut b.buf).await.unwrap();
+    }
+    assert_eq!(b.buf[0], 0xE0, "DISCONNECT on stop");
+    assert!(c.handle.await.unwrap().is_ok());
+    assert_eq!(
+        c.store.outbox_len(),
+        1,
+        "sent but never acknowledged: still waiting"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_that_vanishes_or_refuses_leaves_every_record_waiting() {
+    let (_dir, store) = store_with(12);
+    // Vanishes after receiving the records.
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let Packet::Publish(_) = b.read().await else {
+        panic!("records")
+    };
+    drop(b);
+    let e = c.handle.await.unwrap().unwrap_err();
+    assert!(matches!(e, UplinkError::Io(_)), "{e}");
+    assert_eq!(store.outbox_len(), 12);
+    // Refuses them (an ACL): the session ends, nothing leaves the outbox.
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let Packet::Publish(p) = b.read().await else {
+        panic!("records")
+    };
+    let mut ack = PubAck::new(p.pkid, None);
+    ack.reason = PubAckReason::NotAuthorized;
+    b.send(Packet::PubAck(ack)).await;
+    let e = c.handle.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("NotAuthorized"), "{e}");
+    assert_eq!(store.outbox_len(), 12);
+    // A PUBACK for a packet never sent is a protocol error.
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    b.send(Packet::PubAck(PubAck::new(999, None))).await;
+    let e = c.handle.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("not sent"), "{e}");
+    // A refused CONNECT.
+    let (c, mut b) = start(store.clone());
+    let Packet::Connect(..) = b.read().await else {
+        panic!()
+    };
+    b.send(Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::NotAuthorized,
+        properties: None,
+    }))
+    .await;
+    let e = c.handle.await.unwrap().unwrap_err();
+    assert!(matches!(e, UplinkError::Refused(_)), "{e}");
+    assert_eq!(store.outbox_len(), 12);
+}
