@@ -102,6 +102,21 @@ enum Cmd {
     },
     /// A planned handover: the active appliance hands its role and addresses to the standby.
     Failover,
+    /// The cloud uplink's identity.
+    Uplink {
+        #[command(subcommand)]
+        what: UplinkWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UplinkWhat {
+    /// Print the certificate signing request for the fleet CA (the key is made on the
+    /// appliance, sealed under its TPM-held key, the first time).
+    Csr,
+    /// Install the certificate chain (PEM, leaf first) the fleet CA signed; `-` reads it
+    /// from standard input.
+    InstallCert { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +165,8 @@ enum ShowWhat {
     },
     /// The interactive console sessions: who, from where, since when.
     Sessions,
+    /// The cloud uplink: state, broker, certificate and expiry, backlog, acknowledgements.
+    Uplink,
     /// The audit trail: who did what, from which login session, and the result (admins).
     Audit {
         /// How many, newest last.
@@ -254,6 +271,7 @@ fn main() -> ExitCode {
             ShowWhat::Calls => Request::ShowCalls,
             ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
             ShowWhat::Pair => Request::ShowPair,
+            ShowWhat::Uplink => Request::ShowUplink,
             ShowWhat::Sip {
                 what: SipWhat::Stats,
             } => Request::ShowSipStats,
@@ -330,6 +348,24 @@ fn main() -> ExitCode {
             PairWhat::Rekey => Request::PairRekey,
         },
         Cmd::Failover => Request::Failover,
+        Cmd::Uplink { what } => match what {
+            UplinkWhat::Csr => Request::UplinkCsr,
+            UplinkWhat::InstallCert { file } => {
+                let read = if file.as_os_str() == "-" {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+                } else {
+                    std::fs::read_to_string(&file)
+                };
+                match read {
+                    Ok(pem) => Request::UplinkInstallCert { pem },
+                    Err(e) => {
+                        eprintln!("{}: cannot read the file: {e}", file.display());
+                        return ExitCode::from(EXIT_INVALID);
+                    }
+                }
+            }
+        },
     };
     let socket = args.socket.clone().unwrap_or_else(default_socket);
     let resp: Response = match Client::connect(&socket).and_then(|mut c| c.request(&req)) {

@@ -131,6 +131,7 @@ async fn serve_call(
                 Request::Remember { line } => Some(line.clone()),
                 _ => None,
             };
+            let is_change = req.is_change();
             // A change goes ahead only once it is on record.
             if req.is_audited() && !audit(&phase, &peer, name, "started").await {
                 return Response::err(format!(
@@ -164,6 +165,13 @@ async fn serve_call(
                 format!("refused: {}", resp.text.lines().next().unwrap_or(""))
             };
             let _ = audit(&phase, &peer, name, &result).await;
+            // Changes go to the cloud as events too (commits, failovers, lockouts lifted).
+            if let (true, Phase::Running { uplink, .. }) = (is_change && resp.ok, &*phase) {
+                uplink.event(
+                    name,
+                    json!({"user": peer.user, "session": peer.session, "result": result}),
+                );
+            }
             resp
         }
     }
@@ -356,6 +364,31 @@ async fn handle(
                 Err(e) => Response::err(e),
             }
         }
+        Request::UplinkCsr => {
+            return match ask(lifecycle, Lifecycle::UplinkCsr).await {
+                Ok(pem) => Response::ok(
+                    format!(
+                        "{pem}\nHave the fleet CA sign this request (client authentication, CN kept), then install the chain with `callgate uplink install-cert FILE`.\n"
+                    ),
+                    json!({"csr": pem}),
+                ),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::UplinkInstallCert { pem } => {
+            return match ask(lifecycle, |tx| Lifecycle::UplinkInstall(pem, tx)).await {
+                Ok(info) => Response::ok(
+                    format!(
+                        "installed: CN={} from {}, valid until {}; the uplink connects with it",
+                        info.subject,
+                        info.issuer,
+                        crate::human::time(u64::try_from(info.not_after).unwrap_or(0) * 1000)
+                    ),
+                    json!(info),
+                ),
+                Err(e) => Response::err(format!("not installed: {e}")),
+            }
+        }
         Request::Unpair => {
             return match ask(lifecycle, Lifecycle::Unpair).await {
                 Ok(()) => Response::ok(
@@ -374,8 +407,16 @@ async fn handle(
             sip,
             pair,
             replica,
+            uplink,
         } => {
             match req {
+                Request::ShowUplink => {
+                    let st = uplink.status();
+                    return Response::ok(
+                        crate::uplink::show_text(&st),
+                        crate::uplink::show_json(&st),
+                    );
+                }
                 Request::ShowCalls | Request::ShowSipStats | Request::ShowCdrs { .. } => {
                     return crate::calls_view::handle(sip.as_ref(), req).await;
                 }
@@ -665,8 +706,8 @@ async fn handle(
         Request::ShowCalls | Request::ShowCdrs { .. } | Request::ShowSipStats => {
             Response::err("internal error: calls request not routed")
         }
-        Request::ShowPair | Request::Failover => {
-            Response::err("internal error: pair request not routed")
+        Request::ShowPair | Request::Failover | Request::ShowUplink => {
+            Response::err("internal error: request not routed")
         }
         Request::ConfigLock
         | Request::ConfigUnlock
@@ -679,7 +720,11 @@ async fn handle(
         | Request::PairInit
         | Request::PairJoin { .. }
         | Request::PairRekey
-        | Request::Unpair => Response::err("internal error: lifecycle request not handled"),
+        | Request::Unpair
+        | Request::UplinkCsr
+        | Request::UplinkInstallCert { .. } => {
+            Response::err("internal error: lifecycle request not handled")
+        }
     }
 }
 

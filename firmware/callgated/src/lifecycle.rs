@@ -38,6 +38,8 @@ pub enum Phase {
         pair: watch::Receiver<PairState>,
         /// Replication to the pair's peer (with a `[pair]` in the config).
         replica: Option<crate::replica::Replicator>,
+        /// The cloud uplink (idle without `[uplink]`).
+        uplink: crate::uplink::Uplink,
     },
 }
 
@@ -52,6 +54,13 @@ pub enum Lifecycle {
     PairJoin(String, oneshot::Sender<Result<(), String>>),
     Unpair(oneshot::Sender<Result<(), String>>),
     PairRekey(oneshot::Sender<Result<(), String>>),
+    /// The uplink's certificate signing request (a key is made the first time).
+    UplinkCsr(oneshot::Sender<Result<String, String>>),
+    /// Check and install the uplink certificate chain; its subject and expiry.
+    UplinkInstall(
+        String,
+        oneshot::Sender<Result<callgate_uplink::CertInfo, String>>,
+    ),
 }
 
 pub struct Ctx {
@@ -89,6 +98,7 @@ struct Running {
     ha_tx: watch::Sender<Option<HaHandle>>,
     hooks: Option<Arc<dyn Hooks>>,
     replicator: Option<crate::replica::Replicator>,
+    uplink: crate::uplink::Uplink,
 }
 
 impl Running {
@@ -198,6 +208,11 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     });
     let (pair_tx, pair) = watch::channel(PairState::Alone);
     let config_rx = config.config();
+    let uplink = crate::uplink::spawn(
+        config.config(),
+        store.clone(),
+        crate::uplink::credentials(&ctx.state_dir, &kek),
+    );
     let mut running = Running {
         kek,
         config_thread: Some(config_thread),
@@ -210,6 +225,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         ha_tx,
         hooks: hooks.clone(),
         replicator: replicator.clone(),
+        uplink: uplink.clone(),
     };
     let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
     running.publish_pair(started);
@@ -220,6 +236,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
             sip,
             pair,
             replica: replicator,
+            uplink,
         },
         running,
     ))
@@ -392,6 +409,33 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         let r = pair_rekey(&ctx, &mut running).await;
                         let _ = reply.send(r);
                     }
+                    Lifecycle::UplinkCsr(reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let key = crate::uplink::load_or_make_key(&c.state_dir, &run.kek)?;
+                            let name = run.config.borrow().appliance.name.to_string();
+                            key.csr_pem(&name).map_err(|e| e.to_string())
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::UplinkInstall(pem, reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let cfg = run.config.borrow().clone();
+                            crate::uplink::install_cert(&c.state_dir, &run.kek, &cfg, &pem)
+                        })
+                        .await;
+                        let r = match (r, &running) {
+                            (Ok((creds, info)), Some(run)) => {
+                                run.uplink.installed(creds).await;
+                                Ok(info)
+                            }
+                            (Ok(_), None) => Err("locked".to_owned()),
+                            (Err(e), _) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                    }
                 }
             }
         }
@@ -420,6 +464,8 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                 );
             }
         }
+        // The broker publishes the `offline` status (the will) as we go.
+        let _ = tokio::time::timeout(Duration::from_secs(1), run.uplink.stop()).await;
         stop_config(run, ctx.drain).await;
     }
     // The kernel keeps enforcing the applied ruleset after we exit.

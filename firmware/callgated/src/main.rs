@@ -41,6 +41,7 @@ mod pair;
 mod pair_config;
 mod replica;
 mod sessions;
+mod uplink;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

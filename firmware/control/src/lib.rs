@@ -156,6 +156,17 @@ pub enum Request {
     /// other connection's commit, confirm and rollback is refused.
     ConfigLock,
     ConfigUnlock,
+    /// The cloud uplink: state, broker, certificate and its expiry, backlog, last
+    /// acknowledgement.
+    ShowUplink,
+    /// The appliance's certificate signing request for the uplink (a key is made, sealed
+    /// under the KEK, the first time).
+    UplinkCsr,
+    /// Install the uplink certificate chain (PEM, leaf first) the fleet CA signed; checked
+    /// against the key, the appliance's name and the configured fleet CA first.
+    UplinkInstallCert {
+        pem: String,
+    },
     /// The caller's own console command history (oldest first), kept sealed in the store.
     History,
     /// A line the caller typed at the console: kept in the caller's history and, with the
@@ -204,6 +215,8 @@ impl Request {
                 | Request::PairRekey
                 | Request::ClearLockout { .. }
                 | Request::EndSession { .. }
+                | Request::UplinkCsr
+                | Request::UplinkInstallCert { .. }
         )
     }
 
@@ -256,6 +269,9 @@ impl Request {
             Request::ConfigLock => "configure",
             Request::ConfigUnlock => "exit configure",
             Request::History => "history",
+            Request::ShowUplink => "show uplink",
+            Request::UplinkCsr => "uplink csr",
+            Request::UplinkInstallCert { .. } => "uplink install-cert",
             Request::Remember { .. } => "typed",
         }
     }

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::UplinkError;
 
 /// The appliance's private key for the uplink. Wiped on drop, never printed.
+#[derive(Clone)]
 pub struct ClientKey {
     pkcs8: Zeroizing<Vec<u8>>,
 }

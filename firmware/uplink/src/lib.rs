@@ -51,6 +51,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use identity::{cert_info, check_certificate, CertInfo, ClientKey};
+pub use rustls::pki_types::UnixTime;
 pub use task::{spawn, Command, Credentials, UplinkHandle};
 
 /// Errors of the uplink. `Display` is what `show uplink` and the log say.

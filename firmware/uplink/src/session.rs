@@ -356,9 +356,14 @@ where
                     push_event(cx.events, e);
                 }
                 Some(c) => {
-                    let _ = w
-                        .send(&Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)))
-                        .await;
+                    // Stopping: the broker publishes the will (`offline`); reconnecting
+                    // with new settings: a plain disconnect.
+                    let reason = if matches!(c, Command::Stop) {
+                        DisconnectReasonCode::DisconnectWithWillMessage
+                    } else {
+                        DisconnectReasonCode::NormalDisconnection
+                    };
+                    let _ = w.send(&Packet::Disconnect(Disconnect::new(reason))).await;
                     return Ok(Ended::Command(c));
                 }
                 None => return Ok(Ended::Dropped),

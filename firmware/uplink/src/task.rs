@@ -22,7 +22,7 @@ pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
 /// The appliance's key and the certificate chain (PEM, leaf first) the fleet CA signed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Credentials {
     pub key: ClientKey,
     pub chain_pem: String,

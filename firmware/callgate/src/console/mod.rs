@@ -386,6 +386,12 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
         }
         Action::ShowSipStats => answer(ask(s, &Request::ShowSipStats)?)?,
         Action::ShowPair => answer(ask(s, &Request::ShowPair)?)?,
+        Action::ShowUplink => answer(ask(s, &Request::ShowUplink)?)?,
+        Action::UplinkCsr => answer(ask(s, &Request::UplinkCsr)?)?,
+        Action::UplinkInstallCert => {
+            let pem = read_pem(s.tty)?;
+            answer(ask(s, &Request::UplinkInstallCert { pem })?)?
+        }
         Action::ShowAudit => {
             let last = if p.values.is_empty() {
                 20
@@ -538,6 +544,31 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
     };
     emit(s, &out, &pipe);
     Ok(Flow::Go)
+}
+
+/// A PEM certificate chain from the terminal (pasted, ended by an empty line) or piped
+/// in (`ssh appliance uplink install-cert < chain.pem`): at most 64 KiB.
+fn read_pem(tty: bool) -> Result<String, String> {
+    use std::io::BufRead as _;
+    if tty {
+        println!("Paste the certificate chain (PEM, leaf first), then an empty line:");
+    }
+    let mut pem = String::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.trim().is_empty() && pem.contains("-----END CERTIFICATE-----") {
+            break;
+        }
+        pem.push_str(&line);
+        pem.push('\n');
+        if pem.len() > 64 * 1024 {
+            return Err("a certificate chain of over 64 KiB: refused".into());
+        }
+    }
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("no certificate was given (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(pem)
 }
 
 const PING: &str = "/usr/bin/ping";

@@ -15,6 +15,9 @@ pub enum Action {
     ShowSipStats,
     ShowPair,
     ShowAudit,
+    ShowUplink,
+    UplinkCsr,
+    UplinkInstallCert,
     Status,
     Whoami,
     Compare,
@@ -140,6 +143,11 @@ pub static OPERATIONAL: &[Node] = &[
                 "the redundant pair: roles, heartbeat paths, replication",
                 Action::ShowPair,
             ),
+            leaf(
+                "uplink",
+                "the cloud uplink: broker, certificate and expiry, backlog, acknowledgements",
+                Action::ShowUplink,
+            ),
             admin(Node {
                 word: "audit",
                 help: "the audit trail: who did what, from which session",
@@ -226,6 +234,25 @@ pub static OPERATIONAL: &[Node] = &[
             children: &[],
             action: Some(Action::EndSession),
         })],
+        action: None,
+    }),
+    admin(Node {
+        word: "uplink",
+        help: "the cloud uplink's identity",
+        role: Role::Admin,
+        values: &[],
+        children: &[
+            admin(leaf(
+                "csr",
+                "the certificate signing request for the fleet CA (the key stays sealed here)",
+                Action::UplinkCsr,
+            )),
+            admin(leaf(
+                "install-cert",
+                "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
+                Action::UplinkInstallCert,
+            )),
+        ],
         action: None,
     }),
     admin(Node {

@@ -1,0 +1,271 @@
+//! The daemon's side of the cloud uplink (`callgate_uplink`): settings from `[uplink]`,
+//! the appliance's uplink key sealed under the KEK in `<state>/uplink.key`, the installed
+//! certificate chain in `<state>/uplink.crt` (public), the task started with the store and
+//! told of every config change and installed certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callgate_config::Config;
+use callgate_store::Store;
+use callgate_uplink::{ClientKey, Credentials, Settings, Status, UplinkHandle};
+use callgate_vault::Kek;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// The uplink key, sealed under the KEK.
+pub const KEY_FILE: &str = "uplink.key";
+/// The installed certificate chain (PEM, leaf first).
+pub const CERT_FILE: &str = "uplink.crt";
+/// What the key is sealed for (bound as associated data).
+const PURPOSE: &str = "uplink-key";
+
+/// The uplink's settings from the config; `None` without `[uplink]`.
+pub fn settings(cfg: &Config) -> Option<Settings> {
+    let u = cfg.uplink.as_ref()?;
+    Some(Settings {
+        broker: u.broker.get_ref().clone(),
+        address: u.address.as_ref().map(|a| *a.get_ref()),
+        port: u.port(),
+        ca_pem: u.ca.get_ref().clone(),
+        client_id: cfg.appliance.name.to_string(),
+        prefix: u.topic_prefix(&cfg.appliance.name),
+        keepalive: Duration::from_secs(u64::from(u.keepalive_secs())),
+        batch_records: u.batch_records() as usize,
+        inflight: u.inflight() as usize,
+        backlog_alarm: u.backlog_alarm() as usize,
+        boot_delay_max: Duration::from_secs(u64::from(u.boot_delay_max_secs())),
+        backoff_max: Duration::from_secs(u64::from(u.backoff_max_secs())),
+        cert_warn: Duration::from_secs(u64::from(u.cert_warn_days()) * 86_400),
+    })
+}
+
+/// The uplink key, if one was made.
+pub fn load_key(state_dir: &Path, kek: &Kek) -> Result<Option<ClientKey>, String> {
+    let path = state_dir.join(KEY_FILE);
+    let blob = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let der = callgate_vault::open_secret(kek, PURPOSE, &blob)
+        .map_err(|_| format!("{}: damaged or sealed under another key", path.display()))?;
+    ClientKey::from_pkcs8(&der)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The uplink key; made and sealed the first time.
+pub fn load_or_make_key(state_dir: &Path, kek: &Kek) -> Result<ClientKey, String> {
+    if let Some(k) = load_key(state_dir, kek)? {
+        return Ok(k);
+    }
+    let key = ClientKey::generate().map_err(|e| e.to_string())?;
+    let blob = callgate_vault::seal_secret(kek, PURPOSE, key.pkcs8()).map_err(|e| e.to_string())?;
+    write_durably(&state_dir.join(KEY_FILE), &blob, 0o600)?;
+    log::info!("uplink: a key was made for this appliance (sealed under the KEK)");
+    Ok(key)
+}
+
+/// Key and certificate, when both are there and readable.
+pub fn credentials(state_dir: &Path, kek: &Kek) -> Option<Credentials> {
+    let key = match load_key(state_dir, kek) {
+        Ok(Some(k)) => k,
+        Ok(None) => return None,
+        Err(e) => {
+            log::error!("uplink: {e}");
+            return None;
+        }
+    };
+    let chain_pem = std::fs::read_to_string(state_dir.join(CERT_FILE)).ok()?;
+    Some(Credentials { key, chain_pem })
+}
+
+/// Checks `pem` against this appliance's key, name and the configured fleet CA, and
+/// keeps it; the credentials to run with.
+pub fn install_cert(
+    state_dir: &Path,
+    kek: &Kek,
+    cfg: &Config,
+    pem: &str,
+) -> Result<(Credentials, callgate_uplink::CertInfo), String> {
+    let u = cfg
+        .uplink
+        .as_ref()
+        .ok_or("no [uplink] in the running config: commit one with the fleet CA first")?;
+    let key = load_key(state_dir, kek)?
+        .ok_or("no uplink key yet: run `callgate uplink csr` and have the fleet CA sign it")?;
+    let info = callgate_uplink::check_certificate(
+        pem,
+        &key,
+        cfg.appliance.name.as_str(),
+        u.ca.get_ref(),
+        rustls_now(),
+    )
+    .map_err(|e| e.to_string())?;
+    write_durably(&state_dir.join(CERT_FILE), pem.as_bytes(), 0o644)?;
+    Ok((
+        Credentials {
+            key,
+            chain_pem: pem.to_owned(),
+        },
+        info,
+    ))
+}
+
+fn rustls_now() -> callgate_uplink::UnixTime {
+    callgate_uplink::UnixTime::now()
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, renamed, the directory
+/// fsynced.
+fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The running uplink: its handle, and where installed credentials go.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    handle: UplinkHandle,
+    creds: mpsc::Sender<Credentials>,
+}
+
+impl Uplink {
+    pub fn status(&self) -> Status {
+        self.handle.status()
+    }
+    /// Runs with newly installed credentials.
+    pub async fn installed(&self, c: Credentials) {
+        let _ = self.creds.send(c).await;
+    }
+    /// An event for the events topic.
+    pub fn event(&self, kind: &str, detail: serde_json::Value) {
+        self.handle.event(kind, detail);
+    }
+    pub async fn stop(&self) {
+        self.handle.stop().await;
+    }
+}
+
+/// Starts the uplink and the task that follows the config.
+pub fn spawn(
+    config: watch::Receiver<Arc<Config>>,
+    store: Arc<Store>,
+    creds: Option<Credentials>,
+) -> Uplink {
+    let cfg = config.borrow().clone();
+    let first = settings(&cfg);
+    let (handle, mut desired) =
+        callgate_uplink::spawn(first.clone().map(|s| (s, creds.clone())), store);
+    let (creds_tx, mut creds_rx) = mpsc::channel::<Credentials>(4);
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let mut config = config;
+        let mut current = first;
+        let mut creds = creds;
+        loop {
+            tokio::select! {
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let next = settings(&config.borrow_and_update());
+                    if next != current {
+                        log::info!("uplink: the config changed; reconnecting with it");
+                        current = next.clone();
+                        h.reconfigure(next.map(|s| (s, creds.clone()))).await;
+                    }
+                }
+                c = creds_rx.recv() => {
+                    let Some(c) = c else { break };
+                    creds = Some(c);
+                    h.reconfigure(current.clone().map(|s| (s, creds.clone()))).await;
+                }
+                d = desired.recv() => {
+                    let Some(d) = d else { break };
+                    // Signed config from the cloud: received, not applied yet (planned).
+                    log::warn!(
+                        "uplink: a config document from the cloud ({} bytes) is not applied: signed config from the cloud is not built yet",
+                        d.len()
+                    );
+                }
+            }
+        }
+    });
+    Uplink {
+        handle,
+        creds: creds_tx,
+    }
+}
+
+/// `show uplink` as text.
+pub fn show_text(s: &Status) -> String {
+    let t = |ms: Option<u64>| ms.map_or("-".to_owned(), crate::human::time);
+    let mut out = format!("uplink: {}\n", s.state);
+    if !s.broker.is_empty() {
+        out.push_str(&format!("  broker        {}\n", s.broker));
+        out.push_str(&format!("  topics        {}/…\n", s.prefix));
+    }
+    match &s.cert {
+        Some(c) => {
+            out.push_str(&format!(
+                "  certificate   CN={} (issuer {})\n",
+                c.subject, c.issuer
+            ));
+            out.push_str(&format!(
+                "  valid until   {}\n",
+                t(u64::try_from(c.not_after).ok().map(|x| x * 1000))
+            ));
+        }
+        None => out.push_str("  certificate   none installed\n"),
+    }
+    if let Some(w) = &s.cert_warning {
+        out.push_str(&format!("  WARNING       {w}\n"));
+    }
+    out.push_str(&format!(
+        "  backlog       {} record(s){}\n",
+        s.backlog,
+        if s.backlog_alarm { "  ALARM" } else { "" }
+    ));
+    out.push_str(&format!(
+        "  sent          {} record(s) in {} acknowledged message(s); last ack {}\n",
+        s.records_sent,
+        s.messages_acked,
+        t(s.last_ack_ms)
+    ));
+    if let Some(since) = s.connected_since_ms {
+        out.push_str(&format!("  connected     since {}\n", t(Some(since))));
+    }
+    if let Some(n) = s.next_attempt_ms {
+        out.push_str(&format!("  next attempt  {}\n", t(Some(n))));
+    }
+    if let Some(e) = &s.last_error {
+        out.push_str(&format!("  last error    {e}\n"));
+    }
+    out
+}
+
+/// `show uplink` as data.
+pub fn show_json(s: &Status) -> serde_json::Value {
+    json!(s)
+}
