@@ -209,9 +209,10 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     let (pair_tx, pair) = watch::channel(PairState::Alone);
     let config_rx = config.config();
     let uplink = crate::uplink::spawn(
-        config.config(),
+        config.clone(),
         store.clone(),
         crate::uplink::credentials(&ctx.state_dir, &kek),
+        ctx.state_dir.clone(),
     );
     let mut running = Running {
         kek,

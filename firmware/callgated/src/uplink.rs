@@ -12,7 +12,7 @@ use callgate_store::Store;
 use callgate_uplink::{ClientKey, Credentials, Settings, Status, UplinkHandle};
 use callgate_vault::Kek;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// The uplink key, sealed under the KEK.
 pub const KEY_FILE: &str = "uplink.key";
@@ -167,12 +167,15 @@ impl Uplink {
     }
 }
 
-/// Starts the uplink and the task that follows the config.
+/// Starts the uplink and the task that follows the config and applies config documents
+/// from the cloud.
 pub fn spawn(
-    config: watch::Receiver<Arc<Config>>,
+    service: callgate_revisions::ConfigService,
     store: Arc<Store>,
     creds: Option<Credentials>,
+    state_dir: std::path::PathBuf,
 ) -> Uplink {
+    let config = service.config();
     let cfg = config.borrow().clone();
     let first = settings(&cfg);
     let (handle, mut desired) =
@@ -203,11 +206,13 @@ pub fn spawn(
                 }
                 d = desired.recv() => {
                     let Some(d) = d else { break };
-                    // Signed config from the cloud: received, not applied yet (planned).
-                    log::warn!(
-                        "uplink: a config document from the cloud ({} bytes) is not applied: signed config from the cloud is not built yet",
-                        d.len()
-                    );
+                    if let Some(p) = apply_desired(&service, &h, &state_dir, &d).await {
+                        // A fresh connection with the new config must reach the broker:
+                        // an established one would outlive a config that cuts the uplink.
+                        current = settings(&service.config().borrow());
+                        h.reconfigure(current.clone().map(|s| (s, creds.clone()))).await;
+                        tokio::spawn(confirm_when_reached(service.clone(), h.clone(), p));
+                    }
                 }
             }
         }
@@ -216,6 +221,199 @@ pub fn spawn(
         handle,
         creds: creds_tx,
     }
+}
+
+/// Where the version of the last config document accepted from the cloud is kept.
+pub const CLOUD_VERSION_FILE: &str = "cloud-config.version";
+
+fn last_cloud_version(state_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(state_dir.join(CLOUD_VERSION_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A config document from the cloud: verified (the fleet's signature, this appliance, a
+/// version newer than the last accepted), checked as a local commit is, then committed
+/// with a confirm window ([`confirm_when_reached`] confirms it). Each step is reported on
+/// `config/reported`. A refused document changes nothing.
+async fn apply_desired(
+    service: &callgate_revisions::ConfigService,
+    uplink: &UplinkHandle,
+    state_dir: &Path,
+    raw: &[u8],
+) -> Option<Pending> {
+    use callgate_uplink::signed::{verify, Refusal, Reported};
+    let cfg = service.config().borrow().clone();
+    let name = cfg.appliance.name.to_string();
+    let report =
+        |version: Option<u64>, result: &str, revision: Option<u64>, detail: String| Reported {
+            appliance: name.clone(),
+            version,
+            result: result.into(),
+            revision,
+            detail,
+            time_ms: callgate_uplink::now_ms(),
+        };
+    let u = cfg.uplink.as_ref()?;
+    let window = Duration::from_secs(u64::from(u.config_confirm_secs()));
+    let fleet_key = u.fleet_key();
+    let last = last_cloud_version(state_dir);
+    let peek_version = serde_json::from_slice::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v["version"].as_u64());
+    let refuse = |r: Refusal| {
+        log::warn!("uplink: a config document from the cloud is refused: {r}");
+        report(peek_version, "refused", None, r.to_string())
+    };
+    let doc = match verify(raw, &name, fleet_key.as_ref(), last) {
+        Ok(d) => d,
+        Err(r) => {
+            uplink.report(&refuse(r)).await;
+            return None;
+        }
+    };
+    let origin = std::path::PathBuf::from(format!("cloud-config-v{}.toml", doc.version));
+    // The same checks as a local commit, and the same appliance.
+    let renamed = Config::parse(&doc.config, &origin)
+        .ok()
+        .is_some_and(|c| c.appliance.name != cfg.appliance.name);
+    let checked = if renamed {
+        Err("it names another appliance in [appliance]".to_owned())
+    } else {
+        service
+            .check(doc.config.clone(), origin.clone(), false, Some(window))
+            .await
+            .map_err(|e| callgate_store::error_chain(&e))
+    };
+    if let Err(e) = checked {
+        uplink.report(&refuse(Refusal::Invalid(e))).await;
+        return None;
+    }
+    // Kept before the commit: this version is never applied twice, even after a crash.
+    if let Err(e) = write_durably(
+        &state_dir.join(CLOUD_VERSION_FILE),
+        format!("{}\n", doc.version).as_bytes(),
+        0o644,
+    ) {
+        uplink.report(&refuse(Refusal::Commit(e))).await;
+        return None;
+    }
+    let committed_at = callgate_uplink::now_ms();
+    let out = service
+        .commit_noted(
+            doc.config.clone(),
+            origin,
+            false,
+            Some(window),
+            "cloud".into(),
+            Some(format!(
+                "config from the cloud, version {} (confirmed once the broker answers)",
+                doc.version
+            )),
+        )
+        .await;
+    let revision = match out {
+        Ok(o) => o.revision,
+        Err(e) => {
+            let r = Refusal::Commit(callgate_store::error_chain(&e));
+            uplink.report(&refuse(r)).await;
+            return None;
+        }
+    };
+    log::info!(
+        "uplink: config version {} from the cloud committed as revision {revision}; it rolls back in {}s unless the broker answers",
+        doc.version,
+        window.as_secs()
+    );
+    uplink
+        .report(&report(
+            Some(doc.version),
+            "applied",
+            Some(revision),
+            format!(
+                "committed; confirmed once the broker is reached again (within {}s)",
+                window.as_secs()
+            ),
+        ))
+        .await;
+    Some(Pending {
+        version: doc.version,
+        revision,
+        committed_at,
+        window,
+        appliance: name,
+    })
+}
+
+/// A config from the cloud, committed, waiting for the broker.
+#[derive(Debug)]
+struct Pending {
+    version: u64,
+    revision: u64,
+    committed_at: u64,
+    window: Duration,
+    appliance: String,
+}
+
+/// Confirms `p` once a connection made after its commit reached the broker; else it rolls
+/// back by itself at its deadline. Reports either.
+async fn confirm_when_reached(
+    service: callgate_revisions::ConfigService,
+    uplink: UplinkHandle,
+    p: Pending,
+) {
+    let mut st = uplink.watch();
+    let deadline = tokio::time::Instant::now() + p.window.saturating_sub(Duration::from_secs(2));
+    let reached = loop {
+        {
+            let s = st.borrow_and_update();
+            if s.state == "connected" && s.connected_since_ms.is_some_and(|t| t > p.committed_at) {
+                break true;
+            }
+        }
+        if tokio::time::timeout_at(deadline, st.changed())
+            .await
+            .is_err()
+        {
+            break false;
+        }
+    };
+    let (result, detail) = if reached {
+        match service.confirm().await {
+            Ok(n) => (
+                "confirmed",
+                format!("revision {n} confirmed: the broker answered a connection made after the commit"),
+            ),
+            Err(e) => (
+                "rolled back",
+                format!("the confirm failed: {}", callgate_store::error_chain(&e)),
+            ),
+        }
+    } else {
+        (
+            "rolled back",
+            format!(
+                "the broker was not reached within {}s: the commit rolls back by itself",
+                p.window.as_secs()
+            ),
+        )
+    };
+    log::info!(
+        "uplink: config version {} from the cloud: {result}: {detail}",
+        p.version
+    );
+    uplink
+        .report(&callgate_uplink::signed::Reported {
+            appliance: p.appliance,
+            version: Some(p.version),
+            result: result.into(),
+            revision: Some(p.revision),
+            detail,
+            time_ms: callgate_uplink::now_ms(),
+        })
+        .await;
 }
 
 /// `show uplink` as text.

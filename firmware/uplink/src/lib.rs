@@ -34,17 +34,17 @@
 //! | `records` | 1 | no | batches of call records ([`payload`]) |
 //! | `status` | 1 | yes | `{"state":"online",…}`; the last will sets `offline` |
 //! | `events` | 1 | no | events the daemon raises, the backlog alarm, certificate expiry |
-//! | `config/desired` | 1 | (the cloud's) | subscribed: config documents from the cloud |
+//! | `config/desired` | 1 | (the cloud's) | subscribed: signed config documents ([`signed`]) |
+//! | `config/reported` | 1 | yes | what became of the last document: applied, confirmed, rolled back, refused |
 //!
 //! ## Current limitations
-//! - Config documents from the cloud are received and counted, not yet applied (signed
-//!   config is the next slice of the uplink issue).
 //! - Events wait in memory (at most 1000); records are the only thing kept durably.
 
 pub mod backoff;
 pub mod identity;
 pub mod payload;
 pub mod session;
+pub mod signed;
 mod task;
 
 use std::net::IpAddr;
@@ -123,8 +123,10 @@ pub struct Status {
     /// Unix ms of the next attempt, when backing off.
     pub next_attempt_ms: Option<u64>,
     pub last_error: Option<String>,
-    /// Config documents received from the cloud (not applied yet).
+    /// Config documents received from the cloud.
     pub desired_received: u64,
+    /// Unix ms of the last packet from the broker.
+    pub last_contact_ms: Option<u64>,
 }
 
 /// Unix time in milliseconds.

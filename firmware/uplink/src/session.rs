@@ -104,6 +104,8 @@ pub struct Ctx<'a> {
     pub events: &'a mut VecDeque<Vec<u8>>,
     /// Config documents from the cloud, to the daemon.
     pub desired: &'a mpsc::Sender<Vec<u8>>,
+    /// The latest report for `config/reported` (retained), kept until acknowledged.
+    pub report: &'a mut Option<Vec<u8>>,
 }
 
 /// Runs one session on `stream` until it fails or the owner ends it.
@@ -124,6 +126,7 @@ where
     let records_topic = topic(&s.prefix, "records");
     let events_topic = topic(&s.prefix, "events");
     let desired_topic = topic(&s.prefix, "config/desired");
+    let reported_topic = topic(&s.prefix, "config/reported");
 
     // CONNECT, with the last will: the retained status turns `offline` if we vanish.
     let mut props = ConnectProperties::new();
@@ -227,6 +230,8 @@ where
     .await?;
 
     let mut inflight: HashMap<u16, Vec<(u64, u64)>> = HashMap::new();
+    // The report in flight: its packet id and the document, cleared on its PUBACK.
+    let mut report_sent: Option<(u16, Vec<u8>)> = None;
     let mut exhausted = false;
     let mut cursor: Option<u64> = None;
     let mut last_rx = Instant::now();
@@ -237,6 +242,19 @@ where
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        // The report, when a newer one waits.
+        if let Some(doc) = cx.report.as_ref() {
+            if report_sent.as_ref().is_none_or(|(_, d)| d != doc) {
+                let id = pkids.take();
+                let mut p =
+                    Publish::new(reported_topic.clone(), QoS::AtLeastOnce, doc.clone(), None);
+                p.retain = true;
+                p.pkid = id;
+                w.send(&Packet::Publish(p)).await?;
+                control.insert(id);
+                report_sent = Some((id, doc.clone()));
+            }
+        }
         // Events first: few and small.
         while let Some(ev) = cx.events.pop_front() {
             let id = pkids.take();
@@ -278,6 +296,8 @@ where
             r = w.fill() => {
                 r?;
                 last_rx = Instant::now();
+                let t = now_ms();
+                cx.status.send_modify(|st| st.last_contact_ms = Some(t));
                 while let Some(p) = w.parse()? {
                     match p {
                         Packet::PubAck(a) => {
@@ -286,7 +306,13 @@ where
                             if let Some(pairs) = inflight.remove(&a.pkid) {
                                 acknowledge(cx.store, cx.status, pairs, true).await?;
                                 exhausted = false;
-                            } else if !control.remove(&a.pkid) {
+                            } else if control.remove(&a.pkid) {
+                                if let Some((id, doc)) = &report_sent {
+                                    if *id == a.pkid && cx.report.as_ref() == Some(doc) {
+                                        *cx.report = None;
+                                    }
+                                }
+                            } else {
                                 return Err(UplinkError::Protocol(format!(
                                     "PUBACK for packet {} that was not sent",
                                     a.pkid
@@ -355,6 +381,7 @@ where
                 Some(Command::Event(e)) => {
                     push_event(cx.events, e);
                 }
+                Some(Command::Report(r)) => *cx.report = Some(r),
                 Some(c) => {
                     // Stopping: the broker publishes the will (`offline`); reconnecting
                     // with new settings: a plain disconnect.

@@ -36,6 +36,8 @@ pub enum Command {
     Reconfigure(Option<Box<(Settings, Option<Credentials>)>>),
     /// An event for the events topic (a JSON document).
     Event(Vec<u8>),
+    /// The report for `config/reported` (retained; a newer one replaces it).
+    Report(Vec<u8>),
     /// Disconnect cleanly and end.
     Stop,
 }
@@ -63,6 +65,11 @@ impl UplinkHandle {
         let _ = self
             .tx
             .try_send(Command::Event(serde_json::to_vec(&doc).unwrap_or_default()));
+    }
+    /// Sets the report for `config/reported`.
+    pub async fn report(&self, doc: &crate::signed::Reported) {
+        let bytes = serde_json::to_vec(doc).unwrap_or_default();
+        let _ = self.tx.send(Command::Report(bytes)).await;
     }
     pub async fn stop(&self) {
         let _ = self.tx.send(Command::Stop).await;
@@ -109,6 +116,7 @@ async fn run(
     events_tx: mpsc::Sender<Command>,
 ) {
     let mut events: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut report: Option<Vec<u8>> = None;
     let mut attempt: u32 = 0;
     let mut started = false;
     let counter = tokio::spawn(count_backlog(
@@ -170,6 +178,7 @@ async fn run(
                                 commands: &mut rx,
                                 events: &mut events,
                                 desired: &desired,
+                                report: &mut report,
                             };
                             session::run(stream, cx).await
                         }
@@ -205,6 +214,7 @@ async fn run(
             None => break,
             Some(Command::Stop) => break,
             Some(Command::Event(e)) => session::push_event(&mut events, e),
+            Some(Command::Report(r)) => report = Some(r),
             Some(Command::Reconfigure(to)) => {
                 cfg = to.map(|b| *b);
                 attempt = 0;

@@ -150,6 +150,7 @@ fn start(store: Arc<Store>) -> (Client, Broker) {
     let handle = tokio::spawn(async move {
         let s = settings();
         let mut events = VecDeque::new();
+        let mut report = None;
         let r = session::run(
             a,
             Ctx {
@@ -159,6 +160,7 @@ fn start(store: Arc<Store>) -> (Client, Broker) {
                 commands: &mut cmd_rx,
                 events: &mut events,
                 desired: &desired_tx,
+                report: &mut report,
             },
         )
         .await;
