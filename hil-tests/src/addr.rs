@@ -6,7 +6,7 @@
 //!
 //! | segment | IPv4 | IPv6 | appliance iface | A | B | other host (`eth0`) |
 //! |---|---|---|---|---|---|---|
-//! | WAN | 203.0.113.0/24 | 2001:db8:1::/64 | `wan0` | .1 / ::1 | .2 / ::2 | carrier .10 (+ .66) / ::10 (+ ::66) |
+//! | WAN | 203.0.113.0/24 | 2001:db8:1::/64 | `wan0` | .1 / ::1 | .2 / ::2 | carrier .10 (+ .66) / ::10 (+ ::66); cloud .200 / ::200 |
 //! | private | 198.51.100.0/24 | 2001:db8:2::/64 | `priv0` | .1 / ::1 | .2 / ::2 | pbx .10 / ::10 |
 //! | mgmt | 192.0.2.128/25 | 2001:db8:4::/64 | `mgmt0` | .129 / ::1 | .130 / ::2 | mgmt .140 (+ .141) / ::10 (+ ::11) |
 //! | sync | 192.0.2.0/25 | 2001:db8:3::/64 | `sync0` | .1 / ::1 | .2 / ::2 | — (only when A and B are both in the lab) |
@@ -14,6 +14,11 @@
 //! The pair's virtual addresses (`config/lab-pair-*.toml`): WAN `.5` / `::5`, private `.5` /
 //! `::5`, held by whichever appliance is active. In a pair lab (`Lab::start_pair`) the
 //! carrier and the PBX route through them.
+//!
+//! The cloud host (the MQTT broker, `hil_tests::broker`) exists only in a lab that asks for
+//! [`Host::Cloud`]. It has no default route: the appliances reach it on-link over the WAN
+//! segment, and it answers them the same way. Its server certificate is made out to
+//! [`BROKER_NAME`] and to both of its addresses.
 //!
 //! The second ("ALT") addresses of the carrier and the mgmt host exist for "wrong source"
 //! tests: bind a probe to them explicitly. They are never picked as a default source
@@ -47,6 +52,14 @@ pub const CARRIER_V4_ALT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
 pub const CARRIER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 /// Carrier, `eth0`, second IPv6 address ("wrong source"; only used when bound explicitly).
 pub const CARRIER_V6_ALT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x66);
+
+/// Cloud (the MQTT broker), `eth0`, IPv4.
+pub const CLOUD_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+/// Cloud (the MQTT broker), `eth0`, IPv6.
+pub const CLOUD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x200);
+/// The broker's name: what its server certificate is made out to (besides its addresses),
+/// and what an appliance's uplink config names as the server to verify.
+pub const BROKER_NAME: &str = "broker.fleet.test";
 
 /// The pair's WAN virtual address, IPv4.
 pub const WAN_VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
@@ -142,7 +155,7 @@ pub mod iface {
     pub const MGMT: &str = "mgmt0";
     /// Appliance (A, B) interface on the sync segment.
     pub const SYNC: &str = "sync0";
-    /// The single interface of the carrier, pbx and mgmt hosts.
+    /// The single interface of the carrier, pbx, mgmt and cloud hosts.
     pub const ETH: &str = "eth0";
 }
 
@@ -157,15 +170,25 @@ pub enum Host {
     B,
     /// Private call segment PBX (`eth0` on the private segment).
     Pbx,
-    /// Engineers and the cloud (`eth0` on the mgmt segment).
+    /// Engineers (`eth0` on the mgmt segment).
     Mgmt,
+    /// The central cloud: the MQTT broker of the uplink (`eth0` on the WAN segment). Only
+    /// in labs that ask for it.
+    Cloud,
 }
 
 impl Host {
     /// Every host, in a fixed order.
-    pub const ALL: [Host; 5] = [Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt];
+    pub const ALL: [Host; 6] = [
+        Host::Carrier,
+        Host::A,
+        Host::B,
+        Host::Pbx,
+        Host::Mgmt,
+        Host::Cloud,
+    ];
 
-    /// Namespace name suffix: `carrier`, `a`, `b`, `pbx`, `mgmt`.
+    /// Namespace name suffix: `carrier`, `a`, `b`, `pbx`, `mgmt`, `cloud`.
     pub fn suffix(self) -> &'static str {
         match self {
             Host::Carrier => "carrier",
@@ -173,6 +196,7 @@ impl Host {
             Host::B => "b",
             Host::Pbx => "pbx",
             Host::Mgmt => "mgmt",
+            Host::Cloud => "cloud",
         }
     }
 
@@ -185,7 +209,7 @@ impl Host {
     pub fn segments(self) -> &'static [Segment] {
         match self {
             Host::A | Host::B => &[Segment::Wan, Segment::Private, Segment::Mgmt, Segment::Sync],
-            Host::Carrier => &[Segment::Wan],
+            Host::Carrier | Host::Cloud => &[Segment::Wan],
             Host::Pbx => &[Segment::Private],
             Host::Mgmt => &[Segment::Mgmt],
         }
@@ -211,6 +235,7 @@ impl Host {
             (H::A, S::Wan) => &[A_WAN_V4],
             (H::B, S::Wan) => &[B_WAN_V4],
             (H::Carrier, S::Wan) => &[CARRIER_V4, CARRIER_V4_ALT],
+            (H::Cloud, S::Wan) => &[CLOUD_V4],
             (H::A, S::Private) => &[A_PRIV_V4],
             (H::B, S::Private) => &[B_PRIV_V4],
             (H::Pbx, S::Private) => &[PBX_V4, PBX2_V4],
@@ -231,6 +256,7 @@ impl Host {
             (H::A, S::Wan) => &[A_WAN_V6],
             (H::B, S::Wan) => &[B_WAN_V6],
             (H::Carrier, S::Wan) => &[CARRIER_V6, CARRIER_V6_ALT],
+            (H::Cloud, S::Wan) => &[CLOUD_V6],
             (H::A, S::Private) => &[A_PRIV_V6],
             (H::B, S::Private) => &[B_PRIV_V6],
             (H::Pbx, S::Private) => &[PBX_V6, PBX2_V6],
@@ -266,7 +292,7 @@ impl Host {
 /// A lab segment: one Linux bridge in the hidden switch namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Segment {
-    /// Carrier ↔ A/B.
+    /// Carrier (and cloud) ↔ A/B.
     Wan,
     /// A/B ↔ PBX.
     Private,
@@ -358,5 +384,23 @@ mod tests {
                 assert!(host.iface(seg).is_some());
             }
         }
+    }
+
+    #[test]
+    fn no_address_belongs_to_two_hosts() {
+        let mut seen = std::collections::HashMap::new();
+        for host in Host::ALL {
+            for &seg in host.segments() {
+                let v4 = host.v4_addrs(seg).iter().map(|&a| IpAddr::V4(a));
+                let v6 = host.v6_addrs(seg).iter().map(|&a| IpAddr::V6(a));
+                for a in v4.chain(v6) {
+                    if let Some(other) = seen.insert(a, host) {
+                        assert_eq!(other, host, "{a} is {other:?}'s and {host:?}'s");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.get(&IpAddr::V4(CLOUD_V4)), Some(&Host::Cloud));
+        assert_eq!(seen.get(&IpAddr::V6(CLOUD_V6)), Some(&Host::Cloud));
     }
 }

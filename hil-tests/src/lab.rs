@@ -179,10 +179,11 @@ impl Lab {
                 }
                 let _ = writeln!(batch, "link set {iface} up");
             }
+            // The mgmt host and the cloud have none: their peers are on-link.
             let gateway_segment = match host {
                 Host::Carrier => Some(Segment::Wan),
                 Host::Pbx => Some(Segment::Private),
-                _ => None,
+                Host::A | Host::B | Host::Mgmt | Host::Cloud => None,
             };
             if let Some(seg) = gateway_segment {
                 // Via the pair's virtual address in a pair lab; else via A, or via B in a

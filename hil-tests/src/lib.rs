@@ -5,9 +5,9 @@
 //! (`callgated`, `sipp`, an MQTT broker, ...) against real kernels' networking.
 //!
 //! ## What
-//! [`Lab::start`] creates one namespace per [`Host`] (`carrier`, `a`, `b`, `pbx`, `mgmt`),
-//! wires them through a hidden switch namespace, and gives each host the addresses of the
-//! plan in [`addr`]. [`Lab::ns`] returns an [`Ns`] handle to run commands
+//! [`Lab::start`] creates one namespace per [`Host`] asked for (`carrier`, `a`, `b`, `pbx`,
+//! `mgmt`, `cloud`), wires them through a hidden switch namespace, and gives each host the
+//! addresses of the plan in [`addr`]. [`Lab::ns`] returns an [`Ns`] handle to run commands
 //! ([`Ns::command`], [`Ns::exec`], [`Ns::spawn`]), run Rust code ([`Ns::run_in`]), or probe
 //! reachability ([`Ns::ping`], [`Ns::tcp_connect`], [`Ns::udp_send`], [`Ns::udp_probe`],
 //! listeners from [`Ns::tcp_listen`] / [`Ns::udp_listen`]).
@@ -27,7 +27,7 @@
 //!
 //! ## Design
 //! - **Naming.** Every lab has a prefix `cg{pid}x{counter}`; its namespaces are
-//!   `{prefix}-{carrier,a,b,pbx,mgmt,sw}`. Labs in one process (parallel tests) never
+//!   `{prefix}-{carrier,a,b,pbx,mgmt,cloud,sw}`. Labs in one process (parallel tests) never
 //!   collide; the pid lets [`Lab::start`] delete leftovers of runs whose process is gone
 //!   (killed with SIGKILL, say), including the processes still inside them.
 //! - **Switch.** `{prefix}-sw` holds one Linux bridge per segment (`br-wan`, `br-priv`,
@@ -39,8 +39,8 @@
 //!   cable by setting a switch port down.
 //! - **Hosts.** `lo` up everywhere; DAD off (IPv6 usable at once); A and B forward IPv4
 //!   and IPv6. Carrier and pbx have default routes via A (via B in a lab without A; via
-//!   the pair's virtual addresses in a [`Lab::start_pair`] lab); the mgmt host has none
-//!   (its peers are on-link).
+//!   the pair's virtual addresses in a [`Lab::start_pair`] lab); the mgmt host and the
+//!   cloud have none (their peers are on-link).
 //! - **Processes.** [`Ns::spawn`] starts a process group leader and registers it: the lab
 //!   SIGTERMs, then SIGKILLs (after 2 s) and reaps each group when dropped. A test can
 //!   also kill or wait one itself through its [`Proc`].
@@ -75,6 +75,7 @@
 
 pub mod addr;
 pub mod appliance;
+pub mod broker;
 pub mod calls;
 mod cmd;
 pub mod console;
@@ -90,6 +91,7 @@ pub mod swtpm;
 
 pub use addr::{Host, Segment};
 pub use appliance::{bin, Appliance, Cli};
+pub use broker::{Broker, BrokerOpts, Identity, Pki, Subscriber};
 pub use error::{LabError, Result};
 pub use lab::{Lab, Ns};
 pub use netns::{lab_namespaces, netns_add, try_run_in_netns, NETNS_DIR};

@@ -19,7 +19,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 pub(crate) const NAME_TAG: &str = "cg";
 
 /// Namespace suffixes the harness creates (hosts plus the hidden switch).
-pub(crate) const SUFFIXES: [&str; 6] = ["carrier", "a", "b", "pbx", "mgmt", "sw"];
+pub(crate) const SUFFIXES: [&str; 7] = ["carrier", "a", "b", "pbx", "mgmt", "cloud", "sw"];
 
 /// Runs `f` on a fresh thread that has joined network namespace `ns` (by name, as listed
 /// by `ip netns list`). Sockets created inside `f` belong to that namespace and keep it
@@ -206,6 +206,7 @@ mod tests {
         assert_eq!(parse_name("cg1234x0-a"), Some((1234, "cg1234x0")));
         assert_eq!(parse_name("cg1x17-sw"), Some((1, "cg1x17")));
         assert_eq!(parse_name("cg1x17-carrier"), Some((1, "cg1x17")));
+        assert_eq!(parse_name("cg1x17-cloud"), Some((1, "cg1x17")));
         assert_eq!(parse_name("cg1x17-other"), None);
         assert_eq!(parse_name("cgx17-a"), None);
         assert_eq!(parse_name("cg12x-a"), None);

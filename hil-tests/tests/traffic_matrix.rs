@@ -63,7 +63,7 @@ fn zone_host(z: ZoneName) -> Option<Host> {
 
 fn host_zone(h: Host) -> ZoneName {
     match h {
-        Host::Carrier => ZoneName::Wan,
+        Host::Carrier | Host::Cloud => ZoneName::Wan,
         Host::Pbx => ZoneName::Private,
         Host::Mgmt => ZoneName::Mgmt,
         Host::A | Host::B => panic!("an appliance is in every zone"),
