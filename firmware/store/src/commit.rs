@@ -41,12 +41,6 @@ pub enum Op {
         tree: sled::Tree,
         key: Vec<u8>,
     },
-    /// Removes `key` only while it still holds `value` (a later write of it stays).
-    RemoveIf {
-        tree: sled::Tree,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
     /// Runs on the writer thread, between the ops around it: for changes that must be
     /// serialized with every other write (data-key rotation).
     Run(Box<dyn FnOnce() -> Result<(), String> + Send>),
@@ -61,7 +55,7 @@ impl std::fmt::Debug for Op {
                 .field("key_len", &key.len())
                 .field("value_len", &value.len())
                 .finish(),
-            Op::Remove { tree, key } | Op::RemoveIf { tree, key, .. } => f
+            Op::Remove { tree, key } => f
                 .debug_struct("Remove")
                 .field("tree", &String::from_utf8_lossy(&tree.name()))
                 .field("key_len", &key.len())
@@ -212,12 +206,6 @@ fn apply(ops: Vec<Op>) -> Result<(), CommitError> {
             }
             Op::Remove { tree, key } => {
                 tree.remove(key).map_err(CommitError::Apply)?;
-            }
-            Op::RemoveIf { tree, key, value } => {
-                // A mismatch (written again since) is not an error: the new write stays.
-                let _ = tree
-                    .compare_and_swap(key, Some(value), None::<&[u8]>)
-                    .map_err(CommitError::Apply)?;
             }
             Op::Run(f) => f().map_err(CommitError::Run)?,
         }

@@ -13,7 +13,7 @@
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
 //!   | `history` | console user name | sealed command history (newest last, bounded) |
-//!   | `outbox` | CDR id, u64 BE | write sequence, u64 BE: the record awaits the uplink |
+//!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
@@ -523,14 +523,7 @@ impl Store {
         let (slots, unfinished) = open::OpenSlots::open(&dir).map_err(dir_err)?;
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
-        let mut seq = 0u64;
-        for item in t.outbox.iter() {
-            let (_, v) = item?;
-            if let Ok(b) = <[u8; 8]>::try_from(&*v) {
-                seq = seq.max(u64::from_be_bytes(b));
-            }
-        }
-        let outbox_seq = AtomicU64::new(seq.saturating_add(1));
+        let outbox_seq = AtomicU64::new(next_id(&t.outbox)?);
         let store = Store {
             dir,
             keys: Arc::new(Keys {
@@ -1215,8 +1208,9 @@ impl Store {
     }
 
     fn cdr_write(&self, id: u64, sealed: Vec<u8>, index: Option<Vec<u8>>) -> Vec<Op> {
-        // Every write of a record puts it in the outbox in the same commit: the uplink
-        // sends what is there (again, if it was written again since it was sent).
+        // Every write of a record puts it in the outbox in the same commit, under the next
+        // write sequence: the uplink sends in write order (a record written again is sent
+        // again, its latest write).
         let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
         let mut ops = vec![
             Op::Insert {
@@ -1226,8 +1220,8 @@ impl Store {
             },
             Op::Insert {
                 tree: self.t.outbox.clone(),
-                key: id.to_be_bytes().to_vec(),
-                value: seq.to_be_bytes().to_vec(),
+                key: seq.to_be_bytes().to_vec(),
+                value: id.to_be_bytes().to_vec(),
             },
         ];
         if let Some(k) = index {
@@ -1535,42 +1529,41 @@ impl Store {
 
     // ---- the uplink's outbox ----
 
-    /// Up to `n` records awaiting the uplink with ids above `after`, in id order: (id,
-    /// write sequence). Hand the pairs back to [`Self::outbox_sent`] once the cloud has
-    /// them.
+    /// Up to `n` writes awaiting the uplink after write sequence `after`, in write order:
+    /// (write sequence, record id). Hand the sequences to [`Self::outbox_sent`] once the
+    /// cloud has them.
     pub fn outbox_page(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
-        let from = after.map_or(0, |a| a.saturating_add(1));
-        if after == Some(u64::MAX) {
-            return Ok(Vec::new());
-        }
+        let from = match after {
+            None => 0,
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(a) => a + 1,
+        };
         let mut out = Vec::with_capacity(n.min(4096));
         for item in self.t.outbox.range(from.to_be_bytes()..).take(n) {
             let (k, v) = item?;
-            let (Ok(k), Ok(v)) = (<[u8; 8]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) else {
+            let (Some(seq), Some(id)) = (id_of(&k), id_of(&v)) else {
                 continue;
             };
-            out.push((u64::from_be_bytes(k), u64::from_be_bytes(v)));
+            out.push((seq, id));
         }
         Ok(out)
     }
 
-    /// How many records await the uplink (walks the outbox: for status, not a hot path).
+    /// How many writes await the uplink (walks the outbox: for status, not a hot path).
     pub fn outbox_len(&self) -> usize {
         self.t.outbox.len()
     }
 
-    /// The cloud acknowledged these (id, write sequence) pairs: they leave the outbox,
-    /// durably, unless written again since (then the newer write stays, to be sent).
-    pub fn outbox_sent(&self, sent: &[(u64, u64)]) -> Result<(), StoreError> {
-        if sent.is_empty() {
+    /// The cloud acknowledged these writes (by sequence): they leave the outbox, durably.
+    pub fn outbox_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
             return Ok(());
         }
-        let ops = sent
+        let ops = seqs
             .iter()
-            .map(|(id, seq)| Op::RemoveIf {
+            .map(|seq| Op::Remove {
                 tree: self.t.outbox.clone(),
-                key: id.to_be_bytes().to_vec(),
-                value: seq.to_be_bytes().to_vec(),
+                key: seq.to_be_bytes().to_vec(),
             })
             .collect();
         self.commit(ops)

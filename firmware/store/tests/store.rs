@@ -664,7 +664,7 @@ fn console_history_is_sealed_bounded_and_per_user() {
 }
 
 #[test]
-fn the_outbox_holds_every_written_record_until_the_cloud_has_its_latest_write() {
+fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
     let dir = tempfile::tempdir().unwrap();
     let k = kek();
     let (a, b, c);
@@ -675,20 +675,21 @@ fn the_outbox_holds_every_written_record_until_the_cloud_has_its_latest_write() 
         c = s.append_cdr(&cdr(PHONE, None, 3)).unwrap();
         assert_eq!(s.outbox_len(), 3);
         let page = s.outbox_page(None, 2).unwrap();
-        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![a, b]);
-        let rest = s.outbox_page(Some(b), 10).unwrap();
-        assert_eq!(rest.iter().map(|p| p.0).collect::<Vec<_>>(), vec![c]);
-        // b is written again (its final record) after it was read for sending: the ack
-        // of the old write must not drop the new one.
+        assert_eq!(page.iter().map(|p| p.1).collect::<Vec<_>>(), vec![a, b]);
+        let rest = s.outbox_page(Some(page[1].0), 10).unwrap();
+        assert_eq!(rest.iter().map(|p| p.1).collect::<Vec<_>>(), vec![c]);
+        // b is written again (its final record) after it was read for sending: its new
+        // write waits on, after c, whatever becomes of the old one.
         s.put_cdr(b, &cdr(PHONE, None, 22)).unwrap();
-        s.outbox_sent(&page).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|p| p.0).collect();
+        s.outbox_sent(&seqs).unwrap();
         let left: Vec<u64> = s
             .outbox_page(None, 10)
             .unwrap()
             .iter()
-            .map(|p| p.0)
+            .map(|p| p.1)
             .collect();
-        assert_eq!(left, vec![b, c]);
+        assert_eq!(left, vec![c, b]);
     }
     // Durable across a reopen; sequences keep growing (no reuse after a restart).
     let s = Store::open(dir.path(), k).unwrap();
@@ -696,10 +697,10 @@ fn the_outbox_holds_every_written_record_until_the_cloud_has_its_latest_write() 
     assert_eq!(before.len(), 2);
     s.put_cdr(c, &cdr(PHONE, None, 33)).unwrap();
     let after = s.outbox_page(None, 10).unwrap();
-    assert!(after[1].1 > before[1].1, "{before:?} {after:?}");
-    s.outbox_sent(&before).unwrap();
-    assert_eq!(s.outbox_page(None, 10).unwrap(), vec![after[1]]);
-    s.outbox_sent(&after).unwrap();
+    assert_eq!(after.len(), 3);
+    assert!(after[2].0 > before[1].0, "{before:?} {after:?}");
+    s.outbox_sent(&after.iter().map(|p| p.0).collect::<Vec<_>>())
+        .unwrap();
     assert_eq!(s.outbox_len(), 0);
     assert!(s.outbox_page(Some(u64::MAX), 1).unwrap().is_empty());
 }

@@ -5,8 +5,9 @@
 //!
 //! ## Design
 //! - **The store is the outbox.** Every write of a record puts its id in the store's
-//!   `outbox` tree in the same durable commit ([`callgate_store::Store::outbox_page`]). The
-//!   uplink reads the outbox in id order, reads each record from the encrypted store,
+//!   `outbox` tree under the next write sequence, in the same durable commit
+//!   ([`callgate_store::Store::outbox_page`]). The uplink reads the outbox in write order,
+//!   reads each record from the encrypted store,
 //!   publishes batches at QoS 1 and, on each PUBACK, removes what the broker acknowledged
 //!   from the outbox, durably, before it counts as sent
 //!   ([`callgate_store::Store::outbox_sent`]). Nothing is copied into a second queue, and

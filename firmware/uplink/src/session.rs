@@ -229,6 +229,7 @@ where
     }))
     .await?;
 
+    // Per packet id: the (record id, write sequence) pairs it carries.
     let mut inflight: HashMap<u16, Vec<(u64, u64)>> = HashMap::new();
     // The report in flight: its packet id and the document, cleared on its PUBACK.
     let mut report_sent: Option<(u16, Vec<u8>)> = None;
@@ -265,11 +266,11 @@ where
         }
         // Fill the window from the outbox.
         while !exhausted && inflight.len() < window {
-            let sent: HashSet<(u64, u64)> = inflight.values().flatten().copied().collect();
+            let sent: HashSet<u64> = inflight.values().flatten().map(|(_, seq)| *seq).collect();
             let (batch, next) = read_batch(cx.store, s, cursor, sent, limit).await?;
             match (batch.is_empty(), cursor) {
-                // The end of the outbox: once more from its start (a call's final record
-                // can have a lower id than records sent before it), then wait.
+                // The end of the outbox: once more from its start (a write that became
+                // visible just after a later one was read), then wait.
                 (true, Some(_)) => cursor = None,
                 (true, None) => exhausted = true,
                 (false, _) => {
@@ -433,7 +434,8 @@ async fn acknowledge(
 ) -> Result<(), UplinkError> {
     let n = pairs.len() as u64;
     let st = store.clone();
-    tokio::task::spawn_blocking(move || st.outbox_sent(&pairs))
+    let seqs: Vec<u64> = pairs.iter().map(|(_, seq)| *seq).collect();
+    tokio::task::spawn_blocking(move || st.outbox_sent(&seqs))
         .await
         .map_err(|e| UplinkError::Store(e.to_string()))?
         .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
@@ -448,13 +450,13 @@ async fn acknowledge(
     Ok(())
 }
 
-/// The next batch from the outbox after `cursor`, leaving out what is in flight; the
-/// cursor after it.
+/// The next batch from the outbox after write sequence `cursor`, leaving out what is in
+/// flight; the cursor after it.
 async fn read_batch(
     store: &Arc<Store>,
     s: &Settings,
     cursor: Option<u64>,
-    in_flight: HashSet<(u64, u64)>,
+    in_flight: HashSet<u64>,
     limit: usize,
 ) -> Result<(Batch, Option<u64>), UplinkError> {
     let st = store.clone();
@@ -469,9 +471,9 @@ async fn read_batch(
             if page.is_empty() {
                 break;
             }
-            for (id, seq) in page {
-                if in_flight.contains(&(id, seq)) {
-                    cursor = Some(id);
+            for (seq, id) in page {
+                if in_flight.contains(&seq) {
+                    cursor = Some(seq);
                     continue;
                 }
                 match st.get_cdr(id) {
@@ -490,7 +492,7 @@ async fn read_batch(
                         batch.skip(id, seq);
                     }
                 }
-                cursor = Some(id);
+                cursor = Some(seq);
                 if batch.len() >= max {
                     break 'pages;
                 }

@@ -234,7 +234,7 @@ async fn records_leave_the_outbox_only_when_the_broker_acknowledges_them() {
     }
     let mut sorted = got.clone();
     sorted.sort_unstable();
-    assert_eq!(got, sorted, "in id order");
+    assert_eq!(got, sorted, "in write order (here: id order)");
     assert_eq!(got, (1..=35).collect::<Vec<_>>());
     for _ in 0..100 {
         if store.outbox_len() == 0 {
