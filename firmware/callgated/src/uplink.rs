@@ -263,6 +263,11 @@ async fn apply_desired(
     let peek_version = serde_json::from_slice::<serde_json::Value>(raw)
         .ok()
         .and_then(|v| v["version"].as_u64());
+    if peek_version.is_some() && peek_version == last {
+        // The document already applied, delivered again (retained, or a reconnect).
+        log::debug!("uplink: config version {last:?} from the cloud is the one applied");
+        return None;
+    }
     let refuse = |r: Refusal| {
         log::warn!("uplink: a config document from the cloud is refused: {r}");
         report(peek_version, "refused", None, r.to_string())

@@ -19,7 +19,9 @@
 //!   `rumqttc`'s codec (`rumqttc::v5::mqttbytes`, no default features: none of its TLS
 //!   stack); the session ([`session`]) sends CONNECT with a last will (retained `offline`
 //!   status), keeps at most `inflight` batches unacknowledged (and no more than the
-//!   broker's Receive Maximum), pings at the keepalive, and ends on any protocol error,
+//!   broker's Receive Maximum), pings at the keepalive, keeps records the broker accepted
+//!   without a subscriber (reason 0x10: the cloud's session is gone) and sends them again
+//!   a second later, and ends on any protocol error,
 //!   refused acknowledgement or silence longer than 1.5 keepalives.
 //! - **TLS**: rustls (ring, TLS 1.3 only), the fleet CA the only trust anchor, the broker's
 //!   DNS name verified, the appliance's certificate and key (the key sealed under the

@@ -32,6 +32,8 @@ pub const MAX_INCOMING: u32 = 1024 * 1024;
 pub const CONNACK_WAIT: Duration = Duration::from_secs(10);
 /// How often an exhausted outbox is looked at again.
 pub const POLL: Duration = Duration::from_millis(50);
+/// How long records wait after the broker said nobody subscribes to them.
+pub const NO_SUBSCRIBER_HOLD: Duration = Duration::from_secs(1);
 
 /// Topics under the prefix.
 pub fn topic(prefix: &str, leaf: &str) -> String {
@@ -235,6 +237,7 @@ where
     let mut report_sent: Option<(u16, Vec<u8>)> = None;
     let mut exhausted = false;
     let mut cursor: Option<u64> = None;
+    let mut held_until: Option<Instant> = None;
     let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(s.keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,8 +308,20 @@ where
                             pkids.free(a.pkid);
                             check_ack(&a)?;
                             if let Some(pairs) = inflight.remove(&a.pkid) {
-                                acknowledge(cx.store, cx.status, pairs, true).await?;
-                                exhausted = false;
+                                if a.reason == PubAckReason::NoMatchingSubscribers {
+                                    // Accepted, but nobody takes records (the cloud's
+                                    // subscription is gone, e.g. a broker that lost its
+                                    // sessions): they stay in the outbox and go again.
+                                    held_until = Some(Instant::now() + NO_SUBSCRIBER_HOLD);
+                                    exhausted = true;
+                                    cursor = None;
+                                    let e = "the broker has no subscriber for the records: they wait in the outbox".to_owned();
+                                    cx.status.send_modify(|st| st.last_error = Some(e));
+                                    drop(pairs);
+                                } else {
+                                    acknowledge(cx.store, cx.status, pairs, true).await?;
+                                    exhausted = held_until.is_some();
+                                }
                             } else if control.remove(&a.pkid) {
                                 if let Some((id, doc)) = &report_sent {
                                     if *id == a.pkid && cx.report.as_ref() == Some(doc) {
@@ -377,7 +392,12 @@ where
                 }
                 w.send(&Packet::PingReq(PingReq)).await?;
             }
-            _ = poll.tick() => exhausted = false,
+            _ = poll.tick() => {
+                if held_until.is_none_or(|t| Instant::now() >= t) {
+                    held_until = None;
+                    exhausted = false;
+                }
+            }
             c = cx.commands.recv() => match c {
                 Some(Command::Event(e)) => {
                     push_event(cx.events, e);

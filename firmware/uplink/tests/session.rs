@@ -289,6 +289,33 @@ async fn a_broker_that_vanishes_or_refuses_leaves_every_record_waiting() {
     let e = c.handle.await.unwrap().unwrap_err();
     assert!(e.to_string().contains("NotAuthorized"), "{e}");
     assert_eq!(store.outbox_len(), 12);
+    // Accepted with nobody subscribed (a broker that lost the cloud's session): kept, and
+    // sent again a moment later.
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let Packet::Publish(p) = b.read().await else {
+        panic!("records")
+    };
+    let first = ids(&p.payload);
+    let mut ack = PubAck::new(p.pkid, None);
+    ack.reason = PubAckReason::NoMatchingSubscribers;
+    b.send(Packet::PubAck(ack)).await;
+    // (the second batch of the window may come first: it was already on its way)
+    let mut resent = false;
+    for _ in 0..3 {
+        let Packet::Publish(again) = b.read().await else {
+            panic!("records again")
+        };
+        if ids(&again.payload) == first {
+            resent = true;
+            break;
+        }
+    }
+    assert!(resent, "the refused batch is sent again");
+    assert_eq!(store.outbox_len(), 12);
+    assert!(c.status.borrow().last_error.as_deref().unwrap_or("").contains("no subscriber"));
+    drop(b);
+    let _ = c.handle.await;
     // A PUBACK for a packet never sent is a protocol error.
     let (c, mut b) = start(store.clone());
     b.accept().await;
