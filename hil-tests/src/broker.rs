@@ -314,6 +314,16 @@ impl Ca {
     /// `[A-Za-z0-9._-]{1,64}`, and [`CLOUD_CN`] (that identity may write every
     /// appliance's topics). Returns the certificate, PEM.
     pub fn sign_csr(&self, csr_pem: &str) -> Result<String> {
+        self.sign_csr_for(csr_pem, None)
+    }
+
+    /// [`Ca::sign_csr`] with the validity `window` (notBefore, notAfter as
+    /// `YYYYMMDDHHMMSSZ`): a certificate that expires during a test, or has expired.
+    pub fn sign_csr_valid(&self, csr_pem: &str, from: &str, to: &str) -> Result<String> {
+        self.sign_csr_for(csr_pem, Some((from, to)))
+    }
+
+    fn sign_csr_for(&self, csr_pem: &str, window: Option<(&str, &str)>) -> Result<String> {
         let stem = format!("csr-{}", next_id());
         let csr = format!("{stem}.csr");
         std::fs::write(self.dir.join(&csr), csr_pem)?;
@@ -337,7 +347,7 @@ impl Ca {
                 "CSR CN {cn:?} is the cloud's own identity: refused"
             )));
         }
-        let cert = self.sign(&csr, &stem, Usage::Client, None, None)?;
+        let cert = self.sign(&csr, &stem, Usage::Client, None, window)?;
         Ok(std::fs::read_to_string(cert)?)
     }
 
