@@ -313,7 +313,13 @@ async fn a_broker_that_vanishes_or_refuses_leaves_every_record_waiting() {
     }
     assert!(resent, "the refused batch is sent again");
     assert_eq!(store.outbox_len(), 12);
-    assert!(c.status.borrow().last_error.as_deref().unwrap_or("").contains("no subscriber"));
+    assert!(c
+        .status
+        .borrow()
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("no subscriber"));
     drop(b);
     let _ = c.handle.await;
     // A PUBACK for a packet never sent is a protocol error.
