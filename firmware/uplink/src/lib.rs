@@ -55,7 +55,7 @@ use std::time::Duration;
 
 pub use identity::{cert_info, check_certificate, CertInfo, ClientKey};
 pub use rustls::pki_types::UnixTime;
-pub use task::{spawn, Command, Credentials, UplinkHandle};
+pub use task::{connect, spawn, Command, Credentials, UplinkHandle};
 
 /// Errors of the uplink. `Display` is what `show uplink` and the log say.
 #[derive(Debug, Clone, thiserror::Error)]

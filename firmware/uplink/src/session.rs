@@ -420,6 +420,80 @@ where
     }
 }
 
+/// The benchmark's anchor: the same connection, codec and window as [`run`], publishing
+/// ready-made payloads at QoS 1 straight from memory to `topic`, with no outbox, no store
+/// and no durable step; returns once the broker acknowledged them all.
+pub async fn publish_raw<S>(
+    stream: S,
+    client_id: &str,
+    topic: &str,
+    window: usize,
+    payloads: Vec<Vec<u8>>,
+) -> Result<(), UplinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut w = Wire {
+        rd,
+        wr,
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        wbuf: BytesMut::with_capacity(64 * 1024),
+        max_out: None,
+    };
+    let connect = Connect {
+        keep_alive: 30,
+        client_id: client_id.to_owned(),
+        clean_start: true,
+        properties: None,
+    };
+    w.send(&Packet::Connect(connect, None, None)).await?;
+    let ack = loop {
+        if let Some(p) = w.parse()? {
+            break p;
+        }
+        w.fill().await?;
+    };
+    let mut window = window.max(1);
+    match ack {
+        Packet::ConnAck(a) if a.code == ConnectReturnCode::Success => {
+            if let Some(r) = a.properties.and_then(|p| p.receive_max) {
+                window = window.min(usize::from(r).max(1));
+            }
+        }
+        other => return Err(UplinkError::Refused(format!("CONNECT: {}", kind(&other)))),
+    }
+    let mut pkids = Pkids::default();
+    let mut pending = payloads.into_iter();
+    let mut inflight = 0usize;
+    loop {
+        while inflight < window {
+            let Some(body) = pending.next() else { break };
+            let mut p = Publish::new(topic, QoS::AtLeastOnce, body, None);
+            p.pkid = pkids.take();
+            w.send(&Packet::Publish(p)).await?;
+            inflight += 1;
+        }
+        if inflight == 0 {
+            break;
+        }
+        w.fill().await?;
+        while let Some(p) = w.parse()? {
+            if let Packet::PubAck(a) = p {
+                check_ack(&a)?;
+                pkids.free(a.pkid);
+                inflight -= 1;
+            }
+        }
+    }
+    let _ = w
+        .send(&Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )))
+        .await;
+    Ok(())
+}
+
 /// At most this many events wait while the broker is away (the oldest go first).
 pub const MAX_EVENTS: usize = 1000;
 

@@ -313,7 +313,7 @@ async fn count_backlog(
 
 /// TCP to the broker, then TLS 1.3: the fleet CA the only anchor, the broker's name
 /// verified, the appliance's certificate presented.
-async fn connect(
+pub async fn connect(
     s: &Settings,
     c: &Credentials,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UplinkError> {
