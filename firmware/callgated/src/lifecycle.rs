@@ -228,6 +228,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         replicator: replicator.clone(),
         uplink: uplink.clone(),
     };
+    crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
     running.publish_pair(started);
     Ok((

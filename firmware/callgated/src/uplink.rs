@@ -421,6 +421,50 @@ async fn confirm_when_reached(
         .await;
 }
 
+/// Role changes of the pair (takeovers, failovers, step-downs) as events for the cloud.
+pub fn report_roles(
+    mut pair: tokio::sync::watch::Receiver<crate::pair::PairState>,
+    uplink: Uplink,
+) {
+    tokio::spawn(async move {
+        let mut last: Option<(String, u64)> = None;
+        loop {
+            let status = match &*pair.borrow_and_update() {
+                crate::pair::PairState::Running(h) => Some(h.watch()),
+                _ => None,
+            };
+            let Some(mut status) = status else {
+                if pair.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            loop {
+                let now = {
+                    let s = status.borrow_and_update();
+                    (s.role.clone(), s.term)
+                };
+                if last.as_ref().map(|(r, _)| r) != Some(&now.0) {
+                    if let Some((from, _)) = &last {
+                        log::info!("uplink: pair role {from} -> {} (term {})", now.0, now.1);
+                        uplink.event("role", json!({"from": from, "to": now.0, "term": now.1}));
+                    }
+                    last = Some(now);
+                }
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { break },
+                    r = pair.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// `show uplink` as text.
 pub fn show_text(s: &Status) -> String {
     let t = |ms: Option<u64>| ms.map_or("-".to_owned(), crate::human::time);

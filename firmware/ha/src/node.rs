@@ -145,6 +145,11 @@ impl HaHandle {
         self.status.borrow().clone()
     }
 
+    /// The status as it changes.
+    pub fn watch(&self) -> watch::Receiver<PairStatus> {
+        self.status.clone()
+    }
+
     /// Asks the peer to take over (planned failover); the addresses move when it has.
     pub fn handover(&self) -> bool {
         self.cmd.send(Cmd::Handover).is_ok()
