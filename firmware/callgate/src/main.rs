@@ -269,7 +269,23 @@ fn main() -> ExitCode {
             ShowWhat::Audit { last } => Request::ShowAudit { last },
             ShowWhat::Sessions => Request::ShowSessions,
             ShowWhat::Calls => Request::ShowCalls,
-            ShowWhat::Cdrs { last } => Request::ShowCdrs { last },
+            ShowWhat::Cdrs { last } => {
+                if !args.json {
+                    // Printed as the parts arrive: neither side holds the whole listing.
+                    let socket = args.socket.clone().unwrap_or_else(default_socket);
+                    return print_streamed(
+                        &socket,
+                        &Request::ShowCdrs {
+                            last,
+                            text_only: true,
+                        },
+                    );
+                }
+                Request::ShowCdrs {
+                    last,
+                    text_only: false,
+                }
+            }
             ShowWhat::Pair => Request::ShowPair,
             ShowWhat::Uplink => Request::ShowUplink,
             ShowWhat::Sip {
@@ -401,6 +417,34 @@ fn main() -> ExitCode {
     } else {
         eprintln!("{}", resp.text);
         ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+/// Sends `req` and prints each part's text as it arrives.
+fn print_streamed(socket: &Path, req: &Request) -> ExitCode {
+    let mut refused: Option<String> = None;
+    let mut out = std::io::stdout().lock();
+    let r = Client::connect(socket).and_then(|mut c| {
+        c.request_parts(req, |part| {
+            if part.ok {
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = out.write_all(part.text.as_bytes());
+            } else {
+                refused = Some(part.text);
+            }
+        })
+    });
+    let _ = out.flush();
+    match (r, refused) {
+        (Err(e), _) => {
+            eprintln!("callgate: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        (Ok(()), Some(why)) => {
+            eprintln!("{why}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
 }
 

@@ -91,7 +91,11 @@ fn fixed_row(cells: &[impl AsRef<str>]) -> String {
 /// `show cdrs`, sent a page of [`PAGE`] records at a time as they are read and decrypted,
 /// so the daemon never holds the whole listing (the last part is empty, `more == false`).
 /// A client that goes away stops the reading.
-pub fn stream_cdrs(store: Arc<Store>, last: usize) -> tokio::sync::mpsc::Receiver<Response> {
+pub fn stream_cdrs(
+    store: Arc<Store>,
+    last: usize,
+    text_only: bool,
+) -> tokio::sync::mpsc::Receiver<Response> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let last = last.min(MAX_LAST);
@@ -125,7 +129,9 @@ pub fn stream_cdrs(store: Arc<Store>, last: usize) -> tokio::sync::mpsc::Receive
                 match r {
                     Ok(rec) => {
                         text.push_str(&fixed_row(&row(rec.id, &rec.value)));
-                        data.push(json!({ "id": rec.id, "cdr": rec.value }));
+                        if !text_only {
+                            data.push(json!({ "id": rec.id, "cdr": rec.value }));
+                        }
                     }
                     Err(e) => {
                         let _ = writeln!(

@@ -73,15 +73,17 @@ pub fn handler(
         let sessions = sessions.clone();
         Box::pin(async move {
             // `show cdrs` streams: its pages go out as they are read.
-            if let (Call::Request(Request::ShowCdrs { last }), Phase::Running { store, .. }) =
-                (&call, &*phase)
+            if let (
+                Call::Request(Request::ShowCdrs { last, text_only }),
+                Phase::Running { store, .. },
+            ) = (&call, &*phase)
             {
                 if !audit(&phase, &peer, "show cdrs", "started").await {
                     return Reply::One(Response::err(
                         "show cdrs: refused: the audit trail cannot be written",
                     ));
                 }
-                let rx = crate::calls_view::stream_cdrs(store.clone(), *last);
+                let rx = crate::calls_view::stream_cdrs(store.clone(), *last, *text_only);
                 let _ = audit(&phase, &peer, "show cdrs", "ok (streamed)").await;
                 return Reply::Stream(rx);
             }

@@ -62,6 +62,9 @@ pub enum Request {
     ShowCdrs {
         #[serde(default = "default_last")]
         last: usize,
+        /// Text only (a person reads it): the parts carry no structured data.
+        #[serde(default)]
+        text_only: bool,
     },
     /// SIP proxy counters.
     ShowSipStats,
@@ -702,7 +705,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(r.is_change());
         assert!(!Request::ShowFirewall.is_change());
-        assert!(Request::ShowCdrs { last: 1 }.is_audited());
+        assert!(Request::ShowCdrs {
+            last: 1,
+            text_only: false
+        }
+        .is_audited());
         assert!(
             !Request::ShowCalls.is_audited(),
             "show calls masks caller numbers"

@@ -382,7 +382,13 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             } else {
                 number(0)? as usize
             };
-            answer(ask(s, &Request::ShowCdrs { last })?)?
+            answer(ask(
+                s,
+                &Request::ShowCdrs {
+                    last,
+                    text_only: true,
+                },
+            )?)?
         }
         Action::ShowSipStats => answer(ask(s, &Request::ShowSipStats)?)?,
         Action::ShowPair => answer(ask(s, &Request::ShowPair)?)?,
