@@ -624,6 +624,14 @@ fn on_the_serial_console_passwords_log_in_and_wrong_ones_lock_the_account() {
     attempt(&mut p, "olga", olga_pw);
     p.exp_string("Login incorrect").unwrap();
     drop(p);
+    // The daemon saw the lockout in pam_faillock's own tally (an event for the cloud).
+    assert!(
+        wait_until(Duration::from_secs(15), || a
+            .log()
+            .contains("the account olga is locked")),
+        "{}",
+        a.log()
+    );
     // An admin lifts it (through the console); the password works again.
     let mut admin = rexpect::session::spawn_command(
         {

@@ -185,18 +185,11 @@ const HISTORY_LINES: usize = 500;
 /// Where pam_faillock keeps its records: `dir` in /etc/security/faillock.conf (the
 /// `faillock` tool of Debian 12 does not read that file itself), else its default.
 fn faillock_dir() -> String {
-    std::fs::read_to_string("/etc/security/faillock.conf")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .map(str::trim)
-                .filter(|l| !l.starts_with('#'))
-                .find_map(|l| {
-                    let (k, v) = l.split_once('=')?;
-                    (k.trim() == "dir").then(|| v.trim().to_owned())
-                })
-        })
-        .unwrap_or_else(|| "/run/faillock".to_owned())
+    let conf = std::fs::read_to_string("/etc/security/faillock.conf").unwrap_or_default();
+    crate::lockouts::Policy::parse(&conf)
+        .dir
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `configure` and its exit, and the commits of everyone else while someone holds it.

@@ -229,6 +229,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         uplink: uplink.clone(),
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
+    crate::lockouts::watch(config.config(), running.uplink.clone());
     let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
     running.publish_pair(started);
     Ok((

@@ -36,6 +36,7 @@ mod calls_view;
 mod dispatch;
 mod human;
 mod lifecycle;
+mod lockouts;
 mod logging;
 mod pair;
 mod pair_config;
