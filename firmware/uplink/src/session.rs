@@ -539,6 +539,10 @@ async fn acknowledge(
             s.records_sent += n;
             s.messages_acked += 1;
             s.last_ack_ms = Some(t);
+            // Counted again every second; until then, what just left.
+            s.backlog = s
+                .backlog
+                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
         });
     }
     Ok(())

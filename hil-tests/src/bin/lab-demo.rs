@@ -281,6 +281,168 @@ console: an engineer logs in over SSH with their key and makes a confirmed commi
     wrong
 }
 
+/// The uplink: the cloud's broker (Debian's Mosquitto, mutual TLS 1.3, a test fleet CA) in
+/// the cloud namespace; a's key made and sealed on a, its request signed by the fleet CA,
+/// the certificate installed; every record reaches the broker (read with mosquitto_sub as
+/// the cloud); then a config signed by the fleet's key is sent from the cloud, applied as a
+/// confirmed commit and confirmed once the broker is reached again.
+fn cloud(lab: &Lab, a: &Appliance<'_>) -> usize {
+    use base64::Engine as _;
+    use hil_tests::broker::{publish, Broker, BrokerOpts, Pki, Subscriber};
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    println!(
+        "\ncloud: records to the cloud's MQTT broker over mutual TLS, and a signed config from it"
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let Ok(dir) = tempfile::tempdir() else {
+        return 1;
+    };
+    let (pki, fleet) = match (
+        Pki::new(dir.path()),
+        Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .ok()
+            .and_then(|d| Ed25519KeyPair::from_pkcs8(d.as_ref()).ok()),
+    ) {
+        (Ok(p), Some(f)) => (p, f),
+        _ => {
+            eprintln!("cloud: the test PKI or the fleet key could not be made");
+            return 1;
+        }
+    };
+    let cloud_ns = lab.ns(Host::Cloud);
+    let (_broker, sub) = match Broker::start(&cloud_ns, &pki, BrokerOpts::default())
+        .and_then(|b| Subscriber::start(&cloud_ns, &pki, "callgate/lab-a/#").map(|s| (b, s)))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("cloud: the broker: {e}");
+            return 1;
+        }
+    };
+    println!("  mosquitto on broker.fleet.test ({}:8883): TLS 1.3, client certificates required, each appliance under callgate/<its name>/", addr::CLOUD_V4);
+    let running = a.cli(&["--json", "show", "config"]).json()["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let cfg = format!(
+        "{running}\n[[egress]]\nname = \"uplink\"\nzone = \"wan\"\ndestinations = [\"{}/32\"]\nprotocol = \"tcp\"\nports = [8883]\n\n\
+         [uplink]\nbroker = \"{}\"\naddress = \"{}\"\nca = \"\"\"\n{}\"\"\"\nfleet_key = \"{}\"\nboot_delay_max_secs = 0\nbackoff_max_secs = 2\n",
+        addr::CLOUD_V4,
+        addr::BROKER_NAME,
+        addr::CLOUD_V4,
+        pki.ca_pem().unwrap_or_default(),
+        b64(fleet.public_key().as_ref()),
+    );
+    let r = a.commit(&cfg, &[]);
+    if !r.ok() {
+        eprintln!("cloud: commit of [uplink]: {}", r.stderr);
+        return 1;
+    }
+    println!("  callgate commit: [uplink] (the fleet CA, the broker's name, the fleet's config key) and its egress entry");
+    let csr = a.cli(&["uplink", "csr"]).stdout;
+    let (Some(from), Some(to)) = (
+        csr.find("-----BEGIN CERTIFICATE REQUEST-----"),
+        csr.find("-----END CERTIFICATE REQUEST-----"),
+    ) else {
+        eprintln!("cloud: no request from `callgate uplink csr`: {csr}");
+        return 1;
+    };
+    let request = &csr[from..to + "-----END CERTIFICATE REQUEST-----".len()];
+    println!("  callgate uplink csr: a P-256 key made on a and sealed under its TPM-held key; the request names CN=lab-a");
+    let Ok(cert) = pki.sign_csr(request) else {
+        eprintln!("cloud: the fleet CA did not sign the request");
+        return 1;
+    };
+    let r = a.cli_stdin(&["uplink", "install-cert", "-"], &cert);
+    println!("  callgate uplink install-cert: {}", r.stdout.trim());
+    if !r.ok() {
+        eprintln!("{}", r.stderr);
+        return 1;
+    }
+    let stored = a.cli(&["--json", "show", "cdrs", "--last", "10000"]).json()["cdrs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let at_broker = || {
+        let mut ids = std::collections::BTreeSet::new();
+        for (t, p) in sub.messages() {
+            if t != "callgate/lab-a/records" {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p) {
+                for r in v["records"].as_array().into_iter().flatten() {
+                    if let Some(id) = r["id"].as_u64() {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+        ids.len()
+    };
+    let all = hil_tests::poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        at_broker() >= stored
+    });
+    println!("\ncallgate show uplink:");
+    for l in a.cli(&["show", "uplink"]).stdout.lines() {
+        println!("  {l}");
+    }
+    println!(
+        "\n  mosquitto_sub as the cloud on callgate/lab-a/#: {} of the {stored} stored records arrived{}",
+        at_broker(),
+        if all { "" } else { "  <-- WRONG" }
+    );
+    if let Some((_, p)) = sub
+        .messages()
+        .iter()
+        .find(|(t, _)| t == "callgate/lab-a/records")
+    {
+        let text = String::from_utf8_lossy(p);
+        let one = text.chars().take(230).collect::<String>();
+        println!("  the first message begins: {one}…");
+    }
+    // A config from the cloud, signed by the fleet's key.
+    let desired = cfg.replace("max_cps = 200", "max_cps = 150");
+    let mut signed = b"callgate-config/1\0lab-a\0".to_vec();
+    signed.extend_from_slice(&1u64.to_be_bytes());
+    signed.extend_from_slice(desired.as_bytes());
+    let doc = serde_json::json!({
+        "appliance": "lab-a", "version": 1, "config": desired,
+        "signature": b64(fleet.sign(&signed).as_ref()),
+    });
+    let sent = publish(
+        &cloud_ns,
+        &pki,
+        "callgate/lab-a/config/desired",
+        doc.to_string().as_bytes(),
+        false,
+    );
+    println!("\n  the cloud publishes config version 1 (max_cps 200 -> 150), signed by the fleet's key: {}", if sent.is_ok() { "sent" } else { "NOT SENT" });
+    let confirmed =
+        hil_tests::poll_until(Duration::from_secs(40), Duration::from_millis(200), || {
+            sub.messages().iter().any(|(t, p)| {
+                t == "callgate/lab-a/config/reported"
+                    && String::from_utf8_lossy(p).contains("\"confirmed\"")
+            })
+        });
+    for (t, p) in sub.messages() {
+        if t == "callgate/lab-a/config/reported" {
+            println!("  config/reported: {}", String::from_utf8_lossy(&p));
+        }
+    }
+    let applied = a.cli(&["show", "config"]).stdout.contains("max_cps = 150");
+    println!(
+        "  applied and confirmed on a: {}",
+        if confirmed && applied {
+            "yes"
+        } else {
+            "NO  <-- WRONG"
+        }
+    );
+    if let Some(l) = a.cli(&["show", "history"]).stdout.lines().last() {
+        println!("  callgate show history (last): {}", l.trim());
+    }
+    usize::from(!all) + usize::from(!(confirmed && applied)) + usize::from(sent.is_err())
+}
+
 /// What a terminal shows of `raw`: escape sequences and carriage returns removed.
 fn terminal_text(raw: &str) -> String {
     let mut out = String::new();
@@ -532,7 +694,14 @@ fn pair() -> usize {
 }
 
 fn main() -> std::process::ExitCode {
-    let lab = match Lab::start(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]) {
+    let lab = match Lab::start(&[
+        Host::Carrier,
+        Host::A,
+        Host::B,
+        Host::Pbx,
+        Host::Mgmt,
+        Host::Cloud,
+    ]) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab: {e}");
@@ -540,7 +709,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     println!(
-        "lab {} is up: carrier, a (the appliance), b (a second board), pbx, mgmt",
+        "lab {} is up: carrier, a (the appliance), b (a second board), pbx, mgmt, cloud",
         lab.prefix()
     );
     let mut a = match Appliance::start(&lab, Host::A, LAB) {
@@ -716,6 +885,7 @@ fn main() -> std::process::ExitCode {
     }
     wrong += calls(&lab, &a);
     wrong += console(&lab, &a);
+    wrong += cloud(&lab, &a);
     let theft_ok = theft(&lab, &mut a);
     if !theft_ok {
         wrong += 1;
