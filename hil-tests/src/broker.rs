@@ -953,6 +953,42 @@ impl<'lab> Subscriber<'lab> {
         Ok(sub)
     }
 
+    /// A load subscriber as `cloud`: a clean session (nothing queued for it while it is
+    /// away) that prints neither payloads nor anything [`Subscriber::messages`] reads, so a
+    /// benchmark's cloud side costs the broker's delivery and little else. Returns once
+    /// the broker has answered the SUBSCRIBE.
+    pub fn start_quiet(ns: &Ns<'lab>, pki: &Pki, topic_filter: &str) -> Result<Subscriber<'lab>> {
+        let n = next_id();
+        let id = format!("hil-quiet-{}-{n}", std::process::id());
+        let mut args: Vec<String> = tls_args(pki.ca_cert(), pki.cloud(), IpAddr::V4(CLOUD_V4));
+        args.extend(
+            [
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-i",
+                &id,
+                "-d",
+                "-t",
+                topic_filter,
+                "-F",
+                "%q",
+            ]
+            .map(str::to_owned),
+        );
+        let mut sub = Subscriber {
+            ns: ns.clone(),
+            out: pki.dir().join(format!("sub-{n}.out")),
+            err: pki.dir().join(format!("sub-{n}.err")),
+            id,
+            args,
+            proc: None,
+        };
+        sub.reconnect()?;
+        Ok(sub)
+    }
+
     /// Starts `mosquitto_sub` again (same client id, same session) after
     /// [`Subscriber::stop`]; returns once the broker has answered the SUBSCRIBE. Messages
     /// queued for the session while it was away arrive now.

@@ -80,6 +80,7 @@
 //! - sled 0.34 is the last stable sled; its on-disk format is not promised to be readable
 //!   by later versions.
 
+mod acked;
 mod cache;
 mod commit;
 mod open;
@@ -110,6 +111,8 @@ pub use types::{AuditEntry, ConfigRevision, Record, Session};
 const FORMAT: &[u8] = b"callgate-store/1";
 const META_FORMAT: &[u8] = b"format";
 const META_CURRENT_DEK: &[u8] = b"current_dek";
+/// The outbox's acknowledged, not yet compacted write sequences ([`acked::Ranges`]).
+const META_OUTBOX_ACKED: &[u8] = b"outbox_acked";
 
 /// The tables holding sealed records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +290,9 @@ pub struct Store {
     next_cdr: AtomicU64,
     /// The next write sequence for the outbox (above every one it holds).
     outbox_seq: AtomicU64,
+    /// Acknowledged writes still in the outbox (kept durably in `meta`).
+    #[allow(clippy::disallowed_types)]
+    outbox_acked: Mutex<acked::Ranges>,
     /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
     id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
@@ -524,6 +530,16 @@ impl Store {
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
         let outbox_seq = AtomicU64::new(next_id(&t.outbox)?);
+        let outbox_acked = match t.meta.get(META_OUTBOX_ACKED)? {
+            None => acked::Ranges::default(),
+            Some(b) => acked::Ranges::decode(&b).unwrap_or_else(|| {
+                // Damaged: everything in the outbox is sent again (duplicates, no loss).
+                log::warn!(
+                    "store: the outbox's acknowledgements are damaged; its records go again"
+                );
+                acked::Ranges::default()
+            }),
+        };
         let store = Store {
             dir,
             keys: Arc::new(Keys {
@@ -535,6 +551,8 @@ impl Store {
             t,
             next_cdr,
             outbox_seq,
+            #[allow(clippy::disallowed_types)]
+            outbox_acked: Mutex::new(outbox_acked),
             id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
             keys_created: AtomicU64::new(0),
@@ -1530,43 +1548,97 @@ impl Store {
     // ---- the uplink's outbox ----
 
     /// Up to `n` writes awaiting the uplink after write sequence `after`, in write order:
-    /// (write sequence, record id). Hand the sequences to [`Self::outbox_sent`] once the
-    /// cloud has them.
+    /// (write sequence, record id); acknowledged ones are left out. Hand the sequences to
+    /// [`Self::outbox_sent`] once the cloud has them.
     pub fn outbox_page(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
         let from = match after {
             None => 0,
             Some(u64::MAX) => return Ok(Vec::new()),
             Some(a) => a + 1,
         };
+        let acked = self.acked()?.clone();
         let mut out = Vec::with_capacity(n.min(4096));
-        for item in self.t.outbox.range(from.to_be_bytes()..).take(n) {
+        for item in self.t.outbox.range(from.to_be_bytes()..) {
             let (k, v) = item?;
             let (Some(seq), Some(id)) = (id_of(&k), id_of(&v)) else {
                 continue;
             };
+            if acked.contains(seq) {
+                continue;
+            }
             out.push((seq, id));
+            if out.len() >= n {
+                break;
+            }
         }
         Ok(out)
     }
 
-    /// How many writes await the uplink (walks the outbox: for status, not a hot path).
-    pub fn outbox_len(&self) -> usize {
-        self.t.outbox.len()
+    #[allow(clippy::disallowed_types)]
+    fn acked(&self) -> Result<std::sync::MutexGuard<'_, acked::Ranges>, StoreError> {
+        self.outbox_acked
+            .lock()
+            .map_err(|_| StoreError::Meta("the outbox's lock is poisoned".into()))
     }
 
-    /// The cloud acknowledged these writes (by sequence): they leave the outbox, durably.
+    /// How many writes await the uplink (walks the outbox: for status, not a hot path).
+    pub fn outbox_len(&self) -> usize {
+        let acked = self.acked().map_or(0, |a| a.count());
+        self.t
+            .outbox
+            .len()
+            .saturating_sub(usize::try_from(acked).unwrap_or(usize::MAX))
+    }
+
+    /// The cloud acknowledged these writes (by sequence): they count as sent, durably (one
+    /// small value, not a removal per record); [`Self::outbox_compact`] removes them later.
     pub fn outbox_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
-        let ops = seqs
+        let mut acked = self.acked()?;
+        for s in seqs {
+            acked.insert(*s);
+        }
+        self.commit(vec![Op::Insert {
+            tree: self.t.meta.clone(),
+            key: META_OUTBOX_ACKED.to_vec(),
+            value: acked.encode(),
+        }])
+    }
+
+    /// How many acknowledged writes wait to be removed.
+    pub fn outbox_acked(&self) -> u64 {
+        self.acked().map_or(0, |a| a.count())
+    }
+
+    /// Removes up to `max` acknowledged writes from the outbox (durably, with the ranges
+    /// that no longer name them); how many.
+    pub fn outbox_compact(&self, max: usize) -> Result<usize, StoreError> {
+        let mut acked = self.acked()?;
+        let gone = acked.first(max);
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut left = acked.clone();
+        for s in &gone {
+            left.remove(*s);
+        }
+        let mut ops: Vec<Op> = gone
             .iter()
             .map(|seq| Op::Remove {
                 tree: self.t.outbox.clone(),
                 key: seq.to_be_bytes().to_vec(),
             })
             .collect();
-        self.commit(ops)
+        ops.push(Op::Insert {
+            tree: self.t.meta.clone(),
+            key: META_OUTBOX_ACKED.to_vec(),
+            value: left.encode(),
+        });
+        self.commit(ops)?;
+        *acked = left;
+        Ok(gone.len())
     }
 
     // ---- console command history ----

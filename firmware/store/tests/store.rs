@@ -692,6 +692,7 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
         assert_eq!(left, vec![c, b]);
     }
     // Durable across a reopen; sequences keep growing (no reuse after a restart).
+    let kek_again = k.clone();
     let s = Store::open(dir.path(), k).unwrap();
     let before = s.outbox_page(None, 10).unwrap();
     assert_eq!(before.len(), 2);
@@ -702,5 +703,30 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
     s.outbox_sent(&after.iter().map(|p| p.0).collect::<Vec<_>>())
         .unwrap();
     assert_eq!(s.outbox_len(), 0);
+    assert!(s.outbox_page(None, 10).unwrap().is_empty());
     assert!(s.outbox_page(Some(u64::MAX), 1).unwrap().is_empty());
+    // Acknowledged writes are removed later, a few at a time, durably.
+    assert_eq!(
+        s.outbox_acked(),
+        5,
+        "five writes: a, b, c, b again, c again"
+    );
+    assert_eq!(s.outbox_compact(3).unwrap(), 3);
+    assert_eq!(s.outbox_acked(), 2);
+    drop(s);
+    let s = Store::open(dir.path(), kek_again).unwrap();
+    assert_eq!((s.outbox_len(), s.outbox_acked()), (0, 2));
+    assert!(s.outbox_page(None, 10).unwrap().is_empty());
+    assert_eq!(s.outbox_compact(100).unwrap(), 2);
+    assert_eq!(s.outbox_compact(100).unwrap(), 0);
+    // A new write after everything left: sent like any other.
+    let d = s.append_cdr(&cdr(PHONE, None, 4)).unwrap();
+    assert_eq!(
+        s.outbox_page(None, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.1)
+            .collect::<Vec<_>>(),
+        vec![d]
+    );
 }

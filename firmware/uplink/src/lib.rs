@@ -8,9 +8,10 @@
 //!   `outbox` tree under the next write sequence, in the same durable commit
 //!   ([`callgate_store::Store::outbox_page`]). The uplink reads the outbox in write order,
 //!   reads each record from the encrypted store,
-//!   publishes batches at QoS 1 and, on each PUBACK, removes what the broker acknowledged
-//!   from the outbox, durably, before it counts as sent
-//!   ([`callgate_store::Store::outbox_sent`]). Nothing is copied into a second queue, and
+//!   publishes batches at QoS 1 and, on each PUBACK, marks what the broker acknowledged
+//!   in the outbox, durably (one small value, not a removal per record), before it counts
+//!   as sent ([`callgate_store::Store::outbox_sent`]); the acknowledged writes are removed
+//!   when the uplink is idle ([`callgate_store::Store::outbox_compact`]). Nothing is copied into a second queue, and
 //!   nothing is acknowledged to the store that the broker did not acknowledge. After a
 //!   dropped link, a broker restart, a lost session, SIGKILL or a power cut, whatever is
 //!   still in the outbox is sent again: duplicates are possible and carry the same message

@@ -231,8 +231,15 @@ where
     }))
     .await?;
 
-    // Per packet id: the (record id, write sequence) pairs it carries.
+    // Per packet id: the (record id, write sequence) pairs it carries; and all their
+    // sequences, so a read of the outbox leaves them out.
     let mut inflight: HashMap<u16, Vec<(u64, u64)>> = HashMap::new();
+    let mut in_flight_seqs: HashSet<u64> = HashSet::new();
+    // Reads under way (in write order) and batches read, waiting for room in the window.
+    let mut reads: VecDeque<tokio::task::JoinHandle<Result<Vec<Batch>, UplinkError>>> =
+        VecDeque::new();
+    let mut ready: VecDeque<Batch> = VecDeque::new();
+    let max = s.batch_records.max(1);
     // The report in flight: its packet id and the document, cleared on its PUBACK.
     let mut report_sent: Option<(u16, Vec<u8>)> = None;
     let mut exhausted = false;
@@ -267,36 +274,76 @@ where
             w.send(&Packet::Publish(p)).await?;
             control.insert(id);
         }
-        // Fill the window from the outbox.
-        while !exhausted && inflight.len() < window {
-            let sent: HashSet<u64> = inflight.values().flatten().map(|(_, seq)| *seq).collect();
-            let (batch, next) = read_batch(cx.store, s, cursor, sent, limit).await?;
-            match (batch.is_empty(), cursor) {
+        // Batches read and ready go out while the window has room (not while the broker
+        // says nobody takes them).
+        while held_until.is_none() && inflight.len() < window {
+            let Some(batch) = ready.pop_front() else {
+                break;
+            };
+            let id = pkids.take();
+            let mut p = Publish::new(
+                records_topic.clone(),
+                QoS::AtLeastOnce,
+                batch.finish(),
+                None,
+            );
+            p.pkid = id;
+            w.send(&Packet::Publish(p)).await?;
+            inflight.insert(id, batch.sent);
+        }
+        // Plan the next reads: the outbox's next writes, a batch's worth per read, each
+        // read on a blocking thread of its own (they overlap with the session's work).
+        while !exhausted && inflight.len() + ready.len() + reads.len() < window {
+            let slots = window - inflight.len() - ready.len() - reads.len();
+            // After a wrap to the start, what is already in flight is left out.
+            let skip = if cursor.is_none() {
+                in_flight_seqs.clone()
+            } else {
+                HashSet::new()
+            };
+            let page = next_writes(cx.store, cursor, slots * max, skip).await?;
+            if page.is_empty() {
                 // The end of the outbox: once more from its start (a write that became
                 // visible just after a later one was read), then wait.
-                (true, Some(_)) => cursor = None,
-                (true, None) => exhausted = true,
-                (false, _) => {
-                    cursor = next;
-                    if batch.has_records() {
-                        let id = pkids.take();
-                        let mut p = Publish::new(
-                            records_topic.clone(),
-                            QoS::AtLeastOnce,
-                            batch.finish(),
-                            None,
-                        );
-                        p.pkid = id;
-                        w.send(&Packet::Publish(p)).await?;
-                        inflight.insert(id, batch.sent);
+                if cursor.is_some() {
+                    cursor = None;
+                } else {
+                    exhausted = true;
+                }
+                continue;
+            }
+            for chunk in page.chunks(max) {
+                cursor = chunk.last().map(|(seq, _)| *seq).or(cursor);
+                in_flight_seqs.extend(chunk.iter().map(|(seq, _)| *seq));
+                reads.push_back(read_batches(cx.store, &s.client_id, chunk.to_vec(), limit));
+            }
+        }
+        tokio::select! {
+            done = async {
+                match reads.front_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            }, if !reads.is_empty() => {
+                reads.pop_front();
+                let batches = done.map_err(|e| UplinkError::Store(e.to_string()))??;
+                for batch in batches {
+                    if batch.has_records() && held_until.is_none() {
+                        ready.push_back(batch);
+                    } else if batch.has_records() {
+                        // Held (no subscriber): read again after the hold.
+                        for (_, seq) in &batch.sent {
+                            in_flight_seqs.remove(seq);
+                        }
                     } else {
                         // Only ids whose records are gone (retention): nothing to send.
+                        for (_, seq) in &batch.sent {
+                            in_flight_seqs.remove(seq);
+                        }
                         acknowledge(cx.store, cx.status, batch.sent, false).await?;
                     }
                 }
             }
-        }
-        tokio::select! {
             r = w.fill() => {
                 r?;
                 last_rx = Instant::now();
@@ -308,6 +355,9 @@ where
                             pkids.free(a.pkid);
                             check_ack(&a)?;
                             if let Some(pairs) = inflight.remove(&a.pkid) {
+                                for (_, seq) in &pairs {
+                                    in_flight_seqs.remove(seq);
+                                }
                                 if a.reason == PubAckReason::NoMatchingSubscribers {
                                     // Accepted, but nobody takes records (the cloud's
                                     // subscription is gone, e.g. a broker that lost its
@@ -315,6 +365,11 @@ where
                                     held_until = Some(Instant::now() + NO_SUBSCRIBER_HOLD);
                                     exhausted = true;
                                     cursor = None;
+                                    for b in ready.drain(..) {
+                                        for (_, seq) in &b.sent {
+                                            in_flight_seqs.remove(seq);
+                                        }
+                                    }
                                     let e = "the broker has no subscriber for the records: they wait in the outbox".to_owned();
                                     cx.status.send_modify(|st| st.last_error = Some(e));
                                     drop(pairs);
@@ -548,58 +603,75 @@ async fn acknowledge(
     Ok(())
 }
 
-/// The next batch from the outbox after write sequence `cursor`, leaving out what is in
-/// flight; the cursor after it.
-async fn read_batch(
+/// Up to `n` of the outbox's writes after `cursor`, in write order, leaving out `skip`.
+async fn next_writes(
     store: &Arc<Store>,
-    s: &Settings,
     cursor: Option<u64>,
-    in_flight: HashSet<u64>,
-    limit: usize,
-) -> Result<(Batch, Option<u64>), UplinkError> {
+    n: usize,
+    skip: HashSet<u64>,
+) -> Result<Vec<(u64, u64)>, UplinkError> {
     let st = store.clone();
-    let (name, max) = (s.client_id.clone(), s.batch_records.max(1));
     tokio::task::spawn_blocking(move || {
-        let mut batch = Batch::new(&name, limit);
-        let mut cursor = cursor;
-        'pages: loop {
+        let mut out = Vec::with_capacity(n);
+        let mut after = cursor;
+        loop {
             let page = st
-                .outbox_page(cursor, max * 2)
+                .outbox_page(after, n)
                 .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
-            if page.is_empty() {
-                break;
+            let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                return Ok(out);
+            };
+            out.extend(page.into_iter().filter(|(seq, _)| !skip.contains(seq)));
+            if out.len() >= n || skip.is_empty() {
+                out.truncate(n);
+                return Ok(out);
             }
-            for (seq, id) in page {
-                if in_flight.contains(&seq) {
-                    cursor = Some(seq);
-                    continue;
-                }
-                match st.get_cdr(id) {
-                    Ok(r) => {
-                        if !batch.push(id, seq, &r.value) {
-                            break 'pages;
-                        }
-                    }
-                    Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
-                    Err(e) => {
-                        // Unreadable: sending it again would not help; said once, loudly.
-                        log::error!(
-                            "uplink: record {id} is unreadable and is not sent: {}",
-                            callgate_store::error_chain(&e)
-                        );
-                        batch.skip(id, seq);
-                    }
-                }
-                cursor = Some(seq);
-                if batch.len() >= max {
-                    break 'pages;
-                }
-            }
+            after = Some(last);
         }
-        Ok((batch, cursor))
     })
     .await
     .map_err(|e| UplinkError::Store(e.to_string()))?
+}
+
+/// Reads the records of `writes` ((write sequence, record id), in write order) on a
+/// blocking thread into batches of at most `limit` bytes.
+fn read_batches(
+    store: &Arc<Store>,
+    appliance: &str,
+    writes: Vec<(u64, u64)>,
+    limit: usize,
+) -> tokio::task::JoinHandle<Result<Vec<Batch>, UplinkError>> {
+    let st = store.clone();
+    let name = appliance.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut batch = Batch::new(&name, limit);
+        for (seq, id) in writes {
+            match st.get_cdr(id) {
+                Ok(r) => {
+                    if !batch.push(id, seq, &r.value) {
+                        out.push(std::mem::replace(&mut batch, Batch::new(&name, limit)));
+                        if !batch.push(id, seq, &r.value) {
+                            batch.skip(id, seq);
+                        }
+                    }
+                }
+                Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
+                Err(e) => {
+                    // Unreadable: sending it again would not help; said once, loudly.
+                    log::error!(
+                        "uplink: record {id} is unreadable and is not sent: {}",
+                        callgate_store::error_chain(&e)
+                    );
+                    batch.skip(id, seq);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            out.push(batch);
+        }
+        Ok(out)
+    })
 }
 
 /// Packet ids 1..=65535, none reused while in use.

@@ -20,6 +20,10 @@ use crate::{backoff, clock_plausible, now_ms, Settings, Status, UplinkError};
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How often the backlog is counted for the status.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+/// Acknowledged writes removed from the outbox per second when the uplink is idle.
+const COMPACT_BATCH: usize = 5_000;
+/// Past this many acknowledged writes they are removed even while the uplink is busy.
+const COMPACT_ANYWAY: u64 = 200_000;
 
 /// The appliance's key and the certificate chain (PEM, leaf first) the fleet CA signed.
 #[derive(Debug, Clone)]
@@ -264,7 +268,25 @@ async fn count_backlog(
     loop {
         tick.tick().await;
         let st = store.clone();
-        let Ok(n) = tokio::task::spawn_blocking(move || st.outbox_len()).await else {
+        let last_ack = watch.borrow().last_ack_ms;
+        let Ok(n) = tokio::task::spawn_blocking(move || {
+            // Acknowledged writes leave the outbox when the uplink is idle (nothing waits,
+            // or no acknowledgement for 2 s), or when many have gathered.
+            let idle = last_ack.is_none_or(|t| now_ms().saturating_sub(t) > 2_000);
+            let acked = st.outbox_acked();
+            let n = st.outbox_len();
+            if acked > 0 && (idle || n == 0 || acked > COMPACT_ANYWAY) {
+                if let Err(e) = st.outbox_compact(COMPACT_BATCH) {
+                    log::warn!(
+                        "uplink: the outbox could not be compacted: {}",
+                        callgate_store::error_chain(&e)
+                    );
+                }
+            }
+            n
+        })
+        .await
+        else {
             continue;
         };
         let (alarm_at, was, cert) = {
