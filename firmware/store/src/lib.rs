@@ -86,6 +86,7 @@ mod commit;
 mod open;
 mod types;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1382,6 +1383,29 @@ impl Store {
             id: id.to_string(),
         })?;
         Ok(self.decode_cdr(id, &key, &sealed)?.1)
+    }
+
+    /// The CDRs `ids`, read as [`Self::get_cdr`] reads each, in one walk of the tree when
+    /// the ids are close together (a batch of the uplink): by id.
+    pub fn get_cdrs(&self, ids: &[u64]) -> BTreeMap<u64, Result<Record<Cdr>, StoreError>> {
+        let mut out = BTreeMap::new();
+        let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
+            return out;
+        };
+        let wanted: BTreeSet<u64> = ids.iter().copied().collect();
+        if hi - lo < 2 * wanted.len() as u64 {
+            for item in self.t.cdrs.range(lo.to_be_bytes()..=hi.to_be_bytes()) {
+                let Ok((k, v)) = item else { break };
+                let Some(id) = id_of(&k) else { continue };
+                if wanted.contains(&id) {
+                    out.insert(id, self.decode_cdr(id, &k, &v).map(|(_, r)| r));
+                }
+            }
+        }
+        for id in wanted {
+            out.entry(id).or_insert_with(|| self.get_cdr(id));
+        }
+        out
     }
 
     /// Every CDR in the tree in id order, one `Result` each: a corrupt record does not end

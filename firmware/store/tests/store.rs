@@ -730,3 +730,29 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
         vec![d]
     );
 }
+
+#[test]
+fn a_batch_read_gives_what_single_reads_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), kek()).unwrap();
+    let ids: Vec<u64> = (0..50)
+        .map(|i| s.append_cdr(&cdr(PHONE, Some(NAME), i)).unwrap())
+        .collect();
+    // Dense (one walk), sparse (point reads), and an id that is not there.
+    for want in [
+        ids[10..30].to_vec(),
+        vec![ids[0], ids[49]],
+        vec![ids[3], 9_999],
+    ] {
+        let got = s.get_cdrs(&want);
+        assert_eq!(got.len(), want.len());
+        for id in &want {
+            match (got.get(id).unwrap(), s.get_cdr(*id)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, &b),
+                (Err(StoreError::NotFound { .. }), Err(StoreError::NotFound { .. })) => {}
+                (a, b) => panic!("{id}: {a:?} vs {b:?}"),
+            }
+        }
+    }
+    assert!(s.get_cdrs(&[]).is_empty());
+}

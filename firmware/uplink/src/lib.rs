@@ -149,3 +149,19 @@ pub const CLOCK_FLOOR_MS: u64 = 1_767_225_600_000;
 pub fn clock_plausible(now_ms: u64) -> bool {
     now_ms >= CLOCK_FLOOR_MS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_before_2026_is_not_trusted_for_tls() {
+        assert!(
+            !clock_plausible(0),
+            "1970: an appliance without its clock set"
+        );
+        assert!(!clock_plausible(CLOCK_FLOOR_MS - 1));
+        assert!(clock_plausible(CLOCK_FLOOR_MS));
+        assert!(clock_plausible(now_ms()), "this machine's clock");
+    }
+}

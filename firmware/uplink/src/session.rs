@@ -646,8 +646,11 @@ fn read_batches(
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         let mut batch = Batch::new(&name, limit);
+        let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
+        let mut records = st.get_cdrs(&ids);
         for (seq, id) in writes {
-            match st.get_cdr(id) {
+            let read = records.remove(&id).unwrap_or_else(|| st.get_cdr(id));
+            match read {
                 Ok(r) => {
                     if !batch.push(id, seq, &r.value) {
                         out.push(std::mem::replace(&mut batch, Batch::new(&name, limit)));
