@@ -1206,6 +1206,26 @@ pub fn pub_as(ns: &Ns<'_>, pki: &Pki, cn: &str, topic: &str, payload: &[u8]) -> 
     )
 }
 
+/// An appliance's uplink enrolment as an admin does it: `callgate uplink csr`, the request
+/// signed by `sign` (the fleet CA, or another one for a refusal), the chain installed with
+/// `callgate uplink install-cert -`. The install's outcome (refused or not).
+pub fn enroll(
+    a: &crate::Appliance<'_>,
+    sign: impl FnOnce(&str) -> Result<String>,
+) -> Result<crate::Cli> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE REQUEST-----";
+    const END: &str = "-----END CERTIFICATE REQUEST-----";
+    let csr = a.cli(&["uplink", "csr"]);
+    let (Some(start), Some(end)) = (csr.stdout.find(BEGIN), csr.stdout.find(END)) else {
+        return Err(other(format!(
+            "`uplink csr` gave no request: {} {}",
+            csr.stdout, csr.stderr
+        )));
+    };
+    let cert = sign(&csr.stdout[start..end + END.len()])?;
+    Ok(a.cli_stdin(&["uplink", "install-cert", "-"], &cert))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

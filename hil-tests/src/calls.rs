@@ -85,6 +85,34 @@ pub fn active_calls(a: &Appliance<'_>) -> Vec<Value> {
     out.json()["calls"].as_array().cloned().unwrap_or_default()
 }
 
+/// A UDP callee on the PBX (`uas.xml`, answers every call), ready.
+pub fn pbx(lab: &Lab) -> crate::sipp::SippHandle<'_> {
+    let h = crate::sipp::Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+        .local(crate::addr::PBX_V4, 5060)
+        .transport(crate::sipp::Transport::Udp)
+        .timeout(Duration::from_secs(3600))
+        .spawn()
+        .unwrap_or_else(|e| panic!("sipp UAS: {e}"));
+    h.wait_ready(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("sipp UAS: {e}"));
+    h
+}
+
+/// `n` UDP calls from the carrier to appliance A's WAN address at `rate` per second, each
+/// held `hold`: a caller to run or spawn.
+pub fn carrier_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> crate::sipp::Sipp<'_> {
+    crate::sipp::Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(crate::addr::CARRIER_V4, 5060)
+        .remote(crate::addr::A_WAN_V4, 5060)
+        .transport(crate::sipp::Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(n)
+        .rate(rate)
+        .duration(hold)
+        .timeout(Duration::from_secs(600))
+}
+
 /// A JSON number as u64.
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))

@@ -109,6 +109,23 @@ pub fn sshd_log(a: &Appliance<'_>) -> String {
     std::fs::read_to_string(a.dir().join("sshd.log")).unwrap_or_default()
 }
 
+/// The client options the tests run ssh with: no agent, no known-hosts file, never a
+/// prompt, 3 s to connect, quiet.
+pub const SSH_OPTIONS: &[&str] = &[
+    "-o",
+    "IdentityAgent=none",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=3",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 /// `PROGRAM` (`ssh`, `sftp`) from `from` as the tests run it: no config, no agent, no
 /// known-hosts file, never a prompt, 3 s to connect; with `key` as the only identity.
 pub fn ssh_command(from: &Ns<'_>, program: &str, key: Option<&Path>) -> Command {
@@ -117,21 +134,7 @@ pub fn ssh_command(from: &Ns<'_>, program: &str, key: Option<&Path>) -> Command 
     if let Some(k) = key {
         cmd.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }
-    cmd.args([
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-    ])
-    .stdin(Stdio::null());
+    cmd.args(SSH_OPTIONS).stdin(Stdio::null());
     cmd
 }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use hil_tests::addr::{self, CLOUD_V4};
 use hil_tests::broker::{Broker, BrokerOpts, Pki, ServerCert, Subscriber};
-use hil_tests::calls::{cdrs, lab_toml, wait_until, CALLER, CALLER_NAME, UDP_NUMBER};
-use hil_tests::sipp::{Sipp, SippHandle, Transport};
+use hil_tests::calls::{carrier_calls, cdrs, lab_toml, pbx, wait_until, CALLER};
 use hil_tests::{Appliance, Host, Lab};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
@@ -48,20 +47,9 @@ fn config(pki: &Pki, key: &Ed25519KeyPair, extra: &str) -> String {
     )
 }
 
-/// The appliance asks for a certificate; the fleet CA signs it; it is installed.
+/// The appliance asks for a certificate; `sign` signs it; it is installed.
 fn enroll(a: &Appliance<'_>, sign: impl FnOnce(&str) -> String) -> hil_tests::Cli {
-    let csr = a.cli(&["uplink", "csr"]);
-    assert!(csr.ok(), "{} {}", csr.stdout, csr.stderr);
-    let start = csr
-        .stdout
-        .find("-----BEGIN CERTIFICATE REQUEST-----")
-        .unwrap();
-    let end = csr
-        .stdout
-        .find("-----END CERTIFICATE REQUEST-----")
-        .unwrap();
-    let pem = &csr.stdout[start..end + "-----END CERTIFICATE REQUEST-----".len()];
-    a.cli_stdin(&["uplink", "install-cert", "-"], &sign(pem))
+    hil_tests::broker::enroll(a, |csr| Ok(sign(csr))).unwrap()
 }
 
 fn uplink(a: &Appliance<'_>) -> Value {
@@ -116,27 +104,8 @@ fn lost_and_dup(a: &Appliance<'_>, sub: &Subscriber<'_>) -> (Vec<u64>, usize) {
     (lost, got.len() - ids.len())
 }
 
-fn pbx(lab: &Lab) -> SippHandle<'_> {
-    let h = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
-        .local(addr::PBX_V4, 5060)
-        .transport(Transport::Udp)
-        .spawn()
-        .unwrap();
-    h.wait_ready(Duration::from_secs(10)).unwrap();
-    h
-}
-
-fn calls(lab: &Lab, n: u64, rate: f64) -> Sipp<'_> {
-    Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(addr::A_WAN_V4, 5060)
-        .transport(Transport::Udp)
-        .service(UDP_NUMBER)
-        .caller(CALLER, CALLER_NAME)
-        .calls(n)
-        .rate(rate)
-        .duration(Duration::from_millis(100))
-        .timeout(Duration::from_secs(300))
+fn calls(lab: &Lab, n: u64, rate: f64) -> hil_tests::sipp::Sipp<'_> {
+    carrier_calls(lab, n, rate, Duration::from_millis(100))
 }
 
 /// Every file under `dir` that holds `needle`.

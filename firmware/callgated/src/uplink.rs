@@ -101,7 +101,7 @@ pub fn install_cert(
         &key,
         cfg.appliance.name.as_str(),
         u.ca.get_ref(),
-        rustls_now(),
+        callgate_uplink::UnixTime::now(),
     )
     .map_err(|e| e.to_string())?;
     write_durably(&state_dir.join(CERT_FILE), pem.as_bytes(), 0o644)?;
@@ -112,10 +112,6 @@ pub fn install_cert(
         },
         info,
     ))
-}
-
-fn rustls_now() -> callgate_uplink::UnixTime {
-    callgate_uplink::UnixTime::now()
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsynced, renamed, the directory

@@ -29,7 +29,7 @@
 //!   vault's KEK by the daemon; [`identity`]).
 //! - **Reconnect** with full-jitter exponential backoff ([`backoff`]) from the kernel's
 //!   CSPRNG, after a random delay at start, and no TLS attempt while the clock reads a
-//!   time before this firmware was built.
+//!   time before 2026 ([`CLOCK_FLOOR_MS`]).
 //! - A handle and a task ([`spawn`]): commands in over mpsc, [`Status`] out over watch.
 //!
 //! ## Topics (under the prefix, `callgate/<appliance>` by default)

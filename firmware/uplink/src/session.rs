@@ -61,6 +61,19 @@ struct Wire<R, W> {
     max_out: Option<u32>,
 }
 
+impl<S: AsyncRead + AsyncWrite> Wire<tokio::io::ReadHalf<S>, tokio::io::WriteHalf<S>> {
+    fn new(stream: S) -> Self {
+        let (rd, wr) = tokio::io::split(stream);
+        Wire {
+            rd,
+            wr,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            max_out: None,
+        }
+    }
+}
+
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
     async fn send(&mut self, p: &Packet) -> Result<(), UplinkError> {
         self.wbuf.clear();
@@ -116,14 +129,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let s = cx.settings;
-    let (rd, wr) = tokio::io::split(stream);
-    let mut w = Wire {
-        rd,
-        wr,
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        wbuf: BytesMut::with_capacity(64 * 1024),
-        max_out: None,
-    };
+    let mut w = Wire::new(stream);
     let status_topic = topic(&s.prefix, "status");
     let records_topic = topic(&s.prefix, "records");
     let events_topic = topic(&s.prefix, "events");
@@ -332,14 +338,10 @@ where
                         ready.push_back(batch);
                     } else if batch.has_records() {
                         // Held (no subscriber): read again after the hold.
-                        for (_, seq) in &batch.sent {
-                            in_flight_seqs.remove(seq);
-                        }
+                        forget(&mut in_flight_seqs, &batch.sent);
                     } else {
                         // Only ids whose records are gone (retention): nothing to send.
-                        for (_, seq) in &batch.sent {
-                            in_flight_seqs.remove(seq);
-                        }
+                        forget(&mut in_flight_seqs, &batch.sent);
                         acknowledge(cx.store, cx.status, batch.sent, false).await?;
                     }
                 }
@@ -355,9 +357,7 @@ where
                             pkids.free(a.pkid);
                             check_ack(&a)?;
                             if let Some(pairs) = inflight.remove(&a.pkid) {
-                                for (_, seq) in &pairs {
-                                    in_flight_seqs.remove(seq);
-                                }
+                                forget(&mut in_flight_seqs, &pairs);
                                 if a.reason == PubAckReason::NoMatchingSubscribers {
                                     // Accepted, but nobody takes records (the cloud's
                                     // subscription is gone, e.g. a broker that lost its
@@ -366,9 +366,7 @@ where
                                     exhausted = true;
                                     cursor = None;
                                     for b in ready.drain(..) {
-                                        for (_, seq) in &b.sent {
-                                            in_flight_seqs.remove(seq);
-                                        }
+                                        forget(&mut in_flight_seqs, &b.sent);
                                     }
                                     let e = "the broker has no subscriber for the records: they wait in the outbox".to_owned();
                                     cx.status.send_modify(|st| st.last_error = Some(e));
@@ -488,14 +486,7 @@ pub async fn publish_raw<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (rd, wr) = tokio::io::split(stream);
-    let mut w = Wire {
-        rd,
-        wr,
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        wbuf: BytesMut::with_capacity(64 * 1024),
-        max_out: None,
-    };
+    let mut w = Wire::new(stream);
     let connect = Connect {
         keep_alive: 30,
         client_id: client_id.to_owned(),
@@ -655,6 +646,8 @@ fn read_batches(
                     if !batch.push(id, seq, &r.value) {
                         out.push(std::mem::replace(&mut batch, Batch::new(&name, limit)));
                         if !batch.push(id, seq, &r.value) {
+                            // Only a record that does not serialize fails in an empty batch.
+                            log::error!("uplink: record {id} does not encode and is not sent");
                             batch.skip(id, seq);
                         }
                     }
@@ -675,6 +668,13 @@ fn read_batches(
         }
         Ok(out)
     })
+}
+
+/// The writes of `pairs` ((record id, write sequence)) are no longer in flight.
+fn forget(in_flight: &mut HashSet<u64>, pairs: &[(u64, u64)]) {
+    for (_, seq) in pairs {
+        in_flight.remove(seq);
+    }
 }
 
 /// Packet ids 1..=65535, none reused while in use.

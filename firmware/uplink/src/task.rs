@@ -160,8 +160,7 @@ async fn run(
                     set_idle(&status, "clock wrong", Some(s));
                     status.send_modify(|st| {
                         st.last_error = Some(
-                            "the clock reads a time before this firmware was built: no TLS until it is set"
-                                .into(),
+                            "the clock reads a time before 2026: no TLS until it is set".into(),
                         )
                     });
                     match wait(Duration::from_secs(10), &mut rx).await {

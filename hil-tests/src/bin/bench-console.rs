@@ -364,23 +364,9 @@ fn ssh_login(key: &Path, user: &str) -> Command {
     let mut cmd = Command::new("ssh");
     cmd.args(["-F", "/dev/null", "-i"])
         .arg(key)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=3",
-            "-o",
-            "LogLevel=ERROR",
-            "-tt",
-        ])
+        .args(["-o", "IdentitiesOnly=yes"])
+        .args(hil_tests::console::SSH_OPTIONS)
+        .arg("-tt")
         .arg(format!("{user}@{A_MGMT_V4}"))
         .env("TERM", "xterm");
     cmd

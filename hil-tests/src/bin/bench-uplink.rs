@@ -95,10 +95,9 @@ use std::time::{Duration, Instant};
 use callgate_store::{Cdr, Store};
 use callgate_uplink::payload::{Batch, MAX_PAYLOAD};
 use callgate_uplink::{now_ms, ClientKey, Credentials, Settings};
-use hil_tests::addr::{self, BROKER_NAME, CLOUD_V4};
+use hil_tests::addr::{BROKER_NAME, CLOUD_V4};
 use hil_tests::broker::{Broker, BrokerOpts, Pki, Subscriber, MQTT_TLS_PORT};
-use hil_tests::calls::{CALLER, CALLER_NAME, UDP_NUMBER};
-use hil_tests::sipp::{Sipp, SippHandle, Transport};
+use hil_tests::calls::pbx;
 use hil_tests::{Appliance, Host, Lab};
 use serde_json::Value;
 
@@ -305,18 +304,10 @@ fn settings(ca_pem: &str) -> Settings {
 
 /// The appliance asks for a certificate, the fleet CA signs it, it is installed.
 fn enroll(a: &Appliance<'_>, pki: &Pki) {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE REQUEST-----";
-    const END: &str = "-----END CERTIFICATE REQUEST-----";
-    let csr = a.cli(&["uplink", "csr"]);
-    let (Some(start), Some(end)) = (csr.stdout.find(BEGIN), csr.stdout.find(END)) else {
-        fail("uplink csr", format!("{} {}", csr.stdout, csr.stderr));
-    };
-    let cert = pki
-        .sign_csr(&csr.stdout[start..end + END.len()])
-        .unwrap_or_else(|e| fail("signing the CSR", e));
-    let r = a.cli_stdin(&["uplink", "install-cert", "-"], &cert);
-    if !r.ok() {
-        fail("uplink install-cert", format!("{} {}", r.stdout, r.stderr));
+    match hil_tests::broker::enroll(a, |csr| pki.sign_csr(csr)) {
+        Ok(r) if r.ok() => {}
+        Ok(r) => fail("uplink install-cert", format!("{} {}", r.stdout, r.stderr)),
+        Err(e) => fail("uplink enrolment", e),
     }
 }
 
@@ -355,29 +346,8 @@ fn wait_for(secs: u64, step: Duration, f: impl FnMut() -> bool) -> bool {
     hil_tests::poll_until(Duration::from_secs(secs), step, f)
 }
 
-fn pbx(lab: &Lab) -> SippHandle<'_> {
-    let h = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
-        .local(addr::PBX_V4, 5060)
-        .transport(Transport::Udp)
-        .timeout(Duration::from_secs(3600))
-        .spawn()
-        .unwrap_or_else(|e| fail("sipp UAS", e));
-    h.wait_ready(Duration::from_secs(10))
-        .unwrap_or_else(|e| fail("sipp UAS", e));
-    h
-}
-
-fn calls(lab: &Lab, n: u64, rate: f64) -> Sipp<'_> {
-    Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(addr::A_WAN_V4, 5060)
-        .transport(Transport::Udp)
-        .service(UDP_NUMBER)
-        .caller(CALLER, CALLER_NAME)
-        .calls(n)
-        .rate(rate)
-        .duration(HOLD)
-        .timeout(Duration::from_secs(600))
+fn calls(lab: &Lab, n: u64, rate: f64) -> hil_tests::sipp::Sipp<'_> {
+    hil_tests::calls::carrier_calls(lab, n, rate, HOLD)
 }
 
 /// The last `n` stored records (id, record), oldest first.

@@ -339,21 +339,14 @@ fn cloud(lab: &Lab, a: &Appliance<'_>) -> usize {
         return 1;
     }
     println!("  callgate commit: [uplink] (the fleet CA, the broker's name, the fleet's config key) and its egress entry");
-    let csr = a.cli(&["uplink", "csr"]).stdout;
-    let (Some(from), Some(to)) = (
-        csr.find("-----BEGIN CERTIFICATE REQUEST-----"),
-        csr.find("-----END CERTIFICATE REQUEST-----"),
-    ) else {
-        eprintln!("cloud: no request from `callgate uplink csr`: {csr}");
-        return 1;
-    };
-    let request = &csr[from..to + "-----END CERTIFICATE REQUEST-----".len()];
     println!("  callgate uplink csr: a P-256 key made on a and sealed under its TPM-held key; the request names CN=lab-a");
-    let Ok(cert) = pki.sign_csr(request) else {
-        eprintln!("cloud: the fleet CA did not sign the request");
-        return 1;
+    let r = match hil_tests::broker::enroll(a, |csr| pki.sign_csr(csr)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cloud: enrolment: {e}");
+            return 1;
+        }
     };
-    let r = a.cli_stdin(&["uplink", "install-cert", "-"], &cert);
     println!("  callgate uplink install-cert: {}", r.stdout.trim());
     if !r.ok() {
         eprintln!("{}", r.stderr);
