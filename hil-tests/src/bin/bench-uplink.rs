@@ -501,6 +501,7 @@ fn product_round(
     );
     let cloud = lab.ns_name(Host::Cloud);
     let daemon0 = threads(pid);
+    let perf = perf_start(pid);
     let start_ms = now_ms();
     broker
         .restart()
@@ -514,6 +515,7 @@ fn product_round(
         st = uplink(a);
         num(&st, "records_sent") >= sent0 + backlog
     });
+    perf_stop(perf);
     if !drained {
         fail("drain", format!("not drained in 120 s: {st}"));
     }
@@ -549,6 +551,41 @@ fn product_round(
         );
     }
     d
+}
+
+/// With `CALLGATE_BENCH_PERF=FILE` set, `perf record` samples the daemon (call graphs
+/// by DWARF unwinding) from just before the broker restarts until the backlog is drained;
+/// each round overwrites `FILE` (read it with `perf report -i FILE`).
+fn perf_start(pid: u32) -> Option<std::process::Child> {
+    let out = std::env::var("CALLGATE_BENCH_PERF").ok()?;
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "4999",
+            "--call-graph",
+            "dwarf,32768",
+            "-o",
+            &out,
+        ])
+        .args(["-p", &pid.to_string()])
+        .spawn()
+        .map_err(|e| eprintln!("  perf: {e}"))
+        .ok()?;
+    // perf attaches after it starts: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    Some(child)
+}
+
+fn perf_stop(perf: Option<std::process::Child>) {
+    if let Some(mut child) = perf {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = child.wait();
+    }
 }
 
 /// The anchor: `payloads` published at QoS 1 by the uplink's own client from appliance
