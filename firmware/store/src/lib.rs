@@ -83,6 +83,7 @@
 mod acked;
 mod cache;
 mod commit;
+mod mirror;
 mod open;
 mod types;
 
@@ -294,6 +295,13 @@ pub struct Store {
     /// Acknowledged writes still in the outbox (kept durably in `meta`).
     #[allow(clippy::disallowed_types)]
     outbox_acked: Mutex<acked::Ranges>,
+    /// Entries in the outbox: counted once at open (sled's `len` walks the tree), then
+    /// kept by the commits that add and remove them.
+    outbox_entries: AtomicU64,
+    /// The outbox's waiting writes in memory, while the backlog is small enough
+    /// ([`mirror`]). Locked after `outbox_acked` where both are.
+    #[allow(clippy::disallowed_types)]
+    outbox_mirror: Mutex<mirror::Mirror>,
     /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
     id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
@@ -531,6 +539,7 @@ impl Store {
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
         let outbox_seq = AtomicU64::new(next_id(&t.outbox)?);
+        let outbox_entries = AtomicU64::new(t.outbox.len() as u64);
         let outbox_acked = match t.meta.get(META_OUTBOX_ACKED)? {
             None => acked::Ranges::default(),
             Some(b) => acked::Ranges::decode(&b).unwrap_or_else(|| {
@@ -554,6 +563,9 @@ impl Store {
             outbox_seq,
             #[allow(clippy::disallowed_types)]
             outbox_acked: Mutex::new(outbox_acked),
+            outbox_entries,
+            #[allow(clippy::disallowed_types)]
+            outbox_mirror: Mutex::new(mirror::Mirror::default()),
             id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
             keys_created: AtomicU64::new(0),
@@ -598,7 +610,7 @@ impl Store {
             }
         }
         if !ops.is_empty() {
-            self.commit(ops)?;
+            self.commit_counted(ops)?;
             log::info!("store: {n} records of calls that were in progress recovered");
         }
         self.slots()?.clear().map_err(StoreError::OpenCalls)?;
@@ -670,6 +682,55 @@ impl Store {
 
     fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.commit.commit(ops).map_err(StoreError::Commit)
+    }
+
+    /// [`Self::commit`] of ops that may add to or remove from the outbox, counted and
+    /// mirrored.
+    fn commit_counted(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let changes = self.outbox_changes(&ops);
+        self.commit(ops)?;
+        self.outbox_changed(&changes);
+        Ok(())
+    }
+
+    /// What `ops` do to the outbox: the writes they add to it ((write sequence, record
+    /// id): always a new sequence) and the sequences they remove (always ones it holds).
+    fn outbox_changes(&self, ops: &[Op]) -> (Vec<(u64, u64)>, Vec<u64>) {
+        let outbox = self.t.outbox.name();
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for op in ops {
+            match op {
+                Op::Insert { tree, key, value } if tree.name() == outbox => {
+                    if let (Some(seq), Some(id)) = (id_of(key), id_of(value)) {
+                        added.push((seq, id));
+                    }
+                }
+                Op::Remove { tree, key } if tree.name() == outbox => {
+                    removed.extend(id_of(key));
+                }
+                _ => {}
+            }
+        }
+        (added, removed)
+    }
+
+    /// After the commit of [`Self::outbox_changes`]: the count and the mirror follow.
+    fn outbox_changed(&self, (added, removed): &(Vec<(u64, u64)>, Vec<u64>)) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.outbox_entries
+            .fetch_add(added.len() as u64, Ordering::AcqRel);
+        let gone = removed.len() as u64;
+        let _ = self
+            .outbox_entries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                Some(e.saturating_sub(gone))
+            });
+        if let Ok(mut m) = self.outbox_mirror.lock() {
+            m.added(added);
+            m.removed(removed);
+        }
     }
 
     // ---- sealing ----
@@ -1174,7 +1235,9 @@ impl Store {
         let created = self.keys_created.load(Ordering::Acquire);
         let keys = created > self.keys_durable.load(Ordering::Acquire);
         if !ops.is_empty() || keys {
+            let changes = self.outbox_changes(&ops);
             commit_with(intent, ops)?;
+            self.outbox_changed(&changes);
             self.keys_durable.fetch_max(created, Ordering::AcqRel);
         } else {
             drop(intent);
@@ -1581,6 +1644,25 @@ impl Store {
             Some(a) => a + 1,
         };
         let acked = self.acked()?.clone();
+        let backlog = self.outbox_len();
+        if let Ok(mut m) = self.outbox_mirror.lock() {
+            if !m.is_complete() && backlog <= mirror::REFILL_AT {
+                // One walk of the tree (the uplink is reading, and the backlog fits).
+                let mut waiting = Vec::with_capacity(backlog);
+                for item in self.t.outbox.iter() {
+                    let (k, v) = item?;
+                    if let (Some(seq), Some(id)) = (id_of(&k), id_of(&v)) {
+                        if !acked.contains(seq) {
+                            waiting.push((seq, id));
+                        }
+                    }
+                }
+                m.fill(waiting);
+            }
+            if let Some(page) = m.page(from, n, &acked) {
+                return Ok(page);
+            }
+        }
         let mut out = Vec::with_capacity(n.min(4096));
         for item in self.t.outbox.range(from.to_be_bytes()..) {
             let (k, v) = item?;
@@ -1605,13 +1687,14 @@ impl Store {
             .map_err(|_| StoreError::Meta("the outbox's lock is poisoned".into()))
     }
 
-    /// How many writes await the uplink (walks the outbox: for status, not a hot path).
+    /// How many writes await the uplink (the outbox's entries less those acknowledged).
     pub fn outbox_len(&self) -> usize {
         let acked = self.acked().map_or(0, |a| a.count());
-        self.t
-            .outbox
-            .len()
-            .saturating_sub(usize::try_from(acked).unwrap_or(usize::MAX))
+        let n = self
+            .outbox_entries
+            .load(Ordering::Acquire)
+            .saturating_sub(acked);
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     /// The cloud acknowledged these writes (by sequence): they count as sent, durably (one
@@ -1628,7 +1711,12 @@ impl Store {
             tree: self.t.meta.clone(),
             key: META_OUTBOX_ACKED.to_vec(),
             value: acked.encode(),
-        }])
+        }])?;
+        // Still under the acknowledgements' lock: a read sees both or neither.
+        if let Ok(mut m) = self.outbox_mirror.lock() {
+            m.removed(seqs);
+        }
+        Ok(())
     }
 
     /// How many acknowledged writes wait to be removed.
@@ -1660,7 +1748,7 @@ impl Store {
             key: META_OUTBOX_ACKED.to_vec(),
             value: left.encode(),
         });
-        self.commit(ops)?;
+        self.commit_counted(ops)?;
         *acked = left;
         Ok(gone.len())
     }

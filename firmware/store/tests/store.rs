@@ -681,8 +681,14 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
         // b is written again (its final record) after it was read for sending: its new
         // write waits on, after c, whatever becomes of the old one.
         s.put_cdr(b, &cdr(PHONE, None, 22)).unwrap();
+        assert_eq!(
+            s.outbox_len(),
+            4,
+            "counted, not walked: every write adds one"
+        );
         let seqs: Vec<u64> = page.iter().map(|p| p.0).collect();
         s.outbox_sent(&seqs).unwrap();
+        assert_eq!(s.outbox_len(), 2);
         let left: Vec<u64> = s
             .outbox_page(None, 10)
             .unwrap()
@@ -713,6 +719,7 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
     );
     assert_eq!(s.outbox_compact(3).unwrap(), 3);
     assert_eq!(s.outbox_acked(), 2);
+    assert_eq!(s.outbox_len(), 0, "removals are counted too");
     drop(s);
     let s = Store::open(dir.path(), kek_again).unwrap();
     assert_eq!((s.outbox_len(), s.outbox_acked()), (0, 2));
@@ -721,6 +728,7 @@ fn the_outbox_holds_every_write_in_write_order_until_the_cloud_has_it() {
     assert_eq!(s.outbox_compact(100).unwrap(), 0);
     // A new write after everything left: sent like any other.
     let d = s.append_cdr(&cdr(PHONE, None, 4)).unwrap();
+    assert_eq!(s.outbox_len(), 1);
     assert_eq!(
         s.outbox_page(None, 10)
             .unwrap()
