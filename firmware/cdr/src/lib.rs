@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// `Debug` never prints the value (logs must not carry PII); use [`Pii::reveal`]
 /// deliberately. Serializes as the string, or `null` when erased (for a subject's export).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Option<String>", into = "Option<String>")]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "Option<String>")]
 pub enum Pii {
     Clear(String),
     Erased,
@@ -41,6 +41,16 @@ impl Pii {
 impl From<Option<String>> for Pii {
     fn from(v: Option<String>) -> Pii {
         v.map_or(Pii::Erased, Pii::Clear)
+    }
+}
+
+/// As `Option<String>` would, without copying the value first (serde's `into` clones).
+impl Serialize for Pii {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pii::Clear(v) => s.serialize_some(v.as_str()),
+            Pii::Erased => s.serialize_none(),
+        }
     }
 }
 

@@ -15,27 +15,52 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 
 #[derive(Serialize)]
 struct Entry<'a> {
-    msg_id: String,
+    msg_id: MsgId<'a>,
     id: u64,
     seq: u64,
     cdr: &'a Cdr,
 }
 
-/// A batch being built.
+/// `<appliance>:<record id>:<write sequence>`, written straight into the JSON.
+struct MsgId<'a> {
+    appliance: &'a str,
+    id: u64,
+    seq: u64,
+}
+
+impl Serialize for MsgId<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}:{}", self.appliance, self.id, self.seq))
+    }
+}
+
+/// A batch being built: the message itself, each record serialized straight into it.
 #[derive(Debug)]
 pub struct Batch {
     appliance: String,
+    /// `{"appliance":…,"records":[` and the records so far.
     body: Vec<u8>,
+    /// Where the records start in `body`.
+    head: usize,
     /// (record id, write sequence) of what it holds.
     pub sent: Vec<(u64, u64)>,
     limit: usize,
 }
 
+/// What closes a batch's JSON.
+const TAIL: &[u8] = b"]}";
+
 impl Batch {
     pub fn new(appliance: &str, limit: usize) -> Batch {
+        let name = serde_json::to_string(appliance).unwrap_or_else(|_| "\"\"".into());
+        let mut body = Vec::with_capacity(16 * 1024);
+        body.extend_from_slice(b"{\"appliance\":");
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(b",\"records\":[");
         Batch {
             appliance: appliance.to_owned(),
-            body: Vec::new(),
+            head: body.len(),
+            body,
             sent: Vec::new(),
             limit: limit.min(MAX_PAYLOAD),
         }
@@ -44,22 +69,26 @@ impl Batch {
     /// Adds a record; `false` (and nothing added) if the batch would grow past its limit
     /// and already holds something. A record alone larger than the limit goes alone.
     pub fn push(&mut self, id: u64, seq: u64, cdr: &Cdr) -> bool {
+        let before = self.body.len();
+        if self.has_records() {
+            self.body.push(b',');
+        }
         let entry = Entry {
-            msg_id: format!("{}:{id}:{seq}", self.appliance),
+            msg_id: MsgId {
+                appliance: &self.appliance,
+                id,
+                seq,
+            },
             id,
             seq,
             cdr,
         };
-        let Ok(json) = serde_json::to_vec(&entry) else {
-            return false;
-        };
-        if !self.sent.is_empty() && self.body.len() + json.len() + 64 > self.limit {
+        let fits = serde_json::to_writer(&mut self.body, &entry).is_ok()
+            && (before == self.head || self.body.len() + TAIL.len() <= self.limit);
+        if !fits {
+            self.body.truncate(before);
             return false;
         }
-        if !self.body.is_empty() {
-            self.body.push(b',');
-        }
-        self.body.extend_from_slice(&json);
         self.sent.push((id, seq));
         true
     }
@@ -79,19 +108,13 @@ impl Batch {
 
     /// Whether it holds any record to publish (not only skipped ids).
     pub fn has_records(&self) -> bool {
-        !self.body.is_empty()
+        self.body.len() > self.head
     }
 
-    /// The payload.
-    pub fn finish(&self) -> Vec<u8> {
-        let head = serde_json::to_string(&self.appliance).unwrap_or_else(|_| "\"\"".into());
-        let mut out = Vec::with_capacity(self.body.len() + head.len() + 32);
-        out.extend_from_slice(b"{\"appliance\":");
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(b",\"records\":[");
-        out.extend_from_slice(&self.body);
-        out.extend_from_slice(b"]}");
-        out
+    /// The payload, and the (record id, write sequence) pairs it carries.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<(u64, u64)>) {
+        self.body.extend_from_slice(TAIL);
+        (self.body, self.sent)
     }
 }
 
@@ -131,7 +154,9 @@ mod tests {
         }
         assert!(n >= 2, "{n}");
         b.skip(7, 1);
-        let out = b.finish();
+        assert_eq!(b.len() as u64, n + 1, "the skipped id is acknowledged too");
+        let (out, sent) = b.finish();
+        assert_eq!(sent.len() as u64, n + 1);
         assert!(out.len() <= 1200, "{}", out.len());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["appliance"], "lab-a");
@@ -139,7 +164,24 @@ mod tests {
         assert_eq!(recs.len() as u64, n);
         assert_eq!(recs[0]["msg_id"], "lab-a:40:900");
         assert_eq!(recs[0]["cdr"]["caller"], "+12025550101");
-        assert_eq!(b.len() as u64, n + 1, "the skipped id is acknowledged too");
+        // Each entry's record is the record's own JSON.
+        assert_eq!(recs[1]["cdr"], serde_json::to_value(cdr(1)).unwrap());
+        assert_eq!(recs[1]["msg_id"], "lab-a:41:901");
+        // A name that needs escaping stays valid JSON.
+        let mut q = Batch::new("a\"b", MAX_PAYLOAD);
+        assert!(q.push(1, 1, &cdr(1)));
+        let (out, _) = q.finish();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["appliance"], "a\"b");
+        assert_eq!(v["records"][0]["msg_id"], "a\"b:1:1");
+        // Nothing but skips: no records, still valid.
+        let mut e = Batch::new("lab-a", MAX_PAYLOAD);
+        e.skip(3, 3);
+        assert!(!e.has_records());
+        let (out, sent) = e.finish();
+        assert_eq!(sent, vec![(3, 3)]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["records"].as_array().unwrap().len(), 0);
         // One record larger than the limit still goes, alone.
         let mut one = Batch::new("lab-a", 10);
         assert!(one.push(1, 1, &cdr(1)));

@@ -237,15 +237,25 @@ where
     }))
     .await?;
 
-    // Per packet id: the (record id, write sequence) pairs it carries; and all their
-    // sequences, so a read of the outbox leaves them out.
+    // Per packet id: the (record id, write sequence) pairs it carries; and every sequence
+    // read and not yet durably out of the outbox, so a read leaves them out.
     let mut inflight: HashMap<u16, Vec<(u64, u64)>> = HashMap::new();
     let mut in_flight_seqs: HashSet<u64> = HashSet::new();
-    // Reads under way (in write order) and batches read, waiting for room in the window.
-    let mut reads: VecDeque<tokio::task::JoinHandle<Result<Vec<Batch>, UplinkError>>> =
-        VecDeque::new();
+    // The read under way (one at a time, on a blocking thread, its batches streamed in
+    // write order) and batches read, waiting for room in the window.
+    let mut reading: Option<mpsc::UnboundedReceiver<Read>> = None;
     let mut ready: VecDeque<Batch> = VecDeque::new();
+    // Acknowledged by the broker, waiting for their durable removal; and the removal under
+    // way (one at a time: what is acknowledged meanwhile goes in the next, one commit).
+    let mut acks_due = Acks::default();
+    let mut acking: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, Acks)> = None;
     let max = s.batch_records.max(1);
+    // A read starts once this many batches fit in the window (fewer, larger reads: each
+    // is a wake-up of a blocking thread and of the session).
+    let refill = window.div_ceil(4).max(1);
+    // Acknowledged messages per durable removal while the window is busy.
+    let ack_group = window.div_ceil(4).max(1) as u64;
+    let mut flush_acks = false;
     // The report in flight: its packet id and the document, cleared on its PUBACK.
     let mut report_sent: Option<(u16, Vec<u8>)> = None;
     let mut exhausted = false;
@@ -287,63 +297,106 @@ where
                 break;
             };
             let id = pkids.take();
-            let mut p = Publish::new(
-                records_topic.clone(),
-                QoS::AtLeastOnce,
-                batch.finish(),
-                None,
-            );
+            let (payload, sent) = batch.finish();
+            let mut p = Publish::new(records_topic.clone(), QoS::AtLeastOnce, payload, None);
             p.pkid = id;
             w.send(&Packet::Publish(p)).await?;
-            inflight.insert(id, batch.sent);
+            inflight.insert(id, sent);
         }
-        // Plan the next reads: the outbox's next writes, a batch's worth per read, each
-        // read on a blocking thread of its own (they overlap with the session's work).
-        while !exhausted && inflight.len() + ready.len() + reads.len() < window {
-            let slots = window - inflight.len() - ready.len() - reads.len();
-            // After a wrap to the start, what is already in flight is left out.
+        // The next read: the outbox's writes after the cursor, as many batches as the
+        // window has room for, read on a blocking thread while the session goes on.
+        let room = window.saturating_sub(inflight.len() + ready.len());
+        if reading.is_none() && !exhausted && held_until.is_none() && room >= refill {
+            // After a wrap to the start, what is already read is left out.
             let skip = if cursor.is_none() {
                 in_flight_seqs.clone()
             } else {
                 HashSet::new()
             };
-            let page = next_writes(cx.store, cursor, slots * max, skip).await?;
-            if page.is_empty() {
-                // The end of the outbox: once more from its start (a write that became
-                // visible just after a later one was read), then wait.
-                if cursor.is_some() {
-                    cursor = None;
-                } else {
-                    exhausted = true;
-                }
-                continue;
-            }
-            for chunk in page.chunks(max) {
-                cursor = chunk.last().map(|(seq, _)| *seq).or(cursor);
-                in_flight_seqs.extend(chunk.iter().map(|(seq, _)| *seq));
-                reads.push_back(read_batches(cx.store, &s.client_id, chunk.to_vec(), limit));
-            }
+            let plan = ReadPlan {
+                appliance: s.client_id.clone(),
+                cursor,
+                skip,
+                batches: room,
+                records: max,
+                limit,
+            };
+            reading = Some(start_read(cx.store, plan));
+        }
+        // The durable removal of what the broker acknowledged: one commit for several
+        // messages while more acknowledgements are coming (each commit is an fsync, and
+        // they cost more CPU than anything but the reads), at once when nothing else is
+        // in flight, and at the latest at the next poll. Until then the records count as
+        // read, not sent: a crash sends them again (duplicates, never a loss).
+        let due_now = !acks_due.pairs.is_empty()
+            && (inflight.is_empty() || acks_due.messages >= ack_group || flush_acks);
+        if acking.is_none() && due_now {
+            flush_acks = false;
+            let due = std::mem::take(&mut acks_due);
+            let st = cx.store.clone();
+            let seqs: Vec<u64> = due.pairs.iter().map(|(_, seq)| *seq).collect();
+            acking = Some((
+                tokio::task::spawn_blocking(move || st.outbox_sent(&seqs)),
+                due,
+            ));
         }
         tokio::select! {
-            done = async {
-                match reads.front_mut() {
-                    Some(h) => h.await,
+            read = async {
+                match reading.as_mut() {
+                    Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            }, if !reads.is_empty() => {
-                reads.pop_front();
-                let batches = done.map_err(|e| UplinkError::Store(e.to_string()))??;
-                for batch in batches {
-                    if batch.has_records() && held_until.is_none() {
+            }, if reading.is_some() => match read {
+                Some(Read::Batch(batch)) => {
+                    in_flight_seqs.extend(batch.sent.iter().map(|(_, seq)| *seq));
+                    if !batch.has_records() {
+                        // Only ids whose records are gone (retention): nothing to send.
+                        acks_due.pairs.extend(batch.sent);
+                    } else if held_until.is_none() {
                         ready.push_back(batch);
-                    } else if batch.has_records() {
+                    } else {
                         // Held (no subscriber): read again after the hold.
                         forget(&mut in_flight_seqs, &batch.sent);
-                    } else {
-                        // Only ids whose records are gone (retention): nothing to send.
-                        forget(&mut in_flight_seqs, &batch.sent);
-                        acknowledge(cx.store, cx.status, batch.sent, false).await?;
                     }
+                }
+                Some(Read::Done { last, found }) => {
+                    reading = None;
+                    if held_until.is_some() {
+                        // Held: what it read was let go; after the hold, from the start.
+                    } else if found {
+                        cursor = last;
+                    } else if cursor.is_some() {
+                        // The end of the outbox: once more from its start (a write that
+                        // became visible just after a later one was read), then wait.
+                        cursor = None;
+                    } else {
+                        exhausted = true;
+                    }
+                }
+                Some(Read::Failed(e)) => return Err(e),
+                None => return Err(UplinkError::Store("the outbox read ended early".into())),
+            },
+            done = async {
+                match acking.as_mut() {
+                    Some((h, _)) => h.await,
+                    None => std::future::pending().await,
+                }
+            }, if acking.is_some() => {
+                let Some((_, due)) = acking.take() else { continue };
+                done.map_err(|e| UplinkError::Store(e.to_string()))?
+                    .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
+                forget(&mut in_flight_seqs, &due.pairs);
+                if due.messages > 0 {
+                    let t = now_ms();
+                    cx.status.send_modify(|st| {
+                        st.records_sent += due.records;
+                        st.messages_acked += due.messages;
+                        st.last_ack_ms = Some(t);
+                        // Counted again every second; until then, what just left.
+                        st.backlog = st
+                            .backlog
+                            .saturating_sub(usize::try_from(due.records).unwrap_or(usize::MAX));
+                    });
                 }
             }
             r = w.fill() => {
@@ -357,11 +410,11 @@ where
                             pkids.free(a.pkid);
                             check_ack(&a)?;
                             if let Some(pairs) = inflight.remove(&a.pkid) {
-                                forget(&mut in_flight_seqs, &pairs);
                                 if a.reason == PubAckReason::NoMatchingSubscribers {
                                     // Accepted, but nobody takes records (the cloud's
                                     // subscription is gone, e.g. a broker that lost its
                                     // sessions): they stay in the outbox and go again.
+                                    forget(&mut in_flight_seqs, &pairs);
                                     held_until = Some(Instant::now() + NO_SUBSCRIBER_HOLD);
                                     exhausted = true;
                                     cursor = None;
@@ -370,9 +423,11 @@ where
                                     }
                                     let e = "the broker has no subscriber for the records: they wait in the outbox".to_owned();
                                     cx.status.send_modify(|st| st.last_error = Some(e));
-                                    drop(pairs);
                                 } else {
-                                    acknowledge(cx.store, cx.status, pairs, true).await?;
+                                    // They stay "read" until their removal is durable.
+                                    acks_due.records += pairs.len() as u64;
+                                    acks_due.messages += 1;
+                                    acks_due.pairs.extend(pairs);
                                     exhausted = held_until.is_some();
                                 }
                             } else if control.remove(&a.pkid) {
@@ -446,6 +501,7 @@ where
                 w.send(&Packet::PingReq(PingReq)).await?;
             }
             _ = poll.tick() => {
+                flush_acks = !acks_due.pairs.is_empty();
                 if held_until.is_none_or(|t| Instant::now() >= t) {
                     held_until = None;
                     exhausted = false;
@@ -565,109 +621,134 @@ fn check_ack(a: &PubAck) -> Result<(), UplinkError> {
     }
 }
 
-/// The broker has these: they leave the outbox (durably) before they count as sent.
-async fn acknowledge(
-    store: &Arc<Store>,
-    status: &watch::Sender<Status>,
+/// What the broker acknowledged and awaits its durable removal from the outbox.
+#[derive(Default)]
+struct Acks {
+    /// (record id, write sequence).
     pairs: Vec<(u64, u64)>,
-    acked: bool,
-) -> Result<(), UplinkError> {
-    let n = pairs.len() as u64;
-    let st = store.clone();
-    let seqs: Vec<u64> = pairs.iter().map(|(_, seq)| *seq).collect();
-    tokio::task::spawn_blocking(move || st.outbox_sent(&seqs))
-        .await
-        .map_err(|e| UplinkError::Store(e.to_string()))?
-        .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
-    if acked {
-        let t = now_ms();
-        status.send_modify(|s| {
-            s.records_sent += n;
-            s.messages_acked += 1;
-            s.last_ack_ms = Some(t);
-            // Counted again every second; until then, what just left.
-            s.backlog = s
-                .backlog
-                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
-        });
-    }
-    Ok(())
+    /// Records sent in them (ids whose records were gone are not counted).
+    records: u64,
+    /// Messages acknowledged.
+    messages: u64,
 }
 
-/// Up to `n` of the outbox's writes after `cursor`, in write order, leaving out `skip`.
-async fn next_writes(
-    store: &Arc<Store>,
+/// What a read of the outbox streams back to the session, in write order.
+enum Read {
+    Batch(Batch),
+    /// The read ended. `found`: it found writes after its cursor (not left out);
+    /// `last`: the last write sequence it looked at, the next read's cursor.
+    Done {
+        last: Option<u64>,
+        found: bool,
+    },
+    Failed(UplinkError),
+}
+
+/// One read: up to `batches` batches of up to `records` records (and `limit` bytes) each,
+/// from the outbox's writes after `cursor`, leaving out `skip`.
+struct ReadPlan {
+    appliance: String,
     cursor: Option<u64>,
-    n: usize,
     skip: HashSet<u64>,
-) -> Result<Vec<(u64, u64)>, UplinkError> {
-    let st = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(n);
-        let mut after = cursor;
-        loop {
-            let page = st
-                .outbox_page(after, n)
-                .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
-            let Some(last) = page.last().map(|(seq, _)| *seq) else {
-                return Ok(out);
-            };
-            out.extend(page.into_iter().filter(|(seq, _)| !skip.contains(seq)));
-            if out.len() >= n || skip.is_empty() {
-                out.truncate(n);
-                return Ok(out);
-            }
-            after = Some(last);
-        }
-    })
-    .await
-    .map_err(|e| UplinkError::Store(e.to_string()))?
+    batches: usize,
+    records: usize,
+    limit: usize,
 }
 
-/// Reads the records of `writes` ((write sequence, record id), in write order) on a
-/// blocking thread into batches of at most `limit` bytes.
-fn read_batches(
-    store: &Arc<Store>,
-    appliance: &str,
-    writes: Vec<(u64, u64)>,
-    limit: usize,
-) -> tokio::task::JoinHandle<Result<Vec<Batch>, UplinkError>> {
+/// Starts a read on a blocking thread; its batches arrive as each is built, then
+/// [`Read::Done`] (or [`Read::Failed`]).
+fn start_read(store: &Arc<Store>, plan: ReadPlan) -> mpsc::UnboundedReceiver<Read> {
+    let (tx, rx) = mpsc::unbounded_channel();
     let st = store.clone();
-    let name = appliance.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut batch = Batch::new(&name, limit);
-        let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
-        let mut records = st.get_cdrs(&ids);
-        for (seq, id) in writes {
-            let read = records.remove(&id).unwrap_or_else(|| st.get_cdr(id));
-            match read {
-                Ok(r) => {
+        let end = match read_outbox(&st, &plan, &tx) {
+            Ok((last, found)) => Read::Done { last, found },
+            Err(e) => Read::Failed(e),
+        };
+        // The session may be gone: then nobody needs the answer.
+        let _ = tx.send(end);
+    });
+    rx
+}
+
+/// The body of [`start_read`]: (the last sequence looked at, whether any write was found).
+fn read_outbox(
+    st: &Store,
+    plan: &ReadPlan,
+    tx: &mpsc::UnboundedSender<Read>,
+) -> Result<(Option<u64>, bool), UplinkError> {
+    let store_err = |e: StoreError| UplinkError::Store(callgate_store::error_chain(&e));
+    let mut after = plan.cursor;
+    let mut found = false;
+    for _ in 0..plan.batches {
+        // A batch's worth of writes, past the ones left out.
+        let mut writes: Vec<(u64, u64)> = Vec::with_capacity(plan.records);
+        let mut end = false;
+        while writes.len() < plan.records {
+            let want = plan.records - writes.len();
+            let page = st.outbox_page(after, want).map_err(store_err)?;
+            end = page.len() < want;
+            let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                break;
+            };
+            after = Some(last);
+            writes.extend(page.into_iter().filter(|(seq, _)| !plan.skip.contains(seq)));
+            if end {
+                break;
+            }
+        }
+        if writes.is_empty() {
+            break;
+        }
+        found = true;
+        for batch in batches_of(st, &plan.appliance, writes, plan.limit) {
+            if tx.send(Read::Batch(batch)).is_err() {
+                // The session ended.
+                return Ok((after, found));
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    Ok((after, found))
+}
+
+/// The records of `writes` ((write sequence, record id), in write order) in batches of at
+/// most `limit` bytes.
+fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut batch = Batch::new(appliance, limit);
+    let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
+    let mut records = st.get_cdrs(&ids);
+    for (seq, id) in writes {
+        let read = records.remove(&id).unwrap_or_else(|| st.get_cdr(id));
+        match read {
+            Ok(r) => {
+                if !batch.push(id, seq, &r.value) {
+                    out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
                     if !batch.push(id, seq, &r.value) {
-                        out.push(std::mem::replace(&mut batch, Batch::new(&name, limit)));
-                        if !batch.push(id, seq, &r.value) {
-                            // Only a record that does not serialize fails in an empty batch.
-                            log::error!("uplink: record {id} does not encode and is not sent");
-                            batch.skip(id, seq);
-                        }
+                        // Only a record that does not serialize fails in an empty batch.
+                        log::error!("uplink: record {id} does not encode and is not sent");
+                        batch.skip(id, seq);
                     }
                 }
-                Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
-                Err(e) => {
-                    // Unreadable: sending it again would not help; said once, loudly.
-                    log::error!(
-                        "uplink: record {id} is unreadable and is not sent: {}",
-                        callgate_store::error_chain(&e)
-                    );
-                    batch.skip(id, seq);
-                }
+            }
+            Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
+            Err(e) => {
+                // Unreadable: sending it again would not help; said once, loudly.
+                log::error!(
+                    "uplink: record {id} is unreadable and is not sent: {}",
+                    callgate_store::error_chain(&e)
+                );
+                batch.skip(id, seq);
             }
         }
-        if !batch.is_empty() {
-            out.push(batch);
-        }
-        Ok(out)
-    })
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
 /// The writes of `pairs` ((record id, write sequence)) are no longer in flight.
