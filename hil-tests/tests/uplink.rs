@@ -197,7 +197,20 @@ fn every_record_of_a_thousand_calls_reaches_the_cloud_in_order() {
     for c in by_id.values() {
         assert_eq!(c["caller"], CALLER);
         assert_eq!(c["disposition"], "answered");
-        assert!(stored.iter().any(|s| s["call_id"] == c["call_id"]));
+        // Every field the appliance shows for the record, with the same value (a
+        // `resume` of null is left out), and whether the caller gave a name.
+        let s = stored
+            .iter()
+            .find(|s| s["call_id"] == c["call_id"])
+            .unwrap_or_else(|| panic!("not stored: {c}"));
+        for (k, v) in s.as_object().unwrap() {
+            if k == "resume" && v.is_null() {
+                assert!(c.get(k).is_none(), "{c}");
+            } else {
+                assert_eq!(&c[k], v, "{k} of {c}");
+            }
+        }
+        assert_eq!(c["has_name"], Value::Bool(!s["caller_name"].is_null()));
     }
     let st = uplink(&a);
     wait_until("backlog drained", 10, || uplink(&a)["backlog"] == 0);

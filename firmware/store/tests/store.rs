@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use callgate_store::{
-    AuditEntry, Cdr, ConfigRevision, Disposition, Pii, Session, Store, StoreError, Table,
+    AuditEntry, Cdr, ConfigRevision, Disposition, Party, Pii, Resume, Session, Store, StoreError,
+    Table,
 };
 use callgate_vault::Kek;
 
@@ -763,4 +764,83 @@ fn a_batch_read_gives_what_single_reads_give() {
         }
     }
     assert!(s.get_cdrs(&[]).is_empty());
+}
+
+/// The cloud's JSON of a record, joined from its stored parts, against the record read
+/// and serialized the usual way: the same bytes as `cdr_json` of what `get_cdr` reads,
+/// and the same values as `Cdr`'s own JSON, for every shape a record can take.
+#[test]
+fn a_records_cloud_json_is_what_the_record_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), kek()).unwrap();
+    let party = |addr: &str| Party {
+        tcp: false,
+        addr: addr.parse().unwrap(),
+        local: "203.0.113.5:5060".parse().unwrap(),
+        media: vec![],
+    };
+    let mut shapes = vec![
+        cdr(PHONE, Some(NAME), 1),
+        cdr(PHONE, None, 2),
+        cdr("+14155550123", Some("Zoë \"Q\" O'Brien\\"), 3),
+        cdr(PHONE, Some(NAME), 4),
+        cdr(PHONE, None, 5),
+    ];
+    shapes[3].ended_by = Some("b".into());
+    shapes[4].end_at = None;
+    shapes[4].resume = Some(Resume {
+        from_tag: "ftag".into(),
+        caller: party("203.0.113.10:5060"),
+        callee: party("198.51.100.10:5060"),
+        media_pool: vec!["203.0.113.32/28".into()],
+    });
+    let mut erased_at_write = cdr("+12025550199", Some(NAME), 6);
+    erased_at_write.caller = Pii::Erased;
+    erased_at_write.caller_name = Some(Pii::Erased);
+    shapes.push(erased_at_write);
+    let ids: Vec<u64> = shapes.iter().map(|c| s.append_cdr(c).unwrap()).collect();
+    let check = |s: &Store| {
+        let got = s.get_cdrs_json(&ids);
+        for id in &ids {
+            let json = got.get(id).unwrap().as_ref().unwrap();
+            let read = s.get_cdr(*id).unwrap().value;
+            assert_eq!(
+                json,
+                &callgate_store::cdr_json(&read).unwrap(),
+                "record {id}"
+            );
+            let mut v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            let obj = v.as_object_mut().unwrap();
+            assert_eq!(
+                obj.remove("has_name"),
+                Some(serde_json::Value::Bool(read.caller_name.is_some()))
+            );
+            obj.entry("resume").or_insert(serde_json::Value::Null);
+            assert_eq!(v, serde_json::to_value(&read).unwrap(), "record {id}");
+        }
+    };
+    check(&s);
+    for (id, c) in ids.iter().zip(&shapes) {
+        let json = s.get_cdrs_json(&[*id]).remove(id).unwrap().unwrap();
+        assert_eq!(
+            json,
+            callgate_store::cdr_json(c).unwrap(),
+            "as written: {id}"
+        );
+    }
+    // After an erasure the caller's records carry nulls, and nothing else changes.
+    s.erase_subject(PHONE).unwrap();
+    check(&s);
+    let v: serde_json::Value =
+        serde_json::from_slice(s.get_cdrs_json(&[ids[0]])[&ids[0]].as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (&v["caller"], &v["caller_name"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null)
+    );
+    assert_eq!(v["call_id"], "call-1@192.0.2.10");
+    // Gone: an error, never bytes.
+    assert!(matches!(
+        s.get_cdrs_json(&[9_999])[&9_999],
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -61,13 +61,13 @@ fn main() {
             cursor = page.last().map(|(s, _)| *s);
             let t = Instant::now();
             let ids: Vec<u64> = page.iter().map(|(_, id)| *id).collect();
-            let mut got = store.get_cdrs(&ids);
+            let mut got = store.get_cdrs_json(&ids);
             t_get += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let mut b = Batch::new("lab-a", MAX_PAYLOAD);
             for (seq, id) in &page {
-                let r = got.remove(id).unwrap().unwrap();
-                assert!(b.push(*id, *seq, &r.value));
+                let json = got.remove(id).unwrap().unwrap();
+                assert!(b.push_json(*id, *seq, &json));
             }
             std::hint::black_box(b.finish());
             t_push += t.elapsed().as_secs_f64();
@@ -76,7 +76,7 @@ fn main() {
     }
     let per = |t: f64| t * 1000.0 / batches as f64;
     println!(
-        "per batch of 100: outbox_page {:.3} ms, get_cdrs {:.3} ms, push+finish {:.3} ms",
+        "per batch of 100: outbox_page {:.3} ms, get_cdrs_json {:.3} ms, push+finish {:.3} ms",
         per(t_page),
         per(t_get),
         per(t_push)

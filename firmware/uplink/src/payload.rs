@@ -8,36 +8,15 @@
 //! ```
 
 use callgate_store::Cdr;
-use serde::Serialize;
 
 /// The largest batch payload (bytes) the uplink builds, whatever the broker allows.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
-#[derive(Serialize)]
-struct Entry<'a> {
-    msg_id: MsgId<'a>,
-    id: u64,
-    seq: u64,
-    cdr: &'a Cdr,
-}
-
-/// `<appliance>:<record id>:<write sequence>`, written straight into the JSON.
-struct MsgId<'a> {
-    appliance: &'a str,
-    id: u64,
-    seq: u64,
-}
-
-impl Serialize for MsgId<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}:{}", self.appliance, self.id, self.seq))
-    }
-}
-
 /// A batch being built: the message itself, each record serialized straight into it.
 #[derive(Debug)]
 pub struct Batch {
-    appliance: String,
+    /// `"<appliance>` as a JSON string so far: each message id goes on from there.
+    msg_id_head: String,
     /// `{"appliance":…,"records":[` and the records so far.
     body: Vec<u8>,
     /// Where the records start in `body`.
@@ -57,8 +36,9 @@ impl Batch {
         body.extend_from_slice(b"{\"appliance\":");
         body.extend_from_slice(name.as_bytes());
         body.extend_from_slice(b",\"records\":[");
+        let msg_id_head = name.strip_suffix('"').unwrap_or("\"").to_owned();
         Batch {
-            appliance: appliance.to_owned(),
+            msg_id_head,
             head: body.len(),
             body,
             sent: Vec::new(),
@@ -69,23 +49,28 @@ impl Batch {
     /// Adds a record; `false` (and nothing added) if the batch would grow past its limit
     /// and already holds something. A record alone larger than the limit goes alone.
     pub fn push(&mut self, id: u64, seq: u64, cdr: &Cdr) -> bool {
+        match callgate_store::cdr_json(cdr) {
+            Ok(json) => self.push_json(id, seq, &json),
+            Err(_) => false,
+        }
+    }
+
+    /// [`Batch::push`] of a record's JSON as the store gives it
+    /// ([`callgate_store::Store::get_cdrs_json`]).
+    pub fn push_json(&mut self, id: u64, seq: u64, cdr_json: &[u8]) -> bool {
+        use std::io::Write;
         let before = self.body.len();
         if self.has_records() {
             self.body.push(b',');
         }
-        let entry = Entry {
-            msg_id: MsgId {
-                appliance: &self.appliance,
-                id,
-                seq,
-            },
-            id,
-            seq,
-            cdr,
-        };
-        let fits = serde_json::to_writer(&mut self.body, &entry).is_ok()
-            && (before == self.head || self.body.len() + TAIL.len() <= self.limit);
-        if !fits {
+        let _ = write!(
+            self.body,
+            "{{\"msg_id\":{}:{id}:{seq}\",\"id\":{id},\"seq\":{seq},\"cdr\":",
+            self.msg_id_head
+        );
+        self.body.extend_from_slice(cdr_json);
+        self.body.push(b'}');
+        if before != self.head && self.body.len() + TAIL.len() > self.limit {
             self.body.truncate(before);
             return false;
         }
@@ -164,8 +149,11 @@ mod tests {
         assert_eq!(recs.len() as u64, n);
         assert_eq!(recs[0]["msg_id"], "lab-a:40:900");
         assert_eq!(recs[0]["cdr"]["caller"], "+12025550101");
-        // Each entry's record is the record's own JSON.
-        assert_eq!(recs[1]["cdr"], serde_json::to_value(cdr(1)).unwrap());
+        // Each entry's record is the record's JSON as the store gives it.
+        let json: serde_json::Value =
+            serde_json::from_slice(&callgate_store::cdr_json(&cdr(1)).unwrap()).unwrap();
+        assert_eq!(recs[1]["cdr"], json);
+        assert_eq!(recs[1]["cdr"]["call_id"], "c1");
         assert_eq!(recs[1]["msg_id"], "lab-a:41:901");
         // A name that needs escaping stays valid JSON.
         let mut q = Batch::new("a\"b", MAX_PAYLOAD);

@@ -720,18 +720,20 @@ fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize
     let mut out = Vec::new();
     let mut batch = Batch::new(appliance, limit);
     let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
-    let mut records = st.get_cdrs(&ids);
+    let mut records = st.get_cdrs_json(&ids);
     for (seq, id) in writes {
-        let read = records.remove(&id).unwrap_or_else(|| st.get_cdr(id));
+        let read = records.remove(&id).unwrap_or_else(|| {
+            Err(StoreError::NotFound {
+                table: "cdrs",
+                id: id.to_string(),
+            })
+        });
         match read {
-            Ok(r) => {
-                if !batch.push(id, seq, &r.value) {
+            Ok(json) => {
+                if !batch.push_json(id, seq, &json) {
                     out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
-                    if !batch.push(id, seq, &r.value) {
-                        // Only a record that does not serialize fails in an empty batch.
-                        log::error!("uplink: record {id} does not encode and is not sent");
-                        batch.skip(id, seq);
-                    }
+                    // An empty batch takes any record.
+                    batch.push_json(id, seq, &json);
                 }
             }
             Err(StoreError::NotFound { .. }) => batch.skip(id, seq),
