@@ -48,7 +48,7 @@
 //!   with CN `lab-a` (client id `lab-a-anchor`), to `callgate/lab-a/anchor` (the subscriber
 //!   gets those too: the broker does the same work per message). Timed from just before
 //!   CONNECT (after the TLS handshake) until every PUBACK is in.
-//! - Product and anchor alternate, 3 rounds (1 with `--quick`); the figures are medians,
+//! - Product and anchor alternate, 5 rounds (1 with `--quick`); the figures are medians,
 //!   `x_vs_raw` the median of the per-round ratios. Both face the same broker: running,
 //!   idle, its subscriber connected.
 //! - **lost / dup**: 3,000 calls at 100 calls/s (1,000 with `--quick`) while the broker is
@@ -83,7 +83,7 @@
 //! and extra keys. Goals: `x_vs_raw` ≥ 0.8, `lost` = 0, `drain_10k_s` ≤ 5. A missed goal
 //! is reported, not an error; the exit status is non-zero only if the setup failed (no
 //! lab, no broker, no enrolment, fewer than 10,000 records in the backlog, …). A full run
-//! takes about 2.5 minutes on 2 cores, `--quick` about 1.5.
+//! takes about 3.5 minutes on 2 cores, `--quick` about 1.5.
 //!
 //! ## Limits
 //! - Mosquitto acknowledges a QoS 1 message before its next save: a SIGKILL can lose a
@@ -867,7 +867,7 @@ fn daemon_pid(a: &Appliance<'_>) -> u32 {
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick { 1 } else { 5 };
     let kill_calls: u64 = if quick { 1000 } else { 3000 };
     let callgated = hil_tests::bin("callgated");
     if !callgated.is_file() {
