@@ -739,13 +739,23 @@ impl Store {
         &self.dir
     }
 
-    /// Number of records in a table.
+    /// Number of records in a table (a walk of its tree: not for a hot path). A call
+    /// whose final record is in the tree while its slot is not yet released (the moment
+    /// between the two in [`Self::write_cdrs`]) counts once.
     pub fn len(&self, table: Table) -> usize {
+        let tree = self.t.table(table);
         let open = match table {
-            Table::Cdrs => self.slots().map_or(0, |s| s.len()),
+            Table::Cdrs => {
+                // The ids first, then the lookups without the slots' lock (writers wait
+                // for it): a slot released meanwhile has its final record in the tree.
+                let ids = self.slots().map_or_else(|_| Vec::new(), |s| s.ids());
+                ids.into_iter()
+                    .filter(|id| !tree.contains_key(id.to_be_bytes()).unwrap_or(false))
+                    .count()
+            }
             _ => 0,
         };
-        self.t.table(table).len() + open
+        tree.len() + open
     }
 
     /// The subject token the store files `subject_id` under.
@@ -1971,4 +1981,50 @@ fn load_keyring(t: &Trees, kek: &Kek) -> Result<Option<Keyring>, StoreError> {
     Keyring::from_keys(keys, current)
         .map(Some)
         .ok_or_else(|| StoreError::Meta(format!("the current data key {current} is missing")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+    use super::*;
+
+    fn cdr(n: u64, end: Option<u64>) -> Cdr {
+        Cdr {
+            call_id: format!("call-{n}"),
+            tracking_number: "+18005550100".into(),
+            campaign: "spring".into(),
+            caller: Pii::new("+12025550101"),
+            caller_name: None,
+            destination: "sip:agent@198.51.100.20".into(),
+            invite_at: 1_700_000_000_000 + n,
+            ring_at: None,
+            answer_at: Some(1_700_000_000_100 + n),
+            end_at: end,
+            duration_ms: 0,
+            disposition: Disposition::Answered,
+            final_code: 200,
+            appliance: "a".into(),
+            ended_by: None,
+            resume: None,
+        }
+    }
+
+    /// The moment inside `write_cdrs` between the final record's commit and the slot's
+    /// release, made to last: the call is in both places and counts once.
+    #[test]
+    fn a_call_between_its_final_record_and_its_slots_release_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), callgate_vault::Kek::generate().unwrap()).unwrap();
+        s.put_open_cdrs(&[(1, &cdr(1, None)), (2, &cdr(2, None))])
+            .unwrap();
+        assert_eq!(s.len(Table::Cdrs), 2);
+        // Call 1's final record reaches the tree; its slot is still held.
+        let ops = s.cdr_ops(1, &cdr(1, Some(1_700_000_060_000))).unwrap();
+        s.commit_counted(ops).unwrap();
+        assert_eq!(s.slots().unwrap().len(), 2, "the slot is still held");
+        assert_eq!(s.len(Table::Cdrs), 2, "call 1 once, call 2 once");
+        // Released: still two.
+        s.slots().unwrap().release(1).unwrap();
+        assert_eq!(s.len(Table::Cdrs), 2);
+    }
 }
