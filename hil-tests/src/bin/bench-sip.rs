@@ -48,7 +48,9 @@
 //!   open (set up at 1000 calls/s with a long `-d`, confirmed by the daemon's
 //!   `active_calls`) minus VmRSS just before they were set up (on a fresh daemon warmed up
 //!   by a thousand short calls), divided by `dialogs`; the median over three fresh daemons
-//!   (one with `--quick`), each figure in `bytes_per_dialog_runs`. Everything the daemon
+//!   (one with `--quick`), each figure in `bytes_per_dialog_runs`. The divisor is the
+//!   dialogs the daemon says it holds at the sample (`active_calls`), not the number aimed
+//!   for (a warning is printed when they differ). Everything the daemon
 //!   does for a held dialog is counted: the proxy's call state, the pinholes, the
 //!   answer-time record (sealed into the store's file of calls in progress). Kamailio's is
 //!   not measured.
@@ -670,7 +672,7 @@ fn active_calls(a: &Appliance<'_>) -> u64 {
 }
 
 /// bytes_per_dialog on a fresh daemon: warm-up, VmRSS, `o.dialogs` dialogs held open,
-/// VmRSS again.
+/// VmRSS again, divided by the dialogs the daemon says it holds at the sample.
 fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
     let warm = trial(t, 500, 1000, false);
     if !warm.pass() {
@@ -738,7 +740,8 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
             o.dialogs
         );
     }
-    (with as f64 - before as f64) / o.dialogs as f64
+    // Divided by what the daemon holds, not by what was aimed for.
+    (with as f64 - before as f64) / up_at_sample.max(1) as f64
 }
 
 /// Starts Kamailio in `lab`'s namespace A; returns it and its main pid.
