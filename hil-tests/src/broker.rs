@@ -918,39 +918,18 @@ impl<'lab> Subscriber<'lab> {
         identity: &Identity,
         topic_filter: &str,
     ) -> Result<Subscriber<'lab>> {
-        let n = next_id();
-        let id = format!("hil-sub-{}-{n}", std::process::id());
-        let dir = pki.dir();
-        let mut args: Vec<String> = tls_args(pki.ca_cert(), identity, IpAddr::V4(CLOUD_V4));
-        args.extend(
-            [
-                "-V",
-                "mqttv5",
-                "-q",
-                "1",
-                "-c",
-                "-i",
-                &id,
-                "-x",
-                "86400",
-                "-d",
-                "-t",
-                topic_filter,
-                "-F",
-                "MSG %r %q %x %t",
-            ]
-            .map(str::to_owned),
-        );
-        let mut sub = Subscriber {
-            ns: ns.clone(),
-            out: dir.join(format!("sub-{n}.out")),
-            err: dir.join(format!("sub-{n}.err")),
-            id,
-            args,
-            proc: None,
-        };
-        sub.reconnect()?;
-        Ok(sub)
+        // A persistent session (`-c`, a day's expiry): the broker queues for it while it
+        // is away. Each message printed: retained flag, QoS, payload in hex, topic.
+        let session = ["-c", "-x", "86400"];
+        Subscriber::launch(
+            ns,
+            pki,
+            identity,
+            "hil-sub",
+            &session,
+            topic_filter,
+            "MSG %r %q %x %t",
+        )
     }
 
     /// A load subscriber as `cloud`: a clean session (nothing queued for it while it is
@@ -958,29 +937,31 @@ impl<'lab> Subscriber<'lab> {
     /// benchmark's cloud side costs the broker's delivery and little else. Returns once
     /// the broker has answered the SUBSCRIBE.
     pub fn start_quiet(ns: &Ns<'lab>, pki: &Pki, topic_filter: &str) -> Result<Subscriber<'lab>> {
+        Subscriber::launch(ns, pki, pki.cloud(), "hil-quiet", &[], topic_filter, "%q")
+    }
+
+    /// `mosquitto_sub` (MQTT 5, QoS 1, debug output for the SUBACK) as `identity`, client
+    /// id `<kind>-<pid>-<n>`, with `session` options, printing each message as `format`.
+    fn launch(
+        ns: &Ns<'lab>,
+        pki: &Pki,
+        identity: &Identity,
+        kind: &str,
+        session: &[&str],
+        topic_filter: &str,
+        format: &str,
+    ) -> Result<Subscriber<'lab>> {
         let n = next_id();
-        let id = format!("hil-quiet-{}-{n}", std::process::id());
-        let mut args: Vec<String> = tls_args(pki.ca_cert(), pki.cloud(), IpAddr::V4(CLOUD_V4));
-        args.extend(
-            [
-                "-V",
-                "mqttv5",
-                "-q",
-                "1",
-                "-i",
-                &id,
-                "-d",
-                "-t",
-                topic_filter,
-                "-F",
-                "%q",
-            ]
-            .map(str::to_owned),
-        );
+        let id = format!("{kind}-{}-{n}", std::process::id());
+        let dir = pki.dir();
+        let mut args: Vec<String> = tls_args(pki.ca_cert(), identity, IpAddr::V4(CLOUD_V4));
+        args.extend(["-V", "mqttv5", "-q", "1"].map(str::to_owned));
+        args.extend(session.iter().map(|s| s.to_string()));
+        args.extend(["-i", &id, "-d", "-t", topic_filter, "-F", format].map(str::to_owned));
         let mut sub = Subscriber {
             ns: ns.clone(),
-            out: pki.dir().join(format!("sub-{n}.out")),
-            err: pki.dir().join(format!("sub-{n}.err")),
+            out: dir.join(format!("sub-{n}.out")),
+            err: dir.join(format!("sub-{n}.err")),
             id,
             args,
             proc: None,

@@ -75,6 +75,7 @@
 
 pub mod addr;
 pub mod appliance;
+pub mod bench;
 pub mod broker;
 pub mod calls;
 mod cmd;

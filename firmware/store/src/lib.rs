@@ -13,11 +13,11 @@
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
 //!   | `history` | console user name | sealed command history (newest last, bounded) |
-//!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink |
+//!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
-//!   | `meta` | name | format marker, current data-key id |
+//!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
 //!
 //!   Beside it, the file `open-cdrs` holds the answer-time records of calls in progress
 //!   ([`Store::put_open_cdrs`], the `open` module): sealed exactly as in `cdrs`, moved
@@ -498,6 +498,8 @@ fn decode_envelope(b: &[u8]) -> Option<CdrEnvelope<'_>> {
     }
 }
 
+/// A CDR's personal part (JSON), opened.
+type OpenedPii = Zeroizing<Vec<u8>>;
 /// A CDR read back with the subject token it is filed under.
 type Decoded = (Option<SubjectToken>, Record<Cdr>);
 /// The record of a call in progress, by id.
@@ -802,13 +804,11 @@ impl Store {
         if added.is_empty() && removed.is_empty() {
             return;
         }
-        self.outbox_entries
-            .fetch_add(added.len() as u64, Ordering::AcqRel);
-        let gone = removed.len() as u64;
+        let (came, gone) = (added.len() as u64, removed.len() as u64);
         let _ = self
             .outbox_entries
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                Some(e.saturating_sub(gone))
+                Some((e + came).saturating_sub(gone))
             });
         if let Ok(mut m) = self.outbox_mirror.lock() {
             m.added(added);
@@ -1443,30 +1443,15 @@ impl Store {
                 id: id.to_string(),
                 source,
             })?;
-        let erased_name = || body.has_name.then_some(Pii::Erased);
-        let (token, caller, caller_name) = match env.subject {
-            None => (None, Pii::Erased, erased_name()),
-            Some((token, generation, sealed_pii)) => {
-                // The subject's key now is the one this record's PII was sealed under, or
-                // the record's key was erased (a key the subject has now is a later one).
-                match self
-                    .subject_key(&token, false)?
-                    .filter(|(g, _)| *g == generation)
-                {
-                    None => (Some(token), Pii::Erased, erased_name()),
-                    Some((_, sk)) => {
-                        let pii = sk
-                            .open(&token, &pii_aad(key, generation), sealed_pii)
-                            .map_err(|_| corrupt())?;
-                        let mut pii: CdrPii =
-                            serde_json::from_slice(&pii).map_err(|_| corrupt())?;
-                        (
-                            Some(token),
-                            Pii::Clear(std::mem::take(&mut pii.caller)),
-                            pii.caller_name.take().map(Pii::Clear),
-                        )
-                    }
-                }
+        let (token, pii) = self.open_cdr_pii(id, key, &env)?;
+        let (caller, caller_name) = match pii {
+            None => (Pii::Erased, body.has_name.then_some(Pii::Erased)),
+            Some(pii) => {
+                let mut pii: CdrPii = serde_json::from_slice(&pii).map_err(|_| corrupt())?;
+                (
+                    Pii::Clear(std::mem::take(&mut pii.caller)),
+                    pii.caller_name.take().map(Pii::Clear),
+                )
             }
         };
         let cdr = Cdr {
@@ -1572,20 +1557,35 @@ impl Store {
         };
         let (_, plain) = self.open_bytes(Table::Cdrs, key, || id.to_string(), sealed)?;
         let env = decode_envelope(&plain).ok_or_else(corrupt)?;
-        let pii = match env.subject {
-            None => None,
-            Some((token, generation, sealed_pii)) => match self
-                .subject_key(&token, false)?
-                .filter(|(g, _)| *g == generation)
-            {
-                None => None,
-                Some((_, sk)) => Some(
-                    sk.open(&token, &pii_aad(key, generation), sealed_pii)
-                        .map_err(|_| corrupt())?,
-                ),
-            },
-        };
+        let (_, pii) = self.open_cdr_pii(id, key, &env)?;
         join_cdr_json(pii.as_deref().map(Vec::as_slice), env.body).ok_or_else(corrupt)
+    }
+
+    /// A stored CDR's personal part (its JSON), opened under the subject's key, with the
+    /// subject token it is filed under; `None` when the caller was erased before the write
+    /// (no token either) or since (the key is gone, or the subject has a later one).
+    fn open_cdr_pii(
+        &self,
+        id: u64,
+        key: &[u8],
+        env: &CdrEnvelope<'_>,
+    ) -> Result<(Option<SubjectToken>, Option<OpenedPii>), StoreError> {
+        let Some((token, generation, sealed_pii)) = env.subject else {
+            return Ok((None, None));
+        };
+        let Some((_, sk)) = self
+            .subject_key(&token, false)?
+            .filter(|(g, _)| *g == generation)
+        else {
+            return Ok((Some(token), None));
+        };
+        let pii = sk
+            .open(&token, &pii_aad(key, generation), sealed_pii)
+            .map_err(|_| StoreError::Corrupt {
+                table: Table::Cdrs.name(),
+                id: id.to_string(),
+            })?;
+        Ok((Some(token), Some(pii)))
     }
 
     /// Every CDR in the tree in id order, one `Result` each: a corrupt record does not end
@@ -1761,7 +1761,7 @@ impl Store {
             Some(a) => a + 1,
         };
         let acked = self.acked()?.clone();
-        let backlog = self.outbox_len();
+        let backlog = self.waiting(acked.count());
         if let Ok(mut m) = self.outbox_mirror.lock() {
             if !m.is_complete() && backlog <= mirror::REFILL_AT {
                 // One walk of the tree (the uplink is reading, and the backlog fits).
@@ -1806,7 +1806,11 @@ impl Store {
 
     /// How many writes await the uplink (the outbox's entries less those acknowledged).
     pub fn outbox_len(&self) -> usize {
-        let acked = self.acked().map_or(0, |a| a.count());
+        self.waiting(self.acked().map_or(0, |a| a.count()))
+    }
+
+    /// The outbox's entries less `acked` of them.
+    fn waiting(&self, acked: u64) -> usize {
         let n = self
             .outbox_entries
             .load(Ordering::Acquire)

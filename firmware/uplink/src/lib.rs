@@ -7,15 +7,16 @@
 //! - **The store is the outbox.** Every write of a record puts its id in the store's
 //!   `outbox` tree under the next write sequence, in the same durable commit
 //!   ([`callgate_store::Store::outbox_page`]). The uplink reads the outbox in write order,
-//!   reads each record from the encrypted store,
-//!   publishes batches at QoS 1 and, on each PUBACK, marks what the broker acknowledged
-//!   in the outbox, durably (one small value, not a removal per record), before it counts
-//!   as sent ([`callgate_store::Store::outbox_sent`]); the acknowledged writes are removed
-//!   when the uplink is idle ([`callgate_store::Store::outbox_compact`]). Nothing is copied into a second queue, and
-//!   nothing is acknowledged to the store that the broker did not acknowledge. After a
-//!   dropped link, a broker restart, a lost session, SIGKILL or a power cut, whatever is
-//!   still in the outbox is sent again: duplicates are possible and carry the same message
-//!   id (`<appliance>:<record id>:<write sequence>`); losses are not.
+//!   reads each record from the encrypted store (as JSON joined from its stored parts),
+//!   publishes batches at QoS 1 and, once the broker acknowledged a batch, marks it in the
+//!   outbox, durably (one small value, the marks of several batches in one commit), before
+//!   it counts as sent ([`callgate_store::Store::outbox_sent`]); the acknowledged writes
+//!   are removed when the uplink is idle ([`callgate_store::Store::outbox_compact`]).
+//!   Nothing is copied into a second queue, and nothing is acknowledged to the store that
+//!   the broker did not acknowledge. After a dropped link, a broker restart, a lost
+//!   session, SIGKILL or a power cut, whatever is still in the outbox is sent again:
+//!   duplicates are possible and carry the same message id
+//!   (`<appliance>:<record id>:<write sequence>`); losses are not.
 //! - **Our own session**, not a client library's event loop: the MQTT 5 packets are
 //!   `rumqttc`'s codec (`rumqttc::v5::mqttbytes`, no default features: none of its TLS
 //!   stack); the session ([`session`]) sends CONNECT with a last will (retained `offline`

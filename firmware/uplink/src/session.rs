@@ -250,11 +250,10 @@ where
     let mut acks_due = Acks::default();
     let mut acking: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, Acks)> = None;
     let max = s.batch_records.max(1);
-    // A read starts once this many batches fit in the window (fewer, larger reads: each
-    // is a wake-up of a blocking thread and of the session).
-    let refill = window.div_ceil(4).max(1);
-    // Acknowledged messages per durable removal while the window is busy.
-    let ack_group = window.div_ceil(4).max(1) as u64;
+    // A quarter of the window: a read starts once this many batches fit in it (fewer,
+    // larger reads: each is a wake-up of a blocking thread and of the session), and a
+    // durable removal covers this many acknowledged messages while it is busy.
+    let quarter = window.div_ceil(4).max(1);
     let mut flush_acks = false;
     // The report in flight: its packet id and the document, cleared on its PUBACK.
     let mut report_sent: Option<(u16, Vec<u8>)> = None;
@@ -306,7 +305,7 @@ where
         // The next read: the outbox's writes after the cursor, as many batches as the
         // window has room for, read on a blocking thread while the session goes on.
         let room = window.saturating_sub(inflight.len() + ready.len());
-        if reading.is_none() && !exhausted && held_until.is_none() && room >= refill {
+        if reading.is_none() && !exhausted && held_until.is_none() && room >= quarter {
             // After a wrap to the start, what is already read is left out.
             let skip = if cursor.is_none() {
                 in_flight_seqs.clone()
@@ -329,7 +328,7 @@ where
         // in flight, and at the latest at the next poll. Until then the records count as
         // read, not sent: a crash sends them again (duplicates, never a loss).
         let due_now = !acks_due.pairs.is_empty()
-            && (inflight.is_empty() || acks_due.messages >= ack_group || flush_acks);
+            && (inflight.is_empty() || acks_due.messages >= quarter as u64 || flush_acks);
         if acking.is_none() && due_now {
             flush_acks = false;
             let due = std::mem::take(&mut acks_due);
@@ -722,12 +721,16 @@ fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize
     let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
     let mut records = st.get_cdrs_json(&ids);
     for (seq, id) in writes {
-        let read = records.remove(&id).unwrap_or_else(|| {
-            Err(StoreError::NotFound {
-                table: "cdrs",
-                id: id.to_string(),
-            })
-        });
+        // A record written twice in one page is read again for its second write.
+        let read = records
+            .remove(&id)
+            .or_else(|| st.get_cdrs_json(&[id]).remove(&id))
+            .unwrap_or_else(|| {
+                Err(StoreError::NotFound {
+                    table: "cdrs",
+                    id: id.to_string(),
+                })
+            });
         match read {
             Ok(json) => {
                 if !batch.push_json(id, seq, &json) {

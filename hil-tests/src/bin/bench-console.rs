@@ -66,6 +66,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hil_tests::addr::{self, A_MGMT_V4};
+use hil_tests::bench::{daemon_pid, fail, median, ms};
 use hil_tests::console::{start_sshd, KeyPair};
 use hil_tests::sipp::{Sipp, SippHandle};
 use hil_tests::{Appliance, Cli, Host, Lab, Ns};
@@ -90,25 +91,6 @@ const GOAL_RSS_MB: f64 = 4.0;
 const GOAL_COMPLETION_MS: f64 = 20.0;
 const GOAL_SHOW_CALLS_MS: f64 = 500.0;
 const GOAL_LOGIN_RATIO: f64 = 1.5;
-
-/// Gives up: unwinds (so the lab, its processes and temporary directories are cleaned
-/// up) and the bench exits non-zero.
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("bench: {what}: {e}");
-    std::panic::resume_unwind(Box::new(format!("bench: {what}")));
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Nearest-rank percentile.
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -476,17 +458,6 @@ fn fmt_growth(v: &[Growth]) -> String {
 
 fn max_peak(v: &[Growth]) -> f64 {
     v.iter().map(|g| g.peak).fold(0.0, f64::max)
-}
-
-/// The daemon's process id (the fixture's process is `callgated` itself: every wrapper
-/// execs).
-fn daemon_pid(a: &Appliance<'_>) -> u32 {
-    let pid = a.pid().unwrap_or_else(|| fail("callgated", "not running"));
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "callgated" {
-        fail("callgated", format!("pid {pid} is {:?}", comm.trim()));
-    }
-    pid
 }
 
 fn active_calls(a: &Appliance<'_>) -> u64 {

@@ -93,6 +93,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hil_tests::addr::{self, WAN_VIP_V4};
+use hil_tests::bench::{fail, ms};
 use hil_tests::calls::{CALLER, CALLER_NAME, UDP_NUMBER};
 use hil_tests::pair::{new_pair_lab, show_pair, start_pair, vips_held, wait_until, VIPS};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
@@ -117,19 +118,8 @@ const CALL_HOLD: Duration = Duration::from_secs(6);
 /// Longest a pair may take to settle between runs.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// Gives up: unwinds, so the lab, keepalived, the hogs and the temporary files are
-/// cleaned up on the way out.
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("bench: {what}: {e}");
-    std::panic::resume_unwind(Box::new(format!("bench: {what}")));
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Nearest-rank percentile (`p` in 0..=100) of `v`; NaN when empty.

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use callgate_firewall::{Pinhole, PinholeProto, SetWriter};
+use hil_tests::bench::{median, ms};
 use hil_tests::{addr, Appliance, Host, Lab};
 
 const LAB: &str = include_str!("../../../config/lab.toml");
@@ -50,18 +51,9 @@ fn big_config(odd: bool) -> String {
     s
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn must(ok: bool, what: &str) {

@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hil_tests::bench::{fail, median};
 use hil_tests::sipp::{Sipp, SippHandle};
 use hil_tests::{addr, Appliance, Host, Lab, Proc};
 
@@ -100,20 +101,6 @@ struct Opts {
     dialogs: u64,
     /// Fresh daemons `bytes_per_dialog` is measured on (the median counts).
     mem_reps: usize,
-}
-
-/// Gives up: unwinds (so the labs, processes and temporary directories are cleaned up).
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("bench: {what}: {e}");
-    std::panic::resume_unwind(Box::new(format!("bench: {what}")));
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// utime + stime of one process, in seconds.

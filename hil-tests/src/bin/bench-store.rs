@@ -25,9 +25,10 @@
 //! open_ms=… …`. The data lives in a temporary directory under `$TMPDIR` (or `/tmp`):
 //! point `TMPDIR` at the disk to measure (on a tmpfs every fsync is free).
 
+use hil_tests::bench::{fail, median, ms};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use callgate_store::{sled_config, Cdr, Disposition, GroupCommit, Op, Pii, Store, Table};
 use callgate_vault::{Kek, Protector};
@@ -40,20 +41,6 @@ const REPS: usize = 5;
 const STRESS_REPS: usize = 3;
 const SUBJECTS: u64 = 2_000;
 const VALUE_BYTES: usize = 1024;
-
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("bench: {what}: {e}");
-    std::process::exit(1);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// A CDR whose plain JSON is `VALUE_BYTES` long (the padding goes into `appliance`).
 fn cdr(n: u64, pad: usize) -> Cdr {

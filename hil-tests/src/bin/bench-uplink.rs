@@ -106,6 +106,7 @@ use callgate_store::{Cdr, Store};
 use callgate_uplink::payload::{Batch, MAX_PAYLOAD};
 use callgate_uplink::{now_ms, ClientKey, Credentials, Settings};
 use hil_tests::addr::{BROKER_NAME, CLOUD_V4};
+use hil_tests::bench::{daemon_pid, fail, median, ms};
 use hil_tests::broker::{Broker, BrokerOpts, Pki, Subscriber, MQTT_TLS_PORT};
 use hil_tests::calls::pbx;
 use hil_tests::{Appliance, Host, Lab};
@@ -136,25 +137,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// Goals.
 const GOAL_X: f64 = 0.8;
 const GOAL_DRAIN_S: f64 = 5.0;
-
-/// Gives up: unwinds, so the lab, the broker, sipp and the temporary files are cleaned up;
-/// the process exits non-zero.
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("bench: {what}: {e}");
-    std::panic::resume_unwind(Box::new(format!("bench: {what}")));
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// (on-CPU ns, run-queue wait ns) from a `schedstat` file.
 fn schedstat(path: &str) -> Option<(u64, u64)> {
@@ -850,19 +832,6 @@ fn store_costs(recs: &[(u64, Cdr)]) -> StoreCosts {
         ack_ms: median(acks),
         ack_window_ms: median(windows),
     }
-}
-
-/// callgated's daemon process (not its rollback guard) in the appliance's namespace.
-fn daemon_pid(a: &Appliance<'_>) -> u32 {
-    let config = a.config_path().to_string_lossy().into_owned();
-    pids_in(a.ns().name(), "callgated")
-        .into_iter()
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            cmdline.contains(&config) && !cmdline.contains("rollback-guard")
-        })
-        .unwrap_or_else(|| fail("callgated", "no daemon process in the namespace"))
 }
 
 fn main() {

@@ -687,14 +687,7 @@ fn pair() -> usize {
 }
 
 fn main() -> std::process::ExitCode {
-    let lab = match Lab::start(&[
-        Host::Carrier,
-        Host::A,
-        Host::B,
-        Host::Pbx,
-        Host::Mgmt,
-        Host::Cloud,
-    ]) {
+    let lab = match Lab::start(&Host::ALL) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lab: {e}");
