@@ -378,7 +378,12 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
     let standby_set = b
         .nft(&["list", "set", "inet", "callgate", "pinhole4"])
         .unwrap();
-    assert!(!standby_set.contains("elements"), "{standby_set}");
+    assert!(
+        !standby_set.contains("elements"),
+        "the standby holds pinholes: {standby_set}\nB: {}\nB log:\n{}",
+        show_pair(&b),
+        b.log()
+    );
     a.kill9();
     // The survivor holds the calls' media pinholes (both directions; sipp's calls all
     // use the same media ports, so they share them) in its own kernel.
@@ -568,11 +573,21 @@ fn cutting_both_paths_at_the_actives_end_hands_over_without_two_actives() {
 /// Both paths cut in the middle (a switch that drops heartbeats, links up): each takes the
 /// other for dead, so both are active (the documented behaviour of a two-node pair
 /// without a third party); when the heartbeat gets through again, the higher term keeps
-/// the role and the other releases everything at once.
+/// the role and the other releases everything at once, its calls' media pinholes too.
 #[test]
 fn a_switch_that_drops_heartbeats_makes_two_actives_until_it_heals() {
     let lab = new_pair_lab();
     let (a, b) = start_pair(&lab);
+    // One call held through the split: A opens its media pinholes before the cut.
+    let pbx = callee(&lab);
+    let call = held_calls(&lab, 1, 1.0, Duration::from_secs(6));
+    assert!(
+        wait_until(Duration::from_secs(3), || a
+            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .is_ok_and(|l| l.contains("elements"))),
+        "A opened no pinhole: {}",
+        a.log()
+    );
     let sw = lab.switch();
     sw.exec(&["nft", "add", "table", "bridge", "cut"]).unwrap();
     sw.exec(&[
@@ -622,6 +637,17 @@ fn a_switch_that_drops_heartbeats_makes_two_actives_until_it_heals() {
         b_term,
         "the higher term kept it"
     );
+    // A stood down: it forwards none of the call's media any more (B carries it on).
+    assert!(
+        wait_until(Duration::from_secs(2), || a
+            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .is_ok_and(|l| !l.contains("elements"))),
+        "{}",
+        a.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .unwrap_or_default()
+    );
+    let _ = call.wait(Duration::from_secs(30));
+    let _ = pbx.stop();
 }
 
 /// A failed node comes back: it rejoins as standby, takes the active's calls in progress

@@ -483,7 +483,13 @@ async fn run(
             }
             Command::ForgetAll(reply) => {
                 let n = now(sh.start);
-                let forgotten = sh.core.borrow_mut().forget_all(settings(&cfg), &cfg, n);
+                let mut out = Vec::new();
+                let forgotten = sh
+                    .core
+                    .borrow_mut()
+                    .forget_all(settings(&cfg), &cfg, n, &mut out);
+                execute(&sh, &mut out);
+                flush_effects(&sh);
                 sh.timer.notify_one();
                 let _ = reply.send(forgotten);
             }

@@ -157,9 +157,26 @@ impl Proxy {
     /// Forgets every call, dialog and transaction, as a pair node that stops being active
     /// must: its peer carries the calls on from their replicated records, so this node
     /// neither ends them (no BYE, no record) nor keeps their timers. Counters and call
-    /// numbers carry on, so no number is given twice. Returns how many calls it forgot.
-    pub fn forget_all(&mut self, s: Settings, cfg: &Config, now: Now) -> usize {
+    /// numbers carry on, so no number is given twice. Every media pinhole the calls held
+    /// closes (into `out`): a node that is not active forwards no media. Returns how many
+    /// calls it forgot.
+    pub fn forget_all(
+        &mut self,
+        s: Settings,
+        cfg: &Config,
+        now: Now,
+        out: &mut Vec<Output>,
+    ) -> usize {
         let n = self.calls.len();
+        for (src, dst) in std::mem::take(&mut self.pinholes).into_keys() {
+            out.push(Output::Pinhole {
+                open: false,
+                src,
+                dst,
+                ttl: Duration::ZERO,
+            });
+            self.stats.pinholes_closed += 1;
+        }
         let next_seq = self.next_seq;
         let stats = self.stats.clone();
         *self = Proxy::new(s, cfg, now);

@@ -205,8 +205,25 @@ fn a_node_that_stops_being_active_forgets_its_calls_without_ending_them() {
 
     let cfg = Config::parse(&config_text(&opts()), Path::new("test.toml")).unwrap();
     let settings = Settings::from_config(&cfg, HashMap::new());
-    assert_eq!(lab.proxy.forget_all(settings, &cfg, now_at(2_000)), 1);
+    let opened = out.pinholes();
+    assert!(
+        !opened.is_empty() && opened.iter().all(|p| p.0),
+        "{opened:?}"
+    );
+    let mut closed = Vec::new();
+    assert_eq!(
+        lab.proxy
+            .forget_all(settings, &cfg, now_at(2_000), &mut closed),
+        1
+    );
     assert_eq!(lab.proxy.call_count(), 0);
+    // Its pinholes close: a node that stands down forwards none of its media.
+    let closed = Out(closed).pinholes();
+    let mut want: Vec<SocketAddr> = opened.iter().map(|p| p.1).collect();
+    let mut got: Vec<SocketAddr> = closed.iter().filter(|p| !p.0).map(|p| p.1).collect();
+    want.sort();
+    got.sort();
+    assert_eq!((closed.len(), got), (opened.len(), want), "{closed:?}");
     // Nothing is ended on its behalf: no BYE, no record, even past its maximum length.
     let out = Out(run_clock(&mut lab, 2_000));
     assert!(out.requests_to(pbx1().addr, "BYE").is_empty(), "{out:#?}");
