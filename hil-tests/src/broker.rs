@@ -128,7 +128,7 @@ const LEAF_DAYS: &str = "365";
 /// Validity of CA certificates, days.
 const CA_DAYS: &str = "3650";
 
-fn other(msg: impl Into<String>) -> LabError {
+pub(crate) fn other(msg: impl Into<String>) -> LabError {
     LabError::Io(std::io::Error::other(msg.into()))
 }
 
@@ -321,6 +321,24 @@ impl Ca {
     /// `YYYYMMDDHHMMSSZ`): a certificate that expires during a test, or has expired.
     pub fn sign_csr_valid(&self, csr_pem: &str, from: &str, to: &str) -> Result<String> {
         self.sign_csr_for(csr_pem, Some((from, to)))
+    }
+
+    /// Signs a PEM certificate request as a server certificate (`serverAuth`, a year, or
+    /// the validity `window`) with the subject alternative names `sans` (openssl's form,
+    /// `IP:203.0.113.1, DNS:x`): the request's own extensions are ignored. Returns the
+    /// certificate, PEM.
+    pub fn sign_server_csr(
+        &self,
+        csr_pem: &str,
+        sans: &str,
+        window: Option<(&str, &str)>,
+    ) -> Result<String> {
+        let stem = format!("server-csr-{}", next_id());
+        let csr = format!("{stem}.csr");
+        std::fs::write(self.dir.join(&csr), csr_pem)?;
+        self.openssl("req -noout -verify -in", &[&csr])?;
+        let cert = self.sign(&csr, &stem, Usage::Server, Some(sans), window)?;
+        Ok(std::fs::read_to_string(cert)?)
     }
 
     fn sign_csr_for(&self, csr_pem: &str, window: Option<(&str, &str)>) -> Result<String> {

@@ -89,6 +89,7 @@ mod proc;
 pub mod sipp;
 pub mod spoof;
 pub mod swtpm;
+pub mod tls;
 
 pub use addr::{Host, Segment};
 pub use appliance::{bin, Appliance, Cli};

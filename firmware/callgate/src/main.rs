@@ -107,6 +107,30 @@ enum Cmd {
         #[command(subcommand)]
         what: UplinkWhat,
     },
+    /// SIP: the server identity for SIP over TLS.
+    Sip {
+        #[command(subcommand)]
+        what: SipIdWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SipIdWhat {
+    /// SIP over TLS's server identity.
+    Tls {
+        #[command(subcommand)]
+        what: SipTlsWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SipTlsWhat {
+    /// Print the certificate signing request (the key is made on the appliance, sealed
+    /// under its TPM-held key, the first time).
+    Csr,
+    /// Install the certificate chain (PEM, leaf first) a CA signed; `-` reads it from
+    /// standard input.
+    InstallCert { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,21 +390,19 @@ fn main() -> ExitCode {
         Cmd::Failover => Request::Failover,
         Cmd::Uplink { what } => match what {
             UplinkWhat::Csr => Request::UplinkCsr,
-            UplinkWhat::InstallCert { file } => {
-                let read = if file.as_os_str() == "-" {
-                    let mut t = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
-                } else {
-                    std::fs::read_to_string(&file)
-                };
-                match read {
-                    Ok(pem) => Request::UplinkInstallCert { pem },
-                    Err(e) => {
-                        eprintln!("{}: cannot read the file: {e}", file.display());
-                        return ExitCode::from(EXIT_INVALID);
-                    }
-                }
-            }
+            UplinkWhat::InstallCert { file } => match read_pem_file(&file) {
+                Ok(pem) => Request::UplinkInstallCert { pem },
+                Err(code) => return code,
+            },
+        },
+        Cmd::Sip {
+            what: SipIdWhat::Tls { what },
+        } => match what {
+            SipTlsWhat::Csr => Request::SipTlsCsr,
+            SipTlsWhat::InstallCert { file } => match read_pem_file(&file) {
+                Ok(pem) => Request::SipTlsInstallCert { pem },
+                Err(code) => return code,
+            },
         },
     };
     let socket = args.socket.clone().unwrap_or_else(default_socket);
@@ -452,6 +474,21 @@ fn print_streamed(socket: &Path, req: &Request) -> ExitCode {
 fn drifted(req: &Request, resp: &Response) -> bool {
     matches!(req, Request::ShowFirewall)
         && resp.data["drift"].as_array().is_some_and(|d| !d.is_empty())
+}
+
+/// A certificate chain from `file` (`-`: standard input), or the exit code after saying
+/// why not.
+fn read_pem_file(file: &std::path::Path) -> Result<String, ExitCode> {
+    let read = if file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    read.map_err(|e| {
+        eprintln!("{}: cannot read the file: {e}", file.display());
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
 #[cfg(test)]

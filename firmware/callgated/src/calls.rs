@@ -79,6 +79,7 @@ pub fn start(
     firewall: FirewallHandle,
     store: Arc<Store>,
     replicator: Option<Replicator>,
+    tls: Option<callgate_proxy::driver::TlsIdentity>,
 ) -> Option<(SipHandle, RecordsInFlight)> {
     let cfg = config.borrow().clone();
     if cfg.sip.listen.is_empty() {
@@ -105,7 +106,7 @@ pub fn start(
     } else {
         in_progress.into_iter().map(|r| (r.id, r.value)).collect()
     };
-    let handle = match driver::spawn(cfg, tx, resumed) {
+    let handle = match driver::spawn(cfg, tx, resumed, tls) {
         Ok((h, _join)) => h,
         Err(e) => {
             log::error!("sip: the proxy does not run: {e}");

@@ -43,21 +43,42 @@ pub async fn handle(sip: Option<&SipHandle>, req: Request) -> Response {
             let Some(sip) = sip else {
                 return Response::err("the SIP proxy is not running (no [sip] listen addresses)");
             };
-            match (sip.stats().await, sip.tcp_stats().await) {
-                (Ok(st), Ok(tcp)) => {
+            match (
+                sip.stats().await,
+                sip.tcp_stats().await,
+                sip.tls_status().await,
+            ) {
+                (Ok(st), Ok(tcp), Ok(tls)) => {
                     let v = serde_json::to_value(&st).unwrap_or_default();
                     let tcp = serde_json::to_value(&tcp).unwrap_or_default();
+                    let tls_stats = serde_json::to_value(&tls.stats).unwrap_or_default();
                     let mut t = String::new();
-                    for (prefix, set) in [("", &v), ("tcp_", &tcp)] {
+                    for (prefix, set) in [("", &v), ("tcp_", &tcp), ("tls_", &tls_stats)] {
                         if let Some(m) = set.as_object() {
                             for (k, v) in m {
                                 let _ = writeln!(t, "{:<28} {v}", format!("{prefix}{k}"));
                             }
                         }
                     }
-                    Response::ok(t, json!({ "stats": v, "tcp": tcp }))
+                    if !tls.listen.is_empty() || tls.certificate.is_some() {
+                        let cert = match &tls.certificate {
+                            Some(c) => format!(
+                                "CN={} from {}, valid until {} ({} days)",
+                                c.subject,
+                                c.issuer,
+                                crate::human::time(u64::try_from(c.not_after).unwrap_or(0) * 1000),
+                                tls.expires_in_days.unwrap_or_default()
+                            ),
+                            None => "none installed".to_owned(),
+                        };
+                        let _ = writeln!(t, "{:<28} {cert}", "tls_certificate");
+                    }
+                    if let Some(w) = &tls.warning {
+                        let _ = writeln!(t, "WARNING: SIP over TLS: {w}");
+                    }
+                    Response::ok(t, json!({ "stats": v, "tcp": tcp, "tls": tls }))
                 }
-                (Err(e), _) | (_, Err(e)) => Response::err(e.to_string()),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Response::err(e.to_string()),
             }
         }
         _ => Response::err("not a calls request"),

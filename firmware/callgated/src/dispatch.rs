@@ -360,29 +360,28 @@ async fn handle(
             }
         }
         Request::UplinkCsr => {
-            return match ask(lifecycle, Lifecycle::UplinkCsr).await {
-                Ok(pem) => Response::ok(
-                    format!(
-                        "{pem}\nHave the fleet CA sign this request (client authentication, CN kept), then install the chain with `callgate uplink install-cert FILE`.\n"
-                    ),
-                    json!({"csr": pem}),
-                ),
-                Err(e) => Response::err(e),
-            }
+            return csr_answer(
+                ask(lifecycle, Lifecycle::UplinkCsr).await,
+                "the fleet CA sign this request (client authentication, CN kept), then install the chain with `callgate uplink install-cert FILE`",
+            );
         }
         Request::UplinkInstallCert { pem } => {
-            return match ask(lifecycle, |tx| Lifecycle::UplinkInstall(pem, tx)).await {
-                Ok(info) => Response::ok(
-                    format!(
-                        "installed: CN={} from {}, valid until {}; the uplink connects with it",
-                        info.subject,
-                        info.issuer,
-                        crate::human::time(u64::try_from(info.not_after).unwrap_or(0) * 1000)
-                    ),
-                    json!(info),
-                ),
-                Err(e) => Response::err(format!("not installed: {e}")),
-            }
+            return installed_answer(
+                ask(lifecycle, |tx| Lifecycle::UplinkInstall(pem, tx)).await,
+                "the uplink connects with it",
+            );
+        }
+        Request::SipTlsCsr => {
+            return csr_answer(
+                ask(lifecycle, Lifecycle::SipTlsCsr).await,
+                "a CA the carriers trust sign this request (server authentication), then install the chain with `callgate sip tls install-cert FILE`",
+            );
+        }
+        Request::SipTlsInstallCert { pem } => {
+            return installed_answer(
+                ask(lifecycle, |tx| Lifecycle::SipTlsInstall(pem, tx)).await,
+                "TLS handshakes use it now",
+            );
         }
         Request::Unpair => {
             return match ask(lifecycle, Lifecycle::Unpair).await {
@@ -717,7 +716,9 @@ async fn handle(
         | Request::PairRekey
         | Request::Unpair
         | Request::UplinkCsr
-        | Request::UplinkInstallCert { .. } => {
+        | Request::UplinkInstallCert { .. }
+        | Request::SipTlsCsr
+        | Request::SipTlsInstallCert { .. } => {
             Response::err("internal error: lifecycle request not handled")
         }
     }
@@ -860,6 +861,30 @@ fn verification_text(v: &Verification) -> String {
 /// A time as the console shows it: local RFC 3339 with the offset ([`crate::human::time`]).
 fn fmt_time(ms: u64) -> String {
     crate::human::time(ms)
+}
+
+/// The answer to a certificate signing request: the PEM, and who signs it how (`then`).
+fn csr_answer(r: Result<String, String>, then: &str) -> Response {
+    match r {
+        Ok(pem) => Response::ok(format!("{pem}\nHave {then}.\n"), json!({"csr": pem})),
+        Err(e) => Response::err(e),
+    }
+}
+
+/// The answer to a certificate install: what it says of itself, and what uses it now.
+fn installed_answer(r: Result<callgate_pki::CertInfo, String>, now: &str) -> Response {
+    match r {
+        Ok(info) => Response::ok(
+            format!(
+                "installed: CN={} from {}, valid until {}; {now}",
+                info.subject,
+                info.issuer,
+                crate::human::time(u64::try_from(info.not_after).unwrap_or(0) * 1000)
+            ),
+            json!(info),
+        ),
+        Err(e) => Response::err(format!("not installed: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,13 @@ pub enum Lifecycle {
         String,
         oneshot::Sender<Result<callgate_uplink::CertInfo, String>>,
     ),
+    /// SIP over TLS's certificate signing request (the key made the first time).
+    SipTlsCsr(oneshot::Sender<Result<String, String>>),
+    /// Check and install SIP over TLS's certificate chain, and hand it to the proxy.
+    SipTlsInstall(
+        String,
+        oneshot::Sender<Result<callgate_pki::CertInfo, String>>,
+    ),
 }
 
 pub struct Ctx {
@@ -99,6 +106,8 @@ struct Running {
     hooks: Option<Arc<dyn Hooks>>,
     replicator: Option<crate::replica::Replicator>,
     uplink: crate::uplink::Uplink,
+    /// The proxy (None: it does not run).
+    sip: Option<callgate_proxy::driver::SipHandle>,
 }
 
 impl Running {
@@ -200,6 +209,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         ctx.firewall.clone(),
         store.clone(),
         replicator.clone(),
+        crate::sip_tls::identity(&ctx.state_dir, &kek),
     )
     .unzip();
     // The pair last: the SIP listeners are bound when the addresses arrive.
@@ -227,6 +237,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         hooks: hooks.clone(),
         replicator: replicator.clone(),
         uplink: uplink.clone(),
+        sip: sip.clone(),
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     crate::lockouts::watch(config.config(), running.uplink.clone());
@@ -417,9 +428,37 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         let r = with_running(&mut running, move |run| {
                             let key = crate::uplink::load_or_make_key(&c.state_dir, &run.kek)?;
                             let name = run.config.borrow().appliance.name.to_string();
-                            key.csr_pem(&name).map_err(|e| e.to_string())
+                            key.csr_pem(&name, &[]).map_err(|e| e.to_string())
                         })
                         .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::SipTlsCsr(reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let cfg = run.config.borrow().clone();
+                            crate::sip_tls::csr(&c.state_dir, &run.kek, &cfg)
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::SipTlsInstall(pem, reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            crate::sip_tls::install(&c.state_dir, &run.kek, &pem)
+                        })
+                        .await;
+                        let r = match (r, &running) {
+                            (Ok((id, info)), Some(run)) => match &run.sip {
+                                Some(sip) => match sip.set_tls_identity(Some(id)).await {
+                                    Ok(()) => Ok(info),
+                                    Err(e) => Err(format!("kept, but the proxy did not take it: {e}")),
+                                },
+                                None => Ok(info),
+                            },
+                            (Ok(_), None) => Err("locked".to_owned()),
+                            (Err(e), _) => Err(e),
+                        };
                         let _ = reply.send(r);
                     }
                     Lifecycle::UplinkInstall(pem, reply) => {

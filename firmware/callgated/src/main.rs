@@ -35,6 +35,7 @@ mod calls;
 mod calls_view;
 mod dispatch;
 mod human;
+mod identity;
 mod lifecycle;
 mod lockouts;
 mod logging;
@@ -42,6 +43,7 @@ mod pair;
 mod pair_config;
 mod replica;
 mod sessions;
+mod sip_tls;
 mod uplink;
 
 use std::path::{Path, PathBuf};

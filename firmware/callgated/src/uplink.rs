@@ -1,6 +1,6 @@
 //! The daemon's side of the cloud uplink (`callgate_uplink`): settings from `[uplink]`,
 //! the appliance's uplink key sealed under the KEK in `<state>/uplink.key`, the installed
-//! certificate chain in `<state>/uplink.crt` (public), the task started with the store and
+//! certificate chain in `<state>/uplink.crt` (public; both kept by [`crate::identity`]), the task started with the store and
 //! told of every config change and installed certificate.
 
 use std::path::Path;
@@ -11,15 +11,10 @@ use callgate_config::Config;
 use callgate_store::Store;
 use callgate_uplink::{ClientKey, Credentials, Settings, Status, UplinkHandle};
 use callgate_vault::Kek;
+
+use crate::identity::{write_durably, UPLINK};
 use serde_json::json;
 use tokio::sync::mpsc;
-
-/// The uplink key, sealed under the KEK.
-pub const KEY_FILE: &str = "uplink.key";
-/// The installed certificate chain (PEM, leaf first).
-pub const CERT_FILE: &str = "uplink.crt";
-/// What the key is sealed for (bound as associated data).
-const PURPOSE: &str = "uplink-key";
 
 /// The uplink's settings from the config; `None` without `[uplink]`.
 pub fn settings(cfg: &Config) -> Option<Settings> {
@@ -41,45 +36,16 @@ pub fn settings(cfg: &Config) -> Option<Settings> {
     })
 }
 
-/// The uplink key, if one was made.
-pub fn load_key(state_dir: &Path, kek: &Kek) -> Result<Option<ClientKey>, String> {
-    let path = state_dir.join(KEY_FILE);
-    let blob = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let der = callgate_vault::open_secret(kek, PURPOSE, &blob)
-        .map_err(|_| format!("{}: damaged or sealed under another key", path.display()))?;
-    ClientKey::from_pkcs8(&der)
-        .map(Some)
-        .map_err(|e| e.to_string())
-}
-
 /// The uplink key; made and sealed the first time.
 pub fn load_or_make_key(state_dir: &Path, kek: &Kek) -> Result<ClientKey, String> {
-    if let Some(k) = load_key(state_dir, kek)? {
-        return Ok(k);
-    }
-    let key = ClientKey::generate().map_err(|e| e.to_string())?;
-    let blob = callgate_vault::seal_secret(kek, PURPOSE, key.pkcs8()).map_err(|e| e.to_string())?;
-    write_durably(&state_dir.join(KEY_FILE), &blob, 0o600)?;
-    log::info!("uplink: a key was made for this appliance (sealed under the KEK)");
-    Ok(key)
+    UPLINK.load_or_make_key(state_dir, kek)
 }
 
 /// Key and certificate, when both are there and readable.
 pub fn credentials(state_dir: &Path, kek: &Kek) -> Option<Credentials> {
-    let key = match load_key(state_dir, kek) {
-        Ok(Some(k)) => k,
-        Ok(None) => return None,
-        Err(e) => {
-            log::error!("uplink: {e}");
-            return None;
-        }
-    };
-    let chain_pem = std::fs::read_to_string(state_dir.join(CERT_FILE)).ok()?;
-    Some(Credentials { key, chain_pem })
+    UPLINK
+        .load(state_dir, kek)
+        .map(|(key, chain_pem)| Credentials { key, chain_pem })
 }
 
 /// Checks `pem` against this appliance's key, name and the configured fleet CA, and
@@ -94,7 +60,8 @@ pub fn install_cert(
         .uplink
         .as_ref()
         .ok_or("no [uplink] in the running config: commit one with the fleet CA first")?;
-    let key = load_key(state_dir, kek)?
+    let key = UPLINK
+        .load_key(state_dir, kek)?
         .ok_or("no uplink key yet: run `callgate uplink csr` and have the fleet CA sign it")?;
     let info = callgate_uplink::check_certificate(
         pem,
@@ -104,7 +71,7 @@ pub fn install_cert(
         callgate_uplink::UnixTime::now(),
     )
     .map_err(|e| e.to_string())?;
-    write_durably(&state_dir.join(CERT_FILE), pem.as_bytes(), 0o644)?;
+    UPLINK.save_chain(state_dir, pem)?;
     Ok((
         Credentials {
             key,
@@ -112,31 +79,6 @@ pub fn install_cert(
         },
         info,
     ))
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsynced, renamed, the directory
-/// fsynced.
-fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// The running uplink: its handle, and where installed credentials go.

@@ -117,8 +117,11 @@ pub struct Cdr {
 /// One party of a call in progress, as the proxy reached it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Party {
-    /// Over TCP (else UDP).
+    /// Over TCP or TLS (else UDP).
     pub tcp: bool,
+    /// Over TLS (and `tcp`). Absent in records written before SIP over TLS: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     /// Its signalling address.
     pub addr: std::net::SocketAddr,
     /// Our socket toward it.

@@ -20,6 +20,7 @@ mod pair;
 mod sip;
 #[macro_use]
 mod types;
+mod sip_tls;
 mod uplink;
 mod users;
 
@@ -28,6 +29,7 @@ pub use pair::{
     DEFAULT_HEARTBEAT_INTERVAL_MS,
 };
 pub use sip::SipTcp;
+pub use sip_tls::{CarrierTls, Fingerprint, SipTls, TlsVersion};
 pub use uplink::{pem_certificates, Uplink, DEFAULT_UPLINK_PORT};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -549,6 +551,9 @@ impl Config {
         }
         self.sip.validate(loc, &mut errs);
         self.sip.tcp.validate(loc, &mut errs);
+        self.sip
+            .tls
+            .validate(&self.sip.listen_addrs(), loc, &mut errs);
         if let Some(p) = &self.pair {
             p.validate(&self.appliance.name, &self.zones, loc, &mut errs);
         }

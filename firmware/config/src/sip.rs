@@ -7,6 +7,7 @@
 //! max_cps = 200        # optional, > 0: new calls per second (overload guard, 503 beyond)
 //! max_calls = 2000     # optional, > 0: concurrent calls (overload guard, 503 beyond)
 //! listen = ["203.0.113.1:5060", "198.51.100.1:5060"]   # UDP and TCP; empty: no proxy
+//!                      # ([sip.tls] adds TLS listeners: see the `sip_tls` module)
 //! response_timeout_secs = 5   # optional: no response from a destination → next one
 //! ring_timeout_secs = 60      # optional: ringing this long → CANCEL, no-answer
 //! max_call_secs = 14400       # optional: longest call (BYE both ways), pinholes' lifetime
@@ -76,6 +77,9 @@ pub struct Sip {
     /// `[sip.tcp]`: caps and timeouts of TCP connections (see [`SipTcp`]).
     #[serde(default)]
     pub tcp: SipTcp,
+    /// `[sip.tls]`: SIP over TLS listeners and their guards (see [`crate::SipTls`]).
+    #[serde(default)]
+    pub tls: crate::SipTls,
     /// Seconds a destination has to send any response to an INVITE before the call fails over
     /// to the next destination (default 5).
     #[serde(default)]
@@ -127,6 +131,9 @@ pub struct Carrier {
     /// past it new calls get 503 with Retry-After.
     #[serde(default)]
     pub max_dialogs: Option<Spanned<u32>>,
+    /// Mutual TLS: what its client certificate must be (see [`crate::CarrierTls`]).
+    #[serde(default)]
+    pub tls: Option<Spanned<crate::CarrierTls>>,
 }
 
 impl Carrier {
@@ -640,6 +647,10 @@ impl Sip {
                 ));
             }
             carrier_names.push(c.name.get_ref());
+            if let Some(t) = &c.tls {
+                t.get_ref()
+                    .validate(c.name.get_ref().as_str(), t.span(), loc, errs);
+            }
             for (key, list) in [
                 ("sources", Some(&c.sources)),
                 ("media", c.media.as_ref()),

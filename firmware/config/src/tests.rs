@@ -887,3 +887,78 @@ fn the_uplink_needs_a_ca_a_dns_name_and_an_egress_entry() {
     let e = one_error(&uplink("").replace("203.0.113.200/32", "203.0.113.201/32"));
     assert!(e.to_string().contains("no [[egress]]"), "{e}");
 }
+
+// ----- [sip.tls] and a carrier's tls -------------------------------------------------------
+
+/// A self-signed certificate (any DER long enough parses as PEM here; the proxy checks it
+/// for real when it builds its TLS settings).
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBkTCCATegAwIBAgIUXrOPNYVzYvX9LkJPfhj1fWwYyAgwCgYIKoZIzj0EAwIwEjEQMA4GA1UEAwwHbGFiIENBMB4XDTI2MDEwMTAwMDAwMFoXDTM2MDEwMTAwMDAwMFowEjEQMA4GA1UEAwwHbGFiIENB\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn sip_tls_settings_parse_with_their_defaults() {
+    let cfg = parse(&format!(
+        "{}\n[sip.tls]\nlisten = [\"203.0.113.1:5061\"]\n",
+        SIP.replace(
+            "sources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
+            &format!("sources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\ntls = {{ ca = \"\"\"{CA_PEM}\"\"\", fingerprints = [\"{}\"] }}", "AB:".repeat(31) + "CD")
+        )
+    ))
+    .unwrap();
+    let t = &cfg.sip.tls;
+    assert_eq!(t.listen_addrs(), vec!["203.0.113.1:5061".parse().unwrap()]);
+    assert_eq!(t.min_version(), TlsVersion::V1_2);
+    assert_eq!(
+        (
+            t.handshake_timeout_secs(),
+            t.max_handshakes_per_sec(),
+            t.cert_warn_days()
+        ),
+        (5, 20, 30)
+    );
+    let pin = cfg.sip.carriers[0].tls.as_ref().unwrap().get_ref();
+    assert_eq!(pin.fingerprint_list()[0][31], 0xcd);
+    // Without [sip.tls]: no TLS listener.
+    assert!(parse(SIP).unwrap().sip.tls.listen.is_empty());
+}
+
+#[test]
+fn sip_tls_mistakes_are_refused_where_they_are() {
+    let with_pin = |pin: &str| {
+        SIP.replace(
+            "sources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
+            &format!("sources = [\"203.0.113.10/32\"]\ntls = {pin}"),
+        )
+    };
+    for (extra, want) in [
+        (
+            format!("{SIP}\n[sip.tls]\nlisten = [\"203.0.113.1:0\"]\n"),
+            "port other than 0",
+        ),
+        (
+            format!("{SIP}\nlisten = [\"203.0.113.1:5061\"]\n[sip.tls]\nlisten = [\"203.0.113.1:5061\"]\n")
+                .replacen("max_calls = 100\n", "max_calls = 100\nlisten = [\"203.0.113.1:5061\"]\n", 1)
+                .replacen("\nlisten = [\"203.0.113.1:5061\"]\n[sip.tls]", "\n[sip.tls]", 1),
+            "also in sip.listen",
+        ),
+        (
+            format!("{SIP}\n[sip.tls]\nlisten = [\"203.0.113.1:5061\", \"203.0.113.1:5061\"]\n"),
+            "listed twice",
+        ),
+        (
+            format!("{SIP}\n[sip.tls]\nhandshake_timeout_secs = 0\n"),
+            "greater than 0",
+        ),
+        (
+            format!("{SIP}\n[sip.tls]\nmin_version = \"1.1\"\n"),
+            "unknown variant",
+        ),
+        (with_pin("{}"), "pins nothing"),
+        (with_pin("{ fingerprints = [] }"), "pins nothing"),
+        (with_pin("{ ca = \"not a certificate\" }"), "expected PEM certificates"),
+        (with_pin("{ fingerprints = [\"AB:CD\"] }"), "invalid fingerprint"),
+    ] {
+        let errs = parse(&extra).expect_err(want);
+        assert!(errs.to_string().contains(want), "{want}: {errs}");
+        assert!(errs.0.iter().all(|e| e.line > 1), "{errs}");
+    }
+}

@@ -170,6 +170,14 @@ pub enum Request {
     UplinkInstallCert {
         pem: String,
     },
+    /// The certificate signing request for SIP over TLS's server certificate (a key is
+    /// made, sealed under the KEK, the first time).
+    SipTlsCsr,
+    /// Install SIP over TLS's server certificate chain (PEM, leaf first); checked against
+    /// the key and the clock first. TLS handshakes use it at once.
+    SipTlsInstallCert {
+        pem: String,
+    },
     /// The caller's own console command history (oldest first), kept sealed in the store.
     History,
     /// A line the caller typed at the console: kept in the caller's history and, with the
@@ -220,6 +228,8 @@ impl Request {
                 | Request::EndSession { .. }
                 | Request::UplinkCsr
                 | Request::UplinkInstallCert { .. }
+                | Request::SipTlsCsr
+                | Request::SipTlsInstallCert { .. }
         )
     }
 
@@ -275,6 +285,8 @@ impl Request {
             Request::ShowUplink => "show uplink",
             Request::UplinkCsr => "uplink csr",
             Request::UplinkInstallCert { .. } => "uplink install-cert",
+            Request::SipTlsCsr => "sip tls csr",
+            Request::SipTlsInstallCert { .. } => "sip tls install-cert",
             Request::Remember { .. } => "typed",
         }
     }

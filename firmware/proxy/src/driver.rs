@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use callgate_config::Config;
 use callgate_router::guard::{self, LogLimiter};
 use callgate_sip::{Limits, StreamFramer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -49,9 +49,12 @@ use tokio::task::{JoinHandle, LocalSet};
 
 mod bind;
 mod tcp;
+mod tls;
 
 pub use tcp::TcpStats;
 use tcp::{Book, Clock, Close, Dir, Refusal, TcpLimits};
+use tls::TlsServer;
+pub use tls::{TlsIdentity, TlsStats, TlsStatus};
 
 use crate::{
     ActiveCall, ConnId, Millis, Now, Output, Payload, Peer, Proxy, Settings, Stats, Transport,
@@ -89,6 +92,8 @@ enum Command {
     Calls(oneshot::Sender<Vec<ActiveCall>>),
     Stats(oneshot::Sender<Stats>),
     TcpStats(oneshot::Sender<TcpStats>),
+    TlsStatus(oneshot::Sender<TlsStatus>),
+    TlsIdentity(Option<TlsIdentity>),
     Reconfigure(Arc<Config>),
     Resume(Vec<(u64, callgate_cdr::Cdr)>, oneshot::Sender<usize>),
     ForgetAll(oneshot::Sender<usize>),
@@ -153,6 +158,25 @@ impl SipHandle {
             .await
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// SIP over TLS: listeners, the installed certificate and its expiry, counters.
+    pub async fn tls_status(&self) -> Result<TlsStatus, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TlsStatus(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// A newly installed server certificate and key (`None`: none): TLS handshakes use it
+    /// from now on; open connections keep theirs.
+    pub async fn set_tls_identity(&self, id: Option<TlsIdentity>) -> Result<(), DriverError> {
+        self.tx
+            .send(Command::TlsIdentity(id))
+            .await
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// Carries on the calls of these answer-time records (id, record), as a pair node that
@@ -303,6 +327,14 @@ struct Shared {
     chunk: RefCell<Vec<u8>>,
     /// Log lines about TCP peers (attacker-reachable), rate-limited per kind.
     logs: RefCell<LogLimiter<&'static str>>,
+    /// SIP over TLS: the acceptors (none without a certificate), why they could not be
+    /// built, the identity they were built from, the handshake guard and the counters.
+    tls: RefCell<Option<TlsServer>>,
+    tls_problem: RefCell<Option<String>>,
+    tls_identity: RefCell<Option<TlsIdentity>>,
+    handshakes: RefCell<guard::FloodGuard>,
+    tls_stats: RefCell<TlsStats>,
+    tls_listen: Vec<SocketAddr>,
 }
 
 /// Datagrams read from one socket before its effects are handed over and the other tasks
@@ -320,6 +352,8 @@ const TCP_QUEUE: usize = 1024;
 const WRITE_STALL: Duration = Duration::from_secs(10);
 /// How long a connection we open may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of one TLS read at most (one TLS record's plaintext).
+const TLS_CHUNK: usize = 16 * 1024;
 
 /// Binds every listen address (UDP and TCP) and starts the sip thread. Bind errors are
 /// returned before anything runs.
@@ -327,10 +361,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `resumed`: the records (id, answer-time record) of calls that were in progress at the
 /// last stop ([`callgate_cdr::Store::take_calls_in_progress`]); the core carries them on
 /// ([`Proxy::resume`]) and an [`Effect::Resumed`] for each comes before anything else.
+///
+/// `tls`: the installed server certificate and key for the `[sip.tls]` listeners (they
+/// refuse every connection without one).
 pub fn spawn(
     cfg: Arc<Config>,
     effects: mpsc::UnboundedSender<Effect>,
     resumed: Vec<(u64, callgate_cdr::Cdr)>,
+    tls: Option<TlsIdentity>,
 ) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
     #[cfg(debug_assertions)]
     if fault_armed() {
@@ -355,6 +393,16 @@ pub fn spawn(
         t.set_nonblocking(true).map_err(DriverError::Thread)?;
         tcp.push((*a, t));
     }
+    let mut tls_listeners = Vec::new();
+    for a in cfg.sip.tls.listen_addrs() {
+        let t = bind::tcp(a).map_err(|source| DriverError::Bind {
+            addr: a,
+            transport: "tls",
+            source,
+        })?;
+        t.set_nonblocking(true).map_err(DriverError::Thread)?;
+        tls_listeners.push((a, t));
+    }
     let (tx, rx) = mpsc::channel(64);
     let (stored, stored_rx) = mpsc::unbounded_channel();
     let join = std::thread::Builder::new()
@@ -371,20 +419,32 @@ pub fn spawn(
                 }
             };
             let local = LocalSet::new();
-            local.block_on(&rt, run(cfg, udp, tcp, rx, stored_rx, effects, resumed));
+            let sockets = Sockets {
+                udp,
+                tcp,
+                tls: tls_listeners,
+            };
+            local.block_on(&rt, run(cfg, sockets, rx, stored_rx, effects, resumed, tls));
         })
         .map_err(DriverError::Thread)?;
     Ok((SipHandle { tx, stored }, join))
 }
 
-async fn run(
-    cfg: Arc<Config>,
+/// The bound sockets the sip thread starts with.
+struct Sockets {
     udp: Vec<(SocketAddr, std::net::UdpSocket)>,
     tcp: Vec<(SocketAddr, std::net::TcpListener)>,
+    tls: Vec<(SocketAddr, std::net::TcpListener)>,
+}
+
+async fn run(
+    cfg: Arc<Config>,
+    Sockets { udp, tcp, tls }: Sockets,
     mut rx: mpsc::Receiver<Command>,
     stored: mpsc::UnboundedReceiver<(u64, bool)>,
     effects: mpsc::UnboundedSender<Effect>,
     resumed: Vec<(u64, callgate_cdr::Cdr)>,
+    tls_identity: Option<TlsIdentity>,
 ) {
     let start = Instant::now();
     let mut core = Proxy::new(settings(&cfg), &cfg, now(start));
@@ -425,7 +485,14 @@ async fn run(
         tcp_changed: Notify::new(),
         chunk: RefCell::new(vec![0u8; TCP_CHUNK]),
         logs: RefCell::new(LogLimiter::new(5, 10_000, 32)),
+        tls: RefCell::new(None),
+        tls_problem: RefCell::new(None),
+        tls_identity: RefCell::new(tls_identity),
+        handshakes: RefCell::new(tls::handshake_guard(&cfg)),
+        tls_stats: RefCell::new(TlsStats::default()),
+        tls_listen: cfg.sip.tls.listen_addrs(),
     });
+    rebuild_tls(&sh, &cfg);
     for (a, s) in sh.udp.clone() {
         tokio::task::spawn_local(udp_loop(sh.clone(), a, s));
     }
@@ -435,6 +502,14 @@ async fn run(
                 tokio::task::spawn_local(accept_loop(sh.clone(), a, l));
             }
             Err(e) => log::error!("sip: tcp {a}: {e}"),
+        }
+    }
+    for (a, l) in tls {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::task::spawn_local(tls_accept_loop(sh.clone(), a, l));
+            }
+            Err(e) => log::error!("sip: tls {a}: {e}"),
         }
     }
     execute(&sh, &mut out);
@@ -454,8 +529,17 @@ async fn run(
             Command::TcpStats(reply) => {
                 let _ = reply.send(sh.tcp.borrow().stats());
             }
+            Command::TlsStatus(reply) => {
+                let _ = reply.send(tls_status(&sh, &cfg));
+            }
+            Command::TlsIdentity(id) => {
+                *sh.tls_identity.borrow_mut() = id;
+                rebuild_tls(&sh, &cfg);
+            }
             Command::Reconfigure(new) => {
                 cfg = new;
+                *sh.handshakes.borrow_mut() = tls::handshake_guard(&cfg);
+                rebuild_tls(&sh, &cfg);
                 sh.tcp.borrow_mut().set_limits(TcpLimits::from_config(&cfg));
                 sh.tcp_changed.notify_waiters();
                 let n = now(sh.start);
@@ -579,7 +663,7 @@ fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
                 }
             }
         }
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls => {
             let q = {
                 let conns = sh.conns.borrow();
                 peer.conn
@@ -590,7 +674,19 @@ fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
                     })
                     .cloned()
             };
-            let q = q.unwrap_or_else(|| connect(sh, peer.addr, local));
+            let q = match q {
+                Some(q) => q,
+                None if peer.transport == Transport::Tcp => connect(sh, peer.addr, local),
+                None => {
+                    log_limited(sh, "tls-no-connection", log::Level::Warn, || {
+                        format!(
+                            "tls: no connection with {} is open: message dropped (the proxy does not connect out over TLS)",
+                            peer.addr
+                        )
+                    });
+                    return;
+                }
+            };
             if q.try_send(bytes).is_err() {
                 log_limited(sh, "tcp-backed-up", log::Level::Warn, || {
                     format!(
@@ -798,8 +894,22 @@ async fn serve(
         Close::Peer
     });
     let why = read_messages(&sh, id, &rd, peer, local, &mut writer).await;
-    flush_effects(&sh);
-    unregister(&sh, id, peer, dir, why);
+    ended(&sh, id, peer, dir, why, &writer, "tcp");
+}
+
+/// A connection's reader is done (`why`): the connection is forgotten and, when we cut it,
+/// what is still queued is dropped.
+fn ended(
+    sh: &Rc<Shared>,
+    id: ConnId,
+    peer: SocketAddr,
+    dir: Dir,
+    why: Close,
+    writer: &JoinHandle<Close>,
+    proto: &str,
+) {
+    flush_effects(sh);
+    unregister(sh, id, peer, dir, why);
     if why.is_cut() {
         // Now, whatever is still queued: the socket closes as this task ends.
         writer.abort();
@@ -808,8 +918,11 @@ async fn serve(
             Close::HeaderTimeout | Close::BodyTimeout => "tcp-slow",
             _ => "tcp-cut",
         };
-        log_limited(&sh, kind, log::Level::Info, || {
-            format!("tcp: closed the connection with {peer}: {}", why.as_str())
+        log_limited(sh, kind, log::Level::Info, || {
+            format!(
+                "{proto}: closed the connection with {peer}: {}",
+                why.as_str()
+            )
         });
     }
     // Otherwise the writer sends what is queued (each write bounded by WRITE_STALL), then
@@ -825,21 +938,11 @@ async fn read_messages(
     local: SocketAddr,
     writer: &mut JoinHandle<Close>,
 ) -> Close {
-    let p = Peer {
-        transport: Transport::Tcp,
-        addr: peer,
-        conn: Some(id),
-    };
-    let mut framer = StreamFramer::new(Limits::default());
-    let mut clock = Clock::new(tokio::time::Instant::now());
+    let mut r = StreamReader::new(Transport::Tcp, id, peer, local);
     let timeout = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timeout);
     loop {
-        // What the messages of the previous read asked for goes out before this one.
-        flush_effects(sh);
-        let limits = sh.tcp.borrow().limits();
-        let (at, why) = clock.deadline(&limits);
-        timeout.as_mut().reset(at);
+        let (limits, why, room) = r.before_read(sh, timeout.as_mut(), TCP_CHUNK);
         tokio::select! {
             r = rd.readable() => if r.is_err() {
                 return Close::Peer;
@@ -848,45 +951,92 @@ async fn read_messages(
             w = &mut *writer => return w.unwrap_or(Close::Peer),
             _ = sh.tcp_changed.notified() => continue,
         }
-        // Never more than one byte past the cap: the framer holds at most that.
-        let room = (limits.max_buffer + 1)
-            .saturating_sub(framer.buffered())
-            .clamp(1, TCP_CHUNK);
-        {
-            let mut chunk = sh.chunk.borrow_mut();
-            let Some(buf) = chunk.get_mut(..room) else {
-                return Close::Peer;
-            };
-            match rd.try_read(buf) {
-                Ok(0) => return Close::Peer,
-                Ok(n) => framer.push(buf.get(..n).unwrap_or_default()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Close::Peer,
-            }
+        let mut chunk = sh.chunk.borrow_mut();
+        let Some(buf) = chunk.get_mut(..room) else {
+            return Close::Peer;
+        };
+        let n = match rd.try_read(buf) {
+            Ok(0) => return Close::Peer,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Close::Peer,
+        };
+        if let Err(why) = r.took(sh, buf.get(..n).unwrap_or_default(), &limits) {
+            return why;
         }
-        let keepalives = framer.keepalive_bytes();
+    }
+}
+
+/// What one connection's reader keeps between reads: its framer and its deadlines.
+struct StreamReader {
+    p: Peer,
+    local: SocketAddr,
+    framer: StreamFramer,
+    clock: Clock,
+}
+
+impl StreamReader {
+    fn new(transport: Transport, id: ConnId, peer: SocketAddr, local: SocketAddr) -> Self {
+        StreamReader {
+            p: Peer {
+                transport,
+                addr: peer,
+                conn: Some(id),
+            },
+            local,
+            framer: StreamFramer::new(Limits::default()),
+            clock: Clock::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Before each read: what the messages of the previous read asked for goes out, and
+    /// `timeout` is set to the next deadline. The limits, why that deadline closes the
+    /// connection, and how many bytes the read may take (never more than one byte past the
+    /// buffer cap: the framer holds at most that; at most `chunk`).
+    fn before_read(
+        &self,
+        sh: &Rc<Shared>,
+        timeout: std::pin::Pin<&mut tokio::time::Sleep>,
+        chunk: usize,
+    ) -> (TcpLimits, Close, usize) {
+        flush_effects(sh);
+        let limits = sh.tcp.borrow().limits();
+        let (at, why) = self.clock.deadline(&limits);
+        timeout.reset(at);
+        let room = (limits.max_buffer + 1)
+            .saturating_sub(self.framer.buffered())
+            .clamp(1, chunk);
+        (limits, why, room)
+    }
+
+    /// Frames what a read brought and feeds the messages it completed, and keeps the
+    /// connection's clock; why the connection must close, if it must.
+    fn took(&mut self, sh: &Rc<Shared>, bytes: &[u8], limits: &TcpLimits) -> Result<(), Close> {
+        self.framer.push(bytes);
+        let keepalives = self.framer.keepalive_bytes();
         let mut messages = 0;
         loop {
-            match framer.next_message() {
+            match self.framer.next_message() {
                 Ok(Some(msg)) => {
                     messages += 1;
-                    feed(sh, msg, p, local);
+                    feed(sh, msg, self.p, self.local);
                 }
                 Ok(None) => break,
                 // Framing is lost on a stream: close it (RFC 3261 §18.3).
-                Err(_) => return Close::Framing,
+                Err(_) => return Err(Close::Framing),
             }
         }
-        let keepalive = framer.keepalive_bytes() != keepalives;
-        clock.after_read(
+        let keepalive = self.framer.keepalive_bytes() != keepalives;
+        self.clock.after_read(
             tokio::time::Instant::now(),
             messages,
             keepalive,
-            framer.phase(),
+            self.framer.phase(),
         );
-        if framer.buffered() > limits.max_buffer {
-            return Close::BufferFull;
+        if self.framer.buffered() > limits.max_buffer {
+            return Err(Close::BufferFull);
         }
+        Ok(())
     }
 }
 
@@ -926,5 +1076,231 @@ async fn timer_loop(sh: Rc<Shared>) {
         sh.core.borrow_mut().on_timer(now(sh.start), &mut out);
         execute(&sh, &mut out);
         flush_effects(&sh);
+    }
+}
+
+/// Builds the TLS acceptors from `cfg` and the installed identity (none without one, or
+/// when they cannot be built: then every TLS connection is refused and the reason shown).
+fn rebuild_tls(sh: &Shared, cfg: &Config) {
+    let id = sh.tls_identity.borrow().clone();
+    let (server, problem) = match id {
+        Some(id) if !sh.tls_listen.is_empty() => match TlsServer::build(cfg, &id) {
+            Ok(s) => (Some(s), None),
+            Err(e) => {
+                log::error!("sip: tls: {e}: TLS connections are refused");
+                (None, Some(e))
+            }
+        },
+        _ => (None, None),
+    };
+    *sh.tls.borrow_mut() = server;
+    *sh.tls_problem.borrow_mut() = problem;
+}
+
+fn tls_status(sh: &Shared, cfg: &Config) -> TlsStatus {
+    let certificate = sh.tls_identity.borrow().as_ref().and_then(|id| {
+        let chain = callgate_pki::certificates(&id.chain_pem).ok()?;
+        callgate_pki::cert_info(&chain[0]).ok()
+    });
+    let mut s = TlsStatus {
+        listen: sh.tls_listen.clone(),
+        certificate,
+        stats: sh.tls_stats.borrow().clone(),
+        ..TlsStatus::default()
+    };
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    s.assess(
+        cfg.sip.tls.cert_warn_days(),
+        now_secs,
+        sh.tls_problem.borrow().as_deref(),
+    );
+    s
+}
+
+/// Why a TLS connection got no handshake.
+#[derive(Debug, Clone, Copy)]
+enum TlsRefusal {
+    NoCertificate,
+    NotPeer,
+}
+
+/// Accepts on one TLS listener: the handshake guard, then the source (a carrier or a
+/// destination), then `[sip.tcp]`'s caps, all before any cryptography; each handshake
+/// then runs in its own task, cut at `handshake_timeout_secs`.
+async fn tls_accept_loop(sh: Rc<Shared>, local: SocketAddr, l: TcpListener) {
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("sip: accept on {local} (tls): {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ip = from.ip().to_canonical();
+        let refuse = |stream: TcpStream| {
+            // Closed at once, with a reset: nothing of it stays with us.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        };
+        let at = guard::Millis(now(sh.start).mono.0);
+        let verdict = sh.handshakes.borrow_mut().check(at, ip, None);
+        match verdict {
+            guard::Verdict::Allow => {}
+            guard::Verdict::Drop => {
+                refuse(stream);
+                sh.tls_stats.borrow_mut().refused_rate += 1;
+                continue;
+            }
+            guard::Verdict::Block { ttl_secs } => {
+                refuse(stream);
+                {
+                    let mut st = sh.tls_stats.borrow_mut();
+                    st.refused_rate += 1;
+                    st.blocked += 1;
+                }
+                log_limited(&sh, "tls-flood", log::Level::Warn, || {
+                    format!("tls: {ip} floods handshakes: blocked for {ttl_secs} s")
+                });
+                sh.pending.borrow_mut().push(Effect::Block {
+                    ip,
+                    ttl: Duration::from_secs(u64::from(ttl_secs)),
+                });
+                flush_effects(&sh);
+                continue;
+            }
+        }
+        let chosen = match sh.tls.borrow().as_ref() {
+            None => Err(TlsRefusal::NoCertificate),
+            Some(t) => t
+                .acceptor_for(ip)
+                .map(|a| (a.clone(), t.handshake_timeout))
+                .ok_or(TlsRefusal::NotPeer),
+        };
+        let (acceptor, limit) = match chosen {
+            Ok(c) => c,
+            Err(why) => {
+                refuse(stream);
+                let mut st = sh.tls_stats.borrow_mut();
+                match why {
+                    TlsRefusal::NoCertificate => st.refused_no_certificate += 1,
+                    TlsRefusal::NotPeer => st.refused_not_peer += 1,
+                }
+                drop(st);
+                log_limited(&sh, "tls-refused", log::Level::Info, || match why {
+                    TlsRefusal::NoCertificate => {
+                        format!("tls: refused {from}: no certificate is installed")
+                    }
+                    TlsRefusal::NotPeer => {
+                        format!("tls: refused {from}: neither a carrier nor a destination")
+                    }
+                });
+                continue;
+            }
+        };
+        let admitted = sh.tcp.borrow_mut().admit(ip);
+        if admitted.is_err() {
+            refuse(stream);
+            log_limited(&sh, "tls-refused-caps", log::Level::Warn, || {
+                format!("tls: refused a connection from {ip}: [sip.tcp] connection caps reached")
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let sh = sh.clone();
+        tokio::task::spawn_local(async move {
+            let dir = Dir::Inbound(ip);
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    sh.tls_stats.borrow_mut().handshakes += 1;
+                    let (id, _, q_rx) = register(&sh, from);
+                    serve_tls(sh, id, tls, from, local, dir, q_rx).await;
+                }
+                Ok(Err(e)) => {
+                    sh.tls_stats.borrow_mut().handshakes_failed += 1;
+                    sh.tcp.borrow_mut().closed(dir, Close::Peer);
+                    log_limited(&sh, "tls-handshake", log::Level::Info, || {
+                        format!("tls: handshake with {from} failed: {e}")
+                    });
+                }
+                Err(_) => {
+                    sh.tls_stats.borrow_mut().handshakes_timed_out += 1;
+                    sh.tcp.borrow_mut().closed(dir, Close::Peer);
+                    log_limited(&sh, "tls-handshake-slow", log::Level::Info, || {
+                        format!("tls: handshake with {from} not done in {limit:?}: cut")
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// Runs an established TLS connection like [`serve`]: a writer task puts its queue
+/// through the session, this task decrypts, frames and feeds.
+async fn serve_tls<S>(
+    sh: Rc<Shared>,
+    id: ConnId,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    dir: Dir,
+    mut q_rx: mpsc::Receiver<Payload>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut writer = tokio::task::spawn_local(async move {
+        while let Some(b) = q_rx.recv().await {
+            let write = async {
+                wr.write_all(&b).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(WRITE_STALL, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Close::Peer,
+                Err(_) => return Close::WriteStalled,
+            }
+        }
+        // The queue closed: a close_notify, then the socket closes.
+        let _ = tokio::time::timeout(WRITE_STALL, wr.shutdown()).await;
+        Close::Peer
+    });
+    let why = read_tls(&sh, id, &mut rd, peer, local, &mut writer).await;
+    ended(&sh, id, peer, dir, why, &writer, "tls");
+}
+
+/// [`read_messages`] for a TLS connection: the same deadlines and framing, on the
+/// session's plaintext.
+async fn read_tls<R: AsyncRead + Unpin>(
+    sh: &Rc<Shared>,
+    id: ConnId,
+    rd: &mut R,
+    peer: SocketAddr,
+    local: SocketAddr,
+    writer: &mut JoinHandle<Close>,
+) -> Close {
+    let mut r = StreamReader::new(Transport::Tls, id, peer, local);
+    let timeout = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timeout);
+    let mut buf = vec![0u8; TLS_CHUNK];
+    loop {
+        let (limits, why, room) = r.before_read(sh, timeout.as_mut(), TLS_CHUNK);
+        let Some(into) = buf.get_mut(..room) else {
+            return Close::Peer;
+        };
+        let n = tokio::select! {
+            r = rd.read(into) => match r {
+                Ok(0) | Err(_) => return Close::Peer,
+                Ok(n) => n,
+            },
+            _ = &mut timeout => return why,
+            w = &mut *writer => return w.unwrap_or(Close::Peer),
+            _ = sh.tcp_changed.notified() => continue,
+        };
+        if let Err(why) = r.took(sh, buf.get(..n).unwrap_or_default(), &limits) {
+            return why;
+        }
     }
 }

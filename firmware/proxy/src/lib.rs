@@ -91,15 +91,23 @@ use serde::Serialize;
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2): a connection like TCP's, the same framing.
+    Tls,
 }
 
 impl Transport {
-    /// As written in a Via (`UDP`, `TCP`).
+    /// As written in a Via (`UDP`, `TCP`, `TLS`).
     pub fn via_name(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// Over a connection (TCP or TLS).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
     }
 }
 

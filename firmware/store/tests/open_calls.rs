@@ -233,6 +233,7 @@ fn calls_in_progress_at_a_crash_come_back_with_what_resumes_them() {
     let k = Kek::generate().unwrap();
     let party = |a: &str, l: &str, m: &str| Party {
         tcp: false,
+        tls: false,
         addr: a.parse().unwrap(),
         local: l.parse().unwrap(),
         media: vec![m.parse().unwrap()],
@@ -321,12 +322,14 @@ fn the_calls_in_progress_now_are_those_still_open_that_can_be_carried_on() {
         from_tag: "ftag".into(),
         caller: Party {
             tcp: false,
+            tls: false,
             addr: "203.0.113.10:5060".parse().unwrap(),
             local: "203.0.113.5:5060".parse().unwrap(),
             media: vec![],
         },
         callee: Party {
             tcp: false,
+            tls: false,
             addr: "198.51.100.10:5060".parse().unwrap(),
             local: "198.51.100.5:5060".parse().unwrap(),
             media: vec![],

@@ -775,6 +775,7 @@ fn a_records_cloud_json_is_what_the_record_says() {
     let s = Store::open(dir.path(), kek()).unwrap();
     let party = |addr: &str| Party {
         tcp: false,
+        tls: false,
         addr: addr.parse().unwrap(),
         local: "203.0.113.5:5060".parse().unwrap(),
         media: vec![],

@@ -398,6 +398,11 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             let pem = read_pem(s.tty)?;
             answer(ask(s, &Request::UplinkInstallCert { pem })?)?
         }
+        Action::SipTlsCsr => answer(ask(s, &Request::SipTlsCsr)?)?,
+        Action::SipTlsInstallCert => {
+            let pem = read_pem(s.tty)?;
+            answer(ask(s, &Request::SipTlsInstallCert { pem })?)?
+        }
         Action::ShowAudit => {
             let last = if p.values.is_empty() {
                 20

@@ -18,6 +18,8 @@ pub enum Action {
     ShowUplink,
     UplinkCsr,
     UplinkInstallCert,
+    SipTlsCsr,
+    SipTlsInstallCert,
     Status,
     Whoami,
     Compare,
@@ -253,6 +255,32 @@ pub static OPERATIONAL: &[Node] = &[
                 Action::UplinkInstallCert,
             )),
         ],
+        action: None,
+    }),
+    admin(Node {
+        word: "sip",
+        help: "SIP: the server identity for SIP over TLS",
+        role: Role::Admin,
+        values: &[],
+        children: &[admin(Node {
+            word: "tls",
+            help: "SIP over TLS's server certificate",
+            role: Role::Admin,
+            values: &[],
+            children: &[
+                admin(leaf(
+                    "csr",
+                    "the certificate signing request (the key stays sealed here)",
+                    Action::SipTlsCsr,
+                )),
+                admin(leaf(
+                    "install-cert",
+                    "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
+                    Action::SipTlsInstallCert,
+                )),
+            ],
+            action: None,
+        })],
         action: None,
     }),
     admin(Node {

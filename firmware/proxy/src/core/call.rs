@@ -113,6 +113,7 @@ impl Proxy {
         let mut m = invite.clone();
         let tparam = match out_transport {
             Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
             Transport::Udp => "",
         };
         let user = if number.is_empty() {

@@ -63,7 +63,8 @@ pub(super) fn probe_uri(peer: Peer) -> callgate_config::SipUri {
         addr: peer.addr,
         transport: match peer.transport {
             Transport::Udp => callgate_config::Transport::Udp,
-            Transport::Tcp => callgate_config::Transport::Tcp,
+            // Destinations are reached over UDP or TCP (TLS toward them is not built).
+            Transport::Tcp | Transport::Tls => callgate_config::Transport::Tcp,
         },
     }
 }

@@ -55,6 +55,8 @@ pub struct Settings {
     pub appliance: String,
     /// Our listen addresses (UDP and TCP on each).
     pub listen: Vec<SocketAddr>,
+    /// Our SIP over TLS listen addresses (`[sip.tls]`).
+    pub tls_listen: Vec<SocketAddr>,
     /// For each destination IP, our local IP that reaches it (the driver asks the kernel).
     pub local_for: HashMap<IpAddr, IpAddr>,
     pub response_timeout: Millis,
@@ -119,6 +121,7 @@ impl Settings {
         Settings {
             appliance: cfg.appliance.name.to_string(),
             listen: sip.listen_addrs(),
+            tls_listen: sip.tls.listen_addrs(),
             local_for,
             response_timeout: secs(sip.response_timeout_secs()),
             ring_timeout: secs(sip.ring_timeout_secs()),
@@ -429,7 +432,7 @@ fn host_port(addr: SocketAddr) -> String {
 fn tx_transport(t: Transport) -> TxTransport {
     match t {
         Transport::Udp => TxTransport::Unreliable,
-        Transport::Tcp => TxTransport::Reliable,
+        Transport::Tcp | Transport::Tls => TxTransport::Reliable,
     }
 }
 
@@ -622,14 +625,22 @@ impl Proxy {
             sip::Host::Name(_) => return false,
         };
         let port = port.unwrap_or(5060);
-        self.s
-            .listen
-            .iter()
-            .any(|l| l.ip() == ip && l.port() == port)
+        self.is_listen(SocketAddr::new(ip, port))
     }
 
+    /// One of our listen addresses (plain or TLS).
+    fn is_listen(&self, a: SocketAddr) -> bool {
+        self.s.listen.contains(&a) || self.s.tls_listen.contains(&a)
+    }
+
+    /// A SIP URI naming one of our listen addresses; without a port, a `sips:` URI or
+    /// one with `transport=tls` names 5061 (RFC 3261 §19.1.2), any other 5060.
     fn uri_is_ours(&self, uri: &Uri<'_>) -> bool {
-        uri.as_sip().is_some_and(|u| self.is_ours(&u.host, u.port))
+        uri.as_sip().is_some_and(|u| {
+            let tls = u.is_secure() || u.transport().is_some_and(|t| t.eq_ignore_ascii_case("tls"));
+            let port = u.port.or(tls.then_some(5061));
+            self.is_ours(&u.host, port)
+        })
     }
 
     /// Our socket toward `ip`: the listen address on the local IP the kernel picks, or,
@@ -662,6 +673,7 @@ impl Proxy {
         match t {
             Transport::Udp => format!("sip:{};lr", host_port(local)),
             Transport::Tcp => format!("sip:{};transport=tcp;lr", host_port(local)),
+            Transport::Tls => format!("sip:{};transport=tls;lr", host_port(local)),
         }
     }
 

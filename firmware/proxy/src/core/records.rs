@@ -39,10 +39,10 @@ impl Proxy {
             return None;
         }
         let peer = |p: &callgate_cdr::Party| Peer {
-            transport: if p.tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
+            transport: match (p.tcp, p.tls) {
+                (_, true) => Transport::Tls,
+                (true, false) => Transport::Tcp,
+                (false, false) => Transport::Udp,
             },
             addr: p.addr,
             conn: None,
@@ -53,8 +53,8 @@ impl Proxy {
         let carrier = self.routes.carrier_of(r.caller.addr.ip());
         let known = carrier.is_some()
             && self.dest_ips.contains(&r.callee.addr.ip().to_canonical())
-            && self.s.listen.contains(&r.caller.local)
-            && self.s.listen.contains(&r.callee.local);
+            && self.is_listen(r.caller.local)
+            && self.is_listen(r.callee.local);
         if !known {
             let line = format!(
                 "call {:?} not carried on: its parties are not a configured carrier and destination",
@@ -189,7 +189,8 @@ impl Proxy {
 /// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
 pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
     let party = |p: Peer, local: SocketAddr, media: &Media| callgate_cdr::Party {
-        tcp: p.transport == Transport::Tcp,
+        tcp: p.transport.is_stream(),
+        tls: p.transport == Transport::Tls,
         addr: p.addr,
         local,
         media: media.to_vec(),

@@ -1,0 +1,256 @@
+//! SIP over TLS in the lab: a test PKI (a lab CA that signs the appliance's request, the
+//! carrier's CA and its client certificates, a rogue CA), the appliance's enrolment
+//! through its own CLI, Debian's `stunnel4` (OpenSSL) as the carrier's TLS side in front
+//! of sipp (Debian's sipp is built without TLS), and `openssl s_client` as a raw TLS peer.
+//!
+//! The carrier's sipp speaks TCP to stunnel on the carrier host ([`STUNNEL_PORT`]);
+//! stunnel holds one TLS connection to the appliance per sipp connection (`-t t1`: one for
+//! every call), so the appliance sees a TLS trunk from the carrier's own address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::addr::{A_WAN_V4, A_WAN_V6, CARRIER_V4};
+use crate::broker::{other, Ca};
+use crate::{Appliance, Identity, Lab, Ns, Proc, Result};
+
+/// The appliance's SIP over TLS port in the lab.
+pub const TLS_PORT: u16 = 5061;
+/// Where stunnel takes the carrier sipp's TCP connections, on the carrier host.
+pub const STUNNEL_PORT: u16 = 15060;
+
+/// `config/lab.toml` with a TLS listener on A's WAN addresses, the carrier admitted to it,
+/// and then `edits` (each `from` must occur).
+pub fn tls_config(edits: &[(&str, &str)]) -> String {
+    let allow = format!(
+        "[[allow]]\nname = \"carrier-sip-tls\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\nprotocol = \"tcp\"\nports = [{TLS_PORT}]\n\n# What the appliance itself may open, beyond replies"
+    );
+    let listen = format!(
+        "[sip.tls]\nlisten = [\"{A_WAN_V4}:{TLS_PORT}\", \"[{A_WAN_V6}]:{TLS_PORT}\"]\n\n[sip.media]"
+    );
+    let mut all: Vec<(&str, &str)> = vec![
+        (
+            "# What the appliance itself may open, beyond replies",
+            &allow,
+        ),
+        ("[sip.media]", &listen),
+    ];
+    all.extend_from_slice(edits);
+    crate::calls::config(&all)
+}
+
+/// The lab's PKI for SIP over TLS.
+#[derive(Debug)]
+pub struct SipPki {
+    /// Signs the appliance's server certificate (the carriers trust it).
+    pub lab: Ca,
+    /// The carrier's own CA: its client certificates.
+    pub carrier: Ca,
+    /// A CA nobody trusts.
+    pub rogue: Ca,
+    _dir: tempfile::TempDir,
+}
+
+impl SipPki {
+    pub fn new() -> Result<SipPki> {
+        let dir = tempfile::Builder::new().prefix("sip-pki-").tempdir()?;
+        Ok(SipPki {
+            lab: Ca::create(&dir.path().join("lab"), "lab SIP CA")?,
+            carrier: Ca::create(&dir.path().join("carrier"), "carrier CA")?,
+            rogue: Ca::create(&dir.path().join("rogue"), "rogue CA")?,
+            _dir: dir,
+        })
+    }
+
+    /// The carrier CA's certificate, PEM: what a carrier's `tls.ca` pins.
+    pub fn carrier_ca_pem(&self) -> Result<String> {
+        self.carrier.cert_pem()
+    }
+}
+
+/// Enrols `a` for SIP over TLS through its CLI: `sip tls csr`, the lab CA signs it for
+/// A's WAN addresses, `sip tls install-cert -`. The install's answer.
+pub fn enrol(a: &Appliance<'_>, pki: &SipPki) -> Result<String> {
+    let csr = a.cli(&["--json", "sip", "tls", "csr"]);
+    if !csr.ok() {
+        return Err(other(format!("sip tls csr: {} {}", csr.stdout, csr.stderr)));
+    }
+    let pem = csr.json()["csr"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| other(format!("sip tls csr: no csr in {}", csr.stdout)))?;
+    let cert = pki
+        .lab
+        .sign_server_csr(&pem, &format!("IP:{A_WAN_V4}, IP:{A_WAN_V6}"), None)?;
+    let out = a.cli_stdin(&["sip", "tls", "install-cert", "-"], &cert);
+    if !out.ok() {
+        return Err(other(format!(
+            "sip tls install-cert: {} {}",
+            out.stdout, out.stderr
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// stunnel in client mode on the carrier host: takes TCP on
+/// `CARRIER_V4:STUNNEL_PORT` and carries each connection over TLS to A's TLS port,
+/// checking A's certificate against the lab CA (and A's address), presenting `client`
+/// when given.
+#[derive(Debug)]
+pub struct Stunnel {
+    proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Stunnel {
+    pub fn client(ns: &Ns<'_>, pki: &SipPki, client: Option<&Identity>) -> Result<Stunnel> {
+        let dir = tempfile::Builder::new().prefix("stunnel-").tempdir()?;
+        let mut conf = format!(
+            "foreground = yes\npid =\ndebug = 5\noutput = {log}\n\n[sip]\nclient = yes\naccept = {CARRIER_V4}:{STUNNEL_PORT}\nconnect = {A_WAN_V4}:{TLS_PORT}\nCAfile = {ca}\nverifyChain = yes\ncheckIP = {A_WAN_V4}\nsslVersionMin = TLSv1.2\n",
+            log = dir.path().join("stunnel.log").display(),
+            ca = pki.lab.cert().display(),
+        );
+        if let Some(id) = client {
+            conf.push_str(&format!(
+                "cert = {}\nkey = {}\n",
+                id.cert.display(),
+                id.key.display()
+            ));
+        }
+        let path = dir.path().join("stunnel.conf");
+        std::fs::write(&path, conf)?;
+        let mut cmd = ns.command("stunnel");
+        cmd.arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let proc = ns.spawn(cmd)?;
+        let t = Stunnel { proc, dir };
+        // Listening once `ss` shows the port in the carrier's namespace.
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let ss = ns.exec(&["ss", "-Htln"]).unwrap_or_default();
+            if ss.contains(&format!("{CARRIER_V4}:{STUNNEL_PORT}")) {
+                return Ok(t);
+            }
+            if !t.proc.is_running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(other(format!("stunnel did not start: {}", t.log())))
+    }
+
+    /// What stunnel logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
+    }
+
+    /// Where sipp sends to reach the appliance through this stunnel (`-rsa`).
+    pub fn sipp_rsa() -> String {
+        format!("{CARRIER_V4}:{STUNNEL_PORT}")
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+    }
+}
+
+/// An OPTIONS to the appliance over TLS, for [`s_client`].
+pub fn options_request(tag: &str) -> String {
+    format!(
+        "OPTIONS sip:{A_WAN_V4}:{TLS_PORT};transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {CARRIER_V4}:{TLS_PORT};branch=z9hG4bK-{tag}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{CARRIER_V4}>;tag={tag}\r\nTo: <sip:{A_WAN_V4}>\r\nCall-ID: {tag}@{CARRIER_V4}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// `openssl s_client` from the carrier host to A's TLS port with `args` (a client
+/// certificate, a version), writing `input` once connected and reading for up to
+/// `wait`. What it printed (stdout), which holds the appliance's answer if there was one.
+pub fn s_client(
+    ns: &Ns<'_>,
+    pki: &SipPki,
+    args: &[&str],
+    input: &str,
+    wait: Duration,
+) -> Result<String> {
+    let dir = tempfile::Builder::new().prefix("s-client-").tempdir()?;
+    let input_path = dir.path().join("in.txt");
+    std::fs::write(&input_path, input)?;
+    // The input, then silence for `wait` (s_client would otherwise close at EOF before the
+    // answer comes).
+    let script = format!(
+        "(cat {in_}; sleep {secs}) | timeout {t} openssl s_client -quiet -connect {A_WAN_V4}:{TLS_PORT} -CAfile {ca} -verify_return_error {args} 2>{err}",
+        in_ = input_path.display(),
+        secs = wait.as_secs_f64(),
+        t = wait.as_secs() + 5,
+        ca = pki.lab.cert().display(),
+        args = args.join(" "),
+        err = dir.path().join("err.txt").display(),
+    );
+    let out = ns
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| other(format!("openssl s_client: {e}")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A client certificate's identity files as `s_client` arguments.
+pub fn cert_args(id: &Identity) -> Vec<String> {
+    vec![
+        "-cert".into(),
+        path_str(&id.cert),
+        "-key".into(),
+        path_str(&id.key),
+    ]
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The SHA-256 fingerprint of a PEM certificate file, as openssl prints it
+/// (`AB:CD:…`).
+pub fn fingerprint(cert: &Path) -> Result<String> {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .rsplit_once('=')
+        .map(|(_, f)| f.to_owned())
+        .ok_or_else(|| other(format!("no fingerprint in {text:?}")))
+}
+
+/// `show sip stats --json`'s TLS counters of `a`.
+pub fn tls_stats(a: &Appliance<'_>) -> serde_json::Value {
+    a.cli(&["--json", "show", "sip", "stats"]).json()["tls"].clone()
+}
+
+/// Established TCP connections on A's TLS port, from `ss` in A's namespace.
+pub fn tls_connections(lab: &Lab, host: crate::Host) -> usize {
+    lab.ns(host)
+        .exec(&["ss", "-Htn", "state", "established"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!(":{TLS_PORT} ")))
+        .count()
+}
+
+/// A's TLS listen address.
+pub fn tls_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(A_WAN_V4), TLS_PORT)
+}
+
+/// Where the lab's PKI files are (for a test's own openssl runs).
+pub fn dir_of(ca: &Ca) -> PathBuf {
+    ca.cert()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
