@@ -152,3 +152,200 @@ fn mutual_tls_admits_only_the_pinned_carrier_certificate() {
     );
     assert_eq!(wait_cdrs(&a, 1).len(), 1);
 }
+
+/// `[sip.tls]` keys of the refusal tests: a short handshake limit, the flooder's address
+/// admitted to the TLS port by the firewall (it is no carrier: the proxy must refuse it).
+fn refusal_config() -> String {
+    tls_config(&[
+        (
+            "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]",
+            "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]\nhandshake_timeout_secs = 2\nmax_handshakes_per_sec = 20",
+        ),
+        (
+            "name = \"carrier-sip-tls\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", ",
+            "name = \"carrier-sip-tls\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", \"203.0.113.64/28\", ",
+        ),
+    ])
+}
+
+/// A TCP connection from `src` to A's TLS port, made inside the carrier's namespace.
+fn connect_from(lab: &Lab, src: std::net::Ipv4Addr) -> std::io::Result<std::net::TcpStream> {
+    use std::net::{IpAddr, SocketAddr};
+    let dst = SocketAddr::new(IpAddr::V4(addr::A_WAN_V4), TLS_PORT);
+    lab.ns(Host::Carrier).run_in(move || {
+        let s = socket2_like_connect(src, dst)?;
+        Ok(s)
+    })
+}
+
+/// Binds to `src`, then connects to `dst` within 300 ms.
+fn socket2_like_connect(
+    src: std::net::Ipv4Addr,
+    dst: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+        SockaddrStorage,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(0, 300_000),
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(std::net::SocketAddr::new(src.into(), 0)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+    Ok(std::net::TcpStream::from(fd))
+}
+
+/// Reads what the appliance sends until it closes the connection or `limit` passes:
+/// (bytes read, closed by the appliance).
+fn read_until_closed(mut s: std::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let _ = s.set_read_timeout(Some(limit));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (got, false)
+            }
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+#[test]
+fn old_tls_plain_sip_and_a_stalled_handshake_are_refused_and_hold_nothing() {
+    use std::io::Write;
+    let lab = new_lab();
+    let pki = SipPki::new().unwrap();
+    let a = start(&lab, &refusal_config());
+    enrol(&a, &pki).unwrap();
+    let ns = lab.ns(Host::Carrier);
+    let wait = Duration::from_secs(2);
+    // TLS 1.1 and 1.0 (OpenSSL allows them at security level 0): no handshake, no answer.
+    for v in ["-tls1_1", "-tls1"] {
+        let out = s_client(
+            &ns,
+            &pki,
+            &[v, "-cipher", "DEFAULT@SECLEVEL=0"],
+            &options_request(&format!("old{v}")),
+            wait,
+        )
+        .unwrap();
+        assert!(!out.contains("SIP/2.0"), "{v}: {out}");
+    }
+    // Plain SIP on the TLS port (no ClientHello): not answered, and the connection closed.
+    let mut plain = connect_from(&lab, addr::CARRIER_V4).unwrap();
+    plain
+        .write_all(options_request("plain").as_bytes())
+        .unwrap();
+    let (got, closed) = read_until_closed(plain, Duration::from_secs(5));
+    assert!(closed, "the plain connection stays open");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("SIP/2.0"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let st = tls_stats(&a);
+    assert_eq!(u(&st["stats"]["handshakes_failed"]), 3, "{st}");
+    assert_eq!(u(&st["stats"]["handshakes"]), 0, "{st}");
+    // A handshake that stalls after half a ClientHello is cut at handshake_timeout_secs,
+    // and meanwhile calls over TLS go on.
+    let mut stall = connect_from(&lab, addr::CARRIER_V4).unwrap();
+    stall
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let _callee = pbx(&lab);
+    let tunnel = Stunnel::client(&ns, &pki, None).unwrap();
+    let r = run(tls_calls(&lab, 5, 5.0, Duration::from_millis(200)));
+    assert_eq!(
+        (r.successful, r.failed),
+        (5, 0),
+        "{}\n{}",
+        r.summary(),
+        tunnel.log()
+    );
+    let (_, closed) = read_until_closed(stall, Duration::from_secs(10));
+    assert!(closed, "the stalled handshake was never cut");
+    let st = tls_stats(&a);
+    assert_eq!(u(&st["stats"]["handshakes_timed_out"]), 1, "{st}");
+    // Nothing is left open of the refused connections: only stunnel's (if still up).
+    let open = tls_open_from(&lab, addr::CARRIER_V4);
+    assert!(open <= 1, "{open} connections on the TLS port");
+    drop(tunnel);
+}
+
+/// Established connections on A's TLS port from `src`, from `ss` in A's namespace.
+fn tls_open_from(lab: &Lab, src: std::net::Ipv4Addr) -> usize {
+    lab.ns(Host::A)
+        .exec(&["ss", "-Htn", "state", "established"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!(":{TLS_PORT} ")) && l.contains(&format!("{src}:")))
+        .count()
+}
+
+#[test]
+fn a_handshake_flood_from_a_stranger_is_blocked_while_tls_calls_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let lab = new_lab();
+    let pki = SipPki::new().unwrap();
+    let a = start(&lab, &refusal_config());
+    enrol(&a, &pki).unwrap();
+    let _callee = pbx(&lab);
+    let tunnel = Stunnel::client(&lab.ns(Host::Carrier), &pki, None).unwrap();
+    let calls = tls_calls(&lab, 1000, 100.0, Duration::ZERO)
+        .spawn()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let attempts = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                // Each connect is refused (reset) at once, until the firewall drops them.
+                let _ = connect_from(&lab, addr::CARRIER_V4_ALT);
+            }
+        });
+        let blocked =
+            hil_tests::poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+                a.nft(&["list", "set", "inet", "callgate", "block4"])
+                    .is_ok_and(|l| l.contains("203.0.113.66"))
+            });
+        stop.store(true, Ordering::Relaxed);
+        assert!(blocked, "the flooder was never blocked: {}", tls_stats(&a));
+    });
+    let r = calls.wait(Duration::from_secs(120)).unwrap();
+    assert!(
+        r.successful >= 999 && r.successful + r.failed == 1000,
+        "{}\n{}",
+        r.summary(),
+        tunnel.log()
+    );
+    let st = tls_stats(&a);
+    assert!(u(&st["stats"]["refused_not_peer"]) >= 1, "{st}");
+    assert!(u(&st["stats"]["refused_rate"]) >= 20, "{st}");
+    assert_eq!(u(&st["stats"]["blocked"]), 1, "{st}");
+    // The carrier itself was never blocked.
+    let set = a
+        .nft(&["list", "set", "inet", "callgate", "block4"])
+        .unwrap();
+    assert!(!set.contains("203.0.113.10 "), "{set}");
+    assert!(attempts.load(Ordering::Relaxed) > 40);
+}
