@@ -229,6 +229,8 @@ subjectKeyIdentifier = hash
 enum Usage {
     Client,
     Server,
+    /// Both: a SIP peer's certificate, presented when it accepts and when it connects.
+    Both,
 }
 
 /// A certificate authority (ECDSA P-256, self-signed) made with the `openssl` command
@@ -323,7 +325,8 @@ impl Ca {
         self.sign_csr_for(csr_pem, Some((from, to)))
     }
 
-    /// Signs a PEM certificate request as a server certificate (`serverAuth`, a year, or
+    /// Signs a PEM certificate request as a server certificate (`serverAuth` and
+    /// `clientAuth`: a SIP peer's certificate serves both ways; a year, or
     /// the validity `window`) with the subject alternative names `sans` (openssl's form,
     /// `IP:203.0.113.1, DNS:x`): the request's own extensions are ignored. Returns the
     /// certificate, PEM.
@@ -337,8 +340,15 @@ impl Ca {
         let csr = format!("{stem}.csr");
         std::fs::write(self.dir.join(&csr), csr_pem)?;
         self.openssl("req -noout -verify -in", &[&csr])?;
-        let cert = self.sign(&csr, &stem, Usage::Server, Some(sans), window)?;
+        let cert = self.sign(&csr, &stem, Usage::Both, Some(sans), window)?;
         Ok(std::fs::read_to_string(cert)?)
+    }
+
+    /// A new key and a certificate for a SIP peer called `cn` with the subject alternative
+    /// names `sans` (openssl's form), for both server and client authentication, a year.
+    pub fn peer_cert(&self, cn: &str, sans: &str) -> Result<Identity> {
+        check_name("CN", cn)?;
+        self.issue(cn, Usage::Both, Some(sans), None)
     }
 
     fn sign_csr_for(&self, csr_pem: &str, window: Option<(&str, &str)>) -> Result<String> {
@@ -403,6 +413,7 @@ impl Ca {
         let (section, eku) = match usage {
             Usage::Client => ("client", "clientAuth"),
             Usage::Server => ("server", "serverAuth"),
+            Usage::Both => ("both", "serverAuth, clientAuth"),
         };
         let mut ext = format!(
             "[ {section} ]\n\

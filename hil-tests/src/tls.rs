@@ -41,6 +41,26 @@ pub fn tls_config(edits: &[(&str, &str)]) -> String {
     crate::calls::config(&all)
 }
 
+/// A tracking number of the TLS route [`tls_route_config`] adds (both sides over TLS).
+pub const TLS_NUMBER: &str = "+15550100307";
+
+/// [`tls_config`] plus a route carried over TLS to both PBXs (numbers
+/// +15550100300-+15550100399, campaign `tls-trunk`, their certificates pinned to
+/// `pbx_ca_pem`), the appliance allowed to open TLS to them; then `edits`.
+pub fn tls_route_config(pbx_ca_pem: &str, edits: &[(&str, &str)]) -> String {
+    let listen = format!("listen = [\"{A_WAN_V4}:{TLS_PORT}\", \"[{A_WAN_V6}]:{TLS_PORT}\"]");
+    let pin = format!("{listen}\ndestinations = {{ ca = \"\"\"{pbx_ca_pem}\"\"\" }}");
+    let egress_from = "name = \"sip-to-pbx-tcp\"\nzone = \"private\"\ndestinations = [\"198.51.100.0/24\", \"2001:db8:2::/64\"]\nprotocol = \"tcp\"\nports = [5060]";
+    let egress_to = "name = \"sip-to-pbx-tcp\"\nzone = \"private\"\ndestinations = [\"198.51.100.0/24\", \"2001:db8:2::/64\"]\nprotocol = \"tcp\"\nports = [5060, 5061]";
+    let mut all: Vec<(&str, &str)> = vec![(&listen, &pin), (egress_from, egress_to)];
+    all.extend_from_slice(edits);
+    let mut t = tls_config(&all);
+    t.push_str(
+        "\n# SIP over TLS on both sides (hil-tests/src/tls.rs).\n[[sip.route]]\nnumbers = [\"+15550100300-+15550100399\"]\ncampaign = \"tls-trunk\"\nstrategy = \"sequential\"\ndestinations = [\n  { uri = \"sip:198.51.100.10:5061;transport=tls\" },\n  { uri = \"sip:198.51.100.11:5061;transport=tls\" },\n]\n",
+    );
+    t
+}
+
 /// The lab's PKI for SIP over TLS.
 #[derive(Debug)]
 pub struct SipPki {
@@ -50,6 +70,8 @@ pub struct SipPki {
     pub carrier: Ca,
     /// A CA nobody trusts.
     pub rogue: Ca,
+    /// The PBXs' CA: what `[sip.tls] destinations` pins.
+    pub pbx: Ca,
     _dir: tempfile::TempDir,
 }
 
@@ -60,6 +82,7 @@ impl SipPki {
             lab: Ca::create(&dir.path().join("lab"), "lab SIP CA")?,
             carrier: Ca::create(&dir.path().join("carrier"), "carrier CA")?,
             rogue: Ca::create(&dir.path().join("rogue"), "rogue CA")?,
+            pbx: Ca::create(&dir.path().join("pbx"), "PBX CA")?,
             _dir: dir,
         })
     }
@@ -119,8 +142,44 @@ impl Stunnel {
                 id.key.display()
             ));
         }
+        Stunnel::start(
+            ns,
+            dir,
+            &conf,
+            SocketAddr::new(IpAddr::V4(CARRIER_V4), STUNNEL_PORT),
+        )
+    }
+
+    /// stunnel in server mode on a PBX host: takes TLS on `listen` with `id`'s
+    /// certificate, requires a client certificate that chains to `client_ca` (the
+    /// appliance's), and carries each connection over TCP to `to` (a sipp UAS over TCP).
+    pub fn server(
+        ns: &Ns<'_>,
+        listen: SocketAddr,
+        to: SocketAddr,
+        id: &Identity,
+        client_ca: &Path,
+    ) -> Result<Stunnel> {
+        let dir = tempfile::Builder::new().prefix("stunnel-").tempdir()?;
+        let conf = format!(
+            "foreground = yes\npid =\ndebug = 5\noutput = {log}\n\n[sip]\naccept = {listen}\nconnect = {to}\ncert = {cert}\nkey = {key}\nCAfile = {ca}\nverifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.2\n",
+            log = dir.path().join("stunnel.log").display(),
+            cert = id.cert.display(),
+            key = id.key.display(),
+            ca = client_ca.display(),
+        );
+        Stunnel::start(ns, dir, &conf, listen)
+    }
+
+    fn start(
+        ns: &Ns<'_>,
+        dir: tempfile::TempDir,
+        conf: &str,
+        listen: SocketAddr,
+    ) -> Result<Stunnel> {
         let path = dir.path().join("stunnel.conf");
         std::fs::write(&path, conf)?;
+        let port = format!("{listen}");
         let mut cmd = ns.command("stunnel");
         cmd.arg(&path)
             .stdin(Stdio::null())
@@ -132,7 +191,7 @@ impl Stunnel {
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             let ss = ns.exec(&["ss", "-Htln"]).unwrap_or_default();
-            if ss.contains(&format!("{CARRIER_V4}:{STUNNEL_PORT}")) {
+            if ss.contains(&port) {
                 return Ok(t);
             }
             if !t.proc.is_running() {

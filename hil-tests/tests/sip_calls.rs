@@ -1,5 +1,6 @@
-//! The SIP proxy end to end: sipp on the carrier and the pbx, the real daemon on
-//! appliance A (config/lab.toml), real nftables, the encrypted store. Each test asserts on
+//! The SIP proxy end to end: sipp on the carrier and the pbx (over UDP, TCP, and TLS
+//! through stunnel), the real daemon on appliance A (config/lab.toml), real nftables, the
+//! encrypted store. Each test asserts on
 //! what the peers saw (sipp's counts and final codes), on the call records the daemon
 //! stored, and for media on packets that did or did not cross the firewall.
 
@@ -12,19 +13,136 @@ use hil_tests::calls::{
     active_calls, cdrs, config, lab_toml, new_lab, start, stats, u, wait_cdrs, CALLER, CALLER_NAME,
     TCP_NUMBER, UDP_NUMBER,
 };
-use hil_tests::sipp::{Sipp, SippHandle, Transport};
-use hil_tests::{addr, Host, Lab, Token};
+use hil_tests::sipp::{Sipp, SippHandle, SippResult, Transport};
+use hil_tests::tls::{enrol, tls_route_config, SipPki, Stunnel, TLS_NUMBER, TLS_PORT};
+use hil_tests::{addr, Appliance, Host, Lab, Token};
 use serde_json::Value;
+
+/// How a test's calls travel: UDP or TCP on both sides, or TLS on both (sipp over TCP
+/// behind stunnel at the carrier and at the PBX; see hil-tests/src/tls.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+fn legs() -> [Leg; 3] {
+    [Leg::Udp, Leg::Tcp, Leg::Tls]
+}
+
+impl Leg {
+    fn number(self) -> &'static str {
+        match self {
+            Leg::Udp => UDP_NUMBER,
+            Leg::Tcp => TCP_NUMBER,
+            Leg::Tls => TLS_NUMBER,
+        }
+    }
+    fn campaign(self) -> &'static str {
+        match self {
+            Leg::Udp => "spring-radio",
+            Leg::Tcp => "tv-spot",
+            Leg::Tls => "tls-trunk",
+        }
+    }
+    /// The destination a record names for a call to `ip`.
+    fn dest(self, ip: Ipv4Addr) -> String {
+        match self {
+            Leg::Udp => format!("sip:{ip}:5060;transport=udp"),
+            Leg::Tcp => format!("sip:{ip}:5060;transport=tcp"),
+            Leg::Tls => format!("sip:{ip}:{TLS_PORT};transport=tls"),
+        }
+    }
+}
+
+/// A lab whose appliance A also carries calls over TLS: config/lab.toml with the TLS
+/// listener and the TLS route (plus `edits`), A enrolled, the carrier's stunnel up.
+struct Env<'l> {
+    lab: &'l Lab,
+    pki: SipPki,
+    _carrier: Stunnel,
+}
+
+fn start_env<'l>(lab: &'l Lab, edits: &[(&str, &str)]) -> (Appliance<'l>, Env<'l>) {
+    let pki = SipPki::new().expect("pki");
+    let a = start(
+        lab,
+        &tls_route_config(&pki.pbx.cert_pem().expect("pbx ca"), edits),
+    );
+    enrol(&a, &pki).expect("enrol");
+    let carrier = Stunnel::client(&lab.ns(Host::Carrier), &pki, None).expect("stunnel");
+    (
+        a,
+        Env {
+            lab,
+            pki,
+            _carrier: carrier,
+        },
+    )
+}
+
+/// A callee, and over TLS the stunnel in front of it.
+struct Callee<'l> {
+    sipp: SippHandle<'l>,
+    _tunnel: Option<Stunnel>,
+}
+
+impl Callee<'_> {
+    fn stop(self) -> hil_tests::Result<SippResult> {
+        self.sipp.stop()
+    }
+}
+
+impl<'l> Env<'l> {
+    /// A callee on `ip` running `scenario` over `leg`, ready to take calls.
+    fn callee(&self, scenario: &str, ip: Ipv4Addr, leg: Leg) -> Callee<'l> {
+        let t = if leg == Leg::Udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        let sipp = callee(self.lab, scenario, ip, t);
+        let tunnel = (leg == Leg::Tls).then(|| {
+            let id = self
+                .pki
+                .pbx
+                .peer_cert("pbx", &format!("IP:{ip}"))
+                .expect("pbx certificate");
+            Stunnel::server(
+                &self.lab.ns(Host::Pbx),
+                std::net::SocketAddr::new(IpAddr::V4(ip), TLS_PORT),
+                std::net::SocketAddr::new(IpAddr::V4(ip), 5060),
+                &id,
+                self.pki.lab.cert(),
+            )
+            .expect("pbx stunnel")
+        });
+        Callee {
+            sipp,
+            _tunnel: tunnel,
+        }
+    }
+
+    /// A caller on the carrier running `scenario` over `leg` to appliance A.
+    fn caller(&self, scenario: &str, leg: Leg) -> Sipp<'l> {
+        match leg {
+            Leg::Udp => caller(self.lab, scenario, Transport::Udp).service(UDP_NUMBER),
+            Leg::Tcp => caller(self.lab, scenario, Transport::Tcp).service(TCP_NUMBER),
+            Leg::Tls => caller(self.lab, scenario, Transport::Tcp)
+                .remote(addr::A_WAN_V4, TLS_PORT)
+                .arg("-rsa")
+                .arg(Stunnel::sipp_rsa())
+                .service(TLS_NUMBER),
+        }
+    }
+}
 
 fn number(t: Transport) -> &'static str {
     match t {
         Transport::Udp => UDP_NUMBER,
         Transport::Tcp => TCP_NUMBER,
     }
-}
-
-fn transports() -> [Transport; 2] {
-    [Transport::Udp, Transport::Tcp]
 }
 
 /// A callee on `ip`:5060 running `scenario`, ready to take calls.
@@ -65,12 +183,13 @@ fn dest(ip: Ipv4Addr, t: Transport) -> String {
 }
 
 #[test]
-fn basic_call_records_every_field_udp_and_tcp() {
+fn basic_call_records_every_field_udp_tcp_and_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
-    for (i, t) in transports().into_iter().enumerate() {
-        let pbx = callee(&lab, "uas.xml", addr::PBX_V4, t);
-        let r = caller(&lab, "uac.xml", t)
+    let (a, env) = start_env(&lab, &[]);
+    for (i, t) in legs().into_iter().enumerate() {
+        let pbx = env.callee("uas.xml", addr::PBX_V4, t);
+        let r = env
+            .caller("uac.xml", t)
             .duration(Duration::from_millis(1500))
             .run()
             .expect("caller runs");
@@ -80,17 +199,11 @@ fn basic_call_records_every_field_udp_and_tcp() {
         let all = wait_cdrs(&a, i + 1);
         assert_eq!(all.len(), i + 1, "{t:?}: one record per call: {all:#?}");
         let c = &all[i];
-        assert_eq!(c["tracking_number"], number(t));
-        assert_eq!(
-            c["campaign"],
-            match t {
-                Transport::Udp => "spring-radio",
-                Transport::Tcp => "tv-spot",
-            }
-        );
+        assert_eq!(c["tracking_number"], t.number());
+        assert_eq!(c["campaign"], t.campaign());
         assert_eq!(c["caller"], CALLER, "caller number (PII) recorded");
         assert_eq!(c["caller_name"], CALLER_NAME);
-        assert_eq!(c["destination"], dest(addr::PBX_V4, t));
+        assert_eq!(c["destination"], t.dest(addr::PBX_V4));
         assert_eq!(c["disposition"], "answered");
         assert_eq!(c["final_code"], 200);
         assert_eq!(c["appliance"], "lab-a");
@@ -116,25 +229,22 @@ fn basic_call_records_every_field_udp_and_tcp() {
 }
 
 #[test]
-fn busy_no_answer_cancel_udp_and_tcp() {
+fn busy_no_answer_cancel_udp_tcp_and_tls() {
     let lab = new_lab();
     // Ring for at most 2 s before the proxy gives up (no-answer).
-    let a = start(
-        &lab,
-        &config(&[("ring_timeout_secs = 30", "ring_timeout_secs = 2")]),
-    );
+    let (a, env) = start_env(&lab, &[("ring_timeout_secs = 30", "ring_timeout_secs = 2")]);
     let mut expected: Vec<(&str, u64)> = Vec::new();
-    for t in transports() {
+    for t in legs() {
         // Busy: 486 from the pbx reaches the caller.
-        let pbx = callee(&lab, "uas_busy.xml", addr::PBX_V4, t);
-        let r = caller(&lab, "uac_reject.xml", t).run().expect("caller");
+        let pbx = env.callee("uas_busy.xml", addr::PBX_V4, t);
+        let r = env.caller("uac_reject.xml", t).run().expect("caller");
         assert_eq!(r.final_codes, vec![486], "{t:?} busy: {}", r.summary());
         let _ = pbx.stop();
         expected.push(("busy", 486));
 
         // No answer: the pbx rings forever; the proxy cancels it and answers 480.
-        let pbx = callee(&lab, "uas_noanswer.xml", addr::PBX_V4, t);
-        let r = caller(&lab, "uac_reject.xml", t).run().expect("caller");
+        let pbx = env.callee("uas_noanswer.xml", addr::PBX_V4, t);
+        let r = env.caller("uac_reject.xml", t).run().expect("caller");
         assert_eq!(r.final_codes, vec![480], "{t:?} no-answer: {}", r.summary());
         let p = pbx.stop().expect("pbx stats");
         assert_eq!(
@@ -146,8 +256,9 @@ fn busy_no_answer_cancel_udp_and_tcp() {
         expected.push(("no_answer", 480));
 
         // The caller cancels while it rings.
-        let pbx = callee(&lab, "uas_noanswer.xml", addr::PBX_V4, t);
-        let r = caller(&lab, "uac_cancel.xml", t)
+        let pbx = env.callee("uas_noanswer.xml", addr::PBX_V4, t);
+        let r = env
+            .caller("uac_cancel.xml", t)
             .duration(Duration::from_millis(300))
             .run()
             .expect("caller");
@@ -183,15 +294,16 @@ fn busy_no_answer_cancel_udp_and_tcp() {
 }
 
 #[test]
-fn failover_on_503_and_on_silence_udp_and_tcp() {
+fn failover_on_503_and_on_silence_udp_tcp_and_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
+    let (a, env) = start_env(&lab, &[]);
     let mut n = 0;
-    for t in transports() {
+    for t in legs() {
         for first in ["uas_503.xml", "uas_ignore.xml"] {
-            let bad = callee(&lab, first, addr::PBX_V4, t);
-            let good = callee(&lab, "uas.xml", addr::PBX2_V4, t);
-            let r = caller(&lab, "uac.xml", t)
+            let bad = env.callee(first, addr::PBX_V4, t);
+            let good = env.callee("uas.xml", addr::PBX2_V4, t);
+            let r = env
+                .caller("uac.xml", t)
                 .duration(Duration::from_millis(200))
                 .run()
                 .expect("caller");
@@ -213,20 +325,21 @@ fn failover_on_503_and_on_silence_udp_and_tcp() {
             let all = wait_cdrs(&a, n);
             let c = &all[n - 1];
             assert_eq!(c["disposition"], "answered", "{t:?} {first}: {c}");
-            assert_eq!(c["destination"], dest(addr::PBX2_V4, t), "{t:?} {first}");
+            assert_eq!(c["destination"], t.dest(addr::PBX2_V4), "{t:?} {first}");
         }
     }
     let st = stats(&a);
-    assert!(u(&st["failovers"]) >= 4, "failovers counted: {st}");
+    assert!(u(&st["failovers"]) >= 6, "failovers counted: {st}");
 }
 
 #[test]
-fn reinvite_udp_and_tcp() {
+fn reinvite_udp_tcp_and_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
-    for (i, t) in transports().into_iter().enumerate() {
-        let pbx = callee(&lab, "uas.xml", addr::PBX_V4, t);
-        let r = caller(&lab, "uac_reinvite.xml", t)
+    let (a, env) = start_env(&lab, &[]);
+    for (i, t) in legs().into_iter().enumerate() {
+        let pbx = env.callee("uas.xml", addr::PBX_V4, t);
+        let r = env
+            .caller("uac_reinvite.xml", t)
             .calls(3)
             .duration(Duration::from_millis(200))
             .run()

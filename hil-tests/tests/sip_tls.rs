@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use hil_tests::calls::{cdrs, new_lab, pbx, start, u, wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
+use hil_tests::calls::{
+    cdrs, new_lab, pbx, start, u, wait_cdrs, CALLER, CALLER_NAME, TCP_NUMBER, UDP_NUMBER,
+};
 use hil_tests::sipp::{Sipp, SippResult, Transport};
 use hil_tests::tls::{
     cert_args, enrol, fingerprint, options_request, s_client, tls_config, tls_stats, SipPki,
@@ -348,4 +350,91 @@ fn a_handshake_flood_from_a_stranger_is_blocked_while_tls_calls_go_on() {
         .unwrap();
     assert!(!set.contains("203.0.113.10 "), "{set}");
     assert!(attempts.load(Ordering::Relaxed) > 40);
+}
+
+/// The TCP route (tv-spot) carried to the PBXs over TLS, their certificates pinned to
+/// `pbx_ca`, and the appliance allowed to open TLS to them.
+fn tls_both_ways_config(pbx_ca: &str) -> String {
+    let dests = "destinations = [\n  { uri = \"sip:198.51.100.10:5060;transport=tcp\" },\n  { uri = \"sip:198.51.100.11:5060;transport=tcp\" },\n]";
+    let tls_dests = "destinations = [\n  { uri = \"sip:198.51.100.10:5061;transport=tls\" },\n  { uri = \"sip:198.51.100.11:5061;transport=tls\" },\n]";
+    let pin = format!(
+        "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]\ndestinations = {{ ca = \"\"\"{pbx_ca}\"\"\" }}"
+    );
+    tls_config(&[
+        (dests, tls_dests),
+        (
+            "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]",
+            &pin,
+        ),
+        (
+            "name = \"sip-to-pbx-tcp\"\nzone = \"private\"\ndestinations = [\"198.51.100.0/24\", \"2001:db8:2::/64\"]\nprotocol = \"tcp\"\nports = [5060]",
+            "name = \"sip-to-pbx-tcp\"\nzone = \"private\"\ndestinations = [\"198.51.100.0/24\", \"2001:db8:2::/64\"]\nprotocol = \"tcp\"\nports = [5060, 5061]",
+        ),
+    ])
+}
+
+/// A TCP callee on the PBX (sipp, `uas.xml`) behind stunnel's TLS on 5061, with `id`'s
+/// certificate, requiring the appliance's (the lab CA's).
+fn tls_callee<'l>(
+    lab: &'l Lab,
+    pki: &SipPki,
+    id: &hil_tests::Identity,
+) -> (hil_tests::sipp::SippHandle<'l>, Stunnel) {
+    use std::net::{IpAddr, SocketAddr};
+    let ns = lab.ns(Host::Pbx);
+    let uas = Sipp::uas(&ns, "uas.xml")
+        .local(addr::PBX_V4, 5060)
+        .transport(Transport::Tcp)
+        .timeout(Duration::from_secs(600))
+        .spawn()
+        .unwrap();
+    uas.wait_ready(Duration::from_secs(10)).unwrap();
+    let pbx = IpAddr::V4(addr::PBX_V4);
+    let tunnel = Stunnel::server(
+        &ns,
+        SocketAddr::new(pbx, TLS_PORT),
+        SocketAddr::new(pbx, 5060),
+        id,
+        pki.lab.cert(),
+    )
+    .unwrap();
+    (uas, tunnel)
+}
+
+#[test]
+fn calls_over_tls_on_both_sides_check_the_pbx_certificate() {
+    let lab = new_lab();
+    let pki = SipPki::new().unwrap();
+    let pbx_id = pki.pbx.peer_cert("pbx1", "IP:198.51.100.10").unwrap();
+    let a = start(&lab, &tls_both_ways_config(&pki.pbx.cert_pem().unwrap()));
+    enrol(&a, &pki).unwrap();
+    let (uas, pbx_tunnel) = tls_callee(&lab, &pki, &pbx_id);
+    let carrier = Stunnel::client(&lab.ns(Host::Carrier), &pki, None).unwrap();
+    let r = run(tls_calls(&lab, 20, 10.0, Duration::from_millis(300)).service(TCP_NUMBER));
+    assert_eq!(
+        (r.successful, r.failed),
+        (20, 0),
+        "{}\ncarrier stunnel: {}\npbx stunnel: {}\n{}",
+        r.summary(),
+        carrier.log(),
+        pbx_tunnel.log(),
+        a.log()
+    );
+    assert_eq!(wait_cdrs(&a, 20).len(), 20);
+    // One connection of ours to the PBX for all twenty calls, its certificate checked.
+    let st = tls_stats(&a);
+    assert_eq!(u(&st["stats"]["connected"]), 1, "{st}");
+    assert_eq!(u(&st["stats"]["connect_failed"]), 0, "{st}");
+    let _ = uas.stop();
+    drop(pbx_tunnel);
+
+    // A PBX whose certificate another CA signed: the appliance never sends it the call.
+    let rogue_id = pki.rogue.peer_cert("pbx1", "IP:198.51.100.10").unwrap();
+    let (uas, _pbx_tunnel) = tls_callee(&lab, &pki, &rogue_id);
+    let r = run(tls_calls(&lab, 1, 1.0, Duration::from_millis(300)).service(TCP_NUMBER));
+    assert_eq!((r.successful, r.failed), (0, 1), "{}", r.summary());
+    let seen = uas.stop().unwrap();
+    assert_eq!(seen.successful + seen.failed, 0, "{}", seen.summary());
+    let st = tls_stats(&a);
+    assert!(u(&st["stats"]["connect_failed"]) >= 1, "{st}");
 }

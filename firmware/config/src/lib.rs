@@ -29,7 +29,7 @@ pub use pair::{
     DEFAULT_HEARTBEAT_INTERVAL_MS,
 };
 pub use sip::SipTcp;
-pub use sip_tls::{CarrierTls, Fingerprint, SipTls, TlsVersion};
+pub use sip_tls::{Fingerprint, SipTls, TlsPin, TlsVersion};
 pub use uplink::{pem_certificates, Uplink, DEFAULT_UPLINK_PORT};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +54,8 @@ pub use users::{
 pub const DEFAULT_SSH_PORT: u16 = 22;
 /// Default SIP port (UDP and TCP).
 pub const DEFAULT_SIP_PORT: u16 = 5060;
+/// Default SIP over TLS port.
+pub const DEFAULT_SIP_TLS_PORT: u16 = 5061;
 /// Default heartbeat port of the pair's sync link (UDP).
 pub const DEFAULT_HEARTBEAT_PORT: u16 = 5405;
 
@@ -551,9 +553,7 @@ impl Config {
         }
         self.sip.validate(loc, &mut errs);
         self.sip.tcp.validate(loc, &mut errs);
-        self.sip
-            .tls
-            .validate(&self.sip.listen_addrs(), loc, &mut errs);
+        self.sip.tls.validate(&self.sip, loc, &mut errs);
         if let Some(p) = &self.pair {
             p.validate(&self.appliance.name, &self.zones, loc, &mut errs);
         }

@@ -131,9 +131,9 @@ pub struct Carrier {
     /// past it new calls get 503 with Retry-After.
     #[serde(default)]
     pub max_dialogs: Option<Spanned<u32>>,
-    /// Mutual TLS: what its client certificate must be (see [`crate::CarrierTls`]).
+    /// Mutual TLS: what its client certificate must be (see [`crate::TlsPin`]).
     #[serde(default)]
-    pub tls: Option<Spanned<crate::CarrierTls>>,
+    pub tls: Option<Spanned<crate::TlsPin>>,
 }
 
 impl Carrier {
@@ -439,6 +439,9 @@ string_newtype!(SipDomain);
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (default port 5061); see `[sip.tls] destinations` for what the
+    /// destination's certificate must be.
+    Tls,
 }
 
 impl Transport {
@@ -446,12 +449,13 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }
 
-/// A destination URI: `sip:IP[:PORT][;transport=udp|tcp]`, IPv6 in brackets. No user part,
-/// no DNS names, no other parameters.
+/// A destination URI: `sip:IP[:PORT][;transport=udp|tcp|tls]`, IPv6 in brackets (port
+/// 5060, 5061 with TLS). No user part, no DNS names, no other parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SipUri {
     pub addr: SocketAddr,
@@ -462,7 +466,7 @@ impl FromStr for SipUri {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("invalid destination URI {s:?}: {why}: expected sip:IP[:PORT][;transport=udp|tcp], like sip:198.51.100.10:5060;transport=udp")
+            format!("invalid destination URI {s:?}: {why}: expected sip:IP[:PORT][;transport=udp|tcp|tls], like sip:198.51.100.10:5060;transport=udp")
         };
         let rest = s
             .strip_prefix("sip:")
@@ -492,9 +496,9 @@ impl FromStr for SipUri {
             (IpAddr::V4(ip), p)
         };
         let port = match port {
-            None => super::DEFAULT_SIP_PORT,
+            None => None,
             Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
+                Ok(p) if p > 0 => Some(p),
                 _ => return Err(bad("bad port")),
             },
         };
@@ -506,13 +510,18 @@ impl FromStr for SipUri {
                         transport = match v.to_ascii_lowercase().as_str() {
                             "udp" => Transport::Udp,
                             "tcp" => Transport::Tcp,
-                            _ => return Err(bad("transport must be udp or tcp")),
+                            "tls" => Transport::Tls,
+                            _ => return Err(bad("transport must be udp, tcp or tls")),
                         }
                     }
                     _ => return Err(bad("the only parameter allowed is transport")),
                 }
             }
         }
+        let port = port.unwrap_or(match transport {
+            Transport::Tls => super::DEFAULT_SIP_TLS_PORT,
+            _ => super::DEFAULT_SIP_PORT,
+        });
         Ok(SipUri {
             addr: SocketAddr::new(host, port),
             transport,
@@ -648,8 +657,12 @@ impl Sip {
             }
             carrier_names.push(c.name.get_ref());
             if let Some(t) = &c.tls {
-                t.get_ref()
-                    .validate(c.name.get_ref().as_str(), t.span(), loc, errs);
+                t.get_ref().validate(
+                    &format!("sip.carrier {}", c.name.get_ref()),
+                    t.span(),
+                    loc,
+                    errs,
+                );
             }
             for (key, list) in [
                 ("sources", Some(&c.sources)),
@@ -862,10 +875,12 @@ mod tests {
             "sip:198.51.100.10".parse::<SipUri>().unwrap().addr.port(),
             5060
         );
+        let tls: SipUri = "sip:198.51.100.10;transport=tls".parse().unwrap();
+        assert_eq!((tls.addr.port(), tls.transport), (5061, Transport::Tls));
         for bad in [
             "sips:198.51.100.10",
             "sip:pbx.example.com",
-            "sip:198.51.100.10;transport=tls",
+            "sip:198.51.100.10;transport=sctp",
             "sip:198.51.100.10:0",
             "sip:u@198.51.100.10",
             "sip:198.51.100.10;lr",

@@ -52,6 +52,10 @@ pub struct SipTls {
     pub max_handshakes_per_sec: Option<Spanned<u32>>,
     #[serde(default)]
     pub cert_warn_days: Option<Spanned<u32>>,
+    /// What the destinations' certificates must be, for routes with `transport=tls`
+    /// (the proxy connects to them and checks their certificate for their address).
+    #[serde(default)]
+    pub destinations: Option<Spanned<TlsPin>>,
 }
 
 /// Oldest TLS version a peer may use.
@@ -93,10 +97,27 @@ impl SipTls {
     /// Checks of the `[sip.tls]` table against the rest of `[sip]`.
     pub(crate) fn validate(
         &self,
-        sip_listen: &[SocketAddr],
+        sip: &super::Sip,
         loc: &Locator<'_>,
         errs: &mut Vec<ConfigError>,
     ) {
+        let sip_listen = &sip.listen_addrs();
+        if let Some(d) = &self.destinations {
+            d.get_ref()
+                .validate("sip.tls.destinations", d.span(), loc, errs);
+        }
+        let tls_dest = sip
+            .routes
+            .iter()
+            .flat_map(|r| r.destinations.get_ref())
+            .find(|d| d.uri.get_ref().transport == super::Transport::Tls);
+        if let (Some(d), None) = (tls_dest, &self.destinations) {
+            errs.push(loc.error(
+                Some(d.uri.span()),
+                ErrorKind::InvalidEntry,
+                format!("destination {}: transport=tls needs [sip.tls] destinations = {{ ca = \"PEM\" }} and/or fingerprints: what its certificate must be", d.uri.get_ref()),
+            ));
+        }
         for (key, v) in [
             ("handshake_timeout_secs", &self.handshake_timeout_secs),
             ("max_handshakes_per_sec", &self.max_handshakes_per_sec),
@@ -142,19 +163,20 @@ impl SipTls {
     }
 }
 
-/// A carrier's mutual-TLS pinning.
+/// A peer's certificate pinning: a carrier's (mutual TLS: its client certificate, and its
+/// server certificate when the proxy connects to it) or the destinations'.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CarrierTls {
-    /// CA certificates (PEM) its client certificate must chain to.
+pub struct TlsPin {
+    /// CA certificates (PEM) its certificate must chain to.
     #[serde(default)]
     pub ca: Option<Spanned<String>>,
-    /// SHA-256 fingerprints its client certificate must be one of.
+    /// SHA-256 fingerprints its certificate must be one of.
     #[serde(default)]
     pub fingerprints: Option<Spanned<Vec<Spanned<Fingerprint>>>>,
 }
 
-impl CarrierTls {
+impl TlsPin {
     /// The fingerprints, if any are pinned.
     pub fn fingerprint_list(&self) -> Vec<[u8; 32]> {
         self.fingerprints
@@ -165,7 +187,7 @@ impl CarrierTls {
 
     pub(crate) fn validate(
         &self,
-        carrier: &str,
+        whose: &str,
         span: std::ops::Range<usize>,
         loc: &Locator<'_>,
         errs: &mut Vec<ConfigError>,
@@ -178,13 +200,13 @@ impl CarrierTls {
             None if empty_fps => errs.push(loc.error(
                 Some(span),
                 ErrorKind::InvalidEntry,
-                format!("sip.carrier {carrier}: tls pins nothing: expected ca = \"PEM\" and/or fingerprints = [\"AB:CD:…\"]"),
+                format!("{whose}: tls pins nothing: expected ca = \"PEM\" and/or fingerprints = [\"AB:CD:…\"]"),
             )),
             Some(ca) if super::uplink::pem_certificates(ca.get_ref()) == 0 => {
                 errs.push(loc.error(
                     Some(ca.span()),
                     ErrorKind::InvalidValue,
-                    format!("sip.carrier {carrier}: tls.ca: expected PEM certificates (-----BEGIN CERTIFICATE-----)"),
+                    format!("{whose}: tls.ca: expected PEM certificates (-----BEGIN CERTIFICATE-----)"),
                 ))
             }
             _ => {}

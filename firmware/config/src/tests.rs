@@ -956,6 +956,14 @@ fn sip_tls_mistakes_are_refused_where_they_are() {
         (with_pin("{ fingerprints = [] }"), "pins nothing"),
         (with_pin("{ ca = \"not a certificate\" }"), "expected PEM certificates"),
         (with_pin("{ fingerprints = [\"AB:CD\"] }"), "invalid fingerprint"),
+        (
+            SIP.replace("transport=udp", "transport=tls"),
+            "needs [sip.tls] destinations",
+        ),
+        (
+            format!("{SIP}\n[sip.tls]\ndestinations = {{}}\n"),
+            "sip.tls.destinations: tls pins nothing",
+        ),
     ] {
         let errs = parse(&extra).expect_err(want);
         assert!(errs.to_string().contains(want), "{want}: {errs}");

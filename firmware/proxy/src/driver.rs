@@ -676,15 +676,24 @@ fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
             };
             let q = match q {
                 Some(q) => q,
-                None if peer.transport == Transport::Tcp => connect(sh, peer.addr, local),
+                None if peer.transport == Transport::Tcp => connect(sh, peer.addr, local, None),
                 None => {
-                    log_limited(sh, "tls-no-connection", log::Level::Warn, || {
-                        format!(
-                            "tls: no connection with {} is open: message dropped (the proxy does not connect out over TLS)",
-                            peer.addr
-                        )
+                    let connector = sh.tls.borrow().as_ref().and_then(|t| {
+                        t.connector_for(peer.addr.ip())
+                            .map(|c| (c.clone(), t.handshake_timeout))
                     });
-                    return;
+                    match connector {
+                        Some(c) => connect(sh, peer.addr, local, Some(c)),
+                        None => {
+                            log_limited(sh, "tls-no-connection", log::Level::Warn, || {
+                                format!(
+                                    "tls: no connection with {} is open and none can be made (no certificate, or nothing to check its certificate by): message dropped",
+                                    peer.addr
+                                )
+                            });
+                            return;
+                        }
+                    }
                 }
             };
             if q.try_send(bytes).is_err() {
@@ -717,10 +726,16 @@ fn log_limited(sh: &Shared, kind: &'static str, level: log::Level, line: impl Fn
     }
 }
 
-/// Opens a connection of ours to `addr` from our address `local`: registered (and
-/// counted) at once, so what else is sent to `addr` meanwhile waits in its queue rather than
-/// opening more; the connect runs in its own task. Returns the queue.
-fn connect(sh: &Rc<Shared>, addr: SocketAddr, local: SocketAddr) -> mpsc::Sender<Payload> {
+/// Opens a connection of ours to `addr` from our address `local` (over TLS with `tls`: the
+/// connector and the handshake's time limit): registered (and counted) at once, so what
+/// else is sent to `addr` meanwhile waits in its queue rather than opening more; the
+/// connect runs in its own task. Returns the queue.
+fn connect(
+    sh: &Rc<Shared>,
+    addr: SocketAddr,
+    local: SocketAddr,
+    tls: Option<(tokio_rustls::TlsConnector, Duration)>,
+) -> mpsc::Sender<Payload> {
     sh.tcp.borrow_mut().opened();
     let (id, q_tx, q_rx) = register(sh, addr);
     let sh = sh.clone();
@@ -738,14 +753,38 @@ fn connect(sh: &Rc<Shared>, addr: SocketAddr, local: SocketAddr) -> mpsc::Sender
             },
             Err(e) => Err(e.to_string()),
         };
-        match connected {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                serve(sh, id, stream, addr, local, Dir::Outbound, q_rx).await;
-            }
+        let stream = match connected {
+            Ok(stream) => stream,
             Err(e) => {
                 log_limited(&sh, "tcp-connect", log::Level::Info, || {
                     format!("tcp connect to {addr}: {e}")
+                });
+                unregister(&sh, id, addr, Dir::Outbound, Close::Peer);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some((connector, limit)) = tls else {
+            serve(sh, id, stream, addr, local, Dir::Outbound, q_rx).await;
+            return;
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        match tokio::time::timeout(limit, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => {
+                sh.tls_stats.borrow_mut().connected += 1;
+                serve_tls(sh, id, tls, addr, local, Dir::Outbound, q_rx).await;
+            }
+            Ok(Err(e)) => {
+                sh.tls_stats.borrow_mut().connect_failed += 1;
+                log_limited(&sh, "tls-connect", log::Level::Warn, || {
+                    format!("tls: handshake with {addr} (ours) failed: {e}")
+                });
+                unregister(&sh, id, addr, Dir::Outbound, Close::Peer);
+            }
+            Err(_) => {
+                sh.tls_stats.borrow_mut().connect_failed += 1;
+                log_limited(&sh, "tls-connect", log::Level::Warn, || {
+                    format!("tls: handshake with {addr} (ours) not done in {limit:?}")
                 });
                 unregister(&sh, id, addr, Dir::Outbound, Close::Peer);
             }

@@ -46,7 +46,10 @@ impl Proxy {
             let caller_local = call.caller_local;
             let caller_transport = call.caller.transport;
             let transport = dest_transport(&dest);
-            let local = self.local_toward(dest.uri.addr.ip(), caller_local);
+            let local = self.local_for(
+                self.local_toward(dest.uri.addr.ip(), caller_local),
+                transport,
+            );
             let (via, branch) = self.our_via(local, transport);
             let reparsed;
             let original = match parsed {

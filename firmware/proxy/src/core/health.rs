@@ -30,7 +30,7 @@ impl Proxy {
                 down += 1;
             }
             let transport = dest_transport(&d);
-            let local = self.local_toward(d.uri.addr.ip(), d.uri.addr);
+            let local = self.local_for(self.local_toward(d.uri.addr.ip(), d.uri.addr), transport);
             let (via, branch) = self.our_via(local, transport);
             let n = self.rand();
             let target = format!("sip:{}", host_port(d.uri.addr));
@@ -63,8 +63,8 @@ pub(super) fn probe_uri(peer: Peer) -> callgate_config::SipUri {
         addr: peer.addr,
         transport: match peer.transport {
             Transport::Udp => callgate_config::Transport::Udp,
-            // Destinations are reached over UDP or TCP (TLS toward them is not built).
-            Transport::Tcp | Transport::Tls => callgate_config::Transport::Tcp,
+            Transport::Tcp => callgate_config::Transport::Tcp,
+            Transport::Tls => callgate_config::Transport::Tls,
         },
     }
 }

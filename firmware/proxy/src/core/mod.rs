@@ -440,6 +440,7 @@ fn dest_transport(d: &Dest) -> Transport {
     match d.uri.transport {
         callgate_config::Transport::Tcp => Transport::Tcp,
         callgate_config::Transport::Udp => Transport::Udp,
+        callgate_config::Transport::Tls => Transport::Tls,
     }
 }
 
@@ -667,6 +668,21 @@ impl Proxy {
             .find(|a| a.is_ipv4() == ip.is_ipv4())
             .copied()
             .unwrap_or(fallback)
+    }
+
+    /// `local` as it goes out over `t`: over TLS, our TLS listen address on the same IP
+    /// when there is one (what the peer's Record-Route then names).
+    fn local_for(&self, local: SocketAddr, t: Transport) -> SocketAddr {
+        match t {
+            Transport::Tls => self
+                .s
+                .tls_listen
+                .iter()
+                .find(|a| a.ip() == local.ip())
+                .copied()
+                .unwrap_or(local),
+            _ => local,
+        }
     }
 
     fn record_route(local: SocketAddr, t: Transport) -> String {

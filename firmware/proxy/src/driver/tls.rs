@@ -7,6 +7,10 @@
 //!   fingerprint ([`Pinned`]); without it, TLS authenticates the appliance only and the
 //!   carrier is known by its source prefix, as over UDP and TCP.
 //! - Destinations (the PBXs) may connect over TLS too, server-authenticated only.
+//! - The proxy connects out over TLS to a destination whose route says `transport=tls`,
+//!   checking its certificate against `[sip.tls] destinations` (and its address), and to
+//!   a pinned carrier whose connection is gone, checking its certificate against the
+//!   carrier's pinning; it presents its own certificate as the client's.
 //! - Any other source gets no handshake: the connection is closed before any
 //!   cryptography is spent on it.
 //! - TLS 1.2 and 1.3 (or 1.3 alone with `min_version = "1.3"`): rustls speaks nothing
@@ -20,14 +24,18 @@ use callgate_config::{Config, TlsVersion};
 use callgate_pki::CertInfo;
 use callgate_router::guard::{FloodConfig, FloodGuard, SourceLimits};
 use ipnet::IpNet;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme,
+};
 use serde::Serialize;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The server certificate chain and its key, as the daemon unsealed them.
 #[derive(Debug, Clone)]
@@ -37,12 +45,20 @@ pub struct TlsIdentity {
     pub key: callgate_pki::Key,
 }
 
-/// What the acceptors are built from now.
+/// How the proxy meets one class of peers over TLS: the acceptor for their connections,
+/// and the connector for ours to them (none without pinning: nothing to check them by).
+#[derive(Clone)]
+struct Side {
+    acceptor: TlsAcceptor,
+    connector: Option<TlsConnector>,
+}
+
+/// What the acceptors and connectors are built from now.
 pub(super) struct TlsServer {
-    /// Each carrier's prefixes and acceptor (its pinning), in config order.
-    carriers: Vec<(Vec<IpNet>, TlsAcceptor)>,
-    /// For the destinations: server authentication only.
-    destinations: (Vec<IpAddr>, TlsAcceptor),
+    /// Each carrier's prefixes and its side (its pinning), in config order.
+    carriers: Vec<(Vec<IpNet>, Side)>,
+    /// The destinations: they are server-authenticated only when they connect.
+    destinations: (Vec<IpAddr>, Side),
     pub handshake_timeout: Duration,
     pub cert: CertInfo,
 }
@@ -68,7 +84,7 @@ impl TlsServer {
             TlsVersion::V1_3 => &[&rustls::version::TLS13],
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config =
+        let server =
             |verifier: Option<Arc<dyn ClientCertVerifier>>| -> Result<TlsAcceptor, String> {
                 let b = ServerConfig::builder_with_provider(provider.clone())
                     .with_protocol_versions(versions)
@@ -84,37 +100,64 @@ impl TlsServer {
                 c.max_early_data_size = 0;
                 Ok(TlsAcceptor::from(Arc::new(c)))
             };
+        let client = |verifier: Arc<dyn ServerCertVerifier>| -> Result<TlsConnector, String> {
+            let c = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_auth_cert(chain.clone(), id.key.private_key_der())
+                .map_err(|e| format!("the SIP TLS certificate or key is unusable: {e}"))?;
+            Ok(TlsConnector::from(Arc::new(c)))
+        };
+        let pinned = |whose: &str, pin: &callgate_config::TlsPin| -> Result<Arc<Pinned>, String> {
+            let roots = match &pin.ca {
+                Some(ca) => Some(Arc::new(
+                    callgate_pki::roots(ca.get_ref())
+                        .map_err(|e| format!("{whose}: tls.ca: {e}"))?,
+                )),
+                None => None,
+            };
+            let client_ca = match &roots {
+                Some(r) => Some(
+                    WebPkiClientVerifier::builder_with_provider(r.clone(), provider.clone())
+                        .build()
+                        .map_err(|e| format!("{whose}: tls.ca: {e}"))?,
+                ),
+                None => None,
+            };
+            let server_ca: Option<Arc<dyn ServerCertVerifier>> = match &roots {
+                Some(r) => Some(
+                    WebPkiServerVerifier::builder_with_provider(r.clone(), provider.clone())
+                        .build()
+                        .map_err(|e| format!("{whose}: tls.ca: {e}"))?,
+                ),
+                None => None,
+            };
+            Ok(Arc::new(Pinned {
+                client_ca,
+                server_ca,
+                fingerprints: pin.fingerprint_list(),
+                algorithms: provider.signature_verification_algorithms,
+            }))
+        };
         let mut carriers = Vec::new();
         for c in &cfg.sip.carriers {
-            let verifier = match &c.tls {
-                None => None,
+            let side = match &c.tls {
+                None => Side {
+                    acceptor: server(None)?,
+                    connector: None,
+                },
                 Some(pin) => {
-                    let pin = pin.get_ref();
-                    let ca = match &pin.ca {
-                        Some(ca) => Some(
-                            WebPkiClientVerifier::builder_with_provider(
-                                Arc::new(callgate_pki::roots(ca.get_ref()).map_err(|e| {
-                                    format!("sip.carrier {}: tls.ca: {e}", c.name.get_ref())
-                                })?),
-                                provider.clone(),
-                            )
-                            .build()
-                            .map_err(|e| {
-                                format!("sip.carrier {}: tls.ca: {e}", c.name.get_ref())
-                            })?,
-                        ),
-                        None => None,
-                    };
-                    let v: Arc<dyn ClientCertVerifier> = Arc::new(Pinned {
-                        ca,
-                        fingerprints: pin.fingerprint_list(),
-                        algorithms: provider.signature_verification_algorithms,
-                    });
-                    Some(v)
+                    let p = pinned(&format!("sip.carrier {}", c.name.get_ref()), pin.get_ref())?;
+                    Side {
+                        acceptor: server(Some(p.clone()))?,
+                        connector: Some(client(p)?),
+                    }
                 }
             };
             let nets = c.sources.get_ref().iter().map(|p| p.net()).collect();
-            carriers.push((nets, config(verifier)?));
+            carriers.push((nets, side));
         }
         let dest_ips = cfg
             .sip
@@ -123,28 +166,48 @@ impl TlsServer {
             .flat_map(|r| r.destinations.get_ref())
             .map(|d| d.uri.get_ref().addr.ip().to_canonical())
             .collect();
+        let connector = match &tls.destinations {
+            Some(pin) => Some(client(pinned("sip.tls.destinations", pin.get_ref())?)?),
+            None => None,
+        };
         Ok(TlsServer {
             carriers,
-            destinations: (dest_ips, config(None)?),
+            destinations: (
+                dest_ips,
+                Side {
+                    acceptor: server(None)?,
+                    connector,
+                },
+            ),
             handshake_timeout: Duration::from_secs(u64::from(tls.handshake_timeout_secs())),
             cert,
         })
     }
 
-    /// The acceptor for a connection from `ip`: its carrier's, or the destinations', or
-    /// none (not a peer: no handshake).
-    pub fn acceptor_for(&self, ip: IpAddr) -> Option<&TlsAcceptor> {
+    fn side_of(&self, ip: IpAddr) -> Option<&Side> {
         let ip = ip.to_canonical();
         self.carriers
             .iter()
             .find(|(nets, _)| nets.iter().any(|n| n.contains(&ip)))
-            .map(|(_, a)| a)
+            .map(|(_, s)| s)
             .or_else(|| {
                 self.destinations
                     .0
                     .contains(&ip)
                     .then_some(&self.destinations.1)
             })
+    }
+
+    /// The acceptor for a connection from `ip`: its carrier's, or the destinations', or
+    /// none (not a peer: no handshake).
+    pub fn acceptor_for(&self, ip: IpAddr) -> Option<&TlsAcceptor> {
+        self.side_of(ip).map(|s| &s.acceptor)
+    }
+
+    /// The connector for a connection of ours to `ip`: none when it is not a peer or its
+    /// certificate cannot be checked (a carrier without pinning).
+    pub fn connector_for(&self, ip: IpAddr) -> Option<&TlsConnector> {
+        self.side_of(ip).and_then(|s| s.connector.as_ref())
     }
 }
 
@@ -178,13 +241,81 @@ pub(super) fn handshake_guard(cfg: &Config) -> FloodGuard {
     })
 }
 
-/// A carrier's pinning: its certificate chains to `ca` (when given) and has one of
-/// `fingerprints` (when given).
+/// A peer's pinning: its certificate chains to `ca` (when given: as a client's, or as a
+/// server's for the address we connect to) and has one of `fingerprints` (when given, and
+/// is then checked for its validity too).
 #[derive(Debug)]
 struct Pinned {
-    ca: Option<Arc<dyn ClientCertVerifier>>,
+    client_ca: Option<Arc<dyn ClientCertVerifier>>,
+    server_ca: Option<Arc<dyn ServerCertVerifier>>,
     fingerprints: Vec<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn check_fingerprint(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        if self.fingerprints.is_empty() {
+            return Ok(());
+        }
+        if !self
+            .fingerprints
+            .contains(&callgate_pki::fingerprint(end_entity))
+        {
+            return Err(Error::General(
+                "the certificate is not one of the peer's pinned fingerprints".into(),
+            ));
+        }
+        let info =
+            callgate_pki::cert_info(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        let t = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if t < info.not_before || t > info.not_after {
+            return Err(Error::InvalidCertificate(rustls::CertificateError::Expired));
+        }
+        Ok(())
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if let Some(ca) = &self.server_ca {
+            ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        }
+        self.check_fingerprint(end_entity, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 impl ClientCertVerifier for Pinned {
@@ -197,7 +328,9 @@ impl ClientCertVerifier for Pinned {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.ca.as_ref().map_or(&[], |c| c.root_hint_subjects())
+        self.client_ca
+            .as_ref()
+            .map_or(&[], |c| c.root_hint_subjects())
     }
 
     fn verify_client_cert(
@@ -206,26 +339,10 @@ impl ClientCertVerifier for Pinned {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = &self.client_ca {
             ca.verify_client_cert(end_entity, intermediates, now)?;
         }
-        if !self.fingerprints.is_empty() {
-            if !self
-                .fingerprints
-                .contains(&callgate_pki::fingerprint(end_entity))
-            {
-                return Err(Error::General(
-                    "the client certificate is not one of the carrier's pinned fingerprints".into(),
-                ));
-            }
-            // A pinned certificate still has its validity checked.
-            let info =
-                callgate_pki::cert_info(end_entity).map_err(|e| Error::General(e.to_string()))?;
-            let t = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-            if t < info.not_before || t > info.not_after {
-                return Err(Error::InvalidCertificate(rustls::CertificateError::Expired));
-            }
-        }
+        self.check_fingerprint(end_entity, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -270,6 +387,11 @@ pub struct TlsStats {
     pub refused_rate: u64,
     /// Sources put in the firewall's blocklist for a handshake flood.
     pub blocked: u64,
+    /// Connections of ours over TLS established (to destinations, to pinned carriers).
+    pub connected: u64,
+    /// Connections of ours over TLS whose handshake failed or timed out (the peer's
+    /// certificate did not check out, among others).
+    pub connect_failed: u64,
 }
 
 /// What `show sip stats` says of SIP over TLS.
