@@ -21,30 +21,11 @@ pub const TLS_PORT: u16 = 5061;
 /// Where stunnel takes the carrier sipp's TCP connections, on the carrier host.
 pub const STUNNEL_PORT: u16 = 15060;
 
-/// `config/lab.toml` with a TLS listener on A's WAN addresses, the carrier admitted to it,
-/// and then `edits` (each `from` must occur).
-pub fn tls_config(edits: &[(&str, &str)]) -> String {
-    let allow = format!(
-        "[[allow]]\nname = \"carrier-sip-tls\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\nprotocol = \"tcp\"\nports = [{TLS_PORT}]\n\n# What the appliance itself may open, beyond replies"
-    );
-    let listen = format!(
-        "[sip.tls]\nlisten = [\"{A_WAN_V4}:{TLS_PORT}\", \"[{A_WAN_V6}]:{TLS_PORT}\"]\n\n[sip.media]"
-    );
-    let mut all: Vec<(&str, &str)> = vec![
-        (
-            "# What the appliance itself may open, beyond replies",
-            &allow,
-        ),
-        ("[sip.media]", &listen),
-    ];
-    all.extend_from_slice(edits);
-    crate::calls::config(&all)
-}
-
 /// A tracking number of the TLS route [`tls_route_config`] adds (both sides over TLS).
 pub const TLS_NUMBER: &str = "+15550100307";
 
-/// [`tls_config`] plus a route carried over TLS to both PBXs (numbers
+/// `config/lab.toml` (which has a TLS listener on A's WAN addresses and admits the carrier
+/// to it) plus a route carried over TLS to both PBXs (numbers
 /// +15550100300-+15550100399, campaign `tls-trunk`, their certificates pinned to
 /// `pbx_ca_pem`), the appliance allowed to open TLS to them; then `edits`.
 pub fn tls_route_config(pbx_ca_pem: &str, edits: &[(&str, &str)]) -> String {
@@ -54,7 +35,7 @@ pub fn tls_route_config(pbx_ca_pem: &str, edits: &[(&str, &str)]) -> String {
     let egress_to = "name = \"sip-to-pbx-tcp\"\nzone = \"private\"\ndestinations = [\"198.51.100.0/24\", \"2001:db8:2::/64\"]\nprotocol = \"tcp\"\nports = [5060, 5061]";
     let mut all: Vec<(&str, &str)> = vec![(&listen, &pin), (egress_from, egress_to)];
     all.extend_from_slice(edits);
-    let mut t = tls_config(&all);
+    let mut t = crate::calls::config(&all);
     t.push_str(
         "\n# SIP over TLS on both sides (hil-tests/src/tls.rs).\n[[sip.route]]\nnumbers = [\"+15550100300-+15550100399\"]\ncampaign = \"tls-trunk\"\nstrategy = \"sequential\"\ndestinations = [\n  { uri = \"sip:198.51.100.10:5061;transport=tls\" },\n  { uri = \"sip:198.51.100.11:5061;transport=tls\" },\n]\n",
     );

@@ -11,12 +11,11 @@
 use std::time::Duration;
 
 use hil_tests::calls::{
-    cdrs, new_lab, pbx, start, u, wait_cdrs, CALLER, CALLER_NAME, TCP_NUMBER, UDP_NUMBER,
+    cdrs, config, new_lab, pbx, start, u, wait_cdrs, CALLER, CALLER_NAME, TCP_NUMBER, UDP_NUMBER,
 };
 use hil_tests::sipp::{Sipp, SippResult, Transport};
 use hil_tests::tls::{
-    cert_args, enrol, fingerprint, options_request, s_client, tls_config, tls_stats, SipPki,
-    Stunnel, TLS_PORT,
+    cert_args, enrol, fingerprint, options_request, s_client, tls_stats, SipPki, Stunnel, TLS_PORT,
 };
 use hil_tests::{addr, Host, Lab};
 
@@ -45,7 +44,7 @@ fn run(s: Sipp<'_>) -> SippResult {
 fn calls_over_tls_reach_the_pbx_on_one_connection_and_are_recorded() {
     let lab = new_lab();
     let pki = SipPki::new().unwrap();
-    let a = start(&lab, &tls_config(&[]));
+    let a = start(&lab, &config(&[]));
     // Before a certificate is installed, TLS is refused and `show sip stats` says why.
     let before = a.cli(&["show", "sip", "stats"]);
     assert!(
@@ -111,7 +110,7 @@ fn mutual_tls_admits_only_the_pinned_carrier_certificate() {
     );
     let a = start(
         &lab,
-        &tls_config(&[(
+        &config(&[(
             "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]",
             &pin,
         )]),
@@ -158,7 +157,7 @@ fn mutual_tls_admits_only_the_pinned_carrier_certificate() {
 /// `[sip.tls]` keys of the refusal tests: a short handshake limit, the flooder's address
 /// admitted to the TLS port by the firewall (it is no carrier: the proxy must refuse it).
 fn refusal_config() -> String {
-    tls_config(&[
+    config(&[
         (
             "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]",
             "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]\nhandshake_timeout_secs = 2\nmax_handshakes_per_sec = 20",
@@ -360,7 +359,7 @@ fn tls_both_ways_config(pbx_ca: &str) -> String {
     let pin = format!(
         "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]\ndestinations = {{ ca = \"\"\"{pbx_ca}\"\"\" }}"
     );
-    tls_config(&[
+    config(&[
         (dests, tls_dests),
         (
             "listen = [\"203.0.113.1:5061\", \"[2001:db8:1::1]:5061\"]",

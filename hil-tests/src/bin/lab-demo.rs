@@ -539,6 +539,9 @@ fn calls(lab: &Lab, a: &Appliance<'_>) -> usize {
         }
         let _ = callee.stop();
     }
+    // One call over TLS: the appliance's key made and sealed here, a CA signs its request,
+    // the carrier's sipp speaks TCP into stunnel (OpenSSL), which carries it over TLS.
+    wrong += tls_call(lab, a);
     // One call held while we look at it.
     if let Ok(callee) = pbx(Transport::Udp) {
         if let Ok(call) = dial("uac.xml", Transport::Udp, "+15550100100", 1, 3000).spawn() {
@@ -560,17 +563,92 @@ fn calls(lab: &Lab, a: &Appliance<'_>) -> usize {
     let n = a.cli(&["--json", "show", "cdrs"]).json()["cdrs"]
         .as_array()
         .map_or(0, |v| v.len());
-    if n != 6 {
-        println!("  expected 6 call records, found {n}  <-- WRONG");
+    if n != 7 {
+        println!("  expected 7 call records, found {n}  <-- WRONG");
         wrong += 1;
     }
     println!("\ncallgate show sip stats (excerpt):");
     for line in a.cli(&["show", "sip", "stats"]).stdout.lines() {
-        if ["calls_", "pinholes_", "refused_number", "messages_"]
-            .iter()
-            .any(|k| line.starts_with(k))
+        if [
+            "calls_",
+            "pinholes_",
+            "refused_number",
+            "messages_",
+            "tls_handshakes",
+            "tls_cert",
+        ]
+        .iter()
+        .any(|k| line.starts_with(k))
         {
             println!("  {line}");
+        }
+    }
+    wrong
+}
+
+/// Enrols `a` for SIP over TLS and places one call over it. How many things went wrong.
+fn tls_call(lab: &Lab, a: &Appliance<'_>) -> usize {
+    use hil_tests::sipp::{Sipp, Transport};
+    use hil_tests::tls::{enrol, SipPki, Stunnel, TLS_PORT};
+    println!("\nSIP over TLS: `callgate sip tls csr`, the lab CA signs it, `callgate sip tls install-cert -`");
+    let pki = match SipPki::new() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  the lab PKI: {e}  <-- WRONG");
+            return 1;
+        }
+    };
+    match enrol(a, &pki) {
+        Ok(out) => println!("  {}", out.trim()),
+        Err(e) => {
+            println!("  enrolment: {e}  <-- WRONG");
+            return 1;
+        }
+    }
+    let tunnel = match Stunnel::client(&lab.ns(Host::Carrier), &pki, None) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("  stunnel: {e}  <-- WRONG");
+            return 1;
+        }
+    };
+    let Ok(callee) = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+        .local(addr::PBX_V4, 5060)
+        .transport(Transport::Udp)
+        .spawn()
+        .and_then(|h| h.wait_ready(Duration::from_secs(10)).map(|_| h))
+    else {
+        println!("  pbx did not start  <-- WRONG");
+        return 1;
+    };
+    let r = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(addr::CARRIER_V4, 5060)
+        .remote(addr::A_WAN_V4, TLS_PORT)
+        .arg("-rsa")
+        .arg(Stunnel::sipp_rsa())
+        .transport(Transport::Tcp)
+        .service("+15550100008")
+        .caller("+14155550123", "Ada Lovelace")
+        .calls(1)
+        .duration(Duration::from_millis(300))
+        .run();
+    let _ = callee.stop();
+    let mut wrong = 0;
+    match r {
+        Ok(r) if r.final_codes == vec![200] => {
+            println!("  1 call to +15550100008 (spring-radio) over TLS to a, UDP to the pbx: [200]")
+        }
+        Ok(r) => {
+            println!(
+                "  the call over TLS: {}  <-- WRONG\n{}",
+                r.summary(),
+                tunnel.log()
+            );
+            wrong += 1;
+        }
+        Err(e) => {
+            println!("  the call over TLS: sipp failed: {e}  <-- WRONG");
+            wrong += 1;
         }
     }
     wrong
@@ -810,12 +888,30 @@ fn main() -> std::process::ExitCode {
             expect: false,
         },
         Case {
-            what: "SIP over TCP 5061 (port not listed)",
+            what: "carrier SIP/TLS 5061 (carrier-sip-tls)",
             from: Host::Carrier,
             src: None,
             to: Host::A,
             dst: v4(addr::A_WAN_V4),
             flow: Flow::Tcp(5061),
+            expect: true,
+        },
+        Case {
+            what: "SIP/TLS 5061 from an unlisted carrier address",
+            from: Host::Carrier,
+            src: Some(v4(addr::CARRIER_V4_ALT)),
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Tcp(5061),
+            expect: false,
+        },
+        Case {
+            what: "SIP over TCP 5062 (port not listed)",
+            from: Host::Carrier,
+            src: None,
+            to: Host::A,
+            dst: v4(addr::A_WAN_V4),
+            flow: Flow::Tcp(5062),
             expect: false,
         },
         Case {
