@@ -22,6 +22,12 @@
 //! -----END CERTIFICATE-----""", fingerprints = ["AB:CD:…"] }
 //! ```
 //!
+//! `sips:` Request-URIs are taken only over TLS (416 otherwise) and go only to the route's
+//! `transport=tls` destinations (480 when it has none), staying `sips:` (RFC 5630: TLS on
+//! every hop). A peer that asks for it with a Via `alias` parameter (RFC 5923) has its
+//! connection reused for requests to its sent-by address, when that address is the
+//! connection's own.
+//!
 //! The server certificate and its key are not in the config: the key is made on the
 //! appliance and rests sealed under the vault's key-encryption key, the certificate is
 //! installed with `callgate sip tls install-cert`. TLS connections count toward

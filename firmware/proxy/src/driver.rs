@@ -308,6 +308,8 @@ struct Shared {
     udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
     conns: RefCell<HashMap<ConnId, mpsc::Sender<Payload>>>,
     conn_by_addr: RefCell<HashMap<SocketAddr, ConnId>>,
+    /// The address each connection is aliased to (RFC 5923), also in `conn_by_addr`.
+    aliases: RefCell<HashMap<ConnId, SocketAddr>>,
     next_conn: Cell<ConnId>,
     effects: mpsc::UnboundedSender<Effect>,
     timer: Notify,
@@ -475,6 +477,7 @@ async fn run(
         udp: sockets,
         conns: RefCell::new(HashMap::new()),
         conn_by_addr: RefCell::new(HashMap::new()),
+        aliases: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
         effects,
         timer: Notify::new(),
@@ -613,6 +616,20 @@ fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
             }
             Output::Log { level, line } => {
                 log::log!(level, "sip: {line}");
+                continue;
+            }
+            Output::Alias { conn, addr } => {
+                // Only while the connection is open; it is forgotten with it (one alias per
+                // connection: the latest).
+                if sh.conns.borrow().contains_key(&conn) {
+                    let mut by = sh.conn_by_addr.borrow_mut();
+                    if let Some(old) = sh.aliases.borrow_mut().insert(conn, addr) {
+                        if by.get(&old) == Some(&conn) {
+                            by.remove(&old);
+                        }
+                    }
+                    by.insert(addr, conn);
+                }
                 continue;
             }
             Output::Pinhole {
@@ -903,8 +920,11 @@ fn unregister(sh: &Shared, id: ConnId, peer: SocketAddr, dir: Dir, why: Close) {
     sh.conns.borrow_mut().remove(&id);
     {
         let mut by = sh.conn_by_addr.borrow_mut();
-        if by.get(&peer) == Some(&id) {
-            by.remove(&peer);
+        let alias = sh.aliases.borrow_mut().remove(&id);
+        for a in std::iter::once(peer).chain(alias) {
+            if by.get(&a) == Some(&id) {
+                by.remove(&a);
+            }
         }
     }
     sh.tcp.borrow_mut().closed(dir, why);

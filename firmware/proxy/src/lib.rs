@@ -163,6 +163,10 @@ pub enum Output {
     },
     /// A log line (already rate-limited where the source is the network).
     Log { level: log::Level, line: String },
+    /// RFC 5923: the peer on connection `conn` asked (Via `alias`) that requests to its
+    /// sent-by address `addr` reuse that connection. Given only when `addr` is the
+    /// connection's own peer address (so no one can alias another's address).
+    Alias { conn: ConnId, addr: SocketAddr },
 }
 
 /// Where a call is.
@@ -220,6 +224,9 @@ pub struct Stats {
     pub failovers: u64,
     pub refused_not_carrier: u64,
     pub refused_domain: u64,
+    /// `sips:` Request-URIs refused: not over TLS (416), or their route has no TLS
+    /// destination (480); RFC 5630: TLS on every hop.
+    pub refused_sips: u64,
     pub refused_route: u64,
     pub refused_number: u64,
     pub refused_loop: u64,

@@ -136,6 +136,15 @@ impl Proxy {
             reject(self, 403, "", "foreign domain", &[], out);
             return;
         }
+        // A sips: Request-URI asks for TLS on every hop (RFC 3261 §26.2.2, RFC 5630 §3.1.3,
+        // no last-hop exception): it must have come over TLS.
+        let secure = uri.as_sip().is_some_and(|u| u.is_secure());
+        if secure && peer.transport != Transport::Tls {
+            self.stats.refused_sips += 1;
+            let extra = [warning(local, 399, "sips: requires TLS on every hop")];
+            reject(self, 416, "", "sips: Request-URI not over TLS", &extra, out);
+            return;
+        }
         let routes_ok = msg
             .routes()
             .map(|rs| rs.iter().all(|r| self.uri_is_ours(&r.uri)))
@@ -162,6 +171,25 @@ impl Proxy {
             reject(self, 404, "", "unknown number", &[], out);
             return;
         };
+        // ... and on to the destination: only TLS ones may take it.
+        let tls_dest = |d: &Dest| d.uri.transport == callgate_config::Transport::Tls;
+        if secure && !entry.destinations.iter().any(tls_dest) {
+            self.stats.refused_sips += 1;
+            let extra = [warning(
+                local,
+                399,
+                "no TLS destination for a sips: request",
+            )];
+            reject(
+                self,
+                480,
+                &entry.campaign,
+                "sips: request and no TLS destination",
+                &extra,
+                out,
+            );
+            return;
+        }
         // The offer: exact, and inside what the config allows this carrier's media to be
         // (488 otherwise; nothing is relayed and no pinhole opens).
         let (offer, pool) = {
@@ -237,11 +265,14 @@ impl Proxy {
         if let Some(b) = msgs::response(msg, 100, None, &[]) {
             self.respond(now, &key, 100, b.into(), out);
         }
-        let dests = {
+        let mut dests = {
             let rng = &mut self.rng;
             self.selector
                 .select(&entry, &self.health, &mut || rng.next_u64())
         };
+        if secure {
+            dests.retain(tls_dest);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let call = Call {

@@ -114,18 +114,24 @@ impl Proxy {
         (out_local, out_transport): (SocketAddr, Transport),
     ) -> Option<Vec<u8>> {
         let mut m = invite.clone();
-        let tparam = match out_transport {
-            Transport::Tcp => ";transport=tcp",
-            Transport::Tls => ";transport=tls",
-            Transport::Udp => "",
+        // A sips: request stays sips: (TLS implied, every hop; admission saw to that).
+        let secure = matches!(invite.request_uri(), Some(Ok(Uri::Sip(u))) if u.is_secure());
+        let (scheme, tparam) = match (secure, out_transport) {
+            (true, _) => ("sips", ""),
+            (false, Transport::Tcp) => ("sip", ";transport=tcp"),
+            (false, Transport::Tls) => ("sip", ";transport=tls"),
+            (false, Transport::Udp) => ("sip", ""),
         };
         let user = if number.is_empty() {
             String::new()
         } else {
             format!("{number}@")
         };
-        m.set_request_uri(format!("sip:{user}{}{tparam}", host_port(dest.uri.addr)))
-            .ok()?;
+        m.set_request_uri(format!(
+            "{scheme}:{user}{}{tparam}",
+            host_port(dest.uri.addr)
+        ))
+        .ok()?;
         // Our own preloaded Routes are consumed here (loose routing, §16.4).
         while m
             .routes()
@@ -138,11 +144,16 @@ impl Proxy {
         m.decrement_max_forwards().ok()??;
         // Double Record-Route when the call crosses interfaces (RFC 5658): the upstream
         // side's entry below, the downstream side's on top.
-        m.add_record_route(&Self::record_route(in_local, in_transport))
-            .ok()?;
+        let rr = |local, t| {
+            if secure {
+                format!("sips:{};lr", host_port(local))
+            } else {
+                Self::record_route(local, t)
+            }
+        };
+        m.add_record_route(&rr(in_local, in_transport)).ok()?;
         if in_local != out_local || in_transport != out_transport {
-            m.add_record_route(&Self::record_route(out_local, out_transport))
-                .ok()?;
+            m.add_record_route(&rr(out_local, out_transport)).ok()?;
         }
         m.prepend_via(via.to_string()).ok()?;
         Some(m.serialize())

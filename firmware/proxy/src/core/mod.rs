@@ -761,10 +761,43 @@ impl Proxy {
             }
         }
         if msg.is_request() {
+            self.alias(&msg, peer, out);
             self.on_request(rq, bytes, out);
         } else {
             self.on_response(now, &msg, peer, out);
         }
+    }
+
+    /// RFC 5923 connection reuse: a request over a connection whose top Via carries
+    /// `alias` has requests to its sent-by address go over that connection, if the sent-by
+    /// IP is the connection's peer (an address literal: no name to check against a
+    /// certificate); the port defaults as the transport's (5060, TLS 5061).
+    fn alias(&self, msg: &Message<'_>, peer: Peer, out: &mut Vec<Output>) {
+        let Some(conn) = peer.conn.filter(|_| peer.transport.is_stream()) else {
+            return;
+        };
+        let Ok(via) = msg.top_via() else {
+            return;
+        };
+        if via.param("alias").is_none() {
+            return;
+        }
+        let ip = match via.host {
+            sip::Host::Ipv4(a) => IpAddr::V4(a),
+            sip::Host::Ipv6(a) => IpAddr::V6(a),
+            sip::Host::Name(_) => return,
+        };
+        if ip.to_canonical() != peer.addr.ip().to_canonical() {
+            return;
+        }
+        let port = via.port.unwrap_or(match peer.transport {
+            Transport::Tls => 5061,
+            _ => 5060,
+        });
+        out.push(Output::Alias {
+            conn,
+            addr: SocketAddr::new(peer.addr.ip(), port),
+        });
     }
 
     fn reply_stateless(

@@ -19,6 +19,7 @@ mod call;
 mod dialog;
 mod pinholes;
 mod records;
+mod tls;
 mod transactions;
 
 const UNIX0: u64 = 1_700_000_000_000;
@@ -164,7 +165,20 @@ campaign = "tcp-trial"
 destinations = [
   {{ uri = "sip:198.51.100.10:5060;transport=tcp" }},
 ]
+
+[[sip.route]]
+numbers = ["+15550100300"]
+campaign = "tls-trunk"
+destinations = [
+  {{ uri = "sip:198.51.100.10:5061;transport=tls" }},
+  {{ uri = "sip:198.51.100.11:5060;transport=udp" }},
+]
+
+[sip.tls]
+listen = ["203.0.113.1:5061", "198.51.100.1:5061"]
+destinations = {{ fingerprints = ["{fp}"] }}
 "#,
+        fp = "AB:".repeat(31) + "CD",
         rt = o.response_timeout,
         ring = o.ring_timeout,
         max_call = o.max_call,
