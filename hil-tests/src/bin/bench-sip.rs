@@ -55,6 +55,18 @@
 //!   answer-time record (sealed into the store's file of calls in progress). Kamailio's is
 //!   not measured.
 //!
+//! - `user_us_per_call`, `kamailio_user_us_per_call`: the utime part of the CPU figures (the
+//!   proxy's own work, records and pinholes included), same runs; `user_x_vs_kamailio` and
+//!   `kernel_x_vs_kamailio` their ratios.
+//! - `tls_cpu_us_per_call`, `kamailio_tls_cpu_us_per_call`, `tls_cpu_x_vs_kamailio`: the
+//!   same scenario over TLS on both sides (the TLS route's number; callgated enrolled through
+//!   its CLI, Kamailio with Debian's `kamailio-tls-modules`, both certificates from one lab
+//!   CA), at one common rate `tls_rate_cps` (the CPU rate, at most 1000), medians of the
+//!   rounds, alternating. Debian's sipp has no TLS: at the carrier sipp speaks TCP into
+//!   stunnel (one TLS connection per sipp run), at the PBX stunnel takes the proxy's one
+//!   persistent TLS connection and hands it to a TCP sipp; stunnel's CPU is in neither
+//!   proxy's figure.
+//!
 //! Progress goes to stderr; the last line (stdout) is `BENCH sip cps=… kamailio_cps=…
 //! cps_x_vs_kamailio=… cpu_us_per_call=… kamailio_cpu_us_per_call=… cpu_x_vs_kamailio=…
 //! setup_p99_ms=… bytes_per_dialog=… sipp_ceiling_cps=… …`; a full run takes about 9
@@ -69,10 +81,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hil_tests::bench::{fail, median};
-use hil_tests::sipp::{Sipp, SippHandle};
+use hil_tests::sipp::{Sipp, SippHandle, Transport};
+use hil_tests::tls::{enrol, tls_route_config, SipPki, Stunnel, TLS_NUMBER, TLS_PORT};
 use hil_tests::{addr, Appliance, Host, Lab, Proc};
 
-const LAB_TOML: &str = include_str!("../../../config/lab.toml");
 const KAMAILIO_CFG: &str = include_str!("../../bench/kamailio.cfg");
 const UAC_XML: &str = include_str!("../../scenarios/uac.xml");
 const KAMAILIO: &str = "/usr/sbin/kamailio";
@@ -80,6 +92,8 @@ const KAMAILIO: &str = "/usr/sbin/kamailio";
 const NUMBER: &str = "+15550100007";
 const FAIL_LIMIT: f64 = 0.001;
 const START_RATE: u32 = 1000;
+/// The TLS round's rate at most (sipp's one TCP connection through stunnel carries it).
+const TLS_RATE_CAP: u32 = 1000;
 const MAX_RATE: u32 = 32_000;
 /// The first column of sipp's `-trace_rtt` rows (ms since start) per second.
 const RTT_DATE_PER_S: f64 = 1000.0;
@@ -245,6 +259,9 @@ struct Target<'lab> {
     proxy: Proxy,
     /// A copy of uac.xml with explicit RTD markers, in a temporary directory.
     scenario: &'lab Path,
+    /// Over TLS on both sides: sipp over TCP into stunnel at the carrier (to the proxy's
+    /// 5061) and behind stunnel at the PBX; the TLS route's number.
+    tls: bool,
 }
 
 struct Trial {
@@ -317,9 +334,10 @@ impl Trial {
     }
 }
 
-fn spawn_uas<'lab>(lab: &'lab Lab, timeout: Duration) -> SippHandle<'lab> {
+fn spawn_uas<'lab>(lab: &'lab Lab, timeout: Duration, tls: bool) -> SippHandle<'lab> {
     let uas = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
         .local(addr::PBX_V4, 5060)
+        .transport(if tls { Transport::Tcp } else { Transport::Udp })
         .timeout(timeout)
         .spawn()
         .unwrap_or_else(|e| fail("uas", e));
@@ -427,12 +445,20 @@ fn trial(t: &Target<'_>, rate: u32, calls: u64, messages: bool) -> Trial {
     let calls = calls.div_ceil(RTT_FREQ) * RTT_FREQ;
     let planned = calls as f64 / f64::from(rate);
     let limit = Duration::from_secs_f64(planned * 3.0 + 20.0);
-    let uas = spawn_uas(t.lab, limit + Duration::from_secs(10));
+    let uas = spawn_uas(t.lab, limit + Duration::from_secs(10), t.tls);
     let uas_pid = uas.sipp_pid();
     let uac = Sipp::uac(&t.lab.ns(Host::Carrier), &t.scenario.to_string_lossy())
-        .local(addr::CARRIER_V4, 5060)
-        .remote(t.remote, 5060)
-        .service(NUMBER)
+        .local(addr::CARRIER_V4, 5060);
+    let uac = if t.tls {
+        uac.transport(Transport::Tcp)
+            .remote(t.remote, TLS_PORT)
+            .arg("-rsa")
+            .arg(Stunnel::sipp_rsa())
+            .service(TLS_NUMBER)
+    } else {
+        uac.remote(t.remote, 5060).service(NUMBER)
+    };
+    let uac = uac
         .calls(calls)
         .rate(f64::from(rate))
         .limit(calls.min(10_000))
@@ -671,7 +697,7 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
     let ramp = o.dialogs as f64 / f64::from(rate);
     let hold = Duration::from_secs_f64(ramp + 8.0);
     let limit = Duration::from_secs_f64(ramp * 2.0 + hold.as_secs_f64() + 30.0);
-    let uas = spawn_uas(t.lab, limit + Duration::from_secs(10));
+    let uas = spawn_uas(t.lab, limit + Duration::from_secs(10), false);
     let uac = Sipp::uac(&t.lab.ns(Host::Carrier), &t.scenario.to_string_lossy())
         .local(addr::CARRIER_V4, 5060)
         .remote(t.remote, 5060)
@@ -779,11 +805,18 @@ struct KRun {
     p99: Vec<f64>,
 }
 
-fn start_kamailio(lab: &Lab, dir: &Path, children: u32) -> Proc {
+/// Kamailio with `children` workers per socket; with `tls` (its tls.cfg), also SIP over
+/// TLS (`-A WITH_TLS`).
+fn start_kamailio(lab: &Lab, dir: &Path, children: u32, tls: Option<&Path>) -> Proc {
     let cfg = dir.join("kamailio.cfg");
     fs::write(
         &cfg,
-        KAMAILIO_CFG.replace("@CHILDREN@", &children.to_string()),
+        KAMAILIO_CFG
+            .replace("@CHILDREN@", &children.to_string())
+            .replace(
+                "@TLS_CFG@",
+                &tls.map(|p| p.display().to_string()).unwrap_or_default(),
+            ),
     )
     .unwrap_or_else(|e| fail("kamailio.cfg", e));
     let log = fs::File::create(dir.join("kamailio.log")).unwrap_or_else(|e| fail("log", e));
@@ -816,6 +849,9 @@ fn start_kamailio(lab: &Lab, dir: &Path, children: u32) -> Proc {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut cmd = ns.command(KAMAILIO);
+    if tls.is_some() {
+        cmd.args(["-A", "WITH_TLS"]);
+    }
     cmd.arg("-f")
         .arg(&cfg)
         .args([
@@ -936,13 +972,18 @@ fn main() {
         remote: addr::PBX_V4,
         proxy: Proxy::None,
         scenario: &scenario,
+        tls: false,
     };
     let ceiling = search(&direct, &o);
 
     // 2. callgated: memory on fresh daemons (`mem_reps` of them, the median counts), then
     // the rate search on another fresh one.
     let cg_lab = Lab::start(&hosts).unwrap_or_else(|e| fail("lab", e));
-    let config = LAB_TOML
+    // The lab PKI of the TLS round; the config carries its TLS route from the start (the
+    // PBXs' certificates pinned to the lab's PBX CA).
+    let pki = SipPki::new().unwrap_or_else(|e| fail("pki", e));
+    let pbx_ca = pki.pbx.cert_pem().unwrap_or_else(|e| fail("pki", e));
+    let config = tls_route_config(&pbx_ca, &[])
         .replace("max_cps = 200", "max_cps = 1000000")
         .replace("max_calls = 2000", "max_calls = 1000000");
     if !config.contains("max_cps = 1000000") || !config.contains("max_calls = 1000000") {
@@ -959,6 +1000,7 @@ fn main() {
             remote: addr::A_WAN_V4,
             proxy: Proxy::Callgate(pid),
             scenario: &scenario,
+            tls: false,
         };
         (appliance, pid, target)
     };
@@ -973,7 +1015,7 @@ fn main() {
         mem_runs.len(),
         mem_runs.iter().map(|b| b.round()).collect::<Vec<_>>()
     );
-    let (_appliance, cg_pid, cg) = fresh_callgate(); // alive until the search is done
+    let (cg_appliance, cg_pid, cg) = fresh_callgate(); // alive until the TLS round is done
     let threads = fs::read_dir(format!("/proc/{cg_pid}/task")).map_or(0, |d| d.count());
     eprintln!("callgate: daemon pid {cg_pid}, {threads} threads");
     let cps = search(&cg, &o);
@@ -999,10 +1041,11 @@ fn main() {
         remote: addr::A_WAN_V4,
         proxy: Proxy::Kamailio(pid),
         scenario: &scenario,
+        tls: false,
     };
     let mut k_runs: Vec<KRun> = Vec::new();
     for &children in &k_children {
-        let kam = start_kamailio(&k_lab, k_dir.path(), children);
+        let kam = start_kamailio(&k_lab, k_dir.path(), children, None);
         let procs = tree(kam.pid()).len();
         eprintln!(
             "kamailio: main pid {}, {procs} processes (children={children} per listening socket)",
@@ -1033,7 +1076,7 @@ fn main() {
     let (mut cg_us, mut cg_p99, mut d_p99, mut ratio) = (vec![], vec![], vec![], vec![]);
     let mut cg_sys = vec![];
     for run in &mut k_runs {
-        let kam = start_kamailio(&k_lab, k_dir.path(), run.children);
+        let kam = start_kamailio(&k_lab, k_dir.path(), run.children, None);
         let k = k_target(kam.pid());
         for rep in 0..o.reps {
             let order = if rep % 2 == 0 {
@@ -1093,7 +1136,96 @@ fn main() {
         })
         .collect();
     eprintln!("kamailio runs: {}", k_tried.join("; "));
+
+    // 5. SIP over TLS on both sides, at one common rate, persistent connections: stunnel
+    // carries sipp's TCP into TLS at the carrier (one connection per sipp run) and out of
+    // TLS at the PBX; each proxy keeps one TLS connection to the PBX. callgated is the
+    // daemon of the search, enrolled through its CLI; Kamailio runs its cheaper
+    // configuration with Debian's TLS module (OpenSSL), its certificate from the same lab CA.
+    let (tls_rate, tls_calls) = {
+        let r = round_rate(f64::from(cpu_rate.min(TLS_RATE_CAP)));
+        (r, (f64::from(r) * o.cpu_secs).round() as u64)
+    };
+    eprintln!(
+        "tls: {tls_rate} cps, {tls_calls} calls per run, {} runs each",
+        o.reps
+    );
+    enrol(&cg_appliance, &pki).unwrap_or_else(|e| fail("enrol", e));
+    let pbx_id = pki
+        .pbx
+        .peer_cert("pbx1", "IP:198.51.100.10")
+        .unwrap_or_else(|e| fail("pki", e));
+    let pbx_tls = |lab: &Lab| {
+        let pbx = std::net::IpAddr::V4(addr::PBX_V4);
+        Stunnel::server(
+            &lab.ns(Host::Pbx),
+            std::net::SocketAddr::new(pbx, TLS_PORT),
+            std::net::SocketAddr::new(pbx, 5060),
+            &pbx_id,
+            pki.lab.cert(),
+        )
+        .unwrap_or_else(|e| fail("stunnel (pbx)", e))
+    };
+    let carrier_tls = |lab: &Lab| {
+        Stunnel::client(&lab.ns(Host::Carrier), &pki, None)
+            .unwrap_or_else(|e| fail("stunnel (carrier)", e))
+    };
+    let _cg_tunnels = (carrier_tls(&cg_lab), pbx_tls(&cg_lab));
+    let _k_tunnels = (carrier_tls(&k_lab), pbx_tls(&k_lab));
+    let k_id = pki
+        .lab
+        .peer_cert("kamailio", "IP:203.0.113.1, IP:198.51.100.1")
+        .unwrap_or_else(|e| fail("pki", e));
+    let tls_cfg = k_dir.path().join("tls.cfg");
+    fs::write(
+        &tls_cfg,
+        format!(
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\nprivate_key = {key}\ncertificate = {cert}\n\n\
+             [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\nprivate_key = {key}\ncertificate = {cert}\nca_list = {ca}\n",
+            key = k_id.key.display(),
+            cert = k_id.cert.display(),
+            ca = pki.pbx.cert().display(),
+        ),
+    )
+    .unwrap_or_else(|e| fail("tls.cfg", e));
+    let kam = start_kamailio(&k_lab, k_dir.path(), best.children, Some(&tls_cfg));
+    let cg_tls = Target {
+        name: "callgate-tls",
+        lab: &cg_lab,
+        remote: addr::A_WAN_V4,
+        proxy: Proxy::Callgate(cg_pid),
+        scenario: &scenario,
+        tls: true,
+    };
+    let k_tls = Target {
+        name: "kamailio-tls",
+        tls: true,
+        ..k_target(kam.pid())
+    };
+    let (mut cg_tls_us, mut k_tls_us) = (vec![], vec![]);
+    for rep in 0..o.reps {
+        let order = if rep % 2 == 0 {
+            [&cg_tls, &k_tls]
+        } else {
+            [&k_tls, &cg_tls]
+        };
+        for t in order {
+            let tr = trial(t, tls_rate, tls_calls, false);
+            if !tr.pass() {
+                eprintln!("  WARNING: {} failed at the TLS rate", t.name);
+            }
+            let us = tr.proxy_cpu.unwrap_or(f64::NAN) * 1e6 / tr.ok.max(1) as f64;
+            match t.proxy {
+                Proxy::Callgate(_) => cg_tls_us.push(us),
+                _ => k_tls_us.push(us),
+            }
+        }
+    }
+    let _ = kam.terminate(Duration::from_secs(5));
+    let (tls_us, k_tls_us) = (median(cg_tls_us), median(k_tls_us));
     let (cpu_us, sys_us) = (median(cg_us), median(cg_sys));
+    // User time: the proxy's own work (the same runs, CPU minus the kernel's part).
+    let (user_us, k_user_us) = (cpu_us - sys_us, k_cpu_us - k_sys_us);
     let (p99, d_p99) = (median(cg_p99), median(d_p99));
     eprintln!(
         "bench sip: done in {:.0}s (cpu ratio per pair {:?})",
@@ -1107,6 +1239,10 @@ fn main() {
          sipp_ceiling_cps={ceiling} kamailio_setup_p99_ms={k_p99:.2} \
          bytes_per_dialog_runs={} sipp_setup_p99_ms={d_p99:.2} cpu_rate_cps={cpu_rate} \
          kernel_us_per_call={sys_us:.1} kamailio_kernel_us_per_call={k_sys_us:.1} \
+         user_us_per_call={user_us:.1} kamailio_user_us_per_call={k_user_us:.1} \
+         user_x_vs_kamailio={:.2} kernel_x_vs_kamailio={:.2} \
+         tls_cpu_us_per_call={tls_us:.1} kamailio_tls_cpu_us_per_call={k_tls_us:.1} \
+         tls_cpu_x_vs_kamailio={:.2} tls_rate_cps={tls_rate} \
          dialogs={} kamailio_children={k_best_children} kamailio_processes={k_procs} \
          kamailio_children_tried={} callgate_threads={threads} quick={}",
         f64::from(cps) / f64::from(k_cps.max(1)),
@@ -1116,6 +1252,9 @@ fn main() {
             .map(|b| format!("{b:.0}"))
             .collect::<Vec<_>>()
             .join(","),
+        user_us / k_user_us,
+        sys_us / k_sys_us,
+        tls_us / k_tls_us,
         o.dialogs,
         k_runs
             .iter()
