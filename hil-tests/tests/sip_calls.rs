@@ -353,31 +353,40 @@ fn reinvite_udp_tcp_and_tls() {
 }
 
 #[test]
-fn a_thousand_calls_leave_a_thousand_records() {
+fn a_thousand_calls_leave_a_thousand_records_udp_and_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
-    let pbx = callee(&lab, "uas.xml", addr::PBX_V4, Transport::Udp);
-    let r = caller(&lab, "uac.xml", Transport::Udp)
-        .calls(1000)
-        .rate(100.0)
-        .duration(Duration::from_millis(100))
-        .timeout(Duration::from_secs(120))
-        .run()
-        .expect("caller");
-    assert_eq!((r.successful, r.failed), (1000, 0), "{}", r.summary());
-    let _ = pbx.stop();
-    let all = wait_cdrs(&a, 1000);
-    assert_eq!(all.len(), 1000, "one record per call");
-    assert!(all
-        .iter()
-        .all(|c| c["disposition"] == "answered" && c["final_code"] == 200));
-    let mut ids: Vec<&str> = all.iter().filter_map(|c| c["call_id"].as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 1000, "distinct calls");
-    let st = stats(&a);
-    assert_eq!(u(&st["calls_answered"]), 1000, "{st}");
-    assert_eq!(u(&st["active_calls"]), 0);
+    let (a, env) = start_env(&lab, &[]);
+    for (i, t) in [Leg::Udp, Leg::Tls].into_iter().enumerate() {
+        let pbx = env.callee("uas.xml", addr::PBX_V4, t);
+        let r = env
+            .caller("uac.xml", t)
+            .calls(1000)
+            .rate(100.0)
+            .duration(Duration::from_millis(100))
+            .timeout(Duration::from_secs(120))
+            .run()
+            .expect("caller");
+        assert_eq!(
+            (r.successful, r.failed),
+            (1000, 0),
+            "{t:?}: {}",
+            r.summary()
+        );
+        let _ = pbx.stop();
+        let n = 1000 * (i + 1);
+        let all = wait_cdrs(&a, n);
+        assert_eq!(all.len(), n, "{t:?}: one record per call");
+        assert!(all
+            .iter()
+            .all(|c| c["disposition"] == "answered" && c["final_code"] == 200));
+        let mut ids: Vec<&str> = all.iter().filter_map(|c| c["call_id"].as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{t:?}: distinct calls");
+        let st = stats(&a);
+        assert_eq!(u(&st["calls_answered"]), n as u64, "{st}");
+        assert_eq!(u(&st["active_calls"]), 0);
+    }
 }
 
 /// An orderly stop (SIGTERM) right after the last call ended: every call's final record is
@@ -430,9 +439,9 @@ fn with_sdp_port(scenario: &str, port: u16, dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call() {
+fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call_udp_and_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
+    let (a, env) = start_env(&lab, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let (offer_port, answer_port, other_port) = (47000u16, 46000u16, 46010u16);
     let carrier = lab.ns(Host::Carrier);
@@ -468,64 +477,69 @@ fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call() {
         "no pinhole before the call"
     );
 
-    let pbx = callee_with(
-        &lab,
-        Sipp::uas(&pbx_ns, &with_sdp_port("uas.xml", answer_port, dir.path())),
-        addr::PBX_V4,
-        Transport::Udp,
-    );
-    let call = caller(
-        &lab,
-        &with_sdp_port("uac.xml", offer_port, dir.path()),
-        Transport::Udp,
-    )
-    .duration(Duration::from_secs(8))
-    .spawn()
-    .expect("caller");
-    // Wait for the call to be answered.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !active_calls(&a).iter().any(|c| c["state"] == "answered") {
-        assert!(std::time::Instant::now() < deadline, "call not answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        probe(&carrier, addr::PBX_V4, answer_port, &at_pbx),
-        "RTP carrier → pbx passes during the call"
-    );
-    assert!(
-        probe(&pbx_ns, addr::CARRIER_V4, offer_port, &at_carrier),
-        "RTP pbx → carrier passes during the call"
-    );
-    assert!(
-        !probe(&carrier, addr::PBX_V4, other_port, &at_pbx_other),
-        "a port not negotiated is dropped"
-    );
-    assert!(
-        !probe_from(
-            &carrier,
-            Some(addr::CARRIER_V4_ALT),
+    for t in [Leg::Udp, Leg::Tls] {
+        let pbx = callee_with(
+            &lab,
+            Sipp::uas(&pbx_ns, &with_sdp_port("uas.xml", answer_port, dir.path())),
             addr::PBX_V4,
-            answer_port,
-            &at_pbx
-        ),
-        "a third WAN address sending to the PBX's media port is dropped"
-    );
-    assert!(
-        !probe(&pbx_ns, addr::CARRIER_V4_ALT, offer_port, &at_third),
-        "the PBX sending to a third address is dropped"
-    );
-    let r = call.wait(Duration::from_secs(30)).expect("caller ends");
-    assert_eq!((r.successful, r.failed), (1, 0), "{}", r.summary());
-    let _ = pbx.stop();
-    // After the BYE the pinholes are gone.
-    assert!(
-        !probe(&carrier, addr::PBX_V4, answer_port, &at_pbx),
-        "RTP stops after BYE"
-    );
-    assert!(
-        !probe(&pbx_ns, addr::CARRIER_V4, offer_port, &at_carrier),
-        "RTP stops after BYE (reverse)"
-    );
+            Transport::Udp,
+        );
+        // The carrier's signalling over UDP, then over TLS (the PBX's over UDP: the number of
+        // a UDP route); the media rules are the same.
+        let call = env
+            .caller(&with_sdp_port("uac.xml", offer_port, dir.path()), t)
+            .service(UDP_NUMBER)
+            .duration(Duration::from_secs(8))
+            .spawn()
+            .expect("caller");
+        // Wait for the call to be answered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !active_calls(&a).iter().any(|c| c["state"] == "answered") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{t:?}: call not answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            probe(&carrier, addr::PBX_V4, answer_port, &at_pbx),
+            "RTP carrier → pbx passes during the call"
+        );
+        assert!(
+            probe(&pbx_ns, addr::CARRIER_V4, offer_port, &at_carrier),
+            "RTP pbx → carrier passes during the call"
+        );
+        assert!(
+            !probe(&carrier, addr::PBX_V4, other_port, &at_pbx_other),
+            "a port not negotiated is dropped"
+        );
+        assert!(
+            !probe_from(
+                &carrier,
+                Some(addr::CARRIER_V4_ALT),
+                addr::PBX_V4,
+                answer_port,
+                &at_pbx
+            ),
+            "a third WAN address sending to the PBX's media port is dropped"
+        );
+        assert!(
+            !probe(&pbx_ns, addr::CARRIER_V4_ALT, offer_port, &at_third),
+            "the PBX sending to a third address is dropped"
+        );
+        let r = call.wait(Duration::from_secs(30)).expect("caller ends");
+        assert_eq!((r.successful, r.failed), (1, 0), "{t:?}: {}", r.summary());
+        let _ = pbx.stop();
+        // After the BYE the pinholes are gone.
+        assert!(
+            !probe(&carrier, addr::PBX_V4, answer_port, &at_pbx),
+            "RTP stops after BYE"
+        );
+        assert!(
+            !probe(&pbx_ns, addr::CARRIER_V4, offer_port, &at_carrier),
+            "RTP stops after BYE (reverse)"
+        );
+    }
     let st = stats(&a);
     assert!(
         u(&st["pinholes_opened"]) >= 4 && u(&st["pinholes_closed"]) >= 4,
@@ -534,9 +548,9 @@ fn media_passes_only_for_the_negotiated_ports_and_only_during_the_call() {
 }
 
 #[test]
-fn never_an_open_relay() {
+fn never_an_open_relay_over_udp_or_tls() {
     let lab = new_lab();
-    let a = start(&lab, &lab_toml());
+    let (a, env) = start_env(&lab, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     // A silent listener where calls would go: no INVITE may reach it (the proxy's own
     // OPTIONS health probes may).
@@ -570,13 +584,23 @@ fn never_an_open_relay() {
         ("foreign domain", foreign, UDP_NUMBER, 403),
         ("Route elsewhere", routed, UDP_NUMBER, 403),
     ];
-    for (what, scenario, num, code) in &cases {
-        let r = caller(&lab, scenario, Transport::Udp)
-            .service(*num)
-            .calls(3)
-            .run()
-            .expect("caller");
-        assert_eq!(r.final_codes, vec![*code; 3], "{what}: {}", r.summary());
+    // The carrier over UDP, then over TLS (the numbers of a UDP route: no INVITE may reach
+    // the silent listener either way).
+    for t in [Leg::Udp, Leg::Tls] {
+        for (what, scenario, num, code) in &cases {
+            let r = env
+                .caller(scenario, t)
+                .service(*num)
+                .calls(3)
+                .run()
+                .expect("caller");
+            assert_eq!(
+                r.final_codes,
+                vec![*code; 3],
+                "{t:?} {what}: {}",
+                r.summary()
+            );
+        }
     }
     let invites = pbx
         .datagrams()
@@ -584,15 +608,15 @@ fn never_an_open_relay() {
         .filter(|d| d.data.starts_with(b"INVITE"))
         .count();
     assert_eq!(invites, 0, "no INVITE reached the call segment");
-    let all = wait_cdrs(&a, 9);
-    assert_eq!(all.len(), 9);
+    let all = wait_cdrs(&a, 18);
+    assert_eq!(all.len(), 18);
     assert!(all
         .iter()
         .all(|c| c["disposition"] == "rejected" && c["destination"] == ""));
     let st = stats(&a);
-    assert_eq!(u(&st["refused_number"]), 3, "{st}");
-    assert_eq!(u(&st["refused_domain"]), 3, "{st}");
-    assert_eq!(u(&st["refused_route"]), 3, "{st}");
+    assert_eq!(u(&st["refused_number"]), 6, "{st}");
+    assert_eq!(u(&st["refused_domain"]), 6, "{st}");
+    assert_eq!(u(&st["refused_route"]), 6, "{st}");
 }
 
 #[test]
