@@ -77,18 +77,7 @@ impl SipPki {
 /// Enrols `a` for SIP over TLS through its CLI: `sip tls csr`, the lab CA signs it for
 /// A's WAN addresses, `sip tls install-cert -`. The install's answer.
 pub fn enrol(a: &Appliance<'_>, pki: &SipPki) -> Result<String> {
-    let csr = a.cli(&["--json", "sip", "tls", "csr"]);
-    if !csr.ok() {
-        return Err(other(format!("sip tls csr: {} {}", csr.stdout, csr.stderr)));
-    }
-    let pem = csr.json()["csr"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| other(format!("sip tls csr: no csr in {}", csr.stdout)))?;
-    let cert = pki
-        .lab
-        .sign_server_csr(&pem, &format!("IP:{A_WAN_V4}, IP:{A_WAN_V6}"), None)?;
-    let out = a.cli_stdin(&["sip", "tls", "install-cert", "-"], &cert);
+    let out = enrol_with(a, pki, None);
     if !out.ok() {
         return Err(other(format!(
             "sip tls install-cert: {} {}",
@@ -96,6 +85,27 @@ pub fn enrol(a: &Appliance<'_>, pki: &SipPki) -> Result<String> {
         )));
     }
     Ok(out.stdout)
+}
+
+/// [`enrol`] with a certificate valid in `window` (notBefore, notAfter as
+/// `YYYYMMDDHHMMSSZ`); the install's outcome, refused or not.
+pub fn enrol_with(a: &Appliance<'_>, pki: &SipPki, window: Option<(&str, &str)>) -> crate::Cli {
+    let csr = a.cli(&["--json", "sip", "tls", "csr"]);
+    let pem = csr.json()["csr"].as_str().unwrap_or_default().to_owned();
+    let cert = pki
+        .lab
+        .sign_server_csr(&pem, &format!("IP:{A_WAN_V4}, IP:{A_WAN_V6}"), window)
+        .unwrap_or_default();
+    a.cli_stdin(&["sip", "tls", "install-cert", "-"], &cert)
+}
+
+/// `date -u` moved by `days` (negative: back), as openssl's `YYYYMMDDHHMMSSZ`.
+pub fn openssl_date(days: i64) -> String {
+    Command::new("date")
+        .args(["-u", "-d", &format!("{days} days"), "+%Y%m%d%H%M%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// stunnel in client mode on the carrier host: takes TCP on

@@ -15,7 +15,8 @@ use hil_tests::calls::{
 };
 use hil_tests::sipp::{Sipp, SippResult, Transport};
 use hil_tests::tls::{
-    cert_args, enrol, fingerprint, options_request, s_client, tls_stats, SipPki, Stunnel, TLS_PORT,
+    cert_args, enrol, enrol_with, fingerprint, openssl_date, options_request, s_client, tls_stats,
+    SipPki, Stunnel, TLS_PORT,
 };
 use hil_tests::{addr, Host, Lab};
 
@@ -52,6 +53,27 @@ fn calls_over_tls_reach_the_pbx_on_one_connection_and_are_recorded() {
         "{}",
         before.stdout
     );
+    // ... and the daemon said so in its log at start.
+    assert!(
+        a.log().contains("sip: tls: no certificate installed"),
+        "{}",
+        a.log()
+    );
+    // A certificate that expires in 10 days installs, with a warning; an expired one is
+    // refused and the one in place stays.
+    let soon = enrol_with(&a, &pki, Some((&openssl_date(-1), &openssl_date(10))));
+    assert!(soon.ok(), "{} {}", soon.stdout, soon.stderr);
+    let st = tls_stats(&a);
+    assert!(
+        st["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("expires in 9 days") || w.contains("expires in 10 days")),
+        "{st}"
+    );
+    let expired = enrol_with(&a, &pki, Some((&openssl_date(-30), &openssl_date(-1))));
+    assert!(!expired.ok(), "{}", expired.stdout);
+    assert!(expired.stderr.contains("has expired"), "{}", expired.stderr);
+    assert!(u(&tls_stats(&a)["expires_in_days"]) >= 9);
     let installed = enrol(&a, &pki).unwrap();
     assert!(installed.contains("CN=lab-a"), "{installed}");
     let st = tls_stats(&a);

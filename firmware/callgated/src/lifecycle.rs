@@ -241,6 +241,9 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     crate::lockouts::watch(config.config(), running.uplink.clone());
+    if let Some(sip) = &sip {
+        crate::sip_tls::watch_expiry(sip.clone(), running.uplink.clone());
+    }
     let started = crate::pair::start(&cfg, &ctx.state_dir, &running.kek, hooks);
     running.publish_pair(started);
     Ok((

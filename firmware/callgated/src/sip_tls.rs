@@ -58,3 +58,45 @@ pub fn install(state_dir: &Path, kek: &Kek, pem: &str) -> Result<(TlsIdentity, C
         info,
     ))
 }
+
+/// How often the certificate is looked at.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A warning that persists is said again after this long.
+const EXPIRY_REPEAT: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Warns, in the log and on the uplink's events topic (`certificate`), when SIP over TLS's
+/// certificate is within `[sip.tls] cert_warn_days` of expiry, has expired, is missing
+/// while TLS listeners exist, or is unusable (what `show sip stats` shows): at start and
+/// every hour, each warning once, again each day it persists.
+pub fn watch_expiry(sip: callgate_proxy::driver::SipHandle, uplink: crate::uplink::Uplink) {
+    tokio::spawn(async move {
+        let mut said: Option<(String, std::time::Instant)> = None;
+        let mut tick = tokio::time::interval(EXPIRY_CHECK);
+        loop {
+            tick.tick().await;
+            let Ok(st) = sip.tls_status().await else {
+                return;
+            };
+            let Some(w) = st.warning else {
+                said = None;
+                continue;
+            };
+            if said
+                .as_ref()
+                .is_some_and(|(s, at)| *s == w && at.elapsed() < EXPIRY_REPEAT)
+            {
+                continue;
+            }
+            log::warn!("sip: tls: {w}");
+            uplink.event(
+                "certificate",
+                serde_json::json!({
+                    "what": "sip-tls",
+                    "warning": w,
+                    "not_after": st.certificate.map(|c| c.not_after),
+                }),
+            );
+            said = Some((w, std::time::Instant::now()));
+        }
+    });
+}
