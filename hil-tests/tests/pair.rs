@@ -380,8 +380,10 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         .unwrap();
     assert!(
         !standby_set.contains("elements"),
-        "the standby holds pinholes: {standby_set}\nB: {}\nB log:\n{}",
+        "the standby holds pinholes: {standby_set}\nA: {}\nB: {}\nA log:\n{}\nB log:\n{}",
+        show_pair(&a),
         show_pair(&b),
+        a.log(),
         b.log()
     );
     a.kill9();

@@ -95,7 +95,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hil_tests::addr::{self, WAN_VIP_V4};
 use hil_tests::bench::{fail, ms};
 use hil_tests::calls::{CALLER, CALLER_NAME, UDP_NUMBER};
-use hil_tests::pair::{new_pair_lab, show_pair, start_pair, vips_held, wait_until, VIPS};
+use hil_tests::pair::{
+    new_pair_lab, show_pair, start_pair_shipped as start_pair, vips_held, wait_until, VIPS,
+};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::{Appliance, Host, Lab, Ns, Proc, Segment};
 

@@ -657,7 +657,9 @@ fn tls_call(lab: &Lab, a: &Appliance<'_>) -> usize {
 /// The redundant pair: A and B paired through the console, calls held through the VIPs,
 /// the active SIGKILLed mid-call, the calls carried on by B; their records printed from B.
 fn pair() -> usize {
-    use hil_tests::pair::{new_pair_lab, role, start_pair, vips_held, wait_until, VIPS};
+    use hil_tests::pair::{
+        new_pair_lab, role, start_pair_shipped as start_pair, vips_held, wait_until, VIPS,
+    };
     use hil_tests::sipp::{Sipp, Transport};
     println!("\n==> the redundant pair (config/lab-pair-a.toml, lab-pair-b.toml)");
     let lab = new_pair_lab();
