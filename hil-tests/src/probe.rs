@@ -297,6 +297,42 @@ impl Drop for UdpProbeListener {
     }
 }
 
+/// A TCP connection to `dst`, from `src` if given (bound first), its handshake bounded by
+/// `timeout` (Linux bounds a blocking connect() by SO_SNDTIMEO). Made in the calling
+/// thread's namespace: call it from [`crate::Ns::run_in`].
+pub fn tcp_stream(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    let family = if dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let ms = i64::try_from(timeout.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::milliseconds(ms))?;
+    if let Some(src) = src {
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrStorage::from(SocketAddr::new(src, 0)),
+        )?;
+    }
+    let target = SockaddrStorage::from(dst);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match connect(fd.as_raw_fd(), &target) {
+            Ok(()) => return Ok(std::net::TcpStream::from(fd)),
+            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Inside `ns`: does a TCP handshake with `dst:port` complete within `timeout`? Binds to
 /// `src` first if given. A reset, an ICMP error, a drop (timeout) or any local error all
 /// count as `false`.
@@ -307,35 +343,7 @@ pub fn tcp_connect(
     port: u16,
     timeout: Duration,
 ) -> bool {
-    let attempt = || -> io::Result<()> {
-        let family = if dst.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        // Linux bounds a blocking connect() by SO_SNDTIMEO.
-        let ms = i64::try_from(timeout.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::milliseconds(ms))?;
-        use std::os::fd::AsRawFd;
-        if let Some(src) = src {
-            bind(
-                fd.as_raw_fd(),
-                &SockaddrStorage::from(SocketAddr::new(src, 0)),
-            )?;
-        }
-        let target = SockaddrStorage::from(SocketAddr::new(dst, port));
-        let deadline = Instant::now() + timeout;
-        loop {
-            match connect(fd.as_raw_fd(), &target) {
-                Ok(()) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let attempt = || tcp_stream(src, SocketAddr::new(dst, port), timeout).map(drop);
     match try_run_in_netns(ns, attempt) {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {

@@ -7,14 +7,15 @@
 //! stunnel holds one TLS connection to the appliance per sipp connection (`-t t1`: one for
 //! every call), so the appliance sees a TLS trunk from the carrier's own address.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::addr::{A_WAN_V4, A_WAN_V6, CARRIER_V4};
 use crate::broker::{other, Ca};
-use crate::{Appliance, Identity, Lab, Ns, Proc, Result};
+use crate::sipp::{Sipp, Transport};
+use crate::{Appliance, Identity, Ns, Proc, Result};
 
 /// The appliance's SIP over TLS port in the lab.
 pub const TLS_PORT: u16 = 5061;
@@ -141,23 +142,19 @@ impl Stunnel {
         )
     }
 
-    /// stunnel in server mode on a PBX host: takes TLS on `listen` with `id`'s
-    /// certificate, requires a client certificate that chains to `client_ca` (the
-    /// appliance's), and carries each connection over TCP to `to` (a sipp UAS over TCP).
-    pub fn server(
-        ns: &Ns<'_>,
-        listen: SocketAddr,
-        to: SocketAddr,
-        id: &Identity,
-        client_ca: &Path,
-    ) -> Result<Stunnel> {
+    /// stunnel in server mode on the PBX host: takes TLS on `ip`:5061 with `id`'s
+    /// certificate, requires a client certificate from the lab CA (the appliance's, or
+    /// Kamailio's in the benchmark), and carries each connection over TCP to `ip`:5060 (a
+    /// sipp UAS over TCP).
+    pub fn pbx(ns: &Ns<'_>, pki: &SipPki, ip: Ipv4Addr, id: &Identity) -> Result<Stunnel> {
         let dir = tempfile::Builder::new().prefix("stunnel-").tempdir()?;
+        let listen = SocketAddr::new(IpAddr::V4(ip), TLS_PORT);
         let conf = format!(
-            "foreground = yes\npid =\ndebug = 5\noutput = {log}\n\n[sip]\naccept = {listen}\nconnect = {to}\ncert = {cert}\nkey = {key}\nCAfile = {ca}\nverifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.2\n",
+            "foreground = yes\npid =\ndebug = 5\noutput = {log}\n\n[sip]\naccept = {listen}\nconnect = {ip}:5060\ncert = {cert}\nkey = {key}\nCAfile = {ca}\nverifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.2\n",
             log = dir.path().join("stunnel.log").display(),
             cert = id.cert.display(),
             key = id.key.display(),
-            ca = client_ca.display(),
+            ca = pki.lab.cert().display(),
         );
         Stunnel::start(ns, dir, &conf, listen)
     }
@@ -197,17 +194,21 @@ impl Stunnel {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
     }
-
-    /// Where sipp sends to reach the appliance through this stunnel (`-rsa`).
-    pub fn sipp_rsa() -> String {
-        format!("{CARRIER_V4}:{STUNNEL_PORT}")
-    }
 }
 
 impl Drop for Stunnel {
     fn drop(&mut self) {
         let _ = self.proc.kill();
     }
+}
+
+/// `uac` calling A's TLS port through the carrier's stunnel ([`Stunnel::client`]): sipp
+/// speaks TCP, and sends (`-rsa`) to stunnel rather than to A.
+pub fn through_stunnel(uac: Sipp<'_>) -> Sipp<'_> {
+    uac.transport(Transport::Tcp)
+        .remote(A_WAN_V4, TLS_PORT)
+        .arg("-rsa")
+        .arg(format!("{CARRIER_V4}:{STUNNEL_PORT}"))
 }
 
 /// An OPTIONS to the appliance over TLS, for [`s_client`].
@@ -280,27 +281,4 @@ pub fn fingerprint(cert: &Path) -> Result<String> {
 /// `show sip stats --json`'s TLS counters of `a`.
 pub fn tls_stats(a: &Appliance<'_>) -> serde_json::Value {
     a.cli(&["--json", "show", "sip", "stats"]).json()["tls"].clone()
-}
-
-/// Established TCP connections on A's TLS port, from `ss` in A's namespace.
-pub fn tls_connections(lab: &Lab, host: crate::Host) -> usize {
-    lab.ns(host)
-        .exec(&["ss", "-Htn", "state", "established"])
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&format!(":{TLS_PORT} ")))
-        .count()
-}
-
-/// A's TLS listen address.
-pub fn tls_addr() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(A_WAN_V4), TLS_PORT)
-}
-
-/// Where the lab's PKI files are (for a test's own openssl runs).
-pub fn dir_of(ca: &Ca) -> PathBuf {
-    ca.cert()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
 }

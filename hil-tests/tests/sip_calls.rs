@@ -14,7 +14,9 @@ use hil_tests::calls::{
     TCP_NUMBER, UDP_NUMBER,
 };
 use hil_tests::sipp::{Sipp, SippHandle, SippResult, Transport};
-use hil_tests::tls::{enrol, tls_route_config, SipPki, Stunnel, TLS_NUMBER, TLS_PORT};
+use hil_tests::tls::{
+    enrol, through_stunnel, tls_route_config, SipPki, Stunnel, TLS_NUMBER, TLS_PORT,
+};
 use hil_tests::{addr, Appliance, Host, Lab, Token};
 use serde_json::Value;
 
@@ -109,14 +111,7 @@ impl<'l> Env<'l> {
                 .pbx
                 .peer_cert("pbx", &format!("IP:{ip}"))
                 .expect("pbx certificate");
-            Stunnel::server(
-                &self.lab.ns(Host::Pbx),
-                std::net::SocketAddr::new(IpAddr::V4(ip), TLS_PORT),
-                std::net::SocketAddr::new(IpAddr::V4(ip), 5060),
-                &id,
-                self.pki.lab.cert(),
-            )
-            .expect("pbx stunnel")
+            Stunnel::pbx(&self.lab.ns(Host::Pbx), &self.pki, ip, &id).expect("pbx stunnel")
         });
         Callee {
             sipp,
@@ -129,11 +124,9 @@ impl<'l> Env<'l> {
         match leg {
             Leg::Udp => caller(self.lab, scenario, Transport::Udp).service(UDP_NUMBER),
             Leg::Tcp => caller(self.lab, scenario, Transport::Tcp).service(TCP_NUMBER),
-            Leg::Tls => caller(self.lab, scenario, Transport::Tcp)
-                .remote(addr::A_WAN_V4, TLS_PORT)
-                .arg("-rsa")
-                .arg(Stunnel::sipp_rsa())
-                .service(TLS_NUMBER),
+            Leg::Tls => {
+                through_stunnel(caller(self.lab, scenario, Transport::Tcp)).service(TLS_NUMBER)
+            }
         }
     }
 }

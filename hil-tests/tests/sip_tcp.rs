@@ -14,7 +14,6 @@
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,10 +21,6 @@ use std::time::{Duration, Instant};
 use hil_tests::calls::wait_until;
 use hil_tests::sipp::{Sipp, Transport};
 use hil_tests::{addr, Appliance, Host, Lab};
-use nix::sys::socket::{
-    bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-};
-use nix::sys::time::TimeVal;
 
 /// A number of the lab's TCP route (tv-spot: the pbxs over TCP).
 const TCP_NUMBER: &str = "+15550100207";
@@ -65,19 +60,7 @@ fn sip_port() -> SocketAddr {
 
 /// A TCP connection from `src` (a blocking connect, at most 5 s), non-blocking once open.
 fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(5, 0))?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrStorage::from(SocketAddr::new(IpAddr::V4(src), 0)),
-    )?;
-    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
-    let s = TcpStream::from(fd);
+    let s = hil_tests::probe::tcp_stream(Some(IpAddr::V4(src)), dst, Duration::from_secs(5))?;
     s.set_nonblocking(true)?;
     Ok(s)
 }

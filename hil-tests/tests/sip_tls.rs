@@ -15,20 +15,15 @@ use hil_tests::calls::{
 };
 use hil_tests::sipp::{Sipp, SippResult, Transport};
 use hil_tests::tls::{
-    cert_args, enrol, enrol_with, fingerprint, openssl_date, options_request, s_client, tls_stats,
-    SipPki, Stunnel, TLS_PORT,
+    cert_args, enrol, enrol_with, fingerprint, openssl_date, options_request, s_client,
+    through_stunnel, tls_stats, SipPki, Stunnel, TLS_PORT,
 };
 use hil_tests::{addr, Host, Lab};
 
 /// `n` calls over TLS from the carrier (sipp over TCP into stunnel, one connection),
 /// `rate` per second, each held `hold`.
 fn tls_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> Sipp<'_> {
-    Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(addr::A_WAN_V4, TLS_PORT)
-        .arg("-rsa")
-        .arg(Stunnel::sipp_rsa())
-        .transport(Transport::Tcp)
+    through_stunnel(Sipp::uac(&lab.ns(Host::Carrier), "uac.xml").local(addr::CARRIER_V4, 5060))
         .service(UDP_NUMBER)
         .caller(CALLER, CALLER_NAME)
         .calls(n)
@@ -191,43 +186,13 @@ fn refusal_config() -> String {
     ])
 }
 
-/// A TCP connection from `src` to A's TLS port, made inside the carrier's namespace.
+/// A TCP connection from `src` to A's TLS port (within 300 ms), made inside the carrier's
+/// namespace.
 fn connect_from(lab: &Lab, src: std::net::Ipv4Addr) -> std::io::Result<std::net::TcpStream> {
-    use std::net::{IpAddr, SocketAddr};
-    let dst = SocketAddr::new(IpAddr::V4(addr::A_WAN_V4), TLS_PORT);
+    let dst = std::net::SocketAddr::new(addr::A_WAN_V4.into(), TLS_PORT);
     lab.ns(Host::Carrier).run_in(move || {
-        let s = socket2_like_connect(src, dst)?;
-        Ok(s)
+        hil_tests::probe::tcp_stream(Some(src.into()), dst, Duration::from_millis(300))
     })
-}
-
-/// Binds to `src`, then connects to `dst` within 300 ms.
-fn socket2_like_connect(
-    src: std::net::Ipv4Addr,
-    dst: std::net::SocketAddr,
-) -> std::io::Result<std::net::TcpStream> {
-    use nix::sys::socket::{
-        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
-        SockaddrStorage,
-    };
-    use std::os::fd::AsRawFd;
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(
-        &fd,
-        sockopt::SendTimeout,
-        &nix::sys::time::TimeVal::new(0, 300_000),
-    )?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrStorage::from(std::net::SocketAddr::new(src.into(), 0)),
-    )?;
-    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
-    Ok(std::net::TcpStream::from(fd))
 }
 
 /// Reads what the appliance sends until it closes the connection or `limit` passes:
@@ -401,7 +366,6 @@ fn tls_callee<'l>(
     pki: &SipPki,
     id: &hil_tests::Identity,
 ) -> (hil_tests::sipp::SippHandle<'l>, Stunnel) {
-    use std::net::{IpAddr, SocketAddr};
     let ns = lab.ns(Host::Pbx);
     let uas = Sipp::uas(&ns, "uas.xml")
         .local(addr::PBX_V4, 5060)
@@ -410,15 +374,7 @@ fn tls_callee<'l>(
         .spawn()
         .unwrap();
     uas.wait_ready(Duration::from_secs(10)).unwrap();
-    let pbx = IpAddr::V4(addr::PBX_V4);
-    let tunnel = Stunnel::server(
-        &ns,
-        SocketAddr::new(pbx, TLS_PORT),
-        SocketAddr::new(pbx, 5060),
-        id,
-        pki.lab.cert(),
-    )
-    .unwrap();
+    let tunnel = Stunnel::pbx(&ns, pki, addr::PBX_V4, id).unwrap();
     (uas, tunnel)
 }
 

@@ -17,6 +17,15 @@
 //!   `max_buffer_bytes`, when its framing is lost, and when the peer stops reading what we
 //!   send for 10 s (`WRITE_STALL`). Each refusal and cut is counted ([`SipHandle::tcp_stats`])
 //!   and logged, rate-limited.
+//! - TLS (`[sip.tls]`, the `tls` submodule) is TCP with a rustls session in between: one
+//!   task per TLS listener accepts, and before any cryptography checks the per-source
+//!   handshake rate, that the source is a carrier or a destination, and the `[sip.tcp]`
+//!   caps; each handshake runs in its own task, cut at `handshake_timeout_secs`. An
+//!   established connection is read, framed and timed by the same `StreamReader` as a TCP
+//!   one, and written through its session. Requests to a TLS destination without a
+//!   connection open one (the peer's certificate checked against its pinning); a message
+//!   for a peer we may not connect to (a carrier without pinning) waits for nothing: it is
+//!   dropped and logged.
 //! - One timer task sleeps until [`Proxy::next_deadline`]; message handling wakes it when
 //!   a nearer deadline appears.
 //! - One task takes the store's reports of durable answer-time records

@@ -13,7 +13,7 @@
 //!   bytes, open or close a pinhole, block a source, store a record, log a line). Every
 //!   call flow of the system tests is also a unit test of the core.
 //! - [`driver`]: the I/O. One thread with a current-thread tokio runtime owns the UDP
-//!   sockets, the TCP listeners and connections, and the core; [`driver::SipHandle`] asks
+//!   sockets, the TCP and TLS listeners and connections, and the core; [`driver::SipHandle`] asks
 //!   it for calls and stats and swaps in a new config. Pinholes, blocks and records go out
 //!   over channels to the firewall and store components.
 //!

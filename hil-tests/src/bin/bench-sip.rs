@@ -82,7 +82,7 @@ use std::time::{Duration, Instant};
 
 use hil_tests::bench::{fail, median};
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
-use hil_tests::tls::{enrol, tls_route_config, SipPki, Stunnel, TLS_NUMBER, TLS_PORT};
+use hil_tests::tls::{enrol, through_stunnel, tls_route_config, SipPki, Stunnel, TLS_NUMBER};
 use hil_tests::{addr, Appliance, Host, Lab, Proc};
 
 const KAMAILIO_CFG: &str = include_str!("../../bench/kamailio.cfg");
@@ -450,11 +450,7 @@ fn trial(t: &Target<'_>, rate: u32, calls: u64, messages: bool) -> Trial {
     let uac = Sipp::uac(&t.lab.ns(Host::Carrier), &t.scenario.to_string_lossy())
         .local(addr::CARRIER_V4, 5060);
     let uac = if t.tls {
-        uac.transport(Transport::Tcp)
-            .remote(t.remote, TLS_PORT)
-            .arg("-rsa")
-            .arg(Stunnel::sipp_rsa())
-            .service(TLS_NUMBER)
+        through_stunnel(uac).service(TLS_NUMBER)
     } else {
         uac.remote(t.remote, 5060).service(NUMBER)
     };
@@ -1156,15 +1152,8 @@ fn main() {
         .peer_cert("pbx1", "IP:198.51.100.10")
         .unwrap_or_else(|e| fail("pki", e));
     let pbx_tls = |lab: &Lab| {
-        let pbx = std::net::IpAddr::V4(addr::PBX_V4);
-        Stunnel::server(
-            &lab.ns(Host::Pbx),
-            std::net::SocketAddr::new(pbx, TLS_PORT),
-            std::net::SocketAddr::new(pbx, 5060),
-            &pbx_id,
-            pki.lab.cert(),
-        )
-        .unwrap_or_else(|e| fail("stunnel (pbx)", e))
+        Stunnel::pbx(&lab.ns(Host::Pbx), &pki, addr::PBX_V4, &pbx_id)
+            .unwrap_or_else(|e| fail("stunnel (pbx)", e))
     };
     let carrier_tls = |lab: &Lab| {
         Stunnel::client(&lab.ns(Host::Carrier), &pki, None)

@@ -589,7 +589,7 @@ fn calls(lab: &Lab, a: &Appliance<'_>) -> usize {
 /// Enrols `a` for SIP over TLS and places one call over it. How many things went wrong.
 fn tls_call(lab: &Lab, a: &Appliance<'_>) -> usize {
     use hil_tests::sipp::{Sipp, Transport};
-    use hil_tests::tls::{enrol, SipPki, Stunnel, TLS_PORT};
+    use hil_tests::tls::{enrol, through_stunnel, SipPki, Stunnel};
     println!("\nSIP over TLS: `callgate sip tls csr`, the lab CA signs it, `callgate sip tls install-cert -`");
     let pki = match SipPki::new() {
         Ok(p) => p,
@@ -621,17 +621,13 @@ fn tls_call(lab: &Lab, a: &Appliance<'_>) -> usize {
         println!("  pbx did not start  <-- WRONG");
         return 1;
     };
-    let r = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
-        .local(addr::CARRIER_V4, 5060)
-        .remote(addr::A_WAN_V4, TLS_PORT)
-        .arg("-rsa")
-        .arg(Stunnel::sipp_rsa())
-        .transport(Transport::Tcp)
-        .service("+15550100008")
-        .caller("+14155550123", "Ada Lovelace")
-        .calls(1)
-        .duration(Duration::from_millis(300))
-        .run();
+    let r =
+        through_stunnel(Sipp::uac(&lab.ns(Host::Carrier), "uac.xml").local(addr::CARRIER_V4, 5060))
+            .service("+15550100008")
+            .caller("+14155550123", "Ada Lovelace")
+            .calls(1)
+            .duration(Duration::from_millis(300))
+            .run();
     let _ = callee.stop();
     let mut wrong = 0;
     match r {

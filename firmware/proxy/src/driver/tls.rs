@@ -60,14 +60,12 @@ pub(super) struct TlsServer {
     /// The destinations: they are server-authenticated only when they connect.
     destinations: (Vec<IpAddr>, Side),
     pub handshake_timeout: Duration,
-    pub cert: CertInfo,
 }
 
 impl std::fmt::Debug for TlsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsServer")
             .field("carriers", &self.carriers.len())
-            .field("cert", &self.cert)
             .finish()
     }
 }
@@ -77,7 +75,6 @@ impl TlsServer {
     /// key is unusable, a carrier's CA is).
     pub fn build(cfg: &Config, id: &TlsIdentity) -> Result<TlsServer, String> {
         let chain = callgate_pki::certificates(&id.chain_pem).map_err(|e| e.to_string())?;
-        let cert = callgate_pki::cert_info(&chain[0]).map_err(|e| e.to_string())?;
         let tls = &cfg.sip.tls;
         let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version() {
             TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -180,7 +177,6 @@ impl TlsServer {
                 },
             ),
             handshake_timeout: Duration::from_secs(u64::from(tls.handshake_timeout_secs())),
-            cert,
         })
     }
 
