@@ -1055,8 +1055,9 @@ impl<'lab> Subscriber<'lab> {
         }
     }
 
-    /// Whether `mosquitto_sub` is running. It exits by itself when its connection is lost
-    /// (the broker was stopped or killed): [`Subscriber::reconnect`] then.
+    /// Whether `mosquitto_sub` is running. It exits by itself when the broker closes its
+    /// connection, and mostly when the broker is killed; after a reset it may instead
+    /// retry every second. [`Subscriber::reconnect`] stops it first in either case.
     pub fn is_running(&self) -> bool {
         self.proc.as_ref().is_some_and(Proc::is_running)
     }
