@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use crate::error::{ParseError, Result};
 use crate::syntax::{
     find_param, is_token, is_token_char, parse_digits, parse_header_params, parse_hostport,
-    quoted_len, trim_lws, trim_lws_start, unquote, Host, Param,
+    quoted_len, trim_lws, trim_lws_start, unquote, Host, Params,
 };
 use crate::uri::{parse_uri, Uri};
 
@@ -135,7 +135,7 @@ pub struct NameAddr<'a> {
     /// Was the URI enclosed in `<>`?
     pub angle: bool,
     /// Header parameters (`;tag=...`, `;expires=...`, ...).
-    pub params: Vec<Param<'a>>,
+    pub params: Params<'a>,
 }
 
 impl<'a> NameAddr<'a> {
@@ -236,7 +236,7 @@ pub struct Via<'a> {
     /// sent-by port.
     pub port: Option<u16>,
     /// Parameters.
-    pub params: Vec<Param<'a>>,
+    pub params: Params<'a>,
 }
 
 impl<'a> Via<'a> {
@@ -366,18 +366,21 @@ pub fn parse_cseq(s: &str) -> Result<CSeq<'_>> {
 
 /// Parses a comma-separated token list (Require, Proxy-Require, Supported).
 pub fn parse_token_list(s: &str) -> Result<Vec<&str>> {
-    let mut out = Vec::new();
-    for item in s.split(',') {
-        let item = trim_lws(item);
-        if item.is_empty() {
-            continue;
-        }
-        if !is_token(item) {
-            return Err(ParseError::malformed("bad token in list"));
-        }
-        out.push(item);
-    }
-    Ok(out)
+    token_items(s).collect()
+}
+
+/// The items of a comma-separated token list, lazily (empty items skipped).
+pub(crate) fn token_items(s: &str) -> impl Iterator<Item = Result<&str>> {
+    s.split(',')
+        .map(trim_lws)
+        .filter(|i| !i.is_empty())
+        .map(|i| {
+            if is_token(i) {
+                Ok(i)
+            } else {
+                Err(ParseError::malformed("bad token in list"))
+            }
+        })
 }
 
 /// Checks `Content-Type: type/subtype *(;param)`; returns `type/subtype`.

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use crate::error::{ErrorKind, ParseError, Result};
 use crate::header::{
-    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_token_list, parse_via,
-    CSeq, HeaderName, NameAddr, Via,
+    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_via, token_items, CSeq,
+    HeaderName, NameAddr, Via,
 };
 use crate::syntax::{is_token, parse_digits, split_top, trim_lws};
 use crate::uri::{parse_uri, Uri};
@@ -78,14 +78,20 @@ impl<'a> Header<'a> {
 
     /// The value split at top-level commas (for list headers).
     pub fn values(&self) -> Result<Vec<&str>> {
-        if self.kind.is_list() {
-            Ok(split_top(&self.value, b',')?
-                .into_iter()
-                .map(trim_lws)
-                .collect())
+        self.each_value().collect()
+    }
+
+    /// [`Header::values`] lazily: no allocation. A non-list header has one value.
+    pub fn each_value(&self) -> impl Iterator<Item = Result<&str>> {
+        let (list, single) = if self.kind.is_list() {
+            (Some(split_top(&self.value, b',')), None)
         } else {
-            Ok(vec![trim_lws(&self.value)])
-        }
+            (None, Some(Ok(trim_lws(&self.value))))
+        };
+        list.into_iter()
+            .flatten()
+            .map(|v| v.map(trim_lws))
+            .chain(single)
     }
 
     fn write_to(&self, out: &mut Vec<u8>) {
@@ -499,11 +505,12 @@ impl<'a> Message<'a> {
 
     /// All values of a list header (split at commas), across header lines, in order.
     pub fn values(&self, kind: HeaderName) -> Result<Vec<&str>> {
-        let mut out = Vec::new();
-        for h in self.headers_named(kind) {
-            out.extend(h.values()?);
-        }
-        Ok(out)
+        self.each_value(kind).collect()
+    }
+
+    /// [`Message::values`] lazily: no allocation.
+    pub fn each_value(&self, kind: HeaderName) -> impl Iterator<Item = Result<&str>> {
+        self.headers_named(kind).flat_map(Header::each_value)
     }
 
     /// The value of a single-valued header; error if it appears more than once.
@@ -523,9 +530,8 @@ impl<'a> Message<'a> {
 
     /// All Via values, top first.
     pub fn vias(&self) -> Result<Vec<Via<'_>>> {
-        self.values(HeaderName::Via)?
-            .into_iter()
-            .map(parse_via)
+        self.each_value(HeaderName::Via)
+            .map(|v| v.and_then(parse_via))
             .collect()
     }
 
@@ -535,8 +541,13 @@ impl<'a> Message<'a> {
             .headers_named(HeaderName::Via)
             .next()
             .ok_or(ParseError::malformed("no Via"))?;
-        let values = first.values()?;
-        parse_via(values.first().copied().unwrap_or(""))
+        // The whole first line must split (as `vias` would), its first value is the top.
+        let mut values = first.each_value();
+        let top = values.next().transpose()?.unwrap_or("");
+        for v in values {
+            v?;
+        }
+        parse_via(top)
     }
 
     /// From.
@@ -574,9 +585,8 @@ impl<'a> Message<'a> {
     }
 
     fn name_addrs(&self, kind: HeaderName) -> Result<Vec<NameAddr<'_>>> {
-        self.values(kind)?
-            .into_iter()
-            .map(parse_name_addr)
+        self.each_value(kind)
+            .map(|v| v.and_then(parse_name_addr))
             .collect()
     }
 
@@ -644,11 +654,9 @@ impl<'a> Message<'a> {
     }
 
     fn token_list(&self, kind: HeaderName) -> Result<Vec<&str>> {
-        let mut out = Vec::new();
-        for h in self.headers_named(kind) {
-            out.extend(parse_token_list(&h.value)?);
-        }
-        Ok(out)
+        self.headers_named(kind)
+            .flat_map(|h| token_items(&h.value))
+            .collect()
     }
 
     /// Expires in seconds; values above 2**32-1 saturate (RFC 3261 §20.19 only
@@ -664,40 +672,150 @@ impl<'a> Message<'a> {
     /// every typed header parses, CSeq method matches, Request-URI carries no
     /// headers, Date is GMT, counts within `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        for kind in [
-            HeaderName::From,
-            HeaderName::To,
-            HeaderName::CallId,
-            HeaderName::CSeq,
-            HeaderName::MaxForwards,
-            HeaderName::ContentType,
-            HeaderName::ContentLength,
-            HeaderName::Expires,
-            HeaderName::Date,
-        ] {
-            self.single(kind)?;
+        // One pass over the headers, each typed value parsed once and nothing allocated;
+        // the first error of each check is kept and reported in the order below (the
+        // order of the checks decides the status code of a message with several faults).
+        let mut v = Validation::default();
+        for h in &self.headers {
+            let value = trim_lws(&h.value);
+            let slot = match h.kind {
+                HeaderName::From => Single::From,
+                HeaderName::To => Single::To,
+                HeaderName::CallId => Single::CallId,
+                HeaderName::CSeq => Single::CSeq,
+                HeaderName::MaxForwards => Single::MaxForwards,
+                HeaderName::ContentType => Single::ContentType,
+                HeaderName::ContentLength => Single::ContentLength,
+                HeaderName::Expires => Single::Expires,
+                HeaderName::Date => Single::Date,
+                HeaderName::Via => {
+                    for item in h.each_value() {
+                        v.vias += 1;
+                        keep(&mut v.via, item.and_then(parse_via).map(drop));
+                    }
+                    continue;
+                }
+                HeaderName::Route | HeaderName::RecordRoute => {
+                    let route = h.kind == HeaderName::Route;
+                    for item in h.each_value() {
+                        let r =
+                            item.and_then(parse_name_addr)
+                                .and_then(|n| match (n.angle, route) {
+                                    (true, _) => Ok(()),
+                                    (false, true) => {
+                                        Err(ParseError::malformed("Route must be name-addr"))
+                                    }
+                                    (false, false) => {
+                                        Err(ParseError::malformed("Record-Route must be name-addr"))
+                                    }
+                                });
+                        keep(
+                            if route {
+                                &mut v.route
+                            } else {
+                                &mut v.record_route
+                            },
+                            r,
+                        );
+                    }
+                    continue;
+                }
+                HeaderName::Contact => {
+                    for item in h.each_value() {
+                        v.contacts += 1;
+                        match item {
+                            // A wildcard is fine only as the one Contact value.
+                            Ok("*") if v.contact_star.is_none() => {
+                                v.contact_star = Some((v.contacts, parse_name_addr("*").map(drop)));
+                            }
+                            other => {
+                                let r = other.and_then(parse_name_addr).map(drop);
+                                if v.contact.is_none() {
+                                    if let Err(e) = r {
+                                        v.contact = Some((v.contacts, e));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                HeaderName::Require => {
+                    keep(
+                        &mut v.require,
+                        token_items(&h.value).try_for_each(|t| t.map(drop)),
+                    );
+                    continue;
+                }
+                HeaderName::ProxyRequire => {
+                    let r = token_items(&h.value).try_for_each(|t| t.map(drop));
+                    keep(&mut v.proxy_require, r);
+                    continue;
+                }
+                HeaderName::Supported => {
+                    keep(
+                        &mut v.supported,
+                        token_items(&h.value).try_for_each(|t| t.map(drop)),
+                    );
+                    continue;
+                }
+                _ => continue,
+            };
+            let i = slot as usize;
+            if let Some(n) = v.singles.get_mut(i) {
+                *n = n.saturating_add(1);
+            }
+            if let Some(first) = v.single_values.get_mut(i) {
+                first.get_or_insert(value);
+            }
         }
-        let vias = self.vias()?;
-        if vias.is_empty() {
+        if v.singles.iter().any(|&n| n > 1) {
+            return Err(ParseError::malformed("single-valued header repeated"));
+        }
+        if let Some(e) = v.via {
+            return Err(e);
+        }
+        if v.vias == 0 {
             return Err(ParseError::malformed("no Via"));
         }
-        if vias.len() > limits.max_vias {
+        if v.vias > limits.max_vias {
             return Err(ParseError::new(ErrorKind::TooLarge, "too many Via values"));
         }
-        self.from()?;
-        self.to()?;
-        self.call_id()?;
-        let cseq = self.cseq()?;
-        self.max_forwards()?;
-        self.routes()?;
-        self.record_routes()?;
-        self.contacts()?;
-        self.content_type()?;
-        self.require()?;
-        self.proxy_require()?;
-        self.supported()?;
-        self.expires()?;
-        if let Some(d) = self.single(HeaderName::Date)? {
+        let missing = ParseError::malformed("mandatory header missing");
+        let single = |s: Single| v.single_values.get(s as usize).copied().flatten();
+        parse_name_addr(single(Single::From).ok_or(missing)?)?;
+        parse_name_addr(single(Single::To).ok_or(missing)?)?;
+        let call_id = single(Single::CallId).ok_or(missing)?;
+        if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(ParseError::malformed("bad Call-ID"));
+        }
+        let cseq = parse_cseq(single(Single::CSeq).ok_or(missing)?)?;
+        if let Some(mf) = single(Single::MaxForwards) {
+            parse_digits::<u8>(mf)?.ok_or(ParseError::malformed("Max-Forwards above 255"))?;
+        }
+        if let Some(e) = v.route.or(v.record_route) {
+            return Err(e);
+        }
+        let star_alone = v.contacts == 1 && v.contact_star.is_some();
+        let star = v.contact_star.filter(|_| !star_alone);
+        let contact = match (v.contact, star) {
+            (Some((i, e)), Some((j, Err(s)))) => Some(if j < i { s } else { e }),
+            (Some((_, e)), _) | (None, Some((_, Err(e)))) => Some(e),
+            _ => None,
+        };
+        if let Some(e) = contact {
+            return Err(e);
+        }
+        if let Some(ct) = single(Single::ContentType) {
+            parse_media_type(ct)?;
+        }
+        if let Some(e) = v.require.or(v.proxy_require).or(v.supported) {
+            return Err(e);
+        }
+        if let Some(ex) = single(Single::Expires) {
+            parse_digits::<u32>(ex)?;
+        }
+        if let Some(d) = single(Single::Date) {
             check_sip_date(d)?;
         }
         if let StartLine::Request(r) = &self.start {
@@ -945,6 +1063,46 @@ impl<'a> Message<'a> {
             blank: "\r\n",
             body: Cow::Borrowed(&[]),
         })
+    }
+}
+
+/// The single-valued headers [`Message::validate`] counts.
+#[derive(Clone, Copy)]
+enum Single {
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    ContentType,
+    ContentLength,
+    Expires,
+    Date,
+}
+
+/// What one pass of [`Message::validate`] found: counts, first values, first errors.
+#[derive(Default)]
+struct Validation<'m> {
+    singles: [u8; 9],
+    single_values: [Option<&'m str>; 9],
+    vias: usize,
+    via: Option<ParseError>,
+    route: Option<ParseError>,
+    record_route: Option<ParseError>,
+    /// Contact values seen; the first failing one (its position, its error).
+    contacts: usize,
+    contact: Option<(usize, ParseError)>,
+    /// The first `*` value: its position and what parsing it as a name-addr gives.
+    contact_star: Option<(usize, Result<()>)>,
+    require: Option<ParseError>,
+    proxy_require: Option<ParseError>,
+    supported: Option<ParseError>,
+}
+
+/// Keeps the first error of a check.
+fn keep(first: &mut Option<ParseError>, r: Result<()>) {
+    if let (None, Err(e)) = (&*first, r) {
+        *first = Some(e);
     }
 }
 

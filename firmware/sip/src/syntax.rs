@@ -121,32 +121,60 @@ pub fn unquote(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Splits `s` at `delim` occurring outside quoted strings and `<...>`.
-pub(crate) fn split_top(s: &str, delim: u8) -> Result<Vec<&str>> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    let mut in_angle = false;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'"' if !in_angle => {
-                let rest = s.get(i..).unwrap_or("");
-                i += quoted_len(rest)?;
-                continue;
-            }
-            b'<' => in_angle = true,
-            b'>' => in_angle = false,
-            c if c == delim && !in_angle => {
-                out.push(s.get(start..i).unwrap_or(""));
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
+/// Splits `s` at `delim` outside quoted strings and `<...>`, lazily (no allocation):
+/// each piece as written. An unterminated quoted string is an error, yielded once
+/// in place of the piece holding it; the iterator ends after it.
+pub(crate) fn split_top(s: &str, delim: u8) -> SplitTop<'_> {
+    SplitTop {
+        s,
+        start: Some(0),
+        delim,
     }
-    out.push(s.get(start..).unwrap_or(""));
-    Ok(out)
+}
+
+/// The iterator of [`split_top`].
+pub(crate) struct SplitTop<'a> {
+    s: &'a str,
+    /// Where the next piece starts; `None` once done.
+    start: Option<usize>,
+    delim: u8,
+}
+
+impl<'a> Iterator for SplitTop<'a> {
+    type Item = Result<&'a str>;
+
+    fn next(&mut self) -> Option<Result<&'a str>> {
+        let start = self.start?;
+        let s = self.s;
+        let b = s.as_bytes();
+        let mut i = start;
+        let mut in_angle = false;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'"' if !in_angle => {
+                    let rest = s.get(i..).unwrap_or("");
+                    match quoted_len(rest) {
+                        Ok(n) => i += n,
+                        Err(e) => {
+                            self.start = None;
+                            return Some(Err(e));
+                        }
+                    }
+                    continue;
+                }
+                b'<' => in_angle = true,
+                b'>' => in_angle = false,
+                c if c == self.delim && !in_angle => {
+                    self.start = Some(i + 1);
+                    return Some(Ok(s.get(start..i).unwrap_or("")));
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        self.start = None;
+        Some(Ok(s.get(start..).unwrap_or("")))
+    }
 }
 
 /// A host: an IP address or a domain name.
@@ -257,6 +285,10 @@ pub struct Param<'a> {
     pub value: Option<&'a str>,
 }
 
+/// The parameters of one URI or header value: four fit inline (no allocation per
+/// parsed Via, name-addr or URI on the hot path), more spill to the heap.
+pub type Params<'a> = smallvec::SmallVec<[Param<'a>; 4]>;
+
 /// Finds a parameter by case-insensitive name.
 pub(crate) fn find_param<'p, 'a>(params: &'p [Param<'a>], name: &str) -> Option<&'p Param<'a>> {
     params.iter().find(|p| p.name.eq_ignore_ascii_case(name))
@@ -264,8 +296,8 @@ pub(crate) fn find_param<'p, 'a>(params: &'p [Param<'a>], name: &str) -> Option<
 
 /// Parses header parameters: `*( SEMI generic-param )` with LWS allowed around
 /// `;` and `=`. `s` is what follows the main value.
-pub(crate) fn parse_header_params(s: &str) -> Result<Vec<Param<'_>>> {
-    let mut out = Vec::new();
+pub(crate) fn parse_header_params(s: &str) -> Result<Params<'_>> {
+    let mut out = Params::new();
     let mut rest = trim_lws(s);
     while !rest.is_empty() {
         rest = rest

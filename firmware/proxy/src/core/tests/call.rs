@@ -46,6 +46,7 @@ fn basic_call_answered_then_caller_hangs_up() {
     assert_eq!(m.from().unwrap().tag(), Some("ftag-caller"));
     assert!(out.records().is_empty());
     assert!(out.pinholes().is_empty());
+    drop(vias);
     drop(m);
 
     // 180 Ringing upstream, our Via removed.
