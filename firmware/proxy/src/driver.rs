@@ -939,6 +939,30 @@ fn unregister(sh: &Shared, id: ConnId, peer: SocketAddr, dir: Dir, why: Close) {
     sh.tcp.borrow_mut().closed(dir, why);
 }
 
+/// At most this much of a connection's queue goes out in one write (one TLS record holds
+/// 16 KiB of it).
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// Whether more than `first` is queued: then `buf` holds `first` and whatever else is
+/// queued already, up to [`WRITE_BATCH`], to go out as one write. Under load a connection
+/// carries many calls, and one `sendmsg` (over TLS, one record and one seal) for a burst
+/// costs less than one per message. A lone message is written as it is, not copied.
+fn gather(first: &[u8], q: &mut mpsc::Receiver<Payload>, buf: &mut Vec<u8>) -> bool {
+    let Ok(next) = q.try_recv() else {
+        return false;
+    };
+    buf.clear();
+    buf.extend_from_slice(first);
+    buf.extend_from_slice(&next);
+    while buf.len() < WRITE_BATCH {
+        match q.try_recv() {
+            Ok(b) => buf.extend_from_slice(&b),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// Runs a registered connection: a writer task drains its queue, this task reads and frames
 /// until the peer closes or the connection is cut (see the module docs).
 async fn serve(
@@ -952,8 +976,14 @@ async fn serve(
 ) {
     let (rd, mut wr) = stream.into_split();
     let mut writer = tokio::task::spawn_local(async move {
+        let mut buf = Vec::new();
         while let Some(b) = q_rx.recv().await {
-            match tokio::time::timeout(WRITE_STALL, wr.write_all(&b)).await {
+            let bytes = if gather(&b, &mut q_rx, &mut buf) {
+                &buf[..]
+            } else {
+                &b[..]
+            };
+            match tokio::time::timeout(WRITE_STALL, wr.write_all(bytes)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Close::Peer,
                 Err(_) => return Close::WriteStalled,
@@ -1320,9 +1350,15 @@ async fn serve_tls<S>(
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut writer = tokio::task::spawn_local(async move {
+        let mut buf = Vec::new();
         while let Some(b) = q_rx.recv().await {
+            let bytes = if gather(&b, &mut q_rx, &mut buf) {
+                &buf[..]
+            } else {
+                &b[..]
+            };
             let write = async {
-                wr.write_all(&b).await?;
+                wr.write_all(bytes).await?;
                 wr.flush().await
             };
             match tokio::time::timeout(WRITE_STALL, write).await {
