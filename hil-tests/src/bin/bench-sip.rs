@@ -53,7 +53,15 @@
 //!   for (a warning is printed when they differ). Everything the daemon
 //!   does for a held dialog is counted: the proxy's call state, the pinholes, the
 //!   answer-time record (sealed into the store's file of calls in progress). Kamailio's is
-//!   not measured.
+//!   not measured. In these runs every call offers the same media ports, so the held
+//!   dialogs share their pinholes.
+//! - `kernel_bytes_per_dialog`: one more such run on a fresh daemon, with a media port of
+//!   its own for each call on both sides (sipp's `[auto_media_port]`: 2,500 distinct ports
+//!   per side, so 10,000 dialogs hold 2,500 pinhole pairs), reading the growth of the kernel
+//!   slab caches that hold conntrack entries (`nf_conntrack`) and nft set elements
+//!   (`kmalloc-cg-*`) from `/proc/slabinfo`, per dialog the daemon holds: the pinholes and
+//!   conntrack entries live there, outside VmRSS. The same run's VmRSS growth is
+//!   `bytes_per_dialog_per_call_media`.
 //!
 //! - `user_us_per_call`, `kamailio_user_us_per_call`: the utime part of the CPU figures (the
 //!   proxy's own work, records and pinholes included), same runs; `user_x_vs_kamailio` and
@@ -87,6 +95,7 @@ use hil_tests::{addr, Appliance, Host, Lab, Proc};
 
 const KAMAILIO_CFG: &str = include_str!("../../bench/kamailio.cfg");
 const UAC_XML: &str = include_str!("../../scenarios/uac.xml");
+const UAS_XML: &str = include_str!("../../scenarios/uas.xml");
 const KAMAILIO: &str = "/usr/sbin/kamailio";
 /// A tracking number of the lab config's first route (sip:198.51.100.10:5060 first).
 const NUMBER: &str = "+15550100007";
@@ -335,7 +344,16 @@ impl Trial {
 }
 
 fn spawn_uas<'lab>(lab: &'lab Lab, timeout: Duration, tls: bool) -> SippHandle<'lab> {
-    let uas = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+    spawn_uas_with(lab, timeout, tls, "uas.xml")
+}
+
+fn spawn_uas_with<'lab>(
+    lab: &'lab Lab,
+    timeout: Duration,
+    tls: bool,
+    scenario: &str,
+) -> SippHandle<'lab> {
+    let uas = Sipp::uas(&lab.ns(Host::Pbx), scenario)
         .local(addr::PBX_V4, 5060)
         .transport(if tls { Transport::Tcp } else { Transport::Udp })
         .timeout(timeout)
@@ -680,20 +698,55 @@ fn active_calls(a: &Appliance<'_>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes held in the kernel slab caches where a held dialog's kernel state lives:
+/// conntrack entries (`nf_conntrack`) and nft set elements (the pinholes: allocated with
+/// memory-cgroup accounting, so in the `kmalloc-cg-*` caches), from `/proc/slabinfo`
+/// (active objects x object size). System-wide: the benchmark runs alone.
+fn slab_bytes() -> Option<u64> {
+    let s = fs::read_to_string("/proc/slabinfo").ok()?;
+    let mut total = 0u64;
+    for l in s.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(name), Some(active), Some(_), Some(size)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if name == "nf_conntrack" || name.starts_with("kmalloc-cg-") {
+            if let (Ok(n), Ok(sz)) = (active.parse::<u64>(), size.parse::<u64>()) {
+                total += n * sz;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// What one memory run measured, per dialog the daemon holds at the sample.
+#[derive(Debug, Clone, Copy)]
+struct MemRun {
+    /// VmRSS growth.
+    rss: f64,
+    /// Growth of the conntrack and nft-set-element slab caches ([`slab_bytes`]).
+    kernel: f64,
+}
+
 /// bytes_per_dialog on a fresh daemon: warm-up, VmRSS, `o.dialogs` dialogs held open,
-/// VmRSS again, divided by the dialogs the daemon says it holds at the sample.
-fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
+/// VmRSS again, divided by the dialogs the daemon says it holds at the sample. The kernel
+/// slab growth is sampled alongside. `uas` is the callee's scenario (per-call media ports
+/// or not).
+fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts, uas: &str) -> MemRun {
     let warm = trial(t, 500, 1000, false);
     if !warm.pass() {
         fail("callgate warm-up", "calls failed at 500 cps");
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = vm_rss(pid).unwrap_or_else(|| fail("VmRSS", "unreadable"));
+    let slab_before = slab_bytes().unwrap_or_else(|| fail("slabinfo", "unreadable"));
     let rate = 1000u32;
     let ramp = o.dialogs as f64 / f64::from(rate);
     let hold = Duration::from_secs_f64(ramp + 8.0);
     let limit = Duration::from_secs_f64(ramp * 2.0 + hold.as_secs_f64() + 30.0);
-    let uas = spawn_uas(t.lab, limit + Duration::from_secs(10), false);
+    let uas = spawn_uas_with(t.lab, limit + Duration::from_secs(10), false, uas);
     let uac = Sipp::uac(&t.lab.ns(Host::Carrier), &t.scenario.to_string_lossy())
         .local(addr::CARRIER_V4, 5060)
         .remote(t.remote, 5060)
@@ -724,6 +777,7 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
         })
         .max()
         .unwrap_or(0);
+    let slab_with = slab_bytes().unwrap_or(0);
     let up_at_sample = active_calls(a);
     let snap = uac.snapshot().ok();
     let r = uac.wait(limit).unwrap_or_else(|e| fail("uac", e));
@@ -749,8 +803,18 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts) -> f64 {
             o.dialogs
         );
     }
+    eprintln!(
+        "callgate memory: kernel slabs (nf_conntrack, kmalloc-cg-*) {:.1} MiB before, {:.1} MiB \
+         with the dialogs up",
+        slab_before as f64 / 1048576.0,
+        slab_with as f64 / 1048576.0
+    );
     // Divided by what the daemon holds, not by what was aimed for.
-    (with as f64 - before as f64) / up_at_sample.max(1) as f64
+    let held = up_at_sample.max(1) as f64;
+    MemRun {
+        rss: (with as f64 - before as f64) / held,
+        kernel: (slab_with as f64 - slab_before as f64) / held,
+    }
 }
 
 /// Starts Kamailio in `lab`'s namespace A; returns it and its main pid.
@@ -947,7 +1011,23 @@ fn main() {
     if !xml.contains("start_rtd=\"1\"") || !xml.contains(" rtd=\"1\"") {
         fail("scenario", "uac.xml changed: cannot place the RTD markers");
     }
-    fs::write(&scenario, xml).unwrap_or_else(|e| fail("scenario", e));
+    fs::write(&scenario, &xml).unwrap_or_else(|e| fail("scenario", e));
+    // Both sides with a media port per call (`[auto_media_port]` steps through 10,000
+    // ports from sipp's media port: 2,500 calls before a port comes round again).
+    let (media_uac, media_uas) = (
+        tmp.path().join("uac_media.xml"),
+        tmp.path().join("uas_media.xml"),
+    );
+    for (path, text) in [(&media_uac, xml.as_str()), (&media_uas, UAS_XML)] {
+        if !text.contains("[media_port]") {
+            fail(
+                "scenario",
+                "uac.xml/uas.xml changed: no [media_port] to vary",
+            );
+        }
+        fs::write(path, text.replace("[media_port]", "[auto_media_port]"))
+            .unwrap_or_else(|e| fail("scenario", e));
+    }
     eprintln!(
         "bench sip{}: uac.xml/uas.xml over UDP, carrier -> A -> pbx, no hold time; pass = \
          < {}% failed calls; {} s per trial, median of {}; callgated from {}",
@@ -1003,9 +1083,22 @@ fn main() {
     let mut mem_runs = Vec::new();
     for _ in 0..o.mem_reps {
         let (appliance, pid, t) = fresh_callgate();
-        mem_runs.push(memory(&t, &appliance, pid, &o));
+        mem_runs.push(memory(&t, &appliance, pid, &o, "uas.xml").rss);
     }
     let bytes_per_dialog = median(mem_runs.clone());
+    // Once more with a media port of its own for each call on both sides (sipp's
+    // `[auto_media_port]`), so that held dialogs hold pinholes and conntrack entries of
+    // their own: the kernel's share per dialog, and the daemon's with them.
+    let own_media = {
+        let (appliance, pid, mut t) = fresh_callgate();
+        t.scenario = &media_uac;
+        memory(&t, &appliance, pid, &o, &media_uas.to_string_lossy())
+    };
+    eprintln!(
+        "callgate memory with per-call media ports: {:.0} B of VmRSS and {:.0} B of kernel \
+         slabs per dialog",
+        own_media.rss, own_media.kernel
+    );
     eprintln!(
         "callgate memory: bytes per dialog on {} fresh daemons: {:?}, median {bytes_per_dialog:.0}",
         mem_runs.len(),
@@ -1225,6 +1318,7 @@ fn main() {
         "BENCH sip cps={cps} kamailio_cps={k_cps} cps_x_vs_kamailio={:.2} \
          cpu_us_per_call={cpu_us:.1} kamailio_cpu_us_per_call={k_cpu_us:.1} \
          cpu_x_vs_kamailio={:.2} setup_p99_ms={p99:.2} bytes_per_dialog={bytes_per_dialog:.0} \
+         kernel_bytes_per_dialog={:.0} bytes_per_dialog_per_call_media={:.0} \
          sipp_ceiling_cps={ceiling} kamailio_setup_p99_ms={k_p99:.2} \
          bytes_per_dialog_runs={} sipp_setup_p99_ms={d_p99:.2} cpu_rate_cps={cpu_rate} \
          kernel_us_per_call={sys_us:.1} kamailio_kernel_us_per_call={k_sys_us:.1} \
@@ -1236,6 +1330,8 @@ fn main() {
          kamailio_children_tried={} callgate_threads={threads} quick={}",
         f64::from(cps) / f64::from(k_cps.max(1)),
         cpu_us / k_cpu_us,
+        own_media.kernel,
+        own_media.rss,
         mem_runs
             .iter()
             .map(|b| format!("{b:.0}"))
