@@ -77,7 +77,6 @@ mod msgs;
 mod rng;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::core::{Proxy, Settings};
@@ -130,8 +129,9 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
-/// Bytes to put on the wire, shared with the transaction layer's retransmissions.
-pub type Payload = Arc<[u8]>;
+/// Bytes to put on the wire, shared with the transaction layer's retransmissions. A
+/// serialized message (`Vec<u8>`) becomes one without a copy.
+pub type Payload = bytes::Bytes;
 
 /// Something the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]

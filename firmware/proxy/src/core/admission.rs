@@ -282,7 +282,7 @@ impl Proxy {
             call_id: call_id.clone().into(),
             from_tag: from_tag.into(),
             setup: Some(Box::new(Setup {
-                invite: Payload::from(bytes),
+                invite: Payload::copy_from_slice(bytes),
                 forwarded: None,
                 dests,
                 attempt: 0,
