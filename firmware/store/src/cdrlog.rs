@@ -17,7 +17,9 @@
 //!
 //! ## Durability
 //! Writers append under [`CdrLog::append`]'s lock (the one `pwrite`, never an fsync), then
-//! put the pointers into sled. Before each group commit's `sled::Db::flush`, the writer
+//! put the pointers into sled. A segment is extended by zeros a MiB ahead of its entries
+//! ([`GROW_BYTES`]), so most appends overwrite allocated blocks and their sync commits no
+//! metadata. Before each group commit's `sled::Db::flush`, the writer
 //! thread calls [`CdrLog::sync`]: it `fdatasync`s every segment written since the last
 //! sync, and the directory when a segment was created, so the bytes of every record in the
 //! group are durable before any pointer to them can be made durable by that flush. After a
@@ -28,7 +30,8 @@
 //! At open ([`CdrLog::recover`], once sled's state is durable), the live records per
 //! segment are counted from the pointers; the last segment is truncated to the end of the
 //! last entry a pointer references (what follows was never acknowledged: a torn or
-//! unfinished append, or records since removed) and new appends go after it; other
+//! unfinished append, zeros written ahead, or records since removed) and new appends go
+//! after it; other
 //! segments without a live record are deleted.
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +51,12 @@ use arc_swap::ArcSwap;
 pub(crate) const DIR: &str = "cdr-log";
 /// The size past which a segment is rolled.
 pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment grows by zeros written ahead of its entries, this much at a time (capped at
+/// the segment size): appends then overwrite allocated blocks, and their `fdatasync` has
+/// no file size or block allocation to commit (one journal commit per MiB instead of one
+/// per group commit).
+const GROW_BYTES: u64 = 1 << 20;
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// Bytes of an entry's header.
 const HEADER: usize = 16;
 const ENTRY_MAGIC: [u8; 4] = *b"CGl1";
@@ -110,6 +119,8 @@ struct Tail {
     file: Arc<File>,
     /// Where the next entry goes.
     end: u64,
+    /// The segment's length: zeros from `end` on.
+    allocated: u64,
     /// Segments written since the last [`CdrLog::sync`], and whether one was created.
     dirty: Vec<Arc<File>>,
     created: bool,
@@ -192,6 +203,7 @@ impl CdrLog {
                 segment,
                 file,
                 end,
+                allocated: end,
                 dirty: Vec::new(),
                 created: false,
                 live: HashMap::new(),
@@ -231,6 +243,7 @@ impl CdrLog {
             tail.file.set_len(keep).map_err(io)?;
             tail.file.sync_all().map_err(io)?;
             tail.end = keep;
+            tail.allocated = keep;
         }
         let current = tail.segment;
         let dead: Vec<u32> = self
@@ -294,6 +307,21 @@ impl CdrLog {
         if buf.is_empty() {
             return Ok(());
         }
+        let needed = start + buf.len() as u64;
+        if needed > tail.allocated {
+            let grown = needed
+                .div_ceil(GROW_BYTES)
+                .saturating_mul(GROW_BYTES)
+                .min(self.segment_bytes.max(needed));
+            let mut at = tail.allocated;
+            while at < grown {
+                let n = (grown - at).min(ZEROS.len() as u64) as usize;
+                tail.file
+                    .write_all_at(ZEROS.get(..n).unwrap_or_default(), at)?;
+                at += n as u64;
+            }
+            tail.allocated = grown;
+        }
         tail.file.write_all_at(buf, start)?;
         tail.end = start + buf.len() as u64;
         if !tail.dirty.iter().any(|f| Arc::ptr_eq(f, &tail.file)) {
@@ -327,6 +355,7 @@ impl CdrLog {
         tail.segment = n;
         tail.file = file;
         tail.end = 0;
+        tail.allocated = 0;
         tail.created = true;
         Ok(())
     }

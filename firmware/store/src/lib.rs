@@ -95,10 +95,12 @@
 //! it) on top of sled's inserts of three small entries and the group commit;
 //! `scripts/bench store` compares against plain sled with the same commit path.
 //! `bench-store batch` (`put_cdrs` batches of 64 ~1 KiB CDRs from one thread, on 2 cores
-//! shared with other builds, three alternating runs each): with the sealed CDRs as sled
-//! values the writing thread spent 25.7–30.5 µs of CPU per record (36.6–43.8 µs for the
-//! whole process); with the log, 22.8–26.5 µs (31.2–37.8 µs). What is left is mostly
-//! sealing (~12% of the thread's time) and sled's inserts into `outbox` and
+//! shared with other builds, five alternating runs each, medians): with the sealed CDRs as
+//! sled values the writing thread spent 30.0 µs of CPU per record (44.1 µs for the whole
+//! process) at 23.3k records/s; with the log, 23.2 µs (32.2 µs) at 27.1k records/s. The
+//! segments' zeros written ahead matter for the rate: without them the sync of a growing
+//! file cost a journal commit per group and the rate fell below the old one. What is left
+//! is mostly sealing (~12% of the thread's time) and sled's inserts into `outbox` and
 //! `cdrs_by_subject` (random keys: leaf splits and copies).
 //!
 //! ## Current limitations
