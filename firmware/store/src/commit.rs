@@ -16,7 +16,9 @@
 //! the log grows) nor flushes the disk's write cache, and it never syncs its blob files
 //! (where it puts log messages over ~128 KiB, e.g. a large config text). So after each
 //! flush the writer also `fdatasync`s the log file and every blob file it has not synced
-//! yet. [`GroupCommit`] is public so the benchmark's plain-sled anchor commits through the
+//! yet. Before the flush, it makes the call-record log's appends durable (the `cdrlog`
+//! module): a pointer in sled must not be durable before the bytes it points to.
+//! [`GroupCommit`] is public so the benchmark's plain-sled anchor commits through the
 //! very same path.
 
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::cdrlog::CdrLog;
 
 /// One write. A request's ops are applied in order.
 pub enum Op {
@@ -127,13 +131,23 @@ impl Drop for Intent<'_> {
 impl GroupCommit {
     /// Starts the writer for `db`, whose files live in `dir`.
     pub fn start(db: sled::Db, dir: &Path) -> io::Result<GroupCommit> {
+        GroupCommit::start_with_log(db, dir, None)
+    }
+
+    /// [`GroupCommit::start`], and each group also makes `cdr_log`'s appends durable before
+    /// the flush of sled (and deletes its empty segments after it).
+    pub(crate) fn start_with_log(
+        db: sled::Db,
+        dir: &Path,
+        cdr_log: Option<Arc<CdrLog>>,
+    ) -> io::Result<GroupCommit> {
         let mut durable = DurableFiles::open(dir)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let pending = Arc::new(AtomicUsize::new(0));
         let writer_pending = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(db, &mut durable, rx, &writer_pending))?;
+            .spawn(move || writer(db, cdr_log.as_deref(), &mut durable, rx, &writer_pending))?;
         Ok(GroupCommit {
             tx: Some(tx),
             thread: Some(thread),
@@ -218,6 +232,7 @@ pub const GATHER: Duration = Duration::from_micros(200);
 
 fn writer(
     db: sled::Db,
+    cdr_log: Option<&CdrLog>,
     durable: &mut DurableFiles,
     rx: mpsc::Receiver<Request>,
     pending: &AtomicUsize,
@@ -247,16 +262,30 @@ fn writer(
         for req in group {
             acks.push((req.ack, apply(req.ops)));
         }
-        // One flush covers every write above (and any write other threads made to the same
-        // db before it: sled flushes up to the highest reserved log position).
-        let flushed = db
-            .flush()
-            .map_err(CommitError::Flush)
-            .and_then(|_| durable.sync())
+        // The call-record log first: a pointer in sled must never be durable before the
+        // bytes it points to. Then one flush covers every write above (and any write other
+        // threads made to the same db before it: sled flushes up to the highest reserved log
+        // position).
+        let flushed = cdr_log
+            .map_or(Ok(Vec::new()), CdrLog::sync)
+            .and_then(|empty| {
+                db.flush().map_err(CommitError::Flush)?;
+                durable.sync()?;
+                Ok(empty)
+            })
             .map_err(Arc::new);
-        if let Err(e) = &flushed {
-            log::error!("store commit failed: {}", crate::error_chain(e.as_ref()));
-        }
+        let flushed = match flushed {
+            Ok(empty) => {
+                if let Some(Err(e)) = cdr_log.map(|l| l.drop_segments(&empty)) {
+                    log::warn!("store: an empty call-record log segment not deleted: {e}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("store commit failed: {}", crate::error_chain(e.as_ref()));
+                Err(e)
+            }
+        };
         groups += 1;
         writes += acks.len() as u64;
         for (ack, applied) in acks {

@@ -1,14 +1,15 @@
 //! # callgate-store
 //!
 //! The appliance's records — CDRs, audit, config history, console sessions — encrypted
-//! before they reach the disk, on [`sled`] 0.34.
+//! before they reach the disk, on [`sled`] 0.34, with the sealed CDRs themselves in an
+//! append-only log of segment files beside it.
 //!
 //! ## Design
 //! - One sled database in the data directory with these trees:
 //!
 //!   | tree | key | value |
 //!   |---|---|---|
-//!   | `cdrs` | id, u64 big-endian (a sequence: time-ordered) | sealed CDR (PII sealed again inside) |
+//!   | `cdrs` | id, u64 big-endian (a sequence: time-ordered) | pointer into the call-record log, 16 bytes: `PL 1 0`, segment, offset, length (u32 BE each); in a store written before the log, the sealed CDR itself (PII sealed again inside) |
 //!   | `audit` | id, u64 BE (append-only) | sealed [`AuditEntry`] |
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
@@ -19,9 +20,20 @@
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
 //!
-//!   Beside it, the file `open-cdrs` holds the answer-time records of calls in progress
-//!   ([`Store::put_open_cdrs`], the `open` module): sealed exactly as in `cdrs`, moved
-//!   into `cdrs` at the next open if their call's final record never came.
+//!   Beside it, the call-record log `cdr-log/<segment>.seg` (the `cdrlog` module) holds
+//!   the sealed CDRs the `cdrs` tree points to: append-only segment files numbered from 1,
+//!   rolled at 64 MiB; each entry a 16-byte header (magic `CGl1`, length, CDR id) and the
+//!   sealed CDR. A read checks the header against the pointer and the id, so a pointer to
+//!   the wrong bytes, a torn or damaged entry is [`StoreError::Corrupt`] for that record
+//!   alone. A write of a record already stored appends a new entry and moves the pointer;
+//!   [`Store::remove_cdr`] removes the pointer. Each segment's live records are counted
+//!   (from the pointers at open, then by every write and removal); a segment left without
+//!   any is deleted, except the one being written. sled's copy-on-write leaves then hold
+//!   16 bytes per record instead of the whole sealed CDR (see Performance).
+//!
+//!   The file `open-cdrs` holds the answer-time records of calls in progress
+//!   ([`Store::put_open_cdrs`], the `open` module): sealed exactly as in the log, moved
+//!   into the log and `cdrs` at the next open if their call's final record never came.
 //!
 //!   No key holds PII: CDRs are found by sequence number, subjects by their token
 //!   (`HMAC(lookup key, normalized number)`, see `callgate_vault::subject_token`).
@@ -42,29 +54,54 @@
 //! ## Durability policy
 //! A write is acknowledged (its `put_*`/`append_*` returns `Ok`) only after it is durable.
 //! Writes are group-committed ([`GroupCommit`]): each writer seals its record and applies it
-//! to sled in its own thread, then queues a ticket for the one writer thread, which takes
-//! every ticket queued so far, calls `sled::Db::flush` once, `fdatasync`s the log file and
-//! any new blob file (sled's flush uses `sync_file_range`, which syncs neither metadata nor
+//! in its own thread (a CDR: appended to the call-record log with one `pwrite` per batch,
+//! then its pointer, outbox and index entries put into sled, in that order), then queues a
+//! ticket for the one writer thread, which takes every ticket queued so far, `fdatasync`s
+//! the log's segments written since its last group (and the `cdr-log` directory when a
+//! segment was created) — so a pointer is never made durable by a flush before the bytes
+//! it points to — then calls `sled::Db::flush` once, `fdatasync`s sled's log file and any
+//! new blob file (sled's flush uses `sync_file_range`, which syncs neither metadata nor
 //! the disk cache, and sled never syncs blob files), and only then acknowledges all of them.
+//! After that flush it deletes the segments it found without a live record before it: the
+//! removals that emptied them are durable by then.
 //! A flush covers every write applied before it started, so an acknowledged write is always
 //! covered. Writers announce themselves before sealing, and a group waits up to
 //! [`GATHER`] (200 µs) for announced writers, so they share a flush. Erasure is committed
 //! the same way; data-key rotation runs on the writer thread itself, serialized with
 //! everything else. Writes are blocking calls; from async code, run them on a blocking
-//! thread. Reads see a write as soon as it is applied, possibly before it is durable.
+//! thread. Reads see a write as soon as it is applied, possibly before it is durable; they
+//! read the log with `pread` on segment files opened once, and take no lock the writers
+//! hold across an fsync.
+//!
+//! At open, once sled's state is durable, the live records per segment are counted from
+//! the pointers (a walk of `cdrs`, 16-byte values), and the last segment is truncated to
+//! the end of the last entry a pointer references: what follows was never acknowledged (an
+//! append torn by a crash, or records since removed). Other segments without a live record
+//! are deleted. `tests/cdr_log.rs` tears and cuts the tail, damages entries and points
+//! records at each other's bytes.
 //!
 //! Tested: a child process writing CDRs from six threads is SIGKILLed mid-storm (four
 //! rounds on one store), and every id it had acknowledged reads back, verifies and matches
 //! what was written (`tests/crash.rs`); with the flush removed the same test loses
-//! acknowledged writes.
+//! acknowledged writes. Stores written before the log (CDRs sealed inline in `cdrs`) open
+//! and read as before: a value is a pointer only if it is 16 bytes starting `PL 1 0`, and a
+//! sealed record is always longer (`tests/cdr_log.rs` rewrites a store into that form).
 //!
 //! ## Performance
 //! Unwrapped subject keys are cached (lock-free, direct-mapped, 4096 slots; every erasure
 //! invalidates the whole cache).
 //! A CDR write costs ~5 µs of sealing (two ChaCha20-Poly1305 seals; the AVX2 Poly1305
 //! backend's per-message set-up is most of it, `--cfg poly1305_force_soft` about halves
-//! it) on top of sled's ~10 µs for two inserts and the group commit; `scripts/bench store`
-//! compares against plain sled with the same commit path.
+//! it) on top of sled's inserts of three small entries and the group commit;
+//! `scripts/bench store` compares against plain sled with the same commit path.
+//! `bench-store batch` (`put_cdrs` batches of 64 ~1 KiB CDRs from one thread, on 2 cores
+//! shared with other builds, five alternating runs each, medians): with the sealed CDRs as
+//! sled values the writing thread spent 30.0 µs of CPU per record (44.1 µs for the whole
+//! process) at 23.3k records/s; with the log, 23.2 µs (32.2 µs) at 27.1k records/s. The
+//! segments' zeros written ahead matter for the rate: without them the sync of a growing
+//! file cost a journal commit per group and the rate fell below the old one. What is left
+//! is mostly sealing (~12% of the thread's time) and sled's inserts into `outbox` and
+//! `cdrs_by_subject` (random keys: leaf splits and copies).
 //!
 //! ## Current limitations
 //! - Power loss is not tested (only process kill); the fsyncs above are what stands for it.
@@ -76,17 +113,33 @@
 //! - A CDR whose caller is already erased when written keeps no name either.
 //! - Writes touching two trees (a CDR and its index entry) are not atomic across a crash;
 //!   neither is acknowledged, and readers of the index skip entries without a CDR.
+//! - sled may write its log buffer to the file on its own, before the group's sync: after
+//!   a power loss (not a process kill: the log's `pwrite` precedes the pointer's insert), a
+//!   pointer of a write that was never acknowledged may have outlived its bytes and reads
+//!   as [`StoreError::Corrupt`]. Acknowledged records are not affected.
+//! - Stores written before the log keep their CDRs inline in `cdrs` (and sled's memory)
+//!   until retention removes them or they are written again; nothing migrates them.
+//! - Open walks every pointer of `cdrs` to count the live records per segment: time in
+//!   proportion to the records held.
+//! - A segment whose `fdatasync` failed is synced again by the next group (its writers get
+//!   the error); after such a failure Linux may have dropped the dirty pages, and the next
+//!   sync does not tell. Deleted segments are unlinked without syncing the directory: one
+//!   that comes back after a power loss has no pointer into it and is deleted at open.
+//! - A segment is deleted only when every record in it is gone: one long-kept record keeps
+//!   its whole 64 MiB segment.
 //! - Session ids are stored in clear as keys: they must be opaque handles, not secrets.
 //! - sled 0.34 is the last stable sled; its on-disk format is not promised to be readable
 //!   by later versions.
 
 mod acked;
 mod cache;
+mod cdrlog;
 mod commit;
 mod mirror;
 mod open;
 mod types;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -187,6 +240,8 @@ pub enum StoreError {
     Crypto(#[from] CryptoError),
     #[error("the file of calls in progress ({}) failed", open::FILE)]
     OpenCalls(#[source] std::io::Error),
+    #[error("the call-record log ({}) failed", cdrlog::DIR)]
+    Log(#[source] std::io::Error),
 }
 
 /// The whole chain of an error, for the one place that logs it.
@@ -317,6 +372,8 @@ pub struct Store {
     /// until [`Store::take_calls_in_progress`].
     #[allow(clippy::disallowed_types)]
     in_progress: Mutex<Vec<Record<Cdr>>>,
+    /// The sealed CDRs the `cdrs` tree points to.
+    log: Arc<cdrlog::CdrLog>,
     commit: GroupCommit,
     // Declared last: dropped after the writer thread has finished.
     _db: sled::Db,
@@ -541,7 +598,12 @@ impl Store {
     /// Opens (or creates) the store in `dir` with the KEK. Creating makes the first data
     /// key; opening unwraps the keyring, and refuses a KEK that opens none of it.
     pub fn open(dir: impl AsRef<Path>, kek: Kek) -> Result<Store, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
+        Store::open_with(dir.as_ref(), kek, cdrlog::SEGMENT_BYTES)
+    }
+
+    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`.
+    fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
+        let dir = dir.to_path_buf();
         let dir_err = |source| StoreError::Dir {
             path: dir.clone(),
             source,
@@ -556,7 +618,14 @@ impl Store {
             source,
         })?;
         let t = Trees::open(&db)?;
-        let commit = GroupCommit::start(db.clone(), &dir).map_err(dir_err)?;
+        let log = Arc::new(cdrlog::CdrLog::open(&dir, segment_bytes).map_err(StoreError::Log)?);
+        // Starting the writer syncs sled's files: what `recover` reads is durable.
+        let commit = GroupCommit::start_with_log(db.clone(), &dir, Some(Arc::clone(&log)))
+            .map_err(dir_err)?;
+        let cut = log.recover(t.cdrs.iter().values())?;
+        if cut > 0 {
+            log::info!("store: {cut} bytes of unfinished appends cut from the call-record log");
+        }
         let lookup = kek.lookup_key()?;
 
         match t.meta.get(META_FORMAT)? {
@@ -649,6 +718,7 @@ impl Store {
             open_calls: Mutex::new(slots),
             #[allow(clippy::disallowed_types)]
             in_progress: Mutex::new(Vec::new()),
+            log,
             commit,
             _db: db,
         };
@@ -659,8 +729,7 @@ impl Store {
     /// Moves the records of calls that were in progress when the store was last closed
     /// (or the process died) into the `cdrs` tree, then empties their file.
     fn recover_open_cdrs(&self, unfinished: Vec<open::Found>) -> Result<(), StoreError> {
-        let mut ops = Vec::new();
-        let mut n = 0;
+        let mut recs = Vec::new();
         let mut in_progress = Vec::new();
         for (id, sealed) in unfinished {
             let key = id.to_be_bytes();
@@ -672,8 +741,7 @@ impl Store {
                     self.next_cdr
                         .fetch_max(id.saturating_add(1), Ordering::Relaxed);
                     let index = token.map(|t| [t.as_bytes().as_slice(), &key].concat());
-                    ops.extend(self.cdr_write(id, sealed, index));
-                    n += 1;
+                    recs.push((id, sealed, index));
                     if rec.value.end_at.is_none() && rec.value.resume.is_some() {
                         in_progress.push(rec);
                     }
@@ -684,7 +752,9 @@ impl Store {
                 ),
             }
         }
-        if !ops.is_empty() {
+        if !recs.is_empty() {
+            let n = recs.len();
+            let ops = self.cdr_writes(recs)?;
             self.commit_counted(ops)?;
             log::info!("store: {n} records of calls that were in progress recovered");
         }
@@ -1035,10 +1105,11 @@ impl Store {
         Ok(ids)
     }
 
-    /// A CDR's sealed bytes: from the tree, else from the slots of calls in progress.
+    /// A CDR's sealed bytes: from the tree (and the log), else from the slots of calls in
+    /// progress.
     fn sealed_cdr(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.t.cdrs.get(id.to_be_bytes())? {
-            return Ok(Some(v.to_vec()));
+            return Ok(Some(self.cdr_sealed(id, &v)?.into_owned()));
         }
         self.slots()?.read(id).map_err(StoreError::OpenCalls)
     }
@@ -1190,7 +1261,8 @@ impl Store {
                 if id % 2 != u64::from(node & 1) {
                     return None;
                 }
-                self.decode_cdr(id, &k, &v).ok().map(|(_, r)| r)
+                let sealed = self.cdr_sealed(id, &v).ok()?;
+                self.decode_cdr(id, &k, &sealed).ok().map(|(_, r)| r)
             })
             .filter(|r| r.value.end_at.is_some())
             .take(limit)
@@ -1292,20 +1364,21 @@ impl Store {
         let intent = self.commit.intent();
         let mut failed = Vec::new();
         let mut slotted = Vec::with_capacity(open.len());
-        let mut ops = Vec::with_capacity(ended.len() * 2);
+        let mut recs = Vec::with_capacity(ended.len());
         for &(id, cdr) in open {
             match self.seal_cdr(id, cdr) {
                 Ok((s, _)) if s.len() <= open::MAX_SEALED => slotted.push((id, s)),
-                Ok((s, index)) => ops.extend(self.cdr_write(id, s, index)),
+                Ok((s, index)) => recs.push((id, s, index)),
                 Err(e) => failed.push((id, e)),
             }
         }
         for &(id, cdr) in ended {
-            match self.cdr_ops(id, cdr) {
-                Ok(o) => ops.extend(o),
+            match self.seal_cdr(id, cdr) {
+                Ok((s, index)) => recs.push((id, s, index)),
                 Err(e) => failed.push((id, e)),
             }
         }
+        let ops = self.cdr_writes(recs)?;
         // First the commit: it also makes durable any subject key the records' PII was
         // sealed under (created in sled by the sealing), so a slot never reaches the disk
         // before its key (it would read back as erased). Without final records and with no
@@ -1366,37 +1439,68 @@ impl Store {
         slots.sync()
     }
 
-    /// The writes that store one CDR: the sealed record and its subject index entry.
+    /// Seals one CDR and stores it as [`Self::cdr_writes`] does; the ops left to commit.
+    #[cfg(test)]
     fn cdr_ops(&self, id: u64, cdr: &Cdr) -> Result<Vec<Op>, StoreError> {
         let (sealed, index) = self.seal_cdr(id, cdr)?;
-        Ok(self.cdr_write(id, sealed, index))
+        self.cdr_writes(vec![(id, sealed, index)])
     }
 
-    fn cdr_write(&self, id: u64, sealed: Vec<u8>, index: Option<Vec<u8>>) -> Vec<Op> {
-        // Every write of a record puts it in the outbox in the same commit, under the next
-        // write sequence: the uplink sends in write order (a record written again is sent
-        // again, its latest write).
-        let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
-        let mut ops = vec![
-            Op::Insert {
-                tree: self.t.cdrs.clone(),
-                key: id.to_be_bytes().to_vec(),
-                value: sealed,
-            },
-            Op::Insert {
+    /// Stores sealed CDRs (id, sealed record, subject index key): appends the records to
+    /// the log (one `pwrite`), puts their pointers into `cdrs` (each replaced pointer
+    /// releases its record in the log), and returns the ops that go with them, to be
+    /// committed: each record's outbox entry and index entry. Nothing of this is durable
+    /// before that commit: the commit syncs the log before it flushes sled. The pointer is
+    /// in the tree before the outbox entry, so the uplink never finds an entry without its
+    /// record.
+    fn cdr_writes(
+        &self,
+        recs: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<Vec<Op>, StoreError> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sealed: Vec<(u64, &[u8])> = recs.iter().map(|(id, s, _)| (*id, s.as_slice())).collect();
+        let pointers = self.log.append(&sealed).map_err(StoreError::Log)?;
+        let mut ops = Vec::with_capacity(recs.len() * 2);
+        for ((id, _, index), p) in recs.into_iter().zip(pointers) {
+            if let Some(old) = self.t.cdrs.insert(id.to_be_bytes(), &p.encode())? {
+                self.log.released(&old);
+            }
+            // Every write of a record puts it in the outbox in the same commit, under the
+            // next write sequence: the uplink sends in write order (a record written again
+            // is sent again, its latest write).
+            let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
+            ops.push(Op::Insert {
                 tree: self.t.outbox.clone(),
                 key: seq.to_be_bytes().to_vec(),
                 value: id.to_be_bytes().to_vec(),
-            },
-        ];
-        if let Some(k) = index {
-            ops.push(Op::Insert {
-                tree: self.t.by_subject.clone(),
-                key: k,
-                value: Vec::new(),
             });
+            if let Some(k) = index {
+                ops.push(Op::Insert {
+                    tree: self.t.by_subject.clone(),
+                    key: k,
+                    value: Vec::new(),
+                });
+            }
         }
-        ops
+        Ok(ops)
+    }
+
+    /// The sealed record a `cdrs` tree value stands for: read from the log where the value
+    /// is a pointer, the value itself where it is a record sealed inline (as stores before
+    /// the log kept them). A pointer to the wrong bytes is [`StoreError::Corrupt`].
+    fn cdr_sealed<'v>(&self, id: u64, value: &'v [u8]) -> Result<Cow<'v, [u8]>, StoreError> {
+        let Some(p) = cdrlog::Pointer::decode(value) else {
+            return Ok(Cow::Borrowed(value));
+        };
+        self.log.read(id, p).map(Cow::Owned).map_err(|e| match e {
+            cdrlog::ReadError::Corrupt => StoreError::Corrupt {
+                table: Table::Cdrs.name(),
+                id: id.to_string(),
+            },
+            cdrlog::ReadError::Io(e) => StoreError::Log(e),
+        })
     }
 
     /// One CDR sealed for the `cdrs` tree, and its subject index key (none if the caller
@@ -1510,7 +1614,7 @@ impl Store {
         let one = |id: u64| {
             let key = id.to_be_bytes();
             match self.t.cdrs.get(key)? {
-                Some(v) => self.sealed_cdr_json(id, &key, &v),
+                Some(v) => self.sealed_cdr_json(id, &key, &self.cdr_sealed(id, &v)?),
                 None => Err(StoreError::NotFound {
                     table: Table::Cdrs.name(),
                     id: id.to_string(),
@@ -1520,7 +1624,7 @@ impl Store {
         self.read_cdrs(ids, |id, k, v| self.sealed_cdr_json(id, k, v), one)
     }
 
-    /// `ids` read with `each` (id, key, sealed value) in one walk of the tree when they
+    /// `ids` read with `each` (id, key, sealed record) in one walk of the tree when they
     /// are close together, the others (and any the walk did not find) with `one`.
     fn read_cdrs<T>(
         &self,
@@ -1538,7 +1642,8 @@ impl Store {
                 let Ok((k, v)) = item else { break };
                 let Some(id) = id_of(&k) else { continue };
                 if wanted.contains(&id) {
-                    out.insert(id, each(id, &k, &v));
+                    let r = self.cdr_sealed(id, &v).and_then(|s| each(id, &k, &s));
+                    out.insert(id, r);
                 }
             }
         }
@@ -1616,7 +1721,7 @@ impl Store {
             table: Table::Cdrs.name(),
             id: hex(&k),
         })?;
-        Ok(self.decode_cdr(id, &k, &v)?.1)
+        Ok(self.decode_cdr(id, &k, &self.cdr_sealed(id, &v)?)?.1)
     }
 
     /// Deletes a CDR and its index entry (retention); durable on return. `Ok(false)` if
@@ -1624,7 +1729,9 @@ impl Store {
     /// until the subject is erased).
     pub fn remove_cdr(&self, id: u64) -> Result<bool, StoreError> {
         let key = id.to_be_bytes();
-        let Some(sealed) = self.t.cdrs.get(key)? else {
+        // Removed from the tree here, before the commit that makes it durable: the old
+        // value says which record in the log is released.
+        let Some(old) = self.t.cdrs.remove(key)? else {
             let mut slots = self.slots()?;
             if slots.read(id).map_err(StoreError::OpenCalls)?.is_none() {
                 return Ok(false);
@@ -1633,16 +1740,18 @@ impl Store {
             slots.sync().map_err(StoreError::OpenCalls)?;
             return Ok(true);
         };
-        let mut ops = vec![Op::Remove {
-            tree: self.t.cdrs.clone(),
-            key: key.to_vec(),
-        }];
-        if let Ok((Some(token), _)) = self.decode_cdr(id, &key, &sealed) {
+        let mut ops = Vec::new();
+        let token = self
+            .cdr_sealed(id, &old)
+            .and_then(|sealed| self.decode_cdr(id, &key, &sealed));
+        if let Ok((Some(token), _)) = token {
             ops.push(Op::Remove {
                 tree: self.t.by_subject.clone(),
                 key: [token.as_bytes().as_slice(), &key].concat(),
             });
         }
+        // After the read: its segment may go once this commit is durable.
+        self.log.released(&old);
         self.commit(ops)?;
         Ok(true)
     }
@@ -2011,6 +2120,96 @@ mod tests {
             ended_by: None,
             resume: None,
         }
+    }
+
+    /// The ids whose pointers lead into segment `n`, ascending.
+    fn ids_in_segment(s: &Store, n: u32) -> Vec<u64> {
+        s.t.cdrs
+            .iter()
+            .map(|r| r.unwrap())
+            .filter(|(_, v)| cdrlog::Pointer::decode(v).unwrap().segment == n)
+            .map(|(k, _)| id_of(&k).unwrap())
+            .collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir.join(cdrlog::DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn segments_whose_records_are_all_removed_or_replaced_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = callgate_vault::Kek::generate().unwrap();
+        let open = || Store::open_with(dir.path(), kek.clone(), 4096).unwrap();
+        let s = open();
+        for batch in 0..8u64 {
+            let recs: Vec<(u64, Cdr)> = (0..8)
+                .map(|i| (batch * 8 + i + 1, cdr(batch * 8 + i, Some(1))))
+                .collect();
+            let refs: Vec<(u64, &Cdr)> = recs.iter().map(|(id, c)| (*id, c)).collect();
+            assert!(s.put_cdrs(&refs).unwrap().is_empty());
+        }
+        let segs = s.log.segment_numbers();
+        assert!(segs.len() >= 5, "{segs:?}");
+        assert_eq!(segment_files(dir.path()).len(), segs.len());
+        // Segment 1: every record removed. Segment 2: all but one.
+        for id in ids_in_segment(&s, 1) {
+            assert!(s.remove_cdr(id).unwrap());
+        }
+        let two = ids_in_segment(&s, 2);
+        for id in &two[1..] {
+            assert!(s.remove_cdr(*id).unwrap());
+        }
+        assert_eq!(s.log.segment_numbers()[..2], [2, 3]);
+        assert!(!segment_files(dir.path()).contains(&"0000000001.seg".to_string()));
+        // Segment 3: every record written again (the new versions go to the tail).
+        let three = ids_in_segment(&s, 3);
+        let again: Vec<(u64, Cdr)> = three.iter().map(|id| (*id, cdr(*id, Some(2)))).collect();
+        let refs: Vec<(u64, &Cdr)> = again.iter().map(|(id, c)| (*id, c)).collect();
+        assert!(s.put_cdrs(&refs).unwrap().is_empty());
+        assert!(!s.log.segment_numbers().contains(&3));
+        assert_eq!(s.get_cdr(three[0]).unwrap().value.end_at, Some(2));
+        drop(s);
+
+        // The counts are rebuilt at open: segment 2's last record takes it along.
+        let s = open();
+        assert_eq!(
+            s.get_cdr(two[0]).unwrap().value.call_id,
+            cdr(two[0] - 1, None).call_id
+        );
+        assert!(s.remove_cdr(two[0]).unwrap());
+        assert!(!s.log.segment_numbers().contains(&2));
+        // The segment being written stays, even empty.
+        let last = *s.log.segment_numbers().last().unwrap();
+        for id in ids_in_segment(&s, last) {
+            assert!(s.remove_cdr(id).unwrap());
+        }
+        assert!(s.log.segment_numbers().contains(&last));
+        let left: Vec<u64> =
+            s.t.cdrs
+                .iter()
+                .keys()
+                .map(|k| id_of(&k.unwrap()).unwrap())
+                .collect();
+        for id in &left {
+            s.get_cdr(*id).unwrap();
+        }
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            s.log.segment_numbers().len()
+        );
+        drop(s);
+        let s = open();
+        assert_eq!(s.iter_cdrs().filter(|r| r.is_ok()).count(), left.len());
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            s.log.segment_numbers().len()
+        );
     }
 
     /// The moment inside `write_cdrs` between the final record's commit and the slot's

@@ -10,8 +10,8 @@
 //! ## Format
 //! Slot `i` is bytes `i·SLOT .. (i+1)·SLOT`: a 16-byte header, magic `CGo1`, the record's
 //! length (u16 BE), two zero bytes, the CDR id (u64 BE), then the record exactly as the
-//! `cdrs` tree would hold it (sealed under the data key with the tree's associated data,
-//! so it is authenticated by the same rules). A zeroed header is a free slot. Records
+//! call-record log would hold it (sealed under the data key with the `cdrs` tree's
+//! associated data, so it is authenticated by the same rules). A zeroed header is a free slot. Records
 //! longer than [`MAX_SEALED`] are not put here; the store writes them to the tree.
 //!
 //! ## Durability
@@ -19,8 +19,8 @@
 //! batch only after the group commit that makes its subject keys durable. A slot is released
 //! (header zeroed, not synced) only after the call's final record is durable in the tree;
 //! if the zeroing is lost in a crash, recovery finds the id in the tree and skips the slot.
-//! At open the store moves every slot whose id the tree lacks into the tree (one durable
-//! commit) and empties the file. A slot that does not authenticate (torn by a crash in
+//! At open the store moves every slot whose id the tree lacks into the log and the tree
+//! (one durable commit) and empties the file. A slot that does not authenticate (torn by a crash in
 //! the middle of its write, so never acknowledged) is logged and dropped.
 
 use std::collections::{BTreeSet, HashMap};

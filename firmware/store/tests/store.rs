@@ -289,12 +289,31 @@ fn concurrent_rotations_and_writes() {
     assert_eq!(s.iter_cdrs().filter(|r| r.is_ok()).count(), 200);
 }
 
-/// Rewrites one stored value through sled itself, below the store.
+/// Rewrites one stored record below the store: the value in sled, or for a CDR whose value
+/// is a pointer into the call-record log (16 bytes, `PL 1 0`, segment, offset, length, all
+/// BE), the sealed record in its segment file (after the entry's 16-byte header).
 fn tamper(dir: &Path, tree: &str, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
     // The store's own config: no flusher thread left holding the lock after the drop.
     let db = callgate_store::sled_config(dir).open().unwrap();
     let t = db.open_tree(tree).unwrap();
     let mut v = t.get(key).unwrap().unwrap().to_vec();
+    if tree == "cdrs" && v.len() == 16 && v[..4] == [b'P', b'L', 1, 0] {
+        use std::os::unix::fs::FileExt;
+        let be = |i: usize| u32::from_be_bytes(v[i..i + 4].try_into().unwrap());
+        let (segment, offset, len) = (be(4), u64::from(be(8)) + 16, be(12) as usize);
+        let path = dir.join("cdr-log").join(format!("{segment:010}.seg"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut record = vec![0u8; len];
+        file.read_exact_at(&mut record, offset).unwrap();
+        f(&mut record);
+        assert_eq!(record.len(), len, "a record in the log keeps its length");
+        file.write_all_at(&record, offset).unwrap();
+        return;
+    }
     f(&mut v);
     t.insert(key, v).unwrap();
     db.flush().unwrap();

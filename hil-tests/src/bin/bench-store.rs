@@ -17,6 +17,13 @@
 //! - unseal_ms: `SoftwareProtector::unseal`, for now: the TPM helper (`callgate-seal` on
 //!   swtpm) is to replace it here once it exists.
 //!
+//! - `bench-store batch` (no lab, no swtpm): only the write path of the call-record writer,
+//!   one thread writing `put_cdrs` batches of `BATCH` records (as the daemon's `cdr-writer`
+//!   does) vs plain sled committing the same batches (JSON value + index entry per record,
+//!   one `GroupCommit` per batch). Reports records/s and CPU µs per record, both of the
+//!   writing thread (`RUSAGE_THREAD`) and of the whole process (`RUSAGE_SELF`: sled's and
+//!   the store writer's threads included), medians of `REPS` alternating pairs.
+//!
 //! One discarded warm-up pair, then `REPS` pairs of runs, alternating which side goes first,
 //! each on a fresh directory. Rates are medians; the ratios are medians of the per-pair
 //! ratios (the two runs of a pair are adjacent in time, so load from elsewhere on the
@@ -250,6 +257,161 @@ fn tpm_unseal_ms(base: &std::path::Path, kek: &Kek) -> Vec<f64> {
     })
 }
 
+/// Records per `put_cdrs` batch in `bench-store batch`, and per run (enough CPU time for
+/// the process's 10 ms clock ticks).
+const BATCH: usize = 64;
+const BATCH_RECORDS: usize = 32_000;
+
+/// CPU time so far, µs, of the calling thread: the first field of
+/// `/proc/thread-self/schedstat` (time on a CPU, ns).
+fn thread_cpu_us() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or_else(|| fail("schedstat", "unreadable"), |ns| ns / 1e3)
+}
+
+/// CPU time so far (user + system, every thread, exited ones included), µs, of this
+/// process: `/proc/self/stat` (clock ticks).
+fn process_cpu_us() -> f64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    let hz = match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        _ => 100.0,
+    };
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+    ticks.map_or_else(
+        || fail("/proc/self/stat", "unreadable"),
+        |t| t as f64 * 1e6 / hz,
+    )
+}
+
+/// One batch run's figures: records/s, thread CPU µs/record, process CPU µs/record.
+struct BatchRun {
+    per_s: f64,
+    thread_us: f64,
+    process_us: f64,
+}
+
+/// Runs `write(batch index)` for every batch of `RECORDS` and measures it.
+fn batch_run(mut write: impl FnMut(u64)) -> BatchRun {
+    let batches = BATCH_RECORDS.div_ceil(BATCH) as u64;
+    let (t0, p0, start) = (thread_cpu_us(), process_cpu_us(), Instant::now());
+    for b in 0..batches {
+        write(b);
+    }
+    let n = (batches as usize * BATCH) as f64;
+    BatchRun {
+        per_s: n / start.elapsed().as_secs_f64(),
+        thread_us: (thread_cpu_us() - t0) / n,
+        process_us: (process_cpu_us() - p0) / n,
+    }
+}
+
+fn batch_product(dir: &Path, kek: &Kek, pad: usize) -> BatchRun {
+    let store = Store::open(dir, kek.clone()).unwrap_or_else(|e| fail("Store::open", e));
+    let run = batch_run(|b| {
+        let cdrs: Vec<(u64, Cdr)> = (0..BATCH as u64)
+            .map(|i| (store.reserve_cdr_id(), cdr(b * BATCH as u64 + i, pad)))
+            .collect();
+        let refs: Vec<(u64, &Cdr)> = cdrs.iter().map(|(id, c)| (*id, c)).collect();
+        match store.put_cdrs(&refs) {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => fail("put_cdrs", &failed[0].1),
+            Err(e) => fail("put_cdrs", e),
+        }
+    });
+    if store.len(Table::Cdrs) < BATCH_RECORDS {
+        fail("put_cdrs", "records missing");
+    }
+    run
+}
+
+fn batch_anchor(dir: &Path, pad: usize) -> BatchRun {
+    let db = sled_config(dir)
+        .open()
+        .unwrap_or_else(|e| fail("sled open", e));
+    let (cdrs, index) = match (db.open_tree("cdrs"), db.open_tree("cdrs_by_caller")) {
+        (Ok(c), Ok(i)) => (c, i),
+        (Err(e), _) | (_, Err(e)) => fail("sled open_tree", e),
+    };
+    let commit = GroupCommit::start(db.clone(), dir).unwrap_or_else(|e| fail("GroupCommit", e));
+    batch_run(|b| {
+        let intent = commit.intent();
+        let mut ops = Vec::with_capacity(2 * BATCH);
+        for i in 0..BATCH as u64 {
+            let id = b * BATCH as u64 + i + 1;
+            let c = cdr(id, pad);
+            let value = serde_json::to_vec(&c).unwrap_or_else(|e| fail("json", e));
+            let caller = c.caller.reveal().unwrap_or_default().as_bytes();
+            ops.push(Op::Insert {
+                tree: index.clone(),
+                key: [caller, &id.to_be_bytes()].concat(),
+                value: Vec::new(),
+            });
+            ops.push(Op::Insert {
+                tree: cdrs.clone(),
+                key: id.to_be_bytes().to_vec(),
+                value,
+            });
+        }
+        intent.commit(ops).unwrap_or_else(|e| fail("commit", e));
+    })
+}
+
+/// `bench-store batch`: see the module doc.
+fn batch_main(base: &Path, kek: &Kek, pad: usize) {
+    eprintln!(
+        "bench store batch: {BATCH_RECORDS} CDRs of {VALUE_BYTES} bytes (as JSON) per run in \
+         put_cdrs batches of {BATCH}, one writer thread, in {}",
+        base.display()
+    );
+    let (mut p, mut a) = (Vec::new(), Vec::new());
+    for rep in 0..=REPS {
+        let enc = base.join(format!("batch-enc{rep}"));
+        let plain = base.join(format!("batch-plain{rep}"));
+        let (pr, ar) = if rep % 2 == 0 {
+            let pr = batch_product(&enc, kek, pad);
+            (pr, batch_anchor(&plain, pad))
+        } else {
+            let ar = batch_anchor(&plain, pad);
+            (batch_product(&enc, kek, pad), ar)
+        };
+        eprintln!(
+            "batch run {rep}{}: store {:.0}/s, {:.1} µs/record (thread), {:.1} µs/record \
+             (process); plain sled {:.0}/s, {:.1} µs (thread), {:.1} µs (process)",
+            if rep == 0 { " (warm-up)" } else { "" },
+            pr.per_s,
+            pr.thread_us,
+            pr.process_us,
+            ar.per_s,
+            ar.thread_us,
+            ar.process_us
+        );
+        if rep > 0 {
+            p.push(pr);
+            a.push(ar);
+        }
+    }
+    let med = |v: &[BatchRun], f: fn(&BatchRun) -> f64| median(v.iter().map(f).collect());
+    println!(
+        "BENCH store-batch per_s={:.0} thread_us={:.1} process_us={:.1} plain_per_s={:.0} \
+         plain_thread_us={:.1} plain_process_us={:.1} batch={BATCH} records={BATCH_RECORDS} \
+         value_bytes={VALUE_BYTES}",
+        med(&p, |r| r.per_s),
+        med(&p, |r| r.thread_us),
+        med(&p, |r| r.process_us),
+        med(&a, |r| r.per_s),
+        med(&a, |r| r.thread_us),
+        med(&a, |r| r.process_us),
+    );
+}
+
 fn main() {
     let tmp = tempfile::Builder::new()
         .prefix("bench-store-")
@@ -258,6 +420,10 @@ fn main() {
     let base = tmp.path();
     let kek = Kek::generate().unwrap_or_else(|e| fail("Kek::generate", e));
     let pad = padding();
+    if std::env::args().nth(1).as_deref() == Some("batch") {
+        batch_main(base, &kek, pad);
+        return;
+    }
     eprintln!(
         "bench store: {RECORDS} CDRs of {VALUE_BYTES} bytes (as JSON) per run, \
          {THREADS} writer threads ({STRESS_THREADS} for stress), in {}",
