@@ -126,7 +126,9 @@
 //!   sync does not tell. Deleted segments are unlinked without syncing the directory: one
 //!   that comes back after a power loss has no pointer into it and is deleted at open.
 //! - A segment is deleted only when every record in it is gone: one long-kept record keeps
-//!   its whole 64 MiB segment.
+//!   its whole 64 MiB segment, and the sealed bytes of records removed from it (retention)
+//!   stay on disk with it until then (sealed under the data key, their PII under its
+//!   subject key: erasure by crypto-shredding is not affected).
 //! - Session ids are stored in clear as keys: they must be opaque handles, not secrets.
 //! - sled 0.34 is the last stable sled; its on-disk format is not promised to be readable
 //!   by later versions.
