@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::addr::{PRIV_VIP_V4, PRIV_VIP_V6, WAN_VIP_V4, WAN_VIP_V6};
+use crate::tls::TLS_PORT;
 use crate::{Appliance, Host, Lab};
 
 /// Every virtual address of the lab pair.
@@ -35,11 +36,53 @@ pub const TEST_TIMING: (&str, &str) = (
 
 /// `config/lab-pair-a.toml` or `-b.toml` as shipped.
 pub fn pair_toml(host: Host) -> String {
+    pair_toml_with(host, None)
+}
+
+/// SIP over TLS for the pair's carrier side: a `[sip.tls]` listener on both WAN VIPs
+/// (port [`TLS_PORT`]), which each node binds whether it holds them or not, and the
+/// carrier admitted to it by the firewall (`carrier-sip-tls`, as in `config/lab.toml`).
+/// Each node still needs its own certificate naming the VIPs
+/// ([`crate::tls::enrol_named`] with [`WAN_VIPS`]).
+#[derive(Debug, Clone, Default)]
+pub struct PairTls {
+    /// The carrier trunk's mutual-TLS pin (the value of its `tls` key, an inline table
+    /// such as `{ ca = """PEM""", fingerprints = ["AB:…"] }`); `None`: no client
+    /// certificate asked for.
+    pub carrier_pin: Option<String>,
+}
+
+/// The pair's WAN (carrier-side) virtual addresses.
+pub const WAN_VIPS: [IpAddr; 2] = [IpAddr::V4(WAN_VIP_V4), IpAddr::V6(WAN_VIP_V6)];
+
+/// [`pair_toml`] with the options a test asks for (`tls`: SIP over TLS on the WAN VIPs).
+pub fn pair_toml_with(host: Host, tls: Option<&PairTls>) -> String {
     let path = match host {
         Host::B => concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lab-pair-b.toml"),
         _ => concat!(env!("CARGO_MANIFEST_DIR"), "/../config/lab-pair-a.toml"),
     };
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let mut t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    if let Some(tls) = tls {
+        let mut edit = |from: &str, to: &str| {
+            assert!(t.contains(from), "{path} no longer holds {from:?}");
+            t = t.replacen(from, to, 1);
+        };
+        let allow_at = "[[allow]]\nname = \"carrier-ping\"";
+        edit(
+            allow_at,
+            &format!("[[allow]]\nname = \"carrier-sip-tls\"\nzone = \"wan\"\nsources = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\nprotocol = \"tcp\"\nports = [{TLS_PORT}]\n\n{allow_at}"),
+        );
+        let carrier_at = "# Calls are accepted only from these sources";
+        edit(
+            carrier_at,
+            &format!("# SIP over TLS on the WAN VIPs (hil-tests/src/pair.rs, PairTls).\n[sip.tls]\nlisten = [\"{WAN_VIP_V4}:{TLS_PORT}\", \"[{WAN_VIP_V6}]:{TLS_PORT}\"]\n\n{carrier_at}"),
+        );
+        if let Some(pin) = &tls.carrier_pin {
+            let media = "media = [\"203.0.113.10/32\", \"2001:db8:1::10/128\"]\n";
+            edit(media, &format!("{media}tls = {pin}\n"));
+        }
+    }
+    t
 }
 
 /// A lab with the carrier, both appliances and the PBX segment.
@@ -52,8 +95,13 @@ pub fn new_pair_lab() -> Lab {
 /// pair key (`pair init`), B joins with the secret A printed. Returns once A is active and
 /// B standby, each hearing the other.
 pub fn start_pair(lab: &Lab) -> (Appliance<'_>, Appliance<'_>) {
+    start_pair_tls(lab, None)
+}
+
+/// [`start_pair`] with the pair configs' SIP over TLS option ([`pair_toml_with`]).
+pub fn start_pair_tls<'l>(lab: &'l Lab, tls: Option<&PairTls>) -> (Appliance<'l>, Appliance<'l>) {
     start_pair_with(lab, |host| {
-        let t = pair_toml(host);
+        let t = pair_toml_with(host, tls);
         assert!(
             t.contains(TEST_TIMING.0),
             "the pair config's timing changed"

@@ -10,12 +10,17 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use hil_tests::addr::{self, A_PRIV_V4, B_PRIV_V4, WAN_VIP_V4};
-use hil_tests::calls::{wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
+use hil_tests::calls::{u, wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
 use hil_tests::pair::{
-    new_pair_lab, pair_toml, role, show_pair, start_pair, vips_held, wait_until, VIPS,
+    new_pair_lab, pair_toml, role, show_pair, start_pair, start_pair_tls, vips_held, wait_until,
+    PairTls, VIPS, WAN_VIPS,
 };
 use hil_tests::sipp::{Sipp, SippHandle, Transport};
 use hil_tests::spoof::{sniff_udp4, udp4_spoof};
+use hil_tests::tls::{
+    cert_args, enrol_named, fingerprint, options_request_to, s_client_to, through_front, tls_stats,
+    SipPki, TlsFront, TLS_PORT,
+};
 use hil_tests::{Host, Lab, Segment};
 
 const HEARTBEAT_PORT: u16 = 5405;
@@ -466,6 +471,236 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         assert!(!mine[0]["end_at"].is_null(), "{}", mine[0]);
         assert_eq!(mine[0]["ended_by"], "lab-b", "{}", mine[0]);
     }
+}
+
+/// `n` calls from the carrier over SIP TLS to the pair's WAN VIP (sipp over TCP into the
+/// carrier's [`TlsFront`], which makes the TLS connections to the VIP), `rate` per second,
+/// each held `hold`, under way.
+fn held_tls_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> SippHandle<'_> {
+    through_front(
+        Sipp::uac(&lab.ns(Host::Carrier), "uac.xml").local(addr::CARRIER_V4, 5060),
+        WAN_VIP_V4,
+    )
+    .service(UDP_NUMBER)
+    .caller(CALLER, CALLER_NAME)
+    .calls(n)
+    .rate(rate)
+    .duration(hold)
+    .timeout(Duration::from_secs(90))
+    .spawn()
+    .expect("caller")
+}
+
+/// The TLS twin of [`sigkill_of_the_active_mid_call_loses_no_call_and_no_record`]: the
+/// carrier speaks SIP over TLS to the WAN VIP, on a mutual-TLS trunk pinned to its client
+/// certificate. Each node made its own key and holds its own certificate naming the VIPs.
+/// A is SIGKILLed while the calls are held; the callers' BYEs (all after the kill) go over
+/// a new TLS connection to the VIP, which B now serves with its own certificate, and B
+/// routes them to the PBX from the call state A replicated: every answered call has
+/// exactly one complete record on B. After the takeover B refuses a client without the
+/// pinned certificate as A did.
+#[test]
+fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
+    let lab = new_pair_lab();
+    let pki = SipPki::new().unwrap();
+    let trunk = pki.carrier.client_cert("carrier-trunk").unwrap();
+    let unpinned = pki.carrier.client_cert("carrier-other").unwrap();
+    let rogue = pki.rogue.client_cert("carrier-trunk").unwrap();
+    let pin = format!(
+        "{{ ca = \"\"\"{}\"\"\", fingerprints = [\"{}\"] }}",
+        pki.carrier_ca_pem().unwrap(),
+        fingerprint(&trunk.cert).unwrap()
+    );
+    let (mut a, b) = start_pair_tls(
+        &lab,
+        Some(&PairTls {
+            carrier_pin: Some(pin),
+        }),
+    );
+    // Each node: its own key (`sip tls csr`), a certificate for the WAN VIPs from the lab
+    // CA, installed through its CLI.
+    for (x, cn) in [(&a, "lab-a"), (&b, "lab-b")] {
+        let out = enrol_named(x, &pki, &WAN_VIPS, None);
+        assert!(out.ok(), "{cn}: {} {}", out.stdout, out.stderr);
+        assert_eq!(
+            tls_stats(x)["certificate"]["subject"],
+            cn,
+            "{}",
+            tls_stats(x)
+        );
+    }
+    // The standby listens on the VIP's TLS port too (IP_FREEBIND), though it does not
+    // hold the address.
+    let tls_vip = format!("{WAN_VIP_V4}:{TLS_PORT}");
+    assert!(vips_held(&lab, Host::B).is_empty());
+    let ss = lab.ns(Host::B).exec(&["ss", "-Htln"]).unwrap_or_default();
+    assert!(
+        ss.contains(&tls_vip),
+        "B does not listen on {tls_vip}: {ss}"
+    );
+    let carrier = lab.ns(Host::Carrier);
+
+    let pbx = callee(&lab);
+    let front = TlsFront::start(&carrier, &pki, Some(&trunk), WAN_VIP_V4).unwrap();
+    let call = held_tls_calls(&lab, 100, 50.0, Duration::from_secs(5));
+    // All 100 calls are set up within 2 s and held for 5 s: kill A at 2.5 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    // So far the standby took no TLS connection and opened no pinhole.
+    let standby_set = b
+        .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        .unwrap();
+    assert!(
+        !standby_set.contains("elements"),
+        "the standby holds pinholes: {standby_set}"
+    );
+    assert_eq!(
+        u(&tls_stats(&b)["stats"]["handshakes"]),
+        0,
+        "{}",
+        tls_stats(&b)
+    );
+    a.kill9();
+    assert!(
+        wait_until(Duration::from_secs(3), || role(&b) == "active"
+            && vips_held(&lab, Host::B).len() == VIPS.len()),
+        "B did not take over: {}",
+        show_pair(&b)
+    );
+    // The survivor holds the calls' media pinholes in its own kernel.
+    assert!(
+        wait_until(Duration::from_secs(3), || b
+            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
+                && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
+        "{}",
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .unwrap_or_default()
+    );
+    // ... and carries the calls on: each is on B's list of calls in progress, answered,
+    // its carrier leg over TLS, with media, unless it has already ended there (the list
+    // is read first: a call ends at most once in between).
+    let shown = b.cli(&["--json", "show", "calls"]).json()["calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ended = wait_cdrs(&b, 0).len();
+    assert!(
+        shown.len() + ended >= 100,
+        "{} shown, {ended} ended",
+        shown.len()
+    );
+    for c in &shown {
+        assert_eq!(c["state"], "answered", "{c}");
+        assert_eq!(c["transport"], "tls", "{c}");
+        assert!(u(&c["pinholes"]) > 0, "{c}");
+    }
+    let r = call.wait(Duration::from_secs(90)).expect("caller ends");
+    let _ = pbx.stop();
+    assert_eq!(role(&b), "active");
+    assert_eq!(
+        (r.successful, r.failed),
+        (100, 0),
+        "{}\nTLS connections to: {:?}\nB log:\n{}",
+        r.summary(),
+        front.subjects(),
+        b.log()
+    );
+    let answered: Vec<String> = r
+        .final_calls
+        .iter()
+        .filter(|(c, _)| *c == 200)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(answered.len(), 100);
+    wait_cdrs(&b, 100);
+    let records = hil_tests::calls::cdrs(&b);
+    for id in &answered {
+        let mine: Vec<&serde_json::Value> =
+            records.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
+        let c = mine[0];
+        assert_eq!(c["disposition"], "answered", "{c}");
+        assert_eq!(c["appliance"], "lab-a", "{c}");
+        assert_eq!(c["ended_by"], "lab-b", "{c}");
+        let (answer, end) = (u(&c["answer_at"]), u(&c["end_at"]));
+        assert!(
+            answer < killed_at && end > killed_at,
+            "not in progress at the kill: {c}"
+        );
+        assert_eq!(u(&c["duration_ms"]), end - answer, "{c}");
+        // Held 5 s by the caller; the BYE waited at most for the takeover and a new
+        // connection.
+        assert!(
+            (4_900..10_000).contains(&u(&c["duration_ms"])),
+            "duration: {c}"
+        );
+    }
+    // Nothing left in progress on B, no pinhole left open.
+    assert!(
+        wait_until(Duration::from_secs(5), || b
+            .cli(&["--json", "show", "calls"])
+            .json()["calls"]
+            .as_array()
+            .is_some_and(Vec::is_empty)),
+        "{}",
+        b.cli(&["show", "calls"]).stdout
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || b
+            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .is_ok_and(|l| !l.contains("203.0.113.10 . 198.51.100.10"))),
+        "{}",
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .unwrap_or_default()
+    );
+    // Two TLS connections carried the calls, both checked for the VIP against the lab CA:
+    // the first (INVITEs, ACKs) to A with A's certificate, the second (the BYEs) to B with
+    // B's. B's counters: that handshake, none refused.
+    assert_eq!(
+        front.subjects(),
+        ["subject=CN = lab-a", "subject=CN = lab-b"]
+    );
+    let st = tls_stats(&b);
+    assert_eq!(u(&st["stats"]["handshakes"]), 1, "{st}");
+    assert_eq!(u(&st["stats"]["handshakes_failed"]), 0, "{st}");
+    drop(front);
+    // The attacker's angle: B holds the trunk's pin as A did. The pinned certificate gets
+    // an answer; another CA's, an unpinned one of the carrier's CA, and none get nothing.
+    let verify_vip = WAN_VIP_V4.to_string();
+    let ask = |args: &[String], tag: &str| {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["-verify_ip", &verify_vip]);
+        s_client_to(
+            &carrier,
+            &pki,
+            WAN_VIP_V4,
+            &args,
+            &options_request_to(WAN_VIP_V4, tag),
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    };
+    let out = ask(&cert_args(&trunk), "pinned");
+    assert!(out.contains("SIP/2.0 200"), "{out}");
+    let failed_before = u(&tls_stats(&b)["stats"]["handshakes_failed"]);
+    for (tag, args) in [
+        ("rogue", cert_args(&rogue)),
+        ("unpinned", cert_args(&unpinned)),
+        ("none", Vec::new()),
+    ] {
+        let out = ask(&args, tag);
+        assert!(!out.contains("SIP/2.0"), "{tag}: {out}");
+    }
+    let st = tls_stats(&b);
+    assert_eq!(
+        u(&st["stats"]["handshakes_failed"]),
+        failed_before + 3,
+        "{st}"
+    );
 }
 
 fn both_settled(lab: &Lab, active: Host) -> bool {
