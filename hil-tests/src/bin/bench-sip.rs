@@ -1086,24 +1086,6 @@ fn main() {
         mem_runs.push(memory(&t, &appliance, pid, &o, "uas.xml").rss);
     }
     let bytes_per_dialog = median(mem_runs.clone());
-    // Once more with a media port of its own for each call on both sides (sipp's
-    // `[auto_media_port]`), so that held dialogs hold pinholes and conntrack entries of
-    // their own: the kernel's share per dialog, and the daemon's with them.
-    let own_media = {
-        let (appliance, pid, mut t) = fresh_callgate();
-        t.scenario = &media_uac;
-        memory(&t, &appliance, pid, &o, &media_uas.to_string_lossy())
-    };
-    eprintln!(
-        "callgate memory with per-call media ports: {:.0} B of VmRSS and {:.0} B of kernel \
-         slabs per dialog",
-        own_media.rss, own_media.kernel
-    );
-    eprintln!(
-        "callgate memory: bytes per dialog on {} fresh daemons: {:?}, median {bytes_per_dialog:.0}",
-        mem_runs.len(),
-        mem_runs.iter().map(|b| b.round()).collect::<Vec<_>>()
-    );
     let (cg_appliance, cg_pid, cg) = fresh_callgate(); // alive until the TLS round is done
     let threads = fs::read_dir(format!("/proc/{cg_pid}/task")).map_or(0, |d| d.count());
     eprintln!("callgate: daemon pid {cg_pid}, {threads} threads");
@@ -1304,6 +1286,27 @@ fn main() {
         }
     }
     let _ = kam.terminate(Duration::from_secs(5));
+    drop(cg_appliance);
+    // Last (the many pinholes it opens outlive their daemon in this lab, and must not
+    // weigh on the rounds above), once more with a media port of its own for each call on
+    // both sides (sipp's `[auto_media_port]`), so that held dialogs hold pinholes and
+    // conntrack entries of their own: the kernel's share per dialog, and the daemon's with
+    // them.
+    let own_media = {
+        let (appliance, pid, mut t) = fresh_callgate();
+        t.scenario = &media_uac;
+        memory(&t, &appliance, pid, &o, &media_uas.to_string_lossy())
+    };
+    eprintln!(
+        "callgate memory with per-call media ports: {:.0} B of VmRSS and {:.0} B of kernel \
+         slabs per dialog",
+        own_media.rss, own_media.kernel
+    );
+    eprintln!(
+        "callgate memory: bytes per dialog on {} fresh daemons: {:?}, median {bytes_per_dialog:.0}",
+        mem_runs.len(),
+        mem_runs.iter().map(|b| b.round()).collect::<Vec<_>>()
+    );
     let (tls_us, k_tls_us) = (median(cg_tls_us), median(k_tls_us));
     let (cpu_us, sys_us) = (median(cg_us), median(cg_sys));
     // User time: the proxy's own work (the same runs, CPU minus the kernel's part).
