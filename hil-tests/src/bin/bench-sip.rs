@@ -59,8 +59,8 @@
 //!   its own for each call on both sides (sipp's `[auto_media_port]`: 2,500 distinct ports
 //!   per side, so 10,000 dialogs hold 2,500 pinhole pairs), reading the growth of the kernel
 //!   slab caches that hold conntrack entries (`nf_conntrack`) and nft set elements
-//!   (`kmalloc-cg-*`) from `/proc/slabinfo`, per dialog the daemon holds: the pinholes and
-//!   conntrack entries live there, outside VmRSS. The same run's VmRSS growth is
+//!   (`kmalloc-cg-*`) from `/proc/slabinfo`, plus `VmallocUsed` (sets' large tables), per
+//!   dialog the daemon holds: the pinholes and conntrack entries live there, outside VmRSS. The same run's VmRSS growth is
 //!   `bytes_per_dialog_per_call_media`.
 //!
 //! - `user_us_per_call`, `kamailio_user_us_per_call`: the utime part of the CPU figures (the
@@ -698,11 +698,13 @@ fn active_calls(a: &Appliance<'_>) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes held in the kernel slab caches where a held dialog's kernel state lives:
+/// Bytes of kernel memory where a held dialog's kernel state lives: the slab caches of
 /// conntrack entries (`nf_conntrack`) and nft set elements (the pinholes: allocated with
 /// memory-cgroup accounting, so in the `kmalloc-cg-*` caches), from `/proc/slabinfo`
-/// (active objects x object size). System-wide: the benchmark runs alone.
-fn slab_bytes() -> Option<u64> {
+/// (active objects x object size), plus `VmallocUsed` from `/proc/meminfo` (a set's
+/// large tables: hash buckets, interval lookup tables). System-wide: the benchmark runs
+/// alone.
+fn kernel_bytes() -> Option<u64> {
     let s = fs::read_to_string("/proc/slabinfo").ok()?;
     let mut total = 0u64;
     for l in s.lines() {
@@ -718,7 +720,15 @@ fn slab_bytes() -> Option<u64> {
             }
         }
     }
-    Some(total)
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let vmalloc_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("VmallocUsed:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(total + vmalloc_kb * 1024)
 }
 
 /// What one memory run measured, per dialog the daemon holds at the sample.
@@ -726,7 +736,8 @@ fn slab_bytes() -> Option<u64> {
 struct MemRun {
     /// VmRSS growth.
     rss: f64,
-    /// Growth of the conntrack and nft-set-element slab caches ([`slab_bytes`]).
+    /// Growth of the kernel memory that holds conntrack entries and nft set elements
+    /// ([`kernel_bytes`]).
     kernel: f64,
 }
 
@@ -741,7 +752,7 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts, uas: &str) -> M
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = vm_rss(pid).unwrap_or_else(|| fail("VmRSS", "unreadable"));
-    let slab_before = slab_bytes().unwrap_or_else(|| fail("slabinfo", "unreadable"));
+    let slab_before = kernel_bytes().unwrap_or_else(|| fail("slabinfo", "unreadable"));
     let rate = 1000u32;
     let ramp = o.dialogs as f64 / f64::from(rate);
     let hold = Duration::from_secs_f64(ramp + 8.0);
@@ -777,7 +788,7 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts, uas: &str) -> M
         })
         .max()
         .unwrap_or(0);
-    let slab_with = slab_bytes().unwrap_or(0);
+    let slab_with = kernel_bytes().unwrap_or(0);
     let up_at_sample = active_calls(a);
     let snap = uac.snapshot().ok();
     let r = uac.wait(limit).unwrap_or_else(|e| fail("uac", e));
@@ -804,8 +815,8 @@ fn memory(t: &Target<'_>, a: &Appliance<'_>, pid: u32, o: &Opts, uas: &str) -> M
         );
     }
     eprintln!(
-        "callgate memory: kernel slabs (nf_conntrack, kmalloc-cg-*) {:.1} MiB before, {:.1} MiB \
-         with the dialogs up",
+        "callgate memory: kernel (nf_conntrack and kmalloc-cg-* slabs, vmalloc) {:.1} MiB \
+         before, {:.1} MiB with the dialogs up",
         slab_before as f64 / 1048576.0,
         slab_with as f64 / 1048576.0
     );
