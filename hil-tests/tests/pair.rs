@@ -381,7 +381,7 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let standby_set = b
-        .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
         .unwrap();
     assert!(
         !standby_set.contains("elements"),
@@ -396,11 +396,11 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
     // use the same media ports, so they share them) in its own kernel.
     assert!(
         wait_until(Duration::from_secs(3), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
                 && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
         "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .unwrap_or_default()
     );
     let r = call.wait(Duration::from_secs(90)).expect("caller ends");
@@ -551,7 +551,7 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
         .unwrap_or(0);
     // So far the standby took no TLS connection and opened no pinhole.
     let standby_set = b
-        .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
         .unwrap();
     assert!(
         !standby_set.contains("elements"),
@@ -573,11 +573,11 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
     // The survivor holds the calls' media pinholes in its own kernel.
     assert!(
         wait_until(Duration::from_secs(3), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
                 && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
         "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .unwrap_or_default()
     );
     // ... and carries the calls on: each is on B's list of calls in progress, answered,
@@ -651,10 +651,10 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
     );
     assert!(
         wait_until(Duration::from_secs(5), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .is_ok_and(|l| !l.contains("203.0.113.10 . 198.51.100.10"))),
         "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .unwrap_or_default()
     );
     // Two TLS connections carried the calls, both checked for the VIP against the lab CA:
@@ -820,7 +820,7 @@ fn a_switch_that_drops_heartbeats_makes_two_actives_until_it_heals() {
     let call = held_calls(&lab, 1, 1.0, Duration::from_secs(6));
     assert!(
         wait_until(Duration::from_secs(3), || a
-            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .is_ok_and(|l| l.contains("elements"))),
         "A opened no pinhole: {}",
         a.log()
@@ -877,10 +877,10 @@ fn a_switch_that_drops_heartbeats_makes_two_actives_until_it_heals() {
     // A stood down: it forwards none of the call's media any more (B carries it on).
     assert!(
         wait_until(Duration::from_secs(2), || a
-            .nft(&["list", "set", "inet", "callgate", "pinhole4"])
+            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .is_ok_and(|l| !l.contains("elements"))),
         "{}",
-        a.nft(&["list", "set", "inet", "callgate", "pinhole4"])
+        a.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
             .unwrap_or_default()
     );
     let _ = call.wait(Duration::from_secs(30));

@@ -938,7 +938,7 @@ fn a_hostile_offer_is_refused_and_opens_nothing() {
         .filter(|d| d.data.starts_with(b"INVITE"))
         .count();
     assert_eq!(invites, 0, "nothing was relayed to the call segment");
-    for set in ["pinhole4", "pinhole6"] {
+    for set in ["pinhole4_host", "pinhole4", "pinhole6_host", "pinhole6"] {
         let listed = a
             .nft(&["list", "set", "inet", "callgate", set])
             .expect("nft list set");

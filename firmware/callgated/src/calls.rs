@@ -215,8 +215,8 @@ async fn effects(
 }
 
 /// Pinhole changes as one netlink batch. The kernel refuses a whole batch when one element
-/// is refused (two calls whose sources overlap without being equal, toward the same
-/// port); then each change goes alone, so one refusal costs only that pinhole.
+/// is refused (two calls whose source prefixes overlap without being equal, toward the
+/// same port); then each change goes alone, so one refusal costs only that pinhole.
 async fn apply_pinholes(firewall: &FirewallHandle, changes: Vec<PinholeChange>) {
     let n = changes.len();
     let Err(e) = firewall.change_pinholes(changes.clone()).await else {

@@ -13,10 +13,13 @@
 //!   refills every config-owned set, so a removed prefix is really gone, while the run-time
 //!   sets (pinholes, blocklist) keep their contents across commits (unless a set's type
 //!   changes: it is then re-created empty).
-//! - Media pinholes ([`Pinhole`]) are elements of `pinhole4` / `pinhole6`
-//!   (`source . destination . protocol . port`, the source an address or a prefix), matched
-//!   in the forward chain only: a pinhole admits its one flow through the appliance, never
-//!   to it.
+//! - Media pinholes ([`Pinhole`]) are elements of `pinhole4_host` / `pinhole6_host` (hash
+//!   sets, for a source that is one address) or `pinhole4` / `pinhole6` (interval sets, for
+//!   a source prefix), keyed `source . destination . protocol . port` and matched in the
+//!   forward chain only: a pinhole admits its one flow through the appliance, never to it.
+//!   A box upgraded from the layout with only `pinhole4` / `pinhole6` keeps them and their
+//!   elements; the first apply that adds the hash sets moves the one-address pinholes there
+//!   ([`netlink::move_host_pinholes`]), so no call in progress loses media.
 //! - After applying, [`Firewall::apply`] reads back only our table over netlink
 //!   ([`readback`], one snapshot of the table) and compares chains, policies, rules (in
 //!   order: comment, verdict, and what each matches, see [`mod@matches`]), set types and set
@@ -130,6 +133,19 @@ impl Firewall {
         let t0 = Instant::now();
         let existing = readback::existing_for(model::TABLE, rs)?;
         self.nft.apply(&nft::transaction(rs, &existing))?;
+        if upgrades_pinholes(rs, &existing) {
+            // Failure is not the apply's: every pinhole left behind still passes its flow,
+            // only its close waits for its old timeout.
+            match netlink::move_host_pinholes(model::TABLE) {
+                Ok(n) => log::info!(
+                    "firewall: moved {n} one-address pinholes to the hash sets (upgrade)"
+                ),
+                Err(e) => log::warn!(
+                    "firewall: cannot move one-address pinholes to the hash sets: {}",
+                    error_chain(&FirewallError::from(e))
+                ),
+            }
+        }
         let t1 = Instant::now();
         self.verify(rs, previous)?;
         let t2 = Instant::now();
@@ -198,6 +214,23 @@ impl Firewall {
             drift,
         })
     }
+}
+
+/// True when applying `rs` over `existing` adds the hash pinhole sets next to interval
+/// pinhole sets that were there (a box upgraded from the layout with one pinhole set per
+/// family): their one-address pinholes are then moved ([`netlink::move_host_pinholes`]).
+fn upgrades_pinholes(rs: &Ruleset, existing: &nft::Existing) -> bool {
+    [
+        (model::PINHOLE4, model::PINHOLE4_HOST),
+        (model::PINHOLE6, model::PINHOLE6_HOST),
+    ]
+    .iter()
+    .any(|(net, host)| {
+        rs.set(host).is_some()
+            && !existing.sets.contains(*host)
+            && existing.sets.contains(*net)
+            && !existing.reshaped.contains(*net)
+    })
 }
 
 /// What [`Firewall::inspect`] read back.

@@ -1202,6 +1202,8 @@ mod tests {
             key: key.to_vec(),
             key_end: None,
             flags: 0,
+            timeout_ms: None,
+            expires_ms: None,
         }
     }
 

@@ -10,6 +10,14 @@ use serde::Serialize;
 /// Name of the one table callgate owns.
 pub const TABLE: &str = "callgate";
 /// Dynamic sets written at run time over netlink (their contents survive a commit).
+/// Pinholes whose source is one address (nearly all): hash sets, so opening or closing one
+/// costs the same whatever the number of open pinholes.
+pub const PINHOLE4_HOST: &str = "pinhole4_host";
+pub const PINHOLE6_HOST: &str = "pinhole6_host";
+/// Pinholes whose source is a prefix (a carrier's media pool): interval sets (the kernel's
+/// pipapo backend, whose every transaction copies the whole set). The names predate the
+/// host sets, when every pinhole was kept here; an upgraded box keeps these sets and their
+/// contents (see [`crate::netlink::move_host_pinholes`]).
 pub const PINHOLE4: &str = "pinhole4";
 pub const PINHOLE6: &str = "pinhole6";
 pub const BLOCK4: &str = "block4";
@@ -30,6 +38,11 @@ pub enum SetKind {
     Pinhole4,
     /// `ipv6_addr . ipv6_addr . inet_proto . inet_service`, as [`SetKind::Pinhole4`].
     Pinhole6,
+    /// The type of [`SetKind::Pinhole4`] with per-element timeouts but no `interval` flag
+    /// (a hash set): pinholes whose source is one address.
+    Pinhole4Host,
+    /// The type of [`SetKind::Pinhole6`], as [`SetKind::Pinhole4Host`].
+    Pinhole6Host,
     /// IPv4 addresses with per-element timeouts.
     Block4,
     /// IPv6 addresses with per-element timeouts.
@@ -41,7 +54,12 @@ impl SetKind {
     pub fn is_dynamic(self) -> bool {
         matches!(
             self,
-            SetKind::Pinhole4 | SetKind::Pinhole6 | SetKind::Block4 | SetKind::Block6
+            SetKind::Pinhole4
+                | SetKind::Pinhole6
+                | SetKind::Pinhole4Host
+                | SetKind::Pinhole6Host
+                | SetKind::Block4
+                | SetKind::Block6
         )
     }
 
@@ -51,8 +69,12 @@ impl SetKind {
             SetKind::Ipv4Prefixes | SetKind::Block4 => vec!["ipv4_addr"],
             SetKind::Ipv6Prefixes | SetKind::Block6 => vec!["ipv6_addr"],
             SetKind::Ports => vec!["inet_service"],
-            SetKind::Pinhole4 => vec!["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
-            SetKind::Pinhole6 => vec!["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
+            SetKind::Pinhole4 | SetKind::Pinhole4Host => {
+                vec!["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"]
+            }
+            SetKind::Pinhole6 | SetKind::Pinhole6Host => {
+                vec!["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"]
+            }
         }
     }
 
@@ -60,7 +82,9 @@ impl SetKind {
     pub fn flags(self) -> Vec<&'static str> {
         match self {
             SetKind::Pinhole4 | SetKind::Pinhole6 => vec!["interval", "timeout"],
-            SetKind::Block4 | SetKind::Block6 => vec!["timeout"],
+            SetKind::Block4 | SetKind::Block6 | SetKind::Pinhole4Host | SetKind::Pinhole6Host => {
+                vec!["timeout"]
+            }
             SetKind::Ipv4Prefixes | SetKind::Ipv6Prefixes | SetKind::Ports => vec!["interval"],
         }
     }

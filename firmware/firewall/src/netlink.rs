@@ -3,20 +3,34 @@
 //!
 //! # What
 //!
-//! [`SetWriter`] adds and removes single elements of four sets that the
+//! [`SetWriter`] adds and removes single elements of six sets that the
 //! ruleset (rendered and loaded through `nft` elsewhere) declares:
 //!
-//! | set        | type                                                                       | used by (chain `forward`)                                              |
-//! |------------|----------------------------------------------------------------------------|------------------------------------------------------------------------|
-//! | `pinhole4` | `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags interval, timeout` | `ip saddr . ip daddr . meta l4proto . th dport @pinhole4 accept`   |
-//! | `pinhole6` | `ipv6_addr . ipv6_addr . inet_proto . inet_service`, `flags interval, timeout` | same, IPv6                                                         |
-//! | `block4`   | `ipv4_addr`, `flags timeout`                                               | `ip saddr @block4 drop` (also in `input`)                              |
-//! | `block6`   | `ipv6_addr`, `flags timeout`                                               | same, IPv6                                                             |
+//! | set             | type                                                                           | used by (chain `forward`)                                                |
+//! |-----------------|--------------------------------------------------------------------------------|--------------------------------------------------------------------------|
+//! | `pinhole4_host` | `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags timeout`           | `ip saddr . ip daddr . meta l4proto . th dport @pinhole4_host accept`    |
+//! | `pinhole4`      | `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags interval, timeout` | `ip saddr . ip daddr . meta l4proto . th dport @pinhole4 accept`         |
+//! | `pinhole6_host` | `ipv6_addr . ipv6_addr . inet_proto . inet_service`, `flags timeout`           | same as `pinhole4_host`, IPv6                                            |
+//! | `pinhole6`      | `ipv6_addr . ipv6_addr . inet_proto . inet_service`, `flags interval, timeout` | same as `pinhole4`, IPv6                                                 |
+//! | `block4`        | `ipv4_addr`, `flags timeout`                                                   | `ip saddr @block4 drop` (also in `input`)                                |
+//! | `block6`        | `ipv6_addr`, `flags timeout`                                                   | same, IPv6                                                               |
 //!
 //! A pinhole ([`Pinhole`]) admits one flow: from its source (one address or
-//! a prefix) to one destination address, protocol and port. Its element is
-//! a range of keys: `NFTA_SET_ELEM_KEY` holds the source's first address,
+//! a prefix) to one destination address, protocol and port. A pinhole whose
+//! source is one address (/32, /128: nearly all of them) is an element of
+//! the hash set `pinhole4_host` / `pinhole6_host`: its `NFTA_SET_ELEM_KEY`
+//! only. One whose source is a prefix (a carrier's media pool) is an element
+//! of the interval set `pinhole4` / `pinhole6`, a range of keys:
+//! `NFTA_SET_ELEM_KEY` holds the source's first address,
 //! `NFTA_SET_ELEM_KEY_END` its last, the other fields the same in both.
+//!
+//! Why two sets: the kernel keeps a concatenated interval set in its pipapo
+//! backend, which copies the whole set in every transaction that changes
+//! it, so each pinhole change there costs O(open pinholes) (about 1 ms per
+//! change with 4,000 pinholes here); a hash set change costs the same at any
+//! size. The interval sets keep their old names, so a box upgraded from the
+//! single-set layout keeps every pinhole; [`move_host_pinholes`] then moves
+//! the one-address ones to the hash sets.
 //!
 //! # Design
 //!
@@ -64,10 +78,12 @@
 //!   ([`SetWriter::change_pinholes`]); no bulk load (the ruleset carries
 //!   static elements). A `SetWriter` is not `Sync`: one owner issues the
 //!   calls.
-//! - Pinholes to the same destination, protocol and port whose sources
-//!   overlap without being equal (a /32 inside an open /28) cannot both be
-//!   in the set: the kernel refuses the second with `EEXIST`, whether or not
-//!   `NLM_F_EXCL` is set, and the whole batch with it.
+//! - Prefix pinholes to the same destination, protocol and port whose
+//!   sources overlap without being equal (a /29 inside an open /28) cannot
+//!   both be in the interval set: the kernel refuses the second with
+//!   `EEXIST`, whether or not `NLM_F_EXCL` is set, and the whole batch with
+//!   it. A one-address pinhole inside an open prefix pinhole is fine (they
+//!   are in different sets).
 //! - TTL: at least 1 ms (rounded up to whole ms); an element never lives
 //!   without a timeout, because a pinhole must close by itself.
 //! - Elements are owned by the table: deleting / recreating `inet <table>`
@@ -83,7 +99,8 @@
 //! - `wire.rs`: the bytes (requests, reply messages, attributes, errors);
 //! - `conn.rs`: the socket every request uses, the query / dump exchange and
 //!   the retry of transient failures;
-//! - `dump.rs`: [`dump_intervals`]; `lookup.rs`: [`covered_many`];
+//! - `dump.rs`: [`dump_intervals`], the dump [`move_host_pinholes`] reads;
+//!   `lookup.rs`: [`covered_many`];
 //!   [`rules`]: chains, rules and sets of a table.
 
 mod conn;
@@ -99,7 +116,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use self::conn::Conn;
+use self::conn::{retry, Conn};
 pub(crate) use self::dump::derive_intervals;
 pub use self::dump::{dump_intervals, KernelElem};
 pub use self::lookup::covered_many;
@@ -108,6 +125,7 @@ pub use self::rules::{
     KernelTable,
 };
 use self::wire::{Blamed, ElemOp, ElemRequest, ReplyKind};
+use crate::model::{PINHOLE4, PINHOLE4_HOST, PINHOLE6, PINHOLE6_HOST};
 
 /// How long one call waits for the kernel's acknowledgements.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -199,14 +217,17 @@ impl Pinhole {
         }
     }
 
-    /// Set, key and key end of this pinhole.
+    /// Set, key and key end of this pinhole: one source address goes to the
+    /// hash set (key only), a source prefix to the interval set (its first
+    /// and last address).
     fn elem(self) -> Result<Elem, NetlinkError> {
         let p = self.normalized()?;
         let key = |src| wire::pinhole_key(src, p.dst, p.proto, p.port);
+        let host = p.src.prefix_len() == p.src.max_prefix_len();
         Ok(Elem {
-            set: pinhole_set(p.dst),
+            set: pinhole_set(p.dst, host),
             key: key(p.src.network()),
-            key_end: Some(key(p.src.broadcast())),
+            key_end: (!host).then(|| key(p.src.broadcast())),
         })
     }
 }
@@ -527,7 +548,7 @@ impl SetWriter {
         if reqs.is_empty() {
             return Ok(());
         }
-        let set = reqs.first().map_or("pinhole4", |r| r.set);
+        let set = reqs.first().map_or(PINHOLE4_HOST, |r| r.set);
         self.transact(&reqs)
             .map_err(|e| self.classify(e, "change pinholes", set, ElemOp::Add { timeout_ms: 1 }))
     }
@@ -788,11 +809,76 @@ fn block_elem(addr: IpAddr) -> Elem {
     }
 }
 
-fn pinhole_set(addr: IpAddr) -> &'static str {
-    match addr {
-        IpAddr::V4(_) => "pinhole4",
-        IpAddr::V6(_) => "pinhole6",
+/// The set of a pinhole to `dst`: the hash set when its source is one address (`host`),
+/// the interval set when it is a prefix.
+fn pinhole_set(dst: IpAddr, host: bool) -> &'static str {
+    match (dst, host) {
+        (IpAddr::V4(_), true) => PINHOLE4_HOST,
+        (IpAddr::V4(_), false) => PINHOLE4,
+        (IpAddr::V6(_), true) => PINHOLE6_HOST,
+        (IpAddr::V6(_), false) => PINHOLE6,
     }
+}
+
+/// Moves per batch in [`move_host_pinholes`]: 5 messages and 5 acks each. The kernel
+/// queues every ack of a batch before we read one, and 64 moves (320 acks) overflow a
+/// default socket receive buffer (`ENOBUFS`); 16 (80 acks) stay well inside it.
+const MOVES_PER_BATCH: usize = 16;
+
+/// Moves the pinholes whose source is one address from the interval sets `pinhole4` /
+/// `pinhole6` of `inet <table>` to the hash sets `pinhole4_host` / `pinhole6_host`, each
+/// with the time it had left; returns how many moved. Prefix pinholes stay.
+///
+/// For a box upgraded from the layout where every pinhole was in the interval sets: run
+/// once, after the ruleset that declares the hash sets is applied, in the thread that owns
+/// the pinholes (so nothing opens or closes one meanwhile). Each element is added to the
+/// hash set and removed from the interval set in the same batch, so its flow passes
+/// throughout. Without the move those elements would still pass their flows, but a close
+/// or refresh (written to the hash set) would not reach them: a closed call's pinhole
+/// would stay open until its old timeout.
+///
+/// Errors: [`NetlinkError::SetMissing`] if a set is missing; a failed batch stops the
+/// move (the batches before it stay done).
+pub fn move_host_pinholes(table: &str) -> Result<usize, NetlinkError> {
+    check_table(table)?;
+    let mut w = SetWriter::open(table)?;
+    let mut moved = 0;
+    for (from, to) in [(PINHOLE4, PINHOLE4_HOST), (PINHOLE6, PINHOLE6_HOST)] {
+        let elems = retry(format_args!("dump of set {from}"), || {
+            let mut conn = Conn::open_for_dumps()?;
+            dump::dump_elems(&mut conn, table, from)
+        })?;
+        let hosts: Vec<(Elem, Elem, u64)> = elems
+            .into_iter()
+            .filter(|e| e.key_end.as_ref() == Some(&e.key))
+            .filter_map(|e| {
+                // what it had left; never 0 (no timeout), at least 1 ms
+                let ms = e.expires_ms.or(e.timeout_ms)?.max(1);
+                let old = Elem {
+                    set: from,
+                    key: e.key.clone(),
+                    key_end: e.key_end,
+                };
+                let new = Elem {
+                    set: to,
+                    key: e.key,
+                    key_end: None,
+                };
+                Some((old, new, ms))
+            })
+            .collect();
+        for chunk in hosts.chunks(MOVES_PER_BATCH) {
+            let mut reqs = Vec::with_capacity(chunk.len() * 5);
+            for (old, new, ms) in chunk {
+                reqs.extend(upsert_requests(new, *ms));
+                reqs.extend(discard_requests(old));
+            }
+            w.transact(&reqs)
+                .map_err(|e| w.classify(e, "move pinholes", to, ElemOp::Add { timeout_ms: 1 }))?;
+            moved += chunk.len();
+        }
+    }
+    Ok(moved)
 }
 
 fn block_set(addr: IpAddr) -> &'static str {
@@ -833,8 +919,19 @@ mod tests {
 
     #[test]
     fn set_names() {
-        assert_eq!(pinhole_set("192.0.2.1".parse().unwrap()), "pinhole4");
-        assert_eq!(pinhole_set("2001:db8::1".parse().unwrap()), "pinhole6");
+        assert_eq!(
+            pinhole_set("192.0.2.1".parse().unwrap(), true),
+            "pinhole4_host"
+        );
+        assert_eq!(pinhole_set("192.0.2.1".parse().unwrap(), false), "pinhole4");
+        assert_eq!(
+            pinhole_set("2001:db8::1".parse().unwrap(), true),
+            "pinhole6_host"
+        );
+        assert_eq!(
+            pinhole_set("2001:db8::1".parse().unwrap(), false),
+            "pinhole6"
+        );
         assert_eq!(block_set("192.0.2.1".parse().unwrap()), "block4");
         assert_eq!(block_set("2001:db8::1".parse().unwrap()), "block6");
     }
@@ -905,6 +1002,7 @@ mod tests {
 
     #[test]
     fn pinhole_elements_span_the_source() {
+        // a prefix: the interval set, key and key end
         let e = pinhole("203.0.113.37/28", "198.51.100.10").elem().unwrap();
         assert_eq!(e.set, "pinhole4");
         assert_eq!(&e.key[..8], [203, 0, 113, 32, 198, 51, 100, 10]);
@@ -912,10 +1010,34 @@ mod tests {
             &e.key_end.as_deref().unwrap()[..8],
             [203, 0, 113, 47, 198, 51, 100, 10]
         );
-        let e = pinhole("2001:db8::1/128", "2001:db8::10").elem().unwrap();
+        let e = pinhole("2001:db8::/127", "2001:db8::10").elem().unwrap();
         assert_eq!(e.set, "pinhole6");
-        assert_eq!(e.key_end.as_ref(), Some(&e.key));
+        assert_eq!(e.key_end.as_ref().map(Vec::len), Some(40));
+        // one address: the hash set, the key alone
+        let e = pinhole("2001:db8::1/128", "2001:db8::10").elem().unwrap();
+        assert_eq!(e.set, "pinhole6_host");
+        assert_eq!(e.key_end, None);
         assert_eq!(e.key.len(), 40);
+        let e = pinhole("203.0.113.5/32", "198.51.100.10").elem().unwrap();
+        assert_eq!(e.set, "pinhole4_host");
+        assert_eq!(e.key_end, None);
+        assert_eq!(
+            e.key,
+            [203, 0, 113, 5, 198, 51, 100, 10, 17, 0, 0, 0, 0x9c, 0x40, 0, 0]
+        );
+        // so is an IPv4-mapped one
+        let e = pinhole("::ffff:203.0.113.5/128", "::ffff:198.51.100.10")
+            .elem()
+            .unwrap();
+        assert_eq!(e.set, "pinhole4_host");
+        assert_eq!(e.key_end, None);
+        // and any change of the same pinhole names the same element
+        let p = pinhole("203.0.113.5/32", "198.51.100.10");
+        let open = upsert_requests(&p.elem().unwrap(), 1000);
+        let close = discard_requests(&p.elem().unwrap());
+        assert!(open.iter().chain(&close).all(|r| r.set == "pinhole4_host"
+            && r.key_end.is_none()
+            && r.key == p.elem().unwrap().key));
     }
 
     #[test]

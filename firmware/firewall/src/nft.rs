@@ -170,18 +170,22 @@ fn set_type(kind: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::Ipv4Prefixes | SetKind::Block4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::Ipv6Prefixes | SetKind::Block6 => schema::SetTypeValue::Single(T::Ipv6Addr),
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
-        SetKind::Pinhole4 => schema::SetTypeValue::Concatenated(Cow::Owned(vec![
-            T::Ipv4Addr,
-            T::Ipv4Addr,
-            T::InetProto,
-            T::InetService,
-        ])),
-        SetKind::Pinhole6 => schema::SetTypeValue::Concatenated(Cow::Owned(vec![
-            T::Ipv6Addr,
-            T::Ipv6Addr,
-            T::InetProto,
-            T::InetService,
-        ])),
+        SetKind::Pinhole4 | SetKind::Pinhole4Host => {
+            schema::SetTypeValue::Concatenated(Cow::Owned(vec![
+                T::Ipv4Addr,
+                T::Ipv4Addr,
+                T::InetProto,
+                T::InetService,
+            ]))
+        }
+        SetKind::Pinhole6 | SetKind::Pinhole6Host => {
+            schema::SetTypeValue::Concatenated(Cow::Owned(vec![
+                T::Ipv6Addr,
+                T::Ipv6Addr,
+                T::InetProto,
+                T::InetService,
+            ]))
+        }
     }
 }
 
@@ -267,14 +271,17 @@ impl Existing {
 }
 
 /// How a set of type words `ty` and flags `flags` differs from what `kind` needs, if it
-/// does (extra flags are fine: the kernel adds some, e.g. `concat`).
+/// does (extra flags other than `interval` are fine: the kernel adds some, e.g. `concat`).
 fn shape_differs(kind: SetKind, ty: &[String], flags: &[String]) -> Option<String> {
     let want_ty = kind.type_words();
     if ty != want_ty.as_slice() {
         return Some(format!("has type {ty:?}, expected {want_ty:?}"));
     }
     let want_flags = kind.flags();
-    if !want_flags.iter().all(|f| flags.iter().any(|g| g == f)) {
+    // `interval` picks the backend: one the set has and `kind` lacks is a difference too
+    // (nft cannot change a set's flags in place)
+    let extra_interval = flags.iter().any(|f| f == "interval") && !want_flags.contains(&"interval");
+    if extra_interval || !want_flags.iter().all(|f| flags.iter().any(|g| g == f)) {
         return Some(format!("has flags {flags:?}, expected {want_flags:?}"));
     }
     None

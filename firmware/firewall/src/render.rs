@@ -134,7 +134,9 @@ fn dynamic_sets() -> Vec<SetDef> {
     [
         (BLOCK4, SetKind::Block4),
         (BLOCK6, SetKind::Block6),
+        (PINHOLE4_HOST, SetKind::Pinhole4Host),
         (PINHOLE4, SetKind::Pinhole4),
+        (PINHOLE6_HOST, SetKind::Pinhole6Host),
         (PINHOLE6, SetKind::Pinhole6),
     ]
     .into_iter()
@@ -235,26 +237,28 @@ fn preamble(hook: Hook) -> Vec<RuleDef> {
 }
 
 /// Media pinholes: forwarded flows only (media never goes to the appliance itself), each
-/// from its source to its destination address, protocol and port.
+/// from its source to its destination address, protocol and port. Per family one rule for
+/// the hash set (sources that are one address, nearly every pinhole, so first) and one for
+/// the interval set (source prefixes).
 fn pinhole_rules() -> Vec<RuleDef> {
-    vec![
-        rule(
-            "builtin:pinhole",
-            vec![Cond::PinholeIn {
-                v6: false,
-                set: PINHOLE4.into(),
-            }],
-            Verdict::Accept,
-        ),
-        rule(
-            "builtin:pinhole",
-            vec![Cond::PinholeIn {
-                v6: true,
-                set: PINHOLE6.into(),
-            }],
-            Verdict::Accept,
-        ),
+    [
+        (false, PINHOLE4_HOST),
+        (false, PINHOLE4),
+        (true, PINHOLE6_HOST),
+        (true, PINHOLE6),
     ]
+    .into_iter()
+    .map(|(v6, set)| {
+        rule(
+            "builtin:pinhole",
+            vec![Cond::PinholeIn {
+                v6,
+                set: set.into(),
+            }],
+            Verdict::Accept,
+        )
+    })
+    .collect()
 }
 
 fn default_drop() -> RuleDef {
@@ -709,20 +713,36 @@ mod tests {
         assert!(pinholes("input").is_empty());
         assert!(pinholes("output").is_empty());
         let fwd = pinholes("forward");
-        assert_eq!(fwd.len(), 2);
+        let sets: Vec<(bool, &str)> = fwd
+            .iter()
+            .map(|r| match r.conds.as_slice() {
+                [Cond::PinholeIn { v6, set }] => (*v6, set.as_str()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(
-            fwd[0].conds,
-            [Cond::PinholeIn {
-                v6: false,
-                set: PINHOLE4.into()
-            }]
+            sets,
+            [
+                (false, PINHOLE4_HOST),
+                (false, PINHOLE4),
+                (true, PINHOLE6_HOST),
+                (true, PINHOLE6)
+            ]
         );
         assert_eq!(rs.set(PINHOLE6).unwrap().kind, SetKind::Pinhole6);
+        assert_eq!(rs.set(PINHOLE4_HOST).unwrap().kind, SetKind::Pinhole4Host);
+        assert_eq!(rs.set(PINHOLE6_HOST).unwrap().kind, SetKind::Pinhole6Host);
         assert_eq!(
             SetKind::Pinhole4.type_words(),
             ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"]
         );
+        assert_eq!(
+            SetKind::Pinhole4Host.type_words(),
+            SetKind::Pinhole4.type_words()
+        );
         assert_eq!(SetKind::Pinhole6.flags(), ["interval", "timeout"]);
+        // exact sources: a hash set (no interval flag)
+        assert_eq!(SetKind::Pinhole6Host.flags(), ["timeout"]);
         // the baseline forwards nothing, pinholes included
         let b = render_baseline(Some(&lab()));
         assert!(!b

@@ -62,6 +62,18 @@ fn apply_verify_replace_keeps_pinhole_sets() {
             "inet",
             "callgate",
             "pinhole4",
+            "{ 203.0.113.16/28 . 198.51.100.10 . udp . 40000 timeout 60s }",
+        ],
+        None,
+    );
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "element",
+            "inet",
+            "callgate",
+            "pinhole4_host",
             "{ 203.0.113.20 . 198.51.100.10 . udp . 40000 timeout 60s }",
         ],
         None,
@@ -87,6 +99,12 @@ fn apply_verify_replace_keeps_pinhole_sets() {
     let pin = ns.exec(
         "nft",
         &["list", "set", "inet", "callgate", "pinhole4"],
+        None,
+    );
+    assert!(pin.contains("203.0.113.16/28 . 198.51.100.10"), "{pin}");
+    let pin = ns.exec(
+        "nft",
+        &["list", "set", "inet", "callgate", "pinhole4_host"],
         None,
     );
     assert!(pin.contains("203.0.113.20 . 198.51.100.10"), "{pin}");
@@ -143,6 +161,96 @@ fn apply_reshapes_pinhole_sets_of_an_older_ruleset() {
     );
     let block = ns.exec("nft", &["list", "set", "inet", "callgate", "block4"], None);
     assert!(block.contains("203.0.113.66"), "{block}");
+}
+
+/// A table of the layout before the hash pinhole sets (every pinhole in the interval sets
+/// `pinhole4` / `pinhole6`), holding pinholes of calls in progress: the apply adds the hash
+/// sets and moves every one-address pinhole there with the time it had left, prefixes stay,
+/// nothing is lost, the result verifies, and a moved pinhole closes.
+#[test]
+fn apply_moves_one_address_pinholes_of_an_older_ruleset_to_the_hash_sets() {
+    let ns = NetNs::for_test("apply_netns", "fw");
+    let mut old = String::from(
+        "table inet callgate {
+            set pinhole4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval, timeout; }
+            set pinhole6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval, timeout; }
+            set block4 { type ipv4_addr; flags timeout; }
+            set block6 { type ipv6_addr; flags timeout; }
+            chain forward {
+                type filter hook forward priority 0; policy drop;
+                ip saddr . ip daddr . meta l4proto . th dport @pinhole4 counter accept comment \"builtin:pinhole\"
+                ip6 saddr . ip6 daddr . meta l4proto . th dport @pinhole6 counter accept comment \"builtin:pinhole\"
+            }
+        }
+        add element inet callgate pinhole4 { 203.0.113.0/28 . 198.51.100.10 . udp . 40002 timeout 600s }
+        add element inet callgate pinhole6 { 2001:db8:1::20 . 2001:db8:2::10 . udp . 40000 timeout 30s }
+        add element inet callgate pinhole6 { 2001:db8:1::/64 . 2001:db8:2::10 . udp . 40002 timeout 600s }
+",
+    );
+    // more than one move batch (16) of one-address pinholes
+    for i in 0..150u16 {
+        writeln!(
+            old,
+            "add element inet callgate pinhole4 {{ 203.0.113.20 . 198.51.100.10 . udp . {} timeout 600s }}",
+            10_000 + i
+        )
+        .unwrap();
+    }
+    ns.nft_load(&old);
+    let rs = render_src(&lab_src());
+    ns.run_inside(move || {
+        let fw = Firewall::default();
+        fw.apply(&rs, None).unwrap();
+        fw.verify(&rs, None).unwrap();
+        // a moved pinhole closes by the writer
+        let mut w = callgate_firewall::SetWriter::open("callgate").unwrap();
+        w.close_pinhole(callgate_firewall::Pinhole {
+            src: "203.0.113.20/32".parse().unwrap(),
+            dst: "198.51.100.10".parse().unwrap(),
+            proto: callgate_firewall::PinholeProto::Udp,
+            port: 10_149,
+        })
+        .unwrap();
+    });
+    let list = |set: &str| ns.exec("nft", &["list", "set", "inet", "callgate", set], None);
+    let (p4h, p4, p6h, p6) = (
+        list("pinhole4_host"),
+        list("pinhole4"),
+        list("pinhole6_host"),
+        list("pinhole6"),
+    );
+    assert!(
+        p4h.contains("flags timeout") && !p4h.contains("interval"),
+        "{p4h}"
+    );
+    assert_eq!(
+        p4h.matches("203.0.113.20 . 198.51.100.10 . udp").count(),
+        149,
+        "{p4h}"
+    );
+    assert!(p4h.contains("udp . 10000 timeout"), "{p4h}");
+    assert!(!p4h.contains("udp . 10149 "), "closed: {p4h}");
+    // the time left is kept: 600 s pinholes get at most 600 s, 30 s ones at most 30 s
+    assert!(
+        !p4h.contains("timeout 10m") || p4h.contains("expires 9m"),
+        "{p4h}"
+    );
+    assert!(
+        p4.contains("203.0.113.0/28 . 198.51.100.10 . udp . 40002"),
+        "{p4}"
+    );
+    assert!(!p4.contains("203.0.113.20"), "moved away: {p4}");
+    assert!(
+        p6h.contains("2001:db8:1::20 . 2001:db8:2::10 . udp . 40000 timeout 3")
+            || p6h.contains("2001:db8:1::20 . 2001:db8:2::10 . udp . 40000 timeout 29s")
+            || p6h.contains("2001:db8:1::20 . 2001:db8:2::10 . udp . 40000 timeout 2"),
+        "{p6h}"
+    );
+    assert!(
+        p6.contains("2001:db8:1::/64 . 2001:db8:2::10 . udp . 40002"),
+        "{p6}"
+    );
+    assert!(!p6.contains("2001:db8:1::20 "), "moved away: {p6}");
 }
 
 #[test]

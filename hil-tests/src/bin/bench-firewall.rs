@@ -170,7 +170,7 @@ fn main() {
         let st = a
             .ns()
             .command("nft")
-            .args(["add", "element", "inet", "callgate", "pinhole4", &elem])
+            .args(["add", "element", "inet", "callgate", "pinhole4_host", &elem])
             .status();
         nft_pin.push(ms(t.elapsed()));
         must(st.map(|s| s.success()).unwrap_or(false), "nft add element");
@@ -188,7 +188,7 @@ fn main() {
             "set",
             "inet",
             "callgate",
-            "pinhole4",
+            "pinhole4_host",
         ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).matches("udp").count())

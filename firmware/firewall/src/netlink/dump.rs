@@ -43,6 +43,8 @@ const NFTA_LIST_ELEM: u16 = 1;
 /// `enum nft_set_elem_attributes`.
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 /// `enum nft_data_attributes`.
 const NFTA_DATA_VALUE: u16 = 1;
@@ -76,6 +78,10 @@ pub struct KernelElem {
     /// exclusive end of a range in other interval sets, `NFT_SET_ELEM_CATCHALL`
     /// (0x2) the catch-all element.
     pub flags: u32,
+    /// `NFTA_SET_ELEM_TIMEOUT`: the element's timeout in ms (sets with `flags timeout`).
+    pub timeout_ms: Option<u64>,
+    /// `NFTA_SET_ELEM_EXPIRATION`: ms until the element expires.
+    pub expires_ms: Option<u64>,
 }
 
 impl KernelElem {
@@ -327,12 +333,15 @@ fn parse_elem(v: &[u8]) -> Result<KernelElem, String> {
     let mut key = None;
     let mut flags = 0;
     let mut key_end = None;
+    let (mut timeout_ms, mut expires_ms) = (None, None);
     for attr in attrs(v) {
         let (attr_kind, v) = attr?;
         match attr_kind {
             NFTA_SET_ELEM_KEY => key = Some(data_value(v)?),
             NFTA_SET_ELEM_KEY_END => key_end = Some(data_value(v)?),
             NFTA_SET_ELEM_FLAGS => flags = be_u32(v)?,
+            NFTA_SET_ELEM_TIMEOUT => timeout_ms = Some(be_u64(v)?),
+            NFTA_SET_ELEM_EXPIRATION => expires_ms = Some(be_u64(v)?),
             _ => {}
         }
     }
@@ -341,14 +350,26 @@ fn parse_elem(v: &[u8]) -> Result<KernelElem, String> {
             key,
             key_end,
             flags,
+            timeout_ms,
+            expires_ms,
         }),
         None if flags & NFT_SET_ELEM_CATCHALL != 0 => Ok(KernelElem {
             key: Vec::new(),
             key_end,
             flags,
+            timeout_ms,
+            expires_ms,
         }),
         None => Err("set element without key".into()),
     }
+}
+
+/// A big-endian u64 attribute (`NLA_U64` / `NLA_BE64` as nf_tables sends them).
+fn be_u64(v: &[u8]) -> Result<u64, String> {
+    v.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| format!("u64 attribute of {} bytes", v.len()))
 }
 
 /// The `NFTA_DATA_VALUE` inside a nested key attribute.

@@ -61,10 +61,13 @@ const REG32: usize = 4;
 /// - `inet_proto`: 1 byte (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17) + 3 zero;
 /// - `inet_service`: 2 bytes network order + 2 zero.
 ///
-/// The sets have `flags interval`, so an element is a range of keys: its
-/// `NFTA_SET_ELEM_KEY` is this key with the first source address of the
-/// range, its `NFTA_SET_ELEM_KEY_END` the same with the last one. Both
-/// addresses must be canonical (see [`canonical`]) and of one family.
+/// The same layout in both kinds of pinhole set. In the hash sets (`flags
+/// timeout`, one source address) an element is this key alone. In the
+/// interval sets (`flags interval, timeout`, a source prefix) an element is a
+/// range of keys: its `NFTA_SET_ELEM_KEY` is this key with the first source
+/// address of the range, its `NFTA_SET_ELEM_KEY_END` the same with the last
+/// one. Both addresses must be canonical (see [`canonical`]) and of one
+/// family.
 pub(crate) fn pinhole_key(src: IpAddr, dst: IpAddr, proto: PinholeProto, port: u16) -> Vec<u8> {
     let mut key = addr_key(src);
     key.extend(addr_key(dst));
@@ -482,10 +485,10 @@ mod tests {
 
     #[test]
     fn pinhole4_single_source_key_matches_nft_debug_netlink() {
-        // nft --debug=netlink add element inet t p4
+        // a hash set (`flags timeout`, no interval) holds the key alone:
+        // nft --debug=netlink add element inet t p4h
         //   '{ 203.0.113.5 . 198.51.100.10 . tcp . 5060 timeout 10s }'
-        // element 057100cb 0a6433c6 00000006 0000c413  - 057100cb 0a6433c6 00000006 0000c413
-        // (a single source: key and key end are the same)
+        // element 057100cb 0a6433c6 00000006 0000c413  : 0 [end]
         let key = pinhole_key(
             v4(203, 0, 113, 5),
             v4(198, 51, 100, 10),
@@ -495,6 +498,36 @@ mod tests {
         assert_eq!(
             key,
             nft_debug_words(&[0x0571_00cb, 0x0a64_33c6, 0x0000_0006, 0x0000_c413])
+        );
+    }
+
+    #[test]
+    fn pinhole6_single_source_key_matches_nft_debug_netlink() {
+        // nft --debug=netlink add element inet t p6h
+        //   '{ 2001:db8:1::7 . 2001:db8::10 . udp . 10000 timeout 30s }'
+        // element b80d0120 00000100 00000000 07000000 b80d0120 00000000 00000000 10000000
+        //         00000011 00001027  : 0 [end]
+        let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().unwrap());
+        let key = pinhole_key(
+            v6("2001:db8:1::7"),
+            v6("2001:db8::10"),
+            PinholeProto::Udp,
+            10000,
+        );
+        assert_eq!(
+            key,
+            nft_debug_words(&[
+                0xb80d_0120,
+                0x0000_0100,
+                0x0000_0000,
+                0x0700_0000,
+                0xb80d_0120,
+                0x0000_0000,
+                0x0000_0000,
+                0x1000_0000,
+                0x0000_0011,
+                0x0000_1027,
+            ])
         );
     }
 
@@ -605,6 +638,49 @@ mod tests {
         want.extend_from_slice(&elem);
         want.extend_from_slice(&end);
         assert_eq!(bytes, want);
+    }
+
+    /// A hash-set pinhole element, compared with `nft --debug=mnl add element inet
+    /// callgate pinhole4_host '{ 203.0.113.5 . 198.51.100.10 . udp . 40000 timeout 10s }'`
+    /// (set of type `ipv4_addr . ipv4_addr . inet_proto . inet_service`, `flags timeout`):
+    /// nft sends `LIST_ELEM { TIMEOUT 10000, KEY { DATA_VALUE cb007105 c633640a 11000000
+    /// 9c400000 } }` (timeout first) and a NFTA_SET_ELEM_LIST_SET_ID; we send the same key
+    /// and timeout, no key end.
+    #[test]
+    fn hash_set_element_bytes() {
+        let req = ElemRequest {
+            op: ElemOp::Ensure { timeout_ms: 10_000 },
+            set: "pinhole4_host",
+            key: pinhole_key(
+                v4(203, 0, 113, 5),
+                v4(198, 51, 100, 10),
+                PinholeProto::Udp,
+                40000,
+            ),
+            key_end: None,
+        };
+        let (bytes, used) = encode_batch("callgate", &[req], 7);
+        assert_eq!(used, 3);
+        #[rustfmt::skip]
+        let elem: Vec<u8> = vec![
+            100, 0, 0, 0,             // len: 20 + table 16 + set 20 + elements 44
+            0x0c, 0x0a,               // NFT_MSG_NEWSETELEM | NFNL_SUBSYS_NFTABLES << 8
+            0x05, 0x04,               // REQUEST|ACK | CREATE (no EXCL: ensure)
+            8, 0, 0, 0,               // seq
+            0, 0, 0, 0,               // port
+            1, 0, 0, 0,               // NFPROTO_INET, v0, res_id 0
+            13, 0, 1, 0, b'c', b'a', b'l', b'l', b'g', b'a', b't', b'e', 0, 0, 0, 0, // TABLE
+            18, 0, 2, 0, b'p', b'i', b'n', b'h', b'o', b'l', b'e', b'4', // SET
+            b'_', b'h', b'o', b's', b't', 0, 0, 0,
+            44, 0, 3, 0x80,           // ELEMENTS (nested)
+            40, 0, 1, 0x80,           //   LIST_ELEM (nested)
+            24, 0, 1, 0x80,           //     ELEM_KEY (nested)
+            20, 0, 1, 0,              //       DATA_VALUE
+            203, 0, 113, 5, 198, 51, 100, 10, 17, 0, 0, 0, 0x9c, 0x40, 0, 0,
+            12, 0, 4, 0,              //     ELEM_TIMEOUT, u64 BE ms
+            0, 0, 0, 0, 0, 0, 0x27, 0x10,
+        ];
+        assert_eq!(&bytes[20..bytes.len() - 20], elem.as_slice());
     }
 
     #[test]
