@@ -7,11 +7,16 @@
 //! - pinholes: `SetWriter::open_pinhole` over netlink, with the 100k allowlist loaded,
 //!   against `nft add element` of the same kind of element.
 //! - replace: `callgate commit` of a different 100k-prefix allowlist over the first.
+//! - pinhole changes at scale: with 2,000 pinholes in each set, single open + close
+//!   transactions of a one-address pinhole (hash set) against a prefix-source one (the
+//!   interval set, which every pinhole used before the hash sets):
+//!   `pinhole_change_x_vs_prefix`.
 //!
 //! Every figure is the median of several runs; the apply ratio is the median of per-round
 //! (paired) ratios. The last line is
 //! `BENCH firewall apply_100k_ms=… nft_apply_100k_ms=… apply_x_vs_nft=… pinhole_p50_ms=…
-//! pinhole_p99_ms=… nft_pinhole_ms=… replace_100k_ms=…`.
+//! pinhole_p99_ms=… nft_pinhole_ms=… replace_100k_ms=… pinhole_change_us=…
+//! prefix_pinhole_change_us=… pinhole_change_x_vs_prefix=…`.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::process::Command;
@@ -26,6 +31,53 @@ const PREFIXES: usize = 100_000;
 const REPS: usize = 5;
 const PINHOLES: usize = 2000;
 const NFT_PINHOLES: usize = 5;
+
+/// Open + close transactions timed by [`change_cost`].
+const CHANGES: u32 = 200;
+
+/// Inside the appliance's namespace, with the [`PINHOLES`] one-address pinholes opened
+/// before: as many prefix-source pinholes into the interval set, then [`CHANGES`] single
+/// open + close transactions of a one-address pinhole (hash set) and of a prefix one
+/// (interval set, the layout every pinhole had before the hash sets): microseconds per
+/// transaction of each. An interval set's transaction costs in proportion to its size.
+fn change_cost() -> Result<(f64, f64), String> {
+    let mut w = SetWriter::open("callgate").map_err(|e| e.to_string())?;
+    let prefix = |i: u32, port: u16| -> Result<Pinhole, String> {
+        Ok(Pinhole {
+            src: ipnet::IpNet::new(IpAddr::V4((0x0a00_0000 + 2 * i).into()), 31)
+                .map_err(|e| e.to_string())?,
+            dst: IpAddr::V4(addr::PBX_V4),
+            proto: PinholeProto::Udp,
+            port,
+        })
+    };
+    let ttl = Duration::from_secs(120);
+    let fill = (0..PINHOLES as u32)
+        .map(|i| Ok(prefix(i, 20_000)?.change(Some(ttl))))
+        .collect::<Result<Vec<_>, String>>()?;
+    for batch in fill.chunks(16) {
+        w.change_pinholes(batch).map_err(|e| e.to_string())?;
+    }
+    let mut timed = |make: &dyn Fn(u32) -> Result<Pinhole, String>| -> Result<f64, String> {
+        let t = Instant::now();
+        for i in 0..CHANGES {
+            let p = make(i)?;
+            w.open_pinhole(p, ttl).map_err(|e| e.to_string())?;
+            w.discard_pinhole(p).map_err(|e| e.to_string())?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(2 * CHANGES))
+    };
+    let host = timed(&|i| {
+        Ok(Pinhole {
+            src: IpAddr::V4(addr::CARRIER_V4).into(),
+            dst: IpAddr::V4(addr::PBX_V4),
+            proto: PinholeProto::Udp,
+            port: 40_000 + i as u16,
+        })
+    })?;
+    let prefix = timed(&|i| prefix(PINHOLES as u32 + i, 30_000))?;
+    Ok((host, prefix))
+}
 
 /// `LAB` plus one allow entry with `PREFIXES` non-adjacent IPv6 /64s from the documentation
 /// range (`odd` picks a disjoint second set).
@@ -195,9 +247,24 @@ fn main() {
         .unwrap_or(0);
     must(count >= PINHOLES, "pinholes present in the kernel");
 
+    eprintln!(
+        "bench: {CHANGES} open + close of one pinhole each with {PINHOLES} present, one-address \
+         source (hash set) and prefix source (interval set)"
+    );
+    let change = a.ns().run_in(change_cost);
+    let (host_us, prefix_us) = match change {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("bench: pinhole change: {e}");
+            std::process::exit(1);
+        }
+    };
+
     println!(
         "BENCH firewall apply_100k_ms={apply:.0} nft_apply_100k_ms={nft_apply:.0} apply_x_vs_nft={:.2} \
-         pinhole_p50_ms={p50:.3} pinhole_p99_ms={p99:.3} nft_pinhole_ms={nft_pin:.0} replace_100k_ms={replace:.0}",
-        apply_ratio
+         pinhole_p50_ms={p50:.3} pinhole_p99_ms={p99:.3} nft_pinhole_ms={nft_pin:.0} replace_100k_ms={replace:.0} \
+         pinhole_change_us={host_us:.0} prefix_pinhole_change_us={prefix_us:.0} pinhole_change_x_vs_prefix={:.3}",
+        apply_ratio,
+        host_us / prefix_us
     );
 }
