@@ -113,6 +113,14 @@ pub fn carrier_calls(lab: &Lab, n: u64, rate: f64, hold: Duration) -> crate::sip
         .timeout(Duration::from_secs(600))
 }
 
+/// Milliseconds since the Unix epoch: the clock of call records (`answer_at`, `end_at`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A JSON number as u64.
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))

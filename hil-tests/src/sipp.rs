@@ -732,6 +732,15 @@ pub struct SippResult {
 }
 
 impl SippResult {
+    /// The Call-IDs of the calls that ended answered (final response 200).
+    pub fn answered(&self) -> Vec<String> {
+        self.final_calls
+            .iter()
+            .filter(|(c, _)| *c == 200)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     /// A counter of the last stat row, e.g. `stat("FailedTimeoutOnRecv(C)")`.
     pub fn stat(&self, column: &str) -> Option<u64> {
         self.stats.get(column).and_then(|v| v.trim().parse().ok())

@@ -10,7 +10,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use hil_tests::addr::{self, A_PRIV_V4, B_PRIV_V4, WAN_VIP_V4};
-use hil_tests::calls::{u, wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
+use hil_tests::calls::{now_ms, u, wait_cdrs, CALLER, CALLER_NAME, UDP_NUMBER};
 use hil_tests::pair::{
     new_pair_lab, pair_toml, role, show_pair, start_pair, start_pair_tls, vips_held, wait_until,
     PairTls, VIPS, WAN_VIPS,
@@ -364,6 +364,59 @@ fn a_planned_failover_swaps_the_roles_and_only_the_active_may_ask() {
     assert_eq!(role(&a), "standby");
 }
 
+/// `x`'s set of one-address media pinholes, as nft lists it (`None` if nft fails).
+fn host_pinholes(x: &hil_tests::Appliance<'_>) -> Option<String> {
+    x.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
+        .ok()
+}
+
+/// Asserts that `x` comes to hold the lab calls' media pinholes, both directions (sipp's
+/// calls all use the same media ports, so they share them), in its own kernel.
+fn assert_holds_media_pinholes(x: &hil_tests::Appliance<'_>) {
+    assert!(
+        wait_until(Duration::from_secs(3), || host_pinholes(x)
+            .is_some_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
+                && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
+        "{:?}",
+        host_pinholes(x)
+    );
+}
+
+/// The calls answered through A and held 5 s across A's SIGKILL at `killed_at` (a
+/// successful run `r` of 100 calls): each has exactly one final record on `b`, answered,
+/// by lab-a, ended by lab-b, in progress at the kill, its duration its end minus its
+/// answer (5 s held, the BYE delayed by the takeover at most). Returns their Call-IDs.
+fn assert_carried_over(
+    b: &hil_tests::Appliance<'_>,
+    r: &hil_tests::sipp::SippResult,
+    killed_at: u64,
+) -> Vec<String> {
+    let answered = r.answered();
+    assert_eq!(answered.len(), 100);
+    wait_cdrs(b, 100);
+    let records = hil_tests::calls::cdrs(b);
+    for id in &answered {
+        let mine: Vec<&serde_json::Value> =
+            records.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
+        let c = mine[0];
+        assert_eq!(c["disposition"], "answered", "{c}");
+        assert_eq!(c["appliance"], "lab-a", "{c}");
+        assert_eq!(c["ended_by"], "lab-b", "{c}");
+        let (answer, end) = (u(&c["answer_at"]), u(&c["end_at"]));
+        assert!(
+            answer < killed_at && end > killed_at,
+            "not in progress at the kill: {c}"
+        );
+        assert_eq!(u(&c["duration_ms"]), end - answer, "{c}");
+        assert!(
+            (4_900..10_000).contains(&u(&c["duration_ms"])),
+            "duration: {c}"
+        );
+    }
+    answered
+}
+
 /// SIGKILL of the active while 100 calls are held: B takes the addresses and carries the
 /// calls on from the records A replicated, so the callers' BYEs (all after the kill) are
 /// routed by B to the PBX, and every answered call has exactly one complete record on B,
@@ -376,13 +429,8 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
     let call = held_calls(&lab, 100, 50.0, Duration::from_secs(5));
     // All 100 calls are set up within 2 s and held for 5 s: kill A at 2.5 s.
     std::thread::sleep(Duration::from_millis(2500));
-    let killed_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let standby_set = b
-        .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-        .unwrap();
+    let killed_at = now_ms();
+    let standby_set = host_pinholes(&b).expect("nft lists the standby's pinholes");
     assert!(
         !standby_set.contains("elements"),
         "the standby holds pinholes: {standby_set}\nA: {}\nB: {}\nA log:\n{}\nB log:\n{}",
@@ -392,51 +440,12 @@ fn sigkill_of_the_active_mid_call_loses_no_call_and_no_record() {
         b.log()
     );
     a.kill9();
-    // The survivor holds the calls' media pinholes (both directions; sipp's calls all
-    // use the same media ports, so they share them) in its own kernel.
-    assert!(
-        wait_until(Duration::from_secs(3), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
-                && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
-        "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .unwrap_or_default()
-    );
+    assert_holds_media_pinholes(&b);
     let r = call.wait(Duration::from_secs(90)).expect("caller ends");
     let _ = pbx.stop();
     assert_eq!(role(&b), "active");
     assert_eq!((r.successful, r.failed), (100, 0), "{}", r.summary());
-    let answered: Vec<String> = r
-        .final_calls
-        .iter()
-        .filter(|(c, _)| *c == 200)
-        .map(|(_, id)| id.clone())
-        .collect();
-    assert_eq!(answered.len(), 100);
-    let all = wait_cdrs(&b, 100);
-    let records = hil_tests::calls::cdrs(&b);
-    for id in &answered {
-        let mine: Vec<&serde_json::Value> =
-            records.iter().filter(|c| c["call_id"] == *id).collect();
-        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
-        assert_eq!(mine[0]["disposition"], "answered", "{}", mine[0]);
-        assert!(
-            !mine[0]["end_at"].is_null(),
-            "call {id} has no end: {}",
-            mine[0]
-        );
-        assert_eq!(mine[0]["appliance"], "lab-a", "{}", mine[0]);
-        assert_eq!(mine[0]["ended_by"], "lab-b", "{}", mine[0]);
-    }
-    let carried = all
-        .iter()
-        .filter(|c| {
-            c["answer_at"].as_u64().is_some_and(|t| t < killed_at)
-                && c["end_at"].as_u64().is_some_and(|t| t > killed_at)
-        })
-        .count();
-    assert_eq!(carried, 100, "every call was in progress at the kill");
+    let answered = assert_carried_over(&b, &r, killed_at);
     assert!(
         b.log().contains("calls in progress carried on"),
         "{}",
@@ -545,14 +554,9 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
     let call = held_tls_calls(&lab, 100, 50.0, Duration::from_secs(5));
     // All 100 calls are set up within 2 s and held for 5 s: kill A at 2.5 s.
     std::thread::sleep(Duration::from_millis(2500));
-    let killed_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let killed_at = now_ms();
     // So far the standby took no TLS connection and opened no pinhole.
-    let standby_set = b
-        .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-        .unwrap();
+    let standby_set = host_pinholes(&b).expect("nft lists the standby's pinholes");
     assert!(
         !standby_set.contains("elements"),
         "the standby holds pinholes: {standby_set}"
@@ -570,16 +574,7 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
         "B did not take over: {}",
         show_pair(&b)
     );
-    // The survivor holds the calls' media pinholes in its own kernel.
-    assert!(
-        wait_until(Duration::from_secs(3), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .is_ok_and(|l| l.contains("203.0.113.10 . 198.51.100.10 . udp")
-                && l.contains("198.51.100.10 . 203.0.113.10 . udp"))),
-        "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .unwrap_or_default()
-    );
+    assert_holds_media_pinholes(&b);
     // ... and carries the calls on: each is on B's list of calls in progress, answered,
     // its carrier leg over TLS, with media, unless it has already ended there (the list
     // is read first: a call ends at most once in between).
@@ -609,36 +604,8 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
         front.subjects(),
         b.log()
     );
-    let answered: Vec<String> = r
-        .final_calls
-        .iter()
-        .filter(|(c, _)| *c == 200)
-        .map(|(_, id)| id.clone())
-        .collect();
-    assert_eq!(answered.len(), 100);
-    wait_cdrs(&b, 100);
-    let records = hil_tests::calls::cdrs(&b);
-    for id in &answered {
-        let mine: Vec<&serde_json::Value> =
-            records.iter().filter(|c| c["call_id"] == *id).collect();
-        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
-        let c = mine[0];
-        assert_eq!(c["disposition"], "answered", "{c}");
-        assert_eq!(c["appliance"], "lab-a", "{c}");
-        assert_eq!(c["ended_by"], "lab-b", "{c}");
-        let (answer, end) = (u(&c["answer_at"]), u(&c["end_at"]));
-        assert!(
-            answer < killed_at && end > killed_at,
-            "not in progress at the kill: {c}"
-        );
-        assert_eq!(u(&c["duration_ms"]), end - answer, "{c}");
-        // Held 5 s by the caller; the BYE waited at most for the takeover and a new
-        // connection.
-        assert!(
-            (4_900..10_000).contains(&u(&c["duration_ms"])),
-            "duration: {c}"
-        );
-    }
+    // (the BYEs waited at most for the takeover and a new connection)
+    assert_carried_over(&b, &r, killed_at);
     // Nothing left in progress on B, no pinhole left open.
     assert!(
         wait_until(Duration::from_secs(5), || b
@@ -650,12 +617,10 @@ fn sigkill_of_the_active_mid_call_over_tls_loses_no_call_and_no_record() {
         b.cli(&["show", "calls"]).stdout
     );
     assert!(
-        wait_until(Duration::from_secs(5), || b
-            .nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .is_ok_and(|l| !l.contains("203.0.113.10 . 198.51.100.10"))),
-        "{}",
-        b.nft(&["list", "set", "inet", "callgate", "pinhole4_host"])
-            .unwrap_or_default()
+        wait_until(Duration::from_secs(5), || host_pinholes(&b)
+            .is_some_and(|l| !l.contains("203.0.113.10 . 198.51.100.10"))),
+        "{:?}",
+        host_pinholes(&b)
     );
     // Two TLS connections carried the calls, both checked for the VIP against the lab CA:
     // the first (INVITEs, ACKs) to A with A's certificate, the second (the BYEs) to B with

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use hil_tests::calls::{
-    active_calls, cdrs, config, lab_toml, new_lab, start, stats, u, wait_cdrs, CALLER, CALLER_NAME,
-    TCP_NUMBER, UDP_NUMBER,
+    active_calls, cdrs, config, lab_toml, new_lab, now_ms, start, stats, u, wait_cdrs, CALLER,
+    CALLER_NAME, TCP_NUMBER, UDP_NUMBER,
 };
 use hil_tests::sipp::{Sipp, SippHandle, SippResult, Transport};
 use hil_tests::tls::{
@@ -1016,24 +1016,13 @@ fn a_kill_under_load_keeps_every_answered_call_and_completes_the_calls_in_progre
         .spawn()
         .expect("caller");
     std::thread::sleep(Duration::from_secs(3));
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    };
     let killed_at = now_ms();
     a.kill9();
     a.launch().expect("the daemon starts again at once");
     let restarted_at = now_ms();
     let r = call.wait(Duration::from_secs(150)).expect("caller ends");
     let _ = pbx.stop();
-    let answered: Vec<String> = r
-        .final_calls
-        .iter()
-        .filter(|(c, _)| *c == 200)
-        .map(|(_, id)| id.clone())
-        .collect();
+    let answered = r.answered();
     assert!(answered.len() >= 150, "{}", r.summary());
     let all = wait_cdrs(&a, answered.len());
     let all_records = cdrs(&a);
