@@ -86,8 +86,9 @@
 //! 8. **Isolated**: when every heartbeat path's link is down at this node's own end, the
 //!    fault is on its side (or both sides lost everything): it cannot tell whether the
 //!    peer took over, and the peer, if alive, takes it for dead. An Active steps down
-//!    ([`Reason::Isolated`]) and a Standby does not take over (rule 2) until a link is
-//!    back, so an isolated node never answers on the shared addresses beside the peer.
+//!    ([`Reason::Isolated`]) and a Standby does not take over, by any rule (2, 3 or 4),
+//!    until a link is back, so an isolated node never answers on the shared addresses
+//!    beside the peer.
 //!    A path whose link is down while another is up still counts as missed at once. A
 //!    link that comes back is a reset point `link_up_grace` ahead: that long plus a full
 //!    `D` to hear the peer before it can be declared dead (address resolution and the
@@ -761,7 +762,10 @@ impl Election {
 
     /// Rules 1–4 and 6.
     fn evaluate_standby(&mut self, now: Millis) -> Option<Transition> {
-        if self.health == 0 {
+        // Health 0, or isolated (rule 8): no takeover by any rule. An isolated node that
+        // took over on a peer it still counts as live (rules 3-4) would step down at once
+        // (rule 8) and take over again at its next input, flapping beside the active.
+        if self.health == 0 || self.isolated() {
             self.preempt_since = None;
             return None;
         }

@@ -358,6 +358,22 @@ fn a_healthier_standby_takes_over_from_a_live_active_after_the_hold_down() {
     );
     // Equal health: no takeover.
     run(cfg(), &heard(10, 500, with_health(active(3), 100), S, 3));
+    // Isolated (every link down at our end) while the less healthy active still counts as
+    // live: no takeover, which would only step down at once (rule 8) and flap beside the
+    // active (found by chaos_then_calm_leaves_exactly_one_active).
+    run(
+        cfg(),
+        &cat(&[
+            &heard(10, 85, with_health(active(3), 40), S, 3),
+            &[
+                (90, Link(P0, false), S, 3, None),
+                (95, Link(P1, false), S, 3, None),
+                (110, Hb(P0, with_health(active(3), 40)), S, 3, None),
+                (115, Tick, S, 3, None),
+                (120, Tick, S, 3, None),
+            ],
+        ]),
+    );
 }
 
 #[test]
