@@ -285,8 +285,8 @@ pub struct Param<'a> {
     pub value: Option<&'a str>,
 }
 
-/// The parameters of one URI or header value: four fit inline (no allocation per
-/// parsed Via, name-addr or URI on the hot path), more spill to the heap.
+/// The parameters of one URI or header value: up to four are held inline (a parsed Via,
+/// name-addr or URI allocates nothing for them), more spill to the heap.
 pub type Params<'a> = smallvec::SmallVec<[Param<'a>; 4]>;
 
 /// Finds a parameter by case-insensitive name.

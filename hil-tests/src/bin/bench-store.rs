@@ -125,7 +125,9 @@ fn product(dir: &Path, kek: &Kek, pad: usize, threads: usize) -> Rates {
     }
 }
 
-fn anchor(dir: &Path, pad: usize, threads: usize) -> Rates {
+/// The plain-sled anchor's database in `dir`: its record tree, its index tree and the same
+/// group commit the store uses.
+fn anchor_db(dir: &Path) -> (sled::Tree, sled::Tree, GroupCommit) {
     let db = sled_config(dir)
         .open()
         .unwrap_or_else(|e| fail("sled open", e));
@@ -133,7 +135,12 @@ fn anchor(dir: &Path, pad: usize, threads: usize) -> Rates {
         (Ok(c), Ok(i)) => (c, i),
         (Err(e), _) | (_, Err(e)) => fail("sled open_tree", e),
     };
-    let commit = GroupCommit::start(db.clone(), dir).unwrap_or_else(|e| fail("GroupCommit", e));
+    let commit = GroupCommit::start(db, dir).unwrap_or_else(|e| fail("GroupCommit", e));
+    (cdrs, index, commit)
+}
+
+fn anchor(dir: &Path, pad: usize, threads: usize) -> Rates {
+    let (cdrs, index, commit) = anchor_db(dir);
     let next = AtomicU64::new(1);
     let ids: Vec<AtomicU64> = (0..RECORDS).map(|_| AtomicU64::new(0)).collect();
     let write_per_s = storm(threads, |i| {
@@ -333,14 +340,7 @@ fn batch_product(dir: &Path, kek: &Kek, pad: usize) -> BatchRun {
 }
 
 fn batch_anchor(dir: &Path, pad: usize) -> BatchRun {
-    let db = sled_config(dir)
-        .open()
-        .unwrap_or_else(|e| fail("sled open", e));
-    let (cdrs, index) = match (db.open_tree("cdrs"), db.open_tree("cdrs_by_caller")) {
-        (Ok(c), Ok(i)) => (c, i),
-        (Err(e), _) | (_, Err(e)) => fail("sled open_tree", e),
-    };
-    let commit = GroupCommit::start(db.clone(), dir).unwrap_or_else(|e| fail("GroupCommit", e));
+    let (cdrs, index, commit) = anchor_db(dir);
     batch_run(|b| {
         let intent = commit.intent();
         let mut ops = Vec::with_capacity(2 * BATCH);
