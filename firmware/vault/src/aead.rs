@@ -6,6 +6,8 @@
 //! than a portable implementation on the short strings records are (a few hundred bytes),
 //! and the bytes are RFC 8439's, so what was sealed before opens the same.
 
+use std::cell::RefCell;
+
 use hkdf::Hkdf;
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use sha2::Sha256;
@@ -41,6 +43,36 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
+/// Nonces buffered per refill of [`nonce`] (4,092 bytes per `getrandom` call).
+const NONCES_PER_REFILL: usize = 341;
+
+thread_local! {
+    /// This thread's buffer of kernel randomness for nonces, and the index of its first
+    /// unused nonce (`NONCES_PER_REFILL` when empty). A record seals twice (the record and
+    /// its caller's data), and a `getrandom` call per nonce was most of the call-record
+    /// writer's system calls; buffered, it is one per 170 records. Keys never come from
+    /// here ([`random_secret`] asks the kernel each time).
+    static NONCES: RefCell<(Box<[[u8; NONCE_LEN]; NONCES_PER_REFILL]>, usize)> =
+        RefCell::new((Box::new([[0; NONCE_LEN]; NONCES_PER_REFILL]), NONCES_PER_REFILL));
+}
+
+/// A fresh 96-bit random nonce from the kernel's CSPRNG, taken from this thread's buffer.
+/// Nothing is derived from earlier output. A used nonce is wiped from the buffer: a later
+/// memory disclosure shows only nonces not yet used.
+fn nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
+    NONCES.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let (buf, next) = &mut *cell;
+        if *next >= NONCES_PER_REFILL {
+            getrandom::fill(buf.as_flattened_mut()).map_err(CryptoError::Rng)?;
+            *next = 0;
+        }
+        let out = std::mem::take(&mut buf[*next]);
+        *next += 1;
+        Ok(out)
+    })
+}
+
 pub(crate) fn random_secret() -> Result<Secret32, CryptoError> {
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     getrandom::fill(out.as_mut_slice()).map_err(CryptoError::Rng)?;
@@ -65,7 +97,7 @@ pub(crate) fn seal_into(
     plaintext: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), CryptoError> {
-    let nonce: [u8; NONCE_LEN] = random()?;
+    let nonce = nonce()?;
     let aad = aad.concat();
     out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&nonce);
@@ -184,5 +216,23 @@ mod tests {
         assert_eq!(open(&key, &[b"ab"], body).unwrap().as_slice(), b"record");
         assert!(open(&other, &[b"ab"], body).is_none());
         assert!(open(&key, &[b"a"], body).is_none());
+    }
+
+    /// Buffered nonces never repeat, across refills and across threads, and none is the
+    /// wiped (all-zero) value: a refill that did not happen would show as zeros.
+    #[test]
+    fn nonces_are_fresh_across_refills_and_threads() {
+        let take = |n: usize| (0..n).map(|_| nonce().unwrap()).collect::<Vec<_>>();
+        let mut all = take(3 * NONCES_PER_REFILL + 7);
+        all.extend(
+            std::thread::spawn(move || take(NONCES_PER_REFILL + 1))
+                .join()
+                .unwrap(),
+        );
+        let n = all.len();
+        assert!(all.iter().all(|x| *x != [0; NONCE_LEN]));
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a nonce repeated");
     }
 }
