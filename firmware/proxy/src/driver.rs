@@ -59,6 +59,7 @@ use tokio::task::{JoinHandle, LocalSet};
 mod bind;
 mod tcp;
 mod tls;
+mod udp;
 
 pub use tcp::TcpStats;
 use tcp::{Book, Clock, Close, Dir, Refusal, TcpLimits};
@@ -329,6 +330,9 @@ struct Shared {
     /// burst when a socket has nothing more to read (or a timer round is done), so the
     /// daemon's side wakes once per burst rather than once per message.
     pending: RefCell<Vec<Effect>>,
+    /// Datagrams to send, queued like the effects and sent by [`flush_effects`] with one
+    /// `sendmmsg(2)` per socket and batch (and at once when a batch is full).
+    udp_out: RefCell<udp::Outbox>,
     /// Open TCP connections against `[sip.tcp]`, and their counters.
     tcp: RefCell<Book>,
     /// Wakes every TCP reader when `[sip.tcp]` changes, to take up its new timeouts.
@@ -493,6 +497,7 @@ async fn run(
         timer_target: Cell::new(None),
         out: Cell::new(Vec::with_capacity(16)),
         pending: RefCell::new(Vec::with_capacity(MAX_PENDING_EFFECTS)),
+        udp_out: RefCell::new(udp::Outbox::new()),
         tcp: RefCell::new(Book::new(TcpLimits::from_config(&cfg))),
         tcp_changed: Notify::new(),
         chunk: RefCell::new(vec![0u8; TCP_CHUNK]),
@@ -666,26 +671,27 @@ fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
     }
 }
 
-/// Hands the pending effects to the daemon, in order (the buffer keeps its capacity).
+/// Hands the pending effects to the daemon, in order (the buffer keeps its capacity), then
+/// sends the datagrams queued since the last flush.
 fn flush_effects(sh: &Rc<Shared>) {
     for e in sh.pending.borrow_mut().drain(..) {
         let _ = sh.effects.send(e);
     }
+    sh.udp_out.borrow_mut().flush(&sh.udp);
 }
 
 fn send(sh: &Rc<Shared>, peer: Peer, local: SocketAddr, bytes: Payload) {
     match peer.transport {
         Transport::Udp => {
-            let sock = sh.udp.iter().find(|(a, _)| *a == local).or_else(|| {
+            let sock = sh.udp.iter().position(|(a, _)| *a == local).or_else(|| {
                 sh.udp
                     .iter()
-                    .find(|(a, _)| a.is_ipv4() == peer.addr.is_ipv4())
+                    .position(|(a, _)| a.is_ipv4() == peer.addr.is_ipv4())
             });
-            if let Some((_, s)) = sock {
-                if let Err(e) = s.try_send_to(&bytes, peer.addr) {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        log::debug!("sip: udp send to {}: {e}", peer.addr);
-                    }
+            if let Some(i) = sock {
+                let full = sh.udp_out.borrow_mut().queue(i, peer.addr, bytes);
+                if full {
+                    sh.udp_out.borrow_mut().flush(&sh.udp);
                 }
             }
         }
@@ -820,7 +826,7 @@ fn connect(
 }
 
 async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
-    let mut buf = vec![0u8; 65_536];
+    let mut batch = udp::Batch::new();
     let mut burst = 0;
     loop {
         if burst >= UDP_BURST {
@@ -828,8 +834,7 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
             flush_effects(&sh);
             tokio::task::yield_now().await;
         }
-        burst += 1;
-        match sock.try_recv_from(&mut buf) {
+        match batch.recv(&sock) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 burst = 0;
                 flush_effects(&sh);
@@ -837,21 +842,24 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
                     log::trace!("sip: udp {local}: {e}");
                 }
             }
-            Ok((n, from)) => {
-                let Some(bytes) = buf.get(..n) else { continue };
-                // Keepalives (CRLF) and tiny junk.
-                if n <= 4 {
-                    continue;
+            Ok(n) => {
+                burst += n.max(1);
+                for (bytes, from) in batch.received() {
+                    // Keepalives (CRLF) and tiny junk.
+                    if bytes.len() <= 4 {
+                        continue;
+                    }
+                    let peer = Peer {
+                        transport: Transport::Udp,
+                        addr: from,
+                        conn: None,
+                    };
+                    feed(&sh, bytes, peer, local);
                 }
-                let peer = Peer {
-                    transport: Transport::Udp,
-                    addr: from,
-                    conn: None,
-                };
-                feed(&sh, bytes, peer, local);
             }
             Err(e) => {
                 // ICMP errors surface here on Linux (ECONNREFUSED); keep going.
+                burst += 1;
                 log::trace!("sip: udp {local}: {e}");
             }
         }
