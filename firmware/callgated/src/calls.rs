@@ -86,7 +86,6 @@ pub fn start(
         log::info!("sip: no listen addresses configured, the proxy does not run");
         return None;
     }
-    let (tx, rx) = mpsc::unbounded_channel();
     // Calls that were in progress when the daemon last stopped carry on, on an appliance
     // alone. In a pair the peer carried them on when this one stopped (it holds their
     // records); a node that starts again starts as standby and leaves them to it.
@@ -106,24 +105,68 @@ pub fn start(
     } else {
         in_progress.into_iter().map(|r| (r.id, r.value)).collect()
     };
-    let handle = match driver::spawn(cfg, tx, resumed, tls) {
+    // Records go from the sip thread straight to the writer's queue; pinholes and blocks
+    // to the firewall task below.
+    let (records, queue) = std_mpsc::channel::<Job>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress = RecordsInFlight::default();
+    let handle = match driver::spawn(
+        cfg,
+        effect_sink(records.clone(), tx, progress.clone()),
+        resumed,
+        tls,
+    ) {
         Ok((h, _join)) => h,
         Err(e) => {
             log::error!("sip: the proxy does not run: {e}");
             return None;
         }
     };
-    let progress = RecordsInFlight::default();
-    tokio::spawn(effects(
-        rx,
-        firewall,
-        store,
-        progress.clone(),
-        handle.clone(),
-        replicator,
-    ));
+    if let Some(r) = &replicator {
+        // A bulk sync goes through the writer's queue, in order with its batches.
+        r.set_bulk_request(Box::new(move || {
+            let _ = records.send(Job::Bulk);
+        }));
+    }
+    let done = progress.clone();
+    let (sip, rep) = (handle.clone(), replicator.clone());
+    let writer = std::thread::Builder::new()
+        .name("cdr-writer".into())
+        .spawn(move || write_records(&store, &queue, &done, &sip, rep.as_ref()));
+    if let Err(e) = writer {
+        log::error!("sip: the call record writer did not start: {e}");
+    }
+    tokio::spawn(firewall_effects(rx, firewall, replicator));
     tokio::spawn(follow_config(config, handle.clone()));
     Some((handle, progress))
+}
+
+/// The proxy's [`driver::EffectSink`]: records (and resumed calls) to the writer's queue,
+/// counted as handed; pinholes and blocks to the firewall task. Both only queue.
+fn effect_sink(
+    records: std_mpsc::Sender<Job>,
+    firewall: mpsc::UnboundedSender<Effect>,
+    progress: RecordsInFlight,
+) -> driver::EffectSink {
+    Box::new(move |e| match e {
+        Effect::Record { seq, cdr, ended } => {
+            progress.handed();
+            if records
+                .send(Job::Record(Pending { seq, cdr, ended }))
+                .is_err()
+            {
+                log::error!("sip: the call record writer is gone; record of call {seq} lost");
+            }
+        }
+        Effect::Resumed { seq, id } => {
+            if records.send(Job::Resumed { seq, id }).is_err() {
+                log::error!("sip: the call record writer is gone");
+            }
+        }
+        e @ (Effect::Pinhole { .. } | Effect::Block { .. }) => {
+            let _ = firewall.send(e);
+        }
+    })
 }
 
 async fn follow_config(mut config: watch::Receiver<Arc<Config>>, sip: SipHandle) {
@@ -135,31 +178,12 @@ async fn follow_config(mut config: watch::Receiver<Arc<Config>>, sip: SipHandle)
     }
 }
 
-async fn effects(
+/// Pinholes and blocks from the proxy, to the firewall (and blocks to the pair's peer).
+async fn firewall_effects(
     mut rx: mpsc::UnboundedReceiver<Effect>,
     firewall: FirewallHandle,
-    store: Arc<Store>,
-    progress: RecordsInFlight,
-    sip: SipHandle,
     replicator: Option<Replicator>,
 ) {
-    let (records, queue) = std_mpsc::channel::<Job>();
-    if let Some(r) = &replicator {
-        // A bulk sync goes through the writer's queue, in order with its batches.
-        let bulk = records.clone();
-        r.set_bulk_request(Box::new(move || {
-            let _ = bulk.send(Job::Bulk);
-        }));
-    }
-    let done = progress.clone();
-    let rep = replicator.clone();
-    let writer = std::thread::Builder::new()
-        .name("cdr-writer".into())
-        .spawn(move || write_records(&store, &queue, &done, &sip, rep.as_ref()));
-    if let Err(e) = writer {
-        log::error!("sip: the call record writer did not start: {e}");
-        return;
-    }
     let mut changes: Vec<PinholeChange> = Vec::new();
     while let Some(first) = rx.recv().await {
         // Everything already queued is handled now; its pinhole changes go to the firewall
@@ -187,22 +211,8 @@ async fn effects(
                         r.send_block(ip, ttl);
                     }
                 }
-                Effect::Resumed { seq, id } => {
-                    if records.send(Job::Resumed { seq, id }).is_err() {
-                        log::error!("sip: the call record writer is gone");
-                    }
-                }
-                Effect::Record { seq, cdr, ended } => {
-                    progress.handed();
-                    if records
-                        .send(Job::Record(Pending { seq, cdr, ended }))
-                        .is_err()
-                    {
-                        log::error!(
-                            "sip: the call record writer is gone; record of call {seq} lost"
-                        );
-                    }
-                }
+                // The sink sends these to the record writer, never here.
+                Effect::Record { .. } | Effect::Resumed { .. } => {}
             }
             if changes.len() < MAX_PINHOLE_BATCH {
                 next = rx.try_recv().ok();

@@ -30,8 +30,9 @@
 //!   a nearer deadline appears.
 //! - One task takes the store's reports of durable answer-time records
 //!   ([`SipHandle::record_stored`]) to the core, which then sends the held 2xx.
-//! - Pinholes, blocks and records leave as [`Effect`]s on an unbounded channel (the
-//!   daemon forwards them to the firewall and the store), in order, in bursts: they wait
+//! - Pinholes, blocks and records leave as [`Effect`]s through the daemon's
+//!   [`EffectSink`] (records to the record writer's queue, pinholes and blocks to the
+//!   firewall's task), in order, in bursts: they wait
 //!   until the task that produced them is about to wait (its socket has nothing more to
 //!   read, after at most 64 datagrams; a TCP read or a timer round is done), so the
 //!   daemon's side wakes once per burst rather than once per message. Logs go to `log`.
@@ -69,6 +70,12 @@ pub use tls::{TlsIdentity, TlsStats, TlsStatus};
 use crate::{
     ActiveCall, ConnId, Millis, Now, Output, Payload, Peer, Proxy, Settings, Stats, Transport,
 };
+
+/// Where the sip thread hands its effects, in order, a burst at a time (see
+/// [`flush_effects`]). It runs on the sip thread: it must only queue (a channel send), so
+/// the daemon can route each kind straight to the thread that carries it out (records to
+/// the record writer, pinholes to the firewall's task) without a hop through another.
+pub type EffectSink = Box<dyn FnMut(Effect) + Send>;
 
 /// What the proxy asks of the rest of the daemon.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,7 +328,7 @@ struct Shared {
     /// The address each connection is aliased to (RFC 5923), also in `conn_by_addr`.
     aliases: RefCell<HashMap<ConnId, SocketAddr>>,
     next_conn: Cell<ConnId>,
-    effects: mpsc::UnboundedSender<Effect>,
+    effects: RefCell<EffectSink>,
     timer: Notify,
     timer_target: Cell<Option<Millis>>,
     /// The output buffer `feed` reuses.
@@ -379,9 +386,11 @@ const TLS_CHUNK: usize = 16 * 1024;
 ///
 /// `tls`: the installed server certificate and key for the `[sip.tls]` listeners (they
 /// refuse every connection without one).
+///
+/// `effects`: see [`EffectSink`].
 pub fn spawn(
     cfg: Arc<Config>,
-    effects: mpsc::UnboundedSender<Effect>,
+    effects: EffectSink,
     resumed: Vec<(u64, callgate_cdr::Cdr)>,
     tls: Option<TlsIdentity>,
 ) -> Result<(SipHandle, std::thread::JoinHandle<()>), DriverError> {
@@ -457,7 +466,7 @@ async fn run(
     Sockets { udp, tcp, tls }: Sockets,
     mut rx: mpsc::Receiver<Command>,
     stored: mpsc::UnboundedReceiver<(u64, bool)>,
-    effects: mpsc::UnboundedSender<Effect>,
+    mut effects: EffectSink,
     resumed: Vec<(u64, callgate_cdr::Cdr)>,
     tls_identity: Option<TlsIdentity>,
 ) {
@@ -469,7 +478,7 @@ async fn run(
         match core.resume(now(start), cdr, &mut out) {
             Some(seq) => {
                 carried += 1;
-                let _ = effects.send(Effect::Resumed { seq, id: *id });
+                effects(Effect::Resumed { seq, id: *id });
             }
             None => log::warn!("sip: the call in progress of record {id} cannot be resumed"),
         }
@@ -492,7 +501,7 @@ async fn run(
         conn_by_addr: RefCell::new(HashMap::new()),
         aliases: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
-        effects,
+        effects: RefCell::new(effects),
         timer: Notify::new(),
         timer_target: Cell::new(None),
         out: Cell::new(Vec::with_capacity(16)),
@@ -571,7 +580,7 @@ async fn run(
                     let seq = sh.core.borrow_mut().resume(n, cdr, &mut out);
                     if let Some(seq) = seq {
                         carried += 1;
-                        let _ = sh.effects.send(Effect::Resumed { seq, id: *id });
+                        (sh.effects.borrow_mut())(Effect::Resumed { seq, id: *id });
                     }
                 }
                 execute(&sh, &mut out);
@@ -674,9 +683,11 @@ fn execute(sh: &Rc<Shared>, out: &mut Vec<Output>) {
 /// Hands the pending effects to the daemon, in order (the buffer keeps its capacity), then
 /// sends the datagrams queued since the last flush.
 fn flush_effects(sh: &Rc<Shared>) {
+    let mut sink = sh.effects.borrow_mut();
     for e in sh.pending.borrow_mut().drain(..) {
-        let _ = sh.effects.send(e);
+        sink(e);
     }
+    drop(sink);
     sh.udp_out.borrow_mut().flush(&sh.udp);
 }
 
