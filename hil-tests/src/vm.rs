@@ -67,6 +67,7 @@ impl Image {
             image.ovmf_code(),
             image.ovmf_vars(),
             image.cert(),
+            image.squashfs(),
         ] {
             if !f.exists() {
                 return Err(LabError::Io(std::io::Error::other(format!(
@@ -97,6 +98,43 @@ impl Image {
     /// The variable store with the image's certificate enrolled (copied for each VM).
     pub fn ovmf_vars(&self) -> PathBuf {
         self.dir.join("ovmf-vars.fd")
+    }
+
+    /// Slot A's root filesystem (squashfs), as it went into the disk.
+    pub fn squashfs(&self) -> PathBuf {
+        self.dir.join("root.squashfs")
+    }
+
+    /// The paths in the root (`/usr/sbin/callgated`, ...), from `unsquashfs -l`.
+    pub fn root_paths(&self) -> Result<Vec<String>> {
+        let out = run(Command::new("unsquashfs")
+            .args(["-l", "-d", ""])
+            .arg(self.squashfs()))?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// One file of the root, read from the squashfs (`unsquashfs -cat`).
+    pub fn root_file(&self, path: &str) -> Result<Vec<u8>> {
+        let out = crate::cmd::output_with_timeout(
+            Command::new("unsquashfs")
+                .arg("-cat")
+                .arg(self.squashfs())
+                .arg(path.trim_start_matches('/')),
+            None,
+            HELPER_TIMEOUT,
+        )?;
+        if !out.status.success() {
+            return Err(LabError::Failed {
+                cmd: format!("unsquashfs -cat {path}"),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
     }
 
     /// The certificate the image is signed with.

@@ -7,10 +7,12 @@
 //! - the image boots to a ready daemon with the firewall enforcing, on a verified,
 //!   read-only root, with Secure Boot, lockdown and the TPM;
 //! - one flipped byte in the root partition stops the boot (dm-verity);
-//! - the firmware refuses the UKI unsigned, or signed by a key it does not trust.
+//! - the firmware refuses the UKI unsigned, or signed by a key it does not trust;
+//! - (no VM) the root holds the firmware, its units and the factory config, and no
+//!   package manager, compiler, docs or SSH host key.
 //!
-//! scripts/test runs these apart from the other system tests (their names start with
-//! `image_vm_`): TCG boots load both cores.
+//! scripts/test runs the VM tests apart from the other system tests (their names start
+//! with `image_vm_`): TCG boots load both cores.
 
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ use hil_tests::vm::{
     copy_disk, flip_byte, partition, replace_uki, uki_signed_by_another_key, unsigned_uki, Image,
     Seen, Vm,
 };
+
+/// The factory config the image must carry as /etc/callgate/callgate.toml.
+const FACTORY: &str = include_str!("../../config/factory.toml");
 
 /// RAM per VM.
 const MEM_MIB: u32 = 1024;
@@ -166,4 +171,66 @@ fn image_vm_uki_signed_by_another_key_is_refused() {
     copy_disk(&image.disk(), &disk).unwrap();
     replace_uki(&disk, &uki).unwrap();
     refused_by_the_firmware(&image, &disk);
+}
+
+#[test]
+fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
+    let image = Image::from_env().unwrap();
+    let paths = image.root_paths().unwrap();
+    for must in [
+        "/usr/sbin/callgated",
+        "/usr/bin/callgate",
+        "/usr/libexec/callgate/callgate-seal",
+        "/usr/libexec/callgate/boot-report",
+        "/usr/sbin/nft",
+        "/usr/sbin/sshd",
+        "/etc/protocols",
+        "/etc/callgate/callgate.toml",
+        "/etc/ssh/sshd_config",
+        "/etc/pam.d/login",
+        "/etc/systemd/system/sysinit.target.wants/callgate-baseline.service",
+        "/etc/systemd/system/multi-user.target.wants/callgated.service",
+        "/etc/systemd/system/multi-user.target.wants/callgate-boot-report.service",
+    ] {
+        assert!(paths.iter().any(|p| p == must), "{must} is not in the root");
+    }
+    let never = [
+        "/usr/bin/apt",
+        "/usr/bin/dpkg",
+        "/usr/lib/apt",
+        "/etc/apt",
+        "/usr/bin/gcc",
+        "/usr/bin/cc",
+        "/usr/bin/rustc",
+        "/usr/bin/make",
+        "/usr/lib/dracut",
+        "/usr/share/doc/",
+        "/usr/share/man/",
+        "/usr/share/locale/",
+        "/etc/ssh/ssh_host_",
+        "/boot/",
+    ];
+    let found: Vec<&String> = paths
+        .iter()
+        .filter(|p| never.iter().any(|n| p.starts_with(n)))
+        .collect();
+    assert!(found.is_empty(), "in the root: {found:?}");
+
+    // The daemon and the console are static (no program interpreter), the machine id is
+    // made at boot, and the factory config is the repository's, which parses.
+    for bin in ["/usr/sbin/callgated", "/usr/bin/callgate"] {
+        let elf = image.root_file(bin).unwrap();
+        assert!(elf.starts_with(b"\x7fELF"), "{bin} is not an ELF file");
+        assert!(
+            !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+            "{bin} names a dynamic loader"
+        );
+    }
+    assert!(image.root_file("/etc/machine-id").unwrap().is_empty());
+    let cfg = image.root_file("/etc/callgate/callgate.toml").unwrap();
+    assert_eq!(String::from_utf8(cfg).unwrap(), FACTORY);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("callgate.toml");
+    std::fs::write(&path, FACTORY).unwrap();
+    callgate_config::Config::load(&path).unwrap();
 }
