@@ -90,6 +90,7 @@ pub mod sipp;
 pub mod spoof;
 pub mod swtpm;
 pub mod tls;
+pub mod vm;
 
 pub use addr::{Host, Segment};
 pub use appliance::{bin, Appliance, Cli};

@@ -1,0 +1,475 @@
+//! The appliance image under QEMU: the disk `scripts/image` built, booted the way a board
+//! boots it, with Secure Boot on and a TPM.
+//!
+//! ## What
+//! [`Image::from_env`] finds the build (`$CALLGATE_IMAGE_DIR`, which `scripts/test` sets
+//! after running `scripts/image`). [`Vm::boot`] starts a VM: `qemu-system-x86_64 -machine
+//! q35,smm=on` (TCG: KVM is not usable on the build machines) with Debian's secboot OVMF and
+//! a copy of the variable store that has the image's certificate enrolled as PK, KEK and
+//! db, a `swtpm` as its TPM 2.0, no network card at all (`-nic none`), and the serial
+//! console in a file. [`Vm::wait_for`] watches that console: what the tests assert is what
+//! the guest itself printed there (the kernel, the firmware, the image's boot report).
+//!
+//! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
+//! [`replace_uki`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
+//! [`uki_signed_by_another_key`].
+//!
+//! ## Design
+//! - Each VM has its own temporary directory (the variable store copy, the TPM's state, the
+//!   console log, QEMU's stderr), removed when the [`Vm`] is dropped.
+//! - QEMU and swtpm each lead a process group of their own; dropping the [`Vm`] SIGKILLs
+//!   both groups and reaps them, also while a failed test unwinds.
+//! - The disk is attached with `snapshot=on`: the guest's writes never reach the file.
+//!
+//! ## Limits
+//! - No network in this slice: the VM is not part of a namespace lab yet.
+//! - Under TCG a boot to the daemon's readiness takes about a minute here; run few VMs at
+//!   once on a 2-core machine.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::cmd::{describe, run_checked, HELPER_TIMEOUT};
+use crate::{LabError, Result};
+
+/// How often the console file is read while waiting.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The serial console's file in a VM's directory.
+const CONSOLE: &str = "serial.log";
+
+/// One build of `scripts/image`.
+#[derive(Debug, Clone)]
+pub struct Image {
+    dir: PathBuf,
+}
+
+impl Image {
+    /// The build in `$CALLGATE_IMAGE_DIR`. An error (never a skip) when it is unset or
+    /// incomplete: `scripts/image DIR` makes one.
+    pub fn from_env() -> Result<Image> {
+        let dir = std::env::var_os("CALLGATE_IMAGE_DIR").map(PathBuf::from).ok_or_else(|| {
+            LabError::Io(std::io::Error::other(
+                "CALLGATE_IMAGE_DIR is not set: run scripts/image DIR and set it to DIR (scripts/test does both)",
+            ))
+        })?;
+        let image = Image { dir };
+        for f in [
+            image.disk(),
+            image.uki(),
+            image.ovmf_code(),
+            image.ovmf_vars(),
+            image.cert(),
+            image.squashfs(),
+        ] {
+            if !f.exists() {
+                return Err(LabError::Io(std::io::Error::other(format!(
+                    "{}: missing (run scripts/image {})",
+                    f.display(),
+                    image.dir.display()
+                ))));
+            }
+        }
+        Ok(image)
+    }
+
+    /// The GPT disk (`callgate.img`).
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("callgate.img")
+    }
+
+    /// The signed UKI, as it is on the ESP (`callgate.efi`).
+    pub fn uki(&self) -> PathBuf {
+        self.dir.join("callgate.efi")
+    }
+
+    /// Debian's OVMF built with Secure Boot and SMM.
+    pub fn ovmf_code(&self) -> PathBuf {
+        self.dir.join("ovmf-code.fd")
+    }
+
+    /// The variable store with the image's certificate enrolled (copied for each VM).
+    pub fn ovmf_vars(&self) -> PathBuf {
+        self.dir.join("ovmf-vars.fd")
+    }
+
+    /// Slot A's root filesystem (squashfs), as it went into the disk.
+    pub fn squashfs(&self) -> PathBuf {
+        self.dir.join("root.squashfs")
+    }
+
+    /// The paths in the root (`/usr/sbin/callgated`, ...), from `unsquashfs -l`.
+    pub fn root_paths(&self) -> Result<Vec<String>> {
+        let out = run(Command::new("unsquashfs")
+            .args(["-l", "-d", ""])
+            .arg(self.squashfs()))?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// One file of the root, read from the squashfs (`unsquashfs -cat`).
+    pub fn root_file(&self, path: &str) -> Result<Vec<u8>> {
+        let out = crate::cmd::output_with_timeout(
+            Command::new("unsquashfs")
+                .arg("-cat")
+                .arg(self.squashfs())
+                .arg(path.trim_start_matches('/')),
+            None,
+            HELPER_TIMEOUT,
+        )?;
+        if !out.status.success() {
+            return Err(LabError::Failed {
+                cmd: format!("unsquashfs -cat {path}"),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// The certificate the image is signed with.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("db.crt")
+    }
+
+    /// The root hash of slot A's dm-verity (hex), as the build wrote it.
+    pub fn roothash(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join("roothash"))?
+            .trim()
+            .to_owned())
+    }
+}
+
+/// A running VM. Killed (QEMU and its swtpm) when dropped.
+#[derive(Debug)]
+pub struct Vm {
+    // Dropped in this order: QEMU, its TPM, then the directory they used.
+    qemu: Group,
+    _swtpm: Group,
+    dir: tempfile::TempDir,
+    started: Instant,
+}
+
+/// A child leading its own process group: SIGKILLed (the group) and reaped when dropped.
+#[derive(Debug)]
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            if let Ok(pgid) = i32::try_from(self.0.id()) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// What [`Vm::wait_for`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// The text appeared, this long after QEMU started.
+    At(Duration),
+    /// QEMU ended before it appeared.
+    Exited(String),
+    /// It did not appear in time.
+    Timeout,
+}
+
+fn spawn_group(cmd: &mut Command) -> Result<Group> {
+    cmd.process_group(0)
+        .spawn()
+        .map(Group)
+        .map_err(|source| LabError::Spawn {
+            cmd: describe(cmd),
+            source,
+        })
+}
+
+/// Runs a helper command (30 s at most); its stdout, or an error naming it.
+fn run(cmd: &mut Command) -> Result<String> {
+    run_checked(cmd, None, HELPER_TIMEOUT)
+}
+
+impl Vm {
+    /// Boots `disk` (the image's or an attacker's copy) with the image's firmware and
+    /// enrolled variables, a fresh swtpm, no NIC, `memory_mib` of RAM.
+    pub fn boot(image: &Image, disk: &Path, memory_mib: u32) -> Result<Vm> {
+        let dir = tempfile::Builder::new().prefix("callgate-vm").tempdir()?;
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy(image.ovmf_vars(), &vars)?;
+        let tpm_dir = dir.path().join("tpm");
+        std::fs::create_dir(&tpm_dir)?;
+        let tpm_sock = dir.path().join("swtpm.sock");
+        let swtpm = spawn_group(
+            Command::new("swtpm")
+                .arg("socket")
+                .arg("--tpm2")
+                .arg("--tpmstate")
+                .arg(format!("dir={}", tpm_dir.display()))
+                .arg("--ctrl")
+                .arg(format!("type=unixio,path={}", tpm_sock.display()))
+                .arg("--log")
+                .arg(format!("file={}", dir.path().join("swtpm.log").display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        if !crate::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            tpm_sock.exists()
+        }) {
+            return Err(LabError::Io(std::io::Error::other(
+                "swtpm did not open its socket within 10 s",
+            )));
+        }
+        let serial = dir.path().join(CONSOLE);
+        let stderr = File::create(dir.path().join("qemu.stderr"))?;
+        let qemu = spawn_group(
+            Command::new("qemu-system-x86_64")
+                .args(["-machine", "q35,smm=on,accel=tcg", "-m"])
+                .arg(memory_mib.to_string())
+                .args(["-nic", "none", "-display", "none", "-monitor", "none"])
+                .arg("-no-reboot")
+                .arg("-serial")
+                .arg(format!("file:{}", serial.display()))
+                .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    image.ovmf_code().display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ))
+                .arg("-chardev")
+                .arg(format!("socket,id=chrtpm,path={}", tpm_sock.display()))
+                .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+                .args(["-device", "tpm-tis,tpmdev=tpm0"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=virtio,format=raw,snapshot=on,file={}",
+                    disk.display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        )?;
+        Ok(Vm {
+            qemu,
+            _swtpm: swtpm,
+            dir,
+            started: Instant::now(),
+        })
+    }
+
+    /// Everything the guest printed on its serial console so far: carriage returns and
+    /// terminal escape sequences taken out.
+    pub fn console(&self) -> String {
+        let mut raw = Vec::new();
+        if let Ok(mut f) = File::open(self.dir.path().join(CONSOLE)) {
+            let _ = f.read_to_end(&mut raw);
+        }
+        strip_terminal(&String::from_utf8_lossy(&raw))
+    }
+
+    /// QEMU's own error output (why it could not start, say).
+    pub fn qemu_stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("qemu.stderr")).unwrap_or_default()
+    }
+
+    /// Whether QEMU has ended (reaps it if so).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.qemu.0.try_wait().ok().flatten()
+    }
+
+    /// Time since QEMU started (power-on).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the console shows `needle`, QEMU ends, or `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Seen {
+        self.wait_for_any(&[needle], timeout).1
+    }
+
+    /// Waits until the console shows one of `needles` (the first that does, by index),
+    /// QEMU ends, or `timeout` passes.
+    pub fn wait_for_any(&mut self, needles: &[&str], timeout: Duration) -> (usize, Seen) {
+        let deadline = Instant::now() + timeout;
+        let find = |console: &str| needles.iter().position(|n| console.contains(n));
+        loop {
+            if let Some(i) = find(&self.console()) {
+                return (i, Seen::At(self.started.elapsed()));
+            }
+            if let Some(st) = self.exited() {
+                // one last look: the line may have come with the exit
+                if let Some(i) = find(&self.console()) {
+                    return (i, Seen::At(self.started.elapsed()));
+                }
+                let why = format!("{st}; {}", self.qemu_stderr().trim());
+                return (0, Seen::Exited(why));
+            }
+            if Instant::now() >= deadline {
+                return (0, Seen::Timeout);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Takes out `\r` and ANSI/VT100 escape sequences (OVMF clears the screen, systemd colours
+/// its status).
+pub fn strip_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // parameters, then one final byte in @..~
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A GPT partition of a disk file, from `sfdisk --json`.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    /// Its name in the GPT (`esp`, `root-a`, ...).
+    pub name: String,
+    /// Where it starts, in bytes from the start of the disk.
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The partition named `name` in the GPT of `disk`.
+pub fn partition(disk: &Path, name: &str) -> Result<Partition> {
+    let out = run(Command::new("sfdisk").arg("--json").arg(disk))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| LabError::Io(std::io::Error::other(format!("sfdisk --json: {e}"))))?;
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| {
+            Some(Partition {
+                name: name.to_owned(),
+                offset: p["start"].as_u64()? * sector,
+                size: p["size"].as_u64()? * sector,
+            })
+        })
+        .ok_or_else(|| {
+            LabError::Io(std::io::Error::other(format!(
+                "{}: no partition named {name}",
+                disk.display()
+            )))
+        })
+}
+
+/// A copy of `src` at `dst` (sparse: the image's empty slots cost nothing).
+pub fn copy_disk(src: &Path, dst: &Path) -> Result<()> {
+    run(Command::new("cp").arg("--sparse=always").arg(src).arg(dst)).map(drop)
+}
+
+/// Flips every bit of the byte at `offset` of `file`; returns the byte it was.
+pub fn flip_byte(file: &Path, offset: u64) -> Result<u8> {
+    let mut f = OpenOptions::new().read(true).write(true).open(file)?;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut b)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(&[!b[0]])?;
+    f.sync_all()?;
+    Ok(b[0])
+}
+
+/// Puts `uki` in place of `EFI/BOOT/BOOTX64.EFI` on the ESP of `disk` (mtools: nothing
+/// is mounted).
+pub fn replace_uki(disk: &Path, uki: &Path) -> Result<()> {
+    let esp = partition(disk, "esp")?;
+    run(Command::new("mcopy")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset))
+        .arg(uki)
+        .arg("::/EFI/BOOT/BOOTX64.EFI"))
+    .map(drop)
+}
+
+/// A copy of `uki` at `dst` with its signature taken off (`sbattach --remove`).
+pub fn unsigned_uki(uki: &Path, dst: &Path) -> Result<()> {
+    std::fs::copy(uki, dst)?;
+    run(Command::new("sbattach").arg("--remove").arg(dst)).map(drop)
+}
+
+/// A copy of `uki` at `dst`, signed with a key of its own made in `dir` (well-formed, but
+/// not the one the firmware trusts).
+pub fn uki_signed_by_another_key(uki: &Path, dir: &Path, dst: &Path) -> Result<()> {
+    let (key, cert) = (dir.join("other.key"), dir.join("other.crt"));
+    run(Command::new("openssl")
+        .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args([
+            "-sha256",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=not the appliance's key/",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert))?;
+    let unsigned = dir.join("unsigned-for-other.efi");
+    unsigned_uki(uki, &unsigned)?;
+    run(Command::new("sbsign")
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--output")
+        .arg(dst)
+        .arg(&unsigned))
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_terminal;
+
+    #[test]
+    fn terminal_sequences_and_carriage_returns_go() {
+        assert_eq!(
+            strip_terminal(
+                "\u{1b}[2J\u{1b}[01;01H\u{1b}[=3hBdsDxe: x\r\n[\u{1b}[0;32m  OK  \u{1b}[0m] y"
+            ),
+            "BdsDxe: x\n[  OK  ] y"
+        );
+    }
+}
