@@ -94,31 +94,48 @@ pub(crate) fn before(text: &str, start: usize, max: usize) -> &str {
     text.get(from..start).unwrap_or("")
 }
 
+/// The text up to `max` bytes from `start` (cut at a character boundary).
+pub(crate) fn after(text: &str, start: usize, max: usize) -> &str {
+    let mut to = start.saturating_add(max).min(text.len());
+    while to > start && !text.is_char_boundary(to) {
+        to -= 1;
+    }
+    text.get(start..to).unwrap_or("")
+}
+
 /// Where the last whole-word occurrence of any of `words` ends in `window`, measured as the
 /// distance from the window's end (0 = touching), ASCII case-insensitively. A word matches
 /// at a word start; its end may run into a plural or inflection ("orders", "calling").
 pub(crate) fn nearest(window: &str, words: &[&str]) -> Option<usize> {
-    let hay = window.as_bytes();
+    // Lower-cased once into a stack buffer (windows are short); longer windows keep their
+    // last 128 bytes, which is all any caller looks at.
+    let mut buf = [0u8; 128];
+    let src = window.as_bytes();
+    let src = src
+        .get(src.len().saturating_sub(buf.len())..)
+        .unwrap_or(src);
+    let hay = buf.get_mut(..src.len())?;
+    for (d, s) in hay.iter_mut().zip(src) {
+        *d = s.to_ascii_lowercase();
+    }
+    let hay: &[u8] = hay;
     let mut best: Option<usize> = None;
     for word in words {
         let w = word.as_bytes();
-        if w.len() > hay.len() {
-            continue;
-        }
-        let mut i = hay.len() - w.len();
-        loop {
-            if hay[i..i + w.len()].eq_ignore_ascii_case(w)
-                && (i == 0 || !hay[i - 1].is_ascii_alphanumeric())
-                && suffix_ok(&hay[i + w.len()..])
+        let Some(first) = w.first() else { continue };
+        // Candidate starts: positions of the word's first byte, from the end.
+        for i in (0..hay.len().saturating_sub(w.len() - 1)).rev() {
+            if hay.get(i) != Some(first) {
+                continue;
+            }
+            if hay.get(i..i + w.len()) == Some(w)
+                && (i == 0 || !hay.get(i - 1).is_some_and(u8::is_ascii_alphanumeric))
+                && suffix_ok(hay.get(i + w.len()..).unwrap_or(&[]))
             {
                 let distance = hay.len() - (i + w.len());
                 best = Some(best.map_or(distance, |b| b.min(distance)));
                 break;
             }
-            if i == 0 {
-                break;
-            }
-            i -= 1;
         }
     }
     best

@@ -1,7 +1,102 @@
 //! # callgate-redact: personal and payment data out of free text
 //!
-//! Finds payment cards, card codes, SSNs, phone numbers, emails, IP addresses, names and
-//! street addresses in free text and replaces them with typed placeholders.
+//! ## What
+//!
+//! Call transcripts and notes from the PBX side leave the site only redacted (issue 17,
+//! item 4). This crate is the redaction, as a pure library: text in, redacted text and the
+//! spans it replaced out. No I/O, no allocation beyond the output and the span list, no
+//! panics on any input (no `unwrap`/`expect` on input paths; property tests over arbitrary
+//! strings). The HTTPS intake on the private segment and the forwarding over the uplink
+//! are a later slice.
+//!
+//! ```
+//! let r = callgate_redact::redact("I'm Ana Lopez, card 4111 1111 1111 1111, cvv 123.");
+//! assert_eq!(r.text, "I'm [NAME], card [CARD], cvv [CVV].");
+//! ```
+//!
+//! ## Placeholders (a stable format: the cloud parses it)
+//!
+//! Each span becomes `[` + tag + `]`, tag one of `CARD`, `CVV`, `SSN`, `PHONE`, `EMAIL`,
+//! `IP`, `NAME`, `ADDRESS` ([`Kind::placeholder`]); the regular expression
+//! `\[(CARD|CVV|SSN|PHONE|EMAIL|IP|NAME|ADDRESS)\]` finds them. The input may itself
+//! contain such text; [`Redacted::spans`] is authoritative. Overlapping detections merge
+//! into one span (no detected byte survives) named after the longest.
+//!
+//! ## What it finds, and how
+//!
+//! Digits are found in one pass over the bytes ("clusters": digits joined by one or two of
+//! ` - . ( ) /`); each numeric recognizer runs only on clusters with enough digits for its
+//! shape. Shapes are linear-time regular expressions (the `regex` crate: no backtracking
+//! blow-ups; 1 MB adversarial inputs are tested); what a regex cannot say is checked in
+//! code.
+//!
+//! - **Cards**: 13–19 digits, unseparated or grouped by one kind of separator (first group
+//!   of four, as cards are printed: 4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3), **Luhn**-valid, in a
+//!   brand's issuer range with that brand's length (Visa, Mastercard incl. 2-series, Amex,
+//!   Discover, UnionPay, Diners, JCB, Maestro), not part of a longer run of digits, and not
+//!   preceded by identifier words (order, tracking, reference, account, …) unless card words
+//!   come nearer.
+//! - **CVV**: a 3–4 digit number after a card-code word (cvv, cvc, csc, security code, code
+//!   on the back, three digit code, verification code…) with no other number in between.
+//! - **SSNs**: `123-45-6789` / `123 45 6789` (same separator twice); nine bare digits only
+//!   after ssn / social / social security / taxpayer; area 000, 666, 900–999, group 00 and
+//!   serial 0000 are refused.
+//! - **Phones**: NANP with separators (`(415) 555-0123`, `415.555.0123`, `+1 415 555 0123`,
+//!   `1-800-555-0199`; area code and exchange 2–9, no N11), ten or eleven bare digits only
+//!   after phone words (call, phone, cell, reach, text…) nearer than identifier words;
+//!   E.164 outside NANP with a `+` (`+44 20 7946 0958`), 8–15 digits.
+//! - **Emails**: `local@domain.tld`, and dictated `jane dot doe at example dot com`.
+//! - **IPs**: dotted quads (each part ≤ 255, optional `/len`), not after version words and
+//!   not inside a longer dotted run; IPv6 as `std::net::Ipv6Addr` parses it (times like
+//!   `10:30:45` and MAC addresses do not).
+//! - **Names** (weak by nature): capitalised words after trigger phrases ("my name is",
+//!   "this is", "I'm", "speaking with", "name on the card is", "thanks", …), after titles
+//!   (Mr, Ms, Dr…; the title stays), and any of ~230 common first names that are not also
+//!   common words ([`FIRST_NAMES`]), with the capitalised word after it as surname. Words
+//!   that are not names (days, months, brands, greetings, organisation words) end a name.
+//! - **Addresses**: house number + up to three capitalised words (or `5th`) + a street
+//!   suffix (St, Street, Ave, Road, Blvd, Lane, Dr…), with an optional direction, unit (Apt,
+//!   Suite, Unit, #) and `City, ST 12345`; `City, ST 12345` alone; PO boxes; a ZIP code alone
+//!   only after zip / postal code.
+//!
+//! ## What it does not find (current limitations)
+//!
+//! - Names without a trigger, title or listed first name ("signed for by Zainab Haddad"),
+//!   lower-case names ("my name is emily garcia"), surnames alone; names that are also
+//!   words (Will, Grace, Chase) are only found after a trigger or title.
+//! - Addresses without a street suffix or outside the US pattern ("12 Rue de la Paix"),
+//!   city names alone, states written out.
+//! - Numbers split by words ("4111 1111, um, 1111 1111") or spelled out ("four one one
+//!   one…"); seven-digit local phone numbers (`555-0123`); partial SSNs ("last four").
+//! - A Luhn-valid number in a card's issuer range said without identifier words is a card,
+//!   whatever it is (about 1 in 10 random numbers of the right shape passes Luhn).
+//!
+//! ## Measured
+//!
+//! On the committed corpus (`corpus/corpus.jsonl`: 2,600 sentences, 2,574 labelled PII
+//! spans and 1,923 labelled look-alikes, made by `corpus/generate.py`), scored by span
+//! overlap as `tests/corpus.rs` defines:
+//!
+//! | kind | precision | recall |
+//! |---|---|---|
+//! | card | 1.000 | 0.952 |
+//! | cvv | 1.000 | 1.000 |
+//! | ssn | 1.000 | 1.000 |
+//! | phone | 1.000 | 1.000 |
+//! | email | 1.000 | 1.000 |
+//! | ip | 1.000 | 1.000 |
+//! | name | 1.000 | 0.901 |
+//! | address | 1.000 | 1.000 |
+//!
+//! `pii_char_recall` 0.968 (Presidio's rule recognizers: .275 on a similar corpus, per the
+//! issue), no look-alike redacted. The corpus and the recognizers were written by the same
+//! hand: these figures say the rules do what they claim on the shapes the generator
+//! knows, not how they fare on real transcripts. Reproduce with
+//! `cargo test -p callgate-redact --test corpus -- --nocapture`.
+//!
+//! Throughput on the corpus joined to 10 MB (PII-dense: ~6 spans per sentence), one
+//! thread: about 45 MB/s on the 2-core build machine, shared
+//! (`cargo run --release -p callgate-redact --example throughput`).
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -161,8 +256,12 @@ impl Redactor {
     /// detection, ties going to the kind earlier in [`Kind::ALL`].
     pub fn find(&self, text: &str) -> Vec<Span> {
         let mut raw = Vec::new();
-        self.numbers.find(text, &mut raw);
-        self.words.find(text, &mut raw);
+        for c in numbers::clusters(text) {
+            self.numbers.on_cluster(text, &c, &mut raw);
+            self.words.on_cluster(text, &c, &mut raw);
+        }
+        self.numbers.find_rest(text, &mut raw);
+        self.words.find_rest(text, &mut raw);
         merge(raw)
     }
 

@@ -31,8 +31,6 @@ pub(crate) const INTERNATIONAL: &str = r"\+[2-9](?:[ .-]?\(?[0-9]\)?){7,14}";
 pub(crate) const IPV4: &str = r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?(?-u:\b)";
 /// Anything with two colons among hex groups; `Ipv6Addr`'s parser decides.
 pub(crate) const IPV6: &str = r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*";
-/// A 3–4 digit code shortly after a card-code word.
-pub(crate) const CVV: &str = r"(?i:(?-u:\b)(?:cvv2?|cvc2?|csc|security code|card code|code on the back|(?:three|four|3|4)[- ]digit (?:security )?code|verification (?:code|number|value))(?-u:\b))[^0-9\n]{0,32}?([0-9]{3,4})(?-u:\b)";
 
 /// The compiled numeric recognizers.
 #[derive(Debug)]
@@ -44,7 +42,6 @@ pub(crate) struct Numbers {
     international: Regex,
     ipv4: Regex,
     ipv6: Regex,
-    cvv: Regex,
 }
 
 impl Numbers {
@@ -57,55 +54,184 @@ impl Numbers {
             international: Regex::new(INTERNATIONAL)?,
             ipv4: Regex::new(IPV4)?,
             ipv6: Regex::new(IPV6)?,
-            cvv: Regex::new(CVV)?,
         })
     }
 
-    pub(crate) fn find(&self, text: &str, out: &mut Vec<Span>) {
-        for m in self.card.find_iter(text) {
-            if is_card(text, m.start(), m.as_str()) {
-                out.push(Span::new(Kind::Card, m.start(), m.end()));
+    /// The numeric recognizers on one cluster of digits: each runs only where the cluster
+    /// has enough digits (or dots) for its shape, on the cluster and the few bytes before it.
+    pub(crate) fn on_cluster(&self, text: &str, c: &Cluster, out: &mut Vec<Span>) {
+        let from = c.lookback(text);
+        let Some(hay) = text.get(from..c.end) else {
+            return;
+        };
+        let at = |m: regex::Match<'_>| (from + m.start(), from + m.end());
+        if c.digits >= 13 {
+            for m in self.card.find_iter(hay) {
+                let (s, e) = at(m);
+                if is_card(text, s, m.as_str()) {
+                    out.push(Span::new(Kind::Card, s, e));
+                }
             }
         }
-        for m in self.ssn.find_iter(text) {
-            if is_separated_ssn(text, m.start(), m.end(), m.as_str()) {
-                out.push(Span::new(Kind::Ssn, m.start(), m.end()));
+        if c.digits >= 9 {
+            for m in self.ssn.find_iter(hay) {
+                let (s, e) = at(m);
+                if is_separated_ssn(text, s, e, m.as_str()) {
+                    out.push(Span::new(Kind::Ssn, s, e));
+                }
+            }
+            for m in self.bare.find_iter(hay) {
+                let (s, e) = at(m);
+                if let Some(kind) = bare_number(text, s, m.as_str()) {
+                    out.push(Span::new(kind, s, e));
+                }
             }
         }
-        for m in self.bare.find_iter(text) {
-            if let Some(kind) = bare_number(text, m.start(), m.as_str()) {
-                out.push(Span::new(kind, m.start(), m.end()));
+        if c.digits >= 10 {
+            for m in self.nanp.find_iter(hay) {
+                let (s, e) = at(m);
+                if is_nanp(text, s, e) {
+                    out.push(Span::new(Kind::Phone, s, e));
+                }
             }
         }
-        for m in self.nanp.find_iter(text) {
-            if is_nanp(text, m.start(), m.end()) {
-                out.push(Span::new(Kind::Phone, m.start(), m.end()));
+        if c.digits >= 8 && hay.contains('+') {
+            for m in self.international.find_iter(hay) {
+                let (s, e) = at(m);
+                if !continues_number_before(text, s) && !is_alnum_at(text, e) {
+                    out.push(Span::new(Kind::Phone, s, e));
+                }
             }
         }
-        for m in self.international.find_iter(text) {
-            if continues_number_before(text, m.start()) || is_alnum_at(text, m.end()) {
-                continue;
-            }
-            out.push(Span::new(Kind::Phone, m.start(), m.end()));
-        }
-        for m in self.ipv4.find_iter(text) {
-            if is_ipv4(text, m.start(), m.end(), m.as_str()) {
-                out.push(Span::new(Kind::Ip, m.start(), m.end()));
+        if c.dots >= 3 {
+            for m in self.ipv4.find_iter(hay) {
+                let (s, e) = at(m);
+                if is_ipv4(text, s, e, m.as_str()) {
+                    out.push(Span::new(Kind::Ip, s, e));
+                }
             }
         }
+        if (3..=4).contains(&c.digits)
+            && c.end - c.start == c.digits
+            && !is_alnum_at(text, c.end)
+            && is_cvv(text, c.start)
+        {
+            out.push(Span::new(Kind::Cvv, c.start, c.end));
+        }
+    }
+
+    /// The recognizers that do not start at a digit.
+    pub(crate) fn find_rest(&self, text: &str, out: &mut Vec<Span>) {
         for m in self.ipv6.find_iter(text) {
             if let Some(end) = ipv6_end(text, m.start(), m.as_str()) {
                 out.push(Span::new(Kind::Ip, m.start(), end));
             }
         }
-        for c in self.cvv.captures_iter(text) {
-            if let Some(code) = c.get(1) {
-                if !continues_number_after(text, code.end()) {
-                    out.push(Span::new(Kind::Cvv, code.start(), code.end()));
+    }
+}
+
+/// A run of digits joined by short runs (one or two bytes) of separators: ` - . ( ) /`.
+/// Every numeric shape lies inside one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cluster {
+    /// The first digit.
+    pub(crate) start: usize,
+    /// One past the last digit.
+    pub(crate) end: usize,
+    /// Digits in it.
+    pub(crate) digits: usize,
+    /// Dots in it.
+    pub(crate) dots: usize,
+    /// Digits in its first run of digits.
+    pub(crate) first_run: usize,
+}
+
+impl Cluster {
+    /// Where a recognizer's haystack starts: three bytes before the first digit (for `+1 `,
+    /// `(`), at a character boundary.
+    fn lookback(&self, text: &str) -> usize {
+        let mut from = self.start.saturating_sub(3);
+        while from < self.start && !text.is_char_boundary(from) {
+            from += 1;
+        }
+        from
+    }
+}
+
+fn is_sep(b: u8) -> bool {
+    matches!(b, b' ' | b'-' | b'.' | b'(' | b')' | b'/')
+}
+
+/// The clusters of digits in `text`, in order: one pass over the bytes.
+pub(crate) fn clusters(text: &str) -> impl Iterator<Item = Cluster> + '_ {
+    let b = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        i += b.get(i..)?.iter().position(u8::is_ascii_digit)?;
+        let start = i;
+        let (mut digits, mut dots, mut first_run) = (0, 0, None);
+        loop {
+            match b.get(i) {
+                Some(d) if d.is_ascii_digit() => {
+                    digits += 1;
+                    i += 1;
                 }
+                Some(s) if is_sep(*s) => {
+                    first_run.get_or_insert(digits);
+                    let mut j = i;
+                    while j < i + 2 && b.get(j).is_some_and(|x| is_sep(*x)) {
+                        j += 1;
+                    }
+                    if !b.get(j).is_some_and(u8::is_ascii_digit) {
+                        break;
+                    }
+                    dots += b
+                        .get(i..j)
+                        .map_or(0, |r| r.iter().filter(|x| **x == b'.').count());
+                    i = j;
+                }
+                _ => break,
             }
         }
+        Some(Cluster {
+            start,
+            end: i,
+            digits,
+            dots,
+            first_run: first_run.unwrap_or(digits),
+        })
+    })
+}
+
+/// Words that name a card's security code.
+const CVV_WORDS: &[&str] = &[
+    "cvv",
+    "cvv2",
+    "cvc",
+    "cvc2",
+    "csc",
+    "security code",
+    "card code",
+    "code on the back",
+    "digit code",
+    "digit security code",
+    "verification code",
+    "verification number",
+    "verification value",
+];
+
+/// A 3–4 digit number is a card code when a card-code word comes before it with no other
+/// number in between (within 40 bytes).
+fn is_cvv(text: &str, start: usize) -> bool {
+    if continues_number_before(text, start) {
+        return false;
     }
+    let window = before(text, start, 40);
+    let window = match window.rfind(|c: char| c.is_ascii_digit()) {
+        Some(i) => window.get(i + 1..).unwrap_or(""),
+        None => window,
+    };
+    nearest(window, CVV_WORDS).is_some()
 }
 
 /// The byte at `i` is a letter or digit.
@@ -357,10 +483,9 @@ mod tests {
     use super::*;
 
     fn kinds(text: &str) -> Vec<(Kind, String)> {
-        let n = Numbers::new().unwrap();
-        let mut out = Vec::new();
-        n.find(text, &mut out);
-        out.iter()
+        crate::Redactor::new()
+            .find(text)
+            .iter()
             .map(|s| (s.kind, text[s.start..s.end].to_string()))
             .collect()
     }

@@ -2,13 +2,17 @@
 
 use regex::Regex;
 
+use crate::context::{after, before, nearest};
+use crate::numbers::Cluster;
 use crate::{Kind, Span};
 
 /// `local@domain.tld`.
 pub(crate) const EMAIL: &str =
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?-u:\b)";
-/// Dictated: `jane dot doe at example dot com`.
-pub(crate) const SPOKEN_EMAIL: &str = r"(?i)(?-u:\b)[a-z0-9]+(?: (?:dot|underscore|dash) [a-z0-9]+)* at [a-z0-9-]+(?: dot [a-z0-9-]+)* dot (?:com|net|org|edu|gov|io|co|us|info|biz)(?-u:\b)";
+/// Dictated: `jane dot doe at example dot com`; this finds ` at example dot com`, the local
+/// part before it is taken by [`spoken_local_start`].
+pub(crate) const SPOKEN_DOMAIN: &str =
+    r"(?i) at [a-z0-9-]+(?: dot [a-z0-9-]+)* dot (?:com|net|org|edu|gov|io|co|us|info|biz)(?-u:\b)";
 
 /// One word of a name: `Ana`, `O'Brien`, `McDonald`, `Smith-Jones`, `José`.
 const NAME_WORD: &str = r"\p{Lu}\p{Ll}*(?:['’-]?\p{Lu}\p{Ll}+)*";
@@ -384,27 +388,31 @@ fn street() -> String {
     )
 }
 
-fn city_state_zip() -> String {
+/// `City, ST ` right before a ZIP code (matched on the text that ends at the ZIP).
+fn city_state() -> String {
     format!(
-        r"(?-u:\b)\p{{Lu}}\p{{Ll}}+(?:[ \t]+\p{{Lu}}\p{{Ll}}+){{0,2}},[ \t]+(?:{STATES})[ \t]+[0-9]{{5}}(?:-[0-9]{{4}})?(?-u:\b)"
+        r"(?-u:\b)\p{{Lu}}\p{{Ll}}+(?:[ \t]+\p{{Lu}}\p{{Ll}}+){{0,2}},[ \t]+(?:{STATES})[ \t]+\z"
     )
 }
 
-/// A ZIP code only after words that say it is one.
-const ZIP: &str = r"(?i:(?-u:\b)(?:zip|zip code|zipcode|postal code|post code)(?-u:\b))[^0-9\n]{0,16}?([0-9]{5}(?:-[0-9]{4})?)(?-u:\b)";
+/// Words that make a five-digit number a ZIP code.
+const ZIP_WORDS: &[&str] = &["zip", "zip code", "zipcode", "postal code", "post code"];
 const PO_BOX: &str = r"(?i:(?-u:\b)p\.?[ ]?o\.?[ \t]+box[ \t]+[0-9]{1,6}(?-u:\b))";
+
+/// How far past a trigger or a house number a name or street is looked for, in bytes.
+const REACH: usize = 160;
 
 /// The compiled word recognizers.
 #[derive(Debug)]
 pub(crate) struct Words {
     email: Regex,
-    spoken_email: Regex,
-    triggered_name: Regex,
-    titled_name: Regex,
+    spoken_domain: Regex,
+    trigger: Regex,
+    title: Regex,
+    name_run: Regex,
     listed_name: Regex,
     street: Regex,
-    city_state_zip: Regex,
-    zip: Regex,
+    city_state: Regex,
     po_box: Regex,
 }
 
@@ -414,51 +422,141 @@ impl Words {
         let first = FIRST_NAMES.join("|");
         Ok(Words {
             email: Regex::new(EMAIL)?,
-            spoken_email: Regex::new(SPOKEN_EMAIL)?,
-            triggered_name: Regex::new(&format!(
-                r"(?i:(?-u:\b)(?:{TRIGGERS}))[ \t]*,?[ \t]+({name_run})"
-            ))?,
-            titled_name: Regex::new(&format!(
-                r"(?-u:\b)(?:{TITLES})\.?[ \t]+({NAME_WORD}(?:[ \t]+{NAME_WORD})?)"
-            ))?,
+            spoken_domain: Regex::new(SPOKEN_DOMAIN)?,
+            trigger: Regex::new(&format!(r"(?i:(?-u:\b)(?:{TRIGGERS}))[ \t]*,?[ \t]+"))?,
+            title: Regex::new(&format!(r"(?-u:\b)(?:{TITLES})\.?[ \t]+"))?,
+            name_run: Regex::new(&format!(r"\A{name_run}"))?,
             listed_name: Regex::new(&format!(
                 r"(?-u:\b)(?:{first})(?-u:\b)(?:[ \t]+(?:\p{{Lu}}\.[ \t]+)?{NAME_WORD})?"
             ))?,
-            street: Regex::new(&street())?,
-            city_state_zip: Regex::new(&city_state_zip())?,
-            zip: Regex::new(ZIP)?,
+            street: Regex::new(&format!(r"\A(?:{})", street()))?,
+            city_state: Regex::new(&city_state())?,
             po_box: Regex::new(PO_BOX)?,
         })
     }
 
-    pub(crate) fn find(&self, text: &str, out: &mut Vec<Span>) {
+    /// The recognizers that start at a number: street addresses at a house number, ZIP
+    /// codes (after `City, ST`, or after words that say so).
+    pub(crate) fn on_cluster(&self, text: &str, c: &Cluster, out: &mut Vec<Span>) {
+        let b = text.as_bytes();
+        let before_alnum = c.start > 0 && b.get(c.start - 1).is_some_and(u8::is_ascii_alphanumeric);
+        if before_alnum {
+            return;
+        }
+        // A house number: up to six digits, then (a letter and) a space.
+        if c.first_run <= 6 {
+            // The house number, an optional letter, spaces, then a capital or a digit (`5th`).
+            let mut i = c.start + c.first_run;
+            if b.get(i).is_some_and(u8::is_ascii_alphabetic) {
+                i += 1;
+            }
+            let spaced = matches!(b.get(i), Some(b' ' | b'\t'));
+            while matches!(b.get(i), Some(b' ' | b'\t')) {
+                i += 1;
+            }
+            let word = b
+                .get(i)
+                .is_some_and(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || *x >= 0x80);
+            if spaced && word {
+                if let Some(m) = self.street.find(after(text, c.start, REACH)) {
+                    out.push(Span::new(Kind::Address, c.start, c.start + m.end()));
+                }
+            }
+        }
+        let zip_shaped = c.digits == 5 && c.end - c.start == 5
+            || c.digits == 9 && c.end - c.start == 10 && b.get(c.start + 5) == Some(&b'-');
+        if zip_shaped && !b.get(c.end).is_some_and(u8::is_ascii_alphanumeric) {
+            let window = before(text, c.start, 64);
+            if let Some(m) = self.city_state.find(window) {
+                let from = c.start - window.len() + m.start();
+                out.push(Span::new(Kind::Address, from, c.end));
+            } else {
+                let near = before(text, c.start, 24);
+                let near = match near.rfind(|ch: char| ch.is_ascii_digit()) {
+                    Some(i) => near.get(i + 1..).unwrap_or(""),
+                    None => near,
+                };
+                if nearest(near, ZIP_WORDS).is_some() {
+                    out.push(Span::new(Kind::Address, c.start, c.end));
+                }
+            }
+        }
+    }
+
+    /// The recognizers of words.
+    pub(crate) fn find_rest(&self, text: &str, out: &mut Vec<Span>) {
         for m in self.email.find_iter(text) {
             out.push(Span::new(Kind::Email, m.start(), m.end()));
         }
-        for m in self.spoken_email.find_iter(text) {
-            out.push(Span::new(Kind::Email, m.start(), m.end()));
+        for m in self.spoken_domain.find_iter(text) {
+            if let Some(start) = spoken_local_start(text, m.start()) {
+                out.push(Span::new(Kind::Email, start, m.end()));
+            }
         }
-        for re in [&self.triggered_name, &self.titled_name] {
-            for c in re.captures_iter(text) {
-                if let Some(m) = c.get(1) {
-                    push_name(text, m.start(), m.end(), out);
+        for (re, words) in [(&self.trigger, 3), (&self.title, 2)] {
+            for t in re.find_iter(text) {
+                if let Some(m) = self.name_run.find(after(text, t.end(), REACH)) {
+                    let (s, e) = (t.end(), t.end() + m.end());
+                    push_name(text, s, cut_words(text, s, e, words), out);
                 }
             }
         }
         for m in self.listed_name.find_iter(text) {
             push_name(text, m.start(), m.end(), out);
         }
-        for re in [&self.street, &self.city_state_zip, &self.po_box] {
-            for m in re.find_iter(text) {
-                out.push(Span::new(Kind::Address, m.start(), m.end()));
-            }
-        }
-        for c in self.zip.captures_iter(text) {
-            if let Some(m) = c.get(1) {
-                out.push(Span::new(Kind::Address, m.start(), m.end()));
-            }
+        for m in self.po_box.find_iter(text) {
+            out.push(Span::new(Kind::Address, m.start(), m.end()));
         }
     }
+}
+
+/// The end of the first `n` words of `text[start..end]`.
+fn cut_words(text: &str, start: usize, end: usize, n: usize) -> usize {
+    let Some(run) = text.get(start..end) else {
+        return end;
+    };
+    let mut seen = 0;
+    let mut in_word = false;
+    for (i, ch) in run.char_indices() {
+        let space = ch == ' ' || ch == '\t';
+        if space && in_word {
+            seen += 1;
+            if seen == n {
+                return start + i;
+            }
+        }
+        in_word = !space;
+    }
+    end
+}
+
+/// The start of a dictated email's local part that ends at `at` (the space before `at`):
+/// one word, or words joined by ` dot `, ` underscore `, ` dash `.
+fn spoken_local_start(text: &str, at: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let word_start = |end: usize| {
+        let mut i = end;
+        while i > 0 && b.get(i - 1).is_some_and(u8::is_ascii_alphanumeric) {
+            i -= 1;
+        }
+        (i < end).then_some(i)
+    };
+    let mut start = word_start(at)?;
+    loop {
+        let head = text.get(..start)?;
+        let joined = [" dot ", " underscore ", " dash "].iter().find(|j| {
+            head.len() >= j.len()
+                && head
+                    .get(head.len() - j.len()..)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(j))
+        });
+        let Some(j) = joined else { break };
+        match word_start(start - j.len()) {
+            Some(s) => start = s,
+            None => break,
+        }
+    }
+    Some(start)
 }
 
 /// A run of capitalised words as a name: words that are not names are cut from its ends;
