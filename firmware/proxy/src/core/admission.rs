@@ -154,7 +154,7 @@ impl Proxy {
             reject(self, 403, "", "Route header names another host", &[], out);
             return;
         }
-        if self.by_call_id.contains_key(call_id.as_str()) {
+        if self.by_call_id.get(&call_id, &self.calls).is_some() {
             self.stats.refused_loop += 1;
             reject(
                 self,
@@ -275,12 +275,20 @@ impl Proxy {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let Some(names) = Names::new(
+            &call_id,
+            &from_tag,
+            &number,
+            &caller_number,
+            caller_name.as_deref(),
+        ) else {
+            return;
+        };
         let call = Call {
             seq,
             answered_by: None,
             resumed: false,
-            call_id: call_id.clone().into(),
-            from_tag: from_tag.into(),
+            names,
             setup: Some(Box::new(Setup {
                 invite: Payload::copy_from_slice(bytes),
                 forwarded: None,
@@ -292,10 +300,7 @@ impl Proxy {
             server_key: key,
             caller: peer,
             caller_local: local,
-            number: number.into(),
             campaign: Arc::from(entry.campaign.as_str()),
-            caller_number: caller_number.into(),
-            caller_name: caller_name.map(Into::into),
             client_key: None,
             callee: peer,
             callee_local: local,
@@ -304,19 +309,18 @@ impl Proxy {
             cancel: None,
             last_code: None,
             invite_at: now.unix_ms,
-            ring_at: None,
-            answer_at: None,
+            ring_at: Stamp::NONE,
+            answer_at: Stamp::NONE,
             deadlines: Deadlines::new(),
             media: [Media::default(), Media::default()],
             media_open: false,
-            held_answer: None,
             pool,
             offered: Some((false, offer)),
             permit,
             dialog: None,
         };
-        self.by_call_id.insert(call_id.into(), seq);
         self.calls.insert(seq, Box::new(call));
+        self.by_call_id.insert(seq, &self.calls);
         self.try_next_with(now, seq, Some(msg), out);
     }
 }

@@ -42,7 +42,7 @@ impl Proxy {
                 self.stats.failovers += 1;
             }
             let invite = setup.invite.clone();
-            let number = call.number.clone();
+            let number: Box<str> = call.names.number().into();
             let caller_local = call.caller_local;
             let caller_transport = call.caller.transport;
             let transport = dest_transport(&dest);
@@ -295,7 +295,7 @@ impl Proxy {
                 return;
             }
             if call.ring_at.is_none() {
-                call.ring_at = Some(now.unix_ms);
+                call.ring_at = Stamp(now.unix_ms);
                 call.state = CallState::Ringing;
             }
             if !msg.body().is_empty() {
@@ -389,17 +389,20 @@ impl Proxy {
         };
         // The 2xx goes upstream once the answer-time record is durable
         // ([`Proxy::on_record_stored`]): an answered call always has a record.
-        call.held_answer = strip_via(msg).map(Payload::from);
+        let held = strip_via(msg).map(Payload::from);
         call.state = CallState::Answered;
-        call.answer_at = Some(now.unix_ms);
+        call.answer_at = Stamp(now.unix_ms);
         if call.ring_at.is_none() {
-            call.ring_at = Some(now.unix_ms);
+            call.ring_at = Stamp(now.unix_ms);
         }
         // Both INVITE transactions are now in Accepted (RFC 6026; the 2xx goes upstream
         // statelessly): for their 64·T1 only their keys are kept (ACKs are end to end, 2xx
         // retransmissions are matched by key and Call-ID).
         let server_key = call.server_key.clone();
         let client_key = call.client_key.clone();
+        if let Some(h) = held {
+            self.held.insert(seq, h);
+        }
         let until = now.mono + self.s.timers.timeout();
         for k in std::iter::once(server_key).chain(client_key) {
             self.txs.remove(&k);
@@ -467,20 +470,20 @@ impl Proxy {
         end: Option<u64>,
     ) -> Option<Cdr> {
         let c = self.calls.get(&seq)?;
-        let duration_ms = match (c.answer_at, end) {
+        let duration_ms = match (c.answer_at.get(), end) {
             (Some(a), Some(e)) => e.saturating_sub(a),
             _ => 0,
         };
         Some(Cdr {
-            call_id: c.call_id.to_string(),
-            tracking_number: c.number.to_string(),
+            call_id: c.names.call_id().to_string(),
+            tracking_number: c.names.number().to_string(),
             campaign: c.campaign.to_string(),
-            caller: Pii::new(c.caller_number.to_string()),
-            caller_name: c.caller_name.as_deref().map(Pii::new),
+            caller: Pii::new(c.names.caller_number().to_string()),
+            caller_name: c.names.caller_name().map(Pii::new),
             destination: c.destination.to_string(),
             invite_at: c.invite_at,
-            ring_at: c.ring_at,
-            answer_at: c.answer_at,
+            ring_at: c.ring_at.get(),
+            answer_at: c.answer_at.get(),
             end_at: end,
             duration_ms,
             disposition,
@@ -640,12 +643,13 @@ impl Proxy {
         let Some(call) = self.calls.remove(&seq) else {
             return;
         };
+        self.held.remove(&seq);
         if call.state != CallState::Answered {
             if let Some(k) = &call.client_key {
                 self.abandon(now, k.branch(), call.callee, call.callee_local);
             }
         }
-        self.by_call_id.remove(&call.call_id);
+        self.by_call_id.remove(call.names.call_id(), seq);
         for (k, at) in call.deadlines.pending() {
             self.timers.remove(&(at, seq, k));
         }

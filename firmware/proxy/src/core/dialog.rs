@@ -44,14 +44,14 @@ impl Proxy {
     /// status to answer) when it is not ours to relay.
     pub(super) fn dialog_side(&self, msg: &Message<'_>, peer: Peer) -> Result<(u64, bool), u16> {
         let call_id = msg.call_id().map_err(|_| 400u16)?;
-        let &seq = self.by_call_id.get(call_id).ok_or(481u16)?;
+        let seq = self.by_call_id.get(call_id, &self.calls).ok_or(481u16)?;
         let call = self.calls.get(&seq).ok_or(481u16)?;
         let from_tag = msg
             .from()
             .ok()
             .and_then(|f| f.tag().map(str::to_owned))
             .unwrap_or_default();
-        let from_caller = from_tag == *call.from_tag;
+        let from_caller = from_tag == call.names.tag_of_caller();
         let expected = if from_caller {
             call.caller.addr.ip()
         } else {
@@ -314,7 +314,7 @@ impl Proxy {
             call.callee,
             call.callee_local,
         );
-        let call_id = call.call_id.to_string();
+        let call_id = call.names.call_id().to_string();
         if let Some(d) = dialog {
             for (to_caller, peer, local) in
                 [(true, caller, caller_local), (false, callee, callee_local)]

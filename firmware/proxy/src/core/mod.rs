@@ -213,17 +213,14 @@ struct Call {
     /// the callee's retransmitted 2xx is relayed to the caller (see
     /// `Proxy::on_response`), since the old proxy may have died before relaying it.
     resumed: bool,
-    call_id: Box<str>,
-    from_tag: Box<str>,
+    /// Call-ID, From tag, tracking number, caller number and name.
+    names: Names,
     /// What only the setup needs; dropped at answer.
     setup: Option<Box<Setup>>,
     server_key: TransactionKey,
     caller: Peer,
     caller_local: SocketAddr,
-    number: Box<str>,
     campaign: Arc<str>,
-    caller_number: Box<str>,
-    caller_name: Option<Box<str>>,
     client_key: Option<TransactionKey>,
     callee: Peer,
     callee_local: SocketAddr,
@@ -232,8 +229,8 @@ struct Call {
     cancel: Option<Cancel>,
     last_code: Option<u16>,
     invite_at: u64,
-    ring_at: Option<u64>,
-    answer_at: Option<u64>,
+    ring_at: Stamp,
+    answer_at: Stamp,
     /// The call's pending timers, one slot per [`TimerKind`] (inline: no allocation per
     /// call).
     deadlines: Deadlines,
@@ -241,8 +238,6 @@ struct Call {
     media: [Media; 2],
     /// Whether the callee has described its media (pinholes open from then on).
     media_open: bool,
-    /// The callee's 2xx, stripped of our Via, until the answer-time record is durable.
-    held_answer: Option<Payload>,
     /// The carrier's media pool, when it sends media from one (pinholes toward the callee
     /// admit it as the source).
     pool: Option<Arc<[IpNet]>>,
@@ -266,6 +261,144 @@ struct Setup {
     attempt: usize,
     got_provisional: bool,
     cancel_sent: bool,
+}
+
+/// The calls by Call-ID, without a copy of it: an entry is the call's number, and the
+/// Call-ID compared and hashed is the one in the call ([`Names`]). Every entry's call is in
+/// `calls` (insert after the call, remove with it). Hashed with a per-process random seed,
+/// like every map here (Call-IDs come from the network).
+#[derive(Default)]
+struct CallIds {
+    table: hashbrown::HashTable<u64>,
+    seed: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for CallIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallIds({})", self.table.len())
+    }
+}
+
+impl CallIds {
+    fn hash(&self, call_id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.seed.hash_one(call_id)
+    }
+
+    fn get(&self, call_id: &str, calls: &Map<u64, Box<Call>>) -> Option<u64> {
+        let h = self.hash(call_id);
+        self.table
+            .find(h, |seq| {
+                calls.get(seq).is_some_and(|c| c.names.call_id() == call_id)
+            })
+            .copied()
+    }
+
+    /// Indexes call `seq`, already in `calls`.
+    fn insert(&mut self, seq: u64, calls: &Map<u64, Box<Call>>) {
+        let Some(call) = calls.get(&seq) else {
+            return;
+        };
+        let h = self.hash(call.names.call_id());
+        let seed = &self.seed;
+        self.table.insert_unique(h, seq, |s| {
+            use std::hash::BuildHasher;
+            calls.get(s).map_or(0, |c| seed.hash_one(c.names.call_id()))
+        });
+    }
+
+    fn remove(&mut self, call_id: &str, seq: u64) {
+        let h = self.hash(call_id);
+        if let Ok(e) = self.table.find_entry(h, |&s| s == seq) {
+            e.remove();
+        }
+    }
+}
+
+/// The texts of a call that never change, in one allocation (a held dialog keeps its call
+/// state; memory per dialog is a benchmark figure): Call-ID, From tag, tracking number,
+/// caller number, and the caller's name if the INVITE gave one.
+#[derive(Debug)]
+struct Names {
+    text: Box<str>,
+    /// Where the first four end in `text`; the name is the rest.
+    ends: [u32; 4],
+    has_name: bool,
+}
+
+impl Names {
+    /// `None` when the texts together exceed 4 GiB (no message is that long).
+    fn new(
+        call_id: &str,
+        from_tag: &str,
+        number: &str,
+        caller_number: &str,
+        caller_name: Option<&str>,
+    ) -> Option<Names> {
+        let parts = [call_id, from_tag, number, caller_number];
+        let mut text = String::with_capacity(
+            parts.iter().map(|p| p.len()).sum::<usize>() + caller_name.map_or(0, str::len),
+        );
+        let mut ends = [0u32; 4];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = u32::try_from(text.len()).ok()?;
+        }
+        text.push_str(caller_name.unwrap_or(""));
+        u32::try_from(text.len()).ok()?;
+        Some(Names {
+            text: text.into_boxed_str(),
+            ends,
+            has_name: caller_name.is_some(),
+        })
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = match i.checked_sub(1) {
+            Some(j) => self.ends.get(j).copied().unwrap_or(0),
+            None => 0,
+        } as usize;
+        let end = self.ends.get(i).map_or(self.text.len(), |&e| e as usize);
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    fn call_id(&self) -> &str {
+        self.part(0)
+    }
+
+    /// The From tag: the caller's.
+    fn tag_of_caller(&self) -> &str {
+        self.part(1)
+    }
+
+    fn number(&self) -> &str {
+        self.part(2)
+    }
+
+    fn caller_number(&self) -> &str {
+        self.part(3)
+    }
+
+    fn caller_name(&self) -> Option<&str> {
+        self.has_name.then(|| self.part(4))
+    }
+}
+
+/// A wall-clock time in unix ms, or none (`u64::MAX`): half the size of `Option<u64>`, and
+/// a call holds two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    const NONE: Stamp = Stamp(u64::MAX);
+
+    fn get(self) -> Option<u64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+
+    fn is_none(self) -> bool {
+        self == Self::NONE
+    }
 }
 
 /// A call's pending timer deadlines, one slot per [`TimerKind`]; `u64::MAX` is "none" (no
@@ -370,7 +503,10 @@ pub struct Proxy {
     pinholes: Map<(IpNet, SocketAddr), (u32, Millis)>,
     /// Boxed: a slot per call stays small while the table grows by doubling.
     calls: Map<u64, Box<Call>>,
-    by_call_id: Map<Box<str>, u64>,
+    /// Each answered call's 2xx (stripped of our Via) until its answer-time record is
+    /// durable ([`Proxy::on_record_stored`]): only while it waits, so not in [`Call`].
+    held: Map<u64, Payload>,
+    by_call_id: CallIds,
     relays: Map<u64, Relay>,
     /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
     /// late 2xx from that destination is ACKed and ended with BYE. Pruned after 64·T1.
@@ -479,7 +615,8 @@ impl Proxy {
             accepted_until: VecDeque::new(),
             pinholes: Map::default(),
             calls: Map::default(),
-            by_call_id: Map::default(),
+            held: Map::default(),
+            by_call_id: CallIds::default(),
             relays: Map::default(),
             relay_requests: Map::default(),
             abandoned: Map::default(),
@@ -554,15 +691,15 @@ impl Proxy {
         v.sort_by_key(|c| c.seq);
         v.into_iter()
             .map(|c| ActiveCall {
-                call_id: c.call_id.to_string(),
-                tracking_number: c.number.to_string(),
+                call_id: c.names.call_id().to_string(),
+                tracking_number: c.names.number().to_string(),
                 campaign: c.campaign.to_string(),
-                caller: mask(&c.caller_number),
+                caller: mask(c.names.caller_number()),
                 destination: c.destination.to_string(),
                 state: c.state,
                 transport: c.caller.transport,
                 invite_at: c.invite_at,
-                answer_at: c.answer_at,
+                answer_at: c.answer_at.get(),
                 pinholes: c.pinholes().len(),
             })
             .collect()

@@ -11,7 +11,7 @@ impl Proxy {
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
-        let Some(answer) = call.held_answer.take() else {
+        let Some(answer) = self.held.remove(&seq) else {
             return;
         };
         if ok {
@@ -35,7 +35,7 @@ impl Proxy {
         let r = cdr.resume.as_ref()?;
         let answer_at = cdr.answer_at?;
         let caller_number = cdr.caller.reveal()?;
-        if self.by_call_id.contains_key(cdr.call_id.as_str()) {
+        if self.by_call_id.get(&cdr.call_id, &self.calls).is_some() {
             return None;
         }
         let peer = |p: &callgate_cdr::Party| Peer {
@@ -82,24 +82,24 @@ impl Proxy {
         // Its INVITE transaction ended with the old daemon; the key is never looked up for
         // an answered call.
         let server_key = TransactionKey::server("z9hG4bKresumed", "resumed", "INVITE").ok()?;
+        let caller_name = cdr.caller_name.as_ref().and_then(|n| n.reveal());
+        let names = Names::new(
+            &cdr.call_id,
+            &r.from_tag,
+            &cdr.tracking_number,
+            caller_number,
+            caller_name,
+        )?;
         let call = Call {
             seq,
             answered_by: (cdr.appliance != self.s.appliance).then(|| cdr.appliance.as_str().into()),
             resumed: true,
-            call_id: cdr.call_id.as_str().into(),
-            from_tag: r.from_tag.as_str().into(),
+            names,
             setup: None,
             server_key,
             caller: peer(&r.caller),
             caller_local: r.caller.local,
-            number: cdr.tracking_number.as_str().into(),
             campaign: Arc::from(cdr.campaign.as_str()),
-            caller_number: caller_number.into(),
-            caller_name: cdr
-                .caller_name
-                .as_ref()
-                .and_then(|n| n.reveal())
-                .map(Into::into),
             client_key: None,
             callee: peer(&r.callee),
             callee_local: r.callee.local,
@@ -108,8 +108,8 @@ impl Proxy {
             cancel: None,
             last_code: Some(200),
             invite_at: cdr.invite_at,
-            ring_at: cdr.ring_at,
-            answer_at: Some(answer_at),
+            ring_at: cdr.ring_at.map_or(Stamp::NONE, Stamp),
+            answer_at: Stamp(answer_at),
             deadlines: Deadlines::new(),
             media: [
                 r.caller.media.clone().into_boxed_slice(),
@@ -118,7 +118,6 @@ impl Proxy {
             // The media is checked again against the config as it is now (it may have
             // changed while the daemon was down): pinholes only for what it still allows.
             media_open: media_ok,
-            held_answer: None,
             pool,
             offered: None,
             permit: self.admission.as_mut().map(|a| a.carry_over()),
@@ -126,8 +125,8 @@ impl Proxy {
         };
         let caller_ip = call.caller.addr.ip();
         let pinholes = call.pinholes();
-        self.by_call_id.insert(call.call_id.clone(), seq);
         self.calls.insert(seq, Box::new(call));
+        self.by_call_id.insert(seq, &self.calls);
         self.flood
             .carry_dialog(guard::Millis(now.mono.0), caller_ip);
         // What is left of the maximum call length, by the wall clock of its answer.
@@ -150,7 +149,7 @@ impl Proxy {
         self.draining = on;
         self.calls
             .values()
-            .filter(|c| c.state != CallState::Answered || c.held_answer.is_some())
+            .filter(|c| c.state != CallState::Answered || self.held.contains_key(&c.seq))
             .count()
     }
 
@@ -196,7 +195,7 @@ pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
         media: media.to_vec(),
     };
     callgate_cdr::Resume {
-        from_tag: c.from_tag.to_string(),
+        from_tag: c.names.tag_of_caller().to_string(),
         caller: party(c.caller, c.caller_local, &c.media[0]),
         callee: party(c.callee, c.callee_local, &c.media[1]),
         media_pool: c

@@ -96,9 +96,9 @@ impl Proxy {
         let call = msg
             .call_id()
             .ok()
-            .and_then(|id| self.by_call_id.get(id))
-            .and_then(|seq| self.calls.get(seq))
-            .filter(|c| c.resumed && from_tag.as_deref() == Some(&*c.from_tag))
+            .and_then(|id| self.by_call_id.get(id, &self.calls))
+            .and_then(|seq| self.calls.get(&seq))
+            .filter(|c| c.resumed && from_tag.as_deref() == Some(c.names.tag_of_caller()))
             .map(|c| (c.callee, c.caller, c.caller_local));
         let Some((callee, caller, local)) = call else {
             return false;
@@ -140,9 +140,16 @@ impl Proxy {
                 let call = msg
                     .call_id()
                     .ok()
-                    .and_then(|id| self.by_call_id.get(id))
-                    .and_then(|seq| self.calls.get(seq))
-                    .map(|c| (c.callee, c.caller, c.caller_local, c.held_answer.is_some()));
+                    .and_then(|id| self.by_call_id.get(id, &self.calls))
+                    .and_then(|seq| self.calls.get(&seq))
+                    .map(|c| {
+                        (
+                            c.callee,
+                            c.caller,
+                            c.caller_local,
+                            self.held.contains_key(&c.seq),
+                        )
+                    });
                 let Some((callee, caller, local, held)) = call else {
                     return;
                 };
