@@ -102,6 +102,8 @@ use std::fmt;
 use std::sync::LazyLock;
 
 mod context;
+#[cfg(feature = "corpus")]
+pub mod corpus;
 mod numbers;
 mod text;
 
