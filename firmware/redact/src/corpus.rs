@@ -326,7 +326,7 @@ pub fn sparse_text(corpus: &[Labelled], bytes: usize) -> String {
     let mut sentences = 0usize;
     while text.len() < bytes {
         sentences += 1;
-        if sentences % 41 == 0 {
+        if sentences.is_multiple_of(41) {
             if let Some(l) = corpus.get(next(corpus.len())) {
                 text.push_str(&l.text);
                 text.push('\n');
