@@ -119,22 +119,33 @@ pub(crate) fn nearest(window: &str, words: &[&str]) -> Option<usize> {
         *d = s.to_ascii_lowercase();
     }
     let hay: &[u8] = hay;
+    // The first bytes of the words (all ASCII): a position whose byte is not among them
+    // is skipped without looking at any word.
+    let mut firsts = 0u128;
+    for w in words {
+        if let Some(f) = w.as_bytes().first().filter(|f| f.is_ascii()) {
+            firsts |= 1 << f;
+        }
+    }
+    // One pass over the word starts; the nearest is the match that ends last (the same
+    // answer as the last occurrence of each word, then the nearest of those).
     let mut best: Option<usize> = None;
-    for word in words {
-        let w = word.as_bytes();
-        let Some(first) = w.first() else { continue };
-        // Candidate starts: positions of the word's first byte, from the end.
-        for i in (0..hay.len().saturating_sub(w.len() - 1)).rev() {
-            if hay.get(i) != Some(first) {
-                continue;
-            }
-            if hay.get(i..i + w.len()) == Some(w)
-                && (i == 0 || !hay.get(i - 1).is_some_and(u8::is_ascii_alphanumeric))
-                && suffix_ok(hay.get(i + w.len()..).unwrap_or(&[]))
+    let mut prev_alnum = false;
+    for (i, &c) in hay.iter().enumerate() {
+        let starts_word = !prev_alnum;
+        prev_alnum = c.is_ascii_alphanumeric();
+        if !starts_word || !c.is_ascii() || firsts & (1 << c) == 0 {
+            continue;
+        }
+        let rest = hay.get(i..).unwrap_or(&[]);
+        for word in words {
+            let w = word.as_bytes();
+            if w.first() == Some(&c)
+                && rest.starts_with(w)
+                && suffix_ok(rest.get(w.len()..).unwrap_or(&[]))
             {
                 let distance = hay.len() - (i + w.len());
                 best = Some(best.map_or(distance, |b| b.min(distance)));
-                break;
             }
         }
     }

@@ -18,9 +18,13 @@ const CONTEXT: usize = 48;
 
 /// 13–19 digits, optionally separated by single spaces or dashes.
 pub(crate) const CARD: &str = r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)";
-/// `123-45-6789`, `123 45 6789`.
+#[allow(dead_code)] // the specification of `digit_shapes`; a property test holds it to it
+/// `123-45-6789`, `123 45 6789` (matched in code on a cluster's runs of digits; the
+/// pattern is the specification, and a test holds the code to it).
 pub(crate) const SSN_SEPARATED: &str = r"(?-u:\b)[0-9]{3}[ -][0-9]{2}[ -][0-9]{4}(?-u:\b)";
-/// Nine digits (an SSN only with context), ten or eleven (a phone number only with context).
+#[allow(dead_code)] // as SSN_SEPARATED
+/// Nine digits (an SSN only with context), ten or eleven (a phone number only with
+/// context); matched in code, as [`SSN_SEPARATED`].
 pub(crate) const BARE_DIGITS: &str = r"(?-u:\b)[0-9]{9,11}(?-u:\b)";
 /// NANP with separators: `(415) 555-0123`, `415.555.0123`, `+1 415 555 0123`, `1-800-555-0199`.
 pub(crate) const NANP: &str =
@@ -36,8 +40,6 @@ pub(crate) const IPV6: &str = r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*
 #[derive(Debug)]
 pub(crate) struct Numbers {
     card: Regex,
-    ssn: Regex,
-    bare: Regex,
     nanp: Regex,
     international: Regex,
     ipv4: Regex,
@@ -48,8 +50,6 @@ impl Numbers {
     pub(crate) fn new() -> Result<Numbers, regex::Error> {
         Ok(Numbers {
             card: Regex::new(CARD)?,
-            ssn: Regex::new(SSN_SEPARATED)?,
-            bare: Regex::new(BARE_DIGITS)?,
             nanp: Regex::new(NANP)?,
             international: Regex::new(INTERNATIONAL)?,
             ipv4: Regex::new(IPV4)?,
@@ -74,18 +74,23 @@ impl Numbers {
             }
         }
         if c.digits >= 9 {
-            for m in self.ssn.find_iter(hay) {
-                let (s, e) = at(m);
-                if is_separated_ssn(text, s, e, m.as_str()) {
-                    out.push(Span::new(Kind::Ssn, s, e));
+            // SSNs (3-2-4) and bare 9–11 digit numbers, straight from the cluster's runs of
+            // digits: the matches `SSN_SEPARATED` and `BARE_DIGITS` give on the cluster,
+            // without a regex search per cluster.
+            digit_shapes(text, c, |shape, s, e| {
+                let Some(m) = text.get(s..e) else { return };
+                match shape {
+                    Shape::Ssn if is_separated_ssn(text, s, e, m) => {
+                        out.push(Span::new(Kind::Ssn, s, e));
+                    }
+                    Shape::Bare => {
+                        if let Some(kind) = bare_number(text, s, m) {
+                            out.push(Span::new(kind, s, e));
+                        }
+                    }
+                    Shape::Ssn => {}
                 }
-            }
-            for m in self.bare.find_iter(hay) {
-                let (s, e) = at(m);
-                if let Some(kind) = bare_number(text, s, m.as_str()) {
-                    out.push(Span::new(kind, s, e));
-                }
-            }
+            });
         }
         if c.digits >= 10 {
             for m in self.nanp.find_iter(hay) {
@@ -156,6 +161,69 @@ impl Cluster {
         }
         from
     }
+}
+
+/// A shape found on a cluster's runs of digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// [`SSN_SEPARATED`].
+    Ssn,
+    /// [`BARE_DIGITS`].
+    Bare,
+}
+
+/// Calls `f` with every match of [`SSN_SEPARATED`] and of [`BARE_DIGITS`] that a regex
+/// search of the cluster (from its lookback) finds, read off its runs of digits: a match
+/// starts at a run not preceded by a word byte and ends at a run's end (the next byte is
+/// a separator, or the haystack ends), so no search is needed.
+fn digit_shapes(text: &str, c: &Cluster, mut f: impl FnMut(Shape, usize, usize)) {
+    let single_sep = |at: usize, next: usize| {
+        next == at + 1 && matches!(text.as_bytes().get(at), Some(b' ' | b'-'))
+    };
+    let mut prev: [Option<(usize, usize)>; 2] = [None, None];
+    for (s, e) in runs(text, c) {
+        if (9..=11).contains(&(e - s)) && !is_word_byte_before(text, s) {
+            f(Shape::Bare, s, e);
+        }
+        if let [Some((s1, e1)), Some((s2, e2))] = prev {
+            if e1 - s1 == 3
+                && e2 - s2 == 2
+                && e - s == 4
+                && single_sep(e1, s2)
+                && single_sep(e2, s)
+                && !is_word_byte_before(text, s1)
+            {
+                f(Shape::Ssn, s1, e);
+            }
+        }
+        prev = [prev[1], Some((s, e))];
+    }
+}
+
+/// The runs of digits of a cluster, as byte ranges, in order.
+fn runs<'t>(text: &'t str, c: &Cluster) -> impl Iterator<Item = (usize, usize)> + 't {
+    let b = text.as_bytes();
+    let (mut i, end) = (c.start, c.end);
+    std::iter::from_fn(move || {
+        while i < end && !b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i >= end {
+            return None;
+        }
+        let s = i;
+        while i < end && b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        Some((s, i))
+    })
+}
+
+/// The byte before `i` is a word byte (ASCII letter, digit or `_`: what `(?-u:\b)` sees).
+fn is_word_byte_before(text: &str, i: usize) -> bool {
+    i.checked_sub(1)
+        .and_then(|p| text.as_bytes().get(p))
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 fn is_sep(b: u8) -> bool {
@@ -264,12 +332,43 @@ fn continues_number_after(text: &str, end: usize) -> bool {
     }
 }
 
+/// The digits of a number, as values 0–9, on the stack (numbers here have at most 19;
+/// more than [`Digits::CAP`] give none, which every length check refuses).
+pub(crate) struct Digits {
+    buf: [u8; Digits::CAP],
+    len: usize,
+}
+
+impl Digits {
+    const CAP: usize = 24;
+}
+
+impl std::ops::Deref for Digits {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// The digits of `s` as values 0–9.
-fn digits(s: &str) -> Vec<u8> {
-    s.bytes()
-        .filter(u8::is_ascii_digit)
-        .map(|b| b - b'0')
-        .collect()
+fn digits(s: &str) -> Digits {
+    let mut d = Digits {
+        buf: [0; Digits::CAP],
+        len: 0,
+    };
+    for b in s.bytes().filter(u8::is_ascii_digit) {
+        match d.buf.get_mut(d.len) {
+            Some(slot) => {
+                *slot = b - b'0';
+                d.len += 1;
+            }
+            None => {
+                d.len = 0;
+                break;
+            }
+        }
+    }
+    d
 }
 
 /// The Luhn (mod 10) check every payment card number passes.
@@ -330,20 +429,25 @@ pub fn plausible_issuer(d: &[u8]) -> bool {
 fn plausible_grouping(s: &str) -> bool {
     let sep = s.bytes().find(|b| !b.is_ascii_digit());
     let Some(sep) = sep else { return true };
-    let mut groups = s.split(char::from(sep));
-    let lens: Vec<usize> = groups.by_ref().map(str::len).collect();
     if s.bytes().any(|b| !b.is_ascii_digit() && b != sep) {
         return false;
     }
-    let n = lens.len();
-    lens.first() == Some(&4)
-        && lens.iter().enumerate().all(|(i, l)| {
-            if i + 1 == n {
-                (1..=6).contains(l)
-            } else {
-                (3..=6).contains(l)
-            }
-        })
+    let mut groups = s.split(char::from(sep)).map(str::len).peekable();
+    let mut first = true;
+    while let Some(l) = groups.next() {
+        let ok = if first {
+            l == 4
+        } else if groups.peek().is_none() {
+            (1..=6).contains(&l)
+        } else {
+            (3..=6).contains(&l)
+        };
+        if !ok {
+            return false;
+        }
+        first = false;
+    }
+    true
 }
 
 fn is_card(text: &str, start: usize, s: &str) -> bool {
@@ -488,6 +592,78 @@ mod tests {
             .iter()
             .map(|s| (s.kind, text[s.start..s.end].to_string()))
             .collect()
+    }
+
+    proptest::proptest! {
+        /// The runs-of-digits reading finds exactly what the two patterns find on each
+        /// cluster's haystack.
+        #[test]
+        fn digit_shapes_match_their_patterns(
+            head in proptest::sample::select(vec!["", "a", "_", " ", "(", "+1 ", "x-"]),
+            parts in proptest::collection::vec(
+                (proptest::sample::select(vec![3usize, 2, 4, 9, 10, 11, 1, 5, 12]), proptest::sample::select(vec![" ", "-", ".", "/", "  ", " -", "_", "a", ")", ""])),
+                0..7,
+            ),
+        ) {
+            let mut text = head.to_string();
+            for (n, sep) in &parts {
+                text.extend("4827195306482719".chars().take(*n));
+                text.push_str(sep);
+            }
+            check_digit_shapes(&text);
+        }
+    }
+
+    static SHAPES: std::sync::LazyLock<(Regex, Regex)> = std::sync::LazyLock::new(|| {
+        (
+            Regex::new(SSN_SEPARATED).unwrap(),
+            Regex::new(BARE_DIGITS).unwrap(),
+        )
+    });
+
+    fn check_digit_shapes(text: &str) {
+        let (ssn, bare) = &*SHAPES;
+        for c in clusters(text) {
+            let from = c.lookback(text);
+            let hay = &text[from..c.end];
+            let mut want: Vec<(Shape, usize, usize)> = Vec::new();
+            for (shape, re) in [(Shape::Ssn, ssn), (Shape::Bare, bare)] {
+                want.extend(
+                    re.find_iter(hay)
+                        .map(|m| (shape, from + m.start(), from + m.end())),
+                );
+            }
+            let mut got = Vec::new();
+            digit_shapes(text, &c, |shape, s, e| got.push((shape, s, e)));
+            want.sort_by_key(|w| (w.1, w.2, w.0 == Shape::Bare));
+            got.sort_by_key(|w| (w.1, w.2, w.0 == Shape::Bare));
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    /// Every three runs of the lengths that matter, joined every way that matters.
+    #[test]
+    fn digit_shapes_match_their_patterns_exhaustively() {
+        let lens = [2, 3, 4, 9, 11];
+        let seps = [" ", "-", ".", "_", "", " -"];
+        for head in ["", "a", "_", "1 "] {
+            for a in lens {
+                for b in lens {
+                    for c in lens {
+                        for s1 in seps {
+                            for s2 in seps {
+                                for s3 in seps {
+                                    let d = |n: usize| "48271953064827".get(..n).unwrap_or("");
+                                    let text =
+                                        format!("{head}{}{s1}{}{s2}{}{s3}", d(a), d(b), d(c));
+                                    check_digit_shapes(&text);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

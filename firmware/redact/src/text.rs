@@ -1,5 +1,7 @@
 //! The recognizers of words: emails, person names and street addresses.
 
+use std::sync::LazyLock;
+
 use regex::Regex;
 
 use crate::context::{after, before, nearest};
@@ -559,6 +561,32 @@ fn spoken_local_start(text: &str, at: usize) -> Option<usize> {
     Some(start)
 }
 
+/// The words of [`NOT_NAMES`], lower-cased and sorted, for a binary search.
+static NOT_NAMES_LOWER: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    let mut v: Vec<Vec<u8>> = NOT_NAMES
+        .iter()
+        .map(|n| n.as_bytes().to_ascii_lowercase())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+});
+
+/// `w` is one of [`NOT_NAMES`], ASCII case-insensitively.
+fn is_not_name(w: &str) -> bool {
+    let mut buf = [0u8; 16];
+    let Some(lower) = buf.get_mut(..w.len()) else {
+        return false; // longer than every word of the list
+    };
+    for (d, s) in lower.iter_mut().zip(w.bytes()) {
+        *d = s.to_ascii_lowercase();
+    }
+    let lower: &[u8] = lower;
+    NOT_NAMES_LOWER
+        .binary_search_by(|n| n.as_slice().cmp(lower))
+        .is_ok()
+}
+
 /// A run of capitalised words as a name: words that are not names are cut from its ends;
 /// a run that holds an organisation's word, or nothing is left, is no name.
 fn push_name(text: &str, start: usize, end: usize, out: &mut Vec<Span>) {
@@ -575,7 +603,6 @@ fn push_name(text: &str, start: usize, end: usize, out: &mut Vec<Span>) {
         })
         .filter(|(_, w)| !w.is_empty())
         .collect();
-    let is_not_name = |w: &str| NOT_NAMES.iter().any(|n| n.eq_ignore_ascii_case(w));
     let Some(first) = words.iter().position(|(_, w)| !is_not_name(w)) else {
         return;
     };
@@ -603,6 +630,19 @@ mod tests {
             .iter()
             .map(|s| (s.kind, text[s.start..s.end].to_string()))
             .collect()
+    }
+
+    #[test]
+    fn not_names_are_looked_up_case_insensitively() {
+        for n in NOT_NAMES {
+            assert!(n.len() <= 16, "{n} is longer than the lookup buffer");
+            assert!(
+                is_not_name(n) && is_not_name(&n.to_ascii_uppercase()),
+                "{n}"
+            );
+        }
+        assert!(!is_not_name("Priya"));
+        assert!(!is_not_name("Supervisorsssssssss"));
     }
 
     #[test]
