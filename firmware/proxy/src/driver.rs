@@ -1,7 +1,9 @@
 //! The proxy's I/O: one thread, a current-thread tokio runtime, the core inside.
 //!
-//! - One task per UDP socket receives datagrams and feeds them to the core; sends are
-//!   `try_send_to` (UDP may drop; the transaction layer retransmits).
+//! - One task per UDP socket receives datagrams, up to 16 per `recvmmsg(2)`, and feeds
+//!   them to the core; what the core sends over UDP is queued and leaves with the effects
+//!   (below), one `sendmmsg(2)` per socket and batch, never blocking (UDP may drop; the
+//!   transaction layer retransmits). The `udp` submodule does both.
 //! - One task per TCP listener accepts; one reader task per connection frames messages
 //!   with a [`callgate_sip::StreamFramer`] (what it scanned it does not scan again; each
 //!   message is parsed once, by the core) and a writer task drains that connection's

@@ -33,6 +33,8 @@
 //! - Randomness comes from the kernel (`getrandom`); its failure is an error, not a panic,
 //!   which is why sealing returns `Result`.
 //! - Random 96-bit nonces: fine up to ~2^32 seals per key; rotate data keys long before.
+//!   They are taken from a per-thread buffer of kernel randomness (341 per `getrandom`
+//!   call, used ones wiped); keys are asked of the kernel each time.
 //! - The subject lookup key is derived from the KEK, so tokens change if the KEK does; the
 //!   KEK is meant to live as long as the appliance's data (a replacement board recovers the
 //!   same KEK with the recovery key).
