@@ -189,3 +189,46 @@ pub fn serial_getty(a: &Appliance<'_>) -> Command {
         .env("TERM", "xterm");
     cmd
 }
+
+/// What a terminal shows of `s`: `\r` and ANSI/VT100 escape sequences taken out (an SSH
+/// console session's transcript; a VM's serial console, where OVMF clears the screen and
+/// systemd colours its status).
+pub fn strip_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // parameters, then one final byte in @..~
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_terminal;
+
+    #[test]
+    fn terminal_sequences_and_carriage_returns_go() {
+        assert_eq!(
+            strip_terminal(
+                "\u{1b}[2J\u{1b}[01;01H\u{1b}[=3hBdsDxe: x\r\n[\u{1b}[0;32m  OK  \u{1b}[0m] y"
+            ),
+            "BdsDxe: x\n[  OK  ] y"
+        );
+    }
+}

@@ -281,7 +281,7 @@ impl Vm {
         if let Ok(mut f) = File::open(self.dir.path().join(CONSOLE)) {
             let _ = f.read_to_end(&mut raw);
         }
-        strip_terminal(&String::from_utf8_lossy(&raw))
+        crate::console::strip_terminal(&String::from_utf8_lossy(&raw))
     }
 
     /// QEMU's own error output (why it could not start, say).
@@ -327,33 +327,6 @@ impl Vm {
             std::thread::sleep(POLL);
         }
     }
-}
-
-/// Takes out `\r` and ANSI/VT100 escape sequences (OVMF clears the screen, systemd colours
-/// its status).
-pub fn strip_terminal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {}
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    // parameters, then one final byte in @..~
-                    for d in chars.by_ref() {
-                        if ('@'..='~').contains(&d) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A GPT partition of a disk file, from `sfdisk --json`.
@@ -457,19 +430,4 @@ pub fn uki_signed_by_another_key(uki: &Path, dir: &Path, dst: &Path) -> Result<(
         .arg(dst)
         .arg(&unsigned))
     .map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_terminal;
-
-    #[test]
-    fn terminal_sequences_and_carriage_returns_go() {
-        assert_eq!(
-            strip_terminal(
-                "\u{1b}[2J\u{1b}[01;01H\u{1b}[=3hBdsDxe: x\r\n[\u{1b}[0;32m  OK  \u{1b}[0m] y"
-            ),
-            "BdsDxe: x\n[  OK  ] y"
-        );
-    }
 }

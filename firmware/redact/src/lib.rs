@@ -324,6 +324,17 @@ fn merge(mut raw: Vec<Span>) -> Vec<Span> {
     out
 }
 
+/// What `text` redacts, as (kind, the text found): the recognizers' unit tests compare
+/// against this.
+#[cfg(test)]
+fn test_kinds(text: &str) -> Vec<(Kind, String)> {
+    Redactor::new()
+        .find(text)
+        .iter()
+        .map(|s| (s.kind, text[s.start..s.end].to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

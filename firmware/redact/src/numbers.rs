@@ -585,14 +585,7 @@ fn ipv6_end(text: &str, start: usize, s: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kinds(text: &str) -> Vec<(Kind, String)> {
-        crate::Redactor::new()
-            .find(text)
-            .iter()
-            .map(|s| (s.kind, text[s.start..s.end].to_string()))
-            .collect()
-    }
+    use crate::test_kinds as kinds;
 
     proptest::proptest! {
         /// The runs-of-digits reading finds exactly what the two patterns find on each

@@ -623,14 +623,7 @@ fn push_name(text: &str, start: usize, end: usize, out: &mut Vec<Span>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kinds(text: &str) -> Vec<(Kind, String)> {
-        crate::Redactor::new()
-            .find(text)
-            .iter()
-            .map(|s| (s.kind, text[s.start..s.end].to_string()))
-            .collect()
-    }
+    use crate::test_kinds as kinds;
 
     #[test]
     fn not_names_are_looked_up_case_insensitively() {

@@ -236,7 +236,7 @@ console: an engineer logs in over SSH with their key and makes a confirmed commi
     let _ = ssh.wait();
     let _ = reader.join();
     seen.extend(rx.try_iter().flatten());
-    let transcript = terminal_text(&String::from_utf8_lossy(&seen));
+    let transcript = hil_tests::console::strip_terminal(&String::from_utf8_lossy(&seen));
     for l in transcript.lines() {
         println!("  | {l}");
     }
@@ -434,32 +434,6 @@ fn cloud(lab: &Lab, a: &Appliance<'_>) -> usize {
         println!("  callgate show history (last): {}", l.trim());
     }
     usize::from(!all) + usize::from(!(confirmed && applied)) + usize::from(sent.is_err())
-}
-
-/// What a terminal shows of `raw`: escape sequences and carriage returns removed.
-fn terminal_text(raw: &str) -> String {
-    let mut out = String::new();
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    // parameters, then one final byte in @..~
-                    for d in chars.by_ref() {
-                        if ('@'..='~').contains(&d) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn calls(lab: &Lab, a: &Appliance<'_>) -> usize {

@@ -94,6 +94,17 @@ impl Proxy {
             .to_string();
         let number = normalize_number(&user).unwrap_or(user.clone());
         let call_id = msg.call_id().unwrap_or("").to_string();
+        // Before anything is counted or admitted: it fails only for texts over 4 GiB, which
+        // no message holds.
+        let Some(names) = Names::new(
+            &call_id,
+            &from_tag,
+            &number,
+            &caller_number,
+            caller_name.as_deref(),
+        ) else {
+            return;
+        };
 
         let reject = |p: &mut Proxy,
                       code: u16,
@@ -275,15 +286,6 @@ impl Proxy {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let Some(names) = Names::new(
-            &call_id,
-            &from_tag,
-            &number,
-            &caller_number,
-            caller_name.as_deref(),
-        ) else {
-            return;
-        };
         let call = Call {
             seq,
             answered_by: None,

@@ -353,13 +353,14 @@ impl Names {
         })
     }
 
+    /// Text `i` (0 to 4, in the order of [`Names::new`]).
     fn part(&self, i: usize) -> &str {
-        let start = match i.checked_sub(1) {
-            Some(j) => self.ends.get(j).copied().unwrap_or(0),
-            None => 0,
-        } as usize;
-        let end = self.ends.get(i).map_or(self.text.len(), |&e| e as usize);
-        self.text.get(start..end).unwrap_or("")
+        let [a, b, c, d] = self.ends.map(|e| e as usize);
+        let bounds = [0, a, b, c, d, self.text.len()];
+        match (bounds.get(i), bounds.get(i + 1)) {
+            (Some(&start), Some(&end)) => self.text.get(start..end).unwrap_or(""),
+            _ => "",
+        }
     }
 
     fn call_id(&self) -> &str {

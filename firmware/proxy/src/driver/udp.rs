@@ -25,9 +25,9 @@ const MAX_DATAGRAM: usize = 65_536;
 pub(super) struct Batch {
     bufs: Vec<Vec<u8>>,
     headers: MultiHeaders<SockaddrStorage>,
-    /// What the last [`Batch::recv`] received: (length, source) per datagram, in order.
-    /// A truncated datagram (it cannot be, at 64 KiB) or one without a source is skipped.
-    got: Vec<(usize, SocketAddr)>,
+    /// What the last [`Batch::recv`] received: (length, source) per datagram, in order;
+    /// `None` for a truncated datagram (it cannot be, at 64 KiB) or one without a source.
+    got: Vec<Option<(usize, SocketAddr)>>,
 }
 
 impl Batch {
@@ -61,26 +61,23 @@ impl Batch {
             let mut n = 0;
             for m in res {
                 n += 1;
+                // Kept by position: `received` pairs `got` with `bufs`.
                 let from = m.address.as_ref().and_then(socket_addr);
-                match from {
-                    Some(from) if !m.flags.contains(MsgFlags::MSG_TRUNC) => {
-                        got.push((m.bytes, from))
-                    }
-                    // Keep the index: `received` pairs `got` with `bufs` by position.
-                    _ => got.push((0, SocketAddr::from(([0, 0, 0, 0], 0)))),
-                }
+                got.push(
+                    from.filter(|_| !m.flags.contains(MsgFlags::MSG_TRUNC))
+                        .map(|from| (m.bytes, from)),
+                );
             }
             Ok(n)
         })
     }
 
-    /// The datagrams the last [`Batch::recv`] took, in order, with their sources (an
-    /// unusable one as an empty datagram).
+    /// The usable datagrams the last [`Batch::recv`] took, in order, with their sources.
     pub(super) fn received(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
         self.got
             .iter()
             .zip(&self.bufs)
-            .map(|(&(len, from), buf)| (buf.get(..len).unwrap_or_default(), from))
+            .filter_map(|(got, buf)| got.and_then(|(len, from)| Some((buf.get(..len)?, from))))
     }
 }
 
