@@ -55,7 +55,8 @@ pub struct Dest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
     pub id: RouteId,
-    pub campaign: String,
+    /// Shared with every call of the route (no copy per call).
+    pub campaign: std::sync::Arc<str>,
     pub strategy: Strategy,
     pub destinations: Vec<Dest>,
 }
@@ -109,7 +110,7 @@ impl RouteTable {
             let strategy = *r.strategy.get_ref();
             routes.push(RouteEntry {
                 id,
-                campaign: r.campaign.get_ref().to_string(),
+                campaign: r.campaign.get_ref().as_str().into(),
                 strategy,
                 destinations: r
                     .destinations

@@ -73,7 +73,7 @@ fn uri(s: &str) -> SipUri {
 }
 
 fn campaign_of(t: &RouteTable, n: &str) -> Option<String> {
-    t.lookup(n).map(|r| r.campaign.clone())
+    t.lookup(n).map(|r| r.campaign.to_string())
 }
 
 #[test]

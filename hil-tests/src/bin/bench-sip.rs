@@ -79,7 +79,9 @@
 //! cps_x_vs_kamailio=… cpu_us_per_call=… kamailio_cpu_us_per_call=… cpu_x_vs_kamailio=…
 //! setup_p99_ms=… bytes_per_dialog=… sipp_ceiling_cps=… …`; a full run takes about 9
 //! minutes on 2 cores. `--quick`: a smoke run (1.5 s trials, one per step, one bisection,
-//! 2,000 dialogs, one round at the common rate; about 80 s). Everything sipp, Kamailio and callgated
+//! 2,000 dialogs, one round at the common rate; about 80 s). `--memory`: only the
+//! `bytes_per_dialog` runs (`BENCH sip-memory …`; with `--quick`, one run of 2,000
+//! dialogs). Everything sipp, Kamailio and callgated
 //! write goes to temporary directories.
 
 use std::fs;
@@ -973,8 +975,17 @@ fn start_kamailio(lab: &Lab, dir: &Path, children: u32, tls: Option<&Path>) -> P
     proc
 }
 
+/// The figures of `runs`, rounded, comma-separated.
+fn runs_text(runs: &[f64]) -> String {
+    runs.iter()
+        .map(|b| format!("{b:.0}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
+    let memory_only = std::env::args().skip(1).any(|a| a == "--memory");
     let o = if quick {
         Opts {
             quick,
@@ -1061,7 +1072,8 @@ fn main() {
         scenario: &scenario,
         tls: false,
     };
-    let ceiling = search(&direct, &o);
+    // (`--memory` measures memory only.)
+    let ceiling = if memory_only { 0 } else { search(&direct, &o) };
 
     // 2. callgated: memory on fresh daemons (`mem_reps` of them, the median counts), then
     // the rate search on another fresh one.
@@ -1097,6 +1109,16 @@ fn main() {
         mem_runs.push(memory(&t, &appliance, pid, &o, "uas.xml").rss);
     }
     let bytes_per_dialog = median(mem_runs.clone());
+    if memory_only {
+        // `--memory`: only the VmRSS figure (no rate search, no Kamailio, no TLS round).
+        println!(
+            "BENCH sip-memory bytes_per_dialog={bytes_per_dialog:.0} bytes_per_dialog_runs={} \
+             dialogs={}",
+            runs_text(&mem_runs),
+            o.dialogs
+        );
+        return;
+    }
     let (cg_appliance, cg_pid, cg) = fresh_callgate(); // alive until the TLS round is done
     let threads = fs::read_dir(format!("/proc/{cg_pid}/task")).map_or(0, |d| d.count());
     eprintln!("callgate: daemon pid {cg_pid}, {threads} threads");
@@ -1346,11 +1368,7 @@ fn main() {
         cpu_us / k_cpu_us,
         own_media.kernel,
         own_media.rss,
-        mem_runs
-            .iter()
-            .map(|b| format!("{b:.0}"))
-            .collect::<Vec<_>>()
-            .join(","),
+        runs_text(&mem_runs),
         user_us / k_user_us,
         sys_us / k_sys_us,
         tls_us / k_tls_us,

@@ -105,6 +105,18 @@ impl Proxy {
         ) else {
             return;
         };
+        // The address it came to: one of a handful (the listeners), so it always has a
+        // number; a full table would be refused like an overload.
+        let Some(local_id) = self.locals.id(local) else {
+            self.stats.calls_shed += 1;
+            self.reply_stateless(
+                rq,
+                503,
+                &[("Retry-After", guard::FULL_RETRY_AFTER_SECS.to_string())],
+                out,
+            );
+            return;
+        };
 
         let reject = |p: &mut Proxy,
                       code: u16,
@@ -295,18 +307,18 @@ impl Proxy {
                 invite: Payload::copy_from_slice(bytes),
                 forwarded: None,
                 dests,
+                server_key: key,
+                client_key: None,
                 attempt: 0,
                 got_provisional: false,
                 cancel_sent: false,
             })),
-            server_key: key,
             caller: peer,
-            caller_local: local,
-            campaign: Arc::from(entry.campaign.as_str()),
-            client_key: None,
+            caller_local: local_id,
+            campaign: entry.campaign.clone(),
             callee: peer,
-            callee_local: local,
-            destination: Box::default(),
+            callee_local: local_id,
+            destination: Arc::from(""),
             state: CallState::Trying,
             cancel: None,
             last_code: None,

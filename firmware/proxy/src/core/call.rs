@@ -43,7 +43,7 @@ impl Proxy {
             }
             let invite = setup.invite.clone();
             let number: Box<str> = call.names.number().into();
-            let caller_local = call.caller_local;
+            let caller_local = self.locals.addr(call.caller_local);
             let caller_transport = call.caller.transport;
             let transport = dest_transport(&dest);
             let local = self.local_for(
@@ -84,16 +84,25 @@ impl Proxy {
                 conn: None,
             };
             let bytes: Payload = bytes.into();
+            let destination = self
+                .dest_text
+                .entry(dest.uri)
+                .or_insert_with(|| dest.uri.to_string().into())
+                .clone();
+            let Some(callee_local) = self.locals.id(local) else {
+                self.finish_unanswered(now, seq, 503, &[], out);
+                return;
+            };
             if let Some(c) = self.calls.get_mut(&seq) {
                 if let Some(s) = c.setup.as_mut() {
                     s.attempt += 1;
                     s.forwarded = Some(bytes.clone());
                     s.got_provisional = false;
+                    s.client_key = Some(ckey.clone());
                 }
-                c.client_key = Some(ckey.clone());
                 c.callee = peer;
-                c.callee_local = local;
-                c.destination = dest.uri.to_string().into();
+                c.callee_local = callee_local;
+                c.destination = destination;
             }
             if self.start_client(now, ckey, Owner::Call(seq), (peer, local), bytes, out) {
                 self.set_timer(seq, TimerKind::Response, now.mono + self.s.response_timeout);
@@ -213,7 +222,10 @@ impl Proxy {
         match why {
             Cancel::NoAnswer => self.finish_unanswered(now, seq, 480, &[], out),
             Cancel::MediaRefused => {
-                let local = self.calls.get(&seq).map(|c| c.caller_local);
+                let local = self
+                    .calls
+                    .get(&seq)
+                    .map(|c| self.locals.addr(c.caller_local));
                 let extra: Vec<_> = local
                     .map(|l| warning(l, 305, "early media not allowed"))
                     .into_iter()
@@ -235,11 +247,11 @@ impl Proxy {
             return;
         }
         setup.cancel_sent = true;
-        let (Some(fwd), Some(ckey)) = (setup.forwarded.clone(), call.client_key.clone()) else {
+        let (Some(fwd), Some(ckey)) = (setup.forwarded.clone(), setup.client_key.clone()) else {
             return;
         };
         let peer = call.callee;
-        let local = call.callee_local;
+        let local = self.locals.addr(call.callee_local);
         let guard = now.mono + self.s.timers.timeout();
         self.set_timer(seq, TimerKind::CancelGuard, guard);
         let Some(bytes) = msgs::cancel_for(&fwd) else {
@@ -267,7 +279,7 @@ impl Proxy {
             return;
         };
         // A response from an attempt we have left behind.
-        let current = call.client_key.as_ref() == Some(key);
+        let current = call.client_key() == Some(key);
         if !current {
             return;
         }
@@ -348,7 +360,9 @@ impl Proxy {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
-        let key = call.server_key.clone();
+        let Some(key) = call.server_key().cloned() else {
+            return;
+        };
         self.respond_stripped(now, &key, msg, code, out);
     }
 
@@ -397,25 +411,27 @@ impl Proxy {
         }
         // Both INVITE transactions are now in Accepted (RFC 6026; the 2xx goes upstream
         // statelessly): for their 64·T1 only their keys are kept (ACKs are end to end, 2xx
-        // retransmissions are matched by key and Call-ID).
-        let server_key = call.server_key.clone();
-        let client_key = call.client_key.clone();
+        // retransmissions are matched by key and Call-ID). An answered call keeps only what
+        // its dialog needs: its setup (the INVITE, the transaction keys) goes.
+        let setup = call.setup.take();
         if let Some(h) = held {
             self.held.insert(seq, h);
         }
         let until = now.mono + self.s.timers.timeout();
-        for k in std::iter::once(server_key).chain(client_key) {
+        let invite = setup.as_ref().map(|s| s.invite.clone());
+        let keys = setup.into_iter().flat_map(|s| {
+            let s = *s;
+            std::iter::once(s.server_key).chain(s.client_key)
+        });
+        for k in keys {
             self.txs.remove(&k);
             self.tx_info.remove(&k);
-            self.accepted.insert(k.clone());
-            self.accepted_until.push_back((until, k));
+            self.accepted.insert(&k, until);
         }
         let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
         // What our own BYEs would need (maximum call length).
-        // An answered call keeps only what its dialog needs: its setup goes.
-        let invite = call.setup.take().map(|s| s.invite);
         let ours = if call.caller_local != call.callee_local
             || call.caller.transport != call.callee.transport
         {
@@ -429,7 +445,7 @@ impl Proxy {
         let cdr = self.cdr_of(seq, Disposition::Answered, 200, None);
         self.set_timer(seq, TimerKind::MaxCall, now.mono + max_call);
         if let Some(mut cdr) = cdr {
-            cdr.resume = self.calls.get(&seq).map(|c| resume_of(c));
+            cdr.resume = self.calls.get(&seq).map(|c| resume_of(c, &self.locals));
             out.push(Output::Record {
                 seq,
                 cdr: Box::new(cdr),
@@ -452,9 +468,9 @@ impl Proxy {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
-        let local = call.caller_local;
+        let local = self.locals.addr(call.caller_local);
         // Retransmissions of this 2xx then come in as strays and are ACKed.
-        if let Some(k) = call.client_key.clone() {
+        if let Some(k) = call.client_key().cloned() {
             self.txs.remove(&k);
             self.tx_info.remove(&k);
         }
@@ -510,8 +526,11 @@ impl Proxy {
         let Some(call) = self.calls.get(&seq) else {
             return;
         };
-        let key = call.server_key.clone();
-        if let Some(inv) = call.setup.as_ref().map(|s| s.invite.clone()) {
+        if let Some((inv, key)) = call
+            .setup
+            .as_ref()
+            .map(|s| (s.invite.clone(), s.server_key.clone()))
+        {
             if let Ok(req) = sip::parse(&inv) {
                 let tag = format!("cg{:x}", self.rand());
                 if let Some(b) = msgs::response(&req, code, Some(&tag), extra) {
@@ -645,8 +664,9 @@ impl Proxy {
         };
         self.held.remove(&seq);
         if call.state != CallState::Answered {
-            if let Some(k) = &call.client_key {
-                self.abandon(now, k.branch(), call.callee, call.callee_local);
+            if let Some(k) = call.client_key() {
+                let local = self.locals.addr(call.callee_local);
+                self.abandon(now, k.branch(), call.callee, local);
             }
         }
         self.by_call_id.remove(call.names.call_id(), seq);

@@ -100,9 +100,9 @@ impl Proxy {
             return;
         };
         let (to, local) = if from_caller {
-            (call.callee, call.callee_local)
+            (call.callee, self.locals.addr(call.callee_local))
         } else {
-            (call.caller, call.caller_local)
+            (call.caller, self.locals.addr(call.caller_local))
         };
         let (via, _) = self.our_via(local, to.transport);
         if let Some(b) = self.edit_in_dialog(msg, &via) {
@@ -170,9 +170,9 @@ impl Proxy {
             }
         }
         let (to, out_local) = if from_caller {
-            (call.callee, call.callee_local)
+            (call.callee, self.locals.addr(call.callee_local))
         } else {
-            (call.caller, call.caller_local)
+            (call.caller, self.locals.addr(call.caller_local))
         };
         let (via, branch) = self.our_via(out_local, to.transport);
         let Some(bytes) = self.edit_in_dialog(msg, &via) else {
@@ -310,9 +310,9 @@ impl Proxy {
         let dialog = call.dialog.clone();
         let (caller, caller_local, callee, callee_local) = (
             call.caller,
-            call.caller_local,
+            self.locals.addr(call.caller_local),
             call.callee,
-            call.callee_local,
+            self.locals.addr(call.callee_local),
         );
         let call_id = call.names.call_id().to_string();
         if let Some(d) = dialog {

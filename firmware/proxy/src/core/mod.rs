@@ -6,6 +6,7 @@
 //! BYEs), [`pinholes`] (media checked and pinholes kept), [`records`] (records of answered
 //! calls, resumption), [`health`] (destination probes), [`transactions`] and [`timers`].
 
+mod accepted;
 mod admission;
 mod call;
 mod dialog;
@@ -19,9 +20,10 @@ mod transactions;
 #[cfg(test)]
 mod tests;
 
+use accepted::Accepted;
 use dialog::DialogInfo;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,14 +219,15 @@ struct Call {
     names: Names,
     /// What only the setup needs; dropped at answer.
     setup: Option<Box<Setup>>,
-    server_key: TransactionKey,
     caller: Peer,
-    caller_local: SocketAddr,
+    /// Our address the caller's messages come to and ours to it leave from.
+    caller_local: LocalId,
     campaign: Arc<str>,
-    client_key: Option<TransactionKey>,
     callee: Peer,
-    callee_local: SocketAddr,
-    destination: Box<str>,
+    /// Our address toward the callee.
+    callee_local: LocalId,
+    /// The current destination's URI (shared: [`Proxy::dest_text`]).
+    destination: Arc<str>,
     state: CallState,
     cancel: Option<Cancel>,
     last_code: Option<u16>,
@@ -258,6 +261,10 @@ struct Setup {
     /// The INVITE sent to the current destination (for CANCEL and ACK).
     forwarded: Option<Payload>,
     dests: Vec<Dest>,
+    /// The caller's INVITE transaction.
+    server_key: TransactionKey,
+    /// The INVITE transaction toward the current destination, once there is one.
+    client_key: Option<TransactionKey>,
     attempt: usize,
     got_provisional: bool,
     cancel_sent: bool,
@@ -450,7 +457,59 @@ impl Deadlines {
     }
 }
 
+/// One of the appliance's own SIP addresses (a listener, a pair's virtual address), by
+/// its number in [`Locals`]: two bytes in a call instead of a `SocketAddr`'s 32 (memory
+/// per dialog is a benchmark figure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LocalId(u16);
+
+/// The appliance's addresses calls have used, numbered in the order first seen and never
+/// forgotten. They come from the listeners and the config (what the driver receives on and
+/// [`Proxy::local_toward`] picks), so there are a handful; [`Locals::MAX`] bounds the table
+/// all the same.
+#[derive(Debug, Default)]
+struct Locals(Vec<SocketAddr>);
+
+impl Locals {
+    const MAX: usize = 4096;
+
+    /// The number of `addr`, given one if it has none; `None` once the table is full.
+    fn id(&mut self, addr: SocketAddr) -> Option<LocalId> {
+        let i = match self.0.iter().position(|a| *a == addr) {
+            Some(i) => i,
+            None if self.0.len() < Self::MAX => {
+                self.0.push(addr);
+                self.0.len() - 1
+            }
+            None => return None,
+        };
+        u16::try_from(i).ok().map(LocalId)
+    }
+
+    /// The address numbered `id`. Numbers come only from [`Locals::id`] and are never
+    /// taken back, so every one is found; the unspecified address stands in otherwise (no
+    /// socket of ours is bound to it: the driver then picks one as for any address it
+    /// has no socket on).
+    fn addr(&self, id: LocalId) -> SocketAddr {
+        self.0
+            .get(usize::from(id.0))
+            .copied()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
 impl Call {
+    /// The caller's INVITE transaction, while the call is being set up.
+    fn server_key(&self) -> Option<&TransactionKey> {
+        self.setup.as_ref().map(|s| &s.server_key)
+    }
+
+    /// The INVITE transaction toward the current destination, while the call is being set
+    /// up and has one.
+    fn client_key(&self) -> Option<&TransactionKey> {
+        self.setup.as_ref().and_then(|s| s.client_key.as_ref())
+    }
+
     /// The open pinholes (source, destination): each party's media from the other's,
     /// once the callee has described its own.
     fn pinholes(&self) -> Vec<(IpNet, SocketAddr)> {
@@ -492,11 +551,9 @@ pub struct Proxy {
     txs: Table<Payload>,
     tx_info: Map<TransactionKey, TxInfo>,
     /// The two INVITE transactions of each answered call, in RFC 6026's Accepted state for
-    /// 64·T1 after the 2xx: only their keys (shared with the call), so a retransmitted
-    /// INVITE is absorbed and a retransmitted 2xx goes upstream, without a whole
-    /// transaction per key. `accepted_until` expires them in order (same lifetime for all).
-    accepted: Set<TransactionKey>,
-    accepted_until: VecDeque<(Millis, TransactionKey)>,
+    /// 64·T1 after the 2xx: only a fingerprint of their keys, so a retransmitted INVITE is
+    /// absorbed and a retransmitted 2xx goes upstream, without a whole transaction per key.
+    accepted: Accepted,
     /// Open media pinholes: how many calls use each address, and until when its kernel
     /// timeout runs. Calls that share an address (a gateway reusing a port) share the
     /// pinhole: it closes with the last of them, and its timeout is renewed when a new call
@@ -507,6 +564,11 @@ pub struct Proxy {
     /// Each answered call's 2xx (stripped of our Via) until its answer-time record is
     /// durable ([`Proxy::on_record_stored`]): only while it waits, so not in [`Call`].
     held: Map<u64, Payload>,
+    /// The addresses of ours calls refer to ([`LocalId`]).
+    locals: Locals,
+    /// The text of each destination URI calls have gone to, shared by their records
+    /// (destinations come from the config: a handful).
+    dest_text: Map<callgate_config::SipUri, Arc<str>>,
     by_call_id: CallIds,
     relays: Map<u64, Relay>,
     /// INVITEs we sent and gave up on (call ended, or failover on silence), by branch: a
@@ -612,11 +674,12 @@ impl Proxy {
             flood: FloodGuard::new(s.flood.clone()),
             logs: LogLimiter::new(5, 10_000, 64),
             tx_info: Map::default(),
-            accepted: Set::default(),
-            accepted_until: VecDeque::new(),
+            accepted: Accepted::default(),
             pinholes: Map::default(),
             calls: Map::default(),
             held: Map::default(),
+            locals: Locals::default(),
+            dest_text: Map::default(),
             by_call_id: CallIds::default(),
             relays: Map::default(),
             relay_requests: Map::default(),
@@ -714,8 +777,8 @@ impl Proxy {
     /// When [`Self::on_timer`] must run next.
     pub fn next_deadline(&self) -> Option<Millis> {
         let mut d = self.txs.next_deadline();
-        if let Some((t, _)) = self.accepted_until.front() {
-            d = Some(d.map_or(*t, |x| x.min(*t)));
+        if let Some(t) = self.accepted.next_deadline() {
+            d = Some(d.map_or(t, |x| x.min(t)));
         }
         if let Some((t, _, _)) = self.timers.first() {
             d = Some(d.map_or(*t, |x| x.min(*t)));

@@ -15,7 +15,7 @@ impl Proxy {
             return;
         };
         if ok {
-            let (peer, local) = (call.caller, call.caller_local);
+            let (peer, local) = (call.caller, self.locals.addr(call.caller_local));
             self.send(peer, local, answer, out);
             return;
         }
@@ -79,9 +79,6 @@ impl Proxy {
         let media_ok = media_ok.is_ok();
         let seq = self.next_seq;
         self.next_seq += 1;
-        // Its INVITE transaction ended with the old daemon; the key is never looked up for
-        // an answered call.
-        let server_key = TransactionKey::server("z9hG4bKresumed", "resumed", "INVITE").ok()?;
         let caller_name = cdr.caller_name.as_ref().and_then(|n| n.reveal());
         let names = Names::new(
             &cdr.call_id,
@@ -90,19 +87,19 @@ impl Proxy {
             caller_number,
             caller_name,
         )?;
+        let caller_local = self.locals.id(r.caller.local)?;
+        let callee_local = self.locals.id(r.callee.local)?;
         let call = Call {
             seq,
             answered_by: (cdr.appliance != self.s.appliance).then(|| cdr.appliance.as_str().into()),
             resumed: true,
             names,
             setup: None,
-            server_key,
             caller: peer(&r.caller),
-            caller_local: r.caller.local,
+            caller_local,
             campaign: Arc::from(cdr.campaign.as_str()),
-            client_key: None,
             callee: peer(&r.callee),
-            callee_local: r.callee.local,
+            callee_local,
             destination: cdr.destination.as_str().into(),
             state: CallState::Answered,
             cancel: None,
@@ -186,7 +183,7 @@ impl Proxy {
 }
 
 /// What a restarted daemon needs to carry `c` on (kept in its answer-time record).
-pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
+pub(super) fn resume_of(c: &Call, locals: &Locals) -> callgate_cdr::Resume {
     let party = |p: Peer, local: SocketAddr, media: &Media| callgate_cdr::Party {
         tcp: p.transport.is_stream(),
         tls: p.transport == Transport::Tls,
@@ -196,8 +193,8 @@ pub(super) fn resume_of(c: &Call) -> callgate_cdr::Resume {
     };
     callgate_cdr::Resume {
         from_tag: c.names.tag_of_caller().to_string(),
-        caller: party(c.caller, c.caller_local, &c.media[0]),
-        callee: party(c.callee, c.callee_local, &c.media[1]),
+        caller: party(c.caller, locals.addr(c.caller_local), &c.media[0]),
+        callee: party(c.callee, locals.addr(c.callee_local), &c.media[1]),
         media_pool: c
             .pool
             .iter()

@@ -27,14 +27,7 @@ impl Proxy {
         for (key, act) in self.txs.poll_timers(now.mono) {
             self.run_actions(now, &key, vec![act], out);
         }
-        while let Some((at, _)) = self.accepted_until.front() {
-            if *at > now.mono {
-                break;
-            }
-            if let Some((_, k)) = self.accepted_until.pop_front() {
-                self.accepted.remove(&k);
-            }
-        }
+        self.accepted.expire(now.mono);
         while let Some(&(at, seq, kind)) = self.timers.first() {
             if at > now.mono {
                 break;
@@ -70,8 +63,8 @@ impl Proxy {
                     return;
                 };
                 call.last_code = Some(408);
-                let (peer, local) = (call.callee, call.callee_local);
-                if let Some(k) = call.client_key.take() {
+                let (peer, local) = (call.callee, self.locals.addr(call.callee_local));
+                if let Some(k) = call.setup.as_mut().and_then(|s| s.client_key.take()) {
                     self.txs.remove(&k);
                     self.tx_info.remove(&k);
                     self.abandon(now, k.branch(), peer, local);

@@ -99,7 +99,7 @@ impl Proxy {
             .and_then(|id| self.by_call_id.get(id, &self.calls))
             .and_then(|seq| self.calls.get(&seq))
             .filter(|c| c.resumed && from_tag.as_deref() == Some(c.names.tag_of_caller()))
-            .map(|c| (c.callee, c.caller, c.caller_local));
+            .map(|c| (c.callee, c.caller, self.locals.addr(c.caller_local)));
         let Some((callee, caller, local)) = call else {
             return false;
         };
@@ -146,7 +146,7 @@ impl Proxy {
                         (
                             c.callee,
                             c.caller,
-                            c.caller_local,
+                            self.locals.addr(c.caller_local),
                             self.held.contains_key(&c.seq),
                         )
                     });
@@ -214,9 +214,10 @@ impl Proxy {
                     // RFC 6026: forward 2xx retransmissions statelessly upstream.
                     if let Owner::Call(seq) | Owner::Relay(seq) = info.owner {
                         let up = match info.owner {
-                            Owner::Call(_) => {
-                                self.calls.get(&seq).map(|c| (c.caller, c.caller_local))
-                            }
+                            Owner::Call(_) => self
+                                .calls
+                                .get(&seq)
+                                .map(|c| (c.caller, self.locals.addr(c.caller_local))),
                             _ => self.relays.get(&seq).and_then(|r| {
                                 let s = self.tx_info.get(&r.server_key)?;
                                 Some((s.peer, s.local))
@@ -297,12 +298,14 @@ impl Proxy {
                 let current = self
                     .calls
                     .get(&seq)
-                    .is_some_and(|c| c.client_key.as_ref() == Some(key));
+                    .is_some_and(|c| c.client_key() == Some(key));
                 if current {
                     self.clear_timer(seq, TimerKind::Response);
                     if let Some(c) = self.calls.get_mut(&seq) {
                         c.last_code = Some(408);
-                        c.client_key = None;
+                        if let Some(s) = c.setup.as_mut() {
+                            s.client_key = None;
+                        }
                     }
                     if self
                         .calls

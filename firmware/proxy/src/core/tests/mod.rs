@@ -21,6 +21,9 @@ mod pinholes;
 mod records;
 mod tls;
 mod transactions;
+// A counting global allocator for this test binary (`memory`).
+#[allow(unsafe_code)]
+mod memory;
 
 const UNIX0: u64 = 1_700_000_000_000;
 const NUMBER: &str = "+15550100007";
