@@ -217,8 +217,12 @@ impl Proxy {
         // (488 otherwise; nothing is relayed and no pinhole opens).
         let (offer, pool) = {
             let carrier = self.routes.carrier_of(src);
-            let offer = media::media_of(msg)
-                .and_then(|m| self.s.media.check(Side::Carrier(carrier), &m).map(|()| m));
+            let offer = media::media_of(msg).and_then(|m| {
+                self.s
+                    .media
+                    .check(Side::Carrier(carrier), &m)
+                    .map(|()| Media::from(m))
+            });
             (offer, carrier.and_then(|c| c.media_pool.clone()))
         };
         let offer = match offer {
@@ -329,7 +333,7 @@ impl Proxy {
             media: [Media::default(), Media::default()],
             media_open: false,
             pool,
-            offered: Some((false, offer)),
+            offered: Some(Box::new((false, offer))),
             permit,
             dialog: None,
         };

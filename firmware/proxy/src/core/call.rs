@@ -439,9 +439,7 @@ impl Proxy {
         } else {
             1
         };
-        call.dialog = invite
-            .and_then(|inv| dialog_info(&inv, msg, ours))
-            .map(Box::new);
+        call.dialog = invite.and_then(|inv| dialog_info(&inv, msg, ours));
         let cdr = self.cdr_of(seq, Disposition::Answered, 200, None);
         self.set_timer(seq, TimerKind::MaxCall, now.mono + max_call);
         if let Some(mut cdr) = cdr {

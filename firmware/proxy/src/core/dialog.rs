@@ -235,7 +235,7 @@ impl Proxy {
         if let Some(offer) = offer {
             // An offer: applied when its answer comes.
             if let Some(c) = self.calls.get_mut(&seq) {
-                c.offered = Some((!from_caller, offer));
+                c.offered = Some(Box::new((!from_caller, offer)));
             }
         }
         self.run_actions(now, &key, sacts, out);
@@ -347,17 +347,19 @@ impl Proxy {
 }
 
 /// What our own BYEs need for an answered call: the dialog's From and To, both parties'
-/// Contacts, the route toward each, and the highest CSeq each party has used. The texts
-/// live back to back in one allocation (it lasts as long as the call; memory per dialog is
-/// a figure of the benchmark), read through the named accessors below.
+/// Contacts, the route toward each, and the highest CSeq each party has used. It lives in
+/// the call, with one allocation (it lasts as long as the call; memory per dialog is a
+/// figure of the benchmark): where each text ends (u32 LE each), then the texts back to
+/// back, read through the named accessors below.
 #[derive(Debug, Clone)]
 pub(super) struct DialogInfo {
-    text: Box<str>,
-    /// Where each [`Part`] ends in `text`.
-    ends: [u32; Part::COUNT],
+    buf: Box<[u8]>,
     pub(super) caller_cseq: u32,
     pub(super) callee_cseq: u32,
 }
+
+/// Bytes before the texts in a [`DialogInfo`]'s allocation: where each part ends.
+const ENDS: usize = 4 * Part::COUNT;
 
 /// The texts of a [`DialogInfo`], in their order in its allocation.
 #[derive(Debug, Clone, Copy)]
@@ -398,29 +400,39 @@ impl DialogInfo {
             &to_caller,
             &to_callee,
         ];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u32; Part::COUNT];
-        for (e, p) in ends.iter_mut().zip(parts) {
-            text.push_str(p);
-            *e = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        let mut buf = vec![0u8; ENDS];
+        buf.reserve_exact(parts.iter().map(|p| p.len()).sum());
+        for (i, p) in parts.into_iter().enumerate() {
+            buf.extend_from_slice(p.as_bytes());
+            let end = u32::try_from(buf.len() - ENDS).unwrap_or(u32::MAX);
+            if let Some(slot) = buf.get_mut(4 * i..4 * i + 4) {
+                slot.copy_from_slice(&end.to_le_bytes());
+            }
         }
         DialogInfo {
-            text: text.into_boxed_str(),
-            ends,
+            buf: buf.into_boxed_slice(),
             caller_cseq,
             callee_cseq: 0,
         }
     }
 
+    /// Where part `i` ends among the texts.
+    fn end(&self, i: usize) -> usize {
+        let mut b = [0u8; 4];
+        if let Some(s) = self.buf.get(4 * i..4 * i + 4) {
+            b.copy_from_slice(s);
+        }
+        u32::from_le_bytes(b) as usize
+    }
+
     fn part(&self, p: Part) -> &str {
         let i = p as usize;
-        let start = match i.checked_sub(1) {
-            Some(prev) => self.ends.get(prev).copied().unwrap_or(0),
-            None => 0,
-        };
-        let end = self.ends.get(i).copied().unwrap_or(start);
-        self.text
-            .get(start as usize..end as usize)
+        let start = i.checked_sub(1).map_or(0, |prev| self.end(prev));
+        let end = self.end(i).max(start);
+        // The bytes are a `&str`'s (from `new`), split where one ended: always UTF-8.
+        self.buf
+            .get(ENDS + start..ENDS + end)
+            .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
     }
 

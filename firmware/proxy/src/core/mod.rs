@@ -245,10 +245,11 @@ struct Call {
     /// admit it as the source).
     pool: Option<Arc<[IpNet]>>,
     /// An offer in a request (INVITE, re-INVITE) waiting for its answer: (callee?, addrs).
-    offered: Option<(bool, Media)>,
+    /// (Boxed: it lives only from the offer to its answer.)
+    offered: Option<Box<(bool, Media)>>,
     permit: Option<CallPermit>,
     /// Dialog state once answered: what BYEs of our own need.
-    dialog: Option<Box<DialogInfo>>,
+    dialog: Option<DialogInfo>,
 }
 
 /// The part of a call only its setup needs: boxed, and dropped when the call is answered
@@ -517,7 +518,7 @@ impl Call {
             return Vec::new();
         }
         let [caller, callee] = &self.media;
-        media::pinholes(caller, callee, self.pool.as_deref())
+        media::pinholes(&caller.to_vec(), &callee.to_vec(), self.pool.as_deref())
     }
 }
 

@@ -20,7 +20,7 @@ impl Proxy {
             Side::Carrier(caller.and_then(|ip| self.routes.carrier_of(ip)))
         };
         self.s.media.check(side, &m)?;
-        Ok(m)
+        Ok(Media::from(m))
     }
 
     /// Counts and logs a media description the config does not allow.
@@ -49,7 +49,7 @@ impl Proxy {
             return;
         }
         let before = call.pinholes();
-        if let Some((side, offer)) = call.offered.take() {
+        if let Some((side, offer)) = call.offered.take().map(|o| *o) {
             if side != callee && !offer.is_empty() {
                 call.media[usize::from(side)] = offer;
             }

@@ -109,8 +109,8 @@ impl Proxy {
             answer_at: Stamp(answer_at),
             deadlines: Deadlines::new(),
             media: [
-                r.caller.media.clone().into_boxed_slice(),
-                r.callee.media.clone().into_boxed_slice(),
+                Media::from(r.caller.media.clone()),
+                Media::from(r.callee.media.clone()),
             ],
             // The media is checked again against the config as it is now (it may have
             // changed while the daemon was down): pinholes only for what it still allows.

@@ -57,9 +57,10 @@ fn live() -> i64 {
 /// that window (64·T1) has passed, tables included. It was 1,318 bytes in both before the
 /// transaction keys took one allocation and left the held call, the local addresses became
 /// numbers, the Accepted state kept fingerprints, and the campaign and destination texts
-/// were shared; 966 after.
+/// were shared (966 then); 830 once the usual media description (one address, RTP and
+/// RTCP) was held inside the call and the dialog's texts took one allocation with it.
 #[test]
-fn a_held_dialog_takes_at_most_1000_heap_bytes() {
+fn a_held_dialog_takes_at_most_900_heap_bytes() {
     let mut lab = Lab::new();
     lab.at(1_000);
     let n = 4000;
@@ -86,5 +87,5 @@ fn a_held_dialog_takes_at_most_1000_heap_bytes() {
         after_ack <= 1000.0,
         "{after_ack:.0} bytes per dialog after the ACK"
     );
-    assert!(held <= 1000.0, "{held:.0} bytes per dialog held");
+    assert!(held <= 900.0, "{held:.0} bytes per dialog held");
 }
