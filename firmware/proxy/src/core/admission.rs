@@ -312,6 +312,7 @@ impl Proxy {
                 forwarded: None,
                 dests,
                 server_key: key,
+                caller_side: dialog::CallerSide::of(msg),
                 client_key: None,
                 attempt: 0,
                 got_provisional: false,

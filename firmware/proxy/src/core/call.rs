@@ -418,11 +418,11 @@ impl Proxy {
             self.held.insert(seq, h);
         }
         let until = now.mono + self.s.timers.timeout();
-        let invite = setup.as_ref().map(|s| s.invite.clone());
-        let keys = setup.into_iter().flat_map(|s| {
-            let s = *s;
-            std::iter::once(s.server_key).chain(s.client_key)
-        });
+        let (caller_side, keys) = match setup.map(|s| *s) {
+            Some(s) => (s.caller_side, [Some(s.server_key), s.client_key]),
+            None => (None, [None, None]),
+        };
+        let keys = keys.into_iter().flatten();
         for k in keys {
             self.txs.remove(&k);
             self.tx_info.remove(&k);
@@ -439,7 +439,7 @@ impl Proxy {
         } else {
             1
         };
-        call.dialog = invite.and_then(|inv| dialog_info(&inv, msg, ours));
+        call.dialog = caller_side.and_then(|c| dialog_info(&c, msg, ours));
         let cdr = self.cdr_of(seq, Disposition::Answered, 200, None);
         self.set_timer(seq, TimerKind::MaxCall, now.mono + max_call);
         if let Some(mut cdr) = cdr {

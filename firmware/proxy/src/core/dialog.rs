@@ -67,12 +67,19 @@ impl Proxy {
     /// decremented, our Via on top.
     pub(super) fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
         let mut m = msg.clone();
-        while m
-            .routes()
-            .ok()?
-            .first()
-            .is_some_and(|r| self.uri_is_ours(&r.uri))
-        {
+        // Our own entries off the top of the route set, one value parsed at a time (the
+        // request was validated: every Route value is a name-addr).
+        loop {
+            let ours = match m.each_value(HeaderName::Route).next() {
+                None => false,
+                Some(top) => {
+                    let r = sip::parse_name_addr(top.ok()?).ok()?;
+                    r.angle && self.uri_is_ours(&r.uri)
+                }
+            };
+            if !ours {
+                break;
+            }
             m.remove_top_route().ok()?;
         }
         m.decrement_max_forwards().ok()??;
@@ -470,16 +477,49 @@ impl DialogInfo {
     }
 }
 
-/// What our own BYEs need, from the INVITE as received and the 2xx.
-pub(super) fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Option<DialogInfo> {
-    let inv = sip::parse(invite).ok()?;
-    let contact_of = |m: &Message<'_>| -> Option<String> {
-        m.contacts()
-            .ok()??
-            .first()
-            .map(|c| c.uri.as_str().to_string())
-    };
-    let caller_contact = contact_of(&inv)?;
+/// The first Contact's URI of `m`.
+fn contact_of(m: &Message<'_>) -> Option<String> {
+    m.contacts()
+        .ok()??
+        .first()
+        .map(|c| c.uri.as_str().to_string())
+}
+
+/// The caller's side of a dialog, taken from its INVITE when the call is admitted (the
+/// message is parsed then; the answer need not parse it again): From, Contact, the
+/// Record-Route it carried, CSeq.
+#[derive(Debug)]
+pub(super) struct CallerSide {
+    from: String,
+    contact: String,
+    record_route: Vec<String>,
+    cseq: u32,
+}
+
+impl CallerSide {
+    /// `None` when the INVITE lacks what a dialog needs (no Contact, a malformed header):
+    /// the call goes on, without BYEs of our own.
+    pub(super) fn of(inv: &Message<'_>) -> Option<CallerSide> {
+        Some(CallerSide {
+            from: inv.single(HeaderName::From).ok()??.to_owned(),
+            contact: contact_of(inv)?,
+            record_route: inv
+                .record_routes()
+                .ok()?
+                .iter()
+                .map(|r| r.uri.as_str().to_string())
+                .collect(),
+            cseq: inv.cseq().ok()?.seq,
+        })
+    }
+}
+
+/// What our own BYEs need, from the caller's side of the INVITE and the 2xx.
+pub(super) fn dialog_info(
+    caller: &CallerSide,
+    ok: &Message<'_>,
+    ours: usize,
+) -> Option<DialogInfo> {
     let callee_contact = contact_of(ok)?;
     // Record-Route of the 2xx: [callee side..., ours..., caller side...].
     let rr: Vec<String> = ok
@@ -489,25 +529,19 @@ pub(super) fn dialog_info(invite: &[u8], ok: &Message<'_>, ours: usize) -> Optio
         .map(|r| r.uri.as_str().to_string())
         .collect();
     // The caller side is what the INVITE already carried; ours are `ours` entries above it.
-    let inv_rr: Vec<String> = inv
-        .record_routes()
-        .ok()?
-        .iter()
-        .map(|r| r.uri.as_str().to_string())
-        .collect();
-    let n_callee = rr.len().saturating_sub(inv_rr.len() + ours);
+    let n_callee = rr.len().saturating_sub(caller.record_route.len() + ours);
     let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
     route_to_callee.reverse();
     Some(DialogInfo::new(
         DialogParts {
-            from: inv.single(HeaderName::From).ok()??,
+            from: &caller.from,
             to: ok.single(HeaderName::To).ok()??,
-            caller_contact: &caller_contact,
+            caller_contact: &caller.contact,
             callee_contact: &callee_contact,
-            route_to_caller: &inv_rr,
+            route_to_caller: &caller.record_route,
             route_to_callee: &route_to_callee,
         },
-        inv.cseq().ok()?.seq,
+        caller.cseq,
     ))
 }
 

@@ -264,6 +264,8 @@ struct Setup {
     dests: Vec<Dest>,
     /// The caller's INVITE transaction.
     server_key: TransactionKey,
+    /// What the dialog needs of the INVITE (`None`: it lacks it; no BYEs of our own).
+    caller_side: Option<dialog::CallerSide>,
     /// The INVITE transaction toward the current destination, once there is one.
     client_key: Option<TransactionKey>,
     attempt: usize,
