@@ -31,9 +31,11 @@
 //!   timestamps). A rate search: doubling from 1000 calls/s until a rate fails, then
 //!   bisecting (3 times). Each step is a fixed number of calls (rate x 3 s) and is decided by
 //!   the median of up to 3 trials (two passes or two failures decide), each with a fresh UAS.
-//! - `cpu_us_per_call`, `kamailio_cpu_us_per_call`: process CPU time (utime + stime from
-//!   `/proc/PID/stat`: callgated's daemon process with all its threads; for Kamailio the sum
-//!   over all its processes) over a run, divided by its successful calls, at one common
+//! - `cpu_us_per_call`, `kamailio_cpu_us_per_call`: process CPU time (the scheduler's run
+//!   time of every thread, `/proc/PID/task/*/schedstat`, split between user and kernel as
+//!   utime and stime from `/proc/PID/stat` were, which this kernel samples only at clock
+//!   ticks; the ticks alone where there is no schedstat: callgated's daemon process with
+//!   all its threads; for Kamailio the sum over all its processes) over a run, divided by its successful calls, at one common
 //!   rate `cpu_rate_cps` = 0.8 x the lower of the two maximum rates, 5 s of calls; medians
 //!   of 3 rounds, alternating which proxy goes first. callgated's per-thread split is
 //!   printed too. `kernel_us_per_call` and `kamailio_kernel_us_per_call` are the stime
@@ -143,6 +145,73 @@ fn proc_times(pid: u32) -> Option<(f64, f64)> {
     Some((user as f64 / clk_tck(), sys as f64 / clk_tck()))
 }
 
+/// Seconds on a CPU of every thread of `pid`: the first field of each
+/// `/proc/PID/task/TID/schedstat`, the scheduler's own account in nanoseconds. utime and
+/// stime are only sampled at clock ticks (this kernel has tick-based CPU accounting), so a
+/// process that runs in short bursts between ticks can be under- or over-counted; the
+/// scheduler's figure is exact. `None` when the kernel has no schedstat.
+fn run_secs(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    let mut any = false;
+    for e in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(v) = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            ns += v;
+            any = true;
+        }
+    }
+    any.then_some(ns as f64 / 1e9)
+}
+
+/// CPU time of a process (or a tree of them) at one moment: the ticks' split and the
+/// scheduler's total.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    user_ticks: f64,
+    sys_ticks: f64,
+    /// [`run_secs`], when the kernel keeps it.
+    run: Option<f64>,
+}
+
+impl CpuSample {
+    fn add(self, o: CpuSample) -> CpuSample {
+        CpuSample {
+            user_ticks: self.user_ticks + o.user_ticks,
+            sys_ticks: self.sys_ticks + o.sys_ticks,
+            run: self.run.zip(o.run).map(|(a, b)| a + b),
+        }
+    }
+
+    fn of(pid: u32) -> Option<CpuSample> {
+        let (user_ticks, sys_ticks) = proc_times(pid)?;
+        Some(CpuSample {
+            user_ticks,
+            sys_ticks,
+            run: run_secs(pid),
+        })
+    }
+
+    /// (total, of which in the kernel) CPU seconds from `self` to `later`: the
+    /// scheduler's total, split between user and kernel as the ticks were (the ticks'
+    /// own figures when there is no schedstat, or no tick fell in the window).
+    fn until(self, later: CpuSample) -> (f64, f64) {
+        let (u, k) = (
+            later.user_ticks - self.user_ticks,
+            later.sys_ticks - self.sys_ticks,
+        );
+        match later.run.zip(self.run).map(|(b, a)| b - a) {
+            Some(total) if u + k > 0.0 => (total, total * k / (u + k)),
+            _ => (u + k, k),
+        }
+    }
+}
+
 /// Clock ticks per second of /proc/PID/stat times.
 fn clk_tck() -> f64 {
     use nix::unistd::{sysconf, SysconfVar};
@@ -247,17 +316,15 @@ impl Proxy {
             .collect()
     }
 
-    /// (user, system) CPU seconds of the proxy's process(es).
-    fn cpu(&self) -> Option<(f64, f64)> {
+    /// The CPU time of the proxy's process(es) so far.
+    fn cpu(&self) -> Option<CpuSample> {
         match *self {
             Proxy::None => None,
-            Proxy::Callgate(pid) => proc_times(pid),
-            Proxy::Kamailio(pid) => Some(
-                tree(pid)
-                    .into_iter()
-                    .filter_map(proc_times)
-                    .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1)),
-            ),
+            Proxy::Callgate(pid) => CpuSample::of(pid),
+            Proxy::Kamailio(pid) => tree(pid)
+                .into_iter()
+                .filter_map(CpuSample::of)
+                .reduce(CpuSample::add),
         }
     }
 }
@@ -543,8 +610,8 @@ fn trial(t: &Target<'_>, rate: u32, calls: u64, messages: bool) -> Trial {
         ok: r.successful,
         secs,
         retrans: r.retransmissions,
-        proxy_cpu: cpu0.zip(cpu1).map(|(a, b)| (b.0 + b.1) - (a.0 + a.1)),
-        proxy_sys: cpu0.zip(cpu1).map(|(a, b)| b.1 - a.1),
+        proxy_cpu: cpu0.zip(cpu1).map(|(a, b)| a.until(b).0),
+        proxy_sys: cpu0.zip(cpu1).map(|(a, b)| a.until(b).1),
         uac_cpu,
         uas_cpu,
         p99_ms,
