@@ -60,8 +60,18 @@
 //! 482, 488, 503) are calls with disposition `rejected`. Requests from non-carrier sources are not calls and leave no
 //! record (they are counted and logged, rate-limited).
 //!
+//! ## Memory per call
+//! A held dialog (answered, acknowledged) takes about 830 heap bytes in the core (unit test
+//! `a_held_dialog_takes_at_most_900_heap_bytes`; `scripts/bench sip --memory` measures the
+//! daemon's resident growth): the call state (384 bytes: local addresses as numbers into a
+//! small table, the usual media description of one address with its RTP and RTCP ports
+//! inline, campaign and destination texts shared with the routes), one allocation for the
+//! Call-ID, tags and numbers, one for the dialog's From, To, Contacts and routes, and its
+//! share of the tables. Its INVITE transactions live on for RFC 6026's 64·T1 as 64-bit
+//! keyed fingerprints only (`core/accepted.rs`).
+//!
 //! ## Limits
-//! - Transports UDP and TCP (TLS later). Requests without an RFC 3261 branch get 400.
+//! - Transports UDP, TCP and TLS. Requests without an RFC 3261 branch get 400.
 //! - No forking: destinations are tried one after the other.
 //! - The record of an answered call whose daemon died keeps `end_at: None`.
 //! - Branches, tags and weighted draws come from the kernel's CSPRNG (`crate::rng`).
