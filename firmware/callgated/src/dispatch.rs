@@ -460,6 +460,10 @@ async fn handle(
         }
     };
     match req {
+        Request::ShowSubject { number } => crate::subjects::show(store, &number).await,
+        Request::SubjectExport { number, format } => {
+            crate::subjects::export(store, &number, format).await
+        }
         Request::History => {
             let (store, user) = (store.clone(), peer.user.clone());
             match tokio::task::spawn_blocking(move || store.history(&user)).await {

@@ -48,6 +48,9 @@
 //!   deletes the subject key (crypto-shredding): the PII of every CDR of that subject
 //!   becomes unreadable at once and reads back as [`Pii::Erased`], the rest of each CDR
 //!   stays, and nobody else's records change.
+//! - Subject requests ([`subject`]): [`Store::subject_info`] (records listed, key
+//!   generation), [`Store::cdrs_of_subject`] with the JSON and CSV exports of
+//!   [`subject::export_json`] and [`subject::export_csv`] (their fields documented there).
 //! - [`Store::rotate_data_key`]: new writes use a new data key; old records stay readable
 //!   under the old ones. Opening with the wrong KEK is [`StoreError::WrongKey`].
 //!
@@ -169,6 +172,7 @@ mod cdrlog;
 mod commit;
 mod mirror;
 mod open;
+pub mod subject;
 mod types;
 
 use std::borrow::Cow;
@@ -193,6 +197,7 @@ use zeroize::Zeroizing;
 
 pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
+pub use subject::SubjectInfo;
 pub use types::{AuditEntry, ConfigRevision, Record, Session};
 
 const FORMAT: &[u8] = b"callgate-store/1";

@@ -411,6 +411,25 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             };
             answer(ask(s, &Request::ShowAudit { last })?)?
         }
+        Action::ShowSubject => answer(ask(
+            s,
+            &Request::ShowSubject {
+                number: p.values.first().cloned().unwrap_or_default(),
+            },
+        )?)?,
+        Action::SubjectExport => {
+            let format = match p.values.get(1) {
+                Some(f) => f.parse()?,
+                None => callgate_control::ExportFormat::Json,
+            };
+            answer(ask(
+                s,
+                &Request::SubjectExport {
+                    number: p.values.first().cloned().unwrap_or_default(),
+                    format,
+                },
+            )?)?
+        }
         Action::Status => answer(ask(s, &Request::Status)?)?,
         Action::Whoami => answer(ask(s, &Request::Whoami)?)?,
         Action::Compare => answer(ask(
