@@ -7,6 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use base64::Engine as _;
+use hil_tests::addr::{self, CLOUD_V4};
+use hil_tests::broker::Ca;
 use hil_tests::calls::{carrier_calls, lab_toml, new_lab, pbx, start, wait_cdrs, CALLER};
 use hil_tests::{Appliance, Cli};
 use serde_json::Value;
@@ -142,6 +145,7 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     let s = show.json();
     assert_eq!(s["records"], 20);
     assert!(s["key_generation"].as_u64().is_some(), "{s}");
+    assert!(s["erased_at_ms"].is_null());
 
     // Nobody called from this number: empty, well-formed answers.
     let out = export(&a, UNKNOWN, "json");
@@ -165,6 +169,8 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
         assert!(out.stderr.contains("E.164"), "{}", out.stderr);
         assert!(out.stdout.is_empty());
     }
+    let erase = a.cli(&["request", "subject", "erase", "415"]);
+    assert_eq!(erase.code, 1, "{}", erase.stdout);
     assert_eq!(stored(&a).len(), 23, "nothing changed");
 
     // An operator is refused by the daemon, whatever the client sends.
@@ -172,6 +178,7 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     for args in [
         vec!["request", "subject", "export", SUBJECT, "--format", "csv"],
         vec!["show", "subject", SUBJECT],
+        vec!["request", "subject", "erase", SUBJECT],
     ] {
         let out = a.cli_as("olga", &args);
         assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
@@ -179,7 +186,7 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
         assert!(out.stderr.contains("admin"), "{args:?}: {}", out.stderr);
     }
     let s = a.cli(&["--json", "show", "subject", SUBJECT]).json();
-    assert_eq!(s["records"], 20);
+    assert_eq!(s["records"], 20, "the operator's erase changed nothing");
 
     // Every request is on record: who, and what came of it.
     let trail = audit(&a, 60);
@@ -199,7 +206,11 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
         root_exports.iter().any(|d| d.starts_with("refused")),
         "{root_exports:?}"
     );
-    for action in ["request subject export", "show subject"] {
+    for action in [
+        "request subject export",
+        "show subject",
+        "request subject erase",
+    ] {
         let d = of("olga", action);
         assert!(
             d.iter().any(|d| d.starts_with("refused")),
@@ -214,4 +225,155 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     let other = export(&a, CALLER, "json");
     let j: Value = serde_json::from_str(&other.stdout).unwrap();
     assert_eq!(j["records"].as_array().unwrap().len(), 3);
+}
+
+/// `config/lab.toml` with `[uplink]` naming the fleet CA `ca` (nothing listens at the
+/// broker's address: the uplink identity is what this test needs) and the operator.
+fn uplink_config(ca: &Ca) -> String {
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let fleet = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    format!(
+        "{}{OPERATOR}\n[[egress]]\nname = \"uplink\"\nzone = \"wan\"\n\
+         destinations = [\"{CLOUD_V4}/32\"]\nprotocol = \"tcp\"\nports = [8883]\n\n\
+         [uplink]\nbroker = \"{}\"\naddress = \"{CLOUD_V4}\"\nca = \"\"\"\n{}\"\"\"\n\
+         fleet_key = \"{}\"\nboot_delay_max_secs = 0\nbackoff_max_secs = 2\n",
+        lab_toml(),
+        addr::BROKER_NAME,
+        ca.cert_pem().unwrap(),
+        base64::engine::general_purpose::STANDARD.encode(fleet.public_key().as_ref()),
+    )
+}
+
+#[test]
+fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_certificate() {
+    let lab = new_lab();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::create(&dir.path().join("fleet"), "callgate fleet test CA").unwrap();
+    let a = start(&lab, &uplink_config(&ca));
+    let installed = hil_tests::broker::enroll(&a, |csr| ca.sign_csr(csr)).unwrap();
+    assert!(installed.ok(), "{} {}", installed.stdout, installed.stderr);
+    let ids = place_calls(&lab, &a);
+    let before = a.cli(&["--json", "show", "subject", SUBJECT]).json();
+    let generation = before["key_generation"].as_u64().unwrap();
+
+    // An operator may not erase; nothing changes.
+    wait_operator(&a);
+    let refused = a.cli_as("olga", &["request", "subject", "erase", SUBJECT]);
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert_eq!(
+        a.cli(&["--json", "show", "subject", SUBJECT]).json()["records"],
+        20
+    );
+
+    let out = a.cli(&["--json", "request", "subject", "erase", SUBJECT]);
+    assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+    let r = out.json();
+    let erased: BTreeSet<u64> = r["record_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(erased, ids);
+
+    // The receipt: signed by the uplink identity, checked against the certificate the
+    // fleet CA issued for it (the one installed on the appliance).
+    let receipt = &r["receipt"];
+    let installed_pem = std::fs::read_to_string(a.state_dir().join("uplink.crt")).unwrap();
+    assert_eq!(receipt["certificate"], installed_pem.as_str());
+    let cert = callgate_pki::certificates(&installed_pem)
+        .unwrap()
+        .remove(0);
+    let text = receipt["receipt"].as_str().unwrap();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(receipt["signature"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(receipt["algorithm"], "ECDSA-P256-SHA256");
+    callgate_pki::verify_signature(&cert, text.as_bytes(), &sig).unwrap();
+    let statement: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(statement["type"], "callgate-erasure-receipt/1");
+    assert_eq!(statement["appliance"], "lab-a");
+    assert_eq!(statement["by"], "root");
+    assert_eq!(statement["key_generation"], generation);
+    let listed: BTreeSet<u64> = statement["record_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(statement["subject"].as_str().unwrap().len(), 64);
+    assert!(
+        !text.contains("4155550177") && !text.contains(SUBJECT_NAME),
+        "{text}"
+    );
+    // Altered, it no longer verifies; nor against another key's certificate.
+    let forged = text.replacen("\"by\":\"root\"", "\"by\":\"olga\"", 1);
+    assert_ne!(forged, text);
+    assert!(callgate_pki::verify_signature(&cert, forged.as_bytes(), &sig).is_err());
+    let other = ca.client_cert("lab-b").unwrap().cert_pem().unwrap();
+    let other = callgate_pki::certificates(&other).unwrap().remove(0);
+    assert!(callgate_pki::verify_signature(&other, text.as_bytes(), &sig).is_err());
+
+    // The records stay, without the caller's number and name; nobody else's changed.
+    let rows = stored(&a);
+    assert_eq!(rows.len(), 23);
+    for row in &rows {
+        let id = row["id"].as_u64().unwrap();
+        let c = &row["cdr"];
+        if ids.contains(&id) {
+            assert!(c["caller"].is_null() && c["caller_name"].is_null(), "{row}");
+        } else {
+            assert_eq!(c["caller"], CALLER, "{row}");
+        }
+    }
+    let exported = export(&a, SUBJECT, "json");
+    let j: Value = serde_json::from_str(&exported.stdout).unwrap();
+    assert_eq!(j["records"], Value::Array(vec![]));
+
+    // `show subject` says when, and by whom.
+    let show = a.cli(&["show", "subject", SUBJECT]);
+    assert!(show.ok(), "{}", show.stderr);
+    assert!(show.stdout.contains("erased at "), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("by root on lab-a (20 records"),
+        "{}",
+        show.stdout
+    );
+    let s = a.cli(&["--json", "show", "subject", SUBJECT]).json();
+    assert_eq!(s["erased_at_ms"], statement["erased_at_ms"]);
+    assert_eq!(
+        (s["records"].as_u64(), s["key_generation"].is_null()),
+        (Some(0), true)
+    );
+
+    // Again: nothing is held any more, nothing is erased, no second receipt.
+    let again = a
+        .cli(&["--json", "request", "subject", "erase", SUBJECT])
+        .json();
+    assert!(again["receipt"].is_null(), "{again}");
+
+    // The caller calls again: a new key, a new record, the erasure still on record.
+    let _pbx = pbx(&lab);
+    let r = carrier_calls(&lab, 1, 10.0, Duration::from_millis(100))
+        .caller(SUBJECT, SUBJECT_NAME)
+        .run()
+        .unwrap();
+    assert_eq!(r.successful, 1, "{r:?}");
+    assert_eq!(wait_cdrs(&a, 24).len(), 24);
+    let s = a.cli(&["--json", "show", "subject", SUBJECT]).json();
+    assert_eq!(s["records"], 1);
+    assert_ne!(s["key_generation"].as_u64(), Some(generation));
+    assert_eq!(s["erasures"].as_array().unwrap().len(), 1);
+
+    // On record: the erasure by root, the operator's refusal.
+    let trail = audit(&a, 60);
+    assert!(trail.iter().any(|e| e["user"] == "root"
+        && e["action"] == "request subject erase"
+        && e["detail"] == "ok"));
+    assert!(trail.iter().any(|e| e["user"] == "olga"
+        && e["action"] == "request subject erase"
+        && e["detail"].as_str().unwrap().starts_with("refused")));
 }

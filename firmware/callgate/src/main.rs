@@ -107,7 +107,7 @@ enum Cmd {
         #[command(subcommand)]
         what: UplinkWhat,
     },
-    /// A data subject's request (access and export).
+    /// A data subject's request (access and export, erasure).
     Request {
         #[command(subcommand)]
         what: RequestWhat,
@@ -202,13 +202,13 @@ enum ShowWhat {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
-    /// What is held about a caller (by number, E.164): records and key (admins).
+    /// What is held about a caller (by number, E.164): records, key, erasures (admins).
     Subject { number: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum RequestWhat {
-    /// A subject's (a caller's) rights: access and export (admins; audited).
+    /// A subject's (a caller's) rights: access and export, erasure (admins; audited).
     Subject {
         #[command(subcommand)]
         what: SubjectWhat,
@@ -223,6 +223,9 @@ enum SubjectWhat {
         #[arg(long, default_value = "json")]
         format: callgate_control::ExportFormat,
     },
+    /// Destroy the caller's key (their number and name become unreadable in every record)
+    /// and print the erasure receipt, signed with the uplink identity.
+    Erase { number: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +422,7 @@ fn main() -> ExitCode {
             what: RequestWhat::Subject { what },
         } => match what {
             SubjectWhat::Export { number, format } => Request::SubjectExport { number, format },
+            SubjectWhat::Erase { number } => Request::SubjectErase { number },
         },
         Cmd::Uplink { what } => match what {
             UplinkWhat::Csr => Request::UplinkCsr,

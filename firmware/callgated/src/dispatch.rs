@@ -464,6 +464,21 @@ async fn handle(
         Request::SubjectExport { number, format } => {
             crate::subjects::export(store, &number, format).await
         }
+        Request::SubjectErase { number } => {
+            let number = match crate::subjects::number(&number) {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            let (store, by, n) = (store.clone(), peer.user.clone(), number.clone());
+            let r = ask(lifecycle, move |reply| Lifecycle::SubjectErase {
+                store,
+                number: n,
+                by,
+                reply,
+            })
+            .await;
+            crate::subjects::erase_answer(&number, r)
+        }
         Request::History => {
             let (store, user) = (store.clone(), peer.user.clone());
             match tokio::task::spawn_blocking(move || store.history(&user)).await {

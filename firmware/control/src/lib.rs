@@ -179,7 +179,7 @@ pub enum Request {
         pem: String,
     },
     /// What the store holds about a subject (a caller, by number, E.164): how many records,
-    /// the generation of their key.
+    /// the generation of their key, and their erasures ("erased at …").
     ShowSubject {
         number: String,
     },
@@ -188,6 +188,12 @@ pub enum Request {
     SubjectExport {
         number: String,
         format: ExportFormat,
+    },
+    /// Erase a subject: their key is destroyed (their records' caller number and name
+    /// become unreadable) and an erasure receipt, signed with the appliance's uplink
+    /// identity, is kept and returned.
+    SubjectErase {
+        number: String,
     },
     /// The caller's own console command history (oldest first), kept sealed in the store.
     History,
@@ -263,6 +269,7 @@ impl Request {
                 | Request::UplinkInstallCert { .. }
                 | Request::SipTlsCsr
                 | Request::SipTlsInstallCert { .. }
+                | Request::SubjectErase { .. }
         )
     }
 
@@ -323,6 +330,7 @@ impl Request {
             Request::Remember { .. } => "typed",
             Request::ShowSubject { .. } => "show subject",
             Request::SubjectExport { .. } => "request subject export",
+            Request::SubjectErase { .. } => "request subject erase",
         }
     }
 }
@@ -775,12 +783,16 @@ mod tests {
                 number: number.clone(),
                 format: ExportFormat::Csv,
             },
+            Request::SubjectErase {
+                number: number.clone(),
+            },
         ] {
             assert_eq!(r.required_role(), Role::Admin, "{}", r.name());
             assert!(r.is_audited(), "{}", r.name());
             let s = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         }
+        assert!(Request::SubjectErase { number }.is_change());
         assert_eq!("csv".parse::<ExportFormat>(), Ok(ExportFormat::Csv));
         assert!("xml".parse::<ExportFormat>().is_err());
     }

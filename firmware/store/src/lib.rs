@@ -17,6 +17,7 @@
 //!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
+//!   | `erasures` | subject token ++ time (ms, u64 BE) | sealed [`Erasure`]: when, by whom, on which appliance, the key generation and record ids erased, the signed receipt |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
 //!
@@ -49,8 +50,11 @@
 //!   becomes unreadable at once and reads back as [`Pii::Erased`], the rest of each CDR
 //!   stays, and nobody else's records change.
 //! - Subject requests ([`subject`]): [`Store::subject_info`] (records listed, key
-//!   generation), [`Store::cdrs_of_subject`] with the JSON and CSV exports of
-//!   [`subject::export_json`] and [`subject::export_csv`] (their fields documented there).
+//!   generation, erasures), [`Store::cdrs_of_subject`] with the JSON and CSV exports of
+//!   [`subject::export_json`] and [`subject::export_csv`] (their fields documented there),
+//!   and [`Store::erase_subject_recorded`]: the key deleted, the index entries deleted and
+//!   the erasure's record (with the receipt the caller signed) stored, in that order, in
+//!   one commit.
 //! - [`Store::rotate_data_key`]: new writes use a new data key; old records stay readable
 //!   under the old ones. Opening with the wrong KEK is [`StoreError::WrongKey`].
 //!
@@ -140,6 +144,9 @@
 //!   erasure holds as long as the KEK does (TPM-sealed); a disk image plus the KEK could
 //!   recover erased PII. A periodically rotated subject-wrapping key would close this.
 //! - A CDR whose caller is already erased when written keeps no name either.
+//! - An erasure lists the records its subject's index held when it began: a record of the
+//!   subject written while it runs (sealed under the key just before its deletion) is
+//!   erased too, but its index entry stays and the receipt does not name it.
 //! - The atomicity of a record with its index entries rests on sled 0.34's recovery
 //!   replaying a prefix of its log (read from its source, tested by process kill); a store
 //!   crashed under an earlier version of this code (pointer first) may hold records
@@ -197,7 +204,7 @@ use zeroize::Zeroizing;
 
 pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
-pub use subject::SubjectInfo;
+pub use subject::{Erasure, ErasureFacts, SubjectInfo};
 pub use types::{AuditEntry, ConfigRevision, Record, Session};
 
 const FORMAT: &[u8] = b"callgate-store/1";
@@ -214,6 +221,7 @@ pub enum Table {
     ConfigHistory,
     Sessions,
     History,
+    Erasures,
 }
 
 impl Table {
@@ -224,6 +232,7 @@ impl Table {
             Table::ConfigHistory => "config_history",
             Table::Sessions => "sessions",
             Table::History => "history",
+            Table::Erasures => "erasures",
         }
     }
 }
@@ -334,6 +343,7 @@ struct Trees {
     config_history: sled::Tree,
     sessions: sled::Tree,
     history: sled::Tree,
+    erasures: sled::Tree,
     outbox: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
@@ -349,6 +359,7 @@ impl Trees {
             config_history: db.open_tree("config_history")?,
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
+            erasures: db.open_tree("erasures")?,
             outbox: db.open_tree("outbox")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
@@ -364,6 +375,7 @@ impl Trees {
             Table::ConfigHistory => &self.config_history,
             Table::Sessions => &self.sessions,
             Table::History => &self.history,
+            Table::Erasures => &self.erasures,
         }
     }
 }
@@ -747,6 +759,7 @@ impl Store {
                     Table::ConfigHistory,
                     Table::Sessions,
                     Table::History,
+                    Table::Erasures,
                 ] {
                     if !t.table(table).is_empty() {
                         return Err(StoreError::Meta(format!(
@@ -1168,19 +1181,8 @@ impl Store {
     /// many CDRs were indexed under the subject.
     pub fn erase_subject(&self, subject_id: &str) -> Result<usize, StoreError> {
         let token = self.subject_token(subject_id);
-        let mut ops = vec![Op::Remove {
-            tree: self.t.subjects.clone(),
-            key: token.as_bytes().to_vec(),
-        }];
-        let mut n = 0;
-        for item in self.t.by_subject.scan_prefix(token.as_bytes()) {
-            let (k, _) = item?;
-            ops.push(Op::Remove {
-                tree: self.t.by_subject.clone(),
-                key: k.to_vec(),
-            });
-            n += 1;
-        }
+        let (index, ops) = self.erasure_ops(&token)?;
+        let n = index.len();
         self.commit(ops)?;
         self.keys.subjects.erased(&token);
         log::info!("store: erased subject {token:?} ({n} CDRs)");

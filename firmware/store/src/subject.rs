@@ -1,5 +1,6 @@
-//! Subject requests: what the store holds about one caller (access) and every record of
-//! theirs decrypted as JSON or CSV (export).
+//! Subject requests: what the store holds about one caller (access), every record of
+//! theirs decrypted as JSON or CSV (export), and their erasure with its record (the
+//! erasure receipt the daemon signs, kept to say "erased at …" afterwards).
 //!
 //! A subject is a caller, found by their number through its token
 //! ([`crate::Store::subject_token`]): callers pass the number normalised as the routes
@@ -17,10 +18,10 @@
 //! E.164 number). Records that cannot be read (damaged) are not rows: their ids are listed
 //! under `unreadable` (JSON) and counted by the daemon's reply.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{Cdr, Pii, Record, Store, StoreError};
+use crate::{Cdr, Op, Pii, Record, Store, StoreError, SubjectToken, Table};
 
 /// The export's format name and version.
 pub const EXPORT_SCHEMA: &str = "callgate-subject-export/1";
@@ -67,10 +68,38 @@ pub struct SubjectInfo {
     /// The generation of the subject's current key; `None`: no key (never seen, or erased
     /// and not seen since).
     pub key_generation: Option<u64>,
+    /// The subject's erasures, oldest first.
+    pub erasures: Vec<Erasure>,
+}
+
+/// What an erasure is about to destroy, for its receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErasureFacts {
+    /// The subject's token (hex).
+    pub token: String,
+    /// The generation of the key destroyed (`None`: no key was held).
+    pub key_generation: Option<u64>,
+    /// The records whose caller number and name become unreadable, ascending.
+    pub record_ids: Vec<u64>,
+}
+
+/// One erasure, as kept in the `erasures` tree (sealed under the data key, keyed by the
+/// subject's token and the time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    pub time_ms: u64,
+    /// Who asked (the console user).
+    pub by: String,
+    /// Which appliance erased.
+    pub appliance: String,
+    pub key_generation: Option<u64>,
+    pub record_ids: Vec<u64>,
+    /// The signed receipt as issued (JSON text), to be shown again.
+    pub receipt: String,
 }
 
 impl Store {
-    /// What the store holds about a subject: records listed, key generation.
+    /// What the store holds about a subject: records listed, key generation, erasures.
     pub fn subject_info(&self, subject_id: &str) -> Result<SubjectInfo, StoreError> {
         let token = self.subject_token(subject_id);
         let records = self.cdr_ids_of_subject(subject_id)?.len();
@@ -79,7 +108,84 @@ impl Store {
             token: token.to_hex(),
             records,
             key_generation,
+            erasures: self.erasures_of(&token)?,
         })
+    }
+
+    fn erasures_of(&self, token: &SubjectToken) -> Result<Vec<Erasure>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.t.erasures.scan_prefix(token.as_bytes()) {
+            let (k, v) = item?;
+            let (_, e) = self.open_value(Table::Erasures, &k, || token.to_hex(), &v)?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Crypto-shreds a subject and keeps a record of it: `make` gets what is about to be
+    /// destroyed and returns the erasure's record (with its signed receipt); then, in one
+    /// durable commit and in this order, the subject key is deleted, their index entries
+    /// are deleted and the record is stored (after a crash: the record is there only if
+    /// the key is gone). `Ok(None)` when the store holds neither a key nor a record of the
+    /// subject: nothing is changed (and `make` is not called). Their CDRs stay, with caller
+    /// number and name [`Pii::Erased`].
+    pub fn erase_subject_recorded(
+        &self,
+        subject_id: &str,
+        make: impl FnOnce(&ErasureFacts) -> Result<Erasure, String>,
+    ) -> Result<Option<Erasure>, StoreError> {
+        let token = self.subject_token(subject_id);
+        let key_generation = self.subject_key(&token, false)?.map(|(g, _)| g);
+        let (index, mut ops) = self.erasure_ops(&token)?;
+        let record_ids: Vec<u64> = index
+            .iter()
+            .filter_map(|k| crate::id_of(&k[SubjectToken::LEN..]))
+            .collect();
+        if key_generation.is_none() && record_ids.is_empty() {
+            return Ok(None);
+        }
+        let facts = ErasureFacts {
+            token: token.to_hex(),
+            key_generation,
+            record_ids,
+        };
+        let erasure = make(&facts).map_err(StoreError::Meta)?;
+        let key = [token.as_bytes().as_slice(), &erasure.time_ms.to_be_bytes()].concat();
+        let sealed = self.seal_value(Table::Erasures, &key, &erasure)?;
+        ops.push(Op::Insert {
+            tree: self.t.erasures.clone(),
+            key,
+            value: sealed,
+        });
+        self.commit(ops)?;
+        self.keys.subjects.erased(&token);
+        log::info!(
+            "store: erased subject {token:?} ({} CDRs), record kept",
+            erasure.record_ids.len()
+        );
+        Ok(Some(erasure))
+    }
+
+    /// The index keys of a subject and the ops that erase them: the subject key's removal
+    /// first, then each index entry's.
+    pub(crate) fn erasure_ops(
+        &self,
+        token: &SubjectToken,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Op>), StoreError> {
+        let mut ops = vec![Op::Remove {
+            tree: self.t.subjects.clone(),
+            key: token.as_bytes().to_vec(),
+        }];
+        let mut keys = Vec::new();
+        for item in self.t.by_subject.scan_prefix(token.as_bytes()) {
+            let (k, _) = item?;
+            ops.push(Op::Remove {
+                tree: self.t.by_subject.clone(),
+                key: k.to_vec(),
+            });
+            keys.push(k.to_vec());
+        }
+        Ok((keys, ops))
     }
 }
 
@@ -180,6 +286,7 @@ pub fn csv_cell(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
     use super::*;
 
     #[test]
@@ -195,12 +302,59 @@ mod tests {
     }
 
     #[test]
-    fn the_fields_are_the_rows_keys() {
-        let c = Cdr {
+    fn an_erasure_is_kept_and_a_subject_with_nothing_held_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = callgate_vault::Kek::generate().unwrap();
+        let s = Store::open(dir.path(), kek.clone()).unwrap();
+        let a = s.append_cdr(&cdr("+12025550101")).unwrap();
+        let b = s.append_cdr(&cdr("+12025550102")).unwrap();
+        let mut called = false;
+        let none = s
+            .erase_subject_recorded("+12025550199", |_| {
+                called = true;
+                Err("not called".into())
+            })
+            .unwrap();
+        assert!(none.is_none() && !called);
+        // A receipt that cannot be made: nothing is erased.
+        assert!(s
+            .erase_subject_recorded("+12025550101", |_| Err("no key".into()))
+            .is_err());
+        assert!(s.get_cdr(a).unwrap().value.caller.reveal().is_some());
+        let generation = s.subject_info("+12025550101").unwrap().key_generation;
+        let e = s
+            .erase_subject_recorded("+1 202 555 0101", |f| {
+                assert_eq!(
+                    (f.record_ids.clone(), f.key_generation),
+                    (vec![a], generation)
+                );
+                Ok(Erasure {
+                    time_ms: 7,
+                    by: "root".into(),
+                    appliance: "lab-a".into(),
+                    key_generation: f.key_generation,
+                    record_ids: f.record_ids.clone(),
+                    receipt: "{}".into(),
+                })
+            })
+            .unwrap()
+            .unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), kek).unwrap();
+        let info = s.subject_info("+12025550101").unwrap();
+        assert_eq!((info.records, info.key_generation), (0, None));
+        assert_eq!(info.erasures, vec![e]);
+        assert!(s.get_cdr(a).unwrap().value.caller.reveal().is_none());
+        assert!(s.get_cdr(b).unwrap().value.caller.reveal().is_some());
+        assert!(s.subject_info("+12025550102").unwrap().erasures.is_empty());
+    }
+
+    fn cdr(caller: &str) -> Cdr {
+        Cdr {
             call_id: "c".into(),
             tracking_number: "+18005550100".into(),
             campaign: "x".into(),
-            caller: Pii::new("+12025550101"),
+            caller: Pii::new(caller),
             caller_name: None,
             destination: "sip:a@198.51.100.20".into(),
             invite_at: 1,
@@ -213,11 +367,15 @@ mod tests {
             appliance: "a".into(),
             ended_by: None,
             resume: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_fields_are_the_rows_keys() {
         let r = Record {
             id: 7,
             key_id: 1,
-            value: c,
+            value: cdr("+12025550101"),
         };
         let keys: Vec<&str> = row(&r).into_iter().map(|(k, _)| k).collect();
         let names: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();

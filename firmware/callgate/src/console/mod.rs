@@ -430,6 +430,12 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
                 },
             )?)?
         }
+        Action::SubjectErase => answer(ask(
+            s,
+            &Request::SubjectErase {
+                number: p.values.first().cloned().unwrap_or_default(),
+            },
+        )?)?,
         Action::Status => answer(ask(s, &Request::Status)?)?,
         Action::Whoami => answer(ask(s, &Request::Whoami)?)?,
         Action::Compare => answer(ask(

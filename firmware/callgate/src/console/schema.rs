@@ -18,6 +18,7 @@ pub enum Action {
     ShowUplink,
     ShowSubject,
     SubjectExport,
+    SubjectErase,
     UplinkCsr,
     UplinkInstallCert,
     SipTlsCsr,
@@ -162,7 +163,7 @@ pub static OPERATIONAL: &[Node] = &[
             }),
             admin(Node {
                 word: "subject",
-                help: "what is held about a caller: records, key (personal data: admins)",
+                help: "what is held about a caller: records, key, erasures (personal data: admins)",
                 role: Role::Admin,
                 values: &[Value::Word("NUMBER")],
                 children: &[],
@@ -303,21 +304,31 @@ pub static OPERATIONAL: &[Node] = &[
             help: "a caller's rights, by number (E.164)",
             role: Role::Admin,
             values: &[],
-            children: &[admin(Node {
-                word: "export",
-                help: "every record of the caller, decrypted (JSON unless `format csv`)",
-                role: Role::Admin,
-                values: &[Value::Word("NUMBER")],
-                children: &[admin(Node {
-                    word: "format",
-                    help: "json or csv",
+            children: &[
+                admin(Node {
+                    word: "export",
+                    help: "every record of the caller, decrypted (JSON unless `format csv`)",
                     role: Role::Admin,
-                    values: &[Value::Word("json|csv")],
+                    values: &[Value::Word("NUMBER")],
+                    children: &[admin(Node {
+                        word: "format",
+                        help: "json or csv",
+                        role: Role::Admin,
+                        values: &[Value::Word("json|csv")],
+                        children: &[],
+                        action: None,
+                    })],
+                    action: Some(Action::SubjectExport),
+                }),
+                admin(Node {
+                    word: "erase",
+                    help: "destroy the caller's key; prints the signed erasure receipt",
+                    role: Role::Admin,
+                    values: &[Value::Word("NUMBER")],
                     children: &[],
-                    action: None,
-                })],
-                action: Some(Action::SubjectExport),
-            })],
+                    action: Some(Action::SubjectErase),
+                }),
+            ],
             action: None,
         })],
         action: None,
@@ -619,10 +630,17 @@ mod tests {
             (p.action, p.values.clone()),
             (Action::SubjectExport, w("+12025550101 csv"))
         );
+        let p = parse(
+            OPERATIONAL,
+            Role::Admin,
+            &w("request subject erase +12025550101"),
+        )
+        .unwrap();
+        assert_eq!(p.action, Action::SubjectErase);
         let p = parse(OPERATIONAL, Role::Admin, &w("show subject +12025550101")).unwrap();
         assert_eq!(p.action, Action::ShowSubject);
         for line in [
-            "request subject export +12025550101",
+            "request subject erase +12025550101",
             "show subject +12025550101",
         ] {
             assert!(
