@@ -70,9 +70,10 @@ fn export(a: &Appliance<'_>, number: &str, format: &str) -> Cli {
     a.cli(&["request", "subject", "export", number, "--format", format])
 }
 
-/// The CSV's data rows, split into cells (the lab's values hold no comma or quote).
+/// The CSV's data rows, split into cells (the lab's values hold no comma or quote). Lines
+/// end CRLF; the console prints them without the CR (it prints no control characters).
 fn csv_rows(out: &str) -> Vec<Vec<String>> {
-    let mut lines = out.split("\r\n");
+    let mut lines = out.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     assert_eq!(lines.next(), Some(FIELDS), "{out}");
     let rows: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
     rows.iter()
@@ -131,6 +132,7 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     // CSV: a header, then the same twenty records.
     let out = export(&a, SUBJECT, "csv");
     assert!(out.ok(), "{}", out.stderr);
+    assert_eq!(out.stdout.matches("\r\n").count(), 21, "CRLF line ends");
     let rows = csv_rows(&out.stdout);
     let got: BTreeSet<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
     assert_eq!(got, ids);
@@ -188,8 +190,30 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     let s = a.cli(&["--json", "show", "subject", SUBJECT]).json();
     assert_eq!(s["records"], 20, "the operator's erase changed nothing");
 
+    // The console (`ssh ann@appliance request subject export …` runs it so): the export,
+    // and the typed line on record without the number.
+    let out = a
+        .command(hil_tests::bin("callgate").to_str().unwrap())
+        .args(["-c", &format!("req sub exp {SUBJECT} format csv")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(csv_rows(&text).len(), 20);
+
     // Every request is on record: who, and what came of it.
     let trail = audit(&a, 60);
+    assert!(
+        trail
+            .iter()
+            .any(|e| e["action"] == "typed"
+                && e["detail"] == "req sub exp <number withheld> format csv"),
+        "{trail:?}"
+    );
     let of = |user: &str, action: &str| -> Vec<String> {
         trail
             .iter()
