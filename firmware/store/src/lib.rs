@@ -856,7 +856,11 @@ impl Store {
                 Ok((token, rec)) => {
                     self.next_cdr
                         .fetch_max(id.saturating_add(1), Ordering::Relaxed);
-                    let index = token.map(|t| [t.as_bytes().as_slice(), &key].concat());
+                    // Indexed only while the caller is readable (as a write indexes it):
+                    // a call whose subject was erased meanwhile stays out of the index.
+                    let index = token
+                        .filter(|_| rec.value.caller.reveal().is_some())
+                        .map(|t| [t.as_bytes().as_slice(), &key].concat());
                     recs.push((id, sealed, index));
                     if rec.value.end_at.is_none() && rec.value.resume.is_some() {
                         in_progress.push(rec);

@@ -79,7 +79,8 @@ pub struct ErasureFacts {
     pub token: String,
     /// The generation of the key destroyed (`None`: no key was held).
     pub key_generation: Option<u64>,
-    /// The records whose caller number and name become unreadable, ascending.
+    /// The records whose caller number and name become unreadable, ascending (calls in
+    /// progress included).
     pub record_ids: Vec<u64>,
 }
 
@@ -136,11 +137,9 @@ impl Store {
     ) -> Result<Option<Erasure>, StoreError> {
         let token = self.subject_token(subject_id);
         let key_generation = self.subject_key(&token, false)?.map(|(g, _)| g);
-        let (index, mut ops) = self.erasure_ops(&token)?;
-        let record_ids: Vec<u64> = index
-            .iter()
-            .filter_map(|k| crate::id_of(&k[SubjectToken::LEN..]))
-            .collect();
+        let (_, mut ops) = self.erasure_ops(&token)?;
+        // The index's records and the subject's calls in progress.
+        let record_ids = self.cdr_ids_of_subject(subject_id)?;
         if key_generation.is_none() && record_ids.is_empty() {
             return Ok(None);
         }
@@ -308,6 +307,13 @@ mod tests {
         let s = Store::open(dir.path(), kek.clone()).unwrap();
         let a = s.append_cdr(&cdr("+12025550101")).unwrap();
         let b = s.append_cdr(&cdr("+12025550102")).unwrap();
+        // A call of theirs in progress (its answer-time record in the slots file).
+        let c = s.reserve_cdr_id();
+        let answered = Cdr {
+            end_at: None,
+            ..cdr("+12025550101")
+        };
+        assert!(s.put_open_cdrs(&[(c, &answered)]).unwrap().is_empty());
         let mut called = false;
         let none = s
             .erase_subject_recorded("+12025550199", |_| {
@@ -326,7 +332,7 @@ mod tests {
             .erase_subject_recorded("+1 202 555 0101", |f| {
                 assert_eq!(
                     (f.record_ids.clone(), f.key_generation),
-                    (vec![a], generation)
+                    (vec![a, c], generation)
                 );
                 Ok(Erasure {
                     time_ms: 7,
@@ -345,6 +351,7 @@ mod tests {
         assert_eq!((info.records, info.key_generation), (0, None));
         assert_eq!(info.erasures, vec![e]);
         assert!(s.get_cdr(a).unwrap().value.caller.reveal().is_none());
+        assert!(s.get_cdr(c).unwrap().value.caller.reveal().is_none());
         assert!(s.get_cdr(b).unwrap().value.caller.reveal().is_some());
         assert!(s.subject_info("+12025550102").unwrap().erasures.is_empty());
     }
