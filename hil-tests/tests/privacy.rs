@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hil_tests::addr::{self, CLOUD_V4};
-use hil_tests::broker::Ca;
-use hil_tests::calls::{carrier_calls, lab_toml, new_lab, pbx, start, wait_cdrs, CALLER};
-use hil_tests::{Appliance, Cli};
+use hil_tests::broker::{Broker, BrokerOpts, Pki, Subscriber};
+use hil_tests::calls::{
+    carrier_calls, lab_toml, new_lab, pbx, start, wait_cdrs, wait_until, CALLER,
+};
+use hil_tests::{Appliance, Cli, Host, Lab};
 use serde_json::Value;
 
 /// The subject: twenty calls from this number.
@@ -27,7 +29,7 @@ const OPERATOR: &str = "\n[[user]]\nname = \"olga\"\nrole = \"operator\"\n";
 
 /// Twenty calls of the subject and three of someone else, all answered and stored; the
 /// ids of the subject's records (from `show cdrs`).
-fn place_calls(lab: &hil_tests::Lab, a: &Appliance<'_>) -> BTreeSet<u64> {
+fn place_calls(lab: &Lab, a: &Appliance<'_>) -> BTreeSet<u64> {
     let _pbx = pbx(lab);
     let r = carrier_calls(lab, 20, 10.0, Duration::from_millis(100))
         .caller(SUBJECT, SUBJECT_NAME)
@@ -251,9 +253,9 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     assert_eq!(j["records"].as_array().unwrap().len(), 3);
 }
 
-/// `config/lab.toml` with `[uplink]` naming the fleet CA `ca` (nothing listens at the
-/// broker's address: the uplink identity is what this test needs) and the operator.
-fn uplink_config(ca: &Ca) -> String {
+/// `config/lab.toml` with the uplink to the lab's broker (fleet CA `ca_pem`) and the
+/// operator.
+fn uplink_config(ca_pem: &str) -> String {
     use ring::signature::KeyPair as _;
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
@@ -265,19 +267,24 @@ fn uplink_config(ca: &Ca) -> String {
          fleet_key = \"{}\"\nboot_delay_max_secs = 0\nbackoff_max_secs = 2\n",
         lab_toml(),
         addr::BROKER_NAME,
-        ca.cert_pem().unwrap(),
+        ca_pem,
         base64::engine::general_purpose::STANDARD.encode(fleet.public_key().as_ref()),
     )
 }
 
 #[test]
 fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_certificate() {
-    let lab = new_lab();
+    let lab = Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Cloud]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::create(&dir.path().join("fleet"), "callgate fleet test CA").unwrap();
-    let a = start(&lab, &uplink_config(&ca));
-    let installed = hil_tests::broker::enroll(&a, |csr| ca.sign_csr(csr)).unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let _broker = Broker::start(&lab.ns(Host::Cloud), &pki, BrokerOpts::default()).unwrap();
+    let sub = Subscriber::start(&lab.ns(Host::Cloud), &pki, "callgate/lab-a/#").unwrap();
+    let a = start(&lab, &uplink_config(&pki.ca_pem().unwrap()));
+    let installed = hil_tests::broker::enroll(&a, |csr| pki.sign_csr(csr)).unwrap();
     assert!(installed.ok(), "{} {}", installed.stdout, installed.stderr);
+    wait_until("the uplink is connected", 20, || {
+        a.cli(&["--json", "show", "uplink"]).json()["state"] == "connected"
+    });
     let ids = place_calls(&lab, &a);
     let before = a.cli(&["--json", "show", "subject", SUBJECT]).json();
     let generation = before["key_generation"].as_u64().unwrap();
@@ -337,9 +344,21 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
     let forged = text.replacen("\"by\":\"root\"", "\"by\":\"olga\"", 1);
     assert_ne!(forged, text);
     assert!(callgate_pki::verify_signature(&cert, forged.as_bytes(), &sig).is_err());
-    let other = ca.client_cert("lab-b").unwrap().cert_pem().unwrap();
+    let other = pki.client_cert("lab-b").unwrap().cert_pem().unwrap();
     let other = callgate_pki::certificates(&other).unwrap().remove(0);
     assert!(callgate_pki::verify_signature(&other, text.as_bytes(), &sig).is_err());
+
+    // The cloud has the receipt: the erasure's event carries it.
+    let event = || -> Option<Value> {
+        sub.messages().into_iter().find_map(|(t, p)| {
+            let v: Value = serde_json::from_slice(&p).ok()?;
+            (t == "callgate/lab-a/events" && v["event"] == "request subject erase").then_some(v)
+        })
+    };
+    wait_until("the erasure's event", 10, || event().is_some());
+    let ev = event().unwrap();
+    assert_eq!(&ev["detail"]["receipt"], receipt, "{ev}");
+    assert_eq!(ev["detail"]["user"], "root");
 
     // The records stay, without the caller's number and name; nobody else's changed.
     let rows = stored(&a);

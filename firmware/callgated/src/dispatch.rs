@@ -134,6 +134,7 @@ async fn serve_call(
                 _ => None,
             };
             let is_change = req.is_change();
+            let is_erasure = matches!(req, Request::SubjectErase { .. });
             // A change goes ahead only once it is on record.
             if req.is_audited() && !audit(&phase, &peer, name, "started").await {
                 return Response::err(format!(
@@ -167,12 +168,15 @@ async fn serve_call(
                 format!("refused: {}", resp.text.lines().next().unwrap_or(""))
             };
             let _ = audit(&phase, &peer, name, &result).await;
-            // Changes go to the cloud as events too (commits, failovers, lockouts lifted).
+            // Changes go to the cloud as events too (commits, failovers, lockouts lifted); an
+            // erasure's event carries its signed receipt.
             if let (true, Phase::Running { uplink, .. }) = (is_change && resp.ok, &*phase) {
-                uplink.event(
-                    name,
-                    json!({"user": peer.user, "session": peer.session, "result": result}),
-                );
+                let mut detail =
+                    json!({"user": peer.user, "session": peer.session, "result": result});
+                if is_erasure && !resp.data["receipt"].is_null() {
+                    detail["receipt"] = resp.data["receipt"].clone();
+                }
+                uplink.event(name, detail);
             }
             resp
         }

@@ -32,11 +32,13 @@
 //!   or neither, or the receipt says which), the receipt then naming both appliances.
 //!   Records replicated after the erasure already carry the PII erased (the store reads
 //!   them so).
-//! - **The cloud.** The dispatcher sends every change to the uplink as an event
-//!   (`Uplink::event`, with user, session and result, no receipt yet); the receipt must
-//!   go with it, and records still in the outbox leave with the PII erased (the uplink
-//!   reads them from the store when it sends them). Requests signed by the fleet key (like
-//!   config documents) are not built either.
+//! - **The cloud.** Built in part: the dispatcher sends every change to the uplink as an
+//!   event, and an erasure's event carries its receipt. Events are best effort (kept in
+//!   memory, bounded, while the uplink is away; lost if the daemon stops first): a durable
+//!   receipt needs the store's outbox (a receipt entry beside the records), not built; the
+//!   receipt stays in the store and `show subject --json` gives it again. Records still in
+//!   the outbox leave with the PII erased (the uplink reads them from the store when it
+//!   sends them). Requests signed by the fleet key (like config documents) are not built.
 
 use std::path::Path;
 use std::sync::Arc;
