@@ -25,11 +25,20 @@
 //! ## Where the erasure must go next (planned, not built)
 //! - **The pair's peer.** Replication (`crate::replica`) sends the peer each record with
 //!   its PII in clear over the sync channel, and the peer seals it under subject keys of
-//!   its own: the peer must run the same erasure (by number: its own token and key), and
-//!   before any record it receives after it, so a record in flight cannot give the subject
-//!   a new key there with the old PII. The place: a request over the same sync channel in
-//!   the order of the records, as `crate::pair_config` carries a commit to the peer (both
-//!   or neither, or the receipt says which), the receipt then naming both appliances.
+//!   its own: the peer must run the same erasure (by number: its own token and key) and
+//!   sign its own receipt. Where: a request and its reply in `crate::replica::Msg`, beside
+//!   `Config`/`ConfigReply` (whose `Answer` carries no receipt), asked like
+//!   `Replicator::ask_peer`; on the same ordered channel as `Records`, so every record
+//!   sent before the erasure is written on the peer before it erases. Order: erase here
+//!   first, then ask the peer (a record of the subject written here before the local
+//!   erasure is then already queued to the peer ahead of the request; asked the other way
+//!   round, such a record could reach the peer after its erasure and give the subject a
+//!   new key there with the old PII), then sign one receipt naming both appliances, their
+//!   record ids and key generations, and store it (the store would need to take the
+//!   erasure's record after the shredding: a second step). The peer needs no KEK for this
+//!   (its record of the erasure is unsigned; the coordinator's receipt covers both). An
+//!   unreachable peer: the receipt says it is pending, and the peer must be told at the
+//!   next connection, as `Have` is.
 //!   Records replicated after the erasure already carry the PII erased (the store reads
 //!   them so).
 //! - **The cloud.** Built in part: the dispatcher sends every change to the uplink as an
