@@ -107,6 +107,11 @@ enum Cmd {
         #[command(subcommand)]
         what: UplinkWhat,
     },
+    /// A data subject's request (access and export, erasure).
+    Request {
+        #[command(subcommand)]
+        what: RequestWhat,
+    },
     /// SIP: the server identity for SIP over TLS.
     Sip {
         #[command(subcommand)]
@@ -197,6 +202,30 @@ enum ShowWhat {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
+    /// What is held about a caller (by number, E.164): records, key, erasures (admins).
+    Subject { number: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestWhat {
+    /// A subject's (a caller's) rights: access and export, erasure (admins; audited).
+    Subject {
+        #[command(subcommand)]
+        what: SubjectWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubjectWhat {
+    /// Every record of the caller, decrypted, as JSON or CSV (printed).
+    Export {
+        number: String,
+        #[arg(long, default_value = "json")]
+        format: callgate_control::ExportFormat,
+    },
+    /// Destroy the caller's key (their number and name become unreadable in every record)
+    /// and print the erasure receipt, signed with the uplink identity.
+    Erase { number: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +339,7 @@ fn main() -> ExitCode {
                     text_only: false,
                 }
             }
+            ShowWhat::Subject { number } => Request::ShowSubject { number },
             ShowWhat::Pair => Request::ShowPair,
             ShowWhat::Uplink => Request::ShowUplink,
             ShowWhat::Sip {
@@ -388,6 +418,12 @@ fn main() -> ExitCode {
             PairWhat::Rekey => Request::PairRekey,
         },
         Cmd::Failover => Request::Failover,
+        Cmd::Request {
+            what: RequestWhat::Subject { what },
+        } => match what {
+            SubjectWhat::Export { number, format } => Request::SubjectExport { number, format },
+            SubjectWhat::Erase { number } => Request::SubjectErase { number },
+        },
         Cmd::Uplink { what } => match what {
             UplinkWhat::Csr => Request::UplinkCsr,
             UplinkWhat::InstallCert { file } => match read_pem_file(&file) {

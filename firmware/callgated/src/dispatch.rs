@@ -134,6 +134,7 @@ async fn serve_call(
                 _ => None,
             };
             let is_change = req.is_change();
+            let is_erasure = matches!(req, Request::SubjectErase { .. });
             // A change goes ahead only once it is on record.
             if req.is_audited() && !audit(&phase, &peer, name, "started").await {
                 return Response::err(format!(
@@ -167,12 +168,15 @@ async fn serve_call(
                 format!("refused: {}", resp.text.lines().next().unwrap_or(""))
             };
             let _ = audit(&phase, &peer, name, &result).await;
-            // Changes go to the cloud as events too (commits, failovers, lockouts lifted).
+            // Changes go to the cloud as events too (commits, failovers, lockouts lifted); an
+            // erasure's event carries its signed receipt.
             if let (true, Phase::Running { uplink, .. }) = (is_change && resp.ok, &*phase) {
-                uplink.event(
-                    name,
-                    json!({"user": peer.user, "session": peer.session, "result": result}),
-                );
+                let mut detail =
+                    json!({"user": peer.user, "session": peer.session, "result": result});
+                if is_erasure && !resp.data["receipt"].is_null() {
+                    detail["receipt"] = resp.data["receipt"].clone();
+                }
+                uplink.event(name, detail);
             }
             resp
         }
@@ -460,6 +464,25 @@ async fn handle(
         }
     };
     match req {
+        Request::ShowSubject { number } => crate::subjects::show(store, &number).await,
+        Request::SubjectExport { number, format } => {
+            crate::subjects::export(store, &number, format).await
+        }
+        Request::SubjectErase { number } => {
+            let number = match crate::subjects::number(&number) {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            let (store, by, n) = (store.clone(), peer.user.clone(), number.clone());
+            let r = ask(lifecycle, move |reply| Lifecycle::SubjectErase {
+                store,
+                number: n,
+                by,
+                reply,
+            })
+            .await;
+            crate::subjects::erase_answer(&number, r)
+        }
         Request::History => {
             let (store, user) = (store.clone(), peer.user.clone());
             match tokio::task::spawn_blocking(move || store.history(&user)).await {

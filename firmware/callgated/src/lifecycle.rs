@@ -63,6 +63,14 @@ pub enum Lifecycle {
     ),
     /// SIP over TLS's certificate signing request (the key made the first time).
     SipTlsCsr(oneshot::Sender<Result<String, String>>),
+    /// Erase a subject (a normalised number) for a console user: the receipt is signed
+    /// with the uplink identity key, which the KEK held here opens.
+    SubjectErase {
+        store: Arc<callgate_store::Store>,
+        number: String,
+        by: String,
+        reply: oneshot::Sender<Result<Option<callgate_store::Erasure>, String>>,
+    },
     /// Check and install SIP over TLS's certificate chain, and hand it to the proxy.
     SipTlsInstall(
         String,
@@ -432,6 +440,20 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                             let key = crate::uplink::load_or_make_key(&c.state_dir, &run.kek)?;
                             let name = run.config.borrow().appliance.name.to_string();
                             key.csr_pem(&name, &[]).map_err(|e| e.to_string())
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::SubjectErase {
+                        store,
+                        number,
+                        by,
+                        reply,
+                    } => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let name = run.config.borrow().appliance.name.to_string();
+                            crate::subjects::erase(&c.state_dir, &run.kek, &name, &store, &number, &by)
                         })
                         .await;
                         let _ = reply.send(r);

@@ -44,6 +44,7 @@ mod pair_config;
 mod replica;
 mod sessions;
 mod sip_tls;
+mod subjects;
 mod uplink;
 
 use std::path::{Path, PathBuf};

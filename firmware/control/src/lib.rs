@@ -178,6 +178,23 @@ pub enum Request {
     SipTlsInstallCert {
         pem: String,
     },
+    /// What the store holds about a subject (a caller, by number, E.164): how many records,
+    /// the generation of their key, and their erasures ("erased at …").
+    ShowSubject {
+        number: String,
+    },
+    /// Every record of a subject, decrypted, as JSON or CSV (a subject access and export
+    /// request).
+    SubjectExport {
+        number: String,
+        format: ExportFormat,
+    },
+    /// Erase a subject: their key is destroyed (their records' caller number and name
+    /// become unreadable) and an erasure receipt, signed with the appliance's uplink
+    /// identity, is kept and returned.
+    SubjectErase {
+        number: String,
+    },
     /// The caller's own console command history (oldest first), kept sealed in the store.
     History,
     /// A line the caller typed at the console: kept in the caller's history and, with the
@@ -186,6 +203,25 @@ pub enum Request {
     Remember {
         line: String,
     },
+}
+
+/// The format of a subject export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(ExportFormat::Json),
+            "csv" => Ok(ExportFormat::Csv),
+            _ => Err("the export format is json or csv".into()),
+        }
+    }
 }
 
 /// The longest console line the daemon keeps.
@@ -199,7 +235,10 @@ impl Request {
     /// Whether the request reads personal data (caller numbers and names): needs an admin
     /// and is audited like a change (CCPA: every access to a consumer's data is on record).
     pub fn reads_pii(&self) -> bool {
-        matches!(self, Request::ShowCdrs { .. })
+        matches!(
+            self,
+            Request::ShowCdrs { .. } | Request::ShowSubject { .. } | Request::SubjectExport { .. }
+        )
     }
 
     /// Whether the request needs an admin and goes into the audit trail.
@@ -230,6 +269,7 @@ impl Request {
                 | Request::UplinkInstallCert { .. }
                 | Request::SipTlsCsr
                 | Request::SipTlsInstallCert { .. }
+                | Request::SubjectErase { .. }
         )
     }
 
@@ -288,6 +328,9 @@ impl Request {
             Request::SipTlsCsr => "sip tls csr",
             Request::SipTlsInstallCert { .. } => "sip tls install-cert",
             Request::Remember { .. } => "typed",
+            Request::ShowSubject { .. } => "show subject",
+            Request::SubjectExport { .. } => "request subject export",
+            Request::SubjectErase { .. } => "request subject erase",
         }
     }
 }
@@ -727,6 +770,31 @@ mod tests {
             "show calls masks caller numbers"
         );
         assert!(serde_json::from_str::<Request>("{\"cmd\":\"format_disk\"}").is_err());
+    }
+
+    #[test]
+    fn subject_requests_are_an_admins_and_audited() {
+        let number = "+12025550101".to_string();
+        for r in [
+            Request::ShowSubject {
+                number: number.clone(),
+            },
+            Request::SubjectExport {
+                number: number.clone(),
+                format: ExportFormat::Csv,
+            },
+            Request::SubjectErase {
+                number: number.clone(),
+            },
+        ] {
+            assert_eq!(r.required_role(), Role::Admin, "{}", r.name());
+            assert!(r.is_audited(), "{}", r.name());
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        }
+        assert!(Request::SubjectErase { number }.is_change());
+        assert_eq!("csv".parse::<ExportFormat>(), Ok(ExportFormat::Csv));
+        assert!("xml".parse::<ExportFormat>().is_err());
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! chain a CA signed for it, read and checked before it is installed.
 //!
 //! Two identities use it: the uplink's client certificate (`callgate_uplink`) and the SIP
-//! proxy's server certificate for SIP over TLS.
+//! proxy's server certificate for SIP over TLS. The uplink identity also signs the
+//! appliance's erasure receipts ([`Key::sign`]; the cloud checks them against the
+//! certificate with [`verify_signature`]).
 
 use std::sync::Arc;
 
@@ -94,6 +96,30 @@ impl Key {
     pub fn public_key_raw(&self) -> Result<Vec<u8>, PkiError> {
         Ok(self.key_pair()?.public_key_raw().to_vec())
     }
+
+    /// An ECDSA P-256 SHA-256 signature of `msg` (ASN.1 DER), as a certificate of this key
+    /// verifies it ([`verify_signature`]): what the appliance's receipts carry.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.pkcs8, &rng)
+            .map_err(|e| err(format!("the key is damaged: {e}")))?;
+        kp.sign(&rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| err(format!("cannot sign: {e}")))
+    }
+}
+
+/// Checks an ECDSA P-256 SHA-256 signature (ASN.1 DER) of `msg` against the public key of
+/// the DER certificate `cert_der` (the certificate's own validity is not checked here).
+pub fn verify_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), PkiError> {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+    let (_, c) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| err(format!("the certificate does not parse: {e}")))?;
+    let key = c.public_key().subject_public_key.data.as_ref();
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key)
+        .verify(msg, sig)
+        .map_err(|_| err("the signature does not verify against the certificate's key"))
 }
 
 /// What `show` commands say of an installed certificate.
@@ -258,6 +284,26 @@ mod tests {
     /// 1 June 2026.
     fn june_2026() -> UnixTime {
         UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_780_272_000))
+    }
+
+    #[test]
+    fn a_signature_verifies_against_the_keys_certificate_only() {
+        let ca = Ca::new();
+        let key = Key::generate().unwrap();
+        let cert = ca.sign(&key, ExtendedKeyUsagePurpose::ClientAuth, 2026, 2027);
+        let der = certificates(&cert).unwrap().remove(0);
+        let sig = key.sign(b"receipt").unwrap();
+        verify_signature(&der, b"receipt", &sig).unwrap();
+        assert!(verify_signature(&der, b"receipT", &sig).is_err());
+        let other = ca.sign(
+            &Key::generate().unwrap(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            2026,
+            2027,
+        );
+        let other = certificates(&other).unwrap().remove(0);
+        assert!(verify_signature(&other, b"receipt", &sig).is_err());
+        assert!(verify_signature(b"junk", b"receipt", &sig).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
+//!   | `erasures` | subject token ++ time (ms, u64 BE) | sealed [`Erasure`]: when, by whom, on which appliance, the key generation and record ids erased, the signed receipt |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
 //!
@@ -48,6 +49,12 @@
 //!   deletes the subject key (crypto-shredding): the PII of every CDR of that subject
 //!   becomes unreadable at once and reads back as [`Pii::Erased`], the rest of each CDR
 //!   stays, and nobody else's records change.
+//! - Subject requests ([`subject`]): [`Store::subject_info`] (records listed, key
+//!   generation, erasures), [`Store::cdrs_of_subject`] with the JSON and CSV exports of
+//!   [`subject::export_json`] and [`subject::export_csv`] (their fields documented there),
+//!   and [`Store::erase_subject_recorded`]: the key deleted, the index entries deleted and
+//!   the erasure's record (with the receipt the caller signed) stored, in that order, in
+//!   one commit.
 //! - [`Store::rotate_data_key`]: new writes use a new data key; old records stay readable
 //!   under the old ones. Opening with the wrong KEK is [`StoreError::WrongKey`].
 //!
@@ -55,7 +62,8 @@
 //! A write is acknowledged (its `put_*`/`append_*` returns `Ok`) only after it is durable.
 //! Writes are group-committed ([`GroupCommit`]): each writer seals its record and applies it
 //! in its own thread (a CDR: appended to the call-record log with one `pwrite` per batch,
-//! then its pointer, outbox and index entries put into sled, in that order), then queues a
+//! then its subject index entry, outbox entry and pointer put into sled, in that order: see
+//! "Records and their indexes" below), then queues a
 //! ticket for the one writer thread, which takes every ticket queued so far, `fdatasync`s
 //! the log's segments written since its last group (and the `cdr-log` directory when a
 //! segment was created) — so a pointer is never made durable by a flush before the bytes
@@ -72,6 +80,31 @@
 //! thread. Reads see a write as soon as it is applied, possibly before it is durable; they
 //! read the log with `pread` on segment files opened once, and take no lock the writers
 //! hold across an fsync.
+//!
+//! ### Records and their indexes
+//! A CDR write touches three trees (`cdrs_by_subject`, `outbox`, `cdrs`) and sled has no
+//! cheap way to make that one step: its batches and multi-tree transactions (0.34) take a
+//! process-wide lock that every later tree operation then takes too, and roll the log
+//! buffer (a `pwrite`) twice each. Instead the store relies on what sled's recovery does:
+//! it replays its log in LSN order and stops at the first torn or missing message
+//! (`pagecache/iterator.rs`), so what survives a crash is a prefix of the log, and one
+//! thread's inserts take their LSNs in program order. A CDR write inserts its index entry,
+//! then its outbox entry, then its pointer (the commit point): a pointer that survives has
+//! its index and outbox entries with it, whatever a concurrent group's flush wrote. What a
+//! crash can leave is an entry without its pointer, of a write nobody was told is durable:
+//! the next open removes index entries whose record is gone (a walk of the index's keys,
+//! nothing decrypted), and the uplink skips outbox entries without a record. Removals go
+//! the other way round (pointer first, then the index entry), erasure deletes the subject
+//! key before the index entries and stores its record last. While a write is in flight its
+//! outbox entry is in the tree before its pointer, so readers of the outbox leave out the
+//! write sequences in flight (the uplink reads the outbox again from its start once it
+//! reaches the end). Cost per record: the same three sled inserts as before; per batch of
+//! records, two lock acquisitions (the sequences in flight taken and released).
+//! `tests/index_crash.rs` SIGKILLs a writer of five callers' records (appends, batches,
+//! calls in progress, removals) thirty times at pseudo-random points and checks after each
+//! reopen that every caller's index lists exactly their records, both ways, and that every
+//! acknowledged write is there; with the pointer inserted before the index entry, or
+//! without the repair at open, it fails.
 //!
 //! At open, once sled's state is durable, the live records per segment are counted from
 //! the pointers (a walk of `cdrs`, 16-byte values), and the last segment is truncated to
@@ -111,8 +144,15 @@
 //!   erasure holds as long as the KEK does (TPM-sealed); a disk image plus the KEK could
 //!   recover erased PII. A periodically rotated subject-wrapping key would close this.
 //! - A CDR whose caller is already erased when written keeps no name either.
-//! - Writes touching two trees (a CDR and its index entry) are not atomic across a crash;
-//!   neither is acknowledged, and readers of the index skip entries without a CDR.
+//! - An erasure lists the records its subject's index held when it began: a record of the
+//!   subject written while it runs (sealed under the key just before its deletion) is
+//!   erased too, but its index entry stays and the receipt does not name it.
+//! - The atomicity of a record with its index entries rests on sled 0.34's recovery
+//!   replaying a prefix of its log (read from its source, tested by process kill); a store
+//!   crashed under an earlier version of this code (pointer first) may hold records
+//!   missing from their subject's index, and nothing finds those.
+//! - Open walks the subject index (keys, a lookup in `cdrs` each) to remove entries without
+//!   a record: time in proportion to the records held, like the pointer walk below.
 //! - sled may write its log buffer to the file on its own, before the group's sync: after
 //!   a power loss (not a process kill: the log's `pwrite` precedes the pointer's insert), a
 //!   pointer of a write that was never acknowledged may have outlived its bytes and reads
@@ -139,6 +179,7 @@ mod cdrlog;
 mod commit;
 mod mirror;
 mod open;
+pub mod subject;
 mod types;
 
 use std::borrow::Cow;
@@ -163,6 +204,7 @@ use zeroize::Zeroizing;
 
 pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
+pub use subject::{Erasure, ErasureFacts, SubjectInfo};
 pub use types::{AuditEntry, ConfigRevision, Record, Session};
 
 const FORMAT: &[u8] = b"callgate-store/1";
@@ -179,6 +221,7 @@ pub enum Table {
     ConfigHistory,
     Sessions,
     History,
+    Erasures,
 }
 
 impl Table {
@@ -189,6 +232,7 @@ impl Table {
             Table::ConfigHistory => "config_history",
             Table::Sessions => "sessions",
             Table::History => "history",
+            Table::Erasures => "erasures",
         }
     }
 }
@@ -299,6 +343,7 @@ struct Trees {
     config_history: sled::Tree,
     sessions: sled::Tree,
     history: sled::Tree,
+    erasures: sled::Tree,
     outbox: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
@@ -314,6 +359,7 @@ impl Trees {
             config_history: db.open_tree("config_history")?,
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
+            erasures: db.open_tree("erasures")?,
             outbox: db.open_tree("outbox")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
@@ -329,6 +375,7 @@ impl Trees {
             Table::ConfigHistory => &self.config_history,
             Table::Sessions => &self.sessions,
             Table::History => &self.history,
+            Table::Erasures => &self.erasures,
         }
     }
 }
@@ -349,6 +396,9 @@ pub struct Store {
     next_cdr: AtomicU64,
     /// The next write sequence for the outbox (above every one it holds).
     outbox_seq: AtomicU64,
+    /// The write sequences of each write in flight ([`InFlight`]): first → how many.
+    #[allow(clippy::disallowed_types)]
+    outbox_in_flight: Mutex<BTreeMap<u64, u64>>,
     /// Acknowledged writes still in the outbox (kept durably in `meta`).
     #[allow(clippy::disallowed_types)]
     outbox_acked: Mutex<acked::Ranges>,
@@ -564,6 +614,66 @@ type Decoded = (Option<SubjectToken>, Record<Cdr>);
 /// The record of a call in progress, by id.
 type OpenCdr = (u64, Result<Decoded, StoreError>);
 
+/// What [`Store::cdr_writes`] applied and its commit must make durable: the outbox writes
+/// it added ((write sequence, record id)), in flight until dropped.
+struct Applied<'a> {
+    outbox: Vec<(u64, u64)>,
+    _in_flight: Option<InFlight<'a>>,
+}
+
+impl Applied<'_> {
+    fn is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+}
+
+/// What a reader of the outbox's tree leaves out ([`Store::outbox_held`]).
+struct Held {
+    /// (first, count) of each write in flight.
+    in_flight: Vec<(u64, u64)>,
+    /// The next write sequence to be taken.
+    next: u64,
+}
+
+impl Held {
+    fn holds(&self, seq: u64) -> bool {
+        seq >= self.next
+            || self
+                .in_flight
+                .iter()
+                .any(|(first, n)| (*first..first.saturating_add(*n)).contains(&seq))
+    }
+}
+
+/// Outbox write sequences taken by a write whose commit has not returned yet: from
+/// `first`, `n` of them. Registered when taken, released when dropped.
+struct InFlight<'a> {
+    store: &'a Store,
+    first: u64,
+}
+
+impl<'a> InFlight<'a> {
+    /// Takes `n` write sequences (one step under the in-flight lock, so a reader's bound
+    /// never passes a sequence taken but not yet registered).
+    fn start(store: &'a Store, n: u64) -> Result<InFlight<'a>, StoreError> {
+        let mut f = store
+            .outbox_in_flight
+            .lock()
+            .map_err(|_| StoreError::Meta("the outbox's lock is poisoned".into()))?;
+        let first = store.outbox_seq.fetch_add(n, Ordering::Relaxed);
+        f.insert(first, n);
+        Ok(InFlight { store, first })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.store.outbox_in_flight.lock() {
+            f.remove(&self.first);
+        }
+    }
+}
+
 fn commit_with(intent: Intent<'_>, ops: Vec<Op>) -> Result<(), StoreError> {
     intent.commit(ops).map_err(StoreError::Commit)
 }
@@ -649,6 +759,7 @@ impl Store {
                     Table::ConfigHistory,
                     Table::Sessions,
                     Table::History,
+                    Table::Erasures,
                 ] {
                     if !t.table(table).is_empty() {
                         return Err(StoreError::Meta(format!(
@@ -708,6 +819,8 @@ impl Store {
             next_cdr,
             outbox_seq,
             #[allow(clippy::disallowed_types)]
+            outbox_in_flight: Mutex::new(BTreeMap::new()),
+            #[allow(clippy::disallowed_types)]
             outbox_acked: Mutex::new(outbox_acked),
             outbox_entries,
             #[allow(clippy::disallowed_types)]
@@ -725,6 +838,7 @@ impl Store {
             _db: db,
         };
         store.recover_open_cdrs(unfinished)?;
+        store.repair_index()?;
         Ok(store)
     }
 
@@ -742,7 +856,11 @@ impl Store {
                 Ok((token, rec)) => {
                     self.next_cdr
                         .fetch_max(id.saturating_add(1), Ordering::Relaxed);
-                    let index = token.map(|t| [t.as_bytes().as_slice(), &key].concat());
+                    // Indexed only while the caller is readable (as a write indexes it):
+                    // a call whose subject was erased meanwhile stays out of the index.
+                    let index = token
+                        .filter(|_| rec.value.caller.reveal().is_some())
+                        .map(|t| [t.as_bytes().as_slice(), &key].concat());
                     recs.push((id, sealed, index));
                     if rec.value.end_at.is_none() && rec.value.resume.is_some() {
                         in_progress.push(rec);
@@ -756,8 +874,8 @@ impl Store {
         }
         if !recs.is_empty() {
             let n = recs.len();
-            let ops = self.cdr_writes(recs)?;
-            self.commit_counted(ops)?;
+            let applied = self.cdr_writes(recs)?;
+            self.commit_applied(self.commit.intent(), applied, Vec::new())?;
             log::info!("store: {n} records of calls that were in progress recovered");
         }
         self.slots()?.clear().map_err(StoreError::OpenCalls)?;
@@ -1067,19 +1185,8 @@ impl Store {
     /// many CDRs were indexed under the subject.
     pub fn erase_subject(&self, subject_id: &str) -> Result<usize, StoreError> {
         let token = self.subject_token(subject_id);
-        let mut ops = vec![Op::Remove {
-            tree: self.t.subjects.clone(),
-            key: token.as_bytes().to_vec(),
-        }];
-        let mut n = 0;
-        for item in self.t.by_subject.scan_prefix(token.as_bytes()) {
-            let (k, _) = item?;
-            ops.push(Op::Remove {
-                tree: self.t.by_subject.clone(),
-                key: k.to_vec(),
-            });
-            n += 1;
-        }
+        let (index, ops) = self.erasure_ops(&token)?;
+        let n = index.len();
         self.commit(ops)?;
         self.keys.subjects.erased(&token);
         log::info!("store: erased subject {token:?} ({n} CDRs)");
@@ -1380,7 +1487,7 @@ impl Store {
                 Err(e) => failed.push((id, e)),
             }
         }
-        let ops = self.cdr_writes(recs)?;
+        let applied = self.cdr_writes(recs)?;
         // First the commit: it also makes durable any subject key the records' PII was
         // sealed under (created in sled by the sealing), so a slot never reaches the disk
         // before its key (it would read back as erased). Without final records and with no
@@ -1392,10 +1499,8 @@ impl Store {
         // crash then lost; the SIGKILL storm test found it.)
         let created = self.keys_created.load(Ordering::Acquire);
         let keys = created > self.keys_durable.load(Ordering::Acquire);
-        if !ops.is_empty() || keys {
-            let changes = self.outbox_changes(&ops);
-            commit_with(intent, ops)?;
-            self.outbox_changed(&changes);
+        if !applied.is_empty() || keys {
+            self.commit_applied(intent, applied, Vec::new())?;
             self.keys_durable.fetch_max(created, Ordering::AcqRel);
         } else {
             drop(intent);
@@ -1441,52 +1546,111 @@ impl Store {
         slots.sync()
     }
 
-    /// Seals one CDR and stores it as [`Self::cdr_writes`] does; the ops left to commit.
-    #[cfg(test)]
-    fn cdr_ops(&self, id: u64, cdr: &Cdr) -> Result<Vec<Op>, StoreError> {
-        let (sealed, index) = self.seal_cdr(id, cdr)?;
-        self.cdr_writes(vec![(id, sealed, index)])
-    }
-
     /// Stores sealed CDRs (id, sealed record, subject index key): appends the records to
-    /// the log (one `pwrite`), puts their pointers into `cdrs` (each replaced pointer
-    /// releases its record in the log), and returns the ops that go with them, to be
-    /// committed: each record's outbox entry and index entry. Nothing of this is durable
-    /// before that commit: the commit syncs the log before it flushes sled. The pointer is
-    /// in the tree before the outbox entry, so the uplink never finds an entry without its
-    /// record.
+    /// the log (one `pwrite`), then puts into sled, in this order, every record's subject
+    /// index entry, its outbox entry (under the next write sequence) and its pointer (each
+    /// replaced pointer releases its record in the log). Nothing of this is durable before
+    /// the commit that follows: the commit syncs the log before it flushes sled.
+    ///
+    /// The order is what makes a record and its index entries change together across a
+    /// crash. sled 0.34 recovers a prefix of its log: recovery reads the log in LSN order
+    /// and stops at the first torn or missing message (`pagecache/iterator.rs`), and a
+    /// thread's inserts take their LSNs in program order. So a pointer that survives a
+    /// crash has its index and outbox entries with it; what a crash can leave is the
+    /// reverse, an entry without its pointer, of a write nobody was told is durable: the
+    /// outbox's readers skip those (an id without a record is skipped as removed) and the
+    /// next open removes such index entries ([`Self::repair_index`]). The pointer is the
+    /// commit point; no sled batch or transaction is used, because in sled 0.34 either takes
+    /// a process-wide write lock that every other tree operation must then take for
+    /// reading, and rolls the log buffer (a `pwrite`) twice per batch.
+    ///
+    /// The outbox entries are in the tree before the pointers: until the commit returns
+    /// their sequences are *in flight*, and the outbox's readers of the tree leave them out
+    /// ([`Self::outbox_held`]), so the uplink never takes an entry whose record is not
+    /// there yet.
     fn cdr_writes(
         &self,
         recs: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<Vec<Op>, StoreError> {
+    ) -> Result<Applied<'_>, StoreError> {
         if recs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Applied {
+                outbox: Vec::new(),
+                _in_flight: None,
+            });
         }
         let sealed: Vec<(u64, &[u8])> = recs.iter().map(|(id, s, _)| (*id, s.as_slice())).collect();
         let pointers = self.log.append(&sealed).map_err(StoreError::Log)?;
-        let mut ops = Vec::with_capacity(recs.len() * 2);
-        for ((id, _, index), p) in recs.into_iter().zip(pointers) {
+        // Every write of a record puts it in the outbox under the next write sequence: the
+        // uplink sends in write order (a record written again is sent again, its latest
+        // write).
+        let in_flight = InFlight::start(self, recs.len() as u64)?;
+        let outbox: Vec<(u64, u64)> = recs
+            .iter()
+            .zip(in_flight.first..)
+            .map(|((id, _, _), seq)| (seq, *id))
+            .collect();
+        for (_, _, index) in &recs {
+            if let Some(k) = index {
+                self.t.by_subject.insert(k.as_slice(), &[])?;
+            }
+        }
+        for (seq, id) in &outbox {
+            self.t.outbox.insert(seq.to_be_bytes(), &id.to_be_bytes())?;
+        }
+        for ((id, _, _), p) in recs.iter().zip(pointers) {
             if let Some(old) = self.t.cdrs.insert(id.to_be_bytes(), &p.encode())? {
                 self.log.released(&old);
             }
-            // Every write of a record puts it in the outbox in the same commit, under the
-            // next write sequence: the uplink sends in write order (a record written again
-            // is sent again, its latest write).
-            let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
-            ops.push(Op::Insert {
-                tree: self.t.outbox.clone(),
-                key: seq.to_be_bytes().to_vec(),
-                value: id.to_be_bytes().to_vec(),
-            });
-            if let Some(k) = index {
-                ops.push(Op::Insert {
+        }
+        Ok(Applied {
+            outbox,
+            _in_flight: Some(in_flight),
+        })
+    }
+
+    /// Commits what [`Self::cdr_writes`] applied (with any other ops), then counts and
+    /// mirrors its outbox entries.
+    fn commit_applied(
+        &self,
+        intent: Intent<'_>,
+        applied: Applied<'_>,
+        ops: Vec<Op>,
+    ) -> Result<(), StoreError> {
+        let removed = self.outbox_changes(&ops).1;
+        let r = commit_with(intent, ops);
+        // Out of flight before the mirror takes them (see `outbox_page`'s fill).
+        let Applied { outbox, _in_flight } = applied;
+        drop(_in_flight);
+        r?;
+        self.outbox_changed(&(outbox, removed));
+        Ok(())
+    }
+
+    /// Removes index entries whose record is gone: what a crash can leave of a write (see
+    /// [`Self::cdr_writes`]) or of a removal ([`Self::remove_cdr`]). Run at open, after the
+    /// records of calls in progress are in the tree. A walk of the index (keys only) with
+    /// a lookup in `cdrs` per entry: nothing is decrypted. Returns how many it removed.
+    fn repair_index(&self) -> Result<usize, StoreError> {
+        let mut ops = Vec::new();
+        for k in self.t.by_subject.iter().keys() {
+            let k = k?;
+            let live = match k.get(SubjectToken::LEN..).and_then(id_of) {
+                Some(id) => self.t.cdrs.contains_key(id.to_be_bytes())?,
+                None => false,
+            };
+            if !live {
+                ops.push(Op::Remove {
                     tree: self.t.by_subject.clone(),
-                    key: k,
-                    value: Vec::new(),
+                    key: k.to_vec(),
                 });
             }
         }
-        Ok(ops)
+        let n = ops.len();
+        if n > 0 {
+            self.commit(ops)?;
+            log::info!("store: {n} subject index entries without a record removed");
+        }
+        Ok(n)
     }
 
     /// The sealed record a `cdrs` tree value stands for: read from the log where the value
@@ -1875,12 +2039,15 @@ impl Store {
         let backlog = self.waiting(acked.count());
         if let Ok(mut m) = self.outbox_mirror.lock() {
             if !m.is_complete() && backlog <= mirror::REFILL_AT {
-                // One walk of the tree (the uplink is reading, and the backlog fits).
+                // One walk of the tree (the uplink is reading, and the backlog fits),
+                // without the writes in flight: taken under the mirror's lock, so each of
+                // them adds its entries to the mirror after this fill.
+                let held = self.outbox_held()?;
                 let mut waiting = Vec::with_capacity(backlog);
                 for item in self.t.outbox.iter() {
                     let (k, v) = item?;
                     if let (Some(seq), Some(id)) = (id_of(&k), id_of(&v)) {
-                        if !acked.contains(seq) {
+                        if !acked.contains(seq) && !held.holds(seq) {
                             waiting.push((seq, id));
                         }
                     }
@@ -1892,12 +2059,13 @@ impl Store {
             }
         }
         let mut out = Vec::with_capacity(n.min(4096));
+        let held = self.outbox_held()?;
         for item in self.t.outbox.range(from.to_be_bytes()..) {
             let (k, v) = item?;
             let (Some(seq), Some(id)) = (id_of(&k), id_of(&v)) else {
                 continue;
             };
-            if acked.contains(seq) {
+            if acked.contains(seq) || held.holds(seq) {
                 continue;
             }
             out.push((seq, id));
@@ -1906,6 +2074,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The write sequences a reader of the outbox's tree must leave out now: those in
+    /// flight (an entry may be in the tree before its record) and those not taken yet
+    /// (their writes begin after this). The uplink comes back for them: it reads the
+    /// outbox again from its start once it reaches the end.
+    fn outbox_held(&self) -> Result<Held, StoreError> {
+        let f = self
+            .outbox_in_flight
+            .lock()
+            .map_err(|_| StoreError::Meta("the outbox's lock is poisoned".into()))?;
+        Ok(Held {
+            in_flight: f.iter().map(|(a, n)| (*a, *n)).collect(),
+            next: self.outbox_seq.load(Ordering::Relaxed),
+        })
     }
 
     #[allow(clippy::disallowed_types)]
@@ -2214,6 +2397,40 @@ mod tests {
         );
     }
 
+    /// A write's outbox entry is in the tree before its record: until its commit returns,
+    /// the outbox's readers do not take it; writes after it that completed are taken.
+    #[test]
+    fn the_outbox_holds_back_writes_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), callgate_vault::Kek::generate().unwrap()).unwrap();
+        let first = s.append_cdr(&cdr(1, Some(1))).unwrap();
+        let (sealed, index) = s.seal_cdr(9, &cdr(9, Some(1))).unwrap();
+        let applied = s.cdr_writes(vec![(9, sealed, index)]).unwrap();
+        // Applied, in flight: its entry and its record are in the tree.
+        assert_eq!(s.t.outbox.len(), 2);
+        let later = std::thread::scope(|sc| {
+            // Another writer's commit completes meanwhile.
+            sc.spawn(|| s.append_cdr(&cdr(2, Some(1))).unwrap())
+                .join()
+                .unwrap()
+        });
+        // From the tree (the mirror fills from it) and from the mirror.
+        for _ in 0..2 {
+            let page = s.outbox_page(None, 10).unwrap();
+            assert_eq!(
+                page.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+                [first, later]
+            );
+        }
+        s.commit_applied(s.commit.intent(), applied, Vec::new())
+            .unwrap();
+        let page = s.outbox_page(None, 10).unwrap();
+        assert_eq!(
+            page.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+            [first, 9, later]
+        );
+    }
+
     /// The moment inside `write_cdrs` between the final record's commit and the slot's
     /// release, made to last: the call is in both places and counts once.
     #[test]
@@ -2224,8 +2441,10 @@ mod tests {
             .unwrap();
         assert_eq!(s.len(Table::Cdrs), 2);
         // Call 1's final record reaches the tree; its slot is still held.
-        let ops = s.cdr_ops(1, &cdr(1, Some(1_700_000_060_000))).unwrap();
-        s.commit_counted(ops).unwrap();
+        let (sealed, index) = s.seal_cdr(1, &cdr(1, Some(1_700_000_060_000))).unwrap();
+        let applied = s.cdr_writes(vec![(1, sealed, index)]).unwrap();
+        s.commit_applied(s.commit.intent(), applied, Vec::new())
+            .unwrap();
         assert_eq!(s.slots().unwrap().len(), 2, "the slot is still held");
         assert_eq!(s.len(Table::Cdrs), 2, "call 1 once, call 2 once");
         // Released: still two.

@@ -5,17 +5,14 @@
 //! acknowledged id reads back, verified, with the content that was written. Several rounds
 //! on the same store, so later rounds also recover over earlier crashes.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use callgate_store::{Cdr, Disposition, Pii, Store};
 use callgate_vault::Kek;
 
-const DIR_ENV: &str = "CALLGATE_STORE_CRASH_DIR";
-const KEK_ENV: &str = "CALLGATE_STORE_CRASH_KEK";
 const THREADS: u64 = 6;
 const ROUNDS: usize = 4;
 
@@ -48,104 +45,53 @@ fn cdr(thread: u64, seq: u64) -> Cdr {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// The child: only does something when the parent set the environment.
 #[test]
 fn crash_child_writer() {
-    let (Ok(dir), Ok(kek)) = (std::env::var(DIR_ENV), std::env::var(KEK_ENV)) else {
-        return;
-    };
-    let round: u64 = std::env::var("CALLGATE_STORE_CRASH_ROUND")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let store = Store::open(&dir, Kek::from_slice(&unhex(&kek)).unwrap()).unwrap();
-    println!("READY");
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let store = &store;
-            s.spawn(move || {
-                let thread = round * 100 + t;
-                for seq in 0.. {
-                    let c = cdr(thread, seq);
-                    // Three ways in: straight to the tree; as a call in progress (the
-                    // file of slots, moved into the tree by the next open); in progress,
-                    // then replaced by its final record.
-                    let id = match t % 3 {
-                        0 => store.append_cdr(&c).unwrap(),
-                        1 => {
-                            let id = store.reserve_cdr_id();
-                            assert!(store.put_open_cdrs(&[(id, &c)]).unwrap().is_empty());
-                            id
-                        }
-                        _ => {
-                            let id = store.reserve_cdr_id();
-                            let answered = Cdr {
-                                end_at: None,
-                                ..c.clone()
-                            };
-                            store.put_open_cdrs(&[(id, &answered)]).unwrap();
-                            assert!(store.put_cdrs(&[(id, &c)]).unwrap().is_empty());
-                            id
-                        }
-                    };
-                    // Only now, after the write was acknowledged as durable.
-                    println!("ACK {id} {thread} {seq}");
+    common::run_child(THREADS, |store, round, t| {
+        let thread = round * 100 + t;
+        for seq in 0.. {
+            let c = cdr(thread, seq);
+            // Three ways in: straight to the tree; as a call in progress (the
+            // file of slots, moved into the tree by the next open); in progress,
+            // then replaced by its final record.
+            let id = match t % 3 {
+                0 => store.append_cdr(&c).unwrap(),
+                1 => {
+                    let id = store.reserve_cdr_id();
+                    assert!(store.put_open_cdrs(&[(id, &c)]).unwrap().is_empty());
+                    id
                 }
-            });
+                _ => {
+                    let id = store.reserve_cdr_id();
+                    let answered = Cdr {
+                        end_at: None,
+                        ..c.clone()
+                    };
+                    store.put_open_cdrs(&[(id, &answered)]).unwrap();
+                    assert!(store.put_cdrs(&[(id, &c)]).unwrap().is_empty());
+                    id
+                }
+            };
+            // Only now, after the write was acknowledged as durable.
+            println!("ACK {id} {thread} {seq}");
         }
     });
 }
 
 fn run_round(dir: &Path, kek: &Kek, round: usize, kill_after: usize) -> BTreeMap<u64, (u64, u64)> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "crash_child_writer",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_ENV, dir)
-        .env(KEK_ENV, hex(kek.expose_secret()))
-        .env("CALLGATE_STORE_CRASH_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
     let mut acked = BTreeMap::new();
-    let mut killed = false;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for line in out.lines() {
-        let line = line.unwrap();
+    common::run_and_kill("crash_child_writer", dir, kek, round, |line| {
         let mut parts = line.split_whitespace();
         if parts.next() != Some("ACK") {
-            continue;
+            return false;
         }
         let id: u64 = parts.next().unwrap().parse().unwrap();
         let thread: u64 = parts.next().unwrap().parse().unwrap();
         let seq: u64 = parts.next().unwrap().parse().unwrap();
         acked.insert(id, (thread, seq));
-        if !killed && (acked.len() >= kill_after || Instant::now() > deadline) {
-            // SIGKILL, mid-storm; keep reading what it acknowledged before dying.
-            child.kill().unwrap();
-            killed = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    assert!(killed, "the writer ended by itself: {status:?}");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "{status:?}");
+        acked.len() >= kill_after
+    });
     acked
 }
 

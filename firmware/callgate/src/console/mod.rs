@@ -17,6 +17,8 @@
 //! - History: each line is handed to the daemon, which keeps the user's last 500 lines
 //!   sealed in its store (up-arrow and Ctrl-R reach them in the next session) and writes
 //!   the line to the audit trail (every interactive command accounted, `set` lines too).
+//!   A subject request's number is withheld from that line ([`for_the_record`]): a
+//!   caller's number would otherwise outlive their erasure in the history and the trail.
 //! - `ping`, `traceroute` and `monitor calls` print as they go; Ctrl-C stops them (the
 //!   console catches SIGINT, so it never ends the session).
 
@@ -289,9 +291,44 @@ pub fn run_once(socket: &Path, words: &[String]) -> ExitCode {
     }
 }
 
+/// What of a typed line is kept: the line, except that the NUMBER of a subject request
+/// (`show subject`, `request subject …`) becomes `<number withheld>`.
+fn for_the_record(configuring: bool, role: Role, line: &str) -> String {
+    let Ok((words, _)) = pipes(line) else {
+        return line.to_owned();
+    };
+    let Ok(p) = schema::parse(tree(configuring), role, &words) else {
+        return line.to_owned();
+    };
+    if !matches!(
+        p.action,
+        Action::ShowSubject | Action::SubjectExport | Action::SubjectErase
+    ) {
+        return line.to_owned();
+    }
+    let Some(number) = p.values.first() else {
+        return line.to_owned();
+    };
+    let Ok(all) = crate::shell::split(line) else {
+        return line.to_owned();
+    };
+    let kept: Vec<String> = all
+        .iter()
+        .map(|w| {
+            if w == number {
+                "<number withheld>".to_owned()
+            } else {
+                w.clone()
+            }
+        })
+        .collect();
+    kept.join(" ")
+}
+
 /// Hands a typed line to the daemon: the user's history, and the audit trail's command
 /// accounting. The command runs whether or not it could be kept.
 fn remember(s: &mut Session, line: &str) {
+    let line = for_the_record(s.candidate.is_some(), s.role, line);
     let line: String = line
         .chars()
         .take(callgate_control::MAX_TYPED_LINE / 4)
@@ -411,6 +448,31 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             };
             answer(ask(s, &Request::ShowAudit { last })?)?
         }
+        Action::ShowSubject => answer(ask(
+            s,
+            &Request::ShowSubject {
+                number: p.values.first().cloned().unwrap_or_default(),
+            },
+        )?)?,
+        Action::SubjectExport => {
+            let format = match p.values.get(1) {
+                Some(f) => f.parse()?,
+                None => callgate_control::ExportFormat::Json,
+            };
+            answer(ask(
+                s,
+                &Request::SubjectExport {
+                    number: p.values.first().cloned().unwrap_or_default(),
+                    format,
+                },
+            )?)?
+        }
+        Action::SubjectErase => answer(ask(
+            s,
+            &Request::SubjectErase {
+                number: p.values.first().cloned().unwrap_or_default(),
+            },
+        )?)?,
         Action::Status => answer(ask(s, &Request::Status)?)?,
         Action::Whoami => answer(ask(s, &Request::Whoami)?)?,
         Action::Compare => answer(ask(
@@ -772,6 +834,26 @@ fn spawn_idle_watch(activity: Arc<AtomicU64>, started: Instant, idle: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subjects_number_is_not_kept_in_the_history_or_the_trail() {
+        let kept = |l: &str| for_the_record(false, Role::Admin, l);
+        assert_eq!(
+            kept("req sub exp +14155550177 format csv"),
+            "req sub exp <number withheld> format csv"
+        );
+        assert_eq!(
+            kept("show subject '+1 415 555 0177' | count"),
+            "show subject <number withheld> | count"
+        );
+        assert_eq!(
+            kept("request subject erase +14155550177"),
+            "request subject erase <number withheld>"
+        );
+        // Anything else is kept as typed.
+        assert_eq!(kept("show cdrs last 5"), "show cdrs last 5");
+        assert_eq!(kept("show subjekt +1415"), "show subjekt +1415");
+    }
 
     #[test]
     fn only_addresses_and_dns_names_reach_ping_and_traceroute() {

@@ -16,6 +16,9 @@ pub enum Action {
     ShowPair,
     ShowAudit,
     ShowUplink,
+    ShowSubject,
+    SubjectExport,
+    SubjectErase,
     UplinkCsr,
     UplinkInstallCert,
     SipTlsCsr,
@@ -158,6 +161,14 @@ pub static OPERATIONAL: &[Node] = &[
                 children: &[LAST],
                 action: Some(Action::ShowAudit),
             }),
+            admin(Node {
+                word: "subject",
+                help: "what is held about a caller: records, key, erasures (personal data: admins)",
+                role: Role::Admin,
+                values: &[Value::Word("NUMBER")],
+                children: &[],
+                action: Some(Action::ShowSubject),
+            }),
             leaf("status", "daemon status", Action::Status),
             leaf(
                 "sessions",
@@ -278,6 +289,45 @@ pub static OPERATIONAL: &[Node] = &[
                     "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
                     Action::SipTlsInstallCert,
                 )),
+            ],
+            action: None,
+        })],
+        action: None,
+    }),
+    admin(Node {
+        word: "request",
+        help: "carry out a data subject's request (audited)",
+        role: Role::Admin,
+        values: &[],
+        children: &[admin(Node {
+            word: "subject",
+            help: "a caller's rights, by number (E.164)",
+            role: Role::Admin,
+            values: &[],
+            children: &[
+                admin(Node {
+                    word: "export",
+                    help: "every record of the caller, decrypted (JSON unless `format csv`)",
+                    role: Role::Admin,
+                    values: &[Value::Word("NUMBER")],
+                    children: &[admin(Node {
+                        word: "format",
+                        help: "json or csv",
+                        role: Role::Admin,
+                        values: &[Value::Word("json|csv")],
+                        children: &[],
+                        action: None,
+                    })],
+                    action: Some(Action::SubjectExport),
+                }),
+                admin(Node {
+                    word: "erase",
+                    help: "destroy the caller's key; prints the signed erasure receipt",
+                    role: Role::Admin,
+                    values: &[Value::Word("NUMBER")],
+                    children: &[],
+                    action: Some(Action::SubjectErase),
+                }),
             ],
             action: None,
         })],
@@ -570,6 +620,34 @@ mod tests {
         assert_eq!(p.action, Action::ShowConfig);
         let p = parse(OPERATIONAL, Role::Admin, &w("show cdrs last 5")).unwrap();
         assert_eq!((p.action, p.values.clone()), (Action::ShowCdrs, w("5")));
+        let p = parse(
+            OPERATIONAL,
+            Role::Admin,
+            &w("req sub exp +12025550101 format csv"),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.action, p.values.clone()),
+            (Action::SubjectExport, w("+12025550101 csv"))
+        );
+        let p = parse(
+            OPERATIONAL,
+            Role::Admin,
+            &w("request subject erase +12025550101"),
+        )
+        .unwrap();
+        assert_eq!(p.action, Action::SubjectErase);
+        let p = parse(OPERATIONAL, Role::Admin, &w("show subject +12025550101")).unwrap();
+        assert_eq!(p.action, Action::ShowSubject);
+        for line in [
+            "request subject erase +12025550101",
+            "show subject +12025550101",
+        ] {
+            assert!(
+                parse(OPERATIONAL, Role::Operator, &w(line)).is_err(),
+                "{line}"
+            );
+        }
         let p = parse(OPERATIONAL, Role::Admin, &w("show cdrs")).unwrap();
         assert_eq!(p.action, Action::ShowCdrs);
         let p = parse(OPERATIONAL, Role::Operator, &w("compare 1 2")).unwrap();
