@@ -8,7 +8,12 @@
 //! a copy of the variable store that has the image's certificate enrolled as PK, KEK and
 //! db, a `swtpm` as its TPM 2.0, no network card at all (`-nic none`), and the serial
 //! console in a file. [`Vm::wait_for`] watches that console: what the tests assert is what
-//! the guest itself printed there (the kernel, the firmware, the image's boot report).
+//! the guest itself printed there (the kernel, the firmware, the image's boot report);
+//! [`Vm::type_line`] types on it, as an engineer at the serial console does.
+//!
+//! [`Vm::start`] boots with a [`Boot`]: a disk the guest writes to (the state disk's tests
+//! boot one disk several times), a TPM state kept across VMs (the same board booted again)
+//! or a fresh one (another board), another variable store (another Secure Boot state).
 //!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
 //! [`replace_uki`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
@@ -19,7 +24,12 @@
 //!   console log, QEMU's stderr), removed when the [`Vm`] is dropped.
 //! - QEMU and swtpm each lead a process group of their own; dropping the [`Vm`] SIGKILLs
 //!   both groups and reaps them, also while a failed test unwinds.
-//! - The disk is attached with `snapshot=on`: the guest's writes never reach the file.
+//! - [`Vm::boot`] attaches the disk with `snapshot=on`: the guest's writes never reach the
+//!   file. A [`Boot`] with `writable` lets them through (QEMU writes through to the host's
+//!   page cache, so a guest `sync` is on the file even when the VM is killed).
+//! - The serial port is a Unix socket (QEMU logs all the guest writes to the console file
+//!   whether or not anyone is connected); [`Vm::type_line`] connects once and keeps the
+//!   connection, and a thread drains what the guest writes to it so the UART never stalls.
 //!
 //! ## Limits
 //! - No network in this slice: the VM is not part of a namespace lab yet.
@@ -28,6 +38,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -44,6 +55,9 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// The serial console's file in a VM's directory.
 const CONSOLE: &str = "serial.log";
+
+/// The serial port's socket in a VM's directory (for typing on the console).
+const SERIAL_SOCKET: &str = "serial.sock";
 
 /// One build of `scripts/image`.
 #[derive(Debug, Clone)]
@@ -100,6 +114,12 @@ impl Image {
         self.dir.join("ovmf-vars.fd")
     }
 
+    /// Debian's empty variable store: the firmware in setup mode, Secure Boot off (another
+    /// Secure Boot state, so another PCR 7).
+    pub fn ovmf_vars_setup_mode(&self) -> PathBuf {
+        self.dir.join("ovmf-vars-setup-mode.fd")
+    }
+
     /// Slot A's root filesystem (squashfs), as it went into the disk.
     pub fn squashfs(&self) -> PathBuf {
         self.dir.join("root.squashfs")
@@ -150,10 +170,41 @@ impl Image {
     }
 }
 
+/// How [`Vm::start`] boots a VM.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// The disk (the image's or a copy).
+    pub disk: PathBuf,
+    /// Whether the guest's writes reach `disk` (otherwise `snapshot=on`).
+    pub writable: bool,
+    /// The swtpm's state directory, kept by the caller across VMs (the same board again);
+    /// `None`: a fresh TPM in the VM's own directory (another board).
+    pub tpm_state: Option<PathBuf>,
+    /// The variable store to copy for this VM; `None`: the image's enrolled one.
+    pub vars: Option<PathBuf>,
+    /// RAM.
+    pub memory_mib: u32,
+}
+
+impl Boot {
+    /// `disk` as [`Vm::boot`] boots it: snapshot, a fresh TPM, the enrolled variables.
+    pub fn new(disk: &Path, memory_mib: u32) -> Boot {
+        Boot {
+            disk: disk.to_path_buf(),
+            writable: false,
+            tpm_state: None,
+            vars: None,
+            memory_mib,
+        }
+    }
+}
+
 /// A running VM. Killed (QEMU and its swtpm) when dropped.
 #[derive(Debug)]
 pub struct Vm {
-    // Dropped in this order: QEMU, its TPM, then the directory they used.
+    // Dropped in this order: the console connection, QEMU, its TPM, then the directory
+    // they used.
+    serial_in: Option<UnixStream>,
     qemu: Group,
     _swtpm: Group,
     dir: tempfile::TempDir,
@@ -203,13 +254,28 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 impl Vm {
     /// Boots `disk` (the image's or an attacker's copy) with the image's firmware and
-    /// enrolled variables, a fresh swtpm, no NIC, `memory_mib` of RAM.
+    /// enrolled variables, a fresh swtpm, no NIC, `memory_mib` of RAM; the guest's writes
+    /// do not reach `disk`.
     pub fn boot(image: &Image, disk: &Path, memory_mib: u32) -> Result<Vm> {
+        Vm::start(image, &Boot::new(disk, memory_mib))
+    }
+
+    /// Boots as `boot` says, with the image's firmware code and no NIC.
+    pub fn start(image: &Image, boot: &Boot) -> Result<Vm> {
         let dir = tempfile::Builder::new().prefix("callgate-vm").tempdir()?;
         let vars = dir.path().join("vars.fd");
-        std::fs::copy(image.ovmf_vars(), &vars)?;
-        let tpm_dir = dir.path().join("tpm");
-        std::fs::create_dir(&tpm_dir)?;
+        std::fs::copy(
+            boot.vars.clone().unwrap_or_else(|| image.ovmf_vars()),
+            &vars,
+        )?;
+        let tpm_dir = match &boot.tpm_state {
+            Some(d) => d.clone(),
+            None => {
+                let d = dir.path().join("tpm");
+                std::fs::create_dir(&d)?;
+                d
+            }
+        };
         let tpm_sock = dir.path().join("swtpm.sock");
         let swtpm = spawn_group(
             Command::new("swtpm")
@@ -233,15 +299,22 @@ impl Vm {
             )));
         }
         let serial = dir.path().join(CONSOLE);
+        let serial_sock = dir.path().join(SERIAL_SOCKET);
         let stderr = File::create(dir.path().join("qemu.stderr"))?;
+        let snapshot = if boot.writable { "off" } else { "on" };
         let qemu = spawn_group(
             Command::new("qemu-system-x86_64")
                 .args(["-machine", "q35,smm=on,accel=tcg", "-m"])
-                .arg(memory_mib.to_string())
+                .arg(boot.memory_mib.to_string())
                 .args(["-nic", "none", "-display", "none", "-monitor", "none"])
                 .arg("-no-reboot")
-                .arg("-serial")
-                .arg(format!("file:{}", serial.display()))
+                .arg("-chardev")
+                .arg(format!(
+                    "socket,id=ser0,path={},server=on,wait=off,logfile={},logappend=off",
+                    serial_sock.display(),
+                    serial.display()
+                ))
+                .args(["-serial", "chardev:ser0"])
                 .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
                 .arg("-drive")
                 .arg(format!(
@@ -259,14 +332,15 @@ impl Vm {
                 .args(["-device", "tpm-tis,tpmdev=tpm0"])
                 .arg("-drive")
                 .arg(format!(
-                    "if=virtio,format=raw,snapshot=on,file={}",
-                    disk.display()
+                    "if=virtio,format=raw,snapshot={snapshot},file={}",
+                    boot.disk.display()
                 ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr),
         )?;
         Ok(Vm {
+            serial_in: None,
             qemu,
             _swtpm: swtpm,
             dir,
@@ -282,6 +356,38 @@ impl Vm {
             let _ = f.read_to_end(&mut raw);
         }
         crate::console::strip_terminal(&String::from_utf8_lossy(&raw))
+    }
+
+    /// The console's raw bytes, as the guest wrote them.
+    pub fn console_raw(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(CONSOLE)).unwrap_or_default()
+    }
+
+    /// The console's file (for a raw scan).
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.path().join(CONSOLE)
+    }
+
+    /// Types `line` and Enter on the serial console.
+    pub fn type_line(&mut self, line: &str) -> Result<()> {
+        if self.serial_in.is_none() {
+            let stream = UnixStream::connect(self.dir.path().join(SERIAL_SOCKET))?;
+            // What the guest writes comes to this connection too (the console file has
+            // it already): drained, so the UART never waits for us.
+            let mut drain = stream.try_clone()?;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            self.serial_in = Some(stream);
+        }
+        let Some(stream) = self.serial_in.as_mut() else {
+            return Err(LabError::Io(std::io::Error::other("no serial connection")));
+        };
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\r")?;
+        stream.flush()?;
+        Ok(())
     }
 
     /// QEMU's own error output (why it could not start, say).
@@ -369,6 +475,76 @@ pub fn partition(disk: &Path, name: &str) -> Result<Partition> {
 /// A copy of `src` at `dst` (sparse: the image's empty slots cost nothing).
 pub fn copy_disk(src: &Path, dst: &Path) -> Result<()> {
     run(Command::new("cp").arg("--sparse=always").arg(src).arg(dst)).map(drop)
+}
+
+/// Whether `file` holds `needle` anywhere, byte for byte: a raw scan of the whole file
+/// (`grep -F` in the C locale: any byte matches itself, across any block boundary; in a
+/// binary file GNU grep skips the holes, which read as zeros, so a sparse disk image is
+/// scanned in well under a second).
+pub fn file_contains(file: &Path, needle: &str) -> Result<bool> {
+    if needle.is_empty() || needle.contains(['\n', '\0']) {
+        return Err(LabError::Io(std::io::Error::other(
+            "file_contains: the needle must be one non-empty line",
+        )));
+    }
+    let out = crate::cmd::output_with_timeout(
+        Command::new("grep")
+            .env("LC_ALL", "C")
+            .args(["-q", "-F", "-e", needle])
+            .arg(file),
+        None,
+        Duration::from_secs(300),
+    )?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(LabError::Failed {
+            cmd: format!("grep -F ... {}", file.display()),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+/// Writes `bytes` at `offset` of `file` (a plant in the clear, for a scan's control case).
+pub fn write_at(file: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new().write(true).open(file)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Whether `key` opens a LUKS2 key slot of the partition `name` of `disk`: the partition
+/// is copied out to `scratch` (sparse) and `cryptsetup open --test-passphrase` tries the
+/// key on the copy (no device is made, nothing is mounted).
+pub fn luks_key_opens(disk: &Path, name: &str, key: &str, scratch: &Path) -> Result<bool> {
+    let part = partition(disk, name)?;
+    run(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", scratch.display()))
+        .args([
+            "bs=1M",
+            "iflag=skip_bytes,count_bytes",
+            "conv=sparse",
+            "status=none",
+        ])
+        .arg(format!("skip={}", part.offset))
+        .arg(format!("count={}", part.size)))?;
+    let out = crate::cmd::output_with_timeout(
+        Command::new("cryptsetup")
+            .args([
+                "open",
+                "--test-passphrase",
+                "--type",
+                "luks2",
+                "--key-file=-",
+            ])
+            .arg(scratch),
+        Some(key.as_bytes()),
+        Duration::from_secs(120),
+    )?;
+    Ok(out.status.success())
 }
 
 /// Flips every bit of the byte at `offset` of `file`; returns the byte it was.

@@ -8,6 +8,11 @@
 //!   read-only root, with Secure Boot, lockdown and the TPM;
 //! - one flipped byte in the root partition stops the boot (dm-verity);
 //! - the firmware refuses the UKI unsigned, or signed by a key it does not trust;
+//! - the state disk: made at first boot (LUKS2, sealed to the TPM's PCR 7, a recovery key
+//!   shown once on the console), unlocked by the same TPM alone at the next boot with what
+//!   the appliance left there; moved to another board it stays locked, the daemon does not
+//!   run and the raw disk holds none of it in the clear; under another Secure Boot state
+//!   it stays locked, the console says why, and the recovery key opens it;
 //! - (no VM) the root holds the firmware, its units and the factory config, and no
 //!   package manager, compiler, docs or SSH host key.
 //!
@@ -17,8 +22,8 @@
 use std::time::Duration;
 
 use hil_tests::vm::{
-    copy_disk, flip_byte, partition, replace_uki, uki_signed_by_another_key, unsigned_uki, Image,
-    Seen, Vm,
+    copy_disk, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
+    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm,
 };
 
 /// The factory config the image must carry as /etc/callgate/callgate.toml.
@@ -86,6 +91,241 @@ fn image_vm_boots_verified_to_ready() {
     println!(
         "image boot: power-on to the report {:.1} s under TCG; {times}",
         at.as_secs_f64()
+    );
+}
+
+/// Waits for the end of the boot report; its lines, and whether it said `ready`.
+fn boot_report(vm: &mut Vm, what: &str) -> (Vec<String>, bool) {
+    let (which, seen) =
+        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
+    let console = vm.console();
+    assert!(
+        matches!(seen, Seen::At(_)),
+        "{what}: no boot report ({seen:?}); console:\n{console}"
+    );
+    (report(&console), which == 0)
+}
+
+/// The report's line starting with `prefix`.
+fn line<'a>(report: &'a [String], prefix: &str) -> &'a str {
+    report
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", report.join("\n")))
+}
+
+/// The report shows the state disk unlocked for the `boots`th time with the daemon's
+/// directory on it, the host key `host_key` (made at the first boot, kept there), and the
+/// daemon ready.
+fn state_kept(r: &[String], boots: u32, host_key: &str) {
+    assert_eq!(
+        line(r, "state="),
+        format!(
+            "state=unlocked type=LUKS2 boots={boots} callgated_dir=/dev/mapper/callgate-state[/callgate]"
+        )
+    );
+    assert_eq!(
+        line(r, "ssh_host_key="),
+        format!("ssh_host_key=ssh-ed25519 {host_key}")
+    );
+    assert!(line(r, "callgated=").starts_with("callgated=ready"));
+}
+
+/// The recovery key the first boot printed on the console.
+fn recovery_key(console: &str) -> Option<String> {
+    console
+        .lines()
+        .find_map(|l| l.split_once("callgate-state: recovery-key="))
+        .map(|(_, k)| k.trim().to_owned())
+}
+
+/// The state disk's prompt for the recovery key (attempt `n`).
+fn prompt(n: u32) -> String {
+    format!("callgate-state: enter the recovery key to open it (attempt {n} of 3")
+}
+
+#[test]
+fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() {
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("board-a.img");
+    copy_disk(&image.disk(), &disk).unwrap();
+    let tpm = tmp.path().join("tpm-a");
+    std::fs::create_dir(&tpm).unwrap();
+    let board_a = Boot {
+        writable: true,
+        tpm_state: Some(tpm.clone()),
+        ..Boot::new(&disk, MEM_MIB)
+    };
+
+    // 1. First boot: the state disk is made, sealed to PCR 7, the recovery key shown once.
+    let mut vm = Vm::start(&image, &board_a).unwrap();
+    let (r, ready) = boot_report(&mut vm, "first boot");
+    let console = vm.console();
+    assert!(ready, "first boot not ready:\n{}", r.join("\n"));
+    assert!(
+        console.contains("callgate-state: first boot: creating the state disk"),
+        "{console}"
+    );
+    let key = recovery_key(&console).unwrap_or_else(|| panic!("no recovery key:\n{console}"));
+    // systemd-cryptenroll's recovery key: 8 groups of 8 modhex characters.
+    assert_eq!(key.len(), 71, "{key:?}");
+    let host_key = line(&r, "ssh_host_key=")
+        .strip_prefix("ssh_host_key=ssh-ed25519 ")
+        .unwrap_or_else(|| panic!("no Ed25519 host key:\n{}", r.join("\n")))
+        .to_owned();
+    state_kept(&r, 1, &host_key);
+    // A control for the raw scans below: the scan finds the host key where it is in the
+    // clear (this console).
+    let console_copy = tmp.path().join("first-boot-console.log");
+    std::fs::write(&console_copy, vm.console_raw()).unwrap();
+    assert!(file_contains(&console_copy, &host_key).unwrap());
+    assert!(file_contains(&console_copy, &key).unwrap());
+    drop(vm);
+
+    // 2. The same board again: the TPM alone unlocks it; what the appliance left is there
+    //    (its host key, the boot count); no new disk, no recovery key shown again.
+    let mut vm = Vm::start(&image, &board_a).unwrap();
+    let (r, ready) = boot_report(&mut vm, "second boot");
+    let console = vm.console();
+    assert!(ready, "second boot not ready:\n{}", r.join("\n"));
+    state_kept(&r, 2, &host_key);
+    assert!(console.contains("callgate-state: unlocked by=tpm2 created=no boots=2"));
+    for never in [
+        "first boot: creating",
+        "recovery-key=",
+        "enter the recovery key",
+    ] {
+        assert!(
+            !console.contains(never),
+            "{never:?} on the second boot:\n{console}"
+        );
+    }
+    drop(vm);
+
+    // 3. The disk as a thief has it: none of the appliance's state in the clear. The
+    //    scan's control: the same host key written in the clear into the state partition
+    //    of a copy is found.
+    for needle in [host_key.as_str(), key.as_str()] {
+        assert!(
+            !file_contains(&disk, needle).unwrap(),
+            "{needle:?} is in the clear on the disk"
+        );
+    }
+    let state = partition(&disk, "state").unwrap();
+    let control = tmp.path().join("control.img");
+    copy_disk(&disk, &control).unwrap();
+    write_at(
+        &control,
+        state.offset + state.size / 2 + 4093,
+        host_key.as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        file_contains(&control, &host_key).unwrap(),
+        "the scan finds no plant"
+    );
+    std::fs::remove_file(&control).unwrap();
+    // The recovery key opens a key slot of the disk; another key does not.
+    let scratch = tmp.path().join("state.part");
+    assert!(luks_key_opens(&disk, "state", &key, &scratch).unwrap());
+    let mut wrong = key.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'c' { b'b' } else { b'c' };
+    assert!(!luks_key_opens(
+        &disk,
+        "state",
+        &String::from_utf8(wrong.clone()).unwrap(),
+        &scratch
+    )
+    .unwrap());
+    std::fs::remove_file(&scratch).unwrap();
+
+    // 4. The disk in another board (a fresh TPM): it stays locked, the console says why;
+    //    without the recovery key nothing of the appliance runs but the baseline firewall.
+    let moved = tmp.path().join("board-b.img");
+    copy_disk(&disk, &moved).unwrap();
+    let mut vm = Vm::start(&image, &Boot::new(&moved, MEM_MIB)).unwrap();
+    let (which, seen) = vm.wait_for_any(&[&prompt(1), "callgate-boot:"], BOOT);
+    let console = vm.console();
+    assert!(
+        matches!(seen, Seen::At(_)) && which == 0,
+        "no recovery prompt on another board ({seen:?}):\n{console}"
+    );
+    assert!(
+        console.contains("callgate-state: the TPM did not release the state disk's key"),
+        "{console}"
+    );
+    assert!(
+        console.contains("not the board whose TPM sealed it"),
+        "{console}"
+    );
+    vm.type_line("").unwrap();
+    let (r, ready) = boot_report(&mut vm, "another board");
+    let console = vm.console();
+    assert!(!ready, "ready on another board:\n{console}");
+    assert!(has(&r, "state=locked"), "{}", r.join("\n"));
+    assert!(has(&r, "ssh_host_key=none"), "{}", r.join("\n"));
+    assert!(
+        !line(&r, "callgated=").starts_with("callgated=ready"),
+        "the daemon runs on another board:\n{}",
+        r.join("\n")
+    );
+    assert!(has(
+        &r,
+        "firewall=enforcing table=\"inet callgate\" input_policy=drop"
+    ));
+    assert!(console.contains("callgate-state: LOCKED: the state disk stays locked"));
+    assert!(!console.contains("callgate-state: unlocked"), "{console}");
+    assert!(
+        !console.contains("login:"),
+        "a login prompt on another board:\n{console}"
+    );
+    drop(vm);
+    std::fs::remove_file(&moved).unwrap();
+
+    // 5. The same board, another Secure Boot state (Secure Boot off: another PCR 7): the
+    //    state disk stays locked and the console says why; a wrong recovery key is
+    //    refused; the right one opens it and seals it again to this PCR 7.
+    let other_sb = Boot {
+        vars: Some(image.ovmf_vars_setup_mode()),
+        ..board_a.clone()
+    };
+    let mut vm = Vm::start(&image, &other_sb).unwrap();
+    let (which, seen) = vm.wait_for_any(&[&prompt(1), "callgate-boot:"], BOOT);
+    let console = vm.console();
+    assert!(
+        matches!(seen, Seen::At(_)) && which == 0,
+        "no recovery prompt under another Secure Boot state ({seen:?}):\n{console}"
+    );
+    assert!(console.contains("the key is sealed to PCR 7"), "{console}");
+    vm.type_line(&String::from_utf8(wrong).unwrap()).unwrap();
+    assert!(
+        matches!(vm.wait_for(&prompt(2), BOOT), Seen::At(_)),
+        "{}",
+        vm.console()
+    );
+    assert!(vm
+        .console()
+        .contains("callgate-state: that recovery key does not open the state disk"));
+    vm.type_line(&key).unwrap();
+    let (r, _) = boot_report(&mut vm, "another Secure Boot state");
+    let console = vm.console();
+    assert!(
+        console.contains("callgate-state: opened with the recovery key"),
+        "{console}"
+    );
+    assert!(
+        console.contains("callgate-state: the key is sealed again to this TPM's PCR 7"),
+        "{console}"
+    );
+    assert!(has(&r, "secure_boot=off"), "{}", r.join("\n"));
+    state_kept(&r, 3, &host_key);
+    // Only Secure Boot itself is reported as wrong.
+    assert!(has(&r, "NOT READY (secure_boot)"), "{}", r.join("\n"));
+    // The recovery key typed is not echoed on the console.
+    assert!(
+        !console.contains(&key),
+        "the recovery key is on the console:\n{console}"
     );
 }
 
@@ -195,6 +435,14 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/bin/callgate",
         "/usr/libexec/callgate/callgate-seal",
         "/usr/libexec/callgate/boot-report",
+        "/usr/libexec/callgate/state-disk",
+        "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
+        "/usr/sbin/cryptsetup",
+        "/usr/bin/systemd-cryptenroll",
+        "/usr/lib/systemd/systemd-cryptsetup",
+        "/usr/lib/x86_64-linux-gnu/libtss2-esys.so.0",
+        "/usr/lib/x86_64-linux-gnu/libtss2-rc.so.0",
+        "/usr/sbin/mkfs.ext4",
         "/usr/sbin/nft",
         "/usr/sbin/sshd",
         "/etc/protocols",
@@ -203,6 +451,7 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/etc/pam.d/login",
         "/etc/systemd/system/sysinit.target.wants/callgate-baseline.service",
         "/etc/systemd/system/multi-user.target.wants/callgated.service",
+        "/etc/systemd/system/multi-user.target.wants/callgate-state.service",
         "/etc/systemd/system/multi-user.target.wants/callgate-boot-report.service",
     ] {
         assert!(paths.iter().any(|p| p == must), "{must} is not in the root");
