@@ -142,22 +142,15 @@ impl Proxy {
         ))
         .ok()?;
         // Our own preloaded Routes are consumed here (loose routing, §16.4).
-        while m
-            .routes()
-            .ok()?
-            .first()
-            .is_some_and(|r| self.uri_is_ours(&r.uri))
-        {
-            m.remove_top_route().ok()?;
-        }
+        self.strip_our_routes(&mut m)?;
         m.decrement_max_forwards().ok()??;
         // Double Record-Route when the call crosses interfaces (RFC 5658): the upstream
         // side's entry below, the downstream side's on top.
         let rr = |local, t| {
             if secure {
-                format!("sips:{};lr", host_port(local))
+                format!("sips:{};lr", self.locals.host_port(local))
             } else {
-                Self::record_route(local, t)
+                self.record_route(local, t)
             }
         };
         m.add_record_route(&rr(in_local, in_transport)).ok()?;

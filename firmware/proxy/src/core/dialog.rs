@@ -65,10 +65,10 @@ impl Proxy {
 
     /// The edited in-dialog request toward the other party: our Routes popped, Max-Forwards
     /// decremented, our Via on top.
-    pub(super) fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
-        let mut m = msg.clone();
-        // Our own entries off the top of the route set, one value parsed at a time (the
-        // request was validated: every Route value is a name-addr).
+    /// Takes our own entries off the top of `m`'s route set, parsing one value at a time
+    /// (requests were validated: every Route value is a name-addr). `None` if a value does
+    /// not parse.
+    pub(super) fn strip_our_routes(&self, m: &mut Message<'_>) -> Option<()> {
         loop {
             let ours = match m.each_value(HeaderName::Route).next() {
                 None => false,
@@ -78,10 +78,15 @@ impl Proxy {
                 }
             };
             if !ours {
-                break;
+                return Some(());
             }
             m.remove_top_route().ok()?;
         }
+    }
+
+    pub(super) fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
+        let mut m = msg.clone();
+        self.strip_our_routes(&mut m)?;
         m.decrement_max_forwards().ok()??;
         m.prepend_via(via.to_string()).ok()?;
         Some(m.serialize())
