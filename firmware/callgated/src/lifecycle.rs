@@ -65,10 +65,22 @@ pub enum Lifecycle {
     SipTlsCsr(oneshot::Sender<Result<String, String>>),
     /// Erase a subject (a normalised number) for a console user: the receipt is signed
     /// with the uplink identity key, which the KEK held here opens.
+    /// With `peer` (the pair's peer, by name), the receipt says the peer is not confirmed
+    /// yet, until `SubjectEraseFinish`.
     SubjectErase {
         store: Arc<callgate_store::Store>,
         number: String,
         by: String,
+        peer: Option<String>,
+        reply: oneshot::Sender<Result<Option<callgate_store::Erasure>, String>>,
+    },
+    /// A pair's erasure, once the peer answered: the receipt naming both, signed and kept.
+    SubjectEraseFinish {
+        store: Arc<callgate_store::Store>,
+        number: String,
+        by: String,
+        first: Box<Option<callgate_store::Erasure>>,
+        peer: Box<callgate_store::PeerOutcome>,
         reply: oneshot::Sender<Result<Option<callgate_store::Erasure>, String>>,
     },
     /// Check and install SIP over TLS's certificate chain, and hand it to the proxy.
@@ -448,12 +460,46 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         store,
                         number,
                         by,
+                        peer,
                         reply,
                     } => {
                         let c = ctx.clone();
                         let r = with_running(&mut running, move |run| {
                             let name = run.config.borrow().appliance.name.to_string();
-                            crate::subjects::erase(&c.state_dir, &run.kek, &name, &store, &number, &by)
+                            crate::subjects::erase(
+                                &c.state_dir,
+                                &run.kek,
+                                &name,
+                                &store,
+                                &number,
+                                &by,
+                                peer.as_deref(),
+                            )
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::SubjectEraseFinish {
+                        store,
+                        number,
+                        by,
+                        first,
+                        peer,
+                        reply,
+                    } => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let name = run.config.borrow().appliance.name.to_string();
+                            crate::subjects::finish(
+                                &c.state_dir,
+                                &run.kek,
+                                &name,
+                                &store,
+                                &number,
+                                &by,
+                                *first,
+                                *peer,
+                            )
                         })
                         .await;
                         let _ = reply.send(r);
