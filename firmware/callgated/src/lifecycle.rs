@@ -261,6 +261,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     crate::lockouts::watch(config.config(), running.uplink.clone());
+    crate::retention::spawn(config.config(), store.clone());
     if let Some(sip) = &sip {
         crate::sip_tls::watch_expiry(sip.clone(), running.uplink.clone());
     }

@@ -61,6 +61,9 @@
 //!   and [`Store::erase_subject_recorded`]: the key deleted, the index entries deleted and
 //!   the erasure's record (with the receipt the caller signed) stored, in that order, in
 //!   one commit.
+//! - Retention ([`Store::expire`], the `retention` module): call records and audit entries
+//!   older than their table's retention deleted, and the keys of subjects no remaining
+//!   record needs shredded, with the clock passed in.
 //! - [`Store::rotate_data_key`]: new writes use a new data key; old records stay readable
 //!   under the old ones. Opening with the wrong KEK is [`StoreError::WrongKey`].
 //!
@@ -187,6 +190,7 @@ mod commit;
 mod keyslots;
 mod mirror;
 mod open;
+mod retention;
 pub mod subject;
 mod types;
 
@@ -212,6 +216,7 @@ use zeroize::Zeroizing;
 
 pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
+pub use retention::Expired;
 pub use subject::{Erasure, ErasureFacts, PeerOutcome, SubjectInfo};
 pub use types::{AuditEntry, ConfigRevision, Record, Session};
 

@@ -325,7 +325,7 @@ pub fn csv_cell(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
     use super::*;
 
@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(s.subject_info("+12025550101").unwrap().key_generation, None);
     }
 
-    fn cdr(caller: &str) -> Cdr {
+    pub(crate) fn cdr(caller: &str) -> Cdr {
         Cdr {
             call_id: "c".into(),
             tracking_number: "+18005550100".into(),
