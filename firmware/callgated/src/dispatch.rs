@@ -240,6 +240,7 @@ async fn erase_subject(
         Ok(None) => callgate_store::PeerOutcome::NothingHeld { appliance },
         Err(reason) => callgate_store::PeerOutcome::Unconfirmed { appliance, reason },
     };
+    let (erased_here, told) = (first.is_some(), outcome.clone());
     let (st, b, n) = (store.clone(), by.to_owned(), number.to_owned());
     let r = ask(lifecycle, move |reply| Lifecycle::SubjectEraseFinish {
         store: st,
@@ -250,7 +251,10 @@ async fn erase_subject(
         reply,
     })
     .await;
-    crate::subjects::erase_answer(number, r)
+    match r {
+        Err(e) => crate::subjects::finish_failed(erased_here, &told, &e),
+        r => crate::subjects::erase_answer(number, r),
+    }
 }
 
 /// How many console lines the daemon keeps per user.

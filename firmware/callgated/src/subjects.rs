@@ -420,6 +420,30 @@ pub fn erase_answer(number: &str, r: Result<Option<Erasure>, String>) -> Respons
     }
 }
 
+/// The reply when a pair's erasure happened (here: `erased_here`, and as `peer` says) but
+/// its final receipt could not be signed or kept: never "nothing was erased".
+pub fn finish_failed(erased_here: bool, peer: &PeerOutcome, e: &str) -> Response {
+    let here = if erased_here {
+        "erased on this appliance (its receipt, kept, says the peer is unconfirmed)"
+    } else {
+        "nothing was held on this appliance"
+    };
+    let there = match peer {
+        PeerOutcome::Erased {
+            appliance,
+            record_ids,
+            ..
+        } => format!("erased on {appliance} ({} records)", record_ids.len()),
+        PeerOutcome::NothingHeld { appliance } => format!("{appliance} held nothing"),
+        PeerOutcome::Unconfirmed { appliance, reason } => {
+            format!("NOT CONFIRMED on {appliance}: {reason}")
+        }
+    };
+    Response::err(format!(
+        "{here}; {there}; but the receipt naming both could not be signed or kept: {e}"
+    ))
+}
+
 /// Checks a receipt (as [`erase`] made it) against the DER certificate of the appliance's
 /// uplink identity; its statement.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -705,5 +729,20 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_failed_final_receipt_never_says_nothing_was_erased() {
+        let peer = PeerOutcome::Erased {
+            appliance: "lab-b".into(),
+            erased_at_ms: 1,
+            key_generation: None,
+            record_ids: vec![2, 4],
+        };
+        let r = finish_failed(true, &peer, "disk full");
+        assert!(!r.ok);
+        assert!(r.text.starts_with("erased on this appliance"), "{}", r.text);
+        assert!(r.text.contains("erased on lab-b (2 records)") && r.text.contains("disk full"));
+        assert!(!r.text.contains("nothing was erased"));
     }
 }
