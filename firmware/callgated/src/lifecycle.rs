@@ -43,6 +43,9 @@ pub enum Phase {
     },
 }
 
+/// How long a pair's erasure waits for the record writer to send what it stored before.
+const ERASE_FLUSH: Duration = Duration::from_secs(2);
+
 /// Requests only the lifecycle task may carry out.
 #[derive(Debug)]
 pub enum Lifecycle {
@@ -465,6 +468,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         reply,
                     } => {
                         let c = ctx.clone();
+                        let paired = peer.is_some();
                         let r = with_running(&mut running, move |run| {
                             let name = run.config.borrow().appliance.name.to_string();
                             crate::subjects::erase(
@@ -478,6 +482,17 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                             )
                         })
                         .await;
+                        // Every record stored before the erasure is sent to the peer
+                        // before the request is: the record writer has finished (stored
+                        // and sent) everything handed to it before now.
+                        let records = running.as_ref().and_then(|run| run.records.clone());
+                        if let (true, Ok(_), Some(rec)) = (paired, &r, records) {
+                            if !rec.flush(ERASE_FLUSH).await {
+                                log::warn!(
+                                    "subject erasure: records still being written after {ERASE_FLUSH:?}; the peer is asked anyway"
+                                );
+                            }
+                        }
                         let _ = reply.send(r);
                     }
                     Lifecycle::SubjectEraseFinish {

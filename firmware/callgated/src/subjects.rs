@@ -32,8 +32,10 @@
 //! same erasure (by number: its own token and key). In this order (`dispatch::
 //! erase_subject`): a paired appliance whose peer is not connected refuses, nothing
 //! erased; [`erase`] here (the kept receipt says the peer is `unconfirmed`: "not asked
-//! yet"); then `Msg::Erase` to the peer, on the same ordered channel as `Records`, so every
-//! record batch sent before it is written on the peer first (asked the other way round, a
+//! yet"); the record writer's flush (every record handed to it before now stored and
+//! sent to the peer, at most 2 s: `calls::RecordsInFlight::flush`); then `Msg::Erase` to
+//! the peer, on the same ordered channel as `Records`, so every record stored here before
+//! the erasure is written on the peer first (asked the other way round, a
 //! record of the subject could reach the peer after its erasure and give the subject a new
 //! key there with the old PII); the peer checks the number as the console does, erases
 //! ([`erase_for_peer`]: its record of the erasure is unsigned, by `USER on ASKER`) and
@@ -44,8 +46,8 @@
 //! Why refuse rather than queue an erasure for a peer that is away: a queued erasure must
 //! keep the number (the peer's token differs) on disk until the peer is back, and a peer
 //! away may be active meanwhile (a partition), taking new calls of the subject.
-//! Limitation: a record of the subject stored here in the instant of the erasure and sent
-//! to the peer after the request reaches the peer after its erasure, under a new key.
+//! Limitation: if the record writer is more than 2 s behind, a record of the subject it
+//! stored before the erasure can reach the peer after it, under a new key there (logged).
 //!
 //! ## Where the erasure must go next (planned, not built)
 //! - **The cloud.** Built in part: the dispatcher sends every change to the uplink as an
