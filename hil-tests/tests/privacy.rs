@@ -324,7 +324,9 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
     assert_eq!(receipt["algorithm"], "ECDSA-P256-SHA256");
     callgate_pki::verify_signature(&cert, text.as_bytes(), &sig).unwrap();
     let statement: Value = serde_json::from_str(text).unwrap();
-    assert_eq!(statement["type"], "callgate-erasure-receipt/1");
+    assert_eq!(statement["type"], "callgate-erasure-receipt/2");
+    assert!(statement["peer"].is_null(), "not paired");
+    assert_eq!(statement["erased_on"], serde_json::json!(["lab-a"]));
     assert_eq!(statement["appliance"], "lab-a");
     assert_eq!(statement["by"], "root");
     assert_eq!(statement["key_generation"], generation);

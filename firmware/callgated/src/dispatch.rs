@@ -183,6 +183,80 @@ async fn serve_call(
     }
 }
 
+/// How long an erasure waits for the pair's peer to answer.
+const PEER_ERASE_WAIT: Duration = Duration::from_secs(10);
+
+/// `request subject erase NUMBER` (a normalised number): here, then on the pair's peer
+/// when paired, then one receipt naming both. A paired appliance whose peer is not
+/// connected refuses before anything is erased: an erasure is never reported done on one
+/// appliance of a pair alone. If the link drops after this appliance erased, the receipt
+/// says the peer is not confirmed and the reply fails; asked again, the request erases
+/// on the peer (nothing is held here any more).
+async fn erase_subject(
+    lifecycle: &mpsc::Sender<Lifecycle>,
+    store: &Arc<callgate_store::Store>,
+    config: &callgate_revisions::ConfigService,
+    replica: Option<&crate::replica::Replicator>,
+    number: &str,
+    by: &str,
+) -> Response {
+    let peer = match (
+        replica,
+        crate::pair_config::names_of(&config.config().borrow()),
+    ) {
+        (Some(r), Ok((_, p))) => Some((r.clone(), p.to_string())),
+        _ => None,
+    };
+    if let Some((r, name)) = &peer {
+        if !r.connected() {
+            return Response::err(format!(
+                "the pair's peer {name} is not connected over the sync link: nothing was \
+                 erased (an erasure must reach both appliances of a pair; ask again once \
+                 `show pair` says connected)"
+            ));
+        }
+    }
+    let (st, b, n) = (store.clone(), by.to_owned(), number.to_owned());
+    let peer_name = peer.as_ref().map(|(_, p)| p.clone());
+    let first = ask(lifecycle, move |reply| Lifecycle::SubjectErase {
+        store: st,
+        number: n,
+        by: b,
+        peer: peer_name,
+        reply,
+    })
+    .await;
+    let (first, (r, appliance)) = match (first, peer) {
+        (Ok(first), Some(p)) => (first, p),
+        (r, _) => return crate::subjects::erase_answer(number, r),
+    };
+    let outcome = match r.erase_on_peer(number, by, PEER_ERASE_WAIT).await {
+        Ok(Some(e)) => callgate_store::PeerOutcome::Erased {
+            appliance,
+            erased_at_ms: e.erased_at_ms,
+            key_generation: e.key_generation,
+            record_ids: e.record_ids,
+        },
+        Ok(None) => callgate_store::PeerOutcome::NothingHeld { appliance },
+        Err(reason) => callgate_store::PeerOutcome::Unconfirmed { appliance, reason },
+    };
+    let (erased_here, told) = (first.is_some(), outcome.clone());
+    let (st, b, n) = (store.clone(), by.to_owned(), number.to_owned());
+    let r = ask(lifecycle, move |reply| Lifecycle::SubjectEraseFinish {
+        store: st,
+        number: n,
+        by: b,
+        first: Box::new(first),
+        peer: Box::new(outcome),
+        reply,
+    })
+    .await;
+    match r {
+        Err(e) => crate::subjects::finish_failed(erased_here, &told, &e),
+        r => crate::subjects::erase_answer(number, r),
+    }
+}
+
 /// How many console lines the daemon keeps per user.
 const HISTORY_LINES: usize = 500;
 
@@ -398,7 +472,7 @@ async fn handle(
         }
         _ => {}
     }
-    let (config, store) = match phase {
+    let (config, store, paired_replica) = match phase {
         Phase::Running {
             config,
             store,
@@ -450,7 +524,7 @@ async fn handle(
                     return resp;
                 }
             }
-            (config, store)
+            (config, store, replica.as_ref().filter(|_| paired))
         }
         Phase::Locked { reason } => {
             return if matches!(req, Request::Status) {
@@ -473,15 +547,15 @@ async fn handle(
                 Ok(n) => n,
                 Err(r) => return r,
             };
-            let (store, by, n) = (store.clone(), peer.user.clone(), number.clone());
-            let r = ask(lifecycle, move |reply| Lifecycle::SubjectErase {
+            erase_subject(
+                lifecycle,
                 store,
-                number: n,
-                by,
-                reply,
-            })
-            .await;
-            crate::subjects::erase_answer(&number, r)
+                config,
+                paired_replica,
+                &number,
+                &peer.user,
+            )
+            .await
         }
         Request::History => {
             let (store, user) = (store.clone(), peer.user.clone());

@@ -43,6 +43,9 @@ pub enum Phase {
     },
 }
 
+/// How long a pair's erasure waits for the record writer to send what it stored before.
+const ERASE_FLUSH: Duration = Duration::from_secs(2);
+
 /// Requests only the lifecycle task may carry out.
 #[derive(Debug)]
 pub enum Lifecycle {
@@ -65,10 +68,22 @@ pub enum Lifecycle {
     SipTlsCsr(oneshot::Sender<Result<String, String>>),
     /// Erase a subject (a normalised number) for a console user: the receipt is signed
     /// with the uplink identity key, which the KEK held here opens.
+    /// With `peer` (the pair's peer, by name), the receipt says the peer is not confirmed
+    /// yet, until `SubjectEraseFinish`.
     SubjectErase {
         store: Arc<callgate_store::Store>,
         number: String,
         by: String,
+        peer: Option<String>,
+        reply: oneshot::Sender<Result<Option<callgate_store::Erasure>, String>>,
+    },
+    /// A pair's erasure, once the peer answered: the receipt naming both, signed and kept.
+    SubjectEraseFinish {
+        store: Arc<callgate_store::Store>,
+        number: String,
+        by: String,
+        first: Box<Option<callgate_store::Erasure>>,
+        peer: Box<callgate_store::PeerOutcome>,
         reply: oneshot::Sender<Result<Option<callgate_store::Erasure>, String>>,
     },
     /// Check and install SIP over TLS's certificate chain, and hand it to the proxy.
@@ -249,6 +264,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     crate::lockouts::watch(config.config(), running.uplink.clone());
+    crate::retention::spawn(config.config(), store.clone());
     if let Some(sip) = &sip {
         crate::sip_tls::watch_expiry(sip.clone(), running.uplink.clone());
     }
@@ -448,12 +464,58 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         store,
                         number,
                         by,
+                        peer,
+                        reply,
+                    } => {
+                        let c = ctx.clone();
+                        let paired = peer.is_some();
+                        let r = with_running(&mut running, move |run| {
+                            let name = run.config.borrow().appliance.name.to_string();
+                            crate::subjects::erase(
+                                &c.state_dir,
+                                &run.kek,
+                                &name,
+                                &store,
+                                &number,
+                                &by,
+                                peer.as_deref(),
+                            )
+                        })
+                        .await;
+                        // Every record stored before the erasure is sent to the peer
+                        // before the request is: the record writer has finished (stored
+                        // and sent) everything handed to it before now.
+                        let records = running.as_ref().and_then(|run| run.records.clone());
+                        if let (true, Ok(_), Some(rec)) = (paired, &r, records) {
+                            if !rec.flush(ERASE_FLUSH).await {
+                                log::warn!(
+                                    "subject erasure: records still being written after {ERASE_FLUSH:?}; the peer is asked anyway"
+                                );
+                            }
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::SubjectEraseFinish {
+                        store,
+                        number,
+                        by,
+                        first,
+                        peer,
                         reply,
                     } => {
                         let c = ctx.clone();
                         let r = with_running(&mut running, move |run| {
                             let name = run.config.borrow().appliance.name.to_string();
-                            crate::subjects::erase(&c.state_dir, &run.kek, &name, &store, &number, &by)
+                            crate::subjects::finish(
+                                &c.state_dir,
+                                &run.kek,
+                                &name,
+                                &store,
+                                &number,
+                                &by,
+                                *first,
+                                *peer,
+                            )
                         })
                         .await;
                         let _ = reply.send(r);

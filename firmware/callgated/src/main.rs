@@ -42,6 +42,7 @@ mod logging;
 mod pair;
 mod pair_config;
 mod replica;
+mod retention;
 mod sessions;
 mod sip_tls;
 mod subjects;

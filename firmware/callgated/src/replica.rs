@@ -94,6 +94,29 @@ enum Msg {
         id: u64,
         answer: crate::pair_config::Answer,
     },
+    /// Erase a subject (`crate::subjects`): the sender erased it already, for its console
+    /// user `by`. Handled in order with `Records`: every record the sender wrote before
+    /// its erasure is written here first.
+    Erase {
+        id: u64,
+        number: String,
+        by: String,
+    },
+    /// The answer to `Erase` number `id`: what was erased (`None`: nothing was held).
+    EraseReply {
+        id: u64,
+        answer: EraseAnswer,
+    },
+}
+
+/// What the peer answers to an erasure.
+pub type EraseAnswer = Result<Option<crate::subjects::PeerErased>, String>;
+
+/// An answer from the peer to something asked of it.
+#[derive(Debug)]
+enum Reply {
+    Config(crate::pair_config::Answer),
+    Erase(EraseAnswer),
 }
 
 /// Never prints a key or a record.
@@ -117,6 +140,16 @@ impl std::fmt::Debug for Msg {
             Msg::Have { after, open } => write!(f, "Have(after {after:?}, {} open)", open.len()),
             Msg::Config { id, op } => write!(f, "Config({id}, {op:?})"),
             Msg::ConfigReply { id, answer } => write!(f, "ConfigReply({id}, {answer:?})"),
+            Msg::Erase { id, .. } => write!(f, "Erase({id})"),
+            Msg::EraseReply { id, answer } => write!(
+                f,
+                "EraseReply({id}, {})",
+                match answer {
+                    Ok(Some(e)) => format!("{} records", e.record_ids.len()),
+                    Ok(None) => "nothing held".to_owned(),
+                    Err(_) => "failed".to_owned(),
+                }
+            ),
         }
     }
 }
@@ -151,8 +184,8 @@ pub struct ReplicaStatus {
     pub lag_ms: u64,
 }
 
-/// Config steps asked of the peer, by id, each with where its answer goes.
-type Asked = std::collections::HashMap<u64, oneshot::Sender<crate::pair_config::Answer>>;
+/// Requests asked of the peer, by id, each with where its answer goes.
+type Asked = std::collections::HashMap<u64, oneshot::Sender<Reply>>;
 
 /// Asks the record writer for a bulk sync (sequenced with its batches).
 pub type BulkRequest = Box<dyn Fn() + Send + Sync>;
@@ -316,6 +349,35 @@ impl Replicator {
         op: crate::pair_config::Op,
         wait: Duration,
     ) -> Result<crate::pair_config::Answer, String> {
+        match self.ask(|id| Msg::Config { id, op }, wait).await? {
+            Reply::Config(a) => Ok(a),
+            Reply::Erase(_) => Err("the peer answered something else".into()),
+        }
+    }
+
+    /// Asks the peer to erase a subject (a normalised number) that this appliance has
+    /// just erased, for console user `by`, and waits for its answer, at most `wait`. The
+    /// request travels behind every record batch sent before it. An error when the sync
+    /// channel is down or drops meanwhile, the peer does not answer in time, or it failed.
+    pub async fn erase_on_peer(
+        &self,
+        number: &str,
+        by: &str,
+        wait: Duration,
+    ) -> Result<Option<crate::subjects::PeerErased>, String> {
+        let (number, by) = (number.to_owned(), by.to_owned());
+        match self.ask(|id| Msg::Erase { id, number, by }, wait).await? {
+            Reply::Erase(a) => a.map_err(|e| format!("the peer failed: {e}")),
+            Reply::Config(_) => Err("the peer answered something else".into()),
+        }
+    }
+
+    /// Whether the sync channel to the peer is connected now.
+    pub fn connected(&self) -> bool {
+        self.shared.link.borrow().connected
+    }
+
+    async fn ask(&self, msg: impl FnOnce(u64) -> Msg, wait: Duration) -> Result<Reply, String> {
         let mut link = self.shared.link.subscribe();
         let epoch = {
             let l = link.borrow_and_update();
@@ -327,7 +389,7 @@ impl Replicator {
         let id = self.shared.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.asked.lock().await.insert(id, tx);
-        let r = if self.shared.tx.send(Msg::Config { id, op }).is_err() {
+        let r = if self.shared.tx.send(msg(id)).is_err() {
             Err("the sync channel has stopped".to_owned())
         } else {
             let dropped = link.wait_for(|l| l.epoch != epoch || !l.connected);
@@ -898,7 +960,43 @@ async fn apply(
         Msg::ConfigReply { id, answer } => {
             let waiting = shared.asked.lock().await.remove(&id);
             if let Some(w) = waiting {
-                let _ = w.send(answer);
+                let _ = w.send(Reply::Config(answer));
+            }
+        }
+        Msg::Erase { id, number, by } => {
+            // Only the paired peer reaches this (the sync channel is mutually
+            // authenticated and bound to the pair key); the number is checked as the
+            // console checks it. Awaited here, in order: the records sent before the
+            // request are written before the erasure.
+            let names = crate::pair_config::names_of(&shared.config.borrow())
+                .map(|(m, p)| (m.to_string(), p.to_string()));
+            let answer = match names {
+                Err(e) => Err(format!("not paired in the config: {e}")),
+                Ok((me, asker)) => {
+                    let st = store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::subjects::erase_for_peer(&st, &me, &asker, &number, &by)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+                }
+            };
+            match &answer {
+                Ok(Some(e)) => log::warn!(
+                    "pair: the peer asked for a subject's erasure: {} records erased here",
+                    e.record_ids.len()
+                ),
+                Ok(None) => log::warn!(
+                    "pair: the peer asked for a subject's erasure: nothing was held here"
+                ),
+                Err(e) => log::error!("pair: the peer asked for a subject's erasure: {e}"),
+            }
+            let _ = shared.tx.send(Msg::EraseReply { id, answer });
+        }
+        Msg::EraseReply { id, answer } => {
+            let waiting = shared.asked.lock().await.remove(&id);
+            if let Some(w) = waiting {
+                let _ = w.send(Reply::Erase(answer));
             }
         }
         Msg::BulkDone => {
@@ -1126,7 +1224,24 @@ mod tests {
                 id: 3,
                 answer: Err("no".into()),
             },
+            Msg::Erase {
+                id: 4,
+                number: "+12025550101".into(),
+                by: "root".into(),
+            },
+            Msg::EraseReply {
+                id: 4,
+                answer: Ok(Some(crate::subjects::PeerErased {
+                    erased_at_ms: 1,
+                    key_generation: Some(2),
+                    record_ids: vec![3, 5],
+                })),
+            },
         ] {
+            assert!(
+                !format!("{m:?}").contains("2025550101"),
+                "no number in the log"
+            );
             let b = serde_json::to_vec(&m).unwrap();
             let back: Msg = serde_json::from_slice(&b).unwrap();
             assert_eq!(format!("{back:?}"), format!("{m:?}"));

@@ -17,6 +17,7 @@
 //!   collected.
 
 mod pair;
+mod retention;
 mod sip;
 #[macro_use]
 mod types;
@@ -28,6 +29,7 @@ pub use pair::{
     for_appliance, HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
 };
+pub use retention::{Days, Retention, MAX_DAYS};
 pub use sip::SipTcp;
 pub use sip_tls::{Fingerprint, SipTls, TlsPin, TlsVersion};
 pub use uplink::{pem_certificates, Uplink, DEFAULT_UPLINK_PORT};
@@ -91,6 +93,9 @@ pub struct Config {
     /// appliance.
     #[serde(default)]
     pub uplink: Option<Uplink>,
+    /// How long records are kept (see the `retention` module docs). Absent: until removed.
+    #[serde(default)]
+    pub retention: Retention,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the

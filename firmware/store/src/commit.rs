@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cdrlog::CdrLog;
+use crate::keyslots::KeySlots;
 
 /// One write. A request's ops are applied in order.
 pub enum Op {
@@ -131,15 +132,17 @@ impl Drop for Intent<'_> {
 impl GroupCommit {
     /// Starts the writer for `db`, whose files live in `dir`.
     pub fn start(db: sled::Db, dir: &Path) -> io::Result<GroupCommit> {
-        GroupCommit::start_with_log(db, dir, None)
+        GroupCommit::start_with_log(db, dir, None, None)
     }
 
     /// [`GroupCommit::start`], and each group also makes `cdr_log`'s appends durable before
-    /// the flush of sled (and deletes its empty segments after it).
+    /// the flush of sled (and deletes its empty segments after it), and the subject keys'
+    /// slots written since the last group.
     pub(crate) fn start_with_log(
         db: sled::Db,
         dir: &Path,
         cdr_log: Option<Arc<CdrLog>>,
+        key_slots: Option<Arc<KeySlots>>,
     ) -> io::Result<GroupCommit> {
         let mut durable = DurableFiles::open(dir)?;
         let (tx, rx) = mpsc::channel::<Request>();
@@ -147,7 +150,14 @@ impl GroupCommit {
         let writer_pending = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(db, cdr_log.as_deref(), &mut durable, rx, &writer_pending))?;
+            .spawn(move || {
+                let files = Files {
+                    cdr_log: cdr_log.as_deref(),
+                    key_slots: key_slots.as_deref(),
+                    durable: &mut durable,
+                };
+                writer(db, files, rx, &writer_pending)
+            })?;
         Ok(GroupCommit {
             tx: Some(tx),
             thread: Some(thread),
@@ -230,13 +240,19 @@ fn apply(ops: Vec<Op>) -> Result<(), CommitError> {
 /// How long a group waits for announced writes before it is flushed without them.
 pub const GATHER: Duration = Duration::from_micros(200);
 
-fn writer(
-    db: sled::Db,
-    cdr_log: Option<&CdrLog>,
-    durable: &mut DurableFiles,
-    rx: mpsc::Receiver<Request>,
-    pending: &AtomicUsize,
-) {
+/// The files a group makes durable besides sled's.
+struct Files<'a> {
+    cdr_log: Option<&'a CdrLog>,
+    key_slots: Option<&'a KeySlots>,
+    durable: &'a mut DurableFiles,
+}
+
+fn writer(db: sled::Db, files: Files<'_>, rx: mpsc::Receiver<Request>, pending: &AtomicUsize) {
+    let Files {
+        cdr_log,
+        key_slots,
+        durable,
+    } = files;
     let (mut groups, mut writes) = (0u64, 0u64);
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -266,8 +282,10 @@ fn writer(
         // bytes it points to. Then one flush covers every write above (and any write other
         // threads made to the same db before it: sled flushes up to the highest reserved log
         // position).
-        let flushed = cdr_log
-            .map_or(Ok(Vec::new()), CdrLog::sync)
+        // The subject keys too: an entry naming a key's slot is never durable before it.
+        let flushed = key_slots
+            .map_or(Ok(()), KeySlots::sync)
+            .and_then(|()| cdr_log.map_or(Ok(Vec::new()), CdrLog::sync))
             .and_then(|empty| {
                 db.flush().map_err(CommitError::Flush)?;
                 durable.sync()?;

@@ -16,7 +16,7 @@
 //!   | `history` | console user name | sealed command history (newest last, bounded) |
 //!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
-//!   | `subjects` | subject token | key generation (u64 BE) ++ subject key wrapped under the KEK |
+//!   | `subjects` | subject token | key generation (u64 BE) ++ the slot of `subject-keys` holding the subject key (u32 BE); in a store written before that file, the generation ++ the key wrapped under the KEK |
 //!   | `erasures` | subject token ++ time (ms, u64 BE) | sealed [`Erasure`]: when, by whom, on which appliance, the key generation and record ids erased, the signed receipt |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
@@ -31,6 +31,12 @@
 //!   (from the pointers at open, then by every write and removal); a segment left without
 //!   any is deleted, except the one being written. sled's copy-on-write leaves then hold
 //!   16 bytes per record instead of the whole sealed CDR (see Performance).
+//!
+//!   The file `subject-keys` (the `keyslots` module) holds each subject key wrapped under
+//!   the KEK in a slot of its own, overwritten with zeros (and synced) when the subject is
+//!   erased: sled keeps what is removed from it in its old log segments, so a key kept in
+//!   sled would outlive its erasure on disk. Slots no `subjects` entry names are zeroed at
+//!   open. Every group commit syncs the file before it flushes sled.
 //!
 //!   The file `open-cdrs` holds the answer-time records of calls in progress
 //!   ([`Store::put_open_cdrs`], the `open` module): sealed exactly as in the log, moved
@@ -55,6 +61,9 @@
 //!   and [`Store::erase_subject_recorded`]: the key deleted, the index entries deleted and
 //!   the erasure's record (with the receipt the caller signed) stored, in that order, in
 //!   one commit.
+//! - Retention ([`Store::expire`], the `retention` module): call records and audit entries
+//!   older than their table's retention deleted, and the keys of subjects no remaining
+//!   record needs shredded, with the clock passed in.
 //! - [`Store::rotate_data_key`]: new writes use a new data key; old records stay readable
 //!   under the old ones. Opening with the wrong KEK is [`StoreError::WrongKey`].
 //!
@@ -138,11 +147,12 @@
 //!
 //! ## Current limitations
 //! - Power loss is not tested (only process kill); the fsyncs above are what stands for it.
-//! - Crypto-shredding deletes the wrapped subject key from the live tree, but sled is
-//!   log-structured: the old wrapped bytes stay in stale log segments until sled rewrites
-//!   them, and flash may keep them longer. Those bytes are wrapped under the KEK, so the
-//!   erasure holds as long as the KEK does (TPM-sealed); a disk image plus the KEK could
-//!   recover erased PII. A periodically rotated subject-wrapping key would close this.
+//! - Crypto-shredding overwrites the subject key's slot in `subject-keys` in place: no file
+//!   holds it afterwards (`subject::tests::after_an_erasure_no_file_holds_the_wrapped_key`
+//!   scans every file). The file system and the flash below it may still keep the old
+//!   block (an SSD remaps writes); those bytes are wrapped under the KEK (TPM-sealed), so
+//!   the erasure holds as long as the KEK does. Subject keys of a store written before the
+//!   file stay in sled (and its old segments) until erased; nothing migrates them.
 //! - A CDR whose caller is already erased when written keeps no name either.
 //! - An erasure lists the records its subject's index held when it began: a record of the
 //!   subject written while it runs (sealed under the key just before its deletion) is
@@ -177,8 +187,10 @@ mod acked;
 mod cache;
 mod cdrlog;
 mod commit;
+mod keyslots;
 mod mirror;
 mod open;
+mod retention;
 pub mod subject;
 mod types;
 
@@ -204,7 +216,8 @@ use zeroize::Zeroizing;
 
 pub use callgate_cdr::{Cdr, Disposition, Party, Pii, Resume};
 pub use commit::{CommitError, GroupCommit, Intent, Op, GATHER};
-pub use subject::{Erasure, ErasureFacts, SubjectInfo};
+pub use retention::Expired;
+pub use subject::{Erasure, ErasureFacts, PeerOutcome, SubjectInfo};
 pub use types::{AuditEntry, ConfigRevision, Record, Session};
 
 const FORMAT: &[u8] = b"callgate-store/1";
@@ -288,6 +301,8 @@ pub enum StoreError {
     OpenCalls(#[source] std::io::Error),
     #[error("the call-record log ({}) failed", cdrlog::DIR)]
     Log(#[source] std::io::Error),
+    #[error("the subject keys' file ({}) failed", keyslots::FILE)]
+    KeySlots(#[source] std::io::Error),
 }
 
 /// The whole chain of an error, for the one place that logs it.
@@ -426,6 +441,8 @@ pub struct Store {
     in_progress: Mutex<Vec<Record<Cdr>>>,
     /// The sealed CDRs the `cdrs` tree points to.
     log: Arc<cdrlog::CdrLog>,
+    /// The subject keys, wrapped, each in a slot overwritten when it is erased.
+    key_slots: Arc<keyslots::KeySlots>,
     commit: GroupCommit,
     // Declared last: dropped after the writer thread has finished.
     _db: sled::Db,
@@ -702,6 +719,16 @@ fn next_id(tree: &sled::Tree) -> Result<u64, sled::Error> {
         .map_or(1, |id| id.saturating_add(1)))
 }
 
+/// The slot of the `subject-keys` file a `subjects` entry names: the entry is the key's
+/// generation (u64 BE) and the slot (u32 BE). `None` for an entry of an older store, which
+/// holds the wrapped key itself after the generation.
+fn key_slot(entry: &[u8]) -> Option<u32> {
+    if entry.len() != 12 {
+        return None;
+    }
+    be_u32(entry.get(8..)?)
+}
+
 fn be_u32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.try_into().ok()?))
 }
@@ -731,9 +758,23 @@ impl Store {
         })?;
         let t = Trees::open(&db)?;
         let log = Arc::new(cdrlog::CdrLog::open(&dir, segment_bytes).map_err(StoreError::Log)?);
+        let key_slots = Arc::new(keyslots::KeySlots::open(&dir).map_err(dir_err)?);
         // Starting the writer syncs sled's files: what `recover` reads is durable.
-        let commit = GroupCommit::start_with_log(db.clone(), &dir, Some(Arc::clone(&log)))
-            .map_err(dir_err)?;
+        let commit = GroupCommit::start_with_log(
+            db.clone(),
+            &dir,
+            Some(Arc::clone(&log)),
+            Some(Arc::clone(&key_slots)),
+        )
+        .map_err(dir_err)?;
+        let mut used = BTreeSet::new();
+        for v in t.subjects.iter().values() {
+            used.extend(key_slot(&v?));
+        }
+        let orphans = key_slots.recover(&used).map_err(dir_err)?;
+        if orphans > 0 {
+            log::info!("store: {orphans} subject keys no entry names were zeroed");
+        }
         let cut = log.recover(t.cdrs.iter().values())?;
         if cut > 0 {
             log::info!("store: {cut} bytes of unfinished appends cut from the call-record log");
@@ -834,6 +875,7 @@ impl Store {
             #[allow(clippy::disallowed_types)]
             in_progress: Mutex::new(Vec::new()),
             log,
+            key_slots,
             commit,
             _db: db,
         };
@@ -1135,9 +1177,18 @@ impl Store {
                 table: "subjects",
                 id: format!("{token:?}"),
             };
-            let (generation, wrapped) = stored.split_at_checked(8).ok_or_else(corrupt)?;
+            let (generation, rest) = stored.split_at_checked(8).ok_or_else(corrupt)?;
             let generation = id_of(generation).ok_or_else(corrupt)?;
-            let key = SubjectKey::unwrap(&self.keys.kek, token, wrapped).map_err(|_| corrupt())?;
+            let wrapped = match key_slot(stored) {
+                Some(slot) => Cow::Owned(
+                    self.key_slots
+                        .get(slot)
+                        .map_err(StoreError::KeySlots)?
+                        .ok_or_else(corrupt)?,
+                ),
+                None => Cow::Borrowed(rest),
+            };
+            let key = SubjectKey::unwrap(&self.keys.kek, token, &wrapped).map_err(|_| corrupt())?;
             Ok((generation, key))
         };
         let cache = &self.keys.subjects;
@@ -1161,16 +1212,20 @@ impl Store {
         // Before the key reaches sled: a write of calls in progress that follows commits
         // first, unless a commit covering this key has completed.
         self.keys_created.fetch_add(1, Ordering::AcqRel);
-        let stored = [
-            generation.to_be_bytes().as_slice(),
-            &key.wrap(&self.keys.kek, token)?,
-        ]
-        .concat();
-        match self
-            .t
-            .subjects
-            .compare_and_swap(token.as_bytes(), None::<&[u8]>, Some(stored))?
-        {
+        let slot = self
+            .key_slots
+            .put(&key.wrap(&self.keys.kek, token)?)
+            .map_err(StoreError::KeySlots)?;
+        let stored = [generation.to_be_bytes().as_slice(), &slot.to_be_bytes()].concat();
+        let swapped =
+            self.t
+                .subjects
+                .compare_and_swap(token.as_bytes(), None::<&[u8]>, Some(stored));
+        if !matches!(swapped, Ok(Ok(()))) {
+            // Nothing names the slot: its key goes.
+            self.shred_key_slot(Some(slot));
+        }
+        match swapped? {
             Ok(()) => Ok(cached((generation, key))),
             Err(cas) => match cas.current {
                 Some(w) => unwrap(&w).map(cached),
@@ -1185,12 +1240,34 @@ impl Store {
     /// many CDRs were indexed under the subject.
     pub fn erase_subject(&self, subject_id: &str) -> Result<usize, StoreError> {
         let token = self.subject_token(subject_id);
+        let slot = self.key_slot_of(&token)?;
         let (index, ops) = self.erasure_ops(&token)?;
         let n = index.len();
         self.commit(ops)?;
         self.keys.subjects.erased(&token);
+        self.shred_key_slot(slot);
         log::info!("store: erased subject {token:?} ({n} CDRs)");
         Ok(n)
+    }
+
+    /// The slot of the `subject-keys` file holding the subject's key, if any.
+    pub(crate) fn key_slot_of(&self, token: &SubjectToken) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .t
+            .subjects
+            .get(token.as_bytes())?
+            .and_then(|v| key_slot(&v)))
+    }
+
+    /// Overwrites a subject key's slot once nothing names it (after the commit that
+    /// removed its entry). A failure leaves the slot to the next open, which zeroes every
+    /// slot nothing names.
+    pub(crate) fn shred_key_slot(&self, slot: Option<u32>) {
+        if let Some(slot) = slot {
+            if let Err(e) = self.key_slots.shred(slot) {
+                log::error!("store: a subject key's slot could not be overwritten now (at the next open it is): {e}");
+            }
+        }
     }
 
     /// Ids of the CDRs of a subject (for access and export requests), ascending.

@@ -97,6 +97,36 @@ pub struct Erasure {
     pub record_ids: Vec<u64>,
     /// The signed receipt as issued (JSON text), to be shown again.
     pub receipt: String,
+    /// What the pair's peer did (`None`: not paired, or a record kept before pairs erased
+    /// together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerOutcome>,
+}
+
+/// What the pair's peer answered when asked to erase the same subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PeerOutcome {
+    /// The peer destroyed its key of the subject: when, the key's generation there and
+    /// the records (the peer's ids, which are the pair's shared ids) made unreadable.
+    Erased {
+        appliance: String,
+        erased_at_ms: u64,
+        key_generation: Option<u64>,
+        record_ids: Vec<u64>,
+    },
+    /// The peer held neither a key nor a record of the subject: nothing to erase there.
+    NothingHeld { appliance: String },
+    /// The peer did not confirm (the link dropped, it did not answer in time, or it
+    /// failed): it may still hold the subject's key.
+    Unconfirmed { appliance: String, reason: String },
+}
+
+impl PeerOutcome {
+    /// Whether the peer holds nothing of the subject any more (erased, or never held).
+    pub fn done(&self) -> bool {
+        !matches!(self, PeerOutcome::Unconfirmed { .. })
+    }
 }
 
 impl Store {
@@ -137,6 +167,7 @@ impl Store {
     ) -> Result<Option<Erasure>, StoreError> {
         let token = self.subject_token(subject_id);
         let key_generation = self.subject_key(&token, false)?.map(|(g, _)| g);
+        let slot = self.key_slot_of(&token)?;
         let (_, mut ops) = self.erasure_ops(&token)?;
         // The index's records and the subject's calls in progress.
         let record_ids = self.cdr_ids_of_subject(subject_id)?;
@@ -158,11 +189,21 @@ impl Store {
         });
         self.commit(ops)?;
         self.keys.subjects.erased(&token);
+        self.shred_key_slot(slot);
         log::info!(
             "store: erased subject {token:?} ({} CDRs), record kept",
             erasure.record_ids.len()
         );
         Ok(Some(erasure))
+    }
+
+    /// Keeps an erasure's record (the second step of a pair's erasure: the receipt that
+    /// names both appliances, signed once the peer answered). Keyed by the subject and the
+    /// erasure's time: a record of the same time (the first step's) is replaced.
+    pub fn put_erasure(&self, subject_id: &str, erasure: &Erasure) -> Result<(), StoreError> {
+        let token = self.subject_token(subject_id);
+        let key = [token.as_bytes().as_slice(), &erasure.time_ms.to_be_bytes()].concat();
+        self.put_value(Table::Erasures, key, erasure)
     }
 
     /// The index keys of a subject and the ops that erase them: the subject key's removal
@@ -284,7 +325,7 @@ pub fn csv_cell(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
     use super::*;
 
@@ -341,6 +382,7 @@ mod tests {
                     key_generation: f.key_generation,
                     record_ids: f.record_ids.clone(),
                     receipt: "{}".into(),
+                    peer: None,
                 })
             })
             .unwrap()
@@ -356,7 +398,83 @@ mod tests {
         assert!(s.subject_info("+12025550102").unwrap().erasures.is_empty());
     }
 
-    fn cdr(caller: &str) -> Cdr {
+    /// Every file under `dir`, recursively, as bytes.
+    fn every_file(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(every_file(&p));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn holds(files: &[(std::path::PathBuf, Vec<u8>)], needle: &[u8]) -> Vec<String> {
+        files
+            .iter()
+            .filter(|(_, b)| b.windows(needle.len()).any(|w| w == needle))
+            .map(|(p, _)| p.display().to_string())
+            .collect()
+    }
+
+    /// The erased subject's wrapped key is in no file of the data directory afterwards,
+    /// nor their number; a value removed from sled itself stays in its log (the control:
+    /// why the keys are not kept in sled).
+    #[test]
+    fn after_an_erasure_no_file_holds_the_wrapped_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = callgate_vault::Kek::generate().unwrap();
+        let s = Store::open(dir.path(), kek.clone()).unwrap();
+        for i in 0..50 {
+            s.append_cdr(&cdr("+12025550101")).unwrap();
+            s.append_cdr(&cdr(&format!("+120255502{i:02}"))).unwrap();
+        }
+        let token = s.subject_token("+12025550101");
+        let slot = s.key_slot_of(&token).unwrap().unwrap();
+        let wrapped = s.key_slots.get(slot).unwrap().unwrap();
+        assert!(wrapped.len() > 40);
+        assert_eq!(holds(&every_file(dir.path()), &wrapped).len(), 1);
+        // The control: bytes removed from a sled tree.
+        let probe = [0xC3u8; 48];
+        s.t.meta.insert(b"probe", probe.to_vec()).unwrap();
+        s.commit(Vec::new()).unwrap();
+        s.t.meta.remove(b"probe").unwrap();
+        s.erase_subject_recorded("+12025550101", |f| {
+            Ok(Erasure {
+                time_ms: 1,
+                by: "root".into(),
+                appliance: "a".into(),
+                key_generation: f.key_generation,
+                record_ids: f.record_ids.clone(),
+                receipt: String::new(),
+                peer: None,
+            })
+        })
+        .unwrap()
+        .unwrap();
+        for i in 0..50 {
+            s.append_cdr(&cdr(&format!("+120255503{i:02}"))).unwrap();
+        }
+        drop(s);
+        let files = every_file(dir.path());
+        assert_eq!(holds(&files, &wrapped), Vec::<String>::new());
+        assert_eq!(holds(&files, b"2025550101"), Vec::<String>::new());
+        assert!(
+            !holds(&files, &probe).is_empty(),
+            "sled keeps what was removed from it"
+        );
+        // The others' keys are where they were; the store opens and reads.
+        let s = Store::open(dir.path(), kek).unwrap();
+        assert_eq!(s.cdr_ids_of_subject("+12025550200").unwrap().len(), 1);
+        let id = s.cdr_ids_of_subject("+12025550349").unwrap()[0];
+        assert!(s.get_cdr(id).unwrap().value.caller.reveal().is_some());
+        assert_eq!(s.subject_info("+12025550101").unwrap().key_generation, None);
+    }
+
+    pub(crate) fn cdr(caller: &str) -> Cdr {
         Cdr {
             call_id: "c".into(),
             tracking_number: "+18005550100".into(),

@@ -314,6 +314,24 @@ fn tamper(dir: &Path, tree: &str, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
         file.write_all_at(&record, offset).unwrap();
         return;
     }
+    // A subject's entry names the slot of `subject-keys` that holds its wrapped key.
+    if tree == "subjects" && v.len() == 12 {
+        use std::os::unix::fs::FileExt;
+        let slot = u64::from(u32::from_be_bytes(v[8..12].try_into().unwrap()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("subject-keys"))
+            .unwrap();
+        let mut buf = [0u8; 128];
+        file.read_exact_at(&mut buf, slot * 128).unwrap();
+        let len = usize::from(buf[0]);
+        let mut wrapped = buf[1..=len].to_vec();
+        f(&mut wrapped);
+        assert_eq!(wrapped.len(), len, "a wrapped key keeps its length");
+        file.write_all_at(&wrapped, slot * 128 + 1).unwrap();
+        return;
+    }
     f(&mut v);
     t.insert(key, v).unwrap();
     db.flush().unwrap();

@@ -263,6 +263,7 @@ fn subject_requests() -> (f64, f64, f64) {
                     key_generation: facts.key_generation,
                     record_ids: facts.record_ids.clone(),
                     receipt: format!("{statement} {}", sig.len()),
+                    peer: None,
                 })
             })
             .unwrap_or_else(|e| fail("erase", e));
