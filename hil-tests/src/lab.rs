@@ -38,6 +38,16 @@ pub struct Ns<'lab> {
     host: Option<Host>,
 }
 
+/// One cable of a VM into the lab ([`Lab::wire_vm`]): the tap, inside the host's
+/// namespace, bridged to the host's switch port on `segment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPort {
+    /// The segment the cable goes to.
+    pub segment: Segment,
+    /// The tap's name in the host's namespace (`vm-wan`, ...).
+    pub tap: String,
+}
+
 /// `cg{pid}x{counter}`: unique per lab within this process, and the pid tells a later
 /// run whether the owner is still alive.
 fn next_prefix() -> String {
@@ -311,6 +321,49 @@ impl Lab {
         ip(&["-n", &self.switch_name(), "link", "set", &port, state]).map(drop)
     }
 
+    /// Makes `host`'s namespace the place of a VM in the lab: for each segment the host is
+    /// cabled to (in the order of [`Segment::ALL`]), its interface loses its addresses and
+    /// goes into a bridge of its own (`vmbr-{segment}`) together with a tap
+    /// (`vm-{segment}`), which a QEMU started inside this namespace opens (see
+    /// `hil_tests::vm::VmNet`). The VM then sits where the namespace appliance would: on
+    /// the same switch ports ([`Lab::set_link`] pulls its cables), at the addresses the
+    /// plan gives `host` (the VM is given them; the namespace keeps none, IPv6 off).
+    /// Everything is made inside the namespace and goes with it at teardown.
+    pub fn wire_vm(&self, host: Host) -> Result<Vec<VmPort>> {
+        let ns = self.try_ns(host)?;
+        let segments: Vec<Segment> = Segment::ALL
+            .into_iter()
+            .filter(|&s| self.members(s).contains(&host))
+            .collect();
+        let mut keys = vec!["net.ipv6.conf.default.disable_ipv6=1".to_owned()];
+        let mut ports = Vec::new();
+        let mut batch = String::new();
+        for &segment in &segments {
+            let Some(iface) = host.iface(segment) else {
+                continue;
+            };
+            keys.push(format!("net.ipv6.conf.{iface}.disable_ipv6=1"));
+            let br = format!("vmbr-{}", segment.name());
+            let tap = format!("vm-{}", segment.name());
+            let _ = writeln!(batch, "addr flush dev {iface}");
+            let _ = writeln!(
+                batch,
+                "link add {br} type bridge stp_state 0 mcast_snooping 0"
+            );
+            let _ = writeln!(batch, "link set {iface} master {br}");
+            let _ = writeln!(batch, "tuntap add dev {tap} mode tap");
+            let _ = writeln!(batch, "link set {tap} master {br}");
+            let _ = writeln!(batch, "link set {tap} up");
+            let _ = writeln!(batch, "link set {br} up");
+            ports.push(VmPort { segment, tap });
+        }
+        // IPv6 off first, so the bridges and taps never get an address of their own.
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.sysctl(ns.name(), &keys)?;
+        self.ip_batch(ns.name(), &batch)?;
+        Ok(ports)
+    }
+
     fn register(&self, inner: Arc<ProcInner>) {
         self.procs
             .lock()
@@ -463,6 +516,24 @@ impl Ns<'_> {
         probe::udp_probe(&self.name, src, dst.into(), port, timeout)
     }
 
+    /// A port scan by `nmap` from here: `nmap -n -Pn -oX - ARGS TARGET` (`-6` added for
+    /// an IPv6 target), e.g. `args` = `["-sS", "-p", "1-65535"]`. What nmap reported, port
+    /// by port, or an error if it failed or did not scan `target`.
+    pub fn port_scan(&self, target: IpAddr, args: &[&str]) -> Result<PortScan> {
+        let mut cmd = self.command("nmap");
+        cmd.args(["-n", "-Pn", "-oX", "-"]);
+        if target.is_ipv6() {
+            cmd.arg("-6");
+        }
+        cmd.args(args).arg(target.to_string());
+        let xml = run_checked(&mut cmd, None, Duration::from_secs(600))?;
+        PortScan::parse(&xml).ok_or_else(|| {
+            LabError::Io(std::io::Error::other(format!(
+                "nmap reported no host {target}:\n{xml}"
+            )))
+        })
+    }
+
     /// `ping -c1` from here to `dst` (IPv4 or IPv6), from `src` if given; `true` iff a
     /// reply arrived within `timeout` (rounded up to whole seconds, at least 1 s; within
     /// that, one echo request per second).
@@ -479,5 +550,123 @@ impl Ns<'_> {
         }
         cmd.arg(dst.into().to_string());
         status_with_timeout(&mut cmd, timeout + Duration::from_secs(2)).is_some_and(|s| s.success())
+    }
+}
+
+/// Whether a port in nmap's `state` answered the probe at all (a SYN-ACK, a RST, an ICMP
+/// port unreachable, a UDP reply), as `open`, `closed` and `unfiltered` say; `filtered`
+/// and `open|filtered` are silence.
+fn answers(state: &str) -> bool {
+    matches!(state, "open" | "closed" | "unfiltered")
+}
+
+/// What one `nmap` run reported of its target ([`Ns::port_scan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortScan {
+    /// Each port nmap listed: (protocol, port, state), e.g. `("tcp", 22, "open")`.
+    pub ports: Vec<(String, u16, String)>,
+    /// The ports it did not list, by state: (state, how many), e.g. `("filtered", 65534)`.
+    pub unlisted: Vec<(String, u32)>,
+}
+
+impl PortScan {
+    /// Reads nmap's XML output (`-oX`): its one host's `<port>` and `<extraports>`
+    /// elements. `None` if it reports no host.
+    pub fn parse(xml: &str) -> Option<PortScan> {
+        let host = xml.split("<host ").nth(1)?;
+        let attr = |elem: &str, name: &str| -> Option<String> {
+            let start = elem.find(&format!(" {name}=\""))? + name.len() + 3;
+            let len = elem[start..].find('"')?;
+            Some(elem[start..start + len].to_owned())
+        };
+        let mut scan = PortScan::default();
+        for elem in host.split('<').skip(1) {
+            // (`elem` is the element's name and attributes: `port protocol="tcp" ...`.)
+            if elem.starts_with("extraports ") {
+                let count = attr(elem, "count")?.parse().ok()?;
+                scan.unlisted.push((attr(elem, "state")?, count));
+            } else if elem.starts_with("port ") {
+                let port = attr(elem, "portid")?.parse().ok()?;
+                scan.ports
+                    .push((attr(elem, "protocol")?, port, String::new()));
+            } else if elem.starts_with("state ") {
+                // The state of the <port> just read (the host's own is <status>).
+                if let Some(last) = scan.ports.last_mut() {
+                    if last.2.is_empty() {
+                        last.2 = attr(elem, "state")?;
+                    }
+                }
+            }
+        }
+        Some(scan)
+    }
+
+    /// How many ports the scan covered (listed and unlisted).
+    pub fn scanned(&self) -> u32 {
+        let listed = u32::try_from(self.ports.len()).unwrap_or(u32::MAX);
+        self.unlisted
+            .iter()
+            .fold(listed, |n, (_, c)| n.saturating_add(*c))
+    }
+
+    /// The listed ports in `state`: (protocol, port).
+    pub fn in_state(&self, state: &str) -> Vec<(String, u16)> {
+        self.ports
+            .iter()
+            .filter(|p| p.2 == state)
+            .map(|p| (p.0.clone(), p.1))
+            .collect()
+    }
+
+    /// How many ports answered at all (see [`PortScan::answered`]), listed or not.
+    pub fn answered_count(&self) -> u32 {
+        let listed = self.ports.iter().filter(|p| answers(&p.2)).count();
+        self.unlisted
+            .iter()
+            .filter(|(s, _)| answers(s))
+            .fold(u32::try_from(listed).unwrap_or(u32::MAX), |n, (_, c)| {
+                n.saturating_add(*c)
+            })
+    }
+
+    /// The ports that answered at all (`open`, `closed`, `unfiltered`: a SYN-ACK, a RST,
+    /// an ICMP port unreachable, a UDP reply), listed or not: (state, protocol, port or 0
+    /// for a count of unlisted ones).
+    pub fn answered(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .filter(|p| answers(&p.2))
+            .map(|p| format!("{}/{} {}", p.1, p.0, p.2))
+            .chain(
+                self.unlisted
+                    .iter()
+                    .filter(|(s, _)| answers(s))
+                    .map(|(s, n)| format!("{n} more {s}")),
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortScan;
+
+    #[test]
+    fn nmap_xml_is_read_port_by_port() {
+        let xml = r#"<?xml version="1.0"?><nmaprun scanner="nmap"><host starttime="1">
+<status state="up" reason="user-set"/><address addr="192.0.2.129" addrtype="ipv4"/>
+<ports><extraports state="filtered" count="65534">
+<extrareasons reason="no-response" count="65534" proto="tcp" ports="1-21,23-65535"/>
+</extraports>
+<port protocol="tcp" portid="22"><state state="open" reason="syn-ack" reason_ttl="64"/><service name="ssh" method="table" conf="3"/></port>
+</ports></host><runstats><finished time="2"/><hosts up="1" down="0" total="1"/></runstats></nmaprun>"#;
+        let scan = PortScan::parse(xml).unwrap_or_default();
+        assert_eq!(scan.ports, vec![("tcp".into(), 22, "open".into())]);
+        assert_eq!(scan.unlisted, vec![("filtered".into(), 65534)]);
+        assert_eq!(scan.scanned(), 65535);
+        assert_eq!(scan.in_state("open"), vec![("tcp".into(), 22)]);
+        assert_eq!(scan.answered(), vec!["22/tcp open".to_owned()]);
+        assert_eq!(scan.answered_count(), 1);
+        assert_eq!(PortScan::parse("<nmaprun></nmaprun>"), None);
     }
 }

@@ -96,7 +96,7 @@ pub use addr::{Host, Segment};
 pub use appliance::{bin, Appliance, Cli};
 pub use broker::{Broker, BrokerOpts, Identity, Pki, Subscriber};
 pub use error::{LabError, Result};
-pub use lab::{Lab, Ns};
+pub use lab::{Lab, Ns, PortScan, VmPort};
 pub use netns::{lab_namespaces, netns_add, try_run_in_netns, NETNS_DIR};
 pub use probe::{Datagram, TcpProbeListener, Token, UdpProbeListener};
 pub use proc::Proc;

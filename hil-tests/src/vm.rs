@@ -6,14 +6,20 @@
 //! after running `scripts/image`). [`Vm::boot`] starts a VM: `qemu-system-x86_64 -machine
 //! q35,smm=on` (TCG: KVM is not usable on the build machines) with Debian's secboot OVMF and
 //! a copy of the variable store that has the image's certificate enrolled as PK, KEK and
-//! db, a `swtpm` as its TPM 2.0, no network card at all (`-nic none`), and the serial
-//! console in a file. [`Vm::wait_for`] watches that console: what the tests assert is what
+//! db, a `swtpm` as its TPM 2.0, and the serial console in a file; no network card
+//! (`-nic none`) unless the [`Boot`] puts it on a lab ([`VmNet`]). [`Vm::wait_for`] watches that console: what the tests assert is what
 //! the guest itself printed there (the kernel, the firmware, the image's boot report);
 //! [`Vm::type_line`] types on it, as an engineer at the serial console does.
 //!
 //! [`Vm::start`] boots with a [`Boot`]: a disk the guest writes to (the state disk's tests
 //! boot one disk several times), a TPM state kept across VMs (the same board booted again)
 //! or a fresh one (another board), another variable store (another Secure Boot state).
+//!
+//! [`VmNet::on_lab`] puts the VM where a namespace appliance sits on a [`Lab`]: QEMU runs
+//! inside that host's namespace (`ip netns exec`) with a `virtio-net-pci` NIC per segment
+//! on a tap [`Lab::wire_vm`] made there, and the host's addresses go to the guest as the
+//! fw_cfg item `opt/org.callgate/network` (`images/libexec/network` reads it; see
+//! `images/README.md` for why that does not weaken the verified boot).
 //!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
 //! [`replace_uki`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
@@ -32,7 +38,9 @@
 //!   connection, and a thread drains what the guest writes to it so the UART never stalls.
 //!
 //! ## Limits
-//! - No network in this slice: the VM is not part of a namespace lab yet.
+//! - On a lab, the guest's addresses are set by `systemd-networkd` around the time the
+//!   daemon is ready (nothing waits for them): wait for a service before probing.
+//! - No ready marker on a second serial port yet: the tests read the boot report.
 //! - Under TCG a boot to the daemon's readiness takes about a minute here; run few VMs at
 //!   once on a 2-core machine.
 
@@ -48,7 +56,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::cmd::{describe, run_checked, HELPER_TIMEOUT};
-use crate::{LabError, Result};
+use crate::{Host, Lab, LabError, Result, Segment};
 
 /// How often the console file is read while waiting.
 const POLL: Duration = Duration::from_millis(250);
@@ -184,6 +192,92 @@ pub struct Boot {
     pub vars: Option<PathBuf>,
     /// RAM.
     pub memory_mib: u32,
+    /// The VM's NICs on a lab; `None`: no NIC at all.
+    pub net: Option<VmNet>,
+}
+
+/// A VM's place on a [`Lab`]: QEMU runs inside the namespace of a lab host, with one NIC
+/// per tap [`Lab::wire_vm`] made there, and the guest learns the host's addresses through
+/// QEMU's firmware configuration device (`images/libexec/network` reads them).
+#[derive(Debug, Clone)]
+pub struct VmNet {
+    /// The lab namespace QEMU runs in (its taps are there).
+    pub netns: String,
+    /// The NICs in the guest's order: the first is `eth0`.
+    pub nics: Vec<Nic>,
+}
+
+/// One NIC of a VM on a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The segment its cable goes to.
+    pub segment: Segment,
+    /// The tap QEMU opens, in [`VmNet::netns`].
+    pub tap: String,
+    /// Its MAC address (`52:54:00:ca:HH:SS`, locally administered).
+    pub mac: String,
+    /// The addresses the guest gives it (`203.0.113.1/24`, `2001:db8:1::1/64`, ...).
+    pub addrs: Vec<String>,
+}
+
+impl VmNet {
+    /// The VM in `host`'s place on `lab` (which wires the namespace for it: its own
+    /// interfaces lose their addresses), with the host's addresses on each segment. The
+    /// NIC on the management segment comes first (`eth0`: the factory config's management
+    /// zone), then WAN, private, sync.
+    pub fn on_lab(lab: &Lab, host: Host) -> Result<VmNet> {
+        let mut ports = lab.wire_vm(host)?;
+        ports.sort_by_key(|p| (p.segment != Segment::Mgmt, p.segment));
+        let host_byte = Host::ALL.iter().position(|&h| h == host).unwrap_or(0);
+        let nics = ports
+            .into_iter()
+            .map(|p| {
+                let seg_byte = Segment::ALL
+                    .iter()
+                    .position(|&s| s == p.segment)
+                    .unwrap_or(0);
+                let (_, len4) = p.segment.v4_net();
+                let (_, len6) = p.segment.v6_net();
+                let v4 = host
+                    .v4_addrs(p.segment)
+                    .iter()
+                    .map(|a| format!("{a}/{len4}"));
+                let v6 = host
+                    .v6_addrs(p.segment)
+                    .iter()
+                    .map(|a| format!("{a}/{len6}"));
+                Nic {
+                    segment: p.segment,
+                    tap: p.tap,
+                    mac: format!("52:54:00:ca:{host_byte:02x}:{seg_byte:02x}"),
+                    addrs: v4.chain(v6).collect(),
+                }
+            })
+            .collect();
+        Ok(VmNet {
+            netns: lab.ns_name(host),
+            nics,
+        })
+    }
+
+    /// The NIC on `segment`.
+    pub fn nic(&self, segment: Segment) -> Option<&Nic> {
+        self.nics.iter().find(|n| n.segment == segment)
+    }
+
+    /// The fw_cfg item `opt/org.callgate/network`: one line per NIC, `MAC ADDR/LEN ...`.
+    fn fw_cfg_item(&self) -> String {
+        let mut text = String::from("# callgate lab network: MAC ADDRESS/PREFIX ...\n");
+        for n in &self.nics {
+            text.push_str(&n.mac);
+            for a in &n.addrs {
+                text.push(' ');
+                text.push_str(a);
+            }
+            text.push('\n');
+        }
+        text
+    }
 }
 
 impl Boot {
@@ -195,6 +289,7 @@ impl Boot {
             tpm_state: None,
             vars: None,
             memory_mib,
+            net: None,
         }
     }
 }
@@ -260,7 +355,7 @@ impl Vm {
         Vm::start(image, &Boot::new(disk, memory_mib))
     }
 
-    /// Boots as `boot` says, with the image's firmware code and no NIC.
+    /// Boots as `boot` says, with the image's firmware code (and NICs only on a lab).
     pub fn start(image: &Image, boot: &Boot) -> Result<Vm> {
         let dir = tempfile::Builder::new().prefix("callgate-vm").tempdir()?;
         let vars = dir.path().join("vars.fd");
@@ -302,9 +397,41 @@ impl Vm {
         let serial_sock = dir.path().join(SERIAL_SOCKET);
         let stderr = File::create(dir.path().join("qemu.stderr"))?;
         let snapshot = if boot.writable { "off" } else { "on" };
+        // On a lab, QEMU runs inside the host's namespace, where its taps are: nothing of
+        // the VM's network is in ours.
+        let mut qemu = match &boot.net {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.netns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        if let Some(net) = &boot.net {
+            let item = dir.path().join("network.txt");
+            std::fs::write(&item, net.fw_cfg_item())?;
+            qemu.arg("-fw_cfg").arg(format!(
+                "name=opt/org.callgate/network,file={}",
+                item.display()
+            ));
+            for (i, nic) in net.nics.iter().enumerate() {
+                // Fixed PCI slots in the guest's order (eth0 first); no option ROM, so
+                // the firmware has no network boot to try.
+                qemu.arg("-netdev")
+                    .arg(format!(
+                        "tap,id=nic{i},ifname={},script=no,downscript=no",
+                        nic.tap
+                    ))
+                    .arg("-device")
+                    .arg(format!(
+                        "virtio-net-pci,netdev=nic{i},mac={},addr=0x{:x},romfile=",
+                        nic.mac,
+                        0x10 + i
+                    ));
+            }
+        }
         let qemu = spawn_group(
-            Command::new("qemu-system-x86_64")
-                .args(["-machine", "q35,smm=on,accel=tcg", "-m"])
+            qemu.args(["-machine", "q35,smm=on,accel=tcg", "-m"])
                 .arg(boot.memory_mib.to_string())
                 .args(["-nic", "none", "-display", "none", "-monitor", "none"])
                 .arg("-no-reboot")

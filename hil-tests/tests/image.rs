@@ -1,11 +1,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 //! The appliance image (`scripts/image`, found through `$CALLGATE_IMAGE_DIR`) booted under
 //! QEMU with Secure Boot on (Debian's secboot OVMF, the image's certificate enrolled) and a
-//! swtpm as its TPM, no network card. What is asserted is what the guest printed on its
-//! serial console: the firmware's refusals, the kernel's panic, the image's boot report.
+//! swtpm as its TPM. What is asserted is what the guest printed on its serial console (the
+//! firmware's refusals, the kernel's panic, the image's boot report) and, for the VM on the
+//! namespace lab, what a port scan from the lab sees.
 //!
 //! - the image boots to a ready daemon with the firewall enforcing, on a verified,
-//!   read-only root, with Secure Boot, lockdown and the TPM;
+//!   read-only root, with Secure Boot, lockdown and the TPM; on the lab in appliance A's
+//!   place, a port scan (nmap) of its WAN side finds nothing that answers (all 65,535 TCP
+//!   ports, IPv4 and IPv6, and a UDP sample with SIP), and of its management side SSH
+//!   only;
 //! - one flipped byte in the root partition stops the boot (dm-verity);
 //! - the firmware refuses the UKI unsigned, or signed by a key it does not trust;
 //! - the state disk: made at first boot (LUKS2, sealed to the TPM's PCR 7, a recovery key
@@ -19,12 +23,14 @@
 //! scripts/test runs the VM tests apart from the other system tests (their names start
 //! with `image_vm_`): TCG boots load both cores.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hil_tests::vm::{
     copy_disk, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
-    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm,
+    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm, VmNet,
 };
+use hil_tests::{addr, Host, Lab, Segment};
 
 /// The factory config the image must carry as /etc/callgate/callgate.toml.
 const FACTORY: &str = include_str!("../../config/factory.toml");
@@ -51,7 +57,15 @@ fn has(report: &[String], line: &str) -> bool {
 #[test]
 fn image_vm_boots_verified_to_ready() {
     let image = Image::from_env().unwrap();
-    let mut vm = Vm::boot(&image, &image.disk(), MEM_MIB).unwrap();
+    // The VM sits where appliance A sits in the namespace lab: the carrier and the cloud
+    // on its WAN segment, the engineers' host on its management segment.
+    let lab = Lab::start(&[Host::Carrier, Host::A, Host::Mgmt, Host::Cloud]).unwrap();
+    let net = VmNet::on_lab(&lab, Host::A).unwrap();
+    let boot = Boot {
+        net: Some(net.clone()),
+        ..Boot::new(&image.disk(), MEM_MIB)
+    };
+    let mut vm = Vm::start(&image, &boot).unwrap();
     let (which, seen) =
         vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
     let console = vm.console();
@@ -91,6 +105,110 @@ fn image_vm_boots_verified_to_ready() {
     println!(
         "image boot: power-on to the report {:.1} s under TCG; {times}",
         at.as_secs_f64()
+    );
+    assert!(
+        console.contains("callgate-network: lab addresses for 3 interfaces, from fw_cfg"),
+        "{console}"
+    );
+    wan_scan_finds_nothing_but_management_ssh(&lab, &net, &mut vm);
+}
+
+/// The port scans of the booted factory appliance (locked: the baseline ruleset) on the
+/// lab: from the carrier, its WAN addresses answer on no TCP port of 65,535 and no UDP
+/// port of a sample (SIP among them); from the engineers' host, the same scan of its
+/// management address finds SSH open and nothing else (the control: the scan sees what
+/// is open through the VM's NICs and firewall). The UDP scan's own control: a namespace
+/// on the WAN segment with a UDP service is seen open, and its other ports closed.
+fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm) {
+    let (carrier, mgmt, cloud) = (
+        lab.ns(Host::Carrier),
+        lab.ns(Host::Mgmt),
+        lab.ns(Host::Cloud),
+    );
+    // networkd sets the addresses around the time the daemon is ready: wait for SSH.
+    assert!(
+        hil_tests::poll_until(Duration::from_secs(90), Duration::from_millis(500), || {
+            mgmt.tcp_connect(None, addr::A_MGMT_V4, 22, Duration::from_secs(1))
+        }),
+        "no SSH on the management address; console:\n{}",
+        vm.console()
+    );
+    let tcp_all = [
+        "-sS",
+        "-p",
+        "1-65535",
+        "-T4",
+        "--max-retries",
+        "1",
+        "--min-rate",
+        "4000",
+    ];
+    let (wan4, wan6, mgmt4) = std::thread::scope(|s| {
+        let wan4 = s.spawn(|| carrier.port_scan(addr::A_WAN_V4.into(), &tcp_all));
+        let wan6 = s.spawn(|| carrier.port_scan(addr::A_WAN_V6.into(), &tcp_all));
+        let mgmt4 = s.spawn(|| mgmt.port_scan(addr::A_MGMT_V4.into(), &tcp_all));
+        (
+            wan4.join().unwrap().unwrap(),
+            wan6.join().unwrap().unwrap(),
+            mgmt4.join().unwrap().unwrap(),
+        )
+    });
+    // The control: the management side answers SSH, only SSH.
+    assert_eq!(mgmt4.scanned(), 65535, "{mgmt4:?}");
+    assert_eq!(
+        mgmt4.answered(),
+        vec!["22/tcp open".to_owned()],
+        "{mgmt4:?}"
+    );
+    // The WAN side: all 65,535 TCP ports scanned, none answered, over IPv4 and IPv6.
+    for (what, scan) in [("IPv4", &wan4), ("IPv6", &wan6)] {
+        assert_eq!(scan.scanned(), 65535, "WAN {what}: {scan:?}");
+        assert!(
+            scan.answered().is_empty(),
+            "WAN {what}: answered {:?}",
+            scan.answered()
+        );
+    }
+    // UDP: SIP and a sample of the usual services and of the high ports.
+    let udp_ports =
+        "53,67,69,123,137,161,500,1194,1900,3478,4500,5060,5061,5353,5405,10000,33434,51820,60000";
+    let udp = ["-sU", "-p", udp_ports, "--max-retries", "2"];
+    for a in [IpAddr::from(addr::A_WAN_V4), IpAddr::from(addr::A_WAN_V6)] {
+        let scan = carrier.port_scan(a, &udp).unwrap();
+        assert_eq!(scan.scanned(), 19, "{a}: {scan:?}");
+        assert!(
+            scan.answered().is_empty(),
+            "WAN UDP {a}: answered {:?}",
+            scan.answered()
+        );
+    }
+    // The UDP scan's control, on the same segment: the cloud namespace (no firewall; its
+    // port unreachables not rate-limited) with an echoing service on 5060 is seen open
+    // there, and its other ports closed.
+    cloud
+        .exec(&["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"])
+        .unwrap();
+    let echo = cloud.udp_listen(addr::CLOUD_V4, 5060).unwrap();
+    let control = carrier.port_scan(addr::CLOUD_V4.into(), &udp).unwrap();
+    drop(echo);
+    assert_eq!(
+        control.in_state("open"),
+        vec![("udp".to_owned(), 5060)],
+        "{control:?}"
+    );
+    assert_eq!(control.answered_count(), 19, "{control:?}");
+    // And the address scanned is the VM's: the carrier's kernel resolves it to the VM's
+    // WAN NIC (a connection to SIP, refused by the locked appliance, makes it look).
+    let wan_mac = &net.nic(Segment::Wan).unwrap().mac;
+    for a in [IpAddr::from(addr::A_WAN_V4), IpAddr::from(addr::A_WAN_V6)] {
+        assert!(!carrier.tcp_connect(None, a, 5060, Duration::from_secs(2)));
+        let neigh = carrier.ip(&["neigh", "show", &a.to_string()]).unwrap();
+        assert!(neigh.contains(wan_mac.as_str()), "{a}: {neigh}");
+    }
+    println!(
+        "image scan: WAN {} TCP ports (IPv4 and IPv6) and 19 UDP: none answered; management: {:?}",
+        wan4.scanned(),
+        mgmt4.answered()
     );
 }
 
@@ -436,6 +554,9 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/libexec/callgate/callgate-seal",
         "/usr/libexec/callgate/boot-report",
         "/usr/libexec/callgate/state-disk",
+        "/usr/libexec/callgate/network",
+        "/etc/systemd/system/sysinit.target.wants/callgate-network.service",
+        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
         "/usr/sbin/cryptsetup",
         "/usr/bin/systemd-cryptenroll",
@@ -471,6 +592,8 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/share/locale/",
         "/etc/ssh/ssh_host_",
         "/boot/",
+        // it would hold the daemon two minutes on a board with no link configured
+        "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online",
     ];
     let found: Vec<&String> = paths
         .iter()
