@@ -18,7 +18,9 @@
 //!   run and the raw disk holds none of it in the clear; under another Secure Boot state
 //!   it stays locked, the console says why, and the recovery key opens it;
 //! - (no VM) the root holds the firmware, its units and the factory config, and no
-//!   package manager, compiler, docs or SSH host key.
+//!   package manager, compiler, docs or SSH host key;
+//! - (no VM) the network item a hypervisor hands the image sets addresses and nothing else:
+//!   any other text refuses it whole.
 //!
 //! scripts/test runs the VM tests apart from the other system tests (their names start
 //! with `image_vm_`): TCG boots load both cores.
@@ -618,4 +620,82 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
     let path = tmp.path().join("callgate.toml");
     std::fs::write(&path, FACTORY).unwrap();
     callgate_config::Config::load(&path).unwrap();
+}
+
+/// The network item a hypervisor hands the image (`images/libexec/network`, fed here a file
+/// of our own): addresses only. What an attacker who can set it would try (another
+/// networkd key, a section of its own, shell text, a broken MAC, too many NICs, a huge
+/// item) refuses the whole item and writes nothing; a well-formed one writes exactly its
+/// addresses and nothing else.
+#[test]
+fn image_network_item_sets_addresses_and_nothing_else() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/libexec/network");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, item: &str| {
+        let (path, out) = (
+            dir.path().join(name),
+            dir.path().join(format!("{name}.out")),
+        );
+        std::fs::write(&path, item).unwrap();
+        let st = std::process::Command::new("bash")
+            .arg(&script)
+            .args([
+                "--item".as_ref(),
+                path.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        let files: Vec<String> = std::fs::read_dir(&out)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (st.status.success(), files)
+    };
+    let mac = "52:54:00:12:34:56";
+    let (ok, files) = run(
+        "good",
+        &format!("# lab\n{mac} 203.0.113.1/24 2001:db8:1::1/64\n"),
+    );
+    assert!(ok);
+    assert_eq!(files.len(), 1);
+    let f = &files[0];
+    assert!(f.contains(&format!("MACAddress={mac}\n")), "{f}");
+    assert!(
+        f.contains("DHCP=no\n") && f.contains("IPv6AcceptRA=no\n"),
+        "{f}"
+    );
+    let addresses: Vec<&str> = f.lines().filter(|l| l.starts_with("Address=")).collect();
+    assert_eq!(
+        addresses,
+        ["Address=203.0.113.1/24", "Address=2001:db8:1::1/64"]
+    );
+    let big = format!("{mac} 203.0.113.1/24\n{}", "#".repeat(5000));
+    let nine: String = (0..9)
+        .map(|i| format!("52:54:00:12:34:5{i} 203.0.113.{}/24\n", i + 1))
+        .collect();
+    for (name, item) in [
+        ("key", format!("{mac} 203.0.113.1/24 DHCP=yes\n")),
+        (
+            "gateway",
+            format!("{mac} 203.0.113.1/24\nGateway=203.0.113.254\n"),
+        ),
+        ("section", format!("{mac} 203.0.113.1/24\n[Route]\n")),
+        ("shell", format!("{mac} $(touch${{IFS}}/tmp/pwned)/24\n")),
+        ("glued", format!("{mac} 203.0.113.1/24;DNS=203.0.113.9\n")),
+        ("mac", "52:54:00:12:34 203.0.113.1/24\n".to_owned()),
+        ("no-address", format!("{mac}\n")),
+        ("octet", format!("{mac} 203.0.113.256/24\n")),
+        ("prefix", format!("{mac} 203.0.113.1/33\n")),
+        ("nine", nine),
+        ("big", big),
+    ] {
+        let (ok, files) = run(name, &item);
+        assert!(!ok, "{name}: accepted");
+        assert!(files.is_empty(), "{name}: wrote {files:?}");
+    }
 }

@@ -551,12 +551,7 @@ mod tests {
             .reveal()
             .is_some());
         // A certificate for the uplink key: the receipt verifies against it.
-        let key = crate::uplink::load_or_make_key(dir.path(), &kek).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "lab-a");
-        let cert = params.self_signed(&key.key_pair().unwrap()).unwrap();
+        let cert = uplink_cert(dir.path(), &kek);
         let statement = verify_receipt(&e.receipt, cert.der()).unwrap();
         assert_eq!(statement["appliance"], "lab-a");
         assert_eq!(statement["record_ids"], json!([a, b]));
@@ -575,6 +570,16 @@ mod tests {
         let info = store.subject_info("+12025550101").unwrap();
         assert_eq!((info.records, info.key_generation), (0, None));
         assert_eq!(info.erasures, vec![e]);
+    }
+
+    /// A certificate for the appliance's uplink key (CN lab-a): receipts verify against it.
+    fn uplink_cert(state_dir: &Path, kek: &Kek) -> rcgen::Certificate {
+        let key = crate::uplink::load_or_make_key(state_dir, kek).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "lab-a");
+        params.self_signed(&key.key_pair().unwrap()).unwrap()
     }
 
     fn record(caller: &str) -> callgate_store::Cdr {
@@ -645,12 +650,7 @@ mod tests {
             vec![done.clone()],
             "the first step's record replaced"
         );
-        let key = crate::uplink::load_or_make_key(dir.path(), &kek).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "lab-a");
-        let cert = params.self_signed(&key.key_pair().unwrap()).unwrap();
+        let cert = uplink_cert(dir.path(), &kek);
         let st = verify_receipt(&done.receipt, cert.der()).unwrap();
         assert_eq!(st["erased_on"], json!(["lab-a", "lab-b"]));
         assert_eq!(st["peer"]["status"], "erased");

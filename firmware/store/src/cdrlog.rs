@@ -151,7 +151,10 @@ fn segment_number(name: &std::ffi::OsStr) -> Option<u32> {
     s.parse().ok()
 }
 
-fn open_segment(path: &Path, create: bool) -> io::Result<File> {
+/// Opens `path` to read and write, creating it (mode 0600: the store's files are the
+/// owner's alone) when `create`; never truncates. The call-record log's segments, the file
+/// of calls in progress and the subject-key slots are all opened this way.
+pub(crate) fn open_private(path: &Path, create: bool) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -180,13 +183,13 @@ impl CdrLog {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             if let Some(n) = segment_number(&entry.file_name()) {
-                segments.insert(n, Arc::new(open_segment(&entry.path(), false)?));
+                segments.insert(n, Arc::new(open_private(&entry.path(), false)?));
             }
         }
         let (segment, file) = match segments.last_key_value() {
             Some((&n, f)) => (n, Arc::clone(f)),
             None => {
-                let f = Arc::new(open_segment(&dir.join(segment_name(1)), true)?);
+                let f = Arc::new(open_private(&dir.join(segment_name(1)), true)?);
                 f.sync_all()?;
                 sync_dir(&dir)?;
                 segments.insert(1, Arc::clone(&f));

@@ -16,9 +16,9 @@
 //! so a record acknowledged under a key has that key on disk.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 // Blocking code (the store): held for one pread/pwrite or a slot's bookkeeping.
 #[allow(clippy::disallowed_types)]
@@ -58,13 +58,7 @@ impl KeySlots {
     pub(crate) fn open(dir: &Path) -> io::Result<KeySlots> {
         let path = dir.join(FILE);
         let created = !path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)?;
+        let file = crate::cdrlog::open_private(&path, true)?;
         if created {
             file.sync_all()?;
             File::open(dir)?.sync_all()?;

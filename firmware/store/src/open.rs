@@ -24,9 +24,9 @@
 //! the middle of its write, so never acknowledged) is logged and dropped.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The file's name in the store's directory.
@@ -57,13 +57,7 @@ impl OpenSlots {
     /// sealed bytes)` for recovery. The slots are all considered free: call
     /// [`OpenSlots::clear`] once the records are safe elsewhere.
     pub(crate) fn open(dir: &Path) -> io::Result<(OpenSlots, Vec<Found>)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(dir.join(FILE))?;
+        let file = crate::cdrlog::open_private(&dir.join(FILE), true)?;
         let len = file.metadata()?.len();
         let mut found = Vec::new();
         let mut slot = vec![0u8; SLOT];
@@ -267,7 +261,7 @@ mod tests {
         s.sync().unwrap();
         drop(s);
         // A torn header (length past the slot) and garbage after the last slot.
-        let f = OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join(FILE))
             .unwrap();
