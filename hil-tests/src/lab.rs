@@ -414,6 +414,22 @@ impl Ns<'_> {
         run_checked(&mut cmd, None, HELPER_TIMEOUT)
     }
 
+    /// UDP datagrams this namespace's kernel has dropped for a full socket buffer so far
+    /// (`RcvbufErrors` in its `/proc/net/snmp`); 0 when unreadable.
+    pub fn udp_rcvbuf_errors(&self) -> u64 {
+        let snmp = self.exec(&["cat", "/proc/net/snmp"]).unwrap_or_default();
+        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        match udp.as_slice() {
+            [head, vals, ..] => head
+                .split_whitespace()
+                .zip(vals.split_whitespace())
+                .find(|(k, _)| *k == "RcvbufErrors")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// `ip -n NAME args...` (30 s limit); error on a non-zero exit. Returns stdout.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("ip");

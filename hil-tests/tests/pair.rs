@@ -212,6 +212,13 @@ fn a_stopped_active_is_fenced_and_comes_back_as_standby() {
     assert_eq!(role(&b), "active");
 }
 
+/// Every heartbeat the daemon has refused, whatever the reason.
+fn rejected(v: &serde_json::Value) -> u64 {
+    v["rejected"].as_object().map_or(0, |r| {
+        r.values().filter_map(serde_json::Value::as_u64).sum()
+    })
+}
+
 fn show_pid(a: &hil_tests::Appliance<'_>) -> nix::unistd::Pid {
     // The daemon is the process listening on the control socket; `status` is not needed:
     // the lab records the pid of what it spawned.
@@ -276,8 +283,25 @@ fn forged_replayed_truncated_and_flooded_heartbeats_change_nothing() {
             f
         })
         .collect();
+    let dropped_before = lab.ns(Host::A).udp_rcvbuf_errors();
+    let rejected_before = rejected(&show_pair(&a));
     assert_eq!(udp4_spoof(&pbx, from_b, to_a, &flood), flood.len());
-    std::thread::sleep(Duration::from_millis(500));
+    // Every forged heartbeat is either refused by the daemon or dropped by A's kernel when
+    // the socket buffer is full (a flood cannot queue up work); none is taken. How many
+    // the daemon reads before the buffer fills depends on what else the machine runs.
+    let all_accounted = || {
+        let refused = rejected(&show_pair(&a)) - rejected_before;
+        let dropped = lab.ns(Host::A).udp_rcvbuf_errors() - dropped_before;
+        refused >= 1 && refused + dropped >= flood.len() as u64
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), all_accounted),
+        "refused {}, dropped by the kernel {}, of {}: {}",
+        rejected(&show_pair(&a)) - rejected_before,
+        lab.ns(Host::A).udp_rcvbuf_errors() - dropped_before,
+        flood.len(),
+        show_pair(&a)
+    );
     let after_a = show_pair(&a);
     let after_b = show_pair(&b);
     assert_eq!(after_a["role"], "active");
@@ -285,10 +309,6 @@ fn forged_replayed_truncated_and_flooded_heartbeats_change_nothing() {
     assert_eq!(after_a["transitions"], before_a["transitions"], "{after_a}");
     assert_eq!(after_b["transitions"], before_b["transitions"], "{after_b}");
     assert_eq!(after_a["term"], before_a["term"]);
-    // What the socket buffer let through reached the daemon and was refused, every one
-    // (the kernel drops the rest when the buffer is full: a flood cannot queue up work).
-    let auth = |v: &serde_json::Value| v["rejected"]["auth"].as_u64().unwrap();
-    assert!(auth(&after_a) - auth(&before_a) >= 1_000, "{after_a}");
     assert_eq!(after_a["peer_alive"], true, "{after_a}");
     assert_eq!(vips_held(&lab, Host::A).len(), VIPS.len());
     assert!(vips_held(&lab, Host::B).is_empty());

@@ -266,20 +266,7 @@ fn udp_drops(lab: &Lab) -> Vec<(&'static str, u64)> {
     ]
     .into_iter()
     .map(|(h, name)| {
-        let snmp = lab
-            .ns(h)
-            .exec(&["cat", "/proc/net/snmp"])
-            .unwrap_or_default();
-        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
-        let n = match udp.as_slice() {
-            [head, vals, ..] => head
-                .split_whitespace()
-                .zip(vals.split_whitespace())
-                .find(|(k, _)| *k == "RcvbufErrors")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0),
-            _ => 0,
-        };
+        let n = lab.ns(h).udp_rcvbuf_errors();
         (name, n)
     })
     .collect()
