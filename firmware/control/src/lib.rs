@@ -14,7 +14,8 @@
 //!   operator's request is read up to [`OPERATOR_MAX_REQUEST`], an admin's up to
 //!   [`MAX_REQUEST`] (a whole config). Each request needs [`Request::required_role`]:
 //!   refusals reach the handler as [`Call::Refused`] so the daemon audits them like
-//!   accepted requests.
+//!   accepted requests. A line that does not parse is refused by the error's kind and
+//!   place only, never its text (it may carry a caller's number).
 //! - At most [`MAX_CONNECTIONS`] connections at once; more are closed unread.
 //! - The socket is `0660`, owned by root and the group [`CONSOLE_GROUP`] when the system
 //!   has it (every console account is a member).
@@ -603,7 +604,7 @@ async fn serve_connection(
         let call = match serde_json::from_str::<Request>(&line) {
             Err(e) => Call::Refused {
                 what: "malformed request".into(),
-                why: format!("malformed request: {e}"),
+                why: malformed(&e),
             },
             Ok(req) if role < req.required_role() => Call::Refused {
                 what: req.name().into(),
@@ -619,6 +620,28 @@ async fn serve_connection(
         };
         let reply = handler(peer.clone(), call).await;
         write_reply(&mut wr, reply).await?;
+    }
+}
+
+/// Why a request line was refused: the kind of error and where, never the text (serde's
+/// messages quote what they read, and a request can carry a caller's number: the refusal
+/// reaches the audit trail and the journal).
+fn malformed(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Data => {
+            "not a request this daemon knows, or a field of the wrong type"
+        }
+        serde_json::error::Category::Io => "unreadable",
+    };
+    match e.line() {
+        // Errors found in a value already read have no position.
+        0 => format!("malformed request: {kind}"),
+        l => format!(
+            "malformed request: {kind} (line {l}, column {})",
+            e.column()
+        ),
     }
 }
 
@@ -770,6 +793,23 @@ mod tests {
             "show calls masks caller numbers"
         );
         assert!(serde_json::from_str::<Request>("{\"cmd\":\"format_disk\"}").is_err());
+    }
+
+    #[test]
+    fn a_malformed_request_is_refused_by_kind_and_place_never_by_its_text() {
+        for line in [
+            r#"{"cmd":"show_subject","number":15551234567}"#,
+            r#"{"cmd":"+15551234567"}"#,
+            r#"{"cmd":"show_subject","number":"+15551234567""#,
+            r#"+15551234567"#,
+        ] {
+            let e = serde_json::from_str::<Request>(line).unwrap_err();
+            let why = malformed(&e);
+            // Where it is known (a syntax error), the place is given.
+            assert!(e.line() == 0 || why.contains(", column "), "{why}");
+            assert!(why.starts_with("malformed request: "), "{why}");
+            assert!(!why.contains("5551234567"), "{line}: {why}");
+        }
     }
 
     #[test]
