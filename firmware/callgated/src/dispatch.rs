@@ -83,7 +83,9 @@ pub fn handler(
                         "show cdrs: refused: the audit trail cannot be written",
                     ));
                 }
-                let rx = crate::calls_view::stream_cdrs(store.clone(), *last, *text_only);
+                // Anyone but an admin gets the caller's number and name masked.
+                let masked = peer.role != Some(Role::Admin);
+                let rx = crate::calls_view::stream_cdrs(store.clone(), *last, *text_only, masked);
                 let _ = audit(&phase, &peer, "show cdrs", "ok (streamed)").await;
                 return Reply::Stream(rx);
             }

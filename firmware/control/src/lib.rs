@@ -233,8 +233,10 @@ fn default_last() -> usize {
 }
 
 impl Request {
-    /// Whether the request reads personal data (caller numbers and names): needs an admin
-    /// and is audited like a change (CCPA: every access to a consumer's data is on record).
+    /// Whether the request reads personal data (caller numbers and names): audited like a
+    /// change (CCPA: every access to a consumer's data is on record). Subject requests need
+    /// an admin; `show cdrs` is an operator's too, and the daemon masks the caller's number
+    /// and name in an operator's reply (text and data alike).
     pub fn reads_pii(&self) -> bool {
         matches!(
             self,
@@ -242,7 +244,7 @@ impl Request {
         )
     }
 
-    /// Whether the request needs an admin and goes into the audit trail.
+    /// Whether the request goes into the audit trail.
     pub fn is_audited(&self) -> bool {
         self.is_change() || self.reads_pii()
     }
@@ -274,10 +276,10 @@ impl Request {
         )
     }
 
-    /// The role a request needs: reads are an operator's, changes and personal data an
-    /// admin's.
+    /// The role a request needs: reads are an operator's (personal data masked), changes,
+    /// subject requests and the audit trail an admin's.
     pub fn required_role(&self) -> Role {
-        if self.is_audited()
+        if (self.is_audited() && !matches!(self, Request::ShowCdrs { .. }))
             || matches!(
                 self,
                 Request::ShowAudit { .. } | Request::ConfigLock | Request::ConfigUnlock
@@ -833,6 +835,14 @@ mod tests {
             assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         }
         assert!(Request::SubjectErase { number }.is_change());
+        // Call records: an operator's too (masked by the daemon), and on record.
+        let cdrs = Request::ShowCdrs {
+            last: 5,
+            text_only: false,
+        };
+        assert_eq!(cdrs.required_role(), Role::Operator);
+        assert!(cdrs.is_audited());
+        assert_eq!(Request::ShowAudit { last: 5 }.required_role(), Role::Admin);
         assert_eq!("csv".parse::<ExportFormat>(), Ok(ExportFormat::Csv));
         assert!("xml".parse::<ExportFormat>().is_err());
     }
