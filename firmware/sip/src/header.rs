@@ -220,6 +220,35 @@ pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
     })
 }
 
+/// The `tag` parameter of a From or To value without parsing its URI: only the header
+/// parameters after the `<…>` (or after an addr-spec's URI) are read. On a value
+/// [`parse_name_addr`] accepts it gives the same tag as [`NameAddr::tag`]; what it does not
+/// look at, it does not check (the proxy asks it of validated messages).
+pub fn parse_tag(s: &str) -> Result<Option<&str>> {
+    let s = trim_lws(s);
+    let after_display = if s.starts_with('"') {
+        let len = quoted_len(s)?;
+        trim_lws_start(s.get(len..).unwrap_or(""))
+    } else {
+        s
+    };
+    let params = match find_byte(after_display, b'<') {
+        Some(lt) => {
+            let inner = after_display.get(lt + 1..).unwrap_or("");
+            let gt = find_byte(inner, b'>').ok_or(ParseError::malformed("missing '>'"))?;
+            inner.get(gt + 1..).unwrap_or("")
+        }
+        None => {
+            let end = after_display
+                .find(|c: char| c == ';' || crate::syntax::is_lws_char(c))
+                .unwrap_or(after_display.len());
+            after_display.get(end..).unwrap_or("")
+        }
+    };
+    let params = parse_header_params(params)?;
+    Ok(find_param(&params, "tag").and_then(|p| p.value))
+}
+
 /// One Via header field value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via<'a> {

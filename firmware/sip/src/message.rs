@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use crate::error::{ErrorKind, ParseError, Result};
 use crate::header::{
-    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_via, token_items, CSeq,
-    HeaderName, NameAddr, Via,
+    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_tag, parse_via,
+    token_items, CSeq, HeaderName, NameAddr, Via,
 };
 use crate::syntax::{is_token, parse_digits, split_once_byte, split_top, trim_lws};
 use crate::uri::{parse_uri, Uri};
@@ -553,6 +553,16 @@ impl<'a> Message<'a> {
     /// From.
     pub fn from(&self) -> Result<NameAddr<'_>> {
         parse_name_addr(self.required(HeaderName::From)?)
+    }
+
+    /// From's `tag`, without parsing its URI ([`crate::header::parse_tag`]).
+    pub fn from_tag(&self) -> Result<Option<&str>> {
+        parse_tag(self.required(HeaderName::From)?)
+    }
+
+    /// To's `tag`, without parsing its URI ([`crate::header::parse_tag`]).
+    pub fn to_tag(&self) -> Result<Option<&str>> {
+        parse_tag(self.required(HeaderName::To)?)
     }
 
     /// To.

@@ -402,3 +402,40 @@ fn truncations_and_bit_flips_never_panic() {
         }
     }
 }
+
+/// `from_tag`/`to_tag` read only the header parameters; on every torture message that
+/// passes validation they give the tags of the fully parsed name-addrs.
+#[test]
+fn tags_read_without_the_uri_match_the_full_parse() {
+    let mut compared = 0;
+    for entry in std::fs::read_dir(DIR).expect("conformance dir") {
+        let path = entry.expect("entry").path();
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(msg) = parse(&bytes) else { continue };
+        if msg.validate(&callgate_sip::Limits::default()).is_err() {
+            continue;
+        }
+        let full = |n: Result<callgate_sip::NameAddr<'_>, callgate_sip::ParseError>| {
+            n.expect("validated").tag().map(str::to_owned)
+        };
+        assert_eq!(
+            msg.from_tag().expect("validated").map(str::to_owned),
+            full(msg.from()),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            msg.to_tag().expect("validated").map(str::to_owned),
+            full(msg.to()),
+            "{}",
+            path.display()
+        );
+        compared += 1;
+    }
+    assert!(
+        compared >= 10,
+        "only {compared} valid torture messages compared"
+    );
+}

@@ -46,11 +46,7 @@ impl Proxy {
         let call_id = msg.call_id().map_err(|_| 400u16)?;
         let seq = self.by_call_id.get(call_id, &self.calls).ok_or(481u16)?;
         let call = self.calls.get(&seq).ok_or(481u16)?;
-        let from_tag = msg
-            .from()
-            .ok()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .unwrap_or_default();
+        let from_tag = msg.from_tag().ok().flatten().unwrap_or_default();
         let from_caller = from_tag == call.names.tag_of_caller();
         let expected = if from_caller {
             call.caller.addr.ip()

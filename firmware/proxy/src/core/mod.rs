@@ -1103,8 +1103,7 @@ impl Proxy {
             self.on_cancel(rq, key, branch, &sent_by, out);
             return;
         }
-        let to_tag = msg.to().ok().and_then(|t| t.tag().map(str::to_owned));
-        if to_tag.is_some() {
+        if msg.to_tag().ok().flatten().is_some() {
             self.in_dialog(rq, key, out);
             return;
         }

@@ -92,13 +92,13 @@ impl Proxy {
         peer: Peer,
         out: &mut Vec<Output>,
     ) -> bool {
-        let from_tag = msg.from().ok().and_then(|f| f.tag().map(str::to_owned));
+        let from_tag = msg.from_tag().ok().flatten();
         let call = msg
             .call_id()
             .ok()
             .and_then(|id| self.by_call_id.get(id, &self.calls))
             .and_then(|seq| self.calls.get(&seq))
-            .filter(|c| c.resumed && from_tag.as_deref() == Some(c.names.tag_of_caller()))
+            .filter(|c| c.resumed && from_tag == Some(c.names.tag_of_caller()))
             .map(|c| (c.callee, c.caller, self.locals.addr(c.caller_local)));
         let Some((callee, caller, local)) = call else {
             return false;
