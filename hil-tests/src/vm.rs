@@ -194,6 +194,21 @@ pub struct Boot {
     pub memory_mib: u32,
     /// The VM's NICs on a lab; `None`: no NIC at all.
     pub net: Option<VmNet>,
+    /// A kernel the firmware takes from QEMU instead of the disk's ESP (the benchmark's
+    /// stock Debian anchor, `images/anchor/build`); `None`: the disk boots itself.
+    pub direct_kernel: Option<DirectKernel>,
+}
+
+/// A kernel, its initrd and command line, handed to the firmware by QEMU (`-kernel`,
+/// `-initrd`, `-append`).
+#[derive(Debug, Clone)]
+pub struct DirectKernel {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// Its initrd.
+    pub initrd: PathBuf,
+    /// Its command line.
+    pub cmdline: String,
 }
 
 /// A VM's place on a [`Lab`]: QEMU runs inside the namespace of a lab host, with one NIC
@@ -290,6 +305,7 @@ impl Boot {
             vars: None,
             memory_mib,
             net: None,
+            direct_kernel: None,
         }
     }
 }
@@ -429,6 +445,14 @@ impl Vm {
                         0x10 + i
                     ));
             }
+        }
+        if let Some(k) = &boot.direct_kernel {
+            qemu.arg("-kernel")
+                .arg(&k.kernel)
+                .arg("-initrd")
+                .arg(&k.initrd)
+                .arg("-append")
+                .arg(&k.cmdline);
         }
         let qemu = spawn_group(
             qemu.args(["-machine", "q35,smm=on,accel=tcg", "-m"])

@@ -561,6 +561,8 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/libexec/callgate/state-disk",
         "/usr/libexec/callgate/network",
         "/etc/systemd/system/sysinit.target.wants/callgate-network.service",
+        // /tmp a tmpfs: the sandboxed units' private /dev and /tmp are made there.
+        "/etc/systemd/system/local-fs.target.wants/tmp.mount",
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
         "/usr/sbin/cryptsetup",
