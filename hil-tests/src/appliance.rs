@@ -265,6 +265,15 @@ impl<'lab> Appliance<'lab> {
         }
     }
 
+    /// The last `n` audit entries (`show audit --json`), oldest first.
+    pub fn audit(&self, n: usize) -> Vec<serde_json::Value> {
+        self.cli(&["--json", "show", "audit", "--last", &n.to_string()])
+            .json()["audit"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r["entry"].clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Runs `callgate --socket … ARGS` with `input` on its standard input.
     pub fn cli_stdin(&self, args: &[&str], input: &str) -> Cli {
         use std::io::Write as _;

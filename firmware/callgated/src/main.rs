@@ -33,6 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod accounts;
 mod calls;
 mod calls_view;
+mod cloud_subjects;
 mod dispatch;
 mod human;
 mod identity;
