@@ -99,6 +99,8 @@ pub struct Ctx {
     pub control_socket: PathBuf,
     pub nft: PathBuf,
     pub drain: Duration,
+    /// Where the call-record log rolls its segments (`--record-segment-kib`).
+    pub record_segment_bytes: u64,
     pub custody: Custody,
     pub firewall: FirewallHandle,
     /// Where the console accounts go.
@@ -168,7 +170,7 @@ impl Running {
 /// Opens the store with `kek`, boots the config history and the policy, starts the config
 /// service. Blocking: run it off the async runtime.
 fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
-    let store = Store::open(ctx.data_dir(), kek.clone())
+    let store = Store::open_with(&ctx.data_dir(), kek.clone(), ctx.record_segment_bytes)
         .map(Arc::new)
         .map_err(|e| {
             (

@@ -196,6 +196,7 @@ mod retention;
 pub mod subject;
 mod types;
 
+pub use cdrlog::SEGMENT_BYTES;
 pub use messages::OutboxMessage;
 
 use std::borrow::Cow;
@@ -749,8 +750,10 @@ impl Store {
         Store::open_with(dir.as_ref(), kek, cdrlog::SEGMENT_BYTES)
     }
 
-    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`.
-    fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
+    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`
+    /// (default [`SEGMENT_BYTES`]). Smaller segments give the space of deleted records
+    /// back sooner (a segment is deleted once no record in it is left), in more files.
+    pub fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
         let dir = dir.to_path_buf();
         let dir_err = |source| StoreError::Dir {
             path: dir.clone(),
