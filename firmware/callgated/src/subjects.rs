@@ -372,7 +372,9 @@ pub fn erase_answer(number: &str, r: Result<Option<Erasure>, String>) -> Respons
                               "record_ids": e.record_ids, "key_generation": e.key_generation,
                               "peer": e.peer, "receipt": receipt});
             let here = format!(
-                "erased on {}: the key of {number} is destroyed; the caller number and name \
+                // Not the number: when the peer did not confirm, this first line is the
+                // refusal the audit trail and the journal keep.
+                "erased on {}: the subject's key is destroyed; the caller number and name \
                  of {} records are unreadable from now on\n",
                 e.appliance,
                 e.record_ids.len()
@@ -624,7 +626,12 @@ mod tests {
         assert!(
             matches!(&first.peer, Some(PeerOutcome::Unconfirmed { appliance, .. }) if appliance == "lab-b")
         );
-        assert!(!erase_answer("+12025550101", Ok(Some(first.clone()))).ok);
+        let unconfirmed = erase_answer("+12025550101", Ok(Some(first.clone())));
+        assert!(!unconfirmed.ok);
+        // The first line of a failed reply is what the audit trail and the journal keep.
+        let first_line = unconfirmed.text.lines().next().unwrap_or("");
+        assert!(first_line.starts_with("erased on lab-a"), "{first_line}");
+        assert!(!first_line.contains("2025550101"), "{first_line}");
         let peer = PeerOutcome::Erased {
             appliance: "lab-b".into(),
             erased_at_ms: 5,
