@@ -57,6 +57,8 @@
 //! - Other events, and replies that carry a subject's data (exports, access), wait in
 //!   memory (at most 1000 in all): a subject's data is never kept for the uplink on disk;
 //!   if the daemon stops first, the cloud asks again.
+//! - Durable messages wait in the store for as long as no uplink is configured (one per
+//!   erasure: its receipt); they go once one is, and nothing removes them before.
 
 pub mod backoff;
 pub mod identity;
