@@ -6,9 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use base64::Engine as _;
 use hil_tests::addr::{self, CLOUD_V4};
-use hil_tests::broker::{Broker, BrokerOpts, Pki, ServerCert, Subscriber};
+use hil_tests::broker::{b64, fleet_key, Broker, BrokerOpts, Pki, ServerCert, Subscriber};
 use hil_tests::calls::{carrier_calls, cdrs, lab_toml, pbx, wait_until, CALLER};
 use hil_tests::{Appliance, Host, Lab};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -18,17 +17,6 @@ const RECORDS: &str = "callgate/lab-a/records";
 
 fn lab() -> Lab {
     Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Cloud]).unwrap()
-}
-
-/// The fleet's config-signing key (its public half goes in the config).
-fn fleet_key() -> Ed25519KeyPair {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// `config/lab.toml` with the uplink to the lab's broker: an egress entry for it and

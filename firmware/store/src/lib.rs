@@ -17,6 +17,7 @@
 //!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ the slot of `subject-keys` holding the subject key (u32 BE); in a store written before that file, the generation ++ the key wrapped under the KEK |
+//!   | `outbox_messages` | id, u64 BE (sled's `generate_id`: increasing) | sealed [`OutboxMessage`]: a message for the uplink that must not be lost (an erasure's receipt and reply), until the broker acknowledged it |
 //!   | `erasures` | subject token ++ time (ms, u64 BE) | sealed [`Erasure`]: when, by whom, on which appliance, the key generation and record ids erased, the signed receipt |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
@@ -188,11 +189,15 @@ mod cache;
 mod cdrlog;
 mod commit;
 mod keyslots;
+mod messages;
 mod mirror;
 mod open;
 mod retention;
 pub mod subject;
 mod types;
+
+pub use cdrlog::SEGMENT_BYTES;
+pub use messages::OutboxMessage;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,6 +240,7 @@ pub enum Table {
     Sessions,
     History,
     Erasures,
+    Messages,
 }
 
 impl Table {
@@ -246,6 +252,7 @@ impl Table {
             Table::Sessions => "sessions",
             Table::History => "history",
             Table::Erasures => "erasures",
+            Table::Messages => "outbox_messages",
         }
     }
 }
@@ -359,6 +366,7 @@ struct Trees {
     sessions: sled::Tree,
     history: sled::Tree,
     erasures: sled::Tree,
+    messages: sled::Tree,
     outbox: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
@@ -375,6 +383,7 @@ impl Trees {
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
             erasures: db.open_tree("erasures")?,
+            messages: db.open_tree("outbox_messages")?,
             outbox: db.open_tree("outbox")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
@@ -391,6 +400,7 @@ impl Trees {
             Table::Sessions => &self.sessions,
             Table::History => &self.history,
             Table::Erasures => &self.erasures,
+            Table::Messages => &self.messages,
         }
     }
 }
@@ -740,8 +750,10 @@ impl Store {
         Store::open_with(dir.as_ref(), kek, cdrlog::SEGMENT_BYTES)
     }
 
-    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`.
-    fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
+    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`
+    /// (default [`SEGMENT_BYTES`]). Smaller segments give the space of deleted records
+    /// back sooner (a segment is deleted once no record in it is left), in more files.
+    pub fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
         let dir = dir.to_path_buf();
         let dir_err = |source| StoreError::Dir {
             path: dir.clone(),
@@ -801,6 +813,7 @@ impl Store {
                     Table::Sessions,
                     Table::History,
                     Table::Erasures,
+                    Table::Messages,
                 ] {
                     if !t.table(table).is_empty() {
                         return Err(StoreError::Meta(format!(
