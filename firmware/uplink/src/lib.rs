@@ -37,13 +37,15 @@
 //! | topic | QoS | retained | what |
 //! |---|---|---|---|
 //! | `records` | 1 | no | batches of call records ([`payload`]) |
+//! | `transcripts` | 1 | no | one redacted transcript or note per message, from the store's outbox like the records, deleted from the store once acknowledged (`callgate_intake`) |
 //! | `status` | 1 | yes | `{"state":"online",…}`; the last will sets `offline` |
 //! | `events` | 1 | no | events the daemon raises, the backlog alarm, certificate expiry |
 //! | `config/desired` | 1 | (the cloud's) | subscribed: signed config documents ([`signed`]) |
 //! | `config/reported` | 1 | yes | what became of the last document: applied, confirmed, rolled back, refused |
 //!
 //! ## Current limitations
-//! - Events wait in memory (at most 1000); records are the only thing kept durably.
+//! - Events wait in memory (at most 1000); records and redacted transcripts are the only
+//!   things kept durably.
 
 pub mod backoff;
 pub mod identity;

@@ -343,3 +343,67 @@ async fn a_broker_that_vanishes_or_refuses_leaves_every_record_waiting() {
     assert!(matches!(e, UplinkError::Refused(_)), "{e}");
     assert_eq!(store.outbox_len(), 12);
 }
+
+#[tokio::test]
+async fn a_transcript_goes_alone_on_its_topic_in_write_order_and_leaves_the_store_once_acknowledged(
+) {
+    let (_dir, store) = store_with(3);
+    let item =
+        br#"{"appliance":"lab-a","id":"ab","call_id":"c@pbx","kind":"note","text":"[CARD]"}"#;
+    let oid = store.put_transcript(item).unwrap();
+    store.append_cdr(&cdr(3)).unwrap();
+    store.append_cdr(&cdr(4)).unwrap();
+    assert_eq!(store.outbox_len(), 6);
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let mut order = Vec::new();
+    let mut acks = Vec::new();
+    while order.len() < 3 {
+        let Packet::Publish(p) = b.read().await else {
+            panic!("a publish")
+        };
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if topic == "callgate/lab-a/transcripts" {
+            assert_eq!(p.payload.as_ref(), item, "the item as the intake made it");
+            order.push(("transcript", Vec::new()));
+            // Not acknowledged yet: it stays in the store.
+            assert!(store.get_transcript_json(oid).is_ok());
+        } else {
+            assert_eq!(topic, "callgate/lab-a/records");
+            order.push(("records", ids(&p.payload)));
+        }
+        acks.push(p.pkid);
+        if acks.len() == 2 {
+            for id in acks.drain(..) {
+                b.send(Packet::PubAck(PubAck::new(id, None))).await;
+            }
+        }
+    }
+    for id in acks.drain(..) {
+        b.send(Packet::PubAck(PubAck::new(id, None))).await;
+    }
+    assert_eq!(
+        order,
+        vec![
+            ("records", vec![1, 2, 3]),
+            ("transcript", vec![]),
+            ("records", vec![4, 5]),
+        ],
+        "in write order, the transcript alone"
+    );
+    for _ in 0..200 {
+        if store.outbox_len() == 0 && store.transcripts_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(store.transcripts_len(), 0, "acknowledged: deleted");
+    assert!(matches!(
+        store.get_transcript_json(oid),
+        Err(callgate_store::StoreError::NotFound { .. })
+    ));
+    c.cmd_tx.send(callgate_uplink::Command::Stop).await.unwrap();
+    assert!(c.handle.await.unwrap().is_ok());
+}
