@@ -36,6 +36,7 @@ mod calls_view;
 mod dispatch;
 mod human;
 mod identity;
+mod intake;
 mod lifecycle;
 mod lockouts;
 mod logging;
