@@ -206,8 +206,9 @@ fn arrived_with(sub: &Subscriber<'_>, id: &str) -> Option<Value> {
 }
 
 /// A transcript posted by the PBX reaches the cloud with every planted PII value gone and
-/// the look-alikes intact; with the broker down it is still accepted and arrives once the
-/// broker is back; nothing of the PII is in the state directory or the log.
+/// the look-alikes intact; with the broker down it is still accepted, kept through a
+/// SIGKILL of the daemon, and arrives once the broker is back; nothing of the PII is in
+/// the state directory or the log.
 #[test]
 fn a_transcript_reaches_the_cloud_redacted_even_through_an_outage() {
     let lab = Lab::start(&[Host::A, Host::Pbx, Host::Cloud]).unwrap();
@@ -216,7 +217,7 @@ fn a_transcript_reaches_the_cloud_redacted_even_through_an_outage() {
     let pbx = PbxPki::new(dir.path());
     let mut broker = Broker::start(&lab.ns(Host::Cloud), &pki, BrokerOpts::default()).unwrap();
     let mut sub = Subscriber::start(&lab.ns(Host::Cloud), &pki, "callgate/lab-a/#").unwrap();
-    let a = Appliance::start(&lab, Host::A, &config(&pki, &pbx, "")).unwrap();
+    let mut a = Appliance::start(&lab, Host::A, &config(&pki, &pbx, "")).unwrap();
     // The firewall opens the port on the private side, for the PBX only.
     let rules = a.ruleset();
     assert!(rules.contains("service:intake"), "{rules}");
@@ -285,7 +286,8 @@ fn a_transcript_reaches_the_cloud_redacted_even_through_an_outage() {
         "Note: customer asked to be reached at [PHONE]."
     );
 
-    // 3. The broker down: accepted all the same, delivered once it is back.
+    // 3. The broker down: accepted all the same, kept through a SIGKILL of the daemon (a
+    //    202 means durable), delivered once the broker is back.
     broker.stop().unwrap();
     wait_until("the uplink sees the broker gone", 20, || {
         a.cli(&["--json", "show", "uplink"]).json()["state"] != "connected"
@@ -308,6 +310,14 @@ fn a_transcript_reaches_the_cloud_redacted_even_through_an_outage() {
         during.iter().all(|id| arrived_with(&sub, id).is_none()),
         "{backlog:?}"
     );
+    a.kill9();
+    a.launch().unwrap();
+    wait_until("intake listening again", 10, || {
+        a.log().matches("intake: listening on").count() >= 2
+    });
+    let r = Post::json(&pbx.client, &item("after-restart@pbx", &transcript())).send(&ns, &pbx);
+    assert_eq!(r.status, 202, "{r:?}");
+    during.push(r.json()["id"].as_str().unwrap().to_owned());
     broker.restart().unwrap();
     sub.reconnect().unwrap();
     wait_until("the outage's items at the broker", 60, || {

@@ -63,7 +63,13 @@
 //!   and serde_json's scratch space are freed without being wiped.
 //! - Redaction is rule-based: what [`callgate_redact`] does not find (its crate docs list
 //!   it) leaves the site.
-//! - The status is not shown on the console yet (`show intake` is planned).
+//! - The status is not shown on the console yet (`show intake` is planned); its counters
+//!   are in [`Status`] only.
+//! - On a pair, each appliance serves its own `[intake] listen` address, and what waits in
+//!   one appliance's outbox is sent by that appliance only (not replicated to the peer).
+//!   A listen address not (yet) on the appliance, such as a virtual address the peer
+//!   holds, is bound again every 5 s until it is.
+//! - Without `[uplink]`, accepted items wait in the store, sealed, until one is configured.
 
 pub mod item;
 pub mod limit;

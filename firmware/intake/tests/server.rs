@@ -131,6 +131,16 @@ async fn post(
     content_type: &str,
     body: &[u8],
 ) -> Result<(u16, String), String> {
+    let head = format!(
+        "POST /v1/transcripts HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        s.addr,
+        body.len()
+    );
+    exchange(s, client_ca, &[head.as_bytes(), body].concat()).await
+}
+
+/// Sends `raw` bytes over TLS and reads the answer to its end: its status and body.
+async fn exchange(s: &Setup, client_ca: Option<&Ca>, raw: &[u8]) -> Result<(u16, String), String> {
     let tcp = tokio::net::TcpStream::connect(s.addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -139,15 +149,7 @@ async fn post(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let head = format!(
-        "POST /v1/transcripts HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        s.addr,
-        body.len()
-    );
-    tls.write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    tls.write_all(body).await.map_err(|e| e.to_string())?;
+    tls.write_all(raw).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
         .await
@@ -243,4 +245,28 @@ async fn a_source_outside_the_allowed_prefixes_is_closed_before_tls() {
     assert_eq!(s.store.outbox_len(), 0);
     settle(&s, |st| st.sources_refused == 1).await;
     assert_eq!(s.handle.status().handshakes_failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_past_the_limit_is_413_without_a_declared_length() {
+    let s = setup("127.0.0.0/8", 1024, 3).await;
+    let text = "x".repeat(1100);
+    let body = format!(r#"{{"call_id":"c@pbx","kind":"note","text":"{text}"}}"#);
+    let raw = format!(
+        "POST /v1/transcripts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let (status, answer) = exchange(&s, Some(&s.ca), raw.as_bytes()).await.unwrap();
+    assert_eq!(status, 413, "{answer}");
+    // The same, small enough, in two chunks: accepted.
+    let (a, b) = (r#"{"call_id":"c@pbx","kind":"note","#, r#""text":"ok"}"#);
+    let raw = format!(
+        "POST /v1/transcripts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let (status, answer) = exchange(&s, Some(&s.ca), raw.as_bytes()).await.unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(waiting(&s.store).len(), 1);
+    assert_eq!(waiting(&s.store)[0]["text"], "ok");
 }
