@@ -70,6 +70,10 @@
 //!   A listen address not (yet) on the appliance, such as a virtual address the peer
 //!   holds, is bound again every 5 s until it is.
 //! - Without `[uplink]`, accepted items wait in the store, sealed, until one is configured.
+//! - PBX client certificates are not checked for revocation (no CRL or OCSP): to shut
+//!   out a PBX, commit a `client_ca` that no longer issues it, or drop its address from
+//!   `sources`.
+//! - TLS 1.3 only: a PBX that speaks only TLS 1.2 cannot connect.
 
 pub mod item;
 pub mod limit;
