@@ -102,7 +102,7 @@ fn an_operator_reads_but_the_daemon_refuses_every_change_and_records_it() {
         &[
             r#"{"cmd":"commit","text":"x","origin":"x.toml"}"#,
             r#"{"cmd":"decommission","confirm":true}"#,
-            r#"{"cmd":"show_cdrs","last":5}"#,
+            r#"{"cmd":"show_subject","number":"+15551234567"}"#,
             r#"{"cmd":"show_audit","last":5}"#,
             r#"{"cmd":"status"}"#,
         ],

@@ -20,7 +20,10 @@
 //! - (no VM) the root holds the firmware, its units and the factory config, and no
 //!   package manager, compiler, docs or SSH host key;
 //! - (no VM) the network item a hypervisor hands the image sets addresses and nothing else:
-//!   any other text refuses it whole.
+//!   any other text refuses it whole;
+//! - (no VM) every service of ours is sandboxed: `systemd-analyze security` scores each
+//!   unit at or under its ceiling (2.0 for all but the daemon and the state disk's unit,
+//!   whose jobs keep them above it: images/README.md says why).
 //!
 //! scripts/test runs the VM tests apart from the other system tests (their names start
 //! with `image_vm_`): TCG boots load both cores.
@@ -697,5 +700,73 @@ fn image_network_item_sets_addresses_and_nothing_else() {
         let (ok, files) = run(name, &item);
         assert!(!ok, "{name}: accepted");
         assert!(files.is_empty(), "{name}: wrote {files:?}");
+    }
+}
+
+/// Each of our units and the highest `systemd-analyze security` exposure it may score. A
+/// new unit without a line here fails the test: it has to be sandboxed and scored first.
+const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
+    ("callgate-baseline.service", 1.4),
+    ("callgate-boot-report.service", 2.0),
+    ("callgate-network.service", 1.7),
+    ("callgate-ssh-hostkeys.service", 0.5),
+    // Mounts the state disk for everyone: no mount namespace, raw devices, CAP_SYS_ADMIN.
+    ("callgate-state.service", 4.1),
+    // Root with CAP_NET_ADMIN and the account tools' file capabilities, on the host's
+    // network with packet sockets: see images/README.md.
+    ("callgated.service", 3.3),
+];
+
+/// systemd's own scoring of a unit file, offline (as the image ships it: the same files).
+fn exposure(root: &std::path::Path, unit: &str) -> f64 {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(format!("--root={}", root.display()))
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{unit}: no overall exposure in {text}"));
+    let score = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok());
+    score.unwrap_or_else(|| panic!("{unit}: unreadable score line {line:?}"))
+}
+
+#[test]
+fn image_services_are_sandboxed_to_their_exposure_ceilings() {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/systemd");
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ours = Vec::new();
+    for e in std::fs::read_dir(&units).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".service") {
+            std::fs::copy(units.join(&name), dir.join(&name)).unwrap();
+            ours.push(name);
+        }
+    }
+    ours.sort();
+    let named: Vec<&str> = EXPOSURE_CEILINGS.iter().map(|(u, _)| *u).collect();
+    assert_eq!(
+        ours, named,
+        "every unit of ours has a ceiling, and only ours"
+    );
+    // The scorer can fail: a unit with no sandbox at all scores far above any ceiling.
+    std::fs::write(dir.join("bare.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    assert!(exposure(root.path(), "bare.service") > 9.0);
+    for (unit, ceiling) in EXPOSURE_CEILINGS {
+        let score = exposure(root.path(), unit);
+        println!("{unit}: exposure {score}");
+        assert!(
+            score <= *ceiling,
+            "{unit}: exposure {score} above {ceiling}"
+        );
     }
 }

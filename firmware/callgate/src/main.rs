@@ -184,7 +184,8 @@ enum ShowWhat {
     History,
     /// Calls in progress (caller numbers masked).
     Calls,
-    /// The last call detail records (decrypted; caller PII shown).
+    /// The last call detail records, decrypted (caller number and name masked for operators;
+    /// an admin's listing shows them and is audited).
     Cdrs {
         /// How many, newest last.
         #[arg(long, default_value_t = 20)]

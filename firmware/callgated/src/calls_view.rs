@@ -1,5 +1,11 @@
 //! `show calls`, `show cdrs [--last N]` (streamed, [`stream_cdrs`]), `show sip stats`: text
 //! for the console, JSON for tools and tests.
+//!
+//! Masking: `show calls` shows every caller masked (the proxy hands out no more:
+//! [`callgate_cdr::mask_number`]); `show cdrs` shows an operator the caller's number and
+//! name masked, in the text and in the data alike (`"masked": true`), so `--json` and the
+//! raw socket give an operator no more than the console prints. An admin's listing shows
+//! them and is audited (`dispatch`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -116,6 +122,7 @@ pub fn stream_cdrs(
     store: Arc<Store>,
     last: usize,
     text_only: bool,
+    masked: bool,
 ) -> tokio::sync::mpsc::Receiver<Response> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
@@ -125,7 +132,7 @@ pub fn stream_cdrs(
             .await
             .unwrap_or_default();
         let part = |text: String, data: Vec<serde_json::Value>, more: bool| {
-            let mut r = Response::ok(text, json!({ "cdrs": data }));
+            let mut r = Response::ok(text, json!({ "cdrs": data, "masked": masked }));
             r.more = more;
             r
         };
@@ -149,9 +156,9 @@ pub fn stream_cdrs(
             for r in recs {
                 match r {
                     Ok(rec) => {
-                        text.push_str(&fixed_row(&row(rec.id, &rec.value)));
+                        text.push_str(&fixed_row(&row(rec.id, &rec.value, masked)));
                         if !text_only {
-                            data.push(json!({ "id": rec.id, "cdr": rec.value }));
+                            data.push(json!({ "id": rec.id, "cdr": shown(&rec.value, masked) }));
                         }
                     }
                     Err(e) => {
@@ -177,10 +184,29 @@ pub fn stream_cdrs(
     rx
 }
 
+/// A record as `show cdrs --json` gives it: as stored for an admin; for anyone else with
+/// the caller's number and name masked (`null` once erased, as for an admin).
+fn shown(c: &Cdr, masked: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    if masked {
+        v["caller"] = json!(c.caller.masked_number());
+        if let Some(n) = &c.caller_name {
+            v["caller_name"] = json!(n.masked_name());
+        }
+    }
+    v
+}
+
 /// One record as a row of `show cdrs`: when it started, how long it lasted, how it ended
-/// (with the final SIP code), who answered it (and who ended it after a failover).
-fn row(id: u64, c: &Cdr) -> Vec<String> {
-    let erased = |p: &callgate_store::Pii| p.reveal().unwrap_or("(erased)").to_owned();
+/// (with the final SIP code), who answered it (and who ended it after a failover); the
+/// caller's number and name masked when `masked`.
+fn row(id: u64, c: &Cdr, masked: bool) -> Vec<String> {
+    // The value, its mask (`mask`) when `masked`, or "(erased)".
+    let cell = |p: &callgate_store::Pii, mask: fn(&str) -> String| {
+        p.reveal()
+            .map(|v| if masked { mask(v) } else { v.to_owned() })
+            .unwrap_or_else(|| "(erased)".to_owned())
+    };
     vec![
         id.to_string(),
         crate::human::time(c.invite_at),
@@ -188,10 +214,10 @@ fn row(id: u64, c: &Cdr) -> Vec<String> {
         format!("{} {}", label(c.disposition), c.final_code),
         c.tracking_number.clone(),
         c.campaign.clone(),
-        erased(&c.caller),
+        cell(&c.caller, callgate_cdr::mask_number),
         c.caller_name
             .as_ref()
-            .map_or_else(|| "-".to_owned(), erased),
+            .map_or_else(|| "-".to_owned(), |n| cell(n, callgate_cdr::mask_name)),
         if c.destination.is_empty() {
             "-".to_owned()
         } else {
@@ -211,4 +237,54 @@ fn label(v: impl serde::Serialize) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use callgate_store::{Disposition, Pii};
+
+    fn cdr(caller: Pii, name: Option<Pii>) -> Cdr {
+        Cdr {
+            call_id: "c1@x".into(),
+            tracking_number: "+15550100007".into(),
+            campaign: "spring-radio".into(),
+            caller,
+            caller_name: name,
+            destination: "sip:pbx".into(),
+            invite_at: 1,
+            ring_at: None,
+            answer_at: None,
+            end_at: Some(2),
+            duration_ms: 0,
+            disposition: Disposition::Rejected,
+            final_code: 404,
+            appliance: "a".into(),
+            ended_by: None,
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn an_operators_listing_masks_the_caller_in_text_and_data() {
+        let c = cdr(Pii::new("+14155550123"), Some(Pii::new("Ada Lovelace")));
+        let text = row(1, &c, true).join(" ");
+        let data = shown(&c, true).to_string();
+        for s in [&text, &data] {
+            assert!(!s.contains("4155550123") && !s.contains("Lovelace"), "{s}");
+        }
+        assert!(text.contains("+1 •••• 23") && text.contains("A…"), "{text}");
+        assert_eq!(shown(&c, true)["caller"], "+1 •••• 23");
+        assert_eq!(shown(&c, true)["caller_name"], "A…");
+        assert_eq!(shown(&c, true)["tracking_number"], "+15550100007");
+        // An admin's is the record.
+        assert_eq!(shown(&c, false)["caller"], "+14155550123");
+        assert!(row(1, &c, false).join(" ").contains("Ada Lovelace"));
+        // Erased stays erased either way.
+        let e = cdr(Pii::Erased, Some(Pii::Erased));
+        assert!(shown(&e, true)["caller"].is_null());
+        assert!(shown(&e, true)["caller_name"].is_null());
+        assert!(row(1, &e, true).join(" ").contains("(erased)"));
+    }
 }

@@ -83,7 +83,9 @@ pub fn handler(
                         "show cdrs: refused: the audit trail cannot be written",
                     ));
                 }
-                let rx = crate::calls_view::stream_cdrs(store.clone(), *last, *text_only);
+                // Anyone but an admin gets the caller's number and name masked.
+                let masked = peer.role != Some(Role::Admin);
+                let rx = crate::calls_view::stream_cdrs(store.clone(), *last, *text_only, masked);
                 let _ = audit(&phase, &peer, "show cdrs", "ok (streamed)").await;
                 return Reply::Stream(rx);
             }
@@ -171,6 +173,8 @@ async fn serve_call(
             // Changes go to the cloud as events too (commits, failovers, lockouts lifted); an
             // erasure's event carries its signed receipt.
             if let (true, Phase::Running { uplink, .. }) = (is_change && resp.ok, &*phase) {
+                // What leaves the site names no caller: numbers in the result are tags.
+                let result = callgate_cdr::scrub(&result);
                 let mut detail =
                     json!({"user": peer.user, "session": peer.session, "result": result});
                 if is_erasure && !resp.data["receipt"].is_null() {
@@ -308,16 +312,22 @@ async fn config_lock(
 /// Writes one audit entry: to the journal always, and to the encrypted audit table when
 /// the store is open. Whether it reached the table (or the store is not open, where only
 /// key custody runs, and the journal holds it).
+///
+/// The journal's copy names no caller: the detail (a typed line, a refusal's first line)
+/// has every number-like run replaced by its keyed tag ([`callgate_cdr::scrub`]), whatever
+/// the client sent. The sealed table keeps the line as the console handed it (the console
+/// withholds a subject request's number itself).
 async fn audit(phase: &Phase, peer: &Peer, action: &str, detail: &str) -> bool {
     let role = peer.role.map_or("none", Role::as_str);
     let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
     log::info!(
-        "audit: user={} uid={} role={role} loginuid={} session={} pid={} {action} -> {detail}",
+        "audit: user={} uid={} role={role} loginuid={} session={} pid={} {action} -> {}",
         peer.user,
         peer.uid,
         opt(peer.loginuid),
         opt(peer.session),
         peer.pid.map_or("-".to_owned(), |p| p.to_string()),
+        callgate_cdr::Scrubbed(detail),
     );
     let Phase::Running { store, .. } = phase else {
         return true;

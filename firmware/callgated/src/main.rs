@@ -197,14 +197,43 @@ fn vip_guard(args: &[String]) -> ExitCode {
 /// while the rest keeps answering `status` would stop calls without anyone noticing. The
 /// kernel keeps enforcing the last ruleset meanwhile, and records of answered calls are
 /// already durable.
+///
+/// The log line names the thread and the place; of the message, what cannot hold a caller
+/// ([`panic_message`]).
 fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
-        log::error!("panic in thread {name}: {info}; stopping the daemon");
+        let place = info
+            .location()
+            .map_or_else(|| "?".to_owned(), |l| format!("{}:{}", l.file(), l.line()));
+        let message = panic_message(info.payload());
+        log::error!("panic in thread {name} at {place}: {message}; stopping the daemon");
         log::logger().flush();
         std::process::abort();
     }));
+}
+
+/// A panic's message as the log may show it. A literal (`panic!("…")`) is the code's
+/// own words; a formatted message may quote what the daemon was handling (the standard
+/// library quotes a string it could not slice, `unwrap` the error's contents), so every
+/// backquoted part is cut and every number-like run replaced by its keyed tag.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        return (*s).to_owned();
+    }
+    let Some(s) = payload.downcast_ref::<String>() else {
+        return "(no message)".to_owned();
+    };
+    let mut out = String::with_capacity(s.len());
+    for (i, part) in s.split('`').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("`…`");
+        }
+    }
+    callgate_cdr::scrub(&out).into_owned()
 }
 
 /// No transparent huge pages for this process. mimalloc asks for them on its arena
@@ -415,5 +444,28 @@ fn join_with_deadline(threads: Vec<std::thread::JoinHandle<()>>, deadline: Durat
         } else {
             log::warn!("a component did not stop within {deadline:?}; exiting anyway");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_message_keeps_no_caller() {
+        let literal: &'static str = "fault injection: CALLGATE_FAULT_SIP_PANIC is set";
+        assert_eq!(panic_message(&literal), literal);
+        // What the standard library says when a string cannot be sliced.
+        let sliced = "byte index 3 is not a char boundary; it is inside 'é' (bytes 2..4) of \
+                      `Zoë Quimby <sip:+14155550142@x>`"
+            .to_owned();
+        let m = panic_message(&sliced);
+        assert!(m.starts_with("byte index 3 is not a char boundary"), "{m}");
+        assert!(!m.contains("Quimby") && !m.contains("4155550142"), "{m}");
+        let unwrapped =
+            "called `Result::unwrap()` on an `Err` value: Parse(\"+14155550142\")".to_owned();
+        let m = panic_message(&unwrapped);
+        assert!(!m.contains("4155550142"), "{m}");
+        assert_eq!(panic_message(&42u8), "(no message)");
     }
 }

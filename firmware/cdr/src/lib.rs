@@ -5,8 +5,15 @@
 //! progress what a restarted daemon needs to carry it on ([`Resume`]). Plain data with
 //! serde, no I/O: the SIP proxy builds records without depending on the store (sled, the
 //! vault), and the store seals them.
+//!
+//! How a caller's number and name may be shown elsewhere is here too ([`shown`]): keyed
+//! tags for logs ([`Redacted`], [`scrub`]) and the operator role's masks ([`mask_number`],
+//! [`mask_name`]), one helper for every crate.
 
 use std::fmt;
+
+pub mod shown;
+pub use shown::{mask_name, mask_number, scrub, Redacted, Scrubbed};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +42,16 @@ impl Pii {
 
     pub fn is_erased(&self) -> bool {
         matches!(self, Pii::Erased)
+    }
+
+    /// As the operator role sees it, a number ([`mask_number`]); `None` once erased.
+    pub fn masked_number(&self) -> Option<String> {
+        self.reveal().map(mask_number)
+    }
+
+    /// As the operator role sees it, a name ([`mask_name`]); `None` once erased.
+    pub fn masked_name(&self) -> Option<String> {
+        self.reveal().map(mask_name)
     }
 }
 

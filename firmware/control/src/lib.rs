@@ -14,7 +14,8 @@
 //!   operator's request is read up to [`OPERATOR_MAX_REQUEST`], an admin's up to
 //!   [`MAX_REQUEST`] (a whole config). Each request needs [`Request::required_role`]:
 //!   refusals reach the handler as [`Call::Refused`] so the daemon audits them like
-//!   accepted requests.
+//!   accepted requests. A line that does not parse is refused by the error's kind and
+//!   place only, never its text (it may carry a caller's number).
 //! - At most [`MAX_CONNECTIONS`] connections at once; more are closed unread.
 //! - The socket is `0660`, owned by root and the group [`CONSOLE_GROUP`] when the system
 //!   has it (every console account is a member).
@@ -240,8 +241,10 @@ fn default_last() -> usize {
 }
 
 impl Request {
-    /// Whether the request reads personal data (caller numbers and names): needs an admin
-    /// and is audited like a change (CCPA: every access to a consumer's data is on record).
+    /// Whether the request reads personal data (caller numbers and names): audited like a
+    /// change (CCPA: every access to a consumer's data is on record). Subject requests need
+    /// an admin; `show cdrs` is an operator's too, and the daemon masks the caller's number
+    /// and name in an operator's reply (text and data alike).
     pub fn reads_pii(&self) -> bool {
         matches!(
             self,
@@ -249,7 +252,7 @@ impl Request {
         )
     }
 
-    /// Whether the request needs an admin and goes into the audit trail.
+    /// Whether the request goes into the audit trail.
     pub fn is_audited(&self) -> bool {
         self.is_change() || self.reads_pii()
     }
@@ -283,10 +286,10 @@ impl Request {
         )
     }
 
-    /// The role a request needs: reads are an operator's, changes and personal data an
-    /// admin's.
+    /// The role a request needs: reads are an operator's (personal data masked), changes,
+    /// subject requests and the audit trail an admin's.
     pub fn required_role(&self) -> Role {
-        if self.is_audited()
+        if (self.is_audited() && !matches!(self, Request::ShowCdrs { .. }))
             || matches!(
                 self,
                 Request::ShowAudit { .. } | Request::ConfigLock | Request::ConfigUnlock
@@ -615,7 +618,7 @@ async fn serve_connection(
         let call = match serde_json::from_str::<Request>(&line) {
             Err(e) => Call::Refused {
                 what: "malformed request".into(),
-                why: format!("malformed request: {e}"),
+                why: malformed(&e),
             },
             Ok(req) if role < req.required_role() => Call::Refused {
                 what: req.name().into(),
@@ -631,6 +634,28 @@ async fn serve_connection(
         };
         let reply = handler(peer.clone(), call).await;
         write_reply(&mut wr, reply).await?;
+    }
+}
+
+/// Why a request line was refused: the kind of error and where, never the text (serde's
+/// messages quote what they read, and a request can carry a caller's number: the refusal
+/// reaches the audit trail and the journal).
+fn malformed(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Data => {
+            "not a request this daemon knows, or a field of the wrong type"
+        }
+        serde_json::error::Category::Io => "unreadable",
+    };
+    match e.line() {
+        // Errors found in a value already read have no position.
+        0 => format!("malformed request: {kind}"),
+        l => format!(
+            "malformed request: {kind} (line {l}, column {})",
+            e.column()
+        ),
     }
 }
 
@@ -785,6 +810,23 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_request_is_refused_by_kind_and_place_never_by_its_text() {
+        for line in [
+            r#"{"cmd":"show_subject","number":15551234567}"#,
+            r#"{"cmd":"+15551234567"}"#,
+            r#"{"cmd":"show_subject","number":"+15551234567""#,
+            r#"+15551234567"#,
+        ] {
+            let e = serde_json::from_str::<Request>(line).unwrap_err();
+            let why = malformed(&e);
+            // Where it is known (a syntax error), the place is given.
+            assert!(e.line() == 0 || why.contains(", column "), "{why}");
+            assert!(why.starts_with("malformed request: "), "{why}");
+            assert!(!why.contains("5551234567"), "{line}: {why}");
+        }
+    }
+
+    #[test]
     fn subject_requests_are_an_admins_and_audited() {
         let number = "+12025550101".to_string();
         for r in [
@@ -805,6 +847,14 @@ mod tests {
             assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         }
         assert!(Request::SubjectErase { number }.is_change());
+        // Call records: an operator's too (masked by the daemon), and on record.
+        let cdrs = Request::ShowCdrs {
+            last: 5,
+            text_only: false,
+        };
+        assert_eq!(cdrs.required_role(), Role::Operator);
+        assert!(cdrs.is_audited());
+        assert_eq!(Request::ShowAudit { last: 5 }.required_role(), Role::Admin);
         assert_eq!("csv".parse::<ExportFormat>(), Ok(ExportFormat::Csv));
         assert!("xml".parse::<ExportFormat>().is_err());
     }

@@ -171,7 +171,9 @@ pub enum Output {
         cdr: Box<callgate_cdr::Cdr>,
         ended: bool,
     },
-    /// A log line (already rate-limited where the source is the network).
+    /// A log line (already rate-limited where the source is the network). Never a caller's
+    /// number or name: calls by Call-ID or record, a dialled number that is no tracking
+    /// number by its keyed tag ([`callgate_cdr::Redacted`]).
     Log { level: log::Level, line: String },
     /// RFC 5923: the peer on connection `conn` asked (Via `alias`) that requests to its
     /// sent-by address `addr` reuse that connection. Given only when `addr` is the

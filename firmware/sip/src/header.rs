@@ -4,8 +4,8 @@ use std::borrow::Cow;
 
 use crate::error::{ParseError, Result};
 use crate::syntax::{
-    find_param, is_token, is_token_char, parse_digits, parse_header_params, parse_hostport,
-    quoted_len, trim_lws, trim_lws_start, unquote, Host, Params,
+    find_byte, find_param, is_token, is_token_char, parse_digits, parse_header_params,
+    parse_hostport, quoted_len, trim_lws, trim_lws_start, unquote, Host, Params,
 };
 use crate::uri::{parse_uri, Uri};
 
@@ -172,7 +172,7 @@ pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
             return Err(ParseError::malformed("quoted display name without <URI>"));
         }
         (Some(d), rest)
-    } else if let Some(lt) = s.find('<') {
+    } else if let Some(lt) = find_byte(s, b'<') {
         let (d, rest) = s.split_at(lt);
         let d = trim_lws(d);
         if !d.is_empty()
@@ -189,9 +189,7 @@ pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
         (None, s)
     };
     if let Some(inner) = after_display.strip_prefix('<') {
-        let gt = inner
-            .find('>')
-            .ok_or(ParseError::malformed("missing '>'"))?;
+        let gt = find_byte(inner, b'>').ok_or(ParseError::malformed("missing '>'"))?;
         let (uri, rest) = inner.split_at(gt);
         let rest = rest.get(1..).unwrap_or("");
         let uri = parse_uri(uri)?;

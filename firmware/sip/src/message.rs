@@ -8,7 +8,7 @@ use crate::header::{
     check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_via, token_items, CSeq,
     HeaderName, NameAddr, Via,
 };
-use crate::syntax::{is_token, parse_digits, split_top, trim_lws};
+use crate::syntax::{is_token, parse_digits, split_once_byte, split_top, trim_lws};
 use crate::uri::{parse_uri, Uri};
 use crate::Limits;
 
@@ -207,7 +207,8 @@ pub fn parse_with<'a>(
         ));
     }
     let mut pos = pre_len;
-    let mut lines: Vec<(usize, usize, usize)> = Vec::new(); // (start, content_end, next)
+    // (start, content_end, next); a typical message has 10 to 20 lines.
+    let mut lines: Vec<(usize, usize, usize)> = Vec::with_capacity(24);
     let head_end;
     loop {
         let Some(nl) = bytes
@@ -280,9 +281,8 @@ pub fn parse_with<'a>(
             return Err(ParseError::new(ErrorKind::TooLarge, "too many headers"));
         }
         let line = text(s, e);
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(ParseError::malformed("header line without ':'"))?;
+        let (name, value) =
+            split_once_byte(line, b':').ok_or(ParseError::malformed("header line without ':'"))?;
         let name = name.trim_end_matches([' ', '\t']);
         if !is_token(name) {
             return Err(ParseError::malformed("bad header name"));
@@ -928,15 +928,29 @@ impl<'a> Message<'a> {
         let Some(h) = self.headers.get(i) else {
             return Ok(false);
         };
-        let values = h.values()?;
-        if values.len() <= 1 {
+        // The values after the first, as written (no list rebuilt): every value is
+        // checked as `values` would, then the text after the first top-level comma kept.
+        let mut values = split_top(&h.value, b',');
+        let first_len = values.next().transpose()?.map_or(0, str::len);
+        let mut more = false;
+        for v in values {
+            v?;
+            more = true;
+        }
+        if !more {
             self.headers.remove(i);
-        } else {
-            let rest = values.get(1..).unwrap_or_default().join(", ");
-            let name = h.name.clone();
-            if let Some(slot) = self.headers.get_mut(i) {
-                *slot = Header::new(name, rest);
+            return Ok(true);
+        }
+        let rest = match &h.value {
+            Cow::Borrowed(v) => {
+                let v: &'a str = v;
+                Cow::Borrowed(trim_lws(v.get(first_len + 1..).unwrap_or("")))
             }
+            Cow::Owned(v) => Cow::Owned(trim_lws(v.get(first_len + 1..).unwrap_or("")).to_owned()),
+        };
+        let name = h.name.clone();
+        if let Some(slot) = self.headers.get_mut(i) {
+            *slot = Header::new(name, rest);
         }
         Ok(true)
     }
@@ -1161,6 +1175,35 @@ l: 4\r\n\r\nbody";
         assert_eq!(m.vias().unwrap().len(), 1);
         m.set_route(&[]).unwrap();
         assert!(m.routes().unwrap().is_empty());
+    }
+
+    /// The top value goes; the rest stay as written, a comma inside a quoted parameter
+    /// included; a broken list is refused and changes nothing.
+    #[test]
+    fn top_via_value_removed_from_a_list_line() {
+        let head = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/UDP \
+                    b;branch=z9hG4bK2;x=\"p,q\",SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: \
+                    <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+                    Content-Length: 0\r\n\r\n";
+        let mut m = parse(head.as_bytes()).unwrap();
+        assert!(m.remove_top_via().unwrap());
+        {
+            let vias = m.vias().unwrap();
+            assert_eq!(vias.len(), 2);
+            assert_eq!(vias[0].branch(), Some("z9hG4bK2"));
+            assert_eq!(vias[0].param("x"), Some(Some("\"p,q\"")));
+            assert_eq!(vias[1].branch(), Some("z9hG4bK3"));
+        }
+        assert!(m.remove_top_via().unwrap());
+        assert!(m.remove_top_via().unwrap());
+        assert!(m.vias().unwrap().is_empty());
+        assert!(!m.remove_top_via().unwrap());
+
+        let broken = head.replace("x=\"p,q\"", "x=\"p,q");
+        let mut m = parse(broken.as_bytes()).unwrap();
+        let before = m.serialize();
+        assert!(m.remove_top_via().is_err());
+        assert_eq!(m.serialize(), before);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 
 use crate::error::{ParseError, Result};
 use crate::syntax::{
-    check_escaped, find_param, is_unreserved, parse_hostport, unescape, Host, Param, Params,
+    check_escaped, class, find_byte, find_param, parse_hostport, split_byte, split_once_byte,
+    unescape, Host, Param, Params,
 };
 
 /// A parsed URI, borrowing from the message.
@@ -131,25 +132,24 @@ fn is_scheme(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
 }
 
-/// Characters allowed anywhere in a URI we accept (RFC 2396 `uric` plus `%`, `#`).
 fn is_uric(b: u8) -> bool {
-    is_unreserved(b) || b";/?:@&=+$,%#[]".contains(&b)
+    class::is(b, class::URIC)
 }
 
 fn is_user_char(b: u8) -> bool {
-    is_unreserved(b) || b"&=+$,;?/".contains(&b)
+    class::is(b, class::USER)
 }
 
 fn is_password_char(b: u8) -> bool {
-    is_unreserved(b) || b"&=+$,".contains(&b)
+    class::is(b, class::PASSWORD)
 }
 
 fn is_param_char(b: u8) -> bool {
-    is_unreserved(b) || b"[]/:&+$".contains(&b)
+    class::is(b, class::PARAM)
 }
 
 fn is_header_char(b: u8) -> bool {
-    is_unreserved(b) || b"[]/?:+$".contains(&b)
+    class::is(b, class::HEADER)
 }
 
 /// Parses a URI. SIP/SIPS/tel are parsed fully; other schemes only checked for
@@ -158,9 +158,8 @@ pub fn parse_uri(s: &str) -> Result<Uri<'_>> {
     if s.is_empty() || !s.bytes().all(is_uric) {
         return Err(ParseError::malformed("bad character in URI"));
     }
-    let (scheme, rest) = s
-        .split_once(':')
-        .ok_or(ParseError::malformed("URI without scheme"))?;
+    let (scheme, rest) =
+        split_once_byte(s, b':').ok_or(ParseError::malformed("URI without scheme"))?;
     if !is_scheme(scheme) {
         return Err(ParseError::malformed("bad URI scheme"));
     }
@@ -180,13 +179,13 @@ pub fn parse_uri(s: &str) -> Result<Uri<'_>> {
 }
 
 fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<'a>> {
-    let (userinfo, hostpart) = match rest.split_once('@') {
+    let (userinfo, hostpart) = match split_once_byte(rest, b'@') {
         Some((u, h)) => (Some(u), h),
         None => (None, rest),
     };
     let (mut user, mut password) = (None, None);
     if let Some(ui) = userinfo {
-        let (u, p) = match ui.split_once(':') {
+        let (u, p) = match split_once_byte(ui, b':') {
             Some((u, p)) => (u, Some(p)),
             None => (ui, None),
         };
@@ -201,19 +200,19 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
         user = Some(u);
         password = p;
     }
-    let (before_headers, headers_part) = match hostpart.split_once('?') {
+    let (before_headers, headers_part) = match split_once_byte(hostpart, b'?') {
         Some((a, h)) => (a, Some(h)),
         None => (hostpart, None),
     };
-    let mut segs = before_headers.split(';');
+    let mut segs = split_byte(before_headers, b';');
     let hostport = segs.next().unwrap_or("");
-    if hostport.contains('@') {
+    if find_byte(hostport, b'@').is_some() {
         return Err(ParseError::malformed("'@' in URI host"));
     }
     let (host, port) = parse_hostport(hostport)?;
     let mut params = Params::new();
     for seg in segs {
-        let (name, value) = match seg.split_once('=') {
+        let (name, value) = match split_once_byte(seg, b'=') {
             Some((n, v)) => (n, Some(v)),
             None => (seg, None),
         };
@@ -227,9 +226,8 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
     }
     let mut headers = Vec::new();
     if let Some(h) = headers_part {
-        for seg in h.split('&') {
-            let (name, value) = seg
-                .split_once('=')
+        for seg in split_byte(h, b'&') {
+            let (name, value) = split_once_byte(seg, b'=')
                 .ok_or(ParseError::malformed("URI header without '='"))?;
             if name.is_empty()
                 || !check_escaped(name, is_header_char)
@@ -256,7 +254,7 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
 }
 
 fn parse_tel<'a>(raw: &'a str, rest: &'a str) -> Result<TelUri<'a>> {
-    let mut segs = rest.split(';');
+    let mut segs = split_byte(rest, b';');
     let number = segs.next().unwrap_or("");
     let digits = number.strip_prefix('+').unwrap_or(number);
     let ok = !digits.is_empty()
@@ -271,7 +269,7 @@ fn parse_tel<'a>(raw: &'a str, rest: &'a str) -> Result<TelUri<'a>> {
     }
     let mut params = Params::new();
     for seg in segs {
-        let (name, value) = match seg.split_once('=') {
+        let (name, value) = match split_once_byte(seg, b'=') {
             Some((n, v)) => (n, Some(v)),
             None => (seg, None),
         };

@@ -28,6 +28,11 @@ use callgate_config::Config;
 use callgate_proxy::{Millis, Now, Output, Peer, Proxy, Settings, Transport};
 use hil_tests::addr::{A_PRIV_V4, A_WAN_V4, CARRIER_V4, PBX_V4};
 
+/// The daemon's allocator (`callgated`'s `GLOBAL`), so the core allocates here as it does
+/// there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A tracking number of the lab config's first route (the benchmark's).
 const NUMBER: &str = "+15550100007";
 const CALLER: &str = "+14155550123";

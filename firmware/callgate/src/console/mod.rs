@@ -6,7 +6,8 @@
 //! - One command tree ([`schema`]) drives parsing, `?` help, Tab completion and the role
 //!   filter. The daemon decides what the caller may do; the console only hides what the
 //!   role cannot run.
-//! - Output goes through pipes (`| match WORD`, `| count`, `| no-more`; `show | compare` in
+//! - Output goes through pipes (`| match WORD`, `| count`, `| no-more`, `| display json`:
+//!   the reply's data as JSON, what `callgate --json` prints; `show | compare` in
 //!   configuration mode) and, on a terminal, through `less` with `LESSSECURE=1` (no shell
 //!   escape, no editor, no files).
 //! - `configure` takes the daemon's configuration lock for this session: a second admin is
@@ -55,6 +56,10 @@ struct Session {
     /// Configuration mode's candidate, when in it.
     candidate: Option<Candidate>,
     tty: bool,
+    /// The line being run ends `| display json`: the data of the replies is kept.
+    json: bool,
+    /// The data of the last reply, while `json`.
+    last_data: Option<serde_json::Value>,
 }
 
 impl Session {
@@ -71,6 +76,8 @@ impl Session {
             appliance: String::new(),
             candidate: None,
             tty,
+            json: false,
+            last_data: None,
         })
     }
 }
@@ -371,9 +378,10 @@ fn pipes(line: &str) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
         match p.first().map(String::as_str) {
             Some("match") if p.len() == 2 => {}
             Some("count" | "no-more" | "compare") if p.len() == 1 => {}
+            Some("display") if p.len() == 2 && p[1] == "json" => {}
             _ => {
                 return Err(format!(
-                    "unknown pipe '| {}': expected | match WORD, | count, | no-more, or | compare",
+                    "unknown pipe '| {}': expected | match WORD, | count, | no-more, | display json, or | compare",
                     p.join(" ")
                 ))
             }
@@ -383,7 +391,11 @@ fn pipes(line: &str) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
 }
 
 fn ask(s: &mut Session, req: &Request) -> Result<Response, String> {
-    s.client.request(req).map_err(|e| e.to_string())
+    let r = s.client.request(req).map_err(|e| e.to_string())?;
+    if s.json {
+        s.last_data = Some(r.data.clone());
+    }
+    Ok(r)
 }
 
 fn answer(r: Response) -> Result<String, String> {
@@ -395,9 +407,20 @@ fn answer(r: Response) -> Result<String, String> {
 }
 
 fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
+    let r = run_line_inner(s, line);
+    s.json = false;
+    s.last_data = None;
+    r
+}
+
+fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
     let (words, pipe) = pipes(line)?;
     let configuring = s.candidate.is_some();
     let p: Parsed = schema::parse(tree(configuring), s.role, &words)?;
+    // `| display json`: the reply's data (what `callgate --json` prints), masked by the
+    // daemon as the text is.
+    s.json = pipe.iter().any(|p| p[0] == "display");
+    s.last_data = None;
     let compare = pipe.iter().any(|p| p[0] == "compare");
     if compare && p.action != Action::ShowCandidate {
         return Err("| compare follows `show` in configuration mode".into());
@@ -408,7 +431,7 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| "a whole number is needed".to_owned())
     };
-    let out: String = match p.action {
+    let mut out: String = match p.action {
         Action::ShowFirewall => answer(ask(s, &Request::ShowFirewall)?)?,
         Action::ShowConfig => answer(ask(s, &Request::ShowConfig)?)?,
         Action::ShowHistory => answer(ask(s, &Request::ShowHistory)?)?,
@@ -419,13 +442,8 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             } else {
                 number(0)? as usize
             };
-            answer(ask(
-                s,
-                &Request::ShowCdrs {
-                    last,
-                    text_only: true,
-                },
-            )?)?
+            let text_only = !s.json;
+            answer(ask(s, &Request::ShowCdrs { last, text_only })?)?
         }
         Action::ShowSipStats => answer(ask(s, &Request::ShowSipStats)?)?,
         Action::ShowPair => answer(ask(s, &Request::ShowPair)?)?,
@@ -542,7 +560,7 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             for (cmd, help, _) in schema::listing(tree(configuring), s.role) {
                 t.push_str(&format!("  {cmd:<34} {help}\n"));
             }
-            t.push_str("  … | match WORD | count | no-more\n");
+            t.push_str("  … | match WORD | count | no-more | display json\n");
             t
         }
         Action::Exit => return Ok(Flow::Logout),
@@ -620,6 +638,10 @@ fn run_line(s: &mut Session, line: &str) -> Result<Flow, String> {
             String::new()
         }
     };
+    if s.json {
+        let data = s.last_data.take().unwrap_or(serde_json::Value::Null);
+        out = serde_json::to_string_pretty(&data).map_err(|e| e.to_string())? + "\n";
+    }
     emit(s, &out, &pipe);
     Ok(Flow::Go)
 }
@@ -889,6 +911,15 @@ mod tests {
             assert!(e.contains("not a host"), "{bad}: {e}");
         }
         assert!(host_arg(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn display_json_is_a_pipe() {
+        let (cmd, pipe) = pipes("show cdrs last 5 | display json").unwrap();
+        assert_eq!(cmd, vec!["show", "cdrs", "last", "5"]);
+        assert_eq!(pipe, vec![vec!["display".to_owned(), "json".to_owned()]]);
+        assert!(pipes("show cdrs | display xml").is_err());
+        assert!(pipes("show cdrs | display").is_err());
     }
 
     #[test]

@@ -125,7 +125,14 @@ impl Proxy {
                       extra: &[(&'static str, String)],
                       out: &mut Vec<Output>| {
             p.stats.calls_rejected += 1;
-            let line = format!("refused call {call_id:?} to {number}: {why} ({code})");
+            // The number is shown only when it is a configured tracking number (a campaign
+            // names it); anything else a peer dialled may be a person's: a keyed tag.
+            let line = if campaign.is_empty() {
+                let n = callgate_cdr::Redacted(&number);
+                format!("refused call {call_id:?} to number {n}: {why} ({code})")
+            } else {
+                format!("refused call {call_id:?} to {number}: {why} ({code})")
+            };
             p.log(now, why, log::Level::Info, line, out);
             p.reply_stateful(rq, &key, Owner::Own, code, extra, out);
             let seq = p.next_seq;

@@ -658,17 +658,6 @@ fn dest_transport(d: &Dest) -> Transport {
     }
 }
 
-/// Masks a caller number for display: keeps the country code and first digits.
-fn mask(number: &str) -> String {
-    let keep = number.len().min(6);
-    let mut s: String = number.chars().take(keep).collect();
-    s.extend(std::iter::repeat_n(
-        '*',
-        number.chars().count().saturating_sub(keep),
-    ));
-    s
-}
-
 fn disposition_for(code: u16) -> Disposition {
     match code {
         200..=299 => Disposition::Answered,
@@ -773,7 +762,7 @@ impl Proxy {
                 call_id: c.names.call_id().to_string(),
                 tracking_number: c.names.number().to_string(),
                 campaign: c.campaign.to_string(),
-                caller: mask(c.names.caller_number()),
+                caller: callgate_cdr::mask_number(c.names.caller_number()),
                 destination: c.destination.to_string(),
                 state: c.state,
                 transport: c.caller.transport,

@@ -215,7 +215,7 @@ fn tel_uri_and_visual_separators_are_normalized() {
         assert_eq!(fwd[0].ruri(), format!("sip:{NUMBER}@198.51.100.10:5060"));
         let calls = lab.proxy.active_calls();
         assert!(calls.iter().all(|c| c.tracking_number == NUMBER));
-        assert!(calls.iter().all(|c| c.caller == "+14155******"));
+        assert!(calls.iter().all(|c| c.caller == "+1 •••• 23"));
     }
 }
 
@@ -339,5 +339,45 @@ fn branches_and_tags_cannot_be_predicted_from_earlier_ones() {
     for bit in 0..64 {
         let ones = values.iter().filter(|v| *v >> bit & 1 == 1).count();
         assert!((4_700..=5_300).contains(&ones), "bit {bit}: {ones}");
+    }
+}
+
+/// Every line the core logs, whatever a carrier sends: a good call, an unknown number (a
+/// person's, perhaps), a malformed request, a foreign domain. None holds the caller's
+/// number or name or the number dialled when it is not a configured one.
+#[test]
+fn log_lines_never_carry_a_callers_number_or_name() {
+    let mut lab = Lab::new();
+    let mut lines = Vec::new();
+    let mut keep = |out: &Out| {
+        for o in &out.0 {
+            if let Output::Log { line, .. } = o {
+                lines.push(line.clone());
+            }
+        }
+    };
+    lab.at(1_000);
+    keep(&lab.carrier_says(&Invite::new("good@x").bytes()));
+    let mut unknown = Invite::new("unknown-pii@x");
+    unknown.ruri = "sip:+15557654321@203.0.113.1".to_owned();
+    unknown.to_user = "+15557654321".to_owned();
+    keep(&lab.carrier_says(&unknown.bytes()));
+    let mut foreign = Invite::new("foreign-pii@x");
+    foreign.ruri = "sip:5557654321@calls.example.org".to_owned();
+    keep(&lab.carrier_says(&foreign.bytes()));
+    let mut broken = Invite::new("broken-pii@x");
+    broken.max_forwards = 0;
+    keep(&lab.carrier_says(&broken.bytes()));
+    let garbage = format!("INVITE sip:+15557654321@x SIP/2.0\r\nFrom: \"{CALLER_NAME}\" <sip:{CALLER_NUMBER}@x>\r\n\r\n");
+    keep(&lab.carrier_says(garbage.as_bytes()));
+    assert!(
+        lines.iter().any(|l| l.contains("unknown number")),
+        "the refusals are logged: {lines:#?}"
+    );
+    let national = CALLER_NUMBER.trim_start_matches("+1");
+    for l in &lines {
+        for planted in [CALLER_NUMBER, national, CALLER_NAME, "5557654321"] {
+            assert!(!l.contains(planted), "{planted:?} in a log line: {l}");
+        }
     }
 }
