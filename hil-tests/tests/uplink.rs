@@ -9,7 +9,7 @@ use std::time::Duration;
 use hil_tests::addr::{self, CLOUD_V4};
 use hil_tests::broker::{b64, fleet_key, Broker, BrokerOpts, Pki, ServerCert, Subscriber};
 use hil_tests::calls::{carrier_calls, cdrs, lab_toml, pbx, wait_until, CALLER};
-use hil_tests::{Appliance, Host, Lab};
+use hil_tests::{files_holding, Appliance, Host, Lab};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
 
@@ -94,24 +94,6 @@ fn lost_and_dup(a: &Appliance<'_>, sub: &Subscriber<'_>) -> (Vec<u64>, usize) {
 
 fn calls(lab: &Lab, n: u64, rate: f64) -> hil_tests::sipp::Sipp<'_> {
     carrier_calls(lab, n, rate, Duration::from_millis(100))
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap().flatten() {
-                stack.push(e.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                found.push(p.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 /// A thousand calls: every record reaches the broker in write order, once after

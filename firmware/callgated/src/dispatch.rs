@@ -482,6 +482,18 @@ async fn handle(
                 "TLS handshakes use it now",
             );
         }
+        Request::IntakeCsr => {
+            return csr_answer(
+                ask(lifecycle, Lifecycle::IntakeCsr).await,
+                "a CA the PBX trusts sign this request (server authentication), then install the chain with `callgate intake install-cert FILE`",
+            );
+        }
+        Request::IntakeInstallCert { pem } => {
+            return installed_answer(
+                ask(lifecycle, |tx| Lifecycle::IntakeInstall(pem, tx)).await,
+                "the intake serves with it now",
+            );
+        }
         Request::Unpair => {
             return match ask(lifecycle, Lifecycle::Unpair).await {
                 Ok(()) => Response::ok(
@@ -836,7 +848,9 @@ async fn handle(
         | Request::UplinkCsr
         | Request::UplinkInstallCert { .. }
         | Request::SipTlsCsr
-        | Request::SipTlsInstallCert { .. } => {
+        | Request::SipTlsInstallCert { .. }
+        | Request::IntakeCsr
+        | Request::IntakeInstallCert { .. } => {
             Response::err("internal error: lifecycle request not handled")
         }
     }

@@ -91,6 +91,13 @@ pub enum Lifecycle {
         String,
         oneshot::Sender<Result<callgate_pki::CertInfo, String>>,
     ),
+    /// The transcript intake's certificate signing request (the key made the first time).
+    IntakeCsr(oneshot::Sender<Result<String, String>>),
+    /// Check and install the intake's certificate chain, and serve with it.
+    IntakeInstall(
+        String,
+        oneshot::Sender<Result<callgate_pki::CertInfo, String>>,
+    ),
 }
 
 pub struct Ctx {
@@ -133,6 +140,8 @@ struct Running {
     uplink: crate::uplink::Uplink,
     /// The cloud's subject requests, until `run` hands them to `crate::cloud_subjects`.
     cloud_subjects: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The transcript intake (idle without `[intake]`).
+    intake: crate::intake::Intake,
     /// The proxy (None: it does not run).
     sip: Option<callgate_proxy::driver::SipHandle>,
 }
@@ -251,6 +260,11 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         crate::uplink::credentials(&ctx.state_dir, &kek),
         ctx.state_dir.clone(),
     );
+    let intake = crate::intake::spawn(
+        config.config(),
+        store.clone(),
+        crate::intake::identity(&ctx.state_dir, &kek),
+    );
     let mut running = Running {
         kek,
         config_thread: Some(config_thread),
@@ -265,6 +279,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         replicator: replicator.clone(),
         uplink: uplink.clone(),
         cloud_subjects: Some(cloud_subjects),
+        intake,
         sip: sip.clone(),
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
@@ -570,6 +585,31 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         };
                         let _ = reply.send(r);
                     }
+                    Lifecycle::IntakeCsr(reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let cfg = run.config.borrow().clone();
+                            crate::intake::csr(&c.state_dir, &run.kek, &cfg)
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::IntakeInstall(pem, reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            crate::intake::install(&c.state_dir, &run.kek, &pem)
+                        })
+                        .await;
+                        let r = match (r, &running) {
+                            (Ok((id, info)), Some(run)) => {
+                                run.intake.installed(id).await;
+                                Ok(info)
+                            }
+                            (Ok(_), None) => Err("locked".to_owned()),
+                            (Err(e), _) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Lifecycle::UplinkInstall(pem, reply) => {
                         let c = ctx.clone();
                         let r = with_running(&mut running, move |run| {
@@ -618,6 +658,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         }
         // The broker publishes the `offline` status (the will) as we go.
         let _ = tokio::time::timeout(Duration::from_secs(1), run.uplink.stop()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), run.intake.stop()).await;
         stop_config(run, ctx.drain).await;
     }
     // The kernel keeps enforcing the applied ruleset after we exit.

@@ -37,6 +37,7 @@ mod cloud_subjects;
 mod dispatch;
 mod human;
 mod identity;
+mod intake;
 mod lifecycle;
 mod lockouts;
 mod logging;

@@ -37,6 +37,7 @@
 //! | topic | QoS | retained | what |
 //! |---|---|---|---|
 //! | `records` | 1 | no | batches of call records ([`payload`]) |
+//! | `transcripts` | 1 | no | one redacted transcript or note per message, from the store's outbox like the records, deleted from the store once acknowledged (`callgate_intake`) |
 //! | `status` | 1 | yes | `{"state":"online",…}`; the last will sets `offline` |
 //! | `events` | 1 | no | events the daemon raises, the backlog alarm, certificate expiry |
 //! | `config/desired` | 1 | (the cloud's) | subscribed: signed config documents ([`signed`]) |
@@ -56,7 +57,8 @@
 //! ## Current limitations
 //! - Other events, and replies that carry a subject's data (exports, access), wait in
 //!   memory (at most 1000 in all): a subject's data is never kept for the uplink on disk;
-//!   if the daemon stops first, the cloud asks again.
+//!   if the daemon stops first, the cloud asks again. Records, redacted transcripts and
+//!   the durable messages above are the only things kept durably.
 //! - Durable messages wait in the store for as long as no uplink is configured (one per
 //!   erasure: its receipt); they go once one is, and nothing removes them before.
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use callgate_store::transcripts::{is_transcript, TRANSCRIPT};
 use callgate_store::{Store, StoreError};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
@@ -145,6 +146,7 @@ where
     let mut w = Wire::new(stream);
     let status_topic = topic(&s.prefix, "status");
     let records_topic = topic(&s.prefix, "records");
+    let transcripts_topic = topic(&s.prefix, "transcripts");
     let events_topic = topic(&s.prefix, "events");
     let desired_topic = topic(&s.prefix, "config/desired");
     let reported_topic = topic(&s.prefix, "config/reported");
@@ -354,8 +356,13 @@ where
                 break;
             };
             let id = pkids.take();
+            let to = if batch.is_transcript() {
+                &transcripts_topic
+            } else {
+                &records_topic
+            };
             let (payload, sent) = batch.finish();
-            let mut p = Publish::new(records_topic.clone(), QoS::AtLeastOnce, payload, None);
+            let mut p = Publish::new(to.clone(), QoS::AtLeastOnce, payload, None);
             p.pkid = id;
             w.send(&Packet::Publish(p)).await?;
             inflight.insert(id, sent);
@@ -392,8 +399,19 @@ where
             let due = std::mem::take(&mut acks_due);
             let st = cx.store.clone();
             let seqs: Vec<u64> = due.pairs.iter().map(|(_, seq)| *seq).collect();
+            let transcripts: Vec<u64> = due
+                .pairs
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| is_transcript(*id))
+                .collect();
             acking = Some((
-                tokio::task::spawn_blocking(move || st.outbox_sent(&seqs)),
+                tokio::task::spawn_blocking(move || {
+                    // Acknowledged first, then the transcripts deleted: a crash between
+                    // the two leaves a sent transcript that the next open removes.
+                    st.outbox_sent(&seqs)?;
+                    st.remove_transcripts(&transcripts)
+                }),
                 due,
             ));
         }
@@ -812,20 +830,47 @@ fn read_outbox(
 fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut batch = Batch::new(appliance, limit);
-    let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
+    let ids: Vec<u64> = writes
+        .iter()
+        .map(|(_, id)| *id)
+        .filter(|id| !is_transcript(*id))
+        .collect();
     let mut records = st.get_cdrs_json(&ids);
     for (seq, id) in writes {
-        // A record written twice in one page is read again for its second write.
-        let read = records
-            .remove(&id)
-            .or_else(|| st.get_cdrs_json(&[id]).remove(&id))
-            .unwrap_or_else(|| {
-                Err(StoreError::NotFound {
-                    table: "cdrs",
-                    id: id.to_string(),
+        let transcript = is_transcript(id);
+        let read = if transcript {
+            st.get_transcript_json(id)
+        } else {
+            // A record written twice in one page is read again for its second write.
+            records
+                .remove(&id)
+                .or_else(|| st.get_cdrs_json(&[id]).remove(&id))
+                .unwrap_or_else(|| {
+                    Err(StoreError::NotFound {
+                        table: "cdrs",
+                        id: id.to_string(),
+                    })
                 })
-            });
+        };
+        let what = if transcript { "transcript" } else { "record" };
+        let shown = id & !TRANSCRIPT;
         match read {
+            Ok(json) if transcript && json.len() > limit => {
+                // Larger than the broker takes: sending it would fail forever.
+                log::error!(
+                    "uplink: transcript {shown} ({} bytes) is larger than the broker accepts and is not sent",
+                    json.len()
+                );
+                batch.skip(id, seq);
+            }
+            Ok(json) if transcript => {
+                // A transcript goes alone, on its own topic, in write order with the
+                // records.
+                if !batch.is_empty() {
+                    out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
+                }
+                out.push(Batch::transcript(id, seq, json));
+            }
             Ok(json) => {
                 if !batch.push_json(id, seq, &json) {
                     out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
@@ -837,7 +882,7 @@ fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize
             Err(e) => {
                 // Unreadable: sending it again would not help; said once, loudly.
                 log::error!(
-                    "uplink: record {id} is unreadable and is not sent: {}",
+                    "uplink: {what} {shown} is unreadable and is not sent: {}",
                     callgate_store::error_chain(&e)
                 );
                 batch.skip(id, seq);

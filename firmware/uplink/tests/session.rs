@@ -239,7 +239,7 @@ async fn records_leave_the_outbox_only_when_the_broker_acknowledges_them() {
     sorted.sort_unstable();
     assert_eq!(got, sorted, "in write order (here: id order)");
     assert_eq!(got, (1..=35).collect::<Vec<_>>());
-    for _ in 0..100 {
+    for _ in 0..1000 {
         if store.outbox_len() == 0 {
             break;
         }
@@ -382,7 +382,7 @@ async fn durable_messages_go_after_every_connect_until_acknowledged_and_requests
     };
     assert_eq!(reply(&p)["message_id"], format!("lab-a:m{id}"));
     b.send(Packet::PubAck(PubAck::new(p.pkid, None))).await;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if store.outbox_messages_len() == 0 {
             break;
         }
@@ -418,4 +418,68 @@ async fn durable_messages_go_after_every_connect_until_acknowledged_and_requests
             b"{\"request_id\":\"r-3\"}".to_vec()
         ))
     );
+}
+
+#[tokio::test]
+async fn a_transcript_goes_alone_on_its_topic_in_write_order_and_leaves_the_store_once_acknowledged(
+) {
+    let (_dir, store) = store_with(3);
+    let item =
+        br#"{"appliance":"lab-a","id":"ab","call_id":"c@pbx","kind":"note","text":"[CARD]"}"#;
+    let oid = store.put_transcript(item).unwrap();
+    store.append_cdr(&cdr(3)).unwrap();
+    store.append_cdr(&cdr(4)).unwrap();
+    assert_eq!(store.outbox_len(), 6);
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let mut order = Vec::new();
+    let mut acks = Vec::new();
+    while order.len() < 3 {
+        let Packet::Publish(p) = b.read().await else {
+            panic!("a publish")
+        };
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if topic == "callgate/lab-a/transcripts" {
+            assert_eq!(p.payload.as_ref(), item, "the item as the intake made it");
+            order.push(("transcript", Vec::new()));
+            // Not acknowledged yet: it stays in the store.
+            assert!(store.get_transcript_json(oid).is_ok());
+        } else {
+            assert_eq!(topic, "callgate/lab-a/records");
+            order.push(("records", ids(&p.payload)));
+        }
+        acks.push(p.pkid);
+        if acks.len() == 2 {
+            for id in acks.drain(..) {
+                b.send(Packet::PubAck(PubAck::new(id, None))).await;
+            }
+        }
+    }
+    for id in acks.drain(..) {
+        b.send(Packet::PubAck(PubAck::new(id, None))).await;
+    }
+    assert_eq!(
+        order,
+        vec![
+            ("records", vec![1, 2, 3]),
+            ("transcript", vec![]),
+            ("records", vec![4, 5]),
+        ],
+        "in write order, the transcript alone"
+    );
+    for _ in 0..1000 {
+        if store.outbox_len() == 0 && store.transcripts_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(store.transcripts_len(), 0, "acknowledged: deleted");
+    assert!(matches!(
+        store.get_transcript_json(oid),
+        Err(callgate_store::StoreError::NotFound { .. })
+    ));
+    c.cmd_tx.send(callgate_uplink::Command::Stop).await.unwrap();
+    assert!(c.handle.await.unwrap().is_ok());
 }
