@@ -74,6 +74,8 @@ pub struct Appliance<'lab> {
     pub recovery_key: Option<String>,
     /// Environment variables the daemon gets at its next [`Appliance::launch`].
     env: Vec<(String, String)>,
+    /// Arguments the daemon gets at its next [`Appliance::launch`], after the paths.
+    args: Vec<String>,
 }
 
 impl std::fmt::Debug for Appliance<'_> {
@@ -136,6 +138,7 @@ impl<'lab> Appliance<'lab> {
             tpm: Some(tpm),
             recovery_key: None,
             env: Vec::new(),
+            args: Vec::new(),
         };
         a.launch()?;
         Ok(a)
@@ -199,6 +202,7 @@ impl<'lab> Appliance<'lab> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        cmd.args(&self.args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = self.ns.spawn(cmd)?;
         let start = Instant::now();
@@ -265,6 +269,15 @@ impl<'lab> Appliance<'lab> {
         }
     }
 
+    /// The last `n` audit entries (`show audit --json`), oldest first.
+    pub fn audit(&self, n: usize) -> Vec<serde_json::Value> {
+        self.cli(&["--json", "show", "audit", "--last", &n.to_string()])
+            .json()["audit"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r["entry"].clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Runs `callgate --socket … ARGS` with `input` on its standard input.
     pub fn cli_stdin(&self, args: &[&str], input: &str) -> Cli {
         use std::io::Write as _;
@@ -320,6 +333,11 @@ impl<'lab> Appliance<'lab> {
     /// Sets an environment variable for the daemon's next launch.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Adds an argument for the daemon's next launch.
+    pub fn set_arg(&mut self, arg: &str) {
+        self.args.push(arg.to_owned());
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself; its exit status.

@@ -1237,6 +1237,22 @@ pub fn enroll(
     Ok(a.cli_stdin(&["uplink", "install-cert", "-"], &cert))
 }
 
+/// A new fleet signing key (Ed25519), as the cloud holds it: its public half goes in
+/// `[uplink] fleet_key`; it signs config documents and subject requests.
+pub fn fleet_key() -> ring::signature::Ed25519KeyPair {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .unwrap_or_else(|e| panic!("a new Ed25519 key: {e}"));
+    ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .unwrap_or_else(|e| panic!("the new Ed25519 key: {e}"))
+}
+
+/// Base64 (standard), as signatures and keys travel in documents and config.
+pub fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

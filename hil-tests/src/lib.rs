@@ -102,6 +102,25 @@ pub use probe::{Datagram, TcpProbeListener, Token, UdpProbeListener};
 pub use proc::Proc;
 pub use swtpm::Swtpm;
 
+/// Every file under `dir` (recursively) whose raw bytes hold `needle`: the scans for PII
+/// or key material in a state directory.
+pub fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
 /// Calls `f` every `step` until it holds (true) or `timeout` has passed (false).
 pub fn poll_until(
     timeout: std::time::Duration,

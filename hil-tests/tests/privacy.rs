@@ -86,15 +86,6 @@ fn csv_rows(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The last `n` audit entries.
-fn audit(a: &Appliance<'_>, n: usize) -> Vec<Value> {
-    a.cli(&["--json", "show", "audit", "--last", &n.to_string()])
-        .json()["audit"]
-        .as_array()
-        .map(|rows| rows.iter().map(|r| r["entry"].clone()).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     let lab = new_lab();
@@ -208,7 +199,7 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     assert_eq!(csv_rows(&text).len(), 20);
 
     // Every request is on record: who, and what came of it.
-    let trail = audit(&a, 60);
+    let trail = a.audit(60);
     assert!(
         trail
             .iter()
@@ -354,7 +345,7 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
     let event = || -> Option<Value> {
         sub.messages().into_iter().find_map(|(t, p)| {
             let v: Value = serde_json::from_slice(&p).ok()?;
-            (t == "callgate/lab-a/events" && v["event"] == "request subject erase").then_some(v)
+            (t == "callgate/lab-a/events" && v["event"] == "subject erased").then_some(v)
         })
     };
     wait_until("the erasure's event", 10, || event().is_some());
@@ -414,7 +405,7 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
     assert_eq!(s["erasures"].as_array().unwrap().len(), 1);
 
     // On record: the erasure by root, the operator's refusal.
-    let trail = audit(&a, 60);
+    let trail = a.audit(60);
     assert!(trail.iter().any(|e| e["user"] == "root"
         && e["action"] == "request subject erase"
         && e["detail"] == "ok"));

@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use base64::Engine as _;
 use hil_tests::addr::{self, CLOUD_V4};
-use hil_tests::broker::{Broker, BrokerOpts, Pki, ServerCert, Subscriber};
+use hil_tests::broker::{b64, fleet_key, Broker, BrokerOpts, Pki, ServerCert, Subscriber};
 use hil_tests::calls::{carrier_calls, cdrs, lab_toml, pbx, wait_until, CALLER};
-use hil_tests::{Appliance, Host, Lab};
+use hil_tests::{files_holding, Appliance, Host, Lab};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
 
@@ -18,17 +17,6 @@ const RECORDS: &str = "callgate/lab-a/records";
 
 fn lab() -> Lab {
     Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Cloud]).unwrap()
-}
-
-/// The fleet's config-signing key (its public half goes in the config).
-fn fleet_key() -> Ed25519KeyPair {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// `config/lab.toml` with the uplink to the lab's broker: an egress entry for it and
@@ -106,24 +94,6 @@ fn lost_and_dup(a: &Appliance<'_>, sub: &Subscriber<'_>) -> (Vec<u64>, usize) {
 
 fn calls(lab: &Lab, n: u64, rate: f64) -> hil_tests::sipp::Sipp<'_> {
     carrier_calls(lab, n, rate, Duration::from_millis(100))
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap().flatten() {
-                stack.push(e.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                found.push(p.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 /// A thousand calls: every record reaches the broker in write order, once after

@@ -117,6 +117,11 @@ enum Cmd {
         #[command(subcommand)]
         what: SipIdWhat,
     },
+    /// The transcript intake's server identity (HTTPS with mutual TLS on the private side).
+    Intake {
+        #[command(subcommand)]
+        what: SipTlsWhat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +443,13 @@ fn main() -> ExitCode {
             SipTlsWhat::Csr => Request::SipTlsCsr,
             SipTlsWhat::InstallCert { file } => match read_pem_file(&file) {
                 Ok(pem) => Request::SipTlsInstallCert { pem },
+                Err(code) => return code,
+            },
+        },
+        Cmd::Intake { what } => match what {
+            SipTlsWhat::Csr => Request::IntakeCsr,
+            SipTlsWhat::InstallCert { file } => match read_pem_file(&file) {
+                Ok(pem) => Request::IntakeInstallCert { pem },
                 Err(code) => return code,
             },
         },

@@ -170,22 +170,33 @@ async fn serve_call(
                 format!("refused: {}", resp.text.lines().next().unwrap_or(""))
             };
             let _ = audit(&phase, &peer, name, &result).await;
-            // Changes go to the cloud as events too (commits, failovers, lockouts lifted); an
-            // erasure's event carries its signed receipt.
-            if let (true, Phase::Running { uplink, .. }) = (is_change && resp.ok, &*phase) {
+            // Changes go to the cloud as events too (commits, failovers, lockouts lifted). An
+            // erasure that made a receipt (a pair's whose peer did not confirm too) is the
+            // event `subject erased` with the signed receipt, kept in the store's outbox
+            // until the broker has it (no number in it).
+            if let Phase::Running { uplink, .. } = &*phase {
                 // What leaves the site names no caller: numbers in the result are tags.
                 let result = callgate_cdr::scrub(&result);
-                let mut detail =
-                    json!({"user": peer.user, "session": peer.session, "result": result});
+                let detail = json!({"user": peer.user, "session": peer.session, "result": result});
                 if is_erasure && !resp.data["receipt"].is_null() {
+                    let mut detail = detail;
+                    // The reply's first line names the number: not kept for the uplink.
+                    detail["result"] = if resp.ok { "ok" } else { "refused" }.into();
                     detail["receipt"] = resp.data["receipt"].clone();
+                    detail["record_ids"] = resp.data["record_ids"].clone();
+                    detail["peer"] = resp.data["peer"].clone();
+                    uplink.event_durably(ERASED_EVENT, detail).await;
+                } else if is_change && resp.ok {
+                    uplink.event(name, detail);
                 }
-                uplink.event(name, detail);
             }
             resp
         }
     }
 }
+
+/// The event of an erasure, with its receipt.
+pub const ERASED_EVENT: &str = "subject erased";
 
 /// How long an erasure waits for the pair's peer to answer.
 const PEER_ERASE_WAIT: Duration = Duration::from_secs(10);
@@ -469,6 +480,18 @@ async fn handle(
             return installed_answer(
                 ask(lifecycle, |tx| Lifecycle::SipTlsInstall(pem, tx)).await,
                 "TLS handshakes use it now",
+            );
+        }
+        Request::IntakeCsr => {
+            return csr_answer(
+                ask(lifecycle, Lifecycle::IntakeCsr).await,
+                "a CA the PBX trusts sign this request (server authentication), then install the chain with `callgate intake install-cert FILE`",
+            );
+        }
+        Request::IntakeInstallCert { pem } => {
+            return installed_answer(
+                ask(lifecycle, |tx| Lifecycle::IntakeInstall(pem, tx)).await,
+                "the intake serves with it now",
             );
         }
         Request::Unpair => {
@@ -825,7 +848,9 @@ async fn handle(
         | Request::UplinkCsr
         | Request::UplinkInstallCert { .. }
         | Request::SipTlsCsr
-        | Request::SipTlsInstallCert { .. } => {
+        | Request::SipTlsInstallCert { .. }
+        | Request::IntakeCsr
+        | Request::IntakeInstallCert { .. } => {
             Response::err("internal error: lifecycle request not handled")
         }
     }

@@ -1,6 +1,7 @@
 //! The appliance's TLS identities in the state directory: a key made here and sealed
 //! under the KEK (never in the clear on disk), and the certificate chain a CA signed for
-//! it (public). Two use it: the uplink's client identity and SIP over TLS's server one.
+//! it (public). Three use it: the uplink's client identity, SIP over TLS's server one and
+//! the transcript intake's server one.
 
 use std::path::Path;
 
@@ -35,6 +36,14 @@ pub const SIP_TLS: Stored = Stored {
     cert_file: "sip-tls.crt",
     purpose: "sip-tls-key",
     what: "SIP TLS",
+};
+
+/// The transcript intake's server identity.
+pub const INTAKE: Stored = Stored {
+    key_file: "intake.key",
+    cert_file: "intake.crt",
+    purpose: "intake-key",
+    what: "intake",
 };
 
 impl Stored {
@@ -79,6 +88,25 @@ impl Stored {
         };
         let chain_pem = std::fs::read_to_string(state_dir.join(self.cert_file)).ok()?;
         Some((key, chain_pem))
+    }
+
+    /// Checks a server certificate chain (PEM, leaf first) against the key and the clock
+    /// (and its key usage), and keeps it: the key, and what the certificate says of itself.
+    /// `no_key` is the answer when no key was made yet.
+    pub fn install_server_chain(
+        &self,
+        state_dir: &Path,
+        kek: &Kek,
+        pem: &str,
+        no_key: &str,
+    ) -> Result<(Key, callgate_pki::CertInfo), String> {
+        let key = self
+            .load_key(state_dir, kek)?
+            .ok_or_else(|| no_key.to_owned())?;
+        let info = callgate_pki::check_server_certificate(pem, &key, callgate_pki::UnixTime::now())
+            .map_err(|e| e.to_string())?;
+        self.save_chain(state_dir, pem)?;
+        Ok((key, info))
     }
 
     /// Keeps a checked certificate chain.

@@ -91,6 +91,13 @@ pub enum Lifecycle {
         String,
         oneshot::Sender<Result<callgate_pki::CertInfo, String>>,
     ),
+    /// The transcript intake's certificate signing request (the key made the first time).
+    IntakeCsr(oneshot::Sender<Result<String, String>>),
+    /// Check and install the intake's certificate chain, and serve with it.
+    IntakeInstall(
+        String,
+        oneshot::Sender<Result<callgate_pki::CertInfo, String>>,
+    ),
 }
 
 pub struct Ctx {
@@ -99,6 +106,8 @@ pub struct Ctx {
     pub control_socket: PathBuf,
     pub nft: PathBuf,
     pub drain: Duration,
+    /// Where the call-record log rolls its segments (`--record-segment-kib`).
+    pub record_segment_bytes: u64,
     pub custody: Custody,
     pub firewall: FirewallHandle,
     /// Where the console accounts go.
@@ -129,6 +138,10 @@ struct Running {
     hooks: Option<Arc<dyn Hooks>>,
     replicator: Option<crate::replica::Replicator>,
     uplink: crate::uplink::Uplink,
+    /// The cloud's subject requests, until `run` hands them to `crate::cloud_subjects`.
+    cloud_subjects: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The transcript intake (idle without `[intake]`).
+    intake: crate::intake::Intake,
     /// The proxy (None: it does not run).
     sip: Option<callgate_proxy::driver::SipHandle>,
 }
@@ -166,7 +179,7 @@ impl Running {
 /// Opens the store with `kek`, boots the config history and the policy, starts the config
 /// service. Blocking: run it off the async runtime.
 fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
-    let store = Store::open(ctx.data_dir(), kek.clone())
+    let store = Store::open_with(&ctx.data_dir(), kek.clone(), ctx.record_segment_bytes)
         .map(Arc::new)
         .map_err(|e| {
             (
@@ -241,11 +254,16 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
     });
     let (pair_tx, pair) = watch::channel(PairState::Alone);
     let config_rx = config.config();
-    let uplink = crate::uplink::spawn(
+    let (uplink, cloud_subjects) = crate::uplink::spawn(
         config.clone(),
         store.clone(),
         crate::uplink::credentials(&ctx.state_dir, &kek),
         ctx.state_dir.clone(),
+    );
+    let intake = crate::intake::spawn(
+        config.config(),
+        store.clone(),
+        crate::intake::identity(&ctx.state_dir, &kek),
     );
     let mut running = Running {
         kek,
@@ -260,6 +278,8 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         hooks: hooks.clone(),
         replicator: replicator.clone(),
         uplink: uplink.clone(),
+        cloud_subjects: Some(cloud_subjects),
+        intake,
         sip: sip.clone(),
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
@@ -350,14 +370,31 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
     let (life_tx, mut life_rx) = mpsc::channel::<Lifecycle>(4);
     let (stop_tx, stop_rx) = watch::channel(false);
     let authorize = crate::dispatch::authorizer(phase_rx.clone());
+    let cloud_phase = phase_rx.clone();
     let handler = crate::dispatch::handler(
         phase_rx,
         ctx.firewall.clone(),
         life_tx,
         ctx.custody.describe(),
     );
+    // The cloud's subject requests go through the console's handler (each start of the
+    // records, at boot or at an unlock, brings its own uplink and its requests).
+    let serve_cloud = |running: &mut Option<Running>| {
+        if let Some(rx) = running.as_mut().and_then(|r| r.cloud_subjects.take()) {
+            crate::cloud_subjects::spawn(
+                rx,
+                handler.clone(),
+                cloud_phase.clone(),
+                ctx.state_dir.clone(),
+            );
+        }
+    };
+    serve_cloud(&mut running);
     let server = tokio::spawn(callgate_control::serve(
-        listener, handler, authorize, stop_rx,
+        listener,
+        handler.clone(),
+        authorize,
+        stop_rx,
     ));
     let status = match &**phase_tx.borrow() {
         Phase::Running { .. } => "running".to_owned(),
@@ -548,6 +585,31 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         };
                         let _ = reply.send(r);
                     }
+                    Lifecycle::IntakeCsr(reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            let cfg = run.config.borrow().clone();
+                            crate::intake::csr(&c.state_dir, &run.kek, &cfg)
+                        })
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                    Lifecycle::IntakeInstall(pem, reply) => {
+                        let c = ctx.clone();
+                        let r = with_running(&mut running, move |run| {
+                            crate::intake::install(&c.state_dir, &run.kek, &pem)
+                        })
+                        .await;
+                        let r = match (r, &running) {
+                            (Ok((id, info)), Some(run)) => {
+                                run.intake.installed(id).await;
+                                Ok(info)
+                            }
+                            (Ok(_), None) => Err("locked".to_owned()),
+                            (Err(e), _) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Lifecycle::UplinkInstall(pem, reply) => {
                         let c = ctx.clone();
                         let r = with_running(&mut running, move |run| {
@@ -566,6 +628,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                         let _ = reply.send(r);
                     }
                 }
+                serve_cloud(&mut running);
             }
         }
     }
@@ -595,6 +658,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         }
         // The broker publishes the `offline` status (the will) as we go.
         let _ = tokio::time::timeout(Duration::from_secs(1), run.uplink.stop()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), run.intake.stop()).await;
         stop_config(run, ctx.drain).await;
     }
     // The kernel keeps enforcing the applied ruleset after we exit.

@@ -33,9 +33,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod accounts;
 mod calls;
 mod calls_view;
+mod cloud_subjects;
 mod dispatch;
 mod human;
 mod identity;
+mod intake;
 mod lifecycle;
 mod lockouts;
 mod logging;
@@ -95,6 +97,11 @@ struct Args {
     /// Where each console account's `authorized_keys` file goes (sshd reads them there).
     #[arg(long, default_value = "/etc/callgate/ssh/authorized_keys")]
     authorized_keys_dir: PathBuf,
+    /// The size at which the call-record log starts a new segment, KiB (64 MiB by
+    /// default). A segment's space comes back once retention or erasure left no record
+    /// in it: smaller segments give it back sooner, in more files.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    record_segment_kib: u64,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -416,6 +423,7 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
         state_dir: args.state_dir.clone(),
         control_socket: args.control_socket.clone(),
         drain: Duration::from_secs(args.drain_secs),
+        record_segment_bytes: args.record_segment_kib * 1024,
         nft: args.nft.clone(),
         custody,
         firewall,

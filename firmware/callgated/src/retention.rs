@@ -1,7 +1,10 @@
-//! Retention (`[retention]` in the config): hourly, and when the config changes, the store
+//! Retention (`[retention]` in the config): at start, hourly, and at every config change
+//! (any commit: what an admin runs to apply it at once), the store
 //! deletes the records older than their table's retention and shreds the keys no
 //! remaining record needs (`callgate_store::Store::expire`, with the clock read here).
 //! Followers of a pair run it too, on their own copies; each appliance's clock decides.
+//! `hil-tests/tests/retention.rs` moves this daemon's wall clock with libfaketime (the
+//! product has no clock of its own to set) and checks it under a sipp load.
 
 use std::sync::Arc;
 use std::time::Duration;

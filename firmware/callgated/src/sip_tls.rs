@@ -44,12 +44,12 @@ pub fn csr(state_dir: &Path, kek: &Kek, cfg: &Config) -> Result<String, String> 
 /// Checks `pem` (leaf first) against the SIP TLS key, and keeps it: the identity to hand
 /// to the proxy, and what it says of itself.
 pub fn install(state_dir: &Path, kek: &Kek, pem: &str) -> Result<(TlsIdentity, CertInfo), String> {
-    let key = SIP_TLS
-        .load_key(state_dir, kek)?
-        .ok_or("no SIP TLS key yet: run `callgate sip tls csr` and have a CA sign the request")?;
-    let info = callgate_pki::check_server_certificate(pem, &key, callgate_pki::UnixTime::now())
-        .map_err(|e| e.to_string())?;
-    SIP_TLS.save_chain(state_dir, pem)?;
+    let (key, info) = SIP_TLS.install_server_chain(
+        state_dir,
+        kek,
+        pem,
+        "no SIP TLS key yet: run `callgate sip tls csr` and have a CA sign the request",
+    )?;
     Ok((
         TlsIdentity {
             chain_pem: pem.to_owned(),

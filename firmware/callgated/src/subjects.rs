@@ -49,14 +49,14 @@
 //! Limitation: if the record writer is more than 2 s behind, a record of the subject it
 //! stored before the erasure can reach the peer after it, under a new key there (logged).
 //!
-//! ## Where the erasure must go next (planned, not built)
-//! - **The cloud.** Built in part: the dispatcher sends every change to the uplink as an
-//!   event, and an erasure's event carries its receipt. Events are best effort (kept in
-//!   memory, bounded, while the uplink is away; lost if the daemon stops first): a durable
-//!   receipt needs the store's outbox (a receipt entry beside the records), not built; the
-//!   receipt stays in the store and `show subject --json` gives it again. Records still in
-//!   the outbox leave with the PII erased (the uplink reads them from the store when it
-//!   sends them). Requests signed by the fleet key (like config documents) are not built.
+//! ## The cloud
+//! The dispatcher raises every erasure that made a receipt as the event `subject erased`
+//! (`detail.receipt`), kept in the store's outbox until the broker has it (durable across
+//! a broker outage and a daemon restart; no number in it). Records still in the outbox
+//! leave with the PII erased (the uplink reads them from the store when it sends them).
+//! The cloud's own subject requests, signed by the fleet key, come through
+//! `crate::cloud_subjects` into the same dispatcher, so they run this module's code
+//! with `by` = `cloud:REQUESTER`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -372,7 +372,9 @@ pub fn erase_answer(number: &str, r: Result<Option<Erasure>, String>) -> Respons
                               "record_ids": e.record_ids, "key_generation": e.key_generation,
                               "peer": e.peer, "receipt": receipt});
             let here = format!(
-                "erased on {}: the key of {number} is destroyed; the caller number and name \
+                // Not the number: when the peer did not confirm, this first line is the
+                // refusal the audit trail and the journal keep.
+                "erased on {}: the subject's key is destroyed; the caller number and name \
                  of {} records are unreadable from now on\n",
                 e.appliance,
                 e.record_ids.len()
@@ -624,7 +626,12 @@ mod tests {
         assert!(
             matches!(&first.peer, Some(PeerOutcome::Unconfirmed { appliance, .. }) if appliance == "lab-b")
         );
-        assert!(!erase_answer("+12025550101", Ok(Some(first.clone()))).ok);
+        let unconfirmed = erase_answer("+12025550101", Ok(Some(first.clone())));
+        assert!(!unconfirmed.ok);
+        // The first line of a failed reply is what the audit trail and the journal keep.
+        let first_line = unconfirmed.text.lines().next().unwrap_or("");
+        assert!(first_line.starts_with("erased on lab-a"), "{first_line}");
+        assert!(!first_line.contains("2025550101"), "{first_line}");
         let peer = PeerOutcome::Erased {
             appliance: "lab-b".into(),
             erased_at_ms: 5,

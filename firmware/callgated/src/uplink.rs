@@ -100,25 +100,56 @@ impl Uplink {
     pub fn event(&self, kind: &str, detail: serde_json::Value) {
         self.handle.event(kind, detail);
     }
+    /// A message in memory for `leaf` under the prefix.
+    pub fn publish(&self, leaf: &str, doc: &serde_json::Value) {
+        self.handle.publish(leaf, doc);
+    }
+    /// A message kept in the store's outbox until the broker has it (it must hold no
+    /// number or name); in memory if the store refuses it (said in the log).
+    pub async fn publish_durably(&self, leaf: &str, doc: serde_json::Value) {
+        let (h, l, d) = (self.handle.clone(), leaf.to_owned(), doc.clone());
+        match tokio::task::spawn_blocking(move || h.publish_durably(&l, &d)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                log::error!(
+                    "uplink: a message for {leaf} could not be kept, it waits in memory: {e}"
+                );
+                self.handle.publish(leaf, &doc);
+            }
+            Err(e) => {
+                log::error!(
+                    "uplink: a message for {leaf} could not be kept, it waits in memory: {e}"
+                );
+                self.handle.publish(leaf, &doc);
+            }
+        }
+    }
+    /// An event kept durably, as [`Self::publish_durably`] keeps it.
+    pub async fn event_durably(&self, kind: &str, detail: serde_json::Value) {
+        let doc = json!({"event": kind, "time_ms": callgate_uplink::now_ms(), "detail": detail});
+        self.publish_durably("events", doc).await;
+    }
     pub async fn stop(&self) {
         self.handle.stop().await;
     }
 }
 
 /// Starts the uplink and the task that follows the config and applies config documents
-/// from the cloud.
+/// from the cloud; the subject requests from the cloud come out of the receiver
+/// (`crate::cloud_subjects` serves them).
 pub fn spawn(
     service: callgate_revisions::ConfigService,
     store: Arc<Store>,
     creds: Option<Credentials>,
     state_dir: std::path::PathBuf,
-) -> Uplink {
+) -> (Uplink, mpsc::Receiver<Vec<u8>>) {
     let config = service.config();
     let cfg = config.borrow().clone();
     let first = settings(&cfg);
     let (handle, mut desired) =
         callgate_uplink::spawn(first.clone().map(|s| (s, creds.clone())), store);
     let (creds_tx, mut creds_rx) = mpsc::channel::<Credentials>(4);
+    let (subjects_tx, subjects_rx) = mpsc::channel::<Vec<u8>>(8);
     let h = handle.clone();
     tokio::spawn(async move {
         let mut config = config;
@@ -143,7 +174,16 @@ pub fn spawn(
                     h.reconfigure(current.clone().map(|s| (s, creds.clone()))).await;
                 }
                 d = desired.recv() => {
-                    let Some(d) = d else { break };
+                    let d = match d {
+                        None => break,
+                        Some(callgate_uplink::Inbound::Config(d)) => d,
+                        Some(callgate_uplink::Inbound::SubjectRequest(r)) => {
+                            if subjects_tx.try_send(r).is_err() {
+                                log::warn!("uplink: a subject request from the cloud was dropped (busy): the cloud asks again");
+                            }
+                            continue;
+                        }
+                    };
                     if let Some(p) = apply_desired(&service, &h, &state_dir, &d).await {
                         // A fresh connection with the new config must reach the broker:
                         // an established one would outlive a config that cuts the uplink.
@@ -155,10 +195,13 @@ pub fn spawn(
             }
         }
     });
-    Uplink {
-        handle,
-        creds: creds_tx,
-    }
+    (
+        Uplink {
+            handle,
+            creds: creds_tx,
+        },
+        subjects_rx,
+    )
 }
 
 /// Where the version of the last config document accepted from the cloud is kept.

@@ -16,6 +16,7 @@
 //! - The TOML parser stops at the first syntax or type error; semantic errors are all
 //!   collected.
 
+mod intake;
 mod pair;
 mod retention;
 mod sip;
@@ -25,6 +26,7 @@ mod sip_tls;
 mod uplink;
 mod users;
 
+pub use intake::{Intake, DEFAULT_BODY_LIMIT, DEFAULT_BURST, DEFAULT_RATE_PER_MINUTE};
 pub use pair::{
     for_appliance, HeartbeatPath, Pair, PairNode, Vip, VipAddr, DEFAULT_DEAD_AFTER_MISSES,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -96,6 +98,10 @@ pub struct Config {
     /// How long records are kept (see the `retention` module docs). Absent: until removed.
     #[serde(default)]
     pub retention: Retention,
+    /// The transcript intake on the private segment (see the `intake` module docs).
+    /// Absent: none, its port stays closed.
+    #[serde(default)]
+    pub intake: Option<Intake>,
 }
 
 /// The TPM (or, only when asked for loudly, a software stand-in) that protects the
@@ -566,6 +572,9 @@ impl Config {
         self.console.validate(loc, &mut errs);
         if let Some(u) = &self.uplink {
             u.validate(&self.egress, loc, &mut errs);
+        }
+        if let Some(i) = &self.intake {
+            i.validate(&self.zones, loc, &mut errs);
         }
         errs.sort_by_key(|e| (e.line, e.column));
         errs

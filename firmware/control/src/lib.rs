@@ -179,6 +179,14 @@ pub enum Request {
     SipTlsInstallCert {
         pem: String,
     },
+    /// The certificate signing request for the transcript intake's server certificate (a
+    /// key is made, sealed under the KEK, the first time).
+    IntakeCsr,
+    /// Install the intake's server certificate chain (PEM, leaf first); checked against the
+    /// key and the clock first. The intake serves with it at once.
+    IntakeInstallCert {
+        pem: String,
+    },
     /// What the store holds about a subject (a caller, by number, E.164): how many records,
     /// the generation of their key, and their erasures ("erased at …").
     ShowSubject {
@@ -272,6 +280,8 @@ impl Request {
                 | Request::UplinkInstallCert { .. }
                 | Request::SipTlsCsr
                 | Request::SipTlsInstallCert { .. }
+                | Request::IntakeCsr
+                | Request::IntakeInstallCert { .. }
                 | Request::SubjectErase { .. }
         )
     }
@@ -330,6 +340,8 @@ impl Request {
             Request::UplinkInstallCert { .. } => "uplink install-cert",
             Request::SipTlsCsr => "sip tls csr",
             Request::SipTlsInstallCert { .. } => "sip tls install-cert",
+            Request::IntakeCsr => "intake csr",
+            Request::IntakeInstallCert { .. } => "intake install-cert",
             Request::Remember { .. } => "typed",
             Request::ShowSubject { .. } => "show subject",
             Request::SubjectExport { .. } => "request subject export",

@@ -433,6 +433,42 @@ fn pair_rules(
     }
 }
 
+/// The transcript intake (`[intake]`): TCP to its listen address and port, only on the
+/// private zone's interfaces and only from its allowed sources. Nothing opens it from any
+/// other zone.
+fn intake_rules(cfg: &Config, sets: &mut Vec<SetDef>, input: &mut Vec<RuleDef>) {
+    let Some(intake) = &cfg.intake else { return };
+    let ifaces = ifnames(cfg, ZoneName::Private);
+    if ifaces.is_empty() {
+        return;
+    }
+    let listen = intake.listen();
+    let v6 = listen.is_ipv6();
+    let srcs = normalize_prefixes(intake.sources(), v6);
+    if srcs.is_empty() {
+        return;
+    }
+    let fam = if v6 { "6" } else { "4" };
+    let (src_set, dst_set) = (format!("intake_s{fam}"), format!("intake_d{fam}"));
+    sets.push(prefix_set(src_set.clone(), srcs, v6));
+    sets.push(prefix_set(
+        dst_set.clone(),
+        vec![IpNet::from(listen.ip())],
+        v6,
+    ));
+    input.push(rule(
+        "service:intake",
+        vec![
+            Cond::Iifname(ifaces),
+            Cond::SaddrIn { v6, set: src_set },
+            Cond::DaddrIn { v6, set: dst_set },
+            Cond::L4Proto(vec!["tcp"]),
+            Cond::Dport(listen.port()),
+        ],
+        Verdict::Accept,
+    ));
+}
+
 /// Renders the full policy of a config.
 pub fn render(cfg: &Config) -> Ruleset {
     let mut sets = dynamic_sets();
@@ -501,6 +537,7 @@ pub fn render(cfg: &Config) -> Ruleset {
     }
 
     pair_rules(cfg, &mut sets, &mut input, &mut output);
+    intake_rules(cfg, &mut sets, &mut input);
 
     let mut chains = Vec::new();
     if !allow_dst.is_empty() {
@@ -647,6 +684,64 @@ mod tests {
             .count();
         assert_eq!(ping, 1);
         assert!(rs.chain(ALLOW_DST_CHAIN).is_some());
+    }
+
+    #[test]
+    fn the_intake_is_open_only_on_the_private_side_from_its_sources() {
+        let with = |intake: &str| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab.toml");
+            let text = std::fs::read_to_string(&p).unwrap();
+            let text = text.split("\n[intake]").next().unwrap().to_owned() + intake;
+            render(&Config::parse(&text, &p).unwrap())
+        };
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIUYLbhDRT7KCbvbdl+lXv/IUazMVYwCgYIKoZIzj0EAwIw\nGDEWMBQGA1UEAwwNdGVzdCBmbGVldCBDQTAeFw0yNjEyMDQxNzUzNTRaFw0zNjEy\n-----END CERTIFICATE-----";
+        let rs = with(&format!(
+            "\n[intake]\nlisten = \"198.51.100.1:8444\"\nsources = [\"198.51.100.10/32\", \"2001:db8:2::10/128\"]\nclient_ca = \"\"\"\n{ca}\n\"\"\"\n"
+        ));
+        let rules: Vec<&RuleDef> = rs
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| r.comment == "service:intake")
+            .collect();
+        assert_eq!(rules.len(), 1, "one rule, in the listen address's family");
+        let r = rules[0];
+        assert_eq!(r.verdict, Verdict::Accept);
+        assert!(
+            r.conds.contains(&Cond::Iifname(vec!["priv0".into()])),
+            "{r:?}"
+        );
+        assert!(r.conds.contains(&Cond::Dport(8444)), "{r:?}");
+        assert!(r.conds.contains(&Cond::L4Proto(vec!["tcp"])), "{r:?}");
+        let set = |n: &str| -> Vec<String> {
+            rs.set(n)
+                .unwrap()
+                .elems
+                .iter()
+                .map(|e| match e {
+                    Elem::Net(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(set("intake_s4"), ["198.51.100.10/32"]);
+        assert_eq!(set("intake_d4"), ["198.51.100.1/32"]);
+        assert!(rs.set("intake_s6").is_none());
+        // Only the input chain has it, before the default drop.
+        let input = rs.chain("input").unwrap();
+        let at = input
+            .rules
+            .iter()
+            .position(|r| r.comment == "service:intake");
+        assert!(at.is_some_and(|i| i + 1 < input.rules.len()));
+        // Without [intake], no rule opens anything for it.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lab-pair-a.toml");
+        let rs = render(&Config::load(&p).unwrap());
+        assert!(!rs
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .any(|r| r.comment == "service:intake" || r.conds.contains(&Cond::Dport(8444))));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! item 4). This crate is the redaction, as a pure library: text in, redacted text and the
 //! spans it replaced out. No I/O, no allocation beyond the output and the span list, no
 //! panics on any input (no `unwrap`/`expect` on input paths; property tests over arbitrary
-//! strings). The HTTPS intake on the private segment and the forwarding over the uplink
-//! are a later slice.
+//! strings). `callgate_intake` uses it: transcripts posted over HTTPS with mutual TLS on
+//! the private segment are redacted with it before anything is kept or forwarded.
 //!
 //! ```
 //! let r = callgate_redact::redact("I'm Ana Lopez, card 4111 1111 1111 1111, cvv 123.");

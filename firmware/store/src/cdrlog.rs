@@ -50,7 +50,7 @@ use arc_swap::ArcSwap;
 /// The log's directory, in the store's directory.
 pub(crate) const DIR: &str = "cdr-log";
 /// The size past which a segment is rolled.
-pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// A segment grows by zeros written ahead of its entries, this much at a time (capped at
 /// the segment size): appends then overwrite allocated blocks, and their `fdatasync` has
 /// no file size or block allocation to commit (one journal commit per MiB instead of one

@@ -14,10 +14,12 @@
 //!   | `config_history` | revision, u64 BE | sealed [`ConfigRevision`] |
 //!   | `sessions` | session id (an opaque handle) | sealed [`Session`] |
 //!   | `history` | console user name | sealed command history (newest last, bounded) |
-//!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE: that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
+//!   | `outbox` | write sequence, u64 BE | CDR id, u64 BE (or a transcript's id with bit 63 set, [`transcripts::TRANSCRIPT`]): that write awaits the uplink (or was acknowledged: `meta/outbox_acked` says so until it is compacted) |
 //!   | `cdrs_by_subject` | subject token ++ CDR id | empty |
 //!   | `subjects` | subject token | key generation (u64 BE) ++ the slot of `subject-keys` holding the subject key (u32 BE); in a store written before that file, the generation ++ the key wrapped under the KEK |
+//!   | `outbox_messages` | id, u64 BE (sled's `generate_id`: increasing) | sealed [`OutboxMessage`]: a message for the uplink that must not be lost (an erasure's receipt and reply), until the broker acknowledged it |
 //!   | `erasures` | subject token ++ time (ms, u64 BE) | sealed [`Erasure`]: when, by whom, on which appliance, the key generation and record ids erased, the signed receipt |
+//!   | `transcripts` | id, u64 BE | sealed redacted transcript (JSON) waiting for the uplink ([`transcripts`]); deleted once the broker has it |
 //!   | `keys` | data-key id, u32 BE | data key wrapped under the KEK |
 //!   | `meta` | name | format marker, current data-key id, the outbox's acknowledged ranges |
 //!
@@ -188,11 +190,16 @@ mod cache;
 mod cdrlog;
 mod commit;
 mod keyslots;
+mod messages;
 mod mirror;
 mod open;
 mod retention;
 pub mod subject;
+pub mod transcripts;
 mod types;
+
+pub use cdrlog::SEGMENT_BYTES;
+pub use messages::OutboxMessage;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,6 +242,8 @@ pub enum Table {
     Sessions,
     History,
     Erasures,
+    Messages,
+    Transcripts,
 }
 
 impl Table {
@@ -246,6 +255,8 @@ impl Table {
             Table::Sessions => "sessions",
             Table::History => "history",
             Table::Erasures => "erasures",
+            Table::Messages => "outbox_messages",
+            Table::Transcripts => "transcripts",
         }
     }
 }
@@ -359,6 +370,8 @@ struct Trees {
     sessions: sled::Tree,
     history: sled::Tree,
     erasures: sled::Tree,
+    messages: sled::Tree,
+    transcripts: sled::Tree,
     outbox: sled::Tree,
     by_subject: sled::Tree,
     subjects: sled::Tree,
@@ -375,6 +388,8 @@ impl Trees {
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
             erasures: db.open_tree("erasures")?,
+            messages: db.open_tree("outbox_messages")?,
+            transcripts: db.open_tree("transcripts")?,
             outbox: db.open_tree("outbox")?,
             by_subject: db.open_tree("cdrs_by_subject")?,
             subjects: db.open_tree("subjects")?,
@@ -391,6 +406,8 @@ impl Trees {
             Table::Sessions => &self.sessions,
             Table::History => &self.history,
             Table::Erasures => &self.erasures,
+            Table::Messages => &self.messages,
+            Table::Transcripts => &self.transcripts,
         }
     }
 }
@@ -427,6 +444,8 @@ pub struct Store {
     /// 0: ids in sequence; 1: even ids only (pair node 0); 2: odd ids only (pair node 1).
     id_parity: std::sync::atomic::AtomicU8,
     next_audit: AtomicU64,
+    /// The next transcript id ([`transcripts`]).
+    next_transcript: AtomicU64,
     /// Subject keys created so far (counted before each reaches sled), and how many of
     /// them a completed commit has made durable: a record sealed under a key may reach the
     /// file of calls in progress only once a commit covering that key has completed.
@@ -740,8 +759,10 @@ impl Store {
         Store::open_with(dir.as_ref(), kek, cdrlog::SEGMENT_BYTES)
     }
 
-    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`.
-    fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
+    /// [`Self::open`] with the call-record log's segments rolled at `segment_bytes`
+    /// (default [`SEGMENT_BYTES`]). Smaller segments give the space of deleted records
+    /// back sooner (a segment is deleted once no record in it is left), in more files.
+    pub fn open_with(dir: &Path, kek: Kek, segment_bytes: u64) -> Result<Store, StoreError> {
         let dir = dir.to_path_buf();
         let dir_err = |source| StoreError::Dir {
             path: dir.clone(),
@@ -801,6 +822,7 @@ impl Store {
                     Table::Sessions,
                     Table::History,
                     Table::Erasures,
+                    Table::Messages,
                 ] {
                     if !t.table(table).is_empty() {
                         return Err(StoreError::Meta(format!(
@@ -836,6 +858,7 @@ impl Store {
         let (slots, unfinished) = open::OpenSlots::open(&dir).map_err(dir_err)?;
         let next_cdr = AtomicU64::new(next_id(&t.cdrs)?);
         let next_audit = AtomicU64::new(next_id(&t.audit)?);
+        let next_transcript = AtomicU64::new(next_id(&t.transcripts)?);
         let outbox_seq = AtomicU64::new(next_id(&t.outbox)?);
         let outbox_entries = AtomicU64::new(t.outbox.len() as u64);
         let outbox_acked = match t.meta.get(META_OUTBOX_ACKED)? {
@@ -868,6 +891,7 @@ impl Store {
             outbox_mirror: Mutex::new(mirror::Mirror::default()),
             id_parity: std::sync::atomic::AtomicU8::new(0),
             next_audit,
+            next_transcript,
             keys_created: AtomicU64::new(0),
             keys_durable: AtomicU64::new(0),
             #[allow(clippy::disallowed_types)]
@@ -881,6 +905,7 @@ impl Store {
         };
         store.recover_open_cdrs(unfinished)?;
         store.repair_index()?;
+        store.repair_transcripts()?;
         Ok(store)
     }
 

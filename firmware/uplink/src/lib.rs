@@ -37,13 +37,30 @@
 //! | topic | QoS | retained | what |
 //! |---|---|---|---|
 //! | `records` | 1 | no | batches of call records ([`payload`]) |
+//! | `transcripts` | 1 | no | one redacted transcript or note per message, from the store's outbox like the records, deleted from the store once acknowledged (`callgate_intake`) |
 //! | `status` | 1 | yes | `{"state":"online",…}`; the last will sets `offline` |
 //! | `events` | 1 | no | events the daemon raises, the backlog alarm, certificate expiry |
 //! | `config/desired` | 1 | (the cloud's) | subscribed: signed config documents ([`signed`]) |
 //! | `config/reported` | 1 | yes | what became of the last document: applied, confirmed, rolled back, refused |
+//! | `subjects/request` | 1 | (the cloud's) | subscribed: subject requests signed by the fleet key ([`signed::SubjectRequest`]) |
+//! | `subjects/reply` | 1 | no | the answer to each: the export, the erasure's receipt, or why it was refused |
+//!
+//! ## Durable messages
+//! Besides the records, the store's outbox keeps messages that must not be lost
+//! ([`UplinkHandle::publish_durably`], `callgate_store::OutboxMessage`): an erasure's
+//! event with its receipt and the reply to the cloud's erasure request. The session reads
+//! them at its start and whenever one is queued, sends them at QoS 1 with a `message_id`
+//! (`<appliance>:m<id>`) added, and removes each once the broker acknowledged it; a message
+//! the broker had no subscriber for goes again a second later. An erasure made while the
+//! broker is away is delivered once it is back, across daemon restarts.
 //!
 //! ## Current limitations
-//! - Events wait in memory (at most 1000); records are the only thing kept durably.
+//! - Other events, and replies that carry a subject's data (exports, access), wait in
+//!   memory (at most 1000 in all): a subject's data is never kept for the uplink on disk;
+//!   if the daemon stops first, the cloud asks again. Records, redacted transcripts and
+//!   the durable messages above are the only things kept durably.
+//! - Durable messages wait in the store for as long as no uplink is configured (one per
+//!   erasure: its receipt); they go once one is, and nothing removes them before.
 
 pub mod backoff;
 pub mod identity;
@@ -57,6 +74,7 @@ use std::time::Duration;
 
 pub use identity::{cert_info, check_certificate, CertInfo, ClientKey};
 pub use rustls::pki_types::UnixTime;
+pub use session::Inbound;
 pub use task::{connect, spawn, Command, Credentials, UplinkHandle};
 
 /// Errors of the uplink. `Display` is what `show uplink` and the log say.

@@ -1,3 +1,6 @@
+//! What goes on the `transcripts` topic: one redacted transcript per message, the item
+//! as `callgate_intake` made it ([`Batch::transcript`]).
+//!
 //! What goes on the `records` topic: a JSON batch of records, each with a stable message
 //! id (`<appliance>:<record id>:<write sequence>`), so the cloud can drop a duplicate (the
 //! same write sent again) and keep the latest write of a record.
@@ -24,6 +27,8 @@ pub struct Batch {
     /// (record id, write sequence) of what it holds.
     pub sent: Vec<(u64, u64)>,
     limit: usize,
+    /// A transcript's message (the `transcripts` topic), not a batch of records.
+    transcript: bool,
 }
 
 /// What closes a batch's JSON.
@@ -43,7 +48,26 @@ impl Batch {
             body,
             sent: Vec::new(),
             limit: limit.min(MAX_PAYLOAD),
+            transcript: false,
         }
+    }
+
+    /// A transcript's message: the item as the intake made it (JSON), alone, for the
+    /// `transcripts` topic; `oid` is its outbox id.
+    pub fn transcript(oid: u64, seq: u64, item_json: Vec<u8>) -> Batch {
+        Batch {
+            msg_id_head: String::new(),
+            body: item_json,
+            head: 0,
+            sent: vec![(oid, seq)],
+            limit: MAX_PAYLOAD,
+            transcript: true,
+        }
+    }
+
+    /// Whether it is a transcript's message ([`Batch::transcript`]).
+    pub fn is_transcript(&self) -> bool {
+        self.transcript
     }
 
     /// Adds a record; `false` (and nothing added) if the batch would grow past its limit
@@ -98,7 +122,9 @@ impl Batch {
 
     /// The payload, and the (record id, write sequence) pairs it carries.
     pub fn finish(mut self) -> (Vec<u8>, Vec<(u64, u64)>) {
-        self.body.extend_from_slice(TAIL);
+        if !self.transcript {
+            self.body.extend_from_slice(TAIL);
+        }
         (self.body, self.sent)
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use callgate_store::transcripts::{is_transcript, TRANSCRIPT};
 use callgate_store::{Store, StoreError};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
@@ -39,6 +40,18 @@ pub const NO_SUBSCRIBER_HOLD: Duration = Duration::from_secs(1);
 pub fn topic(prefix: &str, leaf: &str) -> String {
     format!("{prefix}/{leaf}")
 }
+
+/// What the cloud sent, for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A config document, from `config/desired` ([`crate::signed::Document`]).
+    Config(Vec<u8>),
+    /// A subject request, from `subjects/request` ([`crate::signed::SubjectRequest`]).
+    SubjectRequest(Vec<u8>),
+}
+
+/// Durable messages read from the store at a time.
+const MESSAGES_PAGE: usize = 16;
 
 /// Why the session ended without an error.
 #[derive(Debug)]
@@ -115,10 +128,11 @@ pub struct Ctx<'a> {
     pub store: &'a Arc<Store>,
     pub status: &'a watch::Sender<Status>,
     pub commands: &'a mut mpsc::Receiver<Command>,
-    /// Events waiting to go out (the session sends them while connected).
-    pub events: &'a mut VecDeque<Vec<u8>>,
-    /// Config documents from the cloud, to the daemon.
-    pub desired: &'a mpsc::Sender<Vec<u8>>,
+    /// Messages in memory waiting to go out (events, replies), each with its topic under
+    /// the prefix (the session sends them while connected).
+    pub events: &'a mut VecDeque<(String, Vec<u8>)>,
+    /// What the cloud sends (config documents, subject requests), to the daemon.
+    pub desired: &'a mpsc::Sender<Inbound>,
     /// The latest report for `config/reported` (retained), kept until acknowledged.
     pub report: &'a mut Option<Vec<u8>>,
 }
@@ -132,9 +146,11 @@ where
     let mut w = Wire::new(stream);
     let status_topic = topic(&s.prefix, "status");
     let records_topic = topic(&s.prefix, "records");
+    let transcripts_topic = topic(&s.prefix, "transcripts");
     let events_topic = topic(&s.prefix, "events");
     let desired_topic = topic(&s.prefix, "config/desired");
     let reported_topic = topic(&s.prefix, "config/reported");
+    let subjects_topic = topic(&s.prefix, "subjects/request");
 
     // CONNECT, with the last will: the retained status turns `offline` if we vanish.
     let mut props = ConnectProperties::new();
@@ -232,7 +248,10 @@ where
     let sub_id = pkids.take();
     w.send(&Packet::Subscribe(Subscribe {
         pkid: sub_id,
-        filters: vec![Filter::new(desired_topic.clone(), QoS::AtLeastOnce)],
+        filters: vec![
+            Filter::new(desired_topic.clone(), QoS::AtLeastOnce),
+            Filter::new(subjects_topic.clone(), QoS::AtLeastOnce),
+        ],
         properties: None,
     }))
     .await?;
@@ -264,6 +283,13 @@ where
     let mut ping = tokio::time::interval(s.keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // The store's durable messages ([`Store::outbox_messages`]): read when one was
+    // queued (and at the start), sent, and removed once acknowledged. Those sent in this
+    // session are not read again; those the broker kept for nobody go again after a hold.
+    let mut messages_due = true;
+    let mut messages_sent: HashSet<u64> = HashSet::new();
+    let mut messages_inflight: HashMap<u16, u64> = HashMap::new();
+    let mut messages_retry: Option<Instant> = None;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -282,12 +308,46 @@ where
             }
         }
         // Events first: few and small.
-        while let Some(ev) = cx.events.pop_front() {
+        while let Some((leaf, ev)) = cx.events.pop_front() {
             let id = pkids.take();
-            let mut p = Publish::new(events_topic.clone(), QoS::AtLeastOnce, ev, None);
+            let t = if leaf == "events" {
+                events_topic.clone()
+            } else {
+                topic(&s.prefix, &leaf)
+            };
+            let mut p = Publish::new(t, QoS::AtLeastOnce, ev, None);
             p.pkid = id;
             w.send(&Packet::Publish(p)).await?;
             control.insert(id);
+        }
+        // Durable messages (few: receipts and replies), read from the store (a small read).
+        if messages_due {
+            let page = cx
+                .store
+                .outbox_messages(MESSAGES_PAGE, &messages_sent)
+                .map_err(|e| UplinkError::Store(callgate_store::error_chain(&e)))?;
+            messages_due = page.len() >= MESSAGES_PAGE;
+            for (mid, m) in page {
+                let mut doc: serde_json::Value =
+                    serde_json::from_str(&m.payload).unwrap_or(serde_json::Value::Null);
+                if let Some(o) = doc.as_object_mut() {
+                    o.insert(
+                        "message_id".into(),
+                        format!("{}:m{mid}", s.client_id).into(),
+                    );
+                }
+                let id = pkids.take();
+                let mut p = Publish::new(
+                    topic(&s.prefix, &m.topic),
+                    QoS::AtLeastOnce,
+                    serde_json::to_vec(&doc).unwrap_or_default(),
+                    None,
+                );
+                p.pkid = id;
+                w.send(&Packet::Publish(p)).await?;
+                messages_sent.insert(mid);
+                messages_inflight.insert(id, mid);
+            }
         }
         // Batches read and ready go out while the window has room (not while the broker
         // says nobody takes them).
@@ -296,8 +356,13 @@ where
                 break;
             };
             let id = pkids.take();
+            let to = if batch.is_transcript() {
+                &transcripts_topic
+            } else {
+                &records_topic
+            };
             let (payload, sent) = batch.finish();
-            let mut p = Publish::new(records_topic.clone(), QoS::AtLeastOnce, payload, None);
+            let mut p = Publish::new(to.clone(), QoS::AtLeastOnce, payload, None);
             p.pkid = id;
             w.send(&Packet::Publish(p)).await?;
             inflight.insert(id, sent);
@@ -334,8 +399,19 @@ where
             let due = std::mem::take(&mut acks_due);
             let st = cx.store.clone();
             let seqs: Vec<u64> = due.pairs.iter().map(|(_, seq)| *seq).collect();
+            let transcripts: Vec<u64> = due
+                .pairs
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| is_transcript(*id))
+                .collect();
             acking = Some((
-                tokio::task::spawn_blocking(move || st.outbox_sent(&seqs)),
+                tokio::task::spawn_blocking(move || {
+                    // Acknowledged first, then the transcripts deleted: a crash between
+                    // the two leaves a sent transcript that the next open removes.
+                    st.outbox_sent(&seqs)?;
+                    st.remove_transcripts(&transcripts)
+                }),
                 due,
             ));
         }
@@ -429,6 +505,23 @@ where
                                     acks_due.pairs.extend(pairs);
                                     exhausted = held_until.is_some();
                                 }
+                            } else if let Some(mid) = messages_inflight.remove(&a.pkid) {
+                                if a.reason == PubAckReason::NoMatchingSubscribers {
+                                    // Nobody took it: it stays, and goes again.
+                                    messages_sent.remove(&mid);
+                                    messages_retry = Some(Instant::now() + NO_SUBSCRIBER_HOLD);
+                                } else {
+                                    let st = cx.store.clone();
+                                    tokio::task::spawn_blocking(move || {
+                                        if let Err(e) = st.outbox_message_sent(mid) {
+                                            // Sent again after a restart: a duplicate.
+                                            log::warn!(
+                                                "uplink: message {mid} acknowledged, not removed: {}",
+                                                callgate_store::error_chain(&e)
+                                            );
+                                        }
+                                    });
+                                }
                             } else if control.remove(&a.pkid) {
                                 if let Some((id, doc)) = &report_sent {
                                     if *id == a.pkid && cx.report.as_ref() == Some(doc) {
@@ -460,8 +553,16 @@ where
                             }
                             if p.topic.as_ref() == desired_topic.as_bytes() {
                                 cx.status.send_modify(|st| st.desired_received += 1);
-                                if cx.desired.try_send(p.payload.to_vec()).is_err() {
+                                if cx.desired.try_send(Inbound::Config(p.payload.to_vec())).is_err() {
                                     log::warn!("uplink: a config document from the cloud was dropped (busy)");
+                                }
+                            } else if p.topic.as_ref() == subjects_topic.as_bytes() {
+                                if cx
+                                    .desired
+                                    .try_send(Inbound::SubjectRequest(p.payload.to_vec()))
+                                    .is_err()
+                                {
+                                    log::warn!("uplink: a subject request from the cloud was dropped (busy): the cloud asks again");
                                 }
                             } else {
                                 log::warn!(
@@ -501,6 +602,10 @@ where
             }
             _ = poll.tick() => {
                 flush_acks = !acks_due.pairs.is_empty();
+                if messages_retry.is_some_and(|t| Instant::now() >= t) {
+                    messages_retry = None;
+                    messages_due = true;
+                }
                 if held_until.is_none_or(|t| Instant::now() >= t) {
                     held_until = None;
                     exhausted = false;
@@ -510,6 +615,8 @@ where
                 Some(Command::Event(e)) => {
                     push_event(cx.events, e);
                 }
+                Some(Command::Publish(leaf, payload)) => push_message(cx.events, leaf, payload),
+                Some(Command::MessageQueued) => messages_due = true,
                 Some(Command::Report(r)) => *cx.report = Some(r),
                 Some(c) => {
                     // Stopping: the broker publishes the will (`offline`); reconnecting
@@ -599,11 +706,16 @@ where
 pub const MAX_EVENTS: usize = 1000;
 
 /// Queues an event (dropping the oldest past [`MAX_EVENTS`]).
-pub fn push_event(events: &mut VecDeque<Vec<u8>>, e: Vec<u8>) {
+pub fn push_event(events: &mut VecDeque<(String, Vec<u8>)>, e: Vec<u8>) {
+    push_message(events, "events".into(), e);
+}
+
+/// Queues a message in memory for `leaf` (under the prefix), bounded as events are.
+pub fn push_message(events: &mut VecDeque<(String, Vec<u8>)>, leaf: String, payload: Vec<u8>) {
     if events.len() >= MAX_EVENTS {
         events.pop_front();
     }
-    events.push_back(e);
+    events.push_back((leaf, payload));
 }
 
 fn check_ack(a: &PubAck) -> Result<(), UplinkError> {
@@ -718,20 +830,47 @@ fn read_outbox(
 fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut batch = Batch::new(appliance, limit);
-    let ids: Vec<u64> = writes.iter().map(|(_, id)| *id).collect();
+    let ids: Vec<u64> = writes
+        .iter()
+        .map(|(_, id)| *id)
+        .filter(|id| !is_transcript(*id))
+        .collect();
     let mut records = st.get_cdrs_json(&ids);
     for (seq, id) in writes {
-        // A record written twice in one page is read again for its second write.
-        let read = records
-            .remove(&id)
-            .or_else(|| st.get_cdrs_json(&[id]).remove(&id))
-            .unwrap_or_else(|| {
-                Err(StoreError::NotFound {
-                    table: "cdrs",
-                    id: id.to_string(),
+        let transcript = is_transcript(id);
+        let read = if transcript {
+            st.get_transcript_json(id)
+        } else {
+            // A record written twice in one page is read again for its second write.
+            records
+                .remove(&id)
+                .or_else(|| st.get_cdrs_json(&[id]).remove(&id))
+                .unwrap_or_else(|| {
+                    Err(StoreError::NotFound {
+                        table: "cdrs",
+                        id: id.to_string(),
+                    })
                 })
-            });
+        };
+        let what = if transcript { "transcript" } else { "record" };
+        let shown = id & !TRANSCRIPT;
         match read {
+            Ok(json) if transcript && json.len() > limit => {
+                // Larger than the broker takes: sending it would fail forever.
+                log::error!(
+                    "uplink: transcript {shown} ({} bytes) is larger than the broker accepts and is not sent",
+                    json.len()
+                );
+                batch.skip(id, seq);
+            }
+            Ok(json) if transcript => {
+                // A transcript goes alone, on its own topic, in write order with the
+                // records.
+                if !batch.is_empty() {
+                    out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
+                }
+                out.push(Batch::transcript(id, seq, json));
+            }
             Ok(json) => {
                 if !batch.push_json(id, seq, &json) {
                     out.push(std::mem::replace(&mut batch, Batch::new(appliance, limit)));
@@ -743,7 +882,7 @@ fn batches_of(st: &Store, appliance: &str, writes: Vec<(u64, u64)>, limit: usize
             Err(e) => {
                 // Unreadable: sending it again would not help; said once, loudly.
                 log::error!(
-                    "uplink: record {id} is unreadable and is not sent: {}",
+                    "uplink: {what} {shown} is unreadable and is not sent: {}",
                     callgate_store::error_chain(&e)
                 );
                 batch.skip(id, seq);

@@ -42,6 +42,10 @@ pub enum Command {
     Event(Vec<u8>),
     /// The report for `config/reported` (retained; a newer one replaces it).
     Report(Vec<u8>),
+    /// A message in memory for a topic under the prefix (e.g. `subjects/reply`).
+    Publish(String, Vec<u8>),
+    /// A durable message was put in the store ([`Store::outbox_message_put`]): read it.
+    MessageQueued,
     /// Disconnect cleanly and end.
     Stop,
 }
@@ -51,6 +55,7 @@ pub enum Command {
 pub struct UplinkHandle {
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
+    store: Arc<Store>,
 }
 
 impl UplinkHandle {
@@ -70,6 +75,35 @@ impl UplinkHandle {
             .tx
             .try_send(Command::Event(serde_json::to_vec(&doc).unwrap_or_default()));
     }
+    /// Queues a message in memory for `leaf` under the prefix (never blocks; bounded as
+    /// events are, lost if the daemon stops first). For what holds personal data.
+    pub fn publish(&self, leaf: &str, doc: &serde_json::Value) {
+        let _ = self.tx.try_send(Command::Publish(
+            leaf.to_owned(),
+            serde_json::to_vec(doc).unwrap_or_default(),
+        ));
+    }
+    /// Keeps `doc` for `leaf` under the prefix in the store's outbox, durably, until the
+    /// broker acknowledged it (sent again after any reconnect or restart; it carries a
+    /// `message_id`). Blocking: run it on a blocking thread. Never for personal data.
+    pub fn publish_durably(&self, leaf: &str, doc: &serde_json::Value) -> Result<u64, String> {
+        let m = callgate_store::OutboxMessage {
+            topic: leaf.to_owned(),
+            payload: doc.to_string(),
+            time_ms: now_ms(),
+        };
+        let id = self
+            .store
+            .outbox_message_put(&m)
+            .map_err(|e| callgate_store::error_chain(&e))?;
+        let _ = self.tx.try_send(Command::MessageQueued);
+        Ok(id)
+    }
+    /// An event for the events topic, kept durably as [`Self::publish_durably`] keeps it.
+    pub fn event_durably(&self, kind: &str, detail: serde_json::Value) -> Result<u64, String> {
+        let doc = serde_json::json!({"event": kind, "time_ms": now_ms(), "detail": detail});
+        self.publish_durably("events", &doc)
+    }
     /// Sets the report for `config/reported`.
     pub async fn report(&self, doc: &crate::signed::Reported) {
         let bytes = serde_json::to_vec(doc).unwrap_or_default();
@@ -81,11 +115,11 @@ impl UplinkHandle {
 }
 
 /// Starts the uplink with `initial` (None: off until reconfigured). Returns the handle and
-/// the config documents the cloud sends.
+/// what the cloud sends (config documents, subject requests).
 pub fn spawn(
     initial: Option<(Settings, Option<Credentials>)>,
     store: Arc<Store>,
-) -> (UplinkHandle, mpsc::Receiver<Vec<u8>>) {
+) -> (UplinkHandle, mpsc::Receiver<crate::session::Inbound>) {
     let (tx, rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(Status {
         state: "starting".into(),
@@ -93,11 +127,19 @@ pub fn spawn(
     });
     let (desired_tx, desired_rx) = mpsc::channel(8);
     let events_tx = tx.clone();
-    tokio::spawn(run(initial, store, rx, status_tx, desired_tx, events_tx));
+    tokio::spawn(run(
+        initial,
+        store.clone(),
+        rx,
+        status_tx,
+        desired_tx,
+        events_tx,
+    ));
     (
         UplinkHandle {
             tx,
             status: status_rx,
+            store,
         },
         desired_rx,
     )
@@ -116,10 +158,10 @@ async fn run(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<Command>,
     status: watch::Sender<Status>,
-    desired: mpsc::Sender<Vec<u8>>,
+    desired: mpsc::Sender<crate::session::Inbound>,
     events_tx: mpsc::Sender<Command>,
 ) {
-    let mut events: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut events: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut report: Option<Vec<u8>> = None;
     let mut attempt: u32 = 0;
     let mut started = false;
@@ -218,6 +260,8 @@ async fn run(
             Some(Command::Stop) => break,
             Some(Command::Event(e)) => session::push_event(&mut events, e),
             Some(Command::Report(r)) => report = Some(r),
+            Some(Command::Publish(leaf, p)) => session::push_message(&mut events, leaf, p),
+            Some(Command::MessageQueued) => {}
             Some(Command::Reconfigure(to)) => {
                 cfg = to.map(|b| *b);
                 attempt = 0;

@@ -124,6 +124,7 @@ impl Broker {
             panic!("subscribe")
         };
         assert_eq!(s.filters[0].path, "callgate/lab-a/config/desired");
+        assert_eq!(s.filters[1].path, "callgate/lab-a/subjects/request");
         self.send(Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
@@ -137,6 +138,7 @@ struct Client {
     store: Arc<Store>,
     status: watch::Sender<Status>,
     cmd_tx: mpsc::Sender<callgate_uplink::Command>,
+    inbound: mpsc::Receiver<callgate_uplink::Inbound>,
     handle: tokio::task::JoinHandle<Result<session::Ended, UplinkError>>,
 }
 
@@ -144,7 +146,7 @@ fn start(store: Arc<Store>) -> (Client, Broker) {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (status, _) = watch::channel(Status::default());
     let (cmd_tx, mut cmd_rx) = mpsc::channel(8);
-    let (desired_tx, _desired_rx) = mpsc::channel(8);
+    let (desired_tx, inbound) = mpsc::channel(8);
     let st = status.clone();
     let s2 = store.clone();
     let handle = tokio::spawn(async move {
@@ -172,6 +174,7 @@ fn start(store: Arc<Store>) -> (Client, Broker) {
             store,
             status,
             cmd_tx,
+            inbound,
             handle,
         },
         Broker {
@@ -236,7 +239,7 @@ async fn records_leave_the_outbox_only_when_the_broker_acknowledges_them() {
     sorted.sort_unstable();
     assert_eq!(got, sorted, "in write order (here: id order)");
     assert_eq!(got, (1..=35).collect::<Vec<_>>());
-    for _ in 0..100 {
+    for _ in 0..1000 {
         if store.outbox_len() == 0 {
             break;
         }
@@ -342,4 +345,141 @@ async fn a_broker_that_vanishes_or_refuses_leaves_every_record_waiting() {
     let e = c.handle.await.unwrap().unwrap_err();
     assert!(matches!(e, UplinkError::Refused(_)), "{e}");
     assert_eq!(store.outbox_len(), 12);
+}
+
+#[tokio::test]
+async fn durable_messages_go_after_every_connect_until_acknowledged_and_requests_come_in() {
+    use callgate_store::OutboxMessage;
+    let (_dir, store) = store_with(0);
+    let m = |n: u32| OutboxMessage {
+        topic: "subjects/reply".into(),
+        payload: format!("{{\"request_id\":\"r-{n}\",\"receipt\":\"x\"}}"),
+        time_ms: 1,
+    };
+    let id = store.outbox_message_put(&m(1)).unwrap();
+    let reply = |p: &rumqttc::v5::mqttbytes::v5::Publish| -> serde_json::Value {
+        assert_eq!(p.topic.as_ref(), b"callgate/lab-a/subjects/reply");
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        serde_json::from_slice(&p.payload).unwrap()
+    };
+    // Sent, never acknowledged: the broker vanishes; the message stays.
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let Packet::Publish(p) = b.read().await else {
+        panic!("the message")
+    };
+    let v = reply(&p);
+    assert_eq!(v["request_id"], "r-1");
+    assert_eq!(v["message_id"], format!("lab-a:m{id}"));
+    drop(b);
+    assert!(c.handle.await.unwrap().is_err());
+    assert_eq!(store.outbox_messages_len(), 1);
+    // The next session sends it again (the same message id); acknowledged, it is removed.
+    let (mut c, mut b) = start(store.clone());
+    b.accept().await;
+    let Packet::Publish(p) = b.read().await else {
+        panic!("the message again")
+    };
+    assert_eq!(reply(&p)["message_id"], format!("lab-a:m{id}"));
+    b.send(Packet::PubAck(PubAck::new(p.pkid, None))).await;
+    for _ in 0..1000 {
+        if store.outbox_messages_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.outbox_messages_len(), 0);
+    // One queued while connected goes at once.
+    store.outbox_message_put(&m(2)).unwrap();
+    c.cmd_tx
+        .send(callgate_uplink::Command::MessageQueued)
+        .await
+        .unwrap();
+    let Packet::Publish(p) = b.read().await else {
+        panic!("the new message")
+    };
+    assert_eq!(reply(&p)["request_id"], "r-2");
+    // A subject request from the cloud: acknowledged, handed to the daemon as such.
+    let mut req = rumqttc::v5::mqttbytes::v5::Publish::new(
+        "callgate/lab-a/subjects/request",
+        QoS::AtLeastOnce,
+        b"{\"request_id\":\"r-3\"}".to_vec(),
+        None,
+    );
+    req.pkid = 7;
+    b.send(Packet::Publish(req)).await;
+    let Packet::PubAck(a) = b.read().await else {
+        panic!("the request's PUBACK")
+    };
+    assert_eq!(a.pkid, 7);
+    assert_eq!(
+        c.inbound.recv().await,
+        Some(callgate_uplink::Inbound::SubjectRequest(
+            b"{\"request_id\":\"r-3\"}".to_vec()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_transcript_goes_alone_on_its_topic_in_write_order_and_leaves_the_store_once_acknowledged(
+) {
+    let (_dir, store) = store_with(3);
+    let item =
+        br#"{"appliance":"lab-a","id":"ab","call_id":"c@pbx","kind":"note","text":"[CARD]"}"#;
+    let oid = store.put_transcript(item).unwrap();
+    store.append_cdr(&cdr(3)).unwrap();
+    store.append_cdr(&cdr(4)).unwrap();
+    assert_eq!(store.outbox_len(), 6);
+    let (c, mut b) = start(store.clone());
+    b.accept().await;
+    let mut order = Vec::new();
+    let mut acks = Vec::new();
+    while order.len() < 3 {
+        let Packet::Publish(p) = b.read().await else {
+            panic!("a publish")
+        };
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if topic == "callgate/lab-a/transcripts" {
+            assert_eq!(p.payload.as_ref(), item, "the item as the intake made it");
+            order.push(("transcript", Vec::new()));
+            // Not acknowledged yet: it stays in the store.
+            assert!(store.get_transcript_json(oid).is_ok());
+        } else {
+            assert_eq!(topic, "callgate/lab-a/records");
+            order.push(("records", ids(&p.payload)));
+        }
+        acks.push(p.pkid);
+        if acks.len() == 2 {
+            for id in acks.drain(..) {
+                b.send(Packet::PubAck(PubAck::new(id, None))).await;
+            }
+        }
+    }
+    for id in acks.drain(..) {
+        b.send(Packet::PubAck(PubAck::new(id, None))).await;
+    }
+    assert_eq!(
+        order,
+        vec![
+            ("records", vec![1, 2, 3]),
+            ("transcript", vec![]),
+            ("records", vec![4, 5]),
+        ],
+        "in write order, the transcript alone"
+    );
+    for _ in 0..1000 {
+        if store.outbox_len() == 0 && store.transcripts_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(store.transcripts_len(), 0, "acknowledged: deleted");
+    assert!(matches!(
+        store.get_transcript_json(oid),
+        Err(callgate_store::StoreError::NotFound { .. })
+    ));
+    c.cmd_tx.send(callgate_uplink::Command::Stop).await.unwrap();
+    assert!(c.handle.await.unwrap().is_ok());
 }

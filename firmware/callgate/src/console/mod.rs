@@ -453,6 +453,11 @@ fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
             let pem = read_pem(s.tty)?;
             answer(ask(s, &Request::UplinkInstallCert { pem })?)?
         }
+        Action::IntakeCsr => answer(ask(s, &Request::IntakeCsr)?)?,
+        Action::IntakeInstallCert => {
+            let pem = read_pem(s.tty)?;
+            answer(ask(s, &Request::IntakeInstallCert { pem })?)?
+        }
         Action::SipTlsCsr => answer(ask(s, &Request::SipTlsCsr)?)?,
         Action::SipTlsInstallCert => {
             let pem = read_pem(s.tty)?;

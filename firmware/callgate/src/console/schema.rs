@@ -23,6 +23,8 @@ pub enum Action {
     UplinkInstallCert,
     SipTlsCsr,
     SipTlsInstallCert,
+    IntakeCsr,
+    IntakeInstallCert,
     Status,
     Whoami,
     Compare,
@@ -292,6 +294,25 @@ pub static OPERATIONAL: &[Node] = &[
             ],
             action: None,
         })],
+        action: None,
+    }),
+    admin(Node {
+        word: "intake",
+        help: "the transcript intake's server identity (HTTPS with mutual TLS on the private side)",
+        role: Role::Admin,
+        values: &[],
+        children: &[
+            admin(leaf(
+                "csr",
+                "the certificate signing request (the key stays sealed here)",
+                Action::IntakeCsr,
+            )),
+            admin(leaf(
+                "install-cert",
+                "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
+                Action::IntakeInstallCert,
+            )),
+        ],
         action: None,
     }),
     admin(Node {
