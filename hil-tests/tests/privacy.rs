@@ -2,7 +2,9 @@
 //! A caller's rights against the real daemon: calls placed by sipp on the carrier through
 //! appliance A to the PBX (real nftables, the encrypted store), then the subject's requests
 //! made with `callgate` over the control socket, as root (an admin) and as an operator
-//! account the daemon made from `[[user]]`.
+//! account the daemon made from `[[user]]`. With the uplink to the lab's Mosquitto: the
+//! erasure's receipt reaches the cloud, and records still waiting in the outbox when their
+//! subject is erased reach it with the caller erased, nothing sent naming the subject.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -412,4 +414,72 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
     assert!(trail.iter().any(|e| e["user"] == "olga"
         && e["action"] == "request subject erase"
         && e["detail"].as_str().unwrap().starts_with("refused")));
+}
+
+/// Records written while the cloud is away, and erased before they reach it, leave with
+/// the caller erased; nothing the uplink sends afterwards names the subject (issue 17:
+/// "records that have not reached the cloud yet leave with the PII erased").
+#[test]
+fn records_not_yet_sent_leave_erased_and_nothing_sent_names_the_subject() {
+    let lab = Lab::start(&[Host::Carrier, Host::A, Host::Pbx, Host::Cloud]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let mut broker = Broker::start(&lab.ns(Host::Cloud), &pki, BrokerOpts::default()).unwrap();
+    let mut sub = Subscriber::start(&lab.ns(Host::Cloud), &pki, "callgate/lab-a/#").unwrap();
+    let a = start(&lab, &uplink_config(&pki.ca_pem().unwrap()));
+    let installed = hil_tests::broker::enroll(&a, |csr| pki.sign_csr(csr)).unwrap();
+    assert!(installed.ok(), "{} {}", installed.stdout, installed.stderr);
+    let uplink = || a.cli(&["--json", "show", "uplink"]).json();
+    wait_until("the uplink is connected", 20, || {
+        uplink()["state"] == "connected"
+    });
+
+    // The cloud away: the calls' records wait in the outbox.
+    broker.stop().unwrap();
+    wait_until("the uplink sees the broker gone", 20, || {
+        uplink()["state"] != "connected"
+    });
+    let ids = place_calls(&lab, &a);
+    assert!(uplink()["backlog"].as_u64() >= Some(23), "{}", uplink());
+
+    let out = a.cli(&["--json", "request", "subject", "erase", SUBJECT]);
+    assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+
+    // The cloud back: everything waiting goes.
+    broker.restart().unwrap();
+    sub.reconnect().unwrap();
+    wait_until("the outbox drained", 60, || uplink()["backlog"] == 0);
+    let records = || -> Vec<Value> {
+        sub.messages()
+            .into_iter()
+            .filter(|(t, _)| t == "callgate/lab-a/records")
+            .filter_map(|(_, p)| serde_json::from_slice::<Value>(&p).ok())
+            .flat_map(|v| v["records"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    wait_until("the subject's records at the cloud", 30, || {
+        let got: BTreeSet<u64> = records().iter().filter_map(|r| r["id"].as_u64()).collect();
+        ids.is_subset(&got)
+    });
+    for r in records() {
+        let id = r["id"].as_u64().unwrap();
+        if ids.contains(&id) {
+            let c = &r["cdr"];
+            assert!(c["caller"].is_null() && c["caller_name"].is_null(), "{r}");
+        }
+    }
+    // Not a byte of the subject in anything the cloud received: records, events (the
+    // erasure's, with its receipt), status.
+    let national = SUBJECT.trim_start_matches("+1");
+    for (topic, payload) in sub.messages() {
+        let text = String::from_utf8_lossy(&payload);
+        for needle in [SUBJECT, national, SUBJECT_NAME, "Hopper"] {
+            assert!(!text.contains(needle), "{needle} in {topic}: {text}");
+        }
+    }
+    // The scan can fail: the other caller's records did go in the clear.
+    assert!(sub
+        .messages()
+        .iter()
+        .any(|(_, p)| String::from_utf8_lossy(p).contains(CALLER)));
 }
