@@ -16,7 +16,7 @@ use hil_tests::calls::{
     carrier_calls, lab_toml, new_lab, pbx, start, wait_cdrs, wait_until, CALLER,
 };
 use hil_tests::{Appliance, Cli, Host, Lab};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The subject: twenty calls from this number.
 const SUBJECT: &str = "+14155550177";
@@ -246,6 +246,19 @@ fn a_subjects_twenty_calls_export_as_json_and_csv_and_only_an_admin_may_ask() {
     assert_eq!(j["records"].as_array().unwrap().len(), 3);
 }
 
+/// Raw request lines to the control socket, as root; the replies.
+fn raw(a: &Appliance<'_>, lines: &[&str]) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_control-raw"))
+        .arg(a.socket())
+        .args(lines)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `config/lab.toml` with the uplink to the lab's broker (fleet CA `ca_pem`) and the
 /// operator.
 fn uplink_config(ca_pem: &str) -> String {
@@ -291,8 +304,40 @@ fn an_erasure_shreds_the_subject_and_its_receipt_verifies_against_the_uplink_cer
         20
     );
 
+    // A line the console would not recognise, typed with the number in another spelling:
+    // it reaches the console history and the audit trail as typed.
+    let typo = "shwo subject 415.555.0177";
+    let kept = raw(&a, &[&json!({"cmd": "remember", "line": typo}).to_string()]);
+    assert_eq!(kept[0]["ok"], true, "{kept:?}");
+    let holds_subject = |text: &str| {
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        digits.contains("4155550177")
+    };
+    let typed_copies = || {
+        let history = raw(&a, &[r#"{"cmd":"history"}"#]);
+        let lines = history[0]["data"]["lines"].to_string();
+        let trail = a.audit(200);
+        (
+            holds_subject(&lines),
+            trail
+                .iter()
+                .any(|e| holds_subject(e["detail"].as_str().unwrap_or(""))),
+        )
+    };
+    assert_eq!(
+        typed_copies(),
+        (true, true),
+        "the typed line is on record before"
+    );
+
     let out = a.cli(&["--json", "request", "subject", "erase", SUBJECT]);
     assert!(out.ok(), "{} {}", out.stdout, out.stderr);
+    // No typed copy of the number stays readable: history and trail rewritten.
+    assert_eq!(
+        typed_copies(),
+        (false, false),
+        "typed copies after the erasure"
+    );
     let r = out.json();
     let erased: BTreeSet<u64> = r["record_ids"]
         .as_array()

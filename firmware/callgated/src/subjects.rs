@@ -268,9 +268,33 @@ pub fn erase(
         e.receipt = signer.receipt(&e, &facts.token)?;
         Ok(e)
     };
-    store
+    let erased = store
         .erase_subject_recorded(number, make)
-        .map_err(|e| callgate_store::error_chain(&e))
+        .map_err(|e| callgate_store::error_chain(&e))?;
+    scrub_typed_copies(store, number);
+    Ok(erased)
+}
+
+/// No typed copy of an erased number stays readable: console history lines and audit
+/// details holding it (a line the console did not recognise, so did not withhold the
+/// number from, or one sent raw) are rewritten with every number in them as its keyed tag
+/// (`callgate_cdr::scrub`). Runs after each erasure here and on a pair's peer, whether or
+/// not a key was held (a typed number is PII of its own). A failure is logged: the
+/// erasure itself stands.
+fn scrub_typed_copies(store: &Store, number: &str) {
+    let holds = |l: &str| callgate_cdr::holds_number(l, number);
+    let redact = |l: &str| callgate_cdr::scrub(l).into_owned();
+    match store.scrub_typed(&holds, &redact) {
+        Ok((0, 0)) => {}
+        Ok((lines, entries)) => log::info!(
+            "erasure: {lines} console history lines and {entries} audit entries held the \
+             number: rewritten without it"
+        ),
+        Err(e) => log::error!(
+            "erasure: typed copies of the number not rewritten: {}",
+            callgate_store::error_chain(&e)
+        ),
+    }
 }
 
 /// The second step of a pair's erasure, once the peer answered (or did not): the receipt
@@ -355,6 +379,7 @@ pub fn erase_for_peer(
     let e = store
         .erase_subject_recorded(&n, make)
         .map_err(|e| callgate_store::error_chain(&e))?;
+    scrub_typed_copies(store, &n);
     Ok(e.map(|e| PeerErased {
         erased_at_ms: e.time_ms,
         key_generation: e.key_generation,

@@ -13,7 +13,7 @@
 use std::fmt;
 
 pub mod shown;
-pub use shown::{mask_name, mask_number, scrub, Redacted, Scrubbed};
+pub use shown::{holds_number, mask_name, mask_number, scrub, Redacted, Scrubbed};
 
 use serde::{Deserialize, Serialize};
 

@@ -112,6 +112,25 @@ impl fmt::Display for Scrubbed<'_> {
     }
 }
 
+/// Does `text` hold the phone number `number` (E.164) in any spelling [`scrub`] finds: a
+/// number-like run whose digits are the number's, or its last seven or more (national and
+/// local spellings)?
+pub fn holds_number(text: &str, number: &str) -> bool {
+    let want: String = number.chars().filter(char::is_ascii_digit).collect();
+    if want.len() < SCRUB_MIN_DIGITS {
+        return false;
+    }
+    number_runs(text).into_iter().any(|(a, b)| {
+        let got: String = text
+            .get(a..b)
+            .unwrap_or("")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        got == want || (got.len() >= 7 && want.ends_with(&got))
+    })
+}
+
 /// The byte ranges of the number-like runs [`scrub`] replaces.
 fn number_runs(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
@@ -266,6 +285,29 @@ pub fn mask_name(name: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_number_is_found_in_its_spellings_and_only_it() {
+        let n = "+14155550177";
+        for t in [
+            "show subject +14155550177",
+            "x 1 415 555 0177 y",
+            "(415) 555-0177",
+            "415.555.0177",
+            "call 5550177 now",
+        ] {
+            assert!(holds_number(t, n), "{t}");
+        }
+        for t in [
+            "show subject +14155550178",
+            "5550178",
+            "2026-12-05",
+            "10.0.0.177",
+            "0177",
+        ] {
+            assert!(!holds_number(t, n), "{t}");
+        }
+    }
 
     #[test]
     fn a_redacted_number_is_a_keyed_tag_stable_within_the_process() {

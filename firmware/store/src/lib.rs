@@ -2296,6 +2296,54 @@ impl Store {
         self.put_value(Table::History, user.as_bytes().to_vec(), &lines)
     }
 
+    /// After a subject's erasure: every console history line and every audit entry's
+    /// detail in which `holds` finds the subject (a number typed on a line the console did
+    /// not recognise, or sent raw) is rewritten through `redact`, so that no typed copy of
+    /// the number stays readable on the appliance. The entries stay (the trail keeps its
+    /// ids and its other fields); only the caller's number goes. How many history lines
+    /// and audit entries were rewritten.
+    pub fn scrub_typed(
+        &self,
+        holds: &dyn Fn(&str) -> bool,
+        redact: &dyn Fn(&str) -> String,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut lines = 0;
+        let users: Vec<String> = self
+            .t
+            .history
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        for user in users {
+            let Ok(history) = self.history(&user) else {
+                continue;
+            };
+            let n = history.iter().filter(|l| holds(l)).count();
+            if n > 0 {
+                let kept: Vec<String> = history
+                    .iter()
+                    .map(|l| if holds(l) { redact(l) } else { l.clone() })
+                    .collect();
+                self.put_value(Table::History, user.as_bytes().to_vec(), &kept)?;
+                lines += n;
+            }
+        }
+        let mut entries = 0;
+        let hits: Vec<Record<AuditEntry>> = self
+            .iter_audit()
+            .filter_map(Result::ok)
+            .filter(|r| holds(&r.value.detail))
+            .collect();
+        for mut r in hits {
+            r.value.detail = redact(&r.value.detail);
+            self.put_value(Table::Audit, r.id.to_be_bytes().to_vec(), &r.value)?;
+            entries += 1;
+        }
+        Ok((lines, entries))
+    }
+
     /// Forgets `user`'s history; `Ok(false)` if there was none.
     pub fn forget_history(&self, user: &str) -> Result<bool, StoreError> {
         if !self.t.history.contains_key(user.as_bytes())? {
