@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use crate::error::{ParseError, Result};
 use crate::syntax::{
     find_byte, find_param, is_token, is_token_char, parse_digits, parse_header_params,
-    parse_hostport, quoted_len, trim_lws, trim_lws_start, unquote, Host, Params,
+    parse_hostport, quoted_len, split_once_byte, trim_lws, trim_lws_start, unquote, Host, Params,
 };
 use crate::uri::{parse_uri, Uri};
 
@@ -309,12 +309,10 @@ impl<'a> Via<'a> {
 /// Parses one Via value: `SIP / 2.0 / UDP host[:port] *(;param)`.
 pub fn parse_via(s: &str) -> Result<Via<'_>> {
     let s = trim_lws(s);
-    let (protocol, rest) = s
-        .split_once('/')
-        .ok_or(ParseError::malformed("Via without protocol"))?;
-    let (version, rest) = rest
-        .split_once('/')
-        .ok_or(ParseError::malformed("Via without version"))?;
+    let (protocol, rest) =
+        split_once_byte(s, b'/').ok_or(ParseError::malformed("Via without protocol"))?;
+    let (version, rest) =
+        split_once_byte(rest, b'/').ok_or(ParseError::malformed("Via without version"))?;
     let (protocol, version) = (trim_lws(protocol), trim_lws(version));
     if !is_token(protocol) || !is_token(version) {
         return Err(ParseError::malformed("bad Via protocol"));

@@ -38,7 +38,7 @@ use callgate_sip::transaction::{
     Action, Event, Incoming, MessageRef, Millis, Outgoing, State as TxState, Table, TableError,
     Timers, TransactionKey, Transport as TxTransport,
 };
-use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict};
+use callgate_sip::{self as sip, parse_via, HeaderName, Message, Policy, Uri, Verdict};
 use ipnet::IpNet;
 
 use crate::media::{self, Media, MediaRules, Side};
@@ -1052,17 +1052,24 @@ impl Proxy {
             local,
         } = *rq;
         let Some(method) = msg.method() else { return };
-        let Ok(vias) = msg.vias() else { return };
-        // Loop: a request that already passed through us (RFC 3261 §16.3 step 4).
-        if vias
-            .iter()
-            .any(|v| self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg")))
-        {
+        // Every Via value parsed once, in place (no list built): a broken one drops the
+        // request as before; a request that already passed through us is a loop (RFC 3261
+        // §16.3 step 4); the first is the top.
+        let mut top = None;
+        let mut looped = false;
+        for v in msg.each_value(HeaderName::Via) {
+            let Ok(v) = v.and_then(parse_via) else { return };
+            looped |= self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg"));
+            if top.is_none() {
+                top = Some(v);
+            }
+        }
+        if looped {
             self.stats.refused_loop += 1;
             self.reply_stateless(rq, 482, &[], out);
             return;
         }
-        let Some(top) = vias.first() else { return };
+        let Some(top) = top.as_ref() else { return };
         let Some(branch) = top.branch() else {
             self.reply_stateless(rq, 400, &[], out);
             return;
