@@ -92,6 +92,25 @@ const fn admin(mut n: Node) -> Node {
     n
 }
 
+/// `csr` and `install-cert` of a server identity whose key is made and sealed here.
+const fn identity(csr: Action, install: Action) -> [Node; 2] {
+    [
+        admin(leaf(
+            "csr",
+            "the certificate signing request (the key stays sealed here)",
+            csr,
+        )),
+        admin(leaf(
+            "install-cert",
+            "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
+            install,
+        )),
+    ]
+}
+
+const SIP_TLS_IDENTITY: [Node; 2] = identity(Action::SipTlsCsr, Action::SipTlsInstallCert);
+const INTAKE_IDENTITY: [Node; 2] = identity(Action::IntakeCsr, Action::IntakeInstallCert);
+
 const LAST: Node = Node {
     word: "last",
     help: "only the newest N",
@@ -280,18 +299,7 @@ pub static OPERATIONAL: &[Node] = &[
             help: "SIP over TLS's server certificate",
             role: Role::Admin,
             values: &[],
-            children: &[
-                admin(leaf(
-                    "csr",
-                    "the certificate signing request (the key stays sealed here)",
-                    Action::SipTlsCsr,
-                )),
-                admin(leaf(
-                    "install-cert",
-                    "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
-                    Action::SipTlsInstallCert,
-                )),
-            ],
+            children: &SIP_TLS_IDENTITY,
             action: None,
         })],
         action: None,
@@ -301,18 +309,7 @@ pub static OPERATIONAL: &[Node] = &[
         help: "the transcript intake's server identity (HTTPS with mutual TLS on the private side)",
         role: Role::Admin,
         values: &[],
-        children: &[
-            admin(leaf(
-                "csr",
-                "the certificate signing request (the key stays sealed here)",
-                Action::IntakeCsr,
-            )),
-            admin(leaf(
-                "install-cert",
-                "install the signed certificate chain, pasted or piped in (PEM, leaf first)",
-                Action::IntakeInstallCert,
-            )),
-        ],
+        children: &INTAKE_IDENTITY,
         action: None,
     }),
     admin(Node {
