@@ -13,7 +13,9 @@
 //!
 //! [`Vm::start`] boots with a [`Boot`]: a disk the guest writes to (the state disk's tests
 //! boot one disk several times), a TPM state kept across VMs (the same board booted again)
-//! or a fresh one (another board), another variable store (another Secure Boot state).
+//! or a fresh one (another board), another variable store (another Secure Boot state), the
+//! installer's provisioning item (the fw_cfg item `opt/org.callgate/provision`: the first
+//! admin's login and SSH key, which `images/libexec/provision` applies once).
 //!
 //! [`VmNet::on_lab`] puts the VM where a namespace appliance sits on a [`Lab`]: QEMU runs
 //! inside that host's namespace (`ip netns exec`) with a `virtio-net-pci` NIC per segment
@@ -194,6 +196,9 @@ pub struct Boot {
     pub memory_mib: u32,
     /// The VM's NICs on a lab; `None`: no NIC at all.
     pub net: Option<VmNet>,
+    /// The installer's provisioning item (`images/libexec/provision`: the first admin's
+    /// login and SSH key), as the fw_cfg item `opt/org.callgate/provision`; `None`: none.
+    pub provision: Option<String>,
 }
 
 /// A VM's place on a [`Lab`]: QEMU runs inside the namespace of a lab host, with one NIC
@@ -290,6 +295,7 @@ impl Boot {
             vars: None,
             memory_mib,
             net: None,
+            provision: None,
         }
     }
 }
@@ -407,6 +413,14 @@ impl Vm {
             }
             None => Command::new("qemu-system-x86_64"),
         };
+        if let Some(text) = &boot.provision {
+            let item = dir.path().join("provision.txt");
+            std::fs::write(&item, text)?;
+            qemu.arg("-fw_cfg").arg(format!(
+                "name=opt/org.callgate/provision,file={}",
+                item.display()
+            ));
+        }
         if let Some(net) = &boot.net {
             let item = dir.path().join("network.txt");
             std::fs::write(&item, net.fw_cfg_item())?;

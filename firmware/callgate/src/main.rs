@@ -204,6 +204,9 @@ enum ShowWhat {
     },
     /// What is held about a caller (by number, E.164): records, key, erasures (admins).
     Subject { number: String },
+    /// The root slots, the version of the running one, which one booted, boot counting
+    /// (read here, without the daemon).
+    System,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +267,26 @@ fn default_socket() -> PathBuf {
         )
 }
 
+/// `show system`: read from the running system, not from the daemon (it works while the
+/// daemon is down).
+fn show_system(json: bool) -> ExitCode {
+    match callgate_system::read(Path::new("/")) {
+        Ok(s) => {
+            let text = if json {
+                serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
+            } else {
+                s.to_string()
+            };
+            let _ = write!(std::io::stdout().lock(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callgate show system: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let args = match shell::invocation(&argv) {
@@ -316,6 +339,7 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Show { what } => match what {
+            ShowWhat::System => return show_system(args.json),
             ShowWhat::Firewall => Request::ShowFirewall,
             ShowWhat::Config => Request::ShowConfig,
             ShowWhat::History => Request::ShowHistory,
