@@ -167,6 +167,16 @@ impl Image {
         Ok(out.stdout)
     }
 
+    /// This build as a signed update file (`callgate.update`).
+    pub fn update_file(&self) -> PathBuf {
+        self.dir.join("callgate.update")
+    }
+
+    /// The update key's public half, as the root carries it (`update-key.der`).
+    pub fn update_key(&self) -> PathBuf {
+        self.dir.join("update-key.der")
+    }
+
     /// The certificate the image is signed with.
     pub fn cert(&self) -> PathBuf {
         self.dir.join("db.crt")

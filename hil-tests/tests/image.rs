@@ -21,6 +21,8 @@
 //!   management host with the real OpenSSH client runs `show system`, the account is back
 //!   after a reboot (the committed config is on the state disk), a second item is ignored;
 //!   an item with anything more than a login and a key is refused whole;
+//! - (no VM) the update file the build wrote verifies with the shipped `callgate` and the
+//!   key in the root; a flipped byte, another key, the same generation are refused;
 //! - (no VM) the root holds the firmware, its units and the factory config, and no
 //!   package manager, compiler, docs or SSH host key;
 //! - (no VM) the network item a hypervisor hands the image sets addresses and nothing else:
@@ -595,6 +597,8 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/libexec/callgate/state-disk",
         "/usr/libexec/callgate/network",
         "/usr/libexec/callgate/provision",
+        "/usr/share/callgate/update-key.der",
+        "/usr/share/callgate/generation",
         "/etc/systemd/system/sysinit.target.wants/callgate-network.service",
         "/etc/systemd/system/multi-user.target.wants/callgate-provision.service",
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
@@ -931,4 +935,91 @@ fn image_provision_item_holds_a_login_and_a_key_and_nothing_else() {
     }
     let (ok, out) = run("binary", b"user ann\x01\nssh-key x\n");
     assert!(!ok && out.contains("not printable text"), "{out}");
+}
+
+/// The update file `scripts/image` wrote, checked by the image's own `callgate` (the static
+/// binary in the root) with the update key the root carries: good for an appliance of an
+/// older generation; refused as a downgrade by one running the same build; refused with one
+/// flipped byte in the root it carries (before anything would be written: the check
+/// writes nothing), and refused against another key.
+#[test]
+fn image_update_file_verifies_and_tampered_or_old_ones_are_refused() {
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = tmp.path().join("callgate");
+    std::fs::write(&cli, image.root_file("/usr/bin/callgate").unwrap()).unwrap();
+    std::fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let key = tmp.path().join("update-key.der");
+    std::fs::write(
+        &key,
+        image
+            .root_file("/usr/share/callgate/update-key.der")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(image.update_key()).unwrap()
+    );
+    let generation: u64 =
+        String::from_utf8(image.root_file("/usr/share/callgate/generation").unwrap())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let verify = |file: &std::path::Path, key: &std::path::Path, running: u64| {
+        let out = std::process::Command::new(&cli)
+            .arg("verify-update")
+            .arg(file)
+            .arg("--key")
+            .arg(key)
+            .arg("--running-generation")
+            .arg(running.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let file = image.update_file();
+    let (ok, out) = verify(&file, &key, generation.saturating_sub(1));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "(generation {generation}), roothash {}",
+            image.roothash().unwrap()
+        )),
+        "{out}"
+    );
+    // The same build is no upgrade.
+    let (ok, out) = verify(&file, &key, generation);
+    assert!(!ok && out.contains("a downgrade"), "{out}");
+    // Another key.
+    let other = tmp.path().join("other.der");
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | openssl rsa -RSAPublicKey_out -outform DER -out {} 2>/dev/null",
+            other.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (ok, out) = verify(&file, &other, 0);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+    // One flipped byte in the middle of the root it carries.
+    let bad = tmp.path().join("flipped.update");
+    copy_disk(&file, &bad).unwrap();
+    let len = std::fs::metadata(&bad).unwrap().len();
+    flip_byte(&bad, len / 2).unwrap();
+    let (ok, out) = verify(&bad, &key, 0);
+    assert!(
+        !ok && out.contains("root.squashfs: its SHA-256 is not the one the signed manifest names"),
+        "{out}"
+    );
 }

@@ -117,6 +117,18 @@ enum Cmd {
         #[command(subcommand)]
         what: SipIdWhat,
     },
+    /// Check an update file (`scripts/image`'s callgate.update) against this appliance:
+    /// the manifest's signature with the update key, every part's size and SHA-256, and
+    /// no downgrade. Writes nothing.
+    VerifyUpdate {
+        file: PathBuf,
+        /// The update key's public half (PKCS#1 RSAPublicKey, DER).
+        #[arg(long, default_value = "/usr/share/callgate/update-key.der")]
+        key: PathBuf,
+        /// The generation the update must exceed (default: the running root's).
+        #[arg(long)]
+        running_generation: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +279,49 @@ fn default_socket() -> PathBuf {
         )
 }
 
+/// The running root's generation (`scripts/image` writes it).
+const GENERATION_FILE: &str = "/usr/share/callgate/generation";
+
+/// `verify-update`: the whole file checked, nothing written.
+fn verify_update(file: &Path, key: &Path, running: Option<u64>) -> ExitCode {
+    let run = || -> Result<callgate_system::update::Manifest, String> {
+        let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let running = match running {
+            Some(g) => g,
+            None => std::fs::read_to_string(GENERATION_FILE)
+                .map_err(|e| format!("{GENERATION_FILE}: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|_| format!("{GENERATION_FILE}: not a number"))?,
+        };
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        callgate_system::update::check(&mut std::io::BufReader::new(f), &key, running).map_err(
+            |e| {
+                let mut text = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    text.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                text
+            },
+        )
+    };
+    match run() {
+        Ok(m) => {
+            println!(
+                "{}: good: {m}; signature and digests verified",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: refused: {e}", file.display());
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
 /// `show system`: read from the running system, not from the daemon (it works while the
 /// daemon is down).
 fn show_system(json: bool) -> ExitCode {
@@ -371,6 +426,11 @@ fn main() -> ExitCode {
             } => Request::ShowSipStats,
         },
         Cmd::Status => Request::Status,
+        Cmd::VerifyUpdate {
+            file,
+            key,
+            running_generation,
+        } => return verify_update(&file, &key, running_generation),
         Cmd::Console => {
             return console::run(&args.socket.clone().unwrap_or_else(default_socket));
         }

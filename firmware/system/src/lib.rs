@@ -24,6 +24,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod update;
+
 /// The EFI variables' vendor GUID of systemd-boot and systemd-stub (the Boot Loader
 /// Interface).
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
