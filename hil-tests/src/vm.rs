@@ -13,7 +13,9 @@
 //!
 //! [`Vm::start`] boots with a [`Boot`]: a disk the guest writes to (the state disk's tests
 //! boot one disk several times), a TPM state kept across VMs (the same board booted again)
-//! or a fresh one (another board), another variable store (another Secure Boot state).
+//! or a fresh one (another board), another variable store (another Secure Boot state), the
+//! installer's provisioning item (the fw_cfg item `opt/org.callgate/provision`: the first
+//! admin's login and SSH key, which `images/libexec/provision` applies once).
 //!
 //! [`VmNet::on_lab`] puts the VM where a namespace appliance sits on a [`Lab`]: QEMU runs
 //! inside that host's namespace (`ip netns exec`) with a `virtio-net-pci` NIC per segment
@@ -165,6 +167,16 @@ impl Image {
         Ok(out.stdout)
     }
 
+    /// This build as a signed update file (`callgate.update`).
+    pub fn update_file(&self) -> PathBuf {
+        self.dir.join("callgate.update")
+    }
+
+    /// The update key's public half, as the root carries it (`update-key.der`).
+    pub fn update_key(&self) -> PathBuf {
+        self.dir.join("update-key.der")
+    }
+
     /// The certificate the image is signed with.
     pub fn cert(&self) -> PathBuf {
         self.dir.join("db.crt")
@@ -197,6 +209,9 @@ pub struct Boot {
     /// A kernel the firmware takes from QEMU instead of the disk's ESP (the benchmark's
     /// stock Debian anchor, `images/anchor/build`); `None`: the disk boots itself.
     pub direct_kernel: Option<DirectKernel>,
+    /// The installer's provisioning item (`images/libexec/provision`: the first admin's
+    /// login and SSH key), as the fw_cfg item `opt/org.callgate/provision`; `None`: none.
+    pub provision: Option<String>,
 }
 
 /// A kernel, its initrd and command line, handed to the firmware by QEMU (`-kernel`,
@@ -306,6 +321,7 @@ impl Boot {
             memory_mib,
             net: None,
             direct_kernel: None,
+            provision: None,
         }
     }
 }
@@ -423,6 +439,14 @@ impl Vm {
             }
             None => Command::new("qemu-system-x86_64"),
         };
+        if let Some(text) = &boot.provision {
+            let item = dir.path().join("provision.txt");
+            std::fs::write(&item, text)?;
+            qemu.arg("-fw_cfg").arg(format!(
+                "name=opt/org.callgate/provision,file={}",
+                item.display()
+            ));
+        }
         if let Some(net) = &boot.net {
             let item = dir.path().join("network.txt");
             std::fs::write(&item, net.fw_cfg_item())?;

@@ -17,6 +17,12 @@
 //!   the appliance left there; moved to another board it stays locked, the daemon does not
 //!   run and the raw disk holds none of it in the clear; under another Secure Boot state
 //!   it stays locked, the console says why, and the recovery key opens it;
+//! - the installer's provisioning item makes the first admin once: SSH from the lab's
+//!   management host with the real OpenSSH client runs `show system`, the account is back
+//!   after a reboot (the committed config is on the state disk), a second item is ignored;
+//!   an item with anything more than a login and a key is refused whole;
+//! - (no VM) the update file the build wrote verifies with the shipped `callgate` and the
+//!   key in the root; a flipped byte, another key, the same generation are refused;
 //! - (no VM) the root holds the firmware, its units and the factory config, and no
 //!   package manager, compiler, docs or SSH host key;
 //! - (no VM) the network item a hypervisor hands the image sets addresses and nothing else:
@@ -31,6 +37,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use hil_tests::console::{ssh, KeyPair};
 use hil_tests::vm::{
     copy_disk, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
     uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm, VmNet,
@@ -66,8 +73,17 @@ fn image_vm_boots_verified_to_ready() {
     // on its WAN segment, the engineers' host on its management segment.
     let lab = Lab::start(&[Host::Carrier, Host::A, Host::Mgmt, Host::Cloud]).unwrap();
     let net = VmNet::on_lab(&lab, Host::A).unwrap();
+    // The attacker's provisioning item: a well-formed admin, then a second account smuggled
+    // in as config text. Refused whole: the appliance stays factory-fresh (locked, no
+    // account).
+    let keys = tempfile::tempdir().unwrap();
+    let ann = KeyPair::new(keys.path(), "ann");
     let boot = Boot {
         net: Some(net.clone()),
+        provision: Some(format!(
+            "user ann\nssh-key {}\n[[user]]\nname = \"mallory\"\n",
+            ann.public
+        )),
         ..Boot::new(&image.disk(), MEM_MIB)
     };
     let mut vm = Vm::start(&image, &boot).unwrap();
@@ -115,7 +131,30 @@ fn image_vm_boots_verified_to_ready() {
         console.contains("callgate-network: lab addresses for 3 interfaces, from fw_cfg"),
         "{console}"
     );
+    assert!(
+        console.contains(
+            "callgate-provision: REFUSED: line 3: unknown word '[[user]]' (expected 'user' or 'ssh-key'); nothing changed"
+        ),
+        "{console}"
+    );
+    assert!(
+        !console.contains("callgate-provision: provisioned"),
+        "{console}"
+    );
     wan_scan_finds_nothing_but_management_ssh(&lab, &net, &mut vm);
+    // SSH answers, but nobody gets in: the refused item made no account.
+    ssh_is_refused(&lab.ns(Host::Mgmt), "ann", &ann.private);
+}
+
+/// An SSH login to appliance A's management address as `user` with `key` is refused.
+fn ssh_is_refused(from: &hil_tests::Ns<'_>, user: &str, key: &std::path::Path) {
+    let r = ssh(from, key, user, addr::A_MGMT_V4.into(), &["show", "system"]);
+    assert!(
+        !r.ok() && r.stderr.contains("Permission denied"),
+        "{user}: {} {}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 /// The port scans of the booted factory appliance (locked: the baseline ruleset) on the
@@ -560,9 +599,13 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/libexec/callgate/boot-report",
         "/usr/libexec/callgate/state-disk",
         "/usr/libexec/callgate/network",
+        "/usr/libexec/callgate/provision",
+        "/usr/share/callgate/update-key.der",
+        "/usr/share/callgate/generation",
         "/etc/systemd/system/sysinit.target.wants/callgate-network.service",
         // /tmp a tmpfs: the sandboxed units' private /dev and /tmp are made there.
         "/etc/systemd/system/local-fs.target.wants/tmp.mount",
+        "/etc/systemd/system/multi-user.target.wants/callgate-provision.service",
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
         "/usr/sbin/cryptsetup",
@@ -711,6 +754,7 @@ const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
     ("callgate-baseline.service", 1.4),
     ("callgate-boot-report.service", 2.0),
     ("callgate-network.service", 1.7),
+    ("callgate-provision.service", 1.6),
     ("callgate-ssh-hostkeys.service", 0.5),
     // Mounts the state disk for everyone: no mount namespace, raw devices, CAP_SYS_ADMIN.
     ("callgate-state.service", 4.1),
@@ -771,4 +815,285 @@ fn image_services_are_sandboxed_to_their_exposure_ceilings() {
             "{unit}: exposure {score} above {ceiling}"
         );
     }
+}
+
+/// The installer's way in: the provisioning item (fw_cfg `opt/org.callgate/provision`)
+/// with the first admin's login and SSH key. The first boot provisions the vault (its
+/// recovery key on the console), commits the admin through the daemon, and the admin
+/// logs in from the lab's management host with OpenSSH and runs `show system`. A reboot
+/// of the same board (the same disk and TPM, /etc's writable layer gone) brings the
+/// account back from the committed config on the state disk; an item handed in then
+/// (another login and key: someone with the installer's medium later) is ignored.
+#[test]
+fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("provisioned.img");
+    copy_disk(&image.disk(), &disk).unwrap();
+    let tpm = tmp.path().join("tpm");
+    std::fs::create_dir(&tpm).unwrap();
+    let ann = KeyPair::new(tmp.path(), "ann");
+    let mallory = KeyPair::new(tmp.path(), "mallory");
+    let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
+    let net = VmNet::on_lab(&lab, Host::A).unwrap();
+    let mgmt = lab.ns(Host::Mgmt);
+    let board = Boot {
+        writable: true,
+        tpm_state: Some(tpm),
+        net: Some(net),
+        provision: Some(format!(
+            "# callgate provisioning (the installer)\nuser ann\nssh-key {}\n",
+            ann.public
+        )),
+        ..Boot::new(&disk, MEM_MIB)
+    };
+    let version = String::from_utf8(image.root_file("/usr/share/callgate/version").unwrap())
+        .unwrap()
+        .trim()
+        .to_owned();
+    // `show system` over SSH as `user`, once sshd answers and the account works.
+    let show_system = |user: &str, key: &std::path::Path, vm: &Vm| {
+        let mut last = None;
+        let ok = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(2), || {
+            let r = ssh(
+                &mgmt,
+                key,
+                user,
+                addr::A_MGMT_V4.into(),
+                &["show", "system"],
+            );
+            let ok = r.ok();
+            last = Some(r);
+            ok
+        });
+        let r = last.unwrap();
+        assert!(
+            ok,
+            "{user}: show system over SSH: {} {}\nconsole:\n{}",
+            r.stdout,
+            r.stderr,
+            vm.console()
+        );
+        r.stdout
+    };
+
+    // 1. The first boot applies the item.
+    let mut vm = Vm::start(&image, &board).unwrap();
+    let (r, ready) = boot_report(&mut vm, "first boot");
+    let console = vm.console();
+    assert!(ready, "not ready:\n{console}");
+    assert!(
+        console.contains("callgate-provision: provisioned: admin 'ann' (ssh-ed25519) committed"),
+        "{console}"
+    );
+    assert!(
+        console.contains("callgate-provision: RECOVERY KEY (shown once"),
+        "{console}"
+    );
+    let daemon = line(&r, "callgated=");
+    assert!(
+        daemon.starts_with("callgated=ready") && !daemon.contains("locked"),
+        "{daemon}"
+    );
+    let out = show_system("ann", &ann.private, &vm);
+    for want in [
+        "slot root-a: /dev/vda2 partuuid=".to_owned(),
+        format!(" booted version={version}\n"),
+        "slot root-b: /dev/vda4 partuuid=".to_owned(),
+        "booted: root-a\n".to_owned(),
+        format!("roothash: {}\n", image.roothash().unwrap()),
+        "boot counting: off".to_owned(),
+    ] {
+        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    }
+    // The account is the console's: a shell is not what it gets.
+    let r = ssh(&mgmt, &ann.private, "ann", addr::A_MGMT_V4.into(), &["id"]);
+    assert!(
+        !r.ok() && !r.stdout.contains("uid="),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    drop(vm);
+
+    // 2. The same board again, now with an item for another admin: ignored; ann is back.
+    let again = Boot {
+        provision: Some(format!("user mallory\nssh-key {}\n", mallory.public)),
+        ..board.clone()
+    };
+    let mut vm = Vm::start(&image, &again).unwrap();
+    let (r, ready) = boot_report(&mut vm, "second boot");
+    let console = vm.console();
+    assert!(ready, "not ready:\n{}", r.join("\n"));
+    assert!(
+        console.contains(
+            "callgate-provision: the provisioning item is ignored: this appliance was provisioned from one already"
+        ),
+        "{console}"
+    );
+    assert!(!console.contains("RECOVERY KEY (shown once"), "{console}");
+    let out = show_system("ann", &ann.private, &vm);
+    assert!(out.contains("booted: root-a\n"), "{out}");
+    ssh_is_refused(&mgmt, "mallory", &mallory.private);
+}
+
+/// The provisioning item's checks (`images/libexec/provision --check`, fed files of our
+/// own): a login and a key of an allowed type, nothing else. What an attacker who can hand
+/// the appliance an item would try (config text, authorized_keys options, a second admin,
+/// shell text, a DSA key, a huge item, binary bytes) is refused whole.
+#[test]
+fn image_provision_item_holds_a_login_and_a_key_and_nothing_else() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/libexec/provision");
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::new(dir.path(), "ann").public;
+    let run = |name: &str, item: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, item).unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("--check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(
+        "good",
+        format!("# installer\n\nuser ann\nssh-key {key}\n").as_bytes(),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, format!("user=ann\nkey={key}\n"));
+    let b64 = key.split(' ').nth(1).unwrap();
+    for (name, item) in [
+        (
+            "toml",
+            format!("user ann\nssh-key {key}\n[[user]]\nname = \"m\"\n"),
+        ),
+        (
+            "options",
+            format!("user ann\nssh-key command=\"/bin/sh\" {key}\n"),
+        ),
+        ("two-users", format!("user ann\nuser bob\nssh-key {key}\n")),
+        (
+            "two-keys",
+            format!("user ann\nssh-key {key}\nssh-key {key}\n"),
+        ),
+        ("no-key", "user ann\n".to_owned()),
+        ("no-user", format!("ssh-key {key}\n")),
+        ("root-ish", format!("user Root\nssh-key {key}\n")),
+        ("shell", format!("user $(reboot)\nssh-key {key}\n")),
+        (
+            "quote",
+            format!("user ann\nssh-key ssh-ed25519 {b64} a\"b\n"),
+        ),
+        ("dsa", format!("user ann\nssh-key ssh-dss {b64}\n")),
+        (
+            "not-b64",
+            "user ann\nssh-key ssh-ed25519 AAAA$$$$AAAAAAAAAAAA\n".to_owned(),
+        ),
+        (
+            "big",
+            format!("user ann\nssh-key {key}\n#{}\n", "x".repeat(5000)),
+        ),
+    ] {
+        let (ok, out) = run(name, item.as_bytes());
+        assert!(!ok, "{name}: accepted: {out}");
+        assert!(
+            out.contains("callgate-provision: REFUSED: "),
+            "{name}: {out}"
+        );
+    }
+    let (ok, out) = run("binary", b"user ann\x01\nssh-key x\n");
+    assert!(!ok && out.contains("not printable text"), "{out}");
+}
+
+/// The update file `scripts/image` wrote, checked by the image's own `callgate` (the static
+/// binary in the root) with the update key the root carries: good for an appliance of an
+/// older generation; refused as a downgrade by one running the same build; refused with one
+/// flipped byte in the root it carries (before anything would be written: the check
+/// writes nothing), and refused against another key.
+#[test]
+fn image_update_file_verifies_and_tampered_or_old_ones_are_refused() {
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = tmp.path().join("callgate");
+    std::fs::write(&cli, image.root_file("/usr/bin/callgate").unwrap()).unwrap();
+    std::fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let key = tmp.path().join("update-key.der");
+    std::fs::write(
+        &key,
+        image
+            .root_file("/usr/share/callgate/update-key.der")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(image.update_key()).unwrap()
+    );
+    let generation: u64 =
+        String::from_utf8(image.root_file("/usr/share/callgate/generation").unwrap())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let verify = |file: &std::path::Path, key: &std::path::Path, running: u64| {
+        let out = std::process::Command::new(&cli)
+            .arg("verify-update")
+            .arg(file)
+            .arg("--key")
+            .arg(key)
+            .arg("--running-generation")
+            .arg(running.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let file = image.update_file();
+    let (ok, out) = verify(&file, &key, generation.saturating_sub(1));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "(generation {generation}), roothash {}",
+            image.roothash().unwrap()
+        )),
+        "{out}"
+    );
+    // The same build is no upgrade.
+    let (ok, out) = verify(&file, &key, generation);
+    assert!(!ok && out.contains("a downgrade"), "{out}");
+    // Another key.
+    let other = tmp.path().join("other.der");
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | openssl rsa -RSAPublicKey_out -outform DER -out {} 2>/dev/null",
+            other.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (ok, out) = verify(&file, &other, 0);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+    // One flipped byte in the middle of the root it carries.
+    let bad = tmp.path().join("flipped.update");
+    copy_disk(&file, &bad).unwrap();
+    let len = std::fs::metadata(&bad).unwrap().len();
+    flip_byte(&bad, len / 2).unwrap();
+    let (ok, out) = verify(&bad, &key, 0);
+    assert!(
+        !ok && out.contains("root.squashfs: its SHA-256 is not the one the signed manifest names"),
+        "{out}"
+    );
 }

@@ -122,6 +122,18 @@ enum Cmd {
         #[command(subcommand)]
         what: SipTlsWhat,
     },
+    /// Check an update file (`scripts/image`'s callgate.update) against this appliance:
+    /// the manifest's signature with the update key, every part's size and SHA-256, and
+    /// no downgrade. Writes nothing.
+    VerifyUpdate {
+        file: PathBuf,
+        /// The update key's public half (PKCS#1 RSAPublicKey, DER).
+        #[arg(long, default_value = "/usr/share/callgate/update-key.der")]
+        key: PathBuf,
+        /// The generation the update must exceed (default: the running root's).
+        #[arg(long)]
+        running_generation: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +222,9 @@ enum ShowWhat {
     },
     /// What is held about a caller (by number, E.164): records, key, erasures (admins).
     Subject { number: String },
+    /// The root slots, the version of the running one, which one booted, boot counting
+    /// (read here, without the daemon).
+    System,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +285,69 @@ fn default_socket() -> PathBuf {
         )
 }
 
+/// The running root's generation (`scripts/image` writes it).
+const GENERATION_FILE: &str = "/usr/share/callgate/generation";
+
+/// `verify-update`: the whole file checked, nothing written.
+fn verify_update(file: &Path, key: &Path, running: Option<u64>) -> ExitCode {
+    let run = || -> Result<callgate_system::update::Manifest, String> {
+        let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let running = match running {
+            Some(g) => g,
+            None => std::fs::read_to_string(GENERATION_FILE)
+                .map_err(|e| format!("{GENERATION_FILE}: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|_| format!("{GENERATION_FILE}: not a number"))?,
+        };
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        callgate_system::update::check(&mut std::io::BufReader::new(f), &key, running).map_err(
+            |e| {
+                let mut text = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    text.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                text
+            },
+        )
+    };
+    match run() {
+        Ok(m) => {
+            println!(
+                "{}: good: {m}; signature and digests verified",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: refused: {e}", file.display());
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+/// `show system`: read from the running system, not from the daemon (it works while the
+/// daemon is down).
+fn show_system(json: bool) -> ExitCode {
+    match callgate_system::read(Path::new("/")) {
+        Ok(s) => {
+            let text = if json {
+                serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
+            } else {
+                s.to_string()
+            };
+            let _ = write!(std::io::stdout().lock(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callgate show system: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let args = match shell::invocation(&argv) {
@@ -322,6 +400,7 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Show { what } => match what {
+            ShowWhat::System => return show_system(args.json),
             ShowWhat::Firewall => Request::ShowFirewall,
             ShowWhat::Config => Request::ShowConfig,
             ShowWhat::History => Request::ShowHistory,
@@ -353,6 +432,11 @@ fn main() -> ExitCode {
             } => Request::ShowSipStats,
         },
         Cmd::Status => Request::Status,
+        Cmd::VerifyUpdate {
+            file,
+            key,
+            running_generation,
+        } => return verify_update(&file, &key, running_generation),
         Cmd::Console => {
             return console::run(&args.socket.clone().unwrap_or_else(default_socket));
         }

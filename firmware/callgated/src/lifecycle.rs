@@ -676,6 +676,7 @@ async fn unlock(
         Ok((phase, r)) => {
             *running = Some(r);
             phase_tx.send_replace(Arc::new(phase));
+            notify_status("running");
             log::info!("unlocked: records open, full policy applied");
             Ok(())
         }
@@ -740,8 +741,18 @@ async fn decommission(
         Ok(()) => "not provisioned (decommissioned)".to_owned(),
         Err(e) => format!("decommission incomplete: {}", error_chain(e)),
     };
+    notify_status(&format!("locked: {reason}"));
     phase_tx.send_replace(Arc::new(Phase::Locked { reason }));
     r.map_err(|e| error_chain(&e))
+}
+
+/// systemd's status text for the unit (`systemctl status`, the image's boot report)
+/// follows the phase: set at READY, and again when provisioning, recovery or
+/// decommission moves the daemon between locked and running.
+fn notify_status(status: &str) {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]) {
+        log::debug!("sd_notify: {e}");
+    }
 }
 
 /// Takes the running state off the async runtime for `f`, then puts it back.

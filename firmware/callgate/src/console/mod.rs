@@ -507,6 +507,10 @@ fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
         )?)?,
         Action::Failover => answer(ask(s, &Request::Failover)?)?,
         Action::ShowSessions => answer(ask(s, &Request::ShowSessions)?)?,
+        // Read here, from the running system (callgate-system), not asked of the daemon.
+        Action::ShowSystem => callgate_system::read(std::path::Path::new("/"))
+            .map_err(|e| e.to_string())?
+            .to_string(),
         Action::EndSession => answer(ask(
             s,
             &Request::EndSession {
