@@ -485,7 +485,10 @@ fn records_not_yet_sent_leave_erased_and_nothing_sent_names_the_subject() {
         uplink()["state"] != "connected"
     });
     let ids = place_calls(&lab, &a);
-    assert!(uplink()["backlog"].as_u64() >= Some(23), "{}", uplink());
+    // The uplink's status counts the backlog as it goes (not at each write): wait for it.
+    wait_until("the records wait in the outbox", 30, || {
+        uplink()["backlog"].as_u64() >= Some(23)
+    });
 
     let out = a.cli(&["--json", "request", "subject", "erase", SUBJECT]);
     assert!(out.ok(), "{} {}", out.stdout, out.stderr);
