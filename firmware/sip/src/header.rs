@@ -163,6 +163,34 @@ impl<'a> NameAddr<'a> {
 
 /// Parses one `name-addr` or `addr-spec` followed by header parameters.
 pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
+    let p = name_addr_parts(s)?;
+    Ok(NameAddr {
+        display_raw: p.display_raw,
+        uri: parse_uri(p.uri)?,
+        angle: p.angle,
+        params: parse_header_params(p.params)?,
+    })
+}
+
+/// The `tag` parameter of a From or To value without parsing its URI: the value is split
+/// as [`parse_name_addr`] splits it, and only its header parameters are parsed. On a value
+/// [`parse_name_addr`] accepts it gives the same tag as [`NameAddr::tag`]; the URI it does
+/// not look at, it does not check (the proxy asks it of validated messages).
+pub fn parse_tag(s: &str) -> Result<Option<&str>> {
+    let params = parse_header_params(name_addr_parts(s)?.params)?;
+    Ok(find_param(&params, "tag").and_then(|p| p.value))
+}
+
+/// A `name-addr` or `addr-spec` with header parameters, split but for the URI and the
+/// parameters themselves.
+struct NameAddrParts<'a> {
+    display_raw: Option<&'a str>,
+    uri: &'a str,
+    angle: bool,
+    params: &'a str,
+}
+
+fn name_addr_parts(s: &str) -> Result<NameAddrParts<'_>> {
     let s = trim_lws(s);
     let (display_raw, after_display) = if s.starts_with('"') {
         let len = quoted_len(s)?;
@@ -191,14 +219,11 @@ pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
     if let Some(inner) = after_display.strip_prefix('<') {
         let gt = find_byte(inner, b'>').ok_or(ParseError::malformed("missing '>'"))?;
         let (uri, rest) = inner.split_at(gt);
-        let rest = rest.get(1..).unwrap_or("");
-        let uri = parse_uri(uri)?;
-        let params = parse_header_params(rest)?;
-        return Ok(NameAddr {
+        return Ok(NameAddrParts {
             display_raw,
             uri,
             angle: true,
-            params,
+            params: rest.get(1..).unwrap_or(""),
         });
     }
     // addr-spec: the URI runs to the first ';' and may not contain ',', '?' or ';'
@@ -206,47 +231,16 @@ pub fn parse_name_addr(s: &str) -> Result<NameAddr<'_>> {
     let end = after_display
         .find(|c: char| c == ';' || crate::syntax::is_lws_char(c))
         .unwrap_or(after_display.len());
-    let (uri, rest) = after_display.split_at(end);
+    let (uri, params) = after_display.split_at(end);
     if uri.contains(['?', ',']) {
         return Err(ParseError::malformed("URI with '?' or ',' must be in <>"));
     }
-    let uri = parse_uri(uri)?;
-    let params = parse_header_params(rest)?;
-    Ok(NameAddr {
+    Ok(NameAddrParts {
         display_raw: None,
         uri,
         angle: false,
         params,
     })
-}
-
-/// The `tag` parameter of a From or To value without parsing its URI: only the header
-/// parameters after the `<…>` (or after an addr-spec's URI) are read. On a value
-/// [`parse_name_addr`] accepts it gives the same tag as [`NameAddr::tag`]; what it does not
-/// look at, it does not check (the proxy asks it of validated messages).
-pub fn parse_tag(s: &str) -> Result<Option<&str>> {
-    let s = trim_lws(s);
-    let after_display = if s.starts_with('"') {
-        let len = quoted_len(s)?;
-        trim_lws_start(s.get(len..).unwrap_or(""))
-    } else {
-        s
-    };
-    let params = match find_byte(after_display, b'<') {
-        Some(lt) => {
-            let inner = after_display.get(lt + 1..).unwrap_or("");
-            let gt = find_byte(inner, b'>').ok_or(ParseError::malformed("missing '>'"))?;
-            inner.get(gt + 1..).unwrap_or("")
-        }
-        None => {
-            let end = after_display
-                .find(|c: char| c == ';' || crate::syntax::is_lws_char(c))
-                .unwrap_or(after_display.len());
-            after_display.get(end..).unwrap_or("")
-        }
-    };
-    let params = parse_header_params(params)?;
-    Ok(find_param(&params, "tag").and_then(|p| p.value))
 }
 
 /// One Via header field value.
