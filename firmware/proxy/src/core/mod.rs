@@ -627,11 +627,23 @@ fn from_where_sent(sent: Peer, got: Peer) -> bool {
         && (sent.conn.is_none() || sent.conn == got.conn)
 }
 
+/// The Via's sent-by as a transaction key holds it: the host in lower case, then `:port`
+/// when the Via names one. Written into one buffer (this runs for every request).
 fn via_sent_by(v: &sip::Via<'_>) -> String {
-    let mut s = v.host.to_string().to_ascii_lowercase();
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(48);
+    match v.host {
+        sip::Host::Name(n) => {
+            s.push_str(n);
+            s.make_ascii_lowercase();
+        }
+        // Addresses print in lower case already (IPv6's hex digits too).
+        ref h => {
+            let _ = write!(s, "{h}");
+        }
+    }
     if let Some(p) = v.port {
-        s.push(':');
-        s.push_str(&p.to_string());
+        let _ = write!(s, ":{p}");
     }
     s
 }

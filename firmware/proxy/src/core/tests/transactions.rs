@@ -112,3 +112,31 @@ fn forged_responses_from_elsewhere_are_dropped_and_counted() {
     let out = lab.pbx_says(pbx1(), &pbx_reply(&fwd, 200, "p", Some(30000)));
     assert_eq!(out.response_to(carrier().addr).status(), Some(200));
 }
+
+/// RFC 3261 §17.2.3 compares sent-by without regard to the host's case: the key holds it
+/// in lower case, with the port only when the Via names one.
+#[test]
+fn via_sent_by_is_the_host_in_lower_case_and_the_port_as_written() {
+    for (via, want) in [
+        (
+            "SIP/2.0/UDP PC33.Atlanta.COM:5066;branch=z9hG4bK1",
+            "pc33.atlanta.com:5066",
+        ),
+        (
+            "SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK1",
+            "pc33.atlanta.com",
+        ),
+        (
+            "SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK1",
+            "203.0.113.10:5060",
+        ),
+        (
+            "SIP/2.0/TCP [2001:DB8::A]:5061;branch=z9hG4bK1",
+            "[2001:db8::a]:5061",
+        ),
+        ("SIP/2.0/UDP [2001:db8::a];branch=z9hG4bK1", "[2001:db8::a]"),
+    ] {
+        let v = sip::parse_via(via).unwrap();
+        assert_eq!(crate::core::via_sent_by(&v), want, "{via}");
+    }
+}
