@@ -24,7 +24,7 @@
 //! `images/README.md` for why that does not weaken the verified boot).
 //!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
-//! [`replace_uki`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
+//! [`replace_uki`], [`esp_entries`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
 //! [`uki_signed_by_another_key`].
 //!
 //! ## Design
@@ -734,16 +734,43 @@ pub fn flip_byte(file: &Path, offset: u64) -> Result<u8> {
     Ok(b[0])
 }
 
-/// Puts `uki` in place of `EFI/BOOT/BOOTX64.EFI` on the ESP of `disk` (mtools: nothing
-/// is mounted).
+/// The files of the ESP's `EFI/Linux` on `disk` (the boot entries systemd-boot finds:
+/// `callgate-GENERATION-SLOT[+LEFT[-DONE]].efi`), by mtools: nothing is mounted.
+pub fn esp_entries(disk: &Path) -> Result<Vec<String>> {
+    let esp = partition(disk, "esp")?;
+    let out = run(Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset))
+        .arg("::/EFI/Linux"))?;
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next().map(str::to_owned))
+        .filter(|n| n.to_ascii_lowercase().ends_with(".efi"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Puts `uki` in place of slot A's boot entry (`EFI/Linux/callgate-*-a.efi`, the one the
+/// build made) on the ESP of `disk` (mtools: nothing is mounted).
 pub fn replace_uki(disk: &Path, uki: &Path) -> Result<()> {
+    let entry = esp_entries(disk)?
+        .into_iter()
+        .find(|n| n.starts_with("callgate-") && n.ends_with("-a.efi"))
+        .ok_or_else(|| {
+            LabError::Io(std::io::Error::other(format!(
+                "{}: no slot A entry in the ESP's EFI/Linux",
+                disk.display()
+            )))
+        })?;
     let esp = partition(disk, "esp")?;
     run(Command::new("mcopy")
         .arg("-o")
         .arg("-i")
         .arg(format!("{}@@{}", disk.display(), esp.offset))
         .arg(uki)
-        .arg("::/EFI/BOOT/BOOTX64.EFI"))
+        .arg(format!("::/EFI/Linux/{entry}")))
     .map(drop)
 }
 

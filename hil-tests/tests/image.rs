@@ -528,8 +528,10 @@ fn image_vm_flipped_root_byte_stops_the_boot() {
     );
 }
 
-/// Boots `disk` (whose UKI the firmware must not trust) and checks the firmware refused
-/// it: "Access Denied" for the disk, nothing of Linux afterwards.
+/// Boots `disk` (whose UKI the firmware must not trust) and checks it was refused:
+/// systemd-boot (signed, so it runs) asks the firmware to load slot A's entry, the
+/// firmware's signature check refuses it (`Error loading \EFI\Linux\...: Security
+/// Violation` or `Access Denied`), and nothing of Linux runs.
 fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
     let mut vm = Vm::boot(image, disk, MEM_MIB).unwrap();
     // The boot report or a login prompt would mean the UKI ran: stop waiting at once.
@@ -549,8 +551,9 @@ fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
     assert!(
         console
             .lines()
-            .any(|l| l.contains("failed to load Boot") && l.ends_with("Access Denied")),
-        "no Secure Boot refusal of the disk:\n{console}"
+            .any(|l| l.contains("Error loading \\EFI\\Linux\\callgate-")
+                && (l.contains("Security Violation") || l.contains("Access Denied"))),
+        "no Secure Boot refusal of the entry:\n{console}"
     );
     for never in [
         "EFI stub",
@@ -608,6 +611,17 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/etc/systemd/system/multi-user.target.wants/callgate-provision.service",
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
+        // The ESP at /efi (the boot entries), systemd-boot's boot assessment.
+        "/efi",
+        "/usr/lib/systemd/system/efi.mount",
+        "/etc/systemd/system/local-fs.target.wants/efi.mount",
+        "/usr/lib/systemd/systemd-bless-boot",
+        "/usr/lib/systemd/system-generators/systemd-bless-boot-generator",
+        "/usr/sbin/sfdisk",
+        "/etc/systemd/system/sockets.target.wants/callgate-upgrade.socket",
+        "/usr/libexec/callgate/health",
+        "/etc/systemd/system/boot-complete.target.requires/callgate-health.service",
+        "/usr/lib/systemd/system/systemd-bless-boot.service.d/60-callgate.conf",
         "/usr/sbin/cryptsetup",
         "/usr/bin/systemd-cryptenroll",
         "/usr/lib/systemd/systemd-cryptsetup",
@@ -644,6 +658,8 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/boot/",
         // it would hold the daemon two minutes on a board with no link configured
         "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online",
+        // the unsigned loader binaries of systemd-boot-efi (the ESP's is signed at build)
+        "/usr/lib/systemd/boot/efi",
     ];
     let found: Vec<&String> = paths
         .iter()
@@ -753,11 +769,15 @@ fn image_network_item_sets_addresses_and_nothing_else() {
 const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
     ("callgate-baseline.service", 1.4),
     ("callgate-boot-report.service", 2.0),
+    ("callgate-health.service", 1.6),
     ("callgate-network.service", 1.7),
     ("callgate-provision.service", 2.1),
     ("callgate-ssh-hostkeys.service", 0.5),
     // Mounts the state disk for everyone: no mount namespace, raw devices, CAP_SYS_ADMIN.
     ("callgate-state.service", 4.1),
+    // The update installer behind callgate-upgrade.socket: root (the raw disk, the ESP,
+    // the state disk are root's) with no capability, no network, block devices only.
+    ("callgate-upgrade@.service", 1.1),
     // Root with CAP_NET_ADMIN and the account tools' file capabilities, on the host's
     // network with packet sockets: see images/README.md.
     ("callgated.service", 3.3),
@@ -851,6 +871,10 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         .unwrap()
         .trim()
         .to_owned();
+    let generation = String::from_utf8(image.root_file("/usr/share/callgate/generation").unwrap())
+        .unwrap()
+        .trim()
+        .to_owned();
     // `show system` over SSH as `user`, once sshd answers and the account works.
     let show_system = |user: &str, key: &std::path::Path, vm: &Vm| {
         let mut last = None;
@@ -896,13 +920,19 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         "{daemon}"
     );
     let out = show_system("ann", &ann.private, &vm);
+    // Both slots: A booted from its blessed entry (systemd-boot's, no counter), B empty.
     for want in [
         "slot root-a: /dev/vda2 partuuid=".to_owned(),
-        format!(" booted version={version}\n"),
+        format!(
+            " booted version={version} generation={generation} entry=callgate-{generation}-a.efi (blessed)\n"
+        ),
         "slot root-b: /dev/vda4 partuuid=".to_owned(),
+        " version=unknown (no boot entry)\n".to_owned(),
         "booted: root-a\n".to_owned(),
         format!("roothash: {}\n", image.roothash().unwrap()),
-        "boot counting: off".to_owned(),
+        "boot loader: systemd-boot 252".to_owned(),
+        format!(", entry callgate-{generation}-a.efi\n"),
+        "boot counting: on; this boot's entry is blessed\n".to_owned(),
     ] {
         assert!(out.contains(&want), "no {want:?} in:\n{out}");
     }
