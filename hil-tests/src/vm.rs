@@ -172,6 +172,21 @@ impl Image {
         self.dir.join("callgate.update")
     }
 
+    /// A test update `scripts/image` made with `CALLGATE_IMAGE_TEST_UPDATES=1`
+    /// (`test-updates/NAME.update`: `next`, a good later build; `broken`, one whose daemon
+    /// never becomes ready). An error naming how to make it when it is not there.
+    pub fn test_update(&self, name: &str) -> Result<PathBuf> {
+        let f = self.dir.join("test-updates").join(format!("{name}.update"));
+        if !f.exists() {
+            return Err(LabError::Io(std::io::Error::other(format!(
+                "{}: missing (CALLGATE_IMAGE_TEST_UPDATES=1 scripts/image {})",
+                f.display(),
+                self.dir.display()
+            ))));
+        }
+        Ok(f)
+    }
+
     /// The update key's public half, as the root carries it (`update-key.der`).
     pub fn update_key(&self) -> PathBuf {
         self.dir.join("update-key.der")
