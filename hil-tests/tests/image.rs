@@ -11,7 +11,12 @@
 //!   ports, IPv4 and IPv6, and a UDP sample with SIP), and of its management side SSH
 //!   only;
 //! - one flipped byte in the root partition stops the boot (dm-verity);
-//! - the firmware refuses the UKI unsigned, or signed by a key it does not trust;
+//! - the firmware refuses a slot's UKI unsigned, or signed by a key it does not trust
+//!   (systemd-boot, signed, asks for it; nothing of Linux runs);
+//! - A/B updates over an admin's SSH console: a tampered update refused with nothing
+//!   written, a good one installed into the other slot, booted, found healthy and
+//!   blessed; a broken one (its daemon never ready) tried three times and the previous
+//!   slot booted again by itself;
 //! - the state disk: made at first boot (LUKS2, sealed to the TPM's PCR 7, a recovery key
 //!   shown once on the console), unlocked by the same TPM alone at the next boot with what
 //!   the appliance left there; moved to another board it stays locked, the daemon does not
