@@ -24,7 +24,7 @@
 //! `images/README.md` for why that does not weaken the verified boot).
 //!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
-//! [`replace_uki`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
+//! [`replace_uki`], [`esp_entries`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
 //! [`uki_signed_by_another_key`].
 //!
 //! ## Design
@@ -170,6 +170,21 @@ impl Image {
     /// This build as a signed update file (`callgate.update`).
     pub fn update_file(&self) -> PathBuf {
         self.dir.join("callgate.update")
+    }
+
+    /// A test update `scripts/image` made with `CALLGATE_IMAGE_TEST_UPDATES=1`
+    /// (`test-updates/NAME.update`: `next`, a good later build; `broken`, one whose daemon
+    /// never becomes ready). An error naming how to make it when it is not there.
+    pub fn test_update(&self, name: &str) -> Result<PathBuf> {
+        let f = self.dir.join("test-updates").join(format!("{name}.update"));
+        if !f.exists() {
+            return Err(LabError::Io(std::io::Error::other(format!(
+                "{}: missing (CALLGATE_IMAGE_TEST_UPDATES=1 scripts/image {})",
+                f.display(),
+                self.dir.display()
+            ))));
+        }
+        Ok(f)
     }
 
     /// The update key's public half, as the root carries it (`update-key.der`).
@@ -734,16 +749,43 @@ pub fn flip_byte(file: &Path, offset: u64) -> Result<u8> {
     Ok(b[0])
 }
 
-/// Puts `uki` in place of `EFI/BOOT/BOOTX64.EFI` on the ESP of `disk` (mtools: nothing
-/// is mounted).
+/// The files of the ESP's `EFI/Linux` on `disk` (the boot entries systemd-boot finds:
+/// `callgate-GENERATION-SLOT[+LEFT[-DONE]].efi`), by mtools: nothing is mounted.
+pub fn esp_entries(disk: &Path) -> Result<Vec<String>> {
+    let esp = partition(disk, "esp")?;
+    let out = run(Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset))
+        .arg("::/EFI/Linux"))?;
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next().map(str::to_owned))
+        .filter(|n| n.to_ascii_lowercase().ends_with(".efi"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Puts `uki` in place of slot A's boot entry (`EFI/Linux/callgate-*-a.efi`, the one the
+/// build made) on the ESP of `disk` (mtools: nothing is mounted).
 pub fn replace_uki(disk: &Path, uki: &Path) -> Result<()> {
+    let entry = esp_entries(disk)?
+        .into_iter()
+        .find(|n| n.starts_with("callgate-") && n.ends_with("-a.efi"))
+        .ok_or_else(|| {
+            LabError::Io(std::io::Error::other(format!(
+                "{}: no slot A entry in the ESP's EFI/Linux",
+                disk.display()
+            )))
+        })?;
     let esp = partition(disk, "esp")?;
     run(Command::new("mcopy")
         .arg("-o")
         .arg("-i")
         .arg(format!("{}@@{}", disk.display(), esp.offset))
         .arg(uki)
-        .arg("::/EFI/BOOT/BOOTX64.EFI"))
+        .arg(format!("::/EFI/Linux/{entry}")))
     .map(drop)
 }
 

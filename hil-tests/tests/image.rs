@@ -11,7 +11,12 @@
 //!   ports, IPv4 and IPv6, and a UDP sample with SIP), and of its management side SSH
 //!   only;
 //! - one flipped byte in the root partition stops the boot (dm-verity);
-//! - the firmware refuses the UKI unsigned, or signed by a key it does not trust;
+//! - the firmware refuses a slot's UKI unsigned, or signed by a key it does not trust
+//!   (systemd-boot, signed, asks for it; nothing of Linux runs);
+//! - A/B updates over an admin's SSH console: a tampered update refused with nothing
+//!   written, a good one installed into the other slot, booted, found healthy and
+//!   blessed; a broken one (its daemon never ready) tried three times and the previous
+//!   slot booted again by itself;
 //! - the state disk: made at first boot (LUKS2, sealed to the TPM's PCR 7, a recovery key
 //!   shown once on the console), unlocked by the same TPM alone at the next boot with what
 //!   the appliance left there; moved to another board it stays locked, the daemon does not
@@ -39,7 +44,7 @@ use std::time::Duration;
 
 use hil_tests::console::{ssh, KeyPair};
 use hil_tests::vm::{
-    copy_disk, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
+    copy_disk, esp_entries, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
     uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm, VmNet,
 };
 use hil_tests::{addr, Host, Lab, Segment};
@@ -528,8 +533,10 @@ fn image_vm_flipped_root_byte_stops_the_boot() {
     );
 }
 
-/// Boots `disk` (whose UKI the firmware must not trust) and checks the firmware refused
-/// it: "Access Denied" for the disk, nothing of Linux afterwards.
+/// Boots `disk` (whose UKI the firmware must not trust) and checks it was refused:
+/// systemd-boot (signed, so it runs) asks the firmware to load slot A's entry, the
+/// firmware's signature check refuses it (`Error loading \EFI\Linux\...: Security
+/// Violation` or `Access Denied`), and nothing of Linux runs.
 fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
     let mut vm = Vm::boot(image, disk, MEM_MIB).unwrap();
     // The boot report or a login prompt would mean the UKI ran: stop waiting at once.
@@ -549,8 +556,9 @@ fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
     assert!(
         console
             .lines()
-            .any(|l| l.contains("failed to load Boot") && l.ends_with("Access Denied")),
-        "no Secure Boot refusal of the disk:\n{console}"
+            .any(|l| l.contains("Error loading \\EFI\\Linux\\callgate-")
+                && (l.contains("Security Violation") || l.contains("Access Denied"))),
+        "no Secure Boot refusal of the entry:\n{console}"
     );
     for never in [
         "EFI stub",
@@ -608,6 +616,17 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/etc/systemd/system/multi-user.target.wants/callgate-provision.service",
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
+        // The ESP at /efi (the boot entries), systemd-boot's boot assessment.
+        "/efi",
+        "/usr/lib/systemd/system/efi.mount",
+        "/etc/systemd/system/local-fs.target.wants/efi.mount",
+        "/usr/lib/systemd/systemd-bless-boot",
+        "/usr/lib/systemd/system-generators/systemd-bless-boot-generator",
+        "/usr/sbin/sfdisk",
+        "/etc/systemd/system/sockets.target.wants/callgate-upgrade.socket",
+        "/usr/libexec/callgate/health",
+        "/etc/systemd/system/boot-complete.target.requires/callgate-health.service",
+        "/usr/lib/systemd/system/systemd-bless-boot.service.d/60-callgate.conf",
         "/usr/sbin/cryptsetup",
         "/usr/bin/systemd-cryptenroll",
         "/usr/lib/systemd/systemd-cryptsetup",
@@ -644,6 +663,8 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/boot/",
         // it would hold the daemon two minutes on a board with no link configured
         "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online",
+        // the unsigned loader binaries of systemd-boot-efi (the ESP's is signed at build)
+        "/usr/lib/systemd/boot/efi",
     ];
     let found: Vec<&String> = paths
         .iter()
@@ -753,11 +774,15 @@ fn image_network_item_sets_addresses_and_nothing_else() {
 const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
     ("callgate-baseline.service", 1.4),
     ("callgate-boot-report.service", 2.0),
+    ("callgate-health.service", 1.6),
     ("callgate-network.service", 1.7),
     ("callgate-provision.service", 1.6),
     ("callgate-ssh-hostkeys.service", 0.5),
     // Mounts the state disk for everyone: no mount namespace, raw devices, CAP_SYS_ADMIN.
     ("callgate-state.service", 4.1),
+    // The update installer behind callgate-upgrade.socket: root (the raw disk, the ESP,
+    // the state disk are root's) with no capability, no network, block devices only.
+    ("callgate-upgrade@.service", 1.1),
     // Root with CAP_NET_ADMIN and the account tools' file capabilities, on the host's
     // network with packet sockets: see images/README.md.
     ("callgated.service", 3.3),
@@ -817,6 +842,50 @@ fn image_services_are_sandboxed_to_their_exposure_ceilings() {
     }
 }
 
+/// A text file of the image's root (`/usr/share/callgate/version`), trimmed.
+fn root_text(image: &Image, path: &str) -> String {
+    String::from_utf8(image.root_file(path).unwrap())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// One board on the lab in appliance A's place, booted again and again: its own copy of
+/// the disk and a TPM state kept across boots, its management NIC on the engineers'
+/// segment, and the installer's provisioning item for `ann` (after `preamble`).
+struct Board {
+    tmp: tempfile::TempDir,
+    ann: KeyPair,
+    lab: Lab,
+    boot: Boot,
+}
+
+impl Board {
+    fn new(image: &Image, preamble: &str) -> Board {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("board.img");
+        copy_disk(&image.disk(), &disk).unwrap();
+        let tpm = tmp.path().join("tpm");
+        std::fs::create_dir(&tpm).unwrap();
+        let ann = KeyPair::new(tmp.path(), "ann");
+        let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
+        let net = VmNet::on_lab(&lab, Host::A).unwrap();
+        let boot = Boot {
+            writable: true,
+            tpm_state: Some(tpm),
+            net: Some(net),
+            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
+            ..Boot::new(&disk, MEM_MIB)
+        };
+        Board {
+            tmp,
+            ann,
+            lab,
+            boot,
+        }
+    }
+}
+
 /// The installer's way in: the provisioning item (fw_cfg `opt/org.callgate/provision`)
 /// with the first admin's login and SSH key. The first boot provisions the vault (its
 /// recovery key on the console), commits the admin through the daemon, and the admin
@@ -827,30 +896,16 @@ fn image_services_are_sandboxed_to_their_exposure_ceilings() {
 #[test]
 fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
     let image = Image::from_env().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("provisioned.img");
-    copy_disk(&image.disk(), &disk).unwrap();
-    let tpm = tmp.path().join("tpm");
-    std::fs::create_dir(&tpm).unwrap();
-    let ann = KeyPair::new(tmp.path(), "ann");
+    let Board {
+        tmp,
+        ann,
+        lab,
+        boot: board,
+    } = Board::new(&image, "# callgate provisioning (the installer)\n");
     let mallory = KeyPair::new(tmp.path(), "mallory");
-    let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
-    let net = VmNet::on_lab(&lab, Host::A).unwrap();
     let mgmt = lab.ns(Host::Mgmt);
-    let board = Boot {
-        writable: true,
-        tpm_state: Some(tpm),
-        net: Some(net),
-        provision: Some(format!(
-            "# callgate provisioning (the installer)\nuser ann\nssh-key {}\n",
-            ann.public
-        )),
-        ..Boot::new(&disk, MEM_MIB)
-    };
-    let version = String::from_utf8(image.root_file("/usr/share/callgate/version").unwrap())
-        .unwrap()
-        .trim()
-        .to_owned();
+    let version = root_text(&image, "/usr/share/callgate/version");
+    let generation = root_text(&image, "/usr/share/callgate/generation");
     // `show system` over SSH as `user`, once sshd answers and the account works.
     let show_system = |user: &str, key: &std::path::Path, vm: &Vm| {
         let mut last = None;
@@ -896,13 +951,19 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         "{daemon}"
     );
     let out = show_system("ann", &ann.private, &vm);
+    // Both slots: A booted from its blessed entry (systemd-boot's, no counter), B empty.
     for want in [
         "slot root-a: /dev/vda2 partuuid=".to_owned(),
-        format!(" booted version={version}\n"),
+        format!(
+            " booted version={version} generation={generation} entry=callgate-{generation}-a.efi (blessed)\n"
+        ),
         "slot root-b: /dev/vda4 partuuid=".to_owned(),
+        " version=unknown (no boot entry)\n".to_owned(),
         "booted: root-a\n".to_owned(),
         format!("roothash: {}\n", image.roothash().unwrap()),
-        "boot counting: off".to_owned(),
+        "boot loader: systemd-boot 252".to_owned(),
+        format!(", entry callgate-{generation}-a.efi\n"),
+        "boot counting: on; this boot's entry is blessed\n".to_owned(),
     ] {
         assert!(out.contains(&want), "no {want:?} in:\n{out}");
     }
@@ -1094,6 +1155,187 @@ fn image_update_file_verifies_and_tampered_or_old_ones_are_refused() {
     let (ok, out) = verify(&bad, &key, 0);
     assert!(
         !ok && out.contains("root.squashfs: its SHA-256 is not the one the signed manifest names"),
+        "{out}"
+    );
+}
+
+/// `upgrade` from an admin's console over SSH, `ssh ann@A upgrade < FILE`, on one board
+/// (disk and TPM kept) through its whole A/B walk:
+/// 1. a bad update (one flipped byte in the root it carries) is refused and nothing is
+///    written: slot B's partition and the ESP's entries as they were;
+/// 2. a good one (`next`: generation + 1) is installed into slot B with three tries; the
+///    next boot runs slot B, is healthy, is blessed, and `show system` says so;
+/// 3. a broken one (`broken`: generation + 2, its daemon exits) goes into slot A; it boots
+///    three times, never healthy (each boot's health unit fails and reboots), and the
+///    fourth boot is slot B again by itself: `show system` shows slot A's entry with no
+///    tries left.
+#[test]
+fn image_vm_update_installs_boots_blessed_and_a_broken_one_falls_back() {
+    let image = Image::from_env().unwrap();
+    let next = image.test_update("next").unwrap();
+    let broken = image.test_update("broken").unwrap();
+    let Board {
+        tmp,
+        ann,
+        lab,
+        boot: board,
+    } = Board::new(&image, "");
+    let disk = board.disk.clone();
+    let mgmt = lab.ns(Host::Mgmt);
+    let generation: u64 = root_text(&image, "/usr/share/callgate/generation")
+        .parse()
+        .unwrap();
+    let ssh_ann = |args: &[&str], stdin: Option<&std::path::Path>| {
+        let mut cmd = hil_tests::console::ssh_command(&mgmt, "ssh", Some(ann.private.as_path()));
+        cmd.arg(format!("ann@{}", addr::A_MGMT_V4)).args(args);
+        if let Some(f) = stdin {
+            cmd.stdin(std::fs::File::open(f).unwrap());
+        }
+        hil_tests::Cli::run(cmd)
+    };
+    // `show system` once the account answers (sshd and the account come up around READY).
+    let show_system = |vm: &Vm, want: &str| {
+        let mut last = String::new();
+        let ok = hil_tests::poll_until(Duration::from_secs(120), Duration::from_secs(3), || {
+            let r = ssh_ann(&["show", "system"], None);
+            last = format!("{}{}", r.stdout, r.stderr);
+            r.ok() && r.stdout.contains(want)
+        });
+        assert!(
+            ok,
+            "no {want:?} in show system:\n{last}\nconsole:\n{}",
+            vm.console()
+        );
+        last
+    };
+    let slot_b = partition(&disk, "root-b").unwrap();
+    let slot_b_head = |disk: &std::path::Path| {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(disk).unwrap();
+        f.seek(SeekFrom::Start(slot_b.offset)).unwrap();
+        let mut b = vec![0u8; 1 << 20];
+        f.read_exact(&mut b).unwrap();
+        b
+    };
+
+    // 1. The first boot (provisioned); a bad update refused, nothing written.
+    let mut vm = Vm::start(&image, &board).unwrap();
+    let (_, ready) = boot_report(&mut vm, "first boot");
+    assert!(ready, "first boot not ready:\n{}", vm.console());
+    show_system(&vm, "booted: root-a\n");
+    let entries = esp_entries(&disk).unwrap();
+    assert_eq!(entries, [format!("callgate-{generation}-a.efi")]);
+    let bad = tmp.path().join("flipped.update");
+    copy_disk(&next, &bad).unwrap();
+    let len = std::fs::metadata(&bad).unwrap().len();
+    flip_byte(&bad, len / 2).unwrap();
+    let before = slot_b_head(&disk);
+    let r = ssh_ann(&["upgrade"], Some(&bad));
+    assert!(!r.ok(), "a flipped update installed: {}", r.stdout);
+    assert!(
+        r.stdout.contains("refused: ")
+            && r.stdout
+                .contains("its SHA-256 is not the one the signed manifest names"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(slot_b_head(&disk) == before, "slot B was written");
+    assert_eq!(esp_entries(&disk).unwrap(), entries, "the ESP changed");
+
+    // 2. The good update: slot B, three tries, then a blessed boot of it.
+    let started = std::time::Instant::now();
+    let r = ssh_ann(&["upgrade"], Some(&next));
+    let entry_b = format!("callgate-{}-b+3.efi", generation + 1);
+    assert!(
+        r.ok() && r.stdout.contains(&format!("boot entry {entry_b}")),
+        "{} {}\nconsole:\n{}",
+        r.stdout,
+        r.stderr,
+        vm.console()
+    );
+    println!(
+        "upgrade: the good update installed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let out = show_system(&vm, "(on trial: 3 tries left, 0 done)");
+    assert!(out.contains(&format!("entry={entry_b}")), "{out}");
+    assert!(slot_b_head(&disk) != before, "slot B was not written");
+    // On the disk itself (the host's view of the file), not only in the guest's cache.
+    assert!(
+        esp_entries(&disk).unwrap().contains(&entry_b),
+        "{:?}",
+        esp_entries(&disk)
+    );
+    drop(vm);
+    let mut vm = Vm::start(&image, &board).unwrap();
+    let (_, ready) = boot_report(&mut vm, "the updated slot");
+    assert!(ready, "the updated slot is not ready:\n{}", vm.console());
+    let next_version = format!("{}+next", root_text(&image, "/usr/share/callgate/version"));
+    let blessed_b = format!(
+        " booted version={next_version} generation={} entry=callgate-{}-b.efi (blessed)\n",
+        generation + 1,
+        generation + 1
+    );
+    let out = show_system(&vm, &blessed_b);
+    assert!(out.contains("booted: root-b\n"), "{out}");
+    assert!(
+        vm.console()
+            .contains("callgate-health: healthy (firewall, daemon, store)"),
+        "{}",
+        vm.console()
+    );
+    println!(
+        "upgrade: the good update's slot booted and blessed {:.1} s after the upgrade began",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 3. The broken update: slot A, tried three times, then slot B again by itself.
+    let r = ssh_ann(&["upgrade"], Some(&broken));
+    let entry_a = format!("callgate-{}-a+3.efi", generation + 2);
+    assert!(
+        r.ok() && r.stdout.contains(&format!("boot entry {entry_a}")),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    drop(vm);
+    for try_no in 1..=3 {
+        let mut vm = Vm::start(&image, &board).unwrap();
+        let (which, seen) = vm.wait_for_any(
+            &["callgate-health: NOT HEALTHY", "callgate-health: healthy"],
+            BOOT,
+        );
+        assert!(
+            matches!(seen, Seen::At(_)) && which == 0,
+            "try {try_no}: no failed health check ({seen:?}):\n{}",
+            vm.console()
+        );
+        // The unit's FailureAction reboots: QEMU (-no-reboot) ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while vm.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(
+            vm.exited().is_some(),
+            "try {try_no}: no reboot after the failed health check:\n{}",
+            vm.console()
+        );
+    }
+    let mut vm = Vm::start(&image, &board).unwrap();
+    let (_, ready) = boot_report(&mut vm, "the fallback");
+    assert!(ready, "the fallback is not ready:\n{}", vm.console());
+    let out = show_system(&vm, "booted: root-b\n");
+    assert!(out.contains(&blessed_b), "{out}");
+    assert!(
+        out.contains(&format!(
+            "entry=callgate-{}-a+0-3.efi (failed: no tries left, 3 done; the loader boots the other slot)",
+            generation + 2
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("boot counting: on; this boot's entry is blessed\n"),
         "{out}"
     );
 }

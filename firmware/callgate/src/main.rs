@@ -10,9 +10,11 @@
 
 mod console;
 mod shell;
+mod upgrade;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use upgrade::{chain, running_generation};
 
 use callgate_config::Config;
 use callgate_control::{Client, Request, Response};
@@ -133,6 +135,23 @@ enum Cmd {
         /// The generation the update must exceed (default: the running root's).
         #[arg(long)]
         running_generation: Option<u64>,
+    },
+    /// Install an update file into the root slot that did not boot (root only: it writes
+    /// the raw disk): every check of `verify-update` first, then the slot's root, hash
+    /// tree and boot entry; the next boot tries it (systemd-boot, 3 tries) and falls back
+    /// to this slot unless it becomes healthy.
+    Upgrade {
+        file: PathBuf,
+        /// The update key's public half (PKCS#1 RSAPublicKey, DER).
+        #[arg(long, default_value = "/usr/share/callgate/update-key.der")]
+        key: PathBuf,
+    },
+    /// The root-only end of callgate-upgrade.socket: standard input and output are a
+    /// connection from an admin's console `upgrade` (see images/README.md).
+    #[command(hide = true)]
+    UpgradeHelper {
+        #[arg(long, default_value = "/usr/share/callgate/update-key.der")]
+        key: PathBuf,
     },
 }
 
@@ -285,33 +304,17 @@ fn default_socket() -> PathBuf {
         )
 }
 
-/// The running root's generation (`scripts/image` writes it).
-const GENERATION_FILE: &str = "/usr/share/callgate/generation";
-
 /// `verify-update`: the whole file checked, nothing written.
 fn verify_update(file: &Path, key: &Path, running: Option<u64>) -> ExitCode {
     let run = || -> Result<callgate_system::update::Manifest, String> {
         let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
         let running = match running {
             Some(g) => g,
-            None => std::fs::read_to_string(GENERATION_FILE)
-                .map_err(|e| format!("{GENERATION_FILE}: {e}"))?
-                .trim()
-                .parse()
-                .map_err(|_| format!("{GENERATION_FILE}: not a number"))?,
+            None => running_generation()?,
         };
         let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        callgate_system::update::check(&mut std::io::BufReader::new(f), &key, running).map_err(
-            |e| {
-                let mut text = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    text.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                text
-            },
-        )
+        callgate_system::update::check(&mut std::io::BufReader::new(f), &key, running)
+            .map_err(|e| chain(&e))
     };
     match run() {
         Ok(m) => {
@@ -437,6 +440,8 @@ fn main() -> ExitCode {
             key,
             running_generation,
         } => return verify_update(&file, &key, running_generation),
+        Cmd::Upgrade { file, key } => return upgrade::run(&file, &key),
+        Cmd::UpgradeHelper { key } => return upgrade::helper(&key),
         Cmd::Console => {
             return console::run(&args.socket.clone().unwrap_or_else(default_socket));
         }

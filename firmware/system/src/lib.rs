@@ -1,30 +1,40 @@
 //! # callgate-system
 //!
 //! The appliance's root slots and boot as the running system sees them, for `callgate
-//! show system`: the two root slots (`root-a`, `root-b`), which one this boot runs, the
-//! version of the running root, and the boot-counting state.
+//! show system`: the two root slots (`root-a`, `root-b`), which one this boot runs, each
+//! slot's version and generation (from its boot entry on the ESP), and the boot-counting
+//! state (systemd-boot's tries of an updated slot).
 //!
 //! ## Design
 //! - Read from what any user may read, so the console shows it without privileges and
 //!   without the daemon (an engineer looking at a boot whose daemon never became ready):
 //!   the signed kernel command line (`/proc/cmdline`: `roothash=` and
 //!   `systemd.verity_root_data=PARTUUID=…`), udev's `/dev/disk/by-partlabel` and
-//!   `/dev/disk/by-partuuid` links, the root's `/usr/share/callgate/version`, and the boot
-//!   loader's EFI variables (`LoaderBootCountPath`, `LoaderImageIdentifier`).
-//! - [`parse_cmdline`] and [`efi_string`] are pure; [`read`] takes the root directory the
-//!   paths hang from (`/` on the appliance, a directory in the tests).
+//!   `/dev/disk/by-partuuid` links, the root's `/usr/share/callgate/version` and
+//!   `generation`, the boot entries on the ESP (mounted at `/efi` by the image's
+//!   `efi.mount`, files readable by all: [`esp`]), and the boot loader's EFI variables
+//!   (`LoaderInfo`, `LoaderEntrySelected`, `LoaderBootCountPath`,
+//!   `LoaderImageIdentifier`).
+//! - [`parse_cmdline`], [`efi_string`] and [`esp`]'s parsers are pure; [`read`] takes the
+//!   root directory the paths hang from (`/` on the appliance, a directory in the tests).
 //! - Nothing here writes.
 //!
 //! ## Current limitations
-//! - The version of the slot that did not boot is unknown: it comes with A/B updates
-//!   (planned: each slot's UKI and manifest on the ESP).
-//! - Boot counting needs a boot loader that counts (systemd-boot, planned with A/B
-//!   updates); the image's firmware starts the UKI directly, so it reports `off`.
+//! - A slot's version and generation come from its UKI's `.osrel` on the ESP, not from
+//!   the slot's root itself (which is not mounted): an entry whose UKI does not match its
+//!   name is shown as such, and a slot without an entry is `unknown`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod esp;
+pub mod install;
 pub mod update;
+
+use esp::{Entry, Tries};
+
+/// Where the image mounts the ESP (`efi.mount`), under the root.
+pub const ESP_MOUNT: &str = "efi";
 
 /// The EFI variables' vendor GUID of systemd-boot and systemd-stub (the Boot Loader
 /// Interface).
@@ -93,22 +103,28 @@ pub struct Slot {
     pub partuuid: Option<String>,
     /// Whether this boot runs from it.
     pub booted: bool,
-    /// The version of its root, when known (the booted slot's).
+    /// The version of its root, when known (the booted slot's own, else its entry's).
     pub version: Option<String>,
+    /// Its generation, when known (likewise).
+    pub generation: Option<u64>,
+    /// Its boot entry on the ESP (the newest generation, if there are several).
+    pub entry: Option<Entry>,
 }
 
-/// The boot-counting state, from the boot loader's EFI variables.
+/// The boot-counting state, from the boot loader's EFI variables and the entries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum BootCounting {
-    /// No boot loader that counts: the firmware starts the UKI directly.
+    /// No boot loader that counts: the firmware started the UKI directly.
     Off {
         /// The image the firmware started (`LoaderImageIdentifier`, set by systemd-stub).
         image: Option<String>,
     },
-    /// The boot loader counts tries of the entry this boot runs (`LoaderBootCountPath`:
-    /// its file name holds `+LEFT[-DONE]`); blessed once the boot is good.
-    Counting { path: String },
+    /// systemd-boot started this boot from an entry with no counter, or one blessed since.
+    Blessed { entry: Option<String> },
+    /// systemd-boot counts the tries of this boot's entry (`LoaderBootCountPath`), not
+    /// blessed yet: `tries` as the entry's name has them now.
+    Trial { path: String, tries: Tries },
 }
 
 /// The whole view.
@@ -116,6 +132,12 @@ pub enum BootCounting {
 pub struct System {
     pub slots: Vec<Slot>,
     pub roothash: Option<String>,
+    /// The boot loader (`LoaderInfo`: `systemd-boot 252...`), if one started this boot.
+    pub loader: Option<String>,
+    /// The entry it started (`LoaderEntrySelected`).
+    pub entry_selected: Option<String>,
+    /// The ESP's `EFI/Linux`; `None`: not readable (the ESP is not mounted).
+    pub entries: Option<Vec<Entry>>,
     pub boot_counting: BootCounting,
 }
 
@@ -134,7 +156,7 @@ fn read_to_string(path: &Path) -> Result<String, SystemError> {
 }
 
 /// The device a `/dev/disk/by-…` link points to, or `None`.
-fn resolve(link: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(link: &Path) -> Option<PathBuf> {
     let target = std::fs::read_link(link).ok()?;
     let joined = match link.parent() {
         Some(dir) if target.is_relative() => dir.join(target),
@@ -163,13 +185,51 @@ fn partuuid_of(by_partuuid: &Path, device: &Path) -> Option<String> {
     })
 }
 
+/// The file name at the end of an EFI path (`\\EFI\\Linux\\x.efi` → `x.efi`).
+fn efi_basename(path: &str) -> &str {
+    path.rsplit(['\\', '/']).next().unwrap_or(path)
+}
+
+/// The state of the entry this boot runs, counted by systemd-boot: the entry as its name
+/// is now (blessed since, still counting, or marked bad), or as the loader named it when
+/// the ESP cannot be read.
+fn trial_state(path: String, entries: Option<&[Entry]>) -> BootCounting {
+    let name = efi_basename(&path).to_owned();
+    let named = esp::parse_entry_name(&name);
+    let now = entries.and_then(|es| {
+        es.iter()
+            .find(|e| e.file.eq_ignore_ascii_case(&name))
+            .or_else(|| {
+                let stem = &named.as_ref()?.stem;
+                es.iter()
+                    .find(|e| esp::parse_entry_name(&e.file).is_some_and(|p| &p.stem == stem))
+            })
+    });
+    let tries = match (now, &named) {
+        (Some(e), _) => e.tries,
+        (None, Some(n)) => n.tries,
+        (None, None) => Tries::Counting { left: 0, done: 0 },
+    };
+    match tries {
+        Tries::Blessed => BootCounting::Blessed {
+            entry: now.map(|e| e.file.clone()),
+        },
+        tries => BootCounting::Trial { path, tries },
+    }
+}
+
 /// Reads the view under `root` (`/` on the appliance).
 pub fn read(root: &Path) -> Result<System, SystemError> {
     let cmdline = parse_cmdline(&read_to_string(&root.join("proc/cmdline"))?);
-    let version = std::fs::read_to_string(root.join("usr/share/callgate/version"))
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let own = |file: &str| {
+        std::fs::read_to_string(root.join("usr/share/callgate").join(file))
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let version = own("version");
+    let generation = own("generation").and_then(|g| g.parse::<u64>().ok());
+    let entries = esp::read_entries(&root.join(ESP_MOUNT).join(esp::ENTRIES_DIR)).ok();
     let by_label = root.join("dev/disk/by-partlabel");
     let by_uuid = root.join("dev/disk/by-partuuid");
     let slots = SLOTS
@@ -178,12 +238,31 @@ pub fn read(root: &Path) -> Result<System, SystemError> {
             let device = resolve(&by_label.join(name));
             let partuuid = device.as_deref().and_then(|d| partuuid_of(&by_uuid, d));
             let booted = partuuid.is_some() && partuuid == cmdline.root_partuuid;
+            let entry = entries.as_ref().and_then(|es| {
+                es.iter()
+                    .filter(|e| e.slot == Some(*name))
+                    .max_by_key(|e| e.generation)
+                    .cloned()
+            });
+            let (version, generation) = if booted {
+                (
+                    version.clone(),
+                    generation.or(entry.as_ref().and_then(|e| e.generation)),
+                )
+            } else {
+                (
+                    entry.as_ref().and_then(|e| e.version.clone()),
+                    entry.as_ref().and_then(|e| e.generation),
+                )
+            };
             Slot {
                 name: (*name).to_owned(),
                 device,
                 partuuid,
                 booted,
-                version: if booted { version.clone() } else { None },
+                version,
+                generation,
+                entry,
             }
         })
         .collect();
@@ -193,17 +272,40 @@ pub fn read(root: &Path) -> Result<System, SystemError> {
             .ok()
             .and_then(|raw| efi_string(&raw))
     };
-    let boot_counting = match var("LoaderBootCountPath") {
-        Some(path) => BootCounting::Counting { path },
-        None => BootCounting::Off {
+    let loader = var("LoaderInfo");
+    let entry_selected = var("LoaderEntrySelected");
+    let boot_counting = match (var("LoaderBootCountPath"), &loader) {
+        (Some(path), _) => trial_state(path, entries.as_deref()),
+        (None, Some(_)) => BootCounting::Blessed {
+            entry: entry_selected.clone(),
+        },
+        (None, None) => BootCounting::Off {
             image: var("LoaderImageIdentifier"),
         },
     };
     Ok(System {
         slots,
         roothash: cmdline.roothash,
+        loader,
+        entry_selected,
+        entries,
         boot_counting,
     })
+}
+
+impl fmt::Display for Tries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Tries::Blessed => write!(f, "blessed"),
+            Tries::Counting { left: 0, done } => write!(
+                f,
+                "failed: no tries left, {done} done; the loader boots the other slot"
+            ),
+            Tries::Counting { left, done } => {
+                write!(f, "on trial: {left} tries left, {done} done")
+            }
+        }
+    }
 }
 
 impl fmt::Display for System {
@@ -224,9 +326,23 @@ impl fmt::Display for System {
                 write!(f, " booted")?;
             }
             match &s.version {
-                Some(v) => writeln!(f, " version={v}")?,
-                None => writeln!(f, " version=unknown")?,
+                Some(v) => write!(f, " version={v}")?,
+                None => write!(f, " version=unknown")?,
             }
+            if let Some(g) = s.generation {
+                write!(f, " generation={g}")?;
+            }
+            match (&s.entry, &self.entries) {
+                (Some(e), _) => {
+                    write!(f, " entry={} ({})", e.file, e.tries)?;
+                    if !e.consistent {
+                        write!(f, " MISMATCH: its UKI is not the build its name gives")?;
+                    }
+                }
+                (None, Some(_)) => write!(f, " (no boot entry)")?,
+                (None, None) => {}
+            }
+            writeln!(f)?;
         }
         match self.booted() {
             Some(s) => writeln!(f, "booted: {}", s.name)?,
@@ -238,18 +354,41 @@ impl fmt::Display for System {
         if let Some(h) = &self.roothash {
             writeln!(f, "roothash: {h}")?;
         }
+        if let Some(l) = &self.loader {
+            write!(f, "boot loader: {l}")?;
+            if let Some(e) = &self.entry_selected {
+                write!(f, ", entry {e}")?;
+            }
+            writeln!(f)?;
+        }
+        match &self.entries {
+            Some(es) => {
+                for e in es.iter().filter(|e| e.slot.is_none()) {
+                    writeln!(f, "boot entry {}: not a callgate slot's", e.file)?;
+                }
+            }
+            None => writeln!(
+                f,
+                "boot entries: unknown (the ESP is not mounted at /{ESP_MOUNT})"
+            )?,
+        }
         match &self.boot_counting {
             BootCounting::Off { image } => {
                 write!(
                     f,
-                    "boot counting: off (the firmware starts the signed UKI directly: no boot loader, no tries)"
+                    "boot counting: off (the firmware started the UKI directly: no boot loader, no tries)"
                 )?;
                 if let Some(i) = image {
                     write!(f, "; image {i}")?;
                 }
                 writeln!(f)
             }
-            BootCounting::Counting { path } => writeln!(f, "boot counting: on, entry {path}"),
+            BootCounting::Blessed { .. } => {
+                writeln!(f, "boot counting: on; this boot's entry is blessed")
+            }
+            BootCounting::Trial { path, tries } => {
+                writeln!(f, "boot counting: on; this boot's entry {path}: {tries}")
+            }
         }
     }
 }
@@ -292,7 +431,30 @@ mod tests {
         assert_eq!(efi_string(&[6, 0, 0, 0, 0x41]), None);
     }
 
-    /// A root with the appliance's files: slot A booted, slot B empty.
+    fn efi_var(dir: &Path, name: &str, value: &str) {
+        let mut raw = vec![6, 0, 0, 0];
+        for u in value.encode_utf16().chain([0]) {
+            raw.extend_from_slice(&u.to_le_bytes());
+        }
+        std::fs::write(
+            dir.join(format!("sys/firmware/efi/efivars/{name}-{LOADER_GUID}")),
+            raw,
+        )
+        .unwrap();
+    }
+
+    fn uki(generation: u64, version: &str, partuuid: &str) -> Vec<u8> {
+        esp::tests::fake_uki(
+            &format!("ID=callgate\nVERSION_ID=\"{version}\"\nIMAGE_ID=callgate\nIMAGE_VERSION={generation}\n"),
+            &format!("roothash={HASH} systemd.verity_root_data=PARTUUID={partuuid} ro"),
+        )
+    }
+
+    const PARTUUID_A: &str = "9f3c0e6a-1b2d-4c5e-8f7a-6b5c4d3e2f1a";
+    const PARTUUID_B: &str = "11111111-2222-3333-4444-555555555555";
+
+    /// A root with the appliance's files: slot A booted, slot B empty; with a loader,
+    /// systemd-boot's variables and slot A's blessed entry on the ESP.
     fn fake_root(dir: &Path, with_loader: bool) {
         let mk = |p: &str| std::fs::create_dir_all(dir.join(p)).unwrap();
         mk("proc");
@@ -302,35 +464,24 @@ mod tests {
         mk("sys/firmware/efi/efivars");
         std::fs::write(dir.join("proc/cmdline"), cmdline()).unwrap();
         std::fs::write(dir.join("usr/share/callgate/version"), "v1.2-3-gabc\n").unwrap();
+        std::fs::write(dir.join("usr/share/callgate/generation"), "812\n").unwrap();
         let link = |target: &str, at: &str| {
             std::os::unix::fs::symlink(target, dir.join(at)).unwrap();
         };
         link("../../vda2", "dev/disk/by-partlabel/root-a");
         link("../../vda4", "dev/disk/by-partlabel/root-b");
         link("../../vda6", "dev/disk/by-partlabel/state");
-        link(
-            "../../vda2",
-            "dev/disk/by-partuuid/9f3c0e6a-1b2d-4c5e-8f7a-6b5c4d3e2f1a",
-        );
-        link(
-            "../../vda4",
-            "dev/disk/by-partuuid/11111111-2222-3333-4444-555555555555",
-        );
+        link("../../vda2", &format!("dev/disk/by-partuuid/{PARTUUID_A}"));
+        link("../../vda4", &format!("dev/disk/by-partuuid/{PARTUUID_B}"));
         if with_loader {
-            let mut raw = vec![6, 0, 0, 0];
-            for u in "\\EFI\\Linux\\callgate-v2+2-1.efi"
-                .encode_utf16()
-                .chain([0])
-            {
-                raw.extend_from_slice(&u.to_le_bytes());
-            }
+            mk("efi/EFI/Linux");
             std::fs::write(
-                dir.join(format!(
-                    "sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}"
-                )),
-                raw,
+                dir.join("efi/EFI/Linux/callgate-812-a.efi"),
+                uki(812, "v1.2-3-gabc", PARTUUID_A),
             )
             .unwrap();
+            efi_var(dir, "LoaderInfo", "systemd-boot 252.39-1~deb12u2");
+            efi_var(dir, "LoaderEntrySelected", "callgate-812-a.efi");
         }
     }
 
@@ -347,32 +498,133 @@ mod tests {
             Some(dir.path().join("dev/vda2").as_path())
         );
         assert_eq!(a.version.as_deref(), Some("v1.2-3-gabc"));
+        assert_eq!(a.generation, Some(812));
         let b = &s.slots[1];
         assert!(!b.booted);
-        assert_eq!(
-            b.partuuid.as_deref(),
-            Some("11111111-2222-3333-4444-555555555555")
-        );
+        assert_eq!(b.partuuid.as_deref(), Some(PARTUUID_B));
         assert_eq!(b.version, None);
         assert_eq!(s.booted().map(|b| b.name.as_str()), Some("root-a"));
         assert_eq!(s.boot_counting, BootCounting::Off { image: None });
+        assert_eq!(s.entries, None);
         let text = s.to_string();
         assert!(text.contains("slot root-a: "), "{text}");
-        assert!(text.contains(" booted version=v1.2-3-gabc\n"), "{text}");
+        assert!(
+            text.contains(" booted version=v1.2-3-gabc generation=812\n"),
+            "{text}"
+        );
         assert!(text.contains("booted: root-a\n"), "{text}");
+        assert!(text.contains("boot entries: unknown"), "{text}");
         assert!(text.contains("boot counting: off"), "{text}");
     }
 
     #[test]
-    fn boot_counting_shows_the_entry_the_loader_counts() {
+    fn both_slots_show_their_entries_and_the_blessed_boot() {
         let dir = tempfile::tempdir().unwrap();
         fake_root(dir.path(), true);
         let s = read(dir.path()).unwrap();
         assert_eq!(
             s.boot_counting,
-            BootCounting::Counting {
-                path: "\\EFI\\Linux\\callgate-v2+2-1.efi".into()
+            BootCounting::Blessed {
+                entry: Some("callgate-812-a.efi".into())
             }
+        );
+        let text = s.to_string();
+        assert!(
+            text.contains(
+                " booted version=v1.2-3-gabc generation=812 entry=callgate-812-a.efi (blessed)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("version=unknown (no boot entry)\n"), "{text}");
+        assert!(
+            text.contains("boot loader: systemd-boot 252.39-1~deb12u2, entry callgate-812-a.efi\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("boot counting: on; this boot's entry is blessed\n"),
+            "{text}"
+        );
+
+        // An update in slot B, on trial (its first boot counted: +2-1), booted.
+        let linux = dir.path().join("efi/EFI/Linux");
+        std::fs::write(
+            linux.join("callgate-813-b+2-1.efi"),
+            uki(813, "v1.3", PARTUUID_B),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("proc/cmdline"),
+            format!("roothash={HASH} systemd.verity_root_data=PARTUUID={PARTUUID_B}"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("usr/share/callgate/version"), "v1.3\n").unwrap();
+        std::fs::write(dir.path().join("usr/share/callgate/generation"), "813\n").unwrap();
+        efi_var(dir.path(), "LoaderEntrySelected", "callgate-813-b+2-1.efi");
+        efi_var(
+            dir.path(),
+            "LoaderBootCountPath",
+            "\\EFI\\Linux\\callgate-813-b+2-1.efi",
+        );
+        let s = read(dir.path()).unwrap();
+        assert_eq!(s.booted().map(|b| b.name.as_str()), Some("root-b"));
+        assert_eq!(
+            s.boot_counting,
+            BootCounting::Trial {
+                path: "\\EFI\\Linux\\callgate-813-b+2-1.efi".into(),
+                tries: Tries::Counting { left: 2, done: 1 }
+            }
+        );
+        let text = s.to_string();
+        assert!(
+            text.contains(
+                " version=v1.2-3-gabc generation=812 entry=callgate-812-a.efi (blessed)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(" booted version=v1.3 generation=813 entry=callgate-813-b+2-1.efi (on trial: 2 tries left, 1 done)\n"),
+            "{text}"
+        );
+
+        // Blessed by systemd-bless-boot: the counter is off the name; the variable still
+        // names the old path.
+        std::fs::rename(
+            linux.join("callgate-813-b+2-1.efi"),
+            linux.join("callgate-813-b.efi"),
+        )
+        .unwrap();
+        let s = read(dir.path()).unwrap();
+        assert_eq!(
+            s.boot_counting,
+            BootCounting::Blessed {
+                entry: Some("callgate-813-b.efi".into())
+            }
+        );
+
+        // Failed: no tries left; and a UKI under a name that is not its build's.
+        std::fs::rename(
+            linux.join("callgate-813-b.efi"),
+            linux.join("callgate-813-b+0-3.efi"),
+        )
+        .unwrap();
+        std::fs::write(
+            linux.join("callgate-900-a.efi"),
+            uki(812, "v1.2", PARTUUID_A),
+        )
+        .unwrap();
+        std::fs::write(linux.join("other.efi"), b"MZ").unwrap();
+        let text = read(dir.path()).unwrap().to_string();
+        assert!(
+            text.contains("entry=callgate-813-b+0-3.efi (failed: no tries left, 3 done; the loader boots the other slot)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("entry=callgate-900-a.efi (blessed) MISMATCH"),
+            "{text}"
+        );
+        assert!(
+            text.contains("boot entry other.efi: not a callgate slot's\n"),
+            "{text}"
         );
     }
 

@@ -300,7 +300,7 @@ pub fn check(r: &mut impl BufRead, key: &[u8], running: u64) -> Result<Manifest,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::io::Cursor;
@@ -309,10 +309,10 @@ mod tests {
 
     /// A 2048-bit RSA key made with openssl, as `scripts/image` signs: the private key
     /// (PEM) and the public half as the image carries it (PKCS#1 `RSAPublicKey` DER).
-    struct Key {
+    pub(crate) struct Key {
         _dir: tempfile::TempDir,
         pem: PathBuf,
-        public: Vec<u8>,
+        pub(crate) public: Vec<u8>,
     }
 
     fn openssl(args: &[&str], dir: &Path) {
@@ -325,7 +325,7 @@ mod tests {
         assert!(ok, "openssl {args:?}");
     }
 
-    fn key() -> Key {
+    pub(crate) fn key() -> Key {
         let dir = tempfile::tempdir().unwrap();
         openssl(
             &[
@@ -379,9 +379,9 @@ mod tests {
             .collect()
     }
 
-    const PARTS: [&[u8]; 3] = [b"hsqs the root", b"verity tree", b"MZ the uki"];
+    pub(crate) const PARTS: [&[u8]; 3] = [b"hsqs the root", b"verity tree", b"MZ the uki"];
 
-    fn manifest(generation: u64) -> String {
+    pub(crate) fn manifest(generation: u64) -> String {
         let mut m = format!(
             "format=1\nversion=v1.2-3-gabc\ngeneration={generation}\nroothash={}\n",
             "ab".repeat(32)
@@ -392,7 +392,7 @@ mod tests {
         m
     }
 
-    fn file(k: &Key, manifest: &str, parts: [&[u8]; 3]) -> Vec<u8> {
+    pub(crate) fn file(k: &Key, manifest: &str, parts: [&[u8]; 3]) -> Vec<u8> {
         let sig = sign(k, manifest.as_bytes());
         let mut out = format!("{MAGIC}\nmanifest {}\n", manifest.len()).into_bytes();
         out.extend_from_slice(manifest.as_bytes());

@@ -511,6 +511,8 @@ fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
         Action::ShowSystem => callgate_system::read(std::path::Path::new("/"))
             .map_err(|e| e.to_string())?
             .to_string(),
+        // Not the daemon's: a root-only helper writes the disk (crate::upgrade).
+        Action::Upgrade => crate::upgrade::client(std::path::Path::new(crate::upgrade::SOCKET))?,
         Action::EndSession => answer(ask(
             s,
             &Request::EndSession {

@@ -33,6 +33,7 @@ pub enum Action {
     ClearLockout,
     ShowSessions,
     ShowSystem,
+    Upgrade,
     EndSession,
     Ping,
     Traceroute,
@@ -207,6 +208,11 @@ pub static OPERATIONAL: &[Node] = &[
     },
     leaf("status", "daemon status", Action::Status),
     leaf("whoami", "your user, role and session", Action::Whoami),
+    admin(leaf(
+        "upgrade",
+        "install the update file on standard input into the other root slot (ssh ADMIN@APPLIANCE upgrade < callgate.update)",
+        Action::Upgrade,
+    )),
     Node {
         word: "ping",
         help:
