@@ -1169,8 +1169,11 @@ fn image_update_file_verifies_and_tampered_or_old_ones_are_refused() {
 ///    three times, never healthy (each boot's health unit fails and reboots), and the
 ///    fourth boot is slot B again by itself: `show system` shows slot A's entry with no
 ///    tries left.
+///
+/// Named `image_vm_ab_…` so that libtest, which starts tests in name order, starts this
+/// longest one (eight TCG boots) first and the others run beside it.
 #[test]
-fn image_vm_update_installs_boots_blessed_and_a_broken_one_falls_back() {
+fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     let image = Image::from_env().unwrap();
     let next = image.test_update("next").unwrap();
     let broken = image.test_update("broken").unwrap();
