@@ -11,10 +11,11 @@
 mod console;
 mod shell;
 mod upgrade;
+use callgate_firewall::error_chain as chain;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use upgrade::{chain, running_generation};
+use upgrade::{read_key, running_generation};
 
 use callgate_config::Config;
 use callgate_control::{Client, Request, Response};
@@ -307,7 +308,7 @@ fn default_socket() -> PathBuf {
 /// `verify-update`: the whole file checked, nothing written.
 fn verify_update(file: &Path, key: &Path, running: Option<u64>) -> ExitCode {
     let run = || -> Result<callgate_system::update::Manifest, String> {
-        let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let key = read_key(key)?;
         let running = match running {
             Some(g) => g,
             None => running_generation()?,

@@ -21,6 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 
+use callgate_firewall::error_chain as chain;
 use callgate_system::install;
 use callgate_system::update::{self, SECTIONS};
 
@@ -37,17 +38,6 @@ pub const ADMIN_GROUP: &str = "callgate-admin";
 /// The running root's generation (`scripts/image` writes it).
 pub const GENERATION_FILE: &str = "/usr/share/callgate/generation";
 
-/// An error and its sources, one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        text.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    text
-}
-
 /// The running root's generation.
 pub fn running_generation() -> Result<u64, String> {
     std::fs::read_to_string(GENERATION_FILE)
@@ -57,19 +47,23 @@ pub fn running_generation() -> Result<u64, String> {
         .map_err(|_| format!("{GENERATION_FILE}: not a number"))
 }
 
-/// Installs `file` (checked with `key`) into the slot that did not boot; `say` gets the
-/// progress lines.
+/// The update key's public half, read from `key`.
+pub fn read_key(key: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))
+}
+
+/// Installs `file` (checked with `key`, against the running root's generation `running`)
+/// into the slot that did not boot; `say` gets the progress lines.
 pub fn install_file(
     file: &Path,
-    key: &Path,
+    key: &[u8],
+    running: u64,
     say: &mut impl FnMut(&str),
 ) -> Result<install::Installed, String> {
-    let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let running = running_generation()?;
     let root = Path::new("/");
     let sys = callgate_system::read(root).map_err(|e| chain(&e))?;
     let target = install::target_for(&sys, root).map_err(|e| chain(&e))?;
-    install::install(file, &key, running, &target, &mut install::Sfdisk, say).map_err(|e| chain(&e))
+    install::install(file, key, running, &target, &mut install::Sfdisk, say).map_err(|e| chain(&e))
 }
 
 /// The line that ends a good install (the console's client looks for it).
@@ -82,7 +76,12 @@ fn installed_line(done: &install::Installed) -> String {
 
 /// `callgate upgrade FILE` (root).
 pub fn run(file: &Path, key: &Path) -> ExitCode {
-    match install_file(file, key, &mut |line| println!("upgrade: {line}")) {
+    let done = read_key(key).and_then(|key| {
+        install_file(file, &key, running_generation()?, &mut |line| {
+            println!("upgrade: {line}")
+        })
+    });
+    match done {
         Ok(done) => {
             println!("{}: {}", file.display(), installed_line(&done));
             ExitCode::SUCCESS
@@ -199,10 +198,11 @@ pub fn helper(key: &Path) -> ExitCode {
     let run = |say: &mut dyn FnMut(&str)| -> Result<install::Installed, String> {
         let who = peer_allowed()?;
         say(&format!("from {who}: receiving the update file"));
-        let key_bytes = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-        stage(&key_bytes, running_generation()?)?;
+        let key = read_key(key)?;
+        let running = running_generation()?;
+        stage(&key, running)?;
         say("received; checking it and installing it into the other slot");
-        install_file(Path::new(STAGED), key, &mut |l| say(l))
+        install_file(Path::new(STAGED), &key, running, &mut |l| say(l))
     };
     let result = run(&mut say);
     let _ = std::fs::remove_file(STAGED);

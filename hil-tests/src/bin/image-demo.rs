@@ -118,15 +118,10 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     }
 
     println!("\n==> ann logs in over SSH from the management host (OpenSSH, her key)");
+    let as_ann = |args: &[&str]| ssh(&mgmt, &ann.private, "ann", addr::A_MGMT_V4.into(), args);
     let mut last = None;
     let up = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(2), || {
-        let r = ssh(
-            &mgmt,
-            &ann.private,
-            "ann",
-            addr::A_MGMT_V4.into(),
-            &["show", "system"],
-        );
+        let r = as_ann(&["show", "system"]);
         let done = r.ok();
         last = Some(r);
         done
@@ -140,7 +135,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
     ok &= check(up, "ann's console answers `show system`");
-    let shell = ssh(&mgmt, &ann.private, "ann", addr::A_MGMT_V4.into(), &["id"]);
+    let shell = as_ann(&["id"]);
     ok &= check(
         !shell.ok() && !shell.stdout.contains("uid="),
         "a shell command over SSH gets the console, not a shell",
@@ -161,13 +156,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
 
-    let fw = ssh(
-        &mgmt,
-        &ann.private,
-        "ann",
-        addr::A_MGMT_V4.into(),
-        &["show", "firewall"],
-    );
+    let fw = as_ann(&["show", "firewall"]);
     println!(
         "$ ssh ann@{} show firewall   (the input chain)\n{}",
         addr::A_MGMT_V4,
