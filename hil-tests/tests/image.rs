@@ -112,6 +112,8 @@ fn image_vm_boots_verified_to_ready() {
         "root=/dev/mapper/root fstype=squashfs ro=yes verity=verified".to_owned(),
         "tpm=2 device=/dev/tpmrm0".to_owned(),
         "firewall=enforcing table=\"inet callgate\" input_policy=drop".to_owned(),
+        // The baseline came from the initrd, before systemd-networkd brought any link up.
+        "baseline from=initrd before_network=yes".to_owned(),
         "ready".to_owned(),
     ];
     for e in &expect {

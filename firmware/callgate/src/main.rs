@@ -203,6 +203,9 @@ enum PairWhat {
 enum RenderWhat {
     /// The exact nftables ruleset (nft JSON) the config produces.
     Firewall { file: PathBuf },
+    /// The baseline ruleset (nft JSON) the config produces: what `callgated baseline`
+    /// loads, and what the image's initrd carries (`scripts/image`).
+    Baseline { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,12 +385,19 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
-        Cmd::Render {
-            what: RenderWhat::Firewall { file },
-        } => {
+        Cmd::Render { what } => {
+            let (file, baseline) = match what {
+                RenderWhat::Firewall { file } => (file, false),
+                RenderWhat::Baseline { file } => (file, true),
+            };
             return match load(&file) {
                 Ok((_, cfg)) => {
-                    let doc = callgate_firewall::nft::document(&callgate_firewall::render(&cfg));
+                    let rs = if baseline {
+                        callgate_firewall::render_baseline(Some(&cfg))
+                    } else {
+                        callgate_firewall::render(&cfg)
+                    };
+                    let doc = callgate_firewall::nft::document(&rs);
                     match serde_json::to_string_pretty(&doc) {
                         Ok(s) => {
                             // A closed pipe (`| head`) is not an error worth a panic.
