@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hil_tests::{Appliance, Host, Lab};
+use hil_tests::{bin, Appliance, Host, Lab};
 
 const LAB: &str = include_str!("../../config/lab.toml");
 const ANN_KEY: &str =
@@ -674,4 +674,154 @@ fn on_the_serial_console_passwords_log_in_and_wrong_ones_lock_the_account() {
     p.exp_string("breakglass@lab-a> ").unwrap();
     p.send_line("exit").unwrap();
     p.exp_eof().unwrap();
+}
+
+/// The update installer (`callgate upgrade-helper`, behind `callgate-upgrade.socket` on the
+/// appliance) as an attacker meets it: any local account can reach its socket with any
+/// socket tool, not through the console. The helper itself decides, from the kernel's
+/// peer credentials and the appliance's own accounts: an operator and an account outside
+/// the console are refused before it reads a byte of the file or even its key; an admin
+/// gets past the gate (and here on to the key, which this lab does not have). Each step is
+/// in the daemon's audit trail under the account that asked, which the daemon reads from
+/// `/proc` itself; an admin who forges such a record on the control socket is refused, and
+/// that is on record too.
+#[test]
+fn the_update_installer_refuses_an_operator_and_every_attempt_is_on_record() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::start(&[Host::A]).unwrap();
+    let a = Appliance::start(&lab, Host::A, &users("")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || passwd_line(&a, "olga")
+            .is_some()
+            && passwd_line(&a, "ann").is_some()),
+        "{}",
+        a.log()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // What the helper's key would be: the gate comes first, so only an admin learns that
+    // this one is missing.
+    let key = dir.path().join("no-such-update-key.der");
+    let attempt = |who: &[&str]| -> (String, bool) {
+        let mut client = a.command("setpriv");
+        client
+            .args(who)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_control-raw"))
+            .arg(&sock)
+            .arg("CALLGATE-UPDATE not really an update")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let client = client.spawn().unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        // As systemd hands it the connection (`Accept=yes`): standard input and output.
+        let reply = conn.try_clone().unwrap();
+        let mut helper = a.command(bin("callgate").to_str().unwrap());
+        let helper = helper
+            .args(["upgrade-helper", "--key"])
+            .arg(&key)
+            .arg("--control-socket")
+            .arg(a.socket())
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(conn)))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(reply)))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let out = client.wait_with_output().unwrap();
+        (
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&helper.stderr)
+            ),
+            helper.status.success(),
+        )
+    };
+    let (olga, ok) = attempt(&["--reuid", "olga", "--regid", "olga", "--init-groups"]);
+    assert!(!ok, "{olga}");
+    assert!(
+        olga.contains("refused: olga: only an admin may install an update"),
+        "{olga}"
+    );
+    assert!(!olga.contains("receiving"), "{olga}");
+    assert!(!olga.contains("no-such-update-key"), "{olga}");
+    let (nobody, ok) = attempt(&["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    assert!(!ok, "{nobody}");
+    assert!(
+        nobody.contains("refused: ") && !nobody.contains("receiving"),
+        "{nobody}"
+    );
+    let (ann, ok) = attempt(&["--reuid", "ann", "--regid", "ann", "--init-groups"]);
+    assert!(!ok, "{ann}");
+    assert!(
+        ann.contains("upgrade: from ann: receiving the update file"),
+        "{ann}"
+    );
+    assert!(ann.contains("no-such-update-key"), "{ann}");
+
+    // An admin forges an install's record on the control socket: refused, on record.
+    let forged = raw_as(
+        &a,
+        "ann",
+        &[r#"{"cmd":"upgrade_record","uid":0,"pid":1,"step":"installed: nothing at all"}"#],
+    );
+    assert_eq!(forged[0]["ok"], false, "{forged:?}");
+    assert!(
+        forged[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("only the update installer (root) records an install"),
+        "{forged:?}"
+    );
+
+    // The trail, oldest first: each attempt under the account that made it.
+    let trail = audit_entries(&a, 16);
+    let rows: Vec<(String, String, String)> = trail
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or("").to_owned(),
+                e["action"].as_str().unwrap_or("").to_owned(),
+                e["detail"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .filter(|(_, action, _)| action.starts_with("upgrade"))
+        .collect();
+    let find = |user: &str, action: &str, detail: &str| {
+        rows.iter()
+            .any(|(u, a, d)| u == user && a == action && d.contains(detail))
+    };
+    assert!(
+        find(
+            "olga",
+            "upgrade",
+            "refused: olga: only an admin may install an update"
+        ),
+        "{rows:#?}"
+    );
+    assert!(find("nobody", "upgrade", "refused: "), "{rows:#?}");
+    assert!(find("ann", "upgrade", "started"), "{rows:#?}");
+    assert!(
+        find("ann", "upgrade", "refused: ") && find("ann", "upgrade", "no-such-update-key"),
+        "{rows:#?}"
+    );
+    assert!(
+        find(
+            "ann",
+            "upgrade record",
+            "refused: only the update installer (root) records an install"
+        ),
+        "{rows:#?}"
+    );
+    assert!(
+        !find("ann", "upgrade", "installed: nothing at all"),
+        "{rows:#?}"
+    );
+    assert!(
+        !rows.iter().any(|(u, _, _)| u == "root"),
+        "the installer's own account is not the one on record: {rows:#?}"
+    );
 }

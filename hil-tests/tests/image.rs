@@ -1265,6 +1265,28 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     );
     let out = show_system(&vm, "(on trial: 3 tries left, 0 done)");
     assert!(out.contains(&format!("entry={entry_b}")), "{out}");
+    // The install is in the audit trail under ann (the helper runs as root): the flipped
+    // file's refusal, then this one's start and outcome.
+    let r = ssh_ann(&["show", "audit", "last", "30"], None);
+    let trail: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" upgrade -> "))
+        .collect();
+    let by_ann = |what: &str| {
+        trail
+            .iter()
+            .any(|l| l.contains(" ann ") && l.contains(" admin ") && l.contains(what))
+    };
+    assert!(
+        by_ann("upgrade -> refused: ")
+            && by_ann("upgrade -> started")
+            && by_ann("upgrade -> installed: "),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!trail.iter().any(|l| l.contains(" root ")), "{trail:#?}");
     assert!(slot_b_head(&disk) != before, "slot B was not written");
     // On the disk itself (the host's view of the file), not only in the guest's cache.
     assert!(

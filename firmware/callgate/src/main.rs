@@ -153,6 +153,9 @@ enum Cmd {
     UpgradeHelper {
         #[arg(long, default_value = "/usr/share/callgate/update-key.der")]
         key: PathBuf,
+        /// The daemon's control socket: each step of the install goes to its audit trail.
+        #[arg(long, default_value = "/run/callgate/control.sock")]
+        control_socket: PathBuf,
     },
 }
 
@@ -452,7 +455,10 @@ fn main() -> ExitCode {
             running_generation,
         } => return verify_update(&file, &key, running_generation),
         Cmd::Upgrade { file, key } => return upgrade::run(&file, &key),
-        Cmd::UpgradeHelper { key } => return upgrade::helper(&key),
+        Cmd::UpgradeHelper {
+            key,
+            control_socket,
+        } => return upgrade::helper(&key, &control_socket),
         Cmd::Console => {
             return console::run(&args.socket.clone().unwrap_or_else(default_socket));
         }

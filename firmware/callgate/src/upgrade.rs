@@ -93,15 +93,21 @@ pub fn run(file: &Path, key: &Path) -> ExitCode {
     }
 }
 
-/// Whether the peer on standard input (the helper's socket) may install: root, or an
-/// account in [`ADMIN_GROUP`]. Its name.
-fn peer_allowed() -> Result<String, String> {
+/// The peer on standard input (the helper's socket), as the kernel reports it: its uid
+/// and its process.
+fn peer() -> Result<(u32, i32), String> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    use nix::unistd::{Group, Uid, User};
     let stdin = std::io::stdin();
     let cred = getsockopt(&stdin.as_fd(), PeerCredentials)
         .map_err(|e| format!("standard input is not a local socket: {e}"))?;
-    let uid = Uid::from_raw(cred.uid());
+    Ok((cred.uid(), cred.pid()))
+}
+
+/// Whether the account `uid` may install: root, or an account in [`ADMIN_GROUP`]. Its
+/// name.
+fn allowed(uid: u32) -> Result<String, String> {
+    use nix::unistd::{Group, Uid, User};
+    let uid = Uid::from_raw(uid);
     if uid.is_root() {
         return Ok("root".into());
     }
@@ -120,6 +126,35 @@ fn peer_allowed() -> Result<String, String> {
             "{}: only an admin may install an update",
             user.name
         ))
+    }
+}
+
+/// How the daemon took one step of an install for its audit trail.
+enum Recorded {
+    /// In the audit trail (or, on a locked appliance, the daemon's journal).
+    Yes,
+    /// The daemon is not running: the step is in this helper's journal only.
+    NoDaemon(String),
+}
+
+/// Hands one step of the install to the daemon's audit trail, under the account `uid`
+/// (process `pid`) that asked for it (`Request::UpgradeRecord`: the daemon takes it from
+/// root only). `Err`: the daemon answered and refused, or could not write its trail.
+fn record(control: &Path, (uid, pid): (u32, i32), step: &str) -> Result<Recorded, String> {
+    let step: String = step
+        .replace(['\n', '\r'], " ")
+        .chars()
+        .take(callgate_control::MAX_TYPED_LINE / 4)
+        .collect();
+    eprintln!("callgate upgrade-helper: uid {uid} pid {pid}: {step}");
+    let mut client = match callgate_control::Client::connect(control) {
+        Ok(c) => c,
+        Err(e) => return Ok(Recorded::NoDaemon(chain(&e))),
+    };
+    match client.request(&callgate_control::Request::UpgradeRecord { uid, pid, step }) {
+        Ok(r) if r.ok => Ok(Recorded::Yes),
+        Ok(r) => Err(r.text),
+        Err(e) => Ok(Recorded::NoDaemon(chain(&e))),
     }
 }
 
@@ -188,15 +223,30 @@ fn stage(key: &[u8], running: u64) -> Result<(), String> {
 }
 
 /// `callgate upgrade-helper`: the root-only end of `callgate-upgrade.socket` (standard
-/// input and output are the connection).
-pub fn helper(key: &Path) -> ExitCode {
+/// input and output are the connection). Each step goes to the daemon's audit trail
+/// (`control`: its socket) under the account that asked: a refusal at the gate, then
+/// `started` before a byte is kept (a daemon that cannot write its trail refuses the
+/// install, as it refuses any change it cannot record; a daemon that is not running leaves
+/// the helper's journal as the only record, and the answer says so), then the outcome.
+pub fn helper(key: &Path, control: &Path) -> ExitCode {
     let mut out = std::io::stdout();
     let mut say = |line: &str| {
         let _ = writeln!(out, "upgrade: {line}");
         let _ = out.flush();
     };
-    let run = |say: &mut dyn FnMut(&str)| -> Result<install::Installed, String> {
-        let who = peer_allowed()?;
+    let mut requester = None;
+    let mut run = |say: &mut dyn FnMut(&str)| -> Result<install::Installed, String> {
+        let from = peer()?;
+        requester = Some(from);
+        let who = allowed(from.0)?;
+        match record(control, from, "started")
+            .map_err(|e| format!("not on record, so nothing is installed: {e}"))?
+        {
+            Recorded::Yes => {}
+            Recorded::NoDaemon(why) => say(&format!(
+                "note: the daemon is not running ({why}): this install is in the installer's journal only"
+            )),
+        }
         say(&format!("from {who}: receiving the update file"));
         let key = read_key(key)?;
         let running = running_generation()?;
@@ -206,14 +256,20 @@ pub fn helper(key: &Path) -> ExitCode {
     };
     let result = run(&mut say);
     let _ = std::fs::remove_file(STAGED);
-    let mut out = std::io::stdout();
-    match result {
-        Ok(done) => {
-            let _ = writeln!(out, "{}", installed_line(&done));
-            ExitCode::SUCCESS
+    let last = match &result {
+        Ok(done) => installed_line(done),
+        Err(e) => format!("refused: {e}"),
+    };
+    if let Some(from) = requester {
+        if let Err(e) = record(control, from, &last) {
+            eprintln!("callgate upgrade-helper: the outcome is not in the audit trail: {e}");
         }
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{last}");
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(out, "refused: {e}");
             eprintln!("callgate upgrade-helper: refused: {e}");
             ExitCode::from(1)
         }

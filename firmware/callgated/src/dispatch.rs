@@ -15,23 +15,26 @@ use crate::lifecycle::{Lifecycle, Phase};
 /// Who may do what: root is an admin; anyone else has the role of their `[[user]]` in the
 /// running config, and no role while the appliance is locked.
 pub fn authorizer(phase: watch::Receiver<Arc<Phase>>) -> Authorizer {
-    Arc::new(move |peer: &Peer| {
-        if peer.uid == 0 {
-            return Some(Role::Admin);
-        }
-        match &**phase.borrow() {
-            Phase::Running { config, .. } => {
-                let cfg = config.config().borrow().clone();
-                if peer.user == callgate_config::BREAK_GLASS_USER
-                    && cfg.console.break_glass_password.is_some()
-                {
-                    return Some(Role::Admin);
-                }
-                cfg.user(&peer.user).map(|u| u.role)
+    Arc::new(move |peer: &Peer| role_of(&phase.borrow(), peer))
+}
+
+/// The role `peer` has in `phase` (see [`authorizer`]).
+fn role_of(phase: &Phase, peer: &Peer) -> Option<Role> {
+    if peer.uid == 0 {
+        return Some(Role::Admin);
+    }
+    match phase {
+        Phase::Running { config, .. } => {
+            let cfg = config.config().borrow().clone();
+            if peer.user == callgate_config::BREAK_GLASS_USER
+                && cfg.console.break_glass_password.is_some()
+            {
+                return Some(Role::Admin);
             }
-            Phase::Locked { .. } => None,
+            cfg.user(&peer.user).map(|u| u.role)
         }
-    })
+        Phase::Locked { .. } => None,
+    }
 }
 
 /// Who holds configuration mode (`configure`): one connection at a time.
@@ -130,6 +133,9 @@ async fn serve_call(
                 }
                 Call::Request(req) => req,
             };
+            if let Request::UpgradeRecord { uid, pid, step } = &req {
+                return upgrade_record(&phase, &peer, *uid, *pid, step).await;
+            }
             let name = req.name();
             let typed = match &req {
                 Request::Remember { line } => Some(line.clone()),
@@ -317,6 +323,53 @@ async fn config_lock(
             other.map(|h| Response::err(h.describe()))
         }
         _ => None,
+    }
+}
+
+/// One step of an install, from the update installer (root only), written to the audit
+/// trail under the account that asked for it: the uid and process the kernel gave the
+/// installer. The login uid and session come from `/proc/PID` here, while that process is
+/// there with that uid (the console's `upgrade` waits for the installer's last line; a
+/// requester gone by then is on record by its uid alone). Anyone but root is refused, and
+/// that refusal is on record under their own name.
+async fn upgrade_record(phase: &Phase, peer: &Peer, uid: u32, pid: i32, step: &str) -> Response {
+    if peer.uid != 0 {
+        let why = "only the update installer (root) records an install";
+        let _ = audit(phase, peer, "upgrade record", &format!("refused: {why}")).await;
+        return Response::err(format!("upgrade record: refused: {why}"));
+    }
+    if step.len() > callgate_control::MAX_TYPED_LINE || step.contains(['\n', '\r']) {
+        return Response::err(format!(
+            "upgrade record: a step is one line of at most {} bytes",
+            callgate_control::MAX_TYPED_LINE
+        ));
+    }
+    let looked_up = tokio::task::spawn_blocking(move || {
+        // `Uid:` real, effective, saved, file system: the real one is the account.
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            == Some(uid);
+        Peer::lookup(uid, alive.then_some(pid))
+    })
+    .await;
+    let Ok(mut who) = looked_up else {
+        return Response::err("upgrade record: internal error");
+    };
+    who.role = role_of(phase, &who);
+    who.conn = peer.conn;
+    if audit(phase, &who, "upgrade", step).await {
+        Response::ok("", json!({"user": who.user}))
+    } else {
+        Response::err("upgrade record: the audit trail cannot be written")
     }
 }
 
@@ -571,6 +624,8 @@ async fn handle(
         }
     };
     match req {
+        // Taken before this, in `serve_call` (`upgrade_record`).
+        Request::UpgradeRecord { .. } => Response::err("upgrade record: not here"),
         Request::ShowSubject { number } => crate::subjects::show(store, &number).await,
         Request::SubjectExport { number, format } => {
             crate::subjects::export(store, &number, format).await

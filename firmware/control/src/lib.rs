@@ -212,6 +212,17 @@ pub enum Request {
     Remember {
         line: String,
     },
+    /// From the update installer (`callgate upgrade-helper`, root) only: one step of an
+    /// install for the audit trail, under the account that asked for it. `uid` and `pid`
+    /// are the process that asked (the console's `upgrade`) as the kernel gave them to the
+    /// installer (`SO_PEERCRED`); the daemon reads that process's login uid and session
+    /// from `/proc` while it is there with that uid. `step` is one line of at most
+    /// [`MAX_TYPED_LINE`] bytes (`started`, `installed: …`, `refused: …`).
+    UpgradeRecord {
+        uid: u32,
+        pid: i32,
+        step: String,
+    },
 }
 
 /// The format of a subject export.
@@ -292,7 +303,10 @@ impl Request {
         if (self.is_audited() && !matches!(self, Request::ShowCdrs { .. }))
             || matches!(
                 self,
-                Request::ShowAudit { .. } | Request::ConfigLock | Request::ConfigUnlock
+                Request::ShowAudit { .. }
+                    | Request::ConfigLock
+                    | Request::ConfigUnlock
+                    | Request::UpgradeRecord { .. }
             )
         {
             Role::Admin
@@ -343,6 +357,7 @@ impl Request {
             Request::IntakeCsr => "intake csr",
             Request::IntakeInstallCert { .. } => "intake install-cert",
             Request::Remember { .. } => "typed",
+            Request::UpgradeRecord { .. } => "upgrade record",
             Request::ShowSubject { .. } => "show subject",
             Request::SubjectExport { .. } => "request subject export",
             Request::SubjectErase { .. } => "request subject erase",
