@@ -45,7 +45,7 @@ use std::time::Duration;
 use hil_tests::console::{ssh, KeyPair};
 use hil_tests::vm::{
     copy_disk, esp_entries, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
-    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm, VmNet,
+    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Ready, Seen, Vm, VmNet,
 };
 use hil_tests::{addr, Host, Lab, Segment};
 
@@ -56,6 +56,9 @@ const FACTORY: &str = include_str!("../../config/factory.toml");
 const MEM_MIB: u32 = 1024;
 /// Power-on to the boot report, under TCG (57–98 s measured on the build machines).
 const BOOT: Duration = Duration::from_secs(360);
+/// The ready marker to the boot report's last line on the console (which goes there
+/// through the journal; the marker straight to its port).
+const REPORT_AFTER_MARKER: Duration = Duration::from_secs(60);
 /// Power-on to the firmware's verdict on the UKI.
 const FIRMWARE: Duration = Duration::from_secs(180);
 
@@ -92,19 +95,16 @@ fn image_vm_boots_verified_to_ready() {
         ..Boot::new(&image.disk(), MEM_MIB)
     };
     let mut vm = Vm::start(&image, &boot).unwrap();
-    let (which, seen) =
-        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
-    let console = vm.console();
-    let Seen::At(at) = seen else {
-        panic!("no boot report ({seen:?}); console:\n{console}");
+    let marker = vm.wait_ready(BOOT);
+    let Ready::Ready(at) = marker else {
+        panic!("no ready marker ({marker:?}); console:\n{}", vm.console());
     };
-    let r = report(&console);
-    assert_eq!(
-        which,
-        0,
-        "the boot report says not ready:\n{}",
-        r.join("\n")
-    );
+    // The marker is one line on the second port (boot_report checks that the console,
+    // ttyS0, does not carry it).
+    assert_eq!(vm.marker_lines(), ["CALLGATE-READY"]);
+    let (r, ready) = boot_report(&mut vm, "boot");
+    let console = vm.console();
+    assert!(ready, "the boot report says not ready:\n{}", r.join("\n"));
     let expect = [
         "secure_boot=on".to_owned(),
         "lockdown=integrity".to_owned(),
@@ -129,7 +129,7 @@ fn image_vm_boots_verified_to_ready() {
     );
     let times = r.iter().find(|l| l.starts_with("times ")).unwrap();
     println!(
-        "image boot: power-on to the report {:.1} s under TCG; {times}",
+        "image boot: power-on to the ready marker {:.1} s under TCG; {times}",
         at.as_secs_f64()
     );
     assert!(
@@ -261,16 +261,39 @@ fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm
     );
 }
 
-/// Waits for the end of the boot report; its lines, and whether it said `ready`.
+/// Waits for the ready marker (the second serial port), then for the end of the boot
+/// report on the console; the report's lines, and whether the marker said ready. The two
+/// say the same (the marker's words are the report's `NOT READY (...)`), the marker is one
+/// line, and it is not on the console.
 fn boot_report(vm: &mut Vm, what: &str) -> (Vec<String>, bool) {
-    let (which, seen) =
-        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
+    let marker = vm.wait_ready(BOOT);
+    let verdict = match &marker {
+        Ready::Ready(_) => "ready".to_owned(),
+        Ready::NotReady(failed, _) => format!("NOT READY ({})", failed.join(" ")),
+        _ => panic!(
+            "{what}: no ready marker ({marker:?}); console:\n{}",
+            vm.console()
+        ),
+    };
+    let seen = vm.wait_for(&format!("callgate-boot: {verdict}"), REPORT_AFTER_MARKER);
     let console = vm.console();
     assert!(
         matches!(seen, Seen::At(_)),
-        "{what}: no boot report ({seen:?}); console:\n{console}"
+        "{what}: the marker says {verdict:?}, the console's report does not ({seen:?}); console:\n{console}"
     );
-    (report(&console), which == 0)
+    assert_eq!(
+        vm.marker_lines().len(),
+        1,
+        "{what}: the marker's port: {:?}",
+        vm.marker()
+    );
+    for m in ["CALLGATE-READY", "CALLGATE-NOT-READY"] {
+        assert!(
+            !console.contains(m),
+            "{what}: the marker {m} on the console:\n{console}"
+        );
+    }
+    (report(&console), marker.is_ready())
 }
 
 /// The report's line starting with `prefix`.
@@ -430,6 +453,13 @@ fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() 
     let (r, ready) = boot_report(&mut vm, "another board");
     let console = vm.console();
     assert!(!ready, "ready on another board:\n{console}");
+    let marker = vm.marker_lines();
+    assert!(
+        marker.len() == 1
+            && marker[0].starts_with("CALLGATE-NOT-READY ")
+            && marker[0].split(' ').any(|w| w == "state"),
+        "{marker:?}"
+    );
     assert!(has(&r, "state=locked"), "{}", r.join("\n"));
     assert!(has(&r, "ssh_host_key=none"), "{}", r.join("\n"));
     assert!(
@@ -487,8 +517,9 @@ fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() 
     );
     assert!(has(&r, "secure_boot=off"), "{}", r.join("\n"));
     state_kept(&r, 3, &host_key);
-    // Only Secure Boot itself is reported as wrong.
+    // Only Secure Boot itself is reported as wrong, on the console and by the marker.
     assert!(has(&r, "NOT READY (secure_boot)"), "{}", r.join("\n"));
+    assert_eq!(vm.marker_lines(), ["CALLGATE-NOT-READY secure_boot"]);
     // The recovery key typed is not echoed on the console.
     assert!(
         !console.contains(&key),
@@ -520,13 +551,19 @@ fn image_vm_flipped_root_byte_stops_the_boot() {
         "no dm-verity panic ({seen:?}); console:\n{console}"
     );
     assert!(console.contains("Kernel panic"), "{console}");
-    // Nothing of the appliance ran: no daemon, no report, no login prompt.
+    // Nothing of the appliance ran: no daemon, no report, no login prompt, no marker.
     for never in ["callgate-boot:", "callgated", "login:"] {
         assert!(
             !console.contains(never),
             "{never:?} on the console:\n{console}"
         );
     }
+    // (The port has the firmware's text, which it writes to every serial port.)
+    assert!(
+        vm.marker_lines().is_empty(),
+        "a ready marker from a tampered root: {:?}",
+        vm.marker()
+    );
     println!(
         "flipped byte: panic {:.1} s after power-on",
         vm.uptime().as_secs_f64()
@@ -572,6 +609,11 @@ fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
             "{never:?} on the console:\n{console}"
         );
     }
+    assert!(
+        vm.marker_lines().is_empty(),
+        "a ready marker from a refused UKI: {:?}",
+        vm.marker()
+    );
 }
 
 #[test]

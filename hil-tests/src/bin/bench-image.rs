@@ -6,7 +6,8 @@
 //! - **Appliance**: power-on (QEMU started) to the baseline ruleset in the kernel
 //!   (`boot_to_enforcing_s`) and to the daemon's READY (`boot_to_ready_s`). The boot report
 //!   (`callgate-boot: times baseline_s=… ready_s=… report_s=…`) gives both on the kernel's
-//!   clock and the moment it printed; the kernel's start on our clock is when the line
+//!   clock and the moment it printed, which its ready marker (the second serial port,
+//!   written right after) gives on ours: the kernel's start on our clock is when the marker
 //!   arrived less `report_s`.
 //! - **Anchor**: power-on to its `login:` prompt on the serial console (`debian_boot_s`).
 //!
@@ -17,12 +18,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hil_tests::vm::{Boot, DirectKernel, Image, Seen, Vm};
+use hil_tests::vm::{Boot, DirectKernel, Image, Ready, Seen, Vm};
 
 /// RAM per VM (the image tests' figure).
 const MEM_MIB: u32 = 1024;
 /// One boot, at most.
 const BOOT: Duration = Duration::from_secs(420);
+/// The ready marker to the boot report's times line on the console (through the journal).
+const REPORT: Duration = Duration::from_secs(60);
 
 fn fail(what: &str, why: impl std::fmt::Display) -> ! {
     eprintln!("bench-image: {what}: {why}");
@@ -39,17 +42,18 @@ fn field(line: &str, key: &str) -> Option<f64> {
 /// One boot of the appliance: (power-on to enforcing, power-on to ready), seconds.
 fn appliance(image: &Image) -> (f64, f64) {
     let mut vm = Vm::boot(image, &image.disk(), MEM_MIB).unwrap_or_else(|e| fail("boot", e));
-    let (which, seen) =
-        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
-    let console = vm.console();
-    match (which, seen) {
-        (0, Seen::At(_)) => {}
-        (_, seen) => fail("appliance boot", format!("{seen:?}, console:\n{console}")),
-    }
-    let needle = "callgate-boot: times ";
-    let Seen::At(printed) = vm.wait_for(needle, Duration::from_secs(1)) else {
-        fail("appliance boot", "no times line");
+    let printed = match vm.wait_ready(BOOT) {
+        Ready::Ready(at) => at,
+        marker => fail(
+            "appliance boot",
+            format!("{marker:?}, console:\n{}", vm.console()),
+        ),
     };
+    let needle = "callgate-boot: times ";
+    if !matches!(vm.wait_for(needle, REPORT), Seen::At(_)) {
+        fail("appliance boot", "no times line");
+    }
+    let console = vm.console();
     let line = console
         .lines()
         .find(|l| l.contains(needle))
@@ -61,7 +65,8 @@ fn appliance(image: &Image) -> (f64, f64) {
     ) else {
         fail("appliance boot", format!("unreadable times line {line:?}"));
     };
-    // Our clock at the kernel's start: the line's arrival less the kernel's time then.
+    // Our clock at the kernel's start: the marker's arrival less the kernel's time when
+    // the times line was made (the marker is written right after it).
     let kernel_at = printed.as_secs_f64() - report;
     (kernel_at + base, kernel_at + ready)
 }
