@@ -30,6 +30,11 @@
 //! fw_cfg item `opt/org.callgate/network` (`images/libexec/network` reads it; see
 //! `images/README.md` for why that does not weaken the verified boot).
 //!
+//! [`Board`] is one provisioned board on a lab, booted again and again (the A/B test and
+//! the benchmark's upgrade): its own disk and TPM, appliance A's place, the admin `ann`,
+//! and `ssh ann@A ...` from the engineers' host ([`Board::ssh_ann`],
+//! [`Board::show_system`]).
+//!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
 //! [`replace_uki`], [`esp_entries`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
 //! [`uki_signed_by_another_key`].
@@ -737,6 +742,91 @@ impl Vm {
                 return (0, Seen::Timeout);
             }
             std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// One board on a lab in appliance A's place, booted again and again (the A/B test, the
+/// benchmark's upgrade): its own copy of the image's disk (written through) and a TPM
+/// state kept across boots, its NICs on a lab of A and the engineers' host (`Mgmt`), and
+/// the installer's provisioning item for the admin `ann` (after a `preamble` of the
+/// caller's: comment lines, or an attacker's extra text).
+#[derive(Debug)]
+pub struct Board {
+    /// How to boot it ([`Vm::start`]) again.
+    pub boot: Boot,
+    /// `ann`'s SSH key pair (in [`Board::tmp`]).
+    pub ann: crate::console::KeyPair,
+    /// The lab it sits on.
+    pub lab: Lab,
+    /// Its directory: the disk, the TPM's state, the keys. Removed when dropped.
+    pub tmp: tempfile::TempDir,
+}
+
+impl Board {
+    /// A fresh board: the image's disk copied, a blank TPM, a lab with A and `Mgmt`.
+    pub fn new(image: &Image, preamble: &str, memory_mib: u32) -> Result<Board> {
+        let tmp = tempfile::tempdir()?;
+        let disk = tmp.path().join("board.img");
+        copy_disk(&image.disk(), &disk)?;
+        let tpm = tmp.path().join("tpm");
+        std::fs::create_dir(&tpm)?;
+        let ann = crate::console::KeyPair::new(tmp.path(), "ann");
+        let lab = Lab::start(&[Host::A, Host::Mgmt])?;
+        let net = VmNet::on_lab(&lab, Host::A)?;
+        let boot = Boot {
+            writable: true,
+            tpm_state: Some(tpm),
+            net: Some(net),
+            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
+            ..Boot::new(&disk, memory_mib)
+        };
+        Ok(Board {
+            boot,
+            ann,
+            lab,
+            tmp,
+        })
+    }
+
+    /// `ssh ann@A ARGS` from the engineers' host with the real OpenSSH client (`ann`'s key
+    /// only), its standard input from `stdin` (`upgrade < FILE`) or empty.
+    pub fn ssh_ann(&self, args: &[&str], stdin: Option<&Path>) -> Result<crate::Cli> {
+        let mgmt = self.lab.ns(Host::Mgmt);
+        let mut cmd = crate::console::ssh_command(&mgmt, "ssh", Some(self.ann.private.as_path()));
+        cmd.arg(format!("ann@{}", crate::addr::A_MGMT_V4))
+            .args(args);
+        if let Some(f) = stdin {
+            cmd.stdin(File::open(f)?);
+        }
+        Ok(crate::Cli::run(cmd))
+    }
+
+    /// `show system` as `ann`, again every 3 s until its output holds `want` (sshd and the
+    /// account come up around READY) or `timeout` passes: the output, or the last output
+    /// (and error) seen.
+    pub fn show_system(
+        &self,
+        want: &str,
+        timeout: Duration,
+    ) -> std::result::Result<String, String> {
+        let mut last = String::new();
+        let ok = crate::poll_until(timeout, Duration::from_secs(3), || {
+            match self.ssh_ann(&["show", "system"], None) {
+                Ok(r) => {
+                    last = format!("{}{}", r.stdout, r.stderr);
+                    r.ok() && r.stdout.contains(want)
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if ok {
+            Ok(last)
+        } else {
+            Err(last)
         }
     }
 }

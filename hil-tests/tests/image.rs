@@ -45,7 +45,7 @@ use std::time::Duration;
 use hil_tests::console::{ssh, KeyPair};
 use hil_tests::vm::{
     copy_disk, esp_entries, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
-    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Ready, Seen, Vm, VmNet,
+    uki_signed_by_another_key, unsigned_uki, write_at, Board, Boot, Image, Ready, Seen, Vm, VmNet,
 };
 use hil_tests::{addr, Host, Lab, Segment};
 
@@ -892,42 +892,6 @@ fn root_text(image: &Image, path: &str) -> String {
         .to_owned()
 }
 
-/// One board on the lab in appliance A's place, booted again and again: its own copy of
-/// the disk and a TPM state kept across boots, its management NIC on the engineers'
-/// segment, and the installer's provisioning item for `ann` (after `preamble`).
-struct Board {
-    tmp: tempfile::TempDir,
-    ann: KeyPair,
-    lab: Lab,
-    boot: Boot,
-}
-
-impl Board {
-    fn new(image: &Image, preamble: &str) -> Board {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = tmp.path().join("board.img");
-        copy_disk(&image.disk(), &disk).unwrap();
-        let tpm = tmp.path().join("tpm");
-        std::fs::create_dir(&tpm).unwrap();
-        let ann = KeyPair::new(tmp.path(), "ann");
-        let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
-        let net = VmNet::on_lab(&lab, Host::A).unwrap();
-        let boot = Boot {
-            writable: true,
-            tpm_state: Some(tpm),
-            net: Some(net),
-            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
-            ..Boot::new(&disk, MEM_MIB)
-        };
-        Board {
-            tmp,
-            ann,
-            lab,
-            boot,
-        }
-    }
-}
-
 /// The installer's way in: the provisioning item (fw_cfg `opt/org.callgate/provision`)
 /// with the first admin's login and SSH key. The first boot provisions the vault (its
 /// recovery key on the console), commits the admin through the daemon, and the admin
@@ -943,7 +907,7 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         ann,
         lab,
         boot: board,
-    } = Board::new(&image, "# callgate provisioning (the installer)\n");
+    } = Board::new(&image, "# callgate provisioning (the installer)\n", MEM_MIB).unwrap();
     let mallory = KeyPair::new(tmp.path(), "mallory");
     let mgmt = lab.ns(Host::Mgmt);
     let version = root_text(&image, "/usr/share/callgate/version");
@@ -1219,58 +1183,41 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     let image = Image::from_env().unwrap();
     let next = image.test_update("next").unwrap();
     let broken = image.test_update("broken").unwrap();
-    let Board {
-        tmp,
-        ann,
-        lab,
-        boot: board,
-    } = Board::new(&image, "");
+    let b = Board::new(&image, "", MEM_MIB).unwrap();
+    let (board, tmp) = (&b.boot, b.tmp.path());
     let disk = board.disk.clone();
-    let mgmt = lab.ns(Host::Mgmt);
     let generation: u64 = root_text(&image, "/usr/share/callgate/generation")
         .parse()
         .unwrap();
-    let ssh_ann = |args: &[&str], stdin: Option<&std::path::Path>| {
-        let mut cmd = hil_tests::console::ssh_command(&mgmt, "ssh", Some(ann.private.as_path()));
-        cmd.arg(format!("ann@{}", addr::A_MGMT_V4)).args(args);
-        if let Some(f) = stdin {
-            cmd.stdin(std::fs::File::open(f).unwrap());
-        }
-        hil_tests::Cli::run(cmd)
-    };
+    let ssh_ann = |args: &[&str], stdin: Option<&std::path::Path>| b.ssh_ann(args, stdin).unwrap();
     // `show system` once the account answers (sshd and the account come up around READY).
     let show_system = |vm: &Vm, want: &str| {
-        let mut last = String::new();
-        let ok = hil_tests::poll_until(Duration::from_secs(120), Duration::from_secs(3), || {
-            let r = ssh_ann(&["show", "system"], None);
-            last = format!("{}{}", r.stdout, r.stderr);
-            r.ok() && r.stdout.contains(want)
-        });
-        assert!(
-            ok,
-            "no {want:?} in show system:\n{last}\nconsole:\n{}",
-            vm.console()
-        );
-        last
+        b.show_system(want, Duration::from_secs(120))
+            .unwrap_or_else(|last| {
+                panic!(
+                    "no {want:?} in show system:\n{last}\nconsole:\n{}",
+                    vm.console()
+                )
+            })
     };
     let slot_b = partition(&disk, "root-b").unwrap();
     let slot_b_head = |disk: &std::path::Path| {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(disk).unwrap();
         f.seek(SeekFrom::Start(slot_b.offset)).unwrap();
-        let mut b = vec![0u8; 1 << 20];
-        f.read_exact(&mut b).unwrap();
-        b
+        let mut head = vec![0u8; 1 << 20];
+        f.read_exact(&mut head).unwrap();
+        head
     };
 
     // 1. The first boot (provisioned); a bad update refused, nothing written.
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "first boot");
     assert!(ready, "first boot not ready:\n{}", vm.console());
     show_system(&vm, "booted: root-a\n");
     let entries = esp_entries(&disk).unwrap();
     assert_eq!(entries, [format!("callgate-{generation}-a.efi")]);
-    let bad = tmp.path().join("flipped.update");
+    let bad = tmp.join("flipped.update");
     copy_disk(&next, &bad).unwrap();
     let len = std::fs::metadata(&bad).unwrap().len();
     flip_byte(&bad, len / 2).unwrap();
@@ -1313,7 +1260,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
         esp_entries(&disk)
     );
     drop(vm);
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "the updated slot");
     assert!(ready, "the updated slot is not ready:\n{}", vm.console());
     let next_version = format!("{}+next", root_text(&image, "/usr/share/callgate/version"));
@@ -1346,7 +1293,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     );
     drop(vm);
     for try_no in 1..=3 {
-        let mut vm = Vm::start(&image, &board).unwrap();
+        let mut vm = Vm::start(&image, board).unwrap();
         let (which, seen) = vm.wait_for_any(
             &["callgate-health: NOT HEALTHY", "callgate-health: healthy"],
             BOOT,
@@ -1367,7 +1314,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
             vm.console()
         );
     }
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "the fallback");
     assert!(ready, "the fallback is not ready:\n{}", vm.console());
     let out = show_system(&vm, "booted: root-b\n");
