@@ -77,9 +77,10 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     );
     let mut vm = Vm::start(&image, &board)?;
     let marker = vm.wait_ready(BOOT);
+    // The port's marker line (the firmware writes its own text to every serial port).
     println!(
         "the ready marker on the second serial port (ttyS1): {}",
-        vm.marker().trim()
+        vm.marker_lines().join(" / ")
     );
     // The report's last line reaches the console through the journal: a moment later.
     vm.wait_for_any(
