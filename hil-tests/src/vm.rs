@@ -7,9 +7,16 @@
 //! q35,smm=on` (TCG: KVM is not usable on the build machines) with Debian's secboot OVMF and
 //! a copy of the variable store that has the image's certificate enrolled as PK, KEK and
 //! db, a `swtpm` as its TPM 2.0, and the serial console in a file; no network card
-//! (`-nic none`) unless the [`Boot`] puts it on a lab ([`VmNet`]). [`Vm::wait_for`] watches that console: what the tests assert is what
-//! the guest itself printed there (the kernel, the firmware, the image's boot report);
-//! [`Vm::type_line`] types on it, as an engineer at the serial console does.
+//! (`-nic none`) unless the [`Boot`] puts it on a lab ([`VmNet`]). [`Vm::wait_for`] watches
+//! that console: what the tests assert is what the guest itself printed there (the kernel,
+//! the firmware, the image's boot report); [`Vm::type_line`] types on it, as an engineer at
+//! the serial console does.
+//!
+//! A second serial port (the guest's ttyS1) carries the **ready marker** alone: the boot
+//! report writes exactly one line there at its end, `CALLGATE-READY` or
+//! `CALLGATE-NOT-READY WHAT...` (`images/libexec/boot-report`). [`Vm::wait_ready`] waits
+//! for it: "is the appliance up" without reading the console, whose report lines the
+//! tests still read where they check what the boot established.
 //!
 //! [`Vm::start`] boots with a [`Boot`]: a disk the guest writes to (the state disk's tests
 //! boot one disk several times), a TPM state kept across VMs (the same board booted again)
@@ -23,13 +30,18 @@
 //! fw_cfg item `opt/org.callgate/network` (`images/libexec/network` reads it; see
 //! `images/README.md` for why that does not weaken the verified boot).
 //!
+//! [`Board`] is one provisioned board on a lab, booted again and again (the A/B test and
+//! the benchmark's upgrade): its own disk and TPM, appliance A's place, the admin `ann`,
+//! and `ssh ann@A ...` from the engineers' host ([`Board::ssh_ann`],
+//! [`Board::show_system`]).
+//!
 //! The attacker's side works on copies of the disk: [`copy_disk`], [`flip_byte`],
 //! [`replace_uki`], [`esp_entries`], [`partition`] (offsets from the GPT), [`unsigned_uki`],
 //! [`uki_signed_by_another_key`].
 //!
 //! ## Design
 //! - Each VM has its own temporary directory (the variable store copy, the TPM's state, the
-//!   console log, QEMU's stderr), removed when the [`Vm`] is dropped.
+//!   console log, the marker's file, QEMU's stderr), removed when the [`Vm`] is dropped.
 //! - QEMU and swtpm each lead a process group of their own; dropping the [`Vm`] SIGKILLs
 //!   both groups and reaps them, also while a failed test unwinds.
 //! - [`Vm::boot`] attaches the disk with `snapshot=on`: the guest's writes never reach the
@@ -38,11 +50,18 @@
 //! - The serial port is a Unix socket (QEMU logs all the guest writes to the console file
 //!   whether or not anyone is connected); [`Vm::type_line`] connects once and keeps the
 //!   connection, and a thread drains what the guest writes to it so the UART never stalls.
+//! - The marker's port is a `file` chardev (`marker.log`): output only, the guest can send
+//!   nothing back through it and nobody types on it. The firmware (OVMF) writes its own
+//!   console to every serial port, so before Linux starts the port carries the firmware's
+//!   and the loader's text too; the kernel's console is ttyS0 alone, so after that only
+//!   the marker goes there. The marker is the line with `CALLGATE-` ([`Vm::marker_lines`]).
+//!   It comes straight from the boot report's write to the port, while the console's lines
+//!   go through the journal: the marker may arrive a moment before the report's last
+//!   console lines.
 //!
 //! ## Limits
 //! - On a lab, the guest's addresses are set by `systemd-networkd` around the time the
 //!   daemon is ready (nothing waits for them): wait for a service before probing.
-//! - No ready marker on a second serial port yet: the tests read the boot report.
 //! - Under TCG a boot to the daemon's readiness takes about a minute here; run few VMs at
 //!   once on a 2-core machine.
 
@@ -68,6 +87,9 @@ const CONSOLE: &str = "serial.log";
 
 /// The serial port's socket in a VM's directory (for typing on the console).
 const SERIAL_SOCKET: &str = "serial.sock";
+
+/// The second serial port's file in a VM's directory: the ready marker.
+const MARKER: &str = "marker.log";
 
 /// One build of `scripts/image`.
 #[derive(Debug, Clone)]
@@ -353,6 +375,62 @@ pub struct Vm {
     started: Instant,
 }
 
+/// What [`Vm::wait_ready`] saw on the ready marker's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ready {
+    /// `CALLGATE-READY`, this long after QEMU started.
+    Ready(Duration),
+    /// `CALLGATE-NOT-READY WHAT...`: what the boot report found wrong (`state`,
+    /// `callgated`, ...), this long after QEMU started.
+    NotReady(Vec<String>, Duration),
+    /// A line on the port that is no marker (the port carries nothing else).
+    Unreadable(String),
+    /// QEMU ended before a marker.
+    Exited(String),
+    /// No marker in time.
+    Timeout,
+}
+
+impl Ready {
+    /// Whether the marker said `CALLGATE-READY`.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Ready::Ready(_))
+    }
+}
+
+/// The prefix of both forms of the marker.
+const MARKER_PREFIX: &str = "CALLGATE-";
+
+/// The marker lines of `text` (the port's file): the whole lines (ended by a newline) that
+/// hold [`MARKER_PREFIX`], from there on, carriage return off. The rest is the firmware's
+/// text (it writes to every serial port) and is skipped.
+fn marker_lines(text: &str) -> Vec<&str> {
+    let whole = text.rsplit_once('\n').map_or("", |(w, _)| w);
+    whole
+        .split('\n')
+        .filter_map(|l| l.find(MARKER_PREFIX).map(|i| l[i..].trim_end_matches('\r')))
+        .collect()
+}
+
+/// The marker in `text` (the port's file): its first marker line, as [`Ready`] (with `at`
+/// for when it was seen); `None` while there is none.
+fn parse_marker(text: &str, at: Duration) -> Option<Ready> {
+    let line = *marker_lines(text).first()?;
+    let mut words = line.split(' ');
+    Some(match (words.next(), line) {
+        (_, "CALLGATE-READY") => Ready::Ready(at),
+        (Some("CALLGATE-NOT-READY"), _) => {
+            let what: Vec<String> = words.map(str::to_owned).collect();
+            if what.is_empty() || what.iter().any(String::is_empty) {
+                Ready::Unreadable(line.to_owned())
+            } else {
+                Ready::NotReady(what, at)
+            }
+        }
+        _ => Ready::Unreadable(line.to_owned()),
+    })
+}
+
 /// A child leading its own process group: SIGKILLed (the group) and reaped when dropped.
 #[derive(Debug)]
 struct Group(Child);
@@ -442,6 +520,7 @@ impl Vm {
         }
         let serial = dir.path().join(CONSOLE);
         let serial_sock = dir.path().join(SERIAL_SOCKET);
+        let marker = dir.path().join(MARKER);
         let stderr = File::create(dir.path().join("qemu.stderr"))?;
         let snapshot = if boot.writable { "off" } else { "on" };
         // On a lab, QEMU runs inside the host's namespace, where its taps are: nothing of
@@ -505,6 +584,10 @@ impl Vm {
                     serial.display()
                 ))
                 .args(["-serial", "chardev:ser0"])
+                // ttyS1: the ready marker, to a file (output only).
+                .arg("-chardev")
+                .arg(format!("file,id=marker,path={}", marker.display()))
+                .args(["-serial", "chardev:marker"])
                 .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
                 .arg("-drive")
                 .arg(format!(
@@ -595,6 +678,44 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// What the guest wrote on the marker's port (ttyS1) so far, as it wrote it (the
+    /// terminal's carriage returns included; bytes that are not UTF-8 replaced).
+    pub fn marker(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join(MARKER)).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// The marker lines on its port so far (the firmware's text on it skipped): one, once
+    /// the boot report has run.
+    pub fn marker_lines(&self) -> Vec<String> {
+        marker_lines(&self.marker())
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until the ready marker's line is whole on its port, QEMU ends, or `timeout`
+    /// passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Ready {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = parse_marker(&self.marker(), self.started.elapsed()) {
+                return r;
+            }
+            if let Some(st) = self.exited() {
+                // one last look: the line may have come with the exit
+                if let Some(r) = parse_marker(&self.marker(), self.started.elapsed()) {
+                    return r;
+                }
+                return Ready::Exited(format!("{st}; {}", self.qemu_stderr().trim()));
+            }
+            if Instant::now() >= deadline {
+                return Ready::Timeout;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Waits until the console shows `needle`, QEMU ends, or `timeout` passes.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Seen {
         self.wait_for_any(&[needle], timeout).1
@@ -621,6 +742,91 @@ impl Vm {
                 return (0, Seen::Timeout);
             }
             std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// One board on a lab in appliance A's place, booted again and again (the A/B test, the
+/// benchmark's upgrade): its own copy of the image's disk (written through) and a TPM
+/// state kept across boots, its NICs on a lab of A and the engineers' host (`Mgmt`), and
+/// the installer's provisioning item for the admin `ann` (after a `preamble` of the
+/// caller's: comment lines, or an attacker's extra text).
+#[derive(Debug)]
+pub struct Board {
+    /// How to boot it ([`Vm::start`]) again.
+    pub boot: Boot,
+    /// `ann`'s SSH key pair (in [`Board::tmp`]).
+    pub ann: crate::console::KeyPair,
+    /// The lab it sits on.
+    pub lab: Lab,
+    /// Its directory: the disk, the TPM's state, the keys. Removed when dropped.
+    pub tmp: tempfile::TempDir,
+}
+
+impl Board {
+    /// A fresh board: the image's disk copied, a blank TPM, a lab with A and `Mgmt`.
+    pub fn new(image: &Image, preamble: &str, memory_mib: u32) -> Result<Board> {
+        let tmp = tempfile::tempdir()?;
+        let disk = tmp.path().join("board.img");
+        copy_disk(&image.disk(), &disk)?;
+        let tpm = tmp.path().join("tpm");
+        std::fs::create_dir(&tpm)?;
+        let ann = crate::console::KeyPair::new(tmp.path(), "ann");
+        let lab = Lab::start(&[Host::A, Host::Mgmt])?;
+        let net = VmNet::on_lab(&lab, Host::A)?;
+        let boot = Boot {
+            writable: true,
+            tpm_state: Some(tpm),
+            net: Some(net),
+            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
+            ..Boot::new(&disk, memory_mib)
+        };
+        Ok(Board {
+            boot,
+            ann,
+            lab,
+            tmp,
+        })
+    }
+
+    /// `ssh ann@A ARGS` from the engineers' host with the real OpenSSH client (`ann`'s key
+    /// only), its standard input from `stdin` (`upgrade < FILE`) or empty.
+    pub fn ssh_ann(&self, args: &[&str], stdin: Option<&Path>) -> Result<crate::Cli> {
+        let mgmt = self.lab.ns(Host::Mgmt);
+        let mut cmd = crate::console::ssh_command(&mgmt, "ssh", Some(self.ann.private.as_path()));
+        cmd.arg(format!("ann@{}", crate::addr::A_MGMT_V4))
+            .args(args);
+        if let Some(f) = stdin {
+            cmd.stdin(File::open(f)?);
+        }
+        Ok(crate::Cli::run(cmd))
+    }
+
+    /// `show system` as `ann`, again every 3 s until its output holds `want` (sshd and the
+    /// account come up around READY) or `timeout` passes: the output, or the last output
+    /// (and error) seen.
+    pub fn show_system(
+        &self,
+        want: &str,
+        timeout: Duration,
+    ) -> std::result::Result<String, String> {
+        let mut last = String::new();
+        let ok = crate::poll_until(timeout, Duration::from_secs(3), || {
+            match self.ssh_ann(&["show", "system"], None) {
+                Ok(r) => {
+                    last = format!("{}{}", r.stdout, r.stderr);
+                    r.ok() && r.stdout.contains(want)
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if ok {
+            Ok(last)
+        } else {
+            Err(last)
         }
     }
 }
@@ -823,4 +1029,58 @@ pub fn uki_signed_by_another_key(uki: &Path, dir: &Path, dst: &Path) -> Result<(
         .arg(dst)
         .arg(&unsigned))
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_one_whole_line_of_one_of_two_forms() {
+        let at = Duration::from_secs(7);
+        assert_eq!(parse_marker("", at), None);
+        // Not whole yet: no verdict.
+        assert_eq!(parse_marker("CALLGATE-READY", at), None);
+        assert_eq!(
+            parse_marker("CALLGATE-READY\r\n", at),
+            Some(Ready::Ready(at))
+        );
+        assert_eq!(
+            parse_marker("CALLGATE-NOT-READY state callgated\r\n", at),
+            Some(Ready::NotReady(
+                vec!["state".into(), "callgated".into()],
+                at
+            ))
+        );
+        // Only the first line counts.
+        assert_eq!(
+            parse_marker("CALLGATE-NOT-READY report\nCALLGATE-READY\n", at),
+            Some(Ready::NotReady(vec!["report".into()], at))
+        );
+        // The firmware's text before it (OVMF writes to every serial port) is skipped.
+        let firmware = "\u{1b}[2J\u{1b}[01;01HBdsDxe: starting Boot0002\r\nError loading x\r\n";
+        assert_eq!(parse_marker(firmware, at), None);
+        assert_eq!(
+            parse_marker(&format!("{firmware}\u{1b}[0mCALLGATE-READY\r\n"), at),
+            Some(Ready::Ready(at))
+        );
+        assert_eq!(
+            marker_lines(&format!("{firmware}CALLGATE-READY\r\nCALLGATE-NOT")),
+            ["CALLGATE-READY"]
+        );
+        for bad in [
+            "CALLGATE-READY now\n",
+            "CALLGATE-NOT-READY\n",
+            "CALLGATE-NOT-READY  state\n",
+            "CALLGATE-\n",
+            "x CALLGATE-READYx\n",
+        ] {
+            assert!(
+                matches!(parse_marker(bad, at), Some(Ready::Unreadable(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(!Ready::NotReady(vec!["tpm".into()], at).is_ready());
+        assert!(Ready::Ready(at).is_ready());
+    }
 }

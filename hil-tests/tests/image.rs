@@ -45,7 +45,7 @@ use std::time::Duration;
 use hil_tests::console::{ssh, KeyPair};
 use hil_tests::vm::{
     copy_disk, esp_entries, file_contains, flip_byte, luks_key_opens, partition, replace_uki,
-    uki_signed_by_another_key, unsigned_uki, write_at, Boot, Image, Seen, Vm, VmNet,
+    uki_signed_by_another_key, unsigned_uki, write_at, Board, Boot, Image, Ready, Seen, Vm, VmNet,
 };
 use hil_tests::{addr, Host, Lab, Segment};
 
@@ -56,6 +56,9 @@ const FACTORY: &str = include_str!("../../config/factory.toml");
 const MEM_MIB: u32 = 1024;
 /// Power-on to the boot report, under TCG (57–98 s measured on the build machines).
 const BOOT: Duration = Duration::from_secs(360);
+/// The ready marker to the boot report's last line on the console (which goes there
+/// through the journal; the marker straight to its port).
+const REPORT_AFTER_MARKER: Duration = Duration::from_secs(60);
 /// Power-on to the firmware's verdict on the UKI.
 const FIRMWARE: Duration = Duration::from_secs(180);
 
@@ -92,19 +95,16 @@ fn image_vm_boots_verified_to_ready() {
         ..Boot::new(&image.disk(), MEM_MIB)
     };
     let mut vm = Vm::start(&image, &boot).unwrap();
-    let (which, seen) =
-        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
-    let console = vm.console();
-    let Seen::At(at) = seen else {
-        panic!("no boot report ({seen:?}); console:\n{console}");
+    let marker = vm.wait_ready(BOOT);
+    let Ready::Ready(at) = marker else {
+        panic!("no ready marker ({marker:?}); console:\n{}", vm.console());
     };
-    let r = report(&console);
-    assert_eq!(
-        which,
-        0,
-        "the boot report says not ready:\n{}",
-        r.join("\n")
-    );
+    // The marker is one line on the second port (boot_report checks that the console,
+    // ttyS0, does not carry it).
+    assert_eq!(vm.marker_lines(), ["CALLGATE-READY"]);
+    let (r, ready) = boot_report(&mut vm, "boot");
+    let console = vm.console();
+    assert!(ready, "the boot report says not ready:\n{}", r.join("\n"));
     let expect = [
         "secure_boot=on".to_owned(),
         "lockdown=integrity".to_owned(),
@@ -131,7 +131,7 @@ fn image_vm_boots_verified_to_ready() {
     );
     let times = r.iter().find(|l| l.starts_with("times ")).unwrap();
     println!(
-        "image boot: power-on to the report {:.1} s under TCG; {times}",
+        "image boot: power-on to the ready marker {:.1} s under TCG; {times}",
         at.as_secs_f64()
     );
     assert!(
@@ -263,16 +263,39 @@ fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm
     );
 }
 
-/// Waits for the end of the boot report; its lines, and whether it said `ready`.
+/// Waits for the ready marker (the second serial port), then for the end of the boot
+/// report on the console; the report's lines, and whether the marker said ready. The two
+/// say the same (the marker's words are the report's `NOT READY (...)`), the marker is one
+/// line, and it is not on the console.
 fn boot_report(vm: &mut Vm, what: &str) -> (Vec<String>, bool) {
-    let (which, seen) =
-        vm.wait_for_any(&["callgate-boot: ready", "callgate-boot: NOT READY"], BOOT);
+    let marker = vm.wait_ready(BOOT);
+    let verdict = match &marker {
+        Ready::Ready(_) => "ready".to_owned(),
+        Ready::NotReady(failed, _) => format!("NOT READY ({})", failed.join(" ")),
+        _ => panic!(
+            "{what}: no ready marker ({marker:?}); console:\n{}",
+            vm.console()
+        ),
+    };
+    let seen = vm.wait_for(&format!("callgate-boot: {verdict}"), REPORT_AFTER_MARKER);
     let console = vm.console();
     assert!(
         matches!(seen, Seen::At(_)),
-        "{what}: no boot report ({seen:?}); console:\n{console}"
+        "{what}: the marker says {verdict:?}, the console's report does not ({seen:?}); console:\n{console}"
     );
-    (report(&console), which == 0)
+    assert_eq!(
+        vm.marker_lines().len(),
+        1,
+        "{what}: the marker's port: {:?}",
+        vm.marker()
+    );
+    for m in ["CALLGATE-READY", "CALLGATE-NOT-READY"] {
+        assert!(
+            !console.contains(m),
+            "{what}: the marker {m} on the console:\n{console}"
+        );
+    }
+    (report(&console), marker.is_ready())
 }
 
 /// The report's line starting with `prefix`.
@@ -432,6 +455,13 @@ fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() 
     let (r, ready) = boot_report(&mut vm, "another board");
     let console = vm.console();
     assert!(!ready, "ready on another board:\n{console}");
+    let marker = vm.marker_lines();
+    assert!(
+        marker.len() == 1
+            && marker[0].starts_with("CALLGATE-NOT-READY ")
+            && marker[0].split(' ').any(|w| w == "state"),
+        "{marker:?}"
+    );
     assert!(has(&r, "state=locked"), "{}", r.join("\n"));
     assert!(has(&r, "ssh_host_key=none"), "{}", r.join("\n"));
     assert!(
@@ -489,8 +519,9 @@ fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() 
     );
     assert!(has(&r, "secure_boot=off"), "{}", r.join("\n"));
     state_kept(&r, 3, &host_key);
-    // Only Secure Boot itself is reported as wrong.
+    // Only Secure Boot itself is reported as wrong, on the console and by the marker.
     assert!(has(&r, "NOT READY (secure_boot)"), "{}", r.join("\n"));
+    assert_eq!(vm.marker_lines(), ["CALLGATE-NOT-READY secure_boot"]);
     // The recovery key typed is not echoed on the console.
     assert!(
         !console.contains(&key),
@@ -522,13 +553,19 @@ fn image_vm_flipped_root_byte_stops_the_boot() {
         "no dm-verity panic ({seen:?}); console:\n{console}"
     );
     assert!(console.contains("Kernel panic"), "{console}");
-    // Nothing of the appliance ran: no daemon, no report, no login prompt.
+    // Nothing of the appliance ran: no daemon, no report, no login prompt, no marker.
     for never in ["callgate-boot:", "callgated", "login:"] {
         assert!(
             !console.contains(never),
             "{never:?} on the console:\n{console}"
         );
     }
+    // (The port has the firmware's text, which it writes to every serial port.)
+    assert!(
+        vm.marker_lines().is_empty(),
+        "a ready marker from a tampered root: {:?}",
+        vm.marker()
+    );
     println!(
         "flipped byte: panic {:.1} s after power-on",
         vm.uptime().as_secs_f64()
@@ -574,6 +611,11 @@ fn refused_by_the_firmware(image: &Image, disk: &std::path::Path) {
             "{never:?} on the console:\n{console}"
         );
     }
+    assert!(
+        vm.marker_lines().is_empty(),
+        "a ready marker from a refused UKI: {:?}",
+        vm.marker()
+    );
 }
 
 #[test]
@@ -852,42 +894,6 @@ fn root_text(image: &Image, path: &str) -> String {
         .to_owned()
 }
 
-/// One board on the lab in appliance A's place, booted again and again: its own copy of
-/// the disk and a TPM state kept across boots, its management NIC on the engineers'
-/// segment, and the installer's provisioning item for `ann` (after `preamble`).
-struct Board {
-    tmp: tempfile::TempDir,
-    ann: KeyPair,
-    lab: Lab,
-    boot: Boot,
-}
-
-impl Board {
-    fn new(image: &Image, preamble: &str) -> Board {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = tmp.path().join("board.img");
-        copy_disk(&image.disk(), &disk).unwrap();
-        let tpm = tmp.path().join("tpm");
-        std::fs::create_dir(&tpm).unwrap();
-        let ann = KeyPair::new(tmp.path(), "ann");
-        let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
-        let net = VmNet::on_lab(&lab, Host::A).unwrap();
-        let boot = Boot {
-            writable: true,
-            tpm_state: Some(tpm),
-            net: Some(net),
-            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
-            ..Boot::new(&disk, MEM_MIB)
-        };
-        Board {
-            tmp,
-            ann,
-            lab,
-            boot,
-        }
-    }
-}
-
 /// The installer's way in: the provisioning item (fw_cfg `opt/org.callgate/provision`)
 /// with the first admin's login and SSH key. The first boot provisions the vault (its
 /// recovery key on the console), commits the admin through the daemon, and the admin
@@ -903,7 +909,7 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         ann,
         lab,
         boot: board,
-    } = Board::new(&image, "# callgate provisioning (the installer)\n");
+    } = Board::new(&image, "# callgate provisioning (the installer)\n", MEM_MIB).unwrap();
     let mallory = KeyPair::new(tmp.path(), "mallory");
     let mgmt = lab.ns(Host::Mgmt);
     let version = root_text(&image, "/usr/share/callgate/version");
@@ -1179,58 +1185,41 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     let image = Image::from_env().unwrap();
     let next = image.test_update("next").unwrap();
     let broken = image.test_update("broken").unwrap();
-    let Board {
-        tmp,
-        ann,
-        lab,
-        boot: board,
-    } = Board::new(&image, "");
+    let b = Board::new(&image, "", MEM_MIB).unwrap();
+    let (board, tmp) = (&b.boot, b.tmp.path());
     let disk = board.disk.clone();
-    let mgmt = lab.ns(Host::Mgmt);
     let generation: u64 = root_text(&image, "/usr/share/callgate/generation")
         .parse()
         .unwrap();
-    let ssh_ann = |args: &[&str], stdin: Option<&std::path::Path>| {
-        let mut cmd = hil_tests::console::ssh_command(&mgmt, "ssh", Some(ann.private.as_path()));
-        cmd.arg(format!("ann@{}", addr::A_MGMT_V4)).args(args);
-        if let Some(f) = stdin {
-            cmd.stdin(std::fs::File::open(f).unwrap());
-        }
-        hil_tests::Cli::run(cmd)
-    };
+    let ssh_ann = |args: &[&str], stdin: Option<&std::path::Path>| b.ssh_ann(args, stdin).unwrap();
     // `show system` once the account answers (sshd and the account come up around READY).
     let show_system = |vm: &Vm, want: &str| {
-        let mut last = String::new();
-        let ok = hil_tests::poll_until(Duration::from_secs(120), Duration::from_secs(3), || {
-            let r = ssh_ann(&["show", "system"], None);
-            last = format!("{}{}", r.stdout, r.stderr);
-            r.ok() && r.stdout.contains(want)
-        });
-        assert!(
-            ok,
-            "no {want:?} in show system:\n{last}\nconsole:\n{}",
-            vm.console()
-        );
-        last
+        b.show_system(want, Duration::from_secs(120))
+            .unwrap_or_else(|last| {
+                panic!(
+                    "no {want:?} in show system:\n{last}\nconsole:\n{}",
+                    vm.console()
+                )
+            })
     };
     let slot_b = partition(&disk, "root-b").unwrap();
     let slot_b_head = |disk: &std::path::Path| {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(disk).unwrap();
         f.seek(SeekFrom::Start(slot_b.offset)).unwrap();
-        let mut b = vec![0u8; 1 << 20];
-        f.read_exact(&mut b).unwrap();
-        b
+        let mut head = vec![0u8; 1 << 20];
+        f.read_exact(&mut head).unwrap();
+        head
     };
 
     // 1. The first boot (provisioned); a bad update refused, nothing written.
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "first boot");
     assert!(ready, "first boot not ready:\n{}", vm.console());
     show_system(&vm, "booted: root-a\n");
     let entries = esp_entries(&disk).unwrap();
     assert_eq!(entries, [format!("callgate-{generation}-a.efi")]);
-    let bad = tmp.path().join("flipped.update");
+    let bad = tmp.join("flipped.update");
     copy_disk(&next, &bad).unwrap();
     let len = std::fs::metadata(&bad).unwrap().len();
     flip_byte(&bad, len / 2).unwrap();
@@ -1295,7 +1284,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
         esp_entries(&disk)
     );
     drop(vm);
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "the updated slot");
     assert!(ready, "the updated slot is not ready:\n{}", vm.console());
     let next_version = format!("{}+next", root_text(&image, "/usr/share/callgate/version"));
@@ -1328,7 +1317,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
     );
     drop(vm);
     for try_no in 1..=3 {
-        let mut vm = Vm::start(&image, &board).unwrap();
+        let mut vm = Vm::start(&image, board).unwrap();
         let (which, seen) = vm.wait_for_any(
             &["callgate-health: NOT HEALTHY", "callgate-health: healthy"],
             BOOT,
@@ -1349,7 +1338,7 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
             vm.console()
         );
     }
-    let mut vm = Vm::start(&image, &board).unwrap();
+    let mut vm = Vm::start(&image, board).unwrap();
     let (_, ready) = boot_report(&mut vm, "the fallback");
     assert!(ready, "the fallback is not ready:\n{}", vm.console());
     let out = show_system(&vm, "booted: root-b\n");
