@@ -30,8 +30,8 @@
 //! fw_cfg item `opt/org.callgate/network` (`images/libexec/network` reads it; see
 //! `images/README.md` for why that does not weaken the verified boot).
 //!
-//! [`Board`] is one provisioned board on a lab, booted again and again (the A/B test and
-//! the benchmark's upgrade): its own disk and TPM, appliance A's place, the admin `ann`,
+//! [`Board`] is one provisioned board on a lab, booted again and again (the image tests,
+//! the benchmark's upgrade, `image-demo`): its own disk and TPM, appliance A's place, the admin `ann`,
 //! and `ssh ann@A ...` from the engineers' host ([`Board::ssh_ann`],
 //! [`Board::show_system`]).
 //!
@@ -746,8 +746,8 @@ impl Vm {
     }
 }
 
-/// One board on a lab in appliance A's place, booted again and again (the A/B test, the
-/// benchmark's upgrade): its own copy of the image's disk (written through) and a TPM
+/// One board on a lab in appliance A's place, booted again and again (the image tests, the
+/// benchmark's upgrade, `image-demo`): its own copy of the image's disk (written through) and a TPM
 /// state kept across boots, its NICs on a lab of A and the engineers' host (`Mgmt`), and
 /// the installer's provisioning item for the admin `ann` (after a `preamble` of the
 /// caller's: comment lines, or an attacker's extra text).
@@ -766,13 +766,24 @@ pub struct Board {
 impl Board {
     /// A fresh board: the image's disk copied, a blank TPM, a lab with A and `Mgmt`.
     pub fn new(image: &Image, preamble: &str, memory_mib: u32) -> Result<Board> {
+        Board::with_hosts(image, preamble, memory_mib, &[])
+    }
+
+    /// [`Board::new`] on a lab that also has the hosts `more` (the demo's carrier).
+    pub fn with_hosts(
+        image: &Image,
+        preamble: &str,
+        memory_mib: u32,
+        more: &[Host],
+    ) -> Result<Board> {
         let tmp = tempfile::tempdir()?;
         let disk = tmp.path().join("board.img");
         copy_disk(&image.disk(), &disk)?;
         let tpm = tmp.path().join("tpm");
         std::fs::create_dir(&tpm)?;
         let ann = crate::console::KeyPair::new(tmp.path(), "ann");
-        let lab = Lab::start(&[Host::A, Host::Mgmt])?;
+        let hosts: Vec<Host> = [Host::A, Host::Mgmt].iter().chain(more).copied().collect();
+        let lab = Lab::start(&hosts)?;
         let net = VmNet::on_lab(&lab, Host::A)?;
         let boot = Boot {
             writable: true,

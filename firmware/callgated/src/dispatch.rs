@@ -338,7 +338,7 @@ async fn upgrade_record(phase: &Phase, peer: &Peer, uid: u32, pid: i32, step: &s
         let _ = audit(phase, peer, "upgrade record", &format!("refused: {why}")).await;
         return Response::err(format!("upgrade record: refused: {why}"));
     }
-    if step.len() > callgate_control::MAX_TYPED_LINE || step.contains(['\n', '\r']) {
+    if !callgate_control::is_typed_line(step) {
         return Response::err(format!(
             "upgrade record: a step is one line of at most {} bytes",
             callgate_control::MAX_TYPED_LINE
@@ -654,7 +654,7 @@ async fn handle(
             }
         }
         Request::Remember { line } => {
-            if line.len() > callgate_control::MAX_TYPED_LINE || line.contains(['\n', '\r']) {
+            if !callgate_control::is_typed_line(&line) {
                 return Response::err(format!(
                     "a console line is one line of at most {} bytes",
                     callgate_control::MAX_TYPED_LINE

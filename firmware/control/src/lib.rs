@@ -247,6 +247,12 @@ impl std::str::FromStr for ExportFormat {
 /// The longest console line the daemon keeps.
 pub const MAX_TYPED_LINE: usize = 1024;
 
+/// Whether `text` is a line the daemon keeps (a typed line, an install's step): one line
+/// of at most [`MAX_TYPED_LINE`] bytes.
+pub fn is_typed_line(text: &str) -> bool {
+    text.len() <= MAX_TYPED_LINE && !text.contains(['\n', '\r'])
+}
+
 fn default_last() -> usize {
     20
 }

@@ -14,9 +14,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hil_tests::console::{ssh, KeyPair};
-use hil_tests::vm::{copy_disk, file_contains, Boot, Image, Ready, Vm, VmNet};
-use hil_tests::{addr, Host, Lab};
+use hil_tests::vm::{file_contains, Board, Image, Ready, Vm};
+use hil_tests::{addr, Host};
 
 /// RAM of the VM.
 const MEM_MIB: u32 = 1024;
@@ -50,32 +49,20 @@ fn check(ok: bool, what: &str) -> bool {
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let image = Image::from_env()?;
-    let tmp = tempfile::tempdir()?;
-    let disk = tmp.path().join("appliance.img");
-    copy_disk(&image.disk(), &disk)?;
-    let tpm = tmp.path().join("tpm");
-    std::fs::create_dir(&tpm)?;
-    let ann = KeyPair::new(tmp.path(), "ann");
-
     println!("==> the lab: management host, carrier, and appliance A's place for the VM");
-    let lab = Lab::start(&[Host::A, Host::Mgmt, Host::Carrier])?;
-    let net = VmNet::on_lab(&lab, Host::A)?;
-    let (mgmt, carrier) = (lab.ns(Host::Mgmt), lab.ns(Host::Carrier));
-    let board = Boot {
-        writable: true,
-        tpm_state: Some(tpm),
-        net: Some(net),
-        provision: Some(format!(
-            "# the installer's provisioning item\nuser ann\nssh-key {}\n",
-            ann.public
-        )),
-        ..Boot::new(&disk, MEM_MIB)
-    };
+    let b = Board::with_hosts(
+        &image,
+        "# the installer's provisioning item\n",
+        MEM_MIB,
+        &[Host::Carrier],
+    )?;
+    let carrier = b.lab.ns(Host::Carrier);
+    let (board, disk) = (&b.boot, &b.boot.disk);
 
     println!(
         "==> powering on (QEMU TCG, OVMF with Secure Boot, swtpm); this takes a minute or two"
     );
-    let mut vm = Vm::start(&image, &board)?;
+    let mut vm = Vm::start(&image, board)?;
     let marker = vm.wait_ready(BOOT);
     // The port's marker line (the firmware writes its own text to every serial port).
     println!(
@@ -129,24 +116,15 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     }
 
     println!("\n==> ann logs in over SSH from the management host (OpenSSH, her key)");
-    let as_ann = |args: &[&str]| ssh(&mgmt, &ann.private, "ann", addr::A_MGMT_V4.into(), args);
-    let mut last = None;
-    let up = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(2), || {
-        let r = as_ann(&["show", "system"]);
-        let done = r.ok();
-        last = Some(r);
-        done
-    });
-    if let Some(r) = &last {
-        println!(
-            "$ ssh ann@{} show system\n{}{}",
-            addr::A_MGMT_V4,
-            r.stdout,
-            r.stderr
-        );
-    }
+    let as_ann = |args: &[&str]| b.ssh_ann(args, None);
+    // Any answer (a `show system` output always holds the empty string).
+    let (up, last) = match b.show_system("", Duration::from_secs(90)) {
+        Ok(out) => (true, out),
+        Err(last) => (false, last),
+    };
+    println!("$ ssh ann@{} show system\n{last}", addr::A_MGMT_V4);
     ok &= check(up, "ann's console answers `show system`");
-    let shell = as_ann(&["id"]);
+    let shell = as_ann(&["id"])?;
     ok &= check(
         !shell.ok() && !shell.stdout.contains("uid="),
         "a shell command over SSH gets the console, not a shell",
@@ -167,7 +145,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
 
-    let fw = as_ann(&["show", "firewall"]);
+    let fw = as_ann(&["show", "firewall"])?;
     println!(
         "$ ssh ann@{} show firewall   (the input chain)\n{}",
         addr::A_MGMT_V4,
@@ -192,8 +170,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
 
     println!("\n==> powered off: a byte scan of the raw disk for ann's key (on the state disk)");
     drop(vm);
-    let key_b64 = ann.public.split_whitespace().nth(1).unwrap_or_default();
-    let found = !key_b64.is_empty() && file_contains(&disk, key_b64)?;
+    let key_b64 = b.ann.public.split_whitespace().nth(1).unwrap_or_default();
+    let found = !key_b64.is_empty() && file_contains(disk, key_b64)?;
     ok &= check(
         !found,
         "the raw disk does not hold the admin's key in the clear (LUKS2 sealed to the TPM)",
