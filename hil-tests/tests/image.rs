@@ -126,7 +126,7 @@ fn image_vm_boots_verified_to_ready() {
         .find(|l| l.starts_with("callgated="))
         .unwrap_or_else(|| panic!("no daemon line:\n{}", r.join("\n")));
     assert!(
-        daemon.starts_with("callgated=ready status=\"locked: not provisioned"),
+        daemon.starts_with("callgated=ready user=callgate status=\"locked: not provisioned"),
         "{daemon}"
     );
     let times = r.iter().find(|l| l.starts_with("times ")).unwrap();
@@ -816,9 +816,12 @@ fn image_network_item_sets_addresses_and_nothing_else() {
 /// Each of our units and the highest `systemd-analyze security` exposure it may score. A
 /// new unit without a line here fails the test: it has to be sandboxed and scored first.
 const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
+    // The accounts helper behind callgate-accounts.socket: root with the account tools'
+    // capabilities, CAP_KILL and read access to other users' processes; no network.
+    ("callgate-accounts@.service", 2.0),
     ("callgate-baseline.service", 1.4),
     ("callgate-boot-report.service", 2.0),
-    ("callgate-health.service", 1.6),
+    ("callgate-health.service", 1.8),
     ("callgate-network.service", 1.7),
     ("callgate-provision.service", 1.6),
     ("callgate-ssh-hostkeys.service", 0.5),
@@ -827,9 +830,9 @@ const EXPOSURE_CEILINGS: &[(&str, f64)] = &[
     // The update installer behind callgate-upgrade.socket: root (the raw disk, the ESP,
     // the state disk are root's) with no capability, no network, block devices only.
     ("callgate-upgrade@.service", 1.1),
-    // Root with CAP_NET_ADMIN and the account tools' file capabilities, on the host's
-    // network with packet sockets: see images/README.md.
-    ("callgated.service", 3.3),
+    // The user `callgate` with CAP_NET_ADMIN and CAP_NET_RAW, on the host's network with
+    // packet sockets; what only root may do is the accounts helper's: images/README.md.
+    ("callgated.service", 2.0),
 ];
 
 /// systemd's own scoring of a unit file, offline (as the image ships it: the same files).
@@ -983,6 +986,25 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         r.stdout,
         r.stderr
     );
+    // The daemon is not root: its control socket is its own user's. What it may not do
+    // as that user its accounts helper did: ann's account (above), and the audit
+    // session of ann's console process, which the daemon cannot see, in the trail.
+    assert!(daemon.contains(" user=callgate "), "{daemon}");
+    let r = ssh(
+        &mgmt,
+        &ann.private,
+        "ann",
+        addr::A_MGMT_V4.into(),
+        &["show", "audit", "last", "20"],
+    );
+    let with_session = r.stdout.lines().any(|l| {
+        l.contains(" ann ")
+            && l.contains("show system")
+            && l.split_once(" session ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|s| s.parse::<u32>().is_ok())
+    });
+    assert!(with_session, "{} {}", r.stdout, r.stderr);
     drop(vm);
 
     // 2. The same board again, now with an item for another admin: ignored; ann is back.

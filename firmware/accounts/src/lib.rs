@@ -20,6 +20,10 @@
 //! - Passwords: the config's yescrypt hash is set as is (`usermod -p`); an account without
 //!   one gets `*` (no password login; SSH keys only).
 //!
+//! - [`privileged`]: the same work done for a daemon that is not root, by
+//!   `callgate accounts-helper` (root) over a socket; with the login uid, audit session and
+//!   origin of a console process, which such a daemon cannot read from `/proc`.
+//!
 //! ## Current limitations
 //! - Reconciling runs after a commit has been applied; a failed step is logged and retried
 //!   at the next commit or start, it does not roll the commit back.
@@ -30,6 +34,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use callgate_config::{PasswordHash, Role, User, BREAK_GLASS_USER};
+
+pub mod privileged;
 
 /// Every console account is a member (it owns the control socket).
 pub const CONSOLE_GROUP: &str = "callgate-console";
@@ -365,14 +371,18 @@ fn write_keys(dir: &Path, name: &str, keys: &[String]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// Ends every process that `select` picks among this appliance's (those in the calling
-/// process's network namespace: on an appliance every one; in the lab, where several
-/// appliances share the machine and their uids, only this one's), never the caller:
-/// SIGHUP, then SIGKILL for what is left after 200 ms. How many got the SIGHUP.
-pub fn end_processes(select: impl Fn(i32) -> bool) -> usize {
+/// Ends every process that `select` picks among this appliance's (those in the network
+/// namespace of process `daemon`, the daemon's: on an appliance every one; in the lab,
+/// where several appliances share the machine and their uids, only this one's), never the
+/// caller: SIGHUP, then SIGKILL for what is left after 200 ms. How many got the SIGHUP.
+/// Nothing, when the daemon's namespace cannot be read.
+pub fn end_processes(daemon: i32, select: impl Fn(i32) -> bool) -> usize {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let own_net = std::fs::read_link("/proc/self/ns/net").ok();
+    let Ok(own_net) = std::fs::read_link(format!("/proc/{daemon}/ns/net")) else {
+        return 0;
+    };
+    let own_net = Some(own_net);
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     let pids = || -> Vec<i32> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -407,8 +417,9 @@ fn status_field(pid: i32, field: &str) -> Option<u32> {
         .ok()
 }
 
-/// Carries out `steps`; the errors of the steps that failed (the others ran).
-pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
+/// Carries out `steps` for the daemon, process `daemon`; the errors of the steps that
+/// failed (the others ran).
+pub fn apply(steps: &[Step], s: &Settings, daemon: i32) -> Vec<AccountsError> {
     let mut errors = Vec::new();
     let shell = s.shell.to_string_lossy().into_owned();
     let uid_min = format!("UID_MIN={}", UID_RANGE.0);
@@ -445,7 +456,7 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
                 })
             }
             Step::EndSessions { uid, .. } => {
-                end_processes(|pid| status_field(pid, "Uid:") == Some(*uid));
+                end_processes(daemon, |pid| status_field(pid, "Uid:") == Some(*uid));
                 Ok(())
             }
             Step::Remove { name } => {
@@ -464,14 +475,16 @@ pub fn apply(steps: &[Step], s: &Settings) -> Vec<AccountsError> {
     errors
 }
 
-/// Reads, plans and applies; the steps taken and the errors.
+/// Reads, plans and applies for the daemon, process `daemon`; the steps taken and the
+/// errors.
 pub fn reconcile(
     wanted: &[Want],
     s: &Settings,
+    daemon: i32,
 ) -> Result<(Vec<Step>, Vec<AccountsError>), AccountsError> {
     let (current, groups) = read_current(s)?;
     let steps = plan(&current, &groups, wanted, &s.shell.to_string_lossy());
-    let errors = apply(&steps, s);
+    let errors = apply(&steps, s, daemon);
     Ok((steps, errors))
 }
 

@@ -157,6 +157,21 @@ enum Cmd {
         #[arg(long, default_value = "/run/callgate/control.sock")]
         control_socket: PathBuf,
     },
+    /// The root-only end of callgate-accounts.socket: standard input and output are the
+    /// daemon's connection (the console accounts, ending console sessions, reading console
+    /// processes; see images/README.md).
+    #[command(hide = true)]
+    AccountsHelper {
+        /// The account the daemon runs as: it alone (and root) is answered.
+        #[arg(long, default_value = "callgate")]
+        daemon_user: String,
+        /// The login shell of every console account.
+        #[arg(long, default_value = "/usr/bin/callgate")]
+        console_shell: PathBuf,
+        /// Where each console account's `authorized_keys` file goes.
+        #[arg(long, default_value = "/etc/callgate/ssh/authorized_keys")]
+        authorized_keys_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -459,6 +474,11 @@ fn main() -> ExitCode {
             key,
             control_socket,
         } => return upgrade::helper(&key, &control_socket),
+        Cmd::AccountsHelper {
+            daemon_user,
+            console_shell,
+            authorized_keys_dir,
+        } => return accounts_helper(&daemon_user, console_shell, authorized_keys_dir),
         Cmd::Console => {
             return console::run(&args.socket.clone().unwrap_or_else(default_socket));
         }
@@ -644,6 +664,36 @@ fn read_pem_file(file: &std::path::Path) -> Result<String, ExitCode> {
         eprintln!("{}: cannot read the file: {e}", file.display());
         ExitCode::from(EXIT_INVALID)
     })
+}
+
+/// `callgate accounts-helper`: serves the daemon's connection on standard input (socket
+/// activation) with `callgate_accounts::privileged::serve`, for root and `daemon_user`.
+fn accounts_helper(daemon_user: &str, shell: PathBuf, keys_dir: PathBuf) -> ExitCode {
+    use std::os::fd::AsFd;
+    let mut allowed = vec![0];
+    match nix::unistd::User::from_name(daemon_user) {
+        Ok(Some(u)) => allowed.push(u.uid.as_raw()),
+        _ => eprintln!("callgate accounts-helper: no user {daemon_user}: root alone is answered"),
+    }
+    let stream = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::os::unix::net::UnixStream::from(fd),
+        Err(e) => {
+            eprintln!("callgate accounts-helper: standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = callgate_accounts::Settings {
+        etc: PathBuf::from("/etc"),
+        keys_dir,
+        shell,
+    };
+    match callgate_accounts::privileged::serve(stream, &allowed, &settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callgate accounts-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

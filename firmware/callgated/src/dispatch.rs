@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callgate_control::{Authorizer, Call, Handler, Peer, Reply, Request, Response, Role};
+use callgate_accounts::privileged::Privileged;
+use callgate_control::{Authorizer, Call, Handler, Peer, ProcIds, Reply, Request, Response, Role};
 use callgate_firewall::{error_chain, FirewallHandle, FirewallReport, Verification};
 use callgate_store::AuditEntry;
 use serde_json::json;
@@ -64,9 +65,10 @@ pub fn handler(
     firewall: FirewallHandle,
     lifecycle: mpsc::Sender<Lifecycle>,
     protector: String,
+    privileged: Arc<Privileged>,
 ) -> Handler {
     let lock: Arc<tokio::sync::Mutex<Option<LockHolder>>> = Arc::default();
-    let sessions: Arc<crate::sessions::Sessions> = Arc::default();
+    let sessions = Arc::new(crate::sessions::Sessions::new(privileged));
     Arc::new(move |peer: Peer, call: Call| {
         let phase = phase.borrow().clone();
         let firewall = firewall.clone();
@@ -134,7 +136,8 @@ async fn serve_call(
                 Call::Request(req) => req,
             };
             if let Request::UpgradeRecord { uid, pid, step } = &req {
-                return upgrade_record(&phase, &peer, *uid, *pid, step).await;
+                return upgrade_record(&phase, sessions.privileged(), &peer, *uid, *pid, step)
+                    .await;
             }
             let name = req.name();
             let typed = match &req {
@@ -332,7 +335,14 @@ async fn config_lock(
 /// there with that uid (the console's `upgrade` waits for the installer's last line; a
 /// requester gone by then is on record by its uid alone). Anyone but root is refused, and
 /// that refusal is on record under their own name.
-async fn upgrade_record(phase: &Phase, peer: &Peer, uid: u32, pid: i32, step: &str) -> Response {
+async fn upgrade_record(
+    phase: &Phase,
+    privileged: &Arc<Privileged>,
+    peer: &Peer,
+    uid: u32,
+    pid: i32,
+    step: &str,
+) -> Response {
     if peer.uid != 0 {
         let why = "only the update installer (root) records an install";
         let _ = audit(phase, peer, "upgrade record", &format!("refused: {why}")).await;
@@ -344,21 +354,16 @@ async fn upgrade_record(phase: &Phase, peer: &Peer, uid: u32, pid: i32, step: &s
             callgate_control::MAX_TYPED_LINE
         ));
     }
+    let privileged = privileged.clone();
     let looked_up = tokio::task::spawn_blocking(move || {
-        // `Uid:` real, effective, saved, file system: the real one is the account.
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            == Some(uid);
-        Peer::lookup(uid, alive.then_some(pid))
+        // The real uid (`Uid:`'s first): the process is still the account's.
+        let info = privileged.process(pid);
+        let alive = info.uid == Some(uid);
+        let ids = ProcIds {
+            loginuid: info.loginuid,
+            session: info.session,
+        };
+        Peer::lookup(uid, alive.then_some(pid), &|_| ids)
     })
     .await;
     let Ok(mut who) = looked_up else {

@@ -110,8 +110,9 @@ pub struct Ctx {
     pub record_segment_bytes: u64,
     pub custody: Custody,
     pub firewall: FirewallHandle,
-    /// Where the console accounts go.
-    pub accounts: callgate_accounts::Settings,
+    /// Where the console accounts are made, sessions ended and console processes read
+    /// (here as root, or by the accounts helper).
+    pub accounts: Arc<callgate_accounts::privileged::Privileged>,
 }
 
 impl Ctx {
@@ -376,6 +377,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         ctx.firewall.clone(),
         life_tx,
         ctx.custody.describe(),
+        ctx.accounts.clone(),
     );
     // The cloud's subject requests go through the console's handler (each start of the
     // records, at boot or at an unlock, brings its own uplink and its requests).
@@ -394,6 +396,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         listener,
         handler.clone(),
         authorize,
+        crate::sessions::proc_reader(ctx.accounts.clone()),
         stop_rx,
     ));
     let status = match &**phase_tx.borrow() {

@@ -55,6 +55,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use callgate_accounts::privileged::{self, Privileged};
 use callgate_config::Config;
 use callgate_firewall::{error_chain, render_baseline, Firewall, FirewallHandle, Nft, Ruleset};
 use callgate_revisions::{Applier, Pending, RevisionError, Revisions};
@@ -97,6 +98,12 @@ struct Args {
     /// Where each console account's `authorized_keys` file goes (sshd reads them there).
     #[arg(long, default_value = "/etc/callgate/ssh/authorized_keys")]
     authorized_keys_dir: PathBuf,
+    /// The accounts helper's socket (`callgate accounts-helper`, root): the console
+    /// accounts, ending a console session and reading a console process's login uid,
+    /// session and origin are asked of it. Without it the daemon does them itself, which
+    /// takes root (the image runs the daemon as a user of its own, with the helper).
+    #[arg(long)]
+    accounts_helper: Option<PathBuf>,
     /// The size at which the call-record log starts a new segment, KiB (64 MiB by
     /// default). A segment's space comes back once retention or erasure left no record
     /// in it: smaller segments give it back sooner, in more files.
@@ -427,11 +434,14 @@ fn daemon(args: Args, fw: Firewall) -> ExitCode {
         nft: args.nft.clone(),
         custody,
         firewall,
-        accounts: callgate_accounts::Settings {
-            etc: PathBuf::from("/etc"),
-            keys_dir: args.authorized_keys_dir.clone(),
-            shell: args.console_shell.clone(),
-        },
+        accounts: Arc::new(match &args.accounts_helper {
+            Some(socket) => Privileged::Helper(privileged::Client::new(socket.clone())),
+            None => Privileged::InProcess(callgate_accounts::Settings {
+                etc: PathBuf::from("/etc"),
+                keys_dir: args.authorized_keys_dir.clone(),
+                shell: args.console_shell.clone(),
+            }),
+        }),
     };
     let code = rt.block_on(lifecycle::run(ctx, initial));
     rt.shutdown_timeout(Duration::from_secs(args.drain_secs));

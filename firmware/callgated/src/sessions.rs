@@ -2,12 +2,16 @@
 //! starts and holds its connection until it ends, so the connections are the sessions.
 //! `show sessions` lists them (who, role, from where, since when); an admin may end one:
 //! every process of its kernel audit session (`/proc/PID/sessionid`, set at login) gets
-//! SIGHUP, then SIGKILL (`callgate_accounts::end_processes`), which ends the SSH or serial
-//! login it belongs to.
+//! SIGHUP, then SIGKILL, which ends the SSH or serial login it belongs to. Reading another
+//! user's process and signalling it are [`Privileged`] work (the daemon's own when it is
+//! root, its accounts helper's when it is not); only a console account's session ends.
 
 use std::collections::BTreeMap;
 
-use callgate_control::{Peer, Response};
+use std::sync::Arc;
+
+use callgate_accounts::privileged::{Answer, Privileged, Request};
+use callgate_control::{Peer, ProcIds, ProcReader, Response};
 use serde::Serialize;
 use serde_json::json;
 
@@ -24,47 +28,49 @@ pub struct Info {
 }
 
 /// The sessions, by control connection.
-#[derive(Debug, Default)]
-pub struct Sessions(tokio::sync::Mutex<BTreeMap<u64, Info>>);
-
-/// Where a console process came from: sshd puts the client's address in its environment;
-/// a serial login has its terminal.
-fn from_of(pid: Option<i32>) -> String {
-    let Some(pid) = pid else {
-        return "-".into();
-    };
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    for var in env.split(|b| *b == 0) {
-        if let Some(v) = var.strip_prefix(b"SSH_CONNECTION=") {
-            let v = String::from_utf8_lossy(v);
-            if let Some(addr) = v.split_whitespace().next() {
-                return format!("ssh from {addr}");
-            }
-        }
-    }
-    match std::fs::read_link(format!("/proc/{pid}/fd/0")) {
-        Ok(p) => format!("terminal {}", p.display()),
-        Err(_) => "-".into(),
-    }
+#[derive(Debug)]
+pub struct Sessions {
+    open: tokio::sync::Mutex<BTreeMap<u64, Info>>,
+    privileged: Arc<Privileged>,
 }
 
-/// The kernel audit session of process `pid`.
-fn session_of(pid: i32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/sessionid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The daemon's reader of a connected process's login uid and session, through
+/// [`Privileged`] (the daemon's own `/proc` when it is root, else its helper's).
+pub fn proc_reader(privileged: Arc<Privileged>) -> ProcReader {
+    Arc::new(move |pid| {
+        let p = privileged.process(pid);
+        ProcIds {
+            loginuid: p.loginuid,
+            session: p.session,
+        }
+    })
 }
 
 impl Sessions {
+    pub fn new(privileged: Arc<Privileged>) -> Self {
+        Sessions {
+            open: tokio::sync::Mutex::default(),
+            privileged,
+        }
+    }
+
+    /// Where the daemon's privileged work goes.
+    pub fn privileged(&self) -> &Arc<Privileged> {
+        &self.privileged
+    }
+
     /// A console said who it is: it is a session from now until its connection ends.
     pub async fn opened(&self, peer: &Peer) {
-        let pid = peer.pid;
-        let from = tokio::task::spawn_blocking(move || from_of(pid))
-            .await
-            .unwrap_or_else(|_| "-".into());
-        self.0.lock().await.insert(
+        let from = match peer.pid {
+            Some(pid) => {
+                let p = self.privileged.clone();
+                tokio::task::spawn_blocking(move || p.process(pid).from)
+                    .await
+                    .unwrap_or_else(|_| "-".into())
+            }
+            None => "-".into(),
+        };
+        self.open.lock().await.insert(
             peer.conn,
             Info {
                 user: peer.user.clone(),
@@ -78,12 +84,12 @@ impl Sessions {
     }
 
     pub async fn closed(&self, conn: u64) {
-        self.0.lock().await.remove(&conn);
+        self.open.lock().await.remove(&conn);
     }
 
     /// `show sessions`.
     pub async fn show(&self) -> Response {
-        let all: Vec<Info> = self.0.lock().await.values().cloned().collect();
+        let all: Vec<Info> = self.open.lock().await.values().cloned().collect();
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|s| {
@@ -103,7 +109,7 @@ impl Sessions {
     /// Ends console session `session` (one listed by `show sessions`, not the caller's).
     pub async fn end(&self, peer: &Peer, session: u32) -> Response {
         let listed = self
-            .0
+            .open
             .lock()
             .await
             .values()
@@ -116,11 +122,25 @@ impl Sessions {
         if peer.session == Some(session) {
             return Response::err("that is your own session: `exit` ends it");
         }
-        let ended = tokio::task::spawn_blocking(move || {
-            callgate_accounts::end_processes(|pid| session_of(pid) == Some(session))
+        let p = self.privileged.clone();
+        let ended = match tokio::task::spawn_blocking(move || {
+            p.call(Request::EndSession { session })
         })
         .await
-        .unwrap_or(0);
+        {
+            Ok(Ok(Answer::Ended { processes })) => processes,
+            Ok(Ok(Answer::Refused { why })) => {
+                return Response::err(format!("session {session}: not ended: {why}"))
+            }
+            Ok(Ok(other)) => {
+                log::error!("accounts helper: end session: unexpected answer {other:?}");
+                return Response::err(format!("session {session}: not ended: internal error"));
+            }
+            Ok(Err(e)) => return Response::err(format!("session {session}: not ended: {e}")),
+            Err(_) => {
+                return Response::err(format!("session {session}: not ended: internal error"))
+            }
+        };
         Response::ok(
             format!("session {session} ended ({ended} processes)"),
             json!({"session": session, "processes": ended}),

@@ -8,7 +8,9 @@
 //! - Peers are identified by `SO_PEERCRED`: the kernel says which uid and process
 //!   connected, so the daemon never trusts a user name sent by the client. The user name,
 //!   the login uid and the audit session (`/proc/PID/loginuid`, `sessionid`: set at login,
-//!   the user cannot change them) are looked up off the async runtime.
+//!   the user cannot change them) are looked up off the async runtime, the latter two by
+//!   the daemon's [`ProcReader`] (a daemon that is not root cannot see other users'
+//!   processes and asks a helper that can).
 //! - The daemon's [`Authorizer`] gives the peer its role (from the config's accounts; root
 //!   is an admin) **before anything is read**: a peer without one is refused at once. An
 //!   operator's request is read up to [`OPERATOR_MAX_REQUEST`], an admin's up to
@@ -17,8 +19,8 @@
 //!   accepted requests. A line that does not parse is refused by the error's kind and
 //!   place only, never its text (it may carry a caller's number).
 //! - At most [`MAX_CONNECTIONS`] connections at once; more are closed unread.
-//! - The socket is `0660`, owned by root and the group [`CONSOLE_GROUP`] when the system
-//!   has it (every console account is a member).
+//! - The socket is `0660`, owned by the daemon's user and the group [`CONSOLE_GROUP`]
+//!   when the system has it (every console account is a member).
 //! - [`serve`] is transport and the role gate; what a request does (and its audit) is the
 //!   daemon's handler.
 
@@ -439,30 +441,38 @@ impl Peer {
         self.role == Some(Role::Admin)
     }
 
-    /// The kernel's view of a connected process (blocking: reads /etc/passwd and /proc).
-    pub fn lookup(uid: u32, pid: Option<i32>) -> Peer {
+    /// The kernel's view of a connected process (blocking: reads /etc/passwd), with its
+    /// login uid and audit session as `proc` reads them (`/proc/PID/loginuid` and
+    /// `sessionid`: set at login, the user cannot change them).
+    pub fn lookup(uid: u32, pid: Option<i32>, proc: &dyn Fn(i32) -> ProcIds) -> Peer {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
             .map(|u| u.name)
             .unwrap_or_else(|| format!("uid{uid}"));
-        let proc_u32 = |what: &str| {
-            let p = pid?;
-            let s = std::fs::read_to_string(format!("/proc/{p}/{what}")).ok()?;
-            // u32::MAX is the kernel's "unset".
-            s.trim().parse::<u32>().ok().filter(|v| *v != u32::MAX)
-        };
+        let ids = pid.map(proc).unwrap_or_default();
         Peer {
             uid,
             pid,
             user,
             role: None,
-            loginuid: proc_u32("loginuid"),
-            session: proc_u32("sessionid"),
+            loginuid: ids.loginuid,
+            session: ids.session,
             conn: 0,
         }
     }
 }
+
+/// A process's login uid and audit session, as read from `/proc/PID` by whoever may
+/// (the daemon itself when it is root; its accounts helper when it is not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcIds {
+    pub loginuid: Option<u32>,
+    pub session: Option<u32>,
+}
+
+/// Reads a connected process's [`ProcIds`] (blocking; run off the async runtime).
+pub type ProcReader = Arc<dyn Fn(i32) -> ProcIds + Send + Sync>;
 
 /// The daemon's answer for a peer: its role, or none.
 pub type Authorizer = Arc<dyn Fn(&Peer) -> Option<Role> + Send + Sync>;
@@ -524,9 +534,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Gives the socket to the group [`CONSOLE_GROUP`], when the system has it (blocking: reads
-/// /etc/group). Called at bind and again once the console accounts exist.
+/// /etc/group). Called at bind and again once the console accounts exist. A socket that
+/// is the group's already is left alone: a daemon whose own group it is (the image's,
+/// which may not call `chown` at all) made it so.
 pub fn set_socket_group(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     if let Ok(Some(g)) = nix::unistd::Group::from_name(CONSOLE_GROUP) {
+        if std::fs::metadata(path)?.gid() == g.gid.as_raw() {
+            return Ok(());
+        }
         nix::unistd::chown(path, None, Some(g.gid))
             .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
     }
@@ -538,6 +554,7 @@ pub async fn serve(
     listener: UnixListener,
     handler: Handler,
     authorize: Authorizer,
+    proc: ProcReader,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -553,11 +570,11 @@ pub async fn serve(
                         log::warn!("control socket: over {MAX_CONNECTIONS} connections; one closed unread");
                         continue;
                     };
-                    let (h, a) = (handler.clone(), authorize.clone());
+                    let (h, a, r) = (handler.clone(), authorize.clone(), proc.clone());
                     conns += 1;
                     let conn = conns;
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, h, a, conn).await {
+                        if let Err(e) = connection(stream, h, a, r, conn).await {
                             log::debug!("control connection ended: {e}");
                         }
                         drop(permit);
@@ -576,11 +593,12 @@ async fn connection(
     stream: UnixStream,
     handler: Handler,
     authorize: Authorizer,
+    proc: ProcReader,
     conn: u64,
 ) -> Result<(), ControlError> {
     let cred = stream.peer_cred()?;
     let (uid, pid) = (cred.uid(), cred.pid());
-    let mut peer = tokio::task::spawn_blocking(move || Peer::lookup(uid, pid))
+    let mut peer = tokio::task::spawn_blocking(move || Peer::lookup(uid, pid, &*proc))
         .await
         .map_err(|e| ControlError::Protocol(e.to_string()))?;
     peer.role = authorize(&peer);
@@ -899,7 +917,7 @@ mod tests {
             })
         });
         let a: Authorizer = Arc::new(|_| Some(Role::Operator));
-        let task = tokio::spawn(serve(l, h, a, rx));
+        let task = tokio::spawn(serve(l, h, a, Arc::new(|_| ProcIds::default()), rx));
         let p = path.clone();
         let (a, b, c, d) = tokio::task::spawn_blocking(move || {
             let mut c = Client::connect(&p).unwrap();
@@ -956,7 +974,7 @@ mod tests {
             })
         });
         let a: Authorizer = Arc::new(|_| Some(Role::Admin));
-        let task = tokio::spawn(serve(l, h, a, rx));
+        let task = tokio::spawn(serve(l, h, a, Arc::new(|_| ProcIds::default()), rx));
         let p = path.clone();
         let (parts, whole) = tokio::task::spawn_blocking(move || {
             let mut c = Client::connect(&p).unwrap();
