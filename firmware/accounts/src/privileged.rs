@@ -413,6 +413,68 @@ mod tests {
         assert_eq!(process_info(i32::MAX).uid, None);
     }
 
+    /// A process in an audit session of its own, started as `loginuid` (as pam_loginuid
+    /// does at a login: root may set an unset login uid), and that session.
+    fn in_session(loginuid: u32) -> (std::process::Child, u32) {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("echo {loginuid} >/proc/self/loginuid && exec sleep 30"),
+            ])
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        for _ in 0..200 {
+            if let Some(session) = process_info(pid).session {
+                return (child, session);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no audit session for the child (run as root, with audit sessions)");
+    }
+
+    fn etc_with(console_uid: u32) -> (tempfile::TempDir, Settings) {
+        let d = tempfile::tempdir().unwrap();
+        let passwd = format!(
+            "root:x:0:0:root:/root:/bin/sh\nann:x:{console_uid}:{console_uid}:{}:/:/usr/bin/callgate\n",
+            crate::MARKER
+        );
+        std::fs::write(d.path().join("passwd"), passwd).unwrap();
+        let group = format!("root:x:0:\n{}:x:902:ann\n", crate::CONSOLE_GROUP);
+        std::fs::write(d.path().join("group"), group).unwrap();
+        std::fs::write(d.path().join("shadow"), "root:*:1::::::\nann:*:1::::::\n").unwrap();
+        let s = Settings {
+            etc: d.path().to_path_buf(),
+            keys_dir: d.path().join("keys"),
+            shell: "/usr/bin/callgate".into(),
+        };
+        (d, s)
+    }
+
+    /// A daemon taken over asks to end a session that is not a console account's (root's
+    /// login): nothing is signalled. A console account's session does end.
+    #[test]
+    fn only_a_console_accounts_session_is_ended() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let (_d, s) = etc_with(20_001);
+        let (mut root_login, session) = in_session(0);
+        let a = handle(Request::EndSession { session }, &s, me);
+        assert_eq!(a, Answer::Ended { processes: 0 });
+        assert!(
+            root_login.try_wait().unwrap().is_none(),
+            "root's session was signalled"
+        );
+        root_login.kill().unwrap();
+        root_login.wait().unwrap();
+
+        let (mut ann_login, session) = in_session(20_001);
+        let a = handle(Request::EndSession { session }, &s, me);
+        assert_eq!(a, Answer::Ended { processes: 1 });
+        assert!(ann_login.wait().is_ok());
+    }
+
     fn pair(allowed: Vec<u32>) -> (Client, std::thread::JoinHandle<()>, tempfile::TempDir) {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("helper.sock");
