@@ -249,6 +249,8 @@ pub struct Boot {
     /// The installer's provisioning item (`images/libexec/provision`: the first admin's
     /// login and SSH key), as the fw_cfg item `opt/org.callgate/provision`; `None`: none.
     pub provision: Option<String>,
+    /// A second disk (after the boot disk: the guest's `vdb`), `snapshot=on`; `None`: none.
+    pub extra_disk: Option<PathBuf>,
 }
 
 /// A kernel, its initrd and command line, handed to the firmware by QEMU (`-kernel`,
@@ -359,6 +361,7 @@ impl Boot {
             net: None,
             direct_kernel: None,
             provision: None,
+            extra_disk: None,
         }
     }
 }
@@ -563,6 +566,15 @@ impl Vm {
                         0x10 + i
                     ));
             }
+        }
+        if let Some(extra) = &boot.extra_disk {
+            // At a high PCI slot: the boot disk (an earlier slot) stays the guest's vda.
+            qemu.arg("-drive")
+                .arg(format!(
+                    "if=none,id=extra,format=raw,snapshot=on,file={}",
+                    extra.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=extra,addr=0x18"]);
         }
         if let Some(k) = &boot.direct_kernel {
             qemu.arg("-kernel")

@@ -677,12 +677,15 @@ fn image_root_holds_the_firmware_and_no_package_manager_compiler_or_host_key() {
         "/usr/lib/systemd/system/serial-getty@ttyS0.service.d/60-callgate-state.conf",
         // The ESP at /efi (the boot entries), systemd-boot's boot assessment.
         "/efi",
-        "/usr/lib/systemd/system/efi.mount",
-        "/etc/systemd/system/local-fs.target.wants/efi.mount",
+        // efi.mount is made at boot for the ESP the loader booted from.
+        "/usr/lib/systemd/system-generators/callgate-esp",
         "/usr/lib/systemd/systemd-bless-boot",
         "/usr/lib/systemd/system-generators/systemd-bless-boot-generator",
         "/usr/sbin/sfdisk",
         "/etc/systemd/system/sockets.target.wants/callgate-upgrade.socket",
+        // The daemon's user and its accounts helper.
+        "/usr/lib/sysusers.d/callgate.conf",
+        "/etc/systemd/system/sockets.target.wants/callgate-accounts.socket",
         "/usr/libexec/callgate/health",
         "/etc/systemd/system/boot-complete.target.requires/callgate-health.service",
         "/usr/lib/systemd/system/systemd-bless-boot.service.d/60-callgate.conf",
@@ -907,6 +910,59 @@ fn image_services_are_sandboxed_to_their_exposure_ceilings() {
     }
 }
 
+/// A disk with one GPT partition named `esp` (an EFI system partition, FAT) holding a
+/// boot entry `EFI/Linux/callgate-999999-a.efi`: another disk's ESP, as a USB stick could
+/// carry one.
+fn rogue_esp_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    let disk = dir.join("rogue.img");
+    let fat = dir.join("rogue-esp.fat");
+    let entry = dir.join("callgate-999999-a.efi");
+    std::fs::write(&entry, b"not a UKI").unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    run(std::process::Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(
+            std::fs::File::open(write_tmp(
+                dir,
+                "rogue.sfdisk",
+                "label: gpt\nstart=2048, size=65536, type=U, name=esp\n",
+            ))
+            .unwrap(),
+        ));
+    run(std::process::Command::new("mkfs.vfat")
+        .arg("-C")
+        .arg(&fat)
+        .arg("32768"));
+    run(std::process::Command::new("mmd")
+        .arg("-i")
+        .arg(&fat)
+        .args(["::/EFI", "::/EFI/Linux"]));
+    run(std::process::Command::new("mcopy")
+        .arg("-i")
+        .arg(&fat)
+        .arg(&entry)
+        .arg("::/EFI/Linux/callgate-999999-a.efi"));
+    run(std::process::Command::new("dd")
+        .arg(format!("if={}", fat.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=512", "seek=2048", "conv=notrunc", "status=none"]));
+    disk
+}
+
+fn write_tmp(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// A text file of the image's root (`/usr/share/callgate/version`), trimmed.
 fn root_text(image: &Image, path: &str) -> String {
     String::from_utf8(image.root_file(path).unwrap())
@@ -961,8 +1017,15 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         r.stdout
     };
 
-    // 1. The first boot applies the item.
-    let mut vm = Vm::start(&image, &board).unwrap();
+    // 1. The first boot applies the item. A second disk is plugged in, with a partition
+    // named `esp` like the boot disk's, holding a boot entry of its own: the ESP mounted
+    // at /efi must still be the one the loader booted from.
+    let rogue = rogue_esp_disk(tmp.path());
+    let first = Boot {
+        extra_disk: Some(rogue),
+        ..board.clone()
+    };
+    let mut vm = Vm::start(&image, &first).unwrap();
     let (r, ready) = boot_report(&mut vm, "first boot");
     let console = vm.console();
     assert!(ready, "not ready:\n{console}");
@@ -981,6 +1044,10 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
     );
     let out = show_system("ann", &ann.private, &vm);
     // Both slots: A booted from its blessed entry (systemd-boot's, no counter), B empty.
+    assert!(
+        !out.contains("callgate-999999"),
+        "the rogue ESP's entry:\n{out}"
+    );
     for want in [
         "slot root-a: /dev/vda2 partuuid=".to_owned(),
         format!(
@@ -994,7 +1061,11 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
         format!(", entry callgate-{generation}-a.efi\n"),
         "boot counting: on; this boot's entry is blessed\n".to_owned(),
     ] {
-        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+        assert!(
+            out.contains(&want),
+            "no {want:?} in:\n{out}\nconsole:\n{}",
+            vm.console()
+        );
     }
     // The account is the console's: a shell is not what it gets.
     let r = ssh(&mgmt, &ann.private, "ann", addr::A_MGMT_V4.into(), &["id"]);
