@@ -146,9 +146,11 @@ pub fn handle(req: Request, s: &Settings, daemon: i32) -> Answer {
         }
         Request::EndSession { session } => match console_uids(s) {
             Ok(uids) => Answer::Ended {
+                // Two small files a process (not its environment and terminal, which
+                // `process_info` reads too): this runs for every process on the system.
                 processes: crate::end_processes(daemon, |pid| {
-                    let p = process_info(pid);
-                    p.session == Some(session) && p.loginuid.is_some_and(|u| uids.contains(&u))
+                    proc_u32(pid, "sessionid") == Some(session)
+                        && proc_u32(pid, "loginuid").is_some_and(|u| uids.contains(&u))
                 }),
             },
             Err(e) => Answer::Refused { why: e.to_string() },

@@ -331,7 +331,8 @@ async fn config_lock(
 
 /// One step of an install, from the update installer (root only), written to the audit
 /// trail under the account that asked for it: the uid and process the kernel gave the
-/// installer. The login uid and session come from `/proc/PID` here, while that process is
+/// installer. The login uid and session come from `/proc/PID` (through [`Privileged`]:
+/// the accounts helper where the daemon is not root), while that process is
 /// there with that uid (the console's `upgrade` waits for the installer's last line; a
 /// requester gone by then is on record by its uid alone). Anyone but root is refused, and
 /// that refusal is on record under their own name.
