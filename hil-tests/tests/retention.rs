@@ -71,7 +71,7 @@ fn callers(rows: &[Value]) -> Vec<String> {
 
 /// `n` answered calls from `caller`, stored.
 fn calls_from(lab: &hil_tests::Lab, a: &Appliance<'_>, caller: &str, n: u64, total: usize) {
-    let r = carrier_calls(lab, n, 20.0, Duration::from_millis(50))
+    let r = carrier_calls(lab, n, 100.0, Duration::from_millis(50))
         .caller(caller, "Retained Caller")
         .run()
         .unwrap();
