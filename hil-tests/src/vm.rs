@@ -249,7 +249,8 @@ pub struct Boot {
     /// The installer's provisioning item (`images/libexec/provision`: the first admin's
     /// login and SSH key), as the fw_cfg item `opt/org.callgate/provision`; `None`: none.
     pub provision: Option<String>,
-    /// A second disk (after the boot disk: the guest's `vdb`), `snapshot=on`; `None`: none.
+    /// A second disk (after the boot disk: the guest's `vdb`), written through (a test
+    /// reads back what the guest did to it); `None`: none.
     pub extra_disk: Option<PathBuf>,
 }
 
@@ -571,7 +572,7 @@ impl Vm {
             // At a high PCI slot: the boot disk (an earlier slot) stays the guest's vda.
             qemu.arg("-drive")
                 .arg(format!(
-                    "if=none,id=extra,format=raw,snapshot=on,file={}",
+                    "if=none,id=extra,format=raw,file={}",
                     extra.display()
                 ))
                 .args(["-device", "virtio-blk-pci,drive=extra,addr=0x18"]);
@@ -863,6 +864,8 @@ pub struct Partition {
     pub offset: u64,
     /// Its size in bytes.
     pub size: u64,
+    /// Its unique partition GUID (upper case, as `sfdisk` prints it).
+    pub uuid: String,
 }
 
 /// The partition named `name` in the GPT of `disk`.
@@ -881,6 +884,7 @@ pub fn partition(disk: &Path, name: &str) -> Result<Partition> {
                 name: name.to_owned(),
                 offset: p["start"].as_u64()? * sector,
                 size: p["size"].as_u64()? * sector,
+                uuid: p["uuid"].as_str()?.to_owned(),
             })
         })
         .ok_or_else(|| {

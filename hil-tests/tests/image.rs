@@ -910,10 +910,15 @@ fn image_services_are_sandboxed_to_their_exposure_ceilings() {
     }
 }
 
-/// A disk with one GPT partition named `esp` (an EFI system partition, FAT) holding a
-/// boot entry `EFI/Linux/callgate-999999-a.efi`: another disk's ESP, as a USB stick could
-/// carry one.
-fn rogue_esp_disk(dir: &std::path::Path) -> std::path::PathBuf {
+/// Where [`rogue_esp_disk`]'s blank partition named `state` is: its first sector and
+/// its size, in 512-byte sectors.
+const ROGUE_STATE: (u64, u64) = (67_584, 8_192);
+
+/// A disk with a GPT partition named `esp` (an EFI system partition, FAT) holding a boot
+/// entry `EFI/Linux/callgate-999999-a.efi`, and a blank one named `state`: another disk's
+/// ESP and state partition, as a USB stick could carry them. `esp_uuid`: the ESP's
+/// partition GUID (a copy of the boot disk's); `None`: a fresh one.
+fn rogue_esp_disk(dir: &std::path::Path, esp_uuid: Option<&str>) -> std::path::PathBuf {
     let run = |cmd: &mut std::process::Command| {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -933,7 +938,12 @@ fn rogue_esp_disk(dir: &std::path::Path) -> std::path::PathBuf {
             std::fs::File::open(write_tmp(
                 dir,
                 "rogue.sfdisk",
-                "label: gpt\nstart=2048, size=65536, type=U, name=esp\n",
+                &format!(
+                    "label: gpt\nstart=2048, size=65536, type=U, name=esp{}\nstart={}, size={}, name=state\n",
+                    esp_uuid.map(|u| format!(", uuid={u}")).unwrap_or_default(),
+                    ROGUE_STATE.0,
+                    ROGUE_STATE.1,
+                ),
             ))
             .unwrap(),
         ));
@@ -955,6 +965,79 @@ fn rogue_esp_disk(dir: &std::path::Path) -> std::path::PathBuf {
         .arg(format!("of={}", disk.display()))
         .args(["bs=512", "seek=2048", "conv=notrunc", "status=none"]));
     disk
+}
+
+/// Whether `len` bytes of `file` from `offset` are all zeros (a partition nothing wrote).
+fn zeros(file: &std::path::Path, offset: u64, len: u64) -> bool {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(file).unwrap();
+    f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    buf.iter().all(|&b| b == 0)
+}
+
+/// Whether the blank `state` partition of [`rogue_esp_disk`] is blank still.
+fn rogue_state_blank(disk: &std::path::Path) -> bool {
+    zeros(disk, ROGUE_STATE.0 * 512, ROGUE_STATE.1 * 512)
+}
+
+/// A disk plugged in that copies the boot disk's ESP partition GUID (and carries a blank
+/// `state`): which disk booted is then ambiguous, so the state disk's unlock refuses: the
+/// state disk stays locked and says why, neither `state` partition is formatted, nothing
+/// of the appliance runs but the baseline firewall.
+#[test]
+fn image_vm_a_disk_copying_the_loaders_partition_guid_keeps_the_state_disk_locked() {
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("board.img");
+    copy_disk(&image.disk(), &disk).unwrap();
+    let esp = partition(&disk, "esp").unwrap();
+    let state = partition(&disk, "state").unwrap();
+    assert!(
+        zeros(&disk, state.offset, 1 << 20),
+        "the image's state is not blank"
+    );
+    let rogue = rogue_esp_disk(tmp.path(), Some(&esp.uuid));
+    assert_eq!(partition(&rogue, "esp").unwrap().uuid, esp.uuid);
+    let tpm = tmp.path().join("tpm");
+    std::fs::create_dir(&tpm).unwrap();
+    let boot = Boot {
+        writable: true,
+        tpm_state: Some(tpm),
+        extra_disk: Some(rogue.clone()),
+        ..Boot::new(&disk, MEM_MIB)
+    };
+    let mut vm = Vm::start(&image, &boot).unwrap();
+    let (r, ready) = boot_report(&mut vm, "a disk copying the boot disk's GUID");
+    let console = vm.console();
+    assert!(
+        !ready,
+        "ready with two disks claiming to be the boot disk:\n{console}"
+    );
+    assert!(
+        console.contains(&format!(
+            "callgate-state: LOCKED: 2 partitions carry the boot loader's partition GUID {}",
+            esp.uuid.to_lowercase()
+        )),
+        "{console}"
+    );
+    assert!(has(&r, "state=locked"), "{}", r.join("\n"));
+    assert!(
+        !line(&r, "callgated=").starts_with("callgated=ready"),
+        "{}",
+        r.join("\n")
+    );
+    assert!(!console.contains("first boot: creating"), "{console}");
+    drop(vm);
+    assert!(
+        zeros(&disk, state.offset, 1 << 20),
+        "the boot disk's state partition was written"
+    );
+    assert!(
+        rogue_state_blank(&rogue),
+        "the rogue disk's state partition was written"
+    );
 }
 
 fn write_tmp(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -1018,11 +1101,12 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
     };
 
     // 1. The first boot applies the item. A second disk is plugged in, with a partition
-    // named `esp` like the boot disk's, holding a boot entry of its own: the ESP mounted
-    // at /efi must still be the one the loader booted from.
-    let rogue = rogue_esp_disk(tmp.path());
+    // named `esp` like the boot disk's, holding a boot entry of its own, and a blank one
+    // named `state`: the ESP mounted at /efi must still be the one the loader booted from,
+    // and the state disk made on the boot disk (the rogue `state` is left blank).
+    let rogue = rogue_esp_disk(tmp.path(), None);
     let first = Boot {
-        extra_disk: Some(rogue),
+        extra_disk: Some(rogue.clone()),
         ..board.clone()
     };
     let mut vm = Vm::start(&image, &first).unwrap();
@@ -1095,6 +1179,10 @@ fn image_vm_provisioned_admin_logs_in_over_ssh_and_stays_after_reboot() {
     });
     assert!(with_session, "{} {}", r.stdout, r.stderr);
     drop(vm);
+    assert!(
+        rogue_state_blank(&rogue),
+        "the second disk's `state` partition was written"
+    );
 
     // 2. The same board again, now with an item for another admin: ignored; ann is back.
     let again = Boot {
