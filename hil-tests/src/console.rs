@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Appliance, Cli, Ns, Proc};
@@ -143,6 +143,36 @@ pub fn ssh(from: &Ns<'_>, key: &Path, user: &str, host: IpAddr, args: &[&str]) -
     let mut cmd = ssh_command(from, "ssh", Some(key));
     cmd.arg(format!("{user}@{host}")).args(args);
     Cli::run(cmd)
+}
+
+/// `ssh -i KEY ARGS…` from `from` ([`ssh_command`]) with `input` on its standard input
+/// (a secret, a script of console lines): what it printed, and how it ended.
+pub fn ssh_with_input(from: &Ns<'_>, key: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut cmd = ssh_command(from, "ssh", Some(key));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("ssh: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        // The console may end before it read everything: what it printed says why.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("ssh: {e}"))
+}
+
+/// The command for an interactive login as `user@host` from `from` on a terminal (`ssh
+/// -tt`, `TERM=xterm`), for `rexpect::session::spawn_command`.
+pub fn ssh_terminal(from: &Ns<'_>, key: &Path, user: &str, host: IpAddr) -> Command {
+    let mut cmd = ssh_command(from, "ssh", Some(key));
+    cmd.arg("-tt")
+        .arg(format!("{user}@{host}"))
+        .env("TERM", "xterm")
+        .stdin(Stdio::inherit());
+    cmd
 }
 
 /// A yescrypt hash of `password`, as `mkpasswd -m yescrypt` makes it (what an admin puts

@@ -332,7 +332,7 @@ fn over_ssh_a_key_gets_the_console_and_nothing_else() {
 #[test]
 fn an_engineer_configures_over_an_interactive_ssh_session() {
     use hil_tests::addr::{A_MGMT_V4, MGMT_V4};
-    use hil_tests::console::{apply_image_sysctls, ssh_command, start_sshd, KeyPair};
+    use hil_tests::console::{apply_image_sysctls, ssh_terminal, start_sshd, KeyPair};
     let lab = Lab::start(&[Host::A, Host::Mgmt]).unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (ann, ben, olga) = (
@@ -354,12 +354,8 @@ fn an_engineer_configures_over_an_interactive_ssh_session() {
     let _sshd = start_sshd(&a, A_MGMT_V4.into());
     let mgmt = lab.ns(Host::Mgmt);
     let login = |key: &KeyPair, user: &str| {
-        let mut cmd = ssh_command(&mgmt, "ssh", Some(&key.private));
         // On the pty rexpect gives it (not the null input the one-shot runs get).
-        cmd.arg("-tt")
-            .arg(format!("{user}@{A_MGMT_V4}"))
-            .env("TERM", "xterm")
-            .stdin(std::process::Stdio::inherit());
+        let cmd = ssh_terminal(&mgmt, &key.private, user, A_MGMT_V4.into());
         let mut p = rexpect::session::spawn_command(cmd, Some(15_000)).unwrap();
         let greeting = p.exp_string(&format!("{user}@lab-a> ")).unwrap();
         // The console is the first thing shown: no distribution motd (images/pam/sshd).
@@ -823,5 +819,177 @@ fn the_update_installer_refuses_an_operator_and_every_attempt_is_on_record() {
     assert!(
         !rows.iter().any(|(u, _, _)| u == "root"),
         "the installer's own account is not the one on record: {rows:#?}"
+    );
+}
+
+/// The pair made and configured from the engineers' host over SSH with the console alone,
+/// as on the image, where nobody has a root shell: `pair init` on A shows the pairing
+/// secret once, `pair join` on B takes it on standard input, and a whole configuration
+/// is loaded into the candidate (`load override`) and committed on both, once piped in as
+/// a script of console lines and once pasted on a terminal. An operator may do none of it;
+/// a malformed secret changes nothing; each step is in the audit trail under ann.
+#[test]
+fn over_ssh_an_admin_pairs_two_appliances_and_loads_a_whole_configuration() {
+    use hil_tests::addr::{A_MGMT_V4, B_MGMT_V4};
+    use hil_tests::console::{
+        apply_image_sysctls, ssh, ssh_terminal, ssh_with_input, start_sshd, KeyPair,
+    };
+    use hil_tests::pair::{pair_toml, role, show_pair, TEST_TIMING};
+    let lab = Lab::start_pair(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (ann, olga) = (
+        KeyPair::new(keys.path(), "ann"),
+        KeyPair::new(keys.path(), "olga"),
+    );
+    let config = |host: Host, traceroute: &str| {
+        let t = pair_toml(host).replacen(TEST_TIMING.0, TEST_TIMING.1, 1);
+        assert!(t.contains("ports = [\"33434-33534\"]"));
+        format!(
+            "{}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\n\n\
+             [[user]]\nname = \"olga\"\nrole = \"operator\"\nssh_keys = [\"{}\"]\n",
+            t.replacen(
+                "ports = [\"33434-33534\"]",
+                &format!("ports = [\"{traceroute}\"]"),
+                1
+            ),
+            ann.public,
+            olga.public
+        )
+    };
+    let a = Appliance::start(&lab, Host::A, &config(Host::A, "33434-33534")).unwrap();
+    let b = Appliance::start(&lab, Host::B, &config(Host::B, "33434-33534")).unwrap();
+    let mgmt = lab.ns(Host::Mgmt);
+    let mut sshd = Vec::new();
+    for (x, at) in [(&a, A_MGMT_V4), (&b, B_MGMT_V4)] {
+        assert!(wait_until(Duration::from_secs(10), || x
+            .cli_as("olga", &["status"])
+            .ok()));
+        apply_image_sysctls(x);
+        sshd.push(start_sshd(x, at.into()));
+        assert!(
+            wait_until(Duration::from_secs(20), || ssh(
+                &mgmt,
+                &ann.private,
+                "ann",
+                at.into(),
+                &["status"]
+            )
+            .ok()),
+            "{}",
+            x.log()
+        );
+    }
+    let unpaired = |x: &Appliance<'_>| show_pair(x)["state"] == "unpaired";
+    assert!(unpaired(&a) && unpaired(&b));
+
+    // An operator may not pair.
+    let r = ssh(
+        &mgmt,
+        &olga.private,
+        "olga",
+        A_MGMT_V4.into(),
+        &["pair", "init"],
+    );
+    assert!(!r.ok() && !r.stdout.contains("PAIRING SECRET"), "{r:?}");
+    assert!(unpaired(&a));
+
+    // ann makes the pair key on A: the secret, once.
+    let r = ssh(
+        &mgmt,
+        &ann.private,
+        "ann",
+        A_MGMT_V4.into(),
+        &["pair", "init", "|", "display", "json"],
+    );
+    assert!(r.ok(), "{r:?}\n{}", a.log());
+    let secret = r.json()["pairing_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(secret.len(), 71, "{}", r.stdout);
+
+    // `pair join` on B, the secret on standard input: a malformed one changes nothing.
+    let ssh_in = |args: &[&str], input: &str| ssh_with_input(&mgmt, &ann.private, args, input);
+    let b_at = format!("ann@{B_MGMT_V4}");
+    let join = |secret: &str| ssh_in(&[&b_at, "pair", "join"], &format!("{secret}\n"));
+    let out = join("not-a-pairing-secret");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(unpaired(&b), "{}", show_pair(&b));
+    let out = join(&secret);
+    assert!(out.status.success(), "{out:?}\n{}", b.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || role(&a) == "active"
+            && role(&b) == "standby"
+            && show_pair(&a)["peer_alive"] == true
+            && show_pair(&b)["peer_alive"] == true),
+        "the pair did not settle: A {} B {}",
+        show_pair(&a),
+        show_pair(&b)
+    );
+    // The secret was never a console line: not in ann's history, nor in the trail.
+    for (x, what) in [(&a, "pair init"), (&b, "pair join")] {
+        let trail = audit_entries(x, 50);
+        assert!(
+            trail
+                .iter()
+                .any(|e| e["user"] == "ann" && e.to_string().contains(what)),
+            "{what}: {trail:?}"
+        );
+        assert!(
+            !trail.iter().any(|e| e.to_string().contains(&secret)),
+            "{trail:?}"
+        );
+    }
+
+    // A whole configuration piped in as a script of console lines (no terminal): loaded
+    // over the candidate, compared, committed on both appliances.
+    let ports_in = |x: &Appliance<'_>| x.ruleset().contains("33434-33500");
+    assert!(!ports_in(&a) && !ports_in(&b));
+    let script = format!(
+        "configure\nload override\n{}\u{4}\nshow | compare | no-more\ncommit\nexit\nexit\n",
+        config(Host::A, "33434-33500")
+    );
+    let out = ssh_in(&["-T", &format!("ann@{A_MGMT_V4}")], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("+ports = [\"33434-33500\"]") && text.contains("committed revision"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || ports_in(&a) && ports_in(&b)),
+        "the loaded config is not enforced on both"
+    );
+
+    // The same on a terminal: pasted, ended by Ctrl-D, the way back to the first config.
+    let cmd = ssh_terminal(&mgmt, &ann.private, "ann", A_MGMT_V4.into());
+    let mut p = rexpect::session::spawn_command(cmd, Some(15_000)).unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
+    p.send_line("configure").unwrap();
+    p.exp_string("ann@lab-a# ").unwrap();
+    p.send_line("load override").unwrap();
+    p.exp_string("then Ctrl-D on a line of its own:").unwrap();
+    for l in config(Host::A, "33434-33534").lines() {
+        p.send_line(l).unwrap();
+    }
+    p.send_control('d').unwrap();
+    let loaded = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(
+        loaded.contains("the candidate is the configuration loaded"),
+        "{loaded}"
+    );
+    p.send_line("show | compare | no-more").unwrap();
+    let d = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(d.contains("-ports = [\"33434-33500\"]"), "{d}");
+    p.send_line("commit").unwrap();
+    let c = p.exp_string("ann@lab-a# ").unwrap();
+    assert!(c.contains("committed revision"), "{c}");
+    p.send_line("exit").unwrap();
+    p.exp_string("ann@lab-a> ").unwrap();
+    p.send_line("exit").unwrap();
+    p.exp_eof().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !ports_in(&a) && !ports_in(&b)),
+        "the pasted config is not enforced on both"
     );
 }

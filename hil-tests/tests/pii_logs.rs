@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hil_tests::addr::{self, A_MGMT_V4};
 use hil_tests::calls::{lab_toml, pbx, stats, u, wait_cdrs, wait_until, UDP_NUMBER};
-use hil_tests::console::{apply_image_sysctls, ssh, ssh_command, sshd_log, start_sshd, KeyPair};
+use hil_tests::console::{apply_image_sysctls, ssh, ssh_terminal, sshd_log, start_sshd, KeyPair};
 use hil_tests::sipp::{Sipp, Transport};
 use hil_tests::{Appliance, Cli, Host, Lab, Ns};
 use serde_json::Value;
@@ -370,11 +370,7 @@ fn nothing_the_daemon_writes_holds_a_planted_caller() {
     // Typed lines, on a terminal: one that does not parse (the console keeps it whole for
     // the audit trail), one whose number is not E.164.
     {
-        let mut cmd = ssh_command(&mgmt, "ssh", Some(&ann.private));
-        cmd.arg("-tt")
-            .arg(format!("ann@{A_MGMT_V4}"))
-            .env("TERM", "xterm")
-            .stdin(std::process::Stdio::inherit());
+        let cmd = ssh_terminal(&mgmt, &ann.private, "ann", A_MGMT_V4.into());
         let mut p = rexpect::session::spawn_command(cmd, Some(15_000)).unwrap();
         p.exp_string("ann@lab-a> ").unwrap();
         p.send_line("show subject +1 415 555 0149").unwrap();

@@ -492,7 +492,7 @@ async fn handle(
                 Ok(secret) => Response::ok(
                     format!(
                         "paired: the pair key is kept under this appliance's sealed key.\n\n\
-                         PAIRING SECRET (shown once; type it into `callgate pair join` on the peer, then discard it):\n\n    {secret}\n"
+                         PAIRING SECRET (shown once; give it to `pair join` on the peer, then discard it):\n\n    {secret}\n"
                     ),
                     json!({"pairing_secret": secret}),
                 ),

@@ -506,6 +506,13 @@ fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
             },
         )?)?,
         Action::Failover => answer(ask(s, &Request::Failover)?)?,
+        Action::PairInit => answer(ask(s, &Request::PairInit)?)?,
+        Action::PairJoin => {
+            let secret = read_secret(s.tty, "The pairing secret `pair init` showed on the peer")?;
+            answer(ask(s, &Request::PairJoin { secret })?)?
+        }
+        Action::PairRekey => answer(ask(s, &Request::PairRekey)?)?,
+        Action::Unpair => answer(ask(s, &Request::Unpair)?)?,
         Action::ShowSessions => answer(ask(s, &Request::ShowSessions)?)?,
         // Read here, from the running system (callgate-system), not asked of the daemon.
         Action::ShowSystem => callgate_system::read(std::path::Path::new("/"))
@@ -628,6 +635,17 @@ fn run_line_inner(s: &mut Session, line: &str) -> Result<Flow, String> {
             *c = loaded;
             format!("revision {n} loaded into the candidate: `show | compare`, then `commit`")
         }
+        Action::LoadOverride => {
+            if s.candidate.is_none() {
+                return Err("not in configuration mode".into());
+            }
+            let text = read_config(s.tty, std::io::stdin().lock())?;
+            let loaded = Candidate::new(&text)?;
+            let c = s.candidate.as_mut().ok_or("not in configuration mode")?;
+            // The running config stays the base: `show | compare` shows what the load changes.
+            *c = c.clone().replaced_by(loaded);
+            "the candidate is the configuration loaded: `show | compare`, then `commit`".to_owned()
+        }
         Action::Discard => {
             reload(s)?;
             "the candidate is the running config again".to_owned()
@@ -675,6 +693,96 @@ fn read_pem(tty: bool) -> Result<String, String> {
         return Err("no certificate was given (-----BEGIN CERTIFICATE-----)".into());
     }
     Ok(pem)
+}
+
+/// The most a loaded configuration may hold.
+const MAX_LOADED_CONFIG: usize = 1 << 20;
+
+/// A whole configuration for `load override`: pasted on the terminal and ended by Ctrl-D
+/// (the end of input), or piped in, where a line holding only the Ctrl-D character ends
+/// it too (so a script of console lines can go on with `commit` after it). At most
+/// 1 MiB. Its lines are not console lines: none goes to the history or the audit trail
+/// (the commit that applies them is on record, with its revision).
+fn read_config(tty: bool, mut input: impl std::io::BufRead) -> Result<String, String> {
+    if tty {
+        println!("Paste the configuration (TOML), then Ctrl-D on a line of its own:");
+    }
+    let mut text = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = input.read_line(&mut line).map_err(|e| e.to_string())?;
+        if n == 0 || line.trim_end_matches(['\r', '\n']) == "\u{4}" {
+            break;
+        }
+        if text.len() + line.len() > MAX_LOADED_CONFIG {
+            return Err(format!(
+                "a configuration of over {} KiB: refused, the candidate is unchanged",
+                MAX_LOADED_CONFIG / 1024
+            ));
+        }
+        text.push_str(&line);
+    }
+    if text.trim().is_empty() {
+        return Err("no configuration was given: the candidate is unchanged".into());
+    }
+    Ok(text)
+}
+
+/// A secret typed on the terminal (not echoed) or piped in: one line, at most 4 KiB.
+fn read_secret(tty: bool, what: &str) -> Result<String, String> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let stdin = std::io::stdin();
+    let echo = if tty {
+        print!("{what} (not echoed): ");
+        let _ = std::io::stdout().flush();
+        NoEcho::on(&stdin)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin
+        .lock()
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string());
+    drop(echo);
+    if tty {
+        println!();
+    }
+    read?;
+    let secret = line.trim().to_owned();
+    if secret.is_empty() {
+        return Err("no secret was given".into());
+    }
+    Ok(secret)
+}
+
+/// The terminal's echo turned off until dropped.
+struct NoEcho<'a> {
+    stdin: &'a std::io::Stdin,
+    saved: nix::sys::termios::Termios,
+}
+
+impl<'a> NoEcho<'a> {
+    fn on(stdin: &'a std::io::Stdin) -> Option<NoEcho<'a>> {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        let saved = tcgetattr(stdin).ok()?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(stdin, SetArg::TCSANOW, &quiet).ok()?;
+        Some(NoEcho { stdin, saved })
+    }
+}
+
+impl Drop for NoEcho<'_> {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            self.stdin,
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
 }
 
 const PING: &str = "/usr/bin/ping";
@@ -867,6 +975,24 @@ fn spawn_idle_watch(activity: Arc<AtomicU64>, started: Instant, idle: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loaded_configuration_ends_at_the_end_of_input_or_a_ctrl_d_line_and_has_a_ceiling() {
+        let text = "[appliance]\nname = \"lab-a\"\n";
+        assert_eq!(read_config(false, text.as_bytes()).unwrap(), text);
+        // A script goes on after the Ctrl-D line: what follows is left for the console.
+        let mut input = std::io::Cursor::new(format!("{text}\u{4}\ncommit\n"));
+        assert_eq!(read_config(false, &mut input).unwrap(), text);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut input, &mut rest).unwrap();
+        assert_eq!(rest, "commit\n");
+        // Nothing, or only blanks: refused.
+        assert!(read_config(false, "\n  \n\u{4}\n".as_bytes()).is_err());
+        // Over 1 MiB: refused, not cut short.
+        let big = format!("# {}\n", "x".repeat(MAX_LOADED_CONFIG));
+        let e = read_config(false, big.as_bytes()).unwrap_err();
+        assert!(e.contains("over 1024 KiB"), "{e}");
+    }
 
     #[test]
     fn a_subjects_number_is_not_kept_in_the_history_or_the_trail() {

@@ -30,6 +30,10 @@ pub enum Action {
     Compare,
     Configure,
     Failover,
+    PairInit,
+    PairJoin,
+    PairRekey,
+    Unpair,
     ClearLockout,
     ShowSessions,
     ShowSystem,
@@ -48,6 +52,7 @@ pub enum Action {
     CommitConfirmed,
     Confirm,
     Rollback,
+    LoadOverride,
     Discard,
     ExitConfigure,
 }
@@ -268,6 +273,35 @@ pub static OPERATIONAL: &[Node] = &[
         Action::Failover,
     )),
     admin(Node {
+        word: "pair",
+        help: "the redundant pair's key: make it, join the peer's, replace it, forget it",
+        role: Role::Admin,
+        values: &[],
+        children: &[
+            admin(leaf(
+                "init",
+                "make the pair key here (sealed by the TPM); shows the pairing secret once, for `pair join` on the peer",
+                Action::PairInit,
+            )),
+            admin(leaf(
+                "join",
+                "join the peer's pair: the secret its `pair init` showed, typed (not echoed) or piped in",
+                Action::PairJoin,
+            )),
+            admin(leaf(
+                "rekey",
+                "replace the pair key with a new one, sent to the peer over the sync link",
+                Action::PairRekey,
+            )),
+            admin(leaf(
+                "unpair",
+                "forget the pair key: release the virtual addresses and hold none until paired again",
+                Action::Unpair,
+            )),
+        ],
+        action: None,
+    }),
+    admin(Node {
         word: "end",
         help: "end something that runs",
         role: Role::Admin,
@@ -433,6 +467,18 @@ pub static CONFIGURE: &[Node] = &[
         values: &[Value::Number("N")],
         children: &[],
         action: Some(Action::Rollback),
+    }),
+    admin(Node {
+        word: "load",
+        help: "load a whole configuration into the candidate",
+        role: Role::Admin,
+        values: &[],
+        children: &[admin(leaf(
+            "override",
+            "replace the candidate with a configuration (TOML) pasted or piped in, ended by Ctrl-D (then `show | compare`, `commit`)",
+            Action::LoadOverride,
+        ))],
+        action: None,
     }),
     admin(leaf(
         "discard",
@@ -709,6 +755,22 @@ mod tests {
     #[test]
     fn an_operator_neither_sees_nor_runs_admin_commands() {
         assert!(parse(OPERATIONAL, Role::Operator, &w("configure")).is_err());
+        for admin_only in ["pair init", "pair join", "pair rekey", "pair unpair"] {
+            assert!(
+                parse(OPERATIONAL, Role::Operator, &w(admin_only)).is_err(),
+                "{admin_only}"
+            );
+        }
+        assert_eq!(
+            parse(OPERATIONAL, Role::Admin, &w("pa j")).unwrap().action,
+            Action::PairJoin
+        );
+        assert_eq!(
+            parse(CONFIGURE, Role::Admin, &w("load override"))
+                .unwrap()
+                .action,
+            Action::LoadOverride
+        );
         assert!(parse(OPERATIONAL, Role::Operator, &w("show subject +15551234567")).is_err());
         // The daemon masks what an operator's `show cdrs` holds.
         assert!(parse(OPERATIONAL, Role::Operator, &w("show cdrs")).is_ok());
