@@ -790,21 +790,10 @@ impl Board {
         more: &[Host],
     ) -> Result<Board> {
         let tmp = tempfile::tempdir()?;
-        let disk = tmp.path().join("board.img");
-        copy_disk(&image.disk(), &disk)?;
-        let tpm = tmp.path().join("tpm");
-        std::fs::create_dir(&tpm)?;
         let ann = crate::console::KeyPair::new(tmp.path(), "ann");
         let hosts: Vec<Host> = [Host::A, Host::Mgmt].iter().chain(more).copied().collect();
         let lab = Lab::start(&hosts)?;
-        let net = VmNet::on_lab(&lab, Host::A)?;
-        let boot = Boot {
-            writable: true,
-            tpm_state: Some(tpm),
-            net: Some(net),
-            provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
-            ..Boot::new(&disk, memory_mib)
-        };
+        let boot = board_boot(image, tmp.path(), &lab, Host::A, preamble, &ann, memory_mib)?;
         Ok(Board {
             boot,
             ann,
@@ -853,6 +842,33 @@ impl Board {
             Err(last)
         }
     }
+}
+
+/// A board in `host`'s place on `lab` (its NICs there), for [`Vm::start`]: the image's disk
+/// copied into `dir` (`board-HOST.img`, written through), a blank TPM kept across boots
+/// (`tpm-HOST`), and the installer's provisioning item for the admin `ann` with `ann`'s
+/// key (after the caller's `preamble`). Two of them on one lab make the pair.
+pub fn board_boot(
+    image: &Image,
+    dir: &Path,
+    lab: &Lab,
+    host: Host,
+    preamble: &str,
+    ann: &crate::console::KeyPair,
+    memory_mib: u32,
+) -> Result<Boot> {
+    let name = format!("{host:?}").to_lowercase();
+    let disk = dir.join(format!("board-{name}.img"));
+    copy_disk(&image.disk(), &disk)?;
+    let tpm = dir.join(format!("tpm-{name}"));
+    std::fs::create_dir(&tpm)?;
+    Ok(Boot {
+        writable: true,
+        tpm_state: Some(tpm),
+        net: Some(VmNet::on_lab(lab, host)?),
+        provision: Some(format!("{preamble}user ann\nssh-key {}\n", ann.public)),
+        ..Boot::new(&disk, memory_mib)
+    })
 }
 
 /// A GPT partition of a disk file, from `sfdisk --json`.

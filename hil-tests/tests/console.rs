@@ -992,4 +992,27 @@ fn over_ssh_an_admin_pairs_two_appliances_and_loads_a_whole_configuration() {
         wait_until(Duration::from_secs(10), || !ports_in(&a) && !ports_in(&b)),
         "the pasted config is not enforced on both"
     );
+
+    // A pair-wide commit that would stop the SIP proxy takes a restart of both daemons at
+    // once: refused, nothing changes, both run on.
+    let listen = "listen = [\"203.0.113.5:5060\", \"[2001:db8:1::5]:5060\", \"198.51.100.5:5060\", \"[2001:db8:2::5]:5060\"]";
+    let base = config(Host::A, "33434-33500");
+    assert!(base.contains(listen));
+    let script = format!(
+        "configure\nload override\n{}\u{4}\ncommit\ndiscard\nexit\nexit\n",
+        base.replacen(listen, "listen = []", 1)
+    );
+    let out = ssh_in(&["-T", &format!("ann@{A_MGMT_V4}")], &script);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("refused: this change means the SIP proxy stops"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for x in [&a, &b] {
+        assert!(x.is_running(), "{}", x.log());
+        assert!(!ports_in(x), "a refused commit changed the ruleset");
+    }
+    assert!(role(&a) == "active" && role(&b) == "standby");
 }

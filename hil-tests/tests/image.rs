@@ -1554,3 +1554,229 @@ fn image_vm_ab_update_installs_boots_blessed_and_a_broken_one_falls_back() {
         "{out}"
     );
 }
+
+/// The heartbeat timing of the pair of VMs: two TCG guests (and sipp) on two cores, with
+/// image tests running beside them, stall for far longer than the namespace pair's
+/// threads do; 250 ms × 20 (a peer dead after 5 s) and a stall of 2 s noticed as late.
+const VM_PAIR_TIMING: &str =
+    "heartbeat_interval_ms = 250\ndead_after_misses = 20\nlate_after_ms = 2000\n";
+
+/// The lab pair's config for `host` (`config/lab-pair-*.toml`) on a VM board: its zones on
+/// the VM's NICs (`eth0` for the first of `net`, and so on), the board's own TPM device,
+/// [`VM_PAIR_TIMING`], and `ann`'s account kept (the config replaces the provisioned one).
+fn vm_pair_config(host: Host, net: &VmNet, ann: &KeyPair) -> String {
+    let mut t = hil_tests::pair::pair_toml(host);
+    let mut edit = |from: &str, to: &str| {
+        assert!(t.contains(from), "the pair config no longer holds {from:?}");
+        t = t.replacen(from, to, 1);
+    };
+    for (i, nic) in net.nics.iter().enumerate() {
+        edit(
+            &format!("interfaces = [\"{}\"]", nic.segment.appliance_iface()),
+            &format!("interfaces = [\"eth{i}\"]"),
+        );
+    }
+    edit(
+        "tcti = \"swtpm:host=127.0.0.1,port=2321\"",
+        "tcti = \"device:/dev/tpmrm0\"",
+    );
+    edit(hil_tests::pair::TEST_TIMING.0, VM_PAIR_TIMING);
+    format!(
+        "{t}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\n",
+        ann.public
+    )
+}
+
+/// `ARGS | display json` over SSH as ann on `at`: the reply's data.
+fn ann_json(
+    mgmt: &hil_tests::Ns<'_>,
+    ann: &KeyPair,
+    at: IpAddr,
+    args: &[&str],
+) -> serde_json::Value {
+    let mut words = args.to_vec();
+    words.extend(["|", "display", "json"]);
+    let r = ssh(mgmt, &ann.private, "ann", at, &words);
+    if !r.ok() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&r.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Two image VMs as the redundant pair, on the namespace lab's pair segments (carrier,
+/// PBX, management, sync), each provisioned with ann by its installer's item, then made a
+/// pair the way an engineer does it on an appliance with no root shell: over SSH, the
+/// site's pair config loaded and committed on each (`load override`), `pair init` on A,
+/// `pair join` on B. Calls from the carrier's sipp to the WAN VIP, answered by the PBX's
+/// sipp, are held across a kill of A's VM (QEMU killed: power gone); every call succeeds:
+/// the ones held at the kill end through B, which records them as answered by lab-a and
+/// ended by lab-b, and the calls placed after it are answered through B.
+#[test]
+fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
+    use hil_tests::addr::{A_MGMT_V4, B_MGMT_V4, CARRIER_V4, PBX_V4, WAN_VIP_V4};
+    use hil_tests::calls::{now_ms, u, CALLER, CALLER_NAME, UDP_NUMBER};
+    use hil_tests::console::ssh_with_input;
+    use hil_tests::sipp::{Sipp, Transport};
+    let image = Image::from_env().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = Lab::start_pair(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]).unwrap();
+    let ann = KeyPair::new(tmp.path(), "ann");
+    let boots: Vec<Boot> = [Host::A, Host::B]
+        .into_iter()
+        .map(|h| hil_tests::vm::board_boot(&image, tmp.path(), &lab, h, "", &ann, MEM_MIB).unwrap())
+        .collect();
+    let mut vm_a = Vm::start(&image, &boots[0]).unwrap();
+    let mut vm_b = Vm::start(&image, &boots[1]).unwrap();
+    for (vm, what) in [(&mut vm_a, "A"), (&mut vm_b, "B")] {
+        let (r, ready) = boot_report(vm, what);
+        assert!(ready, "{what} not ready:\n{}", r.join("\n"));
+    }
+    let mgmt = lab.ns(Host::Mgmt);
+    let (at_a, at_b): (IpAddr, IpAddr) = (A_MGMT_V4.into(), B_MGMT_V4.into());
+    let consoles = |vm_a: &Vm, vm_b: &Vm| {
+        format!(
+            "A's console:\n{}\nB's console:\n{}",
+            vm_a.console(),
+            vm_b.console()
+        )
+    };
+
+    // 1. Each VM gets its pair config over SSH: a script of console lines.
+    for (host, at, boot) in [(Host::A, at_a, &boots[0]), (Host::B, at_b, &boots[1])] {
+        let net = boot.net.as_ref().unwrap();
+        let config = vm_pair_config(host, net, &ann);
+        let script = format!("configure\nload override\n{config}\u{4}\ncommit\nexit\nexit\n");
+        let mut out = None;
+        // sshd and ann's account come up around READY.
+        let ok = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(3), || {
+            let o = ssh_with_input(&mgmt, &ann.private, &["-T", &format!("ann@{at}")], &script);
+            // The proxy and the pair are wired in as the daemon starts: it says it restarts.
+            let done = String::from_utf8_lossy(&o.stdout)
+                .contains("the SIP proxy starts and the pair is added: callgated restarts now");
+            out = Some(o);
+            done
+        });
+        assert!(ok, "{host:?}: {out:?}\n{}", consoles(&vm_a, &vm_b));
+    }
+
+    // 2. Paired from the consoles: A makes the key, B joins with the secret. Each daemon
+    //    restarted to wire in the proxy and the pair its commit added (systemd starts it
+    //    again): both are asked until they answer.
+    let mut init = serde_json::Value::Null;
+    let made = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(2), || {
+        init = ann_json(&mgmt, &ann, at_a, &["pair", "init"]);
+        init["pairing_secret"].is_string()
+    });
+    let secret = init["pairing_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        made && secret.len() == 71,
+        "{init}\n{}",
+        consoles(&vm_a, &vm_b)
+    );
+    let mut join = None;
+    let joined = hil_tests::poll_until(Duration::from_secs(90), Duration::from_secs(2), || {
+        let o = ssh_with_input(
+            &mgmt,
+            &ann.private,
+            &[&format!("ann@{at_b}"), "pair", "join"],
+            &format!("{secret}\n"),
+        );
+        let ok = o.status.success();
+        join = Some(o);
+        ok
+    });
+    assert!(joined, "{join:?}\n{}", consoles(&vm_a, &vm_b));
+    let pair = |at: IpAddr| ann_json(&mgmt, &ann, at, &["show", "pair"]);
+    let settled = hil_tests::poll_until(Duration::from_secs(60), Duration::from_secs(1), || {
+        let (a, b) = (pair(at_a), pair(at_b));
+        a["role"] == "active"
+            && b["role"] == "standby"
+            && a["peer_alive"] == true
+            && b["peer_alive"] == true
+    });
+    assert!(
+        settled,
+        "the pair did not settle: A {} B {}\n{}",
+        pair(at_a),
+        pair(at_b),
+        consoles(&vm_a, &vm_b)
+    );
+
+    // 3. Calls through the WAN VIP, held 20 s; A's VM is killed while they are held.
+    let pbx = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
+        .local(PBX_V4, 5060)
+        .transport(Transport::Udp)
+        .spawn()
+        .unwrap();
+    pbx.wait_ready(Duration::from_secs(10)).unwrap();
+    const CALLS: u64 = 20;
+    let calls = Sipp::uac(&lab.ns(Host::Carrier), "uac.xml")
+        .local(CARRIER_V4, 5060)
+        .remote(WAN_VIP_V4, 5060)
+        .transport(Transport::Udp)
+        .service(UDP_NUMBER)
+        .caller(CALLER, CALLER_NAME)
+        .calls(CALLS)
+        .rate(2.0)
+        .duration(Duration::from_secs(20))
+        .timeout(Duration::from_secs(180))
+        .spawn()
+        .unwrap();
+    // About half the calls are answered by then, none ended.
+    std::thread::sleep(Duration::from_secs(6));
+    let killed_at = now_ms();
+    let a_console = vm_a.console();
+    drop(vm_a);
+    let r = calls.wait(Duration::from_secs(240)).unwrap();
+    let _ = pbx.stop();
+    assert_eq!(
+        (r.successful, r.failed),
+        (CALLS, 0),
+        "{}\nA's console:\n{a_console}\nB's console:\n{}",
+        r.summary(),
+        vm_b.console()
+    );
+    assert_eq!(pair(at_b)["role"], "active", "{}", pair(at_b));
+
+    // 4. B holds a complete record of every call; the ones held at the kill were answered
+    //    by A and ended by B.
+    let mut records = Vec::new();
+    let all = hil_tests::poll_until(Duration::from_secs(30), Duration::from_secs(1), || {
+        records = ann_json(&mgmt, &ann, at_b, &["show", "cdrs", "last", "100"])["cdrs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r["cdr"].clone())
+            .collect();
+        records.len() >= CALLS as usize
+    });
+    assert!(all, "{records:#?}");
+    let mut carried = 0;
+    for id in r.answered() {
+        let mine: Vec<&serde_json::Value> =
+            records.iter().filter(|c| c["call_id"] == *id).collect();
+        assert_eq!(mine.len(), 1, "call {id}: {mine:#?}");
+        let c = mine[0];
+        assert_eq!(c["disposition"], "answered", "{c}");
+        assert!(!c["end_at"].is_null(), "{c}");
+        if u(&c["answer_at"]) < killed_at {
+            assert_eq!(c["appliance"], "lab-a", "{c}");
+            assert_eq!(c["ended_by"], "lab-b", "{c}");
+            carried += 1;
+        } else {
+            assert_eq!(c["appliance"], "lab-b", "{c}");
+        }
+    }
+    assert!(
+        carried > 0,
+        "no call was held across the kill: {records:#?}"
+    );
+    assert!(
+        carried < CALLS,
+        "no call was placed after the kill: {records:#?}"
+    );
+}

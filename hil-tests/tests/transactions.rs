@@ -483,3 +483,57 @@ fn show_firewall_reports_a_rule_tampered_through_nft_until_a_commit_repairs_it()
     let status = a.cli(&["--json", "status"]).json();
     assert_eq!(status["firewall_verification"], "in_sync", "{status}");
 }
+
+/// An appliance whose running config has no SIP listeners (as the factory's) gets its
+/// proxy by a commit, which only a restart wires in (`callgated/src/restart.rs`): the commit
+/// is answered and says so, the firewall enforces the new policy, and the daemon stops in
+/// order with exit code 75 for its supervisor. Started again, as systemd does, it carries
+/// calls. A commit that keeps the shape (a comment) does not stop it.
+#[test]
+fn a_commit_that_adds_the_proxy_restarts_the_daemon_which_then_carries_calls() {
+    use hil_tests::calls::{carrier_calls, pbx, wait_cdrs};
+    let lab = lab();
+    let listen = "listen = [\"203.0.113.1:5060\", \"[2001:db8:1::1]:5060\", \"198.51.100.1:5060\", \"[2001:db8:2::1]:5060\"]";
+    assert!(LAB.contains(listen));
+    let no_sip = LAB.replacen(listen, "listen = []", 1);
+    let mut a = Appliance::start(&lab, Host::A, &no_sip).unwrap();
+    assert!(
+        a.log().contains("no listen addresses configured"),
+        "{}",
+        a.log()
+    );
+    let out = a.commit(&format!("{no_sip}\n# a comment\n"), &[]);
+    assert!(out.ok() && !out.stdout.contains("restarts"), "{out:?}");
+    assert!(a.wait_exit(Duration::from_secs(2)).is_none(), "{}", a.log());
+
+    let out = a.commit(LAB, &[]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("the SIP proxy starts: callgated restarts now to apply it"),
+        "{}",
+        out.stdout
+    );
+    let status = a.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(75),
+        "{status:?}\n{}",
+        a.log()
+    );
+    // Down, the kernel enforces the committed policy: the carrier's SIP is admitted.
+    assert!(a.ruleset().contains("carrier-sip-udp"), "{}", a.ruleset());
+    a.launch().unwrap();
+    let _pbx = pbx(&lab);
+    let r = carrier_calls(&lab, 1, 10.0, Duration::from_millis(100))
+        .run()
+        .unwrap();
+    assert_eq!(
+        (r.successful, r.failed),
+        (1, 0),
+        "{}\n{}",
+        r.summary(),
+        a.log()
+    );
+    assert_eq!(wait_cdrs(&a, 1).len(), 1);
+}

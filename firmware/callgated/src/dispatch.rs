@@ -846,6 +846,7 @@ async fn handle(
             this_node,
         } => {
             let window = confirmed_secs.map(Duration::from_secs);
+            let restart = restart_for(config, &text);
             // In a pair, a commit here reaches this point only with --this-node: the
             // history says so (an appliance without a pair has no other node).
             let paired = config.config().borrow().pair.is_some();
@@ -866,6 +867,11 @@ async fn handle(
                             "; it rolls back in {secs}s unless it is confirmed (`confirm`)"
                         ));
                     }
+                    if let Some(what) = restart {
+                        msg.push_str(&format!(
+                            "; {what}: callgated restarts now to apply it (the firewall enforces the new policy meanwhile; log in again in a few seconds)"
+                        ));
+                    }
                     Response::ok(msg, json!(out))
                 }
                 Err(e) => fail(&e),
@@ -876,11 +882,18 @@ async fn handle(
             Err(e) => fail(&e),
         },
         Request::Rollback { number, force, .. } => {
+            let restart = match config.revision(number).await {
+                Ok(text) => restart_for(config, &text),
+                Err(_) => None,
+            };
             match config.rollback(number, force, peer.user.clone()).await {
                 Ok(out) => Response::ok(
                     format!(
-                        "rolled back to the text of revision {number}, now revision {}",
-                        out.revision
+                        "rolled back to the text of revision {number}, now revision {}{}",
+                        out.revision,
+                        restart.map_or(String::new(), |what| format!(
+                            "; {what}: callgated restarts now to apply it"
+                        ))
                     ),
                     json!(out),
                 ),
@@ -915,6 +928,21 @@ async fn handle(
             Response::err("internal error: lifecycle request not handled")
         }
     }
+}
+
+/// What committing `text` would change that only a restart of the daemon applies
+/// (`crate::restart`); `None` also when `text` does not parse (the commit says why).
+fn restart_for(config: &callgate_revisions::ConfigService, text: &str) -> Option<String> {
+    let next = callgate_config::Config::parse(text, std::path::Path::new("candidate")).ok()?;
+    let now = crate::restart::Shape::of(&config.config().borrow());
+    now.change(crate::restart::Shape::of(&next))
+}
+
+/// A pair-wide change that would restart both daemons at once: refused.
+fn refuse_pair_restart(what: &str) -> Response {
+    Response::err(format!(
+        "refused: this change means {what}, which takes a restart of the daemon; committed on both appliances at once it would restart both and drop the calls in progress. Do it on one appliance at a time (`callgate commit --this-node`, the standby first), or `pair unpair` first; nothing changed"
+    ))
 }
 
 /// A commit, confirm or rollback on both appliances of a pair (`crate::pair_config`);
@@ -955,6 +983,9 @@ async fn pair_change(
             confirmed_secs,
             this_node: false,
         } => {
+            if let Some(what) = restart_for(config, text) {
+                return Some(refuse_pair_restart(&what));
+            }
             let p = Proposal {
                 text: text.clone(),
                 origin: origin.clone(),
@@ -974,6 +1005,9 @@ async fn pair_change(
                 Ok(t) => t,
                 Err(e) => return Some(fail(&e)),
             };
+            if let Some(what) = restart_for(config, &text) {
+                return Some(refuse_pair_restart(&what));
+            }
             let p = Proposal {
                 text,
                 origin: format!("revision-{number}.toml").into(),

@@ -145,6 +145,9 @@ struct Running {
     intake: crate::intake::Intake,
     /// The proxy (None: it does not run).
     sip: Option<callgate_proxy::driver::SipHandle>,
+    /// The shape this was built with, until `run` follows the config from it
+    /// (`crate::restart`).
+    shape: Option<crate::restart::Shape>,
 }
 
 impl Running {
@@ -282,6 +285,7 @@ fn start(ctx: &Ctx, kek: Kek) -> Result<(Phase, Running), (u8, String)> {
         cloud_subjects: Some(cloud_subjects),
         intake,
         sip: sip.clone(),
+        shape: Some(crate::restart::Shape::of(&cfg)),
     };
     crate::uplink::report_roles(pair.clone(), running.uplink.clone());
     crate::lockouts::watch(config.config(), running.uplink.clone());
@@ -392,6 +396,21 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         }
     };
     serve_cloud(&mut running);
+    // A commit that changes what `start` built (the proxy, the pair) ends the loop below.
+    let (restart_tx, mut restart_rx) = mpsc::channel::<String>(1);
+    let follow_shape = |running: &mut Option<Running>| {
+        if let Some(run) = running.as_mut() {
+            if let Some(shape) = run.shape.take() {
+                tokio::spawn(crate::restart::follow(
+                    run.config.clone(),
+                    shape,
+                    restart_tx.clone(),
+                ));
+            }
+        }
+    };
+    follow_shape(&mut running);
+    let mut exit = ExitCode::SUCCESS;
     let server = tokio::spawn(callgate_control::serve(
         listener,
         handler.clone(),
@@ -421,6 +440,15 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
+            Some(what) = restart_rx.recv() => {
+                log::warn!(
+                    "the committed config changes what the daemon starts with ({what}): callgated stops in order to be started again with it; the firewall keeps enforcing the committed policy"
+                );
+                // The commit's answer goes out first.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                exit = ExitCode::from(crate::EXIT_RESTART);
+                break;
+            }
             Some(req) = life_rx.recv() => {
                 match req {
                     Lifecycle::Provision(reply) => {
@@ -632,6 +660,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
                     }
                 }
                 serve_cloud(&mut running);
+                follow_shape(&mut running);
             }
         }
     }
@@ -665,7 +694,7 @@ pub async fn run(ctx: Ctx, initial: Result<Kek, CustodyError>) -> ExitCode {
         stop_config(run, ctx.drain).await;
     }
     // The kernel keeps enforcing the applied ruleset after we exit.
-    ExitCode::SUCCESS
+    exit
 }
 
 async fn unlock(

@@ -19,6 +19,7 @@
 //! | 3 | the config is invalid or unreadable: the baseline ruleset stays in force |
 //! | 4 | the firewall could not be applied: the previous ruleset stays in force |
 //! | 5 | the state directory or control socket is unusable |
+//! | 75 | a commit changed what the daemon starts with (the SIP proxy, the pair: `restart`); it stopped in order to be started again by its supervisor |
 //! | SIGABRT | a panic in any thread (see `abort_on_panic`): systemd restarts the daemon |
 
 /// mimalloc, not the C library's allocator. With glibc's, the daemon's resident memory kept
@@ -44,6 +45,7 @@ mod logging;
 mod pair;
 mod pair_config;
 mod replica;
+mod restart;
 mod retention;
 mod sessions;
 mod sip_tls;
@@ -66,6 +68,9 @@ pub const EXIT_INTERNAL: u8 = 1;
 pub const EXIT_CONFIG: u8 = 3;
 pub const EXIT_FIREWALL: u8 = 4;
 pub const EXIT_STATE: u8 = 5;
+/// A commit changed what the daemon is built with as it starts (`restart`): it stopped in
+/// order, for its supervisor to start it again.
+pub const EXIT_RESTART: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "callgated", version, about = "The callgate appliance daemon")]

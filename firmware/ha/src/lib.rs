@@ -82,8 +82,9 @@ pub enum HaError {
     Election(String),
 }
 
-/// Moves the calling thread to SCHED_FIFO where allowed (root, or CAP_SYS_NICE); logs and
-/// carries on at normal priority where not.
+/// Moves the calling thread to SCHED_FIFO priority 50 where allowed (CAP_SYS_NICE, or an
+/// RLIMIT_RTPRIO of at least 50: the image's `LimitRTPRIO=50` for its unprivileged daemon);
+/// logs and carries on at normal priority where not.
 pub(crate) fn realtime(what: &str) {
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
