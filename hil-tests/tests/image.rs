@@ -263,6 +263,26 @@ fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm
     );
 }
 
+/// The raw scans' control: `needle` written in the clear into the middle of the `state`
+/// partition of a copy of `disk` (made in `dir`, removed after) is found by
+/// [`file_contains`].
+fn scan_finds_a_plant(disk: &std::path::Path, dir: &std::path::Path, needle: &str) {
+    let state = partition(disk, "state").unwrap();
+    let control = dir.join("control.img");
+    copy_disk(disk, &control).unwrap();
+    write_at(
+        &control,
+        state.offset + state.size / 2 + 4093,
+        needle.as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        file_contains(&control, needle).unwrap(),
+        "the scan finds no plant"
+    );
+    std::fs::remove_file(&control).unwrap();
+}
+
 /// Waits for the ready marker (the second serial port), then for the end of the boot
 /// report on the console; the report's lines, and whether the marker said ready. The two
 /// say the same (the marker's words are the report's `NOT READY (...)`), the marker is one
@@ -404,20 +424,7 @@ fn image_vm_state_disk_sealed_to_pcr7_moved_or_other_secure_boot_stays_locked() 
             "{needle:?} is in the clear on the disk"
         );
     }
-    let state = partition(&disk, "state").unwrap();
-    let control = tmp.path().join("control.img");
-    copy_disk(&disk, &control).unwrap();
-    write_at(
-        &control,
-        state.offset + state.size / 2 + 4093,
-        host_key.as_bytes(),
-    )
-    .unwrap();
-    assert!(
-        file_contains(&control, &host_key).unwrap(),
-        "the scan finds no plant"
-    );
-    std::fs::remove_file(&control).unwrap();
+    scan_finds_a_plant(&disk, tmp.path(), &host_key);
     // The recovery key opens a key slot of the disk; another key does not.
     let scratch = tmp.path().join("state.part");
     assert!(luks_key_opens(&disk, "state", &key, &scratch).unwrap());
@@ -1610,7 +1617,9 @@ fn ann_json(
 /// `pair join` on B. Calls from the carrier's sipp to the WAN VIP, answered by the PBX's
 /// sipp, are held across a kill of A's VM (QEMU killed: power gone); every call succeeds:
 /// the ones held at the kill end through B, which records them as answered by lab-a and
-/// ended by lab-b, and the calls placed after it are answered through B.
+/// ended by lab-b, and the calls placed after it are answered through B. Before the calls a
+/// scan of the WAN VIP's TCP ports finds SIP alone; after them neither board's disk holds
+/// the caller's number or name in the clear.
 #[test]
 fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
     use hil_tests::addr::{A_MGMT_V4, B_MGMT_V4, CARRIER_V4, PBX_V4, WAN_VIP_V4};
@@ -1705,6 +1714,31 @@ fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
         consoles(&vm_a, &vm_b)
     );
 
+    // The WAN side with the site's config: a scan of every TCP port of the WAN VIP from
+    // the carrier finds SIP, which its allowlist admits, and nothing else.
+    let scan = lab
+        .ns(Host::Carrier)
+        .port_scan(
+            WAN_VIP_V4.into(),
+            &[
+                "-sS",
+                "-p",
+                "1-65535",
+                "-T4",
+                "--max-retries",
+                "1",
+                "--min-rate",
+                "4000",
+            ],
+        )
+        .unwrap();
+    assert_eq!(scan.scanned(), 65535, "{scan:?}");
+    assert_eq!(
+        scan.answered(),
+        vec!["5060/tcp open".to_owned()],
+        "{scan:?}"
+    );
+
     // 3. Calls through the WAN VIP, held 20 s; A's VM is killed while they are held.
     let pbx = Sipp::uas(&lab.ns(Host::Pbx), "uas.xml")
         .local(PBX_V4, 5060)
@@ -1779,4 +1813,25 @@ fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
         carried < CALLS,
         "no call was placed after the kill: {records:#?}"
     );
+
+    // 5. Both disks as a thief has them: neither holds the caller's number or name in the
+    //    clear anywhere (the state disk is LUKS2 sealed to the board's TPM, and the records
+    //    in it are sealed by the vault), though B showed ann both just now.
+    drop(vm_b);
+    assert!(
+        records
+            .iter()
+            .all(|c| c["caller"] == CALLER && c["caller_name"] == CALLER_NAME),
+        "{records:#?}"
+    );
+    for boot in &boots {
+        for needle in [CALLER, CALLER.trim_start_matches('+'), CALLER_NAME] {
+            assert!(
+                !file_contains(&boot.disk, needle).unwrap(),
+                "{needle:?} in the clear on {}",
+                boot.disk.display()
+            );
+        }
+    }
+    scan_finds_a_plant(&boots[1].disk, tmp.path(), CALLER);
 }
