@@ -170,6 +170,18 @@ fn ssh_is_refused(from: &hil_tests::Ns<'_>, user: &str, key: &std::path::Path) {
 /// management address finds SSH open and nothing else (the control: the scan sees what
 /// is open through the VM's NICs and firewall). The UDP scan's own control: a namespace
 /// on the WAN segment with a UDP service is seen open, and its other ports closed.
+/// nmap's SYN scan of every TCP port, one retry, at least 4,000 probes a second.
+const TCP_ALL: [&str; 8] = [
+    "-sS",
+    "-p",
+    "1-65535",
+    "-T4",
+    "--max-retries",
+    "1",
+    "--min-rate",
+    "4000",
+];
+
 fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm) {
     let (carrier, mgmt, cloud) = (
         lab.ns(Host::Carrier),
@@ -184,20 +196,10 @@ fn wan_scan_finds_nothing_but_management_ssh(lab: &Lab, net: &VmNet, vm: &mut Vm
         "no SSH on the management address; console:\n{}",
         vm.console()
     );
-    let tcp_all = [
-        "-sS",
-        "-p",
-        "1-65535",
-        "-T4",
-        "--max-retries",
-        "1",
-        "--min-rate",
-        "4000",
-    ];
     let (wan4, wan6, mgmt4) = std::thread::scope(|s| {
-        let wan4 = s.spawn(|| carrier.port_scan(addr::A_WAN_V4.into(), &tcp_all));
-        let wan6 = s.spawn(|| carrier.port_scan(addr::A_WAN_V6.into(), &tcp_all));
-        let mgmt4 = s.spawn(|| mgmt.port_scan(addr::A_MGMT_V4.into(), &tcp_all));
+        let wan4 = s.spawn(|| carrier.port_scan(addr::A_WAN_V4.into(), &TCP_ALL));
+        let wan6 = s.spawn(|| carrier.port_scan(addr::A_WAN_V6.into(), &TCP_ALL));
+        let mgmt4 = s.spawn(|| mgmt.port_scan(addr::A_MGMT_V4.into(), &TCP_ALL));
         (
             wan4.join().unwrap().unwrap(),
             wan6.join().unwrap().unwrap(),
@@ -1718,19 +1720,7 @@ fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
     // the carrier finds SIP, which its allowlist admits, and nothing else.
     let scan = lab
         .ns(Host::Carrier)
-        .port_scan(
-            WAN_VIP_V4.into(),
-            &[
-                "-sS",
-                "-p",
-                "1-65535",
-                "-T4",
-                "--max-retries",
-                "1",
-                "--min-rate",
-                "4000",
-            ],
-        )
+        .port_scan(WAN_VIP_V4.into(), &TCP_ALL)
         .unwrap();
     assert_eq!(scan.scanned(), 65535, "{scan:?}");
     assert_eq!(
