@@ -1572,8 +1572,9 @@ const VM_PAIR_TIMING: &str =
 
 /// The lab pair's config for `host` (`config/lab-pair-*.toml`) on a VM board: its zones on
 /// the VM's NICs (`eth0` for the first of `net`, and so on), the board's own TPM device,
-/// [`VM_PAIR_TIMING`], and `ann`'s account kept (the config replaces the provisioned one).
-fn vm_pair_config(host: Host, net: &VmNet, ann: &KeyPair) -> String {
+/// [`VM_PAIR_TIMING`], and `ann`'s account kept (the config replaces the provisioned one),
+/// now also with a console password (`password_hash`, yescrypt) for the serial console.
+fn vm_pair_config(host: Host, net: &VmNet, ann: &KeyPair, password_hash: &str) -> String {
     let mut t = hil_tests::pair::pair_toml(host);
     let mut edit = |from: &str, to: &str| {
         assert!(t.contains(from), "the pair config no longer holds {from:?}");
@@ -1591,7 +1592,7 @@ fn vm_pair_config(host: Host, net: &VmNet, ann: &KeyPair) -> String {
     );
     edit(hil_tests::pair::TEST_TIMING.0, VM_PAIR_TIMING);
     format!(
-        "{t}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\n",
+        "{t}\n[[user]]\nname = \"ann\"\nrole = \"admin\"\nssh_keys = [\"{}\"]\nconsole_password = \"{password_hash}\"\n",
         ann.public
     )
 }
@@ -1653,9 +1654,11 @@ fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
     };
 
     // 1. Each VM gets its pair config over SSH: a script of console lines.
+    const ANN_PASSWORD: &str = "correct horse battery staple";
+    let hash = hil_tests::console::yescrypt(ANN_PASSWORD);
     for (host, at, boot) in [(Host::A, at_a, &boots[0]), (Host::B, at_b, &boots[1])] {
         let net = boot.net.as_ref().unwrap();
-        let config = vm_pair_config(host, net, &ann);
+        let config = vm_pair_config(host, net, &ann, &hash);
         let script = format!("configure\nload override\n{config}\u{4}\ncommit\nexit\nexit\n");
         let mut out = None;
         // sshd and ann's account come up around READY.
@@ -1715,6 +1718,19 @@ fn image_vm_pair_the_active_vm_killed_calls_go_on_through_the_other() {
         pair(at_b),
         consoles(&vm_a, &vm_b)
     );
+
+    // The engineer's shell on B's serial console (ttyS0): ann's console password, then the
+    // console's prompt, where `show pair` says B is the standby.
+    vm_b.type_line("ann").unwrap();
+    let seen = vm_b.wait_for("Password:", Duration::from_secs(60));
+    assert!(matches!(seen, Seen::At(_)), "{seen:?}\n{}", vm_b.console());
+    vm_b.type_line(ANN_PASSWORD).unwrap();
+    let seen = vm_b.wait_for("ann@lab-b> ", Duration::from_secs(60));
+    assert!(matches!(seen, Seen::At(_)), "{seen:?}\n{}", vm_b.console());
+    vm_b.type_line("show pair | display json").unwrap();
+    let seen = vm_b.wait_for("\"role\": \"standby\"", Duration::from_secs(30));
+    assert!(matches!(seen, Seen::At(_)), "{seen:?}\n{}", vm_b.console());
+    vm_b.type_line("exit").unwrap();
 
     // The WAN side with the site's config: a scan of every TCP port of the WAN VIP from
     // the carrier finds SIP, which its allowlist admits, and nothing else.
