@@ -703,10 +703,13 @@ const MAX_LOADED_CONFIG: usize = 1 << 20;
 /// it too (so a script of console lines can go on with `commit` after it). At most
 /// 1 MiB. Its lines are not console lines: none goes to the history or the audit trail
 /// (the commit that applies them is on record, with its revision).
-fn read_config(tty: bool, mut input: impl std::io::BufRead) -> Result<String, String> {
+fn read_config(tty: bool, input: impl std::io::BufRead) -> Result<String, String> {
+    use std::io::BufRead as _;
     if tty {
         println!("Paste the configuration (TOML), then Ctrl-D on a line of its own:");
     }
+    // Never more than the ceiling and a byte in memory, even from a line without an end.
+    let mut input = input.take(MAX_LOADED_CONFIG as u64 + 1);
     let mut text = String::new();
     let mut line = String::new();
     loop {
@@ -715,13 +718,13 @@ fn read_config(tty: bool, mut input: impl std::io::BufRead) -> Result<String, St
         if n == 0 || line.trim_end_matches(['\r', '\n']) == "\u{4}" {
             break;
         }
-        if text.len() + line.len() > MAX_LOADED_CONFIG {
+        text.push_str(&line);
+        if text.len() > MAX_LOADED_CONFIG {
             return Err(format!(
                 "a configuration of over {} KiB: refused, the candidate is unchanged",
                 MAX_LOADED_CONFIG / 1024
             ));
         }
-        text.push_str(&line);
     }
     if text.trim().is_empty() {
         return Err("no configuration was given: the candidate is unchanged".into());
@@ -988,9 +991,12 @@ mod tests {
         assert_eq!(rest, "commit\n");
         // Nothing, or only blanks: refused.
         assert!(read_config(false, "\n  \n\u{4}\n".as_bytes()).is_err());
-        // Over 1 MiB: refused, not cut short.
+        // Over 1 MiB: refused, not cut short; a line without an end too.
         let big = format!("# {}\n", "x".repeat(MAX_LOADED_CONFIG));
         let e = read_config(false, big.as_bytes()).unwrap_err();
+        assert!(e.contains("over 1024 KiB"), "{e}");
+        let endless = std::io::BufReader::new(std::io::repeat(b'x'));
+        let e = read_config(false, endless).unwrap_err();
         assert!(e.contains("over 1024 KiB"), "{e}");
     }
 
