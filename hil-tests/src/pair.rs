@@ -133,10 +133,7 @@ fn start_pair_with(lab: &Lab, config: impl Fn(Host) -> String) -> (Appliance<'_>
     let join = b.cli_stdin(&["pair", "join"], &format!("{secret}\n"));
     assert!(join.ok(), "pair join: {} {}", join.stdout, join.stderr);
     assert!(
-        wait_until(Duration::from_secs(5), || role(&a) == "active"
-            && role(&b) == "standby"
-            && show_pair(&a)["peer_alive"] == true
-            && show_pair(&b)["peer_alive"] == true),
+        wait_until(Duration::from_secs(5), || settled(&a, &b)),
         "the pair did not settle: A {} B {}\nA log:\n{}\nB log:\n{}",
         show_pair(&a),
         show_pair(&b),
@@ -144,6 +141,14 @@ fn start_pair_with(lab: &Lab, config: impl Fn(Host) -> String) -> (Appliance<'_>
         b.log()
     );
     (a, b)
+}
+
+/// Whether `active` is the active node and `standby` the standby, each hearing the other.
+pub fn settled(active: &Appliance<'_>, standby: &Appliance<'_>) -> bool {
+    role(active) == "active"
+        && role(standby) == "standby"
+        && show_pair(active)["peer_alive"] == true
+        && show_pair(standby)["peer_alive"] == true
 }
 
 /// `show pair --json`.

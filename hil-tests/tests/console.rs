@@ -834,7 +834,7 @@ fn over_ssh_an_admin_pairs_two_appliances_and_loads_a_whole_configuration() {
     use hil_tests::console::{
         apply_image_sysctls, ssh, ssh_terminal, ssh_with_input, start_sshd, KeyPair,
     };
-    use hil_tests::pair::{pair_toml, role, show_pair, TEST_TIMING};
+    use hil_tests::pair::{pair_toml, role, settled, show_pair, TEST_TIMING};
     let lab = Lab::start_pair(&[Host::Carrier, Host::A, Host::B, Host::Pbx, Host::Mgmt]).unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (ann, olga) = (
@@ -918,10 +918,7 @@ fn over_ssh_an_admin_pairs_two_appliances_and_loads_a_whole_configuration() {
     let out = join(&secret);
     assert!(out.status.success(), "{out:?}\n{}", b.log());
     assert!(
-        wait_until(Duration::from_secs(10), || role(&a) == "active"
-            && role(&b) == "standby"
-            && show_pair(&a)["peer_alive"] == true
-            && show_pair(&b)["peer_alive"] == true),
+        wait_until(Duration::from_secs(10), || settled(&a, &b)),
         "the pair did not settle: A {} B {}",
         show_pair(&a),
         show_pair(&b)

@@ -73,6 +73,12 @@ impl RecordsInFlight {
     }
 }
 
+/// Whether `cfg` has the proxy run: it lists listen addresses. Read as the daemon starts
+/// ([`start`]), and by `crate::restart` to tell when a commit changes it.
+pub fn runs_proxy(cfg: &Config) -> bool {
+    !cfg.sip.listen.is_empty()
+}
+
 /// Starts the proxy when the config lists listen addresses. Needs a tokio context.
 pub fn start(
     config: watch::Receiver<Arc<Config>>,
@@ -82,7 +88,7 @@ pub fn start(
     tls: Option<callgate_proxy::driver::TlsIdentity>,
 ) -> Option<(SipHandle, RecordsInFlight)> {
     let cfg = config.borrow().clone();
-    if cfg.sip.listen.is_empty() {
+    if !runs_proxy(&cfg) {
         log::info!("sip: no listen addresses configured, the proxy does not run");
         return None;
     }

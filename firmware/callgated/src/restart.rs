@@ -34,7 +34,7 @@ pub struct Shape {
 impl Shape {
     pub fn of(cfg: &Config) -> Shape {
         Shape {
-            sip: !cfg.sip.listen.is_empty(),
+            sip: crate::calls::runs_proxy(cfg),
             pair: cfg.pair.as_ref().map(|p| p.index_of(&cfg.appliance.name)),
         }
     }
