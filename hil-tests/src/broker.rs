@@ -51,8 +51,11 @@
 //!   `autosave_interval` (default 1800 s). A SIGKILL would lose everything since, so the
 //!   config saves after every change (`autosave_on_changes true`, `autosave_interval 1`).
 //!   There is still a short window between acknowledging a message and saving it: before a
-//!   `kill9` that must not lose a message, wait for the save in the log
-//!   ([`Broker::wait_for_log`] with [`SAVED`]).
+//!   `kill9` that must not lose a message, wait until the persistence file holds it
+//!   ([`Broker::wait_for_saved`]). The log's [`SAVED`] line is not enough: Mosquitto logs
+//!   it as a save *starts*, writes `mosquitto.db.new`, fsyncs and only then renames it
+//!   over `mosquitto.db`; a SIGKILL in between restarts from the save before (a CI run
+//!   lost a queued message so, under load).
 //! - **Output parsing.** The subscriber prints each message as one line
 //!   `MSG <retain> <qos> <payload hex> <topic>` (`-F 'MSG %r %q %x %t'`): hex keeps binary
 //!   payloads and newlines on one line, and Mosquitto refuses topics with control
@@ -804,6 +807,16 @@ impl<'lab> Broker<'lab> {
                 }
                 None => false,
             })
+        })
+    }
+
+    /// Whether the persistence file holds `payload` within `timeout`: a save that stored a
+    /// message has completed. Mosquitto stores payloads as they are, and renames each save
+    /// over the file whole, so the restarted broker reads what this saw.
+    pub fn wait_for_saved(&self, payload: &[u8], timeout: Duration) -> bool {
+        poll_until(timeout, Duration::from_millis(20), || {
+            let db = std::fs::read(self.persistence_file()).unwrap_or_default();
+            !payload.is_empty() && db.windows(payload.len()).any(|w| w == payload)
         })
     }
 

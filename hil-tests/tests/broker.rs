@@ -475,6 +475,8 @@ fn sessions_survive_kill9_and_restart_but_not_a_wiped_persistence() {
     let mark = broker.log_mark();
     pub_a("callgate/lab-a/1", b"before the crash");
     assert!(broker.wait_for_log_in_order(&["Received PUBLISH from", SAVED], mark, T));
+    // The log line comes as the save starts; kill only once the file holds the message.
+    assert!(broker.wait_for_saved(b"before the crash", T));
     assert!(crashed.wait_for_message("callgate/lab-a/1", b"before the crash", T));
     broker.kill9().unwrap();
     assert!(!broker.is_running());
