@@ -116,10 +116,49 @@ pub struct Message<'a> {
     /// Request or status line.
     start: StartLine<'a>,
     start_raw: Option<&'a str>,
+    /// What parsing found in a request's Request-URI (`None` for a response). Every way
+    /// to a request's start line parses its URI ([`parse_start_line`],
+    /// [`Message::set_request_uri`]), so the checks after parsing read this instead of
+    /// parsing the URI again.
+    uri_facts: Option<UriFacts>,
     headers: Vec<Header<'a>>,
     /// The empty line ending the header section.
     blank: &'a str,
     body: Cow<'a, [u8]>,
+}
+
+/// The kind of a parsed Request-URI and whether it carries URI headers (`?...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UriFacts {
+    pub(crate) kind: UriKind,
+    pub(crate) headers: bool,
+}
+
+/// [`Uri`]'s variant, without the parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UriKind {
+    Sip,
+    Tel,
+    Absolute,
+}
+
+impl UriFacts {
+    fn of(uri: &Uri<'_>) -> UriFacts {
+        match uri {
+            Uri::Sip(u) => UriFacts {
+                kind: UriKind::Sip,
+                headers: !u.headers.is_empty(),
+            },
+            Uri::Tel(_) => UriFacts {
+                kind: UriKind::Tel,
+                headers: false,
+            },
+            Uri::Absolute(_) => UriFacts {
+                kind: UriKind::Absolute,
+                headers: false,
+            },
+        }
+    }
 }
 
 /// Methods RFC 3261 and its common extensions define.
@@ -262,7 +301,7 @@ pub fn parse_with<'a>(
     if start_line.contains('\r') {
         return Err(ParseError::malformed("bare CR in start line"));
     }
-    let start = parse_start_line(start_line)?;
+    let (start, uri_facts) = parse_start_line(start_line)?;
     let start_raw = Some(text(s0, n0));
 
     // Headers, joining folded continuation lines.
@@ -364,6 +403,7 @@ pub fn parse_with<'a>(
             preamble,
             start,
             start_raw,
+            uri_facts,
             headers,
             blank,
             body: Cow::Borrowed(body),
@@ -398,7 +438,7 @@ fn parse_version(v: &str) -> Result<()> {
     }
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine<'_>> {
+fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<UriFacts>)> {
     if line.starts_with("SIP/") || line.starts_with("sip/") {
         let mut parts = line.splitn(3, ' ');
         let version = parts.next().unwrap_or("");
@@ -417,10 +457,11 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>> {
         if reason.bytes().any(|b| b < 0x20 && b != b'\t') {
             return Err(ParseError::malformed("control character in reason phrase"));
         }
-        return Ok(StartLine::Response(StatusLine {
+        let status = StatusLine {
             code,
             reason: Cow::Borrowed(reason),
-        }));
+        };
+        return Ok((StartLine::Response(status), None));
     }
     let (method, rest) = line
         .split_once(' ')
@@ -435,11 +476,12 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>> {
         return Err(ParseError::malformed("extra whitespace in request line"));
     }
     parse_version(version)?;
-    parse_uri(uri)?;
-    Ok(StartLine::Request(RequestLine {
+    let facts = UriFacts::of(&parse_uri(uri)?);
+    let request = RequestLine {
         method: Cow::Borrowed(method),
         uri: Cow::Borrowed(uri),
-    }))
+    };
+    Ok((StartLine::Request(request), Some(facts)))
 }
 
 impl<'a> Message<'a> {
@@ -477,13 +519,20 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// What parsing found in the Request-URI, for requests ([`UriFacts`]).
+    pub(crate) fn request_uri_facts(&self) -> Result<UriFacts> {
+        self.uri_facts
+            .ok_or(ParseError::malformed("a response has no Request-URI"))
+    }
+
     /// Replaces the Request-URI (e.g. after a routing decision).
     pub fn set_request_uri(&mut self, uri: impl Into<Cow<'a, str>>) -> Result<()> {
         let uri = uri.into();
-        parse_uri(&uri)?;
+        let facts = UriFacts::of(&parse_uri(&uri)?);
         if let StartLine::Request(r) = &mut self.start {
             r.uri = uri;
             self.start_raw = None;
+            self.uri_facts = Some(facts);
         }
         Ok(())
     }
@@ -832,10 +881,8 @@ impl<'a> Message<'a> {
             if r.method != cseq.method {
                 return Err(ParseError::malformed("CSeq method does not match request"));
             }
-            if let Uri::Sip(u) = parse_uri(&r.uri)? {
-                if !u.headers.is_empty() {
-                    return Err(ParseError::malformed("headers in Request-URI"));
-                }
+            if self.request_uri_facts()?.headers {
+                return Err(ParseError::malformed("headers in Request-URI"));
             }
         }
         Ok(())
@@ -889,6 +936,7 @@ impl<'a> Message<'a> {
             preamble: "",
             start,
             start_raw: None,
+            uri_facts: self.uri_facts,
             headers: self
                 .headers
                 .into_iter()
@@ -1083,6 +1131,7 @@ impl<'a> Message<'a> {
                 reason: Cow::Borrowed(reason.unwrap_or_else(|| reason_phrase(code))),
             }),
             start_raw: None,
+            uri_facts: None,
             headers,
             blank: "\r\n",
             body: Cow::Borrowed(&[]),
@@ -1159,6 +1208,28 @@ l: 4\r\n\r\nbody";
             .unwrap()
             .iter()
             .all(|r| r.uri.as_sip().unwrap().is_loose_route()));
+    }
+
+    #[test]
+    fn the_checks_after_parsing_follow_an_edited_request_uri() {
+        use crate::verdict::{check, Policy, Verdict};
+        let policy = Policy::default();
+        let mut m = parse(INVITE).unwrap();
+        assert_eq!(check(&m, &policy), Verdict::Accept);
+        // URI headers are refused in a Request-URI, an unknown scheme with 416, and a
+        // URI that does not parse never replaces the one that did.
+        m.set_request_uri("sip:bob@example.com?subject=x").unwrap();
+        assert!(m.validate(&Limits::default()).is_err());
+        assert_eq!(check(&m, &policy), Verdict::Reject(400));
+        m.set_request_uri("http://example.com/x").unwrap();
+        assert_eq!(check(&m, &policy), Verdict::Reject(416));
+        assert!(m.set_request_uri("sip:").is_err());
+        assert_eq!(check(&m, &policy), Verdict::Reject(416));
+        m.set_request_uri("tel:+14155550123").unwrap();
+        assert_eq!(check(&m, &policy), Verdict::Accept);
+        // And what was found survives detaching from the input.
+        m.set_request_uri("sip:bob@example.com?subject=x").unwrap();
+        assert_eq!(check(&m.into_owned(), &policy), Verdict::Reject(400));
     }
 
     #[test]

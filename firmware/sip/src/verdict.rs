@@ -2,8 +2,7 @@
 //! syntax checks plus the request checks of RFC 3261 §16.3 that need no state.
 
 use crate::error::ErrorKind;
-use crate::message::{parse_with, Framing, Message, KNOWN_METHODS};
-use crate::uri::Uri;
+use crate::message::{parse_with, Framing, Message, UriKind, KNOWN_METHODS};
 use crate::Limits;
 
 /// The outcome of [`verdict`].
@@ -70,11 +69,11 @@ pub fn check(msg: &Message<'_>, policy: &Policy) -> Verdict {
 }
 
 fn request_checks(msg: &Message<'_>, policy: &Policy) -> Verdict {
-    match msg.request_uri() {
-        Some(Ok(Uri::Sip(_) | Uri::Tel(_))) => {}
-        Some(Ok(Uri::Absolute(_))) => return Verdict::Reject(416),
-        Some(Err(e)) => return Verdict::Reject(e.status()),
-        None => return Verdict::Drop,
+    // The Request-URI parsed with the start line; its kind was kept then.
+    match msg.request_uri_facts().map(|f| f.kind) {
+        Ok(UriKind::Sip | UriKind::Tel) => {}
+        Ok(UriKind::Absolute) => return Verdict::Reject(416),
+        Err(_) => return Verdict::Drop,
     }
     match msg.max_forwards() {
         Ok(Some(0)) if msg.method() != Some("ACK") => return Verdict::Reject(483),
