@@ -250,10 +250,7 @@ pub fn parse_with<'a>(
     let mut lines: Vec<(usize, usize, usize)> = Vec::with_capacity(24);
     let head_end;
     loop {
-        let Some(nl) = bytes
-            .get(pos..)
-            .and_then(|r| r.iter().position(|&b| b == b'\n'))
-        else {
+        let Some(nl) = bytes.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) else {
             if bytes.len().saturating_sub(pre_len) > limits.max_message {
                 return Err(ParseError::new(
                     ErrorKind::TooLarge,
@@ -336,7 +333,7 @@ pub fn parse_with<'a>(
     };
     for &(s, e, n) in iter {
         let line = text(s, e);
-        if line.contains('\r') {
+        if memchr::memchr(b'\r', line.as_bytes()).is_some() {
             return Err(ParseError::malformed("bare CR in header"));
         }
         if line.starts_with([' ', '\t']) {
@@ -1040,7 +1037,11 @@ impl<'a> Message<'a> {
     /// Adds `Record-Route: <uri>` on top (the caller includes `;lr`).
     pub fn add_record_route(&mut self, uri: &str) -> Result<()> {
         parse_uri(uri)?;
-        self.insert_top(Header::new("Record-Route", format!("<{uri}>")));
+        let mut value = String::with_capacity(uri.len() + 2);
+        value.push('<');
+        value.push_str(uri);
+        value.push('>');
+        self.insert_top(Header::new("Record-Route", value));
         Ok(())
     }
 

@@ -131,16 +131,16 @@ impl Proxy {
             (false, Transport::Tls) => ("sip", ";transport=tls"),
             (false, Transport::Udp) => ("sip", ""),
         };
-        let user = if number.is_empty() {
-            String::new()
-        } else {
-            format!("{number}@")
-        };
-        m.set_request_uri(format!(
-            "{scheme}:{user}{}{tparam}",
-            host_port(dest.uri.addr)
-        ))
-        .ok()?;
+        let mut uri = String::with_capacity(64);
+        uri.push_str(scheme);
+        uri.push(':');
+        if !number.is_empty() {
+            uri.push_str(number);
+            uri.push('@');
+        }
+        push_host_port(&mut uri, dest.uri.addr);
+        uri.push_str(tparam);
+        m.set_request_uri(uri).ok()?;
         // Our own preloaded Routes are consumed here (loose routing, §16.4).
         self.strip_our_routes(&mut m)?;
         m.decrement_max_forwards().ok()??;

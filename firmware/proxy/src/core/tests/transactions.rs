@@ -140,3 +140,30 @@ fn via_sent_by_is_the_host_in_lower_case_and_the_port_as_written() {
         assert_eq!(crate::core::via_sent_by(&v), want, "{via}");
     }
 }
+
+/// The hand-written `host:port` text is what `format!` writes: every port, and addresses
+/// with one-, two- and three-digit octets, IPv6 with and without compression.
+#[test]
+fn host_port_text_is_what_format_writes() {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ips: Vec<std::net::IpAddr> = vec![
+        Ipv4Addr::new(0, 0, 0, 0).into(),
+        Ipv4Addr::new(203, 0, 113, 10).into(),
+        Ipv4Addr::new(10, 99, 255, 1).into(),
+        Ipv4Addr::new(255, 255, 255, 255).into(),
+        Ipv6Addr::LOCALHOST.into(),
+        "2001:db8::a".parse::<Ipv6Addr>().unwrap().into(),
+        "2001:db8:1:2:3:4:5:6".parse::<Ipv6Addr>().unwrap().into(),
+        "::ffff:192.0.2.1".parse::<Ipv6Addr>().unwrap().into(),
+    ];
+    for ip in ips {
+        for port in 0..=u16::MAX {
+            let addr = SocketAddr::new(ip, port);
+            let want = match addr {
+                SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            };
+            assert_eq!(crate::core::host_port(addr), want);
+        }
+    }
+}
