@@ -72,7 +72,7 @@ impl Proxy {
         };
         let (host_ok, user) = match &uri {
             Uri::Sip(u) => (
-                self.routes.serves_domain(&u.host.to_string()) || self.is_ours(&u.host, u.port),
+                self.routes.serves_domain(&host_text(&u.host)) || self.is_ours(&u.host, u.port),
                 u.user.unwrap_or("").to_string(),
             ),
             Uri::Tel(t) => (true, t.number.to_string()),

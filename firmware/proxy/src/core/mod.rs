@@ -631,14 +631,10 @@ fn from_where_sent(sent: Peer, got: Peer) -> bool {
 /// when the Via names one. Written into one buffer (this runs for every request).
 fn via_sent_by(v: &sip::Via<'_>) -> String {
     let mut s = String::with_capacity(48);
-    match v.host {
-        sip::Host::Name(n) => {
-            s.push_str(n);
-            s.make_ascii_lowercase();
-        }
-        // Addresses print in lower case already (IPv6's hex digits too).
-        sip::Host::Ipv4(a) => push_ipv4(&mut s, a),
-        sip::Host::Ipv6(a) => push_ipv6_ref(&mut s, a),
+    // Addresses print in lower case already (IPv6's hex digits too).
+    push_host(&mut s, &v.host);
+    if let sip::Host::Name(_) = v.host {
+        s.make_ascii_lowercase();
     }
     if let Some(p) = v.port {
         s.push(':');
@@ -664,6 +660,35 @@ fn push_host_port(s: &mut String, addr: SocketAddr) {
     }
     s.push(':');
     push_decimal(s, addr.port());
+}
+
+/// A host's text as its `Display` writes it, borrowed when it is a name.
+fn host_text<'h>(host: &sip::Host<'h>) -> std::borrow::Cow<'h, str> {
+    match *host {
+        sip::Host::Name(n) => std::borrow::Cow::Borrowed(n),
+        ref h => {
+            let mut s = String::with_capacity(48);
+            push_host(&mut s, h);
+            std::borrow::Cow::Owned(s)
+        }
+    }
+}
+
+/// Appends a host as its `Display` writes it (a name as written, IPv6 in brackets).
+fn push_host(s: &mut String, host: &sip::Host<'_>) {
+    match *host {
+        sip::Host::Name(n) => s.push_str(n),
+        sip::Host::Ipv4(a) => push_ipv4(s, a),
+        sip::Host::Ipv6(a) => push_ipv6_ref(s, a),
+    }
+}
+
+/// Appends `n` as 16 lower-case hex digits (`format!("{n:016x}")`).
+fn push_hex16(s: &mut String, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        s.push(char::from(HEX[((n >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Appends `n` in decimal.
@@ -853,11 +878,10 @@ impl Proxy {
     }
 
     fn branch(&mut self) -> String {
-        use std::fmt::Write as _;
         let mut branch = String::with_capacity(sip::transaction::MAGIC_COOKIE.len() + 18);
         branch.push_str(sip::transaction::MAGIC_COOKIE);
-        let r = self.rand();
-        let _ = write!(branch, "cg{r:016x}");
+        branch.push_str("cg");
+        push_hex16(&mut branch, self.rand());
         branch
     }
 

@@ -141,6 +141,23 @@ fn via_sent_by_is_the_host_in_lower_case_and_the_port_as_written() {
     }
 }
 
+/// A branch's random part is `format!("{:016x}")` of the number.
+#[test]
+fn hex16_is_what_format_writes() {
+    let mut n: u64 = 1;
+    for _ in 0..200 {
+        let mut s = String::new();
+        crate::core::push_hex16(&mut s, n);
+        assert_eq!(s, format!("{n:016x}"));
+        n = n.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(7);
+    }
+    for n in [0, u64::MAX, 0xf, 0xf000_0000_0000_0000] {
+        let mut s = String::new();
+        crate::core::push_hex16(&mut s, n);
+        assert_eq!(s, format!("{n:016x}"));
+    }
+}
+
 /// The hand-written `host:port` text is what `format!` writes: every port, and addresses
 /// with one-, two- and three-digit octets, IPv6 with and without compression.
 #[test]
@@ -165,5 +182,12 @@ fn host_port_text_is_what_format_writes() {
             };
             assert_eq!(crate::core::host_port(addr), want);
         }
+        let host = match ip {
+            std::net::IpAddr::V4(a) => sip::Host::Ipv4(a),
+            std::net::IpAddr::V6(a) => sip::Host::Ipv6(a),
+        };
+        assert_eq!(crate::core::host_text(&host), host.to_string());
     }
+    let name = sip::Host::Name("PBX.example.com");
+    assert_eq!(crate::core::host_text(&name), name.to_string());
 }
