@@ -121,7 +121,7 @@ pub use message::{
     parse, parse_with, reason_phrase, Framing, Header, Message, RequestLine, StartLine, StatusLine,
     KNOWN_METHODS,
 };
-pub use syntax::{unescape, unquote, Host, Param, Params};
+pub use syntax::{push_decimal, push_ipv4, unescape, unquote, Host, Param, Params};
 pub use uri::{parse_uri, AbsoluteUri, SipUri, TelUri, Uri};
 pub use verdict::{check, verdict, verdict_with, Policy, Verdict};
 

@@ -295,7 +295,7 @@ pub fn parse_with<'a>(
     let mut iter = lines.iter();
     let &(s0, e0, n0) = iter.next().ok_or(ParseError::malformed("empty message"))?;
     let start_line = text(s0, e0);
-    if start_line.contains('\r') {
+    if memchr::memchr(b'\r', start_line.as_bytes()).is_some() {
         return Err(ParseError::malformed("bare CR in start line"));
     }
     let (start, uri_facts) = parse_start_line(start_line)?;

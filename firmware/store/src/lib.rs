@@ -134,9 +134,9 @@
 //! ## Performance
 //! Unwrapped subject keys are cached (lock-free, direct-mapped, 4096 slots; every erasure
 //! invalidates the whole cache).
-//! A CDR write costs ~5 µs of sealing (two ChaCha20-Poly1305 seals; the AVX2 Poly1305
-//! backend's per-message set-up is most of it, `--cfg poly1305_force_soft` about halves
-//! it) on top of sled's inserts of three small entries and the group commit;
+//! A CDR write seals twice (ChaCha20-Poly1305, ring's assembly: `callgate_vault`'s AEAD;
+//! about 8% of the `cdr-writer` thread under `scripts/bench sip`) on top of sled's inserts
+//! of three small entries and the group commit;
 //! `scripts/bench store` compares against plain sled with the same commit path.
 //! `bench-store batch` (`put_cdrs` batches of 64 ~1 KiB CDRs from one thread, on 2 cores
 //! shared with other builds, five alternating runs each, medians): with the sealed CDRs as
