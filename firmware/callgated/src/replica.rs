@@ -1044,8 +1044,10 @@ pub fn save_identity(
         pem: identity.to_pem().to_string(),
         pin: pin.map(|p| hex(&p)),
     };
-    let json =
-        callgate_vault::Zeroizing::new(serde_json::to_vec(&file).map_err(|e| e.to_string())?);
+    // The file holds the private key: every buffer the JSON outgrows is wiped.
+    let mut json = callgate_vault::WipingBuf::with_capacity(4096);
+    serde_json::to_writer(&mut json, &file).map_err(|e| e.to_string())?;
+    let json = json.into_inner();
     let dek = Dek::generate().map_err(|e| e.to_string())?;
     let wrapped = wrap_dek(kek, IDENTITY_KEY_ID, &dek).map_err(|e| e.to_string())?;
     let sealed =

@@ -589,9 +589,7 @@ fn join_cdr_json(pii: Option<&[u8]>, body: &[u8]) -> Option<Vec<u8>> {
 pub fn cdr_json(cdr: &Cdr) -> Result<Vec<u8>, StoreError> {
     let body = serde_json::to_vec(&cdr_body(cdr)).map_err(StoreError::Encode)?;
     let pii = match cdr_pii(cdr) {
-        Some(p) => Some(Zeroizing::new(
-            serde_json::to_vec(&p).map_err(StoreError::Encode)?,
-        )),
+        Some(p) => Some(pii_json(&p)?),
         None => None,
     };
     join_cdr_json(pii.as_deref().map(Vec::as_slice), &body)
@@ -1091,8 +1089,11 @@ impl Store {
         key: &[u8],
         value: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(StoreError::Encode)?);
-        self.seal_bytes(table, key, &plain)
+        // Audit entries, sessions and transcripts hold PII: every buffer the JSON outgrows
+        // is wiped, not freed as it is.
+        let mut plain = callgate_vault::WipingBuf::with_capacity(256);
+        serde_json::to_writer(&mut plain, value).map_err(StoreError::Encode)?;
+        self.seal_bytes(table, key, plain.as_slice())
     }
 
     fn seal_bytes(&self, table: Table, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {

@@ -27,6 +27,8 @@
 //!   derived from a secret shown once, kept only wrapped under the KEK.
 //!
 //! Every secret type wipes itself on drop (`zeroize`) and prints as `Name(…)` in `Debug`.
+//! [`WipingBuf`] is the sink for a secret serialized piece by piece: it wipes each buffer it
+//! outgrows, where a growing `Zeroizing<Vec<u8>>` frees its old buffers unwiped.
 //! Every byte format starts with a version byte.
 //!
 //! ## Current limitations
@@ -53,6 +55,7 @@ mod protector;
 mod record;
 mod recovery;
 mod subject;
+mod wiping;
 
 pub use aead::{random_bytes, CryptoError};
 pub use custody::{Custody, CustodyError};
@@ -68,4 +71,5 @@ pub use record::{
 };
 pub use recovery::{recovery_unwrap, recovery_wrap, RecoveryError, RecoveryKey, RecoveryKeyError};
 pub use subject::{normalize_subject, subject_token, LookupKey, SubjectKey, SubjectToken};
+pub use wiping::WipingBuf;
 pub use zeroize::Zeroizing;
