@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use crate::error::{ParseError, Result};
 use crate::syntax::{
-    find_byte, find_param, is_token, is_token_char, parse_digits, parse_header_params,
+    find_byte, find_param, is_lws_byte, is_token, is_token_char, parse_digits, parse_header_params,
     parse_hostport, quoted_len, split_once_byte, trim_lws, trim_lws_start, unquote, Host, Params,
 };
 use crate::uri::{parse_uri, Uri};
@@ -203,10 +203,10 @@ fn name_addr_parts(s: &str) -> Result<NameAddrParts<'_>> {
     } else if let Some(lt) = find_byte(s, b'<') {
         let (d, rest) = s.split_at(lt);
         let d = trim_lws(d);
-        if !d.is_empty()
-            && !d
-                .split(|c: char| crate::syntax::is_lws_char(c))
-                .all(|w| w.is_empty() || is_token(w))
+        // Tokens separated by LWS: every byte is one or the other.
+        if !d
+            .bytes()
+            .all(|b| is_token_char(b) || is_lws_byte(&b))
         {
             return Err(ParseError::malformed(
                 "display name must be tokens or quoted",
@@ -229,10 +229,11 @@ fn name_addr_parts(s: &str) -> Result<NameAddrParts<'_>> {
     // addr-spec: the URI runs to the first ';' and may not contain ',', '?' or ';'
     // (RFC 3261 §20.10).
     let end = after_display
-        .find(|c: char| c == ';' || crate::syntax::is_lws_char(c))
+        .bytes()
+        .position(|b| b == b';' || is_lws_byte(&b))
         .unwrap_or(after_display.len());
     let (uri, params) = after_display.split_at(end);
-    if uri.contains(['?', ',']) {
+    if uri.bytes().any(|b| b == b'?' || b == b',') {
         return Err(ParseError::malformed("URI with '?' or ',' must be in <>"));
     }
     Ok(NameAddrParts {
@@ -314,12 +315,13 @@ pub fn parse_via(s: &str) -> Result<Via<'_>> {
     let rest = trim_lws_start(rest);
     let tlen = rest.bytes().take_while(|&b| is_token_char(b)).count();
     let (transport, rest) = rest.split_at(tlen);
-    if transport.is_empty() || !rest.starts_with(|c: char| crate::syntax::is_lws_char(c)) {
+    if transport.is_empty() || !rest.as_bytes().first().is_some_and(is_lws_byte) {
         return Err(ParseError::malformed("bad Via transport"));
     }
     let rest = trim_lws_start(rest);
     let end = rest
-        .find(|c: char| c == ';' || crate::syntax::is_lws_char(c))
+        .bytes()
+        .position(|b| b == b';' || is_lws_byte(&b))
         .unwrap_or(rest.len());
     let (sent_by, rest) = rest.split_at(end);
     let (host, port) = parse_hostport(sent_by)?;
@@ -372,7 +374,8 @@ pub struct CSeq<'a> {
 pub fn parse_cseq(s: &str) -> Result<CSeq<'_>> {
     let s = trim_lws(s);
     let end = s
-        .find(|c: char| crate::syntax::is_lws_char(c))
+        .bytes()
+        .position(|b| is_lws_byte(&b))
         .ok_or(ParseError::malformed("CSeq without method"))?;
     let (num, method) = s.split_at(end);
     let method = trim_lws(method);

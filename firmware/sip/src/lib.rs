@@ -100,6 +100,8 @@ mod exercise;
 mod framer;
 mod header;
 mod message;
+#[cfg(test)]
+mod reference;
 pub mod sdp;
 mod syntax;
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::error::{ParseError, Result};
 
-fn is_lws_byte(b: &u8) -> bool {
+/// Linear white space, including the CR LF of a folded header line.
+pub(crate) fn is_lws_byte(b: &u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
@@ -385,7 +386,10 @@ impl std::fmt::Display for Host<'_> {
     }
 }
 
-/// Parses `host` (RFC 3261 `host`).
+/// Parses `host` (RFC 3261 `host`): an IPv6 reference, a dotted quad when the host is
+/// made of digits and dots only, else a host name (labels of letters, digits and inner
+/// hyphens, one trailing dot allowed). The name is checked in the same pass that looks for
+/// a non-digit: hosts are parsed in every Via, Contact, Route and Record-Route of a call.
 pub(crate) fn parse_host(s: &str) -> Result<Host<'_>> {
     if let Some(inner) = s.strip_prefix('[') {
         let inner = inner
@@ -399,22 +403,41 @@ pub(crate) fn parse_host(s: &str) -> Result<Host<'_>> {
     if s.is_empty() {
         return Err(ParseError::malformed("empty host"));
     }
-    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let mut digits_and_dots = true;
+    let mut name_ok = true;
+    // The current label's length and its last byte.
+    let (mut label, mut last) = (0usize, b'.');
+    for &c in s.as_bytes() {
+        match c {
+            b'.' => {
+                // A label ends: it must not be empty nor end with '-'.
+                name_ok &= label > 0 && last != b'-';
+                label = 0;
+            }
+            b'0'..=b'9' => label += 1,
+            b'-' => {
+                digits_and_dots = false;
+                name_ok &= label > 0;
+                label += 1;
+            }
+            c if c.is_ascii_alphabetic() => {
+                digits_and_dots = false;
+                label += 1;
+            }
+            _ => return Err(ParseError::malformed("bad host name")),
+        }
+        last = c;
+    }
+    if digits_and_dots {
         return parse_ipv4(s)
             .map(Host::Ipv4)
             .ok_or(ParseError::malformed("bad IPv4 address"));
     }
-    let name = s.strip_suffix('.').unwrap_or(s);
-    for label in split_byte(name, b'.') {
-        let ok = !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(ParseError::malformed("bad host name"));
-        }
+    // The last label must not end with '-' (after one trailing dot there is none: the
+    // loop checked the label before it).
+    name_ok &= last != b'-';
+    if !name_ok {
+        return Err(ParseError::malformed("bad host name"));
     }
     Ok(Host::Name(s))
 }
@@ -424,24 +447,33 @@ pub(crate) fn parse_host(s: &str) -> Result<Host<'_>> {
 /// more, and every Via, Contact and Record-Route of a call holds an address.
 fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = split_byte(s, b'.');
-    for o in &mut octets {
-        let p = parts.next()?.as_bytes();
-        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p.first() == Some(&b'0')) {
-            return None;
-        }
-        let mut v: u16 = 0;
-        for &d in p {
-            if !d.is_ascii_digit() {
+    let mut n = 0;
+    // The current octet: its value, its digits, whether it started with '0'.
+    let (mut v, mut digits, mut zero) = (0u16, 0u8, false);
+    for &c in s.as_bytes() {
+        if c == b'.' {
+            if digits == 0 {
                 return None;
             }
-            v = v * 10 + u16::from(d - b'0');
+            *octets.get_mut(n)? = u8::try_from(v).ok()?;
+            n += 1;
+            (v, digits) = (0, 0);
+        } else if c.is_ascii_digit() {
+            if digits == 0 {
+                zero = c == b'0';
+            } else if zero || digits == 3 {
+                return None;
+            }
+            v = v * 10 + u16::from(c - b'0');
+            digits += 1;
+        } else {
+            return None;
         }
-        *o = u8::try_from(v).ok()?;
     }
-    if parts.next().is_some() {
+    if digits == 0 || n != 3 {
         return None;
     }
+    *octets.get_mut(n)? = u8::try_from(v).ok()?;
     Some(Ipv4Addr::from(octets))
 }
 
@@ -472,12 +504,20 @@ pub(crate) fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>)> {
     Ok((parse_host(host)?, port))
 }
 
+/// A port: one to five digits (leading zeros allowed, as `str::parse` allows them), at
+/// most 65535.
 pub(crate) fn parse_port(p: &str) -> Result<u16> {
-    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+    if p.is_empty() || p.len() > 5 {
         return Err(ParseError::malformed("bad port"));
     }
-    p.parse::<u16>()
-        .map_err(|_| ParseError::malformed("port out of range"))
+    let mut v = 0u32;
+    for &c in p.as_bytes() {
+        if !c.is_ascii_digit() {
+            return Err(ParseError::malformed("bad port"));
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    u16::try_from(v).map_err(|_| ParseError::malformed("port out of range"))
 }
 
 /// Parses a decimal number made of digits only; `None` on overflow.
@@ -546,10 +586,6 @@ pub(crate) fn parse_header_params(s: &str) -> Result<Params<'_>> {
     Ok(out)
 }
 
-/// Linear white space, including the CR LF of a folded header line.
-pub(crate) fn is_lws_char(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\r' | '\n')
-}
 
 #[cfg(test)]
 mod tests {

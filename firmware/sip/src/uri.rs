@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::error::{ParseError, Result};
 use crate::syntax::{
-    check_escaped, class, find_byte, find_param, parse_hostport, split_byte, split_once_byte,
+    check_escaped, class, find_param, parse_hostport, split_byte, split_once_byte,
     unescape, Host, Param, Params,
 };
 
@@ -200,30 +200,26 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
         user = Some(u);
         password = p;
     }
-    let (before_headers, headers_part) = match split_once_byte(hostpart, b'?') {
-        Some((a, h)) => (a, Some(h)),
-        None => (hostpart, None),
-    };
-    let mut segs = split_byte(before_headers, b';');
-    let hostport = segs.next().unwrap_or("");
-    if find_byte(hostport, b'@').is_some() {
+    // One walk from the host to the first ';' (parameters), '?' (headers) or '@' (an
+    // error: the userinfo ended at the first '@'), then one per parameter.
+    let hb = hostpart.as_bytes();
+    let mut at = hb
+        .iter()
+        .position(|&c| matches!(c, b';' | b'?' | b'@'))
+        .unwrap_or(hb.len());
+    if hb.get(at) == Some(&b'@') {
         return Err(ParseError::malformed("'@' in URI host"));
     }
-    let (host, port) = parse_hostport(hostport)?;
+    let (host, port) = parse_hostport(hostpart.get(..at).unwrap_or(""))?;
     let mut params = Params::new();
-    for seg in segs {
-        let (name, value) = match split_once_byte(seg, b'=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (seg, None),
-        };
-        let ok = !name.is_empty()
-            && check_escaped(name, is_param_char)
-            && value.is_none_or(|v| !v.is_empty() && check_escaped(v, is_param_char));
-        if !ok {
-            return Err(ParseError::malformed("bad URI parameter"));
-        }
-        params.push(Param { name, value });
+    while hb.get(at) == Some(&b';') {
+        let start = at + 1;
+        let (param, end) = uri_param(hostpart, start)
+            .ok_or(ParseError::malformed("bad URI parameter"))?;
+        params.push(param);
+        at = end;
     }
+    let headers_part = hostpart.get(at + 1..).filter(|_| hb.get(at) == Some(&b'?'));
     let mut headers = Vec::new();
     if let Some(h) = headers_part {
         for seg in split_byte(h, b'&') {
@@ -253,7 +249,45 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
     })
 }
 
-fn parse_tel<'a>(raw: &'a str, rest: &'a str) -> Result<TelUri<'a>> {
+/// The URI parameter (`name[=value]`, both `%`-escaped parameter characters, neither
+/// empty) that starts at `start` in `s` and runs to the next ';' or '?' or the end; with
+/// where it ends. One pass: the `=` is found as the characters are checked (a `%` escape
+/// never holds one: `=` is no hex digit).
+fn uri_param(s: &str, start: usize) -> Option<(Param<'_>, usize)> {
+    let b = s.as_bytes();
+    let mut i = start;
+    let mut eq = None;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b';' | b'?' => break,
+            b'%' => {
+                let hex = |k: usize| b.get(k).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return None;
+                }
+                i += 3;
+                continue;
+            }
+            b'=' if eq.is_none() => eq = Some(i),
+            c if is_param_char(c) => {}
+            _ => return None,
+        }
+        i += 1;
+    }
+    let param = match eq {
+        None => Param {
+            name: s.get(start..i).filter(|n| !n.is_empty())?,
+            value: None,
+        },
+        Some(e) => Param {
+            name: s.get(start..e).filter(|n| !n.is_empty())?,
+            value: Some(s.get(e + 1..i).filter(|v| !v.is_empty())?),
+        },
+    };
+    Some((param, i))
+}
+
+pub(crate) fn parse_tel<'a>(raw: &'a str, rest: &'a str) -> Result<TelUri<'a>> {
     let mut segs = split_byte(rest, b';');
     let number = segs.next().unwrap_or("");
     let digits = number.strip_prefix('+').unwrap_or(number);
