@@ -204,10 +204,7 @@ fn name_addr_parts(s: &str) -> Result<NameAddrParts<'_>> {
         let (d, rest) = s.split_at(lt);
         let d = trim_lws(d);
         // Tokens separated by LWS: every byte is one or the other.
-        if !d
-            .bytes()
-            .all(|b| is_token_char(b) || is_lws_byte(&b))
-        {
+        if !d.bytes().all(|b| is_token_char(b) || is_lws_byte(&b)) {
             return Err(ParseError::malformed(
                 "display name must be tokens or quoted",
             ));

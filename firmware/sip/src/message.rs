@@ -302,8 +302,9 @@ pub fn parse_with<'a>(
     let start_raw = Some(text(s0, n0));
 
     // Headers, joining folded continuation lines.
-    // Typical requests carry 10 to 20 headers: one allocation instead of four.
-    let mut headers: Vec<Header<'a>> = Vec::with_capacity(lines.len().clamp(8, 32));
+    // Typical requests carry 10 to 20 headers: one allocation instead of four, with room
+    // for what a proxy adds (its Via, a Record-Route, Max-Forwards) without moving them all.
+    let mut headers: Vec<Header<'a>> = Vec::with_capacity(lines.len().clamp(8, 32) + 3);
     let mut cur: Option<(usize, usize, usize)> = None; // (start, content_end, next)
     let flush = |cur: (usize, usize, usize), headers: &mut Vec<Header<'a>>| -> Result<()> {
         let (s, e, n) = cur;
@@ -1105,7 +1106,8 @@ impl<'a> Message<'a> {
                 "response needs a request and a 1xx-6xx code",
             ));
         }
-        let mut headers = Vec::new();
+        // Via, From, To, Call-ID, CSeq and Content-Length, and a second Via line or two.
+        let mut headers = Vec::with_capacity(8);
         for h in request.headers.iter() {
             match h.kind {
                 HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {

@@ -2,7 +2,9 @@
 //! for the tests only: the fast ones must give exactly what these give, errors included.
 
 use crate::error::{ParseError, Result};
-use crate::syntax::{check_escaped, class, find_byte, split_byte, split_once_byte, Host, Param, Params};
+use crate::syntax::{
+    check_escaped, class, find_byte, split_byte, split_once_byte, Host, Param, Params,
+};
 use crate::uri::{AbsoluteUri, SipUri, Uri};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -131,7 +133,6 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
     })
 }
 
-
 fn parse_host(s: &str) -> Result<Host<'_>> {
     if let Some(inner) = s.strip_prefix('[') {
         let inner = inner
@@ -165,7 +166,6 @@ fn parse_host(s: &str) -> Result<Host<'_>> {
     Ok(Host::Name(s))
 }
 
-
 fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut parts = split_byte(s, b'.');
@@ -188,7 +188,6 @@ fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
     }
     Some(Ipv4Addr::from(octets))
 }
-
 
 fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>)> {
     let (host, port) = if s.starts_with('[') {
@@ -223,7 +222,6 @@ fn parse_port(p: &str) -> Result<u16> {
     p.parse::<u16>()
         .map_err(|_| ParseError::malformed("port out of range"))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -276,11 +274,50 @@ mod tests {
     #[test]
     fn random_uris_parse_as_the_reference_parses_them() {
         let pieces = [
-            "sip:", "sips:", "SIP:", "tel:", "x:", "alice", "+1555", "%41", "%4", "%zz", ":",
-            "@", "pw", "example.com", "a-b.c", "-a", "a-", "a..b", "b.", "192.0.2.10",
-            "01.2.3.4", "256.1.1.1", "1.2.3", "[2001:db8::1]", "[::1", ":5060", ":65536",
-            ":0", ";", ";lr", ";transport=udp", ";x=", ";=y", ";a=b=c", "?", "?h=v",
-            "&k=", "&", "=", ".", "é", " ", "<", ">",
+            "sip:",
+            "sips:",
+            "SIP:",
+            "tel:",
+            "x:",
+            "alice",
+            "+1555",
+            "%41",
+            "%4",
+            "%zz",
+            ":",
+            "@",
+            "pw",
+            "example.com",
+            "a-b.c",
+            "-a",
+            "a-",
+            "a..b",
+            "b.",
+            "192.0.2.10",
+            "01.2.3.4",
+            "256.1.1.1",
+            "1.2.3",
+            "[2001:db8::1]",
+            "[::1",
+            ":5060",
+            ":65536",
+            ":0",
+            ";",
+            ";lr",
+            ";transport=udp",
+            ";x=",
+            ";=y",
+            ";a=b=c",
+            "?",
+            "?h=v",
+            "&k=",
+            "&",
+            "=",
+            ".",
+            "é",
+            " ",
+            "<",
+            ">",
         ];
         let mut rng = Rng::new(15);
         for _ in 0..100_000 {

@@ -586,7 +586,6 @@ pub(crate) fn parse_header_params(s: &str) -> Result<Params<'_>> {
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::{class, parse_ipv4, quoted_len, split_top, trim_lws, trim_lws_start};

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use crate::error::{ParseError, Result};
 use crate::syntax::{
-    check_escaped, class, find_param, parse_hostport, split_byte, split_once_byte,
-    unescape, Host, Param, Params,
+    check_escaped, class, find_param, parse_hostport, split_byte, split_once_byte, unescape, Host,
+    Param, Params,
 };
 
 /// A parsed URI, borrowing from the message.
@@ -214,8 +214,8 @@ fn parse_sip<'a>(raw: &'a str, scheme: &'a str, rest: &'a str) -> Result<SipUri<
     let mut params = Params::new();
     while hb.get(at) == Some(&b';') {
         let start = at + 1;
-        let (param, end) = uri_param(hostpart, start)
-            .ok_or(ParseError::malformed("bad URI parameter"))?;
+        let (param, end) =
+            uri_param(hostpart, start).ok_or(ParseError::malformed("bad URI parameter"))?;
         params.push(param);
         at = end;
     }
