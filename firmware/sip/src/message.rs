@@ -246,8 +246,8 @@ pub fn parse_with<'a>(
         ));
     }
     let mut pos = pre_len;
-    // (start, content_end, next); a typical message has 10 to 20 lines.
-    let mut lines: Vec<(usize, usize, usize)> = Vec::with_capacity(24);
+    // (start, content_end, next); a typical message has 10 to 20 lines: on the stack.
+    let mut lines = smallvec::SmallVec::<[(usize, usize, usize); 32]>::new();
     let head_end;
     loop {
         let Some(nl) = bytes.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) else {
