@@ -680,7 +680,7 @@ fn on_the_serial_console_passwords_log_in_and_wrong_ones_lock_the_account() {
 /// gets past the gate (and here on to the key, which this lab does not have). Each step is
 /// in the daemon's audit trail under the account that asked, which the daemon reads from
 /// `/proc` itself; an admin who forges such a record on the control socket is refused, and
-/// that is on record too.
+/// that is on record too. Root's own `callgate upgrade FILE` is on the same record.
 #[test]
 fn the_update_installer_refuses_an_operator_and_every_attempt_is_on_record() {
     use std::os::unix::fs::PermissionsExt;
@@ -819,6 +819,59 @@ fn the_update_installer_refuses_an_operator_and_every_attempt_is_on_record() {
     assert!(
         !rows.iter().any(|(u, _, _)| u == "root"),
         "the installer's own account is not the one on record: {rows:#?}"
+    );
+
+    // Root's own `callgate upgrade FILE` goes on the same record: started before anything
+    // is read (here the missing key stops it), then the refusal, under the account the
+    // daemon finds behind the process.
+    let file = dir.path().join("not-an.update");
+    std::fs::write(&file, "CALLGATE-UPDATE not really an update").unwrap();
+    let out = a
+        .command(bin("callgate").to_str().unwrap())
+        .arg("--socket")
+        .arg(a.socket())
+        .arg("upgrade")
+        .arg(&file)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refused: ") && said.contains("no-such-update-key"),
+        "{said}"
+    );
+    let trail = audit_entries(&a, 32);
+    // Root's process, or the engineer behind it when this test runs in a login session.
+    let login = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    let unset = matches!(login.trim(), "" | "4294967295");
+    let rows: Vec<(String, String)> = trail
+        .iter()
+        .filter(|e| e["action"] == "upgrade")
+        .filter(|e| !matches!(e["user"].as_str(), Some("ann" | "olga" | "nobody")))
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or("").to_owned(),
+                e["detail"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.iter()
+            .all(|(u, _)| !u.is_empty() && (!unset || u == "root")),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter().any(|(_, d)| d == "started")
+            && rows
+                .iter()
+                .any(|(_, d)| d.starts_with("refused: ") && d.contains("no-such-update-key")),
+        "{rows:#?}"
     );
 }
 

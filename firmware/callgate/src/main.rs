@@ -469,7 +469,10 @@ fn main() -> ExitCode {
             key,
             running_generation,
         } => return verify_update(&file, &key, running_generation),
-        Cmd::Upgrade { file, key } => return upgrade::run(&file, &key),
+        Cmd::Upgrade { file, key } => {
+            let socket = args.socket.clone().unwrap_or_else(default_socket);
+            return upgrade::run(&file, &key, &socket);
+        }
         Cmd::UpgradeHelper {
             key,
             control_socket,

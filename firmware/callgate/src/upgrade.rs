@@ -11,6 +11,9 @@
 //!   `callgate-admin` (the kernel's peer credentials), keeps the file on the state disk
 //!   (root's, encrypted) while it checks and installs it, and answers with its progress.
 //!
+//! Both ways put each install on the daemon's audit trail under the account that asked
+//! ([`on_record`]): `started` before anything is read, then the outcome.
+//!
 //! The helper checks the update's signature and generation before it keeps more than the
 //! file's head, keeps no more bytes than the signed manifest names, and removes the kept
 //! file whatever the outcome.
@@ -74,12 +77,18 @@ fn installed_line(done: &install::Installed) -> String {
     )
 }
 
-/// `callgate upgrade FILE` (root).
-pub fn run(file: &Path, key: &Path) -> ExitCode {
-    let done = read_key(key).and_then(|key| {
-        install_file(file, &key, running_generation()?, &mut |line| {
-            println!("upgrade: {line}")
-        })
+/// `callgate upgrade FILE` (root): the install on the same record as the console's, under
+/// root's own process (the daemon reads the login uid behind it, so an engineer who became
+/// root is named).
+pub fn run(file: &Path, key: &Path, control: &Path) -> ExitCode {
+    let from = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getpid().as_raw(),
+    );
+    let mut say = |line: &str| println!("upgrade: {line}");
+    let (done, _) = on_record(control, from, &mut say, |say| {
+        let key = read_key(key)?;
+        install_file(file, &key, running_generation()?, &mut |l| say(l))
     });
     match done {
         Ok(done) => {
@@ -90,6 +99,48 @@ pub fn run(file: &Path, key: &Path) -> ExitCode {
             eprintln!("{}: refused: {e}", file.display());
             ExitCode::from(1)
         }
+    }
+}
+
+/// Runs `install` on the record of the daemon's audit trail, for the account and process
+/// `from` that asked: `started` goes in before `install` runs (a running daemon that cannot
+/// record it refuses the install, as it refuses any change it cannot record; a daemon that
+/// is not running leaves this process's journal as the only record, and `say` says so),
+/// then the outcome. The outcome's line comes back with the result.
+fn on_record(
+    control: &Path,
+    from: (u32, i32),
+    say: &mut dyn FnMut(&str),
+    install: impl FnOnce(&mut dyn FnMut(&str)) -> Result<install::Installed, String>,
+) -> (Result<install::Installed, String>, String) {
+    let result = match record(control, from, "started") {
+        Err(e) => Err(format!("not on record, so nothing is installed: {e}")),
+        Ok(recorded) => {
+            if let Recorded::NoDaemon(why) = recorded {
+                say(&format!(
+                    "note: the daemon is not running ({why}): this install is in the installer's journal only"
+                ));
+            }
+            install(say)
+        }
+    };
+    let last = outcome_line(&result);
+    record_outcome(control, from, &last);
+    (result, last)
+}
+
+/// The line that ends an install, good or refused.
+fn outcome_line(result: &Result<install::Installed, String>) -> String {
+    match result {
+        Ok(done) => installed_line(done),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+/// The outcome on record; only the journal says when it could not be.
+fn record_outcome(control: &Path, from: (u32, i32), last: &str) {
+    if let Err(e) = record(control, from, last) {
+        eprintln!("callgate upgrade: the outcome is not in the audit trail: {e}");
     }
 }
 
@@ -146,7 +197,7 @@ fn record(control: &Path, (uid, pid): (u32, i32), step: &str) -> Result<Recorded
         .chars()
         .take(callgate_control::MAX_TYPED_LINE / 4)
         .collect();
-    eprintln!("callgate upgrade-helper: uid {uid} pid {pid}: {step}");
+    eprintln!("callgate upgrade: uid {uid} pid {pid}: {step}");
     let mut client = match callgate_control::Client::connect(control) {
         Ok(c) => c,
         Err(e) => return Ok(Recorded::NoDaemon(chain(&e))),
@@ -234,37 +285,32 @@ pub fn helper(key: &Path, control: &Path) -> ExitCode {
         let _ = writeln!(out, "upgrade: {line}");
         let _ = out.flush();
     };
-    let mut requester = None;
-    let mut run = |say: &mut dyn FnMut(&str)| -> Result<install::Installed, String> {
-        let from = peer()?;
-        requester = Some(from);
-        let who = allowed(from.0)?;
-        match record(control, from, "started")
-            .map_err(|e| format!("not on record, so nothing is installed: {e}"))?
-        {
-            Recorded::Yes => {}
-            Recorded::NoDaemon(why) => say(&format!(
-                "note: the daemon is not running ({why}): this install is in the installer's journal only"
-            )),
+    // The gate: who asks, and whether they may. A refusal here is on record too, once the
+    // kernel has named the asker.
+    let (result, last) = match peer() {
+        Err(e) => {
+            let result = Err(e);
+            let last = outcome_line(&result);
+            (result, last)
         }
-        say(&format!("from {who}: receiving the update file"));
-        let key = read_key(key)?;
-        let running = running_generation()?;
-        stage(&key, running)?;
-        say("received; checking it and installing it into the other slot");
-        install_file(Path::new(STAGED), &key, running, &mut |l| say(l))
+        Ok(from) => match allowed(from.0) {
+            Err(e) => {
+                let result = Err(e);
+                let last = outcome_line(&result);
+                record_outcome(control, from, &last);
+                (result, last)
+            }
+            Ok(who) => on_record(control, from, &mut say, |say| {
+                say(&format!("from {who}: receiving the update file"));
+                let key = read_key(key)?;
+                let running = running_generation()?;
+                stage(&key, running)?;
+                say("received; checking it and installing it into the other slot");
+                install_file(Path::new(STAGED), &key, running, &mut |l| say(l))
+            }),
+        },
     };
-    let result = run(&mut say);
     let _ = std::fs::remove_file(STAGED);
-    let last = match &result {
-        Ok(done) => installed_line(done),
-        Err(e) => format!("refused: {e}"),
-    };
-    if let Some(from) = requester {
-        if let Err(e) = record(control, from, &last) {
-            eprintln!("callgate upgrade-helper: the outcome is not in the audit trail: {e}");
-        }
-    }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{last}");
     match result {
