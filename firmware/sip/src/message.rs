@@ -248,9 +248,17 @@ pub fn parse_with<'a>(
     let mut pos = pre_len;
     // (start, content_end, next); a typical message has 10 to 20 lines: on the stack.
     let mut lines = smallvec::SmallVec::<[(usize, usize, usize); 32]>::new();
+    // One walk over the head from each CR or LF to the next: a CR before an LF ends its
+    // line with it; any other CR is a bare one, noted by the index of its line (the first
+    // such line) and refused below where a line-by-line check would have refused it.
+    let mut bare_cr: Option<usize> = None;
+    let mut at = pos;
     let head_end;
     loop {
-        let Some(nl) = bytes.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) else {
+        let Some(off) = bytes
+            .get(at..)
+            .and_then(|r| memchr::memchr2(b'\r', b'\n', r))
+        else {
             if bytes.len().saturating_sub(pre_len) > limits.max_message {
                 return Err(ParseError::new(
                     ErrorKind::TooLarge,
@@ -266,11 +274,15 @@ pub fn parse_with<'a>(
                 "header section not terminated",
             ));
         };
-        let next = pos + nl + 1;
-        let content_end = if nl > 0 && bytes.get(pos + nl - 1) == Some(&b'\r') {
-            pos + nl - 1
+        let hit = at + off;
+        let (content_end, next) = if bytes.get(hit) == Some(&b'\n') {
+            (hit, hit + 1)
+        } else if bytes.get(hit + 1) == Some(&b'\n') {
+            (hit, hit + 2)
         } else {
-            pos + nl
+            bare_cr.get_or_insert(lines.len());
+            at = hit + 1;
+            continue;
         };
         if content_end == pos {
             head_end = (pos, next);
@@ -284,6 +296,7 @@ pub fn parse_with<'a>(
         }
         lines.push((pos, content_end, next));
         pos = next;
+        at = next;
     }
     let (blank_start, body_start) = head_end;
     let head = std::str::from_utf8(bytes.get(..body_start).unwrap_or_default())
@@ -295,7 +308,7 @@ pub fn parse_with<'a>(
     let mut iter = lines.iter();
     let &(s0, e0, n0) = iter.next().ok_or(ParseError::malformed("empty message"))?;
     let start_line = text(s0, e0);
-    if memchr::memchr(b'\r', start_line.as_bytes()).is_some() {
+    if bare_cr == Some(0) {
         return Err(ParseError::malformed("bare CR in start line"));
     }
     let (start, uri_facts) = parse_start_line(start_line)?;
@@ -320,7 +333,14 @@ pub fn parse_with<'a>(
         let line = text(s, e);
         let (name, value) =
             split_once_byte(line, b':').ok_or(ParseError::malformed("header line without ':'"))?;
-        let name = name.trim_end_matches([' ', '\t']);
+        let name = name
+            .get(
+                ..name
+                    .bytes()
+                    .rposition(|b| b != b' ' && b != b'\t')
+                    .map_or(0, |i| i + 1),
+            )
+            .unwrap_or("");
         if !is_token(name) {
             return Err(ParseError::malformed("bad header name"));
         }
@@ -332,12 +352,12 @@ pub fn parse_with<'a>(
         });
         Ok(())
     };
-    for &(s, e, n) in iter {
-        let line = text(s, e);
-        if memchr::memchr(b'\r', line.as_bytes()).is_some() {
+    for (k, &(s, e, n)) in iter.enumerate() {
+        // `k + 1`: the line's index (the start line is 0).
+        if bare_cr == Some(k + 1) {
             return Err(ParseError::malformed("bare CR in header"));
         }
-        if line.starts_with([' ', '\t']) {
+        if matches!(bytes.get(s), Some(b' ' | b'\t')) {
             match cur.as_mut() {
                 Some(c) => {
                     c.1 = e;
@@ -1181,6 +1201,9 @@ fn keep(first: &mut Option<ParseError>, r: Result<()>) {
         *first = Some(e);
     }
 }
+
+#[cfg(test)]
+mod before;
 
 #[cfg(test)]
 mod tests {
