@@ -1017,8 +1017,17 @@ const IDENTITY_KEY_ID: u32 = 0xC0DE_0001;
 
 #[derive(Serialize, Deserialize)]
 struct IdentityFile {
+    /// Holds the private key: wiped when the file's form is dropped.
     pem: String,
     pin: Option<String>,
+}
+
+impl Drop for IdentityFile {
+    fn drop(&mut self) {
+        drop(callgate_vault::Zeroizing::new(std::mem::take(
+            &mut self.pem,
+        )));
+    }
 }
 
 fn hex_decode(s: &str) -> Option<[u8; 32]> {
@@ -1089,8 +1098,8 @@ pub fn load_identity(
     let json = keyring.open(IDENTITY_AAD, sealed).map_err(|_| bad())?;
     let file: IdentityFile = serde_json::from_slice(&json).map_err(|_| bad())?;
     let id = Identity::from_pem(file.pem.as_bytes()).map_err(|e| e.to_string())?;
-    let pin = match file.pin {
-        Some(h) => Some(hex_decode(&h).ok_or_else(bad)?),
+    let pin = match file.pin.as_deref() {
+        Some(h) => Some(hex_decode(h).ok_or_else(bad)?),
         None => None,
     };
     Ok((id, pin))
@@ -1105,6 +1114,22 @@ pub fn remove_identity(state_dir: &Path) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
     use super::*;
+
+    #[test]
+    fn the_identity_and_its_pin_come_back_sealed_and_only_under_their_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Kek::generate().unwrap();
+        let id = Identity::generate("a").unwrap();
+        save_identity(dir.path(), &kek, &id, Some([7u8; 32])).unwrap();
+        let raw = std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap();
+        assert!(!raw.windows(11).any(|w| w == b"PRIVATE KEY"));
+        let (back, pin) = load_identity(dir.path(), &kek, "a").unwrap();
+        assert_eq!(back.certificate_der(), id.certificate_der());
+        assert_eq!(*back.to_pem(), *id.to_pem());
+        assert_eq!(pin, Some([7u8; 32]));
+        let other = Kek::generate().unwrap();
+        assert!(load_identity(dir.path(), &other, "a").is_err());
+    }
 
     #[test]
     fn the_peer_can_never_block_a_carrier_a_destination_or_a_pair_node() {

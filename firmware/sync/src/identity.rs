@@ -69,7 +69,12 @@ impl Identity {
     /// The stored form: certificate and private key, PEM. Holds the private key: wrap it
     /// before it touches a disk.
     pub fn to_pem(&self) -> Zeroizing<String> {
-        let mut out = Zeroizing::new(String::new());
+        // Sized once: a `String` that grows frees its old buffer (the key's first lines)
+        // unwiped; `Zeroizing` wipes only the last one.
+        let mut out = Zeroizing::new(String::with_capacity(
+            pem_block_len("CERTIFICATE", self.cert.len())
+                + pem_block_len("PRIVATE KEY", self.key.len()),
+        ));
         push_pem_block(&mut out, "CERTIFICATE", &self.cert);
         push_pem_block(&mut out, "PRIVATE KEY", &self.key);
         out
@@ -186,6 +191,14 @@ fn check_node_name(name: &str) -> Result<(), IdentityError> {
 
 /// Appends one PEM block (standard base64, 64 columns) to `out`. Writes straight into the
 /// caller's (zeroizing) string, so no stray copy of a private key is left behind.
+/// The length [`push_pem_block`] writes for `der_len` bytes under `label`: the two
+/// armour lines, base64 in lines of 64 characters, a line end after the last.
+fn pem_block_len(label: &str, der_len: usize) -> usize {
+    let chunks = der_len.div_ceil(3);
+    let breaks = chunks.saturating_sub(1) / 16 + usize::from(der_len > 0);
+    "-----BEGIN -----\n".len() + "-----END -----\n".len() + 2 * label.len() + 4 * chunks + breaks
+}
+
 fn push_pem_block(out: &mut String, label: &str, der: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     out.push_str("-----BEGIN ");
@@ -221,6 +234,23 @@ fn push_pem_block(out: &mut String, label: &str, der: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_block_is_as_long_as_its_length_says() {
+        for n in 0..400 {
+            let der = vec![0xA5u8; n];
+            let mut out = String::new();
+            push_pem_block(&mut out, "PRIVATE KEY", &der);
+            assert_eq!(out.len(), pem_block_len("PRIVATE KEY", n), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn the_pem_form_never_outgrows_its_first_buffer() {
+        let id = Identity::generate("pem-test").unwrap();
+        let pem = id.to_pem();
+        assert_eq!(pem.len(), pem.capacity());
+    }
 
     #[test]
     fn node_names_follow_the_config_and_dns() {
