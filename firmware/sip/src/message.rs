@@ -458,10 +458,11 @@ fn parse_version(v: &str) -> Result<()> {
 
 fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<UriFacts>)> {
     if line.starts_with("SIP/") || line.starts_with("sip/") {
-        let mut parts = line.splitn(3, ' ');
-        let version = parts.next().unwrap_or("");
+        // `SIP/2.0 code reason`: the reason may hold spaces.
+        let (version, rest) =
+            split_once_byte(line, b' ').map_or((line, None), |(v, r)| (v, Some(r)));
         parse_version(version)?;
-        let code = parts.next().unwrap_or("");
+        let (code, reason) = rest.map_or(("", ""), |r| split_once_byte(r, b' ').unwrap_or((r, "")));
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::malformed("status code must be 3 digits"));
         }
@@ -471,7 +472,6 @@ fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<UriFacts>)> {
         if !(100..=699).contains(&code) {
             return Err(ParseError::malformed("status code out of range"));
         }
-        let reason = parts.next().unwrap_or("");
         if reason.bytes().any(|b| b < 0x20 && b != b'\t') {
             return Err(ParseError::malformed("control character in reason phrase"));
         }
@@ -481,16 +481,20 @@ fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<UriFacts>)> {
         };
         return Ok((StartLine::Response(status), None));
     }
-    let (method, rest) = line
-        .split_once(' ')
+    let (method, rest) = split_once_byte(line, b' ')
         .ok_or(ParseError::malformed("request line needs three elements"))?;
-    let (uri, version) = rest
-        .rsplit_once(' ')
+    let last = rest
+        .bytes()
+        .rposition(|b| b == b' ')
         .ok_or(ParseError::malformed("request line needs three elements"))?;
+    let (uri, version) = (
+        rest.get(..last).unwrap_or(""),
+        rest.get(last + 1..).unwrap_or(""),
+    );
     if !is_token(method) {
         return Err(ParseError::malformed("bad method"));
     }
-    if uri.is_empty() || uri.contains([' ', '\t']) || version.is_empty() {
+    if uri.is_empty() || uri.bytes().any(|b| b == b' ' || b == b'\t') || version.is_empty() {
         return Err(ParseError::malformed("extra whitespace in request line"));
     }
     parse_version(version)?;

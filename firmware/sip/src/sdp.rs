@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::syntax::{find_byte, split_byte, split_once_byte};
+
 /// An SDP parse error (the SIP layer answers 400 or 488 as it sees fit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid SDP: {0}")]
@@ -59,7 +61,7 @@ pub struct Connection<'a> {
 impl Connection<'_> {
     /// The address as an IP, if it is one (multicast suffixes stripped).
     pub fn ip(&self) -> Option<IpAddr> {
-        let base = self.address.split('/').next().unwrap_or("");
+        let base = split_once_byte(self.address, b'/').map_or(self.address, |(b, _)| b);
         let ip: IpAddr = base.parse().ok()?;
         let family_ok = match ip {
             IpAddr::V4(_) => self.addr_type.eq_ignore_ascii_case("IP4"),
@@ -249,7 +251,7 @@ fn checked_ip(c: &Connection<'_>) -> Result<IpAddr> {
     let ip = c.ip().ok_or(SdpError(
         "c= address is not an IP literal of its IN IP4/IP6 type",
     ))?;
-    if c.address.contains('/') || ip.is_multicast() {
+    if find_byte(c.address, b'/').is_some() || ip.is_multicast() {
         return Err(SdpError("multicast media is not carried"));
     }
     Ok(ip)
@@ -265,12 +267,20 @@ fn direction(attrs: &[Attribute<'_>]) -> Option<Direction> {
     })
 }
 
+/// Exactly `N` non-empty fields separated by single spaces.
 fn fields<'a, const N: usize>(v: &'a str, what: &'static str) -> Result<[&'a str; N]> {
-    let parts: Vec<&'a str> = v.split(' ').collect();
-    <[&'a str; N]>::try_from(parts)
-        .ok()
-        .filter(|a| a.iter().all(|p| !p.is_empty()))
-        .ok_or(SdpError(what))
+    let mut out = [""; N];
+    let mut parts = split_byte(v, b' ');
+    for slot in &mut out {
+        *slot = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(SdpError(what))?;
+    }
+    if parts.next().is_some() {
+        return Err(SdpError(what));
+    }
+    Ok(out)
 }
 
 fn parse_connection(v: &str) -> Result<Connection<'_>> {
@@ -283,13 +293,13 @@ fn parse_connection(v: &str) -> Result<Connection<'_>> {
 }
 
 fn parse_media(v: &str) -> Result<Media<'_>> {
-    let mut parts = v.split(' ');
+    let mut parts = split_byte(v, b' ');
     let media = parts
         .next()
         .filter(|s| !s.is_empty())
         .ok_or(SdpError("bad m= media"))?;
     let port_s = parts.next().ok_or(SdpError("m= without port"))?;
-    let (port, count) = match port_s.split_once('/') {
+    let (port, count) = match split_once_byte(port_s, b'/') {
         Some((p, c)) => (p, Some(c)),
         None => (port_s, None),
     };
@@ -331,8 +341,7 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>> {
 /// Parses an SDP body. Lines end in CRLF or LF; `v=0` must come first.
 pub fn parse_with<'a>(body: &'a [u8], limits: &SdpLimits) -> Result<Sdp<'a>> {
     let text = std::str::from_utf8(body).map_err(|_| SdpError("not UTF-8"))?;
-    let mut lines = text
-        .split('\n')
+    let mut lines = split_byte(text, b'\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .enumerate()
         .filter(|(i, l)| !(l.is_empty() && *i > 0));
@@ -361,7 +370,7 @@ pub fn parse_with<'a>(body: &'a [u8], limits: &SdpLimits) -> Result<Sdp<'a>> {
             return Err(SdpError("bad line type"));
         }
         let value = line.get(2..).unwrap_or("");
-        if value.contains('\r') {
+        if find_byte(value, b'\r').is_some() {
             return Err(SdpError("bare CR"));
         }
         let in_media = !sdp.media.is_empty();
@@ -398,7 +407,7 @@ pub fn parse_with<'a>(body: &'a [u8], limits: &SdpLimits) -> Result<Sdp<'a>> {
                 sdp.media.push(parse_media(value)?);
             }
             b'a' => {
-                let (name, v) = match value.split_once(':') {
+                let (name, v) = match split_once_byte(value, b':') {
                     Some((n, v)) => (n, Some(v)),
                     None => (value, None),
                 };
@@ -422,6 +431,18 @@ pub fn parse_with<'a>(body: &'a [u8], limits: &SdpLimits) -> Result<Sdp<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `fields` takes what splitting at every space and asking for exactly `N` non-empty
+    /// pieces takes.
+    #[test]
+    fn fields_are_exactly_n_non_empty_pieces() {
+        for v in ["a b c", "a  b c", "a b", "a b c d", " a b", "a b ", "", "abc", "a b c "] {
+            let pieces: Vec<&str> = v.split(' ').collect();
+            let want = (pieces.len() == 3 && pieces.iter().all(|p| !p.is_empty()))
+                .then(|| [pieces[0], pieces[1], pieces[2]]);
+            assert_eq!(fields::<3>(v, "x").ok(), want, "{v:?}");
+        }
+    }
 
     const OFFER: &[u8] = b"v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.5\r\ns=-\r\n\
 c=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n\

@@ -1,12 +1,16 @@
 //! `parse_with` as it was before its line scan was fused, kept for the tests only: the
-//! fast one must give exactly what this one gives, errors included.
+//! fast one must give exactly what this one gives, errors included. The start line's parser
+//! likewise.
 
 use std::borrow::Cow;
 
-use super::{parse_start_line, Framing, Header, Message};
+use super::{
+    parse_version, Framing, Header, Message, RequestLine, StartLine, StatusLine, UriFacts,
+};
 use crate::error::{ErrorKind, ParseError, Result};
 use crate::header::HeaderName;
 use crate::syntax::{is_token, parse_digits, split_once_byte, trim_lws};
+use crate::uri::parse_uri;
 use crate::Limits;
 
 /// Parses a message; returns it and the number of bytes it used (for streams,
@@ -197,6 +201,52 @@ pub(super) fn parse_with<'a>(
         },
         used,
     ))
+}
+
+fn parse_start_line(line: &str) -> Result<(StartLine<'_>, Option<UriFacts>)> {
+    if line.starts_with("SIP/") || line.starts_with("sip/") {
+        let mut parts = line.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        parse_version(version)?;
+        let code = parts.next().unwrap_or("");
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::malformed("status code must be 3 digits"));
+        }
+        let code: u16 = code
+            .parse()
+            .map_err(|_| ParseError::malformed("bad status code"))?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::malformed("status code out of range"));
+        }
+        let reason = parts.next().unwrap_or("");
+        if reason.bytes().any(|b| b < 0x20 && b != b'\t') {
+            return Err(ParseError::malformed("control character in reason phrase"));
+        }
+        let status = StatusLine {
+            code,
+            reason: Cow::Borrowed(reason),
+        };
+        return Ok((StartLine::Response(status), None));
+    }
+    let (method, rest) = line
+        .split_once(' ')
+        .ok_or(ParseError::malformed("request line needs three elements"))?;
+    let (uri, version) = rest
+        .rsplit_once(' ')
+        .ok_or(ParseError::malformed("request line needs three elements"))?;
+    if !is_token(method) {
+        return Err(ParseError::malformed("bad method"));
+    }
+    if uri.is_empty() || uri.contains([' ', '\t']) || version.is_empty() {
+        return Err(ParseError::malformed("extra whitespace in request line"));
+    }
+    parse_version(version)?;
+    let facts = UriFacts::of(&parse_uri(uri)?);
+    let request = RequestLine {
+        method: Cow::Borrowed(method),
+        uri: Cow::Borrowed(uri),
+    };
+    Ok((StartLine::Request(request), Some(facts)))
 }
 
 #[cfg(test)]
