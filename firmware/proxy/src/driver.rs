@@ -855,7 +855,7 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
                     log::trace!("sip: udp {local}: {e}");
                 }
             }
-            Ok(n) => {
+            Ok((n, drained)) => {
                 burst += n.max(1);
                 for (bytes, from) in batch.received() {
                     // Keepalives (CRLF) and tiny junk.
@@ -868,6 +868,15 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
                         conn: None,
                     };
                     feed(&sh, bytes, peer, local);
+                }
+                if drained {
+                    // Nothing more was waiting: wait for the next datagram (see
+                    // `Batch::recv`) rather than ask again.
+                    burst = 0;
+                    flush_effects(&sh);
+                    if let Err(e) = sock.readable().await {
+                        log::trace!("sip: udp {local}: {e}");
+                    }
                 }
             }
             Err(e) => {

@@ -436,7 +436,9 @@ mod tests {
     /// pieces takes.
     #[test]
     fn fields_are_exactly_n_non_empty_pieces() {
-        for v in ["a b c", "a  b c", "a b", "a b c d", " a b", "a b ", "", "abc", "a b c "] {
+        for v in [
+            "a b c", "a  b c", "a b", "a b c d", " a b", "a b ", "", "abc", "a b c ",
+        ] {
             let pieces: Vec<&str> = v.split(' ').collect();
             let want = (pieces.len() == 3 && pieces.iter().all(|p| !p.is_empty()))
                 .then(|| [pieces[0], pieces[1], pieces[2]]);

@@ -40,12 +40,19 @@ impl Batch {
         }
     }
 
-    /// Receives what is waiting, up to [`BATCH`] datagrams, without blocking: how many
-    /// (`WouldBlock` when none; tokio's readiness is cleared then).
-    pub(super) fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    /// Receives what is waiting, up to [`BATCH`] datagrams, without blocking: how many,
+    /// and whether that emptied the socket (`WouldBlock` when nothing was waiting).
+    ///
+    /// Fewer than [`BATCH`] means the queue was empty when the kernel took them, so the
+    /// socket is reported drained and tokio's readiness is cleared at once: the caller
+    /// waits instead of asking again only to hear `EAGAIN`, one system call per wake-up
+    /// saved. Nothing is missed: a datagram that arrives after this call raises a new
+    /// edge-triggered epoll event, which sets the readiness again (tokio clears it only if
+    /// no event came since the call began).
+    pub(super) fn recv(&mut self, sock: &UdpSocket) -> io::Result<(usize, bool)> {
         let Batch { bufs, headers, got } = self;
         got.clear();
-        sock.try_io(tokio::io::Interest::READABLE, || {
+        let res = sock.try_io(tokio::io::Interest::READABLE, || {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
                 .iter_mut()
                 .map(|b| [IoSliceMut::new(b.as_mut_slice())])
@@ -68,8 +75,20 @@ impl Batch {
                         .map(|from| (m.bytes, from)),
                 );
             }
+            if n < BATCH {
+                // Drained: `WouldBlock` has tokio clear the readiness; what was taken is
+                // in `got`.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok(n)
-        })
+        });
+        match res {
+            Ok(n) => Ok((n, false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !got.is_empty() => {
+                Ok((got.len(), true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The usable datagrams the last [`Batch::recv`] took, in order, with their sources.
@@ -162,6 +181,7 @@ fn send_all(sock: &UdpSocket, chunk: &[&(usize, SocketAddr, Payload)]) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
     use super::*;
+    use std::time::Duration;
 
     async fn bound() -> Rc<UdpSocket> {
         Rc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
@@ -199,7 +219,9 @@ mod tests {
     }
 
     /// What is waiting is taken in batches of at most `BATCH`, whole and in order, each
-    /// with its source; an empty socket is `WouldBlock`.
+    /// with its source; the batch that empties the socket says so, and clears the
+    /// readiness: waiting then lasts until the next datagram, which wakes it and is
+    /// received; an empty socket is `WouldBlock`.
     #[tokio::test(flavor = "current_thread")]
     async fn receives_what_waits_in_batches_with_sources() {
         let (a, b) = (bound().await, bound().await);
@@ -211,11 +233,13 @@ mod tests {
         }
         let mut batch = Batch::new();
         let mut got = Vec::new();
+        let mut batches = Vec::new();
         while got.len() < n {
             a.readable().await.unwrap();
             match batch.recv(&a) {
-                Ok(k) => {
+                Ok((k, drained)) => {
                     assert!((1..=BATCH).contains(&k));
+                    batches.push((k, drained));
                     for (bytes, from) in batch.received() {
                         assert_eq!(from, b.local_addr().unwrap());
                         got.push(String::from_utf8(bytes.to_vec()).unwrap());
@@ -226,6 +250,26 @@ mod tests {
         }
         let want: Vec<String> = (0..n).map(|i| format!("datagram {i}")).collect();
         assert_eq!(got, want);
+        assert_eq!(batches, vec![(BATCH, false), (5, true)]);
+        // Drained: the readiness is gone, so waiting waits.
+        let idle = tokio::time::timeout(Duration::from_millis(100), a.readable()).await;
+        assert!(
+            idle.is_err(),
+            "readable without a datagram after a drained batch"
+        );
+        // The next datagram wakes the wait and is received.
+        b.send_to(b"one more", a.local_addr().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), a.readable())
+            .await
+            .expect("a datagram after a drained batch wakes the wait")
+            .unwrap();
+        assert_eq!(batch.recv(&a).ok(), Some((1, true)));
+        assert_eq!(
+            batch.received().next().map(|(b, _)| b.to_vec()),
+            Some(b"one more".to_vec())
+        );
         assert_eq!(
             batch.recv(&a).map_err(|e| e.kind()),
             Err(io::ErrorKind::WouldBlock)
