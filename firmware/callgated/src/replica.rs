@@ -1050,7 +1050,8 @@ pub fn save_identity(
     pin: PeerPin,
 ) -> Result<(), String> {
     let file = IdentityFile {
-        pem: identity.to_pem().to_string(),
+        // Moved out of its zeroizing wrapper, not copied: the form wipes it on drop.
+        pem: std::mem::take(&mut *identity.to_pem()),
         pin: pin.map(|p| hex(&p)),
     };
     // The file holds the private key: every buffer the JSON outgrows is wiped.

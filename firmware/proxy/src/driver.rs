@@ -847,14 +847,10 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
             flush_effects(&sh);
             tokio::task::yield_now().await;
         }
-        match batch.recv(&sock) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                burst = 0;
-                flush_effects(&sh);
-                if let Err(e) = sock.readable().await {
-                    log::trace!("sip: udp {local}: {e}");
-                }
-            }
+        // Whether the socket is empty: wait for the next datagram rather than ask again
+        // (see `Batch::recv`).
+        let drained = match batch.recv(&sock) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Ok((n, drained)) => {
                 burst += n.max(1);
                 for (bytes, from) in batch.received() {
@@ -869,19 +865,19 @@ async fn udp_loop(sh: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
                     };
                     feed(&sh, bytes, peer, local);
                 }
-                if drained {
-                    // Nothing more was waiting: wait for the next datagram (see
-                    // `Batch::recv`) rather than ask again.
-                    burst = 0;
-                    flush_effects(&sh);
-                    if let Err(e) = sock.readable().await {
-                        log::trace!("sip: udp {local}: {e}");
-                    }
-                }
+                drained
             }
             Err(e) => {
                 // ICMP errors surface here on Linux (ECONNREFUSED); keep going.
                 burst += 1;
+                log::trace!("sip: udp {local}: {e}");
+                false
+            }
+        };
+        if drained {
+            burst = 0;
+            flush_effects(&sh);
+            if let Err(e) = sock.readable().await {
                 log::trace!("sip: udp {local}: {e}");
             }
         }

@@ -189,8 +189,6 @@ fn check_node_name(name: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Appends one PEM block (standard base64, 64 columns) to `out`. Writes straight into the
-/// caller's (zeroizing) string, so no stray copy of a private key is left behind.
 /// The length [`push_pem_block`] writes for `der_len` bytes under `label`: the two
 /// armour lines, base64 in lines of 64 characters, a line end after the last.
 fn pem_block_len(label: &str, der_len: usize) -> usize {
@@ -199,6 +197,8 @@ fn pem_block_len(label: &str, der_len: usize) -> usize {
     "-----BEGIN -----\n".len() + "-----END -----\n".len() + 2 * label.len() + 4 * chunks + breaks
 }
 
+/// Appends one PEM block (standard base64, 64 columns) to `out`. Writes straight into the
+/// caller's (zeroizing) string, so no stray copy of a private key is left behind.
 fn push_pem_block(out: &mut String, label: &str, der: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     out.push_str("-----BEGIN ");
