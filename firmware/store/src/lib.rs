@@ -977,6 +977,15 @@ impl Store {
         })
     }
 
+    /// Before records leave the tree: every released slot of the calls-in-progress file
+    /// zeroed, durably ([`open::OpenSlots::zero_all_durably`]), so that no crash can bring a
+    /// removed record back from a slot that still names it.
+    fn zero_released_slots(&self) -> Result<(), StoreError> {
+        self.slots()?
+            .zero_all_durably()
+            .map_err(StoreError::OpenCalls)
+    }
+
     /// The records held in open-call slots, decoded, ascending by id; with `pick`, only
     /// those it keeps of the ids (ascending).
     fn open_cdrs(
@@ -1650,11 +1659,15 @@ impl Store {
                 }
             }
         }
+        // Each write takes a released slot over if there is one (most often one the
+        // previous batch released), and that slot's header then needs no zeroing.
+        let written = recs.iter().try_for_each(|(id, s)| slots.write(*id, s));
+        if let Err(e) = slots.zero_released() {
+            log::warn!("store: released slots not zeroed: {e}");
+        }
+        written?;
         if recs.is_empty() {
             return Ok(());
-        }
-        for (id, s) in recs {
-            slots.write(*id, s)?;
         }
         slots.sync()
     }
@@ -2011,6 +2024,8 @@ impl Store {
     /// until the subject is erased).
     pub fn remove_cdr(&self, id: u64) -> Result<bool, StoreError> {
         let key = id.to_be_bytes();
+        // No released slot may still name a record that leaves the tree.
+        self.zero_released_slots()?;
         // Removed from the tree here, before the commit that makes it durable: the old
         // value says which record in the log is released.
         let Some(old) = self.t.cdrs.remove(key)? else {
@@ -2019,7 +2034,7 @@ impl Store {
                 return Ok(false);
             }
             slots.release(id).map_err(StoreError::OpenCalls)?;
-            slots.sync().map_err(StoreError::OpenCalls)?;
+            slots.zero_all_durably().map_err(StoreError::OpenCalls)?;
             return Ok(true);
         };
         let mut ops = Vec::new();

@@ -88,6 +88,10 @@ impl Store {
         }
         let mut tokens = BTreeSet::new();
         let ids: BTreeSet<u64> = old.iter().map(|(id, _)| *id).collect();
+        if !old.is_empty() {
+            // As in `remove_cdr`: no released slot may still name a record that leaves.
+            self.zero_released_slots()?;
+        }
         for chunk in old.chunks(BATCH) {
             let mut ops = Vec::new();
             for (id, token) in chunk {

@@ -354,3 +354,53 @@ fn the_calls_in_progress_now_are_those_still_open_that_can_be_carried_on() {
     assert_eq!(now.len(), 1);
     assert_eq!((now[0].id, &now[0].value), (ids[0], &live));
 }
+
+/// A call's slot keeps naming its record for a batch after the call ended (the next batch
+/// may take it over). A record that then leaves the tree, by `remove_cdr` or retention,
+/// must not come back from that slot after a crash.
+#[test]
+fn a_removed_record_does_not_come_back_from_its_released_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kek::generate().unwrap();
+    let names = |id: u64| {
+        let file = std::fs::read(dir.path().join(OPEN_FILE)).unwrap();
+        file.chunks(1024)
+            .any(|slot| slot.starts_with(b"CGo1") && slot[8..16] == id.to_be_bytes())
+    };
+    // A call in progress, then one that ends; the first is held open throughout, so the
+    // file is not emptied by the last release.
+    let call_that_ends = |s: &Store, prefix: &str| {
+        let (ids, cdrs) = calls_in_progress(s, 1, prefix);
+        let end = ended(&cdrs[0]);
+        s.put_cdrs(&[(ids[0], &end)]).unwrap();
+        assert!(names(ids[0]), "released, not zeroed yet");
+        (ids[0], end)
+    };
+    // Calls held open: answered long after the others ended, so retention keeps them.
+    let held_call = |s: &Store, caller: &str| {
+        let id = s.reserve_cdr_id();
+        let c = answered(caller, 1_000_000);
+        assert!(s.put_open_cdrs(&[(id, &c)]).unwrap().is_empty());
+        id
+    };
+    let s = Store::open(dir.path(), k.clone()).unwrap();
+    let held = held_call(&s, "+12025550300");
+    let (by_hand, _) = call_that_ends(&s, "+1202555031");
+    assert!(s.remove_cdr(by_hand).unwrap());
+    assert!(!names(by_hand), "zeroed before it left");
+    // A crash: the store is dropped as it stands, and opened again.
+    drop(s);
+    let s = Store::open(dir.path(), k.clone()).unwrap();
+    let ids = |s: &Store| -> Vec<u64> { s.iter_cdrs().map(|r| r.unwrap().id).collect() };
+    assert_eq!(ids(&s), [held], "only the call still in progress");
+    // Retention, likewise. The recovered call is in the tree now (and stays: it is younger
+    // than the cutoff); another is held open.
+    let held2 = held_call(&s, "+12025550330");
+    let (expired, end) = call_that_ends(&s, "+1202555032");
+    let out = s.expire(end.end_at.unwrap() + 2, Some(1), None).unwrap();
+    assert_eq!(out.cdrs, 1, "the ended call, by retention");
+    assert!(!names(expired), "zeroed before it left");
+    drop(s);
+    let s = Store::open(dir.path(), k).unwrap();
+    assert_eq!(ids(&s), [held, held2]);
+}
