@@ -25,7 +25,7 @@ impl Proxy {
     /// Fires what is due at `now`: transaction timers, call timers, health probes.
     pub fn on_timer(&mut self, now: Now, out: &mut Vec<Output>) {
         for (key, act) in self.txs.poll_timers(now.mono) {
-            self.run_actions(now, &key, vec![act], out);
+            self.run_actions(now, &key, [act], out);
         }
         self.accepted.expire(now.mono);
         while let Some(&(at, seq, kind)) = self.timers.first() {

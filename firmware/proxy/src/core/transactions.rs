@@ -235,7 +235,7 @@ impl Proxy {
                         self.send(info.peer, info.local, b.into(), out);
                     }
                 }
-                other => self.run_actions(now, &key, vec![other], out),
+                other => self.run_actions(now, &key, [other], out),
             }
         }
     }
@@ -255,7 +255,7 @@ impl Proxy {
         &mut self,
         now: Now,
         key: &TransactionKey,
-        acts: Vec<Action<Payload>>,
+        acts: impl IntoIterator<Item = Action<Payload>>,
         out: &mut Vec<Output>,
     ) {
         for act in acts {

@@ -154,7 +154,9 @@ impl<M: Clone> Table<M> {
     ) -> Result<Actions<M>, TableError> {
         let entry = self.live.get_mut(key).ok_or(TableError::NoMatch)?;
         let actions = entry.tx.on_event(event, now);
-        self.refile(key);
+        if refile(&mut self.deadlines, key, entry) {
+            self.live.remove(key);
+        }
         Ok(actions)
     }
 
@@ -191,10 +193,11 @@ impl<M: Clone> Table<M> {
             };
             // The index entry is gone; forget it so `refile` does not look for it.
             entry.deadline = None;
-            for action in entry.tx.on_timer(now) {
-                out.push((key.clone(), action));
+            let actions = entry.tx.on_timer(now);
+            if refile(&mut self.deadlines, &key, entry) {
+                self.live.remove(&key);
             }
-            self.refile(&key);
+            out.extend(actions.into_iter().map(|a| (key.clone(), a)));
         }
         out
     }
@@ -217,27 +220,37 @@ impl<M: Clone> Table<M> {
     }
 
     fn insert(&mut self, key: TransactionKey, tx: Transaction<M>) {
-        self.live.insert(key.clone(), Entry { tx, deadline: None });
-        self.refile(&key);
+        let mut entry = Entry { tx, deadline: None };
+        if !refile(&mut self.deadlines, &key, &mut entry) {
+            self.live.insert(key, entry);
+        }
     }
+}
 
-    /// Re-files `key` under its current deadline, or drops it if terminated.
-    fn refile(&mut self, key: &TransactionKey) {
-        let Some(entry) = self.live.get_mut(key) else {
-            return;
-        };
-        if let Some(old) = entry.deadline.take() {
-            self.deadlines.remove(&(old, key.clone()));
+/// Files `key` in `deadlines` under its transaction's next deadline (none once it is
+/// terminated), moving it only if that changed. Returns whether the transaction is
+/// terminated: the caller then drops its entry.
+fn refile<M: Clone>(
+    deadlines: &mut BTreeSet<(Millis, TransactionKey)>,
+    key: &TransactionKey,
+    entry: &mut Entry<M>,
+) -> bool {
+    let terminated = entry.tx.is_terminated();
+    let next = if terminated {
+        None
+    } else {
+        entry.tx.next_deadline()
+    };
+    if next != entry.deadline {
+        if let Some(old) = entry.deadline {
+            deadlines.remove(&(old, key.clone()));
         }
-        if entry.tx.is_terminated() {
-            self.live.remove(key);
-            return;
+        if let Some(new) = next {
+            deadlines.insert((new, key.clone()));
         }
-        entry.deadline = entry.tx.next_deadline();
-        if let Some(new) = entry.deadline {
-            self.deadlines.insert((new, key.clone()));
-        }
+        entry.deadline = next;
     }
+    terminated
 }
 
 #[cfg(test)]
