@@ -181,6 +181,16 @@ pub fn parse_tag(s: &str) -> Result<Option<&str>> {
     Ok(find_param(&params, "tag").and_then(|p| p.value))
 }
 
+/// The URI of a `name-addr` or `addr-spec` as written, and whether it was in `<>`, without
+/// parsing the URI or the header parameters: the value is split as [`parse_name_addr`]
+/// splits it. On a value [`parse_name_addr`] accepts it gives that parse's
+/// `uri.as_str()` and `angle`; what it does not look at, it does not check (the proxy asks
+/// it of validated messages).
+pub fn name_addr_uri(s: &str) -> Result<(&str, bool)> {
+    let p = name_addr_parts(s)?;
+    Ok((p.uri, p.angle))
+}
+
 /// A `name-addr` or `addr-spec` with header parameters, split but for the URI and the
 /// parameters themselves.
 struct NameAddrParts<'a> {
@@ -449,6 +459,62 @@ pub fn check_sip_date(s: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `name_addr_uri` gives what `parse_name_addr` gives, on every value that parses: the
+    /// From, To, Contact, Route and Record-Route values of the RFC 4475 messages, and forms
+    /// written here.
+    #[test]
+    fn name_addr_uri_agrees_with_the_full_parse() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/conformance/rfc4475"
+        );
+        let files: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .collect();
+        assert!(files.len() > 30, "the RFC 4475 messages are there");
+        let mut values: Vec<String> = [
+            "\"A \\\"b\" <sip:a@example.com;lr>;tag=1",
+            "sip:a@example.com;tag=1",
+            "<sip:x.example>",
+            " Bob <sips:b@c.example:5061;transport=tls> ;expires=60",
+            "<tel:+12025550100>",
+            "sip:192.0.2.1:5060",
+            "Anonymous <sip:[2001:db8::1]:5060;maddr=x>",
+            "<urn:service:sos>",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let kinds = [
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::Contact,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+        ];
+        for bytes in &files {
+            let Ok(m) = crate::message::parse(bytes) else {
+                continue;
+            };
+            for kind in kinds {
+                values.extend(m.each_value(kind).flatten().map(str::to_owned));
+            }
+        }
+        let mut agreed = 0;
+        for v in &values {
+            if let Ok(n) = parse_name_addr(v) {
+                assert_eq!(
+                    name_addr_uri(v).unwrap(),
+                    (n.uri.as_str(), n.angle),
+                    "{v:?}"
+                );
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 60, "{agreed} values compared");
+    }
 
     #[test]
     fn compact_forms() {

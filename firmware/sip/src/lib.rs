@@ -116,8 +116,8 @@ pub use error::{ErrorKind, ParseError};
 pub use exercise::{exercise, exercise_stream};
 pub use framer::{FramerPhase, StreamFramer};
 pub use header::{
-    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_tag, parse_token_list,
-    parse_via, CSeq, HeaderName, NameAddr, Via,
+    check_sip_date, name_addr_uri, parse_cseq, parse_media_type, parse_name_addr, parse_tag,
+    parse_token_list, parse_via, CSeq, HeaderName, NameAddr, Via,
 };
 pub use message::{
     parse, parse_with, reason_phrase, Framing, Header, Message, RequestLine, StartLine, StatusLine,

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use crate::error::{ErrorKind, ParseError, Result};
 use crate::header::{
-    check_sip_date, parse_cseq, parse_media_type, parse_name_addr, parse_tag, parse_via,
-    token_items, CSeq, HeaderName, NameAddr, Via,
+    check_sip_date, name_addr_uri, parse_cseq, parse_media_type, parse_name_addr, parse_tag,
+    parse_via, token_items, CSeq, HeaderName, NameAddr, Via,
 };
 use crate::syntax::{is_token, parse_digits, split_once_byte, split_top, trim_lws};
 use crate::uri::{parse_uri, Uri};
@@ -687,6 +687,29 @@ impl<'a> Message<'a> {
             return Err(ParseError::malformed("Record-Route must be name-addr"));
         }
         Ok(r)
+    }
+
+    /// Record-Route URIs as written, top first, without parsing them
+    /// ([`crate::header::name_addr_uri`]: for validated messages). A value not in `<>` is
+    /// refused, as by [`Self::record_routes`].
+    pub fn record_route_uris(&self) -> Result<Vec<&str>> {
+        self.each_value(HeaderName::RecordRoute)
+            .map(|v| match name_addr_uri(v?)? {
+                (uri, true) => Ok(uri),
+                (_, false) => Err(ParseError::malformed("Record-Route must be name-addr")),
+            })
+            .collect()
+    }
+
+    /// The first Contact's URI as written, without parsing it
+    /// ([`crate::header::name_addr_uri`]: for validated messages); `Ok(None)` without a
+    /// Contact or for the wildcard `Contact: *`.
+    pub fn first_contact_uri(&self) -> Result<Option<&str>> {
+        match self.each_value(HeaderName::Contact).next() {
+            None => Ok(None),
+            Some(v) if trim_lws(v?) == "*" => Ok(None),
+            Some(v) => Ok(Some(name_addr_uri(v?)?.0)),
+        }
     }
 
     /// Contact values; `Ok(None)` for the wildcard `Contact: *`.

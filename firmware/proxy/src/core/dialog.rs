@@ -478,7 +478,8 @@ impl DialogInfo {
     }
 }
 
-/// The first Contact's URI of `m`.
+/// The first Contact's URI of `m`, parsed and checked (a response: they are not validated
+/// as a whole).
 fn contact_of(m: &Message<'_>) -> Option<String> {
     m.contacts()
         .ok()??
@@ -501,14 +502,16 @@ impl CallerSide {
     /// `None` when the INVITE lacks what a dialog needs (no Contact, a malformed header):
     /// the call goes on, without BYEs of our own.
     pub(super) fn of(inv: &Message<'_>) -> Option<CallerSide> {
+        // The INVITE passed validation (`sip::check`), which parsed its Contact and
+        // Record-Route values in full: their URIs are taken as written.
         Some(CallerSide {
             from: inv.single(HeaderName::From).ok()??.to_owned(),
-            contact: contact_of(inv)?,
+            contact: inv.first_contact_uri().ok()??.to_owned(),
             record_route: inv
-                .record_routes()
+                .record_route_uris()
                 .ok()?
-                .iter()
-                .map(|r| r.uri.as_str().to_string())
+                .into_iter()
+                .map(str::to_owned)
                 .collect(),
             cseq: inv.cseq().ok()?.seq,
         })
