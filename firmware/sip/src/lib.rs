@@ -125,7 +125,7 @@ pub use message::{
 };
 pub use syntax::{push_decimal, push_ipv4, unescape, unquote, Host, Param, Params};
 pub use uri::{parse_uri, AbsoluteUri, SipUri, TelUri, Uri};
-pub use verdict::{check, verdict, verdict_with, Policy, Verdict};
+pub use verdict::{check, check_with, verdict, verdict_with, Policy, Verdict};
 
 /// Size and count limits applied while parsing untrusted input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -776,6 +776,17 @@ impl<'a> Message<'a> {
     /// every typed header parses, CSeq method matches, Request-URI carries no
     /// headers, Date is GMT, counts within `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
+        self.validate_with(limits, |_| {})
+    }
+
+    /// [`Self::validate`], handing each Via value it parses to `on_via`, top first, so
+    /// that the caller need not parse them again. A Via that does not parse is not handed
+    /// on; what was handed on counts only if the whole message validates.
+    pub fn validate_with<'s>(
+        &'s self,
+        limits: &Limits,
+        mut on_via: impl FnMut(Via<'s>),
+    ) -> Result<()> {
         // One pass over the headers, each typed value parsed once and nothing allocated;
         // the first error of each check is kept and reported in the order below (the
         // order of the checks decides the status code of a message with several faults).
@@ -795,7 +806,7 @@ impl<'a> Message<'a> {
                 HeaderName::Via => {
                     for item in h.each_value() {
                         v.vias += 1;
-                        keep(&mut v.via, item.and_then(parse_via).map(drop));
+                        keep(&mut v.via, item.and_then(parse_via).map(&mut on_via));
                     }
                     continue;
                 }
@@ -1017,6 +1028,13 @@ impl<'a> Message<'a> {
         parse_via(&value)?;
         self.insert_top(Header::new("Via", value));
         Ok(())
+    }
+
+    /// [`Self::prepend_via`] for a value the caller built itself from its own address and
+    /// a branch it generated: it is not parsed again. Nothing from the network may go
+    /// here; the caller's tests check that what it builds parses.
+    pub fn prepend_built_via(&mut self, value: String) {
+        self.insert_top(Header::new("Via", Cow::Owned(value)));
     }
 
     /// Removes the top Via value (RFC 3261 §16.7 step 3); returns whether there was one.

@@ -157,7 +157,7 @@ impl Proxy {
         if in_local != out_local || in_transport != out_transport {
             m.add_record_route(&rr(out_local, out_transport)).ok()?;
         }
-        m.prepend_via(via.to_string()).ok()?;
+        m.prepend_built_via(via.to_string());
         Some(m.serialize())
     }
 

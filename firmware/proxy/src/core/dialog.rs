@@ -84,7 +84,7 @@ impl Proxy {
         let mut m = msg.clone();
         self.strip_our_routes(&mut m)?;
         m.decrement_max_forwards().ok()??;
-        m.prepend_via(via.to_string()).ok()?;
+        m.prepend_built_via(via.to_string());
         Some(m.serialize())
     }
 

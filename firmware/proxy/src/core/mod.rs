@@ -38,7 +38,7 @@ use callgate_sip::transaction::{
     Action, Event, Incoming, MessageRef, Millis, Outgoing, State as TxState, Table, TableError,
     Timers, TransactionKey, Transport as TxTransport,
 };
-use callgate_sip::{self as sip, parse_via, HeaderName, Message, Policy, Uri, Verdict};
+use callgate_sip::{self as sip, HeaderName, Message, Policy, Uri, Verdict, Via};
 use ipnet::IpNet;
 
 use crate::media::{self, Media, MediaRules, Side};
@@ -998,8 +998,19 @@ impl Proxy {
         // Responses are only taken from peers we sent the request to (their top Via
         // carries one of our random branches); they get the checks forwarding needs
         // (start line, Via, CSeq) instead of the full validation requests get.
+        // A request's Via values are parsed once, by validation: the top is kept, and
+        // one of ours with our branch mark says the request already passed through us
+        // (a loop, RFC 3261 §16.3 step 4).
+        let mut top_via = None;
+        let mut looped = false;
         let verdict = if msg.is_request() {
-            sip::check(&msg, &self.policy)
+            sip::check_with(&msg, &self.policy, |v| {
+                looped |=
+                    self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg"));
+                if top_via.is_none() {
+                    top_via = Some(v);
+                }
+            })
         } else {
             // Checked where it is used: on_response drops what lacks Via, CSeq or Call-ID.
             Verdict::Accept
@@ -1020,7 +1031,7 @@ impl Proxy {
         }
         if msg.is_request() {
             self.alias(&msg, peer, out);
-            self.on_request(rq, bytes, out);
+            self.on_request(rq, bytes, top_via.as_ref(), looped, out);
         } else {
             self.on_response(now, &msg, peer, out);
         }
@@ -1080,7 +1091,16 @@ impl Proxy {
         }
     }
 
-    fn on_request(&mut self, rq: &Req<'_, '_>, bytes: &[u8], out: &mut Vec<Output>) {
+    /// A request that passed validation, with its top Via and whether one of its Vias
+    /// is ours (both from validation's parse, [`sip::check_with`]).
+    fn on_request(
+        &mut self,
+        rq: &Req<'_, '_>,
+        bytes: &[u8],
+        top: Option<&Via<'_>>,
+        looped: bool,
+        out: &mut Vec<Output>,
+    ) {
         let Req {
             now,
             msg,
@@ -1088,24 +1108,12 @@ impl Proxy {
             local,
         } = *rq;
         let Some(method) = msg.method() else { return };
-        // Every Via value parsed once, in place (no list built): a broken one drops the
-        // request as before; a request that already passed through us is a loop (RFC 3261
-        // §16.3 step 4); the first is the top.
-        let mut top = None;
-        let mut looped = false;
-        for v in msg.each_value(HeaderName::Via) {
-            let Ok(v) = v.and_then(parse_via) else { return };
-            looped |= self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg"));
-            if top.is_none() {
-                top = Some(v);
-            }
-        }
         if looped {
             self.stats.refused_loop += 1;
             self.reply_stateless(rq, 482, &[], out);
             return;
         }
-        let Some(top) = top.as_ref() else { return };
+        let Some(top) = top else { return };
         let Some(branch) = top.branch() else {
             self.reply_stateless(rq, 400, &[], out);
             return;

@@ -141,6 +141,29 @@ fn via_sent_by_is_the_host_in_lower_case_and_the_port_as_written() {
     }
 }
 
+/// Our own Vias go onto forwarded requests unparsed (`prepend_built_via`): each one we
+/// build, for every kind of address and transport, parses, and names the address and
+/// the branch it was built from.
+#[test]
+fn our_vias_parse_as_built() {
+    let mut lab = Lab::new();
+    for local in [
+        "203.0.113.1:5060",
+        "198.51.100.1:5061",
+        "[2001:db8::1]:5060",
+    ] {
+        let local = sa(local);
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            let (via, branch) = lab.proxy.our_via(local, t);
+            let v = sip::parse_via(&via).unwrap();
+            assert_eq!(v.transport, t.via_name(), "{via}");
+            assert_eq!(crate::core::via_sent_by(&v), local.to_string(), "{via}");
+            assert_eq!(v.branch(), Some(branch.as_str()), "{via}");
+            assert!(branch.starts_with("z9hG4bK"), "{via}");
+        }
+    }
+}
+
 /// A branch's random part is `format!("{:016x}")` of the number.
 #[test]
 fn hex16_is_what_format_writes() {
