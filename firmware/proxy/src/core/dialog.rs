@@ -327,11 +327,24 @@ impl Proxy {
             for (to_caller, peer, local) in
                 [(true, caller, caller_local), (false, callee, callee_local)]
             {
-                let (via, branch) = self.our_via(local, peer.transport);
+                let target = d.contact_of(to_caller);
                 let route = d.route_toward(to_caller);
+                // The callee's side came from a 2xx, as written: each URI is checked before
+                // it goes into a request of ours.
+                if sip::parse_uri(target).is_err()
+                    || route.iter().any(|r| sip::parse_uri(r).is_err())
+                {
+                    let side = if to_caller { "caller" } else { "callee" };
+                    let line = format!(
+                        "call {seq}: no BYE to the {side}: its Contact or route does not parse"
+                    );
+                    self.log(now, "bye-skipped", log::Level::Warn, line, out);
+                    continue;
+                }
+                let (via, branch) = self.our_via(local, peer.transport);
                 let (from, to) = (d.from(), d.to());
                 let spec = msgs::ByeSpec {
-                    target: d.contact_of(to_caller),
+                    target,
                     route: &route,
                     via: &via,
                     from: if to_caller { to } else { from },
@@ -355,7 +368,9 @@ impl Proxy {
 }
 
 /// What our own BYEs need for an answered call: the dialog's From and To, both parties'
-/// Contacts, the route toward each, and the highest CSeq each party has used. It lives in
+/// Contacts, the route toward each, and the highest CSeq each party has used. The URIs
+/// are kept as written, not parsed: the caller's were validated with its INVITE, the
+/// callee's are checked when a BYE is built ([`Proxy::bye_both_ways`]). It lives in
 /// the call, with one allocation (it lasts as long as the call; memory per dialog is a
 /// figure of the benchmark): where each text ends (u32 LE each), then the texts back to
 /// back, read through the named accessors below.
@@ -478,15 +493,6 @@ impl DialogInfo {
     }
 }
 
-/// The first Contact's URI of `m`, parsed and checked (a response: they are not validated
-/// as a whole).
-fn contact_of(m: &Message<'_>) -> Option<String> {
-    m.contacts()
-        .ok()??
-        .first()
-        .map(|c| c.uri.as_str().to_string())
-}
-
 /// The caller's side of a dialog, taken from its INVITE when the call is admitted (the
 /// message is parsed then; the answer need not parse it again): From, Contact, the
 /// Record-Route it carried, CSeq.
@@ -524,24 +530,22 @@ pub(super) fn dialog_info(
     ok: &Message<'_>,
     ours: usize,
 ) -> Option<DialogInfo> {
-    let callee_contact = contact_of(ok)?;
+    // The 2xx is not validated as a whole: its Contact and Record-Route URIs are kept as
+    // written, and `bye_both_ways` checks each before it writes it into a BYE.
+    let callee_contact = ok.first_contact_uri().ok()??;
     // Record-Route of the 2xx: [callee side..., ours..., caller side...].
-    let rr: Vec<String> = ok
-        .record_routes()
-        .ok()?
-        .iter()
-        .map(|r| r.uri.as_str().to_string())
-        .collect();
+    let rr = ok.record_route_uris().ok()?;
     // The caller side is what the INVITE already carried; ours are `ours` entries above it.
     let n_callee = rr.len().saturating_sub(caller.record_route.len() + ours);
-    let mut route_to_callee: Vec<String> = rr.iter().take(n_callee).cloned().collect();
+    let mut route_to_callee: Vec<String> =
+        rr.iter().take(n_callee).map(|r| (*r).to_owned()).collect();
     route_to_callee.reverse();
     Some(DialogInfo::new(
         DialogParts {
             from: &caller.from,
             to: ok.single(HeaderName::To).ok()??,
             caller_contact: &caller.contact,
-            callee_contact: &callee_contact,
+            callee_contact,
             route_to_caller: &caller.record_route,
             route_to_callee: &route_to_callee,
         },

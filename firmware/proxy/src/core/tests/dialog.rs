@@ -76,6 +76,51 @@ fn max_call_length_ends_the_call_both_ways() {
     assert_eq!(lab.proxy.call_count(), 0);
 }
 
+/// The callee's Contact and routes come from a 2xx, which is not validated as a whole,
+/// and are kept as written. A Contact URI that does not parse (a space in it, or a folded
+/// line that would put a CR LF into our request line) never reaches a request of ours:
+/// when the call is ended from here the callee gets no BYE, and the caller still gets
+/// one.
+#[test]
+fn a_2xx_contact_that_does_not_parse_gets_no_bye_of_ours() {
+    for contact in [
+        "<sip:pbx@198.51.100.10 x:5060>",
+        "<sip:pbx@198.51.100.10\r\n Injected: 1>",
+    ] {
+        let mut lab = Lab::with(Opts {
+            max_call: 10,
+            ..Opts::default()
+        });
+        lab.at(1_000);
+        let inv = Invite::new("bad-contact@x");
+        let out = lab.recv(carrier(), wan(), &inv.bytes());
+        let fwd = out.requests_to(pbx1().addr, "INVITE").remove(0);
+        lab.at(1_200);
+        let ok = String::from_utf8(pbx_reply(&fwd, 200, "pbx-tag", Some(30000))).unwrap();
+        let ok = ok.replace(
+            "Contact: <sip:pbx@198.51.100.10:5060>",
+            &format!("Contact: {contact}"),
+        );
+        assert!(ok.contains(contact));
+        let out = lab.pbx_says(pbx1(), ok.as_bytes());
+        assert_eq!(out.response_to(carrier().addr).status(), Some(200));
+        // The cap fires at 11_200.
+        lab.at(11_200);
+        let out = lab.tick();
+        assert_eq!(out.requests_to(carrier().addr, "BYE").len(), 1, "{out:#?}");
+        assert!(out.requests_to(pbx1().addr, "BYE").is_empty(), "{out:#?}");
+        assert!(
+            out.sends()
+                .iter()
+                .all(|s| !String::from_utf8_lossy(&s.bytes).contains("Injected")),
+            "{out:#?}"
+        );
+        let (_, c, ended) = out.record();
+        assert!(ended);
+        assert_eq!(c.duration_ms, 10_000);
+    }
+}
+
 /// The Call-ID index keeps no copy of the Call-ID (it hashes the one in the call): across
 /// its growth and removals, every held dialog's in-dialog requests still find their call,
 /// and an ended call's do not.
