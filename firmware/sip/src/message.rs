@@ -776,16 +776,18 @@ impl<'a> Message<'a> {
     /// every typed header parses, CSeq method matches, Request-URI carries no
     /// headers, Date is GMT, counts within `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        self.validate_with(limits, |_| {})
+        self.validate_with(limits, |_| {}, |_| {})
     }
 
-    /// [`Self::validate`], handing each Via value it parses to `on_via`, top first, so
-    /// that the caller need not parse them again. A Via that does not parse is not handed
-    /// on; what was handed on counts only if the whole message validates.
+    /// [`Self::validate`], handing each Via value it parses to `on_via` and each Route
+    /// value to `on_route`, top first, so that the caller need not parse them again. A
+    /// value that does not parse is not handed on; what was handed on counts only if the
+    /// whole message validates.
     pub fn validate_with<'s>(
         &'s self,
         limits: &Limits,
         mut on_via: impl FnMut(Via<'s>),
+        mut on_route: impl FnMut(&NameAddr<'s>),
     ) -> Result<()> {
         // One pass over the headers, each typed value parsed once and nothing allocated;
         // the first error of each check is kept and reported in the order below (the
@@ -816,7 +818,11 @@ impl<'a> Message<'a> {
                         let r =
                             item.and_then(parse_name_addr)
                                 .and_then(|n| match (n.angle, route) {
-                                    (true, _) => Ok(()),
+                                    (true, true) => {
+                                        on_route(&n);
+                                        Ok(())
+                                    }
+                                    (true, false) => Ok(()),
                                     (false, true) => {
                                         Err(ParseError::malformed("Route must be name-addr"))
                                     }

@@ -51,18 +51,19 @@ pub fn verdict_with(bytes: &[u8], policy: &Policy, framing: Framing) -> Verdict 
 /// [`verdict_with`] for a message the caller has already parsed (the proxy's hot path
 /// parses once): validation, then the request checks.
 pub fn check(msg: &Message<'_>, policy: &Policy) -> Verdict {
-    check_with(msg, policy, |_| {})
+    check_with(msg, policy, |_| {}, |_| {})
 }
 
-/// [`check`], handing each Via value validation parses to `on_via`, top first
-/// ([`Message::validate_with`]): they mean something only if the verdict is
-/// [`Verdict::Accept`].
+/// [`check`], handing each Via and each Route value validation parses to `on_via` and
+/// `on_route`, top first ([`Message::validate_with`]): they mean something only if the
+/// verdict is [`Verdict::Accept`].
 pub fn check_with<'m>(
     msg: &'m Message<'_>,
     policy: &Policy,
     on_via: impl FnMut(crate::header::Via<'m>),
+    on_route: impl FnMut(&crate::header::NameAddr<'m>),
 ) -> Verdict {
-    if let Err(e) = msg.validate_with(&policy.limits, on_via) {
+    if let Err(e) = msg.validate_with(&policy.limits, on_via, on_route) {
         if !msg.is_request() {
             return Verdict::Drop;
         }

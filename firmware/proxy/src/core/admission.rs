@@ -57,6 +57,7 @@ impl Proxy {
             msg,
             peer,
             local,
+            ..
         } = *rq;
         let src = peer.addr.ip();
         if self.routes.carrier_of(src).is_none() {

@@ -6,13 +6,12 @@ use super::*;
 impl Proxy {
     pub(super) fn on_ack(
         &mut self,
-        now: Now,
-        msg: &Message<'_>,
+        rq: &Req<'_, '_>,
         branch: &str,
         sent_by: &str,
-        peer: Peer,
         out: &mut Vec<Output>,
     ) {
+        let Req { now, msg, peer, .. } = *rq;
         // ACK for a non-2xx final response: absorbed by its INVITE server transaction. An
         // ACK matching a transaction in Accepted acknowledges a 2xx: end to end.
         if let Ok(key) = TransactionKey::server(branch, sent_by, "ACK") {
@@ -37,7 +36,7 @@ impl Proxy {
             }
         }
         // ACK for a 2xx: end to end, forwarded statelessly within the dialog.
-        self.forward_in_dialog_stateless(now, msg, peer, out);
+        self.forward_in_dialog_stateless(now, msg, peer, rq.our_routes, out);
     }
 
     /// Finds the call of an in-dialog request and which way it goes; `None` (with the
@@ -59,8 +58,6 @@ impl Proxy {
         Ok((seq, from_caller))
     }
 
-    /// The edited in-dialog request toward the other party: our Routes popped, Max-Forwards
-    /// decremented, our Via on top.
     /// Takes our own entries off the top of `m`'s route set, parsing one value at a time
     /// (requests were validated: every Route value is a name-addr). `None` if a value does
     /// not parse.
@@ -80,9 +77,19 @@ impl Proxy {
         }
     }
 
-    pub(super) fn edit_in_dialog(&self, msg: &Message<'_>, via: &str) -> Option<Vec<u8>> {
+    /// The edited in-dialog request toward the other party: the `our_routes` Route values
+    /// on top that name us ([`Req::our_routes`]) removed, Max-Forwards decremented, our
+    /// Via on top.
+    pub(super) fn edit_in_dialog(
+        &self,
+        msg: &Message<'_>,
+        via: &str,
+        our_routes: usize,
+    ) -> Option<Vec<u8>> {
         let mut m = msg.clone();
-        self.strip_our_routes(&mut m)?;
+        for _ in 0..our_routes {
+            m.remove_top_route().ok()?;
+        }
         m.decrement_max_forwards().ok()??;
         m.prepend_built_via(via.to_string());
         Some(m.serialize())
@@ -93,6 +100,7 @@ impl Proxy {
         now: Now,
         msg: &Message<'_>,
         peer: Peer,
+        our_routes: usize,
         out: &mut Vec<Output>,
     ) {
         let (seq, from_caller) = match self.dialog_side(msg, peer) {
@@ -113,7 +121,7 @@ impl Proxy {
             (call.caller, self.locals.addr(call.caller_local))
         };
         let (via, _) = self.our_via(local, to.transport);
-        if let Some(b) = self.edit_in_dialog(msg, &via) {
+        if let Some(b) = self.edit_in_dialog(msg, &via, our_routes) {
             // Media of a late offer (offer in the 2xx, answer in the ACK).
             if !msg.body().is_empty() {
                 match self.described_media(seq, msg, !from_caller) {
@@ -141,6 +149,7 @@ impl Proxy {
             msg,
             peer,
             local,
+            ..
         } = *rq;
         let (seq, from_caller) = match self.dialog_side(msg, peer) {
             Ok(v) => v,
@@ -183,7 +192,7 @@ impl Proxy {
             (call.caller, self.locals.addr(call.caller_local))
         };
         let (via, branch) = self.our_via(out_local, to.transport);
-        let Some(bytes) = self.edit_in_dialog(msg, &via) else {
+        let Some(bytes) = self.edit_in_dialog(msg, &via, rq.our_routes) else {
             self.reply_stateful(rq, &key, Owner::Own, 400, &[], out);
             return;
         };

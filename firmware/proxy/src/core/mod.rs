@@ -147,6 +147,9 @@ struct Req<'a, 'm> {
     msg: &'a Message<'m>,
     peer: Peer,
     local: SocketAddr,
+    /// How many Route values on top of a request name us (counted by validation's
+    /// parse): the in-dialog paths remove them before relaying.
+    our_routes: usize,
 }
 
 /// Who a transaction belongs to.
@@ -989,31 +992,44 @@ impl Proxy {
         } else {
             self.stats.responses_in += 1;
         }
+        // Responses are only taken from peers we sent the request to (their top Via
+        // carries one of our random branches); they get the checks forwarding needs
+        // (start line, Via, CSeq) instead of the full validation requests get.
+        // A request's Via and Route values are parsed once, by validation: the top Via is
+        // kept; one of ours with our branch mark says the request already passed through
+        // us (a loop, RFC 3261 §16.3 step 4); the Routes on top that name us are counted
+        // (§16.4: they are removed before the request goes on).
+        let mut top_via = None;
+        let mut looped = false;
+        let (mut our_routes, mut leading) = (0, true);
+        let verdict = if msg.is_request() {
+            sip::check_with(
+                &msg,
+                &self.policy,
+                |v| {
+                    looped |= self.is_ours(&v.host, v.port)
+                        && v.branch().is_some_and(|b| b.contains("cg"));
+                    if top_via.is_none() {
+                        top_via = Some(v);
+                    }
+                },
+                |r| {
+                    leading &= self.uri_is_ours(&r.uri);
+                    if leading {
+                        our_routes += 1;
+                    }
+                },
+            )
+        } else {
+            // Checked where it is used: on_response drops what lacks Via, CSeq or Call-ID.
+            Verdict::Accept
+        };
         let rq = &Req {
             now,
             msg: &msg,
             peer,
             local,
-        };
-        // Responses are only taken from peers we sent the request to (their top Via
-        // carries one of our random branches); they get the checks forwarding needs
-        // (start line, Via, CSeq) instead of the full validation requests get.
-        // A request's Via values are parsed once, by validation: the top is kept, and
-        // one of ours with our branch mark says the request already passed through us
-        // (a loop, RFC 3261 §16.3 step 4).
-        let mut top_via = None;
-        let mut looped = false;
-        let verdict = if msg.is_request() {
-            sip::check_with(&msg, &self.policy, |v| {
-                looped |=
-                    self.is_ours(&v.host, v.port) && v.branch().is_some_and(|b| b.contains("cg"));
-                if top_via.is_none() {
-                    top_via = Some(v);
-                }
-            })
-        } else {
-            // Checked where it is used: on_response drops what lacks Via, CSeq or Call-ID.
-            Verdict::Accept
+            our_routes,
         };
         match verdict {
             Verdict::Accept => {}
@@ -1106,6 +1122,7 @@ impl Proxy {
             msg,
             peer,
             local,
+            ..
         } = *rq;
         let Some(method) = msg.method() else { return };
         if looped {
@@ -1127,7 +1144,7 @@ impl Proxy {
         }
         let sent_by = via_sent_by(top);
         if method == "ACK" {
-            self.on_ack(now, msg, branch, &sent_by, peer, out);
+            self.on_ack(rq, branch, &sent_by, out);
             return;
         }
         let Ok(key) = TransactionKey::server(branch, &sent_by, method) else {

@@ -20,6 +20,7 @@ impl Proxy {
             msg: req,
             peer,
             local,
+            ..
         } = *rq;
         match self
             .txs

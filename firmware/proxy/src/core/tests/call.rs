@@ -189,6 +189,35 @@ fn basic_call_answered_then_caller_hangs_up() {
     assert_eq!(st.active_calls, 0);
 }
 
+/// The PBX's BYE toward the caller of `a`, with `routes` (whole header lines).
+fn pbx_bye(a: &Answered, routes: &str) -> Vec<u8> {
+    format!(
+        "BYE sip:{CALLER_NUMBER}@203.0.113.10:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-pbx-bye\r\n{routes}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        a.ok_up.single(HeaderName::To).unwrap(),
+        a.inv.caller_from(),
+        a.inv.call_id
+    )
+    .into_bytes()
+}
+
+/// Only the Route values on top that name us are taken off an in-dialog request (in two
+/// header lines here); the first that does not, and everything after it, goes on as
+/// written.
+#[test]
+fn only_our_routes_on_top_are_taken_off() {
+    let mut lab = Lab::new();
+    let a = answer_call(&mut lab, Invite::new("routes@x"), carrier(), pbx1(), 1_000);
+    lab.at(11_200);
+    let routes = "Route: <sip:198.51.100.1:5060;lr>\r\nRoute: <sip:203.0.113.1:5060;lr>, <sip:192.0.2.50;lr>, <sip:203.0.113.1:5060;lr>";
+    let out = lab.pbx_says(pbx1(), &pbx_bye(&a, routes));
+    let up = out.requests_to(carrier().addr, "BYE");
+    assert_eq!(up.len(), 1, "{out:#?}");
+    assert_eq!(
+        up[0].values(HeaderName::Route),
+        ["<sip:192.0.2.50;lr>", "<sip:203.0.113.1:5060;lr>"]
+    );
+}
+
 #[test]
 fn callee_hangs_up() {
     let mut lab = Lab::new();
@@ -201,13 +230,8 @@ fn callee_hangs_up() {
     );
     // The PBX sends BYE toward the caller with the Record-Route set it saw in the INVITE.
     lab.at(11_200);
-    let bye = format!(
-        "BYE sip:{CALLER_NUMBER}@203.0.113.10:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-pbx-bye\r\nRoute: <sip:198.51.100.1:5060;lr>, <sip:203.0.113.1:5060;lr>\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
-        a.ok_up.single(HeaderName::To).unwrap(),
-        a.inv.caller_from(),
-        a.inv.call_id
-    );
-    let out = lab.pbx_says(pbx1(), bye.as_bytes());
+    let routes = "Route: <sip:198.51.100.1:5060;lr>, <sip:203.0.113.1:5060;lr>";
+    let out = lab.pbx_says(pbx1(), &pbx_bye(&a, routes));
     let up = out.requests_to(carrier().addr, "BYE");
     assert_eq!(up.len(), 1, "{out:#?}");
     assert_eq!(up[0].local, wan());
