@@ -1641,8 +1641,10 @@ impl Store {
     }
 
     /// Under one hold of the lock: frees the slots of `ended` (their final records are now
-    /// durable in the tree; a failure only leaves a stale slot, which recovery skips), then
-    /// writes `recs` into their slots, durably. An error is about `recs`.
+    /// durable in the tree; a failure only leaves a stale slot, which recovery skips),
+    /// writes `recs` into slots (released ones first), zeroes the released slots no write
+    /// took over since the previous batch ([`open::OpenSlots::zero_released`]), and makes
+    /// the writes durable. An error is about `recs`.
     fn settle_slots(
         &self,
         ended: impl Iterator<Item = u64>,

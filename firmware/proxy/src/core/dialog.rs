@@ -338,8 +338,8 @@ impl Proxy {
             {
                 let target = d.contact_of(to_caller);
                 let route = d.route_toward(to_caller);
-                // The callee's side came from a 2xx, as written: each URI is checked before
-                // it goes into a request of ours.
+                // Each URI is checked before it goes into a request of ours: the callee's
+                // side is kept as its 2xx wrote it.
                 if sip::parse_uri(target).is_err()
                     || route.iter().any(|r| sip::parse_uri(r).is_err())
                 {
