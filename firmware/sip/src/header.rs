@@ -184,8 +184,8 @@ pub fn parse_tag(s: &str) -> Result<Option<&str>> {
 /// The URI of a `name-addr` or `addr-spec` as written, and whether it was in `<>`, without
 /// parsing the URI or the header parameters: the value is split as [`parse_name_addr`]
 /// splits it. On a value [`parse_name_addr`] accepts it gives that parse's
-/// `uri.as_str()` and `angle`; what it does not look at, it does not check (the proxy asks
-/// it of validated messages).
+/// `uri.as_str()` and `angle`; what it does not look at, it does not check: the caller
+/// asks it of a validated message, or parses the URI before it uses it.
 pub fn name_addr_uri(s: &str) -> Result<(&str, bool)> {
     let p = name_addr_parts(s)?;
     Ok((p.uri, p.angle))

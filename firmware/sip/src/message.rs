@@ -690,8 +690,8 @@ impl<'a> Message<'a> {
     }
 
     /// Record-Route URIs as written, top first, without parsing them
-    /// ([`crate::header::name_addr_uri`]: for validated messages). A value not in `<>` is
-    /// refused, as by [`Self::record_routes`].
+    /// ([`crate::header::name_addr_uri`]: a validated message's, or parse each before use).
+    /// A value not in `<>` is refused, as by [`Self::record_routes`].
     pub fn record_route_uris(&self) -> Result<Vec<&str>> {
         self.each_value(HeaderName::RecordRoute)
             .map(|v| match name_addr_uri(v?)? {
@@ -702,14 +702,16 @@ impl<'a> Message<'a> {
     }
 
     /// The first Contact's URI as written, without parsing it
-    /// ([`crate::header::name_addr_uri`]: for validated messages); `Ok(None)` without a
-    /// Contact or for the wildcard `Contact: *`.
+    /// ([`crate::header::name_addr_uri`]: a validated message's, or parse it before use);
+    /// `Ok(None)` without a Contact or for the wildcard `Contact: *`.
     pub fn first_contact_uri(&self) -> Result<Option<&str>> {
-        match self.each_value(HeaderName::Contact).next() {
-            None => Ok(None),
-            Some(v) if trim_lws(v?) == "*" => Ok(None),
-            Some(v) => Ok(Some(name_addr_uri(v?)?.0)),
+        let Some(v) = self.each_value(HeaderName::Contact).next().transpose()? else {
+            return Ok(None);
+        };
+        if trim_lws(v) == "*" {
+            return Ok(None);
         }
+        Ok(Some(name_addr_uri(v)?.0))
     }
 
     /// Contact values; `Ok(None)` for the wildcard `Contact: *`.

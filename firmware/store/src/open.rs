@@ -21,7 +21,7 @@
 //! that record for one more batch: the record writer stores a batch's answer-time records
 //! before it releases the slots of the batch's ended calls, so the next batch's records
 //! take the released slots over, and a taken-over slot needs no zeroing (under steady load
-//! most releases cost no write at all). [`OpenSlots::zero_released`], at the end of each
+//! many releases cost no write at all). [`OpenSlots::zero_released`], at the end of each
 //! batch, zeroes (not synced) the slots released a batch earlier that no write took. If a
 //! zeroing is lost in a crash, or not done yet, recovery finds the id in the tree and skips
 //! the slot. That holds as long as the final record is in the tree: before a record leaves
@@ -63,8 +63,9 @@ pub(crate) struct OpenSlots {
     fresh: BTreeSet<u32>,
     /// Such slots released before the last [`OpenSlots::zero_released`].
     aged: BTreeSet<u32>,
-    /// A header was zeroed since the last sync.
-    zeroed_unsynced: bool,
+    /// A release reached the file since the last sync (a header zeroed, or the file
+    /// emptied).
+    released_unsynced: bool,
     /// Slots the file has room for.
     end: u32,
 }
@@ -95,7 +96,7 @@ impl OpenSlots {
                 free: BTreeSet::new(),
                 fresh: BTreeSet::new(),
                 aged: BTreeSet::new(),
-                zeroed_unsynced: false,
+                released_unsynced: false,
                 end: (len / SLOT as u64) as u32,
             },
             found,
@@ -162,7 +163,7 @@ impl OpenSlots {
     /// Makes every write so far durable.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
-        self.zeroed_unsynced = false;
+        self.released_unsynced = false;
         Ok(())
     }
 
@@ -176,6 +177,7 @@ impl OpenSlots {
         if self.by_id.is_empty() {
             self.forget_released();
             self.end = 0;
+            self.released_unsynced = true;
             return self.file.set_len(0);
         }
         self.free.insert(slot);
@@ -202,14 +204,14 @@ impl OpenSlots {
     }
 
     /// Before a record leaves the tree: zeroes every released slot's header and makes the
-    /// zeroing, and any earlier one, durable.
+    /// zeroing, and any earlier release (a zeroing, the file emptied), durable.
     pub(crate) fn zero_all_durably(&mut self) -> io::Result<()> {
         let mut all = std::mem::take(&mut self.aged);
         all.append(&mut self.fresh);
         let (result, left) = self.zero(all);
         self.aged = left;
         result?;
-        if self.zeroed_unsynced {
+        if self.released_unsynced {
             self.sync()?;
         }
         Ok(())
@@ -231,7 +233,7 @@ impl OpenSlots {
                 }
             },
         );
-        self.zeroed_unsynced |= slots.len() < before;
+        self.released_unsynced |= slots.len() < before;
         (first, slots)
     }
 
